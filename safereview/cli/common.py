@@ -1,0 +1,35 @@
+"""Options and helpers every command shares (database URL, console output)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from safereview import settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="Database URL (default: $SAFEREVIEW_DB or sqlite:///safereview.db).",
+                 show_default=False),
+]
+MediaRootOption = Annotated[
+    str | None,
+    typer.Option("--media-root", help="Media folder (default: $SAFEREVIEW_MEDIA_ROOT or beside the database).",
+                 show_default=False),
+]
+
+
+def config(db: str | None = None, media_root: str | None = None) -> settings.Config:
+    return settings.load(db_url=db, media_root_override=media_root)
+
+
+def engine_for(cfg: settings.Config, *, init: bool = True):  # type: ignore[no-untyped-def]
+    """An engine on an up-to-date schema (``init`` runs pending migrations)."""
+    from db.engine import init_db, make_engine
+
+    return init_db(cfg.db_url) if init else make_engine(cfg.db_url)

@@ -1,0 +1,92 @@
+"""Every run-time setting in one place.
+
+Each setting is read from an environment variable; the CLI's global options override
+them. ``tests/test_settings_documented.py`` fails when a setting here is missing from the
+README, so the documentation cannot drift from the code (an idea borrowed from datasette).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    default: str
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("SAFEREVIEW_DB", "sqlite:///safereview.db",
+            "Database URL: a SQLite file (default) or postgresql+psycopg://user@host/db."),
+    Setting("SAFEREVIEW_MEDIA_ROOT", "",
+            "Folder where imported media is stored by content hash. Default: `<db file>.media/` "
+            "beside a SQLite database, `./media` otherwise."),
+    Setting("SAFEREVIEW_CACHE_DIR", "",
+            "Folder for derived media (thumbnails, waveforms, spectrograms, key frames). "
+            "Default: `<media root>/.derived`."),
+    Setting("SAFEREVIEW_MAX_IMAGE_PIXELS", "50000000",
+            "Decompression-bomb limit: images with more pixels are refused at import."),
+    Setting("SAFEREVIEW_MAX_UPLOAD_MB", "200", "Largest file accepted by the app's import page."),
+    Setting("SAFEREVIEW_MAX_TEXT_CHARS", "200000",
+            "Longest text part stored per prompt/response part; longer text is refused at import."),
+    Setting("SAFEREVIEW_SESSION_HOURS", "12", "Sign-in sessions expire after this many hours."),
+    Setting("SAFEREVIEW_LEASE_MINUTES", "30",
+            "How long a reviewer holds a queue slot before it returns to the pool."),
+    Setting("SAFEREVIEW_JUDGE_API_KEY", "",
+            "Default API key for the judge's OpenAI-compatible server (`--api-key-env` names another)."),
+)
+
+
+def _env(name: str) -> str:
+    spec = next(s for s in SETTINGS if s.env == name)
+    return os.environ.get(name) or spec.default
+
+
+@dataclass(frozen=True)
+class Config:
+    """Resolved settings for one process."""
+
+    db_url: str = field(default_factory=lambda: _env("SAFEREVIEW_DB"))
+    media_root_override: str = field(default_factory=lambda: _env("SAFEREVIEW_MEDIA_ROOT"))
+    cache_dir_override: str = field(default_factory=lambda: _env("SAFEREVIEW_CACHE_DIR"))
+    max_image_pixels: int = field(default_factory=lambda: int(_env("SAFEREVIEW_MAX_IMAGE_PIXELS")))
+    max_upload_mb: int = field(default_factory=lambda: int(_env("SAFEREVIEW_MAX_UPLOAD_MB")))
+    max_text_chars: int = field(default_factory=lambda: int(_env("SAFEREVIEW_MAX_TEXT_CHARS")))
+    session_hours: float = field(default_factory=lambda: float(_env("SAFEREVIEW_SESSION_HOURS")))
+    lease_minutes: float = field(default_factory=lambda: float(_env("SAFEREVIEW_LEASE_MINUTES")))
+
+    @property
+    def media_root(self) -> Path:
+        if self.media_root_override:
+            return Path(self.media_root_override).resolve()
+        sqlite_file = sqlite_path(self.db_url)
+        if sqlite_file is not None:
+            return Path(str(sqlite_file) + ".media").resolve()
+        return Path("media").resolve()
+
+    @property
+    def cache_dir(self) -> Path:
+        if self.cache_dir_override:
+            return Path(self.cache_dir_override).resolve()
+        return self.media_root / ".derived"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a ``sqlite:///`` URL, or None for other databases and in-memory SQLite."""
+    if not url.startswith("sqlite"):
+        return None
+    rest = url.split(":///", 1)[1] if ":///" in url else ""
+    rest = rest.split("?", 1)[0]
+    if not rest or rest == ":memory:":
+        return None
+    return Path(rest).resolve()
+
+
+def load(**overrides: object) -> Config:
+    """Settings from the environment, with explicit overrides (CLI options) winning."""
+    values = {k: v for k, v in overrides.items() if v not in (None, "")}
+    return Config(**values)  # type: ignore[arg-type]

@@ -1,0 +1,50 @@
+"""The schema migrates on both back ends and protects the event log."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from db.collections import ensure_collection
+from db.engine import init_db, schema_revision
+from db.models import Annotation, AnnotationEvent, Item, User
+
+
+def test_init_is_idempotent(db_url: str) -> None:
+    first = init_db(db_url)
+    assert schema_revision(first) is not None
+    again = init_db(db_url)
+    assert schema_revision(again) == schema_revision(first)
+    names = set(sa.inspect(again).get_table_names())
+    assert {"item", "verdict", "annotation", "annotationevent", "assignment", "gold", "calibration"} <= names
+
+
+def test_event_log_is_append_only(engine: sa.Engine) -> None:
+    with Session(engine) as s:
+        col = ensure_collection(s, "c", "vlsu")
+        item = Item(collection_id=col.id, external_id="a", content_hash="x")
+        user = User(username="u", password_hash="h")
+        s.add_all([item, user])
+        s.flush()
+        ann = Annotation(item_id=item.id, user_id=user.id, labels={"joint": "safe"})
+        s.add(ann)
+        s.flush()
+        s.add(AnnotationEvent(annotation_id=ann.id, item_id=item.id, actor_id=user.id, action="create",
+                              version=1, after={"labels": {"joint": "safe"}}))
+        s.commit()
+    for stmt in ("UPDATE annotationevent SET action = 'x'", "DELETE FROM annotationevent"):
+        with pytest.raises(sa.exc.DatabaseError), engine.begin() as conn:
+            conn.exec_driver_sql(stmt)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT action FROM annotationevent").scalar_one() == "create"
+
+
+def test_sqlite_runs_in_wal_with_foreign_keys(sqlite_url: str) -> None:
+    eng = init_db(sqlite_url)
+    with eng.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    with pytest.raises(sa.exc.IntegrityError), Session(eng) as s:
+        s.add(Item(collection_id=999, external_id="orphan", content_hash="x"))
+        s.commit()

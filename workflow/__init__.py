@@ -1,0 +1,1 @@
+"""Review workflow: sign-in, access policies, queue and annotations (no Streamlit)."""
