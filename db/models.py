@@ -244,7 +244,12 @@ class Assignment(SQLModel, table=True):
     which keeps judge-accuracy estimates unbiased (inverse-probability weighting).
     """
 
-    __table_args__ = (sa.UniqueConstraint("item_id", "user_id", name="uq_assignment_item_user"),)
+    __table_args__ = (
+        sa.UniqueConstraint("item_id", "user_id", name="uq_assignment_item_user"),
+        # workflow queue (migration 0002): a user's active lease, and expired-lease reclaim.
+        sa.Index("ix_assignment_user_status", "user_id", "status"),
+        sa.Index("ix_assignment_lease", "status", "lease_expires_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     item_id: int = Field(foreign_key="item.id", index=True)
@@ -288,6 +293,8 @@ class Annotation(SQLModel, table=True):
 
 class AnnotationEvent(SQLModel, table=True):
     """Append-only log of every annotation change: who, when, before and after."""
+
+    __table_args__ = (sa.Index("ix_annotationevent_actor", "actor_id", "id"),)  # undo (migration 0002)
 
     id: int | None = Field(default=None, primary_key=True)
     annotation_id: int = Field(foreign_key="annotation.id", index=True)
