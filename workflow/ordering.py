@@ -1,32 +1,177 @@
 """Borderline-first ordering: a score per item from its judge verdicts.
 
-Pure scoring functions plus :func:`refresh_priorities`, which import and judge call after
-writing verdicts. Higher score = review sooner.
+Pure scoring (:func:`borderline_score`) plus :func:`refresh_priorities`, which import and
+judge call after writing verdicts. Higher score = reviewed sooner. The components are
+additive so an item that is uncertain in several ways outranks one that is uncertain in
+one; each is bounded, so one noisy signal cannot dominate.
+
+=====================  ======  ==================================================
+component              weight  when
+=====================  ======  ==================================================
+boundary               1.0     max over verdicts of ``1 - |2p - 1|``, p = P(unsafe)
+contextual/intrinsic   1.0     one dimension says unsafe and the other does not
+judges disagree        1.0     two judges give different labels on one dimension
+compositional (VLSU)   1.0     image and text safe but joint not safe
+borderline label       0.5     any verdict is "borderline"
+unparseable / error    0.75    any verdict has no label (judge output unusable)
+=====================  ======  ==================================================
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import Session
+
+from db.models import Collection, Item, Taxonomy, Verdict
+
+W_BOUNDARY = 1.0
+W_CTX_INTRINSIC = 1.0
+W_JUDGES_DISAGREE = 1.0
+W_COMPOSITIONAL = 1.0
+W_BORDERLINE = 0.5
+W_UNPARSEABLE = 0.75
+
+CHUNK_IDS = 20_000  # item-id range per refresh step: bounded memory at any collection size
+
+
+def unsafe_labels_by_dimension(spec: Mapping[str, Any] | None) -> dict[str, set[str]]:
+    """Dimension → labels that count as unsafe (default ``{"unsafe"}`` for unknown dims)."""
+    out: dict[str, set[str]] = {}
+    for dim in (spec or {}).get("dimensions", []):
+        out[dim["name"]] = set(dim.get("unsafe_labels") or [dim["labels"][-1]])
+    return out
+
+
+def unsafe_probability(v: Mapping[str, Any], unsafe: set[str]) -> float | None:
+    """P(unsafe) from a verdict's ``probs`` (sum over unsafe labels) or its ``probability``.
+
+    ``probability`` is the probability of the label given, so for a safe label the unsafe
+    probability is its complement (exact for two labels, an upper bound for three).
+    Returns None when the judge gave no probability.
+    """
+    probs = v.get("probs")
+    if isinstance(probs, Mapping) and probs:
+        try:
+            total = sum(float(p) for p in probs.values())
+            if total > 0:
+                return min(1.0, max(0.0, sum(float(probs.get(lab, 0.0)) for lab in unsafe) / total))
+        except (TypeError, ValueError):
+            pass
+    p = v.get("probability")
+    label = v.get("label")
+    if p is None or label is None:
+        return None
+    try:
+        p = min(1.0, max(0.0, float(p)))
+    except (TypeError, ValueError):
+        return None
+    return p if label in unsafe else 1.0 - p
+
+
+def boundary_closeness(p_unsafe: float) -> float:
+    """1 at p = 0.5, 0 at p = 0 or 1."""
+    return 1.0 - abs(2.0 * p_unsafe - 1.0)
 
 
 def borderline_score(verdicts: Iterable[Mapping[str, Any]], spec: Mapping[str, Any] | None = None) -> float:
-    """Score in [0, ~5] from an item's verdicts (dicts with dimension, label, probability, probs, status, judge_id).
+    """Score from an item's verdicts (dicts with dimension, label, probability, probs, status, judge_id).
 
-    Components (summed): probability near the decision boundary (``1 - |2p - 1|`` of the
-    unsafe probability), contextual vs intrinsic disagreeing, several judges disagreeing on
-    a dimension, VLSU compositional pattern (image and text safe but joint not), any
-    borderline label, unparseable/error verdicts.
+    See the module docstring for the components. An item without verdicts scores 0.
     """
-    raise NotImplementedError
+    vs = list(verdicts)
+    if not vs:
+        return 0.0
+    unsafe_by_dim = unsafe_labels_by_dimension(spec)
+    score = 0.0
+
+    closeness = 0.0
+    by_dim: dict[str, set[str]] = defaultdict(set)
+    unparseable = False
+    borderline = False
+    for v in vs:
+        dim = str(v.get("dimension", ""))
+        label = v.get("label")
+        unsafe = unsafe_by_dim.get(dim, {"unsafe"})
+        if label is None or v.get("status") in ("unparseable", "error"):
+            unparseable = True
+            continue
+        by_dim[dim].add(label)
+        if label == "borderline":
+            borderline = True
+        p = unsafe_probability(v, unsafe)
+        if p is not None:
+            closeness = max(closeness, boundary_closeness(p))
+    score += W_BOUNDARY * closeness
+
+    def is_unsafe(dim: str) -> bool | None:
+        labels = by_dim.get(dim)
+        if not labels:
+            return None
+        return bool(labels & unsafe_by_dim.get(dim, {"unsafe"}))  # any judge unsafe → unsafe
+
+    ctx, intr = is_unsafe("contextual"), is_unsafe("intrinsic")
+    if ctx is not None and intr is not None and ctx != intr:
+        score += W_CTX_INTRINSIC
+    if any(len(labels) > 1 for labels in by_dim.values()):
+        score += W_JUDGES_DISAGREE
+    img, txt, joint = by_dim.get("image"), by_dim.get("text"), by_dim.get("joint")
+    if img == {"safe"} and txt == {"safe"} and joint and joint != {"safe"}:
+        score += W_COMPOSITIONAL
+    if borderline:
+        score += W_BORDERLINE
+    if unparseable:
+        score += W_UNPARSEABLE
+    return round(score, 6)
 
 
 def refresh_priorities(session: Session, collection_id: int) -> int:
     """Recompute ``Item.priority`` for every item of a collection; return how many changed.
 
-    Streams verdicts in item-id order in chunks and writes only changed priorities with
-    executemany, so a million items fit in memory and time.
+    Walks the collection in item-id ranges of ``CHUNK_IDS``: per range one verdict query
+    (index on ``verdict.item_id``) and one executemany of the changed priorities, so memory
+    stays bounded and a million items take a single pass. Items without verdicts get 0.
     """
-    raise NotImplementedError
+    col = session.get(Collection, collection_id)
+    if col is None:
+        raise LookupError(f"no collection with id {collection_id}")
+    tax = session.get(Taxonomy, col.taxonomy_id)
+    spec = tax.spec if tax is not None else None
+    session.flush()
+    lo_hi = session.execute(
+        sa.select(sa.func.min(Item.id), sa.func.max(Item.id)).where(Item.collection_id == collection_id)
+    ).one()
+    if lo_hi[0] is None:
+        return 0
+    lo, hi = int(lo_hi[0]), int(lo_hi[1])
+    changed = 0
+    upd = sa.text("UPDATE item SET priority = :p WHERE id = :i")
+    for start in range(lo, hi + 1, CHUNK_IDS):
+        end = start + CHUNK_IDS - 1
+        items = session.execute(
+            sa.select(Item.id, Item.priority).where(Item.collection_id == collection_id,
+                                                    Item.id >= start, Item.id <= end)
+        ).all()
+        if not items:
+            continue
+        rows = session.execute(
+            sa.select(Verdict.item_id, Verdict.dimension, Verdict.judge_id, Verdict.label, Verdict.status,
+                      Verdict.probability, Verdict.probs)
+            .join(Item, Item.id == Verdict.item_id)
+            .where(Item.collection_id == collection_id, Verdict.item_id >= start, Verdict.item_id <= end)
+        ).mappings().all()
+        per_item: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
+        for r in rows:
+            per_item[r["item_id"]].append(r)
+        updates = []
+        for item_id, old in items:
+            new = borderline_score(per_item.get(item_id, ()), spec)
+            if old is None or abs(float(old) - new) > 1e-9:
+                updates.append({"p": new, "i": item_id})
+        if updates:
+            session.execute(upd, updates)
+            changed += len(updates)
+    return changed

@@ -1,18 +1,45 @@
 """The review queue: leases on overlap slots, borderline-first with a random audit stratum.
 
-See ``docs/workflow.md`` for the sampling design and exactly what ``sampling_prob`` records.
+Design (details and the exact meaning of ``sampling_prob`` in ``docs/workflow.md``):
+
+- An item has ``overlap_target`` (k) slots. ``Item.slots_taken`` counts slots held by
+  active leases and finished reviews, and changes only through the conditional
+  ``UPDATE item SET slots_taken = slots_taken + 1 WHERE id = :id AND slots_taken < :k``,
+  so k can never be exceeded, whatever the number of app replicas.
+- A pull first returns the user's own unexpired lease. Otherwise, with probability
+  ``audit_share`` it takes a uniformly random eligible item (stratum "audit"), else the
+  highest-priority eligible item (stratum "priority").
+- Priority picks run one index scan per slot level (``slots_taken = s`` for s < k) on
+  ``ix_item_queue(collection_id, slots_taken, priority)``, which yields rows already in
+  priority order, so no sort of the open items is ever needed. On PostgreSQL the scan
+  uses ``FOR UPDATE SKIP LOCKED`` so concurrent reviewers never queue behind one row.
+- Audit picks draw random ids in the collection's id range and keep the first eligible
+  one (rejection sampling: exactly uniform over eligible items); when eligible items
+  become rare they fall back to an exact ``OFFSET`` into the eligible set.
+- Expired leases are reclaimed lazily at the start of each pull (index
+  ``ix_assignment_lease``).
 """
 
 from __future__ import annotations
 
 import random
+import threading
+import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session
+from sqlmodel import Session, select
 
-from db.models import Assignment, User
+from db.models import Assignment, Collection, Item, User, utcnow
+from safereview.settings import Config
+from workflow.errors import LeaseLost, NotFound
+from workflow.policies import require
+
+AUDIT_DRAWS = 64  # random ids tried per audit pick before the exact fallback
+COUNT_TTL_S = 30.0  # how stale the cached eligible-item count behind sampling_prob may be
+RANGE_TTL_S = 30.0  # how stale the cached id range of a collection may be
 
 
 @dataclass(frozen=True)
@@ -24,10 +51,17 @@ class QueueFilter:
     categories: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
 
+    def key(self) -> tuple[Any, ...]:
+        return (self.collection_id, tuple(sorted(self.task_types)), tuple(sorted(self.categories)),
+                tuple(sorted(self.models)))
+
 
 @dataclass(frozen=True)
 class Progress:
-    """Counts for one collection; ``slots_total`` = n_items × overlap_target."""
+    """Counts for one collection; ``slots_total`` = n_items × overlap_target.
+
+    ``mine_*`` are exact; the collection-wide counts may be up to ``max_age_s`` old.
+    """
 
     collection_id: int
     n_items: int
@@ -35,10 +69,298 @@ class Progress:
     slots_total: int
     mine_done: int
     mine_skipped: int
+    mine_leased: int
     everyone_done: int
     slots_leased: int
     items_fully_covered: int
     extra: dict = field(default_factory=dict)
+
+    @property
+    def fraction_done(self) -> float:
+        return self.everyone_done / self.slots_total if self.slots_total else 0.0
+
+
+# ---------------------------------------------------------------------------------------
+# Small per-process caches (approximations only; every durable fact is in the database)
+# ---------------------------------------------------------------------------------------
+
+_cache_lock = threading.Lock()
+_cache: dict[tuple[Any, ...], tuple[float, Any]] = {}
+
+
+def _cached(key: tuple[Any, ...], ttl: float, compute: Any) -> Any:
+    now = time.monotonic()
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit is not None and now - hit[0] < ttl:
+        return hit[1]
+    value = compute()
+    with _cache_lock:
+        _cache[key] = (now, value)
+    return value
+
+
+def clear_caches() -> None:
+    """Forget cached counts and id ranges (tests; after bulk imports)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def _bind_key(session: Session) -> str:
+    bind = session.get_bind()
+    return str(bind.url) if hasattr(bind, "url") else str(id(bind))
+
+
+# ---------------------------------------------------------------------------------------
+# SQL building blocks
+# ---------------------------------------------------------------------------------------
+
+_NOT_MINE = ("NOT EXISTS (SELECT 1 FROM assignment a WHERE a.item_id = item.id AND a.user_id = :uid "
+             "AND a.status <> 'released')")
+
+
+def _filter_sql(flt: QueueFilter, params: dict[str, Any]) -> str:
+    """Extra WHERE clauses for the filter, with bound parameters added to ``params``."""
+    parts: list[str] = []
+    for col, values in (("task_type", flt.task_types), ("category", flt.categories), ("model", flt.models)):
+        if values:
+            names = []
+            for i, v in enumerate(values):
+                params[f"{col}_{i}"] = v
+                names.append(f":{col}_{i}")
+            parts.append(f"item.{col} IN ({', '.join(names)})")
+    return "".join(f" AND {p}" for p in parts)
+
+
+def _matches(item: Item, flt: QueueFilter) -> bool:
+    return (item.collection_id == flt.collection_id
+            and (not flt.task_types or item.task_type in flt.task_types)
+            and (not flt.categories or item.category in flt.categories)
+            and (not flt.models or item.model in flt.models))
+
+
+def _is_pg(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _claim_slot(session: Session, item_id: int, k: int) -> bool:
+    res = session.execute(
+        sa.text("UPDATE item SET slots_taken = slots_taken + 1 WHERE id = :id AND slots_taken < :k"),
+        {"id": item_id, "k": k},
+    )
+    return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+def _return_slot(session: Session, item_id: int) -> None:
+    session.execute(sa.text("UPDATE item SET slots_taken = slots_taken - 1 WHERE id = :id AND slots_taken > 0"),
+                    {"id": item_id})
+
+
+# ---------------------------------------------------------------------------------------
+# Leases
+# ---------------------------------------------------------------------------------------
+
+
+def reclaim_expired(session: Session, *, now: datetime | None = None, limit: int = 500) -> int:
+    """Release expired leases (status "released") and return their slots; returns how many.
+
+    Each release is conditional on the lease still being active, so concurrent reclaimers
+    (several replicas) never return a slot twice.
+    """
+    now = now or utcnow()
+    rows = session.execute(
+        sa.select(Assignment.id, Assignment.item_id)
+        .where(Assignment.status == "leased", Assignment.lease_expires_at < now)  # type: ignore[operator]
+        .order_by(Assignment.lease_expires_at).limit(limit)
+    ).all()
+    n = 0
+    for aid, item_id in rows:
+        res = session.execute(
+            sa.text("UPDATE assignment SET status = 'released' WHERE id = :id AND status = 'leased'"), {"id": aid})
+        if res.rowcount == 1:  # type: ignore[attr-defined]
+            _return_slot(session, item_id)
+            n += 1
+    return n
+
+
+def _lease_minutes(lease_minutes: float | None) -> float:
+    return lease_minutes if lease_minutes is not None else Config().lease_minutes
+
+
+def current_lease(session: Session, user: User, collection_id: int) -> Assignment | None:
+    """The user's active lease in a collection (expired or not), if any."""
+    return session.exec(
+        select(Assignment).join(Item, Item.id == Assignment.item_id)  # type: ignore[arg-type]
+        .where(Assignment.user_id == user.id, Assignment.status == "leased", Item.collection_id == collection_id)
+        .order_by(Assignment.leased_at)  # type: ignore[arg-type]
+    ).first()
+
+
+def _release_row(session: Session, a: Assignment, status: str) -> bool:
+    res = session.execute(
+        sa.text("UPDATE assignment SET status = :s WHERE id = :id AND status = 'leased'"), {"s": status, "id": a.id})
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    _return_slot(session, a.item_id)
+    return True
+
+
+def _count_eligible_estimate(session: Session, user: User, flt: QueueFilter, k: int) -> int:
+    """Approximate number of items eligible for ``user`` (cached open count minus own open items).
+
+    Both parts are cached for ``COUNT_TTL_S``; see docs/workflow.md for the effect on
+    ``sampling_prob``.
+    """
+    def open_count() -> int:
+        params: dict[str, Any] = {"c": flt.collection_id, "k": k}
+        sql = ("SELECT COUNT(*) FROM item WHERE item.collection_id = :c AND item.slots_taken < :k"
+               f"{_filter_sql(flt, params)}")
+        return int(session.execute(sa.text(sql), params).scalar_one())
+
+    def own_open() -> int:
+        params: dict[str, Any] = {"c": flt.collection_id, "k": k, "uid": user.id}
+        sql = ("SELECT COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id WHERE a.user_id = :uid "
+               "AND a.status <> 'released' AND item.collection_id = :c AND item.slots_taken < :k"
+               f"{_filter_sql(flt, params)}")
+        return int(session.execute(sa.text(sql), params).scalar_one())
+
+    base = _bind_key(session)
+    n_open = _cached(("open", base, flt.key(), k), COUNT_TTL_S, open_count)
+    n_own = _cached(("own", base, flt.key(), k, user.id), COUNT_TTL_S, own_open)
+    return max(1, n_open - n_own)
+
+
+def _id_range(session: Session, collection_id: int) -> tuple[int, int] | None:
+    def compute() -> tuple[int, int] | None:
+        lo, hi = session.execute(
+            sa.select(sa.func.min(Item.id), sa.func.max(Item.id)).where(Item.collection_id == collection_id)).one()
+        return None if lo is None else (int(lo), int(hi))
+
+    return _cached(("range", _bind_key(session), collection_id), RANGE_TTL_S, compute)
+
+
+def _audit_candidate(session: Session, user: User, flt: QueueFilter, k: int, rng: random.Random,
+                     exclude: set[int]) -> tuple[int, float] | None:
+    """A uniformly random eligible item id and the estimated eligible count, or None."""
+    rng_ids = _id_range(session, flt.collection_id)
+    if rng_ids is None:
+        return None
+    lo, hi = rng_ids
+    draws = [rng.randint(lo, hi) for _ in range(AUDIT_DRAWS)]
+    params: dict[str, Any] = {"c": flt.collection_id, "k": k, "uid": user.id}
+    id_names = []
+    for i, d in enumerate(sorted(set(draws))):
+        params[f"d{i}"] = d
+        id_names.append(f":d{i}")
+    sql = (f"SELECT item.id FROM item WHERE item.id IN ({', '.join(id_names)}) AND item.collection_id = :c "
+           f"AND item.slots_taken < :k AND {_NOT_MINE}{_filter_sql(flt, params)}")
+    ok = {int(r[0]) for r in session.execute(sa.text(sql), params)} - exclude
+    for d in draws:  # first eligible draw in draw order: uniform over eligible items
+        if d in ok:
+            return d, float(_count_eligible_estimate(session, user, flt, k))
+    # Eligible items are rare (< ~5 %): count them exactly and pick one by offset.
+    params = {"c": flt.collection_id, "k": k, "uid": user.id}
+    where = f"item.collection_id = :c AND item.slots_taken < :k AND {_NOT_MINE}{_filter_sql(flt, params)}"
+    n = int(session.execute(sa.text(f"SELECT COUNT(*) FROM item WHERE {where}"), params).scalar_one())
+    if n == 0:
+        return None
+    params["off"] = rng.randrange(n)
+    row = session.execute(sa.text(f"SELECT item.id FROM item WHERE {where} ORDER BY item.id LIMIT 1 OFFSET :off"),
+                          params).first()
+    if row is None or int(row[0]) in exclude:
+        return None
+    return int(row[0]), float(n)
+
+
+def _priority_candidate(session: Session, user: User, flt: QueueFilter, k: int,
+                        exclude: set[int]) -> int | None:
+    """The highest-priority eligible item id (ties: the item closest to full coverage)."""
+    pg = _is_pg(session)
+    best: tuple[float, int, int] | None = None
+    for s in range(k - 1, -1, -1):
+        params: dict[str, Any] = {"c": flt.collection_id, "s": s, "uid": user.id}
+        excl = ""
+        if exclude:
+            names = []
+            for i, x in enumerate(sorted(exclude)):
+                params[f"x{i}"] = x
+                names.append(f":x{i}")
+            excl = f" AND item.id NOT IN ({', '.join(names)})"
+        sql = (f"SELECT item.id, item.priority FROM item WHERE item.collection_id = :c AND item.slots_taken = :s "
+               f"AND {_NOT_MINE}{_filter_sql(flt, params)}{excl} ORDER BY item.priority DESC LIMIT 1")
+        if pg:
+            sql += " FOR UPDATE SKIP LOCKED"
+        row = session.execute(sa.text(sql), params).first()
+        if row is not None:
+            cand = (float(row[1]), s, int(row[0]))
+            if best is None or cand[0] > best[0]:
+                best = cand
+    return None if best is None else best[2]
+
+
+def _take(session: Session, user: User, item_id: int, k: int, stratum: str, prob: float, now: datetime,
+          minutes: float) -> Assignment | None:
+    """Claim one slot of ``item_id`` and record the lease; None if the slot race was lost."""
+    if not _claim_slot(session, item_id, k):
+        return None
+    expires = now + timedelta(minutes=minutes)
+    existing = session.exec(
+        select(Assignment).where(Assignment.item_id == item_id, Assignment.user_id == user.id)
+        .execution_options(populate_existing=True)
+    ).first()
+    if existing is not None:
+        if existing.status != "released":  # another tab of the same user got here first
+            _return_slot(session, item_id)
+            return None
+        existing.status, existing.stratum, existing.sampling_prob = "leased", stratum, prob
+        existing.leased_at, existing.lease_expires_at, existing.completed_at = now, expires, None
+        session.add(existing)
+        session.flush()
+        return existing
+    a = Assignment(item_id=item_id, user_id=user.id, status="leased", stratum=stratum,  # type: ignore[arg-type]
+                   sampling_prob=prob, leased_at=now, lease_expires_at=expires)
+    session.add(a)
+    session.flush()
+    return a
+
+
+def _next_in_session(session: Session, user: User, flt: QueueFilter, now: datetime, rng: random.Random,
+                     minutes: float) -> Assignment | None:
+    require(user, "review")
+    col = session.get(Collection, flt.collection_id)
+    if col is None:
+        raise NotFound("no such collection")
+    if col.archived:
+        return None
+    mine = current_lease(session, user, flt.collection_id)
+    if mine is not None:
+        item = session.get(Item, mine.item_id)
+        if mine.lease_expires_at is not None and mine.lease_expires_at > now and item is not None \
+                and _matches(item, flt):
+            return mine
+        _release_row(session, mine, "released")  # expired, or the filter changed
+    reclaim_expired(session, now=now)
+    k = col.overlap_target
+    exclude: set[int] = set()
+    audit = rng.random() < col.audit_share
+    for _attempt in range(8):
+        if audit:
+            cand = _audit_candidate(session, user, flt, k, rng, exclude)
+            if cand is None:
+                return None
+            item_id, n_elig = cand
+            prob = col.audit_share / n_elig
+            stratum = "audit"
+        else:
+            got = _priority_candidate(session, user, flt, k, exclude)
+            if got is None:
+                return None
+            item_id, prob, stratum = got, 1.0 - col.audit_share, "priority"
+        a = _take(session, user, item_id, k, stratum, prob, now, minutes)
+        if a is not None:
+            return a
+        exclude.add(item_id)
+    return None
 
 
 def next_item(session_or_engine: Session | sa.Engine, user: User, flt: QueueFilter, *,
@@ -46,27 +368,154 @@ def next_item(session_or_engine: Session | sa.Engine, user: User, flt: QueueFilt
               lease_minutes: float | None = None) -> Assignment | None:
     """The user's current lease, or a newly claimed slot, or None when nothing is left.
 
-    With an Engine the function runs (and retries) its own transaction; with a Session the
-    caller commits.
+    With a Session the caller commits (``db.engine.session_scope``). With an Engine the
+    function runs its own short transaction and retries it on deadlocks, serialisation
+    failures or a duplicate (item, user) insert from a second browser tab.
     """
-    raise NotImplementedError
+    now = now or utcnow()
+    rng = rng or random.Random()
+    minutes = _lease_minutes(lease_minutes)
+    if isinstance(session_or_engine, Session):
+        return _next_in_session(session_or_engine, user, flt, now, rng, minutes)
+    from db.engine import session_scope
+
+    last: Exception | None = None
+    for attempt in range(5):
+        try:
+            with session_scope(session_or_engine) as session:
+                return _next_in_session(session, user, flt, now, rng, minutes)
+        except (sa.exc.OperationalError, sa.exc.IntegrityError) as exc:
+            last = exc
+            time.sleep(0.005 * (attempt + 1) * (1 + rng.random()))
+    assert last is not None
+    raise last
+
+
+def _own_leased(session: Session, user: User, assignment_id: int) -> Assignment:
+    a = session.get(Assignment, assignment_id, populate_existing=True)
+    if a is None or a.user_id != user.id:
+        raise NotFound("no such assignment")
+    if a.status != "leased":
+        raise LeaseLost("this item is no longer assigned to you (the lease ended)")
+    return a
 
 
 def release(session: Session, user: User, assignment_id: int) -> Assignment:
     """Give a leased slot back (status "released"); the item may be offered to the user again."""
-    raise NotImplementedError
+    require(user, "review")
+    a = _own_leased(session, user, assignment_id)
+    if not _release_row(session, a, "released"):
+        raise LeaseLost("this item is no longer assigned to you (the lease ended)")
+    session.refresh(a)
+    return a
 
 
 def skip(session: Session, user: User, assignment_id: int) -> Assignment:
     """Give a leased slot back and never offer the item to this user again (status "skipped")."""
-    raise NotImplementedError
+    require(user, "review")
+    a = _own_leased(session, user, assignment_id)
+    if not _release_row(session, a, "skipped"):
+        raise LeaseLost("this item is no longer assigned to you (the lease ended)")
+    session.refresh(a)
+    return a
 
 
-def progress(session: Session, user: User, collection_id: int, *, max_age_s: float = 5.0) -> Progress:
-    """Progress counts; collection-wide counts may be up to ``max_age_s`` old (per-process cache)."""
-    raise NotImplementedError
+def complete(session: Session, user: User, assignment_id: int, *, now: datetime | None = None) -> Assignment:
+    """Mark the user's lease done (used by ``annotations.submit``).
+
+    A lease that expired but was not reclaimed yet still holds its slot and completes
+    normally; one that was reclaimed ("released") completes only if a slot is still free,
+    so the overlap target holds either way.
+    """
+    now = now or utcnow()
+    a = session.get(Assignment, assignment_id, populate_existing=True)
+    if a is None or a.user_id != user.id:
+        raise NotFound("no such assignment")
+    if a.status == "released":
+        col_k = session.execute(
+            sa.select(Collection.overlap_target).join(Item, Item.collection_id == Collection.id)
+            .where(Item.id == a.item_id)).scalar_one()
+        if not _claim_slot(session, a.item_id, col_k):
+            raise LeaseLost("your lease expired and the item's review slots are now taken by others")
+        res = session.execute(sa.text("UPDATE assignment SET status = 'leased' WHERE id = :id AND status = 'released'"),
+                              {"id": a.id})
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            raise LeaseLost("this item is no longer assigned to you")
+    res = session.execute(
+        sa.text("UPDATE assignment SET status = 'done', completed_at = :t WHERE id = :id AND status = 'leased'"),
+        {"t": now, "id": a.id})
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        raise LeaseLost("this item is no longer assigned to you (the lease ended)")
+    session.refresh(a)
+    return a
 
 
-def reclaim_expired(session: Session, *, now: datetime | None = None) -> int:
-    """Release every expired lease and return its slot; returns how many were reclaimed."""
-    raise NotImplementedError
+# ---------------------------------------------------------------------------------------
+# Progress
+# ---------------------------------------------------------------------------------------
+
+
+def _collection_counts(session: Session, col: Collection) -> dict[str, int]:
+    k = col.overlap_target
+    p = {"c": col.id, "k": k}
+    n_items = session.execute(sa.text("SELECT COUNT(*) FROM item WHERE collection_id = :c"), p).scalar_one()
+    by_status = dict(session.execute(sa.text(
+        "SELECT a.status, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
+        "WHERE item.collection_id = :c GROUP BY a.status"), p).all())
+    full = session.execute(sa.text(
+        "SELECT COUNT(*) FROM (SELECT a.item_id FROM assignment a JOIN item ON item.id = a.item_id "
+        "WHERE item.collection_id = :c AND a.status = 'done' GROUP BY a.item_id HAVING COUNT(*) >= :k) t"), p
+    ).scalar_one()
+    by_stratum = dict(session.execute(sa.text(
+        "SELECT a.stratum, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
+        "WHERE item.collection_id = :c AND a.status = 'done' GROUP BY a.stratum"), p).all())
+    return {"n_items": int(n_items), "done": int(by_status.get("done", 0)),
+            "leased": int(by_status.get("leased", 0)), "skipped": int(by_status.get("skipped", 0)),
+            "full": int(full), **{f"done_{s}": int(v) for s, v in by_stratum.items()}}
+
+
+def progress(session: Session, user: User | None, collection_id: int, *, max_age_s: float = 5.0) -> Progress:
+    """Progress counts for a collection.
+
+    The user's own counts are exact (index on the user's assignments); collection-wide
+    counts scan the collection's assignments and are cached per process for
+    ``max_age_s`` seconds (0 = always fresh), because the review page shows them on every
+    rerun.
+    """
+    col = session.get(Collection, collection_id)
+    if col is None:
+        raise NotFound("no such collection")
+    counts = _cached(("progress", _bind_key(session), collection_id), max_age_s,
+                     lambda: _collection_counts(session, col)) if max_age_s > 0 else _collection_counts(session, col)
+    mine: dict[str, int] = {}
+    if user is not None:
+        mine = dict(session.execute(sa.text(
+            "SELECT a.status, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
+            "WHERE a.user_id = :u AND item.collection_id = :c GROUP BY a.status"),
+            {"u": user.id, "c": collection_id}).all())
+    k = col.overlap_target
+    return Progress(
+        collection_id=collection_id, n_items=counts["n_items"], overlap_target=k,
+        slots_total=counts["n_items"] * k, mine_done=int(mine.get("done", 0)),
+        mine_skipped=int(mine.get("skipped", 0)), mine_leased=int(mine.get("leased", 0)),
+        everyone_done=counts["done"], slots_leased=counts["leased"], items_fully_covered=counts["full"],
+        extra={key: v for key, v in counts.items() if key.startswith("done_") or key == "skipped"},
+    )
+
+
+def queue_status(session: Session, actor: User | None, collection_id: int) -> dict[str, Any]:
+    """Lead's view: fresh progress plus done counts per reviewer (``view_queue_status``).
+
+    ``actor=None`` is for the CLI, whose user already controls the database.
+    """
+    if actor is not None:
+        require(actor, "view_queue_status")
+    prog = progress(session, None, collection_id, max_age_s=0)
+    per_user = session.execute(sa.text(
+        "SELECT u.username, a.status, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
+        "JOIN \"user\" u ON u.id = a.user_id WHERE item.collection_id = :c "
+        "GROUP BY u.username, a.status ORDER BY u.username"), {"c": collection_id}).all()
+    users: dict[str, dict[str, int]] = {}
+    for name, status, n in per_user:
+        users.setdefault(name, {})[status] = int(n)
+    return {"progress": prog, "per_user": users}
