@@ -1,0 +1,147 @@
+"""``safereview users ...`` and ``safereview queue status``: accounts and review progress.
+
+Whoever runs these commands controls the database already, so they act without a signed-in
+user; the same functions called from the app check the signed-in user's role.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from safereview.cli.common import DbOption, config, console, engine_for, err_console
+
+RoleOption = Annotated[str, typer.Option("--role", help="annotator, lead or admin.")]
+PasswordStdinOption = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password from the first line of standard input "
+                                                "instead of prompting (for scripts).")]
+DisplayNameOption = Annotated[str, typer.Option("--display-name", help="Name shown in the app (default: none).")]
+
+
+def _password(from_stdin: bool) -> str:
+    if from_stdin:
+        line = sys.stdin.readline()
+        return line.rstrip("\r\n")
+    return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+def _fail(msg: str) -> None:
+    err_console.print(f"error: {msg}", markup=False, highlight=False)
+    raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    users = typer.Typer(help="Manage reviewer accounts (annotator, lead, admin).", no_args_is_help=True)
+    queue = typer.Typer(help="Review queue status.", no_args_is_help=True)
+    app.add_typer(users, name="users")
+    app.add_typer(queue, name="queue")
+
+    @users.command("add")
+    def users_add(username: Annotated[str, typer.Argument(help="Sign-in name (at most 80 characters).")],
+                  role: RoleOption = "annotator", password_stdin: PasswordStdinOption = False,
+                  display_name: DisplayNameOption = "", db: DbOption = None) -> None:
+        """Create a user with a password (prompted, or read with --password-stdin)."""
+        from db.engine import session_scope
+        from workflow.auth import create_user
+        from workflow.errors import WorkflowError
+
+        password = _password(password_stdin)
+        try:
+            with session_scope(engine_for(config(db))) as s:
+                user = create_user(s, username, password, role, display_name)
+                name, urole = user.username, user.role
+        except WorkflowError as exc:
+            _fail(str(exc))
+        console.print(f"created {urole} {name!r}", markup=False, highlight=False)
+
+    @users.command("list")
+    def users_list(db: DbOption = None) -> None:
+        """List users with role, status and last sign-in."""
+        from rich.table import Table
+        from rich.text import Text
+
+        from db.engine import session_scope
+        from workflow.auth import list_users
+
+        table = Table("username", "role", "status", "display name", "last sign-in")
+        with session_scope(engine_for(config(db))) as s:
+            for u in list_users(s):
+                status = "disabled" if u.disabled else ("no password" if u.password_hash.startswith("!") else "active")
+                table.add_row(Text(u.username), u.role, status, Text(u.display_name),
+                              u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "")
+        for col in table.columns:
+            col.no_wrap = False
+        console.print(table, markup=False, highlight=False)
+
+    def _set_disabled(username: str, disabled: bool, db: str | None) -> None:
+        from db.engine import session_scope
+        from workflow.auth import set_disabled
+        from workflow.errors import WorkflowError
+
+        try:
+            with session_scope(engine_for(config(db))) as s:
+                set_disabled(s, username, disabled)
+        except WorkflowError as exc:
+            _fail(str(exc))
+        console.print(f"{'disabled' if disabled else 'enabled'} {username!r}", markup=False, highlight=False)
+
+    @users.command("disable")
+    def users_disable(username: Annotated[str, typer.Argument(help="User to disable.")],
+                      db: DbOption = None) -> None:
+        """Disable a user and sign them out everywhere (their labels stay)."""
+        _set_disabled(username, True, db)
+
+    @users.command("enable")
+    def users_enable(username: Annotated[str, typer.Argument(help="User to enable.")],
+                     db: DbOption = None) -> None:
+        """Re-enable a disabled user."""
+        _set_disabled(username, False, db)
+
+    @users.command("reset-password")
+    def users_reset(username: Annotated[str, typer.Argument(help="User whose password to set.")],
+                    password_stdin: PasswordStdinOption = False, db: DbOption = None) -> None:
+        """Set a new password (also for imported users, who have none), sign the user out, lift a lock-out."""
+        from db.engine import session_scope
+        from workflow.auth import reset_password
+        from workflow.errors import WorkflowError
+
+        password = _password(password_stdin)
+        try:
+            with session_scope(engine_for(config(db))) as s:
+                reset_password(s, username, password)
+        except WorkflowError as exc:
+            _fail(str(exc))
+        console.print(f"password of {username!r} reset", markup=False, highlight=False)
+
+    @queue.command("status")
+    def queue_status_cmd(collection: Annotated[str, typer.Option("--collection", help="Collection name.")],
+                         db: DbOption = None) -> None:
+        """Show review progress of a collection: slots done and leased, items fully covered, per reviewer."""
+        from rich.table import Table
+        from rich.text import Text
+
+        from db.collections import NotFound as CollectionNotFound
+        from db.collections import get_collection
+        from db.engine import session_scope
+        from workflow.queue import queue_status
+
+        try:
+            with session_scope(engine_for(config(db))) as s:
+                col = get_collection(s, collection)
+                st = queue_status(s, None, col.id)  # type: ignore[arg-type]
+        except CollectionNotFound as exc:
+            _fail(str(exc))
+        p = st["progress"]
+        pct = f"{100 * p.fraction_done:.1f}%"
+        console.print(
+            f"{collection}: {p.n_items} items × {p.overlap_target} = {p.slots_total} slots; "
+            f"{p.everyone_done} done ({pct}), {p.slots_leased} leased, {p.items_fully_covered} items fully covered; "
+            f"done by stratum: priority {p.extra.get('done_priority', 0)}, audit {p.extra.get('done_audit', 0)}, "
+            f"imported {p.extra.get('done_imported', 0)}",
+            markup=False, highlight=False)
+        table = Table("reviewer", "done", "leased", "skipped", "released")
+        for name, counts in st["per_user"].items():
+            table.add_row(Text(name), *(str(counts.get(k, 0)) for k in ("done", "leased", "skipped", "released")))
+        console.print(table, markup=False, highlight=False)
