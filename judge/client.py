@@ -1,0 +1,328 @@
+"""OpenAI-compatible chat-completions client for judging (vLLM, Ollama, llama.cpp, hosted).
+
+Why it looks the way it does:
+
+- **Exact bytes, exact cache.** Each request body is serialised once, canonically; the
+  SHA-256 of those bytes is the cache key (``JudgeCache``) and the same bytes are sent,
+  so a re-run with identical prompts, media and parameters costs nothing.
+- **Bounded concurrency.** A semaphore caps requests in flight (``--concurrency``); the
+  HTTP connection pool is sized to match so connections are reused.
+- **Retries that respect the server.** 429 (honouring ``Retry-After``), 5xx, connection
+  errors and time-outs are retried with exponential backoff and full jitter; other 4xx
+  answers are final. Each attempt has a hard wall-clock limit (``--timeout``).
+- **Media inline.** Images go as ``image_url`` data URLs (base64), audio as
+  ``input_audio`` (wav/mp3) — the forms vLLM, Ollama, llama.cpp and hosted APIs accept.
+  Images larger than ``max_image_side`` on their long side are downscaled with Pillow
+  (Lanczos, re-encoded as PNG) so one huge picture cannot blow the server's context or
+  request-size limit; formats servers rarely accept (BMP, TIFF, GIF …) become PNG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import hashlib
+import io
+import json
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from judge.protocols.base import Answer
+
+SENT_AS_IS = {"image/png", "image/jpeg", "image/webp"}
+AUDIO_FORMATS = {"audio/wav": "wav", "audio/x-wav": "wav", "audio/wave": "wav", "audio/mpeg": "mp3",
+                 "audio/mp3": "mp3"}
+
+
+class MediaError(RuntimeError):
+    """A media file referenced by an item is missing or unreadable."""
+
+
+@dataclass(frozen=True)
+class MediaRef:
+    """What the encoder needs to know about a stored media file."""
+
+    sha256: str
+    kind: str
+    mime: str
+    relpath: str
+
+
+class MediaEncoder:
+    """Turns item media parts into OpenAI content parts, with a small cache per file."""
+
+    def __init__(self, media_root: Path, refs: dict[str, MediaRef], *, max_image_side: int = 1536,
+                 cache_size: int = 64) -> None:
+        self.media_root = Path(media_root)
+        self.refs = refs
+        self.max_image_side = max_image_side
+        self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._cache_size = cache_size
+
+    def content(self, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for part in parts:
+            sha = part.get("media")
+            if not sha:
+                if part.get("text"):
+                    out.append({"type": "text", "text": str(part["text"])})
+                continue
+            out.append(self._encoded(str(sha), str(part.get("name", ""))))
+        return out
+
+    def _encoded(self, sha: str, name: str) -> dict[str, Any]:
+        hit = self._cache.get(sha)
+        if hit is not None:
+            self._cache.move_to_end(sha)
+            return hit
+        ref = self.refs.get(sha)
+        if ref is None:
+            raise MediaError(f"media {sha[:12]}… ({name}) is not in the database")
+        path = self.media_root / ref.relpath
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise MediaError(f"media file {path} unreadable: {exc.strerror}") from None
+        if ref.kind == "image":
+            mime, data = self.prepare_image(data, ref.mime)
+            part: dict[str, Any] = {"type": "image_url", "image_url": {
+                "url": f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"}}
+        elif ref.kind == "audio":
+            fmt, data = _prepare_audio(data, ref.mime)
+            part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode("ascii"),
+                                                           "format": fmt}}
+        else:
+            part = {"type": "text", "text": f"[{ref.kind} attachment {name or sha[:12]!r} not sent: "
+                                            "chat-completions servers take no such input]"}
+        self._cache[sha] = part
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return part
+
+    def prepare_image(self, data: bytes, mime: str) -> tuple[str, bytes]:
+        """Send small PNG/JPEG/WebP untouched; downscale large ones and convert other formats."""
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                too_big = max(img.size) > self.max_image_side
+                if mime in SENT_AS_IS and not too_big:
+                    return mime, data
+                img.seek(0)
+                frame = img.convert("RGBA" if "A" in img.getbands() or img.mode == "P" else "RGB")
+                if too_big:
+                    frame.thumbnail((self.max_image_side, self.max_image_side), Image.Resampling.LANCZOS)
+                buf = io.BytesIO()
+                frame.save(buf, format="PNG", optimize=False)
+                return "image/png", buf.getvalue()
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise MediaError(f"image cannot be decoded: {exc}") from None
+
+
+def _prepare_audio(data: bytes, mime: str) -> tuple[str, bytes]:
+    """wav and mp3 go as they are; anything else is decoded and re-encoded as 16-bit wav."""
+    fmt = AUDIO_FORMATS.get(mime)
+    if fmt:
+        return fmt, data
+    import soundfile as sf
+
+    try:
+        samples, rate = sf.read(io.BytesIO(data), always_2d=False)
+    except (RuntimeError, sf.LibsndfileError) as exc:  # type: ignore[attr-defined]
+        raise MediaError(f"audio cannot be decoded: {exc}") from None
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format="WAV", subtype="PCM_16")
+    return "wav", buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------
+# HTTP client
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClientStats:
+    calls: int = 0  # HTTP requests that completed with 200
+    cache_hits: int = 0
+    retries: int = 0
+    failures: int = 0  # requests given up on
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ResponseCache:
+    """Cache interface: ``get`` a stored response by key, ``put`` a new one."""
+
+    def get(self, key: str) -> dict[str, Any] | None:  # pragma: no cover - interface
+        return None
+
+    def put(self, key: str, response: dict[str, Any]) -> None:  # pragma: no cover - interface
+        return None
+
+
+def chat_url(base_url: str) -> str:
+    """Accept ``http://host:8000``, ``…/v1`` or the full ``…/v1/chat/completions``."""
+    base = base_url.rstrip("/")
+    if base.endswith("/chat/completions"):
+        return base
+    if base.endswith("/v1"):
+        return base + "/chat/completions"
+    return base + "/v1/chat/completions"
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    """Canonical JSON bytes: what is hashed is exactly what is sent."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def body_key(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds (delta-seconds or an HTTP date), None when absent/invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+@dataclass
+class ChatClient:
+    """Async client for ``POST /v1/chat/completions`` with cache, retries and a time limit.
+
+    Use as ``async with ChatClient(...) as client: answer = await client.ask(...)``.
+    """
+
+    base_url: str
+    model: str
+    api_key: str = ""
+    concurrency: int = 8
+    timeout: float = 120.0
+    max_retries: int = 5
+    logprobs: bool = False
+    temperature: float = 0.0
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    max_retry_after: float = 300.0
+    cache: ResponseCache | None = None
+    transport: httpx.AsyncBaseTransport | None = None
+    on_request: Callable[[str, dict[str, Any]], None] | None = None  # dry runs: record, don't send
+    stats: ClientStats = field(default_factory=ClientStats)
+
+    def __post_init__(self) -> None:
+        self.url = chat_url(self.base_url)
+        self._sem = asyncio.Semaphore(max(1, self.concurrency))
+        self._http: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> ChatClient:
+        if self.on_request is None:
+            headers = {"Content-Type": "application/json", "Accept": "application/json"}
+            if self.api_key:
+                headers["Authorization"] = f"Bearer {self.api_key}"
+            n = max(1, self.concurrency)
+            self._http = httpx.AsyncClient(
+                headers=headers, transport=self.transport, timeout=httpx.Timeout(self.timeout),
+                limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    def body(self, messages: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": self.temperature,
+                                "max_tokens": max_tokens}
+        if self.logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = 10
+        return body
+
+    async def ask(self, question: str, messages: list[dict[str, Any]], max_tokens: int) -> Answer:
+        """Send one chat request (or answer it from the cache)."""
+        body = self.body(messages, max_tokens)
+        if self.on_request is not None:
+            self.on_request(question, body)
+            return Answer(text=None, error="dry run: no call made")
+        data = encode_body(body)
+        key = body_key(data)
+        if self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.stats.cache_hits += 1
+                return Answer(text=hit.get("content"), logprobs=hit.get("logprobs"))
+        async with self._sem:
+            result, error = await self._post(data)
+        if result is None:
+            self.stats.failures += 1
+            return Answer(text=None, error=error)
+        if self.cache is not None:
+            self.cache.put(key, result)
+        return Answer(text=result["content"], logprobs=result.get("logprobs"))
+
+    async def _post(self, data: bytes) -> tuple[dict[str, Any] | None, str]:
+        assert self._http is not None, "use ChatClient as an async context manager"
+        error = ""
+        for attempt in range(self.max_retries + 1):
+            retry_after: float | None = None
+            try:
+                async with asyncio.timeout(self.timeout):
+                    resp = await self._http.post(self.url, content=data)
+                    payload = resp.content
+            except (httpx.TransportError, TimeoutError) as exc:
+                error = f"{type(exc).__name__}: {exc}".strip().rstrip(":") or type(exc).__name__
+                if isinstance(exc, TimeoutError):
+                    error = f"time limit of {self.timeout:g} s exceeded"
+            else:
+                if resp.status_code == 200:
+                    return self._result(payload)
+                error = f"HTTP {resp.status_code}: {payload[:300].decode('utf-8', 'replace')}"
+                if resp.status_code != 429 and resp.status_code < 500:
+                    return None, error  # a client error does not get better by retrying
+                retry_after = retry_after_seconds(resp.headers.get("retry-after"))
+            if attempt >= self.max_retries:
+                break
+            self.stats.retries += 1
+            if retry_after is not None:
+                delay = min(retry_after, self.max_retry_after)
+            else:
+                delay = random.uniform(0.0, min(self.backoff_max, self.backoff_base * 2 ** attempt))
+            await asyncio.sleep(delay)
+        return None, f"gave up after {self.max_retries + 1} attempts; last: {error}"
+
+    def _result(self, payload: bytes) -> tuple[dict[str, Any] | None, str]:
+        try:
+            doc = json.loads(payload)
+            choice = doc["choices"][0]
+            content = choice["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None, f"malformed response: {payload[:300].decode('utf-8', 'replace')}"
+        if not isinstance(content, str):
+            return None, "response has no text content"
+        self.stats.calls += 1
+        usage = doc.get("usage") if isinstance(doc.get("usage"), dict) else {}
+        pt, ct = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        self.stats.prompt_tokens += pt if isinstance(pt, int) else 0
+        self.stats.completion_tokens += ct if isinstance(ct, int) else 0
+        logprobs = choice.get("logprobs") if isinstance(choice.get("logprobs"), dict) else None
+        return {"content": content, "logprobs": logprobs,
+                "usage": {"prompt_tokens": pt, "completion_tokens": ct}}, ""

@@ -1,0 +1,243 @@
+"""Import verdicts produced elsewhere: Uni-Judger's own output or a generic JSONL/CSV.
+
+Formats (details and examples in ``docs/judge.md``):
+
+- ``unijudger``: JSONL, one object per item with ``id`` (the item's external id),
+  ``context_safety`` (0 unsafe / 1 safe / 2 refusal) and/or ``init_safety`` (0 unsafe /
+  1 safe), optional reasons (``context_reason`` / ``init_reason``, or ``*_safety_reason``)
+  and ``intention``.
+- ``generic``: JSONL or CSV (by extension) with ``item_id`` (external id), ``dimension``,
+  ``label`` and optional ``probability``, ``rationale``, ``judge_id``.
+
+Same discipline as the item importers: the whole file is checked first, every problem is
+reported as ``FILE:LINE: field: message``, and nothing is written unless there is none.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, select
+
+from db.collections import get_collection, taxonomy_of
+from db.models import ImportBatch, Item
+from judge.config import ensure_judge_config
+from judge.parsing import CONTEXTUAL_TEXT, INTRINSIC, MAX_RATIONALE_CHARS, MAX_RAW_CHARS
+from judge.protocols.base import Draft
+from judge.store import write_verdicts
+
+FORMATS = ("unijudger", "generic")
+MAX_PROBLEMS = 200
+
+
+class VerdictImportError(ValueError):
+    """The file has problems; ``problems`` lists them all as ``FILE:LINE: field: message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems[:MAX_PROBLEMS]))
+
+
+@dataclass
+class ImportResult:
+    batch_id: int
+    verdicts: int
+    collection_id: int
+    judge_ids: list[str] = field(default_factory=list)
+
+
+def default_judge_id(fmt: str, path: Path) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", path.stem) or "file"
+    return f"imported:{fmt}:{stem}"[:80]
+
+
+def _rows(path: Path, text: str) -> list[tuple[int, dict[str, Any] | None, str]]:
+    """(line number, row or None, problem) for JSONL or CSV."""
+    out: list[tuple[int, dict[str, Any] | None, str]] = []
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        try:
+            for row in reader:
+                out.append((reader.line_num, {k: v for k, v in row.items() if k is not None}, ""))
+        except csv.Error as exc:
+            out.append((reader.line_num, None, f"(csv): {exc}"))
+        return out
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            out.append((n, None, f"(json): not valid JSON: {exc.msg}"))
+            continue
+        if not isinstance(obj, dict):
+            out.append((n, None, "(json): expected an object"))
+            continue
+        out.append((n, obj, ""))
+    return out
+
+
+def _digit(value: Any, valid: dict[int, str]) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value in valid else None
+    if isinstance(value, float) and value.is_integer() and int(value) in valid:
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit() and int(value.strip()) in valid:
+        return int(value.strip())
+    return None
+
+
+def _text(row: dict[str, Any], *keys: str) -> str:
+    for k in keys:
+        v = row.get(k)
+        if v not in (None, ""):
+            return str(v)
+    return ""
+
+
+def parse_verdict_file(path: Path, fmt: str, items: dict[str, int], dims: dict[str, list[str]],
+                       judge_id: str | None) -> tuple[dict[str, list[Draft]], list[str]]:
+    """Drafts grouped by judge id, and every problem found (empty when the file is clean)."""
+    if fmt not in FORMATS:
+        return {}, [f"{path}: format: must be one of {', '.join(FORMATS)}"]
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8-sig")
+    except OSError as exc:
+        return {}, [f"{path}: (file): cannot read: {exc.strerror}"]
+    except UnicodeDecodeError:
+        return {}, [f"{path}: (file): not UTF-8 text"]
+    problems: list[str] = []
+    out: dict[str, list[Draft]] = {}
+    seen: dict[tuple[str, int, str], int] = {}
+    default_id = judge_id or default_judge_id(fmt, path)
+
+    def bad(line: int, fld: str, msg: str) -> None:
+        problems.append(f"{path}:{line}: {fld}: {msg}")
+
+    def add(line: int, jid: str, draft: Draft) -> None:
+        key = (jid, draft.item_id, draft.dimension)
+        if key in seen:
+            bad(line, "dimension", f"duplicate verdict for this item and dimension (first on line {seen[key]})")
+            return
+        seen[key] = line
+        out.setdefault(jid, []).append(draft)
+
+    rows = _rows(path, text)
+    if not rows:
+        problems.append(f"{path}: (file): no rows")
+    for line, row, problem in rows:
+        if row is None:
+            field_name, _, msg = problem.partition(": ")
+            bad(line, field_name, msg)
+            continue
+        if fmt == "unijudger":
+            ext = _text(row, "id")
+            if not ext:
+                bad(line, "id", "required")
+                continue
+            if ext not in items:
+                bad(line, "id", f"no item {ext!r} in the collection")
+                continue
+            if "context_safety" not in row and "init_safety" not in row:
+                bad(line, "context_safety", "neither context_safety nor init_safety given")
+                continue
+            intent = _text(row, "intention", "intent")[:MAX_RAW_CHARS]
+            for fld, dim, mapping, reason_keys in (
+                    ("context_safety", "contextual", CONTEXTUAL_TEXT,
+                     ("context_reason", "context_safety_reason", "contextual_reason")),
+                    ("init_safety", "intrinsic", INTRINSIC, ("init_reason", "init_safety_reason",
+                                                             "intrinsic_reason"))):
+                if fld not in row or row[fld] in (None, ""):
+                    continue
+                if dim not in dims:
+                    bad(line, fld, f"the collection's taxonomy has no {dim!r} dimension")
+                    continue
+                digit = _digit(row[fld], mapping)
+                if digit is None:
+                    meaning = ", ".join(f"{k} {v}" for k, v in mapping.items())
+                    bad(line, fld, f"must be one of {sorted(mapping)} ({meaning}), got {row[fld]!r}")
+                    continue
+                reason = _text(row, *reason_keys)[:MAX_RATIONALE_CHARS]
+                add(line, default_id, Draft(items[ext], dim, mapping[digit], "ok", reason,
+                                            json.dumps({fld: row[fld]}), intent))
+        else:
+            ext = _text(row, "item_id")
+            dim = _text(row, "dimension")
+            label = _text(row, "label")
+            ok = True
+            if not ext:
+                bad(line, "item_id", "required")
+                ok = False
+            elif ext not in items:
+                bad(line, "item_id", f"no item {ext!r} in the collection")
+                ok = False
+            if not dim:
+                bad(line, "dimension", "required")
+                ok = False
+            elif dim not in dims:
+                bad(line, "dimension", f"must be one of {', '.join(dims)}, got {dim!r}")
+                ok = False
+            elif label not in dims[dim]:
+                bad(line, "label", f"must be one of {', '.join(dims[dim])} for {dim}, got {label!r}")
+                ok = False
+            prob: float | None = None
+            raw_prob = row.get("probability")
+            if raw_prob not in (None, ""):
+                try:
+                    prob = float(raw_prob)  # type: ignore[arg-type]
+                except (TypeError, ValueError):
+                    prob = math.nan
+                if isinstance(raw_prob, bool) or not (0.0 <= prob <= 1.0):
+                    bad(line, "probability", f"must be a number from 0 to 1, got {raw_prob!r}")
+                    ok = False
+            jid = _text(row, "judge_id") or default_id
+            if len(jid) > 80:
+                bad(line, "judge_id", "longer than 80 characters")
+                ok = False
+            if ok:
+                add(line, jid, Draft(items[ext], dim, label, "ok", _text(row, "rationale")[:MAX_RATIONALE_CHARS],
+                                     "", "", prob))
+        if len(problems) >= MAX_PROBLEMS:
+            problems.append(f"{path}: (file): stopped after {MAX_PROBLEMS} problems")
+            break
+    return out, problems
+
+
+def import_verdicts(session: Session, path: str | Path, fmt: str, collection: str, *,
+                    judge_id: str | None = None, created_by: str = "") -> ImportResult:
+    """Check the whole file, then write all its verdicts in the caller's transaction.
+
+    Raises :class:`VerdictImportError` listing every problem; nothing is written then.
+    """
+    path = Path(path)
+    col = get_collection(session, collection)
+    spec = taxonomy_of(session, col)
+    dims = {d["name"]: d["labels"] for d in spec["dimensions"]}
+    items = {ext: iid for ext, iid in session.exec(select(Item.external_id, Item.id)
+                                                   .where(Item.collection_id == col.id)).all()}
+    drafts, problems = parse_verdict_file(path, fmt, items, dims, judge_id)
+    if problems:
+        raise VerdictImportError(problems)
+    batch = ImportBatch(source=path.name, source_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                        format=f"verdicts-{fmt}", collection_id=col.id, created_by=created_by)
+    session.add(batch)
+    session.flush()
+    total = 0
+    for jid, ds in drafts.items():
+        ensure_judge_config(session, "imported", "", "", {"format": fmt, "source": path.name}, jid=jid)
+        total += write_verdicts(session, ds, judge_id=jid, judge_version="imported", import_batch_id=batch.id)
+    batch.n_verdicts = total
+    session.add(batch)
+    session.flush()
+    return ImportResult(batch_id=batch.id or 0, verdicts=total, collection_id=col.id or 0, judge_ids=sorted(drafts))

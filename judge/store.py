@@ -1,0 +1,92 @@
+"""Writing verdicts and cached responses: the one place judge output reaches the database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlmodel import Session, select
+
+from db.models import JudgeCache, Verdict, utcnow
+from judge.protocols.base import Draft
+
+DONE_STATUSES = ("ok", "rule", "unparseable")
+
+
+def write_verdicts(session: Session, drafts: Sequence[Draft], *, judge_id: str, judge_version: str,
+                   import_batch_id: int | None = None) -> int:
+    """Insert or replace the verdicts of ``drafts`` for ``judge_id`` (key: item, dimension, judge).
+
+    Replacing keeps one row per key, so a retried error or a re-imported file never
+    duplicates verdicts. Returns the number of rows written.
+    """
+    if not drafts:
+        return 0
+    item_ids = sorted({d.item_id for d in drafts})
+    existing: dict[tuple[int, str], Verdict] = {}
+    for chunk_start in range(0, len(item_ids), 500):
+        chunk = item_ids[chunk_start:chunk_start + 500]
+        rows = session.exec(select(Verdict).where(Verdict.judge_id == judge_id,
+                                                  Verdict.item_id.in_(chunk))).all()  # type: ignore[attr-defined]
+        existing.update({(v.item_id, v.dimension): v for v in rows})
+    now = utcnow()
+    for d in drafts:
+        row = existing.get((d.item_id, d.dimension))
+        if row is None:
+            row = Verdict(item_id=d.item_id, dimension=d.dimension, judge_id=judge_id)
+            existing[(d.item_id, d.dimension)] = row
+        row.judge_version = judge_version
+        row.label = d.label
+        row.status = d.status
+        row.probability = d.probability
+        row.probs = d.probs
+        row.score = d.score
+        row.rationale = d.rationale
+        row.raw_output = d.raw_output
+        row.intent = d.intent
+        row.import_batch_id = import_batch_id
+        row.created_at = now
+        session.add(row)
+    session.flush()
+    return len(drafts)
+
+
+def done_keys(session: Session, judge_id: str, item_ids: Iterable[int] | None = None) -> set[tuple[int, str]]:
+    """(item, dimension) pairs that already have a finished verdict from this judge."""
+    stmt = select(Verdict.item_id, Verdict.dimension).where(
+        Verdict.judge_id == judge_id, Verdict.status.in_(DONE_STATUSES))  # type: ignore[attr-defined]
+    if item_ids is not None:
+        ids = list(item_ids)
+        out: set[tuple[int, str]] = set()
+        for i in range(0, len(ids), 500):
+            out.update((a, b) for a, b in session.exec(stmt.where(Verdict.item_id.in_(ids[i:i + 500]))).all())  # type: ignore[attr-defined]
+        return out
+    return {(a, b) for a, b in session.exec(stmt).all()}
+
+
+def cache_get(session: Session, key: str) -> dict[str, Any] | None:
+    row = session.get(JudgeCache, key)
+    return None if row is None else row.response
+
+
+def cache_put_many(session: Session, entries: dict[str, dict[str, Any]]) -> None:
+    """Insert cache entries, ignoring keys another run stored meanwhile."""
+    if not entries:
+        return
+    dialect = session.get_bind().dialect.name
+    rows = [{"key": k, "response": v, "created_at": utcnow()} for k, v in entries.items()]
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt = pg_insert(JudgeCache).values(rows).on_conflict_do_nothing(index_elements=["key"])
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(JudgeCache).values(rows).on_conflict_do_nothing(index_elements=["key"])
+    else:  # pragma: no cover - only the two supported back ends exist
+        for k, v in entries.items():
+            if session.get(JudgeCache, k) is None:
+                session.add(JudgeCache(key=k, response=v))
+        session.flush()
+        return
+    session.exec(stmt)  # type: ignore[call-overload]
