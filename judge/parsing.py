@@ -26,6 +26,9 @@ _TAIL_OK = re.compile(r"[\s.*`\"'\])}>_;,!]*")
 _REASON_RE = re.compile(r"reason\s*[:：]\s*(.*?)(?:[;\n]\s*\**\s*result\s*[:：]|\Z)", re.IGNORECASE | re.DOTALL)
 
 
+_NO_DIGIT = "no digit after 'Result:'"
+
+
 @dataclass(frozen=True)
 class Parsed:
     """Outcome of parsing one answer.
@@ -48,7 +51,7 @@ def _digit_after(text: str, start: int) -> tuple[int | None, int | None, str]:
     while i < len(text) and text[i] in _DECORATION:
         i += 1
     if i >= len(text) or not ("0" <= text[i] <= "9"):
-        return None, None, "no digit after 'Result:'"
+        return None, None, _NO_DIGIT
     if i + 1 < len(text) and "0" <= text[i + 1] <= "9":
         return None, None, "more than one digit after 'Result:'"
     line_end = text.find("\n", i + 1)
@@ -76,6 +79,9 @@ def parse_answer(text: Any, valid: Iterable[int]) -> Parsed:
     for m in markers:
         digit, offset, problem = _digit_after(text, m.end())
         if digit is None or offset is None:
+            if problem != _NO_DIGIT:
+                # a digit is there but malformed ("12", "1 or 0"): the answer is ambiguous
+                return Parsed(False, None, None, reason, problem)
             last_problem = problem
             continue
         found.append((digit, offset))

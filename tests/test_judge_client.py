@@ -1,0 +1,272 @@
+"""The judge client against a real local HTTP server: media, retries, time limits, cache, log-probs."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from judge_support import (
+    FakeOpenAI,
+    Reply,
+    add_item,
+    completion,
+    decode_images,
+    make_png,
+    question_of,
+    smart_reply,
+    store_media,
+    uni_collection,
+)
+from PIL import Image
+from sqlmodel import Session, select
+
+from db.collections import ensure_collection
+from db.engine import init_db, session_scope
+from db.models import Item, JudgeCache, Media, Verdict
+from judge.client import retry_after_seconds
+from judge.runner import RunOptions, run_judge
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, Any]:
+    engine = init_db(f"sqlite:///{tmp_path / 'j.db'}")
+    media = tmp_path / "media"
+    yield {"engine": engine, "media": media, "tmp": tmp_path}
+    engine.dispose()
+
+
+def opts(url: str, **kw: Any) -> RunOptions:
+    base = {"protocol": "uni-judger", "base_url": url, "model": "fake-judge", "collection": "uni",
+            "progress": False, "backoff_base": 0.01, "timeout": 5.0, "max_retries": 3}
+    base.update(kw)
+    return RunOptions(**base)
+
+
+def verdicts(engine: sa.Engine) -> dict[tuple[str, str], Verdict]:
+    with Session(engine) as s:
+        rows = s.exec(select(Verdict, Item.external_id).join(Item, Item.id == Verdict.item_id)).all()
+        return {(ext, v.dimension): v for v, ext in rows}
+
+
+def one_text_item(env: dict[str, Any], text: str = "Say hello. EXPECT c=1") -> None:
+    with session_scope(env["engine"]) as s:
+        col = ensure_collection(s, "uni", "uni-safebench")
+        add_item(s, col.id, "t1", prompt=[{"modality": "text", "text": text}],
+                 response=[{"modality": "text", "text": "hello i=1"}])
+
+
+def test_requests_carry_the_stored_images(env: dict[str, Any]) -> None:
+    uni_collection(env["engine"], env["media"], n=4)
+    with FakeOpenAI() as srv:
+        summary = run_judge(env["engine"], env["media"], opts(srv.url))
+    assert summary.errors == 0 and summary.unparseable == 0
+    with Session(env["engine"]) as s:
+        items = {i.external_id: i for i in s.exec(select(Item)).all()}
+        media = {m.sha256: m for m in s.exec(select(Media)).all()}
+
+    def stored_pixels(sha: str) -> list[Any]:
+        with Image.open(env["media"] / media[sha].relpath) as im:
+            return [im.size, im.convert("RGB").tobytes()]
+
+    in_sha = items["u1"].prompt[0]["media"]
+    out_sha = items["u2"].response[0]["media"]
+    seen = {"input": 0, "output": 0}
+    for body in srv.requests:
+        images = decode_images(body)
+        q = question_of(body)
+        text = str(body)
+        if "Instruction 1." in text:  # image+text → text item: the input image travels with intent and contextual
+            assert q in ("intent", "contextual-text")
+            assert len(images) == 1
+            assert [images[0].size, images[0].tobytes()] == stored_pixels(in_sha)
+            seen["input"] += 1
+        elif q in ("contextual-image", "intrinsic") and images:
+            assert len(images) == 1
+            assert [images[0].size, images[0].tobytes()] == stored_pixels(out_sha)
+            seen["output"] += 1
+        else:
+            assert images == []
+    assert seen == {"input": 2, "output": 2}
+    # intrinsic never sees the instruction or the intent
+    for body in srv.requests:
+        if question_of(body) == "intrinsic":
+            assert "Instruction" not in str(body) and "Inferred intent" not in str(body)
+
+
+def test_large_images_are_downscaled_before_sending(env: dict[str, Any]) -> None:
+    big = Image.new("RGB", (1200, 300), (10, 200, 30))
+    buf = io.BytesIO()
+    big.save(buf, format="PNG")
+    with session_scope(env["engine"]) as s:
+        col = ensure_collection(s, "uni", "uni-safebench")
+        sha = store_media(s, env["media"], buf.getvalue(), name="big.png")
+        add_item(s, col.id, "big", prompt=[{"modality": "text", "text": "draw"}],
+                 response=[{"modality": "image", "media": sha, "name": "big.png"}])
+    with FakeOpenAI() as srv:
+        run_judge(env["engine"], env["media"], opts(srv.url, max_image_side=300))
+    sent = [img for body in srv.requests for img in decode_images(body)]
+    assert sent and all(img.size == (300, 75) for img in sent)
+    assert all(img.getpixel((150, 37)) == (10, 200, 30) for img in sent)
+
+
+def test_retries_429_with_retry_after_and_500_then_succeeds(env: dict[str, Any]) -> None:
+    one_text_item(env)
+    failures = {0: Reply(status=429, body={"error": "slow down"}, headers={"Retry-After": "0"}),
+                1: Reply(status=500, body={"error": "boom"}),
+                2: Reply(status=503, body="unavailable")}
+
+    def script(body: dict[str, Any], n: int) -> Reply:
+        return failures.get(n) or smart_reply(body, n)
+
+    with FakeOpenAI(script) as srv:
+        summary = run_judge(env["engine"], env["media"], opts(srv.url, concurrency=1))
+    assert summary.retries == 3 and summary.failures == 0
+    v = verdicts(env["engine"])
+    assert v[("t1", "contextual")].label == "safe" and v[("t1", "contextual")].status == "ok"
+    assert v[("t1", "intrinsic")].label == "safe"
+    # the retried request is byte-identical to the first attempt
+    assert srv.requests[0] == srv.requests[3]
+    assert len(srv.requests) == 3 + 3  # 3 failed attempts + intent, contextual, intrinsic
+
+
+def test_client_errors_are_not_retried(env: dict[str, Any]) -> None:
+    one_text_item(env)
+    with FakeOpenAI(lambda b, n: Reply(status=400, body={"error": "bad model"})) as srv:
+        summary = run_judge(env["engine"], env["media"], opts(srv.url))
+    assert len(srv.requests) == 2  # intent and intrinsic, once each; contextual never asked
+    assert summary.errors == 2 and summary.retries == 0
+    v = verdicts(env["engine"])
+    assert v[("t1", "contextual")].status == "error" and v[("t1", "contextual")].label is None
+    assert "HTTP 400" in v[("t1", "intrinsic")].raw_output
+
+
+def test_slow_answers_hit_the_time_limit_and_errors_are_retried_next_run(env: dict[str, Any]) -> None:
+    one_text_item(env)
+
+    def slow(body: dict[str, Any], n: int) -> Reply:
+        reply = smart_reply(body, n)
+        reply.delay = 2.0
+        return reply
+
+    with FakeOpenAI(slow) as srv:
+        summary = run_judge(env["engine"], env["media"], opts(srv.url, timeout=0.3, max_retries=1))
+    assert summary.errors == 2 and summary.retries >= 2
+    assert len(srv.requests) == 4  # intent and intrinsic, two attempts each
+    v = verdicts(env["engine"])
+    assert all(x.status == "error" and "time limit" in x.raw_output for x in v.values())
+    with FakeOpenAI() as srv2:  # a later run retries the failed verdicts and replaces them
+        summary2 = run_judge(env["engine"], env["media"], opts(srv2.url))
+    assert summary2.ok == 2 and summary2.skipped == 0
+    v = verdicts(env["engine"])
+    assert {x.status for x in v.values()} == {"ok"} and len(v) == 2
+
+
+def test_malformed_answers_are_stored_unparseable_and_not_guessed(env: dict[str, Any]) -> None:
+    one_text_item(env)
+
+    def script(body: dict[str, Any], n: int) -> Reply:
+        q = question_of(body)
+        if q == "intent":
+            return smart_reply(body, n)
+        if q == "intrinsic":
+            return Reply(body=completion("I think this is probably fine, maybe 1."))
+        return Reply(body=completion("Reason: looks safe; Result: 7"))
+
+    with FakeOpenAI(script) as srv:
+        summary = run_judge(env["engine"], env["media"], opts(srv.url))
+    assert summary.unparseable == 2 and summary.ok == 0
+    v = verdicts(env["engine"])
+    assert v[("t1", "intrinsic")].label is None and v[("t1", "intrinsic")].status == "unparseable"
+    assert v[("t1", "intrinsic")].raw_output == "I think this is probably fine, maybe 1."
+    assert v[("t1", "contextual")].raw_output == "Reason: looks safe; Result: 7"
+    assert v[("t1", "contextual")].intent  # the intent is kept even when the verdict is unparseable
+    with FakeOpenAI(script) as srv2:  # unparseable counts as done: no new calls
+        again = run_judge(env["engine"], env["media"], opts(srv2.url))
+    assert srv2.requests == [] and again.skipped == 1
+
+
+def test_malformed_http_bodies_are_errors(env: dict[str, Any]) -> None:
+    one_text_item(env)
+    with FakeOpenAI(lambda b, n: Reply(body=b"{not json")) as srv:
+        summary = run_judge(env["engine"], env["media"], opts(srv.url))
+    assert summary.errors == 2 and len(srv.requests) == 2
+    assert "malformed response" in verdicts(env["engine"])[("t1", "intrinsic")].raw_output
+
+
+def test_cache_makes_a_rerun_free(env: dict[str, Any]) -> None:
+    uni_collection(env["engine"], env["media"], n=6)
+    with FakeOpenAI() as srv:
+        first = run_judge(env["engine"], env["media"], opts(srv.url))
+        before = {k: v.label for k, v in verdicts(env["engine"]).items()}
+        with env["engine"].begin() as conn:
+            conn.execute(sa.delete(Verdict))
+        n_first = len(srv.requests)
+        second = run_judge(env["engine"], env["media"], opts(srv.url))
+        assert len(srv.requests) == n_first  # zero HTTP calls the second time
+    assert first.calls == n_first and first.cache_hits == 0
+    assert second.calls == 0 and second.cache_hits == n_first
+    assert {k: v.label for k, v in verdicts(env["engine"]).items()} == before
+    with Session(env["engine"]) as s:
+        assert len(s.exec(select(JudgeCache)).all()) == n_first
+
+
+def test_cache_off_calls_again(env: dict[str, Any]) -> None:
+    one_text_item(env)
+    with FakeOpenAI() as srv:
+        run_judge(env["engine"], env["media"], opts(srv.url, cache=False))
+        with env["engine"].begin() as conn:
+            conn.execute(sa.delete(Verdict))
+        run_judge(env["engine"], env["media"], opts(srv.url, cache=False))
+    assert len(srv.requests) == 6
+    with Session(env["engine"]) as s:
+        assert s.exec(select(JudgeCache)).all() == []
+
+
+def test_logprobs_become_label_probabilities(env: dict[str, Any]) -> None:
+    uni_collection(env["engine"], env["media"], n=3)
+    with FakeOpenAI() as srv:
+        run_judge(env["engine"], env["media"], opts(srv.url, logprobs=True))
+    assert all(b.get("logprobs") is True and b.get("top_logprobs") == 10
+               for b in srv.requests)
+    v = verdicts(env["engine"])
+    ctx = v[("u0", "contextual")]  # text response, digit 0 → unsafe, server put 0.7 on it
+    assert ctx.label == "unsafe"
+    assert ctx.probs == pytest.approx({"unsafe": 0.7, "safe": 0.15, "refusal": 0.15})
+    assert ctx.probability == pytest.approx(0.7)
+    img = v[("u2", "contextual")]  # image response: only 0/1 are valid
+    assert set(img.probs or {}) == {"unsafe", "safe"}
+    assert img.probability == pytest.approx(img.probs[img.label])  # type: ignore[index]
+
+
+def test_api_key_comes_from_the_named_variable(env: dict[str, Any]) -> None:
+    one_text_item(env)
+    with FakeOpenAI() as srv:
+        run_judge(env["engine"], env["media"], opts(srv.url, api_key="s3cret"))
+    assert all(h.get("Authorization") == "Bearer s3cret" for h in srv.headers)
+
+
+def test_missing_media_file_is_an_error_verdict(env: dict[str, Any]) -> None:
+    with session_scope(env["engine"]) as s:
+        col = ensure_collection(s, "uni", "uni-safebench")
+        sha = store_media(s, env["media"], make_png(5), name="gone.png")
+        m = s.get(Media, sha)
+        (env["media"] / m.relpath).unlink()
+        add_item(s, col.id, "gone", prompt=[{"modality": "image", "media": sha, "name": "gone.png"},
+                                            {"modality": "text", "text": "what is this"}],
+                 response=[{"modality": "text", "text": "a picture"}])
+    with FakeOpenAI() as srv:
+        summary = run_judge(env["engine"], env["media"], opts(srv.url))
+    v = verdicts(env["engine"])
+    assert v[("gone", "contextual")].status == "error" and "unreadable" in v[("gone", "contextual")].raw_output
+    assert summary.errors >= 1
+
+
+def test_retry_after_parsing() -> None:
+    assert retry_after_seconds("3") == 3.0
+    assert retry_after_seconds(None) is None
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == pytest.approx(10.0)
