@@ -1,0 +1,264 @@
+"""``safereview import``, ``export``, ``collections`` and ``taxonomy``: data in and out.
+
+Heavy modules (pyarrow, Pillow, PyAV, librosa) are imported inside the commands so that
+``safereview --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from safereview.cli.common import DbOption, MediaRootOption, config, console, engine_for, err_console
+
+export_app = typer.Typer(
+    help="Export items (with verdicts), annotations and gold labels to JSONL, CSV or Parquet.",
+    no_args_is_help=True,
+)
+taxonomy_app = typer.Typer(help="Show or check taxonomies (presets or TOML/YAML files).", no_args_is_help=True)
+
+CollectionsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--collection", "-c", help="Only this collection (repeat for several; default: all)."),
+]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option("--format", "-f", help="jsonl, csv or parquet (default: from the --out extension)."),
+]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output file (written atomically).")]
+
+
+def _run_export(kind: str, out: Path, fmt: str | None, db: str | None, collections: list[str] | None) -> None:
+    from dataio.export import export_annotations, export_items, format_from_path
+
+    try:
+        fmt_ = format_from_path(out, fmt)
+    except ValueError as exc:
+        err_console.print(f"error: {exc}")
+        raise typer.Exit(2) from None
+    if fmt_ not in ("jsonl", "csv", "parquet"):
+        err_console.print(f"error: --format must be jsonl, csv or parquet, got {fmt_!r}")
+        raise typer.Exit(2)
+    cfg = config(db)
+    engine = engine_for(cfg)
+    try:
+        fn = export_items if kind == "items" else export_annotations
+        res = fn(engine, out, fmt_, collections=collections or None)
+    except LookupError as exc:
+        err_console.print(f"error: {exc.args[0] if exc.args else exc}")
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    console.print(f"wrote {res.rows} {kind} rows ({len(res.columns)} columns) to {res.path} [{res.format}]")
+
+
+@export_app.command("items")
+def export_items_cmd(out: OutOpt, fmt: FormatOpt = None, collection: CollectionsOpt = None,
+                     db: DbOption = None) -> None:
+    """Items with their judge verdicts: one row per item, columns verdict.<judge>.<dimension>[.prob|.status]."""
+    _run_export("items", out, fmt, db, collection)
+
+
+@export_app.command("annotations")
+def export_annotations_cmd(out: OutOpt, fmt: FormatOpt = None, collection: CollectionsOpt = None,
+                           db: DbOption = None) -> None:
+    """Every annotation: one row per item and annotator, blind and final labels, action, time spent."""
+    _run_export("annotations", out, fmt, db, collection)
+
+
+@taxonomy_app.command("show")
+def taxonomy_show(name: Annotated[str, typer.Argument(help="Preset name (uni-safebench, vlsu) or a TOML/YAML file.")],
+                  as_json: Annotated[bool, typer.Option("--json", help="Print the validated spec as JSON.")] = False,
+                  ) -> None:
+    """Print a taxonomy: task types, categories and dimensions with their labels."""
+    import json
+
+    from db.taxonomy import TaxonomyError, resolve
+
+    try:
+        spec = resolve(name)
+    except TaxonomyError as exc:
+        err_console.print(f"error: {exc}")
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(spec, indent=2, ensure_ascii=False))
+        return
+    _print_taxonomy(spec)
+
+
+@taxonomy_app.command("check")
+def taxonomy_check(path: Annotated[Path, typer.Argument(help="Taxonomy file (.toml, .yaml or .yml).")]) -> None:
+    """Validate a taxonomy file; errors name the file and the field."""
+    from db.taxonomy import TaxonomyError, load_file
+
+    try:
+        spec = load_file(path)
+    except TaxonomyError as exc:
+        err_console.print(f"error: {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"{path}: ok: taxonomy {spec['name']!r} version {spec['version']}: "
+                  f"{len(spec['task_types'])} task types, {len(spec['categories'])} categories, "
+                  f"{len(spec['dimensions'])} dimensions")
+
+
+def _print_taxonomy(spec: dict) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    console.print(f"taxonomy {spec['name']} (version {spec['version']})", markup=False, highlight=False)
+    if spec.get("description"):
+        console.print(spec["description"], markup=False, highlight=False)
+    t = Table(title="task types")
+    for col in ("id", "name", "inputs", "outputs"):
+        t.add_column(col)
+    for tt in spec["task_types"]:
+        t.add_row(Text(tt["id"]), Text(tt["name"]), "+".join(tt["inputs"]), "+".join(tt["outputs"]))
+    console.print(t)
+    c = Table(title="categories")
+    c.add_column("id")
+    c.add_column("name")
+    c.add_column("subcategories")
+    for cat in spec["categories"]:
+        c.add_row(Text(cat["id"]), Text(cat["name"]), Text("; ".join(s["name"] for s in cat["subcategories"])))
+    console.print(c)
+    d = Table(title="dimensions")
+    for col in ("name", "labels", "ordered", "unsafe labels"):
+        d.add_column(col)
+    for dim in spec["dimensions"]:
+        labels = " < ".join(dim["labels"]) if dim["ordered"] else ", ".join(dim["labels"])
+        d.add_row(Text(dim["name"]), Text(labels), "yes" if dim["ordered"] else "no",
+                  Text(", ".join(dim["unsafe_labels"])))
+    console.print(d)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(export_app, name="export")
+    app.add_typer(taxonomy_app, name="taxonomy")
+
+    @app.command("import")
+    def import_cmd(
+        paths: Annotated[list[Path], typer.Argument(help="Files to import, in order (JSONL, CSV or Parquet).")],
+        collection: Annotated[str, typer.Option("--collection", "-c", help="Collection to import into "
+                                                "(created on first use).")],
+        taxonomy: Annotated[str | None, typer.Option(
+            "--taxonomy", "-t", help="uni-safebench, vlsu or a taxonomy file (default: the existing "
+                                     "collection's taxonomy).")] = None,
+        fmt: Annotated[str, typer.Option("--format", "-f", help="auto, generic, uni-safebench or vlsu.")] = "auto",
+        task_type: Annotated[str | None, typer.Option(
+            "--task-type", help="Task type for every row (id or name; default: from the row or file name).")] = None,
+        media_dir: Annotated[Path | None, typer.Option(
+            "--media-dir", help="Folder that relative media paths are resolved in; nothing outside it is read "
+                                "(default: the file's folder).")] = None,
+        model: Annotated[str | None, typer.Option("--model", help="Model name for rows that name none.")] = None,
+        skip_invalid: Annotated[bool, typer.Option(
+            "--skip-invalid", help="Import the good rows and write the bad ones to the rejects file.")] = False,
+        rejects: Annotated[Path | None, typer.Option(
+            "--rejects", help="Rejects file for --skip-invalid (default: <file>.rejects.jsonl).")] = None,
+        update: Annotated[bool, typer.Option(
+            "--update", help="Replace items, verdicts and annotations whose content changed "
+                             "(default: report them as conflicts).")] = False,
+        user: Annotated[str, typer.Option("--user", help="Recorded as the importer in the batch's provenance.")] = "",
+        db: DbOption = None,
+        media_root: MediaRootOption = None,
+    ) -> None:
+        """Import benchmark outputs, verdicts and annotations; each file is all-or-nothing.
+
+        Every problem is reported as FILE:LINE: field: message and the command exits 1 with
+        the database unchanged. Files are imported in order and the run stops at the first
+        file that fails (files before it stay imported).
+        """
+        import os
+
+        from rich.markup import escape
+        from rich.table import Table
+
+        from dataio.importers import FORMATS, import_file
+
+        if fmt not in FORMATS:
+            err_console.print(f"error: --format must be one of {', '.join(FORMATS)}")
+            raise typer.Exit(2)
+        cfg = config(db, media_root)
+        engine = engine_for(cfg)
+        reports = []
+        failed = False
+        try:
+            if rejects is not None and rejects.exists():
+                rejects.unlink()
+            for path in paths:
+                rep = import_file(engine, path, format=fmt, collection=collection, taxonomy=taxonomy,
+                                  task_type=task_type, media_dir=media_dir, model=model, skip_invalid=skip_invalid,
+                                  rejects_path=rejects, user=user or os.environ.get("USER", ""), update=update,
+                                  media_root=cfg.media_root, config=cfg, append_rejects=rejects is not None)
+                reports.append(rep)
+                if not rep.ok:
+                    failed = True
+                    break
+                # later files may reference items of earlier ones: the taxonomy is now stored
+                taxonomy = None
+        finally:
+            engine.dispose()
+
+        table = Table(title=escape(f"import into {collection}"))
+        table.add_column("")
+        for rep in reports:
+            table.add_column(escape(f"{Path(rep.source).name} [{rep.format}]" + ("" if rep.ok else " FAILED")),
+                             justify="right")
+        if reports:
+            for i, (name, _) in enumerate(reports[0].counts()):
+                table.add_row(name, *[str(r.counts()[i][1]) for r in reports])
+            table.add_row("import batch", *[str(r.batch_id or "-") for r in reports])
+            table.add_row("seconds", *[f"{r.seconds:.2f}" for r in reports])
+        console.print(table)
+        for rep in reports:
+            for note in rep.notes:
+                console.print(f"{Path(rep.source).name}: {note}", markup=False, highlight=False)
+            if rep.rejects_path:
+                console.print(f"{rep.rejected} rejected row(s) written to {rep.rejects_path}", markup=False)
+            shown = rep.errors[:200]
+            for msg in shown:
+                err_console.print(msg, markup=False, highlight=False)
+            if len(rep.errors) > len(shown):
+                err_console.print(f"... and {len(rep.errors) - len(shown)} more problem(s)", markup=False)
+        if failed:
+            err_console.print(f"import failed: {reports[-1].source} was not imported; the database is unchanged "
+                              "for that file", markup=False)
+            raise typer.Exit(1)
+
+    @app.command("collections")
+    def collections_cmd(db: DbOption = None) -> None:
+        """List collections with their taxonomy and counts of items, verdicts and annotations."""
+        import sqlalchemy as sa
+        from rich.table import Table
+        from rich.text import Text
+
+        from db.models import Annotation, Collection, Item, Taxonomy, Verdict
+
+        cfg = config(db)
+        engine = engine_for(cfg)
+        ct, it, vt, at, tt = (m.__table__ for m in (Collection, Item, Verdict, Annotation, Taxonomy))  # type: ignore[attr-defined]
+        try:
+            with engine.connect() as conn:
+                cols = conn.execute(sa.select(ct.c.id, ct.c.name, tt.c.name.label("tax"), ct.c.overlap_target,
+                                              ct.c.archived).join(tt, tt.c.id == ct.c.taxonomy_id)
+                                    .order_by(ct.c.name)).all()
+                items = dict(conn.execute(sa.select(it.c.collection_id, sa.func.count())
+                                          .group_by(it.c.collection_id)).all())
+                verdicts = dict(conn.execute(sa.select(it.c.collection_id, sa.func.count())
+                                             .select_from(vt.join(it, it.c.id == vt.c.item_id))
+                                             .group_by(it.c.collection_id)).all())
+                anns = dict(conn.execute(sa.select(it.c.collection_id, sa.func.count())
+                                         .select_from(at.join(it, it.c.id == at.c.item_id))
+                                         .group_by(it.c.collection_id)).all())
+        finally:
+            engine.dispose()
+        table = Table(title="collections")
+        for col in ("name", "taxonomy", "items", "verdicts", "annotations", "overlap k", "archived"):
+            table.add_column(col)
+        for c in cols:
+            table.add_row(Text(c.name), Text(c.tax), str(items.get(c.id, 0)), str(verdicts.get(c.id, 0)),
+                          str(anns.get(c.id, 0)), str(c.overlap_target), "yes" if c.archived else "")
+        console.print(table)
+        if not cols:
+            console.print("no collections yet: see `safereview import --help`")
