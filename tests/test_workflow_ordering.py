@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
+from workflow_support import make_collection
 
 from db.engine import session_scope
 from db.models import Item, JudgeConfig, Verdict
 from db.taxonomy import preset
 from workflow.ordering import borderline_score, boundary_closeness, refresh_priorities, unsafe_probability
-
-from workflow_support import make_collection
 
 UNI = preset("uni-safebench")
 VLSU = preset("vlsu")

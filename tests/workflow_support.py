@@ -79,3 +79,59 @@ def slot_invariants(engine: sa.Engine, collection_id: int) -> list[str]:
         if held > k:
             problems.append(f"item {item_id}: {held} slots held > overlap target {k}")
     return problems
+
+
+VLSU_SAFE = {"image": "safe", "text": "safe", "joint": "safe"}
+
+
+def review_until_empty(db_url: str, user_id: int, collection_id: int, *, start_at: float | None = None,
+                       seed: int = 0, max_items: int = 10_000) -> list[int]:
+    """Pull and submit until the queue is empty; returns the item ids this user reviewed.
+
+    Runs in threads and in spawned processes (it builds its own engine from ``db_url``);
+    ``start_at`` (a ``time.time()``) lines the workers up so they pull at the same moment.
+    """
+    import time
+
+    from db.engine import make_engine
+    from workflow.annotations import submit
+    from workflow.queue import QueueFilter, next_item
+
+    engine = make_engine(db_url)
+    rng = random.Random(seed)
+    with Session(engine) as s:
+        user = s.get(User, user_id)
+        assert user is not None
+        s.expunge(user)
+    if start_at is not None:
+        time.sleep(max(0.0, start_at - time.time()))
+    done: list[int] = []
+    try:
+        while len(done) < max_items:
+            a = next_item(engine, user, QueueFilter(collection_id), rng=rng)
+            if a is None:
+                break
+            for attempt in range(20):
+                try:
+                    with session_scope(engine) as s:
+                        submit(s, user, a.id, VLSU_SAFE)  # type: ignore[arg-type]
+                    break
+                except sa.exc.OperationalError:
+                    time.sleep(0.01 * (attempt + 1))
+            done.append(a.item_id)
+    finally:
+        engine.dispose()
+    return done
+
+
+def process_worker(db_url: str, user_id: int, collection_id: int, seed: int, ready: Any, go: Any,
+                   results: Any) -> None:
+    """Entry point of a spawned reviewer process: import, report ready, wait for "go", review."""
+    import workflow.annotations  # noqa: F401  (import before the start line, not after)
+
+    ready.put(user_id)
+    go.wait(60)
+    try:
+        results.put((user_id, review_until_empty(db_url, user_id, collection_id, seed=seed)))
+    except BaseException as exc:  # report instead of hanging the parent
+        results.put((user_id, repr(exc)))

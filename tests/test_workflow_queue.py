@@ -1,0 +1,226 @@
+"""The review queue on SQLite and PostgreSQL: leases, overlap, expiry, audit stratum, filters."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from scipy.stats import chisquare
+from sqlmodel import Session, select
+from workflow_support import VLSU_SAFE, make_collection, make_user, slot_invariants
+
+from db.engine import session_scope
+from db.models import Assignment, Collection, Item, utcnow
+from workflow.annotations import submit
+from workflow.errors import Forbidden, LeaseLost, NotFound
+from workflow.queue import QueueFilter, next_item, progress, reclaim_expired, release, skip
+
+
+def _pull(engine: sa.Engine, user, flt: QueueFilter, **kw):  # type: ignore[no-untyped-def]
+    return next_item(engine, user, flt, **kw)
+
+
+def _submit(engine: sa.Engine, user, a) -> None:  # type: ignore[no-untyped-def]
+    with session_scope(engine) as s:
+        submit(s, user, a.id, VLSU_SAFE)
+
+
+def test_lease_is_returned_until_submitted(engine: sa.Engine) -> None:
+    cid = make_collection(engine, n_items=5, audit_share=0.0)
+    u = make_user(engine, "ann")
+    flt = QueueFilter(cid)
+    a1 = _pull(engine, u, flt)
+    a2 = _pull(engine, u, flt)
+    assert a1 is not None and a2 is not None and a1.id == a2.id and a1.status == "leased"
+    _submit(engine, u, a1)
+    a3 = _pull(engine, u, flt)
+    assert a3 is not None and a3.item_id != a1.item_id
+    assert slot_invariants(engine, cid) == []
+
+
+def test_priority_order_and_recorded_probability(engine: sa.Engine) -> None:
+    prios = [0.1, 0.9, 0.5, 0.7, 0.3]
+    cid = make_collection(engine, n_items=5, k=1, audit_share=0.25, priorities=prios)
+    u = make_user(engine, "ann")
+    rng = random.Random(3)
+    seen: list[tuple[float, str, float]] = []
+    while (a := _pull(engine, u, QueueFilter(cid), rng=rng)) is not None:
+        with Session(engine) as s:
+            seen.append((s.get(Item, a.item_id).priority, a.stratum, a.sampling_prob))  # type: ignore[union-attr]
+        _submit(engine, u, a)
+    assert sorted(p for p, _, _ in seen) == sorted(prios)
+    for i, (p, stratum, prob) in enumerate(seen):
+        remaining = sorted(prios_left := [q for q, _, _ in seen[i:]], reverse=True)
+        if stratum == "priority":
+            assert p == remaining[0] and prob == pytest.approx(0.75)
+        else:
+            assert stratum == "audit" and prob == pytest.approx(0.25 / len(prios_left))
+
+
+def test_overlap_target_is_never_exceeded(engine: sa.Engine) -> None:
+    cid = make_collection(engine, n_items=6, k=2, audit_share=0.5)
+    users = [make_user(engine, f"u{i}") for i in range(4)]
+    rng = random.Random(1)
+    per_user: dict[str, list[int]] = {u.username: [] for u in users}
+    active = list(users)
+    while active:  # interleave the users
+        for u in list(active):
+            a = _pull(engine, u, QueueFilter(cid), rng=rng)
+            if a is None:
+                active.remove(u)
+                continue
+            _submit(engine, u, a)
+            per_user[u.username].append(a.item_id)
+        assert slot_invariants(engine, cid) == []
+    counts = Counter(i for items in per_user.values() for i in items)
+    assert len(counts) == 6 and set(counts.values()) == {2}
+    for items in per_user.values():
+        assert len(items) == len(set(items))  # nobody reviews an item twice
+    with Session(engine) as s:
+        p = progress(s, users[0], cid, max_age_s=0)
+    assert (p.n_items, p.slots_total, p.everyone_done, p.items_fully_covered) == (6, 12, 12, 6)
+    assert p.mine_done == len(per_user["u0"])
+
+
+def test_expired_lease_is_reclaimed_and_late_submit_refused(engine: sa.Engine) -> None:
+    cid = make_collection(engine, n_items=1, k=1, audit_share=0.0)
+    a_user, b_user = make_user(engine, "a"), make_user(engine, "b")
+    a = _pull(engine, a_user, QueueFilter(cid), lease_minutes=10)
+    assert a is not None
+    assert _pull(engine, b_user, QueueFilter(cid)) is None  # the only slot is held
+    later = utcnow() + timedelta(minutes=11)
+    b = _pull(engine, b_user, QueueFilter(cid), now=later)
+    assert b is not None and b.item_id == a.item_id
+    with Session(engine) as s:
+        assert s.get(Assignment, a.id).status == "released"  # type: ignore[union-attr]
+    with pytest.raises(LeaseLost), session_scope(engine) as s:
+        submit(s, a_user, a.id, VLSU_SAFE)
+    assert slot_invariants(engine, cid) == []
+
+
+def test_late_submit_keeps_work_when_the_slot_is_still_free(engine: sa.Engine) -> None:
+    cid = make_collection(engine, n_items=3, k=1, audit_share=0.0, priorities=[0.9, 0.5, 0.1])
+    u, other = make_user(engine, "a"), make_user(engine, "o")
+    past = utcnow() - timedelta(hours=2)
+    a = _pull(engine, u, QueueFilter(cid), now=past, lease_minutes=1)
+    _submit(engine, u, a)  # expired but not reclaimed: the slot is still held, the work is kept
+    b = _pull(engine, u, QueueFilter(cid), now=past, lease_minutes=1)
+    with session_scope(engine) as s:
+        assert reclaim_expired(s) == 1  # b's slot goes back to the pool ...
+    _submit(engine, u, b)  # ... and is free, so the late submission re-claims it
+    c = _pull(engine, u, QueueFilter(cid), now=past, lease_minutes=1)
+    o = _pull(engine, other, QueueFilter(cid))  # reclaims c and takes the last slot
+    assert o is not None and o.item_id == c.item_id  # type: ignore[union-attr]
+    with pytest.raises(LeaseLost), session_scope(engine) as s:
+        submit(s, u, c.id, VLSU_SAFE)  # type: ignore[union-attr]
+    with Session(engine) as s:
+        statuses = {x.id: x.status for x in s.exec(select(Assignment))}
+    assert statuses == {a.id: "done", b.id: "done", c.id: "released", o.id: "leased"}  # type: ignore[union-attr]
+    assert slot_invariants(engine, cid) == []
+
+
+def test_release_offers_again_and_skip_never(engine: sa.Engine) -> None:
+    cid = make_collection(engine, n_items=2, k=1, audit_share=0.0, priorities=[1.0, 0.5])
+    u, v = make_user(engine, "u"), make_user(engine, "v")
+    flt = QueueFilter(cid)
+    a = _pull(engine, u, flt)
+    with session_scope(engine) as s:
+        assert release(s, u, a.id).status == "released"  # type: ignore[union-attr]
+    again = _pull(engine, u, flt)
+    assert again.item_id == a.item_id and again.id == a.id  # type: ignore[union-attr]
+    with session_scope(engine) as s:
+        assert skip(s, u, again.id).status == "skipped"  # type: ignore[union-attr]
+        with pytest.raises(LeaseLost):
+            skip(s, u, again.id)  # type: ignore[union-attr]
+    nxt = _pull(engine, u, flt)
+    assert nxt.item_id != a.item_id  # type: ignore[union-attr]
+    _submit(engine, u, nxt)
+    assert _pull(engine, u, flt) is None  # the skipped item is not offered again
+    got = _pull(engine, v, flt)
+    assert got.item_id == a.item_id  # type: ignore[union-attr]  # but others get it
+    with session_scope(engine) as s, pytest.raises(NotFound):
+        release(s, u, got.id)  # type: ignore[union-attr]  # not u's assignment
+    assert slot_invariants(engine, cid) == []
+
+
+def test_filters_restrict_items_and_filter_change_releases_lease(engine: sa.Engine) -> None:
+    cid = make_collection(engine, "f", taxonomy="uni-safebench", n_items=12, k=1, audit_share=0.5,
+                          task_types=("dual-unsafe", "text-unsafe", "image-unsafe"),
+                          categories=("Politics", "Religion"), models=("m1", "m2"))
+    u = make_user(engine, "u")
+    rng = random.Random(5)
+    flt = QueueFilter(cid, task_types=("text-unsafe",), categories=("Religion",))
+    got = []
+    while (a := _pull(engine, u, flt, rng=rng)) is not None:
+        got.append(a.item_id)
+        with session_scope(engine) as s:
+            submit(s, u, a.id, {"contextual": "safe", "intrinsic": "safe"})
+    with Session(engine) as s:
+        items = [s.get(Item, i) for i in got]
+        expected = s.exec(select(Item.id).where(Item.collection_id == cid, Item.task_type == "text-unsafe",
+                                                Item.category == "Religion")).all()
+    assert sorted(got) == sorted(expected) and len(expected) == 2
+    assert all(it.task_type == "text-unsafe" and it.category == "Religion" for it in items)  # type: ignore[union-attr]
+    lease = _pull(engine, u, QueueFilter(cid, models=("m1",)), rng=rng)
+    assert lease is not None
+    moved = _pull(engine, u, QueueFilter(cid, models=("m2",)), rng=rng)
+    with Session(engine) as s:
+        assert s.get(Assignment, lease.id).status == "released"  # type: ignore[union-attr]
+        assert s.get(Item, moved.item_id).model == "m2"  # type: ignore[union-attr]
+    assert slot_invariants(engine, cid) == []
+
+
+def test_audit_share_and_uniform_audit_sampling(engine: sa.Engine) -> None:
+    # Ids of the collection have gaps (another collection's items in between): the audit
+    # draw must still be uniform over eligible items.
+    cid = make_collection(engine, "a", n_items=10, k=1, audit_share=0.4, seed=1)
+    make_collection(engine, "other", n_items=30)
+    with session_scope(engine) as s:
+        s.add_all(Item(collection_id=cid, external_id=f"late-{i}", content_hash="x", priority=0.01 * i)
+                  for i in range(10))
+    from workflow.queue import clear_caches
+
+    clear_caches()
+    u = make_user(engine, "u")
+    rng = random.Random(42)
+    strata: Counter[str] = Counter()
+    audit_items: Counter[int] = Counter()
+    top_id = None
+    n_draws = 600
+    for _ in range(n_draws):
+        a = _pull(engine, u, QueueFilter(cid), rng=rng)
+        assert a is not None
+        strata[a.stratum] += 1
+        if a.stratum == "audit":
+            audit_items[a.item_id] += 1
+            assert a.sampling_prob == pytest.approx(0.4 / 20)
+        else:
+            assert a.sampling_prob == pytest.approx(0.6)
+            top_id = top_id or a.item_id
+            assert a.item_id == top_id  # deterministic: always the top-priority item
+        with session_scope(engine) as s:
+            release(s, u, a.id)
+    share = strata["audit"] / n_draws
+    sd = (0.4 * 0.6 / n_draws) ** 0.5
+    assert abs(share - 0.4) < 4 * sd
+    assert len(audit_items) == 20
+    assert chisquare([audit_items[i] for i in audit_items]).pvalue > 1e-4
+
+
+def test_permissions_and_archived_collections(engine: sa.Engine) -> None:
+    cid = make_collection(engine, n_items=2)
+    u = make_user(engine, "u")
+    with session_scope(engine) as s:
+        s.execute(sa.update(Collection).where(Collection.id == cid).values(archived=True))
+    assert _pull(engine, u, QueueFilter(cid)) is None
+    with session_scope(engine) as s:
+        s.execute(sa.update(Collection).where(Collection.id == cid).values(archived=False))
+        s.execute(sa.text("UPDATE \"user\" SET disabled = :t WHERE id = :i"), {"t": True, "i": u.id})
+    u.disabled = True
+    with pytest.raises(Forbidden):
+        _pull(engine, u, QueueFilter(cid))
+    with pytest.raises(NotFound):
+        _pull(engine, make_user(engine, "v"), QueueFilter(cid + 999))
