@@ -225,7 +225,8 @@ class ChatClient:
     max_retry_after: float = 300.0
     cache: ResponseCache | None = None
     transport: httpx.AsyncBaseTransport | None = None
-    on_request: Callable[[str, dict[str, Any]], None] | None = None  # dry runs: record, don't send
+    # dry runs: record the body instead of sending it; the callback's Answer (if any) is returned
+    on_request: Callable[[str, dict[str, Any]], Answer | None] | None = None
     stats: ClientStats = field(default_factory=ClientStats)
 
     def __post_init__(self) -> None:
@@ -261,8 +262,7 @@ class ChatClient:
         """Send one chat request (or answer it from the cache)."""
         body = self.body(messages, max_tokens)
         if self.on_request is not None:
-            self.on_request(question, body)
-            return Answer(text=None, error="dry run: no call made")
+            return self.on_request(question, body) or Answer(text=None, error="dry run: no call made")
         data = encode_body(body)
         key = body_key(data)
         if self.cache is not None:

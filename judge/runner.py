@@ -25,8 +25,14 @@ from db.taxonomy import dimension_names
 from judge.client import ChatClient, MediaEncoder, MediaError, MediaRef, ResponseCache
 from judge.config import ensure_judge_config, judge_id
 from judge.protocols import get_protocol
-from judge.protocols.base import Draft, ItemView, JudgeContext
+from judge.protocols.base import Answer, Draft, ItemView, JudgeContext
 from judge.store import cache_get, cache_put_many, done_keys, write_verdicts
+
+DRY_RUN_INTENT = "<dry run: the intent-extraction answer goes here>"
+
+
+class JudgeSetupError(ValueError):
+    """The run cannot start (unknown protocol, collection without the protocol's dimensions)."""
 
 
 @dataclass
@@ -115,13 +121,13 @@ def _collections(session: Session, name: str | None, dims: tuple[str, ...]) -> l
         have = dimension_names(taxonomy_of(session, col))
         missing = [d for d in dims if d not in have]
         if missing:
-            raise ValueError(f"collection {name!r} has no dimension(s) {', '.join(missing)} "
+            raise JudgeSetupError(f"collection {name!r} has no dimension(s) {', '.join(missing)} "
                              f"(its taxonomy has {', '.join(have)}); pick the other protocol")
         return [col]
     cols = [c for c in session.exec(select(Collection).order_by(Collection.id)).all()
             if all(d in dimension_names(taxonomy_of(session, c)) for d in dims)]
     if not cols:
-        raise ValueError("no collection has this protocol's dimensions: " + ", ".join(dims))
+        raise JudgeSetupError("no collection has this protocol's dimensions: " + ", ".join(dims))
     return cols
 
 
@@ -168,7 +174,10 @@ def run_judge(engine: Engine, media_root: Path, opts: RunOptions, *,
 
 async def run_judge_async(engine: Engine, media_root: Path, opts: RunOptions, *,
                           console: Any = None, on_batch: Callable[[int], None] | None = None) -> RunSummary:
-    protocol = get_protocol(opts.protocol)
+    try:
+        protocol = get_protocol(opts.protocol)
+    except ValueError as exc:
+        raise JudgeSetupError(str(exc)) from None
     jid = judge_id(protocol.name, opts.model, protocol.prompt_version, params_for(opts))
     summary = RunSummary(judge_id=jid)
     started = time.perf_counter()
@@ -201,11 +210,17 @@ async def run_judge_async(engine: Engine, media_root: Path, opts: RunOptions, *,
     encoder = MediaEncoder(media_root, refs, max_image_side=opts.max_image_side)
     cache = DbCache(engine) if opts.cache and not opts.dry_run else None
     recorded: list[dict[str, Any]] = []
+
+    def record(question: str, body: dict[str, Any]) -> Answer | None:
+        recorded.append({"question": question, "body": body})
+        # a stand-in intent lets the dry run show the contextual requests that depend on it
+        return Answer(text=DRY_RUN_INTENT) if question == "intent" else None
+
     client = ChatClient(
         base_url=opts.base_url, model=opts.model, api_key=opts.api_key, concurrency=opts.concurrency,
         timeout=opts.timeout, max_retries=opts.max_retries, logprobs=opts.logprobs, cache=cache,
         backoff_base=opts.backoff_base,
-        on_request=(lambda q, b: recorded.append({"question": q, "body": b})) if opts.dry_run else None)
+        on_request=record if opts.dry_run else None)
 
     buffer: list[Draft] = []
     buffered_items = 0

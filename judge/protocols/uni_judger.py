@@ -139,7 +139,8 @@ def merge(judgments: list[Judgment], kinds: list[str], dimension: str, item_id: 
     for status in ("error", "unparseable"):
         if any(j.status == status for j in judgments):
             return Draft(item_id, dimension, None, status, rationale, raw, intent)
-    label = combine([j.label for j in judgments if j.label is not None])
+    labels = [j.label for j in judgments if j.label is not None]
+    label = labels[0] if len(labels) == 1 else combine(labels)
     probs = None
     if all(j.probs is not None for j in judgments):
         probs = judgments[0].probs if len(judgments) == 1 else combine_probs([j.probs or {} for j in judgments])

@@ -66,7 +66,8 @@ def register(app: typer.Typer) -> None:
         media_root: MediaRootOption = None,
     ) -> None:
         """Judge items with an OpenAI-compatible model server (resumable, cached, retried)."""
-        from judge.runner import RunOptions, run_judge
+        from db.collections import NotFound
+        from judge.runner import JudgeSetupError, RunOptions, run_judge
 
         cfg = config(db, media_root)
         engine = engine_for(cfg)
@@ -77,7 +78,7 @@ def register(app: typer.Typer) -> None:
                           progress=not json_out)
         try:
             summary = run_judge(engine, cfg.media_root, opts, console=err_console)
-        except (ValueError, LookupError) as exc:
+        except (JudgeSetupError, NotFound) as exc:
             err_console.print(f"error: {exc}", markup=False, highlight=False)
             raise typer.Exit(2) from None
         if dry_run:
