@@ -79,12 +79,12 @@ def register(app: typer.Typer) -> None:
         try:
             summary = run_judge(engine, cfg.media_root, opts, console=err_console)
         except (JudgeSetupError, NotFound) as exc:
-            err_console.print(f"error: {exc}", markup=False, highlight=False)
+            typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         if dry_run:
             typer.echo(json.dumps(summary.requests, indent=2, ensure_ascii=False))
-            err_console.print(f"dry run: {len(summary.requests)} request(s) for judge {summary.judge_id}; "
-                              "no call made, nothing written", markup=False, highlight=False)
+            typer.echo(f"dry run: {len(summary.requests)} request(s) for judge {summary.judge_id}; "
+                              "no call made, nothing written", err=True)
             return
         if json_out:
             typer.echo(json.dumps(summary.as_dict()))
@@ -116,11 +116,11 @@ def register(app: typer.Typer) -> None:
                 cid = result.collection_id
         except VerdictImportError as exc:
             for p in exc.problems:
-                err_console.print(p, markup=False, highlight=False)
-            err_console.print(f"{len(exc.problems)} problem(s); nothing imported", markup=False, highlight=False)
+                typer.echo(p, err=True)
+            typer.echo(f"{len(exc.problems)} problem(s); nothing imported", err=True)
             raise typer.Exit(1) from None
         except NotFound as exc:
-            err_console.print(f"error: {exc}", markup=False, highlight=False)
+            typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
         refresh_priorities(engine, [cid])
         console.print(f"imported {result.verdicts} verdict(s) as {', '.join(result.judge_ids)} "
@@ -147,7 +147,7 @@ def register(app: typer.Typer) -> None:
             with session_scope(engine) as s:
                 result = collection_stats(s, collection, by=by, judge_id=judge_id)
         except (NotFound, ValueError) as exc:
-            err_console.print(f"error: {exc}", markup=False, highlight=False)
+            typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         if json_out:
             typer.echo(json.dumps(result, indent=2))
