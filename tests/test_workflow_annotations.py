@@ -1,0 +1,232 @@
+"""Annotations: blind flow, override, optimistic concurrency, undo, visibility, event replay."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session, select
+from workflow_support import VLSU_SAFE, make_collection, make_user
+
+from db.engine import session_scope
+from db.models import Annotation, AnnotationEvent, Assignment, JudgeConfig, Verdict
+from workflow import annotations as ann_mod
+from workflow.annotations import (
+    finalize,
+    history,
+    replay_events,
+    stored_state,
+    submit,
+    undo_last,
+    update,
+    verdicts_for,
+    visible_annotations,
+)
+from workflow.errors import Conflict, InvalidInput, LeaseLost, NotFound
+from workflow.queue import QueueFilter, next_item
+
+UNSAFE = {"image": "safe", "text": "safe", "joint": "unsafe"}
+
+
+def _setup(engine: sa.Engine, *, blind: bool = True, k: int = 2):  # type: ignore[no-untyped-def]
+    cid = make_collection(engine, n_items=3, k=k, audit_share=0.0, blind=blind, priorities=[0.9, 0.5, 0.1])
+    with session_scope(engine) as s:
+        s.add(JudgeConfig(id="j1", protocol="vlsu"))
+    return cid
+
+
+def _lease(engine: sa.Engine, user, cid: int) -> Assignment:  # type: ignore[no-untyped-def]
+    a = next_item(engine, user, QueueFilter(cid))
+    assert a is not None
+    return a
+
+
+def _verdicts(engine: sa.Engine, item_id: int) -> None:
+    with session_scope(engine) as s:
+        for dim, lab in (("image", "safe"), ("text", "safe"), ("joint", "unsafe")):
+            s.add(Verdict(item_id=item_id, dimension=dim, judge_id="j1", label=lab, probability=0.6))
+
+
+def test_blind_flow_keeps_blind_and_final_labels(engine: sa.Engine) -> None:
+    cid = _setup(engine)
+    u = make_user(engine, "ann")
+    a = _lease(engine, u, cid)
+    _verdicts(engine, a.item_id)
+    with Session(engine) as s:
+        assert verdicts_for(s, u, a.item_id, revealed=True) == []  # still blind while leased
+    with session_scope(engine) as s:
+        ann = submit(s, u, a.id, VLSU_SAFE, categories=["C1"], rationale="looks fine", time_spent_s=12.5)
+        assert ann.blind_labels == VLSU_SAFE and ann.labels == VLSU_SAFE and ann.version == 1
+        assert s.get(Assignment, a.id).status == "done"  # type: ignore[union-attr]
+    with Session(engine) as s:
+        assert verdicts_for(s, u, a.item_id, revealed=False) == []
+        shown = verdicts_for(s, u, a.item_id, revealed=True)
+        assert {v.dimension: v.label for v in shown} == UNSAFE
+    with session_scope(engine) as s:
+        fin = finalize(s, u, ann.id, UNSAFE, action="override", expected_version=1, judge_id="j1")  # type: ignore[arg-type]
+    assert fin.labels == UNSAFE and fin.blind_labels == VLSU_SAFE
+    assert fin.verdict_action == "override" and fin.verdict_judge_id == "j1" and fin.version == 2
+    with Session(engine) as s:
+        actions = [e.action for e in s.exec(select(AnnotationEvent).order_by(AnnotationEvent.id))]
+        assert actions == ["create", "reveal"]
+        assert replay_events(s) == stored_state(s)
+
+
+def test_open_collection_records_action_at_submit(engine: sa.Engine) -> None:
+    cid = _setup(engine, blind=False)
+    u = make_user(engine, "ann")
+    a = _lease(engine, u, cid)
+    _verdicts(engine, a.item_id)
+    with Session(engine) as s:
+        assert len(verdicts_for(s, u, a.item_id, revealed=False)) == 3  # open: visible while reviewing
+    with session_scope(engine) as s:
+        ann = submit(s, u, a.id, UNSAFE, verdict_action="confirm", verdict_judge_id="j1")
+    assert ann.blind_labels is None and ann.verdict_action == "confirm"
+    blind_cid = make_collection(engine, "blind", n_items=1, blind=True)
+    b = _lease(engine, u, blind_cid)
+    with pytest.raises(InvalidInput), session_scope(engine) as s:
+        submit(s, u, b.id, VLSU_SAFE, verdict_action="confirm")
+
+
+@pytest.mark.parametrize(("labels", "cats", "match"), [
+    ({"image": "safe", "text": "safe"}, [], "joint is required"),
+    ({**VLSU_SAFE, "joint": "fine"}, [], "joint must be one of"),
+    ({**VLSU_SAFE, "extra": "safe"}, [], "unknown dimension"),
+    (VLSU_SAFE, ["C99: nope"], "not in the taxonomy"),
+    ("safe", [], "expected a mapping"),
+])
+def test_labels_are_validated_against_the_taxonomy(engine: sa.Engine, labels, cats, match: str) -> None:  # type: ignore[no-untyped-def]
+    cid = _setup(engine)
+    u = make_user(engine, "ann")
+    a = _lease(engine, u, cid)
+    with pytest.raises(InvalidInput, match=match), session_scope(engine) as s:
+        submit(s, u, a.id, labels, categories=cats)
+    with Session(engine) as s:
+        assert s.get(Assignment, a.id).status == "leased"  # type: ignore[union-attr]  # nothing half-done
+
+
+def test_only_own_active_lease_can_be_submitted(engine: sa.Engine) -> None:
+    cid = _setup(engine)
+    u, v = make_user(engine, "u"), make_user(engine, "v")
+    a = _lease(engine, u, cid)
+    with pytest.raises(NotFound), session_scope(engine) as s:
+        submit(s, v, a.id, VLSU_SAFE)
+    with session_scope(engine) as s:
+        submit(s, u, a.id, VLSU_SAFE)
+    with pytest.raises((LeaseLost, Conflict)), session_scope(engine) as s:
+        submit(s, u, a.id, VLSU_SAFE)  # twice
+
+
+def test_optimistic_concurrency_conflict(engine: sa.Engine) -> None:
+    cid = _setup(engine)
+    u = make_user(engine, "u")
+    a = _lease(engine, u, cid)
+    with session_scope(engine) as s:
+        ann_id = submit(s, u, a.id, VLSU_SAFE).id
+    with session_scope(engine) as s:  # tab 1 edits version 1
+        assert update(s, u, ann_id, 1, rationale="tab one").version == 2  # type: ignore[arg-type]
+    with pytest.raises(Conflict), session_scope(engine) as s:  # tab 2 still holds version 1
+        update(s, u, ann_id, 1, labels=UNSAFE)  # type: ignore[arg-type]
+    with Session(engine) as s:
+        row = s.get(Annotation, ann_id)
+        assert row.rationale == "tab one" and row.labels == VLSU_SAFE and row.version == 2  # type: ignore[union-attr]
+    with pytest.raises(InvalidInput), session_scope(engine) as s:
+        update(s, u, ann_id, 2, blind_labels=UNSAFE)  # type: ignore[arg-type]  # the blind record is fixed
+    other = make_user(engine, "other")
+    with pytest.raises(NotFound), session_scope(engine) as s:
+        update(s, other, ann_id, 2, rationale="not mine")  # type: ignore[arg-type]
+
+
+def test_conditional_update_loses_a_real_race(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that lands between read and UPDATE is detected by the version condition."""
+    cid = _setup(engine)
+    u = make_user(engine, "u")
+    a = _lease(engine, u, cid)
+    with session_scope(engine) as s:
+        ann_id = submit(s, u, a.id, VLSU_SAFE).id
+    real_snapshot = ann_mod.snapshot
+    fired = []
+
+    def sneaky_snapshot(ann):  # type: ignore[no-untyped-def]
+        if not fired:  # another replica commits an edit right after we read version 1
+            fired.append(1)
+            with session_scope(engine) as other:
+                update(other, u, ann_id, 1, rationale="other replica")  # type: ignore[arg-type]
+        return real_snapshot(ann)
+
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite's BEGIN IMMEDIATE serialises the writers, so this interleaving cannot happen")
+    monkeypatch.setattr(ann_mod, "snapshot", sneaky_snapshot)
+    with pytest.raises(Conflict), session_scope(engine) as s:
+        update(s, u, ann_id, 1, rationale="mine")  # type: ignore[arg-type]
+    with Session(engine) as s:
+        assert s.get(Annotation, ann_id).rationale == "other replica"  # type: ignore[union-attr]
+
+
+def test_undo_reverts_most_recent_change_and_keeps_events(engine: sa.Engine) -> None:
+    cid = _setup(engine)
+    u = make_user(engine, "u")
+    a = _lease(engine, u, cid)
+    with session_scope(engine) as s:
+        ann_id = submit(s, u, a.id, VLSU_SAFE).id
+    assert ann_id is not None
+    with session_scope(engine) as s:
+        assert undo_last(s, u) is None  # a submission is edited, never withdrawn
+        finalize(s, u, ann_id, UNSAFE, action="override", expected_version=1)
+        update(s, u, ann_id, 2, rationale="because", flagged=True)
+    with session_scope(engine) as s:
+        back = undo_last(s, u)
+        assert back is not None and back.rationale == "" and not back.flagged and back.labels == UNSAFE
+    with session_scope(engine) as s:
+        back = undo_last(s, u)
+        assert back is not None and back.labels == VLSU_SAFE and back.verdict_action is None
+        assert back.blind_labels == VLSU_SAFE and back.version == 5
+        assert undo_last(s, u) is None
+    with Session(engine) as s:
+        events = s.exec(select(AnnotationEvent).order_by(AnnotationEvent.id)).all()
+        assert [e.action for e in events] == ["create", "reveal", "update", "undo", "undo"]
+        assert events[3].after["undo_of"] == events[2].id and events[4].after["undo_of"] == events[1].id  # type: ignore[index]
+        assert replay_events(s) == stored_state(s)
+
+
+def test_event_log_replays_to_the_stored_state_after_a_mixed_session(engine: sa.Engine) -> None:
+    cid = _setup(engine, k=2)
+    users = [make_user(engine, n) for n in ("a", "b")]
+    ids = []
+    for u in users:
+        for _ in range(3):
+            a = _lease(engine, u, cid)
+            with session_scope(engine) as s:
+                ids.append((u, submit(s, u, a.id, VLSU_SAFE, categories=["C2"]).id))
+    for n, (u, ann_id) in enumerate(ids):
+        with session_scope(engine) as s:
+            if n % 2:
+                finalize(s, u, ann_id, UNSAFE, action="override", expected_version=1)
+            else:
+                finalize(s, u, ann_id, VLSU_SAFE, action="confirm", expected_version=1)
+                update(s, u, ann_id, 2, categories=["C3", "C4"], rationale="r")
+    with session_scope(engine) as s:
+        undo_last(s, users[0])
+    with Session(engine) as s:
+        assert replay_events(s) == stored_state(s)
+        assert len(replay_events(s)) == 6
+
+
+def test_visibility_annotators_see_own_leads_see_all(engine: sa.Engine) -> None:
+    cid = _setup(engine, k=2)
+    u, v = make_user(engine, "u"), make_user(engine, "v")
+    lead = make_user(engine, "lead", "lead")
+    outsider = make_user(engine, "w")
+    a = _lease(engine, u, cid)
+    b = _lease(engine, v, cid)
+    assert a.item_id == b.item_id
+    _verdicts(engine, a.item_id)
+    with session_scope(engine) as s:
+        submit(s, u, a.id, VLSU_SAFE)
+        submit(s, v, b.id, UNSAFE)
+    with Session(engine) as s:
+        assert [x.user_id for x in visible_annotations(s, u, a.item_id)] == [u.id]
+        assert sorted(x.user_id for x in visible_annotations(s, lead, a.item_id)) == sorted([u.id, v.id])
+        assert len(verdicts_for(s, lead, a.item_id, revealed=False)) == 3  # auditing, not reviewing
+        assert verdicts_for(s, outsider, a.item_id, revealed=True) == []  # never assigned
+        assert [h.id for h in history(s, u)] == [x.id for x in visible_annotations(s, u, a.item_id)]
+        assert history(s, outsider) == []
