@@ -1,0 +1,463 @@
+"""Read annotations, verdicts, adjudications and audit samples into numpy arrays, fast.
+
+Why not the ORM: agreement over a million items would build millions of objects. These
+readers send SQL projections through the raw DB-API cursor and turn labels into integer
+codes *inside the database* (``json_extract`` on SQLite, ``->>`` on PostgreSQL, with a
+``CASE`` over the taxonomy's label list), so Python only sees small integers.
+
+Every reader takes an Engine, a Connection or a Session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any
+
+import numpy as np
+from sqlalchemy.engine import Connection, Engine
+
+UNSAFE_DEFAULT = ("unsafe",)
+
+
+class AgreementError(ValueError):
+    """Bad request for statistics (unknown collection or dimension, mismatching taxonomies)."""
+
+
+@contextmanager
+def connection(bind: Any) -> Iterator[Connection]:
+    """A Connection from an Engine, Connection or (SQLModel/SQLAlchemy) Session."""
+    if isinstance(bind, Connection):
+        yield bind
+    elif isinstance(bind, Engine):
+        with bind.connect() as conn:
+            yield conn
+    else:  # Session: use its connection so uncommitted rows of the caller are visible
+        yield bind.connection()
+
+
+def is_postgres(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def fetch(conn: Connection, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+    """Rows as plain tuples through the DB-API cursor (``:name`` placeholders on both back ends)."""
+    params = params or {}
+    if is_postgres(conn):
+        import re
+
+        sql = re.sub(r"(?<!:):([A-Za-z_][A-Za-z0-9_]*)", r"%(\1)s", sql)
+    dbapi = conn.connection.dbapi_connection
+    cur = dbapi.cursor()  # type: ignore[union-attr]
+    try:
+        cur.execute(sql, params)
+        return cur.fetchall()
+    finally:
+        cur.close()
+
+
+def int_matrix(rows: list[tuple], ncols: int) -> np.ndarray:
+    """(N, ncols) int64 array from a list of integer tuples (flattened once, no per-row arrays)."""
+    if not rows:
+        return np.zeros((0, ncols), dtype=np.int64)
+    flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=len(rows) * ncols)
+    return flat.reshape(len(rows), ncols)
+
+
+def _in_list(prefix: str, values: Sequence[Any]) -> tuple[str, dict[str, Any]]:
+    names = [f"{prefix}{i}" for i in range(len(values))]
+    return ", ".join(f":{n}" for n in names), dict(zip(names, values, strict=True))
+
+
+def label_expr(conn: Connection, column: str, key_param: str) -> str:
+    """SQL text extracting one dimension's label (as text) from a JSON dict column."""
+    if is_postgres(conn):
+        return f"({column} ->> :{key_param})"
+    return f"json_extract({column}, :{key_param})"
+
+
+def _json_key(conn: Connection, dimension: str) -> str:
+    if is_postgres(conn):
+        return dimension
+    return '$."' + dimension.replace('"', '""') + '"'
+
+
+def _code_case(expr: str, labels: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    """Label text -> code in SQL: 0..V-1 for taxonomy labels, -1 for other text, -2 for NULL."""
+    names = {f"lab{i}": lab for i, lab in enumerate(labels)}
+    whens = " ".join(f"WHEN :lab{i} THEN {i}" for i in range(len(labels)))
+    return f"CASE {expr} {whens} ELSE (CASE WHEN {expr} IS NULL THEN -2 ELSE -1 END) END", names
+
+
+# ---------------------------------------------------------------------------------------
+# collections and taxonomies
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scope:
+    """The collections a statistic covers and the dimension's label scheme."""
+
+    collection_ids: list[int]
+    collection_names: dict[int, str]
+    specs: dict[int, dict[str, Any]]
+
+    def dimensions(self) -> list[str]:
+        seen: list[str] = []
+        for spec in self.specs.values():
+            for d in spec["dimensions"]:
+                if d["name"] not in seen:
+                    seen.append(d["name"])
+        return seen
+
+    def dimension(self, name: str) -> dict[str, Any]:
+        """The dimension spec, identical across the scope's taxonomies (else an error)."""
+        found: dict[str, Any] | None = None
+        for spec in self.specs.values():
+            for d in spec["dimensions"]:
+                if d["name"] != name:
+                    continue
+                if found is not None and list(d["labels"]) != list(found["labels"]):
+                    raise AgreementError(f"dimension {name!r} has different labels in the selected collections")
+                found = d
+        if found is None:
+            raise AgreementError(f"no dimension {name!r} in the selected collections; "
+                                 f"known: {', '.join(self.dimensions()) or 'none'}")
+        return found
+
+
+def scope(bind: Any, collections: Sequence[str] | None = None) -> Scope:
+    """Resolve collection names (None/empty = every non-archived collection)."""
+    with connection(bind) as conn:
+        rows = fetch(conn, "SELECT c.id, c.name, c.archived, t.spec FROM collection c "
+                           "JOIN taxonomy t ON t.id = c.taxonomy_id ORDER BY c.id")
+    import json
+
+    by_name = {r[1]: r for r in rows}
+    if collections:
+        missing = [n for n in collections if n not in by_name]
+        if missing:
+            raise AgreementError(f"no collection named {', '.join(map(repr, missing))}")
+        chosen = [by_name[n] for n in collections]
+    else:
+        chosen = [r for r in rows if not r[2]]
+    specs = {r[0]: (r[3] if isinstance(r[3], dict) else json.loads(r[3])) for r in chosen}
+    return Scope([r[0] for r in chosen], {r[0]: r[1] for r in chosen}, specs)
+
+
+# ---------------------------------------------------------------------------------------
+# ratings
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ratings:
+    """Tidy ratings of one dimension: parallel arrays (unit, rater, code) plus the index maps.
+
+    ``unit`` indexes ``item_ids`` (sorted), ``rater`` indexes ``rater_names``; ``code``
+    indexes ``labels`` (taxonomy order). Labels outside the taxonomy are dropped and
+    counted in ``n_invalid``.
+    """
+
+    dimension: str
+    labels: list[str]
+    ordered: bool
+    item_ids: np.ndarray
+    rater_names: list[str]
+    unit: np.ndarray
+    rater: np.ndarray
+    code: np.ndarray
+    n_invalid: int = 0
+    unsafe_labels: list[str] = field(default_factory=lambda: list(UNSAFE_DEFAULT))
+
+    @property
+    def n_units(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.labels)
+
+    @property
+    def level(self) -> str:
+        return "ordinal" if self.ordered else "nominal"
+
+    def counts(self) -> np.ndarray:
+        from agreement.alpha import value_counts
+
+        return value_counts(self.unit, self.code, self.n_units, self.n_labels)
+
+    def select_units(self, mask: np.ndarray) -> Ratings:
+        """The ratings of the units where ``mask`` (over ``item_ids``) is true, re-indexed."""
+        new_index = np.cumsum(mask) - 1
+        keep = mask[self.unit]
+        return Ratings(self.dimension, self.labels, self.ordered, self.item_ids[mask], self.rater_names,
+                       new_index[self.unit[keep]], self.rater[keep], self.code[keep], 0, self.unsafe_labels)
+
+    def add_rater(self, name: str, item_ids: np.ndarray, codes: np.ndarray) -> Ratings:
+        """These ratings plus one more rater (e.g. the judge) on the items already present."""
+        pos = np.searchsorted(self.item_ids, item_ids)
+        pos = np.clip(pos, 0, max(len(self.item_ids) - 1, 0))
+        ok = (len(self.item_ids) > 0) & (self.item_ids[pos] == item_ids) & (codes >= 0) if len(item_ids) else \
+            np.zeros(0, dtype=bool)
+        r = len(self.rater_names)
+        return Ratings(self.dimension, self.labels, self.ordered, self.item_ids, [*self.rater_names, name],
+                       np.concatenate([self.unit, pos[ok]]), np.concatenate([self.rater, np.full(ok.sum(), r)]),
+                       np.concatenate([self.code, codes[ok]]), self.n_invalid, self.unsafe_labels)
+
+
+def item_filter(conn: Connection, collection_ids: Sequence[int], column: str) -> tuple[str, dict[str, Any]]:
+    """SQL condition restricting ``column`` (an item id) to the collections' items.
+
+    When the collections' items have contiguous ids (the normal case after bulk import) the
+    condition is a range test that needs no look-up per row; otherwise an ``IN`` subquery.
+    The unary ``+`` keeps SQLite scanning the table in order instead of walking an index
+    and fetching rows at random.
+    """
+    cols, cparams = _in_list("c", list(collection_ids))
+    if not collection_ids:
+        return "1 = 0", {}
+    lo, hi, n = fetch(conn, f"SELECT MIN(id), MAX(id), COUNT(*) FROM item WHERE collection_id IN ({cols})",
+                      cparams)[0]
+    plus = "" if is_postgres(conn) else "+"
+    if n == 0:
+        return "1 = 0", {}
+    if int(hi) - int(lo) + 1 == int(n):
+        return f"{plus}{column} BETWEEN :id_lo AND :id_hi", {"id_lo": int(lo), "id_hi": int(hi)}
+    return f"{plus}{column} IN (SELECT id FROM item WHERE collection_id IN ({cols}))", cparams
+
+
+def _packed_triples(conn: Connection, select_sql: tuple[str, str, str], where: str, params: dict[str, Any],
+                    max_item: int, max_user: int, n_codes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(item, user, code) triples packed into one integer each and concatenated in SQL.
+
+    Fetching millions of rows through Python's sqlite3 costs a tuple per row; one
+    ``group_concat`` string parsed by numpy costs almost nothing. Returns None when the
+    ids do not fit 62 bits (the caller then fetches plain rows). Codes may be -2 and -1.
+    """
+    code_bits = max(int(n_codes + 2).bit_length(), 1)
+    user_bits = max(int(max_user).bit_length(), 1)
+    if int(max_item).bit_length() + user_bits + code_bits > 62:
+        return None
+    agg = "string_agg(({x})::text, ',')" if is_postgres(conn) else "group_concat({x})"
+    item_expr, user_expr, code_expr = select_sql
+    packed = f"((({item_expr}) << {user_bits}) | ({user_expr})) * {1 << code_bits} + (({code_expr}) + 2)"
+    rows = fetch(conn, f"SELECT {agg.format(x=packed)} FROM {where}", params)
+    text = rows[0][0] if rows else None
+    if not text:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    flat = np.array(text.split(","), dtype=np.int64) if is_postgres(conn) else \
+        np.fromstring(text, dtype=np.int64, sep=",")
+    code = (flat & ((1 << code_bits) - 1)) - 2
+    rest = flat >> code_bits
+    return rest >> user_bits, rest & ((1 << user_bits) - 1), code
+
+
+def load_ratings(
+    bind: Any,
+    collection_ids: Sequence[int],
+    dimension: str,
+    labels: Sequence[str],
+    *,
+    ordered: bool = False,
+    field_name: str = "labels",
+    unsafe_labels: Sequence[str] = UNSAFE_DEFAULT,
+) -> Ratings:
+    """Human ratings of ``dimension`` in the collections (``field_name`` "labels" or "blind_labels")."""
+    if field_name not in ("labels", "blind_labels"):
+        raise AgreementError("field must be labels or blind_labels")
+    labels = list(labels)
+    with connection(bind) as conn:
+        cond, fparams = item_filter(conn, collection_ids, "a.item_id")
+        expr = label_expr(conn, f"a.{field_name}", "dimkey")
+        case, lparams = _code_case(expr, labels)
+        params = {**fparams, **lparams, "dimkey": _json_key(conn, dimension)}
+        users = dict(fetch(conn, 'SELECT id, username FROM "user"'))
+        max_item = fetch(conn, "SELECT COALESCE(MAX(id), 0) FROM item")[0][0]
+        where = f"annotation a WHERE {cond}"
+        packed = _packed_triples(conn, ("a.item_id", "a.user_id", case), where, params,
+                                 int(max_item), max(users, default=1), len(labels))
+        if packed is None:
+            arr = int_matrix(fetch(conn, f"SELECT a.item_id, a.user_id, {case} FROM {where}", params), 3)
+            packed = (arr[:, 0], arr[:, 1], arr[:, 2])
+    items, user_col, code = packed
+    n_invalid = int((code == -1).sum())
+    valid = code >= 0
+    if not valid.all():
+        items, user_col, code = items[valid], user_col[valid], code[valid]
+    item_ids, unit = dense_index(items)
+    user_ids, rater = dense_index(user_col)
+    names = [str(users.get(int(u), f"user{int(u)}")) for u in user_ids]
+    return Ratings(dimension, labels, ordered, item_ids, names, unit, rater, code, n_invalid, list(unsafe_labels))
+
+
+def dense_index(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values, index of each value): ``np.unique`` without the sort when the
+    values span a compact integer range (ids usually do)."""
+    if len(values) == 0:
+        return values.astype(np.int64), values.astype(np.int64)
+    lo, hi = int(values.min()), int(values.max())
+    if hi - lo <= 4 * len(values) + 1024:
+        present = np.bincount(values - lo, minlength=hi - lo + 1) > 0
+        position = np.cumsum(present) - 1
+        return np.flatnonzero(present).astype(np.int64) + lo, position[values - lo].astype(np.int64)
+    uniq, inv = np.unique(values, return_inverse=True)
+    return uniq.astype(np.int64), inv.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------
+# items, verdicts, adjudications, audit sample
+# ---------------------------------------------------------------------------------------
+
+ITEM_COLUMNS = ("collection", "task_type", "category", "subcategory", "model", "modality", "external_id")
+
+
+def load_items(bind: Any, collection_ids: Sequence[int],
+               columns: Sequence[str] = ITEM_COLUMNS) -> dict[str, np.ndarray]:
+    """Item attributes for slicing, as arrays aligned on sorted ``id``.
+
+    ``modality`` is ``<input_modalities>-><output_modalities>``; ``collection`` the name.
+    """
+    bad = [c for c in columns if c not in ITEM_COLUMNS]
+    if bad:
+        raise AgreementError(f"unknown slice {bad[0]!r}; choose from {', '.join(ITEM_COLUMNS)}")
+    sel = []
+    for c in columns:
+        if c == "collection":
+            sel.append("c.name")
+        elif c == "modality":
+            sel.append("i.input_modalities || '->' || i.output_modalities")
+        else:
+            sel.append(f"i.{c}")
+    with connection(bind) as conn:
+        cols, cparams = _in_list("c", list(collection_ids))
+        sql = (f"SELECT i.id{''.join(', ' + s for s in sel)} FROM item i JOIN collection c ON c.id = i.collection_id "
+               f"WHERE i.collection_id IN ({cols or 'NULL'}) ORDER BY i.id")
+        rows = fetch(conn, sql, cparams)
+    out: dict[str, np.ndarray] = {"id": np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))}
+    for j, c in enumerate(columns, start=1):
+        out[c] = np.array([r[j] for r in rows], dtype=object)
+    return out
+
+
+def judges(bind: Any, collection_ids: Sequence[int], dimension: str) -> list[tuple[str, int]]:
+    """Judge ids with verdicts on the dimension, most verdicts first."""
+    with connection(bind) as conn:
+        cols, cparams = _in_list("c", list(collection_ids))
+        rows = fetch(conn, "SELECT v.judge_id, COUNT(*) FROM verdict v JOIN item i ON i.id = v.item_id "
+                           f"WHERE i.collection_id IN ({cols or 'NULL'}) AND v.dimension = :dim "
+                           "GROUP BY v.judge_id ORDER BY COUNT(*) DESC, v.judge_id", {**cparams, "dim": dimension})
+    return [(r[0], int(r[1])) for r in rows]
+
+
+def default_judge(bind: Any, collection_ids: Sequence[int], dimension: str) -> str | None:
+    """The judge with most verdicts on the dimension, preferring raw (uncalibrated) judges."""
+    found = judges(bind, collection_ids, dimension)
+    raw = [j for j, _ in found if "+cal" not in j]
+    return raw[0] if raw else (found[0][0] if found else None)
+
+
+@dataclass
+class Verdicts:
+    """One judge's verdicts on one dimension: item ids (sorted), codes (-1 = none/unknown)
+    and P(unsafe) where the judge gave probabilities (NaN otherwise)."""
+
+    judge_id: str
+    item_ids: np.ndarray
+    code: np.ndarray
+    p_unsafe: np.ndarray
+
+    def codes_for(self, item_ids: np.ndarray) -> np.ndarray:
+        """Codes aligned to ``item_ids`` (-1 where the judge has no usable verdict)."""
+        if len(self.item_ids) == 0:
+            return np.full(len(item_ids), -1, dtype=np.int64)
+        pos = np.clip(np.searchsorted(self.item_ids, item_ids), 0, len(self.item_ids) - 1)
+        return np.where(self.item_ids[pos] == item_ids, self.code[pos], -1)
+
+    def p_for(self, item_ids: np.ndarray) -> np.ndarray:
+        if len(self.item_ids) == 0:
+            return np.full(len(item_ids), np.nan)
+        pos = np.clip(np.searchsorted(self.item_ids, item_ids), 0, len(self.item_ids) - 1)
+        return np.where(self.item_ids[pos] == item_ids, self.p_unsafe[pos], np.nan)
+
+
+def p_unsafe_of(label: str | None, probability: float | None, probs: Any, unsafe_labels: Sequence[str]) -> float:
+    """P(unsafe) from a verdict: the sum of ``probs`` over unsafe labels when present, else the
+    given label's probability (or its complement when the label is not unsafe: exact for two
+    labels, an upper bound on P(unsafe) for more). NaN when the judge gave no probability."""
+    import json
+
+    if isinstance(probs, str):
+        try:
+            probs = json.loads(probs)
+        except ValueError:
+            probs = None
+    if isinstance(probs, dict) and probs:
+        try:
+            return float(sum(float(probs.get(lab, 0.0)) for lab in unsafe_labels))
+        except (TypeError, ValueError):
+            return float("nan")
+    if probability is None or label is None:
+        return float("nan")
+    return float(probability) if label in unsafe_labels else 1.0 - float(probability)
+
+
+def load_verdicts(bind: Any, collection_ids: Sequence[int], dimension: str, labels: Sequence[str],
+                  judge_id: str, *, unsafe_labels: Sequence[str] = UNSAFE_DEFAULT,
+                  with_probs: bool = False) -> Verdicts:
+    """One judge's verdicts on a dimension (codes computed in SQL)."""
+    labels = list(labels)
+    with connection(bind) as conn:
+        cols, cparams = _in_list("c", list(collection_ids))
+        case, lparams = _code_case("v.label", labels)
+        extra = ", v.label, v.probability, v.probs" if with_probs else ""
+        sql = (f"SELECT v.item_id, {case}{extra} FROM verdict v "
+               f"WHERE v.judge_id = :judge AND v.dimension = :dim "
+               f"AND v.item_id IN (SELECT id FROM item WHERE collection_id IN ({cols or 'NULL'})) ORDER BY v.item_id")
+        rows = fetch(conn, sql, {**cparams, **lparams, "judge": judge_id, "dim": dimension})
+    if not with_probs:
+        arr = int_matrix(rows, 2)
+        return Verdicts(judge_id, arr[:, 0], arr[:, 1], np.full(len(arr), np.nan))
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    code = np.array([r[1] for r in rows], dtype=np.int64)
+    p = np.array([p_unsafe_of(r[2], r[3], r[4], unsafe_labels) for r in rows], dtype=np.float64)
+    return Verdicts(judge_id, ids, code, p)
+
+
+def load_adjudications(bind: Any, collection_ids: Sequence[int], dimension: str) -> dict[int, dict[str, Any]]:
+    """Newest adjudication per item on the dimension: item_id -> {label, user_id, at, rationale, id}."""
+    with connection(bind) as conn:
+        cols, cparams = _in_list("c", list(collection_ids))
+        rows = fetch(conn, "SELECT a.item_id, a.label, a.user_id, a.at, a.rationale, a.id FROM adjudication a "
+                           f"WHERE a.dimension = :dim AND a.item_id IN (SELECT id FROM item WHERE collection_id IN "
+                           f"({cols or 'NULL'})) ORDER BY a.item_id, a.at, a.id", {**cparams, "dim": dimension})
+    out: dict[int, dict[str, Any]] = {}
+    for item_id, label, user_id, at, rationale, adj_id in rows:  # ordered: the newest overwrites
+        out[int(item_id)] = {"label": label, "user_id": user_id, "at": at, "rationale": rationale, "id": adj_id}
+    return out
+
+
+def load_audit_sample(bind: Any, collection_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Items drawn into the random audit stratum and their inclusion probabilities.
+
+    An item may have been drawn for several reviewers; its probability of entering the
+    audit sample is taken as ``1 - prod(1 - p_j)`` over its audit assignments (independent
+    draws). Assignments without ``sampling_prob`` are ignored (their design is unknown).
+    """
+    with connection(bind) as conn:
+        cols, cparams = _in_list("c", list(collection_ids))
+        rows = fetch(conn, "SELECT s.item_id, s.sampling_prob FROM assignment s "
+                           "WHERE s.stratum = 'audit' AND s.sampling_prob IS NOT NULL AND s.sampling_prob > 0 "
+                           f"AND s.item_id IN (SELECT id FROM item WHERE collection_id IN ({cols or 'NULL'})) "
+                           "ORDER BY s.item_id", cparams)
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    p = np.clip(np.array([r[1] for r in rows], dtype=np.float64), 0.0, 1.0)
+    uniq, inv = np.unique(ids, return_inverse=True)
+    log_miss = np.zeros(len(uniq))
+    np.add.at(log_miss, inv, np.log1p(-np.minimum(p, 1 - 1e-12)))
+    return uniq, 1.0 - np.exp(log_miss)

@@ -1,0 +1,229 @@
+"""Percent agreement, specific agreement, Gwet's AC1, Fleiss' kappa and Cohen's (weighted) kappa.
+
+Multi-rater coefficients work on the (units, values) count matrix like :mod:`agreement.alpha`;
+they follow Gwet (2014, *Handbook of Inter-Rater Reliability*) and his irrCAC package for
+missing ratings:
+
+- percent agreement ``p_a``: mean over units with >= 2 ratings of
+  ``sum_k n_uk (n_uk - 1) / (m_u (m_u - 1))`` (share of agreeing rater pairs);
+- class shares ``pi_k``: mean over units with >= 1 rating of ``n_uk / m_u``;
+- AC1 chance agreement ``p_e = sum_k pi_k (1 - pi_k) / (Q - 1)`` with Q the size of the
+  full label list; Fleiss' ``p_e = sum_k pi_k^2``; coefficient ``(p_a - p_e) / (1 - p_e)``.
+
+All are linear in the units' count vectors, so the bootstrap reuses the pattern resample
+weights of the alpha bootstrap (same resamples for every coefficient).
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+
+from agreement.alpha import CONFIDENCE, Estimate, percentile_interval
+
+
+def _unit_terms(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per unit (or pattern): agreeing-pair share, has>=2, class shares n/m, has>=1."""
+    counts = np.asarray(counts, dtype=np.float64)
+    m = counts.sum(axis=1)
+    two = m >= 2
+    pa_u = np.where(two, (counts * (counts - 1)).sum(axis=1) / np.maximum(m * (m - 1), 1), 0.0)
+    one = m >= 1
+    share = np.where(one[:, None], counts / np.maximum(m, 1)[:, None], 0.0)
+    return pa_u, two.astype(np.float64), share, one.astype(np.float64)
+
+
+def _coeffs(w: np.ndarray, terms: tuple[np.ndarray, ...], n_labels: int) -> dict[str, np.ndarray]:
+    """Coefficients for a batch of unit weights ``w`` (R, U) (all ones = the sample itself)."""
+    pa_u, two, share, one = terms
+    with np.errstate(divide="ignore", invalid="ignore"):
+        n2 = w @ two
+        pa = (w @ pa_u) / n2
+        pi = (w @ share) / (w @ one)[:, None]
+        pe_ac1 = (pi * (1 - pi)).sum(axis=1) / max(n_labels - 1, 1)
+        pe_fleiss = (pi**2).sum(axis=1)
+        ac1 = (pa - pe_ac1) / (1 - pe_ac1)
+        fleiss = (pa - pe_fleiss) / (1 - pe_fleiss)
+    fleiss[pe_fleiss >= 1] = np.nan
+    ac1[pe_ac1 >= 1] = np.nan
+    for arr in (pa, ac1, fleiss):
+        arr[n2 == 0] = np.nan
+    return {"pa": pa, "ac1": ac1, "fleiss": fleiss, "pe_ac1": pe_ac1, "pe_fleiss": pe_fleiss}
+
+
+def multirater(
+    counts: np.ndarray,
+    n_labels: int | None = None,
+    *,
+    pats: tuple[np.ndarray, np.ndarray] | None = None,
+    weights: np.ndarray | None = None,
+    confidence: float = CONFIDENCE,
+) -> dict[str, Estimate]:
+    """Percent agreement, AC1 and Fleiss' kappa with bootstrap intervals when ``weights`` given.
+
+    ``pats`` = (patterns, frequencies) and ``weights`` = (R, P) resample weights from
+    :func:`agreement.alpha.resample_weights`; without them only point values are returned.
+    """
+    counts = np.asarray(counts)
+    q = counts.shape[1] if n_labels is None else n_labels
+    if pats is None:
+        point = _coeffs(np.ones((1, counts.shape[0])), _unit_terms(counts), q)
+    else:
+        pat, freq = pats
+        point = _coeffs(freq[None, :].astype(np.float64), _unit_terms(pat), q)
+        boot = _coeffs(weights, _unit_terms(pat), q) if weights is not None and len(weights) else None
+    out: dict[str, Estimate] = {}
+    reasons = {
+        "pa": "no unit has two or more ratings",
+        "ac1": "undefined (no unit has two or more ratings)",
+        "fleiss": "undefined: no unit has two ratings, or every rating is the same label",
+    }
+    for key, name in (("pa", "percent_agreement"), ("ac1", "gwet_ac1"), ("fleiss", "fleiss_kappa")):
+        v = float(point[key][0])
+        if np.isnan(v):
+            out[name] = Estimate(None, reason=reasons[key])
+            continue
+        est = Estimate(v)
+        if pats is not None and weights is not None and len(weights):
+            est.ci_low, est.ci_high, est.resamples = percentile_interval(boot[key], confidence)  # type: ignore[index]
+        if key != "pa":
+            est.extra["p_a"] = float(point["pa"][0])
+            est.extra["p_e"] = float(point["pe_ac1" if key == "ac1" else "pe_fleiss"][0])
+        out[name] = est
+    return out
+
+
+def specific_agreement(counts: np.ndarray, labels: list[str]) -> dict[str, float | None]:
+    """Per-class (specific) agreement: of the rater pairs in which one says class k, the share
+    in which the other says k too (``2a / (2a + b + c)`` for two raters)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    m = counts.sum(axis=1)
+    c = counts[m >= 2]
+    mm = m[m >= 2]
+    num = (c * (c - 1)).sum(axis=0)
+    den = (c * (mm[:, None] - 1)).sum(axis=0)
+    return {lab: (float(num[k] / den[k]) if den[k] > 0 else None) for k, lab in enumerate(labels)}
+
+
+# ---------------------------------------------------------------------------------------
+# two raters
+# ---------------------------------------------------------------------------------------
+
+
+def agreement_weights(n_labels: int, kind: str = "unweighted") -> np.ndarray:
+    """Agreement weight matrix: identity, linear ``1-|i-j|/(q-1)`` or quadratic ``1-(i-j)^2/(q-1)^2``."""
+    i = np.arange(n_labels)
+    if kind == "unweighted" or n_labels < 2:
+        return np.eye(n_labels)
+    diff = np.abs(i[:, None] - i[None, :]) / (n_labels - 1)
+    if kind == "linear":
+        return 1.0 - diff
+    if kind == "quadratic":
+        return 1.0 - diff**2
+    raise ValueError(f"weights must be unweighted, linear or quadratic, got {kind!r}")
+
+
+def confusion(a: np.ndarray, b: np.ndarray, n_labels: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """(V, V) table of rater a's code (rows) against rater b's (columns), optionally weighted."""
+    flat = np.bincount(a.astype(np.int64) * n_labels + b.astype(np.int64), weights=weights,
+                       minlength=n_labels * n_labels)
+    return flat.reshape(n_labels, n_labels).astype(np.float64)
+
+
+def kappa_from_table(table: np.ndarray, kind: str = "unweighted") -> tuple[float | None, str]:
+    """Cohen's kappa (weighted for linear/quadratic) from a contingency table over the full label list."""
+    table = np.asarray(table, dtype=np.float64)
+    n = table.sum()
+    if n <= 0:
+        return None, "no items rated by both"
+    p = table / n
+    w = agreement_weights(table.shape[0], kind)
+    po = float((w * p).sum())
+    pe = float((w * np.outer(p.sum(axis=1), p.sum(axis=0))).sum())
+    if pe >= 1.0 - 1e-12:
+        return None, "no variation: chance agreement is 1"
+    return (po - pe) / (1.0 - pe), ""
+
+
+def cohen(a: np.ndarray, b: np.ndarray, n_labels: int, *, ordered: bool,
+          sample_weights: np.ndarray | None = None) -> dict[str, Any]:
+    """Agreement of two aligned code arrays: n, raw agreement, kappa (+ weighted if ordered)."""
+    n = len(a)
+    out: dict[str, Any] = {"n": n}
+    if n == 0:
+        out.update({"agreement": None, "kappa": None, "undefined_reason": "no items rated by both"})
+        return out
+    table = confusion(a, b, n_labels, sample_weights)
+    out["agreement"] = float(np.trace(table) / table.sum())
+    kinds = ("unweighted", "linear", "quadratic") if ordered else ("unweighted",)
+    for kind in kinds:
+        value, reason = kappa_from_table(table, kind)
+        key = "kappa" if kind == "unweighted" else f"kappa_{kind}"
+        out[key] = value
+        if reason and "undefined_reason" not in out:
+            out["undefined_reason"] = reason
+    return out
+
+
+def rater_index(unit: np.ndarray, rater: np.ndarray, code: np.ndarray,
+                n_raters: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per rater: (sorted unit indices, codes). A rater's repeated ratings of a unit keep the last."""
+    order = np.lexsort((unit, rater))
+    r_sorted, u_sorted, c_sorted = rater[order], unit[order], code[order]
+    bounds = np.searchsorted(r_sorted, np.arange(n_raters + 1))
+    out = []
+    for r in range(n_raters):
+        u = u_sorted[bounds[r]:bounds[r + 1]]
+        c = c_sorted[bounds[r]:bounds[r + 1]]
+        if len(u) > 1:
+            keep = np.append(u[1:] != u[:-1], True)
+            u, c = u[keep], c[keep]
+        out.append((u, c))
+    return out
+
+
+def pairwise(unit: np.ndarray, rater: np.ndarray, code: np.ndarray, rater_names: list[str], n_labels: int,
+             *, ordered: bool, min_overlap: int = 1) -> list[dict[str, Any]]:
+    """Cohen's kappa (and weighted kappas for ordered labels) for every pair of raters who share items."""
+    idx = rater_index(unit, rater, code, len(rater_names))
+    rows = []
+    for a, b in combinations(range(len(rater_names)), 2):
+        ua, ca = idx[a]
+        ub, cb = idx[b]
+        _, ia, ib = np.intersect1d(ua, ub, assume_unique=True, return_indices=True)
+        if len(ia) < min_overlap:
+            continue
+        rows.append({"rater_a": rater_names[a], "rater_b": rater_names[b],
+                     **cohen(ca[ia], cb[ib], n_labels, ordered=ordered)})
+    return rows
+
+
+def leave_one_out(unit: np.ndarray, rater: np.ndarray, code: np.ndarray, rater_names: list[str],
+                  n_units: int, n_labels: int, *, ordered: bool) -> list[dict[str, Any]]:
+    """Each rater against the majority of the *other* raters on the items they share.
+
+    Items where the others tie are left out (counted in ``ties``): there is no consensus
+    to agree with.
+    """
+    from agreement.alpha import value_counts
+
+    counts = value_counts(unit, code, n_units, n_labels)
+    idx = rater_index(unit, rater, code, len(rater_names))
+    rows = []
+    for r, name in enumerate(rater_names):
+        u, c = idx[r]
+        others = counts[u].copy()
+        # remove every rating of this rater on the unit (repeated ratings count once above)
+        own = value_counts(unit[rater == r], code[rater == r], n_units, n_labels)[u]
+        others -= own
+        has = others.sum(axis=1) > 0
+        top = others.max(axis=1)
+        tie = (others == top[:, None]).sum(axis=1) > 1
+        ok = has & ~tie
+        cons = others.argmax(axis=1)
+        res = cohen(c[ok], cons[ok], n_labels, ordered=ordered)
+        rows.append({"rater": name, "n_items": len(u), "n_compared": int(ok.sum()),
+                     "ties": int((has & tie).sum()), **{k: v for k, v in res.items() if k != "n"}})
+    return rows
