@@ -34,7 +34,7 @@ admin.register(app)
 
 # Command groups owned by other modules register themselves here. Import errors must not
 # be swallowed: a broken command module should fail loudly in tests.
-for _name in ("dataio_cmds", "judge_cmds", "review_cmds", "agreement_cmds"):
+for _name in ("dataio_cmds", "judge_cmds", "review_cmds", "agreement_cmds", "app_cmds"):
     try:
         _mod = __import__(f"safereview.cli.{_name}", fromlist=["register"])
     except ModuleNotFoundError as exc:

@@ -1,0 +1,56 @@
+"""Read-only look-ups the pages share (collections with their taxonomy, filter facets).
+
+Streamlit-free; ``review_app.ui`` wraps them in ``st.cache_data`` with short TTLs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from db.models import Collection, Item, Taxonomy
+from db.taxonomy import category_names
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """A collection's review settings and its taxonomy's dimensions/categories/guidelines."""
+
+    id: int
+    name: str
+    blind: bool
+    overlap_target: int
+    audit_share: float
+    archived: bool
+    dims: tuple[dict[str, Any], ...]
+    category_options: tuple[str, ...]
+    guidelines: str
+    taxonomy: str
+
+
+def collections(session: Session, *, include_archived: bool = False) -> list[CollectionInfo]:
+    q = select(Collection, Taxonomy).join(Taxonomy, Taxonomy.id == Collection.taxonomy_id)  # type: ignore[arg-type]
+    if not include_archived:
+        q = q.where(Collection.archived.is_(False))  # type: ignore[attr-defined]
+    out = []
+    for c, t in session.exec(q.order_by(Collection.name)).all():
+        spec = t.spec or {}
+        out.append(CollectionInfo(
+            id=c.id, name=c.name, blind=c.blind, overlap_target=c.overlap_target,  # type: ignore[arg-type]
+            audit_share=c.audit_share, archived=c.archived, dims=tuple(spec.get("dimensions", [])),
+            category_options=tuple(category_names(spec)) if spec.get("categories") else (),
+            guidelines=str(spec.get("guidelines", "")), taxonomy=t.name,
+        ))
+    return out
+
+
+def facets(session: Session, collection_id: int) -> dict[str, list[str]]:
+    """Distinct task types, categories and models of a collection (for queue filters)."""
+    out: dict[str, list[str]] = {}
+    for name, col in (("task_types", Item.task_type), ("categories", Item.category), ("models", Item.model)):
+        vals = session.execute(sa.select(col).where(Item.collection_id == collection_id).distinct()).scalars()
+        out[name] = sorted(v for v in vals if v)
+    return out

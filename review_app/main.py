@@ -1,0 +1,36 @@
+"""Entry script of the review app: sign-in gate, then navigation built for the user's role."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from review_app import nav, ui
+
+st.set_page_config(page_title="safereview", page_icon=ui.favicon(), layout="wide",
+                   initial_sidebar_state="expanded")
+ui.page_style()
+
+user = ui.current_user()
+if user is None:
+    from review_app.views import sign_in
+
+    page = st.navigation([st.Page(sign_in.render, title="Sign in", icon=":material/login:",
+                                  url_path="signin", default=True)], position="hidden")
+    ui.cookie_bridge()
+    page.run()
+    st.stop()
+
+sections: dict[str, list[st.Page]] = {}
+for spec in nav.pages_for(user):
+    sections.setdefault(spec.section, []).append(
+        st.Page(f"views/{spec.file}", title=spec.title, icon=spec.icon, default=spec.default))
+page = st.navigation(sections)
+
+with st.sidebar:
+    ui.cookie_bridge()
+    st.caption(f"Signed in as **{ui.md_literal(user.display_name or user.username)}** · {user.role}")
+    if st.button("Sign out", icon=":material/logout:", key="sign_out", type="tertiary"):
+        ui.sign_out()
+        st.rerun()
+
+page.run()

@@ -1,0 +1,47 @@
+"""Which pages exist and who sees them: the single registry ``main.py`` builds navigation from.
+
+A page is a script in ``review_app/views/``; it is registered for a user when the file
+exists and ``workflow.policies.can(user, action)`` holds. Pages written later (the
+agreement helper's ``agreement.py``, ``audit.py``, ``calibration.py``, ``gold.py``) appear
+as soon as their file lands: no change here is needed. Each page still checks its own
+policy at the top (``ui.require(action)``), so hiding a page is never the only guard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workflow import policies
+
+VIEWS_DIR = Path(__file__).resolve().parent / "views"
+
+
+@dataclass(frozen=True)
+class PageSpec:
+    file: str  # under review_app/views/
+    title: str
+    icon: str
+    action: str  # workflow.policies action the page needs
+    section: str
+    default: bool = False
+
+
+PAGES: tuple[PageSpec, ...] = (
+    PageSpec("review.py", "Review", ":material/rate_review:", "review", "Review", default=True),
+    PageSpec("history.py", "My history", ":material/history:", "view_own_history", "Review"),
+    PageSpec("queue_status.py", "Queue status", ":material/monitoring:", "view_queue_status", "Lead"),
+    PageSpec("agreement.py", "Agreement", ":material/groups:", "view_agreement", "Lead"),
+    PageSpec("audit.py", "Judge audit", ":material/fact_check:", "audit", "Lead"),
+    PageSpec("calibration.py", "Calibration", ":material/tune:", "calibrate", "Lead"),
+    PageSpec("gold.py", "Gold & adjudication", ":material/verified:", "adjudicate", "Lead"),
+    PageSpec("users.py", "Users", ":material/manage_accounts:", "manage_users", "Admin"),
+    PageSpec("collections.py", "Collections", ":material/folder_managed:", "manage_collections", "Admin"),
+    PageSpec("import_data.py", "Import", ":material/upload_file:", "import", "Admin"),
+)
+
+
+def pages_for(user: Any) -> list[PageSpec]:
+    """Pages this user may open, in menu order (files that do not exist yet are left out)."""
+    return [p for p in PAGES if policies.can(user, p.action) and (VIEWS_DIR / p.file).is_file()]

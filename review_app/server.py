@@ -1,0 +1,279 @@
+"""HTTP side of the review app: security headers, the authenticated media route, health.
+
+Mounted into Streamlit's own Starlette server by ``review_app/asgi.py`` through
+``st.App(routes=..., middleware=...)``. Nothing here imports Streamlit, so the routes can
+be tested with Starlette's test client alone.
+
+* ``SecurityHeadersMiddleware`` adds a Content-Security-Policy that allows nothing but the
+  app's own origin (plus the inline styles Streamlit's CSS-in-JS needs, and the hashes of
+  the inline scripts in Streamlit's ``index.html``), so a markdown image smuggled into
+  model output could not reach another host even if it were ever rendered.
+* ``/media-files/<sha256>[/<variant>]`` serves imported media (and derived views) only to
+  a signed-in user: the HttpOnly session cookie set by ``/auth/session`` is checked with
+  ``workflow.auth.user_for_token`` on every request (cached for a few seconds), and the
+  hash must exist in the ``media`` table. Range requests work (audio/video seeking);
+  ``nosniff`` and a sandboxing CSP stop a hostile file from being run as a page.
+* ``/healthz`` checks the database as well as the process.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from review_app import media_derive, runtime
+
+SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+USER_CACHE_S = 5.0
+# mime types served inline; anything else goes out as an attachment of unknown type
+INLINE_MIME = {
+    "image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp", "image/tiff",
+    "audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/x-flac", "audio/mpeg", "audio/ogg",
+    "audio/mp4", "audio/aac", "audio/webm", "audio/opus",
+    "video/mp4", "video/webm", "video/ogg", "video/quicktime", "video/x-matroska",
+}
+MEDIA_CSP = "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; sandbox"
+# 1x1 transparent GIF: the /auth/* routes are loaded as images
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+
+
+# ---------------------------------------------------------------------------------------
+# Content-Security-Policy
+# ---------------------------------------------------------------------------------------
+
+
+def _inline_script_hashes() -> list[str]:
+    """CSP hashes of the inline <script> blocks in Streamlit's index.html."""
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("streamlit")
+        assert spec is not None and spec.origin is not None
+        html = (Path(spec.origin).parent / "static" / "index.html").read_text(encoding="utf-8")
+    except (OSError, AssertionError):
+        return []
+    hashes = []
+    for body in re.findall(r"<script>(.*?)</script>", html, flags=re.S):
+        digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+        hashes.append(f"'sha256-{digest}'")
+    return hashes
+
+
+def content_security_policy() -> str:
+    """Only the app's own origin; no external image, script, media, font or connection."""
+    scripts = " ".join(["'self'", *_inline_script_hashes()])
+    return "; ".join([
+        "default-src 'self'",
+        f"script-src {scripts}",
+        "style-src 'self' 'unsafe-inline'",  # emotion (Streamlit's CSS-in-JS) injects <style>
+        "img-src 'self' data: blob:",
+        "media-src 'self' blob: data:",
+        "font-src 'self' data:",
+        "connect-src 'self'",  # CSP level 3: 'self' covers ws(s) to the same host
+        "worker-src 'self' blob:",
+        "frame-src 'self'",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ])
+
+
+class SecurityHeadersMiddleware:
+    """Pure ASGI middleware (websockets pass untouched) adding security headers."""
+
+    def __init__(self, app: ASGIApp, csp: str | None = None) -> None:
+        self.app = app
+        self.headers = [
+            (b"content-security-policy", (csp or content_security_policy()).encode()),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),
+            (b"x-frame-options", b"DENY"),
+            (b"cross-origin-opener-policy", b"same-origin"),
+            (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {k.lower() for k, _ in headers}
+                headers.extend((k, v) for k, v in self.headers if k not in present)
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+# ---------------------------------------------------------------------------------------
+# Who is asking
+# ---------------------------------------------------------------------------------------
+
+_user_cache: dict[str, tuple[float, Any]] = {}
+_user_cache_lock = threading.Lock()
+
+
+def user_for_token(token: str) -> Any | None:
+    """The active user of a session token (cached briefly: media pages fire many requests)."""
+    if not token or len(token) > 512:
+        return None
+    key = hashlib.sha256(token.encode()).hexdigest()
+    now = time.monotonic()
+    with _user_cache_lock:
+        hit = _user_cache.get(key)
+        if hit and hit[0] > now:
+            return hit[1]
+    from sqlmodel import Session
+
+    from workflow import auth
+
+    with Session(runtime.engine(), expire_on_commit=False) as session:
+        user = auth.user_for_token(session, token)
+        if user is not None:
+            session.expunge(user)
+    with _user_cache_lock:
+        if len(_user_cache) > 10_000:
+            _user_cache.clear()
+        _user_cache[key] = (now + USER_CACHE_S, user)
+    return user
+
+
+def forget_token(token: str) -> None:
+    """Drop a token from the cache (sign-out) so revocation is immediate in this process."""
+    with _user_cache_lock:
+        _user_cache.pop(hashlib.sha256(token.encode()).hexdigest(), None)
+
+
+def _request_user(request: Request) -> Any | None:
+    return user_for_token(request.cookies.get(runtime.SESSION_COOKIE, ""))
+
+
+# ---------------------------------------------------------------------------------------
+# Routes
+# ---------------------------------------------------------------------------------------
+
+
+def _media_row(sha: str) -> Any | None:
+    from sqlmodel import Session
+
+    from db.models import Media
+
+    with Session(runtime.engine(), expire_on_commit=False) as session:
+        return session.get(Media, sha)
+
+
+def _deny(status: int, text: str) -> Response:
+    return PlainTextResponse(text, status_code=status, headers={"cache-control": "no-store"})
+
+
+async def media_file(request: Request) -> Response:
+    """Original media bytes, or a derived view, for a signed-in user."""
+    sha = request.path_params["sha"]
+    variant = request.path_params.get("variant")
+    if not SHA_RE.match(sha):
+        return _deny(404, "not found")
+    user = await run_in_threadpool(_request_user, request)
+    if user is None:
+        return _deny(401, "sign in first")
+    media = await run_in_threadpool(_media_row, sha)
+    if media is None:
+        return _deny(404, "not found")
+    cfg = runtime.config()
+    source = cfg.media_root / media.relpath
+    if not source.is_file():
+        return _deny(404, "media file missing on disk")
+    headers = {
+        "x-content-type-options": "nosniff",
+        "cache-control": "private, max-age=86400",
+        "content-security-policy": MEDIA_CSP,
+        "cross-origin-resource-policy": "same-origin",
+    }
+    if variant is None:
+        mime = media.mime if media.mime in INLINE_MIME else "application/octet-stream"
+        disposition = "inline" if mime != "application/octet-stream" else "attachment"
+        headers["content-disposition"] = f'{disposition}; filename="{sha[:16]}.{media.ext}"'
+        return FileResponse(source, media_type=mime, headers=headers)
+    if variant not in media_derive.VARIANTS or media_derive.VARIANTS[variant][0] != media.kind:
+        return _deny(404, "no such view")
+    try:
+        path = await run_in_threadpool(media_derive.derive, source, sha, variant, cfg.cache_dir,
+                                       max_image_pixels=cfg.max_image_pixels)
+    except media_derive.DeriveError as exc:
+        return _deny(422, str(exc))
+    return FileResponse(path, media_type=media_derive.VARIANTS[variant][1], headers=headers)
+
+
+async def auth_session(request: Request) -> Response:
+    """Swap a one-time sign-in ticket for the HttpOnly session cookie (see runtime.py)."""
+    token = runtime.tickets.redeem(request.query_params.get("ticket", ""))
+    if token is None or await run_in_threadpool(user_for_token, token) is None:
+        return Response(PIXEL, media_type="image/gif", status_code=403, headers={"cache-control": "no-store"})
+    response = Response(PIXEL, media_type="image/gif", headers={"cache-control": "no-store"})
+    response.set_cookie(
+        runtime.SESSION_COOKIE, token, max_age=int(runtime.config().session_hours * 3600), path="/",
+        httponly=True, samesite="strict", secure=request.url.scheme == "https",
+    )
+    return response
+
+
+async def auth_signout(request: Request) -> Response:
+    """Clear the session cookie (the page has already revoked the session in the database)."""
+    token = request.cookies.get(runtime.SESSION_COOKIE, "")
+    if token:
+        forget_token(token)
+    response = Response(PIXEL, media_type="image/gif", headers={"cache-control": "no-store"})
+    response.delete_cookie(runtime.SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+def _db_ok() -> bool:
+    import sqlalchemy as sa
+
+    with runtime.engine().connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+    return True
+
+
+async def healthz(request: Request) -> Response:
+    try:
+        await run_in_threadpool(_db_ok)
+    except Exception as exc:
+        return JSONResponse({"status": "error", "database": type(exc).__name__}, status_code=503)
+    return JSONResponse({"status": "ok", "database": "ok"})
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/media-files/{sha}", media_file, methods=["GET", "HEAD"]),
+        Route("/media-files/{sha}/{variant}", media_file, methods=["GET", "HEAD"]),
+        Route("/auth/session", auth_session, methods=["GET"]),
+        Route("/auth/signout", auth_signout, methods=["GET"]),
+    ]
+
+
+def middleware() -> list[Middleware]:
+    return [Middleware(SecurityHeadersMiddleware)]
+
+
+def media_url(sha: str, variant: str | None = None) -> str:
+    """Root-relative URL of a media file or one of its derived views."""
+    if not SHA_RE.match(sha):
+        raise ValueError("not a sha256")
+    return f"/media-files/{sha}" + (f"/{variant}" if variant else "")

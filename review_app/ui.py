@@ -1,0 +1,321 @@
+"""Shared helpers for every page of the review app (the only place pages get state from).
+
+Page pattern (``review_app/views/<name>.py``; see ``docs/review_app.md``)::
+
+    from review_app import ui
+
+    user = ui.require("view_agreement")      # server-side policy check first, stops otherwise
+    with ui.session() as s:                  # one transaction; commit on success
+        rows = agreement.some_function(s, ...)
+    ui.safe_text(untrusted)                  # model/annotator text: inert widgets only
+
+Rules: untrusted text (prompts, responses, rationales, file names, metadata from imports)
+goes through :func:`safe_text` / :func:`safe_code` or, inside markdown-rendering places
+(labels, options, captions), through :func:`md_literal`; never straight into st.markdown,
+st.write, labels, help or captions.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import streamlit as st
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from review_app import runtime
+from safereview import settings
+from workflow import policies
+from workflow.errors import WorkflowError
+
+T = TypeVar("T")
+USER_RECHECK_S = 5.0
+TEXT_PREVIEW_CHARS = 20_000
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|:~$=^&\"'])")
+
+
+# ---------------------------------------------------------------------------------------
+# Settings and database
+# ---------------------------------------------------------------------------------------
+
+
+def config() -> settings.Config:
+    return runtime.config()
+
+
+@st.cache_resource(show_spinner=False)
+def _engine(url: str) -> Engine:
+    return runtime.engine_for_url(url)
+
+
+def get_engine() -> Engine:
+    """The process-wide engine (``st.cache_resource``) for the configured database."""
+    return _engine(config().db_url)
+
+
+@contextmanager
+def session() -> Iterator[Session]:
+    """One transaction on the app's engine: commit on success, roll back on error."""
+    from db.engine import session_scope
+
+    with session_scope(get_engine()) as s:
+        yield s
+
+
+def run(action: Callable[[], T], *, error_prefix: str = "") -> T | None:
+    """Run a service call; show a :class:`WorkflowError`'s (user-safe) message instead of a trace."""
+    try:
+        return action()
+    except WorkflowError as exc:
+        st.error(f"{error_prefix}{md_literal(str(exc))}", icon=":material/error:")
+        return None
+
+
+@st.cache_data(ttl=15, show_spinner=False)
+def _collections(db_url: str, include_archived: bool) -> list[Any]:
+    from review_app import data
+
+    with Session(get_engine()) as s:
+        return data.collections(s, include_archived=include_archived)
+
+
+def collections(*, include_archived: bool = False) -> list[Any]:
+    """:class:`review_app.data.CollectionInfo` of every collection (cached 15 s)."""
+    return _collections(config().db_url, include_archived)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _facets(db_url: str, collection_id: int) -> dict[str, list[str]]:
+    from review_app import data
+
+    with Session(get_engine()) as s:
+        return data.facets(s, collection_id)
+
+
+def facets(collection_id: int) -> dict[str, list[str]]:
+    return _facets(config().db_url, collection_id)
+
+
+def clear_data_caches() -> None:
+    """After an admin changes collections or imports data."""
+    _collections.clear()
+    _facets.clear()
+
+
+# ---------------------------------------------------------------------------------------
+# Who is signed in
+# ---------------------------------------------------------------------------------------
+
+
+def _lookup_token(token: str) -> Any | None:
+    from workflow import auth
+
+    with Session(get_engine(), expire_on_commit=False) as s:
+        user = auth.user_for_token(s, token)
+        if user is not None:
+            s.expunge(user)
+        return user
+
+
+def current_user() -> Any | None:
+    """The signed-in user, re-validated against the database every few seconds.
+
+    Revoked sessions and disabled accounts therefore end within ``USER_RECHECK_S`` even in
+    an open browser tab. A valid session cookie (set by ``/auth/session``) signs a fresh
+    browser session in without a password, so a page reload keeps you signed in.
+    """
+    ss = st.session_state
+    token = ss.get("auth_token")
+    if not token:
+        cookie = _cookie_token()
+        if cookie and cookie not in ss.get("auth_dead_tokens", ()) and _lookup_token(cookie) is not None:
+            ss["auth_token"] = token = cookie
+            ss["auth_cookie_ok"] = True
+        else:
+            return None
+    now = time.monotonic()
+    if ss.get("auth_user") is None or now - ss.get("auth_checked", 0.0) > USER_RECHECK_S:
+        user = _lookup_token(token)
+        if user is None:
+            _forget_sign_in()
+            return None
+        ss["auth_user"], ss["auth_checked"] = user, now
+    return ss["auth_user"]
+
+
+def _cookie_token() -> str | None:
+    try:
+        return st.context.cookies.get(runtime.SESSION_COOKIE)
+    except Exception:  # no browser context (e.g. AppTest without cookies)
+        return None
+
+
+def _forget_sign_in() -> None:
+    ss = st.session_state
+    dead = set(ss.get("auth_dead_tokens", ()))
+    if ss.get("auth_token"):
+        dead.add(ss["auth_token"])
+    keep = {"auth_dead_tokens": dead}
+    for key in list(ss.keys()):
+        del ss[key]
+    for k, v in keep.items():
+        ss[k] = v
+
+
+def sign_in(user: Any, token: str) -> None:
+    """Remember a fresh sign-in and issue the one-time ticket that sets the media cookie."""
+    ss = st.session_state
+    ss["auth_token"], ss["auth_user"], ss["auth_checked"] = token, user, time.monotonic()
+    ss["auth_ticket"] = runtime.tickets.issue(token)
+    ss["auth_cookie_ok"] = False
+
+
+def sign_out() -> None:
+    from review_app import server
+    from workflow import auth
+
+    token = st.session_state.get("auth_token")
+    if token:
+        with session() as s:
+            auth.end_session(s, token)
+        server.forget_token(token)
+    _forget_sign_in()
+    st.session_state["auth_signed_out"] = True
+
+
+def require(action: str) -> Any:
+    """The current user if the policy allows ``action``; otherwise explain and stop the page."""
+    user = current_user()
+    if user is None:
+        st.warning("Please sign in.")
+        st.stop()
+    if not policies.can(user, action):
+        st.error("Your role does not allow this page.", icon=":material/block:")
+        st.stop()
+    return user
+
+
+def media_ready() -> bool:
+    """True once the browser holds the media cookie (media URLs would 401 before that)."""
+    ss = st.session_state
+    if ss.get("auth_cookie_ok"):
+        return True
+    ticket = ss.get("auth_ticket")
+    if ticket and runtime.tickets.redeemed(ticket):
+        ss["auth_cookie_ok"] = True
+        return True
+    return False
+
+
+def cookie_bridge() -> None:
+    """Render the invisible image that swaps the sign-in ticket for the HttpOnly cookie."""
+    ss = st.session_state
+    if ss.pop("auth_signed_out", False):
+        st.html('<img src="/auth/signout" alt="" width="1" height="1" style="position:absolute;opacity:0">')
+    ticket = ss.get("auth_ticket")
+    if ticket and not media_ready():
+        st.html(f'<img src="/auth/session?ticket={html.escape(ticket)}" alt="" width="1" height="1" '
+                'style="position:absolute;opacity:0">')
+
+
+# ---------------------------------------------------------------------------------------
+# Safe rendering of untrusted text
+# ---------------------------------------------------------------------------------------
+
+
+def md_literal(text: Any, *, max_chars: int = 300) -> str:
+    """Text made literal for places that parse markdown (labels, options, captions).
+
+    Every ASCII punctuation character is backslash-escaped (CommonMark escapes), so links,
+    images, emphasis, HTML, Streamlit's ``:color[...]``/``:icon:`` directives and LaTeX all
+    show as typed; newlines become spaces and the result is capped.
+    """
+    s = str(text if text is not None else "")
+    s = " ".join(s.split())
+    if len(s) > max_chars:
+        s = s[: max_chars - 1] + "…"
+    return _MD_SPECIAL.sub(r"\\\1", s)
+
+
+def plain(text: Any, *, max_chars: int = 120) -> str:
+    """Display text for selectbox/multiselect options, which Streamlit shows as plain text.
+
+    (Escaping with :func:`md_literal` there would show the backslashes.) Whitespace is
+    collapsed and the length capped so a hostile value cannot flood the widget.
+    """
+    s = " ".join(str(text if text is not None else "").split())
+    return s if len(s) <= max_chars else s[: max_chars - 1] + "…"
+
+
+def safe_text(text: Any, *, max_chars: int = TEXT_PREVIEW_CHARS, key: str | None = None) -> None:
+    """Untrusted prose, shown as-is with ``st.text`` (inert: no markdown, no HTML)."""
+    s = str(text if text is not None else "")
+    if len(s) > max_chars:
+        st.text(s[:max_chars])
+        st.caption(f"… {len(s) - max_chars:,} more characters not shown")
+    else:
+        st.text(s)
+
+
+def safe_code(text: Any, *, max_chars: int = TEXT_PREVIEW_CHARS) -> None:
+    """Untrusted text in a bordered, wrapping box (``st.code`` without a language: inert)."""
+    s = str(text if text is not None else "")
+    if len(s) > max_chars:
+        st.code(s[:max_chars], language=None, wrap_lines=True)
+        st.caption(f"… {len(s) - max_chars:,} more characters not shown")
+    else:
+        st.code(s, language=None, wrap_lines=True)
+
+
+def attr(text: Any) -> str:
+    """Escape for an HTML attribute in the app's own st.html snippets."""
+    return html.escape(str(text), quote=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Look and feel
+# ---------------------------------------------------------------------------------------
+
+_CSS = """
+<style>
+/* calm, compact review layout */
+.block-container {padding-top: 2.2rem; padding-bottom: 2rem; max-width: 1400px;}
+[data-testid="stText"] {font-size: 0.98rem; line-height: 1.5;}
+.sr-kbd {display:inline-block; padding:0 .38em; margin:0 .1em; border:1px solid #c9cbd3;
+  border-bottom-width:2px; border-radius:4px; font: 0.78rem ui-monospace, monospace; color:#31333f;
+  background:#f7f7f9;}
+.sr-media img {max-width:100%; max-height:520px; object-fit:contain; border-radius:6px;
+  border:1px solid #e3e4ea; background:#fafafa;}
+.sr-media audio, .sr-media video {width:100%; max-height:420px;}
+.sr-strip img {width:100%; border-radius:4px; border:1px solid #e3e4ea;}
+.sr-full img {width:100%; height:auto;}
+.sr-muted {color:#6b6f7b; font-size:.85rem;}
+</style>
+"""
+
+
+@st.cache_resource(show_spinner=False)
+def favicon() -> Any:
+    """A locally drawn icon: emoji and material page icons would be fetched from a CDN."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    d = ImageDraw.Draw(img)
+    d.rounded_rectangle([4, 4, 60, 60], radius=12, fill=(255, 75, 75))
+    d.line([(18, 33), (28, 44), (47, 21)], fill=(255, 255, 255), width=7)
+    return img
+
+
+def page_style() -> None:
+    st.html(_CSS)
+
+
+def kbd(keys: str) -> str:
+    """HTML for a keyboard hint (our own constant strings only)."""
+    return "+".join(f'<span class="sr-kbd">{html.escape(k)}</span>' for k in keys.split("+"))

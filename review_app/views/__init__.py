@@ -1,0 +1,1 @@
+"""Page scripts of the review app (registered in ``review_app/nav.py``)."""

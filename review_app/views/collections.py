@@ -1,0 +1,67 @@
+"""Collections (admins): overlap k, blind review, audit share, archive."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from review_app import ui
+
+
+def _save(actor: Any, collection_id: int, **values: Any) -> None:
+    from db.models import Collection
+    from workflow import policies
+    from workflow.errors import InvalidInput
+
+    policies.require(actor, "manage_collections")
+    if not 1 <= int(values["overlap_target"]) <= 50:
+        raise InvalidInput("overlap: between 1 and 50")
+    if not 0.0 <= float(values["audit_share"]) <= 1.0:
+        raise InvalidInput("audit share: between 0 and 1")
+    with ui.session() as s:
+        col = s.get(Collection, collection_id)
+        if col is None:
+            raise InvalidInput("no such collection")
+        for k, v in values.items():
+            setattr(col, k, v)
+        s.add(col)
+    ui.clear_data_caches()
+
+
+def page() -> None:
+    from workflow.errors import WorkflowError
+
+    user = ui.require("manage_collections")
+    st.subheader("Collections")
+    infos = ui.collections(include_archived=True)
+    if not infos:
+        st.info("No collections yet: import data first.")
+        return
+    st.dataframe([{"collection": c.name, "taxonomy": c.taxonomy, "overlap k": c.overlap_target, "blind": c.blind,
+                   "audit share": c.audit_share, "archived": c.archived} for c in infos],
+                 hide_index=True, width="stretch")
+    by_id = {c.id: c for c in infos}
+    cid = st.selectbox("Collection to change", list(by_id), format_func=lambda i: ui.plain(by_id[i].name),
+                       key="col_target")
+    c = by_id[cid]
+    with st.form(f"col_edit_{cid}", border=True):
+        k = st.number_input("Overlap: annotators per item (k)", min_value=1, max_value=50, value=c.overlap_target,
+                            step=1)
+        blind = st.toggle("Blind review: hide the judge's verdict until the annotator commits", value=c.blind)
+        audit = st.slider("Audit share: fraction of picks drawn uniformly at random", 0.0, 1.0,
+                          value=float(c.audit_share), step=0.05)
+        archived = st.toggle("Archived (hidden from the review queue)", value=c.archived)
+        st.caption("Raising k reopens fully covered items; the audit share keeps judge-accuracy estimates "
+                   "unbiased when the queue favours borderline items.")
+        if st.form_submit_button("Save", type="primary", icon=":material/save:"):
+            try:
+                _save(user, cid, overlap_target=int(k), blind=bool(blind), audit_share=float(audit),
+                      archived=bool(archived))
+                st.toast("Saved.", icon=":material/check:")
+                st.rerun()
+            except WorkflowError as exc:
+                st.error(ui.md_literal(str(exc), max_chars=300))
+
+
+page()

@@ -1,0 +1,33 @@
+"""Sign-in form: username and password checked by ``workflow.auth`` (rate-limited there)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from review_app import ui
+
+
+def render() -> None:
+    from workflow import auth
+    from workflow.errors import AuthError
+
+    _left, mid, _right = st.columns([1, 1.2, 1])
+    with mid:
+        st.title("safereview")
+        st.caption("Human review of multimodal AI-safety judgments")
+        with st.form("sign_in_form", border=True):
+            username = st.text_input("Username", key="signin_username", autocomplete="username")
+            password = st.text_input("Password", type="password", key="signin_password",
+                                     autocomplete="current-password")
+            submitted = st.form_submit_button("Sign in", type="primary", icon=":material/login:",
+                                              width="stretch")
+        if submitted:
+            try:
+                user = auth.authenticate_and_record(ui.get_engine(), username, password)
+            except AuthError as exc:
+                st.error(ui.md_literal(str(exc)), icon=":material/lock:")
+                return
+            with ui.session() as s:
+                token = auth.start_session(s, user, config=ui.config())
+            ui.sign_in(user, token)
+            st.rerun()

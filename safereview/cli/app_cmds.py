@@ -1,0 +1,151 @@
+"""``safereview serve`` and ``safereview demo``: run the review app.
+
+Streamlit is started as ``streamlit run review_app/asgi.py`` in place of this process
+(``exec``), so signals and exit codes are Streamlit's own; settings travel by environment
+variables, which is how the app reads them (``review_app/runtime.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from safereview.cli.common import DbOption, MediaRootOption, config, console, engine_for
+
+HostOption = Annotated[str, typer.Option("--host", help="Address to listen on (127.0.0.1 keeps it local).")]
+PortOption = Annotated[int, typer.Option("--port", help="TCP port to listen on.")]
+GcOption = Annotated[
+    str,
+    typer.Option("--gc", help="Garbage collection after each script run: 'freeze' (default: freeze the "
+                              "startup heap, keep Streamlit's post-run collection), 'off' (no post-run "
+                              "collection) or 'full' (Streamlit's default). See docs/review_app.md."),
+]
+
+# Demo accounts: fixed passwords are acceptable ONLY for the local demo database.
+DEMO_USERS: tuple[tuple[str, str, str, str], ...] = (
+    ("admin", "admin-demo-2026", "admin", "Demo Admin"),
+    ("lead", "lead-demo-2026", "lead", "Demo Lead"),
+    ("alice", "alice-demo-2026", "annotator", "Alice (annotator)"),
+    ("bob", "bob-demo-2026", "annotator", "Bob (annotator)"),
+)
+
+
+def _absolute_db_url(url: str) -> str:
+    from safereview.settings import sqlite_path
+
+    path = sqlite_path(url)
+    if path is None:
+        return url
+    query = url.split("?", 1)[1] if "?" in url else ""
+    return f"sqlite:///{path}" + (f"?{query}" if query else "")
+
+
+def streamlit_command(host: str, port: int, *, gc: str = "freeze", max_upload_mb: int = 200) -> list[str]:
+    """The ``streamlit run`` command line ``serve`` executes (exposed for tests and the bench)."""
+    if gc not in ("freeze", "off", "full"):
+        raise typer.BadParameter("--gc must be freeze, off or full")
+    asgi = Path(__file__).resolve().parents[2] / "review_app" / "asgi.py"
+    return [
+        sys.executable, "-m", "streamlit", "run", str(asgi),
+        "--server.headless", "true",
+        "--global.developmentMode", "false",
+        "--server.fileWatcherType", "none",
+        "--server.runOnSave", "false",
+        "--client.toolbarMode", "minimal",
+        "--client.showErrorDetails", "type",
+        "--browser.gatherUsageStats", "false",
+        "--server.enableStaticServing", "false",
+        "--server.address", host,
+        "--server.port", str(port),
+        "--server.maxUploadSize", str(max_upload_mb),
+        "--runner.magicEnabled", "false",
+        "--runner.postScriptGC", "false" if gc == "off" else "true",
+    ]
+
+
+def serve_env(db_url: str, media_root: Path, cache_dir: Path | None = None, *, gc: str = "freeze") -> dict[str, str]:
+    env = dict(os.environ)
+    env["SAFEREVIEW_DB"] = _absolute_db_url(db_url)
+    env["SAFEREVIEW_MEDIA_ROOT"] = str(Path(media_root).resolve())
+    if cache_dir is not None:
+        env["SAFEREVIEW_CACHE_DIR"] = str(Path(cache_dir).resolve())
+    env["SAFEREVIEW_APP_GC_FREEZE"] = "1" if gc == "freeze" else "0"
+    return env
+
+
+def _exec_streamlit(cfg, host: str, port: int, gc: str) -> None:  # type: ignore[no-untyped-def]
+    cmd = streamlit_command(host, port, gc=gc, max_upload_mb=cfg.max_upload_mb)
+    env = serve_env(cfg.db_url, cfg.media_root, Path(cfg.cache_dir_override) if cfg.cache_dir_override else None,
+                    gc=gc)
+    console.print(f"serving the review app on http://{host}:{port}  (Ctrl+C stops)")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(cmd[0], cmd, env)
+
+
+def ensure_demo_users(db_url: str) -> list[tuple[str, str, str]]:
+    """Create the demo accounts that are missing; returns (username, password, role) of all."""
+    from sqlmodel import select
+
+    from db.engine import make_engine, session_scope
+    from db.models import User
+    from workflow import auth
+
+    engine = make_engine(db_url)
+    try:
+        with session_scope(engine) as s:
+            for username, password, role, display in DEMO_USERS:
+                if s.exec(select(User).where(User.username == username)).first() is None:
+                    auth.create_user(s, username, password, role, display_name=display)
+    finally:
+        engine.dispose()
+    return [(u, p, r) for u, p, r, _ in DEMO_USERS]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve(
+        db: DbOption = None,
+        media_root: MediaRootOption = None,
+        host: HostOption = "127.0.0.1",
+        port: PortOption = 8501,
+        gc: GcOption = "freeze",
+    ) -> None:
+        """Run the review app (Streamlit) against a database; upgrades the schema first."""
+        cfg = config(db, media_root)
+        engine_for(cfg).dispose()
+        _exec_streamlit(cfg, host, port, gc)
+
+    @app.command("demo")
+    def demo(
+        directory: Annotated[Path, typer.Option("--dir", help="Folder for the demo database and media.")] = Path(
+            ".demo"),
+        host: HostOption = "127.0.0.1",
+        port: PortOption = 8501,
+        no_serve: Annotated[bool, typer.Option("--no-serve", help="Build the demo and print the sign-ins, "
+                                                                  "but do not start the app.")] = False,
+    ) -> None:
+        """Build (idempotently) a demo database with demo users, print the sign-ins, then serve."""
+        directory = directory.resolve()
+        directory.mkdir(parents=True, exist_ok=True)
+        db_url = f"sqlite:///{directory / 'safereview.db'}"
+        media = directory / "media"
+        cfg = config(db_url, str(media))
+        engine_for(cfg).dispose()
+        try:
+            from dataio.demo import build_demo
+        except ImportError as exc:
+            console.print(f"[red]the demo data builder is not available: {exc}[/red]")
+            raise typer.Exit(1) from None
+        build_demo(cfg.db_url, cfg.media_root)
+        users = ensure_demo_users(cfg.db_url)
+        console.print(f"demo database: {directory / 'safereview.db'}")
+        console.print("demo sign-ins (for this local demo only):")
+        for username, password, role in users:
+            console.print(f"  {role:<10} {username:<8} password: {password}")
+        if not no_serve:
+            _exec_streamlit(cfg, host, port, "freeze")
