@@ -220,7 +220,7 @@ def _probe_audio(path: Path, info: MediaInfo) -> None:
     try:
         sfi = sf.info(str(path))
     except Exception as exc:  # libsndfile raises its own error types
-        if path.suffix.lower() == ".mp3" or _looks_like_mp3(path):
+        if "MP3" not in sf.available_formats() and (path.suffix.lower() == ".mp3" or _looks_like_mp3(path)):
             _probe_audio_librosa(path, info, exc)
             return
         raise MediaError(f"{path.name}: not decodable audio (wav, flac, ogg, mp3 accepted): {_short(exc)}") from None
@@ -261,7 +261,9 @@ def _probe_audio_librosa(path: Path, info: MediaInfo, first_error: Exception) ->
     try:
         import librosa
 
-        y, sr = librosa.load(str(path), sr=None, mono=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            y, sr = librosa.load(str(path), sr=None, mono=False)
     except Exception as exc:
         raise MediaError(f"{path.name}: not decodable audio: {_short(first_error)}; {_short(exc)}") from None
     n = int(y.shape[-1]) if getattr(y, "ndim", 0) else 0

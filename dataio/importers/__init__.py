@@ -143,7 +143,8 @@ def import_file(
                    media_dir=mdir, media_root=root, max_image_pixels=cfg.max_image_pixels,
                    max_text_chars=cfg.max_text_chars, update=update, skip_invalid=skip_invalid,
                    task_type=task_type, model=model,
-                   location_note=" (parquet row index, 0-based)" if suffix == ".parquet" else "")
+                   location_note=" (parquet row index, 0-based)" if suffix == ".parquet" else "",
+                   id_by_task_type=fmt == "uni-safebench")
 
     if task_type and tax.task_types and tax.task_type(task_type) is None:
         known = ", ".join(t["id"] for t in spec["task_types"])
@@ -177,7 +178,7 @@ def import_file(
             session.flush()
             late_rejects = write(conn, session, good, collection_id=col.id, opts=opts,  # type: ignore[arg-type]
                                  report=report, source_sha256=_file_sha256(path), user=user,
-                                 created_files=created)
+                                 created_files=created, prior_rejected=len(bad))
             if late_rejects and not skip_invalid:
                 raise _Rollback
             session.close()

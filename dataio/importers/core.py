@@ -188,6 +188,7 @@ class Options:
     task_type: str | None
     model: str | None
     location_note: str = ""  # "(parquet row index, 0-based)"
+    id_by_task_type: bool = False  # Uni-SafeBench: external id = "<task type>/<id>"
 
 
 # ---------------------------------------------------------------------------------------
@@ -245,6 +246,8 @@ class Validator:
 
     def record(self, rec: Record) -> None:
         """Validate and normalise one record in place (errors land on ``rec.errors``)."""
+        if rec.kind == "item":
+            self._item(rec)
         if rec.external_id:
             if len(rec.external_id) > 200:
                 rec.error("id", "longer than 200 characters")
@@ -254,8 +257,6 @@ class Validator:
                     rec.error("id", f"duplicate id {rec.external_id!r} (first at line {first})")
                 else:
                     self.seen_ids[rec.external_id] = rec.line
-        if rec.kind == "item":
-            self._item(rec)
         self._verdicts(rec)
         self._annotations(rec)
 
@@ -293,6 +294,9 @@ class Validator:
                 rec.error("subcategory", f"{hit_s[1]!r} is not a subcategory of {category!r}")
             else:
                 category, subcategory = hit_s
+        if self.opts.id_by_task_type and rec.external_id and tt_id:
+            # Uni-SafeBench numbers rows per task file: "<task type>/<id>" keeps the 7 files apart.
+            rec.external_id = f"{tt_id}/{rec.external_id}"
         model = rec.model or self.opts.model or ""
         if len(model) > 200:
             rec.error("model", "longer than 200 characters")
@@ -501,7 +505,7 @@ def _in_chunks(conn: sa.Connection, stmt_for: Any, values: list[Any]) -> list[An
 
 def write(conn: sa.Connection, session: Session, records: list[Record], *, collection_id: int,
           opts: Options, report: ImportReport, source_sha256: str, user: str,
-          created_files: list[Path]) -> list[Record]:
+          created_files: list[Path], prior_rejected: int = 0) -> list[Record]:
     """Classify and write; returns the records rejected here (conflicts, missing items).
 
     When ``opts.skip_invalid`` is False and any record fails, nothing is written and the
@@ -726,7 +730,7 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
     conn.execute(batch_t.update().where(batch_t.c.id == batch_id).values(
         n_items=report.items_new + report.items_updated, n_verdicts=report.verdicts_new + report.verdicts_updated,
         n_annotations=report.annotations_new + report.annotations_updated,
-        n_rejected=len(rejected), n_unchanged=report.items_unchanged))
+        n_rejected=len(rejected) + prior_rejected, n_unchanged=report.items_unchanged))
 
     if v_new or v_upd:
         report.priorities_refreshed = _refresh_priorities(session, collection_id)

@@ -74,17 +74,16 @@ def read_jsonl(path: Path) -> Iterator[SourceRow]:
                 continue
             if lineno == 1 and text.startswith("\ufeff"):
                 text = text[1:]
+            text = text.rstrip("\r\n")
             if not text.strip():
                 continue
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as exc:
-                yield SourceRow(lineno, None, text.rstrip("\r\n"),
-                                ("(json)", f"invalid JSON: {exc.msg} at column {exc.colno}"))
+                yield SourceRow(lineno, None, text, ("(json)", f"invalid JSON: {exc.msg} at column {exc.colno}"))
                 continue
             if not isinstance(data, dict):
-                yield SourceRow(lineno, None, text.rstrip("\r\n"),
-                                ("(json)", f"expected a JSON object, got {type(data).__name__}"))
+                yield SourceRow(lineno, None, text, ("(json)", f"expected a JSON object, got {type(data).__name__}"))
                 continue
             yield SourceRow(lineno, data, data)
 

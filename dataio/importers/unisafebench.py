@@ -52,7 +52,7 @@ def parse_row(src: SourceRow) -> Record:
     if text is not None:
         if not isinstance(text, str):
             rec.error("generated_text", "expected text")
-        elif text != "" or not rec.response:
+        elif text.strip():  # an empty generated_text means the model produced no text
             rec.response.append({"modality": "text", "text": text, "_field": "generated_text"})
     rec.refused = as_bool(data.get("reject_image"), rec, "reject_image")
     rec.category = as_str(data.get("category"))

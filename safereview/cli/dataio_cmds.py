@@ -217,13 +217,13 @@ def register(app: typer.Typer) -> None:
             if rep.rejects_path:
                 console.print(f"{rep.rejected} rejected row(s) written to {rep.rejects_path}", markup=False)
             shown = rep.errors[:200]
-            for msg in shown:
-                err_console.print(msg, markup=False, highlight=False)
+            for msg in shown:  # plain, unwrapped: one FILE:LINE: field: message per line
+                typer.echo(msg, err=True)
             if len(rep.errors) > len(shown):
-                err_console.print(f"... and {len(rep.errors) - len(shown)} more problem(s)", markup=False)
+                typer.echo(f"... and {len(rep.errors) - len(shown)} more problem(s)", err=True)
         if failed:
-            err_console.print(f"import failed: {reports[-1].source} was not imported; the database is unchanged "
-                              "for that file", markup=False)
+            typer.echo(f"import failed: {reports[-1].source} was not imported; the database is unchanged "
+                       "for that file", err=True)
             raise typer.Exit(1)
 
     @app.command("collections")
