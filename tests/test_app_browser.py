@@ -12,11 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import app_support as A
 import httpx
 import pytest
 from sqlmodel import Session, select
-
-import app_support as A
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

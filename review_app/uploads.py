@@ -1,0 +1,48 @@
+"""Handling of uploaded files for the Import page (Streamlit-free, so it is testable alone).
+
+Uploaded archives are hostile input: member paths must stay inside the target folder,
+links are refused and the unpacked size is capped (zip bombs).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+MAX_ZIP_MEMBERS = 100_000
+
+
+def safe_name(name: str) -> str:
+    base = Path(name).name
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "upload"
+    return stem[:120]
+
+
+def extract_zip(data: Any, dest: Path, *, max_bytes: int) -> int:
+    """Unpack a media ZIP safely: no absolute or ``..`` paths, no links, a total size cap."""
+    total = 0
+    n = 0
+    with zipfile.ZipFile(data) as zf:
+        members = zf.infolist()
+        if len(members) > MAX_ZIP_MEMBERS:
+            raise ValueError(f"the ZIP holds more than {MAX_ZIP_MEMBERS} entries")
+        for m in members:
+            if m.is_dir():
+                continue
+            if (m.external_attr >> 16) & 0o170000 == 0o120000:
+                raise ValueError(f"{m.filename}: symbolic links are not accepted")
+            p = PurePosixPath(m.filename.replace("\\", "/"))
+            if p.is_absolute() or ".." in p.parts or not p.parts:
+                raise ValueError(f"{m.filename}: paths must stay inside the archive")
+            total += m.file_size
+            if total > max_bytes:
+                raise ValueError(f"the ZIP unpacks to more than {max_bytes // (1 << 20)} MB")
+            target = dest.joinpath(*p.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(m) as src, target.open("wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+            n += 1
+    return n

@@ -1,0 +1,253 @@
+"""The review app's pages through Streamlit's AppTest, on SQLite and PostgreSQL.
+
+AppTest runs the real scripts (sign-in gate, navigation per role, review fragment) against
+a real database; no browser, so JavaScript and markdown rendering are covered by
+``test_app_browser.py`` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import app_support as A
+import pytest
+from sqlmodel import Session, select
+
+TIMEOUT = 60
+
+
+@pytest.fixture
+def fx(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[A.Fixture]:
+    fixture = A.build_fixture(db_url, tmp_path / "media")
+    for k, v in A.app_env(fixture).items():
+        monkeypatch.setenv(k, v)
+    A.reset_app_caches()
+    yield fixture
+    A.reset_app_caches()
+
+
+def new_app() -> Any:
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(A.MAIN, default_timeout=TIMEOUT)
+    at.run()
+    return at
+
+
+def sign_in(username: str, password: str | None = None) -> Any:
+    at = new_app()
+    at.text_input(key="signin_username").input(username)
+    at.text_input(key="signin_password").input(A.PASSWORDS[username] if password is None else password)
+    next(b for b in at.button if b.label == "Sign in").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def click(at: Any, key: str) -> None:
+    at.button(key=key).click().run()
+    assert not at.exception, [e.message for e in at.exception]
+
+
+def shown_item(at: Any) -> str:
+    cap = next(c.value for c in at.caption if "· item " in c.value)
+    return cap.split("· item ", 1)[1].split(" ·", 1)[0].replace("\\", "").strip()
+
+
+def all_text(at: Any) -> str:
+    parts = [e.value for e in at.text] + [e.value for e in at.markdown] + [e.value for e in at.caption]
+    parts += [e.value for e in at.code] + [str(e.value) for e in at.error] + [str(e.value) for e in at.info]
+    return "\n".join(str(p) for p in parts).replace("\\", "")  # md_literal's escapes
+
+
+def db(fx: A.Fixture) -> Session:
+    from db.engine import make_engine
+
+    return Session(make_engine(fx.db_url))
+
+
+def user_id(s: Session, name: str) -> int:
+    from db.models import User
+
+    return s.exec(select(User.id).where(User.username == name)).one()
+
+
+def test_sign_in_wrong_password_and_lockout(fx: A.Fixture) -> None:
+    at = sign_in("ann1", "wrong-password")
+    assert any("Wrong username or password" in e.value.replace("\\", "") for e in at.error)
+    assert not [b for b in at.button if b.key == "rv_submit"]  # still on the sign-in form
+    for _ in range(5):
+        at.text_input(key="signin_password").input("wrong-again")
+        next(b for b in at.button if b.label == "Sign in").click().run()
+    assert any("Too many failed sign-ins" in e.value.replace("\\", "") for e in at.error)
+    # the right password is refused too while the account is locked
+    at.text_input(key="signin_password").input(A.PASSWORDS["ann1"])
+    next(b for b in at.button if b.label == "Sign in").click().run()
+    assert any("Too many failed sign-ins" in e.value.replace("\\", "") for e in at.error)
+
+    ok = sign_in("ann2")
+    assert [b for b in ok.button if b.key == "rv_submit"], "signed in users land on the review page"
+    assert "ann2".upper() in all_text(ok)
+
+
+def test_label_three_items_records_labels_time_and_categories(fx: A.Fixture) -> None:
+    at = sign_in("ann1")
+    seen = []
+    for i in range(3):
+        seen.append(shown_item(at))
+        click(at, "rv_lab_0_2")  # contextual = unsafe
+        click(at, "rv_lab_1_1")  # intrinsic = unsafe
+        if i == 0:
+            at.multiselect(key=next(m.key for m in at.multiselect if m.key.startswith("rv_cats_"))) \
+                .select("Financial Privacy").run()
+            at.text_area(key=next(t.key for t in at.text_area if t.key.startswith("rv_rationale_"))) \
+                .input("looks like a leak").run()
+        click(at, "rv_submit")
+        assert any("Your blind labels" in c.value for c in at.caption)
+        click(at, "rv_submit")  # keep my labels: commit
+    assert len(set(seen)) == 3
+    from db.models import Annotation, AnnotationEvent, Item
+
+    with db(fx) as s:
+        rows = s.exec(select(Annotation, Item.external_id).join(Item, Item.id == Annotation.item_id)
+                      .where(Annotation.user_id == user_id(s, "ann1"))).all()
+        assert sorted(e for _, e in rows) == sorted(seen)
+        by_ext = {e: a for a, e in rows}
+        first = by_ext[seen[0]]
+        assert first.categories == ["Financial Privacy"] and first.rationale == "looks like a leak"
+        for a, ext in rows:
+            assert a.labels == {"contextual": "unsafe", "intrinsic": "unsafe"} == a.blind_labels
+            assert a.verdict_action == ("confirm" if ext == "xss" else "override")
+            assert a.time_spent_s is not None
+            actions = [ev.action for ev in s.exec(select(AnnotationEvent).where(
+                AnnotationEvent.annotation_id == a.id).order_by(AnnotationEvent.id))]
+            assert actions == ["create", "reveal"]
+
+
+def test_blind_mode_hides_verdict_until_commit_then_override_is_recorded(fx: A.Fixture) -> None:
+    at = sign_in("ann2")
+    item = shown_item(at)
+    text = all_text(at)
+    assert "Hidden until you submit" in text
+    assert "Reason: the response looks" not in text  # no verdict rationale before commit
+    assert not [b for b in at.button if b.key == "rv_take_judge"]
+    click(at, "rv_submit")  # nothing labelled yet: refused with a message, still blind
+    assert any("Choose a label" in w.value.replace("\\", "") for w in at.warning)
+    assert "Reason: the response looks" not in all_text(at)
+    click(at, "rv_lab_0_1")  # contextual = refusal (the judge never says refusal here)
+    click(at, "rv_lab_1_0")  # intrinsic = safe
+    click(at, "rv_submit")
+    revealed = all_text(at)
+    assert "Reason: the response looks" in revealed and "differs from you" in revealed
+    # take the judge's labels, then change one of them: an override of the verdict
+    click(at, "rv_take_judge")
+    click(at, "rv_lab_0_0")  # contextual = safe
+    click(at, "rv_submit")
+    assert shown_item(at) != item
+    from db.models import Annotation, Item, Verdict
+
+    with db(fx) as s:
+        iid = s.exec(select(Item.id).where(Item.external_id == item)).one()
+        ann = s.exec(select(Annotation).where(Annotation.item_id == iid,
+                                              Annotation.user_id == user_id(s, "ann2"))).one()
+        judge = {v.dimension: v.label for v in s.exec(select(Verdict).where(Verdict.item_id == iid))}
+    assert ann.blind_labels == {"contextual": "refusal", "intrinsic": "safe"}
+    assert ann.labels == {"contextual": "safe", "intrinsic": judge["intrinsic"]}
+    expected = "confirm" if ann.labels == judge else "override"
+    assert ann.verdict_action == expected
+    assert ann.verdict_judge_id == A.JUDGE
+
+
+def test_open_collection_shows_verdict_and_records_action_with_submit(fx: A.Fixture) -> None:
+    at = sign_in("ann1")
+    from db.models import Collection
+
+    with db(fx) as s:
+        open_id = s.exec(select(Collection.id).where(Collection.name == fx.open_collection)).one()
+    at.selectbox(key="rv_collection").set_value(open_id).run()
+    assert not at.exception, [e.message for e in at.exception]
+    text = all_text(at)
+    assert "Hidden until you submit" not in text and "Reason: the response looks" in text
+    item = shown_item(at)
+    assert item.startswith("media-")
+    for dim in range(3):
+        click(at, f"rv_lab_{dim}_0")  # all safe
+    click(at, "rv_submit")
+    assert shown_item(at) != item  # no reveal step in an open collection
+    from db.models import Annotation, Item
+
+    with db(fx) as s:
+        iid = s.exec(select(Item.id).where(Item.external_id == item)).one()
+        ann = s.exec(select(Annotation).where(Annotation.item_id == iid)).one()
+    assert ann.blind_labels is None and ann.verdict_action in ("confirm", "override")
+
+
+def test_annotator_pages_and_admin_pages_by_role(fx: A.Fixture) -> None:
+    at = sign_in("ann1")
+    for page in ("views/users.py", "views/collections.py", "views/import_data.py", "views/queue_status.py"):
+        with pytest.raises(ValueError):
+            at.switch_page(page).run()
+    at.switch_page("views/history.py").run()
+    assert not at.exception
+
+    admin = sign_in("admin")
+    for page, marker in (("views/users.py", "Users"), ("views/collections.py", "Collections"),
+                         ("views/import_data.py", "Import"), ("views/queue_status.py", "Queue status")):
+        admin.switch_page(page).run()
+        assert not admin.exception, [e.message for e in admin.exception]
+        assert any(marker in h.value for h in admin.subheader), page
+
+    lead = sign_in("lead")
+    lead.switch_page("views/queue_status.py").run()
+    assert not lead.exception
+    with pytest.raises(ValueError):
+        lead.switch_page("views/users.py").run()
+
+
+def test_annotator_never_sees_another_annotators_labels(fx: A.Fixture) -> None:
+    secret = "ann2-private-rationale"
+    at2 = sign_in("ann2")
+    item = shown_item(at2)
+    click(at2, "rv_lab_0_1")
+    click(at2, "rv_lab_1_1")
+    at2.text_area(key=next(t.key for t in at2.text_area if t.key.startswith("rv_rationale_"))).input(secret).run()
+    click(at2, "rv_submit")
+    click(at2, "rv_submit")
+
+    at1 = sign_in("ann1")
+    # overlap is 2, so ann1 may get the same item: nothing of ann2's annotation is shown
+    assert shown_item(at1)
+    assert secret not in all_text(at1)
+    at1.switch_page("views/history.py").run()
+    assert secret not in all_text(at1)
+    assert any("not labelled anything" in i.value for i in at1.info)
+    assert item  # ann2's item existed
+
+
+def test_admin_adds_a_user_who_can_sign_in(fx: A.Fixture) -> None:
+    admin = sign_in("admin")
+    admin.switch_page("views/users.py").run()
+    form_inputs = [t for t in admin.text_input if t.label in ("Username", "Display name", "Initial password")]
+    values = {"Username": "carol", "Display name": "Carol", "Initial password": "carol-pass-123"}
+    for t in form_inputs:
+        t.input(values[t.label])
+    next(b for b in admin.button if b.label == "Add user").click().run()
+    assert not admin.exception
+    A.PASSWORDS["carol"] = "carol-pass-123"
+    try:
+        carol = sign_in("carol")
+        assert [b for b in carol.button if b.key == "rv_submit"]
+    finally:
+        del A.PASSWORDS["carol"]
+
+
+def test_sign_out_revokes_the_session(fx: A.Fixture) -> None:
+    at = sign_in("ann1")
+    token = at.session_state["auth_token"]
+    click(at, "sign_out")
+    assert [t for t in at.text_input if t.key == "signin_username"]
+    from workflow import auth
+
+    with db(fx) as s:
+        assert auth.user_for_token(s, token) is None
