@@ -112,7 +112,9 @@ def moving_square(path: Path, *, frames: int = 24, size: int = 64, color: tuple[
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
         if codec == "libx264":
-            stream.codec_context.options = {"preset": "veryfast", "crf": "30"}
+            # one thread and no lookahead threads: byte-identical output on every run
+            stream.codec_context.options = {"preset": "veryfast", "crf": "30", "threads": "1",
+                                            "lookahead_threads": "1", "sliced_threads": "0"}
         for i in range(frames):
             img = np.full((size, size, 3), 235, dtype=np.uint8)
             x = int((size - 16) * i / max(1, frames - 1))

@@ -1,0 +1,81 @@
+"""The demo data build through the public import path, covers what it promises, and is idempotent."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from dataio.demo import AV_COLLECTION, DEMO_DIR, UNI_COLLECTION, VLSU_COLLECTION, build_demo
+from db.engine import make_engine
+from db.models import Annotation, Collection, Item, Media, User, Verdict
+from db.taxonomy import PRESETS
+from safereview.cli.main import app
+from tests import dataio_support as ds
+
+
+def _all(engine: sa.Engine, model: type) -> list:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(model.__table__)).all()  # type: ignore[attr-defined]
+
+
+def test_demo_builds_covers_the_brief_and_is_idempotent(db_url: str, tmp_path: Path) -> None:
+    root = tmp_path / "media"
+    summary = build_demo(db_url, root)
+    assert summary["changed"]
+    engine = make_engine(db_url)
+    before = ds.snapshot(engine)
+    again = build_demo(db_url, root)
+    assert not again["changed"]
+    assert ds.snapshot(engine) == before
+
+    cols = {c.id: c.name for c in _all(engine, Collection)}
+    items = _all(engine, Item)
+    by_col: dict[str, list] = {}
+    for it in items:
+        by_col.setdefault(cols[it.collection_id], []).append(it)
+    uni = by_col[UNI_COLLECTION]
+    per_task = Counter(i.task_type for i in uni)
+    assert set(per_task) == {t["id"] for t in PRESETS["uni-safebench"]["task_types"]}
+    assert min(per_task.values()) >= 3
+    assert any(i.refused and i.output_modalities == "image" for i in uni)
+    assert any(p["modality"] == "image" for i in uni for p in i.response)
+    vlsu = by_col[VLSU_COLLECTION]
+    assert len(vlsu) >= 20
+    anns = {a.item_id: a.labels for a in _all(engine, Annotation)}
+    patterns = Counter((anns[i.id].get("image"), anns[i.id].get("text"), anns[i.id].get("joint")) for i in vlsu)
+    assert patterns[("safe", "safe", "unsafe")] >= 2
+    assert sum(n for p, n in patterns.items() if "borderline" in p) >= 5
+    av = by_col[AV_COLLECTION]
+    mods = {m for i in av for p in i.prompt + i.response for m in [p["modality"]]}
+    assert {"audio", "video"} <= mods
+    kinds = Counter(m.kind for m in _all(engine, Media))
+    assert kinds["image"] > 40 and kinds["audio"] >= 4 and kinds["video"] >= 2
+    verdicts = _all(engine, Verdict)
+    assert any(v.probability is not None for v in verdicts) and any(v.status == "unparseable" for v in verdicts)
+    users = {u.username: u for u in _all(engine, User)}
+    assert {"carol", "dave", "vlsu-consensus"} <= set(users)
+    assert all(u.password_hash.startswith("!") for u in users.values())
+    engine.dispose()
+
+
+def test_demo_files_are_small_benign_and_reproducible(tmp_path: Path) -> None:
+    total = sum(f.stat().st_size for f in DEMO_DIR.rglob("*") if f.is_file() and "__pycache__" not in f.parts)
+    assert total < 3 * 1024 * 1024
+    subprocess.run([sys.executable, str(DEMO_DIR / "make_demo.py"), "--out", str(tmp_path)], check=True,
+                   capture_output=True)
+    for f in DEMO_DIR.rglob("*"):
+        if f.is_file() and f.name != "make_demo.py" and "__pycache__" not in f.parts:
+            regenerated = tmp_path / f.relative_to(DEMO_DIR)
+            assert regenerated.read_bytes() == f.read_bytes(), f"{f} differs from what make_demo.py generates"
+
+
+def test_demo_collections_listed_by_cli(sqlite_url: str, tmp_path: Path) -> None:
+    build_demo(sqlite_url, tmp_path / "media")
+    r = CliRunner().invoke(app, ["collections", "--db", sqlite_url])
+    assert r.exit_code == 0
+    assert "vlsu" in r.output and "demo-av" in r.output and " 22 " in r.output and " 21 " in r.output
