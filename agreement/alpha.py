@@ -166,7 +166,7 @@ def _pattern_coincidences(pat: np.ndarray) -> np.ndarray:
     outer = pat[:, :, None] * pat[:, None, :]
     idx = np.arange(pat.shape[1])
     outer[:, idx, idx] -= pat
-    return (outer * w[:, None, None]).reshape(pat.shape[0], -1)
+    return (outer * w[:, None, None]).reshape(pat.shape[0], pat.shape[1] * pat.shape[1])
 
 
 def batch_alpha(o_flat: np.ndarray, n_values: int, level: str, values: np.ndarray | None = None) -> np.ndarray:

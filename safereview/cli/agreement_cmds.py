@@ -1,0 +1,309 @@
+"""``safereview agreement``, ``audit``, ``calibrate`` and ``export gold``: the statistics.
+
+Whoever runs these commands controls the database already, so they act without a signed-in
+user; the same functions called from the app check the signed-in user's role. ``--json``
+prints every figure the tables show (and more), for scripts. numpy, scipy and pyarrow are
+imported inside the commands so ``safereview --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from safereview.cli.common import DbOption, config, console, engine_for, err_console
+
+CollectionsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--collection", "-c", help="Only this collection (repeat for several; default: all active)."),
+]
+DimensionsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--dimension", "-d", help="Only this dimension (repeat for several; default: every dimension)."),
+]
+ByOpt = Annotated[
+    list[str] | None,
+    typer.Option("--by", help="Also break down by this slice: collection, task_type, category, subcategory, "
+                              "model or modality (repeatable)."),
+]
+ResamplesOpt = Annotated[int, typer.Option("--resamples", help="Bootstrap resamples for the 95% intervals "
+                                                               "(0 = no intervals).", min=0)]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed of the bootstrap (same seed, same intervals).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the full result as JSON instead of tables.")]
+JudgeOpt = Annotated[str | None, typer.Option("--judge", help="Judge id (default: the judge with most verdicts).")]
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    err_console.print(f"error: {msg}", markup=False, highlight=False)
+    raise typer.Exit(code)
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _est(e: dict[str, Any] | None) -> str:
+    """'0.743 [0.42, 1.00]' or 'undefined: reason'."""
+    if not e:
+        return "-"
+    if e.get("value") is None:
+        return "undefined: " + str(e.get("undefined_reason", ""))
+    s = _fmt(e["value"])
+    if e.get("ci_low") is not None:
+        s += f" [{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}]"
+    return s
+
+
+def _dump(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str, allow_nan=False))
+
+
+def _stats_row(s: dict[str, Any]) -> list[str]:
+    return [str(s["n_units"]), str(s["n_units_pairable"]), str(s["n_pairable_values"]), _est(s["alpha"]),
+            _est(s.get("alpha_nominal")), _est(s["percent_agreement"]), _est(s["gwet_ac1"]),
+            _est(s["fleiss_kappa"])]
+
+
+def _print_agreement(rep: dict[str, Any]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    console.print(Text(f"collections: {', '.join(rep['collections'])}; {rep['resamples']} bootstrap resamples, "
+                       f"seed {rep['seed']}, 95% intervals"))
+    for d in rep["dimensions"]:
+        if d["overall"]["n_ratings"] == 0:
+            console.print(Text(f"{d['dimension']}: no ratings"))
+            continue
+        shown = " < ".join(d["labels"]) if d["ordered"] else ", ".join(d["labels"])
+        t = Table(title=Text(f"{d['dimension']} ({d['level']}; labels {shown})"))
+        for col in ("slice", "units", "pairable units", "pairable values", "alpha", "alpha (nominal)",
+                    "percent agreement", "Gwet AC1", "Fleiss kappa"):
+            t.add_column(col)
+        t.add_row("overall", *[Text(x) for x in _stats_row(d["overall"])])
+        for by, rows in d.get("slices", {}).items():
+            for row in rows:
+                t.add_row(Text(f"{by}={row['value']}"), *[Text(x) for x in _stats_row(row)])
+        console.print(t)
+        sa = d["overall"]["specific_agreement"]
+        console.print(Text("specific agreement: " + ", ".join(f"{k} {_fmt(v)}" for k, v in sa.items())))
+        if d.get("judge"):
+            j = d["judge"]
+            console.print(Text(f"judge {j['judge_id']} as one more rater: alpha {_est(j['alpha_with_judge'])} "
+                               f"(people only {_est(j['alpha_without_judge'])})"))
+        if d.get("pairwise"):
+            p = Table(title="pairwise Cohen's kappa")
+            cols = ["rater a", "rater b", "n", "agreement", "kappa"] + (
+                ["kappa linear", "kappa quadratic"] if d["ordered"] else [])
+            for col in cols:
+                p.add_column(col)
+            for row in d["pairwise"]:
+                vals = [row["rater_a"], row["rater_b"], str(row["n"]), _fmt(row["agreement"]), _fmt(row["kappa"])]
+                if d["ordered"]:
+                    vals += [_fmt(row.get("kappa_linear")), _fmt(row.get("kappa_quadratic"))]
+                p.add_row(*[Text(v) for v in vals])
+            console.print(p)
+        if d.get("raters"):
+            r = Table(title="each annotator vs the majority of the others")
+            for col in ("annotator", "items", "compared", "others tied", "agreement", "kappa"):
+                r.add_column(col)
+            for row in d["raters"]:
+                r.add_row(*[Text(v) for v in (row["rater"], str(row["n_items"]), str(row["n_compared"]),
+                                              str(row["ties"]), _fmt(row["agreement"]), _fmt(row["kappa"]))])
+            console.print(r)
+
+
+def _print_audit(res: dict[str, Any]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    console.print(Text(f"{res['dimension']}: judge {res.get('judge_id')} vs people; {res.get('estimator', '')}"))
+    if res.get("undefined_reason"):
+        console.print(Text(res["undefined_reason"]))
+        return
+    console.print(Text(f"audit items {res['n_audit_items']} (compared {res['n']}; without consensus "
+                       f"{res['n_audit_without_consensus']}, without verdict {res['n_audit_without_verdict']})"))
+    t = Table(title="judge error rates (95% intervals)")
+    for col in ("slice", "n", "accuracy", "over-blocking", "under-blocking"):
+        t.add_column(col)
+    t.add_row("overall", str(res["n"]), *[Text(_est(res[k])) for k in ("accuracy", "over_blocking", "under_blocking")])
+    for by, rows in res.get("slices", {}).items():
+        for row in rows:
+            t.add_row(Text(f"{by}={row['value']}"), str(row["n"]),
+                      *[Text(_est(row[k])) for k in ("accuracy", "over_blocking", "under_blocking")])
+    console.print(t)
+    console.print(Text(f"kappa ({res['kappa'].get('weights', '')}): {_est(res['kappa'])}"))
+    c = Table(title="confusion (rows: people, columns: judge; audit items)")
+    c.add_column("")
+    for lab in res["labels"]:
+        c.add_column(Text(lab))
+    for lab, row in zip(res["labels"], res["confusion"]["counts"], strict=True):
+        c.add_row(Text(lab), *[str(x) for x in row])
+    console.print(c)
+    ja = res["judge_as_rater"]
+    console.print(Text(f"alpha with judge {_est(ja['alpha_with_judge'])}, without {_est(ja['alpha_without_judge'])}"))
+    ar = res["all_reviewed"]
+    console.print(Text(f"all reviewed items, unweighted (biased under prioritised review): accuracy "
+                       f"{_fmt(ar['accuracy_unweighted'])} over {ar['n']} items; disagreements "
+                       f"{res['disagreements']['n']}"))
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("agreement")
+    def agreement_cmd(collection: CollectionsOpt = None, dimension: DimensionsOpt = None, by: ByOpt = None,
+                      resamples: ResamplesOpt = 1000, seed: SeedOpt = 0, judge: JudgeOpt = None,
+                      blind: Annotated[bool, typer.Option("--blind", help="Use the labels committed before the "
+                                                                          "verdict was revealed.")] = False,
+                      as_json: JsonOpt = False, db: DbOption = None) -> None:
+        """Inter-annotator agreement: Krippendorff's alpha, percent agreement, AC1, Fleiss and Cohen's kappa."""
+        from agreement.data import AgreementError
+        from agreement.report import agreement_report
+
+        engine = engine_for(config(db))
+        try:
+            rep = agreement_report(engine, collection, dimension, by=by or (), resamples=resamples, seed=seed,
+                                   judge_id=judge, field_name="blind_labels" if blind else "labels")
+        except AgreementError as exc:
+            _fail(str(exc))
+        finally:
+            engine.dispose()
+        _dump(rep) if as_json else _print_agreement(rep)
+
+    @app.command("audit")
+    def audit_cmd(collection: CollectionsOpt = None, dimension: DimensionsOpt = None, by: ByOpt = None,
+                  judge: JudgeOpt = None, resamples: ResamplesOpt = 1000, seed: SeedOpt = 0,
+                  min_n: Annotated[int, typer.Option("--min-n", help="Fewest audit items for an estimate.",
+                                                     min=2)] = 20,
+                  method: Annotated[str, typer.Option("--method", help="Human consensus: majority or "
+                                                                       "dawid-skene.")] = "majority",
+                  as_json: JsonOpt = False, db: DbOption = None) -> None:
+        """Judge vs human consensus on the random audit stratum: accuracy, over/under-blocking, kappa."""
+        from agreement.audit import audit, compositional_error
+        from agreement.data import AgreementError, scope
+
+        engine = engine_for(config(db))
+        results: dict[str, Any] = {"dimensions": []}
+        try:
+            dims = dimension or scope(engine, collection).dimensions()
+            for dim in dims:
+                results["dimensions"].append(audit(engine, dim, collection, judge_id=judge, by=by or (), min_n=min_n,
+                                                   resamples=resamples, seed=seed, method=method))
+            if {"image", "text", "joint"} <= set(dims):
+                results["compositional_error"] = compositional_error(engine, collection, judge_id=judge,
+                                                                     min_n=min_n)
+        except AgreementError as exc:
+            _fail(str(exc))
+        finally:
+            engine.dispose()
+        if as_json:
+            _dump(results)
+            return
+        for res in results["dimensions"]:
+            _print_audit(res)
+        if "compositional_error" in results:
+            ce = results["compositional_error"]
+            console.print(f"compositional error (joint wrong although image and text right): {_est(ce)} "
+                          f"(n={ce.get('n')})", markup=False, highlight=False)
+
+    @app.command("calibrate")
+    def calibrate_cmd(dimension: Annotated[str, typer.Option("--dimension", "-d", help="Dimension to calibrate.")],
+                      collection: CollectionsOpt = None, judge: JudgeOpt = None,
+                      method: Annotated[str, typer.Option("--method", help="isotonic or platt.")] = "isotonic",
+                      target: Annotated[float, typer.Option("--target-under-blocking",
+                                                            help="Largest share of people-unsafe items the "
+                                                                 "calibrated judge may let through.")] = 0.05,
+                      bins: Annotated[int, typer.Option("--bins", help="Reliability-diagram bins.", min=2)] = 10,
+                      seed: SeedOpt = 0,
+                      apply: Annotated[bool, typer.Option("--apply", help="Also write calibrated verdicts beside "
+                                                                          "the raw ones.")] = False,
+                      as_json: JsonOpt = False, db: DbOption = None) -> None:
+        """Fit a calibration of the judge's P(unsafe) to the people's labels; store it (and apply it)."""
+        from agreement.calibration import apply_calibration, fit_calibration
+        from agreement.data import AgreementError
+        from db.engine import session_scope
+
+        engine = engine_for(config(db))
+        try:
+            with session_scope(engine) as s:
+                row, metrics = fit_calibration(s, None, dimension, collection, judge_id=judge, method=method,
+                                               target_under_blocking=target, bins=bins, seed=seed)
+                out: dict[str, Any] = {"calibration_id": row.id, "judge_id": row.judge_id, "dimension": dimension,
+                                       "method": method, "params": row.params, "metrics": metrics}
+                if apply:
+                    out["applied"] = apply_calibration(s, None, int(row.id), collection)
+        except AgreementError as exc:
+            _fail(str(exc))
+        finally:
+            engine.dispose()
+        if as_json:
+            _dump(out)
+            return
+        cv = metrics["cross_validated"]
+        thr = metrics["threshold"]
+        lines = [
+            f"calibration {out['calibration_id']} of judge {out['judge_id']} on {dimension} ({method}), "
+            f"{metrics['n']} items",
+            f"ECE raw {_fmt(metrics['ece_raw'])} -> calibrated {_fmt(metrics['ece_calibrated_in_sample'])} in sample, "
+            f"{_fmt(cv.get('ece_calibrated'))} cross-validated ({cv.get('folds')} folds)",
+            f"Brier raw {_fmt(metrics['brier_raw'])} -> {_fmt(metrics['brier_calibrated_in_sample'])} in sample, "
+            f"{_fmt(cv.get('brier_calibrated'))} cross-validated",
+            f"threshold {_fmt(thr.get('threshold'), 4)} for under-blocking <= {target}: under-blocking "
+            f"{_fmt(thr.get('under_blocking'))}, over-blocking {_fmt(thr.get('over_blocking'))}",
+        ]
+        if apply:
+            lines.append(f"wrote {out['applied']['written']} calibrated verdicts as judge {out['applied']['judge_id']}")
+        for line in lines:
+            console.print(line, markup=False, highlight=False)
+
+    from safereview.cli.dataio_cmds import export_app
+
+    @export_app.command("gold")
+    def export_gold_cmd(out: Annotated[Path, typer.Option("--out", "-o", help="Output file, or folder for --format "
+                                                                                 "hf.")],
+                        fmt: Annotated[str | None, typer.Option("--format", "-f", help="jsonl, csv, parquet or hf "
+                                                                                        "(Hugging Face dataset "
+                                                                                        "folder); default from "
+                                                                                        "--out.")] = None,
+                        collection: CollectionsOpt = None, dimension: DimensionsOpt = None,
+                        method: Annotated[str, typer.Option("--method", help="majority or dawid-skene.")] = "majority",
+                        threshold: Annotated[float, typer.Option("--threshold", help="Agreement below which an item "
+                                                                                     "needs adjudication.")] = 0.6,
+                        judge: JudgeOpt = None,
+                        snapshot: Annotated[int | None, typer.Option("--snapshot", help="Re-export this stored "
+                                                                                        "snapshot instead of "
+                                                                                        "making a new one.")] = None,
+                        db: DbOption = None) -> None:
+        """Gold labels: a new numbered, reproducible snapshot (one row per item and dimension) exported."""
+        from agreement.data import AgreementError
+        from agreement.gold import FORMATS, create_snapshot, snapshot_table, write
+        from db.engine import session_scope
+        from db.models import GoldSnapshot
+
+        fmt_ = fmt or {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}.get(out.suffix.lower(), "hf")
+        if fmt_ not in FORMATS:
+            _fail(f"--format must be one of {', '.join(FORMATS)}", 2)
+        engine = engine_for(config(db))
+        try:
+            with session_scope(engine) as s:
+                if snapshot is not None:
+                    snap = s.get(GoldSnapshot, snapshot)
+                    if snap is None:
+                        _fail(f"no gold snapshot {snapshot}")
+                    table = snapshot_table(s, snapshot)
+                else:
+                    snap, table = create_snapshot(s, None, collection, dimension, method=method,
+                                                  threshold=threshold, judge_id=judge, created_by="cli")
+                paths = write(table, out, fmt_, snap)
+                sid, digest = snap.id, snap.checksum
+        except AgreementError as exc:
+            _fail(str(exc))
+        finally:
+            engine.dispose()
+        console.print(f"gold snapshot {sid}: {table.num_rows} rows, checksum {digest}; wrote "
+                      f"{', '.join(str(p) for p in paths)} [{fmt_}]", markup=False, highlight=False)

@@ -1,0 +1,117 @@
+"""The data path on SQLite and PostgreSQL: annotations in the database -> matrix -> coefficients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from agreement import data
+from agreement.alpha import alpha_package, krippendorff_alpha
+from agreement.report import agreement_report
+from db.collections import ensure_collection
+from db.models import Annotation, Item, User
+from tests.agreement_support import (
+    KRIPPENDORFF_2011,
+    KRIPPENDORFF_2011_ALPHA,
+    taxonomy,
+    write_ratings,
+    write_verdicts,
+)
+
+LABELS = ["1", "2", "3", "4", "5"]
+
+
+def test_krippendorff_2011_through_the_database(engine: sa.Engine) -> None:
+    write_ratings(engine, "kripp", taxonomy(LABELS, ordered=True), "score", KRIPPENDORFF_2011)
+    sc = data.scope(engine, ["kripp"])
+    spec = sc.dimension("score")
+    r = data.load_ratings(engine, sc.collection_ids, "score", spec["labels"], ordered=spec["ordered"])
+    assert r.n_units == 12 and len(r.code) == sum(v is not None for c in KRIPPENDORFF_2011.values() for v in c)
+    assert sorted(r.rater_names) == ["A", "B", "C", "D"]
+    counts = r.counts()
+    for level, expected in KRIPPENDORFF_2011_ALPHA.items():
+        value, _ = alpha_package(counts, level, np.arange(1, 6))
+        assert round(value, 3) == expected  # type: ignore[arg-type]
+    rep = agreement_report(engine, ["kripp"], resamples=100, seed=1)
+    overall = rep["dimensions"][0]["overall"]
+    assert rep["dimensions"][0]["level"] == "ordinal"
+    assert round(overall["alpha"]["value"], 3) == 0.815
+    assert round(overall["alpha_nominal"]["value"], 3) == 0.743
+    assert overall["n_units"] == 12 and overall["n_units_pairable"] == 11 and overall["n_pairable_values"] == 40
+    assert overall["gwet_ac1"]["value"] == pytest.approx(0.77544, abs=1e-5)
+
+
+def test_invalid_labels_blind_labels_and_missing_dimension(engine: sa.Engine) -> None:
+    ids = write_ratings(engine, "blind", taxonomy(["safe", "unsafe"], ordered=False), "score",
+                        {"a": ["safe", "unsafe", "safe"], "b": ["safe", "unsafe", "unsafe"]}, field_name="blind_labels")
+    with Session(engine) as s:
+        user = User(username="c", password_hash="!x")
+        s.add(user)
+        s.flush()
+        s.add(Annotation(item_id=ids[0], user_id=user.id, labels={"score": "maybe"}))  # not a taxonomy label
+        s.add(Annotation(item_id=ids[2], user_id=user.id, labels={"other": "x"}))  # dimension absent: skipped
+        s.commit()
+    sc = data.scope(engine, ["blind"])
+    final = data.load_ratings(engine, sc.collection_ids, "score", ["safe", "unsafe"])
+    assert final.n_invalid == 1 and len(final.code) == 0
+    blind = data.load_ratings(engine, sc.collection_ids, "score", ["safe", "unsafe"], field_name="blind_labels")
+    assert len(blind.code) == 6 and blind.n_invalid == 0
+    assert blind.counts().tolist() == [[2, 0], [0, 2], [1, 1]]
+
+
+def test_non_contiguous_items_and_two_collections(engine: sa.Engine) -> None:
+    """Items of two collections interleaved: the id filter must not mix them up."""
+    tax = taxonomy(["safe", "unsafe"], ordered=False)
+    with Session(engine) as s:
+        c1 = ensure_collection(s, "one", tax)
+        c2 = ensure_collection(s, "two", tax)
+        users = [User(username=f"u{k}", password_hash="!x") for k in range(2)]
+        s.add_all(users)
+        s.flush()
+        for i in range(10):
+            for col, lab in ((c1, "safe"), (c2, "unsafe")):
+                item = Item(collection_id=col.id, external_id=f"{col.name}{i}", content_hash="x", task_type=f"t{i % 2}")
+                s.add(item)
+                s.flush()
+                for u in users:
+                    s.add(Annotation(item_id=item.id, user_id=u.id, labels={"score": lab if i else "safe"}))
+        s.commit()
+    one = data.scope(engine, ["one"])
+    r1 = data.load_ratings(engine, one.collection_ids, "score", ["safe", "unsafe"])
+    assert r1.n_units == 10 and r1.counts()[:, 1].sum() == 0
+    both = data.scope(engine, ["one", "two"])
+    r2 = data.load_ratings(engine, both.collection_ids, "score", ["safe", "unsafe"])
+    assert r2.n_units == 20 and int(r2.counts()[:, 1].sum()) == 18
+    rep = agreement_report(engine, ["one", "two"], by=["collection", "task_type"], resamples=50)
+    slices = rep["dimensions"][0]["slices"]
+    assert [row["value"] for row in slices["collection"]] == ["one", "two"]
+    assert [row["n_units"] for row in slices["task_type"]] == [10, 10]
+    # collection "one" is all "safe": no variation, alpha undefined rather than NaN
+    assert slices["collection"][0]["alpha"]["value"] is None
+    assert "no variation" in slices["collection"][0]["alpha"]["undefined_reason"]
+
+
+def test_judge_as_one_more_rater(engine: sa.Engine) -> None:
+    cols = {"a": ["safe", "unsafe"] * 10, "b": ["safe", "unsafe"] * 9 + ["unsafe", "unsafe"]}
+    ids = write_ratings(engine, "jr", taxonomy(["safe", "unsafe"], ordered=False), "score", cols)
+    write_verdicts(engine, ids, "score", ["unsafe"] * 20, "judge-1")
+    rep = agreement_report(engine, ["jr"], resamples=50)
+    j = rep["dimensions"][0]["judge"]
+    assert j["judge_id"] == "judge-1" and j["n_items_with_verdict"] == 20
+    assert j["alpha_with_judge"]["value"] < j["alpha_without_judge"]["value"]
+    r = data.load_ratings(engine, data.scope(engine, ["jr"]).collection_ids, "score", ["safe", "unsafe"])
+    expected = krippendorff_alpha(r.add_rater("judge", np.array(ids), np.ones(20, dtype=np.int64)).counts(),
+                                  "nominal", resamples=0)
+    assert j["alpha_with_judge"]["value"] == pytest.approx(expected.value)
+
+
+def test_unknown_collection_and_dimension_are_clear_errors(engine: sa.Engine) -> None:
+    write_ratings(engine, "x", taxonomy(["safe", "unsafe"], ordered=False), "score", {"a": ["safe"]})
+    with pytest.raises(data.AgreementError, match="no collection named 'nope'"):
+        data.scope(engine, ["nope"])
+    with pytest.raises(data.AgreementError, match="no dimension 'joint'"):
+        data.scope(engine, ["x"]).dimension("joint")
+    with pytest.raises(data.AgreementError, match="unknown slice"):
+        agreement_report(engine, ["x"], by=["colour"])
