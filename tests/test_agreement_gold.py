@@ -46,6 +46,7 @@ def test_snapshot_rows_methods_and_reproducible_checksum(engine: sa.Engine) -> N
         snap2, table2 = create_snapshot(s, lead, ["g"])
         s.commit()
         assert snap2.id == snap1.id + 1 and snap1.checksum == snap2.checksum and snap1.n_rows == 5
+        assert table2.drop(["snapshot_id"]).equals(table1.drop(["snapshot_id"]))
         rows = table1.to_pylist()
         assert table1.column_names == list(COLUMNS)
         assert [r["method"] for r in rows] == ["unanimous", "tie", "majority", "tie", "single"]
