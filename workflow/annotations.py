@@ -117,15 +117,29 @@ def _copy(v: Any) -> Any:
     return v
 
 
+_spec_cache: dict[tuple[str, int], dict[str, Any]] = {}
+
+
+def _spec(session: Session, taxonomy_id: int) -> dict[str, Any]:
+    """A taxonomy's spec; cached per process because a stored taxonomy never changes
+    (``db.collections.ensure_taxonomy`` refuses to redefine one)."""
+    key = (str(session.get_bind().url), taxonomy_id)
+    spec = _spec_cache.get(key)
+    if spec is None:
+        tax = session.get(Taxonomy, taxonomy_id)
+        if tax is None:
+            raise NotFound("no such taxonomy")
+        spec = _spec_cache[key] = tax.spec
+    return spec
+
+
 def _spec_for_item(session: Session, item_id: int) -> tuple[Item, Collection, dict[str, Any]]:
     item = session.get(Item, item_id)
     if item is None:
         raise NotFound("no such item")
     col = session.get(Collection, item.collection_id)
     assert col is not None
-    tax = session.get(Taxonomy, col.taxonomy_id)
-    assert tax is not None
-    return item, col, tax.spec
+    return item, col, _spec(session, col.taxonomy_id)
 
 
 def _own_annotation(session: Session, user: User, annotation_id: int) -> Annotation:
@@ -136,12 +150,11 @@ def _own_annotation(session: Session, user: User, annotation_id: int) -> Annotat
 
 
 def _event(session: Session, ann: Annotation, actor: User, action: str, before: dict[str, Any] | None,
-           after: dict[str, Any] | None, now: datetime) -> AnnotationEvent:
-    ev = AnnotationEvent(annotation_id=ann.id, item_id=ann.item_id, actor_id=actor.id,  # type: ignore[arg-type]
-                         action=action, version=ann.version, before=before, after=after, at=now)
-    session.add(ev)
-    session.flush()
-    return ev
+           after: dict[str, Any] | None, now: datetime) -> None:
+    """Append one event (Core insert: the log is write-only from here)."""
+    session.execute(sa.insert(AnnotationEvent.__table__).values(  # type: ignore[attr-defined]
+        annotation_id=ann.id, item_id=ann.item_id, actor_id=actor.id, action=action, version=ann.version,
+        before=before, after=after, at=now))
 
 
 def _apply(session: Session, user: User, ann: Annotation, expected_version: int, values: dict[str, Any],
@@ -182,36 +195,134 @@ def submit(session: Session, user: User, assignment_id: int, labels: dict[str, s
     In a blind collection the labels are also stored as ``blind_labels`` and the judge's
     verdict may be revealed afterwards (:func:`verdicts_for`, then :func:`finalize`). In an
     open collection the verdict was visible, so ``verdict_action`` may be given directly.
+    On any exception the caller must roll back (``session_scope`` does).
     """
     require(user, "review")
-    a = session.get(Assignment, assignment_id, populate_existing=True)
-    if a is None or a.user_id != user.id:
+    row = session.execute(
+        sa.select(Assignment.user_id, Assignment.item_id, Collection.blind, Collection.taxonomy_id)
+        .join(Item, Item.id == Assignment.item_id).join(Collection, Collection.id == Item.collection_id)
+        .where(Assignment.id == assignment_id)
+    ).first()
+    if row is None or row[0] != user.id:
         raise NotFound("no such assignment")
-    _item, col, spec = _spec_for_item(session, a.item_id)
+    item_id, blind, spec = int(row[1]), bool(row[2]), _spec(session, int(row[3]))
     clean = validate_labels(spec, labels)
     cats = validate_categories(spec, list(categories))
     why = _clean_rationale(rationale)
     spent = _clean_time(time_spent_s)
     if verdict_action is not None:
-        if col.blind:
+        if blind:
             raise InvalidInput("verdict_action: in a blind collection, confirm or override after the reveal")
         if verdict_action not in VERDICT_ACTIONS:
             raise InvalidInput("verdict_action: confirm or override")
-    exists = session.exec(select(Annotation.id).where(Annotation.item_id == a.item_id,
-                                                      Annotation.user_id == user.id)).first()
-    if exists is not None:
-        raise Conflict("you already labelled this item; edit it in your history")
-    complete(session, user, assignment_id)
     now = utcnow()
-    ann = Annotation(item_id=a.item_id, user_id=user.id, labels=clean,  # type: ignore[arg-type]
-                     blind_labels=dict(clean) if col.blind else None, categories=cats, rationale=why,
-                     flagged=bool(flagged), verdict_action=verdict_action,
-                     verdict_judge_id=(verdict_judge_id or None) and str(verdict_judge_id)[:80],
-                     time_spent_s=spent, source="app", version=1, created_at=now, updated_at=now)
-    session.add(ann)
-    session.flush()
+    values: dict[str, Any] = {
+        "item_id": item_id, "user_id": user.id, "labels": clean, "blind_labels": dict(clean) if blind else None,
+        "categories": cats, "rationale": why, "flagged": bool(flagged), "verdict_action": verdict_action,
+        "verdict_judge_id": (str(verdict_judge_id)[:80] if verdict_judge_id else None), "time_spent_s": spent,
+        "source": "app", "import_batch_id": None, "version": 1, "created_at": now, "updated_at": now,
+    }
+    pg = session.get_bind().dialect.name == "postgresql"
+    if pg:
+        ann = _pg_submit_fast(session, user, assignment_id, values)
+        if ann is not None:
+            return ann
+    done = session.execute(
+        sa.text("UPDATE assignment SET status = 'done', completed_at = :t "
+                "WHERE id = :id AND user_id = :u AND status = 'leased'"),
+        {"t": now, "id": assignment_id, "u": user.id})
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        complete(session, user, assignment_id, now=now)  # lease was reclaimed: retake a free slot or raise
+    t = Annotation.__table__  # type: ignore[attr-defined]
+    if pg:
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    ann_id = session.execute(
+        insert(t).values(**values).on_conflict_do_nothing(index_elements=["item_id", "user_id"]).returning(t.c.id)
+    ).scalar()
+    if ann_id is None:
+        raise Conflict("you already labelled this item; edit it in your history")
+    ann = Annotation(id=int(ann_id), **values)
     _event(session, ann, user, "create", None, snapshot(ann), now)
     return ann
+
+
+_PG_SUBMIT = """
+WITH done AS (
+  UPDATE assignment SET status = 'done', completed_at = :now
+  WHERE id = :aid AND user_id = :uid AND status = 'leased' RETURNING item_id
+),
+ann AS (
+  INSERT INTO annotation (item_id, user_id, labels, blind_labels, categories, rationale, flagged, verdict_action,
+                          verdict_judge_id, time_spent_s, source, import_batch_id, version, created_at, updated_at)
+  SELECT done.item_id, :uid, CAST(:labels AS JSONB), CAST(:blind AS JSONB), CAST(:cats AS JSONB), :rationale,
+         :flagged, :vaction, :vjudge, :spent, 'app', NULL, 1, :now, :now FROM done
+  ON CONFLICT (item_id, user_id) DO NOTHING
+  RETURNING id, item_id
+),
+ev AS (
+  INSERT INTO annotationevent (annotation_id, item_id, actor_id, action, version, before, after, at)
+  SELECT ann.id, ann.item_id, :uid, 'create', 1, NULL, CAST(:after AS JSONB), :now FROM ann
+  RETURNING id
+)
+SELECT (SELECT count(*) FROM done), (SELECT id FROM ann), (SELECT count(*) FROM ev)
+"""
+
+
+def _pg_submit_fast(session: Session, user: User, assignment_id: int, values: dict[str, Any]) -> Annotation | None:
+    """PostgreSQL: finish the lease, insert the annotation and its "create" event in ONE statement.
+
+    Returns None when the lease is not active any more (the caller's general path then
+    re-claims a free slot or raises); raises :class:`Conflict` if the user already labelled
+    the item.
+    """
+    import json
+
+    ann = Annotation(**values)
+    blind = values["blind_labels"]
+    done, ann_id, _n_ev = session.execute(sa.text(_PG_SUBMIT), {
+        "now": values["created_at"], "aid": assignment_id, "uid": user.id, "labels": json.dumps(values["labels"]),
+        "blind": None if blind is None else json.dumps(blind), "cats": json.dumps(values["categories"]),
+        "rationale": values["rationale"], "flagged": values["flagged"], "vaction": values["verdict_action"],
+        "vjudge": values["verdict_judge_id"], "spent": values["time_spent_s"], "after": json.dumps(snapshot(ann)),
+    }).one()
+    if not done:
+        return None
+    if ann_id is None:
+        raise Conflict("you already labelled this item; edit it in your history")
+    ann.id = int(ann_id)
+    return ann
+
+
+def submit_and_next(engine: sa.Engine, user: User, assignment_id: int, labels: dict[str, str], flt: Any, *,
+                    rng: Any = None, **kwargs: Any) -> tuple[Annotation, Assignment | None]:
+    """Submit and claim the next item in ONE write transaction (the review page's main button).
+
+    ``flt`` is a :class:`workflow.queue.QueueFilter`; ``kwargs`` go to :func:`submit`. Half
+    the transactions of submit-then-next, and on SQLite threads of one process queue on a
+    lock instead of SQLite's sleeping busy handler (:mod:`workflow.tx`). Retried on
+    deadlocks/serialisation failures: the whole transaction rolls back before a retry.
+    """
+    import random
+    import time
+
+    from workflow.queue import next_item
+    from workflow.tx import write_scope
+
+    rng = rng or random.Random()
+    last: Exception | None = None
+    for attempt in range(5):
+        try:
+            with write_scope(engine) as session:
+                ann = submit(session, user, assignment_id, labels, **kwargs)
+                nxt = next_item(session, user, flt, rng=rng)
+            return ann, nxt
+        except sa.exc.OperationalError as exc:
+            last = exc
+            time.sleep(0.005 * (attempt + 1) * (1 + rng.random()))
+    assert last is not None
+    raise last
 
 
 def finalize(session: Session, user: User, annotation_id: int, labels: dict[str, str], *,

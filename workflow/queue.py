@@ -86,15 +86,29 @@ class Progress:
 
 _cache_lock = threading.Lock()
 _cache: dict[tuple[Any, ...], tuple[float, Any]] = {}
+_computing: set[tuple[Any, ...]] = set()
 
 
 def _cached(key: tuple[Any, ...], ttl: float, compute: Any) -> Any:
+    """Per-process cache with stale-while-revalidate.
+
+    When an entry expires, one thread recomputes it while the others keep using the stale
+    value, so 20 reviewer threads never run the same collection-wide COUNT at once (on
+    SQLite that would hold the write lock 20 times in a row).
+    """
     now = time.monotonic()
     with _cache_lock:
         hit = _cache.get(key)
-    if hit is not None and now - hit[0] < ttl:
-        return hit[1]
-    value = compute()
+        if hit is not None and now - hit[0] < ttl:
+            return hit[1]
+        if hit is not None and key in _computing:
+            return hit[1]
+        _computing.add(key)
+    try:
+        value = compute()
+    finally:
+        with _cache_lock:
+            _computing.discard(key)
     with _cache_lock:
         _cache[key] = (now, value)
     return value
@@ -274,89 +288,195 @@ def _audit_candidate(session: Session, user: User, flt: QueueFilter, k: int, rng
 
 def _priority_candidate(session: Session, user: User, flt: QueueFilter, k: int,
                         exclude: set[int]) -> int | None:
-    """The highest-priority eligible item id (ties: the item closest to full coverage)."""
-    pg = _is_pg(session)
-    best: tuple[float, int, int] | None = None
-    for s in range(k - 1, -1, -1):
-        params: dict[str, Any] = {"c": flt.collection_id, "s": s, "uid": user.id}
-        excl = ""
-        if exclude:
-            names = []
-            for i, x in enumerate(sorted(exclude)):
-                params[f"x{i}"] = x
-                names.append(f":x{i}")
-            excl = f" AND item.id NOT IN ({', '.join(names)})"
-        sql = (f"SELECT item.id, item.priority FROM item WHERE item.collection_id = :c AND item.slots_taken = :s "
-               f"AND {_NOT_MINE}{_filter_sql(flt, params)}{excl} ORDER BY item.priority DESC LIMIT 1")
-        if pg:
-            sql += " FOR UPDATE SKIP LOCKED"
+    """The highest-priority eligible item id (ties: the item closest to full coverage).
+
+    One index scan per slot level ``s < k`` (equality on ``slots_taken`` keeps the index in
+    priority order), combined in one statement: a LATERAL join with ``FOR UPDATE SKIP
+    LOCKED`` on PostgreSQL, a UNION ALL of ``LIMIT 1`` sub-selects on SQLite.
+    """
+    params: dict[str, Any] = {"c": flt.collection_id, "uid": user.id}
+    extra = _filter_sql(flt, params) + _exclude_sql(exclude, params)
+    if _is_pg(session):
+        params["kmax"] = k - 1
+        sql = ("SELECT c.id FROM generate_series(:kmax, 0, -1) AS lv(s) CROSS JOIN LATERAL ("
+               "SELECT item.id, item.priority FROM item WHERE item.collection_id = :c AND item.slots_taken = lv.s "
+               f"AND {_NOT_MINE}{extra} ORDER BY item.priority DESC LIMIT 1 FOR UPDATE SKIP LOCKED) c "
+               "ORDER BY c.priority DESC, lv.s DESC LIMIT 1")
         row = session.execute(sa.text(sql), params).first()
-        if row is not None:
-            cand = (float(row[1]), s, int(row[0]))
-            if best is None or cand[0] > best[0]:
-                best = cand
-    return None if best is None else best[2]
+        return None if row is None else int(row[0])
+    parts = [f"SELECT * FROM (SELECT item.id, item.priority, {lvl} AS lvl FROM item WHERE item.collection_id = :c "
+             f"AND item.slots_taken = {lvl} AND {_NOT_MINE}{extra} ORDER BY item.priority DESC LIMIT 1)"
+             for lvl in range(k - 1, -1, -1)]
+    rows = session.execute(sa.text(" UNION ALL ".join(parts)), params).all()
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: (float(r[1]), int(r[2])))
+    return int(best[0])
+
+
+def _dialect_insert(session: Session, table: sa.Table) -> Any:
+    if _is_pg(session):
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
 
 
 def _take(session: Session, user: User, item_id: int, k: int, stratum: str, prob: float, now: datetime,
           minutes: float) -> Assignment | None:
-    """Claim one slot of ``item_id`` and record the lease; None if the slot race was lost."""
+    """Claim one slot of ``item_id`` and record the lease; None if the slot race was lost.
+
+    The lease row is an upsert on (item, user) that only revives a "released" row (the
+    user's own earlier lease), so one statement covers first and repeated offers.
+    """
     if not _claim_slot(session, item_id, k):
         return None
     expires = now + timedelta(minutes=minutes)
-    existing = session.exec(
-        select(Assignment).where(Assignment.item_id == item_id, Assignment.user_id == user.id)
-        .execution_options(populate_existing=True)
-    ).first()
-    if existing is not None:
-        if existing.status != "released":  # another tab of the same user got here first
-            _return_slot(session, item_id)
-            return None
-        existing.status, existing.stratum, existing.sampling_prob = "leased", stratum, prob
-        existing.leased_at, existing.lease_expires_at, existing.completed_at = now, expires, None
-        session.add(existing)
-        session.flush()
-        return existing
-    a = Assignment(item_id=item_id, user_id=user.id, status="leased", stratum=stratum,  # type: ignore[arg-type]
-                   sampling_prob=prob, leased_at=now, lease_expires_at=expires)
-    session.add(a)
-    session.flush()
-    return a
+    t = Assignment.__table__  # type: ignore[attr-defined]
+    values = {"status": "leased", "stratum": stratum, "sampling_prob": prob, "leased_at": now,
+              "lease_expires_at": expires, "completed_at": None}
+    stmt = (_dialect_insert(session, t).values(item_id=item_id, user_id=user.id, **values)
+            .on_conflict_do_update(index_elements=["item_id", "user_id"], set_=values,
+                                   where=t.c.status == "released")
+            .returning(t.c.id))
+    row = session.execute(stmt).first()
+    if row is None:  # the user holds or finished this item already (e.g. a second browser tab)
+        _return_slot(session, item_id)
+        return None
+    return Assignment(id=int(row[0]), item_id=item_id, user_id=user.id, **values)  # type: ignore[arg-type]
+
+
+_PG_TAKE = """
+WITH cand AS ({cand}),
+claimed AS (
+  UPDATE item SET slots_taken = item.slots_taken + 1 FROM cand
+  WHERE item.id = cand.id AND item.slots_taken < :k RETURNING item.id
+),
+ins AS (
+  INSERT INTO assignment (item_id, user_id, status, stratum, sampling_prob, leased_at, lease_expires_at,
+                          completed_at)
+  SELECT claimed.id, :uid, 'leased', :stratum, :prob, :now, :exp, NULL FROM claimed
+  ON CONFLICT (item_id, user_id) DO UPDATE SET status = 'leased', stratum = EXCLUDED.stratum,
+    sampling_prob = EXCLUDED.sampling_prob, leased_at = EXCLUDED.leased_at,
+    lease_expires_at = EXCLUDED.lease_expires_at, completed_at = NULL
+  WHERE assignment.status = 'released'
+  RETURNING assignment.id
+)
+SELECT (SELECT id FROM cand), (SELECT count(*) FROM claimed), (SELECT id FROM ins)
+"""
+
+
+def _pg_take(session: Session, user: User, flt: QueueFilter, k: int, item_id: int | None, stratum: str,
+             prob: float, now: datetime, minutes: float, exclude: set[int]) -> tuple[int | None, Assignment | None]:
+    """PostgreSQL: choose (when ``item_id`` is None), claim and lease in ONE statement.
+
+    Data-modifying CTEs save three round trips per pull, which is most of a pull's cost.
+    Returns (candidate id or None when nothing is eligible, the lease or None on a lost race).
+    """
+    params: dict[str, Any] = {"k": k, "uid": user.id, "stratum": stratum, "prob": prob, "now": now,
+                              "exp": now + timedelta(minutes=minutes)}
+    if item_id is None:
+        params.update({"c": flt.collection_id, "kmax": k - 1})
+        extra = _filter_sql(flt, params) + _exclude_sql(exclude, params)
+        cand = ("SELECT c.id FROM generate_series(:kmax, 0, -1) AS lv(s) CROSS JOIN LATERAL ("
+                "SELECT item.id, item.priority FROM item WHERE item.collection_id = :c AND item.slots_taken = lv.s "
+                f"AND {_NOT_MINE}{extra} ORDER BY item.priority DESC LIMIT 1 FOR UPDATE SKIP LOCKED) c "
+                "ORDER BY c.priority DESC, lv.s DESC LIMIT 1")
+    else:
+        params["cand_id"] = item_id
+        cand = "SELECT CAST(:cand_id AS INTEGER) AS id"
+    cand_id, claimed, lease_id = session.execute(sa.text(_PG_TAKE.format(cand=cand)), params).one()
+    if cand_id is None:
+        return None, None
+    if lease_id is None:
+        if claimed:  # claimed a slot but the user already holds this item (second tab): give it back
+            _return_slot(session, int(cand_id))
+        return int(cand_id), None
+    a = Assignment(id=int(lease_id), item_id=int(cand_id), user_id=user.id, status="leased",  # type: ignore[arg-type]
+                   stratum=stratum, sampling_prob=prob, leased_at=now, lease_expires_at=params["exp"],
+                   completed_at=None)
+    return int(cand_id), a
+
+
+def _exclude_sql(exclude: set[int], params: dict[str, Any]) -> str:
+    if not exclude:
+        return ""
+    names = []
+    for i, x in enumerate(sorted(exclude)):
+        params[f"x{i}"] = x
+        names.append(f":x{i}")
+    return f" AND item.id NOT IN ({', '.join(names)})"
+
+
+_reclaim_lock = threading.Lock()
+_last_reclaim: dict[str, datetime] = {}
+RECLAIM_EVERY = timedelta(seconds=5)
+
+
+def _maybe_reclaim(session: Session, now: datetime) -> None:
+    """Reclaim expired leases at most every ``RECLAIM_EVERY`` per process (cheap either way)."""
+    key = _bind_key(session)
+    with _reclaim_lock:
+        last = _last_reclaim.get(key)
+        if last is not None and last <= now < last + RECLAIM_EVERY:
+            return
+        _last_reclaim[key] = now
+    reclaim_expired(session, now=now)
 
 
 def _next_in_session(session: Session, user: User, flt: QueueFilter, now: datetime, rng: random.Random,
                      minutes: float) -> Assignment | None:
     require(user, "review")
-    col = session.get(Collection, flt.collection_id)
-    if col is None:
+    row = session.execute(sa.text(
+        "SELECT c.overlap_target, c.audit_share, c.archived, "
+        "(SELECT a.id FROM assignment a JOIN item ON item.id = a.item_id WHERE a.user_id = :u "
+        "AND a.status = 'leased' AND item.collection_id = c.id ORDER BY a.leased_at LIMIT 1) "
+        "FROM collection c WHERE c.id = :c"), {"u": user.id, "c": flt.collection_id}).first()
+    if row is None:
         raise NotFound("no such collection")
-    if col.archived:
-        return None
-    mine = current_lease(session, user, flt.collection_id)
-    if mine is not None:
-        item = session.get(Item, mine.item_id)
-        if mine.lease_expires_at is not None and mine.lease_expires_at > now and item is not None \
-                and _matches(item, flt):
+    k, audit_share, archived, lease_id = int(row[0]), float(row[1]), bool(row[2]), row[3]
+    if lease_id is not None:
+        mine = session.get(Assignment, lease_id, populate_existing=True)
+        assert mine is not None
+        matches = True
+        if flt.task_types or flt.categories or flt.models:
+            item = session.get(Item, mine.item_id)
+            matches = item is not None and _matches(item, flt)
+        if not archived and matches and mine.lease_expires_at is not None and mine.lease_expires_at > now:
             return mine
-        _release_row(session, mine, "released")  # expired, or the filter changed
-    reclaim_expired(session, now=now)
-    k = col.overlap_target
+        _release_row(session, mine, "released")  # expired, archived, or the filter changed
+    if archived:
+        return None
+    _maybe_reclaim(session, now)
     exclude: set[int] = set()
-    audit = rng.random() < col.audit_share
+    audit = rng.random() < audit_share
+    pg = _is_pg(session)
     for _attempt in range(8):
+        if pg and not audit:
+            got_id, lease = _pg_take(session, user, flt, k, None, "priority", 1.0 - audit_share, now, minutes,
+                                     exclude)
+            if got_id is None:
+                return None
+            if lease is not None:
+                return lease
+            exclude.add(got_id)
+            continue
         if audit:
             cand = _audit_candidate(session, user, flt, k, rng, exclude)
             if cand is None:
                 return None
             item_id, n_elig = cand
-            prob = col.audit_share / n_elig
+            prob = audit_share / n_elig
             stratum = "audit"
         else:
             got = _priority_candidate(session, user, flt, k, exclude)
             if got is None:
                 return None
-            item_id, prob, stratum = got, 1.0 - col.audit_share, "priority"
-        a = _take(session, user, item_id, k, stratum, prob, now, minutes)
+            item_id, prob, stratum = got, 1.0 - audit_share, "priority"
+        if pg:
+            a = _pg_take(session, user, flt, k, item_id, stratum, prob, now, minutes, exclude)[1]
+        else:
+            a = _take(session, user, item_id, k, stratum, prob, now, minutes)
         if a is not None:
             return a
         exclude.add(item_id)
@@ -377,12 +497,12 @@ def next_item(session_or_engine: Session | sa.Engine, user: User, flt: QueueFilt
     minutes = _lease_minutes(lease_minutes)
     if isinstance(session_or_engine, Session):
         return _next_in_session(session_or_engine, user, flt, now, rng, minutes)
-    from db.engine import session_scope
+    from workflow.tx import write_scope
 
     last: Exception | None = None
     for attempt in range(5):
         try:
-            with session_scope(session_or_engine) as session:
+            with write_scope(session_or_engine) as session:
                 return _next_in_session(session, user, flt, now, rng, minutes)
         except (sa.exc.OperationalError, sa.exc.IntegrityError) as exc:
             last = exc
