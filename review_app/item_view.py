@@ -85,7 +85,8 @@ def _media_caption(part: dict[str, Any], info: dict[str, Any] | None) -> str:
             bits.append(f"{info['width']}×{info['height']}")
         if info.get("duration_s"):
             bits.append(f"{info['duration_s']:.1f} s")
-        bits.append(f"{(info.get('size_bytes') or 0) / 1024:,.0f} KB")
+        size = info.get("size_bytes") or 0
+        bits.append(f"{size / 1024:,.0f} KB" if size >= 1024 else f"{size} bytes")
     return " · ".join(bits)
 
 
@@ -101,7 +102,9 @@ def render_media(part: dict[str, Any], item: ItemView, *, key: str) -> None:
         return
     alt = ui.attr(part.get("name") or kind)
     if kind == "image":
-        st.html(f'<div class="sr-media"><img src="{server.media_url(sha, "view.webp")}" alt="{alt}" '
+        width = info.get("width") or 0
+        size = f' style="width:{min(max(width * 2, 240), 520)}px"' if 0 < width < 260 else ""  # small: 2x, no more
+        st.html(f'<div class="sr-media"><img src="{server.media_url(sha, "view.webp")}" alt="{alt}"{size} '
                 'loading="eager"></div>')
         cap, zoom = st.columns([5, 1], vertical_alignment="center")
         cap.caption(_media_caption(part, info))
@@ -137,11 +140,13 @@ def render_item(item: ItemView) -> None:
         else:
             st.caption("(empty prompt)")
     with st.container(border=True):
-        st.markdown("**Response** · " + ui.md_literal(item.output_modalities or "text"))
+        st.markdown("**Response**" + (f" · {ui.md_literal(item.output_modalities)}" if item.output_modalities else ""))
         if item.refused:
             st.info("The model refused to generate an output.", icon=":material/do_not_disturb_on:")
         if item.response:
             render_parts(item.response, item, where="response")
+        elif not item.output_modalities:
+            st.caption("(no model response: the prompt itself is judged)")
         elif not item.refused:
             st.caption("(the model produced nothing)")
 

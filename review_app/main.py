@@ -20,6 +20,9 @@ if user is None:
     page.run()
     st.stop()
 
+if ui.finish_sign_in():
+    st.stop()
+
 sections: dict[str, list[st.Page]] = {}
 for spec in nav.pages_for(user):
     sections.setdefault(spec.section, []).append(

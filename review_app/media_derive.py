@@ -25,6 +25,7 @@ WAVE_SIZE = (1200, 140)
 SPEC_SIZE = (1200, 220)
 FRAME_HEIGHT = 150
 N_KEYFRAMES = 8
+MAX_DECODE_PER_SEEK = 600  # frames decoded after a seek before taking what we have
 MAX_AUDIO_SECONDS = 600.0  # waveform/spectrogram look at the first 10 minutes at most
 BACKGROUND = (250, 250, 252)
 INK = (49, 51, 63)
@@ -154,28 +155,28 @@ def waveform_image(source: Path, size: tuple[int, int] = WAVE_SIZE) -> Image.Ima
     if y.size:
         peak = float(np.max(np.abs(y))) or 1.0
         cols = np.array_split(y / peak, width) if y.size >= width else [y[i:i + 1] for i in range(y.size)]
-        scale = (height / 2 - 4)
+        scale = (height / 2 - 8) * 0.92
         x_step = width / max(len(cols), 1)
         for i, col in enumerate(cols):
             if col.size == 0:
                 continue
             lo, hi = float(col.min()), float(col.max())
             x = int(i * x_step)
-            draw.line([(x, mid - hi * scale), (x, mid - lo * scale)], fill=(255, 75, 75))
+            draw.line([(x, mid - hi * scale), (x, mid - lo * scale)], fill=(78, 121, 167))
         seconds = y.size / sr
         _time_ticks(draw, seconds, width, height)
     return img
 
 
-def _time_ticks(draw: ImageDraw.ImageDraw, seconds: float, width: int, height: int) -> None:
+def _time_ticks(draw: ImageDraw.ImageDraw, seconds: float, width: int, height: int, ink: tuple = INK) -> None:
     if seconds <= 0:
         return
     step = next((s for s in (1, 2, 5, 10, 15, 30, 60, 120, 300) if seconds / s <= 12), 600)
     t = step
     while t < seconds:
         x = int(t / seconds * width)
-        draw.line([(x, height - 6), (x, height)], fill=INK)
-        draw.text((x + 2, height - 14), f"{t:g}s", fill=INK)
+        draw.line([(x, height - 6), (x, height)], fill=ink)
+        draw.text((x + 2, height - 14), f"{t:g}s", fill=ink)
         t += step
 
 
@@ -207,7 +208,7 @@ def spectrogram_image(source: Path, size: tuple[int, int] = SPEC_SIZE, n_mels: i
     rgb = _colormap(norm[::-1])
     img = Image.fromarray(rgb, "RGB").resize(size, Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(img)
-    _time_ticks(draw, y.size / sr, size[0], size[1])
+    _time_ticks(draw, y.size / sr, size[0], size[1], ink=(235, 235, 240))
     return img
 
 
@@ -233,20 +234,24 @@ def keyframes(source: Path, n: int = N_KEYFRAMES, height: int = FRAME_HEIGHT) ->
             elif container.duration is not None:
                 duration = container.duration / 1_000_000
             times = [duration * (i + 0.5) / n for i in range(n)] if duration else [0.0]
+            seen_pts: set[int] = set()
             for t in times:
                 if duration:
                     container.seek(int(t / stream.time_base), stream=stream, any_frame=False, backward=True)
-                frame = None
-                for frame in container.decode(stream):
+                chosen = None
+                for decoded, frame in enumerate(container.decode(stream)):
+                    chosen = frame
                     ft = float(frame.pts * stream.time_base) if frame.pts is not None else t
-                    if ft >= t - 0.5 or not duration:
+                    if ft >= t - 1e-3 or not duration or decoded >= MAX_DECODE_PER_SEEK:
                         break
-                if frame is None:
+                if chosen is None or (chosen.pts is not None and chosen.pts in seen_pts):
                     continue
-                img = frame.to_image()
+                if chosen.pts is not None:
+                    seen_pts.add(chosen.pts)
+                img = chosen.to_image()
                 w = max(1, int(img.width * height / max(img.height, 1)))
-                out.append((float(frame.pts * stream.time_base) if frame.pts is not None else t,
-                            img.resize((min(w, height * 4), height), Image.Resampling.BILINEAR)))
+                ft = float(chosen.pts * stream.time_base) if chosen.pts is not None else t
+                out.append((ft, img.resize((min(w, height * 4), height), Image.Resampling.BILINEAR)))
     except DeriveError:
         raise
     except Exception as exc:  # PyAV raises many error types for hostile or broken files

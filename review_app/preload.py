@@ -11,7 +11,7 @@ import importlib
 MODULES: tuple[str, ...] = (
     "sqlalchemy", "sqlmodel", "db.models", "db.engine", "db.collections",
     "workflow.auth", "workflow.policies", "workflow.queue", "workflow.annotations",
-    "review_app.ui", "review_app.item_view", "review_app.nav",
+    "review_app.nav", "review_app.data", "review_app.media_derive",
     "pandas", "pyarrow", "altair",
     "streamlit.runtime.scriptrunner", "streamlit.elements.arrow", "streamlit.elements.vega_charts",
 )

@@ -224,6 +224,37 @@ def cookie_bridge() -> None:
                 'style="position:absolute;opacity:0">')
 
 
+def finish_sign_in() -> bool:
+    """Right after sign-in: wait (briefly) until the browser holds the media cookie.
+
+    Shows a "Signing in…" screen with the ticket image and a fast-polling fragment; once the
+    ticket is redeemed the whole app reruns with the cookie in place, so no media request
+    can race the cookie and the polling stops with that rerun. Returns True while waiting
+    (the caller stops the script).
+    """
+    ss = st.session_state
+    if not ss.get("auth_ticket") or media_ready():
+        return False
+    ss.setdefault("auth_wait_started", time.monotonic())
+    _l, mid, _r = st.columns([1, 1.2, 1])
+    with mid:
+        st.title("safereview")
+        st.caption("Signing in…")
+        cookie_bridge()
+        _cookie_watch()
+    return True
+
+
+@st.fragment(run_every=0.1)
+def _cookie_watch() -> None:
+    ss = st.session_state
+    if media_ready():
+        st.rerun(scope="app")
+    elif time.monotonic() - ss.get("auth_wait_started", time.monotonic()) > 10:
+        ss["auth_cookie_ok"] = True  # give up waiting; media then show a broken image, nothing worse
+        st.rerun(scope="app")
+
+
 # ---------------------------------------------------------------------------------------
 # Safe rendering of untrusted text
 # ---------------------------------------------------------------------------------------
@@ -290,8 +321,8 @@ _CSS = """
 .sr-kbd {display:inline-block; padding:0 .38em; margin:0 .1em; border:1px solid #c9cbd3;
   border-bottom-width:2px; border-radius:4px; font: 0.78rem ui-monospace, monospace; color:#31333f;
   background:#f7f7f9;}
-.sr-media img {max-width:100%; max-height:520px; object-fit:contain; border-radius:6px;
-  border:1px solid #e3e4ea; background:#fafafa;}
+.sr-media img {width:100%; max-width:520px; max-height:520px; object-fit:contain; object-position:left;
+  border-radius:6px; border:1px solid #e3e4ea; background:#fafafa;}
 .sr-media audio, .sr-media video {width:100%; max-height:420px;}
 .sr-strip img {width:100%; border-radius:4px; border:1px solid #e3e4ea;}
 .sr-full img {width:100%; height:auto;}

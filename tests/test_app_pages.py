@@ -42,6 +42,14 @@ def sign_in(username: str, password: str | None = None) -> Any:
     at.text_input(key="signin_password").input(A.PASSWORDS[username] if password is None else password)
     next(b for b in at.button if b.label == "Sign in").click().run()
     assert not at.exception, [e.message for e in at.exception]
+    ticket = at.session_state["auth_ticket"] if "auth_ticket" in at.session_state else None  # noqa: SIM401
+    if ticket:  # what the browser does: fetch /auth/session?ticket=... (sets the cookie), then the app reruns
+        from review_app import runtime
+
+        assert any("Signing in" in c.value for c in at.caption)
+        assert runtime.tickets.redeem(ticket) == at.session_state["auth_token"]
+        at.run()
+        assert not at.exception, [e.message for e in at.exception]
     return at
 
 

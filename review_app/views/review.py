@@ -171,7 +171,8 @@ def _header(item: item_view.ItemView, info: CollectionInfo, progress: Any) -> No
         bits.append(ui.md_literal(cat))
     if item.model:
         bits.append("model " + ui.md_literal(item.model))
-    bits.append(f"{ui.md_literal(item.input_modalities)} → {ui.md_literal(item.output_modalities or 'nothing')}")
+    bits.append(ui.md_literal(item.input_modalities) + (f" → {ui.md_literal(item.output_modalities)}"
+                                                         if item.output_modalities else ""))
     left, right = st.columns([3, 2], vertical_alignment="center")
     left.markdown(" · ".join(bits))
     if progress is not None:
