@@ -110,6 +110,9 @@ class ImportReport:
         ]
 
 
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def norm(text: str) -> str:
     """Case-, space-, dash- and underscore-insensitive key."""
     return re.sub(r"[^0-9a-z]", "", unicodedata.normalize("NFKC", text).lower())
@@ -123,6 +126,8 @@ class TaxonomyIndex:
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
+        self._tt_cache: dict[str, str | None] = {}
+        self._cat_cache: dict[str, tuple[str, str] | None] = {}
         self.task_types: dict[str, str] = {}
         self.task_outputs: dict[str, list[str]] = {}
         for tt in spec["task_types"]:
@@ -143,7 +148,11 @@ class TaxonomyIndex:
         self.dim_labels: dict[str, list[str]] = {d["name"]: list(d["labels"]) for d in spec["dimensions"]}
 
     def task_type(self, text: str) -> str | None:
-        return self.task_types.get(norm(text))
+        try:
+            return self._tt_cache[text]
+        except KeyError:
+            hit = self._tt_cache[text] = self.task_types.get(norm(text))
+            return hit
 
     def task_type_from_path(self, path: Path) -> str | None:
         """The task type named by the file stem or one of its parent folders."""
@@ -161,6 +170,13 @@ class TaxonomyIndex:
         return None
 
     def category(self, text: str) -> tuple[str, str] | None:
+        try:
+            return self._cat_cache[text]
+        except KeyError:
+            hit = self._cat_cache[text] = self._category(text)
+            return hit
+
+    def _category(self, text: str) -> tuple[str, str] | None:
         for cand in (text, _CODE_PREFIX.sub("", text)):
             hit = self.categories.get(norm(cand))
             if hit:
@@ -169,7 +185,7 @@ class TaxonomyIndex:
             if sep in text:
                 parts = [p for p in text.split(sep) if p.strip()]
                 if parts:
-                    sub = self.category(parts[-1])
+                    sub = self._category(parts[-1])
                     if sub:
                         return sub
         return None
@@ -310,20 +326,26 @@ class Validator:
         out_mods = "+".join(sorted({p["modality"] for p in response}))
         if not out_mods and tt_id:
             out_mods = "+".join(sorted(set(tax.task_outputs.get(tt_id, []))))
+        try:
+            pj = _dumps(prompt)
+            rj = _dumps(response)
+            mj = json.dumps(rec.meta, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            rec.error("meta", f"not JSON-serialisable: {exc}")
+            return
+        if "\\u0000" in mj:
+            rec.error("meta", "contains a NUL character")
+        refused = "1" if rec.refused else "0"
+        key = "\x1f".join((tt_id, category, subcategory, model, in_mods, out_mods, refused, pj, rj, mj))
         content = {
             "task_type": tt_id, "category": category, "subcategory": subcategory, "model": model,
             "input_modalities": in_mods, "output_modalities": out_mods, "prompt": prompt,
             "response": response, "refused": rec.refused, "meta": rec.meta,
+            "content_hash": hashlib.sha256(key.encode("utf-8")).hexdigest(),
+            "external_id": rec.external_id,
+            # the same values serialised once, reused by the bulk insert
+            "_json": {"prompt": pj, "response": rj, "meta": mj},
         }
-        try:
-            canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        except (TypeError, ValueError) as exc:
-            rec.error("meta", f"not JSON-serialisable: {exc}")
-            return
-        if "\\u0000" in canonical:
-            rec.error("meta", "contains a NUL character")
-        content["content_hash"] = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-        content["external_id"] = rec.external_id
         rec.item = content
 
     def _verdicts(self, rec: Record) -> None:
@@ -494,6 +516,55 @@ def _canon(d: Any) -> str:
 
 def _ann_key(labels: Any, blind: Any, categories: Any, rationale: str) -> tuple[str, str, str, str]:
     return (_canon(labels or {}), _canon(blind), _canon(list(categories or [])), rationale or "")
+
+
+def fast_insert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], *,
+                raw: Iterable[str] = (), const: dict[str, Any] | None = None) -> None:
+    """``executemany`` straight on the driver, with each column's SQLAlchemy bind processor.
+
+    Stores the same values as ``conn.execute(table.insert(), rows)`` (JSON serialised by
+    the column type, aware datetimes normalised to UTC) without SQLAlchemy's per-row
+    parameter handling, which dominated bulk-import time. ``raw`` columns are already in
+    database form (JSON text serialised once during validation); ``const`` columns have one
+    value for every row and are processed once.
+    """
+    if not rows:
+        return
+    from sqlalchemy.dialects.postgresql import JSONB
+
+    dialect = conn.dialect
+    prep = dialect.identifier_preparer
+    raw = set(raw)
+    const = const or {}
+    cols = list(rows[0])
+    pg = dialect.name == "postgresql"
+    if not pg and dialect.paramstyle != "qmark":
+        raise NotImplementedError(f"fast_insert: unsupported driver paramstyle {dialect.paramstyle}")
+
+    def proc(c: str) -> Any:
+        return table.c[c].type.dialect_impl(dialect).bind_processor(dialect)
+
+    def mark(c: str) -> str:
+        if not pg:
+            return "?"
+        impl = table.c[c].type.dialect_impl(dialect)
+        return "%s::jsonb" if isinstance(impl, JSONB) else "%s::json" if isinstance(impl, sa.JSON) else "%s"
+
+    const_vals = tuple((p(v) if (p := proc(c)) is not None else v) for c, v in const.items())
+    all_cols = cols + list(const)
+    sql = (f"INSERT INTO {prep.format_table(table)} ({', '.join(prep.quote(c) for c in all_cols)}) "
+           f"VALUES ({', '.join(mark(c) for c in all_cols)})")
+    procs = [None if c in raw else proc(c) for c in cols]
+    if all(p is None for p in procs):
+        for chunk in _chunks(rows):
+            conn.exec_driver_sql(sql, [(*r.values(), *const_vals) for r in chunk])
+        return
+    pairs = list(zip(cols, procs, strict=True))
+    for chunk in _chunks(rows):
+        # None stays SQL NULL (also for JSON columns, instead of the JSON text 'null')
+        data = [(*[p(v) if p is not None and v is not None else v for c, p in pairs for v in (r[c],)],
+                 *const_vals) for r in chunk]
+        conn.exec_driver_sql(sql, data)
 
 
 def _in_chunks(conn: sa.Connection, stmt_for: Any, values: list[Any]) -> list[Any]:
@@ -667,12 +738,15 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
         for rec in new_items:
             it = rec.item
             assert it is not None
-            row = {k: it[k] for k in item_cols}
-            row.update(collection_id=collection_id, external_id=rec.external_id, import_batch_id=batch_id,
-                       priority=0.0, slots_taken=0, created_at=now)
-            rows.append(row)
-        for chunk in _chunks(rows):
-            conn.execute(item_t.insert(), chunk)
+            js = it["_json"]
+            rows.append({"external_id": rec.external_id, "task_type": it["task_type"], "category": it["category"],
+                         "subcategory": it["subcategory"], "model": it["model"],
+                         "input_modalities": it["input_modalities"], "output_modalities": it["output_modalities"],
+                         "prompt": js["prompt"], "response": js["response"], "refused": it["refused"],
+                         "meta": js["meta"], "content_hash": it["content_hash"]})
+        fast_insert(conn, item_t, rows, raw=("prompt", "response", "meta"),
+                    const={"collection_id": collection_id, "import_batch_id": batch_id, "priority": 0.0,
+                           "slots_taken": 0, "created_at": now})
         report.items_new = len(new_items)
     if upd_items:
         stmt = item_t.update().where(item_t.c.id == sa.bindparam("_id")).values(
@@ -704,17 +778,18 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
             row = {"dimension": v["dimension"], "judge_id": v["judge_id"], "judge_version": v["judge_version"],
                    "label": v["label"], "status": v["status"], "probability": v["probability"],
                    "probs": v["probs"], "score": v["score"], "rationale": v["rationale"],
-                   "raw_output": v["raw_output"], "intent": v["intent"], "import_batch_id": batch_id}
+                   "raw_output": v["raw_output"], "intent": v["intent"]}
             if op == "new":
-                row.update(item_id=iid, calibration_id=None, created_at=now)
+                row["item_id"] = iid
                 v_new.append(row)
             else:
+                row["import_batch_id"] = batch_id
                 row["_id"] = vid
                 v_upd.append(row)
     if judges:
         _ensure_judges(conn, judges, now)
-    for chunk in _chunks(v_new):
-        conn.execute(verdict_t.insert(), chunk)
+    fast_insert(conn, verdict_t, v_new,
+                const={"import_batch_id": batch_id, "calibration_id": None, "created_at": now})
     if v_upd:
         keys = [k for k in v_upd[0] if k != "_id"]
         stmt = verdict_t.update().where(verdict_t.c.id == sa.bindparam("_id")).values(
@@ -797,8 +872,7 @@ def _write_annotations(conn: sa.Connection, final: list[Record], ids: dict[str, 
         else:
             upd_rows.append((old, a, uid, iid))
     if new_rows:
-        for chunk in _chunks(new_rows):
-            conn.execute(ann_t.insert(), chunk)
+        fast_insert(conn, ann_t, new_rows)
         got = {(r.item_id, r.user_id): r.id for r in conn.execute(
             sa.select(ann_t.c.id, ann_t.c.item_id, ann_t.c.user_id).where(ann_t.c.import_batch_id == batch_id))}
         snap = {(iid, user_ids[a["annotator"]]): a for iid, op, a, _ in plans if op == "new"}
@@ -824,8 +898,7 @@ def _write_annotations(conn: sa.Connection, final: list[Record], ids: dict[str, 
                 asg_done.append({"_id": old_asg.id})
                 if old_asg.status not in ("leased",):  # a leased slot is already counted
                     bumps[key[0]] = bumps.get(key[0], 0) + 1
-        for chunk in _chunks(asg_new):
-            conn.execute(asg_t.insert(), chunk)
+        fast_insert(conn, asg_t, asg_new)
         if asg_done:
             conn.execute(asg_t.update().where(asg_t.c.id == sa.bindparam("_id"))
                          .values(status="done", completed_at=now, lease_expires_at=None), asg_done)
@@ -849,8 +922,7 @@ def _write_annotations(conn: sa.Connection, final: list[Record], ids: dict[str, 
     if upd_rows:
         report.annotations_updated = len(upd_rows)
         report.notes.append(f"{len(upd_rows)} annotation(s) replaced (--update)")
-    for chunk in _chunks(events):
-        conn.execute(ev_t.insert(), chunk)
+    fast_insert(conn, ev_t, events)
 
 
 def _refresh_priorities(session: Session, collection_id: int) -> bool:

@@ -69,10 +69,10 @@ def parse_row(src: SourceRow) -> Record:
     rec.model = as_str(data.get("model"))
     rec.refused = as_bool(data.get("refused"), rec, "refused")
     meta = as_json(data.get("meta"), rec, "meta", dict) or {}
-    for key, value in data.items():
-        if key.startswith("meta.") and value is not None:
-            meta[key[len("meta."):]] = value
-            used.add(key)
+    for key in [k for k in data if k[:5] == "meta."]:
+        used.add(key)
+        if data[key] is not None:
+            meta[key[len("meta."):]] = data[key]
     rec.meta = meta
     for side in ("prompt", "response"):
         parts = parse_parts(data.get(side), rec, side) if data.get(side) is not None else []

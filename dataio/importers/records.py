@@ -164,8 +164,8 @@ def _clean_parquet(v: Any) -> Any:
 
 
 def as_str(v: Any) -> str | None:
-    if v is None:
-        return None
+    if v is None or type(v) is str:
+        return v
     if isinstance(v, bool):
         return str(v).lower()
     if isinstance(v, float) and v.is_integer():
@@ -196,6 +196,8 @@ def as_bool(v: Any, rec: Record, name: str) -> bool:
 def as_float(v: Any, rec: Record, name: str) -> float | None:
     if v is None:
         return None
+    if type(v) is float and v - v == 0.0:  # fast path: a finite float
+        return v
     if isinstance(v, bool):
         rec.error(name, "expected a number, got a boolean")
         return None
@@ -357,9 +359,14 @@ def parse_flat_verdicts(data: dict[str, Any], rec: Record) -> set[str]:
     """
     used: set[str] = set()
     dims: dict[str, dict[str, Any]] = {}
-    for key, value in data.items():
-        if not key.startswith("verdict."):
-            continue
+    for key in ("judge_id", "judge_version", "judge_model"):
+        if key in data:
+            used.add(key)
+    vkeys = [k for k in data if k[:8] == "verdict."]
+    if not vkeys:
+        return used
+    for key in vkeys:
+        value = data[key]
         used.add(key)
         rest = key[len("verdict."):]
         dim, _, attr = rest.partition(".")
@@ -368,9 +375,6 @@ def parse_flat_verdicts(data: dict[str, Any], rec: Record) -> set[str]:
                            "|.raw_output|.intent]")
             continue
         dims.setdefault(dim, {})[attr or "label"] = value
-    for key in ("judge_id", "judge_version", "judge_model"):
-        if key in data:
-            used.add(key)
     for dim, attrs in dims.items():
         if all(v is None for v in attrs.values()):
             continue
@@ -430,7 +434,9 @@ def parse_annotation_list(value: Any, rec: Record, name: str = "annotations") ->
 
 def parse_flat_annotation(data: dict[str, Any], rec: Record) -> set[str]:
     """One annotation from ``annotator`` + ``label.<dim>`` / ``blind.<dim>`` columns."""
-    used = {k for k in data if k.startswith(("label.", "blind."))}
+    used = {k for k in data if k[:6] in ("label.", "blind.")}
+    if not used and "annotator" not in data:
+        return used
     flat_keys = {"annotator", "display_name", "categories", "rationale", "time_spent_s", "verdict_action",
                  "verdict_judge_id", "flagged", "at"}
     used |= flat_keys & set(data)
