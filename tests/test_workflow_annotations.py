@@ -230,3 +230,21 @@ def test_visibility_annotators_see_own_leads_see_all(engine: sa.Engine) -> None:
         assert verdicts_for(s, outsider, a.item_id, revealed=True) == []  # never assigned
         assert [h.id for h in history(s, u)] == [x.id for x in visible_annotations(s, u, a.item_id)]
         assert history(s, outsider) == []
+
+
+def test_submit_and_next_is_one_transaction(engine: sa.Engine) -> None:
+    from workflow.annotations import submit_and_next
+
+    cid = _setup(engine, k=1)
+    u = make_user(engine, "u")
+    a = _lease(engine, u, cid)
+    ann, nxt = submit_and_next(engine, u, a.id, VLSU_SAFE, QueueFilter(cid), rationale="r")  # type: ignore[arg-type]
+    assert ann.labels == VLSU_SAFE and ann.rationale == "r"
+    assert nxt is not None and nxt.item_id != a.item_id and nxt.status == "leased"
+    # A failing submit rolls back the pull too: no new lease appears.
+    with pytest.raises(InvalidInput):
+        submit_and_next(engine, u, nxt.id, {"joint": "safe"}, QueueFilter(cid))  # type: ignore[arg-type]
+    with Session(engine) as s:
+        leased = s.exec(select(Assignment).where(Assignment.status == "leased")).all()
+        assert [x.id for x in leased] == [nxt.id]
+        assert replay_events(s) == stored_state(s)

@@ -19,6 +19,13 @@ from workflow.errors import AuthError, Forbidden, InvalidInput
 PW = "correct horse battery"
 
 
+@pytest.fixture(autouse=True)
+def cheap_argon2(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """argon2id with small cost parameters keeps the suite fast; one test keeps the real ones."""
+    if not request.node.name.startswith("test_password_is_stored_as_argon2id"):
+        monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+
+
 def _add(engine: sa.Engine, name: str = "alice", role: str = "annotator", password: str | None = PW) -> None:
     with session_scope(engine) as s:
         auth.create_user(s, name, password, role, display_name="Alice")
@@ -30,6 +37,7 @@ def test_password_is_stored_as_argon2id_not_plaintext(engine: sa.Engine) -> None
         user = s.exec(select(User).where(User.username == "alice")).one()
     assert PW not in user.password_hash
     assert user.password_hash.startswith("$argon2id$")
+    assert not PasswordHasher().check_needs_rehash(user.password_hash)  # library-recommended cost
     assert PasswordHasher().verify(user.password_hash, PW)
     assert user.role == "annotator" and user.display_name == "Alice"
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
+from argon2 import PasswordHasher
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 from workflow_support import VLSU_SAFE, make_collection
@@ -10,12 +12,19 @@ from workflow_support import VLSU_SAFE, make_collection
 from db.engine import session_scope
 from db.models import User
 from safereview.cli.main import app
+from workflow import auth
 from workflow.annotations import submit
 from workflow.auth import authenticate_and_record
 from workflow.errors import AuthError
 from workflow.queue import QueueFilter, next_item
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def cheap_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small argon2id costs keep the suite fast (test_workflow_auth checks the real ones)."""
+    monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
 
 
 def _run(db_url: str, *args: str, stdin: str | None = None):  # type: ignore[no-untyped-def]

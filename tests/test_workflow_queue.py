@@ -189,7 +189,7 @@ def test_audit_share_and_uniform_audit_sampling(engine: sa.Engine) -> None:
     strata: Counter[str] = Counter()
     audit_items: Counter[int] = Counter()
     top_id = None
-    n_draws = 600
+    n_draws = 400
     for _ in range(n_draws):
         a = _pull(engine, u, QueueFilter(cid), rng=rng)
         assert a is not None
