@@ -426,3 +426,39 @@ def test_cli_imports_several_files_and_prints_summary(db_url: str, tmp_path: Pat
     assert "items new" in res.output and "annotations new" in res.output and "[generic]" in res.output
     res = CliRunner().invoke(app, ["collections", "--db", db_url])
     assert res.exit_code == 0 and "cli" in res.output
+
+
+def test_collection_taxonomy_mismatch_is_refused(engine: sa.Engine, tmp_path: Path, media: Path) -> None:
+    f = ds.write_jsonl(media / "i.jsonl", [{"id": "a", "prompt": "p"}])
+    assert imp(engine, f, tmp_path / "root").ok
+    before = ds.snapshot(engine)
+    rep = imp(engine, f, tmp_path / "root", taxonomy="uni-safebench", task_type="dual-unsafe")
+    assert rep.errors == [f"{f}: taxonomy: collection 'c' uses taxonomy 'vlsu', not 'uni-safebench'"]
+    assert ds.snapshot(engine) == before
+    # an existing collection needs no --taxonomy
+    assert imp(engine, f, tmp_path / "root", taxonomy=None).ok
+
+
+def test_cli_skip_invalid_writes_rejects_and_exits_zero(sqlite_url: str, tmp_path: Path, media: Path) -> None:
+    f = ds.write_jsonl(media / "s.jsonl", [{"id": "1", "prompt": "a"}, {"id": "2", "prompt_image": "http://x/y.png"}])
+    rj = tmp_path / "rej.jsonl"
+    res = CliRunner().invoke(app, ["import", str(f), "-c", "c", "-t", "vlsu", "--skip-invalid", "--rejects", str(rj),
+                                   "--db", sqlite_url, "--media-root", str(tmp_path / "root")])
+    assert res.exit_code == 0, res.output
+    (line,) = [json.loads(x) for x in rj.read_text().splitlines()]
+    assert line["line"] == 2 and line["errors"] == [
+        "prompt_image: URLs are not accepted (http:); the importer never downloads, give a local file"]
+
+
+def test_cli_taxonomy_show_and_check(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["taxonomy", "show", "uni-safebench", "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["name"] == "uni-safebench"
+    good = tmp_path / "t.toml"
+    good.write_text('name = "x"\n[[dimensions]]\nname = "harm"\nlabels = ["no", "yes"]\n')
+    r = CliRunner().invoke(app, ["taxonomy", "check", str(good)])
+    assert r.exit_code == 0 and "ok" in r.output
+    bad = tmp_path / "b.toml"
+    bad.write_text('name = "x"\n[[dimensions]]\nname = "harm"\nlabels = ["only-one"]\n')
+    r = CliRunner().invoke(app, ["taxonomy", "check", str(bad)])
+    assert r.exit_code == 1
+    assert f"{bad}: dimensions[0].labels: required" in r.output

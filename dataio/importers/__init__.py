@@ -174,7 +174,11 @@ def import_file(
     try:
         with engine.begin() as conn:
             session = Session(bind=conn, expire_on_commit=False)
-            col = ensure_collection(session, collection, spec)
+            try:
+                col = ensure_collection(session, collection, spec)
+            except ValueError as exc:  # same-named taxonomy with another definition, etc.
+                report.errors.append(f"{label}: taxonomy: {exc}")
+                raise _Rollback from None
             session.flush()
             late_rejects = write(conn, session, good, collection_id=col.id, opts=opts,  # type: ignore[arg-type]
                                  report=report, source_sha256=_file_sha256(path), user=user,
@@ -186,6 +190,14 @@ def import_file(
         cleanup_files(engine, created)
         report.errors.extend(_messages(late_rejects, opts))
         _reset_counts(report)
+        report.seconds = now_monotonic() - started
+        return report
+    except sa.exc.IntegrityError as exc:
+        # another import wrote the same rows between our check and our insert
+        cleanup_files(engine, created)
+        _reset_counts(report)
+        report.errors.append(f"{label}: (database): a concurrent write conflicted with this import; nothing was "
+                             f"imported, run it again ({str(exc.orig).splitlines()[0][:200]})")
         report.seconds = now_monotonic() - started
         return report
     except BaseException:

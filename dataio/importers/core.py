@@ -329,7 +329,7 @@ class Validator:
         try:
             pj = _dumps(prompt)
             rj = _dumps(response)
-            mj = json.dumps(rec.meta, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+            mj = json.dumps(rec.meta, sort_keys=True, ensure_ascii=False, separators=(",", ":")) if rec.meta else "{}"
         except (TypeError, ValueError) as exc:
             rec.error("meta", f"not JSON-serialisable: {exc}")
             return

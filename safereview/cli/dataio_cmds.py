@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from safereview.cli.common import DbOption, MediaRootOption, config, console, engine_for, err_console
+from safereview.cli.common import DbOption, MediaRootOption, config, console, engine_for
 
 export_app = typer.Typer(
     help="Export items (with verdicts), annotations and gold labels to JSONL, CSV or Parquet.",
@@ -36,10 +36,10 @@ def _run_export(kind: str, out: Path, fmt: str | None, db: str | None, collectio
     try:
         fmt_ = format_from_path(out, fmt)
     except ValueError as exc:
-        err_console.print(f"error: {exc}")
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     if fmt_ not in ("jsonl", "csv", "parquet"):
-        err_console.print(f"error: --format must be jsonl, csv or parquet, got {fmt_!r}")
+        typer.echo(f"error: --format must be jsonl, csv or parquet, got {fmt_!r}", err=True)
         raise typer.Exit(2)
     cfg = config(db)
     engine = engine_for(cfg)
@@ -47,7 +47,7 @@ def _run_export(kind: str, out: Path, fmt: str | None, db: str | None, collectio
         fn = export_items if kind == "items" else export_annotations
         res = fn(engine, out, fmt_, collections=collections or None)
     except LookupError as exc:
-        err_console.print(f"error: {exc.args[0] if exc.args else exc}")
+        typer.echo(f"error: {exc.args[0] if exc.args else exc}", err=True)
         raise typer.Exit(1) from None
     finally:
         engine.dispose()
@@ -80,7 +80,7 @@ def taxonomy_show(name: Annotated[str, typer.Argument(help="Preset name (uni-saf
     try:
         spec = resolve(name)
     except TaxonomyError as exc:
-        err_console.print(f"error: {exc}")
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps(spec, indent=2, ensure_ascii=False))
@@ -96,7 +96,7 @@ def taxonomy_check(path: Annotated[Path, typer.Argument(help="Taxonomy file (.to
     try:
         spec = load_file(path)
     except TaxonomyError as exc:
-        err_console.print(f"error: {exc}")
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     console.print(f"{path}: ok: taxonomy {spec['name']!r} version {spec['version']}: "
                   f"{len(spec['task_types'])} task types, {len(spec['categories'])} categories, "
@@ -177,7 +177,7 @@ def register(app: typer.Typer) -> None:
         from dataio.importers import FORMATS, import_file
 
         if fmt not in FORMATS:
-            err_console.print(f"error: --format must be one of {', '.join(FORMATS)}")
+            typer.echo(f"error: --format must be one of {', '.join(FORMATS)}", err=True)
             raise typer.Exit(2)
         cfg = config(db, media_root)
         engine = engine_for(cfg)
