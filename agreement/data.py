@@ -315,31 +315,63 @@ def dense_index(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 ITEM_COLUMNS = ("collection", "task_type", "category", "subcategory", "model", "modality", "external_id")
 
 
+_ATTRS = ("collection_id", "task_type", "category", "subcategory", "model", "input_modalities", "output_modalities")
+
+
 def load_items(bind: Any, collection_ids: Sequence[int],
                columns: Sequence[str] = ITEM_COLUMNS) -> dict[str, np.ndarray]:
     """Item attributes for slicing, as arrays aligned on sorted ``id``.
 
     ``modality`` is ``<input_modalities>-><output_modalities>``; ``collection`` the name.
+    Attributes repeat a lot, so the database returns the distinct attribute combinations
+    once and, per item, only a packed integer (id, combination); ``external_id`` (unique per
+    item) is fetched as one column.
     """
     bad = [c for c in columns if c not in ITEM_COLUMNS]
     if bad:
         raise AgreementError(f"unknown slice {bad[0]!r}; choose from {', '.join(ITEM_COLUMNS)}")
-    sel = []
+    attrs = ", ".join(_ATTRS)
+    on = " AND ".join(f"k.{a} = i.{a}" for a in _ATTRS)
+    with connection(bind) as conn:
+        cond, params = item_filter(conn, collection_ids, "i.id")
+        names = dict(fetch(conn, "SELECT id, name FROM collection"))
+        combos_sql = (f"WITH k AS (SELECT {attrs}, ROW_NUMBER() OVER (ORDER BY {attrs}) - 1 AS k "
+                      f"FROM (SELECT DISTINCT {attrs} FROM item i WHERE {cond}) d)")
+        combos = fetch(conn, f"{combos_sql} SELECT {attrs}, k FROM k ORDER BY k", params)
+        max_item = fetch(conn, "SELECT COALESCE(MAX(id), 0) FROM item")[0][0]
+        bits = max(len(combos).bit_length(), 1)
+        if combos and int(max_item).bit_length() + bits <= 62:
+            agg = "string_agg(((i.id << {b}) | k.k)::text, ',')" if is_postgres(conn) else \
+                "group_concat((i.id << {b}) | k.k)"
+            # SQLite: CROSS JOIN keeps the item scan outside (in rowid order) and probes the small k
+            join = "JOIN" if is_postgres(conn) else "CROSS JOIN"
+            text = fetch(conn, f"{combos_sql} SELECT {agg.format(b=bits)} FROM item i {join} k ON {on} "
+                               f"WHERE {cond}", params)[0][0] or ""
+            packed = np.array(text.split(","), dtype=np.int64) if text else np.zeros(0, dtype=np.int64)
+            packed.sort()
+            ids, which = packed >> bits, packed & ((1 << bits) - 1)
+        else:
+            rows = fetch(conn, f"SELECT i.id, k.k FROM item i JOIN ({combos_sql} SELECT * FROM k) k ON {on} "
+                               f"WHERE {cond} ORDER BY i.id", params)
+            ids = np.array([r[0] for r in rows], dtype=np.int64)
+            which = np.array([r[1] for r in rows], dtype=np.int64)
+        ext = None
+        if "external_id" in columns:
+            ext = fetch(conn, f"SELECT i.external_id FROM item i WHERE {cond} ORDER BY i.id", params)
+    table = {a: np.array([c[j] for c in combos], dtype=object) for j, a in enumerate(_ATTRS)}
+    out: dict[str, np.ndarray] = {"id": ids}
     for c in columns:
         if c == "collection":
-            sel.append("c.name")
+            out[c] = np.array([names.get(x, "") for x in table["collection_id"]], dtype=object)[which] \
+                if combos else np.array([], dtype=object)
         elif c == "modality":
-            sel.append("i.input_modalities || '->' || i.output_modalities")
+            mods = np.array([f"{a}->{b}" for a, b in zip(table["input_modalities"], table["output_modalities"],
+                                                          strict=True)], dtype=object)
+            out[c] = mods[which] if combos else np.array([], dtype=object)
+        elif c == "external_id":
+            out[c] = np.array([r[0] for r in ext or []], dtype=object)
         else:
-            sel.append(f"i.{c}")
-    with connection(bind) as conn:
-        cols, cparams = _in_list("c", list(collection_ids))
-        sql = (f"SELECT i.id{''.join(', ' + s for s in sel)} FROM item i JOIN collection c ON c.id = i.collection_id "
-               f"WHERE i.collection_id IN ({cols or 'NULL'}) ORDER BY i.id")
-        rows = fetch(conn, sql, cparams)
-    out: dict[str, np.ndarray] = {"id": np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))}
-    for j, c in enumerate(columns, start=1):
-        out[c] = np.array([r[j] for r in rows], dtype=object)
+            out[c] = table[c][which] if combos else np.array([], dtype=object)
     return out
 
 

@@ -26,51 +26,83 @@ COLUMNS = ("snapshot_id", "collection", "item_id", "external_id", "task_type", "
            "dimension", "label", "method", "n_annotators", "agreement", "posterior", "judge_id", "judge_label")
 
 
-def _table(columns: dict[str, Any]):  # type: ignore[no-untyped-def]
+def _strings(values: Any):  # type: ignore[no-untyped-def]
     import pyarrow as pa
 
-    types = {"snapshot_id": pa.int64(), "item_id": pa.int64(), "n_annotators": pa.int32(),
-             "agreement": pa.float64(), "posterior": pa.float64()}
+    return pa.array(values.tolist() if isinstance(values, np.ndarray) else list(values), type=pa.string())
+
+
+def _coded(codes: np.ndarray, names: Sequence[str]):  # type: ignore[no-untyped-def]
+    """Plain string array from integer codes into ``names`` (-1 = null), built in C."""
+    import pyarrow as pa
+
+    codes = np.asarray(codes, dtype=np.int32)
+    d = pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0, type=pa.int32()),
+                                       pa.array(list(names), type=pa.string()))
+    return d.cast(pa.string())
+
+
+def _floats(values: np.ndarray):  # type: ignore[no-untyped-def]
+    import pyarrow as pa
+
+    arr = np.asarray(values, dtype=np.float64)
+    return pa.array(arr, mask=np.isnan(arr), type=pa.float64())
+
+
+def _table(cols: dict[str, Any]):  # type: ignore[no-untyped-def]
+    """pyarrow table in :data:`COLUMNS` order from a dict of arrow arrays / numpy arrays."""
+    import pyarrow as pa
+
     arrays = []
     for name in COLUMNS:
-        values = columns[name]
-        if name in ("agreement", "posterior"):
-            arr = np.asarray(values, dtype=np.float64)
-            arrays.append(pa.array(arr, mask=np.isnan(arr), type=pa.float64()))
-        elif name in types:
-            arrays.append(pa.array(np.asarray(values), type=types[name]))
+        v = cols[name]
+        if isinstance(v, pa.Array | pa.ChunkedArray):
+            arrays.append(v)
+        elif name in ("agreement", "posterior"):
+            arrays.append(_floats(v))
+        elif name in ("snapshot_id", "item_id"):
+            arrays.append(pa.array(np.asarray(v, dtype=np.int64), type=pa.int64()))
+        elif name == "n_annotators":
+            arrays.append(pa.array(np.asarray(v, dtype=np.int32), type=pa.int32()))
         else:
-            arrays.append(pa.array(list(values) if not isinstance(values, list) else values, type=pa.string()))
+            arrays.append(_strings(v))
     return pa.Table.from_arrays(arrays, names=list(COLUMNS))
 
 
-def checksum(columns: dict[str, Any]) -> str:
-    """SHA-256 over every column except ``snapshot_id`` (floats rounded to 9 decimals)."""
+def checksum(table: Any) -> str:
+    """SHA-256 over every column but ``snapshot_id``: strings as dictionary (first-seen order) plus
+    indices, numbers as little-endian bytes with nulls as -1 (floats rounded to 9 decimals)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     h = hashlib.sha256()
     for name in COLUMNS:
         if name == "snapshot_id":
             continue
+        col = table.column(name).combine_chunks()
         h.update(name.encode())
-        values = columns[name]
-        if name in ("agreement", "posterior"):
-            arr = np.round(np.asarray(values, dtype=np.float64), 9)
-            arr = np.where(np.isnan(arr), -1.0, arr)
+        if pa.types.is_string(col.type):
+            enc = pc.dictionary_encode(col)
+            h.update("\x1f".join(enc.dictionary.to_pylist()).encode())
+            h.update(pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype("<i8").tobytes())
+        elif pa.types.is_floating(col.type):
+            arr = np.round(pc.fill_null(col, -1.0).to_numpy(zero_copy_only=False), 9)
             h.update(arr.astype("<f8").tobytes())
-        elif name in ("item_id", "n_annotators"):
-            h.update(np.asarray(values, dtype="<i8").tobytes())
         else:
-            h.update("\x1f".join("\x00" if v is None else str(v) for v in values).encode())
+            h.update(pc.fill_null(col, -1).to_numpy(zero_copy_only=False).astype("<i8").tobytes())
     return h.hexdigest()
 
 
 def compute_gold(bind: Any, collections: Sequence[str] | None = None, dimensions: Sequence[str] | None = None, *,
                  method: str = "majority", threshold: float = DEFAULT_THRESHOLD,
-                 judge_id: str | None = None) -> dict[str, Any]:
-    """Gold rows as column arrays (snapshot id 0), sorted by item id then dimension order."""
+                 judge_id: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """Gold rows as a pyarrow table (snapshot id 0), sorted by item id then dimension; and the params."""
+    import pyarrow as pa
+
     sc = data.scope(bind, collections)
     dims = list(dimensions) if dimensions else sc.dimensions()
     items = data.load_items(bind, sc.collection_ids)
-    parts: list[dict[str, Any]] = []
+    parts = []
     for d_index, dim in enumerate(dims):
         spec = sc.dimension(dim)
         labels = list(spec["labels"])
@@ -80,47 +112,49 @@ def compute_gold(bind: Any, collections: Sequence[str] | None = None, dimensions
         jid = judge_id or data.default_judge(bind, sc.collection_ids, dim)
         jcodes = (data.load_verdicts(bind, sc.collection_ids, dim, labels, jid).codes_for(cons.item_ids)
                   if jid else np.full(len(cons.item_ids), -1))
-        lab_arr = np.array([*labels, None], dtype=object)
-        pos = np.searchsorted(items["id"], cons.item_ids)
-        parts.append({
-            "order": np.full(len(pos), d_index), "item_id": cons.item_ids, "pos": pos,
-            "dimension": np.full(len(pos), dim, dtype=object),
-            "label": lab_arr[np.where(cons.code >= 0, cons.code, len(labels))],
-            "method": cons.method, "n_annotators": cons.n_annotators.astype(np.int64),
-            "agreement": cons.agreement.astype(np.float64), "posterior": cons.posterior.astype(np.float64),
-            "judge_id": np.full(len(pos), jid or "", dtype=object),
-            "judge_label": lab_arr[np.where(jcodes >= 0, jcodes, len(labels))],
-        })
-    cat = {k: np.concatenate([p[k] for p in parts]) if parts else np.array([]) for k in
-           ("order", "item_id", "pos", "dimension", "label", "method", "n_annotators", "agreement", "posterior",
-            "judge_id", "judge_label")}
-    order = np.lexsort((cat["order"], cat["item_id"])) if len(cat["item_id"]) else np.array([], dtype=np.int64)
-    pos = cat["pos"][order].astype(np.int64)
-    out: dict[str, Any] = {
-        "snapshot_id": np.zeros(len(order), dtype=np.int64),
-        "collection": items["collection"][pos] if len(pos) else np.array([], dtype=object),
-        "item_id": cat["item_id"][order].astype(np.int64),
-        "external_id": items["external_id"][pos] if len(pos) else np.array([], dtype=object),
-    }
-    for col in ("task_type", "category", "model", "modality"):
-        out[col] = items[col][pos] if len(pos) else np.array([], dtype=object)
-    for col in ("dimension", "label", "method", "n_annotators", "agreement", "posterior", "judge_id", "judge_label"):
-        out[col] = cat[col][order]
-    out["_params"] = {"method": method, "threshold": threshold, "dimensions": dims, "judge_id": judge_id,
-                      "collections": [sc.collection_names[c] for c in sc.collection_ids]}
-    out["_collection_ids"] = list(sc.collection_ids)
-    return out
+        n = len(cons.item_ids)
+        meth_names, meth_codes = np.unique(cons.method.astype(str), return_inverse=True)
+        parts.append(pa.table({
+            "_order": pa.array(np.full(n, d_index, dtype=np.int32)),
+            "_pos": pa.array(np.searchsorted(items["id"], cons.item_ids).astype(np.int64)),
+            "item_id": pa.array(cons.item_ids.astype(np.int64)),
+            "dimension": _coded(np.zeros(n, dtype=np.int32), [dim]),
+            "label": _coded(cons.code, labels),
+            "method": _coded(meth_codes.reshape(-1), meth_names.tolist()),
+            "n_annotators": pa.array(cons.n_annotators.astype(np.int32)),
+            "agreement": _floats(cons.agreement),
+            "posterior": _floats(cons.posterior),
+            "judge_id": _coded(np.zeros(n, dtype=np.int32), [jid or ""]),
+            "judge_label": _coded(jcodes, labels),
+        }))
+    if parts:
+        t = pa.concat_tables(parts).sort_by([("item_id", "ascending"), ("_order", "ascending")])
+    else:
+        t = pa.table({"_pos": pa.array([], pa.int64()), "item_id": pa.array([], pa.int64()),
+                      **{c: pa.array([], pa.string()) for c in ("dimension", "label", "method", "judge_id",
+                                                                 "judge_label")},
+                      "n_annotators": pa.array([], pa.int32()), "agreement": pa.array([], pa.float64()),
+                      "posterior": pa.array([], pa.float64())})
+    pos = t.column("_pos").to_numpy()
+    cols: dict[str, Any] = {"snapshot_id": np.zeros(t.num_rows, dtype=np.int64)}
+    for c in ("collection", "external_id", "task_type", "category", "model", "modality"):
+        cols[c] = _strings(items[c][pos])
+    for c in ("item_id", "dimension", "label", "method", "n_annotators", "agreement", "posterior", "judge_id",
+              "judge_label"):
+        cols[c] = t.column(c)
+    params = {"method": method, "threshold": threshold, "dimensions": dims, "judge_id": judge_id,
+              "collections": [sc.collection_names[c] for c in sc.collection_ids],
+              "collection_ids": list(sc.collection_ids)}
+    return _table(cols), params
 
 
-def _insert_gold(session: Any, snapshot_id: int, cols: dict[str, Any]) -> None:
+def _insert_gold(session: Any, snapshot_id: int, table: Any) -> None:
     """Bulk insert of the Gold rows (DB-API executemany on SQLite, COPY on PostgreSQL)."""
     conn = session.connection()
-    agreement = [None if np.isnan(x) else float(x) for x in cols["agreement"].tolist()]
-    posterior = [None if np.isnan(x) else float(x) for x in cols["posterior"].tolist()]
-    rows = list(zip([snapshot_id] * len(agreement), cols["item_id"].tolist(), cols["dimension"].tolist(),
-                    cols["label"].tolist(), cols["method"].tolist(), cols["n_annotators"].tolist(), agreement,
-                    posterior, strict=True))
     names = ["snapshot_id", "item_id", "dimension", "label", "method", "n_annotators", "agreement", "posterior"]
+    n = table.num_rows
+    columns = [[snapshot_id] * n] + [table.column(c).to_pylist() for c in names[1:]]
+    rows = list(zip(*columns, strict=True))
     dbapi = conn.connection.dbapi_connection
     if conn.dialect.name == "postgresql":
         with dbapi.cursor() as cur, cur.copy(f"COPY gold ({', '.join(names)}) FROM STDIN") as cp:
@@ -140,20 +174,23 @@ def create_snapshot(session: Any, user: Any, collections: Sequence[str] | None =
 
     ``user`` is checked for the "export" permission (pass None only from the trusted CLI).
     """
+    import pyarrow as pa
+
     from db.models import GoldSnapshot, utcnow
 
     if user is not None:
         require(user, "export")
-    cols = compute_gold(session, collections, dimensions, method=method, threshold=threshold, judge_id=judge_id)
-    digest = checksum(cols)
-    snap = GoldSnapshot(method=method, params=cols["_params"], collection_ids=cols["_collection_ids"],
-                        n_rows=len(cols["item_id"]), checksum=digest,
-                        created_by=created_by or getattr(user, "username", ""), created_at=utcnow())
+    table, params = compute_gold(session, collections, dimensions, method=method, threshold=threshold,
+                                 judge_id=judge_id)
+    digest = checksum(table)
+    collection_ids = params.pop("collection_ids")
+    snap = GoldSnapshot(method=method, params=params, collection_ids=collection_ids, n_rows=table.num_rows,
+                        checksum=digest, created_by=created_by or getattr(user, "username", ""), created_at=utcnow())
     session.add(snap)
     session.flush()
-    _insert_gold(session, int(snap.id), cols)
-    cols["snapshot_id"] = np.full(len(cols["item_id"]), int(snap.id), dtype=np.int64)
-    return snap, _table(cols)
+    _insert_gold(session, int(snap.id), table)
+    table = table.set_column(0, "snapshot_id", pa.array(np.full(table.num_rows, int(snap.id), dtype=np.int64)))
+    return snap, table
 
 
 def snapshot_table(bind: Any, snapshot_id: int):  # type: ignore[no-untyped-def]
