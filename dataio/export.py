@@ -82,23 +82,30 @@ def item_rows(engine: sa.Engine, *, collections: Iterable[str] | None = None) ->
             return [*base, "judge_ids", *prov], {**cols, "judge_ids": [], **{k: [] for k in prov}}
         batches = {bid: (src, fmt) for bid, src, fmt in conn.execute(sa.select(bt.c.id, bt.c.source, bt.c.format))}
         index: dict[int, int] = {}
+        # JSON columns are read as their stored text: parsed once for the text/media columns and
+        # passed through unchanged as prompt_json/response_json/meta_json (no re-serialising).
         stmt = (sa.select(it.c.id, it.c.collection_id, it.c.external_id, it.c.task_type, it.c.category,
-                          it.c.subcategory, it.c.model, it.c.input_modalities, it.c.output_modalities, it.c.prompt,
-                          it.c.response, it.c.refused, it.c.meta, it.c.content_hash, it.c.priority,
-                          it.c.slots_taken, it.c.created_at, it.c.import_batch_id)
+                          it.c.subcategory, it.c.model, it.c.input_modalities, it.c.output_modalities,
+                          sa.cast(it.c.prompt, sa.Text).label("prompt"), sa.cast(it.c.response, sa.Text).label(
+                              "response"), it.c.refused, sa.cast(it.c.meta, sa.Text).label("meta"),
+                          it.c.content_hash, it.c.priority, it.c.slots_taken, it.c.created_at, it.c.import_batch_id)
                 .where(it.c.collection_id.in_(list(cmap))).order_by(it.c.collection_id, it.c.id))
+        loads = json.loads
+        tuples: list[tuple[Any, ...]] = []
         for n, r in enumerate(conn.execute(stmt)):
             index[r.id] = n
             src, fmt = batches.get(r.import_batch_id, (None, None))
+            prompt, response = loads(r.prompt or "[]"), loads(r.response or "[]")
             values = (cmap[r.collection_id], r.id, r.external_id, r.task_type, r.category, r.subcategory, r.model,
-                      r.input_modalities, r.output_modalities, _parts_text(r.prompt), _parts_media(r.prompt),
-                      _parts_text(r.response), _parts_media(r.response), bool(r.refused),
-                      json.dumps(r.prompt, ensure_ascii=False), json.dumps(r.response, ensure_ascii=False),
-                      json.dumps(r.meta, ensure_ascii=False, sort_keys=True), r.content_hash, r.priority,
+                      r.input_modalities, r.output_modalities, _parts_text(prompt), _parts_media(prompt),
+                      _parts_text(response), _parts_media(response), bool(r.refused),
+                      r.prompt, r.response, r.meta, r.content_hash, r.priority,
                       r.slots_taken, _iso(r.created_at), r.import_batch_id, src, fmt)
-            for c, v in zip(base, values, strict=True):
-                cols[c].append(v)
+            tuples.append(values)
         n_rows = len(index)
+        if tuples:
+            for c, column in zip(base, zip(*tuples, strict=True), strict=True):
+                cols[c] = list(column)
         judge_sets: list[set[str] | None] = [None] * n_rows
         vcols: dict[str, list] = {}
         vstmt = (sa.select(vt.c.item_id, vt.c.judge_id, vt.c.dimension, vt.c.label, vt.c.probability, vt.c.status)
