@@ -122,7 +122,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     quick = args.quick
     repeat = args.repeat or (1 if quick else 3)
-    boot_items, db_items = (20_000, 100_000) if quick else (100_000, 1_000_000)
+    boot_items, db_items = (20_000, 30_000) if quick else (100_000, 1_000_000)
     rows: list[tuple[str, str, float | None, float, str]] = []
 
     t, note = bench_bootstrap(boot_items, 5, 1000, repeat)
