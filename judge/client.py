@@ -5,8 +5,13 @@ Why it looks the way it does:
 - **Exact bytes, exact cache.** Each request body is serialised once, canonically; the
   SHA-256 of those bytes is the cache key (``JudgeCache``) and the same bytes are sent,
   so a re-run with identical prompts, media and parameters costs nothing.
-- **Bounded concurrency.** A semaphore caps requests in flight (``--concurrency``); the
-  HTTP connection pool is sized to match so connections are reused.
+- **Bounded concurrency, cheap connections.** ``--concurrency`` single-connection
+  ``httpx.AsyncClient`` objects sit in a queue that works as the semaphore: a request
+  takes one, so at most N are in flight and each keeps its keep-alive connection. One
+  client with an N-connection pool would do the same job several times slower, because
+  httpcore re-scans its whole pool on every request (measured in ``bench/bench_judge.py``).
+  Sockets use TCP_NODELAY: headers and body are separate writes, and Nagle plus delayed
+  ACK would otherwise add tens of milliseconds to small requests.
 - **Retries that respect the server.** 429 (honouring ``Retry-After``), 5xx, connection
   errors and time-outs are retried with exponential backoff and full jitter; other 4xx
   answers are final. Each attempt has a hard wall-clock limit (``--timeout``).
@@ -23,9 +28,13 @@ import asyncio
 import base64
 import email.utils
 import hashlib
+import importlib.util
 import io
 import json
 import random
+import socket
+import ssl
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -205,6 +214,30 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+_SSL_CONTEXT: ssl.SSLContext | None = None
+
+
+def _shared_ssl_context() -> ssl.SSLContext:
+    """One verifying SSL context for all connections: loading the CA bundle takes ~40 ms,
+    and every transport would otherwise load its own (even for plain http)."""
+    global _SSL_CONTEXT
+    if _SSL_CONTEXT is None:
+        _SSL_CONTEXT = httpx.create_ssl_context()
+    return _SSL_CONTEXT
+
+
+def _fast_missing_sniffio() -> None:
+    """Make httpcore's per-request ``import sniffio`` fail instantly when sniffio is absent.
+
+    httpcore 1.x imports sniffio inside every request to detect the async library; when the
+    package is not installed each failed import walks ``sys.path`` (about half a millisecond,
+    several times per request). Recording the absence in ``sys.modules`` gives the very same
+    ImportError without the search. Nothing changes when sniffio is installed.
+    """
+    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+        sys.modules["sniffio"] = None  # type: ignore[assignment]
+
+
 @dataclass
 class ChatClient:
     """Async client for ``POST /v1/chat/completions`` with cache, retries and a time limit.
@@ -224,31 +257,35 @@ class ChatClient:
     backoff_max: float = 60.0
     max_retry_after: float = 300.0
     cache: ResponseCache | None = None
-    transport: httpx.AsyncBaseTransport | None = None
     # dry runs: record the body instead of sending it; the callback's Answer (if any) is returned
     on_request: Callable[[str, dict[str, Any]], Answer | None] | None = None
     stats: ClientStats = field(default_factory=ClientStats)
 
     def __post_init__(self) -> None:
         self.url = chat_url(self.base_url)
-        self._sem = asyncio.Semaphore(max(1, self.concurrency))
-        self._http: httpx.AsyncClient | None = None
+        self._clients: list[httpx.AsyncClient] = []
+        self._pool: asyncio.Queue[httpx.AsyncClient] | None = None
 
     async def __aenter__(self) -> ChatClient:
         if self.on_request is None:
+            _fast_missing_sniffio()
             headers = {"Content-Type": "application/json", "Accept": "application/json"}
             if self.api_key:
                 headers["Authorization"] = f"Bearer {self.api_key}"
-            n = max(1, self.concurrency)
-            self._http = httpx.AsyncClient(
-                headers=headers, transport=self.transport, timeout=httpx.Timeout(self.timeout),
-                limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+            ssl_context = _shared_ssl_context()
+            self._pool = asyncio.Queue()
+            for _ in range(max(1, self.concurrency)):
+                transport = httpx.AsyncHTTPTransport(
+                    limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                    socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)], verify=ssl_context)
+                client = httpx.AsyncClient(headers=headers, transport=transport, timeout=httpx.Timeout(self.timeout))
+                self._clients.append(client)
+                self._pool.put_nowait(client)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        clients, self._clients, self._pool = self._clients, [], None
+        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
     def body(self, messages: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": self.temperature,
@@ -270,8 +307,12 @@ class ChatClient:
             if hit is not None:
                 self.stats.cache_hits += 1
                 return Answer(text=hit.get("content"), logprobs=hit.get("logprobs"))
-        async with self._sem:
-            result, error = await self._post(data)
+        assert self._pool is not None, "use ChatClient as an async context manager"
+        http = await self._pool.get()  # the queue of clients is the concurrency semaphore
+        try:
+            result, error = await self._post(http, data)
+        finally:
+            self._pool.put_nowait(http)
         if result is None:
             self.stats.failures += 1
             return Answer(text=None, error=error)
@@ -279,14 +320,13 @@ class ChatClient:
             self.cache.put(key, result)
         return Answer(text=result["content"], logprobs=result.get("logprobs"))
 
-    async def _post(self, data: bytes) -> tuple[dict[str, Any] | None, str]:
-        assert self._http is not None, "use ChatClient as an async context manager"
+    async def _post(self, http: httpx.AsyncClient, data: bytes) -> tuple[dict[str, Any] | None, str]:
         error = ""
         for attempt in range(self.max_retries + 1):
             retry_after: float | None = None
             try:
                 async with asyncio.timeout(self.timeout):
-                    resp = await self._http.post(self.url, content=data)
+                    resp = await http.post(self.url, content=data)
                     payload = resp.content
             except (httpx.TransportError, TimeoutError) as exc:
                 error = f"{type(exc).__name__}: {exc}".strip().rstrip(":") or type(exc).__name__

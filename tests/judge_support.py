@@ -1,7 +1,7 @@
 """A scriptable, in-process OpenAI-protocol server for judge tests and the judge benchmark.
 
-``FakeOpenAI`` listens on 127.0.0.1 (random free port) with the standard library's
-threading HTTP server (HTTP/1.1 keep-alive), answers ``POST /v1/chat/completions`` from a
+``FakeOpenAI`` listens on 127.0.0.1 (random free port) with an asyncio server in its own
+thread (HTTP/1.1 keep-alive), answers ``POST /v1/chat/completions`` from a
 *script* and records every request it receives. A script is a callable
 ``(request_json, n) -> Reply`` where ``n`` counts requests from 0.
 
@@ -14,16 +14,17 @@ Helpers build items (real PNGs in the media root, ``Item``/``Media`` rows) direc
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
 import json
 import re
+import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -127,38 +128,62 @@ def smart_reply(body: dict[str, Any], n: int) -> Reply:
 
 
 class FakeOpenAI:
-    """Threaded HTTP server speaking enough of the OpenAI chat protocol for the judge."""
+    """Asyncio HTTP/1.1 server (own thread and event loop) speaking enough of the OpenAI chat
+    protocol for the judge. One event loop rather than a thread per connection: with 64
+    keep-alive connections a threaded server spends its time fighting over the GIL."""
 
     def __init__(self, script: Script = smart_reply) -> None:
         self.script = script
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
-        outer = self
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.base_events.Server | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._port = 0
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", 0, reuse_address=True))
+        self._port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                raw = self.rfile.read(length)
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while True:
+                request_line = await reader.readline()
+                if not request_line:
+                    return
+                method, path, _ = request_line.decode("latin-1").split(" ", 2)
+                headers: dict[str, str] = {}
+                while True:
+                    line = await reader.readline()
+                    if line in (b"\r\n", b"\n", b""):
+                        break
+                    k, _, v = line.decode("latin-1").partition(":")
+                    headers[k.strip()] = v.strip()
+                length = int(next((v for k, v in headers.items() if k.lower() == "content-length"), "0"))
+                raw = await reader.readexactly(length) if length else b""
                 try:
                     body = json.loads(raw)
                 except ValueError:
                     body = {"_invalid": raw.decode("utf-8", "replace")}
-                with outer._lock:
-                    n = len(outer.requests)
-                    outer.requests.append(body)
-                    outer.headers.append(dict(self.headers.items()))
-                if not self.path.endswith("/chat/completions"):
+                with self._lock:
+                    n = len(self.requests)
+                    self.requests.append(body)
+                    self.headers.append(headers)
+                if method != "POST" or not path.endswith("/chat/completions"):
                     reply = Reply(status=404, body={"error": "not found"})
                 else:
-                    reply = outer.script(body, n)
+                    reply = self.script(body, n)
                 if reply.delay:
-                    time.sleep(reply.delay)
+                    await asyncio.sleep(reply.delay)
                 payload = reply.body
                 if isinstance(payload, dict | list):
                     data = json.dumps(payload).encode()
@@ -166,35 +191,37 @@ class FakeOpenAI:
                     data = payload.encode()
                 else:
                     data = payload or b""
-                try:
-                    self.send_response(reply.status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for k, v in reply.headers.items():
-                        self.send_header(k, v)
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.block_on_close = False
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+                head = [f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}",
+                        "Content-Type: application/json", f"Content-Length: {len(data)}",
+                        *(f"{k}: {v}" for k, v in reply.headers.items())]
+                writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError, asyncio.CancelledError):
+            return  # client went away, or the server is stopping
+        finally:
+            writer.close()
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self._port}"
 
     def start(self) -> FakeOpenAI:
         self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("fake OpenAI server did not start")
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        async def close() -> None:
+            assert self._server is not None
+            self._server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
 
     def __enter__(self) -> FakeOpenAI:
         return self.start()

@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             typer.echo(json.dumps(summary.requests, indent=2, ensure_ascii=False))
             typer.echo(f"dry run: {len(summary.requests)} request(s) for judge {summary.judge_id}; "
-                              "no call made, nothing written", err=True)
+                       "no call made, nothing written", err=True)
             return
         if json_out:
             typer.echo(json.dumps(summary.as_dict()))
