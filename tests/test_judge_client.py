@@ -270,3 +270,38 @@ def test_retry_after_parsing() -> None:
     assert retry_after_seconds("soon") is None
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == pytest.approx(10.0)
+
+
+def test_audio_travels_as_input_audio_and_video_is_announced(env: dict[str, Any]) -> None:
+    import base64
+
+    import numpy as np
+    import soundfile as sf
+
+    rate = 8000
+    tone = (np.sin(np.linspace(0, 200 * np.pi, rate // 4)) * 12000).astype(np.int16)
+    wav, flac = io.BytesIO(), io.BytesIO()
+    sf.write(wav, tone, rate, format="WAV", subtype="PCM_16")
+    sf.write(flac, tone, rate, format="FLAC", subtype="PCM_16")
+    with session_scope(env["engine"]) as s:
+        col = ensure_collection(s, "uni", "uni-safebench")
+        w = store_media(s, env["media"], wav.getvalue(), name="a.wav", kind="audio", mime="audio/wav", ext="wav")
+        f = store_media(s, env["media"], flac.getvalue(), name="a.flac", kind="audio", mime="audio/flac", ext="flac")
+        v = store_media(s, env["media"], b"\x00\x00\x00\x18ftypmp42fake", name="clip.mp4", kind="video",
+                        mime="video/mp4", ext="mp4")
+        for ext, sha, kind in (("wav", w, "audio"), ("flac", f, "audio"), ("vid", v, "video")):
+            add_item(s, col.id, ext, prompt=[{"modality": "text", "text": f"speak {ext}"}],
+                     response=[{"modality": kind, "media": sha, "name": f"x.{ext}"}])
+    with FakeOpenAI() as srv:
+        summary = run_judge(env["engine"], env["media"], opts(srv.url))
+    assert summary.errors == 0
+    audio_parts = [p for b in srv.requests if question_of(b) == "intrinsic"
+                   for m in b["messages"] if isinstance(m["content"], list)
+                   for p in m["content"] if p["type"] == "input_audio"]
+    assert len(audio_parts) == 2 and {p["input_audio"]["format"] for p in audio_parts} == {"wav"}
+    for p in audio_parts:  # both the wav and the flac (re-encoded) decode to the stored samples
+        samples, got_rate = sf.read(io.BytesIO(base64.b64decode(p["input_audio"]["data"])), dtype="int16")
+        assert got_rate == rate and np.array_equal(samples, tone)
+    video_notes = [p["text"] for b in srv.requests for m in b["messages"] if isinstance(m["content"], list)
+                   for p in m["content"] if p["type"] == "text" and "video attachment" in p.get("text", "")]
+    assert video_notes and all("not sent" in t for t in video_notes)
