@@ -1,0 +1,73 @@
+"""Flatten agreement/audit results into rows of plain values (for tables in the app and CSVs).
+
+Pure functions, no Streamlit: the app's pages show these rows with ``st.dataframe`` (whose
+cell values are inert), so annotator names, labels and collection names never pass through
+markdown.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+STAT_KEYS = (("alpha", "alpha"), ("alpha_nominal", "alpha (nominal)"), ("percent_agreement", "percent agreement"),
+             ("gwet_ac1", "Gwet AC1"), ("fleiss_kappa", "Fleiss kappa"))
+
+
+def _est_cells(prefix: str, e: dict[str, Any] | None) -> dict[str, Any]:
+    e = e or {}
+    return {prefix: e.get("value"), f"{prefix} 95% low": e.get("ci_low"), f"{prefix} 95% high": e.get("ci_high")}
+
+
+def stats_rows(dim: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per slice (overall first) with counts, coefficients, intervals and undefined reasons."""
+    rows = []
+    entries = [("overall", "", dim["overall"])]
+    for by, values in dim.get("slices", {}).items():
+        entries += [(by, v["value"], v) for v in values]
+    for by, value, s in entries:
+        row: dict[str, Any] = {"slice": by, "value": value, "units": s["n_units"],
+                               "pairable units": s["n_units_pairable"], "pairable values": s["n_pairable_values"],
+                               "raters": s["n_raters"]}
+        reasons = []
+        for key, name in STAT_KEYS:
+            if key not in s:
+                continue
+            row.update(_est_cells(name, s[key]))
+            if s[key].get("undefined_reason"):
+                reasons.append(f"{name}: {s[key]['undefined_reason']}")
+        row["undefined"] = "; ".join(reasons)
+        rows.append(row)
+    return rows
+
+
+def specific_rows(dim: dict[str, Any]) -> list[dict[str, Any]]:
+    sa = dim["overall"]["specific_agreement"]
+    counts = dim["overall"]["label_counts"]
+    return [{"label": lab, "ratings": counts.get(lab, 0), "specific agreement": sa.get(lab)} for lab in dim["labels"]]
+
+
+def rate_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Audit rates (accuracy, over-blocking, under-blocking) overall and per slice."""
+    entries = [("overall", "", res)]
+    for by, values in res.get("slices", {}).items():
+        entries += [(by, v["value"], v) for v in values]
+    rows = []
+    for by, value, r in entries:
+        row: dict[str, Any] = {"slice": by, "value": value, "audit items": r.get("n")}
+        reasons = []
+        for key, name in (("accuracy", "accuracy"), ("over_blocking", "over-blocking"),
+                          ("under_blocking", "under-blocking")):
+            e = r.get(key) or {}
+            row.update(_est_cells(name, e))
+            row[f"{name} n"] = e.get("n")
+            if e.get("undefined_reason"):
+                reasons.append(f"{name}: {e['undefined_reason']}")
+        row["undefined"] = "; ".join(reasons)
+        rows.append(row)
+    return rows
+
+
+def confusion_rows(res: dict[str, Any], weighted: bool = False) -> list[dict[str, Any]]:
+    table = res["confusion"]["weighted" if weighted else "counts"]
+    return [{"people \\ judge": lab, **{f"judge: {c}": v for c, v in zip(res["labels"], row, strict=True)}}
+            for lab, row in zip(res["labels"], table, strict=True)]

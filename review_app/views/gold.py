@@ -1,0 +1,199 @@
+"""Gold & adjudication (leads): decide ties and low-agreement items, then release gold labels.
+
+The queue and decisions go through :mod:`agreement.consensus` (which checks the "adjudicate"
+permission); snapshots through :mod:`agreement.gold` ("export"). Annotator rationales and
+model text are shown only with inert widgets (``st.text``/``st.code``/``st.dataframe``).
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from review_app import ui
+
+
+def _item_context(item_id: int, dimension: str) -> None:
+    """The item, every annotator's label and rationale, and the judge's verdicts."""
+    from sqlmodel import select
+
+    from db.models import Annotation, User, Verdict
+    from review_app import item_view
+
+    with ui.session() as s:
+        try:
+            item = item_view.load_item(s, item_id)
+        except LookupError:
+            st.warning("Item not found.")
+            return
+        anns = s.exec(select(Annotation, User).where(Annotation.item_id == item_id)
+                      .where(Annotation.user_id == User.id)).all()
+        people = [{"annotator": u.username, "label": (a.labels or {}).get(dimension),
+                   "blind label": (a.blind_labels or {}).get(dimension), "rationale": a.rationale}
+                  for a, u in anns]
+        verdicts = item_view.verdict_dicts(s.exec(select(Verdict).where(Verdict.item_id == item_id)).all())
+    st.caption("item " + ui.md_literal(item.external_id, max_chars=120))
+    item_view.render_item(item)
+    st.markdown("**Annotators**")
+    st.dataframe([{k: v for k, v in p.items() if k != "rationale"} for p in people], hide_index=True, width="stretch")
+    for p in people:
+        if p["rationale"]:
+            st.caption("rationale of " + ui.md_literal(p["annotator"], max_chars=80))
+            ui.safe_text(p["rationale"], max_chars=5000)
+    st.markdown("**Judge**")
+    item_view.render_verdicts(verdicts, [dimension])
+
+
+def _adjudication(user: Any, names: list[str], dims: list[str], labels_of: dict[str, list[str]]) -> None:
+    from agreement.consensus import adjudicate, adjudication_queue
+
+    c1, c2 = st.columns([2, 3])
+    dim = c1.selectbox("Dimension", ["(all)", *dims], format_func=ui.plain, key="gold_q_dim")
+    threshold = c2.slider("Agreement below which an item needs a decision", 0.0, 1.0, 0.6, step=0.05,
+                          key="gold_q_threshold")
+    with ui.session() as s:
+        queue = ui.run(lambda: adjudication_queue(s, user, names, None if dim == "(all)" else [dim],
+                                                  threshold=float(threshold)))
+    if queue is None:
+        return
+    if not queue:
+        st.success("Nothing to adjudicate: no ties and no low-agreement items.")
+        return
+    st.caption(f"{len(queue)} items need a decision (ties first, then the lowest agreement).")
+    st.dataframe([{"item_id": q["item_id"], "external_id": q["external_id"], "collection": q["collection"],
+                   "dimension": q["dimension"], "reason": q["reason"], "annotators": q["n_annotators"],
+                   "agreement": q["agreement"], "votes": ", ".join(f"{k}: {v}" for k, v in q["votes"].items())}
+                  for q in queue], hide_index=True, width="stretch")
+    keys = [f"{q['item_id']}|{q['dimension']}" for q in queue]
+    by_key = dict(zip(keys, queue, strict=True))
+    pick = st.selectbox("Decide", keys, key="gold_pick", format_func=lambda k: ui.plain(
+        f"item {by_key[k]['item_id']} ({by_key[k]['external_id']}) · {by_key[k]['dimension']} · {by_key[k]['reason']}"))
+    q = by_key[pick]
+    with st.container(border=True):
+        _item_context(int(q["item_id"]), q["dimension"])
+    with st.form(f"gold_decide_{pick}", border=True):
+        label = st.radio("Gold label", labels_of[q["dimension"]], format_func=ui.md_literal, horizontal=True,
+                         key=f"gold_label_{pick}")
+        rationale = st.text_area("Why (kept with the decision)", max_chars=5000, key=f"gold_why_{pick}")
+        if st.form_submit_button("Record decision", type="primary", icon=":material/gavel:"):
+            def decide() -> bool:
+                with ui.session() as s:
+                    adjudicate(s, user, int(q["item_id"]), q["dimension"], label, rationale)
+                return True
+
+            if ui.run(decide):
+                st.toast("Decision recorded.", icon=":material/check:")
+                st.rerun()
+
+
+def _download_files(table: Any, snap: Any) -> dict[str, tuple[bytes, str, str]]:
+    from agreement.gold import write
+
+    out: dict[str, tuple[bytes, str, str]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        for fmt, name, mime in (("parquet", "gold.parquet", "application/vnd.apache.parquet"),
+                                ("csv", "gold.csv", "text/csv"), ("jsonl", "gold.jsonl", "application/jsonl")):
+            write(table, base / name, fmt, snap)
+            out[fmt] = ((base / name).read_bytes(), f"gold-{snap.id}.{name.split('.')[-1]}", mime)
+        files = write(table, base / "hf", "hf", snap)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for f in files:
+                zf.write(f, f"gold-{snap.id}/{f.relative_to(base / 'hf')}")
+        out["hf"] = (buf.getvalue(), f"gold-{snap.id}-hf.zip", "application/zip")
+    return out
+
+
+def _snapshots(user: Any, names: list[str], dims: list[str]) -> None:
+    from sqlmodel import select
+
+    from agreement.data import AgreementError
+    from agreement.gold import create_snapshot, snapshot_table
+    from db.models import GoldSnapshot
+    from workflow import policies
+
+    if not policies.can(user, "export"):
+        st.caption("Your role may not export gold labels.")
+        return
+    c1, c2, c3 = st.columns([2, 2, 3])
+    method = c1.selectbox("Method", ["majority", "dawid-skene"], key="gold_method")
+    threshold = c2.slider("Adjudication threshold", 0.0, 1.0, 0.6, step=0.05, key="gold_threshold")
+    chosen_dims = c3.multiselect("Dimensions", dims, default=dims, format_func=ui.plain, key="gold_dims")
+    if st.button("Create a gold snapshot", type="primary", icon=":material/verified:", key="gold_create"):
+        def create() -> dict[str, Any]:
+            with ui.session() as s:
+                snap, table = create_snapshot(s, user, names, chosen_dims or None, method=method,
+                                              threshold=float(threshold))
+                return {"id": snap.id, "rows": table.num_rows, "checksum": snap.checksum,
+                        "files": _download_files(table, snap)}
+
+        try:
+            res = ui.run(create)
+        except AgreementError as exc:
+            st.error(ui.md_literal(str(exc)))
+            res = None
+        if res:
+            st.session_state["gold_last"] = res
+    last = st.session_state.get("gold_last")
+    if last:
+        st.success(f"Snapshot {int(last['id'])}: {int(last['rows'])} rows.")
+        st.code(f"checksum {last['checksum']}", language=None)
+        cols = st.columns(4)
+        for col, (fmt, (payload, fname, mime)) in zip(cols, last["files"].items(), strict=True):
+            col.download_button(f"Download {fmt}", payload, file_name=fname, mime=mime, key=f"gold_dl_{fmt}",
+                                icon=":material/download:")
+    with ui.session() as s:
+        snaps = s.exec(select(GoldSnapshot).order_by(GoldSnapshot.id.desc()).limit(50)).all()  # type: ignore[union-attr]
+        rows = [{"snapshot": g.id, "method": g.method, "rows": g.n_rows, "checksum": g.checksum,
+                 "collections": ", ".join(map(str, (g.params or {}).get("collections", []))), "by": g.created_by,
+                 "at": str(g.created_at)} for g in snaps]
+    if rows:
+        st.markdown("**Snapshots**")
+        st.dataframe(rows, hide_index=True, width="stretch")
+        sid = st.selectbox("Download a stored snapshot", [r["snapshot"] for r in rows], key="gold_old")
+        if st.button("Prepare files", key="gold_prepare", icon=":material/folder_zip:"):
+            with ui.session() as s:
+                snap = s.get(GoldSnapshot, int(sid))
+                table = snapshot_table(s, int(sid))
+                files = _download_files(table, snap)
+            cols = st.columns(4)
+            for col, (fmt, (payload, fname, mime)) in zip(cols, files.items(), strict=True):
+                col.download_button(f"Download {fmt}", payload, file_name=fname, mime=mime,
+                                    key=f"gold_old_dl_{fmt}", icon=":material/download:")
+
+
+def page() -> None:
+    user = ui.require("adjudicate")
+    st.subheader("Gold & adjudication")
+    infos = ui.collections()
+    if not infos:
+        st.info("No collections yet.")
+        return
+    by_id = {c.id: c for c in infos}
+    chosen = st.multiselect("Collections", list(by_id), default=[infos[0].id],
+                            format_func=lambda i: ui.plain(by_id[i].name), key="gold_collections")
+    if not chosen:
+        st.info("Choose at least one collection.")
+        return
+    names = [by_id[c].name for c in chosen]
+    dims: list[str] = []
+    labels_of: dict[str, list[str]] = {}
+    for cid in chosen:
+        for d in by_id[cid].dims:
+            if d["name"] not in dims:
+                dims.append(d["name"])
+                labels_of[d["name"]] = list(d["labels"])
+    tab_q, tab_g = st.tabs(["Adjudication queue", "Gold snapshots"])
+    with tab_q:
+        _adjudication(user, names, dims, labels_of)
+    with tab_g:
+        _snapshots(user, names, dims)
+
+
+page()

@@ -1,0 +1,136 @@
+"""The agreement helper's app pages (agreement, audit, calibration, gold) through AppTest."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import app_support as A
+import pytest
+from sqlmodel import Session, select
+
+TIMEOUT = 90
+PAGES = ("views/agreement.py", "views/audit.py", "views/calibration.py", "views/gold.py")
+
+
+@pytest.fixture
+def fx(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[A.Fixture]:
+    fixture = A.build_fixture(db_url, tmp_path / "media")
+    _add_reviews(fixture)
+    for k, v in A.app_env(fixture).items():
+        monkeypatch.setenv(k, v)
+    A.reset_app_caches()
+    yield fixture
+    A.reset_app_caches()
+
+
+def _add_reviews(fx: A.Fixture) -> None:
+    """Two annotators on the blind collection: agree on t0-t2, tie on t3, hostile rationale on xss."""
+    from db.engine import make_engine
+    from db.models import Annotation, Assignment, User
+
+    engine = make_engine(fx.db_url)
+    with Session(engine) as s:
+        users = {u.username: u.id for u in s.exec(select(User)).all()}
+        plan = {"t0": ("safe", "safe"), "t1": ("safe", "safe"), "t2": ("unsafe", "unsafe"),
+                "t3": ("safe", "unsafe"), "xss": ("unsafe", "unsafe")}
+        for ext, (a, b) in plan.items():
+            iid = fx.item_ids[ext]
+            for name, lab in (("ann1", a), ("ann2", b)):
+                s.add(Annotation(item_id=iid, user_id=users[name], labels={"contextual": lab, "intrinsic": lab},
+                                 rationale=A.XSS_PAYLOAD if ext == "t3" and name == "ann1" else ""))
+                s.add(Assignment(item_id=iid, user_id=users[name], status="done", stratum="audit",
+                                 sampling_prob=0.5))
+        s.commit()
+    engine.dispose()
+
+
+def sign_in(username: str) -> Any:
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(A.MAIN, default_timeout=TIMEOUT)
+    at.run()
+    at.text_input(key="signin_username").input(username)
+    at.text_input(key="signin_password").input(A.PASSWORDS[username])
+    next(b for b in at.button if b.label == "Sign in").click().run()
+    ticket = at.session_state["auth_ticket"] if "auth_ticket" in at.session_state else None  # noqa: SIM401
+    if ticket:
+        from review_app import runtime
+
+        runtime.tickets.redeem(ticket)
+        at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def open_page(at: Any, page: str) -> Any:
+    at.switch_page(page).run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def test_pages_by_role(fx: A.Fixture) -> None:
+    ann = sign_in("ann1")
+    for page in PAGES:
+        with pytest.raises(ValueError):
+            ann.switch_page(page).run()
+    lead = sign_in("lead")
+    for page, title in zip(PAGES, ("Agreement", "Judge audit", "Calibration", "Gold & adjudication"), strict=True):
+        open_page(lead, page)
+        assert any(title in h.value for h in lead.subheader), page
+
+
+def test_agreement_and_audit_pages_show_the_figures(fx: A.Fixture) -> None:
+    lead = open_page(sign_in("lead"), "views/agreement.py")
+    stats = lead.dataframe[0].value
+    overall = stats[stats["slice"] == "overall"].iloc[0]
+    assert overall["units"] == 5 and overall["pairable units"] == 5 and overall["raters"] == 2
+    assert overall["percent agreement"] == pytest.approx(0.8)
+    pairs = lead.dataframe[3].value
+    assert list(pairs["rater_a"]) == ["ann1"] and list(pairs["n"]) == [5]
+    open_page(lead, "views/audit.py")
+    rates = lead.dataframe[0].value
+    row = rates[rates["slice"] == "overall"].iloc[0]
+    assert row["audit items"] == 4  # t3 ties: no consensus to compare with
+    assert "too few audit items (n=4 < 20)" in row["undefined"]
+
+
+def test_lead_adjudicates_the_tie_and_hostile_rationale_stays_inert(fx: A.Fixture) -> None:
+    from db.engine import make_engine
+    from db.models import Adjudication
+
+    lead = open_page(sign_in("lead"), "views/gold.py")
+    queue = lead.dataframe[0].value
+    assert set(queue["item_id"]) == {fx.item_ids["t3"]} and set(queue["reason"]) == {"tie"}
+    # the annotator's rationale is shown with st.text only, never through markdown
+    assert any(A.XSS_PAYLOAD in t.value for t in lead.text)
+    for md in [*lead.markdown, *lead.caption]:
+        assert "![x](" not in md.value and "<script>" not in md.value
+    pick = lead.selectbox(key="gold_pick").value
+    lead.radio(key=f"gold_label_{pick}").set_value("unsafe")
+    lead.text_area(key=f"gold_why_{pick}").input("policy 4.2")
+    next(b for b in lead.button if b.label == "Record decision").click().run()
+    assert not lead.exception, [e.message for e in lead.exception]
+    with Session(make_engine(fx.db_url)) as s:
+        rows = s.exec(select(Adjudication)).all()
+    assert [(r.item_id, r.dimension, r.label, r.rationale) for r in rows] == [
+        (fx.item_ids["t3"], queue.iloc[0]["dimension"], "unsafe", "policy 4.2")]
+
+
+def test_gold_snapshot_and_calibration_messages(fx: A.Fixture) -> None:
+    from db.engine import make_engine
+    from db.models import Gold, GoldSnapshot
+
+    lead = open_page(sign_in("lead"), "views/gold.py")
+    lead.button(key="gold_create").click().run()
+    assert not lead.exception, [e.message for e in lead.exception]
+    with Session(make_engine(fx.db_url)) as s:
+        snaps = s.exec(select(GoldSnapshot)).all()
+        assert len(snaps) == 1 and snaps[0].n_rows == 10  # 5 items x 2 dimensions
+        assert len(s.exec(select(Gold).where(Gold.snapshot_id == snaps[0].id)).all()) == 10
+    assert any(snaps[0].checksum in c.value for c in lead.code)
+    open_page(lead, "views/calibration.py")
+    lead.button(key="cal_fit").click().run()
+    assert not lead.exception, [e.message for e in lead.exception]
+    assert any("too few items" in e.value.replace("\\", "") for e in lead.error)
