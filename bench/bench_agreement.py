@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -120,6 +121,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes (< 60 s)")
     ap.add_argument("--repeat", type=int, default=None, help="timed repetitions (median reported)")
     args = ap.parse_args(argv)
+    # a terminated run still drops its PostgreSQL schema and temporary SQLite folder
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     quick = args.quick
     repeat = args.repeat or (1 if quick else 3)
     boot_items, db_items = (20_000, 30_000) if quick else (100_000, 1_000_000)
