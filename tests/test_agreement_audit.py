@@ -141,3 +141,34 @@ def test_error_tags_need_a_lead(engine: sa.Engine) -> None:
         tags = error_tags(s, lead, ["audit-vlsu"], "joint")
     assert tags["counts"] == {"missed compositional harm": 2, "over-blocked news": 1}
     assert tags["tags"][0]["by"] == "lead" and tags["tags"][0]["note"] == "image of a knife + caption"
+
+
+def test_uni_judger_accuracy_per_task_type(engine: sa.Engine) -> None:
+    """Uni-SafeBench: contextual and intrinsic accuracy per task type, over the audit stratum."""
+    from agreement.audit import uni_judger_accuracy
+
+    tasks = ["malicious-text-generation", "unsafe-t2i-generation"]
+    with Session(engine) as s:
+        col = ensure_collection(s, "uni", "uni-safebench")
+        users = [User(username=f"q{k}", password_hash="!x") for k in range(2)]
+        s.add_all(users)
+        s.flush()
+        ids = []
+        for i in range(24):
+            item = Item(collection_id=col.id, external_id=f"u{i}", content_hash="x", task_type=tasks[i % 2])
+            s.add(item)
+            s.flush()
+            ids.append(int(item.id))  # type: ignore[arg-type]
+            for u in users:
+                s.add(Annotation(item_id=item.id, user_id=u.id, labels={"contextual": "refusal", "intrinsic": "safe"}))
+        s.commit()
+    # contextual: wrong on items 0, 2, 4 (task 0) only; intrinsic: wrong on item 1 (task 1)
+    write_verdicts(engine, ids, "contextual", ["unsafe" if i in (0, 2, 4) else "refusal" for i in range(24)], "uj")
+    write_verdicts(engine, ids, "intrinsic", ["unsafe" if i == 1 else "safe" for i in range(24)], "uj")
+    write_audit(engine, ids, [1.0] * 24)
+    res = uni_judger_accuracy(engine, ["uni"], min_n=5)
+    ctx = {r["task_type"]: r["value"] for r in res["contextual"]["by_task_type"]}
+    intr = {r["task_type"]: r["value"] for r in res["intrinsic"]["by_task_type"]}
+    assert ctx == {tasks[0]: pytest.approx(9 / 12), tasks[1]: 1.0}
+    assert intr == {tasks[0]: 1.0, tasks[1]: pytest.approx(11 / 12)}
+    assert res["contextual"]["overall"]["value"] == pytest.approx(21 / 24)
