@@ -58,6 +58,32 @@ def fetch(conn: Connection, sql: str, params: dict[str, Any] | None = None) -> l
         cur.close()
 
 
+def _copy_value(v: Any) -> str:
+    """One field in PostgreSQL's COPY text format."""
+    if v is None:
+        return "\\N"
+    if isinstance(v, bool):
+        return "t" if v else "f"
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return str(v).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def copy_rows(conn: Connection, table: str, columns: list[str], rows: Any) -> None:
+    """PostgreSQL COPY FROM STDIN in text format, written in large blocks (psycopg 3)."""
+    dbapi = conn.connection.dbapi_connection
+    cols = ", ".join(f'"{c}"' for c in columns)
+    with dbapi.cursor() as cur, cur.copy(f'COPY "{table}" ({cols}) FROM STDIN') as cp:  # type: ignore[union-attr]
+        block: list[str] = []
+        for row in rows:
+            block.append("\t".join(map(_copy_value, row)))
+            if len(block) >= 50_000:
+                cp.write("\n".join(block) + "\n")
+                block = []
+        if block:
+            cp.write("\n".join(block) + "\n")
+
+
 def int_matrix(rows: list[tuple], ncols: int) -> np.ndarray:
     """(N, ncols) int64 array from a list of integer tuples (flattened once, no per-row arrays)."""
     if not rows:

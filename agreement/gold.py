@@ -155,13 +155,10 @@ def _insert_gold(session: Any, snapshot_id: int, table: Any) -> None:
     n = table.num_rows
     columns = [[snapshot_id] * n] + [table.column(c).to_pylist() for c in names[1:]]
     rows = list(zip(*columns, strict=True))
-    dbapi = conn.connection.dbapi_connection
     if conn.dialect.name == "postgresql":
-        with dbapi.cursor() as cur, cur.copy(f"COPY gold ({', '.join(names)}) FROM STDIN") as cp:
-            for row in rows:
-                cp.write_row(row)
+        data.copy_rows(conn, "gold", names, rows)
         return
-    cur = dbapi.cursor()
+    cur = conn.connection.dbapi_connection.cursor()
     cur.executemany(f"INSERT INTO gold ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})", rows)
     cur.close()
 

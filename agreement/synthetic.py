@@ -15,6 +15,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from agreement.data import copy_rows
 from db.collections import ensure_collection, taxonomy_of
 from db.models import utcnow
 
@@ -36,18 +37,9 @@ def _max_id(conn: sa.Connection, table: str) -> int:
     return int(conn.exec_driver_sql(f'SELECT COALESCE(MAX(id), 0) FROM "{table}"').scalar() or 0)
 
 
-def _copy_rows(conn: sa.Connection, table: str, columns: list[str], rows: Any) -> None:
-    """PostgreSQL COPY FROM STDIN of Python rows (psycopg 3)."""
-    dbapi = conn.connection.dbapi_connection
-    cols = ", ".join(f'"{c}"' for c in columns)
-    with dbapi.cursor() as cur, cur.copy(f'COPY "{table}" ({cols}) FROM STDIN') as cp:  # type: ignore[union-attr]
-        for row in rows:
-            cp.write_row(row)
-
-
 def _insert_rows(conn: sa.Connection, table: str, columns: list[str], rows: list[tuple]) -> None:
     if conn.dialect.name == "postgresql":
-        _copy_rows(conn, table, columns, rows)
+        copy_rows(conn, table, columns, rows)
         if "id" in columns:
             conn.exec_driver_sql(f"SELECT setval(pg_get_serial_sequence('\"{table}\"', 'id'), "
                                  f'(SELECT MAX(id) FROM "{table}"))')
