@@ -224,10 +224,13 @@ class Ratings:
 
     def add_rater(self, name: str, item_ids: np.ndarray, codes: np.ndarray) -> Ratings:
         """These ratings plus one more rater (e.g. the judge) on the items already present."""
-        pos = np.searchsorted(self.item_ids, item_ids)
-        pos = np.clip(pos, 0, max(len(self.item_ids) - 1, 0))
-        ok = (len(self.item_ids) > 0) & (self.item_ids[pos] == item_ids) & (codes >= 0) if len(item_ids) else \
-            np.zeros(0, dtype=bool)
+        if len(self.item_ids) == 0 or len(item_ids) == 0:
+            pos = np.zeros(0, dtype=np.int64)
+            ok = np.zeros(0, dtype=bool)
+            codes = codes[:0]
+        else:
+            pos = np.clip(np.searchsorted(self.item_ids, item_ids), 0, len(self.item_ids) - 1)
+            ok = (self.item_ids[pos] == item_ids) & (codes >= 0)
         r = len(self.rater_names)
         return Ratings(self.dimension, self.labels, self.ordered, self.item_ids, [*self.rater_names, name],
                        np.concatenate([self.unit, pos[ok]]), np.concatenate([self.rater, np.full(ok.sum(), r)]),

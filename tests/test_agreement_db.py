@@ -115,3 +115,12 @@ def test_unknown_collection_and_dimension_are_clear_errors(engine: sa.Engine) ->
         data.scope(engine, ["x"]).dimension("joint")
     with pytest.raises(data.AgreementError, match="unknown slice"):
         agreement_report(engine, ["x"], by=["colour"])
+
+
+def test_verdicts_without_any_human_rating(engine: sa.Engine) -> None:
+    ids = write_ratings(engine, "only-judge", taxonomy(["safe", "unsafe"], ordered=False), "score", {"a": [None, None]})
+    write_verdicts(engine, ids, "score", ["safe", "unsafe"], "judge-1")
+    d = agreement_report(engine, ["only-judge"], resamples=20)["dimensions"][0]
+    assert d["overall"]["n_units"] == 0 and d["overall"]["alpha"]["value"] is None
+    assert d["judge"]["n_items_with_verdict"] == 0
+    assert d["judge"]["alpha_with_judge"]["value"] is None
