@@ -248,3 +248,21 @@ def test_submit_and_next_is_one_transaction(engine: sa.Engine) -> None:
         leased = s.exec(select(Assignment).where(Assignment.status == "leased")).all()
         assert [x.id for x in leased] == [nxt.id]
         assert replay_events(s) == stored_state(s)
+
+
+def test_lead_who_released_a_blind_item_stays_blind(engine: sa.Engine) -> None:
+    from workflow.queue import release
+
+    cid = _setup(engine, k=1)
+    lead = make_user(engine, "lead", "lead")
+    a = _lease(engine, lead, cid)
+    _verdicts(engine, a.item_id)
+    with Session(engine) as s:
+        assert verdicts_for(s, lead, a.item_id, revealed=True) == []
+    with session_scope(engine) as s:
+        release(s, lead, a.id)
+    with Session(engine) as s:  # the item may come back to this lead: still blind
+        assert verdicts_for(s, lead, a.item_id, revealed=True) == []
+    other_lead = make_user(engine, "lead2", "lead")
+    with Session(engine) as s:  # a lead who never held it (audit) sees the verdicts
+        assert len(verdicts_for(s, other_lead, a.item_id, revealed=False)) == 3

@@ -430,9 +430,10 @@ def verdicts_for(session: Session, viewer: User, item_id: int, *, revealed: bool
     """Judge verdicts of an item if the viewer may see them now, else an empty list.
 
     Open collections: anyone reviewing or auditing the item sees them. Blind collections:
-    a viewer who holds or held a slot on the item sees them only after submitting it and
-    asking for the reveal (``revealed=True``); leads/admins not reviewing the item (audit,
-    adjudication) see them; annotators never see verdicts of items they were not assigned.
+    a viewer who holds or held a slot on the item (leased, skipped or released) sees them
+    only after submitting it and asking for the reveal (``revealed=True``), because a
+    released item may be offered to them again; leads/admins never assigned to the item
+    (audit, adjudication) see them; annotators never see verdicts of items they were not assigned.
     """
     require(viewer, "review")
     item, col, _spec = _spec_for_item(session, item_id)
@@ -443,8 +444,8 @@ def verdicts_for(session: Session, viewer: User, item_id: int, *, revealed: bool
     if col.blind:
         if ann is not None:
             allowed = revealed
-        elif asg is not None and asg != "released":
-            allowed = False  # reviewing it now (or skipped it): stay blind
+        elif asg is not None:
+            allowed = False  # holds, held or skipped a slot without submitting: stay blind (may get it again)
         else:
             allowed = can(viewer, "audit")
     else:
