@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -155,14 +156,23 @@ async def annotator(browser, base: str, username: str, n_items: int, think_s: fl
     await page.locator(".st-key-signin_username input").fill(username)
     await page.locator(".st-key-signin_password input").fill(PASSWORD)
     await page.keyboard.press("Enter")
-    await page.wait_for_selector(".st-key-rv_submit", timeout=60_000)
+    try:
+        await page.wait_for_selector(".st-key-rv_submit", timeout=60_000)
+    except Exception:
+        await page.screenshot(path=f"/tmp/bench-fail-{username}.png")
+        raise
     await page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
     await page.wait_for_timeout(500)
     await page.evaluate(INSTALL_JS)
     for i in range(n_items):
         await page.evaluate("() => document.activeElement && document.activeElement.blur()")
         await page.keyboard.press("1")
-        await page.wait_for_selector(".st-key-rv_lab_0_0 button[kind='primary']", timeout=30_000)
+        try:
+            await page.wait_for_selector(".st-key-rv_lab_0_0 button[kind='primary']", timeout=30_000)
+        except Exception:
+            await page.screenshot(path=f"/tmp/bench-fail-{username}-{i}.png")
+            print(username, i, await page.evaluate("() => [document.hasFocus(), document.activeElement.tagName]"))
+            raise
         await page.keyboard.press("q")
         await page.wait_for_selector(".st-key-rv_lab_1_0 button[kind='primary']", timeout=30_000)
         await page.keyboard.press("Control+Enter")
@@ -239,11 +249,15 @@ def main(argv: list[str]) -> int:
     items = args.items or (6 if args.quick else 15)
     modes = (args.modes or ("full,freeze" if args.quick else "full,off,freeze")).split(",")
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-app-") as tmp:
+    tmp = tempfile.mkdtemp(prefix="bench-app-")
+    try:
         for mode in modes:
             r = run_mode(mode, users, items, args.think, Path(tmp))
             rows.append((mode, r))
             print(f"  measured gc={mode}: {r['n']} submits", flush=True)
+    finally:
+        if os.environ.get("BENCH_KEEP") != "1":  # keep the databases and server logs for a post-mortem
+            shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nreview app: {users} concurrent annotators × {items} items, think time ~{args.think:.1f} s "
           "(submit → next item rendered, measured in the browser)")
     print(f"{'gc mode':<8} {'n':>4} {'median ms':>10} {'p95 ms':>8} {'paint ms':>9} {'RSS MB':>7} "

@@ -12,13 +12,17 @@ measurements behind this choice.
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import os
+import signal
 from pathlib import Path
 
 import streamlit as st
 
 from review_app import server
+
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>` prints every thread's stack
 
 if os.environ.get("SAFEREVIEW_APP_GC_FREEZE") == "1":
     from review_app import preload

@@ -20,9 +20,6 @@ if user is None:
     page.run()
     st.stop()
 
-if ui.finish_sign_in():
-    st.stop()
-
 sections: dict[str, list[st.Page]] = {}
 for spec in nav.pages_for(user):
     sections.setdefault(spec.section, []).append(
@@ -31,6 +28,8 @@ page = st.navigation(sections)
 
 with st.sidebar:
     ui.cookie_bridge()
+ui.wait_for_cookie()
+with st.sidebar:
     st.caption(f"Signed in as **{ui.md_literal(user.display_name or user.username)}** · {user.role}")
     if st.button("Sign out", icon=":material/logout:", key="sign_out", type="tertiary"):
         ui.sign_out()

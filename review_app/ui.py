@@ -35,6 +35,7 @@ from workflow.errors import WorkflowError
 
 T = TypeVar("T")
 USER_RECHECK_S = 5.0
+COOKIE_WAIT_S = 5.0
 TEXT_PREVIEW_CHARS = 20_000
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|:~$=^&\"'])")
@@ -224,35 +225,26 @@ def cookie_bridge() -> None:
                 'style="position:absolute;opacity:0">')
 
 
-def finish_sign_in() -> bool:
-    """Right after sign-in: wait (briefly) until the browser holds the media cookie.
+def wait_for_cookie(timeout_s: float = COOKIE_WAIT_S) -> bool:
+    """Right after sign-in, hold this script run until the browser has fetched the ticket image.
 
-    Shows a "Signing in…" screen with the ticket image and a fast-polling fragment; once the
-    ticket is redeemed the whole app reruns with the cookie in place, so no media request
-    can race the cookie and the polling stops with that rerun. Returns True while waiting
-    (the caller stops the script).
+    :func:`cookie_bridge` has already sent the ``<img>`` (Streamlit streams elements while
+    the script runs), so the browser requests ``/auth/session`` in parallel; polling here for
+    a few milliseconds means no media request of this run can race the cookie, without an
+    extra rerun. Returns whether the cookie is in place (False after ``timeout_s``; media
+    then show as broken images until the next run, nothing worse).
     """
-    ss = st.session_state
-    if not ss.get("auth_ticket") or media_ready():
-        return False
-    ss.setdefault("auth_wait_started", time.monotonic())
-    _l, mid, _r = st.columns([1, 1.2, 1])
-    with mid:
-        st.title("safereview")
-        st.caption("Signing in…")
-        cookie_bridge()
-        _cookie_watch()
-    return True
-
-
-@st.fragment(run_every=0.1)
-def _cookie_watch() -> None:
-    ss = st.session_state
     if media_ready():
-        st.rerun(scope="app")
-    elif time.monotonic() - ss.get("auth_wait_started", time.monotonic()) > 10:
-        ss["auth_cookie_ok"] = True  # give up waiting; media then show a broken image, nothing worse
-        st.rerun(scope="app")
+        return True
+    if not st.session_state.get("auth_ticket"):
+        return False
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+        if media_ready():
+            return True
+    st.session_state["auth_cookie_ok"] = True  # stop waiting on later runs
+    return False
 
 
 # ---------------------------------------------------------------------------------------
