@@ -9,10 +9,12 @@ couple of seconds. Files are written to a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,12 +194,16 @@ def write_table(columns: list[str], data: dict[str, list], out: Path, fmt: str) 
     tmp = Path(tmp_name)
     try:
         if fmt == "jsonl":
+            encode = json.JSONEncoder(ensure_ascii=False).encode  # built once, not per row
             with tmp.open("w", encoding="utf-8") as fh:
-                cols = [data[c] for c in columns]
-                for i in range(n):
-                    fh.write(json.dumps({c: col[i] for c, col in zip(columns, cols, strict=True)},
-                                        ensure_ascii=False))
-                    fh.write("\n")
+                lines = []
+                for row in zip(*(data[c] for c in columns), strict=True):
+                    lines.append(encode(dict(zip(columns, row, strict=True))))
+                    if len(lines) >= 10_000:
+                        fh.write("\n".join(lines) + "\n")
+                        lines.clear()
+                if lines:
+                    fh.write("\n".join(lines) + "\n")
         else:
             table = pa.table({c: pa.array(data[c], type=_arrow_type(data[c])) for c in columns})
             if fmt == "parquet":
@@ -225,19 +231,33 @@ def _arrow_type(values: list) -> Any:
     return pa.string()
 
 
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """Pause the cyclic GC while building large column lists (it rescans them repeatedly)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def export_items(engine: sa.Engine, out: str | Path, fmt: str = "parquet", *,
                  collections: Iterable[str] | None = None) -> ExportResult:
     """Items with their verdicts, one row per item, verdict columns ``verdict.<judge>.<dim>``."""
-    columns, data = item_rows(engine, collections=collections)
-    n = write_table(columns, data, Path(out), fmt)
+    with _no_gc():
+        columns, data = item_rows(engine, collections=collections)
+        n = write_table(columns, data, Path(out), fmt)
     return ExportResult(Path(out), fmt, n, columns)
 
 
 def export_annotations(engine: sa.Engine, out: str | Path, fmt: str = "parquet", *,
                        collections: Iterable[str] | None = None) -> ExportResult:
     """Every annotation, one row per (item, annotator), with blind and final labels."""
-    columns, data = annotation_rows(engine, collections=collections)
-    n = write_table(columns, data, Path(out), fmt)
+    with _no_gc():
+        columns, data = annotation_rows(engine, collections=collections)
+        n = write_table(columns, data, Path(out), fmt)
     return ExportResult(Path(out), fmt, n, columns)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import secrets
 import time
@@ -550,16 +551,26 @@ def fast_insert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]
         impl = table.c[c].type.dialect_impl(dialect)
         return "%s::jsonb" if isinstance(impl, JSONB) else "%s::json" if isinstance(impl, sa.JSON) else "%s"
 
-    const_vals = tuple((p(v) if (p := proc(c)) is not None else v) for c, v in const.items())
+    const_vals = tuple((p(v) if (p := proc(c)) is not None and v is not None else v) for c, v in const.items())
     all_cols = cols + list(const)
+    procs = [None if c in raw else proc(c) for c in cols]
+    pairs = list(zip(cols, procs, strict=True))
+    if pg and not os.environ.get("SAFEREVIEW_IMPORT_NO_COPY"):
+        # COPY is several times faster than INSERT for bulk rows; same transaction, same values
+        # (text form parsed by the server per column type, JSON text into json/jsonb).
+        dbapi = conn.connection.dbapi_connection
+        copy_sql = f"COPY {prep.format_table(table)} ({', '.join(prep.quote(c) for c in all_cols)}) FROM STDIN"
+        with dbapi.cursor() as cur, cur.copy(copy_sql) as cp:  # type: ignore[union-attr]
+            for r in rows:
+                cp.write_row((*[p(v) if p is not None and v is not None else v for c, p in pairs
+                                for v in (r[c],)], *const_vals))
+        return
     sql = (f"INSERT INTO {prep.format_table(table)} ({', '.join(prep.quote(c) for c in all_cols)}) "
            f"VALUES ({', '.join(mark(c) for c in all_cols)})")
-    procs = [None if c in raw else proc(c) for c in cols]
     if all(p is None for p in procs):
         for chunk in _chunks(rows):
             conn.exec_driver_sql(sql, [(*r.values(), *const_vals) for r in chunk])
         return
-    pairs = list(zip(cols, procs, strict=True))
     for chunk in _chunks(rows):
         # None stays SQL NULL (also for JSON columns, instead of the JSON text 'null')
         data = [(*[p(v) if p is not None and v is not None else v for c, p in pairs for v in (r[c],)],
