@@ -15,7 +15,8 @@ Why it looks the way it does:
 - **Retries that respect the server.** 429 (honouring ``Retry-After``), 5xx, connection
   errors and time-outs are retried with exponential backoff and full jitter; other 4xx
   answers are final. Each attempt has a hard wall-clock limit (``--timeout``).
-- **Media inline.** Images go as ``image_url`` data URLs (base64), audio as
+- **Media inline.** Images go as ``image_url`` data URLs (base64), video as a few still
+  frames the same way, audio as
   ``input_audio`` (wav/mp3) — the forms vLLM, Ollama, llama.cpp and hosted APIs accept.
   Images larger than ``max_image_side`` on their long side are downscaled with Pillow
   (Lanczos, re-encoded as PNG) so one huge picture cannot blow the server's context or
@@ -69,11 +70,12 @@ class MediaEncoder:
     """Turns item media parts into OpenAI content parts, with a small cache per file."""
 
     def __init__(self, media_root: Path, refs: dict[str, MediaRef], *, max_image_side: int = 1536,
-                 cache_size: int = 64) -> None:
+                 video_frames: int = 4, cache_size: int = 64) -> None:
         self.media_root = Path(media_root)
         self.refs = refs
         self.max_image_side = max_image_side
-        self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.video_frames = video_frames
+        self._cache: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self._cache_size = cache_size
 
     def content(self, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -84,10 +86,10 @@ class MediaEncoder:
                 if part.get("text"):
                     out.append({"type": "text", "text": str(part["text"])})
                 continue
-            out.append(self._encoded(str(sha), str(part.get("name", ""))))
+            out.extend(self._encoded(str(sha), str(part.get("name", ""))))
         return out
 
-    def _encoded(self, sha: str, name: str) -> dict[str, Any]:
+    def _encoded(self, sha: str, name: str) -> list[dict[str, Any]]:
         hit = self._cache.get(sha)
         if hit is not None:
             self._cache.move_to_end(sha)
@@ -96,6 +98,8 @@ class MediaEncoder:
         if ref is None:
             raise MediaError(f"media {sha[:12]}… ({name}) is not in the database")
         path = self.media_root / ref.relpath
+        if ref.kind == "video":
+            return self._video(sha, name, path)
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -111,10 +115,27 @@ class MediaEncoder:
         else:
             part = {"type": "text", "text": f"[{ref.kind} attachment {name or sha[:12]!r} not sent: "
                                             "chat-completions servers take no such input]"}
-        self._cache[sha] = part
+        return self._remember(sha, [part])
+
+    def _remember(self, sha: str, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        self._cache[sha] = parts
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return part
+        return parts
+
+    def _video(self, sha: str, name: str, path: Path) -> list[dict[str, Any]]:
+        """A video as a note plus ``video_frames`` still frames (the protocol has no video input)."""
+        label = name or sha[:12]
+        if not path.is_file():
+            raise MediaError(f"media file {path} unreadable: missing")
+        # an undecodable video raises MediaError: judging without seeing it would be a guess
+        frames = video_frames(path, self.video_frames, self.max_image_side)
+        times = ", ".join(f"{t:.1f} s" for t, _ in frames)
+        parts: list[dict[str, Any]] = [{"type": "text", "text": f"[video {label!r} shown as {len(frames)} "
+                                                                 f"still frame(s) at {times}; audio not included]"}]
+        parts.extend({"type": "image_url", "image_url": {
+            "url": f"data:image/jpeg;base64,{base64.b64encode(jpeg).decode('ascii')}"}} for _, jpeg in frames)
+        return self._remember(sha, parts)
 
     def prepare_image(self, data: bytes, mime: str) -> tuple[str, bytes]:
         """Send small PNG/JPEG/WebP untouched; downscale large ones and convert other formats."""
@@ -134,6 +155,56 @@ class MediaEncoder:
                 return "image/png", buf.getvalue()
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise MediaError(f"image cannot be decoded: {exc}") from None
+
+
+def video_frames(path: Path, n: int, max_side: int) -> list[tuple[float, bytes]]:
+    """``n`` frames spread evenly over the video (at the middle of n equal spans), as JPEG.
+
+    Seeks to the key frame before each time and decodes forward to it, so long videos are
+    not decoded whole. Falls back to the first frames when the duration is unknown.
+    """
+    import av
+    from PIL import Image
+
+    out: list[tuple[float, bytes]] = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise MediaError("no video stream")
+            stream = container.streams.video[0]
+            duration = None
+            if stream.duration and stream.time_base:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration:
+                duration = container.duration / 1_000_000
+            targets = [duration * (i + 0.5) / n for i in range(n)] if duration else []
+            images: list[tuple[float, Any]] = []
+            if targets and stream.time_base:
+                for t in targets:
+                    container.seek(int(t / stream.time_base), stream=stream, backward=True, any_frame=False)
+                    for frame in container.decode(stream):
+                        if frame.time is None or frame.time >= t - 1e-3:
+                            images.append((float(frame.time if frame.time is not None else t), frame.to_image()))
+                            break
+            else:
+                for frame in container.decode(stream):
+                    images.append((float(frame.time or 0.0), frame.to_image()))
+                    if len(images) >= n:
+                        break
+    except MediaError:
+        raise
+    except (OSError, ValueError, av.error.FFmpegError) as exc:  # type: ignore[attr-defined]
+        raise MediaError(f"video cannot be decoded: {exc}") from None
+    if not images:
+        raise MediaError("no decodable frame")
+    for t, img in images:
+        img = img.convert("RGB")
+        if max(img.size) > max_side:
+            img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        out.append((t, buf.getvalue()))
+    return out
 
 
 def _prepare_audio(data: bytes, mime: str) -> tuple[str, bytes]:

@@ -272,7 +272,7 @@ def test_retry_after_parsing() -> None:
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == pytest.approx(10.0)
 
 
-def test_audio_travels_as_input_audio_and_video_is_announced(env: dict[str, Any]) -> None:
+def test_audio_travels_as_input_audio(env: dict[str, Any]) -> None:
     import base64
 
     import numpy as np
@@ -287,11 +287,9 @@ def test_audio_travels_as_input_audio_and_video_is_announced(env: dict[str, Any]
         col = ensure_collection(s, "uni", "uni-safebench")
         w = store_media(s, env["media"], wav.getvalue(), name="a.wav", kind="audio", mime="audio/wav", ext="wav")
         f = store_media(s, env["media"], flac.getvalue(), name="a.flac", kind="audio", mime="audio/flac", ext="flac")
-        v = store_media(s, env["media"], b"\x00\x00\x00\x18ftypmp42fake", name="clip.mp4", kind="video",
-                        mime="video/mp4", ext="mp4")
-        for ext, sha, kind in (("wav", w, "audio"), ("flac", f, "audio"), ("vid", v, "video")):
+        for ext, sha in (("wav", w), ("flac", f)):
             add_item(s, col.id, ext, prompt=[{"modality": "text", "text": f"speak {ext}"}],
-                     response=[{"modality": kind, "media": sha, "name": f"x.{ext}"}])
+                     response=[{"modality": "audio", "media": sha, "name": f"x.{ext}"}])
     with FakeOpenAI() as srv:
         summary = run_judge(env["engine"], env["media"], opts(srv.url))
     assert summary.errors == 0
@@ -302,9 +300,52 @@ def test_audio_travels_as_input_audio_and_video_is_announced(env: dict[str, Any]
     for p in audio_parts:  # both the wav and the flac (re-encoded) decode to the stored samples
         samples, got_rate = sf.read(io.BytesIO(base64.b64decode(p["input_audio"]["data"])), dtype="int16")
         assert got_rate == rate and np.array_equal(samples, tone)
-    video_notes = [p["text"] for b in srv.requests for m in b["messages"] if isinstance(m["content"], list)
-                   for p in m["content"] if p["type"] == "text" and "video attachment" in p.get("text", "")]
-    assert video_notes and all("not sent" in t for t in video_notes)
+
+
+def _video(levels: list[int], fps: int = 10, per_level: int = 10) -> bytes:
+    """An mp4 whose frames are flat grey at ``levels[k]`` during its k-th second."""
+    import av
+    import numpy as np
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as c:
+        stream = c.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for level in levels:
+            for _ in range(per_level):
+                frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), level, dtype=np.uint8), format="rgb24")
+                for packet in stream.encode(frame):
+                    c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
+    return buf.getvalue()
+
+
+def test_video_is_sent_as_still_frames_and_broken_video_is_an_error(env: dict[str, Any]) -> None:
+    levels = [20, 90, 160, 230]
+    with session_scope(env["engine"]) as s:
+        col = ensure_collection(s, "uni", "uni-safebench")
+        v = store_media(s, env["media"], _video(levels), name="clip.mp4", kind="video", mime="video/mp4", ext="mp4")
+        bad = store_media(s, env["media"], b"\x00\x00\x00\x18ftypmp42 not a video", name="bad.mp4",
+                          kind="video", mime="video/mp4", ext="mp4")
+        add_item(s, col.id, "vid", prompt=[{"modality": "text", "text": "film it"}],
+                 response=[{"modality": "video", "media": v, "name": "clip.mp4"}])
+        add_item(s, col.id, "bad", prompt=[{"modality": "text", "text": "film it"}],
+                 response=[{"modality": "video", "media": bad, "name": "bad.mp4"}])
+    with FakeOpenAI() as srv:
+        run_judge(env["engine"], env["media"], opts(srv.url))
+    intrinsic = [b for b in srv.requests if question_of(b) == "intrinsic"]
+    assert len(intrinsic) == 1  # the broken video never reaches the judge
+    frames = decode_images(intrinsic[0])
+    assert len(frames) == 4
+    # one frame from the middle of each second: grey levels in order (lossy codec: approximately)
+    for frame, level in zip(frames, levels, strict=True):
+        r, g, b = frame.getpixel((32, 24))
+        assert abs(r - level) <= 8 and abs(g - level) <= 8 and abs(b - level) <= 8
+    assert "still frame(s) at 0.5 s, 1.5 s, 2.5 s, 3.5 s" in str(intrinsic[0])
+    v = verdicts(env["engine"])
+    assert v[("vid", "intrinsic")].status == "ok"
+    assert v[("bad", "intrinsic")].status == "error" and "video cannot be decoded" in v[("bad", "intrinsic")].raw_output
 
 
 def test_refused_and_empty_outputs_are_ruled_without_a_call(env: dict[str, Any]) -> None:
