@@ -501,24 +501,86 @@ def load_adjudications(bind: Any, collection_ids: Sequence[int], dimension: str)
     return out
 
 
-def load_audit_sample(bind: Any, collection_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Items drawn into the random audit stratum and their inclusion probabilities.
+def _epoch(value: Any) -> float:
+    """Seconds since the epoch from a datetime or SQLite's stored text (UTC)."""
+    from datetime import UTC, datetime
 
-    An item may have been drawn for several reviewers; its probability of entering the
-    audit sample is taken as ``1 - prod(1 - p_j)`` over its audit assignments (independent
-    draws). Assignments without ``sampling_prob`` are ignored (their design is unknown).
+    if value is None:
+        return float("inf")
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+def load_audit_sample(bind: Any, collection_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Items drawn into the random audit stratum and their inclusion probabilities pi_i.
+
+    Follows the queue's sampling design (docs/workflow.md): an audit pull j took the audit
+    route with probability ``audit_share`` and then drew uniformly among ``N_elig,j`` eligible
+    items, recording ``sampling_prob_j = audit_share / N_elig,j``; so it picks a given
+    eligible item with ``q_j = sampling_prob_j / audit_share``. Item i was eligible for every
+    audit pull of its collection made up to the moment its k-th overlap slot was taken (its
+    fill time; never, if it has fewer than k), except pulls by a reviewer who already held it:
+
+        pi_i = 1 - prod_{j eligible for i} (1 - q_j)
+
+    Assignments without ``sampling_prob`` are ignored; priority and imported assignments
+    only count for fill times and "already held".
     """
     with connection(bind) as conn:
-        cols, cparams = _in_list("c", list(collection_ids))
-        rows = fetch(conn, "SELECT s.item_id, s.sampling_prob FROM assignment s "
-                           "WHERE s.stratum = 'audit' AND s.sampling_prob IS NOT NULL AND s.sampling_prob > 0 "
-                           f"AND s.item_id IN (SELECT id FROM item WHERE collection_id IN ({cols or 'NULL'})) "
-                           "ORDER BY s.item_id", cparams)
-    if not rows:
-        return np.zeros(0, dtype=np.int64), np.zeros(0)
-    ids = np.array([r[0] for r in rows], dtype=np.int64)
-    p = np.clip(np.array([r[1] for r in rows], dtype=np.float64), 0.0, 1.0)
-    uniq, inv = np.unique(ids, return_inverse=True)
-    log_miss = np.zeros(len(uniq))
-    np.add.at(log_miss, inv, np.log1p(-np.minimum(p, 1 - 1e-12)))
-    return uniq, 1.0 - np.exp(log_miss)
+        cond, params = item_filter(conn, collection_ids, "s.item_id")
+        pulls = fetch(conn, "SELECT i.collection_id, s.item_id, s.user_id, s.sampling_prob, s.leased_at, "
+                            "c.audit_share FROM assignment s JOIN item i ON i.id = s.item_id "
+                            "JOIN collection c ON c.id = i.collection_id WHERE s.stratum = 'audit' "
+                            f"AND s.sampling_prob IS NOT NULL AND s.sampling_prob > 0 AND {cond}", params)
+        if not pulls:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        held = fetch(conn, "SELECT s.item_id, s.user_id, s.leased_at, c.overlap_target FROM assignment s "
+                           "JOIN item i ON i.id = s.item_id JOIN collection c ON c.id = i.collection_id "
+                           f"WHERE s.status IN ('leased', 'done') AND {cond}", params)
+    audit_items = {int(r[1]): int(r[0]) for r in pulls}
+    holds: dict[int, list[tuple[int, float]]] = {}
+    k_of: dict[int, int] = {}
+    for item_id, user_id, at, k in held:
+        if int(item_id) in audit_items:
+            holds.setdefault(int(item_id), []).append((int(user_id), _epoch(at)))
+            k_of[int(item_id)] = int(k)
+    by_col: dict[int, list[tuple[float, int, float]]] = {}
+    own_q: dict[int, float] = {}
+    for col, item, user, prob, at, share in pulls:
+        q = float(prob) / float(share) if share and float(share) > 0 else float(prob)
+        own_q[int(item)] = max(own_q.get(int(item), 0.0), min(q, 1.0))
+        by_col.setdefault(int(col), []).append((_epoch(at), int(user), float(np.log1p(-min(max(q, 0.0), 1 - 1e-12)))))
+    cum: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    cum_user: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    for col, rows in by_col.items():
+        rows.sort()
+        t = np.array([r[0] for r in rows])
+        lg = np.array([r[2] for r in rows])
+        cum[col] = (t, np.concatenate([[0.0], np.cumsum(lg)]))
+        users = np.array([r[1] for r in rows])
+        for u in np.unique(users):
+            m = users == u
+            cum_user[(col, int(u))] = (t[m], np.concatenate([[0.0], np.cumsum(lg[m])]))
+
+    def upto(series: tuple[np.ndarray, np.ndarray], when: float) -> float:
+        times, sums = series
+        return float(sums[np.searchsorted(times, when, side="right")])
+
+    ids = np.array(sorted(audit_items), dtype=np.int64)
+    pi = np.empty(len(ids))
+    for n, item_id in enumerate(ids.tolist()):
+        col = audit_items[item_id]
+        mine = sorted(holds.get(item_id, []), key=lambda h: h[1])
+        k = k_of.get(item_id, 1)
+        fill = mine[k - 1][1] if len(mine) >= k else float("inf")
+        log_miss = upto(cum[col], fill)
+        for user, since in mine:
+            if since < fill and (col, user) in cum_user:
+                series = cum_user[(col, user)]
+                log_miss -= upto(series, fill) - upto(series, since)  # pulls while this reviewer held it
+        # never below the chance of the pull that did draw it (guards odd histories, e.g. k lowered later)
+        pi[n] = max(1.0 - np.exp(log_miss), own_q[item_id])
+    return ids, pi

@@ -152,16 +152,31 @@ def write_verdicts(engine: sa.Engine, item_ids: list[int], dimension: str, label
 
 
 def write_audit(engine: sa.Engine, item_ids: list[int], probs: list[float], username: str = "auditor") -> None:
-    """Audit-stratum assignments (done) with the given sampling probabilities."""
+    """One reviewer's audit-stratum pulls (done), one second apart in the given order."""
+    from datetime import timedelta
+
+    from db.models import utcnow
+
+    start = utcnow()
     with Session(engine) as s:
         user = s.exec(select(User).where(User.username == username)).first()
         if user is None:
             user = User(username=username, password_hash="!x")
             s.add(user)
             s.flush()
-        for iid, p in zip(item_ids, probs, strict=True):
-            s.add(Assignment(item_id=iid, user_id=user.id, status="done", stratum="audit", sampling_prob=p))
+        for n, (iid, p) in enumerate(zip(item_ids, probs, strict=True)):
+            s.add(Assignment(item_id=iid, user_id=user.id, status="done", stratum="audit", sampling_prob=p,
+                             leased_at=start + timedelta(seconds=n)))
         s.commit()
+
+
+def inclusion_in_order(qs: list[float]) -> list[float]:
+    """pi of the i-th of sequential audit pulls when each item is filled by its own pull (k = 1)."""
+    out, miss = [], 1.0
+    for q in qs:
+        miss *= 1 - q
+        out.append(1 - miss)
+    return out
 
 
 def make_user(engine: sa.Engine, username: str, role: str) -> User:

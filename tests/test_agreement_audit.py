@@ -10,7 +10,7 @@ from sqlmodel import Session
 from agreement.audit import audit, compositional_error, error_tags, hajek, tag_error
 from db.collections import ensure_collection
 from db.models import Annotation, Item, User
-from tests.agreement_support import make_user, write_audit, write_verdicts
+from tests.agreement_support import inclusion_in_order, make_user, write_audit, write_verdicts
 from workflow.errors import Forbidden
 
 
@@ -61,7 +61,8 @@ def test_hajek_matches_hand_computation() -> None:
 def _vlsu_scene(engine: sa.Engine) -> list[int]:
     """40 VLSU items, two agreeing annotators; items 0-29 drawn into the audit stratum."""
     with Session(engine) as s:
-        col = ensure_collection(s, "audit-vlsu", "vlsu")
+        # audit share 1 and k = 1: each pull's q is its sampling_prob and fills the item it draws
+        col = ensure_collection(s, "audit-vlsu", "vlsu", audit_share=1.0, overlap_target=1)
         users = [User(username=f"p{k}", password_hash="!x") for k in range(2)]
         s.add_all(users)
         s.flush()
@@ -87,18 +88,29 @@ def _vlsu_scene(engine: sa.Engine) -> list[int]:
     write_verdicts(engine, ids, "joint", judge_joint, "j")  # type: ignore[arg-type]
     write_verdicts(engine, ids, "image", ["safe" if i < 20 or i >= 30 else "unsafe" for i in range(40)], "j")
     write_verdicts(engine, ids, "text", ["borderline"] * 40, "j")
-    write_audit(engine, ids[:30], [0.5] * 10 + [0.25] * 20)
+    write_audit(engine, ids[:30], AUDIT_Q)
     return ids
+
+
+AUDIT_Q = [0.05] * 10 + [0.02] * 20
+WEIGHTS = 1 / np.array(inclusion_in_order(AUDIT_Q))
+
+
+def _share(event: list[int], domain: list[int]) -> float:
+    """Hájek share by hand: sum of weights of event items within the domain over the domain's."""
+    return float(WEIGHTS[sorted(set(event) & set(domain))].sum() / WEIGHTS[domain].sum())
 
 
 def test_audit_rates_confusion_and_disagreements(engine: sa.Engine) -> None:
     ids = _vlsu_scene(engine)
     res = audit(engine, "joint", ["audit-vlsu"], by=["task_type"], min_n=5, resamples=100)
     assert res["judge_id"] == "j" and res["n"] == 30 and res["n_audit_items"] == 30
-    # weights 2 (items 0-9) and 4 (items 10-29): see the scene
-    assert res["accuracy"]["value"] == pytest.approx(1 - 26 / 100)
-    assert res["under_blocking"]["value"] == pytest.approx(6 / 40)
-    assert res["over_blocking"]["value"] == pytest.approx(20 / 60)
+    wrong = [0, 1, 2, 15, 16, 17, 18, 19]
+    assert res["accuracy"]["value"] == pytest.approx(1 - _share(wrong, list(range(30))))
+    assert res["under_blocking"]["value"] == pytest.approx(_share([0, 1, 2], list(range(15))))
+    assert res["over_blocking"]["value"] == pytest.approx(_share(list(range(15, 20)), list(range(15, 30))))
+    # the early items had less chance to be drawn, so they weigh more than the plain share
+    assert res["under_blocking"]["value"] > res["under_blocking"]["naive"] == pytest.approx(3 / 15)
     assert res["under_blocking"]["n"] == 15 and res["over_blocking"]["n"] == 15
     for key in ("accuracy", "under_blocking", "over_blocking"):
         assert res[key]["ci_low"] <= res[key]["value"] <= res[key]["ci_high"]
@@ -122,9 +134,9 @@ def test_audit_rates_confusion_and_disagreements(engine: sa.Engine) -> None:
 def test_compositional_error_rate(engine: sa.Engine) -> None:
     _vlsu_scene(engine)
     res = compositional_error(engine, ["audit-vlsu"], min_n=5)
-    # audit items with image and text right: 0-19 (weights 2 x10, 4 x10); joint wrong on 0-2 and 15-19
+    # audit items with image and text right: 0-19; joint wrong on 0-2 and 15-19
     assert res["n"] == 20
-    assert res["value"] == pytest.approx(26 / 60)
+    assert res["value"] == pytest.approx(_share([0, 1, 2, 15, 16, 17, 18, 19], list(range(20))))
 
 
 def test_error_tags_need_a_lead(engine: sa.Engine) -> None:
@@ -149,7 +161,7 @@ def test_uni_judger_accuracy_per_task_type(engine: sa.Engine) -> None:
 
     tasks = ["malicious-text-generation", "unsafe-t2i-generation"]
     with Session(engine) as s:
-        col = ensure_collection(s, "uni", "uni-safebench")
+        col = ensure_collection(s, "uni", "uni-safebench", audit_share=0.5, overlap_target=1)
         users = [User(username=f"q{k}", password_hash="!x") for k in range(2)]
         s.add_all(users)
         s.flush()
@@ -165,10 +177,49 @@ def test_uni_judger_accuracy_per_task_type(engine: sa.Engine) -> None:
     # contextual: wrong on items 0, 2, 4 (task 0) only; intrinsic: wrong on item 1 (task 1)
     write_verdicts(engine, ids, "contextual", ["unsafe" if i in (0, 2, 4) else "refusal" for i in range(24)], "uj")
     write_verdicts(engine, ids, "intrinsic", ["unsafe" if i == 1 else "safe" for i in range(24)], "uj")
-    write_audit(engine, ids, [1.0] * 24)
+    write_audit(engine, ids, [0.5] * 24)
     res = uni_judger_accuracy(engine, ["uni"], min_n=5)
     ctx = {r["task_type"]: r["value"] for r in res["contextual"]["by_task_type"]}
     intr = {r["task_type"]: r["value"] for r in res["intrinsic"]["by_task_type"]}
     assert ctx == {tasks[0]: pytest.approx(9 / 12), tasks[1]: 1.0}
     assert intr == {tasks[0]: 1.0, tasks[1]: pytest.approx(11 / 12)}
     assert res["contextual"]["overall"]["value"] == pytest.approx(21 / 24)
+
+
+def test_inclusion_probabilities_follow_the_queue_design(engine: sa.Engine) -> None:
+    """pi_i = 1 - prod(1 - q_j) over audit pulls before the item filled, minus pulls by reviewers
+    who already held it (docs/workflow.md, "Sampling design")."""
+    from datetime import timedelta
+
+    from agreement.data import load_audit_sample
+    from db.models import Assignment, utcnow
+
+    with Session(engine) as s:
+        col = ensure_collection(s, "design", "vlsu", audit_share=0.5, overlap_target=2)
+        items = []
+        for name in "ABCD":
+            item = Item(collection_id=col.id, external_id=name, content_hash="x")
+            s.add(item)
+            items.append(item)
+        users = [User(username=f"r{k}", password_hash="!x") for k in range(3)]
+        s.add_all(users)
+        s.flush()
+        col_id = int(col.id)  # type: ignore[arg-type]
+        a, b, c, d = (int(i.id) for i in items)  # type: ignore[arg-type]
+        u1, u2, u3 = (int(u.id) for u in users)  # type: ignore[arg-type]
+        t0 = utcnow()
+        plan = [  # (second, item, user, stratum, q = sampling_prob / audit_share)
+            (1, a, u1, "audit", 0.25), (2, a, u2, "audit", 1 / 3), (3, b, u1, "audit", 0.5),
+            (4, c, u3, "priority", None), (5, c, u2, "audit", 0.5), (6, d, u1, "audit", 0.5),
+        ]
+        for sec, item_id, user_id, stratum, q in plan:
+            s.add(Assignment(item_id=item_id, user_id=user_id, status="done", stratum=stratum,
+                             sampling_prob=None if q is None else q * 0.5, leased_at=t0 + timedelta(seconds=sec)))
+        s.commit()
+    ids, pi = load_audit_sample(engine, [col_id])
+    got = dict(zip(ids.tolist(), pi.tolist(), strict=True))
+    assert set(got) == {a, b, c, d}
+    assert got[a] == pytest.approx(1 - 0.75 * (2 / 3))  # filled at second 2
+    assert got[b] == pytest.approx(1 - 0.75 * (2 / 3) * 0.5 * 0.5)  # never filled; r1's later pull excluded
+    assert got[c] == pytest.approx(1 - 0.75 * (2 / 3) * 0.5 * 0.5)  # filled at second 5
+    assert got[d] == pytest.approx(1 - 0.75 * (2 / 3) * 0.5 * 0.5 * 0.5)  # never filled; every pull counts
