@@ -103,6 +103,8 @@ def test_generic_jsonl_round_trip(engine: sa.Engine, tmp_path: Path, media: Path
     (asg,) = rows(engine, Assignment)
     assert (asg.status, asg.stratum, asg.sampling_prob, asg.item_id) == ("done", "imported", None, a.id)
     assert items["a"].slots_taken == 1 and items["b"].slots_taken == 0
+    # verdicts were written, so the borderline-first priorities were recomputed (workflow.ordering)
+    assert rep.priorities_refreshed and items["a"].priority > 0 and items["c"].priority == 0
     (batch,) = rows(engine, ImportBatch)
     assert (batch.n_items, batch.n_verdicts, batch.n_annotations, batch.format) == (3, 3, 1, "generic-jsonl")
     assert all(r.import_batch_id == batch.id for r in items.values())

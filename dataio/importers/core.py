@@ -600,7 +600,7 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
     existing: dict[str, tuple[int, str]] = {
         ext: (iid, h) for iid, ext, h in conn.execute(
             sa.select(item_t.c.id, item_t.c.external_id, item_t.c.content_hash)
-            .where(item_t.c.collection_id == collection_id))
+            .where(item_t.c.collection_id == collection_id)).all()
     }
 
     rejected: list[Record] = []
@@ -772,7 +772,7 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
     ids = {k: v[0] for k, v in existing.items()}
     if new_items:
         for iid, ext in conn.execute(sa.select(item_t.c.id, item_t.c.external_id).where(
-                item_t.c.collection_id == collection_id, item_t.c.import_batch_id == batch_id)):
+                item_t.c.collection_id == collection_id, item_t.c.import_batch_id == batch_id)).all():
             ids[ext] = iid
 
     # ---- verdicts --------------------------------------------------------------------
