@@ -539,7 +539,8 @@ def load_audit_sample(bind: Any, collection_ids: Sequence[int]) -> tuple[np.ndar
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         held = fetch(conn, "SELECT s.item_id, s.user_id, s.leased_at, c.overlap_target FROM assignment s "
                            "JOIN item i ON i.id = s.item_id JOIN collection c ON c.id = i.collection_id "
-                           f"WHERE s.status IN ('leased', 'done') AND {cond}", params)
+                           "WHERE s.status IN ('leased', 'done') AND s.item_id IN (SELECT a.item_id FROM assignment a "
+                           f"WHERE a.stratum = 'audit' AND a.sampling_prob > 0) AND {cond}", params)
     audit_items = {int(r[1]): int(r[0]) for r in pulls}
     holds: dict[int, list[tuple[int, float]]] = {}
     k_of: dict[int, int] = {}
