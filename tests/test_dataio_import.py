@@ -464,3 +464,17 @@ def test_cli_taxonomy_show_and_check(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["taxonomy", "check", str(bad)])
     assert r.exit_code == 1
     assert f"{bad}: dimensions[0].labels: required" in r.output
+
+
+def test_same_verdict_or_annotation_twice_in_one_file_is_an_error(engine: sa.Engine, tmp_path: Path,
+                                                                  media: Path) -> None:
+    f = ds.write_jsonl(media / "dup.jsonl", [
+        {"id": "a", "prompt": "p", "verdict.joint": "safe", "judge_id": "j", "annotator": "amy", "label.joint": "safe"},
+        {"item_id": "a", "verdicts": [{"dimension": "joint", "label": "unsafe", "judge_id": "j"}]},
+        {"item_id": "a", "annotations": [{"annotator": "amy", "labels": {"joint": "unsafe"}}]},
+    ])
+    rep = imp(engine, f, tmp_path / "root")
+    assert rep.errors == [
+        f"{f}:2: verdicts[0]: a verdict of judge 'j' for 'joint' on item 'a' is already given at line 1",
+        f"{f}:3: annotations[0]: an annotation by 'amy' on item 'a' is already given at line 1"]
+    assert ds.count(engine, "item") == 0

@@ -664,9 +664,23 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
 
     # Compare verdicts/annotations of existing items.
     final: list[Record] = []
-    for rec in accepted:
+    seen_v: dict[tuple[str, str, str], int] = {}
+    seen_a: dict[tuple[str, str], int] = {}
+    for rec in sorted(accepted, key=lambda r: r.line):
         iid = existing.get(rec.external_id, (None, ""))[0]
         rec_ok = True
+        for v in rec.verdicts:
+            first = seen_v.setdefault((rec.external_id, v["dimension"], v["judge_id"]), rec.line)
+            if first != rec.line:
+                rec.error(v["_field"], f"a verdict of judge {v['judge_id']!r} for {v['dimension']!r} on item "
+                                       f"{rec.external_id!r} is already given at line {first}")
+                rec_ok = False
+        for a in rec.annotations:
+            first = seen_a.setdefault((rec.external_id, a["annotator"]), rec.line)
+            if first != rec.line:
+                rec.error(a["_field"], f"an annotation by {a['annotator']!r} on item {rec.external_id!r} is "
+                                       f"already given at line {first}")
+                rec_ok = False
         v_plan: list[tuple[str, dict[str, Any], int | None]] = []
         for v in rec.verdicts:
             old = old_verdicts.get((iid, v["dimension"], v["judge_id"])) if iid is not None else None
