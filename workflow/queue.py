@@ -23,6 +23,7 @@ Design (details and the exact meaning of ``sampling_prob`` in ``docs/workflow.md
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -89,12 +90,14 @@ _cache: dict[tuple[Any, ...], tuple[float, Any]] = {}
 _computing: set[tuple[Any, ...]] = set()
 
 
-def _cached(key: tuple[Any, ...], ttl: float, compute: Any) -> Any:
+def _cached(key: tuple[Any, ...], ttl: float, compute: Any, *, background: bool = False) -> Any:
     """Per-process cache with stale-while-revalidate.
 
     When an entry expires, one thread recomputes it while the others keep using the stale
-    value, so 20 reviewer threads never run the same collection-wide COUNT at once (on
-    SQLite that would hold the write lock 20 times in a row).
+    value, so 20 reviewer threads never run the same collection-wide COUNT at once. With
+    ``background=True`` even that thread returns the stale value and the recount runs in
+    a daemon thread: a pull never waits for a full-collection scan except the very first
+    time. ``compute`` must then use its own connection (see :func:`_raw_rows`).
     """
     now = time.monotonic()
     with _cache_lock:
@@ -104,14 +107,21 @@ def _cached(key: tuple[Any, ...], ttl: float, compute: Any) -> Any:
         if hit is not None and key in _computing:
             return hit[1]
         _computing.add(key)
-    try:
-        value = compute()
-    finally:
-        with _cache_lock:
-            _computing.discard(key)
-    with _cache_lock:
-        _cache[key] = (now, value)
-    return value
+
+    def refresh() -> Any:
+        try:
+            value = compute()
+            with _cache_lock:
+                _cache[key] = (time.monotonic(), value)
+            return value
+        finally:
+            with _cache_lock:
+                _computing.discard(key)
+
+    if hit is not None and background:
+        threading.Thread(target=refresh, name="safereview-queue-count", daemon=True).start()
+        return hit[1]
+    return refresh()
 
 
 def clear_caches() -> None:
@@ -123,6 +133,28 @@ def clear_caches() -> None:
 def _bind_key(session: Session) -> str:
     bind = session.get_bind()
     return str(bind.url) if hasattr(bind, "url") else str(id(bind))
+
+
+def _raw_rows(engine: sa.Engine, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Run a read-only query on a DB-API connection of its own, outside any transaction.
+
+    Used for collection-wide counts: on SQLite every SQLAlchemy transaction starts with
+    ``BEGIN IMMEDIATE`` (the write lock), while an autocommit read under WAL blocks no
+    writer; on PostgreSQL it keeps the scan out of the caller's short transaction.
+    """
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        if engine.dialect.name == "postgresql":
+            sql = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
+        cur.execute(sql, params)
+        rows = [tuple(r) for r in cur.fetchall()]
+        cur.close()
+        if engine.dialect.name == "postgresql":
+            raw.rollback()
+        return rows
+    finally:
+        raw.close()
 
 
 # ---------------------------------------------------------------------------------------
@@ -222,35 +254,43 @@ def _release_row(session: Session, a: Assignment, status: str) -> bool:
 def _count_eligible_estimate(session: Session, user: User, flt: QueueFilter, k: int) -> int:
     """Approximate number of items eligible for ``user`` (cached open count minus own open items).
 
-    Both parts are cached for ``COUNT_TTL_S``; see docs/workflow.md for the effect on
-    ``sampling_prob``.
+    Both parts are cached for ``COUNT_TTL_S`` and recounted in the background on their own
+    connection; see docs/workflow.md for the effect on ``sampling_prob``.
     """
-    def open_count() -> int:
-        params: dict[str, Any] = {"c": flt.collection_id, "k": k}
-        sql = ("SELECT COUNT(*) FROM item WHERE item.collection_id = :c AND item.slots_taken < :k"
-               f"{_filter_sql(flt, params)}")
-        return int(session.execute(sa.text(sql), params).scalar_one())
-
-    def own_open() -> int:
-        params: dict[str, Any] = {"c": flt.collection_id, "k": k, "uid": user.id}
-        sql = ("SELECT COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id WHERE a.user_id = :uid "
+    engine = session.get_bind()
+    assert isinstance(engine, sa.Engine)
+    p_open: dict[str, Any] = {"c": flt.collection_id, "k": k}
+    sql_open = ("SELECT COUNT(*) FROM item WHERE item.collection_id = :c AND item.slots_taken < :k"
+                f"{_filter_sql(flt, p_open)}")
+    p_own: dict[str, Any] = {"c": flt.collection_id, "k": k, "uid": user.id}
+    sql_own = ("SELECT COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id WHERE a.user_id = :uid "
                "AND a.status <> 'released' AND item.collection_id = :c AND item.slots_taken < :k"
-               f"{_filter_sql(flt, params)}")
-        return int(session.execute(sa.text(sql), params).scalar_one())
-
+               f"{_filter_sql(flt, p_own)}")
     base = _bind_key(session)
-    n_open = _cached(("open", base, flt.key(), k), COUNT_TTL_S, open_count)
-    n_own = _cached(("own", base, flt.key(), k, user.id), COUNT_TTL_S, own_open)
+    n_open = _cached(("open", base, flt.key(), k), COUNT_TTL_S,
+                     lambda: int(_raw_rows(engine, sql_open, p_open)[0][0]), background=True)
+    n_own = _cached(("own", base, flt.key(), k, user.id), COUNT_TTL_S,
+                    lambda: int(_raw_rows(engine, sql_own, p_own)[0][0]), background=True)
     return max(1, n_open - n_own)
 
 
 def _id_range(session: Session, collection_id: int) -> tuple[int, int] | None:
-    def compute() -> tuple[int, int] | None:
-        lo, hi = session.execute(
-            sa.select(sa.func.min(Item.id), sa.func.max(Item.id)).where(Item.collection_id == collection_id)).one()
-        return None if lo is None else (int(lo), int(hi))
+    """Smallest and largest item id of a collection (cached; refreshed in the background).
 
-    return _cached(("range", _bind_key(session), collection_id), RANGE_TTL_S, compute)
+    On SQLite ``+collection_id`` keeps the planner on the rowid, so each end is found by
+    walking the primary key from that end instead of scanning the whole collection.
+    """
+    engine = session.get_bind()
+    assert isinstance(engine, sa.Engine)
+    col = "+item.collection_id" if engine.dialect.name == "sqlite" else "item.collection_id"
+
+    def compute() -> tuple[int, int] | None:
+        p = {"c": collection_id}
+        lo = _raw_rows(engine, f"SELECT item.id FROM item WHERE {col} = :c ORDER BY item.id LIMIT 1", p)
+        hi = _raw_rows(engine, f"SELECT item.id FROM item WHERE {col} = :c ORDER BY item.id DESC LIMIT 1", p)
+        return None if not lo else (int(lo[0][0]), int(hi[0][0]))
+
+    return _cached(("range", _bind_key(session), collection_id), RANGE_TTL_S, compute, background=True)
 
 
 def _audit_candidate(session: Session, user: User, flt: QueueFilter, k: int, rng: random.Random,
@@ -575,20 +615,17 @@ def complete(session: Session, user: User, assignment_id: int, *, now: datetime 
 # ---------------------------------------------------------------------------------------
 
 
-def _collection_counts(session: Session, col: Collection) -> dict[str, int]:
-    k = col.overlap_target
-    p = {"c": col.id, "k": k}
-    n_items = session.execute(sa.text("SELECT COUNT(*) FROM item WHERE collection_id = :c"), p).scalar_one()
-    by_status = dict(session.execute(sa.text(
-        "SELECT a.status, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
-        "WHERE item.collection_id = :c GROUP BY a.status"), p).all())
-    full = session.execute(sa.text(
-        "SELECT COUNT(*) FROM (SELECT a.item_id FROM assignment a JOIN item ON item.id = a.item_id "
-        "WHERE item.collection_id = :c AND a.status = 'done' GROUP BY a.item_id HAVING COUNT(*) >= :k) t"), p
-    ).scalar_one()
-    by_stratum = dict(session.execute(sa.text(
-        "SELECT a.stratum, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
-        "WHERE item.collection_id = :c AND a.status = 'done' GROUP BY a.stratum"), p).all())
+def _collection_counts(run: Any, collection_id: int, k: int) -> dict[str, int]:
+    """Collection-wide counts; ``run(sql, params) -> rows`` runs each query."""
+    p = {"c": collection_id, "k": k}
+    n_items = run("SELECT COUNT(*) FROM item WHERE collection_id = :c", p)[0][0]
+    by_status = dict(run("SELECT a.status, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
+                         "WHERE item.collection_id = :c GROUP BY a.status", p))
+    full = run("SELECT COUNT(*) FROM (SELECT a.item_id FROM assignment a JOIN item ON item.id = a.item_id "
+               "WHERE item.collection_id = :c AND a.status = 'done' GROUP BY a.item_id HAVING COUNT(*) >= :k) t",
+               p)[0][0]
+    by_stratum = dict(run("SELECT a.stratum, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
+                          "WHERE item.collection_id = :c AND a.status = 'done' GROUP BY a.stratum", p))
     return {"n_items": int(n_items), "done": int(by_status.get("done", 0)),
             "leased": int(by_status.get("leased", 0)), "skipped": int(by_status.get("skipped", 0)),
             "full": int(full), **{f"done_{s}": int(v) for s, v in by_stratum.items()}}
@@ -597,23 +634,29 @@ def _collection_counts(session: Session, col: Collection) -> dict[str, int]:
 def progress(session: Session, user: User | None, collection_id: int, *, max_age_s: float = 5.0) -> Progress:
     """Progress counts for a collection.
 
-    The user's own counts are exact (index on the user's assignments); collection-wide
-    counts scan the collection's assignments and are cached per process for
-    ``max_age_s`` seconds (0 = always fresh), because the review page shows them on every
-    rerun.
+    The user's own counts are exact (index on the user's assignments). Collection-wide
+    counts scan the collection's assignments, so they are cached per process for
+    ``max_age_s`` seconds and recounted in the background (the page shows them on every
+    rerun and never waits); ``max_age_s=0`` counts now, inside the caller's transaction.
     """
     col = session.get(Collection, collection_id)
     if col is None:
         raise NotFound("no such collection")
-    counts = _cached(("progress", _bind_key(session), collection_id), max_age_s,
-                     lambda: _collection_counts(session, col)) if max_age_s > 0 else _collection_counts(session, col)
+    k = col.overlap_target
+    if max_age_s > 0:  # recounted in the background on its own connection: reruns never wait
+        engine = session.get_bind()
+        assert isinstance(engine, sa.Engine)
+        counts = _cached(("progress", _bind_key(session), collection_id, k), max_age_s,
+                         lambda: _collection_counts(lambda q, p: _raw_rows(engine, q, p), collection_id, k),
+                         background=True)
+    else:  # fresh, inside the caller's transaction
+        counts = _collection_counts(lambda q, p: session.execute(sa.text(q), p).all(), collection_id, k)
     mine: dict[str, int] = {}
     if user is not None:
         mine = dict(session.execute(sa.text(
             "SELECT a.status, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
             "WHERE a.user_id = :u AND item.collection_id = :c GROUP BY a.status"),
             {"u": user.id, "c": collection_id}).all())
-    k = col.overlap_target
     return Progress(
         collection_id=collection_id, n_items=counts["n_items"], overlap_target=k,
         slots_total=counts["n_items"] * k, mine_done=int(mine.get("done", 0)),
