@@ -389,3 +389,21 @@ def test_text_and_image_outputs_are_judged_apart_and_combined(env: dict[str, Any
     assert "[text 1]" in raw and "[image 2]" in raw
     probs = v[("mixed-unsafe", "contextual")].probs or {}
     assert sum(probs.values()) == pytest.approx(1.0) and probs["unsafe"] > 0.7
+
+
+def test_uncommon_image_formats_are_converted_to_png(env: dict[str, Any]) -> None:
+    src = Image.frombytes("RGB", (12, 9), bytes((i * 7) % 256 for i in range(12 * 9 * 3)))
+    buf = io.BytesIO()
+    src.save(buf, format="BMP")
+    with session_scope(env["engine"]) as s:
+        col = ensure_collection(s, "uni", "uni-safebench")
+        sha = store_media(s, env["media"], buf.getvalue(), name="x.bmp", mime="image/bmp", ext="bmp")
+        add_item(s, col.id, "bmp", prompt=[{"modality": "text", "text": "draw"}],
+                 response=[{"modality": "image", "media": sha, "name": "x.bmp"}])
+    with FakeOpenAI() as srv:
+        run_judge(env["engine"], env["media"], opts(srv.url))
+    urls = [p["image_url"]["url"] for b in srv.requests for m in b["messages"] if isinstance(m["content"], list)
+            for p in m["content"] if p["type"] == "image_url"]
+    assert urls and all(u.startswith("data:image/png;base64,") for u in urls)
+    sent = [img for b in srv.requests for img in decode_images(b)]
+    assert all(img.size == src.size and img.tobytes() == src.tobytes() for img in sent)
