@@ -104,12 +104,12 @@ def timed(fn: Callable[[], object]) -> tuple[float, float, object]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="10k text items, 500 media items, one run")
+    ap.add_argument("--quick", action="store_true", help="10k text items, 200 media items, one run")
     ap.add_argument("--repeat", type=int, default=None, help="runs per measurement (median reported)")
     ap.add_argument("--no-pg", action="store_true", help="skip PostgreSQL")
     args = ap.parse_args()
     n_text = 10_000 if args.quick else 100_000
-    n_media = 500 if args.quick else 2_000
+    n_media = 200 if args.quick else 2_000
     repeat = args.repeat or (1 if args.quick else 3)
 
     # (backend, measurement) -> [n, [wall...], [cpu...], target rate or None]
