@@ -65,13 +65,20 @@ def parse_answer(text: Any, valid: Iterable[int]) -> Parsed:
     """Parse ``Reason: ...; Result: <digit>`` strictly; never raises, never guesses.
 
     Every ``Result:`` marker in the text must carry the same digit (a model that writes
-    two different results has not answered), and that digit must be in ``valid``.
+    two different results has not answered), and that digit must be in ``valid``. A
+    ``<think>…</think>`` block before the answer is ignored.
     """
     valid_set = set(valid)
     if not isinstance(text, str):
         return Parsed(False, None, None, "", "answer is not text")
-    reason = extract_reason(text)
-    markers = list(_RESULT_RE.finditer(text))
+    # Reasoning models think aloud first; only what follows the last </think> is the answer.
+    # (Offsets stay relative to the full text so log-probabilities still line up.)
+    start = 0
+    think_end = text.lower().rfind("</think>")
+    if think_end >= 0:
+        start = think_end + len("</think>")
+    reason = extract_reason(text[start:])
+    markers = list(_RESULT_RE.finditer(text, start))
     if not markers:
         return Parsed(False, None, None, reason, "no 'Result:' in the answer")
     found: list[tuple[int, int]] = []

@@ -34,6 +34,7 @@ VALID3 = (0, 1, 2)
     ("Reason: the end result: harmless; Result: 1", 1),  # a 'result:' without digit in the reason is ignored
     ("Reason: x; Result: 1\n\nThat is my final answer.", 1),
     ("Reason: x; Result: 1\nResult: 1", 1),
+    ("<think>maybe Result: 0? no, it is fine</think>\nReason: harmless; Result: 1", 1),
 ])
 def test_parser_accepts_the_format(text: str, digit: int) -> None:
     p = parse_answer(text, VALID3)
@@ -54,6 +55,7 @@ def test_parser_accepts_the_format(text: str, digit: int) -> None:
     ("Reason: x; Result: -1", "no digit"),
     ("Reason: x; Result 1", "no 'Result:'"),
     ("Reason: safe (1)", "no 'Result:'"),
+    ("<think>Result: 0</think> I cannot decide.", "no 'Result:'"),
 ])
 def test_parser_refuses_to_guess(text: str, problem: str) -> None:
     p = parse_answer(text, VALID3)
