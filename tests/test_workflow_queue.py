@@ -224,3 +224,38 @@ def test_permissions_and_archived_collections(engine: sa.Engine) -> None:
         _pull(engine, u, QueueFilter(cid))
     with pytest.raises(NotFound):
         _pull(engine, make_user(engine, "v"), QueueFilter(cid + 999))
+
+
+def test_in_memory_sqlite_counts_in_the_session() -> None:
+    """An in-memory database has no side connection to count on: counts run in the session."""
+    from db.engine import init_db
+
+    engine = init_db("sqlite://")
+    cid = make_collection(engine, "mem", n_items=5, k=1, audit_share=1.0)
+    u = make_user(engine, "u")
+    a = _pull(engine, u, QueueFilter(cid), rng=random.Random(0))
+    assert a is not None and a.stratum == "audit" and a.sampling_prob == pytest.approx(1 / 5)
+    _submit(engine, u, a)
+    with Session(engine) as s:
+        p = progress(s, u, cid)
+    assert (p.n_items, p.everyone_done, p.mine_done) == (5, 1, 1)
+
+
+def test_cached_progress_is_refreshed_in_the_background(engine: sa.Engine) -> None:
+    import time
+
+    cid = make_collection(engine, "bg", n_items=3, k=1, audit_share=0.0)
+    u = make_user(engine, "u")
+    with Session(engine) as s:
+        assert progress(s, u, cid, max_age_s=0.2).everyone_done == 0
+    _submit(engine, u, _pull(engine, u, QueueFilter(cid)))
+    with Session(engine) as s:
+        first = progress(s, u, cid, max_age_s=0.2)
+    assert first.mine_done == 1  # the user's own counts are always exact
+    deadline = time.monotonic() + 10
+    while True:
+        time.sleep(0.25)
+        with Session(engine) as s:
+            if progress(s, u, cid, max_age_s=0.2).everyone_done == 1:
+                break
+        assert time.monotonic() < deadline, "background recount never landed"

@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from db.models import Assignment, Collection, Item, User, utcnow
-from safereview.settings import Config
+from safereview.settings import Config, sqlite_path
 from workflow.errors import LeaseLost, NotFound
 from workflow.policies import require
 
@@ -135,6 +135,19 @@ def _bind_key(session: Session) -> str:
     return str(bind.url) if hasattr(bind, "url") else str(id(bind))
 
 
+def _side_runner(session: Session) -> tuple[Any, bool]:
+    """``(run(sql, params) -> rows, may_run_in_background)`` for collection-wide counts.
+
+    A side connection (:func:`_raw_rows`) everywhere except in-memory SQLite, where
+    another connection would see another, empty database.
+    """
+    engine = session.get_bind()
+    assert isinstance(engine, sa.Engine)
+    if engine.dialect.name == "sqlite" and sqlite_path(str(engine.url)) is None:
+        return (lambda q, p: [tuple(r) for r in session.execute(sa.text(q), p).all()]), False
+    return (lambda q, p: _raw_rows(engine, q, p)), True
+
+
 def _raw_rows(engine: sa.Engine, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     """Run a read-only query on a DB-API connection of its own, outside any transaction.
 
@@ -187,6 +200,10 @@ def _matches(item: Item, flt: QueueFilter) -> bool:
 
 def _is_pg(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
+
+
+def _is_sqlite(session: Session) -> bool:
+    return session.get_bind().dialect.name == "sqlite"
 
 
 def _claim_slot(session: Session, item_id: int, k: int) -> bool:
@@ -257,8 +274,7 @@ def _count_eligible_estimate(session: Session, user: User, flt: QueueFilter, k: 
     Both parts are cached for ``COUNT_TTL_S`` and recounted in the background on their own
     connection; see docs/workflow.md for the effect on ``sampling_prob``.
     """
-    engine = session.get_bind()
-    assert isinstance(engine, sa.Engine)
+    run, bg = _side_runner(session)
     p_open: dict[str, Any] = {"c": flt.collection_id, "k": k}
     sql_open = ("SELECT COUNT(*) FROM item WHERE item.collection_id = :c AND item.slots_taken < :k"
                 f"{_filter_sql(flt, p_open)}")
@@ -267,10 +283,10 @@ def _count_eligible_estimate(session: Session, user: User, flt: QueueFilter, k: 
                "AND a.status <> 'released' AND item.collection_id = :c AND item.slots_taken < :k"
                f"{_filter_sql(flt, p_own)}")
     base = _bind_key(session)
-    n_open = _cached(("open", base, flt.key(), k), COUNT_TTL_S,
-                     lambda: int(_raw_rows(engine, sql_open, p_open)[0][0]), background=True)
-    n_own = _cached(("own", base, flt.key(), k, user.id), COUNT_TTL_S,
-                    lambda: int(_raw_rows(engine, sql_own, p_own)[0][0]), background=True)
+    n_open = _cached(("open", base, flt.key(), k), COUNT_TTL_S, lambda: int(run(sql_open, p_open)[0][0]),
+                     background=bg)
+    n_own = _cached(("own", base, flt.key(), k, user.id), COUNT_TTL_S, lambda: int(run(sql_own, p_own)[0][0]),
+                    background=bg)
     return max(1, n_open - n_own)
 
 
@@ -280,17 +296,16 @@ def _id_range(session: Session, collection_id: int) -> tuple[int, int] | None:
     On SQLite ``+collection_id`` keeps the planner on the rowid, so each end is found by
     walking the primary key from that end instead of scanning the whole collection.
     """
-    engine = session.get_bind()
-    assert isinstance(engine, sa.Engine)
-    col = "+item.collection_id" if engine.dialect.name == "sqlite" else "item.collection_id"
+    run, bg = _side_runner(session)
+    col = "+item.collection_id" if _is_sqlite(session) else "item.collection_id"
 
     def compute() -> tuple[int, int] | None:
         p = {"c": collection_id}
-        lo = _raw_rows(engine, f"SELECT item.id FROM item WHERE {col} = :c ORDER BY item.id LIMIT 1", p)
-        hi = _raw_rows(engine, f"SELECT item.id FROM item WHERE {col} = :c ORDER BY item.id DESC LIMIT 1", p)
+        lo = run(f"SELECT item.id FROM item WHERE {col} = :c ORDER BY item.id LIMIT 1", p)
+        hi = run(f"SELECT item.id FROM item WHERE {col} = :c ORDER BY item.id DESC LIMIT 1", p)
         return None if not lo else (int(lo[0][0]), int(hi[0][0]))
 
-    return _cached(("range", _bind_key(session), collection_id), RANGE_TTL_S, compute, background=True)
+    return _cached(("range", _bind_key(session), collection_id), RANGE_TTL_S, compute, background=bg)
 
 
 def _audit_candidate(session: Session, user: User, flt: QueueFilter, k: int, rng: random.Random,
@@ -644,11 +659,9 @@ def progress(session: Session, user: User | None, collection_id: int, *, max_age
         raise NotFound("no such collection")
     k = col.overlap_target
     if max_age_s > 0:  # recounted in the background on its own connection: reruns never wait
-        engine = session.get_bind()
-        assert isinstance(engine, sa.Engine)
+        run, bg = _side_runner(session)
         counts = _cached(("progress", _bind_key(session), collection_id, k), max_age_s,
-                         lambda: _collection_counts(lambda q, p: _raw_rows(engine, q, p), collection_id, k),
-                         background=True)
+                         lambda: _collection_counts(run, collection_id, k), background=bg)
     else:  # fresh, inside the caller's transaction
         counts = _collection_counts(lambda q, p: session.execute(sa.text(q), p).all(), collection_id, k)
     mine: dict[str, int] = {}
