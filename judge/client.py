@@ -327,6 +327,7 @@ class ChatClient:
     backoff_base: float = 1.0
     backoff_max: float = 60.0
     max_retry_after: float = 300.0
+    max_tokens: int | None = None  # overrides the protocol's per-question limits (reasoning models)
     cache: ResponseCache | None = None
     # dry runs: record the body instead of sending it; the callback's Answer (if any) is returned
     on_request: Callable[[str, dict[str, Any]], Answer | None] | None = None
@@ -360,7 +361,7 @@ class ChatClient:
 
     def body(self, messages: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": self.temperature,
-                                "max_tokens": max_tokens}
+                                "max_tokens": self.max_tokens or max_tokens}
         if self.logprobs:
             body["logprobs"] = True
             body["top_logprobs"] = 10

@@ -54,6 +54,7 @@ class RunOptions:
     batch_size: int = 10
     flush_seconds: float = 2.0
     max_image_side: int = 1536
+    max_tokens: int | None = None
     backoff_base: float = 1.0
     progress: bool = True
 
@@ -102,7 +103,10 @@ class DbCache(ResponseCache):
 
 def params_for(opts: RunOptions) -> dict[str, Any]:
     """Parameters that can change a judge's answers, hence part of its id."""
-    return {"temperature": 0.0, "max_image_side": opts.max_image_side}
+    params: dict[str, Any] = {"temperature": 0.0, "max_image_side": opts.max_image_side}
+    if opts.max_tokens is not None:
+        params["max_tokens"] = opts.max_tokens
+    return params
 
 
 def _view(item: Item) -> ItemView:
@@ -219,7 +223,7 @@ async def run_judge_async(engine: Engine, media_root: Path, opts: RunOptions, *,
     client = ChatClient(
         base_url=opts.base_url, model=opts.model, api_key=opts.api_key, concurrency=opts.concurrency,
         timeout=opts.timeout, max_retries=opts.max_retries, logprobs=opts.logprobs, cache=cache,
-        backoff_base=opts.backoff_base,
+        backoff_base=opts.backoff_base, max_tokens=opts.max_tokens,
         on_request=record if opts.dry_run else None)
 
     buffer: list[Draft] = []

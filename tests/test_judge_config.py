@@ -43,6 +43,8 @@ def test_run_options_that_do_not_change_answers_do_not_change_the_id() -> None:
     assert params_for(base) == params_for(other)
     assert params_for(base) != params_for(RunOptions(protocol="uni-judger", base_url="x", model="m",
                                                      max_image_side=512))
+    assert params_for(base) != params_for(RunOptions(protocol="uni-judger", base_url="x", model="m",
+                                                     max_tokens=4096))
 
 
 def test_config_row_is_stored_once(tmp_path) -> None:  # type: ignore[no-untyped-def]

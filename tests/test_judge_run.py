@@ -173,6 +173,10 @@ def test_dry_run_prints_request_bodies_and_calls_nothing(tmp_path: Path) -> None
             for p in m["content"] if p["type"] == "image_url"]
     assert urls and all(u.startswith("data:image/png;base64,") and "base64 chars]" in u for u in urls)
     assert all(q["body"]["temperature"] == 0 for q in requests)
+    assert {q["body"]["max_tokens"] for q in requests} == {300, 400}
+    r = cli("judge", "--protocol", "uni-judger", "--base-url", "http://127.0.0.1:9", "--model", "m", "--dry-run",
+            "--max-tokens", "4096", "--db", db_url, "--media-root", str(media))
+    assert {q["body"]["max_tokens"] for q in json.loads(r.stdout)} == {4096}
     with Session(engine) as s:
         assert s.exec(select(Verdict)).all() == [] and s.exec(select(JudgeConfig)).all() == []
     engine.dispose()

@@ -61,6 +61,10 @@ def register(app: typer.Typer) -> None:
                                                 "items (a killed run loses at most one batch).")] = 10,
         max_image_side: Annotated[int, typer.Option("--max-image-side", min=64, help="Downscale images whose "
                                                     "long side exceeds this many pixels before sending.")] = 1536,
+        max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=16, help="Answer length limit for "
+                                                       "every call (default: 300 for intent, 400 for verdicts; "
+                                                       "raise it for reasoning models).",
+                                                       show_default=False)] = None,
         json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
         db: DbOption = None,
         media_root: MediaRootOption = None,
@@ -74,7 +78,7 @@ def register(app: typer.Typer) -> None:
         opts = RunOptions(protocol=protocol, base_url=base_url, model=model, collection=collection,
                           concurrency=concurrency, limit=limit, timeout=timeout, max_retries=max_retries,
                           logprobs=logprobs, api_key=os.environ.get(api_key_env, ""), dry_run=dry_run,
-                          cache=cache, batch_size=batch_size, max_image_side=max_image_side,
+                          cache=cache, batch_size=batch_size, max_image_side=max_image_side, max_tokens=max_tokens,
                           progress=not json_out)
         try:
             summary = run_judge(engine, cfg.media_root, opts, console=err_console)
