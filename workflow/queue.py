@@ -22,6 +22,7 @@ Design (details and the exact meaning of ``sampling_prob`` in ``docs/workflow.md
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import threading
@@ -37,6 +38,8 @@ from db.models import Assignment, Collection, Item, User, utcnow
 from safereview.settings import Config, sqlite_path
 from workflow.errors import LeaseLost, NotFound
 from workflow.policies import require
+
+_log = logging.getLogger(__name__)
 
 AUDIT_DRAWS = 64  # random ids tried per audit pick before the exact fallback
 COUNT_TTL_S = 30.0  # how stale the cached eligible-item count behind sampling_prob may be
@@ -118,8 +121,14 @@ def _cached(key: tuple[Any, ...], ttl: float, compute: Any, *, background: bool 
             with _cache_lock:
                 _computing.discard(key)
 
+    def refresh_quietly() -> None:
+        try:
+            refresh()
+        except Exception:  # a failed recount keeps the stale value; the next expiry retries
+            _log.warning("background queue count %s failed", key[0], exc_info=True)
+
     if hit is not None and background:
-        threading.Thread(target=refresh, name="safereview-queue-count", daemon=True).start()
+        threading.Thread(target=refresh_quietly, name="safereview-queue-count", daemon=True).start()
         return hit[1]
     return refresh()
 
