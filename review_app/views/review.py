@@ -14,7 +14,7 @@ from typing import Any
 
 import streamlit as st
 
-from review_app import item_view, ui
+from review_app import item_view, timing, ui
 from review_app.data import CollectionInfo
 
 LABEL_KEYS = ("123456789", "qwet", "asdg", "zxvb")  # one row of keys per dimension (no C/R)
@@ -69,6 +69,8 @@ def _submit(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
     from workflow import annotations
     from workflow.errors import LeaseLost, WorkflowError
 
+    if timing.enabled():
+        state["t_submit"] = time.perf_counter()
     dims = [d["name"] for d in info.dims]
     labels = state.get("labels") or {}
     missing = [d for d in dims if d not in labels]
@@ -280,6 +282,9 @@ def review_panel(user: Any, info: CollectionInfo, flt: Any) -> None:
         _judge_panel(info, state)
         with st.container(border=True):
             _label_controls(user, info, state)
+    started = state.pop("t_submit", None)
+    if started is not None:
+        timing.record("submit_to_next_rendered", (time.perf_counter() - started) * 1000)
 
 
 def page() -> None:
