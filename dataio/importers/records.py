@@ -90,6 +90,8 @@ def read_jsonl(path: Path) -> Iterator[SourceRow]:
 
 def read_csv(path: Path) -> tuple[list[str], Iterator[SourceRow]]:
     """Header and rows of a CSV file; a row's line is where its record starts (header = 1)."""
+    # long model outputs exceed the csv module's default 128 KiB field limit
+    csv.field_size_limit(max(csv.field_size_limit(), 64 << 20))
     fh = path.open("r", encoding="utf-8-sig", newline="")
     reader = csv.reader(fh)
     try:
@@ -139,14 +141,13 @@ def read_parquet(path: Path) -> tuple[list[str], Iterator[SourceRow]]:
     header = list(table.column_names)
 
     def rows() -> Iterator[SourceRow]:
+        base = 0
         for batch in table.to_batches(max_chunksize=20_000):
-            base = rows.offset  # type: ignore[attr-defined]
             for i, row in enumerate(batch.to_pylist()):
                 data = {k: _clean_parquet(v) for k, v in row.items()}
                 yield SourceRow(base + i, data, row)
-            rows.offset += batch.num_rows  # type: ignore[attr-defined]
+            base += batch.num_rows
 
-    rows.offset = 0  # type: ignore[attr-defined]
     return header, rows()
 
 
