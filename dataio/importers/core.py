@@ -781,7 +781,8 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
         for chunk in _chunks(rows):
             conn.execute(stmt, chunk)
         report.items_updated = len(upd_items)
-        report.notes.append(f"{len(upd_items)} existing item(s) updated with changed content (--update)")
+        report.notes.append(f"{len(upd_items)} existing item(s) updated with changed content (--update); "
+                            "verdicts and annotations they already had were kept")
 
     ids = {k: v[0] for k, v in existing.items()}
     if new_items:
