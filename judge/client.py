@@ -29,7 +29,6 @@ import asyncio
 import base64
 import email.utils
 import hashlib
-import importlib.util
 import io
 import json
 import random
@@ -297,18 +296,6 @@ def _shared_ssl_context() -> ssl.SSLContext:
     return _SSL_CONTEXT
 
 
-def _fast_missing_sniffio() -> None:
-    """Make httpcore's per-request ``import sniffio`` fail instantly when sniffio is absent.
-
-    httpcore 1.x imports sniffio inside every request to detect the async library; when the
-    package is not installed each failed import walks ``sys.path`` (about half a millisecond,
-    several times per request). Recording the absence in ``sys.modules`` gives the very same
-    ImportError without the search. Nothing changes when sniffio is installed.
-    """
-    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
-        sys.modules["sniffio"] = None  # type: ignore[assignment]
-
-
 @dataclass
 class ChatClient:
     """Async client for ``POST /v1/chat/completions`` with cache, retries and a time limit.
@@ -340,7 +327,6 @@ class ChatClient:
 
     async def __aenter__(self) -> ChatClient:
         if self.on_request is None:
-            _fast_missing_sniffio()
             headers = {"Content-Type": "application/json", "Accept": "application/json"}
             if self.api_key:
                 headers["Authorization"] = f"Bearer {self.api_key}"
