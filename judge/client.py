@@ -34,7 +34,6 @@ import json
 import random
 import socket
 import ssl
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
