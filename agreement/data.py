@@ -272,7 +272,9 @@ def _packed_triples(conn: Connection, select_sql: tuple[str, str, str], where: s
         return None
     agg = "string_agg(({x})::text, ',')" if is_postgres(conn) else "group_concat({x})"
     item_expr, user_expr, code_expr = select_sql
-    packed = f"((({item_expr}) << {user_bits}) | ({user_expr})) * {1 << code_bits} + (({code_expr}) + 2)"
+    # BIGINT: PostgreSQL's integer columns are 32-bit and the packed value needs up to 62 bits
+    packed = (f"((CAST({item_expr} AS BIGINT) << {user_bits}) | ({user_expr})) * {1 << code_bits} "
+              f"+ (({code_expr}) + 2)")
     rows = fetch(conn, f"SELECT {agg.format(x=packed)} FROM {where}", params)
     text = rows[0][0] if rows else None
     if not text:
@@ -370,7 +372,7 @@ def load_items(bind: Any, collection_ids: Sequence[int],
         max_item = fetch(conn, "SELECT COALESCE(MAX(id), 0) FROM item")[0][0]
         bits = max(len(combos).bit_length(), 1)
         if combos and int(max_item).bit_length() + bits <= 62:
-            agg = "string_agg(((i.id << {b}) | k.k)::text, ',')" if is_postgres(conn) else \
+            agg = "string_agg(((CAST(i.id AS BIGINT) << {b}) | k.k)::text, ',')" if is_postgres(conn) else \
                 "group_concat((i.id << {b}) | k.k)"
             # SQLite: CROSS JOIN keeps the item scan outside (in rowid order) and probes the small k
             join = "JOIN" if is_postgres(conn) else "CROSS JOIN"
@@ -469,16 +471,22 @@ def p_unsafe_of(label: str | None, probability: float | None, probs: Any, unsafe
 def load_verdicts(bind: Any, collection_ids: Sequence[int], dimension: str, labels: Sequence[str],
                   judge_id: str, *, unsafe_labels: Sequence[str] = UNSAFE_DEFAULT,
                   with_probs: bool = False) -> Verdicts:
-    """One judge's verdicts on a dimension (codes computed in SQL)."""
+    """One judge's verdicts on a dimension (codes computed in SQL; packed like the ratings)."""
     labels = list(labels)
     with connection(bind) as conn:
-        cols, cparams = _in_list("c", list(collection_ids))
+        cond, fparams = item_filter(conn, collection_ids, "v.item_id")
         case, lparams = _code_case("v.label", labels)
+        params = {**fparams, **lparams, "judge": judge_id, "dim": dimension}
+        where = f"verdict v WHERE v.judge_id = :judge AND v.dimension = :dim AND {cond}"
+        if not with_probs:
+            max_item = fetch(conn, "SELECT COALESCE(MAX(id), 0) FROM item")[0][0]
+            packed = _packed_triples(conn, ("v.item_id", "0", case), where, params, int(max_item), 1, len(labels))
+            if packed is not None:
+                items, _, code = packed
+                order = np.argsort(items, kind="stable")
+                return Verdicts(judge_id, items[order], code[order], np.full(len(items), np.nan))
         extra = ", v.label, v.probability, v.probs" if with_probs else ""
-        sql = (f"SELECT v.item_id, {case}{extra} FROM verdict v "
-               f"WHERE v.judge_id = :judge AND v.dimension = :dim "
-               f"AND v.item_id IN (SELECT id FROM item WHERE collection_id IN ({cols or 'NULL'})) ORDER BY v.item_id")
-        rows = fetch(conn, sql, {**cparams, **lparams, "judge": judge_id, "dim": dimension})
+        rows = fetch(conn, f"SELECT v.item_id, {case}{extra} FROM {where} ORDER BY v.item_id", params)
     if not with_probs:
         arr = int_matrix(rows, 2)
         return Verdicts(judge_id, arr[:, 0], arr[:, 1], np.full(len(arr), np.nan))

@@ -124,3 +124,32 @@ def test_verdicts_without_any_human_rating(engine: sa.Engine) -> None:
     assert d["overall"]["n_units"] == 0 and d["overall"]["alpha"]["value"] is None
     assert d["judge"]["n_items_with_verdict"] == 0
     assert d["judge"]["alpha_with_judge"]["value"] is None
+
+
+def test_large_ids_pack_without_overflow(engine: sa.Engine) -> None:
+    """Item and user ids whose packed form exceeds 32 bits (PostgreSQL integers are 32-bit)."""
+    tax = taxonomy(["safe", "borderline", "unsafe"], ordered=True)
+    with Session(engine) as s:
+        col = ensure_collection(s, "big", tax)
+        users = [User(id=5_000_000 + k, username=f"big{k}", password_hash="!x") for k in range(2)]
+        s.add_all(users)
+        s.flush()
+        for i in range(3):
+            item = Item(id=2_000_000_000 + i, collection_id=col.id, external_id=f"b{i}", content_hash="x",
+                        task_type="t")
+            s.add(item)
+            s.flush()
+            for u, lab in zip(users, (["safe", "unsafe", "borderline"][i], ["safe", "unsafe", "unsafe"][i]),
+                              strict=True):
+                s.add(Annotation(item_id=item.id, user_id=u.id, labels={"score": lab}))
+        s.commit()
+    write_verdicts(engine, [2_000_000_000 + i for i in range(3)], "score", ["safe", "borderline", "unsafe"], "jb")
+    sc = data.scope(engine, ["big"])
+    r = data.load_ratings(engine, sc.collection_ids, "score", tax["dimensions"][0]["labels"], ordered=True)
+    assert r.item_ids.tolist() == [2_000_000_000, 2_000_000_001, 2_000_000_002]
+    assert sorted(r.rater_names) == ["big0", "big1"]
+    assert r.counts().tolist() == [[2, 0, 0], [0, 0, 2], [0, 1, 1]]
+    v = data.load_verdicts(engine, sc.collection_ids, "score", ["safe", "borderline", "unsafe"], "jb")
+    assert v.code.tolist() == [0, 1, 2]
+    items = data.load_items(engine, sc.collection_ids, ["task_type", "external_id"])
+    assert items["id"].tolist() == r.item_ids.tolist() and items["external_id"].tolist() == ["b0", "b1", "b2"]
