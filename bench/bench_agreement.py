@@ -120,6 +120,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (< 60 s)")
     ap.add_argument("--repeat", type=int, default=None, help="timed repetitions (median reported)")
+    ap.add_argument("--no-pg", action="store_true", help="skip the PostgreSQL rows")
     args = ap.parse_args(argv)
     # a terminated run still drops its PostgreSQL schema and temporary SQLite folder
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -128,26 +129,31 @@ def main(argv: list[str]) -> int:
     boot_items, db_items = (20_000, 30_000) if quick else (100_000, 1_000_000)
     rows: list[tuple[str, str, float | None, float, str]] = []
 
+    def done(row: tuple[str, str, float | None, float, str]) -> None:
+        rows.append(row)
+        t = "-" if row[2] is None else f"{row[2]:.2f} s"
+        print(f"  {row[0]} ({row[1]}): {t} (target {row[3]:.0f} s); {row[4]}", flush=True)
+
     t, note = bench_bootstrap(boot_items, 5, 1000, repeat)
-    rows.append(("alpha + 1000-resample bootstrap", f"{boot_items:,} x 5", t, 30.0, note))
+    done(("alpha + 1000-resample bootstrap", f"{boot_items:,} x 5", t, 30.0, note))
 
     with tempfile.TemporaryDirectory() as tmp:
         res = bench_db(f"sqlite:///{tmp}/bench.db", db_items, repeat, True, Path(tmp))
-        rows.append(("point alpha, SQLite, end to end", f"{db_items:,} x 3", res["point"][0], 5.0, res["point"][1]))
-        rows.append(("gold snapshot -> Parquet, SQLite", f"{db_items:,} rows", res["gold"][0], 15.0, res["gold"][1]))
-        pg = pg_schema_url(os.environ.get("SAFEREVIEW_BENCH_PG", PG_DEFAULT))
+        done(("point alpha, SQLite, end to end", f"{db_items:,} x 3", res["point"][0], 5.0, res["point"][1]))
+        done(("gold snapshot -> Parquet, SQLite", f"{db_items:,} rows", res["gold"][0], 15.0, res["gold"][1]))
+        pg = None if args.no_pg else pg_schema_url(os.environ.get("SAFEREVIEW_BENCH_PG", PG_DEFAULT))
         if pg is None:
-            rows.append(("point alpha, PostgreSQL, end to end", f"{db_items:,} x 3", None, 5.0, "skipped"))
+            done(("point alpha, PostgreSQL, end to end", f"{db_items:,} x 3", None, 5.0, "skipped"))
         else:
             url, drop = pg
             try:
                 res = bench_db(url, db_items, repeat, True, Path(tmp))
             finally:
                 drop()
-            rows.append(("point alpha, PostgreSQL, end to end", f"{db_items:,} x 3", res["point"][0], 5.0,
-                         res["point"][1]))
-            rows.append(("gold snapshot -> Parquet, PostgreSQL", f"{db_items:,} rows", res["gold"][0], 15.0,
-                         res["gold"][1]))
+            done(("point alpha, PostgreSQL, end to end", f"{db_items:,} x 3", res["point"][0], 5.0,
+                  res["point"][1]))
+            done(("gold snapshot -> Parquet, PostgreSQL", f"{db_items:,} rows", res["gold"][0], 15.0,
+                  res["gold"][1]))
 
     mode = "quick sizes (targets are for the full sizes)" if quick else "full sizes"
     print(f"\nagreement benchmarks, {mode}; median of {repeat}")
