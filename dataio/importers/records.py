@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,11 +89,16 @@ def read_jsonl(path: Path) -> Iterator[SourceRow]:
             yield SourceRow(lineno, data, data)
 
 
+_BAD_BYTE = re.compile("[\udc80-\udcff]")
+
+
 def read_csv(path: Path) -> tuple[list[str], Iterator[SourceRow]]:
     """Header and rows of a CSV file; a row's line is where its record starts (header = 1)."""
     # long model outputs exceed the csv module's default 128 KiB field limit
     csv.field_size_limit(max(csv.field_size_limit(), 64 << 20))
-    fh = path.open("r", encoding="utf-8-sig", newline="")
+    # surrogateescape: a bad byte is reported on its own record's line, not as a failed read of
+    # whatever 8 KiB decode chunk it happens to sit in (that blamed the header line)
+    fh = path.open("r", encoding="utf-8-sig", newline="", errors="surrogateescape")
     reader = csv.reader(fh)
     try:
         header = next(reader)
@@ -121,6 +127,10 @@ def read_csv(path: Path) -> tuple[list[str], Iterator[SourceRow]]:
                 if not values or all(not v.strip() for v in values):
                     continue
                 raw = dict(zip(header, values, strict=False))
+                if any(_BAD_BYTE.search(v) for v in values):
+                    text = ",".join(values).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                    yield SourceRow(start, None, text, ("(line)", "not valid UTF-8"))
+                    continue
                 if len(values) != len(header):
                     yield SourceRow(start, None, raw,
                                     ("(csv)", f"{len(values)} fields but the header has {len(header)}"))
