@@ -1,0 +1,213 @@
+"""Shared pieces of the hardening tests (``tests/test_hardening_*.py``).
+
+* a hostile-content corpus built on the fly: text payloads that would run script, load
+  remote resources or confuse the reader if rendered as HTML/markdown, and media files that
+  are bombs, truncated, mislabelled or not media at all;
+* DB consistency checks used after crashes and concurrent bursts;
+* counters the tests append to ``test-artifacts/hardening-counters.jsonl``, which
+  ``bench/reliability_report.py`` sums into the reliability table (counts come from the
+  tests that ran, never written by hand).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+import db.models
+
+REPO = Path(__file__).resolve().parents[1]
+COUNTERS = Path(os.environ.get("SAFEREVIEW_HARDENING_COUNTERS", REPO / "test-artifacts" / "hardening-counters.jsonl"))
+
+OUTSIDE_HOST = "203.0.113.9"  # TEST-NET-3: never routable, so a leak cannot reach anybody
+
+
+def tally(**counts: int) -> None:
+    """Record what a test exercised (inputs tried, faults injected, ...) for the report."""
+    COUNTERS.parent.mkdir(parents=True, exist_ok=True)
+    test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+    with COUNTERS.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"test": test, **counts}) + "\n")
+
+
+# ---------------------------------------------------------------------------------------
+# Hostile text: stored verbatim, rendered inert
+# ---------------------------------------------------------------------------------------
+
+HOSTILE_TEXT: dict[str, str] = {
+    "script": "before <script>window.__pwned = 'script'</script> after",
+    "img-onerror": "<img src=x onerror=\"window.__pwned = 'onerror'\">",
+    "event-attr": "<div onmouseover=\"window.__pwned = 'hover'\" style=\"position:fixed;inset:0\">cover</div>",
+    "svg-onload": "<svg onload=\"window.__pwned = 'svg'\"><circle r=5 /></svg>",
+    "iframe": "<iframe srcdoc=\"<script>parent.__pwned='iframe'</script>\"></iframe>",
+    "js-link-md": "[click me](javascript:window.__pwned='mdlink')",
+    "js-link-html": "<a href=\"javascript:window.__pwned='a'\">click</a>",
+    "remote-image-md": f"![beacon](http://{OUTSIDE_HOST}/md-beacon.png)",
+    "remote-image-html": f"<img src=\"http://{OUTSIDE_HOST}/html-beacon.png\">",
+    "style-tag": f"<style>body {{ background: url(http://{OUTSIDE_HOST}/css-beacon.png) }} "
+                 "* { display: none !important }</style>",
+    "style-attr": f"<span style=\"background:url(http://{OUTSIDE_HOST}/attr-beacon.png)\">styled</span>",
+    "streamlit-md": ":red[red?] **bold?** $\\href{javascript:window.__pwned='tex'}{tex}$",
+    "bidi-override": "invoice_\u202egpj.exe and \u2066isolate\u2069 \u202bembed\u202c",
+    "zero-width": "pass\u200bword \u200c\u200d\ufeff hidden\u2060joiner",
+}
+
+PWN_MARK = "__pwned"
+
+
+def hostile_rows() -> list[dict[str, Any]]:
+    """Generic-format rows, one per hostile text (in the prompt and the response)."""
+    return [{"id": f"hostile-{name}", "prompt": f"repeat: {text}", "response": [{"modality": "text", "text": text}]}
+            for name, text in HOSTILE_TEXT.items()]
+
+
+def big_text(n_chars: int) -> str:
+    """A long text with a recognisable end (``END-OF-BIG-TEXT``)."""
+    block = "All work and no play makes a model a dull judge. "
+    body = (block * (n_chars // len(block) + 1))[: n_chars - 15]
+    return body + "END-OF-BIG-TEXT"
+
+
+# ---------------------------------------------------------------------------------------
+# Hostile media files
+# ---------------------------------------------------------------------------------------
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims ``width`` x ``height`` with one tiny row of data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    data = zlib.compress(b"\x00" + b"\x00" * 30)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", data)
+                     + _png_chunk(b"IEND", b""))
+    return path
+
+
+def png_bomb(path: Path, side: int = 9000) -> Path:
+    """A real, fully decodable 1-bit PNG of side² pixels (81 M > the 50 M default limit) in a few KB."""
+    from PIL import Image
+
+    Image.new("1", (side, side), 0).save(path, "PNG", optimize=True)
+    return path
+
+
+SVG_SCRIPT = (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10" '
+              b'onload="window.__pwned=\'svgfile\'"><script>window.__pwned="svgscript"</script>'
+              b'<rect width="10" height="10"/></svg>')
+
+
+@dataclass(frozen=True)
+class MediaCase:
+    name: str  # file name in the media folder
+    modality: str
+    accepted: bool  # True: imported (safely decoded); False: refused with a message
+    message: str  # a fragment of the refusal message (or of the stored MIME type when accepted)
+
+
+def build_media_corpus(d: Path) -> list[MediaCase]:
+    """Write the hostile media files into ``d``; returns what the importer must do with each."""
+    from dataio_support import png, truncated, video, wav
+
+    d.mkdir(parents=True, exist_ok=True)
+    cases: list[MediaCase] = []
+    good_png = png(d / "good.png")
+    png_bomb(d / "bomb.png")
+    cases.append(MediaCase("bomb.png", "image", False, "decompression-bomb"))
+    png_header_only(d / "huge-dims.png", 60_000, 60_000)
+    cases.append(MediaCase("huge-dims.png", "image", False, "decompression-bomb"))
+    truncated(png(d / "src-big.png", size=(400, 300)), d / "truncated.png", keep=0.5)
+    cases.append(MediaCase("truncated.png", "image", False, "truncated"))
+    (d / "script.svg").write_bytes(SVG_SCRIPT)
+    cases.append(MediaCase("script.svg", "image", False, "not a decodable image"))
+    (d / "svg-as.png").write_bytes(SVG_SCRIPT)
+    cases.append(MediaCase("svg-as.png", "image", False, "not a decodable image"))
+    (d / "html-as.jpg").write_bytes(b"<html><script>window.__pwned='html'</script></html>")
+    cases.append(MediaCase("html-as.jpg", "image", False, "not a decodable image"))
+    (d / "png-named.jpg").write_bytes(good_png.read_bytes())  # wrong extension, real content wins
+    cases.append(MediaCase("png-named.jpg", "image", True, "image/png"))
+    wav(d / "src.wav", seconds=1.0)
+    truncated(d / "src.wav", d / "truncated.wav", keep=0.5)
+    cases.append(MediaCase("truncated.wav", "audio", False, "truncated"))
+    (d / "empty.wav").write_bytes(b"")
+    cases.append(MediaCase("empty.wav", "audio", False, "empty file"))
+    (d / "text.wav").write_bytes(b"this is not audio at all\n" * 50)
+    cases.append(MediaCase("text.wav", "audio", False, "not decodable audio"))
+    (d / "png-as.wav").write_bytes(good_png.read_bytes())
+    cases.append(MediaCase("png-as.wav", "audio", False, "not decodable audio"))
+    clip = video(d / "src.mp4", frames=12)
+    data = clip.read_bytes()
+    (d / "corrupt.mp4").write_bytes(data[:64] + bytes(reversed(data[64:])))
+    cases.append(MediaCase("corrupt.mp4", "video", False, "video"))
+    (d / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    cases.append(MediaCase("truncated.mp4", "video", False, "video"))
+    (d / "noise.mp4").write_bytes(os.urandom(4096))
+    cases.append(MediaCase("noise.mp4", "video", False, "video"))
+    return cases
+
+
+def media_rows(cases: list[MediaCase]) -> list[dict[str, Any]]:
+    return [{"id": f"media-{c.name}", "prompt": [{"modality": c.modality, "path": c.name},
+                                                 {"modality": "text", "text": "what is this?"}]}
+            for c in cases]
+
+
+# ---------------------------------------------------------------------------------------
+# Database consistency
+# ---------------------------------------------------------------------------------------
+
+
+def fk_problems(engine: sa.Engine) -> list[str]:
+    """Rows whose foreign keys point nowhere (checked by query, so it works on both back ends)."""
+    problems: list[str] = []
+    with engine.connect() as conn:
+        for table in db.models.SQLModel.metadata.sorted_tables:
+            for fk in table.foreign_keys:
+                col, ref = fk.parent, fk.column
+                n = conn.execute(sa.text(
+                    f"SELECT COUNT(*) FROM {table.name} t WHERE t.{col.name} IS NOT NULL AND NOT EXISTS "
+                    f"(SELECT 1 FROM {ref.table.name} r WHERE r.{ref.name} = t.{col.name})")).scalar_one()
+                if n:
+                    problems.append(f"{table.name}.{col.name}: {n} row(s) point to no {ref.table.name}.{ref.name}")
+    return problems
+
+
+def slot_problems(engine: sa.Engine) -> list[str]:
+    """slots_taken must equal leased+done assignments (every collection) and never exceed k."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT item.id, item.slots_taken, collection.overlap_target, "
+            "(SELECT COUNT(*) FROM assignment a WHERE a.item_id = item.id AND a.status IN ('leased', 'done')) "
+            "FROM item JOIN collection ON collection.id = item.collection_id")).all()
+    out = []
+    for item_id, taken, k, held in rows:
+        if taken != held:
+            out.append(f"item {item_id}: slots_taken {taken} != {held} leased/done assignments")
+        if held > k:
+            out.append(f"item {item_id}: {held} slots > overlap target {k}")
+    return out
+
+
+def replay_problems(engine: sa.Engine) -> list[str]:
+    """Annotations whose event log does not replay to the stored row."""
+    from workflow.annotations import replay_events, stored_state
+
+    with Session(engine) as s:
+        replayed, stored = replay_events(s), stored_state(s)
+    out = [f"annotation {i}: replay {replayed.get(i)} != stored {stored.get(i)}"
+           for i in sorted(set(replayed) | set(stored)) if replayed.get(i) != stored.get(i)]
+    return out
+
+
+def consistency_problems(engine: sa.Engine) -> list[str]:
+    return fk_problems(engine) + slot_problems(engine) + replay_problems(engine)
