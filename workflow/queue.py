@@ -528,7 +528,10 @@ def _next_in_session(session: Session, user: User, flt: QueueFilter, now: dateti
         if audit:
             cand = _audit_candidate(session, user, flt, k, rng, exclude)
             if cand is None:
-                return None
+                if not exclude:
+                    return None  # nothing eligible at all
+                audit = False  # only lost races left to draw from: take the priority route
+                continue
             item_id, n_elig = cand
             prob = audit_share / n_elig
             stratum = "audit"
