@@ -67,6 +67,10 @@ def _iso(v: Any) -> str | None:
     return v.isoformat() if v is not None else None
 
 
+def _sqlite_iso(v: str | None) -> str | None:
+    return v.replace(" ", "T", 1) + "+00:00" if v else None
+
+
 def item_rows(engine: sa.Engine, *, collections: Iterable[str] | None = None) -> tuple[list[str], dict[str, list]]:
     """Column names and column-wise values of the items export."""
     it = Item.__table__  # type: ignore[attr-defined]
@@ -84,17 +88,21 @@ def item_rows(engine: sa.Engine, *, collections: Iterable[str] | None = None) ->
             return [*base, "judge_ids", *prov], {**cols, "judge_ids": [], **{k: [] for k in prov}}
         batches = {bid: (src, fmt) for bid, src, fmt in conn.execute(sa.select(bt.c.id, bt.c.source, bt.c.format))}
         index: dict[int, int] = {}
+        # SQLite keeps UTC times as text "YYYY-MM-DD HH:MM:SS.ffffff": reformat it instead of parsing
+        sqlite = conn.dialect.name == "sqlite"
+        created = sa.cast(it.c.created_at, sa.Text).label("created_at") if sqlite else it.c.created_at
+        iso = _sqlite_iso if sqlite else _iso
         # JSON columns are read as their stored text: parsed once for the text/media columns and
         # passed through unchanged as prompt_json/response_json/meta_json (no re-serialising).
         stmt = (sa.select(it.c.id, it.c.collection_id, it.c.external_id, it.c.task_type, it.c.category,
                           it.c.subcategory, it.c.model, it.c.input_modalities, it.c.output_modalities,
                           sa.cast(it.c.prompt, sa.Text).label("prompt"), sa.cast(it.c.response, sa.Text).label(
                               "response"), it.c.refused, sa.cast(it.c.meta, sa.Text).label("meta"),
-                          it.c.content_hash, it.c.priority, it.c.slots_taken, it.c.created_at, it.c.import_batch_id)
+                          it.c.content_hash, it.c.priority, it.c.slots_taken, created, it.c.import_batch_id)
                 .where(it.c.collection_id.in_(list(cmap))).order_by(it.c.collection_id, it.c.id))
         loads = json.loads
         tuples: list[tuple[Any, ...]] = []
-        for n, r in enumerate(conn.execute(stmt)):
+        for n, r in enumerate(conn.execute(stmt).all()):
             index[r.id] = n
             src, fmt = batches.get(r.import_batch_id, (None, None))
             prompt, response = loads(r.prompt or "[]"), loads(r.response or "[]")
@@ -102,7 +110,7 @@ def item_rows(engine: sa.Engine, *, collections: Iterable[str] | None = None) ->
                       r.input_modalities, r.output_modalities, _parts_text(prompt), _parts_media(prompt),
                       _parts_text(response), _parts_media(response), bool(r.refused),
                       r.prompt, r.response, r.meta, r.content_hash, r.priority,
-                      r.slots_taken, _iso(r.created_at), r.import_batch_id, src, fmt)
+                      r.slots_taken, iso(r.created_at), r.import_batch_id, src, fmt)
             tuples.append(values)
         n_rows = len(index)
         if tuples:
@@ -113,7 +121,7 @@ def item_rows(engine: sa.Engine, *, collections: Iterable[str] | None = None) ->
         vstmt = (sa.select(vt.c.item_id, vt.c.judge_id, vt.c.dimension, vt.c.label, vt.c.probability, vt.c.status)
                  .select_from(vt.join(it, it.c.id == vt.c.item_id))
                  .where(it.c.collection_id.in_(list(cmap))))
-        for item_id, judge, dim, label, prob, status in conn.execute(vstmt):
+        for item_id, judge, dim, label, prob, status in conn.execute(vstmt).all():
             row = index.get(item_id)
             if row is None:
                 continue
@@ -161,7 +169,7 @@ def annotation_rows(engine: sa.Engine, *,
                               at.c.labels, at.c.blind_labels)
                     .select_from(at.join(it, it.c.id == at.c.item_id).join(ut, ut.c.id == at.c.user_id))
                     .where(it.c.collection_id.in_(list(cmap))).order_by(it.c.collection_id, it.c.id, ut.c.username))
-            for r in conn.execute(stmt):
+            for r in conn.execute(stmt).all():
                 rows.append((cmap[r.collection_id], r.id, r.external_id, r.task_type, r.category, r.model,
                              r.username, r.role, ";".join(r.categories or []), r.rationale, bool(r.flagged),
                              r.verdict_action, r.verdict_judge_id, r.time_spent_s, r.source, r.version,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -66,6 +67,8 @@ def test_export_items_round_trip(filled: sa.Engine, tmp_path: Path, fmt: str) ->
     assert a["safereview_version"] == __version__
     assert a["schema_revision"] == schema_revision(filled)
     assert a["exported_at"] and a["collection"] == "exp"
+    created = datetime.fromisoformat(str(a["created_at"]))
+    assert created.utcoffset() == timedelta(0) and abs(datetime.now(UTC) - created) < timedelta(hours=1)
     assert not list(tmp_path.glob(".items*"))  # no temporary file left behind
 
 
