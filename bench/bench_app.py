@@ -155,27 +155,27 @@ async def annotator(browser, base: str, username: str, n_items: int, think_s: fl
                     rng: random.Random) -> list[tuple[float, float]]:
     ctx = await browser.new_context(viewport={"width": 1280, "height": 900})
     page = await ctx.new_page()
-    await page.goto(base)
-    await page.wait_for_selector(".st-key-signin_username input", timeout=60_000)
+    await page.goto(base, timeout=180_000)
+    await page.wait_for_selector(".st-key-signin_username input", timeout=180_000)
     await page.locator(".st-key-signin_username input").fill(username)
     await page.locator(".st-key-signin_password input").fill(PASSWORD)
     await page.keyboard.press("Enter")
     try:
-        await page.wait_for_selector(".st-key-rv_submit", timeout=60_000)
+        await page.wait_for_selector(".st-key-rv_submit", timeout=180_000)
     except Exception:
         await page.screenshot(path=f"/tmp/bench-fail-{username}.png")
         raise
-    await page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
+    await page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=180_000)
     await page.wait_for_timeout(500)
     await page.evaluate(INSTALL_JS)
     for i in range(n_items):
         # clicks, not key presses: keyboard events only reach the focused one of the 20 windows
         await page.locator(".st-key-rv_lab_0_0 button").click()
-        await page.wait_for_selector(".st-key-rv_lab_0_0 button[kind='primary']", timeout=30_000)
+        await page.wait_for_selector(".st-key-rv_lab_0_0 button[kind='primary']", timeout=90_000)
         await page.locator(".st-key-rv_lab_1_0 button").click()
-        await page.wait_for_selector(".st-key-rv_lab_1_0 button[kind='primary']", timeout=30_000)
+        await page.wait_for_selector(".st-key-rv_lab_1_0 button[kind='primary']", timeout=90_000)
         await page.locator(".st-key-rv_submit button").click()
-        await page.wait_for_function(f"() => window.__lat.length >= {i + 1}", timeout=30_000)
+        await page.wait_for_function(f"() => window.__lat.length >= {i + 1}", timeout=90_000)
         await asyncio.sleep(think_s * rng.uniform(0.5, 1.5))
     lat = await page.evaluate("() => window.__lat")
     await ctx.close()
@@ -195,7 +195,7 @@ async def drive(base: str, n_users: int, n_items: int, think_s: float) -> list[t
         tasks = []
         for u in range(n_users):
             tasks.append(asyncio.create_task(annotator(browser, base, f"bench{u:02d}", n_items, think_s, rngs[u])))
-            await asyncio.sleep(0.15)
+            await asyncio.sleep(0.6)
         results = await asyncio.gather(*tasks)
         await browser.close()
     return [x for r in results for x in r]
@@ -247,7 +247,7 @@ def main(argv: list[str]) -> int:
         return 1
     users = args.users or (4 if args.quick else 20)
     items = args.items or (4 if args.quick else 15)
-    modes = (args.modes or ("freeze" if args.quick else "full,off,freeze")).split(",")
+    modes = (args.modes or ("off" if args.quick else "full,off,freeze")).split(",")
     rows = []
     tmp = tempfile.mkdtemp(prefix="bench-app-")
     try:

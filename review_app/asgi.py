@@ -4,10 +4,11 @@ Streamlit discovers the ``app = st.App(...)`` assignment below and serves it wit
 uvicorn runner, adding our routes (authenticated media, sign-in cookie, health) and the
 security-header middleware in front of its own.
 
-With ``SAFEREVIEW_APP_GC_FREEZE=1`` (the ``serve`` default) the modules every page needs
-are imported here and the heap is frozen (``gc.freeze()``): Streamlit's full collection
-after each script run then skips those long-lived objects. See docs/review_app.md for the
-measurements behind this choice.
+With ``SAFEREVIEW_APP_GC_FREEZE=1`` (``safereview serve --gc freeze``) the modules every
+page needs are imported here and the heap is frozen (``gc.freeze()``): Streamlit's full
+collection after each script run then skips those long-lived objects. The default
+(``--gc off``) turns that post-run collection off instead; docs/review_app.md has the
+measurements behind the choice.
 """
 
 from __future__ import annotations

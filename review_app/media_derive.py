@@ -134,9 +134,13 @@ def load_audio(source: Path, *, max_seconds: float = MAX_AUDIO_SECONDS) -> tuple
     except Exception:
         # formats libsndfile does not know (e.g. some mp3/m4a): librosa's fallback decoders
         try:
+            import warnings
+
             import librosa
 
-            y, sr = librosa.load(str(source), sr=None, mono=True, duration=max_seconds)
+            with warnings.catch_warnings():  # librosa warns when it falls back to audioread
+                warnings.simplefilter("ignore")
+                y, sr = librosa.load(str(source), sr=None, mono=True, duration=max_seconds)
         except Exception as exc:
             raise DeriveError(f"cannot decode audio: {type(exc).__name__}") from None
     if y.size == 0 or not np.isfinite(y).all():

@@ -214,7 +214,7 @@ def free_port() -> int:
 class Server:
     """``safereview serve`` in a subprocess on a free local port."""
 
-    def __init__(self, fx: Fixture, *, gc: str = "freeze", log: Path | None = None) -> None:
+    def __init__(self, fx: Fixture, *, gc: str = "off", log: Path | None = None) -> None:
         self.fx = fx
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"

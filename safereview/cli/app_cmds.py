@@ -20,9 +20,10 @@ HostOption = Annotated[str, typer.Option("--host", help="Address to listen on (1
 PortOption = Annotated[int, typer.Option("--port", help="TCP port to listen on.")]
 GcOption = Annotated[
     str,
-    typer.Option("--gc", help="Garbage collection after each script run: 'freeze' (default: freeze the "
-                              "startup heap, keep Streamlit's post-run collection), 'off' (no post-run "
-                              "collection) or 'full' (Streamlit's default). See docs/review_app.md."),
+    typer.Option("--gc", help="Garbage collection after each script run: 'off' (default: no full "
+                              "collection after every run; Python's own generational GC still runs), 'freeze' "
+                              "(freeze the start-up heap, keep the post-run collection) or 'full' (Streamlit's "
+                              "default). See docs/review_app.md for the measurements."),
 ]
 
 # Demo accounts: fixed passwords are acceptable ONLY for the local demo database.
@@ -44,7 +45,7 @@ def _absolute_db_url(url: str) -> str:
     return f"sqlite:///{path}" + (f"?{query}" if query else "")
 
 
-def streamlit_command(host: str, port: int, *, gc: str = "freeze", max_upload_mb: int = 200) -> list[str]:
+def streamlit_command(host: str, port: int, *, gc: str = "off", max_upload_mb: int = 200) -> list[str]:
     """The ``streamlit run`` command line ``serve`` executes (exposed for tests and the bench)."""
     if gc not in ("freeze", "off", "full"):
         raise typer.BadParameter("--gc must be freeze, off or full")
@@ -67,7 +68,7 @@ def streamlit_command(host: str, port: int, *, gc: str = "freeze", max_upload_mb
     ]
 
 
-def serve_env(db_url: str, media_root: Path, cache_dir: Path | None = None, *, gc: str = "freeze") -> dict[str, str]:
+def serve_env(db_url: str, media_root: Path, cache_dir: Path | None = None, *, gc: str = "off") -> dict[str, str]:
     env = dict(os.environ)
     env["SAFEREVIEW_DB"] = _absolute_db_url(db_url)
     env["SAFEREVIEW_MEDIA_ROOT"] = str(Path(media_root).resolve())
@@ -113,7 +114,7 @@ def register(app: typer.Typer) -> None:
         media_root: MediaRootOption = None,
         host: HostOption = "127.0.0.1",
         port: PortOption = 8501,
-        gc: GcOption = "freeze",
+        gc: GcOption = "off",
     ) -> None:
         """Run the review app (Streamlit) against a database; upgrades the schema first."""
         cfg = config(db, media_root)
@@ -148,4 +149,4 @@ def register(app: typer.Typer) -> None:
         for username, password, role in users:
             console.print(f"  {role:<10} {username:<8} password: {password}")
         if not no_serve:
-            _exec_streamlit(cfg, host, port, "freeze")
+            _exec_streamlit(cfg, host, port, "off")
