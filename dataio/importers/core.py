@@ -900,7 +900,7 @@ def _write_annotations(conn: sa.Connection, final: list[Record], ids: dict[str, 
     if new_rows:
         fast_insert(conn, ann_t, new_rows)
         got = {(r.item_id, r.user_id): r.id for r in conn.execute(
-            sa.select(ann_t.c.id, ann_t.c.item_id, ann_t.c.user_id).where(ann_t.c.import_batch_id == batch_id))}
+            sa.select(ann_t.c.id, ann_t.c.item_id, ann_t.c.user_id).where(ann_t.c.import_batch_id == batch_id)).all()}
         snap = {(iid, user_ids[a["annotator"]]): a for iid, op, a, _ in plans if op == "new"}
         for key, a in snap.items():
             events.append({"annotation_id": got[key], "item_id": key[0], "actor_id": key[1], "action": "import",

@@ -36,12 +36,18 @@ FLAT_PART_KEYS = {f"{p}_{m}" for p in ("prompt", "response") for m in ("text", "
 REF_KEYS = {"item_id", "verdicts", "annotations"}
 
 
+_PLAIN_KEYS = ITEM_KEYS | FLAT_PART_KEYS | {"item_id"}
+
+
 def parse_row(src: SourceRow) -> Record:
     data = src.data or {}
     rec = Record(line=src.line, raw=src.raw)
     used: set[str] = set()
-    used |= parse_flat_verdicts(data, rec)
-    used |= parse_flat_annotation(data, rec)
+    # fast path: rows with only the plain item columns need no scan for verdict./label./meta. columns
+    odd = [k for k in data if k not in _PLAIN_KEYS]
+    if odd:
+        used |= parse_flat_verdicts(data, rec)
+        used |= parse_flat_annotation(data, rec)
     if "verdicts" in data and data["verdicts"] is not None:
         parse_verdict_list(data["verdicts"], rec)
     if "annotations" in data and data["annotations"] is not None:
@@ -69,7 +75,7 @@ def parse_row(src: SourceRow) -> Record:
     rec.model = as_str(data.get("model"))
     rec.refused = as_bool(data.get("refused"), rec, "refused")
     meta = as_json(data.get("meta"), rec, "meta", dict) or {}
-    for key in [k for k in data if k[:5] == "meta."]:
+    for key in [k for k in odd if k[:5] == "meta."]:
         used.add(key)
         if data[key] is not None:
             meta[key[len("meta."):]] = data[key]
@@ -78,9 +84,7 @@ def parse_row(src: SourceRow) -> Record:
         parts = parse_parts(data.get(side), rec, side) if data.get(side) is not None else []
         parts += flat_parts(data, side, rec)
         setattr(rec, side, parts)
-    unknown = set(data) - ITEM_KEYS - FLAT_PART_KEYS - used - {"item_id"}
-    present = sorted(k for k in unknown if data.get(k) is not None)
-    for key in present:
+    for key in sorted(k for k in odd if k not in used and data.get(k) is not None):
         rec.error(key, "unknown field (see docs/import.md; put extras in meta or meta.<key>)")
     return rec
 
