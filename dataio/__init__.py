@@ -1,1 +1,1 @@
-"""dataio."""
+"""Data in and out: media validation and storage, import (generic, Uni-SafeBench, VLSU), export, demo."""
