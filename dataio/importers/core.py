@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import secrets
 import time
@@ -555,7 +554,7 @@ def fast_insert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]
     all_cols = cols + list(const)
     procs = [None if c in raw else proc(c) for c in cols]
     pairs = list(zip(cols, procs, strict=True))
-    if pg and not os.environ.get("SAFEREVIEW_IMPORT_NO_COPY"):
+    if pg:
         # COPY is several times faster than INSERT for bulk rows; same transaction, same values
         # (text form parsed by the server per column type, JSON text into json/jsonb).
         dbapi = conn.connection.dbapi_connection
