@@ -520,58 +520,43 @@ def _ann_key(labels: Any, blind: Any, categories: Any, rationale: str) -> tuple[
 
 def fast_insert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], *,
                 raw: Iterable[str] = (), const: dict[str, Any] | None = None) -> None:
-    """``executemany`` straight on the driver, with each column's SQLAlchemy bind processor.
+    """Bulk rows straight through the driver (PostgreSQL ``COPY``, SQLite ``executemany``).
 
-    Stores the same values as ``conn.execute(table.insert(), rows)`` (JSON serialised by
-    the column type, aware datetimes normalised to UTC) without SQLAlchemy's per-row
-    parameter handling, which dominated bulk-import time. ``raw`` columns are already in
-    database form (JSON text serialised once during validation); ``const`` columns have one
-    value for every row and are processed once.
+    Values go through each column's SQLAlchemy bind processor (JSON serialised by the
+    column type, aware datetimes normalised to UTC), so the stored values are those of
+    ``conn.execute(table.insert(), rows)`` without SQLAlchemy's per-row parameter handling,
+    which dominated bulk-import time; None stays SQL NULL, also in JSON columns. ``raw``
+    columns are already in database form (JSON text serialised once during validation);
+    ``const`` columns have one value for every row and are processed once.
     """
     if not rows:
         return
-    from sqlalchemy.dialects.postgresql import JSONB
-
     dialect = conn.dialect
     prep = dialect.identifier_preparer
     raw = set(raw)
     const = const or {}
     cols = list(rows[0])
-    pg = dialect.name == "postgresql"
-    if not pg and dialect.paramstyle != "qmark":
-        raise NotImplementedError(f"fast_insert: unsupported driver paramstyle {dialect.paramstyle}")
 
     def proc(c: str) -> Any:
         return table.c[c].type.dialect_impl(dialect).bind_processor(dialect)
 
-    def mark(c: str) -> str:
-        if not pg:
-            return "?"
-        impl = table.c[c].type.dialect_impl(dialect)
-        return "%s::jsonb" if isinstance(impl, JSONB) else "%s::json" if isinstance(impl, sa.JSON) else "%s"
-
     const_vals = tuple((p(v) if (p := proc(c)) is not None and v is not None else v) for c, v in const.items())
     all_cols = cols + list(const)
-    procs = [None if c in raw else proc(c) for c in cols]
-    pairs = list(zip(cols, procs, strict=True))
-    if pg:
-        # COPY is several times faster than INSERT for bulk rows; same transaction, same values
-        # (text form parsed by the server per column type, JSON text into json/jsonb).
+    col_sql = ", ".join(prep.quote(c) for c in all_cols)
+    pairs = [(c, None if c in raw else proc(c)) for c in cols]
+    if dialect.name == "postgresql":
+        # COPY is several times faster than INSERT; same transaction (the server parses each
+        # value's text form by column type, JSON text into jsonb).
         dbapi = conn.connection.dbapi_connection
-        copy_sql = f"COPY {prep.format_table(table)} ({', '.join(prep.quote(c) for c in all_cols)}) FROM STDIN"
-        with dbapi.cursor() as cur, cur.copy(copy_sql) as cp:  # type: ignore[union-attr]
+        with dbapi.cursor() as cur, cur.copy(f"COPY {prep.format_table(table)} ({col_sql}) FROM STDIN") as cp:  # type: ignore[union-attr]
             for r in rows:
                 cp.write_row((*[p(v) if p is not None and v is not None else v for c, p in pairs
                                 for v in (r[c],)], *const_vals))
         return
-    sql = (f"INSERT INTO {prep.format_table(table)} ({', '.join(prep.quote(c) for c in all_cols)}) "
-           f"VALUES ({', '.join(mark(c) for c in all_cols)})")
-    if all(p is None for p in procs):
-        for chunk in _chunks(rows):
-            conn.exec_driver_sql(sql, [(*r.values(), *const_vals) for r in chunk])
-        return
+    if dialect.paramstyle != "qmark":
+        raise NotImplementedError(f"fast_insert: unsupported driver paramstyle {dialect.paramstyle}")
+    sql = f"INSERT INTO {prep.format_table(table)} ({col_sql}) VALUES ({', '.join('?' for _ in all_cols)})"
     for chunk in _chunks(rows):
-        # None stays SQL NULL (also for JSON columns, instead of the JSON text 'null')
         data = [(*[p(v) if p is not None and v is not None else v for c, p in pairs for v in (r[c],)],
                  *const_vals) for r in chunk]
         conn.exec_driver_sql(sql, data)
