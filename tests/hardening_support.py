@@ -174,9 +174,10 @@ def fk_problems(engine: sa.Engine) -> list[str]:
         for table in db.models.SQLModel.metadata.sorted_tables:
             for fk in table.foreign_keys:
                 col, ref = fk.parent, fk.column
-                n = conn.execute(sa.text(
-                    f"SELECT COUNT(*) FROM {table.name} t WHERE t.{col.name} IS NOT NULL AND NOT EXISTS "
-                    f"(SELECT 1 FROM {ref.table.name} r WHERE r.{ref.name} = t.{col.name})")).scalar_one()
+                r = ref.table.alias("r")
+                orphan = sa.select(sa.func.count()).select_from(table).where(
+                    col.is_not(None), ~sa.exists().where(r.c[ref.name] == col))
+                n = conn.execute(orphan).scalar_one()
                 if n:
                     problems.append(f"{table.name}.{col.name}: {n} row(s) point to no {ref.table.name}.{ref.name}")
     return problems
@@ -211,3 +212,79 @@ def replay_problems(engine: sa.Engine) -> list[str]:
 
 def consistency_problems(engine: sa.Engine) -> list[str]:
     return fk_problems(engine) + slot_problems(engine) + replay_problems(engine)
+
+
+# ---------------------------------------------------------------------------------------
+# Annotators in separate processes
+# ---------------------------------------------------------------------------------------
+
+VLSU_LABELS = ("safe", "borderline", "unsafe")
+
+
+def burst_worker(db_url: str, user_id: int, collection_id: int, seed: int, seconds: float | None,
+                 ready: Any, go: Any, results: Any, report_each: bool = False) -> None:
+    """A spawned annotator: pull and submit random labels until ``seconds`` pass or the queue is empty.
+
+    Puts ``(user_id, [(item_id, labels), ...], n_retried_errors)`` on ``results`` at the end;
+    with ``report_each`` also ``(user_id, (item_id, labels))`` right after each commit (so a
+    parent that SIGKILLs the process knows what was committed before).
+    """
+    import random
+    import time
+
+    from db.engine import make_engine, session_scope
+    from db.models import User
+    from workflow.annotations import submit
+    from workflow.queue import QueueFilter, next_item
+
+    engine = make_engine(db_url)
+    rng = random.Random(seed)
+    with Session(engine) as s:
+        user = s.get(User, user_id)
+        assert user is not None
+        s.expunge(user)
+    ready.put(user_id)
+    go.wait(180)
+    deadline = time.monotonic() + seconds if seconds is not None else float("inf")
+    done: list[tuple[int, dict[str, str]]] = []
+    errors = 0
+    try:
+        while time.monotonic() < deadline:
+            try:
+                a = next_item(engine, user, QueueFilter(collection_id), rng=rng)
+            except sa.exc.OperationalError:
+                errors += 1
+                time.sleep(0.01 * rng.random())
+                continue
+            if a is None:
+                break
+            labels = {d: rng.choice(VLSU_LABELS) for d in ("image", "text", "joint")}
+            try:
+                with session_scope(engine) as s:
+                    submit(s, user, a.id, labels)  # type: ignore[arg-type]
+            except sa.exc.OperationalError:
+                errors += 1  # not committed; the lease stays ours and comes back from next_item
+                time.sleep(0.01 * rng.random())
+                continue
+            done.append((a.item_id, labels))
+            if report_each:
+                results.put((user_id, (a.item_id, labels)))
+        results.put((user_id, done, errors))
+    except BaseException as exc:  # report instead of hanging the parent
+        results.put((user_id, repr(exc), errors))
+    finally:
+        engine.dispose()
+
+
+def stored_labels(engine: sa.Engine, collection_id: int) -> list[tuple[int, int, dict[str, str]]]:
+    """(user_id, item_id, labels) of every annotation in the collection."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT a.user_id, a.item_id, a.labels FROM annotation a JOIN item i ON i.id = a.item_id "
+            "WHERE i.collection_id = :c"), {"c": collection_id}).all()
+    out = []
+    for uid, iid, labels in rows:
+        if isinstance(labels, str):
+            labels = json.loads(labels)
+        out.append((int(uid), int(iid), labels))
+    return out
