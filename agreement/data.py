@@ -409,10 +409,9 @@ def load_items(bind: Any, collection_ids: Sequence[int],
 def judges(bind: Any, collection_ids: Sequence[int], dimension: str) -> list[tuple[str, int]]:
     """Judge ids with verdicts on the dimension, most verdicts first."""
     with connection(bind) as conn:
-        cols, cparams = _in_list("c", list(collection_ids))
-        rows = fetch(conn, "SELECT v.judge_id, COUNT(*) FROM verdict v JOIN item i ON i.id = v.item_id "
-                           f"WHERE i.collection_id IN ({cols or 'NULL'}) AND v.dimension = :dim "
-                           "GROUP BY v.judge_id ORDER BY COUNT(*) DESC, v.judge_id", {**cparams, "dim": dimension})
+        cond, params = item_filter(conn, collection_ids, "v.item_id")
+        rows = fetch(conn, f"SELECT v.judge_id, COUNT(*) FROM verdict v WHERE v.dimension = :dim AND {cond} "
+                           "GROUP BY v.judge_id ORDER BY COUNT(*) DESC, v.judge_id", {**params, "dim": dimension})
     return [(r[0], int(r[1])) for r in rows]
 
 
