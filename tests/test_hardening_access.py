@@ -1,0 +1,298 @@
+"""Access control, table-driven: every role × every service function that takes a user,
+every page of the app per role, and the sign-in rules (argon2 only, rate limit, disabled
+users, session expiry).
+
+Roles: annotator, lead, admin, a disabled user of each role, and signed out (``None``).
+The list of guarded service functions is found by reading the source (every function in
+``workflow``/``agreement``/``dataio``/``judge`` that calls ``require``), so a new guarded
+function without a row here fails :func:`test_every_guarded_function_is_in_the_table`.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import hardening_support as H
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session, select
+from workflow_support import make_collection, make_user
+
+from db.engine import session_scope
+from db.models import User, UserSession, utcnow
+from workflow import auth
+from workflow.errors import AuthError, Forbidden
+
+ROLES = ("annotator", "lead", "admin")
+MIN_ROLE = {"annotator": {"annotator", "lead", "admin"}, "lead": {"lead", "admin"}, "admin": {"admin"}}
+PRINCIPALS = ("annotator", "lead", "admin", "disabled-annotator", "disabled-lead", "disabled-admin", "signed-out")
+
+
+@dataclass(frozen=True)
+class Guarded:
+    name: str  # module.function
+    minimum: str  # lowest role allowed (written here independently of workflow.policies)
+    call: Callable[[Session, Any, dict[str, Any]], Any]
+    none_is_cli: bool = False  # actor=None means the trusted CLI, by design
+
+
+def _g(name: str, minimum: str, call: Callable[[Session, Any, dict[str, Any]], Any], cli: bool = False) -> Guarded:
+    return Guarded(name, minimum, call, cli)
+
+
+def _table() -> list[Guarded]:
+    from agreement import audit, calibration, consensus, gold
+    from workflow import annotations as an
+    from workflow import queue as q
+
+    return [
+        _g("workflow.annotations.submit", "annotator", lambda s, u, c: an.submit(s, u, c["asg"], H_LABELS)),
+        _g("workflow.annotations.finalize", "annotator",
+           lambda s, u, c: an.finalize(s, u, c["ann"], H_LABELS, action="confirm", expected_version=1)),
+        _g("workflow.annotations.update", "annotator", lambda s, u, c: an.update(s, u, c["ann"], 1, flagged=True)),
+        _g("workflow.annotations.undo_last", "annotator", lambda s, u, c: an.undo_last(s, u)),
+        _g("workflow.annotations.history", "annotator", lambda s, u, c: an.history(s, u)),
+        _g("workflow.annotations.visible_annotations", "annotator",
+           lambda s, u, c: an.visible_annotations(s, u, c["item"])),
+        _g("workflow.annotations.verdicts_for", "annotator",
+           lambda s, u, c: an.verdicts_for(s, u, c["item"], revealed=True)),
+        _g("workflow.annotations.events_for", "annotator", lambda s, u, c: an.events_for(s, u, c["ann"])),
+        _g("workflow.queue._next_in_session", "annotator",
+           lambda s, u, c: q.next_item(s, u, q.QueueFilter(c["col"]))),
+        _g("workflow.queue.release", "annotator", lambda s, u, c: q.release(s, u, c["asg"])),
+        _g("workflow.queue.skip", "annotator", lambda s, u, c: q.skip(s, u, c["asg"])),
+        _g("workflow.queue.queue_status", "lead", lambda s, u, c: q.queue_status(s, u, c["col"]), cli=True),
+        _g("workflow.auth.set_disabled", "admin", lambda s, u, c: auth.set_disabled(s, "victim", False, actor=u),
+           cli=True),
+        _g("workflow.auth.reset_password", "admin",
+           lambda s, u, c: auth.reset_password(s, "victim", "new-pass-123456", actor=u), cli=True),
+        _g("workflow.auth.list_users", "admin", lambda s, u, c: auth.list_users(s, actor=u), cli=True),
+        _g("agreement.consensus.adjudication_queue", "lead", lambda s, u, c: consensus.adjudication_queue(s, u)),
+        _g("agreement.consensus.adjudicate", "lead",
+           lambda s, u, c: consensus.adjudicate(s, u, c["item"], "joint", "safe", "x")),
+        _g("agreement.gold.create_snapshot", "lead", lambda s, u, c: gold.create_snapshot(s, u), cli=True),
+        _g("agreement.audit.tag_error", "lead",
+           lambda s, u, c: audit.tag_error(s, u, c["item"], "joint", "j", "missed harm")),
+        _g("agreement.audit.error_tags", "lead", lambda s, u, c: audit.error_tags(s, u)),
+        _g("agreement.calibration.fit_calibration", "lead",
+           lambda s, u, c: calibration.fit_calibration(s, u, "joint"), cli=True),
+        _g("agreement.calibration.apply_calibration", "lead",
+           lambda s, u, c: calibration.apply_calibration(s, u, 1), cli=True),
+    ]
+
+
+H_LABELS = {"image": "safe", "text": "safe", "joint": "safe"}
+GUARD_CALLS = {"require", "policy_require"}
+PACKAGES = ("workflow", "agreement", "dataio", "judge")
+
+
+def _guarded_in_source() -> set[str]:
+    """module.function for every function whose body calls require(<its own user parameter>, ...)."""
+    found: set[str] = set()
+    for pkg in PACKAGES:
+        for path in sorted((H.REPO / pkg).rglob("*.py")):
+            mod = ".".join(path.relative_to(H.REPO).with_suffix("").parts)
+            tree = ast.parse(path.read_text())
+            for fn in ast.walk(tree):
+                if not isinstance(fn, ast.FunctionDef) or fn.name in GUARD_CALLS:
+                    continue
+                params = {a.arg for a in fn.args.args + fn.args.kwonlyargs}
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Name) \
+                            and node.args[0].id in params:
+                        f = node.func
+                        name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+                        if name in GUARD_CALLS:
+                            found.add(f"{mod}.{fn.name}")
+    return found
+
+
+def test_every_guarded_function_is_in_the_table() -> None:
+    in_source = _guarded_in_source()
+    in_table = {g.name for g in _table()}
+    assert in_source, "found no guarded functions: the scan is broken"
+    assert in_source - in_table == set(), "guarded functions without an access-control row"
+    assert in_table - in_source == set(), "rows for functions that no longer check a role"
+
+
+@pytest.fixture
+def world(engine: sa.Engine) -> Iterator[dict[str, Any]]:
+    """Users of every role (and disabled ones), a collection, one annotated item of someone else."""
+    from workflow.annotations import submit
+    from workflow.queue import QueueFilter, next_item
+
+    cid = make_collection(engine, "acl", n_items=3, k=3, audit_share=0.0)
+    users: dict[str, Any] = {}
+    for role in ROLES:
+        users[role] = make_user(engine, f"u-{role}", role)
+        users[f"disabled-{role}"] = make_user(engine, f"d-{role}", role)
+        with session_scope(engine) as s:
+            auth.set_disabled(s, f"d-{role}", True)
+        users[f"disabled-{role}"].disabled = True
+    users["signed-out"] = None
+    other = make_user(engine, "other")
+    make_user(engine, "victim")
+    a = next_item(engine, other, QueueFilter(cid))
+    assert a is not None
+    with session_scope(engine) as s:
+        ann = submit(s, other, a.id, H_LABELS)
+        ann_id = ann.id
+    a2 = next_item(engine, other, QueueFilter(cid))  # an active lease of someone else
+    assert a2 is not None
+    yield {"users": users, "ctx": {"col": cid, "item": a.item_id, "ann": ann_id, "asg": a2.id}}
+
+
+def test_every_role_against_every_guarded_function(engine: sa.Engine, world: dict[str, Any]) -> None:
+    checked = 0
+    problems: list[str] = []
+    for g in _table():
+        for who in PRINCIPALS:
+            user = world["users"][who]
+            if user is None and g.none_is_cli:
+                continue
+            allowed = user is not None and not user.disabled and user.role in MIN_ROLE[g.minimum]
+            with Session(engine) as s:
+                try:
+                    g.call(s, user, world["ctx"])
+                    outcome: BaseException | None = None
+                except Exception as exc:  # any refusal other than Forbidden is fine when allowed
+                    outcome = exc
+                finally:
+                    s.rollback()
+            checked += 1
+            if allowed and isinstance(outcome, Forbidden):
+                problems.append(f"{g.name}: {who} was refused: {outcome}")
+            if not allowed and not isinstance(outcome, Forbidden):
+                problems.append(f"{g.name}: {who} was not refused ({outcome!r})")
+    assert problems == []
+    H.tally(role_action_pairs_checked=checked)
+
+
+def test_annotators_cannot_read_others_labels_or_events(engine: sa.Engine, world: dict[str, Any]) -> None:
+    from workflow.annotations import events_for, visible_annotations
+    from workflow.errors import NotFound
+
+    u, ctx = world["users"], world["ctx"]
+    with Session(engine) as s:
+        assert visible_annotations(s, u["annotator"], ctx["item"]) == []
+        with pytest.raises(NotFound):
+            events_for(s, u["annotator"], ctx["ann"])
+        assert [a.id for a in visible_annotations(s, u["lead"], ctx["item"])] == [ctx["ann"]]
+        assert len(events_for(s, u["admin"], ctx["ann"])) == 1
+    H.tally(role_action_pairs_checked=4)
+
+
+def test_passwords_sessions_rate_limit_and_disabled_users(engine: sa.Engine) -> None:
+    with session_scope(engine) as s:
+        auth.create_user(s, "pw-user", "correct-horse-1", "annotator")
+        auth.create_user(s, "pw-off", "correct-horse-2", "admin")
+        auth.set_disabled(s, "pw-off", True)
+    with engine.connect() as conn:
+        hashes = dict(conn.execute(sa.text("SELECT username, password_hash FROM \"user\"")).all())
+    for name, h in hashes.items():
+        assert h.startswith("$argon2id$") and "correct-horse" not in h, name
+    # disabled users cannot sign in, even with the right password
+    with pytest.raises(AuthError, match="disabled"), session_scope(engine) as s:
+        auth.authenticate(s, "pw-off", "correct-horse-2")
+    # five wrong guesses lock the account: the right password is refused afterwards
+    for _ in range(auth.MAX_FAILURES):
+        with pytest.raises(AuthError):
+            auth.authenticate_and_record(engine, "pw-user", "wrong-guess")
+    with pytest.raises(AuthError, match="Too many"):
+        auth.authenticate_and_record(engine, "pw-user", "correct-horse-1")
+    # sessions: valid, then expired by moving its expiry into the past in the database
+    with session_scope(engine) as s:
+        user = s.exec(select(User).where(User.username == "pw-user")).one()
+        token = auth.start_session(s, user)
+    with Session(engine) as s:
+        assert auth.user_for_token(s, token) is not None
+        assert auth.user_for_token(s, token, now=utcnow() + timedelta(hours=13)) is None
+    with session_scope(engine) as s:
+        for row in s.exec(select(UserSession)):
+            row.expires_at = utcnow() - timedelta(seconds=1)
+            s.add(row)
+    with Session(engine) as s:
+        assert auth.user_for_token(s, token) is None
+    H.tally(role_action_pairs_checked=4, faults_injected=auth.MAX_FAILURES + 1)
+
+
+# ---------------------------------------------------------------------------------------
+# Pages (AppTest), SQLite only: page registration does not depend on the back end
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app_fx(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    import app_support as A
+    from test_app_pages import FakeBrowser
+
+    fixture = A.build_fixture(sqlite_url, tmp_path / "media")
+    for k, v in A.app_env(fixture).items():
+        monkeypatch.setenv(k, v)
+    A.reset_app_caches()
+    browser = FakeBrowser()
+    browser.start()
+    yield fixture
+    browser.stop.set()
+    browser.join()
+    A.reset_app_caches()
+
+
+@pytest.mark.slow
+def test_pages_registered_per_role_and_unregistered_ones_refused(app_fx: Any) -> None:
+    from test_app_pages import new_app, sign_in
+
+    from review_app import nav
+
+    pages = [p for p in nav.PAGES if (nav.VIEWS_DIR / p.file).is_file()]
+    assert len(pages) >= 8
+    checked = 0
+    for username, role in (("ann1", "annotator"), ("lead", "lead"), ("admin", "admin")):
+        at = sign_in(username)
+        for p in pages:
+            allowed = role in MIN_ROLE[_minimum(p.action)]
+            if allowed:
+                at.switch_page(f"views/{p.file}").run()
+                assert not at.exception, (username, p.file, [e.message for e in at.exception])
+            else:
+                with pytest.raises(ValueError):
+                    at.switch_page(f"views/{p.file}").run()
+            checked += 1
+    anon = new_app()  # signed out: only the sign-in form, no page can be opened
+    for p in pages:
+        with pytest.raises(ValueError):
+            anon.switch_page(f"views/{p.file}").run()
+        checked += 1
+    H.tally(role_action_pairs_checked=checked)
+
+
+def _minimum(action: str) -> str:
+    lead = {"view_others_labels", "adjudicate", "audit", "view_agreement", "calibrate", "export", "tag_errors",
+            "view_queue_status"}
+    admin = {"import", "manage_users", "manage_collections"}
+    return "admin" if action in admin else "lead" if action in lead else "annotator"
+
+
+@pytest.mark.slow
+def test_disabled_user_cannot_sign_in_to_the_app(app_fx: Any) -> None:
+    import app_support as A
+    from test_app_pages import all_text, new_app
+
+    from db.engine import make_engine
+
+    eng = make_engine(app_fx.db_url)
+    with session_scope(eng) as s:
+        auth.set_disabled(s, "ann2", True)
+    at = new_app()
+    at.text_input(key="signin_username").input("ann2")
+    at.text_input(key="signin_password").input(A.PASSWORDS["ann2"])
+    next(b for b in at.button if b.label == "Sign in").click().run()
+    assert "disabled" in all_text(at).lower()
+    assert at.text_input(key="signin_username") is not None  # still on the sign-in form
+    assert not [b for b in at.button if b.key == "rv_submit"]
+    H.tally(role_action_pairs_checked=1)
