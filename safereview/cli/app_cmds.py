@@ -142,7 +142,15 @@ def register(app: typer.Typer) -> None:
         except ImportError as exc:
             console.print(f"[red]the demo data builder is not available: {exc}[/red]")
             raise typer.Exit(1) from None
-        build_demo(cfg.db_url, cfg.media_root)
+        from dataio.importers import ImportFailed
+
+        try:
+            build_demo(cfg.db_url, cfg.media_root)
+        except ImportFailed as exc:
+            console.print(f"the demo data do not import into {directory}:", style="red")
+            console.print(str(exc)[:4000], markup=False, highlight=False)
+            console.print(f"(if {directory} holds an older demo, delete the folder and run again)", style="red")
+            raise typer.Exit(1) from None
         users = ensure_demo_users(cfg.db_url)
         console.print(f"demo database: {directory / 'safereview.db'}")
         console.print("demo sign-ins (for this local demo only):")
