@@ -518,6 +518,32 @@ def _ann_key(labels: Any, blind: Any, categories: Any, rationale: str) -> tuple[
     return (_canon(labels or {}), _canon(blind), _canon(list(categories or [])), rationale or "")
 
 
+def insert_tuples(conn: sa.Connection, table: sa.Table, cols: list[str], rows: list[tuple[Any, ...]], *,
+                  const: dict[str, Any] | None = None) -> None:
+    """Bulk rows given as tuples already in database form (no per-value processing)."""
+    if not rows:
+        return
+    dialect = conn.dialect
+    prep = dialect.identifier_preparer
+    const = const or {}
+
+    def proc(c: str) -> Any:
+        return table.c[c].type.dialect_impl(dialect).bind_processor(dialect)
+
+    const_vals = tuple((p(v) if (p := proc(c)) is not None and v is not None else v) for c, v in const.items())
+    col_sql = ", ".join(prep.quote(c) for c in [*cols, *const])
+    if dialect.name == "postgresql":
+        dbapi = conn.connection.dbapi_connection
+        with dbapi.cursor() as cur, cur.copy(f"COPY {prep.format_table(table)} ({col_sql}) FROM STDIN") as cp:  # type: ignore[union-attr]
+            for r in rows:
+                cp.write_row(r + const_vals)
+        return
+    marks = ", ".join("?" for _ in range(len(cols) + len(const)))
+    sql = f"INSERT INTO {prep.format_table(table)} ({col_sql}) VALUES ({marks})"
+    for chunk in _chunks(rows):
+        conn.exec_driver_sql(sql, [r + const_vals for r in chunk] if const_vals else chunk)
+
+
 def fast_insert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], *,
                 raw: Iterable[str] = (), const: dict[str, Any] | None = None) -> None:
     """Bulk rows straight through the driver (PostgreSQL ``COPY``, SQLite ``executemany``).
@@ -744,18 +770,19 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
                  "prompt", "response", "refused", "meta", "content_hash")
     if new_items:
         rows = []
+        # tuples in database form: JSON already serialised during validation, bool as is
         for rec in new_items:
             it = rec.item
             assert it is not None
             js = it["_json"]
-            rows.append({"external_id": rec.external_id, "task_type": it["task_type"], "category": it["category"],
-                         "subcategory": it["subcategory"], "model": it["model"],
-                         "input_modalities": it["input_modalities"], "output_modalities": it["output_modalities"],
-                         "prompt": js["prompt"], "response": js["response"], "refused": it["refused"],
-                         "meta": js["meta"], "content_hash": it["content_hash"]})
-        fast_insert(conn, item_t, rows, raw=("prompt", "response", "meta"),
-                    const={"collection_id": collection_id, "import_batch_id": batch_id, "priority": 0.0,
-                           "slots_taken": 0, "created_at": now})
+            rows.append((rec.external_id, it["task_type"], it["category"], it["subcategory"], it["model"],
+                         it["input_modalities"], it["output_modalities"], js["prompt"], js["response"],
+                         bool(it["refused"]), js["meta"], it["content_hash"]))
+        insert_tuples(conn, item_t, ["external_id", "task_type", "category", "subcategory", "model",
+                                     "input_modalities", "output_modalities", "prompt", "response", "refused",
+                                     "meta", "content_hash"], rows,
+                      const={"collection_id": collection_id, "import_batch_id": batch_id, "priority": 0.0,
+                             "slots_taken": 0, "created_at": now})
         report.items_new = len(new_items)
     if upd_items:
         stmt = item_t.update().where(item_t.c.id == sa.bindparam("_id")).values(
@@ -775,7 +802,7 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
             ids[ext] = iid
 
     # ---- verdicts --------------------------------------------------------------------
-    v_new: list[dict[str, Any]] = []
+    v_new: list[tuple[Any, ...]] = []
     v_upd: list[dict[str, Any]] = []
     judges: dict[str, dict[str, Any]] = {}
     for rec in final:
@@ -785,21 +812,23 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
                 report.verdicts_unchanged += 1
                 continue
             judges.setdefault(v["judge_id"], v)
+            if op == "new":
+                v_new.append((iid, v["dimension"], v["judge_id"], v["judge_version"], v["label"], v["status"],
+                              v["probability"], None if v["probs"] is None else _dumps(v["probs"]), v["score"],
+                              v["rationale"], v["raw_output"], v["intent"]))
+                continue
             row = {"dimension": v["dimension"], "judge_id": v["judge_id"], "judge_version": v["judge_version"],
                    "label": v["label"], "status": v["status"], "probability": v["probability"],
                    "probs": v["probs"], "score": v["score"], "rationale": v["rationale"],
                    "raw_output": v["raw_output"], "intent": v["intent"]}
-            if op == "new":
-                row["item_id"] = iid
-                v_new.append(row)
-            else:
-                row["import_batch_id"] = batch_id
-                row["_id"] = vid
-                v_upd.append(row)
+            row["import_batch_id"] = batch_id
+            row["_id"] = vid
+            v_upd.append(row)
     if judges:
         _ensure_judges(conn, judges, now)
-    fast_insert(conn, verdict_t, v_new,
-                const={"import_batch_id": batch_id, "calibration_id": None, "created_at": now})
+    insert_tuples(conn, verdict_t, ["item_id", "dimension", "judge_id", "judge_version", "label", "status",
+                                    "probability", "probs", "score", "rationale", "raw_output", "intent"], v_new,
+                  const={"import_batch_id": batch_id, "calibration_id": None, "created_at": now})
     if v_upd:
         keys = [k for k in v_upd[0] if k != "_id"]
         stmt = verdict_t.update().where(verdict_t.c.id == sa.bindparam("_id")).values(
