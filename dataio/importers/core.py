@@ -676,7 +676,12 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
     final: list[Record] = []
     seen_v: dict[tuple[str, str, str], int] = {}
     seen_a: dict[tuple[str, str], int] = {}
+    no_plan: list[Any] = []
     for rec in sorted(accepted, key=lambda r: r.line):
+        if not rec.verdicts and not rec.annotations:  # fast path: a bare item
+            rec.v_plan = rec.a_plan = no_plan  # type: ignore[attr-defined]
+            final.append(rec)
+            continue
         iid = existing.get(rec.external_id, (None, ""))[0]
         rec_ok = True
         for v in rec.verdicts:
@@ -741,7 +746,7 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
     report.items_unchanged = sum(1 for r in final if r.kind == "item" and r.op == "same")  # type: ignore[attr-defined]
 
     plans_change = bool(new_items or upd_items) or any(
-        op != "same" for r in final for op, _, _ in getattr(r, "v_plan", []) + getattr(r, "a_plan", []))
+        op != "same" for r in final for plan in (r.v_plan, r.a_plan) for op, _, _ in plan)  # type: ignore[attr-defined]
     if not plans_change:
         for r in final:
             report.verdicts_unchanged += sum(1 for op, _, _ in r.v_plan if op == "same")  # type: ignore[attr-defined]
@@ -751,7 +756,7 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
     # ---- media files, then rows ------------------------------------------------------
     media: dict[str, MediaInfo] = {}
     for rec in final:
-        if rec.kind == "item" and rec.op in ("new", "update"):  # type: ignore[attr-defined]
+        if rec.media and rec.kind == "item" and rec.op in ("new", "update"):  # type: ignore[attr-defined]
             for info in rec.media:
                 media.setdefault(info.sha256, info)
     for info in media.values():
@@ -796,7 +801,7 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
                             "verdicts and annotations they already had were kept")
 
     ids = {k: v[0] for k, v in existing.items()}
-    if new_items:
+    if new_items and any(r.verdicts or r.annotations for r in final):  # ids only needed to attach those
         for iid, ext in conn.execute(sa.select(item_t.c.id, item_t.c.external_id).where(
                 item_t.c.collection_id == collection_id, item_t.c.import_batch_id == batch_id)).all():
             ids[ext] = iid
@@ -806,6 +811,8 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
     v_upd: list[dict[str, Any]] = []
     judges: dict[str, dict[str, Any]] = {}
     for rec in final:
+        if not rec.v_plan:  # type: ignore[attr-defined]
+            continue
         iid = ids[rec.external_id]
         for op, v, vid in rec.v_plan:  # type: ignore[attr-defined]
             if op == "same":
