@@ -280,3 +280,61 @@ def test_sign_out_revokes_the_session(fx: A.Fixture) -> None:
 
     with db(fx) as s:
         assert auth.user_for_token(s, token) is None
+
+
+def _label_one(at: Any) -> str:
+    item = shown_item(at)
+    click(at, "rv_lab_0_0")
+    click(at, "rv_lab_1_0")
+    click(at, "rv_submit")
+    click(at, "rv_submit")
+    return item
+
+
+def _open_in_history(at: Any, fx: A.Fixture, item: str) -> tuple[int, int]:
+    from db.models import Annotation, Item
+
+    with db(fx) as s:
+        ann = s.exec(select(Annotation).join(Item, Item.id == Annotation.item_id)
+                     .where(Item.external_id == item, Annotation.user_id == user_id(s, "ann1"))).one()
+    at.switch_page("views/history.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    at.session_state["hist_table"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return ann.id, ann.version  # type: ignore[return-value]
+
+
+def test_history_reopen_change_and_conflict(fx: A.Fixture) -> None:
+    from db.models import Annotation
+    from workflow import annotations
+
+    at = sign_in("ann1")
+    item = _label_one(at)
+    aid, version = _open_in_history(at, fx, item)
+    assert version == 2  # create + reveal
+    at.segmented_control(key=f"hist_{aid}_contextual").set_value("refusal")
+    next(b for b in at.button if b.label == "Save changes").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    with db(fx) as s:
+        ann = s.get(Annotation, aid)
+        assert ann is not None and ann.version == 3 and ann.labels["contextual"] == "refusal"
+
+    # someone (another tab) changes it after the page loaded version 3: saving must not overwrite
+    at.session_state["hist_table"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at.run()
+    from db.engine import make_engine, session_scope
+    from db.models import User
+
+    eng = make_engine(fx.db_url)
+    with session_scope(eng) as s:
+        me = s.exec(select(User).where(User.username == "ann1")).one()
+        annotations.update(s, me, aid, 3, rationale="changed in another tab")
+    eng.dispose()
+    at.segmented_control(key=f"hist_{aid}_contextual").set_value("unsafe")
+    next(b for b in at.button if b.label == "Save changes").click().run()
+    assert any("changed since you opened it" in e.value.replace("\\", "") for e in at.error)
+    with db(fx) as s:
+        ann = s.get(Annotation, aid)
+        assert ann is not None and ann.version == 4 and ann.labels["contextual"] == "refusal"
+        assert ann.rationale == "changed in another tab"

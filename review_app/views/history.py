@@ -50,6 +50,13 @@ def _editor(user: Any, row: dict[str, Any], info: Any) -> None:
     from workflow.errors import Conflict, WorkflowError
 
     aid = row["annotation_id"]
+    # the version the annotator opened, kept across reruns: a change made elsewhere after
+    # that (another tab, an undo) must surface as a conflict, not be re-read silently
+    opened_key = f"hist_opened_{aid}"
+    if st.session_state.get("hist_opened_for") != aid:
+        st.session_state["hist_opened_for"] = aid
+        st.session_state[opened_key] = row["version"]
+    opened = st.session_state.setdefault(opened_key, row["version"])
     with ui.session() as s:
         view = item_view.load_item(s, row["item_id"])
         verdicts = item_view.verdict_dicts(annotations.verdicts_for(s, user, row["item_id"], revealed=True))
@@ -60,8 +67,8 @@ def _editor(user: Any, row: dict[str, Any], info: Any) -> None:
         with st.container(border=True):
             st.markdown("**Judge**")
             item_view.render_verdicts(verdicts, [d["name"] for d in info.dims], mine=row["labels"])
-        with st.form(f"hist_edit_{aid}_{row['version']}", border=True):
-            st.markdown(f"**Your labels** · version {row['version']}")
+        with st.form(f"hist_edit_{aid}_{opened}", border=True):
+            st.markdown(f"**Your labels** · version {opened}")
             new_labels = {}
             for dim in info.dims:
                 current = row["labels"].get(dim["name"])
@@ -79,16 +86,20 @@ def _editor(user: Any, row: dict[str, Any], info: Any) -> None:
                 return
             try:
                 with ui.session() as s:
-                    ann = annotations.update(s, user, aid, row["version"], labels=new_labels, categories=cats,
+                    ann = annotations.update(s, user, aid, opened, labels=new_labels, categories=cats,
                                              rationale=why, flagged=flagged)
                     version = ann.version
             except Conflict:
-                st.error("This annotation changed since you opened it (another tab or an undo). "
-                         "The list has been reloaded: open it again to see the current version.")
+                st.session_state.pop(opened_key, None)
+                st.session_state.pop("hist_opened_for", None)
+                st.error("This annotation changed since you opened it (another tab or an undo); nothing was "
+                         "saved. Select it again to see the current version.")
                 return
             except WorkflowError as exc:
                 st.error(ui.md_literal(str(exc), max_chars=400))
                 return
+            st.session_state.pop(opened_key, None)
+            st.session_state.pop("hist_opened_for", None)
             st.session_state["hist_msg"] = ("success", f"Saved (version {version}).")
             st.rerun()
 
