@@ -108,6 +108,9 @@ def read_csv(path: Path) -> tuple[list[str], Iterator[SourceRow]]:
     except (csv.Error, UnicodeDecodeError) as exc:
         fh.close()
         raise ValueError(f"1: (header): unreadable CSV header: {exc}") from None
+    if any(_BAD_BYTE.search(h) for h in header):
+        fh.close()
+        raise ValueError("1: (header): not valid UTF-8")
     header = [h.strip() for h in header]
 
     def rows() -> Iterator[SourceRow]:
