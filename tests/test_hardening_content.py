@@ -158,3 +158,15 @@ def test_bomb_limit_follows_the_setting(tmp_path: Path, case: str) -> None:
     with pytest.raises(dm.MediaError, match="decompression-bomb limit 100 "):
         dm.probe(d / "good.png", "image", max_image_pixels=100)
     H.tally(inputs_tried=2, inputs_refused=2)
+
+
+def test_invalid_utf8_in_csv_header_is_refused_cleanly(engine: sa.Engine, tmp_path: Path) -> None:
+    f = tmp_path / "badhead.csv"
+    f.write_bytes(b"id,prompt_t\xe9xt\na,fine\n")
+    before = snapshot(engine)
+    rep = _imp(engine, f, tmp_path / "root")
+    assert not rep.ok and len(rep.errors) == 1
+    assert "(header): not valid UTF-8" in rep.errors[0]
+    rep.errors[0].encode("utf-8")  # printable: no lone surrogates leak into the message
+    assert snapshot(engine) == before
+    H.tally(inputs_tried=1, inputs_refused=1)
