@@ -65,28 +65,36 @@ class Record:
 
 def read_jsonl(path: Path) -> Iterator[SourceRow]:
     """Rows of a JSON Lines file; blank lines are skipped, broken ones reported."""
+    loads = json.loads
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield SourceRow(lineno, None, raw.decode("utf-8", "replace"),
-                                ("(line)", f"not valid UTF-8 at byte {exc.start}"))
-                continue
-            if lineno == 1 and text.startswith("\ufeff"):
-                text = text[1:]
-            text = text.rstrip("\r\n")
-            if not text.strip():
+            if not raw.strip():
                 continue
             try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield SourceRow(lineno, None, text, ("(json)", f"invalid JSON: {exc.msg} at column {exc.colno}"))
+                data = loads(raw)  # bytes: UTF-8 (with or without BOM) decoded by json itself
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                yield _jsonl_problem(lineno, raw)
                 continue
-            if not isinstance(data, dict):
+            if type(data) is not dict:
+                text = raw.decode("utf-8", "replace").rstrip("\r\n")
                 yield SourceRow(lineno, None, text, ("(json)", f"expected a JSON object, got {type(data).__name__}"))
                 continue
             yield SourceRow(lineno, data, data)
+
+
+def _jsonl_problem(lineno: int, raw: bytes) -> SourceRow:
+    """Say precisely why one JSONL line does not parse (slow path, bad lines only)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return SourceRow(lineno, None, raw.decode("utf-8", "replace"),
+                         ("(line)", f"not valid UTF-8 at byte {exc.start}"))
+    text = text.lstrip("\ufeff").rstrip("\r\n")
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        return SourceRow(lineno, None, text, ("(json)", f"invalid JSON: {exc.msg} at column {exc.colno}"))
+    return SourceRow(lineno, None, text, ("(json)", "invalid JSON"))
 
 
 _BAD_BYTE = re.compile("[\udc80-\udcff]")
