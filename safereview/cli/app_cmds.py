@@ -30,8 +30,8 @@ GcOption = Annotated[
 DEMO_USERS: tuple[tuple[str, str, str, str], ...] = (
     ("admin", "admin-demo-2026", "admin", "Demo Admin"),
     ("lead", "lead-demo-2026", "lead", "Demo Lead"),
-    ("alice", "alice-demo-2026", "annotator", "Alice (annotator)"),
-    ("bob", "bob-demo-2026", "annotator", "Bob (annotator)"),
+    ("alice", "alice-demo-2026", "annotator", "Alice"),
+    ("bob", "bob-demo-2026", "annotator", "Bob"),
 )
 
 
