@@ -20,6 +20,7 @@ import re
 import shutil
 import struct
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,10 +158,26 @@ def probe(path: Path, kind: str, *, max_image_pixels: int = 50_000_000, original
     return info
 
 
+_PIXEL_LIMIT_LOCK = threading.Lock()
+
+
 def _probe_image(path: Path, info: MediaInfo, max_pixels: int) -> None:
+    from PIL import Image
+
+    # Pillow's bomb limit is process-global: set ours for this decode only, then put the old
+    # value back so other Pillow users (thumbnails, the judge's encoder) are not affected.
+    with _PIXEL_LIMIT_LOCK:
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            _decode_image(path, info, max_pixels)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+def _decode_image(path: Path, info: MediaInfo, max_pixels: int) -> None:
     from PIL import Image, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -176,3 +176,11 @@ def test_media_stored_once_by_hash(engine: sa.Engine, tmp_path: Path) -> None:
     assert i1.relpath == f"{i1.sha256[:2]}/{i1.sha256[2:4]}/{i1.sha256}.png"
     assert ds.count(engine, "media") == 1
     assert not list(root.rglob(".tmp-*"))
+
+
+def test_pixel_limit_is_not_left_changed_for_other_pillow_users(tmp_path: Path) -> None:
+    before = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(MediaError, match="decompression-bomb"):
+        probe(ds.png(tmp_path / "a.png", size=(40, 40)), "image", max_image_pixels=100)
+    probe(ds.png(tmp_path / "b.png"), "image", max_image_pixels=123_456)
+    assert before == Image.MAX_IMAGE_PIXELS
