@@ -280,8 +280,7 @@ def _packed_triples(conn: Connection, select_sql: tuple[str, str, str], where: s
     if not text:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
-    flat = np.array(text.split(","), dtype=np.int64) if is_postgres(conn) else \
-        np.fromstring(text, dtype=np.int64, sep=",")
+    flat = np.fromstring(text, dtype=np.int64, sep=",")  # C parser; both back ends give "1,2,3"
     code = (flat & ((1 << code_bits) - 1)) - 2
     rest = flat >> code_bits
     return rest >> user_bits, rest & ((1 << user_bits) - 1), code
@@ -378,7 +377,7 @@ def load_items(bind: Any, collection_ids: Sequence[int],
             join = "JOIN" if is_postgres(conn) else "CROSS JOIN"
             text = fetch(conn, f"{combos_sql} SELECT {agg.format(b=bits)} FROM item i {join} k ON {on} "
                                f"WHERE {cond}", params)[0][0] or ""
-            packed = np.array(text.split(","), dtype=np.int64) if text else np.zeros(0, dtype=np.int64)
+            packed = np.fromstring(text, dtype=np.int64, sep=",") if text else np.zeros(0, dtype=np.int64)
             packed.sort()
             ids, which = packed >> bits, packed & ((1 << bits) - 1)
         else:
