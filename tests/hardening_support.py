@@ -14,7 +14,11 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
+import types
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,6 +223,23 @@ def consistency_problems(engine: sa.Engine) -> list[str]:
 # ---------------------------------------------------------------------------------------
 
 VLSU_LABELS = ("safe", "borderline", "unsafe")
+
+
+@contextmanager
+def plain_main() -> Iterator[None]:
+    """Start child processes with an empty ``__main__``.
+
+    Streamlit's AppTest (run by earlier tests in the same pytest process) leaves
+    ``sys.modules["__main__"]`` pointing at the app script; spawn/forkserver children would
+    re-run it as their main module and die before reaching the worker.
+    """
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
 
 
 def burst_worker(db_url: str, user_id: int, collection_id: int, seed: int, seconds: float | None,

@@ -43,8 +43,9 @@ def test_twenty_processes_label_the_same_collection(db_url: str, engine: sa.Engi
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     procs = [ctx.Process(target=H.burst_worker, args=(db_url, u.id, cid, i, SECONDS, ready, go, results))
              for i, u in enumerate(users)]
-    for p in procs:
-        p.start()
+    with H.plain_main():
+        for p in procs:
+            p.start()
     try:
         for _ in procs:
             ready.get(timeout=120)

@@ -181,7 +181,8 @@ def test_annotation_burst_killed_then_rerun(db_url: str, engine: sa.Engine) -> N
         ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
         p = ctx.Process(target=H.burst_worker, args=(db_url, user_id, cid, seed, seconds, ready, go, results,
                                                      kill_after is not None))
-        p.start()
+        with H.plain_main():
+            p.start()
         try:
             ready.get(timeout=120)
             go.set()
