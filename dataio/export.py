@@ -121,16 +121,17 @@ def item_rows(engine: sa.Engine, *, collections: Iterable[str] | None = None) ->
         vstmt = (sa.select(vt.c.item_id, vt.c.judge_id, vt.c.dimension, vt.c.label, vt.c.probability, vt.c.status)
                  .select_from(vt.join(it, it.c.id == vt.c.item_id))
                  .where(it.c.collection_id.in_(list(cmap))))
+        targets: dict[tuple[str, str], tuple[list, list, list]] = {}
         for item_id, judge, dim, label, prob, status in conn.execute(vstmt).all():
             row = index.get(item_id)
             if row is None:
                 continue
-            for suffix, value in (("", label), (".prob", prob), (".status", status)):
-                key = f"verdict.{judge}.{dim}{suffix}"
-                col = vcols.get(key)
-                if col is None:
-                    col = vcols[key] = [None] * n_rows
-                col[row] = value
+            t = targets.get((judge, dim))
+            if t is None:
+                t = targets[(judge, dim)] = tuple(  # type: ignore[assignment]
+                    vcols.setdefault(f"verdict.{judge}.{dim}{suffix}", [None] * n_rows)
+                    for suffix in ("", ".prob", ".status"))
+            t[0][row], t[1][row], t[2][row] = label, prob, status
             s = judge_sets[row]
             if s is None:
                 judge_sets[row] = {judge}
