@@ -48,3 +48,14 @@ def test_sqlite_runs_in_wal_with_foreign_keys(sqlite_url: str) -> None:
     with pytest.raises(sa.exc.IntegrityError), Session(eng) as s:
         s.add(Item(collection_id=999, external_id="orphan", content_hash="x"))
         s.commit()
+
+
+def test_migrations_match_the_models(engine: sa.Engine) -> None:
+    """A model change without its migration (or the reverse) fails here, on both back ends."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert diff == []
