@@ -29,7 +29,7 @@ JUNIT = ARTIFACTS / "hardening-junit.xml"
 
 LABELS = {
     "inputs_tried": "hostile inputs tried",
-    "inputs_refused": "… refused with FILE:LINE: field: message (or 4xx)",
+    "inputs_refused": "… refused (FILE:LINE: field: message; 4xx or no file from the media route)",
     "inputs_accepted": "… accepted and stored verbatim / safely decoded",
     "inputs_rendered": "accepted inputs rendered in chromium",
     "requests_recorded": "browser requests recorded (all to 127.0.0.1)",
