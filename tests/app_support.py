@@ -188,6 +188,9 @@ def app_env(fx: Fixture) -> dict[str, str]:
             "SAFEREVIEW_CACHE_DIR": str(fx.media_root.parent / "derived")}
 
 
+_REAL_MAIN = sys.modules["__main__"]
+
+
 def reset_app_caches() -> None:
     """Streamlit caches and our engine cache persist across AppTest runs in one process."""
     import streamlit as st
@@ -198,6 +201,9 @@ def reset_app_caches() -> None:
     st.cache_resource.clear()
     runtime.engine_for_url.cache_clear()
     server._user_cache.clear()
+    # AppTest's script runner installs the app script as __main__ and leaves it there; spawned
+    # processes of later tests would then re-run the app as their main module and die.
+    sys.modules["__main__"] = _REAL_MAIN
 
 
 # ---------------------------------------------------------------------------------------
