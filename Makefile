@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR := .demo
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test bench reliability lint install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+reliability: $(STAMP)
+	$(BIN)/python bench/reliability_report.py --write
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

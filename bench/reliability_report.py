@@ -106,12 +106,32 @@ def table() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-run", action="store_true", help="print the last run's counters without running tests")
+    ap.add_argument("--write", action="store_true",
+                    help="also replace the marked results block in README.md and docs/reliability.md")
     ap.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = ap.parse_args()
     rc = 0 if args.no_run else run_tests(args.pytest_args)
+    text = table()
     print()
-    print(table())
+    print(text)
+    if args.write:
+        for doc in (REPO / "README.md", REPO / "docs" / "reliability.md"):
+            write_block(doc, text)
     return rc
+
+
+START, END = "<!-- reliability-table:start -->", "<!-- reliability-table:end -->"
+
+
+def write_block(doc: Path, text: str) -> None:
+    """Replace the text between the markers, so the published table is always the script's."""
+    body = doc.read_text(encoding="utf-8")
+    if START not in body or END not in body:
+        raise SystemExit(f"{doc}: markers {START} ... {END} not found")
+    head, rest = body.split(START, 1)
+    _, tail = rest.split(END, 1)
+    doc.write_text(f"{head}{START}\n{text}\n{END}{tail}", encoding="utf-8")
+    print(f"wrote {doc}")
 
 
 if __name__ == "__main__":
