@@ -91,6 +91,30 @@ def collections(*, include_archived: bool = False) -> list[Any]:
     return _collections(config().db_url, include_archived)
 
 
+def pick_collections(key: str) -> tuple[list[Any], list[str]] | None:
+    """Multiselect of collections (the first preselected) and the union of their dimensions.
+
+    Shared by the lead pages; returns None after telling the user when there is nothing to pick.
+    """
+    infos = collections()
+    if not infos:
+        st.info("No collections yet.")
+        return None
+    by_id = {c.id: c for c in infos}
+    chosen = st.multiselect("Collections", list(by_id), default=[infos[0].id],
+                            format_func=lambda i: plain(by_id[i].name), key=key)
+    if not chosen:
+        st.info("Choose at least one collection.")
+        return None
+    picked = [by_id[c] for c in chosen]
+    dims: list[str] = []
+    for info in picked:
+        for d in info.dims:
+            if d["name"] not in dims:
+                dims.append(d["name"])
+    return picked, dims
+
+
 @st.cache_data(ttl=60, show_spinner=False)
 def _facets(db_url: str, collection_id: int) -> dict[str, list[str]]:
     from review_app import data

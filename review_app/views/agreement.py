@@ -31,28 +31,17 @@ def page() -> None:
 
     ui.require("view_agreement")
     st.subheader("Agreement")
-    infos = ui.collections()
-    if not infos:
-        st.info("No collections yet.")
+    picked = ui.pick_collections("agr_collections")
+    if picked is None:
         return
-    by_id = {c.id: c for c in infos}
-    chosen = st.multiselect("Collections", list(by_id), default=[infos[0].id],
-                            format_func=lambda i: ui.plain(by_id[i].name), key="agr_collections")
-    if not chosen:
-        st.info("Choose at least one collection.")
-        return
-    dims: list[str] = []
-    for cid in chosen:
-        for d in by_id[cid].dims:
-            if d["name"] not in dims:
-                dims.append(d["name"])
+    chosen_infos, dims = picked
     c1, c2, c3, c4 = st.columns([2, 3, 1, 1])
     dimension = c1.selectbox("Dimension", dims, format_func=ui.plain, key="agr_dimension")
     by = c2.multiselect("Break down by", list(SLICE_NAMES), format_func=lambda k: SLICE_NAMES[k], key="agr_by")
     resamples = int(c3.number_input("Bootstrap resamples", 0, 10000, 1000, step=100, key="agr_resamples"))
     seed = int(c4.number_input("Seed", 0, 2**31 - 1, 0, key="agr_seed"))
     blind = st.toggle("Use blind labels (committed before the judge's verdict was shown)", key="agr_blind")
-    names = tuple(by_id[c].name for c in chosen)
+    names = tuple(c.name for c in chosen_infos)
     try:
         with st.spinner("Computing…"):
             rep = _report(ui.config().db_url, names, dimension, tuple(by), resamples, seed, blind)

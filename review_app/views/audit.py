@@ -70,22 +70,12 @@ def page() -> None:
 
     user = ui.require("audit")
     st.subheader("Judge audit")
-    infos = ui.collections()
-    if not infos:
-        st.info("No collections yet.")
+    picked = ui.pick_collections("aud_collections")
+    if picked is None:
         return
-    by_id = {c.id: c for c in infos}
-    chosen = st.multiselect("Collections", list(by_id), default=[infos[0].id],
-                            format_func=lambda i: ui.plain(by_id[i].name), key="aud_collections")
-    if not chosen:
-        st.info("Choose at least one collection.")
-        return
-    dims: list[str] = []
-    for cid in chosen:
-        for d in by_id[cid].dims:
-            if d["name"] not in dims:
-                dims.append(d["name"])
-    names = tuple(by_id[c].name for c in chosen)
+    chosen_infos, dims = picked
+    chosen = [c.id for c in chosen_infos]
+    names = tuple(c.name for c in chosen_infos)
     c1, c2, c3 = st.columns([2, 3, 2])
     dimension = c1.selectbox("Dimension", dims, format_func=ui.plain, key="aud_dimension")
     judges = [j for j, _ in data.judges(ui.get_engine(), chosen, dimension)]

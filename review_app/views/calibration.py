@@ -62,22 +62,12 @@ def page() -> None:
 
     user = ui.require("calibrate")
     st.subheader("Calibration")
-    infos = ui.collections()
-    if not infos:
-        st.info("No collections yet.")
+    picked = ui.pick_collections("cal_collections")
+    if picked is None:
         return
-    by_id = {c.id: c for c in infos}
-    chosen = st.multiselect("Collections", list(by_id), default=[infos[0].id],
-                            format_func=lambda i: ui.plain(by_id[i].name), key="cal_collections")
-    if not chosen:
-        st.info("Choose at least one collection.")
-        return
-    names = [by_id[c].name for c in chosen]
-    dims: list[str] = []
-    for cid in chosen:
-        for d in by_id[cid].dims:
-            if d["name"] not in dims:
-                dims.append(d["name"])
+    chosen_infos, dims = picked
+    chosen = [c.id for c in chosen_infos]
+    names = [c.name for c in chosen_infos]
     c1, c2 = st.columns(2)
     dimension = c1.selectbox("Dimension", dims, format_func=ui.plain, key="cal_dimension")
     judges = [j for j, _ in data.judges(ui.get_engine(), chosen, dimension) if "+cal" not in j]

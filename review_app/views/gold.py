@@ -171,24 +171,15 @@ def _snapshots(user: Any, names: list[str], dims: list[str]) -> None:
 def page() -> None:
     user = ui.require("adjudicate")
     st.subheader("Gold & adjudication")
-    infos = ui.collections()
-    if not infos:
-        st.info("No collections yet.")
+    picked = ui.pick_collections("gold_collections")
+    if picked is None:
         return
-    by_id = {c.id: c for c in infos}
-    chosen = st.multiselect("Collections", list(by_id), default=[infos[0].id],
-                            format_func=lambda i: ui.plain(by_id[i].name), key="gold_collections")
-    if not chosen:
-        st.info("Choose at least one collection.")
-        return
-    names = [by_id[c].name for c in chosen]
-    dims: list[str] = []
+    chosen_infos, dims = picked
+    names = [c.name for c in chosen_infos]
     labels_of: dict[str, list[str]] = {}
-    for cid in chosen:
-        for d in by_id[cid].dims:
-            if d["name"] not in dims:
-                dims.append(d["name"])
-                labels_of[d["name"]] = list(d["labels"])
+    for info in chosen_infos:
+        for d in info.dims:
+            labels_of.setdefault(d["name"], list(d["labels"]))
     tab_q, tab_g = st.tabs(["Adjudication queue", "Gold snapshots"])
     with tab_q:
         _adjudication(user, names, dims, labels_of)
