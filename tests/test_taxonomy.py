@@ -46,7 +46,8 @@ def test_toml_and_yaml_files_load(tmp_path: Path) -> None:
     toml = tmp_path / "audio.toml"
     toml.write_text(
         'name = "audio-safety"\n'
-        'task_types = ["Speech to text", {id = "tts", name = "Text to speech", inputs = ["text"], outputs = ["audio"]}]\n'
+        'task_types = ["Speech to text",\n'
+        '  {id = "tts", name = "Text to speech", inputs = ["text"], outputs = ["audio"]}]\n'
         'categories = [{name = "Harassment", subcategories = ["Threats", "Insults"]}, "Fraud"]\n'
         '[[dimensions]]\nname = "severity"\nlabels = ["none", "mild", "severe"]\nordered = true\n',
         encoding="utf-8",
