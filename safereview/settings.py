@@ -33,6 +33,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SAFEREVIEW_MAX_UPLOAD_MB", "200", "Largest file accepted by the app's import page."),
     Setting("SAFEREVIEW_MAX_TEXT_CHARS", "200000",
             "Longest text part stored per prompt/response part; longer text is refused at import."),
+    Setting("SAFEREVIEW_MAX_IMPORT_ROWS", "2000000",
+            "Most rows one import file may hold (it is one transaction, held in memory); split larger files."),
     Setting("SAFEREVIEW_SESSION_HOURS", "12", "Sign-in sessions expire after this many hours."),
     Setting("SAFEREVIEW_LEASE_MINUTES", "30",
             "How long a reviewer holds a queue slot before it returns to the pool."),
@@ -56,6 +58,7 @@ class Config:
     max_image_pixels: int = field(default_factory=lambda: int(_env("SAFEREVIEW_MAX_IMAGE_PIXELS")))
     max_upload_mb: int = field(default_factory=lambda: int(_env("SAFEREVIEW_MAX_UPLOAD_MB")))
     max_text_chars: int = field(default_factory=lambda: int(_env("SAFEREVIEW_MAX_TEXT_CHARS")))
+    max_import_rows: int = field(default_factory=lambda: int(_env("SAFEREVIEW_MAX_IMPORT_ROWS")))
     session_hours: float = field(default_factory=lambda: float(_env("SAFEREVIEW_SESSION_HOURS")))
     lease_minutes: float = field(default_factory=lambda: float(_env("SAFEREVIEW_LEASE_MINUTES")))
 

@@ -164,7 +164,7 @@ def _import_file(engine: sa.Engine, path: str | Path, *, format: str | None, col
                    max_text_chars=cfg.max_text_chars, update=update, skip_invalid=skip_invalid,
                    task_type=task_type, model=model,
                    location_note=" (parquet row index, 0-based)" if suffix == ".parquet" else "",
-                   id_by_task_type=fmt == "uni-safebench")
+                   id_by_task_type=fmt == "uni-safebench", max_rows=cfg.max_import_rows)
 
     if task_type and tax.task_types and tax.task_type(task_type) is None:
         known = ", ".join(t["id"] for t in spec["task_types"])
@@ -279,6 +279,9 @@ def _parse(path: Path, fmt: str, tax: TaxonomyIndex, opts: Options,
 
     def take(src: SourceRow, parse: Any) -> None:
         report.rows += 1
+        if report.rows > opts.max_rows:
+            raise _FileProblem(f"{label}:{src.line}: (file): more than {opts.max_rows:,} rows in one import; "
+                               "split the file or raise SAFEREVIEW_MAX_IMPORT_ROWS")
         if src.error is not None:
             rec = Record(line=src.line, raw=src.raw)
             rec.error(*src.error)

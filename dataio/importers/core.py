@@ -205,6 +205,7 @@ class Options:
     model: str | None
     location_note: str = ""  # "(parquet row index, 0-based)"
     id_by_task_type: bool = False  # Uni-SafeBench: external id = "<task type>/<id>"
+    max_rows: int = 2_000_000  # SAFEREVIEW_MAX_IMPORT_ROWS: one import is one transaction held in memory
 
 
 # ---------------------------------------------------------------------------------------
