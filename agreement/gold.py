@@ -153,14 +153,14 @@ def _insert_gold(session: Any, snapshot_id: int, table: Any) -> None:
     conn = session.connection()
     names = ["snapshot_id", "item_id", "dimension", "label", "method", "n_annotators", "agreement", "posterior"]
     n = table.num_rows
+    if conn.dialect.name == "postgresql":
+        _copy_gold_csv(conn, snapshot_id, table, names)
+        return
     columns = [[snapshot_id] * n] + [table.column(c).to_pylist() for c in names[1:]]
     rows = list(zip(*columns, strict=True))
-    if conn.dialect.name == "postgresql":
-        data.copy_rows(conn, "gold", names, rows)
-        return
     cur = conn.connection.dbapi_connection.cursor()
-    # Earlier snapshots hold the same item ids, so the item_id index takes scattered inserts:
-    # a larger page cache for this bulk insert keeps them in memory (restored afterwards).
+    # A larger page cache keeps the unique (snapshot, item, dimension) index in memory during
+    # this bulk insert (restored afterwards).
     old_cache = cur.execute("PRAGMA cache_size").fetchone()[0]
     cur.execute("PRAGMA cache_size = -262144")
     try:
@@ -168,6 +168,29 @@ def _insert_gold(session: Any, snapshot_id: int, table: Any) -> None:
     finally:
         cur.execute(f"PRAGMA cache_size = {int(old_cache)}")
         cur.close()
+
+
+def _copy_gold_csv(conn: Any, snapshot_id: int, table: Any, names: list[str]) -> None:
+    """COPY the rows as CSV that pyarrow writes in C: no per-value Python formatting.
+
+    In COPY's CSV format an unquoted empty field is NULL, which is how pyarrow writes nulls;
+    the text columns here are never empty strings (labels are None or a label name).
+    """
+    import io
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    out = pa.table({"snapshot_id": pa.array(np.full(table.num_rows, snapshot_id, dtype=np.int64)),
+                    **{c: table.column(c) for c in names[1:]}})
+    buf = io.BytesIO()
+    pacsv.write_csv(out, buf, write_options=pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+    cols = ", ".join(f'"{c}"' for c in names)
+    dbapi = conn.connection.dbapi_connection
+    with dbapi.cursor() as cur, cur.copy(f'COPY "gold" ({cols}) FROM STDIN WITH (FORMAT csv)') as cp:
+        view = buf.getbuffer()
+        for start in range(0, len(view), 8 << 20):
+            cp.write(view[start:start + (8 << 20)])
 
 
 def create_snapshot(session: Any, user: Any, collections: Sequence[str] | None = None,
