@@ -157,14 +157,8 @@ def truncate_media(body: dict[str, Any], keep: int = 48) -> dict[str, Any]:
 
 def refresh_priorities(engine: Engine, collection_ids: list[int]) -> None:
     """Let the review queue re-rank items now that verdicts changed."""
-    try:
-        from workflow.ordering import refresh_priorities as refresh
-    except ModuleNotFoundError as exc:
-        # workflow.ordering is owned by the workflow helper and may not have landed yet;
-        # tolerate only its absence (any other import error is a real bug).
-        if exc.name not in ("workflow.ordering", "workflow"):
-            raise
-        return
+    from workflow.ordering import refresh_priorities as refresh
+
     for cid in collection_ids:
         with session_scope(engine) as s:
             refresh(s, cid)

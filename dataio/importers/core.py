@@ -974,17 +974,9 @@ def _write_annotations(conn: sa.Connection, final: list[Record], ids: dict[str, 
 
 def _refresh_priorities(session: Session, collection_id: int) -> bool:
     """Recompute borderline priorities after new verdicts (workflow.ordering owns the scoring)."""
-    try:
-        from workflow.ordering import refresh_priorities
-    except ImportError:
-        # Tolerated only while the workflow helper has not landed workflow.ordering; once it
-        # exists, any failure inside it must abort the import like every other error.
-        return False
-    try:
-        refresh_priorities(session, collection_id)
-    except NotImplementedError:
-        # The workflow helper's stub raises NotImplementedError until the real scoring lands.
-        return False
+    from workflow.ordering import refresh_priorities
+
+    refresh_priorities(session, collection_id)
     session.flush()
     return True
 
