@@ -587,24 +587,25 @@ def _own_leased(session: Session, user: User, assignment_id: int) -> Assignment:
     return a
 
 
-def release(session: Session, user: User, assignment_id: int) -> Assignment:
-    """Give a leased slot back (status "released"); the item may be offered to the user again."""
-    require(user, "review")
+def _give_back(session: Session, user: User, assignment_id: int, status: str) -> Assignment:
+    """Shared tail of release/skip; the callers check the role (the access test scans for it)."""
     a = _own_leased(session, user, assignment_id)
-    if not _release_row(session, a, "released"):
+    if not _release_row(session, a, status):
         raise LeaseLost("this item is no longer assigned to you (the lease ended)")
     session.refresh(a)
     return a
+
+
+def release(session: Session, user: User, assignment_id: int) -> Assignment:
+    """Give a leased slot back (status "released"); the item may be offered to the user again."""
+    require(user, "review")
+    return _give_back(session, user, assignment_id, "released")
 
 
 def skip(session: Session, user: User, assignment_id: int) -> Assignment:
     """Give a leased slot back and never offer the item to this user again (status "skipped")."""
     require(user, "review")
-    a = _own_leased(session, user, assignment_id)
-    if not _release_row(session, a, "skipped"):
-        raise LeaseLost("this item is no longer assigned to you (the lease ended)")
-    session.refresh(a)
-    return a
+    return _give_back(session, user, assignment_id, "skipped")
 
 
 def complete(session: Session, user: User, assignment_id: int, *, now: datetime | None = None) -> Assignment:
