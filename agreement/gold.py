@@ -42,6 +42,21 @@ def _coded(codes: np.ndarray, names: Sequence[str]):  # type: ignore[no-untyped-
     return d.cast(pa.string())
 
 
+def _factorize(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """(codes, names) of a short-vocabulary object array, one vectorised comparison per name
+    (``np.unique`` would sort a million strings)."""
+    codes = np.full(len(values), -1, dtype=np.int32)
+    names: list[str] = []
+    rest = np.arange(len(values))
+    while len(rest):
+        name = values[rest[0]]
+        hit = values[rest] == name
+        codes[rest[hit]] = len(names)
+        names.append(str(name))
+        rest = rest[~hit]
+    return codes, names
+
+
 def _floats(values: np.ndarray):  # type: ignore[no-untyped-def]
     import pyarrow as pa
 
@@ -69,6 +84,17 @@ def _table(cols: dict[str, Any]):  # type: ignore[no-untyped-def]
     return pa.Table.from_arrays(arrays, names=list(COLUMNS))
 
 
+def _joined(strings: Any, sep: str) -> bytes:
+    """``sep.join(strings).encode()`` for a pyarrow string array, joined in C (no Python str per value)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if len(strings) == 0:
+        return b""
+    one = pa.ListArray.from_arrays(pa.array([0, len(strings)], type=pa.int32()), strings)
+    return pc.binary_join(one, sep)[0].as_buffer().to_pybytes()
+
+
 def checksum(table: Any) -> str:
     """SHA-256 over every column but ``snapshot_id``: strings as dictionary (first-seen order) plus
     indices, numbers as little-endian bytes with nulls as -1 (floats rounded to 9 decimals)."""
@@ -83,7 +109,7 @@ def checksum(table: Any) -> str:
         h.update(name.encode())
         if pa.types.is_string(col.type):
             enc = pc.dictionary_encode(col)
-            h.update("\x1f".join(enc.dictionary.to_pylist()).encode())
+            h.update(_joined(enc.dictionary, "\x1f"))
             h.update(pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype("<i8").tobytes())
         elif pa.types.is_floating(col.type):
             arr = np.round(pc.fill_null(col, -1.0).to_numpy(zero_copy_only=False), 9)
@@ -101,7 +127,7 @@ def compute_gold(bind: Any, collections: Sequence[str] | None = None, dimensions
 
     sc = data.scope(bind, collections)
     dims = list(dimensions) if dimensions else sc.dimensions()
-    items = data.load_items(bind, sc.collection_ids)
+    items = data.item_attributes(bind, sc.collection_ids)
     parts = []
     for d_index, dim in enumerate(dims):
         spec = sc.dimension(dim)
@@ -113,21 +139,23 @@ def compute_gold(bind: Any, collections: Sequence[str] | None = None, dimensions
         jcodes = (data.load_verdicts(bind, sc.collection_ids, dim, labels, jid).codes_for(cons.item_ids)
                   if jid else np.full(len(cons.item_ids), -1))
         n = len(cons.item_ids)
-        meth_names, meth_codes = np.unique(cons.method.astype(str), return_inverse=True)
+        meth_codes, meth_names = _factorize(cons.method)
         parts.append(pa.table({
             "_order": pa.array(np.full(n, d_index, dtype=np.int32)),
-            "_pos": pa.array(np.searchsorted(items["id"], cons.item_ids).astype(np.int64)),
+            "_pos": pa.array(np.searchsorted(items.ids, cons.item_ids).astype(np.int64)),
             "item_id": pa.array(cons.item_ids.astype(np.int64)),
             "dimension": _coded(np.zeros(n, dtype=np.int32), [dim]),
             "label": _coded(cons.code, labels),
-            "method": _coded(meth_codes.reshape(-1), meth_names.tolist()),
+            "method": _coded(meth_codes, meth_names),
             "n_annotators": pa.array(cons.n_annotators.astype(np.int32)),
             "agreement": _floats(cons.agreement),
             "posterior": _floats(cons.posterior),
             "judge_id": _coded(np.zeros(n, dtype=np.int32), [jid or ""]),
             "judge_label": _coded(jcodes, labels),
         }))
-    if parts:
+    if len(parts) == 1:
+        t = parts[0]  # consensus item ids are sorted and distinct: already in (item_id, dimension) order
+    elif parts:
         t = pa.concat_tables(parts).sort_by([("item_id", "ascending"), ("_order", "ascending")])
     else:
         t = pa.table({"_pos": pa.array([], pa.int64()), "item_id": pa.array([], pa.int64()),
@@ -137,8 +165,9 @@ def compute_gold(bind: Any, collections: Sequence[str] | None = None, dimensions
                       "posterior": pa.array([], pa.float64())})
     pos = t.column("_pos").to_numpy()
     cols: dict[str, Any] = {"snapshot_id": np.zeros(t.num_rows, dtype=np.int64)}
-    for c in ("collection", "external_id", "task_type", "category", "model", "modality"):
-        cols[c] = _strings(items[c][pos])
+    for c in ("collection", "task_type", "category", "model", "modality"):
+        cols[c] = _coded(items.combo[pos], items.values[c])
+    cols["external_id"] = items.external_id.take(pa.array(pos))
     for c in ("item_id", "dimension", "label", "method", "n_annotators", "agreement", "posterior", "judge_id",
               "judge_label"):
         cols[c] = t.column(c)

@@ -153,3 +153,29 @@ def test_large_ids_pack_without_overflow(engine: sa.Engine) -> None:
     assert v.code.tolist() == [0, 1, 2]
     items = data.load_items(engine, sc.collection_ids, ["task_type", "external_id"])
     assert items["id"].tolist() == r.item_ids.tolist() and items["external_id"].tolist() == ["b0", "b1", "b2"]
+
+
+def test_item_attributes_with_awkward_external_ids(engine: sa.Engine) -> None:
+    """External ids with separators, quotes and multi-byte text, interleaved collections (no contiguous id
+    range) and several attribute combinations come back aligned with the item ids."""
+    awkward = ["z,1", 'q"uote', "", "ünï-cödé ✓", "tab\there", "a" * 200, "new\nline", "b,2,3"]
+    with Session(engine) as s:
+        cols = [ensure_collection(s, name, "vlsu") for name in ("odd", "even")]
+        for k, ext in enumerate(awkward):
+            s.add(Item(collection_id=cols[k % 2].id, external_id=ext, content_hash="x", task_type=f"t{k % 3}",
+                       category="c" if k < 4 else "", model="m", input_modalities="text",
+                       output_modalities="image" if k % 2 else "text"))
+            s.flush()
+        s.commit()
+        expected = {i.id: i for i in s.exec(sa.select(Item)).scalars()}
+    for names in (["odd"], ["odd", "even"]):
+        sc = data.scope(engine, names)
+        items = data.load_items(engine, sc.collection_ids)
+        want = sorted(i for i, it in expected.items() if it.collection_id in sc.collection_ids)
+        assert items["id"].tolist() == want
+        assert items["external_id"].tolist() == [expected[i].external_id for i in want]
+        assert items["task_type"].tolist() == [expected[i].task_type for i in want]
+        assert items["category"].tolist() == [expected[i].category for i in want]
+        assert items["modality"].tolist() == [f"text->{expected[i].output_modalities}" for i in want]
+        assert items["collection"].tolist() == [("odd", "even")[awkward.index(expected[i].external_id) % 2]
+                                                for i in want]
