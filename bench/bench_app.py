@@ -1,19 +1,23 @@
-"""Review-app benchmark: concurrent annotators driving a real ``safereview serve`` in chromium.
+"""Review-app benchmark: 20 annotators driving a real ``safereview serve`` over its websocket.
 
-Each simulated annotator is a Playwright page in one headless chromium: it signs in, then
-labels items (clicks on the label buttons and Submit: with many windows only the focused
-one receives key presses) with a short think time.
-The latency measured is *inside the browser*: from the Submit press (pointer down, or Ctrl+Enter) to the moment
-the next item's id is in the DOM and the script run has finished (MutationObserver +
-``performance.now()``), so Playwright's own round trips are not counted. The Streamlit
-process's resident memory is sampled from /proc while the sessions run.
+The database holds 1,000,000 items (SQLite, and PostgreSQL when a server is named) with
+two judge verdicts each, in an open (non-blind) Uni-SafeBench collection with overlap 1 and
+an audit share of 0.2. Each simulated annotator is a websocket session
+(``bench/st_client.py``, the protocol of Streamlit's own frontend): it signs in, then for
+every item presses one label button per dimension and Submit, pausing a think time before
+each press (exponentially distributed, mean ``--think``). Every press is a fragment rerun.
+
+The figure is *submit → next item rendered*: from sending the Submit press to the end of
+the script run that wrote the label, claimed the next item, loaded it and sent it (the
+``script_finished`` message), checked by the new item id having arrived. The server's own
+view of the same span (``SAFEREVIEW_BENCH_TIMINGS``) is printed beside it, and the
+Streamlit process's resident memory is sampled from /proc.
 
 The run is repeated for the app's garbage-collection modes (``safereview serve --gc``):
-``full`` (Streamlit's default post-run ``gc.collect``), ``off`` (no post-run collection)
-and ``freeze`` (post-run collection kept, start-up heap frozen with ``gc.freeze()``).
+``off`` (the default: no post-run ``gc.collect``) and ``full`` (Streamlit's default).
 
-    python bench/bench_app.py            # 20 annotators × 15 items, all three modes
-    python bench/bench_app.py --quick    # 4 annotators × 4 items, default mode only (< 60 s)
+    python bench/bench_app.py              # 1,000,000 items, 20 annotators x 15 items, gc off and full
+    python bench/bench_app.py --quick      # 20,000 items, 6 annotators x 5 items, gc off, SQLite (< 60 s)
 """
 
 from __future__ import annotations
@@ -24,83 +28,96 @@ import hashlib
 import os
 import random
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
-CHROMIUM = "/usr/bin/chromium"
 TARGET_MEDIAN_MS = 50.0
 TARGET_P95_MS = 150.0
 TARGET_RSS_MB = 500.0
 PASSWORD = "bench-pass-123"
-
-INSTALL_JS = """
-() => {
-  window.__lat = [];
-  const itemOf = () => {
-    for (const el of document.querySelectorAll("[data-testid='stCaptionContainer']")) {
-      const m = el.textContent.match(/· item (\\S+)/);
-      if (m) return m[1];
-    }
-    return null;
-  };
-  window.__item = itemOf;
-  let pending = null;
-  const app = document.querySelector("[data-testid='stApp']");
-  const check = () => {
-    if (!pending) return;
-    const it = itemOf();
-    if (it && it !== pending.from) pending.seen = pending.seen || performance.now();
-    if (pending.seen && app.getAttribute("data-test-script-state") === "notRunning") {
-      window.__lat.push([pending.seen - pending.t0, performance.now() - pending.t0]);
-      pending = null;
-    }
-  };
-  const start = () => { pending = {t0: performance.now(), from: itemOf(), seen: null}; };
-  document.addEventListener("keydown", e => { if (e.key === "Enter" && e.ctrlKey) start(); }, true);
-  document.addEventListener("pointerdown", e => {
-    if (e.target.closest && e.target.closest(".st-key-rv_submit")) start();
-  }, true);
-  new MutationObserver(check).observe(document.body, {subtree: true, childList: true, characterData: true,
-    attributes: true, attributeFilter: ["data-test-script-state"]});
-}
-"""
+ITEM_COLUMNS = ("collection_id", "external_id", "task_type", "category", "subcategory", "model", "input_modalities",
+                "output_modalities", "prompt", "response", "refused", "meta", "content_hash", "priority",
+                "slots_taken", "created_at")
+VERDICT_COLUMNS = ("item_id", "dimension", "judge_id", "judge_version", "label", "status", "probability",
+                   "rationale", "raw_output", "intent", "created_at")
+WORDS = ("the", "model", "answer", "request", "policy", "harm", "image", "context", "safe", "user", "claims",
+         "refuse", "describe", "instructions", "general", "information", "risk", "content", "because", "example")
 
 
-def build_db(db_url: str, n_items: int, n_users: int) -> None:
-    """An open (non-blind) collection of text items with verdicts, and the bench users."""
+# ---------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------
+
+
+def _text(rng: random.Random, lo: int, hi: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))).capitalize() + "."
+
+
+def _item_rows(cid: int, n: int) -> Iterator[tuple]:
+    import json
+
+    from db.models import utcnow
+
+    rng, now = random.Random(7), utcnow()
+    for i in range(n):
+        prompt = json.dumps([{"modality": "text", "text": f"Bench prompt {i}: " + _text(rng, 8, 60)}])
+        response = json.dumps([{"modality": "text", "text": f"Bench response {i}: " + _text(rng, 30, 250)}])
+        yield (cid, f"b{i:07d}", "Malicious Text Generation", "Toxicity Content", "Insults and Hatred",
+               f"model-{i % 4}", "text", "text", prompt, response, False, "{}",
+               hashlib.sha256(str(i).encode()).hexdigest(), round(rng.random() * 3, 4), 0, now)
+
+
+def _verdict_rows(first_id: int, n: int) -> Iterator[tuple]:
+    from db.models import utcnow
+
+    rng, now = random.Random(11), utcnow()
+    for item_id in range(first_id, first_id + n):
+        yield (item_id, "contextual", "bench-judge", "", rng.choice(("safe", "unsafe", "refusal")), "ok",
+               round(rng.uniform(0.5, 1), 2), "Reason: bench contextual.", "", "", now)
+        yield (item_id, "intrinsic", "bench-judge", "", rng.choice(("safe", "unsafe")), "ok",
+               round(rng.uniform(0.5, 1), 2), "Reason: bench intrinsic.", "", "", now)
+
+
+def build_db(db_url: str, n_items: int, n_users: int) -> float:
+    """Bulk-load the items and verdicts (untimed set-up) and create the annotators; returns seconds."""
+    import sqlalchemy as sa
+    from bench_queue import bulk_insert
+
     from db.collections import ensure_collection
     from db.engine import init_db, session_scope
-    from db.models import Item, Verdict
     from workflow import auth
 
+    t0 = time.perf_counter()
     engine = init_db(db_url)
-    rng = random.Random(7)
     with session_scope(engine) as s:
-        col = ensure_collection(s, "bench / open", "uni-safebench", overlap_target=1, blind=False, audit_share=0.2)
-        for i in range(n_items):
-            prompt = [{"modality": "text", "text": f"Bench prompt {i}: " + "words " * rng.randint(5, 60)}]
-            response = [{"modality": "text", "text": f"Bench response {i}: " + "reply " * rng.randint(20, 200)}]
-            item = Item(collection_id=col.id, external_id=f"b{i:05d}", task_type="Malicious Text Generation",
-                        category="Toxicity Content", subcategory="Insults and Hatred", model="bench-model",
-                        prompt=prompt, response=response, priority=rng.random(),
-                        content_hash=hashlib.sha256(f"{i}".encode()).hexdigest())
-            s.add(item)
-            s.flush()
-            for dim, label in (("contextual", rng.choice(["safe", "unsafe", "refusal"])),
-                               ("intrinsic", rng.choice(["safe", "unsafe"]))):
-                s.add(Verdict(item_id=item.id, dimension=dim, judge_id="bench-judge", label=label,
-                              probability=round(rng.uniform(0.5, 1), 2), rationale="Reason: bench."))
+        cid = int(ensure_collection(s, "bench / open", "uni-safebench", overlap_target=1, blind=False,
+                                    audit_share=0.2).id)  # type: ignore[arg-type]
         for u in range(n_users):
             auth.create_user(s, f"bench{u:02d}", PASSWORD, "annotator")
+    bulk_insert(engine, "item", ITEM_COLUMNS, _item_rows(cid, n_items))
+    with engine.connect() as conn:
+        first = int(conn.execute(sa.text("SELECT MIN(id) FROM item WHERE collection_id = :c"), {"c": cid}).scalar_one())
+    bulk_insert(engine, "verdict", VERDICT_COLUMNS, _verdict_rows(first, n_items))
     engine.dispose()
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------------
+# Server
+# ---------------------------------------------------------------------------------------
 
 
 def rss_mb(pid: int) -> float:
@@ -114,6 +131,8 @@ def rss_mb(pid: int) -> float:
 
 
 class Sampler(threading.Thread):
+    """Peak resident memory of the server process, sampled four times a second."""
+
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid, self.peak, self.stop_flag = pid, 0.0, threading.Event()
@@ -124,25 +143,23 @@ class Sampler(threading.Thread):
             time.sleep(0.25)
 
 
-def start_server(db_url: str, media_root: Path, gc_mode: str, log: Path) -> tuple[subprocess.Popen, str]:
-    import socket
-
+def start_server(db_url: str, work: Path, gc_mode: str, tag: str) -> tuple[subprocess.Popen, str, Path]:
     import httpx
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [str(Path(sys.executable).parent / "safereview"), "serve", "--db", db_url, "--media-root", str(media_root),
-           "--host", "127.0.0.1", "--port", str(port), "--gc", gc_mode]
-    env = {**os.environ, "SAFEREVIEW_CACHE_DIR": str(media_root.parent / "derived"),
-           "SAFEREVIEW_BENCH_TIMINGS": str(log.with_suffix(".timings"))}
+    log, timings = work / f"server-{tag}.log", work / f"server-{tag}.timings"
+    cmd = [str(Path(sys.executable).parent / "safereview"), "serve", "--db", db_url,
+           "--media-root", str(work / "media"), "--host", "127.0.0.1", "--port", str(port), "--gc", gc_mode]
+    env = {**os.environ, "SAFEREVIEW_CACHE_DIR": str(work / "derived"), "SAFEREVIEW_BENCH_TIMINGS": str(timings)}
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=str(REPO), env=env)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{base}/_stcore/health", timeout=2).text.strip() == "ok":
-                return proc, base
+                return proc, base, timings
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
@@ -151,126 +168,175 @@ def start_server(db_url: str, media_root: Path, gc_mode: str, log: Path) -> tupl
     raise TimeoutError("server did not become healthy")
 
 
-async def annotator(browser, base: str, username: str, n_items: int, think_s: float,  # type: ignore[no-untyped-def]
-                    rng: random.Random) -> list[tuple[float, float]]:
-    ctx = await browser.new_context(viewport={"width": 1280, "height": 900})
-    page = await ctx.new_page()
-    await page.goto(base, timeout=180_000)
-    await page.wait_for_selector(".st-key-signin_username input", timeout=180_000)
-    await page.locator(".st-key-signin_username input").fill(username)
-    await page.locator(".st-key-signin_password input").fill(PASSWORD)
-    await page.keyboard.press("Enter")
+# ---------------------------------------------------------------------------------------
+# Annotators
+# ---------------------------------------------------------------------------------------
+
+
+class Results:
+    def __init__(self) -> None:
+        self.submit: list[float] = []
+        self.label: list[float] = []
+        self.items: set[str] = set()
+
+
+async def annotator(base: str, username: str, n_items: int, think_s: float, rng: random.Random,
+                    out: Results) -> None:
+    from st_client import StreamlitClient
+
+    c = StreamlitClient(base)
+    await c.connect()
     try:
-        await page.wait_for_selector(".st-key-rv_submit", timeout=180_000)
-    except Exception:
-        await page.screenshot(path=f"/tmp/bench-fail-{username}.png")
-        raise
-    await page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=180_000)
-    await page.wait_for_timeout(500)
-    await page.evaluate(INSTALL_JS)
-    for i in range(n_items):
-        # clicks, not key presses: keyboard events only reach the focused one of the 20 windows
-        await page.locator(".st-key-rv_lab_0_0 button").click()
-        await page.wait_for_selector(".st-key-rv_lab_0_0 button[kind='primary']", timeout=90_000)
-        await page.locator(".st-key-rv_lab_1_0 button").click()
-        await page.wait_for_selector(".st-key-rv_lab_1_0 button[kind='primary']", timeout=90_000)
-        await page.locator(".st-key-rv_submit button").click()
-        await page.wait_for_function(f"() => window.__lat.length >= {i + 1}", timeout=90_000)
-        await asyncio.sleep(think_s * rng.uniform(0.5, 1.5))
-    lat = await page.evaluate("() => window.__lat")
-    await ctx.close()
-    return [(float(a), float(b)) for a, b in lat]
+        await c.rerun()  # first page load: the sign-in form
+        signed = await c.rerun([c.state("signin_username", string_value=username),
+                                c.state("signin_password", string_value=PASSWORD),
+                                c.state("submit:sign_in_form", trigger_value=True)])
+        if not c.has("rv_submit"):
+            raise RuntimeError(f"{username}: no review page after sign-in: {signed.exceptions or signed.texts[-5:]}")
+        for _ in range(n_items):
+            dims = sorted({int(k.split("_")[2]) for k in c.widgets if k.startswith("rv_lab_")})
+            for di in dims:
+                n_labels = len([k for k in c.widgets if k.startswith(f"rv_lab_{di}_")])
+                await asyncio.sleep(rng.expovariate(1 / think_s))
+                r = await c.click(f"rv_lab_{di}_{rng.randrange(n_labels)}")
+                out.label.append(r.seconds * 1000)
+            await asyncio.sleep(rng.expovariate(1 / think_s))
+            before = c.item
+            r = await c.click("rv_submit")
+            if r.exceptions or c.item == before or c.item is None:
+                raise RuntimeError(f"{username}: submit did not bring the next item ({before} → {c.item}): "
+                                   f"{r.exceptions or r.texts[:5]}")
+            if c.item in out.items:
+                raise RuntimeError(f"item {c.item} handed out twice with overlap 1")
+            out.items.add(c.item)
+            out.submit.append(r.seconds * 1000)
+    finally:
+        await c.close()
 
 
-async def drive(base: str, n_users: int, n_items: int, think_s: float) -> list[tuple[float, float]]:
-    from playwright.async_api import async_playwright
+async def drive(base: str, n_users: int, n_items: int, think_s: float) -> Results:
+    out = Results()
+    tasks = []
+    for u in range(n_users):  # people do not all sign in in the same millisecond
+        tasks.append(asyncio.create_task(
+            annotator(base, f"bench{u:02d}", n_items, think_s, random.Random(100 + u), out)))
+        await asyncio.sleep(0.2)
+    await asyncio.gather(*tasks)
+    return out
 
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--disable-renderer-backgrounding",
-            "--disable-background-timer-throttling", "--disable-backgrounding-occluded-windows"])
-        rngs = [random.Random(100 + u) for u in range(n_users)]
-        # stagger sign-ins a little, as people do; then everyone labels concurrently
-        tasks = []
-        for u in range(n_users):
-            tasks.append(asyncio.create_task(annotator(browser, base, f"bench{u:02d}", n_items, think_s, rngs[u])))
-            await asyncio.sleep(0.6)
-        results = await asyncio.gather(*tasks)
-        await browser.close()
-    return [x for r in results for x in r]
+
+# ---------------------------------------------------------------------------------------
+# Runs and report
+# ---------------------------------------------------------------------------------------
 
 
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))] if s else float("nan")
 
 
-def run_mode(gc_mode: str, n_users: int, n_items: int, think_s: float, work: Path) -> dict[str, float]:
-    db_path = work / f"bench-{gc_mode}.db"
-    db_url = f"sqlite:///{db_path}"
-    build_db(db_url, n_items=n_users * n_items + 200, n_users=n_users)
-    proc, base = start_server(db_url, work / f"media-{gc_mode}", gc_mode, work / f"server-{gc_mode}.log")
+def run_one(db_url: str, work: Path, gc_mode: str, tag: str, n_users: int, n_items: int,
+            think_s: float) -> dict[str, Any]:
+    proc, base, timings = start_server(db_url, work, gc_mode, tag)
     sampler = Sampler(proc.pid)
     sampler.start()
     try:
-        started = time.perf_counter()
-        lat = asyncio.run(drive(base, n_users, n_items, think_s))
-        wall = time.perf_counter() - started
+        asyncio.run(drive(base, 1, 3, 0.05))  # warm-up: first imports and page compilation
+        if timings.exists():
+            timings.unlink()
+        t0 = time.perf_counter()
+        res = asyncio.run(drive(base, n_users, n_items, think_s))
+        wall = time.perf_counter() - t0
     finally:
         sampler.stop_flag.set()
         sampler.join()
         final_rss = rss_mb(proc.pid)
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
-    done = [b for _, b in lat]
-    timings = work / f"server-{gc_mode}.timings"
-    server = [float(line.split("\t")[1]) for line in timings.read_text().splitlines()] if timings.exists() else [0.0]
-    return {"n": len(done), "median_ms": statistics.median(done), "p95_ms": pct(done, 0.95),
-            "server_median_ms": statistics.median(server), "server_p95_ms": pct(server, 0.95),
-            "rss_peak_mb": max(sampler.peak, final_rss), "wall_s": wall}
+    server = [float(line.split("\t")[1]) for line in timings.read_text().splitlines()] if timings.exists() else []
+    return {"n": len(res.submit), "median": statistics.median(res.submit), "p95": pct(res.submit, 0.95),
+            "label_median": statistics.median(res.label), "server_median": statistics.median(server or [0.0]),
+            "server_p95": pct(server, 0.95), "rss": max(sampler.peak, final_rss), "wall": wall,
+            "rate": (len(res.submit) + len(res.label)) / wall}
+
+
+def backends(args: argparse.Namespace, tmp: Path) -> Iterator[tuple[str, str]]:
+    """(name, url) for each back end to run; a PostgreSQL schema is made and dropped around its run."""
+    if args.backend in ("sqlite", "both"):
+        yield "sqlite", f"sqlite:///{tmp}/bench.db"
+    pg = os.environ.get("SAFEREVIEW_BENCH_PG") or os.environ.get("SAFEREVIEW_TEST_PG", "")
+    if args.backend in ("postgres", "both"):
+        if not pg:
+            print("[postgres] skipped: set SAFEREVIEW_BENCH_PG or SAFEREVIEW_TEST_PG", flush=True)
+            return
+        import sqlalchemy as sa
+
+        from db.engine import normalise_url
+
+        schema = f"bench_app_{uuid.uuid4().hex[:10]}"
+        admin = sa.create_engine(normalise_url(pg), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        try:
+            sep = "&" if "?" in pg else "?"
+            yield "postgres", f"{normalise_url(pg)}{sep}options=-csearch_path%3D{schema}"
+        finally:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            admin.dispose()
 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="4 annotators × 4 items, the default gc mode only")
-    ap.add_argument("--users", type=int, default=None, help="concurrent annotators (default 20; quick 6)")
-    ap.add_argument("--items", type=int, default=None, help="items each annotator labels (default 15; quick 6)")
-    ap.add_argument("--think", type=float, default=1.0, help="mean think time between items, seconds")
-    ap.add_argument("--modes", default=None, help="comma-separated gc modes (default full,off,freeze)")
+    ap.add_argument("--quick", action="store_true", help="20,000 items, 6 annotators x 5 items, gc off, SQLite")
+    ap.add_argument("--items", type=int, default=None, help="items in the database (default 1,000,000)")
+    ap.add_argument("--users", type=int, default=None, help="concurrent annotators (default 20)")
+    ap.add_argument("--per-user", type=int, default=None, help="items each annotator labels (default 15)")
+    ap.add_argument("--think", type=float, default=1.0, help="mean pause before each press, seconds (default 1)")
+    ap.add_argument("--modes", default=None, help="comma-separated gc modes (default off,full; quick off)")
+    ap.add_argument("--backend", choices=("sqlite", "postgres", "both"), default=None,
+                    help="default both (quick: sqlite)")
     args = ap.parse_args(argv)
-    if not Path(CHROMIUM).exists():
-        print(f"{CHROMIUM} is missing: install Debian's chromium to run this benchmark")
-        return 1
-    users = args.users or (4 if args.quick else 20)
-    items = args.items or (4 if args.quick else 15)
-    modes = (args.modes or ("off" if args.quick else "full,off,freeze")).split(",")
+    n_db = args.items or (20_000 if args.quick else 1_000_000)
+    users = args.users or (6 if args.quick else 20)
+    per_user = args.per_user or (5 if args.quick else 15)
+    modes = (args.modes or ("off" if args.quick else "off,full")).split(",")
+    args.backend = args.backend or ("sqlite" if args.quick else "both")
     rows = []
-    tmp = tempfile.mkdtemp(prefix="bench-app-")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-app-"))
     try:
-        for mode in modes:
-            r = run_mode(mode, users, items, args.think, Path(tmp))
-            rows.append((mode, r))
-            print(f"  measured gc={mode}: {r['n']} submits", flush=True)
+        for name, url in backends(args, tmp):
+            need = users * per_user * len(modes) + 50
+            if n_db < need:
+                raise SystemExit(f"--items must be at least {need} for this many submits")
+            load_s = build_db(url, n_db, users + 1)
+            print(f"[{name}] {n_db:,} items and {2 * n_db:,} verdicts loaded in {load_s:.0f} s", flush=True)
+            for mode in modes:
+                r = run_one(url, tmp, mode, f"{name}-{mode}", users, per_user, args.think)
+                rows.append((name, mode, r))
+                print(f"[{name}] gc={mode}: {r['n']} submits, {r['rate']:.1f} presses/s, median "
+                      f"{r['median']:.1f} ms", flush=True)
     finally:
-        if os.environ.get("BENCH_KEEP") != "1":  # keep the databases and server logs for a post-mortem
+        if os.environ.get("BENCH_KEEP") != "1":  # BENCH_KEEP=1 keeps databases and server logs
             shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\nreview app: {users} concurrent annotators × {items} items, think time ~{args.think:.1f} s "
-          "(submit → next item rendered, measured in the browser)")
-    print(f"{'gc mode':<8} {'n':>4} {'browser p50':>12} {'browser p95':>12} {'server p50':>11} {'server p95':>11} "
-          f"{'RSS MB':>7} {'srv p50/tgt':>12} {'srv p95/tgt':>12} {'brw p50/tgt':>12} {'RSS/tgt':>8}")
-    for mode, r in rows:
-        print(f"{mode:<8} {r['n']:>4} {r['median_ms']:>12.1f} {r['p95_ms']:>12.1f} {r['server_median_ms']:>11.1f} "
-              f"{r['server_p95_ms']:>11.1f} {r['rss_peak_mb']:>7.0f} {r['server_median_ms'] / TARGET_MEDIAN_MS:>12.2f} "
-              f"{r['server_p95_ms'] / TARGET_P95_MS:>12.2f} {r['median_ms'] / TARGET_MEDIAN_MS:>12.2f} "
-              f"{r['rss_peak_mb'] / TARGET_RSS_MB:>8.2f}")
+    load = os.getloadavg()
+    print(f"\nreview app end to end: {n_db:,} items, {users} concurrent annotators x {per_user} items, think "
+          f"~{args.think:g} s before each press (websocket clients; submit → next item rendered)")
+    print(f"{'backend':<9} {'gc':<5} {'n':>4} {'p50 ms':>7} {'p95 ms':>7} {'server p50':>11} {'server p95':>11} "
+          f"{'label p50':>10} {'RSS MB':>7} {'p50/tgt':>8} {'p95/tgt':>8} {'RSS/tgt':>8}")
+    for name, mode, r in rows:
+        print(f"{name:<9} {mode:<5} {r['n']:>4} {r['median']:>7.1f} {r['p95']:>7.1f} {r['server_median']:>11.1f} "
+              f"{r['server_p95']:>11.1f} {r['label_median']:>10.1f} {r['rss']:>7.0f} "
+              f"{r['median'] / TARGET_MEDIAN_MS:>8.2f} {r['p95'] / TARGET_P95_MS:>8.2f} "
+              f"{r['rss'] / TARGET_RSS_MB:>8.2f}")
     print(f"targets: median < {TARGET_MEDIAN_MS:.0f} ms, p95 < {TARGET_P95_MS:.0f} ms, RSS < {TARGET_RSS_MB:.0f} MB "
-          "(ratio < 1 meets the target). browser = Submit press to next item rendered and idle, measured in "
-          "chromium (includes its rendering on this machine); server = submit callback to the end of the fragment "
-          "run that produced the next item.")
+          "(ratio < 1 meets the target). server = submit callback to the end of the fragment run that rendered "
+          "the next item; label = a label press (a fragment rerun that only redraws).")
+    print(f"machine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end "
+          "(clients and server share the machine)")
     return 0
 
 

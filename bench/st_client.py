@@ -1,0 +1,182 @@
+"""A small Streamlit websocket client for the end-to-end benchmark (``bench/bench_app.py``).
+
+It speaks the protocol the Streamlit frontend speaks: ``BackMsg`` protobufs up the
+``/_stcore/stream`` websocket, ``ForwardMsg`` protobufs down. A script run is requested with
+``rerun_script`` (the widget states, the page, and the fragment to rerun, if any) and is over
+when the server sends ``script_finished``. Widgets are found by their user key, which
+Streamlit appends to every widget id (``$$ID-<hash>-<key>``).
+
+Why not a browser? Twenty chromium pages on this two-core machine spend more CPU rendering
+than the server spends answering, so a browser-driven figure measures chromium. The issue
+allows the websocket; this client adds only protobuf parsing to the measurement. It also
+fetches what the browser would fetch because of a script run: the sign-in ticket image that
+sets the media cookie (the app waits for it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import websockets
+from streamlit.proto.BackMsg_pb2 import BackMsg
+from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+TICKET_RE = re.compile(r'src="(/auth/session\?ticket=[^"]+)"')
+ITEM_RE = re.compile(r"· item (\S+)")
+TEXT_FIELDS = ("body", "code_text", "label", "text")  # where an element keeps what it shows
+
+
+@dataclass
+class Widget:
+    """What the client knows of one widget from the last run that drew it."""
+
+    id: str
+    kind: str
+    fragment_id: str
+    form_id: str = ""
+    label: str = ""
+    kind_of_button: str = ""  # "primary" / "secondary" / "tertiary" for buttons
+
+
+@dataclass
+class RunResult:
+    """What one script run sent back."""
+
+    seconds: float
+    status: str
+    texts: list[str] = field(default_factory=list)
+    exceptions: list[str] = field(default_factory=list)
+    elements: list[tuple[str, str]] = field(default_factory=list)  # (element kind, its text) in order
+
+
+def _widget_key(widget_id: str) -> str | None:
+    parts = widget_id.split("-", 2)
+    return parts[2] if len(parts) == 3 and parts[2] != "None" else None
+
+
+class StreamlitClient:
+    """One browser tab's worth of session: connect, run the script, press widgets."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base.rstrip("/")
+        self.http = httpx.AsyncClient(base_url=self.base, timeout=30)
+        self.ws: Any = None
+        self.widgets: dict[str, Widget] = {}
+        self.page_script_hash = ""
+        self.item: str | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def connect(self) -> None:
+        await self.http.get("/")  # as a browser would: the index page (and any cookies it sets)
+        parts = urlsplit(self.base)
+        self.ws = await websockets.connect(
+            f"ws://{parts.netloc}/_stcore/stream", subprotocols=["streamlit"],  # type: ignore[list-item]
+            origin=self.base, max_size=2**26, compression=None, ping_interval=None)
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        for task in list(self._tasks):
+            await task
+        await self.http.aclose()
+
+    # -----------------------------------------------------------------------------------
+    # Runs
+    # -----------------------------------------------------------------------------------
+
+    async def rerun(self, states: list[Any] | None = None, fragment_id: str = "",
+                    timeout: float = 120.0) -> RunResult:
+        """Request a script run and read the stream until the run (and any rerun it asked for) ends."""
+        msg = BackMsg()
+        cs = msg.rerun_script
+        cs.page_script_hash = self.page_script_hash
+        if fragment_id:
+            cs.fragment_id = fragment_id
+        for s in states or []:
+            cs.widget_states.widgets.append(s)
+        started = time.perf_counter()
+        await self.ws.send(msg.SerializeToString())
+        result = RunResult(seconds=0.0, status="")
+        while True:
+            raw = await asyncio.wait_for(self.ws.recv(), timeout=timeout)
+            fm = ForwardMsg()
+            fm.ParseFromString(raw)
+            kind = fm.WhichOneof("type")
+            if kind == "delta":
+                self._on_delta(fm, result)
+            elif kind == "new_session":
+                self.page_script_hash = fm.new_session.page_script_hash or self.page_script_hash
+            elif kind == "navigation":
+                self.page_script_hash = fm.navigation.page_script_hash or self.page_script_hash
+            elif kind == "page_info_changed" or kind == "session_event":
+                continue
+            elif kind == "script_finished":
+                status = ForwardMsg.ScriptFinishedStatus.Name(fm.script_finished)
+                if status == "FINISHED_EARLY_FOR_RERUN":  # st.rerun(): the next run follows at once
+                    continue
+                result.seconds = time.perf_counter() - started
+                result.status = status
+                return result
+
+    def _on_delta(self, fm: Any, result: RunResult) -> None:
+        delta = fm.delta
+        if delta.WhichOneof("type") != "new_element":
+            return
+        el = delta.new_element
+        kind = el.WhichOneof("type")
+        if kind is None:
+            return
+        body = getattr(el, kind)
+        text = next((getattr(body, f) for f in TEXT_FIELDS if hasattr(body, f)), "")
+        result.elements.append((kind, text if isinstance(text, str) else ""))
+        if kind == "markdown":
+            result.texts.append(body.body)
+            m = ITEM_RE.search(body.body)
+            if m:
+                self.item = m.group(1).replace("\\", "")
+        elif kind == "html":
+            result.texts.append(body.body)
+            m = TICKET_RE.search(body.body)
+            if m:  # the browser loads this image in parallel with the run; so do we
+                task = asyncio.create_task(self.http.get(m.group(1).replace("&amp;", "&")))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        elif kind == "exception":
+            result.exceptions.append(f"{body.type}: {body.message}")
+        elif kind in ("alert",):
+            result.texts.append(body.body)
+        widget_id = getattr(body, "id", "") if hasattr(body, "id") else ""
+        key = _widget_key(widget_id) if isinstance(widget_id, str) and widget_id.startswith("$$ID") else None
+        if kind == "button" and body.is_form_submitter:
+            key = f"submit:{body.form_id}"  # a form's submit button needs no user key
+        if key is not None:
+            self.widgets[key] = Widget(id=widget_id, kind=kind, fragment_id=delta.fragment_id,
+                                       form_id=getattr(body, "form_id", ""), label=getattr(body, "label", ""),
+                                       kind_of_button=getattr(body, "type", "") if kind == "button" else "")
+
+    # -----------------------------------------------------------------------------------
+    # Widgets
+    # -----------------------------------------------------------------------------------
+
+    def state(self, key: str, **value: Any) -> Any:
+        """A widget state for the widget with user key ``key``, e.g. ``state("x", string_value="a")``."""
+        from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+        ws = WidgetState(id=self.widgets[key].id)
+        for name, v in value.items():
+            setattr(ws, name, v)
+        return ws
+
+    async def click(self, key: str, extra: list[Any] | None = None) -> RunResult:
+        """Press a button (in its fragment, as the frontend does when the button is inside one)."""
+        w = self.widgets[key]
+        return await self.rerun([*(extra or []), self.state(key, trigger_value=True)], fragment_id=w.fragment_id)
+
+    def has(self, key: str) -> bool:
+        return key in self.widgets

@@ -1,0 +1,116 @@
+"""The review app over its websocket, as the benchmark drives it (``bench/st_client.py``).
+
+A real ``safereview serve`` on SQLite and PostgreSQL, spoken to in Streamlit's own
+protocol: sign-in (wrong password refused), a blind item whose verdict stays hidden until
+submit, an override recorded with the blind labels kept, and hostile model output that
+reaches the browser only inside inert text elements — checked on the wire, so no renderer
+could turn it into markup. Also keeps the benchmark's client from rotting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import app_support as A
+import pytest
+from sqlmodel import select
+
+sys.path.insert(0, str(A.REPO / "bench"))
+
+from st_client import StreamlitClient
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def served(db_url: str, tmp_path: Path) -> Iterator[tuple[A.Fixture, A.Server]]:
+    fx = A.build_fixture(db_url, tmp_path / "media", n_plain=2)
+    with A.Server(fx) as server:
+        yield fx, server
+
+
+async def _sign_in(c: StreamlitClient, username: str, password: str) -> Any:
+    await c.connect()
+    first = await c.rerun()
+    assert first.status == "FINISHED_SUCCESSFULLY" and c.has("signin_username")
+    return await c.rerun([c.state("signin_username", string_value=username),
+                          c.state("signin_password", string_value=password),
+                          c.state("submit:sign_in_form", trigger_value=True)])
+
+
+def _shown(run: Any) -> str:
+    return "\n".join(text for _kind, text in run.elements)
+
+
+def test_wrong_password_is_refused_on_the_wire(served: tuple[A.Fixture, A.Server]) -> None:
+    _fx, server = served
+
+    async def go() -> Any:
+        c = StreamlitClient(server.base)
+        try:
+            return await _sign_in(c, "ann1", "not-the-password"), c.has("rv_submit")
+        finally:
+            await c.close()
+
+    run, has_review = asyncio.run(go())
+    assert not has_review
+    assert any(kind == "alert" and "password" in text.lower() for kind, text in run.elements), run.elements
+
+
+def test_blind_review_round_trip_and_inert_hostile_text(served: tuple[A.Fixture, A.Server]) -> None:
+    fx, server = served
+
+    async def go() -> dict[str, Any]:
+        c = StreamlitClient(server.base)
+        try:
+            page = await _sign_in(c, "ann1", A.PASSWORDS["ann1"])
+            out: dict[str, Any] = {"page": page, "first": c.item}
+            await c.click("rv_lab_0_2")  # contextual = unsafe (safe, refusal, unsafe)
+            out["label_run"] = await c.click("rv_lab_1_0")  # intrinsic = safe
+            out["reveal"] = await c.click("rv_submit")
+            out["after_reveal"] = c.item
+            await c.click("rv_lab_1_1")  # change intrinsic after seeing the verdict: an override
+            out["commit"] = await c.click("rv_submit")
+            out["next"] = c.item
+            return out
+        finally:
+            await c.close()
+
+    out = asyncio.run(go())
+    page = out["page"]
+    assert out["first"] == "xss"  # the highest-priority item of the blind collection
+    assert "Hidden until you submit" in _shown(page)
+    assert "Reason: the response looks" not in _shown(page)
+
+    # hostile output arrives whole, and only in a plain-text element
+    inert = [text for kind, text in page.elements if kind in ("text", "code")]
+    assert any(A.XSS_PAYLOAD in t for t in inert), inert
+    for kind, text in page.elements:
+        if kind not in ("text", "code"):
+            assert "<script" not in text and "onerror" not in text and A.BEACON not in text, (kind, text)
+
+    assert out["label_run"].status == "FINISHED_FRAGMENT_RUN_SUCCESSFULLY"  # a label press reruns the panel only
+    assert out["after_reveal"] == "xss" and "Reason: the response looks" in _shown(out["reveal"])
+    assert out["next"] not in (None, "xss")
+
+    from db.engine import make_engine, session_scope
+    from db.models import Annotation, AnnotationEvent, User
+
+    eng = make_engine(fx.db_url)
+    try:
+        with session_scope(eng) as s:
+            uid = s.exec(select(User.id).where(User.username == "ann1")).one()
+            ann = s.exec(select(Annotation).where(Annotation.user_id == uid,
+                                                  Annotation.item_id == fx.item_ids["xss"])).one()
+            assert ann.blind_labels == {"contextual": "unsafe", "intrinsic": "safe"}
+            assert ann.labels == {"contextual": "unsafe", "intrinsic": "unsafe"}
+            assert ann.verdict_action == "confirm"  # the final labels equal the judge's (unsafe, unsafe)
+            actions = s.exec(select(AnnotationEvent.action).where(AnnotationEvent.annotation_id == ann.id)
+                             .order_by(AnnotationEvent.id)).all()
+            assert list(actions) == ["create", "reveal"]
+    finally:
+        eng.dispose()
