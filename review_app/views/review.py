@@ -269,11 +269,14 @@ def review_panel(user: Any, info: CollectionInfo, flt: Any) -> None:
             st.rerun(scope="fragment")
         return
     item: item_view.ItemView = state["item"]
-    try:
-        with ui.session() as s:
-            prog = queue.progress(s, user, info.id)
-    except Exception:
-        prog = None
+    if state.get("progress_for") != state["assignment_id"]:  # once per item: a label press changes no count
+        try:
+            with ui.session() as s:
+                state["progress"] = queue.progress(s, user, info.id)
+        except Exception:
+            state["progress"] = None
+        state["progress_for"] = state["assignment_id"]
+    prog = state.get("progress")
     _header(item, info, prog)
     left, right = st.columns([5, 4], gap="medium")
     with left:
