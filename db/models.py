@@ -358,8 +358,10 @@ class Gold(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     # No single-column indexes here: the unique (snapshot_id, item_id, dimension) index
     # serves every look-up, and extra indexes made million-row snapshots 2-3x slower to write.
-    snapshot_id: int = Field(foreign_key="goldsnapshot.id")
-    item_id: int = Field(foreign_key="item.id")
+    # No foreign keys either (migration 0004): their per-row checks cost PostgreSQL 9 s per
+    # million rows; create_snapshot writes these rows with their snapshot, from existing items.
+    snapshot_id: int
+    item_id: int
     dimension: str = Field(max_length=40)
     label: str | None = Field(default=None, max_length=40)
     method: str = Field(max_length=40)  # unanimous | majority | dawid-skene | adjudicated | tie
