@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -237,6 +238,24 @@ class Ratings:
                        np.concatenate([self.code, codes[ok]]), self.n_invalid, self.unsafe_labels)
 
 
+_ITEM_RANGES: ContextVar[dict[tuple[int, ...], tuple[Any, Any, Any]] | None] = ContextVar("_ITEM_RANGES",
+                                                                                           default=None)
+
+
+@contextmanager
+def item_ranges_reused() -> Iterator[None]:
+    """Within the block, :func:`item_filter` looks up each set of collections' id range once.
+
+    A gold snapshot reads the same collections five times in one transaction, and each
+    look-up counts their items (0.1-0.2 s per million).
+    """
+    token = _ITEM_RANGES.set({})
+    try:
+        yield
+    finally:
+        _ITEM_RANGES.reset(token)
+
+
 def item_filter(conn: Connection, collection_ids: Sequence[int], column: str) -> tuple[str, dict[str, Any]]:
     """SQL condition restricting ``column`` (an item id) to the collections' items.
 
@@ -248,8 +267,15 @@ def item_filter(conn: Connection, collection_ids: Sequence[int], column: str) ->
     cols, cparams = _in_list("c", list(collection_ids))
     if not collection_ids:
         return "1 = 0", {}
-    lo, hi, n = fetch(conn, f"SELECT MIN(id), MAX(id), COUNT(*) FROM item WHERE collection_id IN ({cols})",
-                      cparams)[0]
+    cache = _ITEM_RANGES.get()
+    key = tuple(collection_ids)
+    if cache is not None and key in cache:
+        lo, hi, n = cache[key]
+    else:
+        lo, hi, n = fetch(conn, f"SELECT MIN(id), MAX(id), COUNT(*) FROM item WHERE collection_id IN ({cols})",
+                          cparams)[0]
+        if cache is not None:
+            cache[key] = (lo, hi, n)
     plus = "" if is_postgres(conn) else "+"
     if n == 0:
         return "1 = 0", {}
@@ -571,10 +597,11 @@ def load_verdicts(bind: Any, collection_ids: Sequence[int], dimension: str, labe
 def load_adjudications(bind: Any, collection_ids: Sequence[int], dimension: str) -> dict[int, dict[str, Any]]:
     """Newest adjudication per item on the dimension: item_id -> {label, user_id, at, rationale, id}."""
     with connection(bind) as conn:
-        cols, cparams = _in_list("c", list(collection_ids))
+        # the shared range test: an IN (SELECT id FROM item ...) made SQLite list every item first
+        cond, params = item_filter(conn, collection_ids, "a.item_id")
         rows = fetch(conn, "SELECT a.item_id, a.label, a.user_id, a.at, a.rationale, a.id FROM adjudication a "
-                           f"WHERE a.dimension = :dim AND a.item_id IN (SELECT id FROM item WHERE collection_id IN "
-                           f"({cols or 'NULL'})) ORDER BY a.item_id, a.at, a.id", {**cparams, "dim": dimension})
+                           f"WHERE a.dimension = :dim AND {cond} ORDER BY a.item_id, a.at, a.id",
+                           {**params, "dim": dimension})
     out: dict[int, dict[str, Any]] = {}
     for item_id, label, user_id, at, rationale, adj_id in rows:  # ordered: the newest overwrites
         out[int(item_id)] = {"label": label, "user_id": user_id, "at": at, "rationale": rationale, "id": adj_id}

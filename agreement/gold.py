@@ -123,6 +123,12 @@ def compute_gold(bind: Any, collections: Sequence[str] | None = None, dimensions
                  method: str = "majority", threshold: float = DEFAULT_THRESHOLD,
                  judge_id: str | None = None) -> tuple[Any, dict[str, Any]]:
     """Gold rows as a pyarrow table (snapshot id 0), sorted by item id then dimension; and the params."""
+    with data.item_ranges_reused():
+        return _compute_gold(bind, collections, dimensions, method=method, threshold=threshold, judge_id=judge_id)
+
+
+def _compute_gold(bind: Any, collections: Sequence[str] | None, dimensions: Sequence[str] | None, *,
+                  method: str, threshold: float, judge_id: str | None) -> tuple[Any, dict[str, Any]]:
     import pyarrow as pa
 
     sc = data.scope(bind, collections)
@@ -181,19 +187,19 @@ def _insert_gold(session: Any, snapshot_id: int, table: Any) -> None:
     """Bulk insert of the Gold rows (DB-API executemany on SQLite, COPY on PostgreSQL)."""
     conn = session.connection()
     names = ["snapshot_id", "item_id", "dimension", "label", "method", "n_annotators", "agreement", "posterior"]
-    n = table.num_rows
     if conn.dialect.name == "postgresql":
         _copy_gold_csv(conn, snapshot_id, table, names)
         return
-    columns = [[snapshot_id] * n] + [table.column(c).to_pylist() for c in names[1:]]
-    rows = list(zip(*columns, strict=True))
+    # the snapshot id (an int from the database) goes into the SQL text: one bound value less per row
+    rows = zip(*[table.column(c).to_pylist() for c in names[1:]], strict=True)
     cur = conn.connection.dbapi_connection.cursor()
     # A larger page cache keeps the unique (snapshot, item, dimension) index in memory during
     # this bulk insert (restored afterwards).
     old_cache = cur.execute("PRAGMA cache_size").fetchone()[0]
     cur.execute("PRAGMA cache_size = -262144")
     try:
-        cur.executemany(f"INSERT INTO gold ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})", rows)
+        cur.executemany(f"INSERT INTO gold ({', '.join(names)}) VALUES ({int(snapshot_id)}, "
+                        f"{', '.join('?' for _ in names[1:])})", rows)
     finally:
         cur.execute(f"PRAGMA cache_size = {int(old_cache)}")
         cur.close()
