@@ -48,6 +48,7 @@ def _g(name: str, minimum: str, call: Callable[[Session, Any, dict[str, Any]], A
 def _table() -> list[Guarded]:
     from agreement import audit, calibration, consensus, gold
     from workflow import annotations as an
+    from workflow import collections as wcol
     from workflow import queue as q
 
     return [
@@ -72,6 +73,10 @@ def _table() -> list[Guarded]:
         _g("workflow.auth.reset_password", "admin",
            lambda s, u, c: auth.reset_password(s, "victim", "new-pass-123456", actor=u), cli=True),
         _g("workflow.auth.list_users", "admin", lambda s, u, c: auth.list_users(s, actor=u), cli=True),
+        _g("workflow.auth.set_role", "admin", lambda s, u, c: auth.set_role(s, "victim", "annotator", actor=u),
+           cli=True),
+        _g("workflow.collections.update_settings", "admin",
+           lambda s, u, c: wcol.update_settings(s, c["col"], actor=u, blind=False), cli=True),
         _g("agreement.consensus.adjudication_queue", "lead", lambda s, u, c: consensus.adjudication_queue(s, u)),
         _g("agreement.consensus.adjudicate", "lead",
            lambda s, u, c: consensus.adjudicate(s, u, c["item"], "joint", "safe", "x")),

@@ -79,3 +79,69 @@ def test_queue_status(db_url: str, engine: sa.Engine) -> None:
     assert "4 items × 2 = 8 slots" in r.output and "1 done" in r.output and "1 leased" in r.output
     assert "rev" in r.output
     assert _run(db_url, "queue", "status", "--collection", "missing").exit_code == 1
+
+
+def test_set_role_signs_the_user_out_and_guards_the_last_step(db_url: str, engine: sa.Engine) -> None:
+    from workflow.errors import Forbidden, InvalidInput
+
+    assert _run(db_url, "users", "add", "carol", "--password-stdin", stdin="carol-pass-1\n").exit_code == 0
+    assert _run(db_url, "users", "add", "root", "--role", "admin", "--password-stdin",
+                stdin="root-pass-12\n").exit_code == 0
+    with session_scope(engine) as s:
+        token = auth.start_session(s, auth.get_user(s, "carol"))
+    r = _run(db_url, "users", "set-role", "carol", "lead")
+    assert r.exit_code == 0 and "now lead" in r.output, r.output
+    with session_scope(engine) as s:
+        assert auth.get_user(s, "carol").role == "lead"
+        assert auth.user_for_token(s, token) is None  # the old session carried the old role
+    r = _run(db_url, "users", "set-role", "carol", "superuser")
+    assert r.exit_code == 1 and "role" in r.output
+    assert _run(db_url, "users", "set-role", "nobody", "lead").exit_code == 1
+
+    with session_scope(engine) as s:  # the app's path: the acting user's role is checked
+        carol, root = auth.get_user(s, "carol"), auth.get_user(s, "root")
+        with pytest.raises(Forbidden):
+            auth.set_role(s, "root", "annotator", actor=carol)
+        with pytest.raises(InvalidInput):
+            auth.set_role(s, "root", "lead", actor=root)  # no admin demotes themself
+        auth.set_role(s, "carol", "annotator", actor=root)
+    with session_scope(engine) as s:
+        assert auth.get_user(s, "carol").role == "annotator" and auth.get_user(s, "root").role == "admin"
+
+
+def test_collections_set_changes_only_what_is_given(db_url: str, engine: sa.Engine) -> None:
+    from db.models import Collection
+    from workflow import collections
+    from workflow.errors import Forbidden, InvalidInput, NotFound
+
+    make_collection(engine, "settings-test", n_items=2, k=2, audit_share=0.1)
+    r = _run(db_url, "collections", "set", "settings-test", "--overlap", "3", "--open")
+    assert r.exit_code == 0, r.output
+    assert "overlap k=3, open, audit share 0.1" in r.output
+    r = _run(db_url, "collections", "set", "settings-test", "--audit-share", "0.35", "--archive")
+    assert r.exit_code == 0, r.output
+    with Session(engine) as s:
+        col = s.exec(select(Collection).where(Collection.name == "settings-test")).one()
+        assert (col.overlap_target, col.blind, col.audit_share, col.archived) == (3, False, 0.35, True)
+    listing = _run(db_url, "collections")
+    assert listing.exit_code == 0 and "open" in listing.output and "0.35" in listing.output  # (names wrap at 80)
+
+    for args, word in ((["--overlap", "0"], "overlap"), (["--audit-share", "1.5"], "audit share")):
+        r = _run(db_url, "collections", "set", "settings-test", *args)
+        assert r.exit_code == 1 and word in r.output, r.output
+    assert _run(db_url, "collections", "set", "settings-test").exit_code == 2  # nothing to change
+    assert _run(db_url, "collections", "set", "no-such", "--overlap", "2").exit_code == 1
+    with Session(engine) as s:
+        col = s.exec(select(Collection).where(Collection.name == "settings-test")).one()
+        assert (col.overlap_target, col.audit_share) == (3, 0.35)  # refused changes wrote nothing
+
+    with session_scope(engine) as s:
+        lead = auth.create_user(s, "lead1", "lead-pass-12", "lead")
+        admin = auth.create_user(s, "admin1", "admin-pass-12", "admin")
+        with pytest.raises(Forbidden):
+            collections.update_settings(s, "settings-test", actor=lead, overlap_target=1)
+        with pytest.raises(InvalidInput):
+            collections.update_settings(s, "settings-test", actor=admin, audit_share=float("nan"))
+        with pytest.raises(NotFound):
+            collections.update_settings(s, 10**9, actor=admin, blind=True)
+        assert collections.update_settings(s, "settings-test", actor=admin, overlap_target=1).overlap_target == 1

@@ -253,6 +253,26 @@ def reset_password(session: Session, username: str, new_password: str, *, actor:
     return user
 
 
+def set_role(session: Session, username: str, role: str, *, actor: Any = None) -> User:
+    """Change a user's role and sign them out everywhere, so the new role applies at once.
+
+    An admin cannot demote themself (the last admin could otherwise lock everyone out of
+    user management); the CLI (``actor=None``) can, since whoever runs it owns the database.
+    """
+    if actor is not None:
+        require(actor, "manage_users")
+    validate_role(role)
+    user = get_user(session, username)
+    if actor is not None and user.id == getattr(actor, "id", None) and role != "admin":
+        raise InvalidInput("role: you cannot remove your own admin role")
+    if user.role != role:
+        user.role = role
+        session.add(user)
+        _revoke_all(session, user)
+    session.flush()
+    return user
+
+
 def list_users(session: Session, *, actor: Any = None) -> list[User]:
     """Every user by username (``actor`` checked for ``manage_users`` when given)."""
     if actor is not None:

@@ -10,22 +10,10 @@ from review_app import ui
 
 
 def _save(actor: Any, collection_id: int, **values: Any) -> None:
-    from db.models import Collection
-    from workflow import policies
-    from workflow.errors import InvalidInput
+    from workflow import collections
 
-    policies.require(actor, "manage_collections")
-    if not 1 <= int(values["overlap_target"]) <= 50:
-        raise InvalidInput("overlap: between 1 and 50")
-    if not 0.0 <= float(values["audit_share"]) <= 1.0:
-        raise InvalidInput("audit share: between 0 and 1")
     with ui.session() as s:
-        col = s.get(Collection, collection_id)
-        if col is None:
-            raise InvalidInput("no such collection")
-        for k, v in values.items():
-            setattr(col, k, v)
-        s.add(col)
+        collections.update_settings(s, collection_id, actor=actor, **values)
     ui.clear_data_caches()
 
 

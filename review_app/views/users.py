@@ -2,29 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import streamlit as st
 
 from review_app import ui
-
-
-def _set_role(actor: Any, username: str, role: str) -> None:
-    """Role change: policy checked here (workflow.auth has no role setter); sessions are revoked."""
-    import sqlalchemy as sa
-
-    from db.models import UserSession
-    from workflow import auth, policies
-
-    policies.require(actor, "manage_users")
-    policies.validate_role(role)
-    with ui.session() as s:
-        target = auth.get_user(s, username)
-        if target.id == actor.id and role != "admin":
-            raise ValueError("you cannot remove your own admin role")
-        target.role = role
-        s.add(target)
-        s.execute(sa.update(UserSession).where(UserSession.user_id == target.id).values(revoked=True))  # type: ignore[arg-type]
 
 
 def page() -> None:
@@ -66,7 +46,8 @@ def page() -> None:
                                     if current["role"] in policies.ROLES else 0, key=f"users_role_{target}")
             if c2.button("Set role", key="users_set_role", width="stretch"):
                 try:
-                    _set_role(user, target, new_role)
+                    with ui.session() as s:
+                        auth.set_role(s, target, new_role, actor=user)
                     st.session_state["users_msg"] = f"{target} is now {new_role}; their sessions were ended."
                     st.rerun()
                 except (WorkflowError, ValueError) as exc:

@@ -226,9 +226,54 @@ def register(app: typer.Typer) -> None:
                        "for that file", err=True)
             raise typer.Exit(1)
 
-    @app.command("collections")
-    def collections_cmd(db: DbOption = None) -> None:
-        """List collections with their taxonomy and counts of items, verdicts and annotations."""
+    collections = typer.Typer(help="List collections with their taxonomy and counts of items, verdicts and "
+                                   "annotations; `collections set` changes review settings.",
+                              invoke_without_command=True)
+    app.add_typer(collections, name="collections")
+
+    @collections.callback()
+    def collections_cmd(ctx: typer.Context, db: DbOption = None) -> None:
+        """List collections with their taxonomy, review settings and counts of items, verdicts and annotations."""
+        if ctx.invoked_subcommand is not None:
+            return
+        _list_collections(db)
+
+    @collections.command("set")
+    def collections_set(
+        name: Annotated[str, typer.Argument(help="Collection name (as `safereview collections` lists it).")],
+        overlap: Annotated[int | None, typer.Option("--overlap", help="Annotators per item (k), 1 to 50.")] = None,
+        blind: Annotated[bool | None, typer.Option("--blind/--open", help="Blind review hides the judge's verdict "
+                                                                        "until the annotator commits.")] = None,
+        audit_share: Annotated[float | None, typer.Option("--audit-share", help="Share of queue picks drawn "
+                                                                              "uniformly at random, 0 to 1.")] = None,
+        archived: Annotated[bool | None, typer.Option("--archive/--unarchive", help="Archived collections leave "
+                                                                                  "the review queue.")] = None,
+        db: DbOption = None,
+    ) -> None:
+        """Change a collection's review settings (only the options given); same checks as the Collections page."""
+        from db.engine import session_scope
+        from workflow.collections import update_settings
+        from workflow.errors import WorkflowError
+
+        if overlap is None and blind is None and audit_share is None and archived is None:
+            typer.echo("nothing to change: give --overlap, --blind/--open, --audit-share or --archive/--unarchive",
+                       err=True)
+            raise typer.Exit(2)
+        engine = engine_for(config(db))
+        try:
+            with session_scope(engine) as s:
+                col = update_settings(s, name, overlap_target=overlap, blind=blind, audit_share=audit_share,
+                                      archived=archived)
+                shown = (f"{col.name}: overlap k={col.overlap_target}, {'blind' if col.blind else 'open'}, "
+                         f"audit share {col.audit_share:g}{', archived' if col.archived else ''}")
+        except WorkflowError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        finally:
+            engine.dispose()
+        console.print(shown, markup=False, highlight=False)
+
+    def _list_collections(db: str | None) -> None:
         import sqlalchemy as sa
         from rich.table import Table
         from rich.text import Text
@@ -241,7 +286,8 @@ def register(app: typer.Typer) -> None:
         try:
             with engine.connect() as conn:
                 cols = conn.execute(sa.select(ct.c.id, ct.c.name, tt.c.name.label("tax"), ct.c.overlap_target,
-                                              ct.c.archived).join(tt, tt.c.id == ct.c.taxonomy_id)
+                                              ct.c.blind, ct.c.audit_share, ct.c.archived)
+                                    .join(tt, tt.c.id == ct.c.taxonomy_id)
                                     .order_by(ct.c.name)).all()
                 items = dict(conn.execute(sa.select(it.c.collection_id, sa.func.count())
                                           .group_by(it.c.collection_id)).all())
@@ -254,11 +300,13 @@ def register(app: typer.Typer) -> None:
         finally:
             engine.dispose()
         table = Table(title="collections")
-        for col in ("name", "taxonomy", "items", "verdicts", "annotations", "overlap k", "archived"):
+        for col in ("name", "taxonomy", "items", "verdicts", "annotations", "overlap k", "review", "audit share",
+                    "archived"):
             table.add_column(col)
         for c in cols:
             table.add_row(Text(c.name), Text(c.tax), str(items.get(c.id, 0)), str(verdicts.get(c.id, 0)),
-                          str(anns.get(c.id, 0)), str(c.overlap_target), "yes" if c.archived else "")
+                          str(anns.get(c.id, 0)), str(c.overlap_target), "blind" if c.blind else "open",
+                          f"{c.audit_share:g}", "yes" if c.archived else "")
         console.print(table)
         if not cols:
             console.print("no collections yet: see `safereview import --help`")

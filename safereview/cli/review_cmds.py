@@ -1,4 +1,5 @@
-"""``safereview users ...`` and ``safereview queue status``: accounts and review progress.
+"""``safereview users ...`` (add, list, disable, enable, reset-password, set-role) and
+``safereview queue status``: accounts and review progress.
 
 Whoever runs these commands controls the database already, so they act without a signed-in
 user; the same functions called from the app check the signed-in user's role.
@@ -114,6 +115,22 @@ def register(app: typer.Typer) -> None:
         except WorkflowError as exc:
             _fail(str(exc))
         console.print(f"password of {username!r} reset", markup=False, highlight=False)
+
+    @users.command("set-role")
+    def users_set_role(username: Annotated[str, typer.Argument(help="User whose role to change.")],
+                       role: Annotated[str, typer.Argument(help="annotator, lead or admin.")],
+                       db: DbOption = None) -> None:
+        """Change a user's role; they are signed out everywhere so the new role applies at once."""
+        from db.engine import session_scope
+        from workflow.auth import set_role
+        from workflow.errors import WorkflowError
+
+        try:
+            with session_scope(engine_for(config(db))) as s:
+                set_role(s, username, role)
+        except WorkflowError as exc:
+            _fail(str(exc))
+        console.print(f"{username!r} is now {role}", markup=False, highlight=False)
 
     @queue.command("status")
     def queue_status_cmd(collection: Annotated[str, typer.Option("--collection", help="Collection name.")],
