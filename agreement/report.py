@@ -19,6 +19,10 @@ from agreement.alpha import DEFAULT_RESAMPLES, krippendorff_alpha, patterns, res
 from agreement.kappa import leave_one_out, multirater, pairwise, specific_agreement
 
 SLICES: tuple[str, ...] = ("collection", "task_type", "category", "subcategory", "model", "modality")
+# Below this many pairable units a coefficient swings with a single item and its bootstrap
+# interval mostly reflects the handful of units there are: the app and the CLI say so. (A
+# rule of thumb, not a power calculation: rare labels need far more units than this.)
+FEW_PAIRABLE_UNITS = 30
 
 
 def summarize(r: data.Ratings, *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict[str, Any]:
@@ -30,6 +34,7 @@ def summarize(r: data.Ratings, *, resamples: int = DEFAULT_RESAMPLES, seed: int 
     out: dict[str, Any] = {
         "n_units": int((m >= 1).sum()),
         "n_units_pairable": int((m >= 2).sum()),
+        "few_units": bool((m >= 2).sum() < FEW_PAIRABLE_UNITS),
         "n_ratings": int(m.sum()),
         "n_pairable_values": int(m[m >= 2].sum()),
         "n_raters": len(np.unique(r.rater)) if len(r.rater) else 0,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from agreement.report import FEW_PAIRABLE_UNITS
+
 STAT_KEYS = (("alpha", "alpha"), ("alpha_nominal", "alpha (nominal)"), ("percent_agreement", "percent agreement"),
              ("gwet_ac1", "Gwet AC1"), ("fleiss_kappa", "Fleiss kappa"))
 
@@ -36,6 +38,7 @@ def stats_rows(dim: dict[str, Any]) -> list[dict[str, Any]]:
             if s[key].get("undefined_reason"):
                 reasons.append(f"{name}: {s[key]['undefined_reason']}")
         row["undefined"] = "; ".join(reasons)
+        row["note"] = f"few units (< {FEW_PAIRABLE_UNITS} pairable)" if s.get("few_units") else ""
         rows.append(row)
     return rows
 

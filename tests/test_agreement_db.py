@@ -40,6 +40,7 @@ def test_krippendorff_2011_through_the_database(engine: sa.Engine) -> None:
     assert round(overall["alpha"]["value"], 3) == 0.815
     assert round(overall["alpha_nominal"]["value"], 3) == 0.743
     assert overall["n_units"] == 12 and overall["n_units_pairable"] == 11 and overall["n_pairable_values"] == 40
+    assert overall["few_units"] is True  # 11 pairable units: the app and CLI warn
     assert overall["gwet_ac1"]["value"] == pytest.approx(0.77544, abs=1e-5)
 
 
@@ -179,3 +180,23 @@ def test_item_attributes_with_awkward_external_ids(engine: sa.Engine) -> None:
         assert items["modality"].tolist() == [f"text->{expected[i].output_modalities}" for i in want]
         assert items["collection"].tolist() == [("odd", "even")[awkward.index(expected[i].external_id) % 2]
                                                 for i in want]
+
+
+@pytest.mark.parametrize(("n_units", "few"), [(29, True), (30, False)])
+def test_few_units_flag_follows_pairable_units(n_units: int, few: bool) -> None:
+    """The warning depends on items with two or more labels, not on items or ratings."""
+    from agreement.data import Ratings
+    from agreement.report import summarize
+    from agreement.tables import stats_rows
+
+    rng = np.random.default_rng(3)
+    # n_units pairable items (2 raters) plus 50 items rated once: those never count as pairable
+    unit = np.concatenate([np.repeat(np.arange(n_units), 2), np.arange(n_units, n_units + 50)])
+    rater = np.concatenate([np.tile([0, 1], n_units), np.zeros(50, dtype=int)])
+    code = rng.integers(0, 2, len(unit))
+    r = Ratings(dimension="d", labels=["safe", "unsafe"], ordered=False, item_ids=np.arange(n_units + 50),
+                rater_names=["a", "b"], unit=unit, rater=rater, code=code)
+    s = summarize(r, resamples=0)
+    assert s["n_units_pairable"] == n_units and s["few_units"] is few
+    row = stats_rows({"overall": s})[0]
+    assert ("few units" in row["note"]) is few

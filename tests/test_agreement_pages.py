@@ -87,6 +87,8 @@ def test_agreement_and_audit_pages_show_the_figures(fx: A.Fixture) -> None:
     overall = stats[stats["slice"] == "overall"].iloc[0]
     assert overall["units"] == 5 and overall["pairable units"] == 5 and overall["raters"] == 2
     assert overall["percent agreement"] == pytest.approx(0.8)
+    assert "few units" in overall["note"]
+    assert any("Only 5 items carry two or more labels" in w.value for w in lead.warning)
     pairs = lead.dataframe[3].value
     assert list(pairs["rater_a"]) == ["ann1"] and list(pairs["n"]) == [5]
     open_page(lead, "views/audit.py")

@@ -27,6 +27,7 @@ def _report(db_url: str, collections: tuple[str, ...], dimension: str, by: tuple
 
 def page() -> None:
     from agreement.data import AgreementError
+    from agreement.report import FEW_PAIRABLE_UNITS
     from agreement.tables import specific_rows, stats_rows
 
     ui.require("view_agreement")
@@ -55,6 +56,12 @@ def page() -> None:
     st.caption(f"{'Ordinal' if d['ordered'] else 'Nominal'} alpha; 95% bootstrap intervals from {resamples} "
                f"resamples of items (seed {seed}). Undefined values (no variation, too few ratings) are empty "
                "with the reason in the last column.")
+    pairable = d["overall"]["n_units_pairable"]
+    if d["overall"].get("few_units"):
+        st.warning(f"Only {pairable} item{'s' if pairable != 1 else ''} carr{'y' if pairable != 1 else 'ies'} two "
+                   f"or more labels here. With fewer than {FEW_PAIRABLE_UNITS} such items a coefficient can swing "
+                   "with a single item and its interval is not worth much: raise the overlap (k) or label more "
+                   "before reading these numbers.", icon=":material/warning:")
     st.dataframe(stats_rows(d), hide_index=True, width="stretch")
     if d.get("n_invalid_labels"):
         st.warning(f"{d['n_invalid_labels']} ratings carry a label outside the taxonomy and were left out.")

@@ -75,6 +75,8 @@ def _print_agreement(rep: dict[str, Any]) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from agreement.report import FEW_PAIRABLE_UNITS
+
     console.print(Text(f"collections: {', '.join(rep['collections'])}; {rep['resamples']} bootstrap resamples, "
                        f"seed {rep['seed']}, 95% intervals"))
     for d in rep["dimensions"]:
@@ -91,6 +93,9 @@ def _print_agreement(rep: dict[str, Any]) -> None:
             for row in rows:
                 t.add_row(Text(f"{by}={row['value']}"), *[Text(x) for x in _stats_row(row)])
         console.print(t)
+        if d["overall"].get("few_units"):
+            console.print(Text(f"note: only {d['overall']['n_units_pairable']} items carry two or more labels; "
+                               f"below {FEW_PAIRABLE_UNITS} one item can swing these figures", style="yellow"))
         sa = d["overall"]["specific_agreement"]
         console.print(Text("specific agreement: " + ", ".join(f"{k} {_fmt(v)}" for k, v in sa.items())))
         if d.get("judge"):
