@@ -96,6 +96,7 @@ def test_agreement_and_audit_pages_show_the_figures(fx: A.Fixture) -> None:
     row = rates[rates["slice"] == "overall"].iloc[0]
     assert row["audit items"] == 4  # t3 ties: no consensus to compare with
     assert "too few audit items (n=4 < 20)" in row["undefined"]
+    assert any("4 of the 20 needed" in i.value for i in lead.info)
 
 
 def test_lead_adjudicates_the_tie_and_hostile_rationale_stays_inert(fx: A.Fixture) -> None:

@@ -98,6 +98,13 @@ def page() -> None:
     st.caption(f"{res['n']} audit items compared ({res['n_audit_items']} drawn into the random audit stratum; "
                f"{res['n_audit_without_consensus']} without a human consensus, {res['n_audit_without_verdict']} "
                "without a verdict). Hájek inverse-probability estimates, 95% Wilson intervals.")
+    if res["n"] < min_n:
+        shares = ", ".join(f"{ui.md_literal(c.name)} {c.audit_share:.0%}" for c in chosen_infos)
+        st.info(f"Too few audit items for unbiased estimates yet: {res['n']} of the {min_n} needed. The audit "
+                "stratum fills as annotators take items from the queue: each collection sends its audit share of "
+                f"picks to items drawn uniformly at random ({shares}; set on the Collections page). Until then the "
+                "disagreement list below shows where the judge and the people differ, without weights.",
+                icon=":material/hourglass_top:")
     st.dataframe(rate_rows(res), hide_index=True, width="stretch")
     k = res["kappa"]
     st.dataframe([{"kappa": k.get("value"), "weights": k.get("weights"), "95% low": k.get("ci_low"),
