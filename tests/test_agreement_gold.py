@@ -130,3 +130,35 @@ def test_cli_agreement_audit_calibrate_export(tmp_path: Path, sqlite_url: str) -
     with Session(init_db(sqlite_url)) as s:
         assert len(s.exec(select(GoldSnapshot)).all()) == 1
     assert ids
+
+
+def test_snapshot_files_are_built_on_demand_from_the_stored_rows(engine: sa.Engine) -> None:
+    """What the Gold page's deferred download buttons return, for every format."""
+    import csv
+    import io
+    import zipfile
+
+    from agreement.data import AgreementError
+    from agreement.gold_files import DOWNLOADS, snapshot_file
+
+    _scene(engine)
+    with Session(engine) as s:
+        snap, table = create_snapshot(s, None, ["g"])
+        s.commit()
+        sid, checksum = snap.id, snap.checksum
+    files = {fmt: snapshot_file(engine, sid, fmt) for fmt in DOWNLOADS}
+    assert {f.file_name for f in files.values()} == {f"gold-{sid}.parquet", f"gold-{sid}.csv", f"gold-{sid}.jsonl",
+                                                     f"gold-{sid}-hf.zip"}
+    assert pq.read_table(io.BytesIO(files["parquet"].data)).to_pylist() == table.to_pylist()
+    rows = list(csv.DictReader(io.StringIO(files["csv"].data.decode())))
+    assert [r["item_id"] for r in rows] == [str(i) for i in table.column("item_id").to_pylist()]
+    assert [json.loads(line)["label"] for line in files["jsonl"].data.decode().splitlines()] == \
+        table.column("label").to_pylist()
+    with zipfile.ZipFile(io.BytesIO(files["hf"].data)) as zf:
+        names = set(zf.namelist())
+        assert names == {f"gold-{sid}/README.md", f"gold-{sid}/data/gold-00000-of-00001.parquet"}
+        assert checksum in zf.read(f"gold-{sid}/README.md").decode()
+    with pytest.raises(AgreementError, match="no gold snapshot"):
+        snapshot_file(engine, sid + 99, "csv")
+    with pytest.raises(AgreementError, match="format"):
+        snapshot_file(engine, sid, "xlsx")

@@ -7,10 +7,6 @@ model text are shown only with inert widgets (``st.text``/``st.code``/``st.dataf
 
 from __future__ import annotations
 
-import io
-import tempfile
-import zipfile
-from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -91,30 +87,27 @@ def _adjudication(user: Any, names: list[str], dims: list[str], labels_of: dict[
                 st.rerun()
 
 
-def _download_files(table: Any, snap: Any) -> dict[str, tuple[bytes, str, str]]:
-    from agreement.gold import write
+def _download_buttons(snapshot_id: int, key: str) -> None:
+    """One button per format; each file is built from the stored rows only when clicked."""
+    from agreement.gold_files import DOWNLOADS, file_name, snapshot_file
+    from review_app import runtime
 
-    out: dict[str, tuple[bytes, str, str]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp)
-        for fmt, name, mime in (("parquet", "gold.parquet", "application/vnd.apache.parquet"),
-                                ("csv", "gold.csv", "text/csv"), ("jsonl", "gold.jsonl", "application/jsonl")):
-            write(table, base / name, fmt, snap)
-            out[fmt] = ((base / name).read_bytes(), f"gold-{snap.id}.{name.split('.')[-1]}", mime)
-        files = write(table, base / "hf", "hf", snap)
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-            for f in files:
-                zf.write(f, f"gold-{snap.id}/{f.relative_to(base / 'hf')}")
-        out["hf"] = (buf.getvalue(), f"gold-{snap.id}-hf.zip", "application/zip")
-    return out
+    db_url = ui.config().db_url
+
+    def maker(fmt: str) -> Any:  # runs on Streamlit's download thread: no script context, so no st.* here
+        return lambda: snapshot_file(runtime.engine_for_url(db_url), snapshot_id, fmt).data
+
+    for col, fmt in zip(st.columns(len(DOWNLOADS)), DOWNLOADS, strict=True):
+        col.download_button(f"Download {fmt}", maker(fmt), file_name=file_name(snapshot_id, fmt),
+                            mime=DOWNLOADS[fmt][1], key=f"{key}_{fmt}", icon=":material/download:",
+                            on_click="ignore")
 
 
 def _snapshots(user: Any, names: list[str], dims: list[str]) -> None:
     from sqlmodel import select
 
     from agreement.data import AgreementError
-    from agreement.gold import create_snapshot, snapshot_table
+    from agreement.gold import create_snapshot
     from db.models import GoldSnapshot
     from workflow import policies
 
@@ -130,8 +123,7 @@ def _snapshots(user: Any, names: list[str], dims: list[str]) -> None:
             with ui.session() as s:
                 snap, table = create_snapshot(s, user, names, chosen_dims or None, method=method,
                                               threshold=float(threshold))
-                return {"id": snap.id, "rows": table.num_rows, "checksum": snap.checksum,
-                        "files": _download_files(table, snap)}
+                return {"id": snap.id, "rows": table.num_rows, "checksum": snap.checksum}
 
         try:
             res = ui.run(create)
@@ -144,10 +136,7 @@ def _snapshots(user: Any, names: list[str], dims: list[str]) -> None:
     if last:
         st.success(f"Snapshot {int(last['id'])}: {int(last['rows'])} rows.")
         st.code(f"checksum {last['checksum']}", language=None)
-        cols = st.columns(4)
-        for col, (fmt, (payload, fname, mime)) in zip(cols, last["files"].items(), strict=True):
-            col.download_button(f"Download {fmt}", payload, file_name=fname, mime=mime, key=f"gold_dl_{fmt}",
-                                icon=":material/download:")
+        _download_buttons(int(last["id"]), "gold_dl")
     with ui.session() as s:
         snaps = s.exec(select(GoldSnapshot).order_by(GoldSnapshot.id.desc()).limit(50)).all()  # type: ignore[union-attr]
         rows = [{"snapshot": g.id, "method": g.method, "rows": g.n_rows, "checksum": g.checksum,
@@ -157,15 +146,7 @@ def _snapshots(user: Any, names: list[str], dims: list[str]) -> None:
         st.markdown("**Snapshots**")
         st.dataframe(rows, hide_index=True, width="stretch")
         sid = st.selectbox("Download a stored snapshot", [r["snapshot"] for r in rows], key="gold_old")
-        if st.button("Prepare files", key="gold_prepare", icon=":material/folder_zip:"):
-            with ui.session() as s:
-                snap = s.get(GoldSnapshot, int(sid))
-                table = snapshot_table(s, int(sid))
-                files = _download_files(table, snap)
-            cols = st.columns(4)
-            for col, (fmt, (payload, fname, mime)) in zip(cols, files.items(), strict=True):
-                col.download_button(f"Download {fmt}", payload, file_name=fname, mime=mime,
-                                    key=f"gold_old_dl_{fmt}", icon=":material/download:")
+        _download_buttons(int(sid), "gold_old_dl")
 
 
 def page() -> None:
