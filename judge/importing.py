@@ -52,6 +52,7 @@ class ImportResult:
     verdicts: int
     collection_id: int
     judge_ids: list[str] = field(default_factory=list)
+    item_ids: list[int] = field(default_factory=list)  # items whose verdicts were written (to re-rank)
 
 
 def default_judge_id(fmt: str, path: Path) -> str:
@@ -240,4 +241,6 @@ def import_verdicts(session: Session, path: str | Path, fmt: str, collection: st
     batch.n_verdicts = total
     session.add(batch)
     session.flush()
-    return ImportResult(batch_id=batch.id or 0, verdicts=total, collection_id=col.id or 0, judge_ids=sorted(drafts))
+    touched = sorted({d.item_id for ds in drafts.values() for d in ds})
+    return ImportResult(batch_id=batch.id or 0, verdicts=total, collection_id=col.id or 0, judge_ids=sorted(drafts),
+                        item_ids=touched)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,13 +155,14 @@ def truncate_media(body: dict[str, Any], keep: int = 48) -> dict[str, Any]:
     return out
 
 
-def refresh_priorities(engine: Engine, collection_ids: list[int]) -> None:
-    """Let the review queue re-rank items now that verdicts changed."""
+def refresh_priorities(engine: Engine, collection_ids: list[int], item_ids: Iterable[int] | None = None) -> None:
+    """Let the review queue re-rank items now that verdicts changed (only ``item_ids`` when given)."""
     from workflow.ordering import refresh_priorities as refresh
 
+    ids = None if item_ids is None else list(item_ids)
     for cid in collection_ids:
         with session_scope(engine) as s:
-            refresh(s, cid)
+            refresh(s, cid, ids)
 
 
 def run_judge(engine: Engine, media_root: Path, opts: RunOptions, *,
@@ -313,5 +314,5 @@ async def run_judge_async(engine: Engine, media_root: Path, opts: RunOptions, *,
     if opts.dry_run:
         summary.requests = [{"question": r["question"], "body": truncate_media(r["body"])} for r in recorded]
     elif summary.verdicts:
-        refresh_priorities(engine, [c for c in col_ids if c is not None])
+        refresh_priorities(engine, [c for c in col_ids if c is not None], [v.id for v, _ in todo])
     return summary

@@ -118,3 +118,30 @@ def test_refresh_priorities_spans_several_chunks(engine: sa.Engine, monkeypatch:
     with Session(engine) as s:
         got = [s.get(Item, i).priority for i in ids]  # type: ignore[union-attr]
     assert got == [1.0 if n % 3 == 0 else 0.0 for n in range(30)]
+
+
+@pytest.mark.parametrize("touched", ["scattered", "dense"])
+def test_refresh_priorities_of_touched_items_only(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch,
+                                                  touched: str) -> None:
+    """After an import or a judge run only the items it touched are re-scored (both look-up paths)."""
+    import workflow.ordering as ordering
+
+    monkeypatch.setattr(ordering, "IN_CHUNK", 2)  # several IN-list chunks
+    monkeypatch.setattr(ordering, "CHUNK_IDS", 3)  # several ranges
+    cid = make_collection(engine, "touched", taxonomy="uni-safebench", n_items=12, priorities=[0.0] * 12,
+                          task_types=("dual-unsafe",))
+    with session_scope(engine) as s:
+        s.add(JudgeConfig(id="j1", protocol="uni-judger"))
+        ids = s.exec(select(Item.id).where(Item.collection_id == cid).order_by(Item.id)).all()
+        for item_id in ids:  # contextual unsafe vs intrinsic safe: every item would score 1.0
+            s.add(Verdict(item_id=item_id, dimension="contextual", judge_id="j1", label="unsafe"))
+            s.add(Verdict(item_id=item_id, dimension="intrinsic", judge_id="j1", label="safe"))
+    chosen = [ids[1], ids[6], ids[10]] if touched == "scattered" else ids[3:9]
+    with session_scope(engine) as s:
+        assert refresh_priorities(s, cid, chosen) == len(chosen)
+        assert refresh_priorities(s, cid, []) == 0
+    with Session(engine) as s:
+        got = {i: s.get(Item, i).priority for i in ids}  # type: ignore[union-attr]
+    assert [got[i] for i in ids] == [1.0 if i in chosen else 0.0 for i in ids]
+    with session_scope(engine) as s:
+        assert refresh_priorities(s, cid) == len(ids) - len(chosen)  # a full pass finds the rest

@@ -810,6 +810,7 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
     # ---- verdicts --------------------------------------------------------------------
     v_new: list[tuple[Any, ...]] = []
     v_upd: list[dict[str, Any]] = []
+    touched: set[int] = set()  # items whose verdicts change: only these need a new queue priority
     judges: dict[str, dict[str, Any]] = {}
     for rec in final:
         if not rec.v_plan:  # type: ignore[attr-defined]
@@ -820,6 +821,7 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
                 report.verdicts_unchanged += 1
                 continue
             judges.setdefault(v["judge_id"], v)
+            touched.add(iid)
             if op == "new":
                 v_new.append((iid, v["dimension"], v["judge_id"], v["judge_version"], v["label"], v["status"],
                               v["probability"], None if v["probs"] is None else _dumps(v["probs"]), v["score"],
@@ -854,8 +856,8 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
         n_annotations=report.annotations_new + report.annotations_updated,
         n_rejected=len(rejected) + prior_rejected, n_unchanged=report.items_unchanged))
 
-    if v_new or v_upd:
-        report.priorities_refreshed = _refresh_priorities(session, collection_id)
+    if touched:
+        report.priorities_refreshed = _refresh_priorities(session, collection_id, touched)
     return rejected
 
 
@@ -972,11 +974,11 @@ def _write_annotations(conn: sa.Connection, final: list[Record], ids: dict[str, 
     fast_insert(conn, ev_t, events)
 
 
-def _refresh_priorities(session: Session, collection_id: int) -> bool:
-    """Recompute borderline priorities after new verdicts (workflow.ordering owns the scoring)."""
+def _refresh_priorities(session: Session, collection_id: int, item_ids: set[int]) -> bool:
+    """Recompute the borderline priorities of the items whose verdicts changed (workflow.ordering scores)."""
     from workflow.ordering import refresh_priorities
 
-    refresh_priorities(session, collection_id)
+    refresh_priorities(session, collection_id, item_ids)
     session.flush()
     return True
 

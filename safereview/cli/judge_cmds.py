@@ -117,7 +117,7 @@ def register(app: typer.Typer) -> None:
             with session_scope(engine) as s:
                 result = import_verdicts(s, path, fmt, collection, judge_id=judge_id,
                                          created_by=os.environ.get("USER", ""))
-                cid = result.collection_id
+                cid, touched = result.collection_id, result.item_ids
         except VerdictImportError as exc:
             for p in exc.problems:
                 typer.echo(p, err=True)
@@ -126,7 +126,7 @@ def register(app: typer.Typer) -> None:
         except NotFound as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
-        refresh_priorities(engine, [cid])
+        refresh_priorities(engine, [cid], touched)
         console.print(f"imported {result.verdicts} verdict(s) as {', '.join(result.judge_ids)} "
                       f"(import batch {result.batch_id})", markup=False, highlight=False)
 
