@@ -136,6 +136,7 @@ def _compute_gold(bind: Any, collections: Sequence[str] | None, dimensions: Sequ
     dims = list(dimensions) if dimensions else sc.dimensions()
     items = data.item_attributes(bind, sc.collection_ids)
     parts = []
+    judge_ids: dict[str, str] = {}
     for d_index, dim in enumerate(dims):
         spec = sc.dimension(dim)
         labels = list(spec["labels"])
@@ -143,6 +144,7 @@ def _compute_gold(bind: Any, collections: Sequence[str] | None, dimensions: Sequ
         adj = data.load_adjudications(bind, sc.collection_ids, dim)
         cons = consensus_from_ratings(r, method=method, threshold=threshold, adjudications=adj)
         jid = judge_id or data.default_judge(bind, sc.collection_ids, dim)
+        judge_ids[dim] = jid or ""
         jcodes = (data.load_verdicts(bind, sc.collection_ids, dim, labels, jid).codes_for(cons.item_ids)
                   if jid else np.full(len(cons.item_ids), -1))
         n = len(cons.item_ids)
@@ -179,6 +181,7 @@ def _compute_gold(bind: Any, collections: Sequence[str] | None, dimensions: Sequ
               "judge_label"):
         cols[c] = t.column(c)
     params = {"method": method, "threshold": threshold, "dimensions": dims, "judge_id": judge_id,
+              "judge_ids": judge_ids,
               "collections": [sc.collection_names[c] for c in sc.collection_ids],
               "collection_ids": list(sc.collection_ids)}
     return _table(cols), params
@@ -187,7 +190,8 @@ def _compute_gold(bind: Any, collections: Sequence[str] | None, dimensions: Sequ
 def _insert_gold(session: Any, snapshot_id: int, table: Any) -> None:
     """Bulk insert of the Gold rows (DB-API executemany on SQLite, COPY on PostgreSQL)."""
     conn = session.connection()
-    names = ["snapshot_id", "item_id", "dimension", "label", "method", "n_annotators", "agreement", "posterior"]
+    names = ["snapshot_id", "item_id", "dimension", "label", "method", "n_annotators", "agreement", "posterior",
+             "judge_label"]
     if conn.dialect.name == "postgresql":
         _copy_gold_csv(conn, snapshot_id, table, names)
         return
@@ -262,7 +266,12 @@ def create_snapshot(session: Any, user: Any, collections: Sequence[str] | None =
 
 
 def snapshot_table(bind: Any, snapshot_id: int):  # type: ignore[no-untyped-def]
-    """Re-read a stored snapshot as a pyarrow table (same columns as at creation)."""
+    """Re-read a stored snapshot as a pyarrow table (same columns and rows as at creation).
+
+    Gold rows keep the human side and the judge's label; item attributes (collection,
+    external id, task type, …) come from the items, which change only through an import
+    with ``--update``: :func:`changed_since` tells whether that happened.
+    """
     with data.connection(bind) as conn:
         snap = data.fetch(conn, "SELECT id, params FROM goldsnapshot WHERE id = :s", {"s": snapshot_id})
         if not snap:
@@ -270,23 +279,9 @@ def snapshot_table(bind: Any, snapshot_id: int):  # type: ignore[no-untyped-def]
         params = snap[0][1] if isinstance(snap[0][1], dict) else json.loads(snap[0][1])
         rows = data.fetch(conn, "SELECT g.item_id, g.dimension, g.label, g.method, g.n_annotators, g.agreement, "
                                 "g.posterior, c.name, i.external_id, i.task_type, i.category, i.model, "
-                                "i.input_modalities || '->' || i.output_modalities FROM gold g "
+                                "i.input_modalities || '->' || i.output_modalities, g.judge_label FROM gold g "
                                 "JOIN item i ON i.id = g.item_id JOIN collection c ON c.id = i.collection_id "
                                 "WHERE g.snapshot_id = :s ORDER BY g.id", {"s": snapshot_id})
-    dims = list(params.get("dimensions") or [])
-    judge_labels: dict[tuple[int, str], tuple[str, str | None]] = {}
-    sc_ids = None
-    for dim in dims:
-        jid = params.get("judge_id")
-        if sc_ids is None:
-            sc_ids = data.scope(bind, params.get("collections")).collection_ids
-        jid = jid or data.default_judge(bind, sc_ids, dim)
-        if not jid:
-            continue
-        with data.connection(bind) as conn:
-            for iid, lab in data.fetch(conn, "SELECT item_id, label FROM verdict WHERE judge_id = :j AND "
-                                             "dimension = :d", {"j": jid, "d": dim}):
-                judge_labels[(int(iid), dim)] = (jid, lab)
     cols: dict[str, Any] = {
         "snapshot_id": np.full(len(rows), snapshot_id, dtype=np.int64),
         "item_id": np.array([r[0] for r in rows], dtype=np.int64),
@@ -297,9 +292,43 @@ def snapshot_table(bind: Any, snapshot_id: int):  # type: ignore[no-untyped-def]
         "collection": [r[7] for r in rows], "external_id": [r[8] for r in rows], "task_type": [r[9] for r in rows],
         "category": [r[10] for r in rows], "model": [r[11] for r in rows], "modality": [r[12] for r in rows],
     }
-    cols["judge_id"] = [judge_labels.get((int(r[0]), r[1]), ("", None))[0] for r in rows]
-    cols["judge_label"] = [judge_labels.get((int(r[0]), r[1]), ("", None))[1] for r in rows]
+    judge_ids = params.get("judge_ids")
+    if isinstance(judge_ids, dict):  # stored with the rows (migration 0005 on)
+        cols["judge_id"] = [str(judge_ids.get(r[1]) or "") for r in rows]
+        cols["judge_label"] = [r[13] for r in rows]
+    else:
+        cols["judge_id"], cols["judge_label"] = _current_judge_columns(bind, params, rows)
     return _table(cols)
+
+
+def _current_judge_columns(bind: Any, params: dict[str, Any], rows: list[tuple]) -> tuple[list[str], list[Any]]:
+    """Snapshots made before migration 0005 stored no judge labels: today's verdicts stand in."""
+    judge_labels: dict[tuple[int, str], tuple[str, str | None]] = {}
+    sc_ids = None
+    for dim in list(params.get("dimensions") or []):
+        jid = params.get("judge_id")
+        if sc_ids is None:
+            sc_ids = data.scope(bind, params.get("collections")).collection_ids
+        jid = jid or data.default_judge(bind, sc_ids, dim)
+        if not jid:
+            continue
+        with data.connection(bind) as conn:
+            for iid, lab in data.fetch(conn, "SELECT item_id, label FROM verdict WHERE judge_id = :j AND "
+                                             "dimension = :d", {"j": jid, "d": dim}):
+                judge_labels[(int(iid), dim)] = (jid, lab)
+    return ([judge_labels.get((int(r[0]), r[1]), ("", None))[0] for r in rows],
+            [judge_labels.get((int(r[0]), r[1]), ("", None))[1] for r in rows])
+
+
+def changed_since(table: Any, snapshot: Any) -> str | None:
+    """A warning when a re-read snapshot no longer matches its checksum (items updated since), else None."""
+    if not getattr(snapshot, "checksum", ""):
+        return None
+    if checksum(table) == snapshot.checksum:
+        return None
+    return (f"gold snapshot {snapshot.id} no longer matches its checksum: item attributes (or, for snapshots "
+            "made before judge labels were stored, the judge's verdicts) changed since it was made; the export "
+            "shows today's values beside the stored gold labels")
 
 
 # ---------------------------------------------------------------------------------------

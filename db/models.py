@@ -368,6 +368,9 @@ class Gold(SQLModel, table=True):
     n_annotators: int
     agreement: float | None = None  # share of annotators agreeing with the gold label
     posterior: float | None = None  # Dawid–Skene posterior of the gold label
+    # the judge's label at snapshot time (its id per dimension: GoldSnapshot.params["judge_ids"]);
+    # NULL in snapshots made before migration 0005, which look the verdicts up again
+    judge_label: str | None = Field(default=None, max_length=40)
 
 
 class Calibration(SQLModel, table=True):

@@ -162,3 +162,44 @@ def test_snapshot_files_are_built_on_demand_from_the_stored_rows(engine: sa.Engi
         snapshot_file(engine, sid + 99, "csv")
     with pytest.raises(AgreementError, match="format"):
         snapshot_file(engine, sid, "xlsx")
+
+
+def test_a_stored_snapshot_keeps_its_judge_labels_after_rejudging(engine: sa.Engine, db_url: str,
+                                                                   tmp_path: Path) -> None:
+    """Re-judging after a snapshot changes nothing in its export; an updated item is reported."""
+    from agreement.gold import changed_since
+    from db.models import Item, Verdict
+
+    ids = _scene(engine)
+    with Session(engine) as s:
+        snap, table = create_snapshot(s, None, ["g"])
+        s.commit()
+        sid = snap.id
+        assert snap.params["judge_ids"] == {"score": "judge-x"}
+        stored = s.exec(select(Gold.judge_label).where(Gold.snapshot_id == sid).order_by(Gold.item_id)).all()
+        assert list(stored) == ["safe", "unsafe", None, "safe", "unsafe"]
+    with Session(engine) as s:  # the judge is run again and now says otherwise on every item
+        for v in s.exec(select(Verdict).where(Verdict.item_id.in_(ids))).all():  # type: ignore[attr-defined]
+            v.label = "borderline"
+            s.add(v)
+        s.commit()
+    with Session(engine) as s:
+        snap = s.get(GoldSnapshot, sid)
+        again = snapshot_table(s, sid)
+        assert again.to_pylist() == table.to_pylist()
+        assert changed_since(again, snap) is None
+    out = tmp_path / "again.parquet"
+    r = CliRunner().invoke(app, ["export", "gold", "--snapshot", str(sid), "--out", str(out), "--db", db_url])
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+    assert pq.read_table(out).column("judge_label").to_pylist() == ["safe", "unsafe", None, "safe", "unsafe"]
+
+    with Session(engine) as s:  # an import with --update changed an item's attributes since
+        item = s.get(Item, ids[0])
+        item.category = "re-filed"
+        s.add(item)
+        s.commit()
+    with Session(engine) as s:
+        warning = changed_since(snapshot_table(s, sid), s.get(GoldSnapshot, sid))
+        assert warning is not None and f"snapshot {sid} no longer matches its checksum" in warning
+    r = CliRunner().invoke(app, ["export", "gold", "--snapshot", str(sid), "--out", str(out), "--db", db_url])
+    assert r.exit_code == 0 and "no longer matches its checksum" in r.output, r.output

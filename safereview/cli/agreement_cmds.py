@@ -286,7 +286,7 @@ def register(app: typer.Typer) -> None:
                         db: DbOption = None) -> None:
         """Gold labels: a new numbered, reproducible snapshot (one row per item and dimension) exported."""
         from agreement.data import AgreementError
-        from agreement.gold import FORMATS, create_snapshot, snapshot_table, write
+        from agreement.gold import FORMATS, changed_since, create_snapshot, snapshot_table, write
         from db.engine import session_scope
         from db.models import GoldSnapshot
 
@@ -301,6 +301,9 @@ def register(app: typer.Typer) -> None:
                     if snap is None:
                         _fail(f"no gold snapshot {snapshot}")
                     table = snapshot_table(s, snapshot)
+                    warning = changed_since(table, snap)
+                    if warning:
+                        err_console.print(f"warning: {warning}", markup=False, highlight=False)
                 else:
                     snap, table = create_snapshot(s, None, collection, dimension, method=method,
                                                   threshold=threshold, judge_id=judge, created_by="cli")
