@@ -183,3 +183,47 @@ def test_security_headers_and_health(served: A.Server) -> None:
     assert r.headers["x-content-type-options"] == "nosniff"
     h = httpx.get(served.base + "/healthz")
     assert h.status_code == 200 and h.json()["database"] == "ok"
+
+
+def test_gold_snapshot_downloads_are_built_when_clicked(tmp_path_factory: pytest.TempPathFactory,
+                                                         browser: Any) -> None:
+    """A lead makes a snapshot and downloads it: the deferred Parquet is the snapshot's rows."""
+    import pyarrow.parquet as pq
+
+    from agreement.gold import COLUMNS
+    from db.engine import make_engine
+    from db.models import Annotation, GoldSnapshot, User
+
+    d = tmp_path_factory.mktemp("gold-browser")
+    fx = A.build_fixture(f"sqlite:///{d / 'app.db'}", d / "media")
+    engine = make_engine(fx.db_url)
+    with Session(engine) as s:  # two annotators agree on two items of the blind collection
+        users = {u.username: u.id for u in s.exec(select(User)).all()}
+        for ext in ("t0", "t1"):
+            for name in ("ann1", "ann2"):
+                s.add(Annotation(item_id=fx.item_ids[ext], user_id=users[name],
+                                 labels={"contextual": "safe", "intrinsic": "safe"}))
+        s.commit()
+    with A.Server(fx) as srv:
+        page = browser.new_page(accept_downloads=True, viewport={"width": 1400, "height": 1000})
+        sign_in(page, srv.base, "lead")
+        page.goto(f"{srv.base}/gold")
+        wait_idle(page)
+        page.get_by_role("tab", name="Gold snapshots").click()
+        page.locator(".st-key-gold_create button").click()
+        page.wait_for_selector(".st-key-gold_dl_parquet button", timeout=30_000)
+        wait_idle(page)
+        with page.expect_download(timeout=30_000) as dl:
+            page.locator(".st-key-gold_dl_parquet button").click()
+        out = d / "downloaded.parquet"
+        dl.value.save_as(out)
+        assert dl.value.suggested_filename.startswith("gold-") and dl.value.suggested_filename.endswith(".parquet")
+        page.screenshot(path=str(ARTIFACTS / "gold-downloads.png"), full_page=True)
+        page.close()
+    table = pq.read_table(out)
+    with Session(engine) as s:
+        snap = s.exec(select(GoldSnapshot)).one()
+    engine.dispose()
+    assert table.column_names == list(COLUMNS) and table.num_rows == snap.n_rows == 4  # 2 items x 2 dimensions
+    assert set(table.column("label").to_pylist()) == {"safe"}
+    assert set(table.column("snapshot_id").to_pylist()) == {snap.id}

@@ -13,6 +13,8 @@ import streamlit as st
 
 from review_app import ui
 
+FORMAT_LABELS = {"parquet": "Parquet", "csv": "CSV", "jsonl": "JSONL", "hf": "Hugging Face dataset (zip)"}
+
 
 def _item_context(item_id: int, dimension: str) -> None:
     """The item, every annotator's label and rationale, and the judge's verdicts."""
@@ -98,7 +100,7 @@ def _download_buttons(snapshot_id: int, key: str) -> None:
         return lambda: snapshot_file(runtime.engine_for_url(db_url), snapshot_id, fmt).data
 
     for col, fmt in zip(st.columns(len(DOWNLOADS)), DOWNLOADS, strict=True):
-        col.download_button(f"Download {fmt}", maker(fmt), file_name=file_name(snapshot_id, fmt),
+        col.download_button(FORMAT_LABELS[fmt], maker(fmt), file_name=file_name(snapshot_id, fmt),
                             mime=DOWNLOADS[fmt][1], key=f"{key}_{fmt}", icon=":material/download:",
                             on_click="ignore")
 
