@@ -38,10 +38,7 @@ class Widget:
 
     id: str
     kind: str
-    fragment_id: str
-    form_id: str = ""
-    label: str = ""
-    kind_of_button: str = ""  # "primary" / "secondary" / "tertiary" for buttons
+    fragment_id: str  # the fragment to rerun when the widget is pressed ("" for the whole script)
 
 
 @dataclass
@@ -50,9 +47,12 @@ class RunResult:
 
     seconds: float
     status: str
-    texts: list[str] = field(default_factory=list)
     exceptions: list[str] = field(default_factory=list)
     elements: list[tuple[str, str]] = field(default_factory=list)  # (element kind, its text) in order
+
+    @property
+    def texts(self) -> list[str]:
+        return [text for _kind, text in self.elements if text]
 
 
 def _widget_key(widget_id: str) -> str | None:
@@ -135,30 +135,21 @@ class StreamlitClient:
         body = getattr(el, kind)
         text = next((getattr(body, f) for f in TEXT_FIELDS if hasattr(body, f)), "")
         result.elements.append((kind, text if isinstance(text, str) else ""))
-        if kind == "markdown":
-            result.texts.append(body.body)
-            m = ITEM_RE.search(body.body)
-            if m:
-                self.item = m.group(1).replace("\\", "")
-        elif kind == "html":
-            result.texts.append(body.body)
-            m = TICKET_RE.search(body.body)
-            if m:  # the browser loads this image in parallel with the run; so do we
-                task = asyncio.create_task(self.http.get(m.group(1).replace("&amp;", "&")))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+        if kind == "markdown" and (m := ITEM_RE.search(body.body)):
+            self.item = m.group(1).replace("\\", "")  # md_literal escapes punctuation
+        elif kind == "html" and (m := TICKET_RE.search(body.body)):
+            # the browser loads this image in parallel with the run (the app waits for it); so do we
+            task = asyncio.create_task(self.http.get(m.group(1).replace("&amp;", "&")))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         elif kind == "exception":
             result.exceptions.append(f"{body.type}: {body.message}")
-        elif kind in ("alert",):
-            result.texts.append(body.body)
-        widget_id = getattr(body, "id", "") if hasattr(body, "id") else ""
+        widget_id = getattr(body, "id", "")
         key = _widget_key(widget_id) if isinstance(widget_id, str) and widget_id.startswith("$$ID") else None
         if kind == "button" and body.is_form_submitter:
             key = f"submit:{body.form_id}"  # a form's submit button needs no user key
         if key is not None:
-            self.widgets[key] = Widget(id=widget_id, kind=kind, fragment_id=delta.fragment_id,
-                                       form_id=getattr(body, "form_id", ""), label=getattr(body, "label", ""),
-                                       kind_of_button=getattr(body, "type", "") if kind == "button" else "")
+            self.widgets[key] = Widget(id=widget_id, kind=kind, fragment_id=delta.fragment_id)
 
     # -----------------------------------------------------------------------------------
     # Widgets
