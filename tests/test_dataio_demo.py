@@ -63,6 +63,28 @@ def test_demo_builds_covers_the_brief_and_is_idempotent(db_url: str, tmp_path: P
     engine.dispose()
 
 
+VIDEO_SUFFIXES = {".mp4", ".webm"}
+
+
+def _same_video(a: Path, b: Path) -> None:
+    """Same frames (count, size, and pixels within a small tolerance).
+
+    x264 was seen to emit different bytes for the same input once, in a CI run on a busy
+    machine, although it runs single-threaded; a re-encode must still show the same picture.
+    """
+    import av
+    import numpy as np
+
+    def frames(path: Path) -> list[np.ndarray]:
+        with av.open(str(path)) as c:
+            return [fr.to_ndarray(format="rgb24").astype(np.int16) for fr in c.decode(video=0)]
+
+    fa, fb = frames(a), frames(b)
+    assert len(fa) == len(fb) and fa and fa[0].shape == fb[0].shape, f"{b}: frames differ from make_demo.py's"
+    worst = max(float(np.abs(x - y).mean()) for x, y in zip(fa, fb, strict=True))
+    assert worst < 4.0, f"{b}: pixels differ from make_demo.py's (mean abs difference {worst:.1f})"
+
+
 def test_demo_files_are_small_benign_and_reproducible(tmp_path: Path) -> None:
     total = sum(f.stat().st_size for f in DEMO_DIR.rglob("*") if f.is_file() and "__pycache__" not in f.parts)
     assert total < 3 * 1024 * 1024
@@ -71,6 +93,9 @@ def test_demo_files_are_small_benign_and_reproducible(tmp_path: Path) -> None:
     for f in DEMO_DIR.rglob("*"):
         if f.is_file() and f.name != "make_demo.py" and "__pycache__" not in f.parts:
             regenerated = tmp_path / f.relative_to(DEMO_DIR)
+            if f.suffix in VIDEO_SUFFIXES:  # encoders promise the picture, not the bytes (see _same_video)
+                _same_video(regenerated, f)
+                continue
             assert regenerated.read_bytes() == f.read_bytes(), f"{f} differs from what make_demo.py generates"
 
 

@@ -275,6 +275,7 @@ def register(app: typer.Typer) -> None:
 
     def _list_collections(db: str | None) -> None:
         import sqlalchemy as sa
+        from rich import box
         from rich.table import Table
         from rich.text import Text
 
@@ -299,14 +300,16 @@ def register(app: typer.Typer) -> None:
                                          .group_by(it.c.collection_id)).all())
         finally:
             engine.dispose()
-        table = Table(title="collections")
-        for col in ("name", "taxonomy", "items", "verdicts", "annotations", "overlap k", "review", "audit share",
-                    "archived"):
-            table.add_column(col)
+        table = Table(title="collections", box=box.SIMPLE_HEAD)
+        table.add_column("name", overflow="fold")
+        table.add_column("taxonomy", overflow="fold")
+        for col in ("items", "verdicts", "labels"):
+            table.add_column(col, justify="right")
+        table.add_column("review", overflow="fold")  # overlap k, blind or open, audit share
         for c in cols:
+            review = f"k={c.overlap_target} · {'blind' if c.blind else 'open'} · audit {c.audit_share:.0%}"
             table.add_row(Text(c.name), Text(c.tax), str(items.get(c.id, 0)), str(verdicts.get(c.id, 0)),
-                          str(anns.get(c.id, 0)), str(c.overlap_target), "blind" if c.blind else "open",
-                          f"{c.audit_share:g}", "yes" if c.archived else "")
+                          str(anns.get(c.id, 0)), review + (" · archived" if c.archived else ""))
         console.print(table)
         if not cols:
             console.print("no collections yet: see `safereview import --help`")
