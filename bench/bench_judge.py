@@ -69,9 +69,8 @@ async def _reference_run(url: str, n: int) -> tuple[float, float]:
 
     import httpx
 
-    from judge.client import _fast_missing_sniffio, chat_url
+    from judge.client import chat_url
 
-    _fast_missing_sniffio()
     transport = httpx.AsyncHTTPTransport(
         limits=httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY),
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])

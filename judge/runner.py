@@ -26,7 +26,7 @@ from judge.client import ChatClient, MediaEncoder, MediaError, MediaRef, Respons
 from judge.config import ensure_judge_config, judge_id
 from judge.protocols import get_protocol
 from judge.protocols.base import Answer, Draft, ItemView, JudgeContext
-from judge.store import cache_get, cache_put_many, done_keys, write_verdicts
+from judge.store import cache_get, cache_put_many, missing_work, write_verdicts
 
 DRY_RUN_INTENT = "<dry run: the intent-extraction answer goes here>"
 
@@ -109,6 +109,22 @@ def params_for(opts: RunOptions) -> dict[str, Any]:
     return params
 
 
+LOAD_CHUNK = 256  # items read from the database per query while judging
+
+
+def load_views(engine: Engine, chunk: list[tuple[int, tuple[str, ...]]],
+               refs: dict[str, MediaRef]) -> list[tuple[ItemView, tuple[str, ...]]]:
+    """The items of ``chunk`` as protocol views (in chunk order), their media added to ``refs``."""
+    with session_scope(engine) as s:
+        items = {i.id: i for i in s.exec(select(Item).where(Item.id.in_([iid for iid, _ in chunk]))).all()}  # type: ignore[union-attr]
+        out = [(_view(items[iid]), missing) for iid, missing in chunk if iid in items]
+        shas = sorted({str(p["media"]) for v, _ in out for p in [*v.prompt, *v.response] if p.get("media")} - set(refs))
+        for i in range(0, len(shas), 500):
+            for m in s.exec(select(Media).where(Media.sha256.in_(shas[i:i + 500]))).all():  # type: ignore[attr-defined]
+                refs[m.sha256] = MediaRef(m.sha256, m.kind, m.mime, m.relpath)
+    return out
+
+
 def _view(item: Item) -> ItemView:
     return ItemView(id=item.id or 0, external_id=item.external_id, task_type=item.task_type,
                     category=item.category, subcategory=item.subcategory, prompt=list(item.prompt or []),
@@ -186,26 +202,12 @@ async def run_judge_async(engine: Engine, media_root: Path, opts: RunOptions, *,
         col_ids = [c.id for c in cols]
         if not opts.dry_run:
             ensure_judge_config(s, protocol.name, opts.model, protocol.prompt_version, params_for(opts), jid=jid)
-        items = s.exec(select(Item).where(Item.collection_id.in_(col_ids))  # type: ignore[union-attr]
-                       .order_by(Item.id)).all()  # type: ignore[arg-type]
-        done = done_keys(s, jid, [i.id for i in items if i.id is not None])
-        todo: list[tuple[ItemView, tuple[str, ...]]] = []
-        for item in items:
-            missing = tuple(d for d in protocol.dimensions if (item.id, d) not in done)
-            if not missing:
-                summary.skipped += 1
-                continue
-            todo.append((_view(item), missing))
+        todo, summary.skipped = missing_work(s, jid, col_ids, protocol.dimensions)
         limit = opts.limit if opts.limit is not None else (2 if opts.dry_run else None)
         if limit is not None:
             todo = todo[:limit]
-        shas = {str(p["media"]) for v, _ in todo for p in [*v.prompt, *v.response] if p.get("media")}
-        refs: dict[str, MediaRef] = {}
-        sha_list = sorted(shas)
-        for i in range(0, len(sha_list), 500):
-            for m in s.exec(select(Media).where(Media.sha256.in_(sha_list[i:i + 500]))).all():  # type: ignore[attr-defined]
-                refs[m.sha256] = MediaRef(m.sha256, m.kind, m.mime, m.relpath)
 
+    refs: dict[str, MediaRef] = {}  # filled chunk by chunk as the items are loaded
     encoder = MediaEncoder(media_root, refs, max_image_side=opts.max_image_side)
     cache = DbCache(engine) if opts.cache and not opts.dry_run else None
     recorded: list[dict[str, Any]] = []
@@ -245,9 +247,20 @@ async def run_judge_async(engine: Engine, media_root: Path, opts: RunOptions, *,
         buffered_items = 0
         last_flush = time.monotonic()
 
-    queue: asyncio.Queue[tuple[ItemView, tuple[str, ...]]] = asyncio.Queue()
-    for entry in todo:
-        queue.put_nowait(entry)
+    # Items are loaded LOAD_CHUNK at a time into a bounded queue, so memory holds a few chunks
+    # of prompts however large the collection (the plan above is ids and dimension names only).
+    n_workers = max(1, min(opts.concurrency, len(todo)))
+    queue: asyncio.Queue[tuple[ItemView, tuple[str, ...]] | None] = asyncio.Queue(maxsize=2 * LOAD_CHUNK)
+
+    async def producer() -> None:
+        try:
+            for start in range(0, len(todo), LOAD_CHUNK):
+                chunk = todo[start:start + LOAD_CHUNK]
+                for entry in load_views(engine, chunk, refs):
+                    await queue.put(entry)
+        finally:
+            for _ in range(n_workers):
+                await queue.put(None)  # one stop signal per worker
 
     progress = None
     task_id = None
@@ -276,10 +289,10 @@ async def run_judge_async(engine: Engine, media_root: Path, opts: RunOptions, *,
     async def worker() -> None:
         nonlocal buffered_items
         while True:
-            try:
-                view, missing = queue.get_nowait()
-            except asyncio.QueueEmpty:
+            entry = await queue.get()
+            if entry is None:
                 return
+            view, missing = entry
             ctx = JudgeContext(content=encoder.content, ask=client.ask)
             try:
                 drafts = await protocol.judge(view, ctx, missing)
@@ -295,12 +308,13 @@ async def run_judge_async(engine: Engine, media_root: Path, opts: RunOptions, *,
 
     try:
         async with client:
-            workers = [asyncio.create_task(worker()) for _ in range(max(1, min(opts.concurrency, len(todo))))]
+            workers = [asyncio.create_task(worker()) for _ in range(n_workers)]
+            feeder = asyncio.create_task(producer())
             try:
-                await asyncio.gather(*workers)
+                await asyncio.gather(feeder, *workers)
             finally:
-                for w in workers:
-                    w.cancel()
+                for t in (feeder, *workers):
+                    t.cancel()
     finally:
         if progress is not None:
             progress.stop()
@@ -314,5 +328,5 @@ async def run_judge_async(engine: Engine, media_root: Path, opts: RunOptions, *,
     if opts.dry_run:
         summary.requests = [{"question": r["question"], "body": truncate_media(r["body"])} for r in recorded]
     elif summary.verdicts:
-        refresh_priorities(engine, [c for c in col_ids if c is not None], [v.id for v, _ in todo])
+        refresh_priorities(engine, [c for c in col_ids if c is not None], [iid for iid, _ in todo])
     return summary

@@ -251,3 +251,38 @@ def _external_of(body: dict[str, Any]) -> str | None:
     if not m:
         return None
     return f"u{m.group(1) or m.group(2)}"
+
+
+def test_judge_streams_items_in_chunks_and_judges_only_what_is_missing(tmp_path: Path,
+                                                                       monkeypatch: Any) -> None:
+    """Items are planned by id and loaded a few at a time; finished pairs are never asked again."""
+    import judge.runner as runner_mod
+    from judge.runner import RunOptions, run_judge
+
+    monkeypatch.setattr(runner_mod, "LOAD_CHUNK", 3)  # 8 items: chunks of 3, 3, 2 with 4 workers
+    engine = init_db(f"sqlite:///{tmp_path / 'chunks.db'}")
+    media = tmp_path / "media"
+    info = uni_collection(engine, media, n=8)
+    with FakeOpenAI() as srv:
+        opts = RunOptions(protocol="uni-judger", base_url=srv.url + "/v1", model="fake/judge-7b", collection="uni",
+                          concurrency=4, cache=False)
+        first = run_judge(engine, media, opts)
+        with session_scope(engine) as s:  # forget two answers: one whole item, one dimension of another
+            u1, u4 = (s.exec(select(Item.id).where(Item.external_id == e)).one() for e in ("u1", "u4"))
+            for v in s.exec(select(Verdict).where(Verdict.item_id.in_([u1, u4]))).all():  # type: ignore[attr-defined]
+                if v.item_id == u1 or v.dimension == "intrinsic":
+                    s.delete(v)
+        n_before = len(srv.requests)
+        second = run_judge(engine, media, opts)
+        again = srv.requests[n_before:]
+    assert first.items == 8 and first.skipped == 0
+    assert second.items == 2 and second.skipped == 6
+    # the image item u1 was re-judged with its picture: the media refs of its chunk were loaded
+    assert any(part.get("type") == "image_url" for body in again for m in body["messages"]
+               if isinstance(m.get("content"), list) for part in m["content"])
+    with Session(engine) as s:
+        rows = s.exec(select(Verdict, Item.external_id).join(Item, Item.id == Verdict.item_id)).all()
+    assert sorted((ext, v.dimension) for v, ext in rows) == sorted(
+        (ext, dim) for ext, dims in info["expected"].items() for dim in dims)  # no gaps, no duplicates
+    assert all(v.label == info["expected"][ext][v.dimension] for v, ext in rows)
+    engine.dispose()
