@@ -29,11 +29,17 @@ class AgreementError(ValueError):
 
 @contextmanager
 def connection(bind: Any) -> Iterator[Connection]:
-    """A Connection from an Engine, Connection or (SQLModel/SQLAlchemy) Session."""
+    """A Connection from an Engine, Connection or (SQLModel/SQLAlchemy) Session.
+
+    Given an Engine, the statistics only read: the connection is read-only (on SQLite it
+    then holds no write lock while a million ratings stream out, see ``db.engine.read_only``).
+    """
     if isinstance(bind, Connection):
         yield bind
     elif isinstance(bind, Engine):
-        with bind.connect() as conn:
+        from db.engine import read_only
+
+        with read_only(bind).connect() as conn:
             yield conn
     else:  # Session: use its connection so uncommitted rows of the caller are visible
         yield bind.connection()

@@ -56,12 +56,32 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
         @sa.event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
-            # pysqlite's own transaction handling is off (isolation_level=None); take the
-            # write lock up front so a transaction never fails half-way on lock upgrade.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # pysqlite's own transaction handling is off (isolation_level=None). A writing
+            # transaction takes the write lock up front, so it never fails half-way on a lock
+            # upgrade; a read-only one (see read_only) takes no lock, so it neither waits for
+            # writers nor holds them up (WAL), and query_only makes any write in it an error.
+            if conn.get_execution_options().get(READ_ONLY):
+                conn.exec_driver_sql("PRAGMA query_only = 1")
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("PRAGMA query_only = 0")
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return sa.create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+READ_ONLY = "safereview_read_only"  # execution option: a transaction that only reads
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine (same pool) for transactions that only read.
+
+    On SQLite they start with a plain ``BEGIN`` instead of ``BEGIN IMMEDIATE``: a lead's
+    agreement report over a million labels then reads its snapshot without holding the
+    write lock, so annotators' submits go on meanwhile. PostgreSQL needs nothing (MVCC).
+    """
+    return engine.execution_options(**{READ_ONLY: True}) if is_sqlite(engine) else engine
 
 
 @contextmanager

@@ -69,6 +69,15 @@ def session() -> Iterator[Session]:
         yield s
 
 
+@contextmanager
+def read_session() -> Iterator[Session]:
+    """A transaction that only reads (on SQLite it neither waits for nor blocks writers)."""
+    from db.engine import read_only
+
+    with Session(read_only(get_engine())) as s:
+        yield s
+
+
 def run(action: Callable[[], T], *, error_prefix: str = "") -> T | None:
     """Run a service call; show a :class:`WorkflowError`'s (user-safe) message instead of a trace."""
     try:

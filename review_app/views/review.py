@@ -45,7 +45,7 @@ def _claim(user: Any, flt: Any, state: dict[str, Any]) -> None:
         state["empty"] = True
         return
     state["empty"] = False
-    with ui.session() as s:
+    with ui.read_session() as s:
         state["item"] = item_view.load_item(s, assignment.item_id)
         state["verdicts"] = item_view.verdict_dicts(
             annotations.verdicts_for(s, user, assignment.item_id, revealed=False))
@@ -271,7 +271,7 @@ def review_panel(user: Any, info: CollectionInfo, flt: Any) -> None:
     item: item_view.ItemView = state["item"]
     if state.get("progress_for") != state["assignment_id"]:  # once per item: a label press changes no count
         try:
-            with ui.session() as s:
+            with ui.read_session() as s:
                 state["progress"] = queue.progress(s, user, info.id)
         except Exception:
             state["progress"] = None
