@@ -8,7 +8,8 @@ user; the same functions called from the app check the signed-in user's role.
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -76,17 +77,23 @@ def register(app: typer.Typer) -> None:
             col.no_wrap = False
         console.print(table, markup=False, highlight=False)
 
-    def _set_disabled(username: str, disabled: bool, db: str | None) -> None:
+    def _change_user(db: str | None, change: Callable[[Any], object], done: str) -> None:
+        """Run one account change in its own transaction; a refused change prints why and exits 1."""
         from db.engine import session_scope
-        from workflow.auth import set_disabled
         from workflow.errors import WorkflowError
 
         try:
             with session_scope(engine_for(config(db))) as s:
-                set_disabled(s, username, disabled)
+                change(s)
         except WorkflowError as exc:
             _fail(str(exc))
-        console.print(f"{'disabled' if disabled else 'enabled'} {username!r}", markup=False, highlight=False)
+        console.print(done, markup=False, highlight=False)
+
+    def _set_disabled(username: str, disabled: bool, db: str | None) -> None:
+        from workflow.auth import set_disabled
+
+        _change_user(db, lambda s: set_disabled(s, username, disabled),
+                     f"{'disabled' if disabled else 'enabled'} {username!r}")
 
     @users.command("disable")
     def users_disable(username: Annotated[str, typer.Argument(help="User to disable.")],
@@ -104,33 +111,19 @@ def register(app: typer.Typer) -> None:
     def users_reset(username: Annotated[str, typer.Argument(help="User whose password to set.")],
                     password_stdin: PasswordStdinOption = False, db: DbOption = None) -> None:
         """Set a new password (also for imported users, who have none), sign the user out, lift a lock-out."""
-        from db.engine import session_scope
         from workflow.auth import reset_password
-        from workflow.errors import WorkflowError
 
         password = _password(password_stdin)
-        try:
-            with session_scope(engine_for(config(db))) as s:
-                reset_password(s, username, password)
-        except WorkflowError as exc:
-            _fail(str(exc))
-        console.print(f"password of {username!r} reset", markup=False, highlight=False)
+        _change_user(db, lambda s: reset_password(s, username, password), f"password of {username!r} reset")
 
     @users.command("set-role")
     def users_set_role(username: Annotated[str, typer.Argument(help="User whose role to change.")],
                        role: Annotated[str, typer.Argument(help="annotator, lead or admin.")],
                        db: DbOption = None) -> None:
         """Change a user's role; they are signed out everywhere so the new role applies at once."""
-        from db.engine import session_scope
         from workflow.auth import set_role
-        from workflow.errors import WorkflowError
 
-        try:
-            with session_scope(engine_for(config(db))) as s:
-                set_role(s, username, role)
-        except WorkflowError as exc:
-            _fail(str(exc))
-        console.print(f"{username!r} is now {role}", markup=False, highlight=False)
+        _change_user(db, lambda s: set_role(s, username, role), f"{username!r} is now {role}")
 
     @queue.command("status")
     def queue_status_cmd(collection: Annotated[str, typer.Option("--collection", help="Collection name.")],
