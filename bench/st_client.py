@@ -27,7 +27,7 @@ import websockets
 from streamlit.proto.BackMsg_pb2 import BackMsg
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
-TICKET_RE = re.compile(r'src="(/auth/session\?ticket=[^"]+)"')
+TICKET_RE = re.compile(r'src="(/[^"]*auth/session\?ticket=[^"]+)"')
 ITEM_RE = re.compile(r"· item (\S+)")
 TEXT_FIELDS = ("body", "code_text", "label", "text")  # where an element keeps what it shows
 
@@ -64,8 +64,10 @@ class StreamlitClient:
     """One browser tab's worth of session: connect, run the script, press widgets."""
 
     def __init__(self, base: str) -> None:
-        self.base = base.rstrip("/")
-        self.http = httpx.AsyncClient(base_url=self.base, timeout=30)
+        self.base = base.rstrip("/")  # may carry a path (server.baseUrlPath)
+        parts = urlsplit(self.base)
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.http = httpx.AsyncClient(timeout=30)
         self.ws: Any = None
         self.widgets: dict[str, Widget] = {}
         self.page_script_hash = ""
@@ -73,10 +75,10 @@ class StreamlitClient:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def connect(self) -> None:
-        await self.http.get("/")  # as a browser would: the index page (and any cookies it sets)
+        await self.http.get(self.base + "/")  # as a browser would: the index page (and any cookies it sets)
         parts = urlsplit(self.base)
         self.ws = await websockets.connect(
-            f"ws://{parts.netloc}/_stcore/stream", subprotocols=["streamlit"],  # type: ignore[list-item]
+            f"ws://{parts.netloc}{parts.path}/_stcore/stream", subprotocols=["streamlit"],  # type: ignore[list-item]
             origin=self.base, max_size=2**26, compression=None, ping_interval=None)
 
     async def close(self) -> None:
@@ -139,7 +141,7 @@ class StreamlitClient:
             self.item = m.group(1).replace("\\", "")  # md_literal escapes punctuation
         elif kind == "html" and (m := TICKET_RE.search(body.body)):
             # the browser loads this image in parallel with the run (the app waits for it); so do we
-            task = asyncio.create_task(self.http.get(m.group(1).replace("&amp;", "&")))
+            task = asyncio.create_task(self.http.get(self.origin + m.group(1).replace("&amp;", "&")))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         elif kind == "exception":

@@ -226,7 +226,7 @@ async def auth_session(request: Request) -> Response:
         return Response(PIXEL, media_type="image/gif", status_code=403, headers={"cache-control": "no-store"})
     response = Response(PIXEL, media_type="image/gif", headers={"cache-control": "no-store"})
     response.set_cookie(
-        runtime.SESSION_COOKIE, token, max_age=int(runtime.config().session_hours * 3600), path="/",
+        runtime.SESSION_COOKIE, token, max_age=int(runtime.config().session_hours * 3600), path=cookie_path(),
         httponly=True, samesite="strict", secure=request.url.scheme == "https",
     )
     return response
@@ -238,7 +238,7 @@ async def auth_signout(request: Request) -> Response:
     if token:
         forget_token(token)
     response = Response(PIXEL, media_type="image/gif", headers={"cache-control": "no-store"})
-    response.delete_cookie(runtime.SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    response.delete_cookie(runtime.SESSION_COOKIE, path=cookie_path(), httponly=True, samesite="strict")
     return response
 
 
@@ -259,12 +259,14 @@ async def healthz(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
+    """Our routes, under the configured base path (Streamlit prefixes only its own)."""
+    p = runtime.config().url_prefix
     return [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/media-files/{sha}", media_file, methods=["GET", "HEAD"]),
-        Route("/media-files/{sha}/{variant}", media_file, methods=["GET", "HEAD"]),
-        Route("/auth/session", auth_session, methods=["GET"]),
-        Route("/auth/signout", auth_signout, methods=["GET"]),
+        Route(f"{p}/healthz", healthz, methods=["GET"]),
+        Route(f"{p}/media-files/{{sha}}", media_file, methods=["GET", "HEAD"]),
+        Route(f"{p}/media-files/{{sha}}/{{variant}}", media_file, methods=["GET", "HEAD"]),
+        Route(f"{p}/auth/session", auth_session, methods=["GET"]),
+        Route(f"{p}/auth/signout", auth_signout, methods=["GET"]),
     ]
 
 
@@ -273,7 +275,21 @@ def middleware() -> list[Middleware]:
 
 
 def media_url(sha: str, variant: str | None = None) -> str:
-    """Root-relative URL of a media file or one of its derived views."""
+    """Root-relative URL of a media file or one of its derived views (base path included)."""
     if not SHA_RE.match(sha):
         raise ValueError("not a sha256")
-    return f"/media-files/{sha}" + (f"/{variant}" if variant else "")
+    return f"{runtime.config().url_prefix}/media-files/{sha}" + (f"/{variant}" if variant else "")
+
+
+def auth_url(action: str, **query: str) -> str:
+    """URL of the sign-in cookie routes (``session``/``signout``), base path included, HTML-escaped."""
+    import html
+    from urllib.parse import urlencode
+
+    url = f"{runtime.config().url_prefix}/auth/{action}" + (f"?{urlencode(query)}" if query else "")
+    return html.escape(url)
+
+
+def cookie_path() -> str:
+    """The session cookie is scoped to the app's own path."""
+    return runtime.config().url_prefix or "/"

@@ -249,12 +249,15 @@ def media_ready() -> bool:
 
 def cookie_bridge() -> None:
     """Render the invisible image that swaps the sign-in ticket for the HttpOnly cookie."""
+    from review_app import server
+
     ss = st.session_state
     if ss.pop("auth_signed_out", False):
-        st.html('<img src="/auth/signout" alt="" width="1" height="1" style="position:absolute;opacity:0">')
+        st.html(f'<img src="{server.auth_url("signout")}" alt="" width="1" height="1" '
+                'style="position:absolute;opacity:0">')
     ticket = ss.get("auth_ticket")
     if ticket and not media_ready():
-        st.html(f'<img src="/auth/session?ticket={html.escape(ticket)}" alt="" width="1" height="1" '
+        st.html(f'<img src="{server.auth_url("session", ticket=ticket)}" alt="" width="1" height="1" '
                 'style="position:absolute;opacity:0">')
 
 

@@ -38,6 +38,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SAFEREVIEW_SESSION_HOURS", "12", "Sign-in sessions expire after this many hours."),
     Setting("SAFEREVIEW_LEASE_MINUTES", "30",
             "How long a reviewer holds a queue slot before it returns to the pool."),
+    Setting("SAFEREVIEW_BASE_URL_PATH", "",
+            "Serve the app under this path (e.g. `review` for `https://host/review/`) when a reverse proxy "
+            "forwards that path unchanged; sets Streamlit's `server.baseUrlPath` and prefixes the media and "
+            "sign-in routes."),
     Setting("SAFEREVIEW_JUDGE_API_KEY", "",
             "Default API key for the judge's OpenAI-compatible server (`--api-key-env` names another)."),
 )
@@ -61,6 +65,12 @@ class Config:
     max_import_rows: int = field(default_factory=lambda: int(_env("SAFEREVIEW_MAX_IMPORT_ROWS")))
     session_hours: float = field(default_factory=lambda: float(_env("SAFEREVIEW_SESSION_HOURS")))
     lease_minutes: float = field(default_factory=lambda: float(_env("SAFEREVIEW_LEASE_MINUTES")))
+    base_url_path: str = field(default_factory=lambda: normalise_base_path(_env("SAFEREVIEW_BASE_URL_PATH")))
+
+    @property
+    def url_prefix(self) -> str:
+        """``""`` or ``"/<base path>"``: what the app's own routes and URLs start with."""
+        return f"/{self.base_url_path}" if self.base_url_path else ""
 
     @property
     def media_root(self) -> Path:
@@ -76,6 +86,17 @@ class Config:
         if self.cache_dir_override:
             return Path(self.cache_dir_override).resolve()
         return self.media_root / ".derived"
+
+
+def normalise_base_path(value: str) -> str:
+    """``/review/`` → ``review``; only URL-path-safe characters (letters, digits, ``-._~/``)."""
+    import re
+
+    path = value.strip().strip("/")
+    if path and (not re.fullmatch(r"[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*", path)
+                 or any(seg in (".", "..") for seg in path.split("/"))):
+        raise ValueError(f"SAFEREVIEW_BASE_URL_PATH: {value!r} is not a plain URL path (letters, digits, -._~/)")
+    return path
 
 
 def sqlite_path(url: str) -> Path | None:

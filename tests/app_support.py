@@ -239,7 +239,8 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited early: {self.log_path.read_text(errors='replace')[-3000:]}")
             try:
-                r = httpx.get(f"{self.base}/_stcore/health", timeout=2)
+                prefix = os.environ.get("SAFEREVIEW_BASE_URL_PATH", "").strip("/")
+                r = httpx.get(f"{self.base}{'/' + prefix if prefix else ''}/_stcore/health", timeout=2)
                 if r.status_code == 200 and r.text.strip() == "ok":
                     return
             except httpx.HTTPError:

@@ -114,3 +114,43 @@ def test_blind_review_round_trip_and_inert_hostile_text(served: tuple[A.Fixture,
             assert list(actions) == ["create", "reveal"]
     finally:
         eng.dispose()
+
+
+def test_the_app_and_its_media_under_a_base_path(db_url: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behind a proxy at /team/review: Streamlit, sign-in cookie and media routes all live under it."""
+    import httpx
+
+    from safereview.settings import normalise_base_path
+
+    assert normalise_base_path("/team/review/") == "team/review"
+    for bad in ("../x", "a b", "x?y", "a//b"):
+        with pytest.raises(ValueError, match="SAFEREVIEW_BASE_URL_PATH"):
+            normalise_base_path(bad)
+    monkeypatch.setenv("SAFEREVIEW_BASE_URL_PATH", "/team/review/")
+    fx = A.build_fixture(db_url, tmp_path / "media", n_plain=1)
+    sha = fx.media["image"]
+    with A.Server(fx) as server:
+        base = server.base + "/team/review"
+        assert httpx.get(base + "/_stcore/health").text.strip() == "ok"
+        assert httpx.get(base + "/healthz").json()["database"] == "ok"
+        assert httpx.get(f"{base}/media-files/{sha}").status_code == 401  # no session yet
+
+        async def go() -> tuple[int, int, str]:
+            c = StreamlitClient(base)
+            try:
+                run = await _sign_in(c, "ann1", A.PASSWORDS["ann1"])
+                assert c.has("rv_submit"), run.exceptions or run.texts
+                for _ in range(50):  # the ticket image is fetched beside the run
+                    if c.http.cookies.get("safereview_session"):
+                        break
+                    await asyncio.sleep(0.05)
+                inside = (await c.http.get(f"{base}/media-files/{sha}")).status_code
+                outside = (await c.http.get(f"{server.base}/media-files/{sha}")).status_code
+                cookie_path = next(ck.path for ck in c.http.cookies.jar if ck.name == "safereview_session")
+                return inside, outside, cookie_path
+            finally:
+                await c.close()
+
+        inside, outside, cookie_path = asyncio.run(go())
+    assert inside == 200 and outside != 200 and cookie_path == "/team/review"

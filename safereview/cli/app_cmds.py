@@ -45,7 +45,8 @@ def _absolute_db_url(url: str) -> str:
     return f"sqlite:///{path}" + (f"?{query}" if query else "")
 
 
-def streamlit_command(host: str, port: int, *, gc: str = "off", max_upload_mb: int = 200) -> list[str]:
+def streamlit_command(host: str, port: int, *, gc: str = "off", max_upload_mb: int = 200,
+                      base_url_path: str = "") -> list[str]:
     """The ``streamlit run`` command line ``serve`` executes (exposed for tests and the bench)."""
     if gc not in ("freeze", "off", "full"):
         raise typer.BadParameter("--gc must be freeze, off or full")
@@ -63,6 +64,7 @@ def streamlit_command(host: str, port: int, *, gc: str = "off", max_upload_mb: i
         "--server.address", host,
         "--server.port", str(port),
         "--server.maxUploadSize", str(max_upload_mb),
+        "--server.baseUrlPath", base_url_path,
         "--runner.magicEnabled", "false",
         "--runner.postScriptGC", "false" if gc == "off" else "true",
     ]
@@ -79,10 +81,10 @@ def serve_env(db_url: str, media_root: Path, cache_dir: Path | None = None, *, g
 
 
 def _exec_streamlit(cfg, host: str, port: int, gc: str) -> None:  # type: ignore[no-untyped-def]
-    cmd = streamlit_command(host, port, gc=gc, max_upload_mb=cfg.max_upload_mb)
+    cmd = streamlit_command(host, port, gc=gc, max_upload_mb=cfg.max_upload_mb, base_url_path=cfg.base_url_path)
     env = serve_env(cfg.db_url, cfg.media_root, Path(cfg.cache_dir_override) if cfg.cache_dir_override else None,
                     gc=gc)
-    console.print(f"serving the review app on http://{host}:{port}  (Ctrl+C stops)")
+    console.print(f"serving the review app on http://{host}:{port}{cfg.url_prefix}/  (Ctrl+C stops)")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(cmd[0], cmd, env)
