@@ -18,6 +18,7 @@ The run is repeated for the app's garbage-collection modes (``safereview serve -
 
     python bench/bench_app.py              # 1,000,000 items, 20 annotators x 15 items, gc off and full
     python bench/bench_app.py --quick      # 20,000 items, 6 annotators x 5 items, gc off, SQLite (< 60 s)
+    python bench/bench_app.py --blind      # the same on a blind collection (submit → reveal → commit)
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def _verdict_rows(first_id: int, n: int) -> Iterator[tuple]:
                round(rng.uniform(0.5, 1), 2), "Reason: bench intrinsic.", "", "", now)
 
 
-def build_db(db_url: str, n_items: int, n_users: int) -> float:
+def build_db(db_url: str, n_items: int, n_users: int, *, blind: bool = False) -> float:
     """Bulk-load the items and verdicts (untimed set-up) and create the annotators; returns seconds."""
     import sqlalchemy as sa
     from bench_queue import bulk_insert
@@ -103,7 +104,8 @@ def build_db(db_url: str, n_items: int, n_users: int) -> float:
     t0 = time.perf_counter()
     engine = init_db(db_url)
     with session_scope(engine) as s:
-        cid = int(ensure_collection(s, "bench / open", "uni-safebench", overlap_target=1, blind=False,
+        cid = int(ensure_collection(s, "bench / blind" if blind else "bench / open", "uni-safebench",
+                                    overlap_target=1, blind=blind,
                                     audit_share=0.2).id)  # type: ignore[arg-type]
         for u in range(n_users):
             auth.create_user(s, f"bench{u:02d}", PASSWORD, "annotator")
@@ -175,13 +177,14 @@ def start_server(db_url: str, work: Path, gc_mode: str, tag: str) -> tuple[subpr
 
 class Results:
     def __init__(self) -> None:
-        self.submit: list[float] = []
+        self.submit: list[float] = []  # the press that brings the next item (submit, or commit when blind)
+        self.reveal: list[float] = []  # blind review: submit → the judge's verdict shown
         self.label: list[float] = []
         self.items: set[str] = set()
 
 
 async def annotator(base: str, username: str, n_items: int, think_s: float, rng: random.Random,
-                    out: Results) -> None:
+                    out: Results, blind: bool = False) -> None:
     from st_client import StreamlitClient
 
     c = StreamlitClient(base)
@@ -202,6 +205,12 @@ async def annotator(base: str, username: str, n_items: int, think_s: float, rng:
                 out.label.append(r.seconds * 1000)
             await asyncio.sleep(rng.expovariate(1 / think_s))
             before = c.item
+            if blind:  # submit reveals the verdict on the same item; the commit brings the next one
+                r = await c.click("rv_submit")
+                if r.exceptions or c.item != before or not any("Commit final labels" in t for t in r.texts):
+                    raise RuntimeError(f"{username}: submit did not reveal the verdict: {r.exceptions or r.texts[:5]}")
+                out.reveal.append(r.seconds * 1000)
+                await asyncio.sleep(rng.expovariate(1 / think_s))
             r = await c.click("rv_submit")
             if r.exceptions or c.item == before or c.item is None:
                 raise RuntimeError(f"{username}: submit did not bring the next item ({before} → {c.item}): "
@@ -214,12 +223,12 @@ async def annotator(base: str, username: str, n_items: int, think_s: float, rng:
         await c.close()
 
 
-async def drive(base: str, n_users: int, n_items: int, think_s: float) -> Results:
+async def drive(base: str, n_users: int, n_items: int, think_s: float, blind: bool = False) -> Results:
     out = Results()
     tasks = []
     for u in range(n_users):  # people do not all sign in in the same millisecond
         tasks.append(asyncio.create_task(
-            annotator(base, f"bench{u:02d}", n_items, think_s, random.Random(100 + u), out)))
+            annotator(base, f"bench{u:02d}", n_items, think_s, random.Random(100 + u), out, blind)))
         await asyncio.sleep(0.2)
     await asyncio.gather(*tasks)
     return out
@@ -236,16 +245,16 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run_one(db_url: str, work: Path, gc_mode: str, tag: str, n_users: int, n_items: int,
-            think_s: float) -> dict[str, Any]:
+            think_s: float, blind: bool = False) -> dict[str, Any]:
     proc, base, timings = start_server(db_url, work, gc_mode, tag)
     sampler = Sampler(proc.pid)
     sampler.start()
     try:
-        asyncio.run(drive(base, 1, 3, 0.05))  # warm-up: first imports and page compilation
+        asyncio.run(drive(base, 1, 3, 0.05, blind))  # warm-up: first imports and page compilation
         if timings.exists():
             timings.unlink()
         t0 = time.perf_counter()
-        res = asyncio.run(drive(base, n_users, n_items, think_s))
+        res = asyncio.run(drive(base, n_users, n_items, think_s, blind))
         wall = time.perf_counter() - t0
     finally:
         sampler.stop_flag.set()
@@ -260,7 +269,8 @@ def run_one(db_url: str, work: Path, gc_mode: str, tag: str, n_users: int, n_ite
     return {"n": len(res.submit), "median": statistics.median(res.submit), "p95": pct(res.submit, 0.95),
             "label_median": statistics.median(res.label), "server_median": statistics.median(server or [0.0]),
             "server_p95": pct(server, 0.95), "rss": max(sampler.peak, final_rss), "wall": wall,
-            "rate": (len(res.submit) + len(res.label)) / wall}
+            "rate": (len(res.submit) + len(res.reveal) + len(res.label)) / wall,
+            "reveal_median": statistics.median(res.reveal) if res.reveal else float("nan")}
 
 
 def backends(args: argparse.Namespace, tmp: Path) -> Iterator[tuple[str, str]]:
@@ -299,6 +309,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--modes", default=None, help="comma-separated gc modes (default off,full; quick off)")
     ap.add_argument("--backend", choices=("sqlite", "postgres", "both"), default=None,
                     help="default both (quick: sqlite)")
+    ap.add_argument("--blind", action="store_true",
+                    help="a blind collection: submit reveals the verdict, the commit brings the next item")
     args = ap.parse_args(argv)
     n_db = args.items or (20_000 if args.quick else 1_000_000)
     users = args.users or (6 if args.quick else 20)
@@ -312,10 +324,10 @@ def main(argv: list[str]) -> int:
             need = users * per_user * len(modes) + 50
             if n_db < need:
                 raise SystemExit(f"--items must be at least {need} for this many submits")
-            load_s = build_db(url, n_db, users + 1)
+            load_s = build_db(url, n_db, users + 1, blind=args.blind)
             print(f"[{name}] {n_db:,} items and {2 * n_db:,} verdicts loaded in {load_s:.0f} s", flush=True)
             for mode in modes:
-                r = run_one(url, tmp, mode, f"{name}-{mode}", users, per_user, args.think)
+                r = run_one(url, tmp, mode, f"{name}-{mode}", users, per_user, args.think, args.blind)
                 rows.append((name, mode, r))
                 print(f"[{name}] gc={mode}: {r['n']} submits, {r['rate']:.1f} presses/s, median "
                       f"{r['median']:.1f} ms", flush=True)
@@ -324,17 +336,19 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     load = os.getloadavg()
     print(f"\nreview app end to end: {n_db:,} items, {users} concurrent annotators x {per_user} items, think "
-          f"~{args.think:g} s before each press (websocket clients; submit → next item rendered)")
+          f"~{args.think:g} s before each press (websocket clients; "
+          + ("blind review: commit → next item rendered, reveal = submit → verdict shown)" if args.blind
+             else "submit → next item rendered)"))
     print(f"{'backend':<9} {'gc':<5} {'n':>4} {'p50 ms':>7} {'p95 ms':>7} {'server p50':>11} {'server p95':>11} "
-          f"{'label p50':>10} {'RSS MB':>7} {'p50/tgt':>8} {'p95/tgt':>8} {'RSS/tgt':>8}")
+          f"{'label p50':>10} {'reveal p50':>11} {'RSS MB':>7} {'p50/tgt':>8} {'p95/tgt':>8} {'RSS/tgt':>8}")
     for name, mode, r in rows:
         print(f"{name:<9} {mode:<5} {r['n']:>4} {r['median']:>7.1f} {r['p95']:>7.1f} {r['server_median']:>11.1f} "
-              f"{r['server_p95']:>11.1f} {r['label_median']:>10.1f} {r['rss']:>7.0f} "
+              f"{r['server_p95']:>11.1f} {r['label_median']:>10.1f} {r['reveal_median']:>11.1f} {r['rss']:>7.0f} "
               f"{r['median'] / TARGET_MEDIAN_MS:>8.2f} {r['p95'] / TARGET_P95_MS:>8.2f} "
               f"{r['rss'] / TARGET_RSS_MB:>8.2f}")
     print(f"targets: median < {TARGET_MEDIAN_MS:.0f} ms, p95 < {TARGET_P95_MS:.0f} ms, RSS < {TARGET_RSS_MB:.0f} MB "
           "(ratio < 1 meets the target). server = submit callback to the end of the fragment run that rendered "
-          "the next item; label = a label press (a fragment rerun that only redraws).")
+          "the next item (blind: and the reveal runs); label = a label press (a fragment rerun that only redraws).")
     print(f"machine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end "
           "(clients and server share the machine)")
     return 0
