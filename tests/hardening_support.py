@@ -253,17 +253,15 @@ def burst_worker(db_url: str, user_id: int, collection_id: int, seed: int, secon
     import random
     import time
 
+    from workflow_support import detached_user
+
     from db.engine import make_engine, session_scope
-    from db.models import User
     from workflow.annotations import submit
     from workflow.queue import QueueFilter, next_item
 
     engine = make_engine(db_url)
     rng = random.Random(seed)
-    with Session(engine) as s:
-        user = s.get(User, user_id)
-        assert user is not None
-        s.expunge(user)
+    user = detached_user(engine, user_id)
     ready.put(user_id)
     go.wait(180)
     deadline = time.monotonic() + seconds if seconds is not None else float("inf")

@@ -41,8 +41,8 @@ class FakeBrowser(threading.Thread):
             time.sleep(0.005)
 
 
-@pytest.fixture
-def fx(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[A.Fixture]:
+def app_world(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[A.Fixture]:
+    """The fixture database, the app pointed at it, and a fake browser redeeming sign-in tickets."""
     fixture = A.build_fixture(db_url, tmp_path / "media")
     for k, v in A.app_env(fixture).items():
         monkeypatch.setenv(k, v)
@@ -53,6 +53,11 @@ def fx(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     browser.stop.set()
     browser.join()
     A.reset_app_caches()
+
+
+@pytest.fixture
+def fx(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[A.Fixture]:
+    yield from app_world(db_url, tmp_path, monkeypatch)
 
 
 def new_app() -> Any:

@@ -233,19 +233,9 @@ def test_passwords_sessions_rate_limit_and_disabled_users(engine: sa.Engine) -> 
 
 @pytest.fixture
 def app_fx(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    import app_support as A
-    from test_app_pages import FakeBrowser
+    from test_app_pages import app_world
 
-    fixture = A.build_fixture(sqlite_url, tmp_path / "media")
-    for k, v in A.app_env(fixture).items():
-        monkeypatch.setenv(k, v)
-    A.reset_app_caches()
-    browser = FakeBrowser()
-    browser.start()
-    yield fixture
-    browser.stop.set()
-    browser.join()
-    A.reset_app_caches()
+    yield from app_world(sqlite_url, tmp_path, monkeypatch)
 
 
 @pytest.mark.slow

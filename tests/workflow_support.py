@@ -84,6 +84,15 @@ def slot_invariants(engine: sa.Engine, collection_id: int) -> list[str]:
 VLSU_SAFE = {"image": "safe", "text": "safe", "joint": "safe"}
 
 
+def detached_user(engine: sa.Engine, user_id: int) -> User:
+    """The user row, detached from its session: what a worker passes to every service call."""
+    with Session(engine) as s:
+        user = s.get(User, user_id)
+        assert user is not None
+        s.expunge(user)
+    return user
+
+
 def review_until_empty(db_url: str, user_id: int, collection_id: int, *, start_at: float | None = None,
                        seed: int = 0, max_items: int = 10_000) -> list[int]:
     """Pull and submit until the queue is empty; returns the item ids this user reviewed.
@@ -99,10 +108,7 @@ def review_until_empty(db_url: str, user_id: int, collection_id: int, *, start_a
 
     engine = make_engine(db_url)
     rng = random.Random(seed)
-    with Session(engine) as s:
-        user = s.get(User, user_id)
-        assert user is not None
-        s.expunge(user)
+    user = detached_user(engine, user_id)
     if start_at is not None:
         time.sleep(max(0.0, start_at - time.time()))
     done: list[int] = []
