@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from db.engine import session_scope
+from db.engine import read_only, session_scope
 from db.models import Collection, Item, Media
 from db.taxonomy import dimension_names
 from judge.client import ChatClient, MediaEncoder, MediaError, MediaRef, ResponseCache
@@ -115,7 +115,7 @@ LOAD_CHUNK = 256  # items read from the database per query while judging
 def load_views(engine: Engine, chunk: list[tuple[int, tuple[str, ...]]],
                refs: dict[str, MediaRef]) -> list[tuple[ItemView, tuple[str, ...]]]:
     """The items of ``chunk`` as protocol views (in chunk order), their media added to ``refs``."""
-    with session_scope(engine) as s:
+    with Session(read_only(engine)) as s:  # reads only: no SQLite write lock while reviewers submit
         items = {i.id: i for i in s.exec(select(Item).where(Item.id.in_([iid for iid, _ in chunk]))).all()}  # type: ignore[union-attr]
         out = [(_view(items[iid]), missing) for iid, missing in chunk if iid in items]
         shas = sorted({str(p["media"]) for v, _ in out for p in [*v.prompt, *v.response] if p.get("media")} - set(refs))
