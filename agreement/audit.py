@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from agreement import data
-from agreement.alpha import krippendorff_alpha
-from agreement.consensus import DEFAULT_THRESHOLD, consensus, require
-from agreement.kappa import confusion, kappa_from_table
+from safereview.agreement import data
+from safereview.agreement.alpha import krippendorff_alpha
+from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus, require
+from safereview.agreement.kappa import confusion, kappa_from_table
 
 Z95 = 1.959963984540054
 DEFAULT_MIN_N = 20
@@ -113,7 +113,7 @@ def audit(
     max_disagreements: int = 1000,
 ) -> dict[str, Any]:
     """Judge vs human consensus on one dimension: rates with intervals, confusion, kappa, slices."""
-    from agreement.report import SLICES, slice_values
+    from safereview.agreement.report import SLICES, slice_values
 
     sc = data.scope(bind, collections)
     spec = sc.dimension(dimension)
@@ -229,8 +229,8 @@ MAX_NOTE = 2000
 def tag_error(session: Any, user: Any, item_id: int, dimension: str, judge_id: str, tag: str,
               note: str = "") -> Any:
     """A lead tags a judge error found in the audit (e.g. "missed compositional harm")."""
-    from db.models import ErrorTag, Item, utcnow
-    from workflow.errors import InvalidInput, NotFound
+    from safereview.db.models import ErrorTag, Item, utcnow
+    from safereview.workflow.errors import InvalidInput, NotFound
 
     require(user, "tag_errors")
     if session.get(Item, item_id) is None:

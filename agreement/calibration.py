@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from agreement import data
-from agreement.consensus import require
+from safereview.agreement import data
+from safereview.agreement.consensus import require
 
 EPS = 1e-6
 
@@ -183,7 +183,7 @@ def fit_calibration(session: Any, user: Any, dimension: str, collections: Sequen
 
     ``user`` must be allowed to "calibrate" (None only from the trusted CLI).
     """
-    from db.models import Calibration, utcnow
+    from safereview.db.models import Calibration, utcnow
 
     if user is not None:
         require(user, "calibrate")
@@ -222,7 +222,7 @@ def apply_calibration(session: Any, user: Any, calibration_id: int,
     """Write calibrated verdicts beside the raw ones (skips items that already have one)."""
     import sqlalchemy as sa
 
-    from db.models import Calibration, JudgeConfig, Verdict, utcnow
+    from safereview.db.models import Calibration, JudgeConfig, Verdict, utcnow
 
     if user is not None:
         require(user, "calibrate")

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from agreement import data
-from agreement.alpha import value_counts
+from safereview.agreement import data
+from safereview.agreement.alpha import value_counts
 
 DEFAULT_THRESHOLD = 0.6
 MAX_RATIONALE = 5000
@@ -224,7 +224,7 @@ def consensus(bind: Any, dimension: str, collections: Sequence[str] | None = Non
 def require(user: Any, action: str) -> None:
     """Role check through ``workflow.policies`` (leads and admins adjudicate, audit, export)."""
     try:
-        from workflow.policies import require as policy_require
+        from safereview.workflow.policies import require as policy_require
     except ImportError:  # pragma: no cover - only before the workflow package exists
         if user is None or getattr(user, "disabled", False) or getattr(user, "role", "") not in ("lead", "admin"):
             raise PermissionError(f"your role may not {action.replace('_', ' ')}") from None
@@ -273,9 +273,9 @@ def _external_ids(session: Any, item_ids: list[int]) -> dict[int, tuple[str, str
 
 def adjudicate(session: Any, user: Any, item_id: int, dimension: str, label: str, rationale: str = "") -> Any:
     """Record a lead's decision (a new ``Adjudication`` row; the newest one wins)."""
-    from db.collections import taxonomy_of
-    from db.models import Adjudication, Collection, Item, utcnow
-    from workflow.errors import InvalidInput, NotFound
+    from safereview.db.collections import taxonomy_of
+    from safereview.db.models import Adjudication, Collection, Item, utcnow
+    from safereview.workflow.errors import InvalidInput, NotFound
 
     require(user, "adjudicate")
     item = session.get(Item, item_id)

@@ -37,7 +37,7 @@ def connection(bind: Any) -> Iterator[Connection]:
     if isinstance(bind, Connection):
         yield bind
     elif isinstance(bind, Engine):
-        from db.engine import read_only
+        from safereview.db.engine import read_only
 
         with read_only(bind).connect() as conn:
             yield conn
@@ -218,7 +218,7 @@ class Ratings:
         return "ordinal" if self.ordered else "nominal"
 
     def counts(self) -> np.ndarray:
-        from agreement.alpha import value_counts
+        from safereview.agreement.alpha import value_counts
 
         return value_counts(self.unit, self.code, self.n_units, self.n_labels)
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from agreement import data
-from agreement.consensus import DEFAULT_THRESHOLD, consensus_from_ratings, require
+from safereview.agreement import data
+from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus_from_ratings, require
 
 FORMATS = ("jsonl", "csv", "parquet", "hf")
 COLUMNS = ("snapshot_id", "collection", "item_id", "external_id", "task_type", "category", "model", "modality",
@@ -243,7 +243,7 @@ def create_snapshot(session: Any, user: Any, collections: Sequence[str] | None =
     """
     import pyarrow as pa
 
-    from db.models import GoldSnapshot, utcnow
+    from safereview.db.models import GoldSnapshot, utcnow
 
     if user is not None:
         require(user, "export")

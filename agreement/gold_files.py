@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agreement import data
+from safereview.agreement import data
 
 # format -> (file name suffix, MIME type), in the order the page shows the buttons
 DOWNLOADS: dict[str, tuple[str, str]] = {
@@ -43,8 +43,8 @@ def snapshot_file(bind: Any, snapshot_id: int, fmt: str) -> GoldFile:
     """The snapshot's rows in ``fmt`` (parquet, csv, jsonl, or ``hf``: the dataset folder zipped)."""
     from sqlmodel import Session
 
-    from agreement.gold import snapshot_table, write
-    from db.models import GoldSnapshot
+    from safereview.agreement.gold import snapshot_table, write
+    from safereview.db.models import GoldSnapshot
 
     if fmt not in DOWNLOADS:
         raise data.AgreementError(f"format must be one of {', '.join(DOWNLOADS)}")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from agreement.alpha import CONFIDENCE, Estimate, percentile_interval
+from safereview.agreement.alpha import CONFIDENCE, Estimate, percentile_interval
 
 
 def _unit_terms(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -207,7 +207,7 @@ def leave_one_out(unit: np.ndarray, rater: np.ndarray, code: np.ndarray, rater_n
     Items where the others tie are left out (counted in ``ties``): there is no consensus
     to agree with.
     """
-    from agreement.alpha import value_counts
+    from safereview.agreement.alpha import value_counts
 
     counts = value_counts(unit, code, n_units, n_labels)
     idx = rater_index(unit, rater, code, len(rater_names))

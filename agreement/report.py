@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from agreement import data
-from agreement.alpha import DEFAULT_RESAMPLES, krippendorff_alpha, patterns, resample_weights
-from agreement.kappa import leave_one_out, multirater, pairwise, specific_agreement
+from safereview.agreement import data
+from safereview.agreement.alpha import DEFAULT_RESAMPLES, krippendorff_alpha, patterns, resample_weights
+from safereview.agreement.kappa import leave_one_out, multirater, pairwise, specific_agreement
 
 SLICES: tuple[str, ...] = ("collection", "task_type", "category", "subcategory", "model", "modality")
 # Below this many pairable units a coefficient swings with a single item and its bootstrap

@@ -15,9 +15,9 @@ import numpy as np
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from agreement.data import copy_rows
-from db.collections import ensure_collection, taxonomy_of
-from db.models import utcnow
+from safereview.agreement.data import copy_rows
+from safereview.db.collections import ensure_collection, taxonomy_of
+from safereview.db.models import utcnow
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agreement.report import FEW_PAIRABLE_UNITS
+from safereview.agreement.report import FEW_PAIRABLE_UNITS
 
 STAT_KEYS = (("alpha", "alpha"), ("alpha_nominal", "alpha (nominal)"), ("percent_agreement", "percent agreement"),
              ("gwet_ac1", "Gwet AC1"), ("fleiss_kappa", "Fleiss kappa"))

@@ -42,7 +42,7 @@ def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
 
 
 def bench_bootstrap(n_items: int, n_annotators: int, resamples: int, repeat: int) -> tuple[float, str]:
-    from agreement.alpha import krippendorff_alpha, value_counts
+    from safereview.agreement.alpha import krippendorff_alpha, value_counts
 
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 3, n_items)
@@ -59,8 +59,8 @@ def bench_bootstrap(n_items: int, n_annotators: int, resamples: int, repeat: int
 
 
 def point_alpha(engine: Any, collection: str) -> Any:
-    from agreement import data
-    from agreement.alpha import krippendorff_alpha
+    from safereview.agreement import data
+    from safereview.agreement.alpha import krippendorff_alpha
 
     sc = data.scope(engine, [collection])
     spec = sc.dimension("joint")
@@ -69,9 +69,9 @@ def point_alpha(engine: Any, collection: str) -> Any:
 
 
 def bench_db(url: str, n_items: int, repeat: int, with_gold: bool, out_dir: Path) -> dict[str, tuple[float, str]]:
-    from agreement.gold import create_snapshot, write
-    from agreement.synthetic import bulk_load
-    from db.engine import init_db, session_scope
+    from safereview.agreement.gold import create_snapshot, write
+    from safereview.agreement.synthetic import bulk_load
+    from safereview.db.engine import init_db, session_scope
 
     engine = init_db(url)
     start = time.perf_counter()
@@ -96,7 +96,7 @@ def bench_db(url: str, n_items: int, repeat: int, with_gold: bool, out_dir: Path
 def pg_schema_url(base: str) -> tuple[str, Callable[[], None]] | None:
     import sqlalchemy as sa
 
-    from db.engine import normalise_url
+    from safereview.db.engine import normalise_url
 
     schema = f"bench_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(normalise_url(base), isolation_level="AUTOCOMMIT")

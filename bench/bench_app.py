@@ -70,7 +70,7 @@ def _text(rng: random.Random, lo: int, hi: int) -> str:
 def _item_rows(cid: int, n: int) -> Iterator[tuple]:
     import json
 
-    from db.models import utcnow
+    from safereview.db.models import utcnow
 
     rng, now = random.Random(7), utcnow()
     for i in range(n):
@@ -82,7 +82,7 @@ def _item_rows(cid: int, n: int) -> Iterator[tuple]:
 
 
 def _verdict_rows(first_id: int, n: int) -> Iterator[tuple]:
-    from db.models import utcnow
+    from safereview.db.models import utcnow
 
     rng, now = random.Random(11), utcnow()
     for item_id in range(first_id, first_id + n):
@@ -97,9 +97,9 @@ def build_db(db_url: str, n_items: int, n_users: int, *, blind: bool = False) ->
     import sqlalchemy as sa
     from bench_queue import bulk_insert
 
-    from db.collections import ensure_collection
-    from db.engine import init_db, session_scope
-    from workflow import auth
+    from safereview.db.collections import ensure_collection
+    from safereview.db.engine import init_db, session_scope
+    from safereview.workflow import auth
 
     t0 = time.perf_counter()
     engine = init_db(db_url)
@@ -284,7 +284,7 @@ def backends(args: argparse.Namespace, tmp: Path) -> Iterator[tuple[str, str]]:
             return
         import sqlalchemy as sa
 
-        from db.engine import normalise_url
+        from safereview.db.engine import normalise_url
 
         schema = f"bench_app_{uuid.uuid4().hex[:10]}"
         admin = sa.create_engine(normalise_url(pg), isolation_level="AUTOCOMMIT")

@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sqlalchemy as sa
 
-from dataio.export import export_items
-from dataio.importers import import_file
-from db.engine import init_db, normalise_url
+from safereview.dataio.export import export_items
+from safereview.dataio.importers import import_file
+from safereview.db.engine import init_db, normalise_url
 
 PG = os.environ.get("SAFEREVIEW_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 

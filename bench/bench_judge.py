@@ -48,7 +48,7 @@ def _serve(url_q: Any, stop: Any) -> None:
 
 
 async def _client_run(url: str, n: int) -> tuple[float, float]:
-    from judge.client import ChatClient
+    from safereview.judge.client import ChatClient
 
     messages = [{"role": "system", "content": "You are a judge."}]
     async with ChatClient(base_url=url, model="bench", concurrency=CONCURRENCY, cache=None) as client:
@@ -69,7 +69,7 @@ async def _reference_run(url: str, n: int) -> tuple[float, float]:
 
     import httpx
 
-    from judge.client import chat_url
+    from safereview.judge.client import chat_url
 
     transport = httpx.AsyncHTTPTransport(
         limits=httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY),
@@ -88,10 +88,10 @@ async def _reference_run(url: str, n: int) -> tuple[float, float]:
 
 
 def _pipeline_run(url: str, n_items: int) -> tuple[float, float]:
-    from db.collections import ensure_collection
-    from db.engine import init_db, session_scope
-    from db.models import Item
-    from judge.runner import RunOptions, run_judge
+    from safereview.db.collections import ensure_collection
+    from safereview.db.engine import init_db, session_scope
+    from safereview.db.models import Item
+    from safereview.judge.runner import RunOptions, run_judge
 
     with tempfile.TemporaryDirectory() as tmp:
         engine = init_db(f"sqlite:///{tmp}/bench.db")

@@ -33,13 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from db.collections import ensure_collection
-from db.engine import init_db, normalise_url, session_scope
-from db.models import User, utcnow
-from workflow.annotations import submit, submit_and_next
-from workflow.auth import unusable_hash
-from workflow.queue import QueueFilter, clear_caches, next_item
-from workflow.tx import write_scope
+from safereview.db.collections import ensure_collection
+from safereview.db.engine import init_db, normalise_url, session_scope
+from safereview.db.models import User, utcnow
+from safereview.workflow.annotations import submit, submit_and_next
+from safereview.workflow.auth import unusable_hash
+from safereview.workflow.queue import QueueFilter, clear_caches, next_item
+from safereview.workflow.tx import write_scope
 
 TARGET_MEDIAN_MS = 10.0
 TARGET_P99_MS = 50.0
@@ -165,7 +165,7 @@ def bench_backend(name: str, url: str, n_items: int, ops: int, n_users: int, thi
     engine, cid, users, load_s = setup(url, n_items, n_users)
     print(f"[{name}] loaded in {load_s:.1f} s ({n_items / load_s:,.0f} rows/s)", flush=True)
     engine.dispose()
-    from db.engine import make_engine
+    from safereview.db.engine import make_engine
 
     engine = make_engine(url)
     if engine.dialect.name == "postgresql":

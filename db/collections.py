@@ -6,8 +6,8 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from db.models import Collection, Taxonomy
-from db.taxonomy import resolve, validate
+from safereview.db.models import Collection, Taxonomy
+from safereview.db.taxonomy import resolve, validate
 
 
 class NotFound(LookupError):

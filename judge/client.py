@@ -43,7 +43,7 @@ from typing import Any
 
 import httpx
 
-from judge.protocols.base import Answer
+from safereview.judge.protocols.base import Answer
 
 SENT_AS_IS = {"image/png", "image/jpeg", "image/webp"}
 AUDIO_FORMATS = {"audio/wav": "wav", "audio/x-wav": "wav", "audio/wave": "wav", "audio/mpeg": "mp3",

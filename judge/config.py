@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from db.models import JudgeConfig
+from safereview.db.models import JudgeConfig
 
 MAX_ID = 80
 

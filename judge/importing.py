@@ -27,12 +27,12 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from db.collections import get_collection, taxonomy_of
-from db.models import ImportBatch, Item
-from judge.config import ensure_judge_config
-from judge.parsing import CONTEXTUAL_TEXT, INTRINSIC, MAX_RATIONALE_CHARS, MAX_RAW_CHARS
-from judge.protocols.base import Draft
-from judge.store import write_verdicts
+from safereview.db.collections import get_collection, taxonomy_of
+from safereview.db.models import ImportBatch, Item
+from safereview.judge.config import ensure_judge_config
+from safereview.judge.parsing import CONTEXTUAL_TEXT, INTRINSIC, MAX_RATIONALE_CHARS, MAX_RAW_CHARS
+from safereview.judge.protocols.base import Draft
+from safereview.judge.store import write_verdicts
 
 FORMATS = ("unijudger", "generic")
 MAX_PROBLEMS = 200

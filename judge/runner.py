@@ -19,14 +19,14 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from db.engine import read_only, session_scope
-from db.models import Collection, Item, Media
-from db.taxonomy import dimension_names
-from judge.client import ChatClient, MediaEncoder, MediaError, MediaRef, ResponseCache
-from judge.config import ensure_judge_config, judge_id
-from judge.protocols import get_protocol
-from judge.protocols.base import Answer, Draft, ItemView, JudgeContext
-from judge.store import cache_get, cache_put_many, missing_work, write_verdicts
+from safereview.db.engine import read_only, session_scope
+from safereview.db.models import Collection, Item, Media
+from safereview.db.taxonomy import dimension_names
+from safereview.judge.client import ChatClient, MediaEncoder, MediaError, MediaRef, ResponseCache
+from safereview.judge.config import ensure_judge_config, judge_id
+from safereview.judge.protocols import get_protocol
+from safereview.judge.protocols.base import Answer, Draft, ItemView, JudgeContext
+from safereview.judge.store import cache_get, cache_put_many, missing_work, write_verdicts
 
 DRY_RUN_INTENT = "<dry run: the intent-extraction answer goes here>"
 
@@ -134,7 +134,7 @@ def _view(item: Item) -> ItemView:
 
 def _collections(session: Session, name: str | None, dims: tuple[str, ...]) -> list[Collection]:
     """The named collection (checked against the protocol) or every compatible one."""
-    from db.collections import get_collection, taxonomy_of
+    from safereview.db.collections import get_collection, taxonomy_of
 
     if name is not None:
         col = get_collection(session, name)
@@ -173,7 +173,7 @@ def truncate_media(body: dict[str, Any], keep: int = 48) -> dict[str, Any]:
 
 def refresh_priorities(engine: Engine, collection_ids: list[int], item_ids: Iterable[int] | None = None) -> None:
     """Let the review queue re-rank items now that verdicts changed (only ``item_ids`` when given)."""
-    from workflow.ordering import refresh_priorities as refresh
+    from safereview.workflow.ordering import refresh_priorities as refresh
 
     ids = None if item_ids is None else list(item_ids)
     for cid in collection_ids:

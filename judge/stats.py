@@ -11,10 +11,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from db.collections import get_collection, taxonomy_of
-from db.models import Gold, GoldSnapshot, Item, Verdict
-from db.taxonomy import dimension_names
-from judge.metrics import UNI_METRICS, Share, label_shares, metric_table, uni_metrics
+from safereview.db.collections import get_collection, taxonomy_of
+from safereview.db.models import Gold, GoldSnapshot, Item, Verdict
+from safereview.db.taxonomy import dimension_names
+from safereview.judge.metrics import UNI_METRICS, Share, label_shares, metric_table, uni_metrics
 
 GROUP_KEYS = {"model": "model", "task_type": "task_type", "category": "category"}
 

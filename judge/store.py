@@ -9,8 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from db.models import Item, JudgeCache, Verdict, utcnow
-from judge.protocols.base import Draft
+from safereview.db.models import Item, JudgeCache, Verdict, utcnow
+from safereview.judge.protocols.base import Draft
 
 DONE_STATUSES = ("ok", "rule", "unparseable")
 

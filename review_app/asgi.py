@@ -21,12 +21,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from review_app import server
+from safereview.review_app import server
 
 faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>` prints every thread's stack
 
 if os.environ.get("SAFEREVIEW_APP_GC_FREEZE") == "1":
-    from review_app import preload
+    from safereview.review_app import preload
 
     preload.import_all()
     gc.collect()

@@ -11,8 +11,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from db.models import Collection, Item, Taxonomy
-from db.taxonomy import category_names
+from safereview.db.models import Collection, Item, Taxonomy
+from safereview.db.taxonomy import category_names
 
 
 @dataclass(frozen=True)

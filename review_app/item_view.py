@@ -15,7 +15,7 @@ from typing import Any
 import streamlit as st
 from sqlmodel import Session, select
 
-from review_app import server, ui
+from safereview.review_app import server, ui
 
 
 @dataclass
@@ -38,7 +38,7 @@ class ItemView:
 
 
 def load_item(session: Session, item_id: int) -> ItemView:
-    from db.models import Item, Media
+    from safereview.db.models import Item, Media
 
     item = session.get(Item, item_id)
     if item is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from review_app import nav, ui
+from safereview.review_app import nav, ui
 
 st.set_page_config(page_title="safereview", page_icon=ui.favicon(), layout="wide",
                    initial_sidebar_state="expanded")
@@ -12,7 +12,7 @@ ui.page_style()
 
 user = ui.current_user()
 if user is None:
-    from review_app.views import sign_in
+    from safereview.review_app.views import sign_in
 
     page = st.navigation([st.Page(sign_in.render, title="Sign in", icon=":material/login:",
                                   url_path="signin", default=True)], position="hidden")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workflow import policies
+from safereview.workflow import policies
 
 VIEWS_DIR = Path(__file__).resolve().parent / "views"
 

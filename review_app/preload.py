@@ -9,11 +9,24 @@ from __future__ import annotations
 import importlib
 
 MODULES: tuple[str, ...] = (
-    "sqlalchemy", "sqlmodel", "db.models", "db.engine", "db.collections",
-    "workflow.auth", "workflow.policies", "workflow.queue", "workflow.annotations",
-    "review_app.nav", "review_app.data", "review_app.media_derive",
-    "pandas", "pyarrow", "altair",
-    "streamlit.runtime.scriptrunner", "streamlit.elements.arrow", "streamlit.elements.vega_charts",
+    "sqlalchemy",
+    "sqlmodel",
+    "safereview.db.models",
+    "safereview.db.engine",
+    "safereview.db.collections",
+    "safereview.workflow.auth",
+    "safereview.workflow.policies",
+    "safereview.workflow.queue",
+    "safereview.workflow.annotations",
+    "safereview.review_app.nav",
+    "safereview.review_app.data",
+    "safereview.review_app.media_derive",
+    "pandas",
+    "pyarrow",
+    "altair",
+    "streamlit.runtime.scriptrunner",
+    "streamlit.elements.arrow",
+    "streamlit.elements.vega_charts",
 )
 
 

@@ -27,7 +27,7 @@ def config() -> settings.Config:
 
 @lru_cache(maxsize=8)
 def engine_for_url(url: str) -> Engine:
-    from db.engine import make_engine
+    from safereview.db.engine import make_engine
 
     return make_engine(url)
 

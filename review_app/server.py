@@ -33,7 +33,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from review_app import media_derive, runtime
+from safereview.review_app import media_derive, runtime
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 USER_CACHE_S = 5.0
@@ -141,7 +141,7 @@ def user_for_token(token: str) -> Any | None:
             return hit[1]
     from sqlmodel import Session
 
-    from workflow import auth
+    from safereview.workflow import auth
 
     with Session(runtime.engine(), expire_on_commit=False) as session:
         user = auth.user_for_token(session, token)
@@ -172,7 +172,7 @@ def _request_user(request: Request) -> Any | None:
 def _media_row(sha: str) -> Any | None:
     from sqlmodel import Session
 
-    from db.models import Media
+    from safereview.db.models import Media
 
     with Session(runtime.engine(), expire_on_commit=False) as session:
         return session.get(Media, sha)

@@ -2,7 +2,7 @@
 
 Page pattern (``review_app/views/<name>.py``; see ``docs/review_app.md``)::
 
-    from review_app import ui
+    from safereview.review_app import ui
 
     user = ui.require("view_agreement")      # server-side policy check first, stops otherwise
     with ui.session() as s:                  # one transaction; commit on success
@@ -28,10 +28,10 @@ import streamlit as st
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from review_app import runtime
 from safereview import settings
-from workflow import policies
-from workflow.errors import WorkflowError
+from safereview.review_app import runtime
+from safereview.workflow import policies
+from safereview.workflow.errors import WorkflowError
 
 T = TypeVar("T")
 USER_RECHECK_S = 5.0
@@ -63,7 +63,7 @@ def get_engine() -> Engine:
 @contextmanager
 def session() -> Iterator[Session]:
     """One transaction on the app's engine: commit on success, roll back on error."""
-    from db.engine import session_scope
+    from safereview.db.engine import session_scope
 
     with session_scope(get_engine()) as s:
         yield s
@@ -72,7 +72,7 @@ def session() -> Iterator[Session]:
 @contextmanager
 def read_session() -> Iterator[Session]:
     """A transaction that only reads (on SQLite it neither waits for nor blocks writers)."""
-    from db.engine import read_only
+    from safereview.db.engine import read_only
 
     with Session(read_only(get_engine())) as s:
         yield s
@@ -89,7 +89,7 @@ def run(action: Callable[[], T], *, error_prefix: str = "") -> T | None:
 
 @st.cache_data(ttl=15, show_spinner=False)
 def _collections(db_url: str, include_archived: bool) -> list[Any]:
-    from review_app import data
+    from safereview.review_app import data
 
     with Session(get_engine()) as s:
         return data.collections(s, include_archived=include_archived)
@@ -126,7 +126,7 @@ def pick_collections(key: str) -> tuple[list[Any], list[str]] | None:
 
 @st.cache_data(ttl=60, show_spinner=False)
 def _facets(db_url: str, collection_id: int) -> dict[str, list[str]]:
-    from review_app import data
+    from safereview.review_app import data
 
     with Session(get_engine()) as s:
         return data.facets(s, collection_id)
@@ -148,7 +148,7 @@ def clear_data_caches() -> None:
 
 
 def _lookup_token(token: str) -> Any | None:
-    from workflow import auth
+    from safereview.workflow import auth
 
     with Session(get_engine(), expire_on_commit=False) as s:
         user = auth.user_for_token(s, token)
@@ -211,8 +211,8 @@ def sign_in(user: Any, token: str) -> None:
 
 
 def sign_out() -> None:
-    from review_app import server
-    from workflow import auth
+    from safereview.review_app import server
+    from safereview.workflow import auth
 
     token = st.session_state.get("auth_token")
     if token:
@@ -249,7 +249,7 @@ def media_ready() -> bool:
 
 def cookie_bridge() -> None:
     """Render the invisible image that swaps the sign-in ticket for the HttpOnly cookie."""
-    from review_app import server
+    from safereview.review_app import server
 
     ss = st.session_state
     if ss.pop("auth_signed_out", False):

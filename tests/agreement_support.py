@@ -28,8 +28,8 @@ import numpy as np
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from db.collections import ensure_collection
-from db.models import Annotation, Assignment, Item, User, Verdict
+from safereview.db.collections import ensure_collection
+from safereview.db.models import Annotation, Assignment, Item, User, Verdict
 
 NA = None
 
@@ -155,7 +155,7 @@ def write_audit(engine: sa.Engine, item_ids: list[int], probs: list[float], user
     """One reviewer's audit-stratum pulls (done), one second apart in the given order."""
     from datetime import timedelta
 
-    from db.models import utcnow
+    from safereview.db.models import utcnow
 
     start = utcnow()
     with Session(engine) as s:

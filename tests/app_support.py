@@ -8,6 +8,7 @@ decoded media (PNG, WAV, MP4) stored by content hash like the importer does.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import socket
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-MAIN = str(REPO / "review_app" / "main.py")
+MAIN = importlib.util.find_spec("safereview.review_app.main").origin
 
 PASSWORDS = {"admin": "admin-pass-123", "lead": "lead-pass-123", "ann1": "ann1-pass-123", "ann2": "ann2-pass-123"}
 ROLES = {"admin": "admin", "lead": "lead", "ann1": "annotator", "ann2": "annotator"}
@@ -92,7 +93,7 @@ def make_mp4(path: Path, seconds: float = 2.0, fps: int = 10, size: tuple[int, i
 def store_media(session: Any, media_root: Path, path: Path, kind: str, mime: str, ext: str,
                 **dims: Any) -> str:
     """Copy a file under the media root by hash and add its Media row (like the importer)."""
-    from db.models import Media
+    from safereview.db.models import Media
 
     data = path.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
@@ -113,10 +114,10 @@ def store_media(session: Any, media_root: Path, path: Path, kind: str, mime: str
 def build_fixture(db_url: str, media_root: Path, *, n_plain: int = 4, work: Path | None = None,
                   blind: bool = True) -> Fixture:
     """Schema + users + two collections with verdicts; idempotent only for fresh databases."""
-    from db.collections import ensure_collection
-    from db.engine import init_db, session_scope
-    from db.models import Item, Verdict
-    from workflow import auth
+    from safereview.db.collections import ensure_collection
+    from safereview.db.engine import init_db, session_scope
+    from safereview.db.models import Item, Verdict
+    from safereview.workflow import auth
 
     media_root = Path(media_root)
     media_root.mkdir(parents=True, exist_ok=True)
@@ -195,7 +196,7 @@ def reset_app_caches() -> None:
     """Streamlit caches and our engine cache persist across AppTest runs in one process."""
     import streamlit as st
 
-    from review_app import runtime, server
+    from safereview.review_app import runtime, server
 
     st.cache_data.clear()
     st.cache_resource.clear()

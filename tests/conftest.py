@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from db.engine import init_db, normalise_url
+from safereview.db.engine import init_db, normalise_url
 
 PG_URL = os.environ.get("SAFEREVIEW_TEST_PG", "")
 REQUIRE_PG = os.environ.get("SAFEREVIEW_REQUIRE_PG") == "1"

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from PIL import Image, ImageDraw
 from sqlmodel import SQLModel
 
-import db.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+import safereview.db.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 
 def png(path: Path, size: tuple[int, int] = (24, 16), color: tuple[int, int, int] = (200, 30, 30),

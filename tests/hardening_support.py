@@ -26,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-import db.models
+import safereview.db.models
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTERS = Path(os.environ.get("SAFEREVIEW_HARDENING_COUNTERS", REPO / "test-artifacts" / "hardening-counters.jsonl"))
@@ -175,7 +175,7 @@ def fk_problems(engine: sa.Engine) -> list[str]:
     """Rows whose foreign keys point nowhere (checked by query, so it works on both back ends)."""
     problems: list[str] = []
     with engine.connect() as conn:
-        for table in db.models.SQLModel.metadata.sorted_tables:
+        for table in safereview.db.models.SQLModel.metadata.sorted_tables:
             for fk in table.foreign_keys:
                 col, ref = fk.parent, fk.column
                 r = ref.table.alias("r")
@@ -205,7 +205,7 @@ def slot_problems(engine: sa.Engine) -> list[str]:
 
 def replay_problems(engine: sa.Engine) -> list[str]:
     """Annotations whose event log does not replay to the stored row."""
-    from workflow.annotations import replay_events, stored_state
+    from safereview.workflow.annotations import replay_events, stored_state
 
     with Session(engine) as s:
         replayed, stored = replay_events(s), stored_state(s)
@@ -255,9 +255,9 @@ def burst_worker(db_url: str, user_id: int, collection_id: int, seed: int, secon
 
     from workflow_support import detached_user
 
-    from db.engine import make_engine, session_scope
-    from workflow.annotations import submit
-    from workflow.queue import QueueFilter, next_item
+    from safereview.db.engine import make_engine, session_scope
+    from safereview.workflow.annotations import submit
+    from safereview.workflow.queue import QueueFilter, next_item
 
     engine = make_engine(db_url)
     rng = random.Random(seed)

@@ -252,7 +252,7 @@ def make_png(seed: int, size: tuple[int, int] = (24, 16)) -> bytes:
 def store_media(session: Any, media_root: Path, data: bytes, *, name: str = "x.png", kind: str = "image",
                 mime: str = "image/png", ext: str = "png") -> str:
     """Write ``data`` under the media root and add its Media row; return the sha256."""
-    from db.models import Media
+    from safereview.db.models import Media
 
     sha = hashlib.sha256(data).hexdigest()
     if session.get(Media, sha) is None:
@@ -274,7 +274,7 @@ def add_item(session: Any, collection_id: int, external_id: str, *, prompt: list
              response: list[dict[str, Any]] | None = None, refused: bool = False, task_type: str = "",
              category: str = "Toxicity Content", subcategory: str = "Insults and Hatred", model: str = "m1",
              meta: dict[str, Any] | None = None) -> Any:
-    from db.models import Item
+    from safereview.db.models import Item
 
     response = response or []
     mods_in = "+".join(sorted({p["modality"] for p in prompt})) or "text"
@@ -292,8 +292,8 @@ def uni_collection(engine: Any, media_root: Path, n: int = 6, name: str = "uni")
     """A small Uni-SafeBench collection: text→text, image+text→text, text→image, a refusal.
 
     Returns the external ids with the labels the smart server will produce for them."""
-    from db.collections import ensure_collection
-    from db.engine import session_scope
+    from safereview.db.collections import ensure_collection
+    from safereview.db.engine import session_scope
 
     expected: dict[str, dict[str, str]] = {}
     ctx_text = {"0": "unsafe", "1": "safe", "2": "refusal"}

@@ -7,11 +7,11 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from agreement.audit import audit, compositional_error, error_tags, hajek, tag_error
-from db.collections import ensure_collection
-from db.models import Annotation, Item, User
+from safereview.agreement.audit import audit, compositional_error, error_tags, hajek, tag_error
+from safereview.db.collections import ensure_collection
+from safereview.db.models import Annotation, Item, User
+from safereview.workflow.errors import Forbidden
 from tests.agreement_support import inclusion_in_order, make_user, write_audit, write_verdicts
-from workflow.errors import Forbidden
 
 
 def _simulate(seed: int) -> tuple[float, dict, float]:
@@ -157,7 +157,7 @@ def test_error_tags_need_a_lead(engine: sa.Engine) -> None:
 
 def test_uni_judger_accuracy_per_task_type(engine: sa.Engine) -> None:
     """Uni-SafeBench: contextual and intrinsic accuracy per task type, over the audit stratum."""
-    from agreement.audit import uni_judger_accuracy
+    from safereview.agreement.audit import uni_judger_accuracy
 
     tasks = ["malicious-text-generation", "unsafe-t2i-generation"]
     with Session(engine) as s:
@@ -191,8 +191,8 @@ def test_inclusion_probabilities_follow_the_queue_design(engine: sa.Engine) -> N
     who already held it (docs/workflow.md, "Sampling design")."""
     from datetime import timedelta
 
-    from agreement.data import load_audit_sample
-    from db.models import Assignment, utcnow
+    from safereview.agreement.data import load_audit_sample
+    from safereview.db.models import Assignment, utcnow
 
     with Session(engine) as s:
         col = ensure_collection(s, "design", "vlsu", audit_share=0.5, overlap_target=2)

@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from agreement.calibration import (
+from safereview.agreement.calibration import (
     apply_calibration,
     apply_map,
     brier,
@@ -18,10 +18,10 @@ from agreement.calibration import (
     reliability,
     threshold_for_under_blocking,
 )
-from agreement.data import AgreementError
-from db.models import Calibration, JudgeConfig, Verdict
+from safereview.agreement.data import AgreementError
+from safereview.db.models import Calibration, JudgeConfig, Verdict
+from safereview.workflow.errors import Forbidden
 from tests.agreement_support import make_user, taxonomy, write_ratings, write_verdicts
-from workflow.errors import Forbidden
 
 
 def _overconfident(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

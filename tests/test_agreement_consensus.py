@@ -7,10 +7,10 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from agreement.alpha import value_counts
-from agreement.consensus import adjudicate, adjudication_queue, consensus, dawid_skene, majority
+from safereview.agreement.alpha import value_counts
+from safereview.agreement.consensus import adjudicate, adjudication_queue, consensus, dawid_skene, majority
+from safereview.workflow.errors import Forbidden, InvalidInput, NotFound
 from tests.agreement_support import dawid_skene_triples, make_user, taxonomy, write_ratings, write_verdicts
-from workflow.errors import Forbidden, InvalidInput, NotFound
 
 
 def _reference_em(unit: np.ndarray, rater: np.ndarray, code: np.ndarray, n_units: int, n_raters: int, k: int,

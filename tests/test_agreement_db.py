@@ -7,11 +7,11 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from agreement import data
-from agreement.alpha import alpha_package, krippendorff_alpha
-from agreement.report import agreement_report
-from db.collections import ensure_collection
-from db.models import Annotation, Item, User
+from safereview.agreement import data
+from safereview.agreement.alpha import alpha_package, krippendorff_alpha
+from safereview.agreement.report import agreement_report
+from safereview.db.collections import ensure_collection
+from safereview.db.models import Annotation, Item, User
 from tests.agreement_support import (
     KRIPPENDORFF_2011,
     KRIPPENDORFF_2011_ALPHA,
@@ -185,9 +185,9 @@ def test_item_attributes_with_awkward_external_ids(engine: sa.Engine) -> None:
 @pytest.mark.parametrize(("n_units", "few"), [(29, True), (30, False)])
 def test_few_units_flag_follows_pairable_units(n_units: int, few: bool) -> None:
     """The warning depends on items with two or more labels, not on items or ratings."""
-    from agreement.data import Ratings
-    from agreement.report import summarize
-    from agreement.tables import stats_rows
+    from safereview.agreement.data import Ratings
+    from safereview.agreement.report import summarize
+    from safereview.agreement.tables import stats_rows
 
     rng = np.random.default_rng(3)
     # n_units pairable items (2 raters) plus 50 items rated once: those never count as pairable

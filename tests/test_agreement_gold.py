@@ -12,13 +12,13 @@ import yaml
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
-from agreement.consensus import adjudicate
-from agreement.gold import COLUMNS, create_snapshot, snapshot_table, write
-from db.engine import init_db
-from db.models import Gold, GoldSnapshot
+from safereview.agreement.consensus import adjudicate
+from safereview.agreement.gold import COLUMNS, create_snapshot, snapshot_table, write
 from safereview.cli.main import app
+from safereview.db.engine import init_db
+from safereview.db.models import Gold, GoldSnapshot
+from safereview.workflow.errors import Forbidden
 from tests.agreement_support import make_user, taxonomy, write_ratings, write_verdicts
-from workflow.errors import Forbidden
 
 TAX = taxonomy(["safe", "borderline", "unsafe"], ordered=True)
 COLS = {
@@ -138,8 +138,8 @@ def test_snapshot_files_are_built_on_demand_from_the_stored_rows(engine: sa.Engi
     import io
     import zipfile
 
-    from agreement.data import AgreementError
-    from agreement.gold_files import DOWNLOADS, snapshot_file
+    from safereview.agreement.data import AgreementError
+    from safereview.agreement.gold_files import DOWNLOADS, snapshot_file
 
     _scene(engine)
     with Session(engine) as s:
@@ -167,8 +167,8 @@ def test_snapshot_files_are_built_on_demand_from_the_stored_rows(engine: sa.Engi
 def test_a_stored_snapshot_keeps_its_judge_labels_after_rejudging(engine: sa.Engine, db_url: str,
                                                                    tmp_path: Path) -> None:
     """Re-judging after a snapshot changes nothing in its export; an updated item is reported."""
-    from agreement.gold import changed_since
-    from db.models import Item, Verdict
+    from safereview.agreement.gold import changed_since
+    from safereview.db.models import Item, Verdict
 
     ids = _scene(engine)
     with Session(engine) as s:

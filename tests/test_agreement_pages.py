@@ -27,8 +27,8 @@ def fx(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
 
 def _add_reviews(fx: A.Fixture) -> None:
     """Two annotators on the blind collection: agree on t0-t2, tie on t3, hostile rationale on xss."""
-    from db.engine import make_engine
-    from db.models import Annotation, Assignment, User
+    from safereview.db.engine import make_engine
+    from safereview.db.models import Annotation, Assignment, User
 
     engine = make_engine(fx.db_url)
     with Session(engine) as s:
@@ -56,7 +56,7 @@ def sign_in(username: str) -> Any:
     next(b for b in at.button if b.label == "Sign in").click().run()
     ticket = at.session_state["auth_ticket"] if "auth_ticket" in at.session_state else None  # noqa: SIM401
     if ticket:
-        from review_app import runtime
+        from safereview.review_app import runtime
 
         runtime.tickets.redeem(ticket)
         at.run()
@@ -100,8 +100,8 @@ def test_agreement_and_audit_pages_show_the_figures(fx: A.Fixture) -> None:
 
 
 def test_lead_adjudicates_the_tie_and_hostile_rationale_stays_inert(fx: A.Fixture) -> None:
-    from db.engine import make_engine
-    from db.models import Adjudication
+    from safereview.db.engine import make_engine
+    from safereview.db.models import Adjudication
 
     lead = open_page(sign_in("lead"), "views/gold.py")
     queue = lead.dataframe[0].value
@@ -122,8 +122,8 @@ def test_lead_adjudicates_the_tie_and_hostile_rationale_stays_inert(fx: A.Fixtur
 
 
 def test_gold_snapshot_and_calibration_messages(fx: A.Fixture) -> None:
-    from db.engine import make_engine
-    from db.models import Gold, GoldSnapshot
+    from safereview.db.engine import make_engine
+    from safereview.db.models import Gold, GoldSnapshot
 
     lead = open_page(sign_in("lead"), "views/gold.py")
     lead.button(key="gold_create").click().run()

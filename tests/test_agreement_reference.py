@@ -6,7 +6,7 @@ import krippendorff
 import numpy as np
 import pytest
 
-from agreement.alpha import (
+from safereview.agreement.alpha import (
     _pattern_coincidences,
     alpha_from_coincidence,
     alpha_package,
@@ -17,7 +17,7 @@ from agreement.alpha import (
     resample_weights,
     value_counts,
 )
-from agreement.kappa import cohen, kappa_from_table, leave_one_out, multirater, pairwise, specific_agreement
+from safereview.agreement.kappa import cohen, kappa_from_table, leave_one_out, multirater, pairwise, specific_agreement
 from tests.agreement_support import (
     IRRCAC_CONT3X3,
     IRRCAC_DISTRIB_6RATERS,

@@ -117,8 +117,8 @@ def test_keyboard_labelling_inert_text_and_no_outside_requests(served: A.Server,
     outside = [u for u in requests if not u.startswith(served.base)]
     assert outside == [], outside
 
-    from db.engine import make_engine
-    from db.models import Annotation, Item, User
+    from safereview.db.engine import make_engine
+    from safereview.db.models import Annotation, Item, User
 
     eng = make_engine(served.fx.db_url)
     with Session(eng) as s:
@@ -190,9 +190,9 @@ def test_gold_snapshot_downloads_are_built_when_clicked(tmp_path_factory: pytest
     """A lead makes a snapshot and downloads it: the deferred Parquet is the snapshot's rows."""
     import pyarrow.parquet as pq
 
-    from agreement.gold import COLUMNS
-    from db.engine import make_engine
-    from db.models import Annotation, GoldSnapshot, User
+    from safereview.agreement.gold import COLUMNS
+    from safereview.db.engine import make_engine
+    from safereview.db.models import Annotation, GoldSnapshot, User
 
     d = tmp_path_factory.mktemp("gold-browser")
     fx = A.build_fixture(f"sqlite:///{d / 'app.db'}", d / "media")

@@ -30,7 +30,7 @@ class FakeBrowser(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from review_app import runtime
+        from safereview.review_app import runtime
 
         while not self.stop.is_set():
             with runtime.tickets._lock:
@@ -96,13 +96,13 @@ def all_text(at: Any) -> str:
 
 
 def db(fx: A.Fixture) -> Session:
-    from db.engine import make_engine
+    from safereview.db.engine import make_engine
 
     return Session(make_engine(fx.db_url))
 
 
 def user_id(s: Session, name: str) -> int:
-    from db.models import User
+    from safereview.db.models import User
 
     return s.exec(select(User.id).where(User.username == name)).one()
 
@@ -141,7 +141,7 @@ def test_label_three_items_records_labels_time_and_categories(fx: A.Fixture) -> 
         assert any("Your blind labels" in c.value for c in at.caption)
         click(at, "rv_submit")  # keep my labels: commit
     assert len(set(seen)) == 3
-    from db.models import Annotation, AnnotationEvent, Item
+    from safereview.db.models import Annotation, AnnotationEvent, Item
 
     with db(fx) as s:
         rows = s.exec(select(Annotation, Item.external_id).join(Item, Item.id == Annotation.item_id)
@@ -179,7 +179,7 @@ def test_blind_mode_hides_verdict_until_commit_then_override_is_recorded(fx: A.F
     click(at, "rv_lab_0_0")  # contextual = safe
     click(at, "rv_submit")
     assert shown_item(at) != item
-    from db.models import Annotation, Item, Verdict
+    from safereview.db.models import Annotation, Item, Verdict
 
     with db(fx) as s:
         iid = s.exec(select(Item.id).where(Item.external_id == item)).one()
@@ -195,7 +195,7 @@ def test_blind_mode_hides_verdict_until_commit_then_override_is_recorded(fx: A.F
 
 def test_open_collection_shows_verdict_and_records_action_with_submit(fx: A.Fixture) -> None:
     at = sign_in("ann1")
-    from db.models import Collection
+    from safereview.db.models import Collection
 
     with db(fx) as s:
         open_id = s.exec(select(Collection.id).where(Collection.name == fx.open_collection)).one()
@@ -209,7 +209,7 @@ def test_open_collection_shows_verdict_and_records_action_with_submit(fx: A.Fixt
         click(at, f"rv_lab_{dim}_0")  # all safe
     click(at, "rv_submit")
     assert shown_item(at) != item  # no reveal step in an open collection
-    from db.models import Annotation, Item
+    from safereview.db.models import Annotation, Item
 
     with db(fx) as s:
         iid = s.exec(select(Item.id).where(Item.external_id == item)).one()
@@ -281,7 +281,7 @@ def test_sign_out_revokes_the_session(fx: A.Fixture) -> None:
     token = at.session_state["auth_token"]
     click(at, "sign_out")
     assert [t for t in at.text_input if t.key == "signin_username"]
-    from workflow import auth
+    from safereview.workflow import auth
 
     with db(fx) as s:
         assert auth.user_for_token(s, token) is None
@@ -297,7 +297,7 @@ def _label_one(at: Any) -> str:
 
 
 def _open_in_history(at: Any, fx: A.Fixture, item: str) -> tuple[int, int]:
-    from db.models import Annotation, Item
+    from safereview.db.models import Annotation, Item
 
     with db(fx) as s:
         ann = s.exec(select(Annotation).join(Item, Item.id == Annotation.item_id)
@@ -311,8 +311,8 @@ def _open_in_history(at: Any, fx: A.Fixture, item: str) -> tuple[int, int]:
 
 
 def test_history_reopen_change_and_conflict(fx: A.Fixture) -> None:
-    from db.models import Annotation
-    from workflow import annotations
+    from safereview.db.models import Annotation
+    from safereview.workflow import annotations
 
     at = sign_in("ann1")
     item = _label_one(at)
@@ -328,8 +328,8 @@ def test_history_reopen_change_and_conflict(fx: A.Fixture) -> None:
     # someone (another tab) changes it after the page loaded version 3: saving must not overwrite
     at.session_state["hist_table"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
     at.run()
-    from db.engine import make_engine, session_scope
-    from db.models import User
+    from safereview.db.engine import make_engine, session_scope
+    from safereview.db.models import User
 
     eng = make_engine(fx.db_url)
     with session_scope(eng) as s:

@@ -33,7 +33,7 @@ def fx(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
 
 @pytest.fixture
 def client(fx: A.Fixture) -> Iterator[TestClient]:
-    from review_app import server
+    from safereview.review_app import server
 
     app = Starlette(routes=server.routes(), middleware=server.middleware())
     with TestClient(app, base_url="http://127.0.0.1") as c:
@@ -41,9 +41,9 @@ def client(fx: A.Fixture) -> Iterator[TestClient]:
 
 
 def token_for(fx: A.Fixture, username: str) -> str:
-    from db.engine import make_engine, session_scope
-    from db.models import User
-    from workflow import auth
+    from safereview.db.engine import make_engine, session_scope
+    from safereview.db.models import User
+    from safereview.workflow import auth
 
     eng = make_engine(fx.db_url)
     with session_scope(eng) as s:
@@ -55,7 +55,7 @@ def token_for(fx: A.Fixture, username: str) -> str:
 
 def signed_in(client: TestClient, fx: A.Fixture, username: str = "ann1") -> str:
     """Go through the real ticket exchange and return the session token."""
-    from review_app import runtime
+    from safereview.review_app import runtime
 
     token = token_for(fx, username)
     r = client.get(f"/auth/session?ticket={runtime.tickets.issue(token)}")
@@ -85,9 +85,9 @@ def test_media_requires_a_valid_session(client: TestClient, fx: A.Fixture) -> No
 
 
 def test_ticket_is_single_use_and_revocation_applies(client: TestClient, fx: A.Fixture) -> None:
-    from db.engine import make_engine, session_scope
-    from review_app import runtime, server
-    from workflow import auth
+    from safereview.db.engine import make_engine, session_scope
+    from safereview.review_app import runtime, server
+    from safereview.workflow import auth
 
     token = token_for(fx, "ann2")
     ticket = runtime.tickets.issue(token)
@@ -123,7 +123,7 @@ def test_range_requests_for_audio_and_video(client: TestClient, fx: A.Fixture) -
 
 
 def test_derived_views_decode_and_are_cached(client: TestClient, fx: A.Fixture) -> None:
-    from review_app import media_derive
+    from safereview.review_app import media_derive
 
     signed_in(client, fx)
     expected = {("image", "view.webp"): ("WEBP", (320, 200)), ("audio", "waveform.png"): ("PNG", (1200, 140)),
@@ -146,7 +146,7 @@ def test_derived_views_decode_and_are_cached(client: TestClient, fx: A.Fixture) 
 
 
 def test_hostile_media_give_a_clean_error(client: TestClient, fx: A.Fixture) -> None:
-    from db.engine import make_engine, session_scope
+    from safereview.db.engine import make_engine, session_scope
 
     work = fx.media_root.parent / "hostile"
     work.mkdir()
@@ -202,7 +202,7 @@ def _zip(members: dict[str, bytes], links: tuple[str, ...] = ()) -> io.BytesIO:
 ])
 def test_upload_zip_guard_refuses(tmp_path: Path, members: dict[str, bytes], links: tuple[str, ...],
                                   message: str) -> None:
-    from review_app.uploads import extract_zip
+    from safereview.review_app.uploads import extract_zip
 
     with pytest.raises(ValueError, match=message):
         extract_zip(_zip(members, links), tmp_path / "out", max_bytes=4096)
@@ -210,7 +210,7 @@ def test_upload_zip_guard_refuses(tmp_path: Path, members: dict[str, bytes], lin
 
 
 def test_upload_zip_guard_extracts_normal_archives(tmp_path: Path) -> None:
-    from review_app.uploads import extract_zip, safe_name
+    from safereview.review_app.uploads import extract_zip, safe_name
 
     n = extract_zip(_zip({"img/a.png": b"a", "b.wav": b"bb"}), tmp_path, max_bytes=4096)
     assert n == 2 and (tmp_path / "img" / "a.png").read_bytes() == b"a"
@@ -232,7 +232,7 @@ PAYLOADS = [A.XSS_PAYLOAD, "![x](http://203.0.113.9/b.png)", "<img src=x onerror
 
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_md_literal_renders_exactly_the_text(payload: str) -> None:
-    from review_app.ui import md_literal
+    from safereview.review_app.ui import md_literal
 
     rendered, text = _visible(md_literal(payload, max_chars=10_000))
     assert "<img" not in rendered and "<a " not in rendered and "<script" not in rendered
@@ -243,7 +243,7 @@ def test_md_literal_renders_exactly_the_text(payload: str) -> None:
 @settings(max_examples=150, deadline=None)
 @given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=80))
 def test_md_literal_is_literal_for_any_ascii(text: str) -> None:
-    from review_app.ui import md_literal
+    from safereview.review_app.ui import md_literal
 
     rendered, visible = _visible(md_literal(text, max_chars=10_000))
     assert "<" not in re.sub(r"</?p>", "", rendered.strip()).replace("&lt;", "")
@@ -251,7 +251,7 @@ def test_md_literal_is_literal_for_any_ascii(text: str) -> None:
 
 
 def test_plain_caps_and_collapses() -> None:
-    from review_app.ui import plain
+    from safereview.review_app.ui import plain
 
     assert plain("a\n\n b\tc") == "a b c"
     assert len(plain("x" * 500)) == 120

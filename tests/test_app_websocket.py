@@ -97,8 +97,8 @@ def test_blind_review_round_trip_and_inert_hostile_text(served: tuple[A.Fixture,
     assert out["after_reveal"] == "xss" and "Reason: the response looks" in _shown(out["reveal"])
     assert out["next"] not in (None, "xss")
 
-    from db.engine import make_engine, session_scope
-    from db.models import Annotation, AnnotationEvent, User
+    from safereview.db.engine import make_engine, session_scope
+    from safereview.db.models import Annotation, AnnotationEvent, User
 
     eng = make_engine(fx.db_url)
     try:

@@ -10,11 +10,11 @@ from pathlib import Path
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from dataio.demo import AV_COLLECTION, DEMO_DIR, UNI_COLLECTION, VLSU_COLLECTION, build_demo
-from db.engine import make_engine
-from db.models import Annotation, Collection, Item, Media, User, Verdict
-from db.taxonomy import PRESETS
 from safereview.cli.main import app
+from safereview.dataio.demo import AV_COLLECTION, DEMO_DIR, UNI_COLLECTION, VLSU_COLLECTION, build_demo
+from safereview.db.engine import make_engine
+from safereview.db.models import Annotation, Collection, Item, Media, User, Verdict
+from safereview.db.taxonomy import PRESETS
 from tests import dataio_support as ds
 
 
@@ -88,7 +88,7 @@ def _same_video(a: Path, b: Path) -> None:
 def test_demo_files_are_small_benign_and_reproducible(tmp_path: Path) -> None:
     total = sum(f.stat().st_size for f in DEMO_DIR.rglob("*") if f.is_file() and "__pycache__" not in f.parts)
     assert total < 3 * 1024 * 1024
-    subprocess.run([sys.executable, str(DEMO_DIR / "make_demo.py"), "--out", str(tmp_path)], check=True,
+    subprocess.run([sys.executable, "-m", "safereview.data.make_demo", "--out", str(tmp_path)], check=True,
                    capture_output=True)
     for f in DEMO_DIR.rglob("*"):
         if f.is_file() and f.name != "make_demo.py" and "__pycache__" not in f.parts:

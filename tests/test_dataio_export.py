@@ -10,11 +10,11 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from dataio.export import export_annotations, export_items
-from dataio.importers import import_file
-from db.engine import schema_revision
 from safereview import __version__
 from safereview.cli.main import app
+from safereview.dataio.export import export_annotations, export_items
+from safereview.dataio.importers import import_file
+from safereview.db.engine import schema_revision
 from tests import dataio_support as ds
 
 ROWS = [

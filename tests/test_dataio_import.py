@@ -11,8 +11,9 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from dataio.importers import import_file
-from db.models import (
+from safereview.cli.main import app
+from safereview.dataio.importers import import_file
+from safereview.db.models import (
     Annotation,
     AnnotationEvent,
     Assignment,
@@ -23,7 +24,6 @@ from db.models import (
     User,
     Verdict,
 )
-from safereview.cli.main import app
 from tests import dataio_support as ds
 
 LINE_RE = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): (?P<field>[^:]+): (?P<msg>.+)$")
@@ -290,7 +290,7 @@ MESSAGES = {"broken_json": "invalid JSON", "unknown_task_type": "unknown task ty
 @pytest.mark.parametrize("case", list(MESSAGES))
 def test_bad_input_reports_one_precise_error_and_changes_nothing(db_url: str, tmp_path: Path, media: Path,
                                                                  case: str) -> None:
-    from db.engine import init_db
+    from safereview.db.engine import init_db
 
     engine = init_db(db_url)
     root = tmp_path / "root"

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from dataio.media import MediaError, probe, resolve_path, store
+from safereview.dataio.media import MediaError, probe, resolve_path, store
 from tests import dataio_support as ds
 
 # ---- paths ---------------------------------------------------------------------------

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from db.engine import init_db, read_only
+from safereview.db.engine import init_db, read_only
 
 
 def test_sqlite_reader_does_not_wait_for_a_writer_and_cannot_write(tmp_path: Path) -> None:
-    from agreement import data
+    from safereview.agreement import data
 
     engine = init_db(f"sqlite:///{tmp_path / 'ro.db'}")
     writer = engine.connect()

@@ -62,8 +62,8 @@ DOCS_WITH_CODE = [p for p in DOCS if python_blocks(p)]
 
 @pytest.fixture(scope="module")
 def demo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from dataio.demo import build_demo
     from safereview.cli.app_cmds import ensure_demo_users
+    from safereview.dataio.demo import build_demo
 
     folder = tmp_path_factory.mktemp("demo")
     url = f"sqlite:///{folder / 'safereview.db'}"

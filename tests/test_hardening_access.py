@@ -11,6 +11,7 @@ function without a row here fails :func:`test_every_guarded_function_is_in_the_t
 from __future__ import annotations
 
 import ast
+import importlib.util
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,10 +24,10 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 from workflow_support import make_collection, make_user
 
-from db.engine import session_scope
-from db.models import User, UserSession, utcnow
-from workflow import auth
-from workflow.errors import AuthError, Forbidden
+from safereview.db.engine import session_scope
+from safereview.db.models import User, UserSession, utcnow
+from safereview.workflow import auth
+from safereview.workflow.errors import AuthError, Forbidden
 
 ROLES = ("annotator", "lead", "admin")
 MIN_ROLE = {"annotator": {"annotator", "lead", "admin"}, "lead": {"lead", "admin"}, "admin": {"admin"}}
@@ -46,70 +47,125 @@ def _g(name: str, minimum: str, call: Callable[[Session, Any, dict[str, Any]], A
 
 
 def _table() -> list[Guarded]:
-    from agreement import audit, calibration, consensus, gold
-    from workflow import annotations as an
-    from workflow import collections as wcol
-    from workflow import queue as q
+    from safereview.agreement import audit, calibration, consensus, gold
+    from safereview.workflow import annotations as an
+    from safereview.workflow import collections as wcol
+    from safereview.workflow import queue as q
 
     return [
-        _g("workflow.annotations.submit", "annotator", lambda s, u, c: an.submit(s, u, c["asg"], H_LABELS)),
-        _g("workflow.annotations.finalize", "annotator",
-           lambda s, u, c: an.finalize(s, u, c["ann"], H_LABELS, action="confirm", expected_version=1)),
-        _g("workflow.annotations.update", "annotator", lambda s, u, c: an.update(s, u, c["ann"], 1, flagged=True)),
-        _g("workflow.annotations.undo_last", "annotator", lambda s, u, c: an.undo_last(s, u)),
-        _g("workflow.annotations.history", "annotator", lambda s, u, c: an.history(s, u)),
-        _g("workflow.annotations.visible_annotations", "annotator",
-           lambda s, u, c: an.visible_annotations(s, u, c["item"])),
-        _g("workflow.annotations.verdicts_for", "annotator",
-           lambda s, u, c: an.verdicts_for(s, u, c["item"], revealed=True)),
-        _g("workflow.annotations.events_for", "annotator", lambda s, u, c: an.events_for(s, u, c["ann"])),
-        _g("workflow.queue._next_in_session", "annotator",
-           lambda s, u, c: q.next_item(s, u, q.QueueFilter(c["col"]))),
-        _g("workflow.queue.release", "annotator", lambda s, u, c: q.release(s, u, c["asg"])),
-        _g("workflow.queue.skip", "annotator", lambda s, u, c: q.skip(s, u, c["asg"])),
-        _g("workflow.queue.queue_status", "lead", lambda s, u, c: q.queue_status(s, u, c["col"]), cli=True),
-        _g("workflow.auth.set_disabled", "admin", lambda s, u, c: auth.set_disabled(s, "victim", False, actor=u),
-           cli=True),
-        _g("workflow.auth.reset_password", "admin",
-           lambda s, u, c: auth.reset_password(s, "victim", "new-pass-123456", actor=u), cli=True),
-        _g("workflow.auth.list_users", "admin", lambda s, u, c: auth.list_users(s, actor=u), cli=True),
-        _g("workflow.auth.set_role", "admin", lambda s, u, c: auth.set_role(s, "victim", "annotator", actor=u),
-           cli=True),
-        _g("workflow.collections.update_settings", "admin",
-           lambda s, u, c: wcol.update_settings(s, c["col"], actor=u, blind=False), cli=True),
-        _g("agreement.consensus.adjudication_queue", "lead", lambda s, u, c: consensus.adjudication_queue(s, u)),
-        _g("agreement.consensus.adjudicate", "lead",
-           lambda s, u, c: consensus.adjudicate(s, u, c["item"], "joint", "safe", "x")),
-        _g("agreement.gold.create_snapshot", "lead", lambda s, u, c: gold.create_snapshot(s, u), cli=True),
-        _g("agreement.audit.tag_error", "lead",
-           lambda s, u, c: audit.tag_error(s, u, c["item"], "joint", "j", "missed harm")),
-        _g("agreement.audit.error_tags", "lead", lambda s, u, c: audit.error_tags(s, u)),
-        _g("agreement.calibration.fit_calibration", "lead",
-           lambda s, u, c: calibration.fit_calibration(s, u, "joint"), cli=True),
-        _g("agreement.calibration.apply_calibration", "lead",
-           lambda s, u, c: calibration.apply_calibration(s, u, 1), cli=True),
+        _g("safereview.workflow.annotations.submit", "annotator", lambda s, u, c: an.submit(s, u, c["asg"], H_LABELS)),
+        _g(
+            "safereview.workflow.annotations.finalize",
+            "annotator",
+            lambda s, u, c: an.finalize(s, u, c["ann"], H_LABELS, action="confirm", expected_version=1),
+        ),
+        _g(
+            "safereview.workflow.annotations.update",
+            "annotator",
+            lambda s, u, c: an.update(s, u, c["ann"], 1, flagged=True),
+        ),
+        _g("safereview.workflow.annotations.undo_last", "annotator", lambda s, u, c: an.undo_last(s, u)),
+        _g("safereview.workflow.annotations.history", "annotator", lambda s, u, c: an.history(s, u)),
+        _g(
+            "safereview.workflow.annotations.visible_annotations",
+            "annotator",
+            lambda s, u, c: an.visible_annotations(s, u, c["item"]),
+        ),
+        _g(
+            "safereview.workflow.annotations.verdicts_for",
+            "annotator",
+            lambda s, u, c: an.verdicts_for(s, u, c["item"], revealed=True),
+        ),
+        _g("safereview.workflow.annotations.events_for", "annotator", lambda s, u, c: an.events_for(s, u, c["ann"])),
+        _g(
+            "safereview.workflow.queue._next_in_session",
+            "annotator",
+            lambda s, u, c: q.next_item(s, u, q.QueueFilter(c["col"])),
+        ),
+        _g("safereview.workflow.queue.release", "annotator", lambda s, u, c: q.release(s, u, c["asg"])),
+        _g("safereview.workflow.queue.skip", "annotator", lambda s, u, c: q.skip(s, u, c["asg"])),
+        _g("safereview.workflow.queue.queue_status", "lead", lambda s, u, c: q.queue_status(s, u, c["col"]), cli=True),
+        _g(
+            "safereview.workflow.auth.set_disabled",
+            "admin",
+            lambda s, u, c: auth.set_disabled(s, "victim", False, actor=u),
+            cli=True,
+        ),
+        _g(
+            "safereview.workflow.auth.reset_password",
+            "admin",
+            lambda s, u, c: auth.reset_password(s, "victim", "new-pass-123456", actor=u),
+            cli=True,
+        ),
+        _g("safereview.workflow.auth.list_users", "admin", lambda s, u, c: auth.list_users(s, actor=u), cli=True),
+        _g(
+            "safereview.workflow.auth.set_role",
+            "admin",
+            lambda s, u, c: auth.set_role(s, "victim", "annotator", actor=u),
+            cli=True,
+        ),
+        _g(
+            "safereview.workflow.collections.update_settings",
+            "admin",
+            lambda s, u, c: wcol.update_settings(s, c["col"], actor=u, blind=False),
+            cli=True,
+        ),
+        _g(
+            "safereview.agreement.consensus.adjudication_queue",
+            "lead",
+            lambda s, u, c: consensus.adjudication_queue(s, u),
+        ),
+        _g(
+            "safereview.agreement.consensus.adjudicate",
+            "lead",
+            lambda s, u, c: consensus.adjudicate(s, u, c["item"], "joint", "safe", "x"),
+        ),
+        _g("safereview.agreement.gold.create_snapshot", "lead", lambda s, u, c: gold.create_snapshot(s, u), cli=True),
+        _g(
+            "safereview.agreement.audit.tag_error",
+            "lead",
+            lambda s, u, c: audit.tag_error(s, u, c["item"], "joint", "j", "missed harm"),
+        ),
+        _g("safereview.agreement.audit.error_tags", "lead", lambda s, u, c: audit.error_tags(s, u)),
+        _g(
+            "safereview.agreement.calibration.fit_calibration",
+            "lead",
+            lambda s, u, c: calibration.fit_calibration(s, u, "joint"),
+            cli=True,
+        ),
+        _g(
+            "safereview.agreement.calibration.apply_calibration",
+            "lead",
+            lambda s, u, c: calibration.apply_calibration(s, u, 1),
+            cli=True,
+        ),
     ]
 
 
 H_LABELS = {"image": "safe", "text": "safe", "joint": "safe"}
 GUARD_CALLS = {"require", "policy_require"}
-PACKAGES = ("workflow", "agreement", "dataio", "judge")
+PACKAGES = ("safereview.workflow", "safereview.agreement", "safereview.dataio", "safereview.judge")
 
 
 def _guarded_in_source() -> set[str]:
     """module.function for every function whose body calls require(<its own user parameter>, ...)."""
     found: set[str] = set()
     for pkg in PACKAGES:
-        for path in sorted((H.REPO / pkg).rglob("*.py")):
-            mod = ".".join(path.relative_to(H.REPO).with_suffix("").parts)
+        root = Path(importlib.util.find_spec(pkg).origin).parent
+        for path in sorted(root.rglob("*.py")):
+            mod = ".".join((pkg, *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
             tree = ast.parse(path.read_text())
             for fn in ast.walk(tree):
                 if not isinstance(fn, ast.FunctionDef) or fn.name in GUARD_CALLS:
                     continue
                 params = {a.arg for a in fn.args.args + fn.args.kwonlyargs}
                 for node in ast.walk(fn):
-                    if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Name) \
-                            and node.args[0].id in params:
+                    if (
+                        isinstance(node, ast.Call)
+                        and node.args
+                        and isinstance(node.args[0], ast.Name)
+                        and node.args[0].id in params
+                    ):
                         f = node.func
                         name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
                         if name in GUARD_CALLS:
@@ -128,8 +184,8 @@ def test_every_guarded_function_is_in_the_table() -> None:
 @pytest.fixture
 def world(engine: sa.Engine) -> Iterator[dict[str, Any]]:
     """Users of every role (and disabled ones), a collection, one annotated item of someone else."""
-    from workflow.annotations import submit
-    from workflow.queue import QueueFilter, next_item
+    from safereview.workflow.annotations import submit
+    from safereview.workflow.queue import QueueFilter, next_item
 
     cid = make_collection(engine, "acl", n_items=3, k=3, audit_share=0.0)
     users: dict[str, Any] = {}
@@ -179,8 +235,8 @@ def test_every_role_against_every_guarded_function(engine: sa.Engine, world: dic
 
 
 def test_annotators_cannot_read_others_labels_or_events(engine: sa.Engine, world: dict[str, Any]) -> None:
-    from workflow.annotations import events_for, visible_annotations
-    from workflow.errors import NotFound
+    from safereview.workflow.annotations import events_for, visible_annotations
+    from safereview.workflow.errors import NotFound
 
     u, ctx = world["users"], world["ctx"]
     with Session(engine) as s:
@@ -198,7 +254,7 @@ def test_passwords_sessions_rate_limit_and_disabled_users(engine: sa.Engine) -> 
         auth.create_user(s, "pw-off", "correct-horse-2", "admin")
         auth.set_disabled(s, "pw-off", True)
     with engine.connect() as conn:
-        hashes = dict(conn.execute(sa.text("SELECT username, password_hash FROM \"user\"")).all())
+        hashes = dict(conn.execute(sa.text('SELECT username, password_hash FROM "user"')).all())
     for name, h in hashes.items():
         assert h.startswith("$argon2id$") and "correct-horse" not in h, name
     # disabled users cannot sign in, even with the right password
@@ -242,7 +298,7 @@ def app_fx(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 def test_pages_registered_per_role_and_unregistered_ones_refused(app_fx: Any) -> None:
     from test_app_pages import new_app, sign_in
 
-    from review_app import nav
+    from safereview.review_app import nav
 
     pages = [p for p in nav.PAGES if (nav.VIEWS_DIR / p.file).is_file()]
     assert len(pages) >= 8
@@ -267,8 +323,16 @@ def test_pages_registered_per_role_and_unregistered_ones_refused(app_fx: Any) ->
 
 
 def _minimum(action: str) -> str:
-    lead = {"view_others_labels", "adjudicate", "audit", "view_agreement", "calibrate", "export", "tag_errors",
-            "view_queue_status"}
+    lead = {
+        "view_others_labels",
+        "adjudicate",
+        "audit",
+        "view_agreement",
+        "calibrate",
+        "export",
+        "tag_errors",
+        "view_queue_status",
+    }
     admin = {"import", "manage_users", "manage_collections"}
     return "admin" if action in admin else "lead" if action in lead else "annotator"
 
@@ -278,7 +342,7 @@ def test_disabled_user_cannot_sign_in_to_the_app(app_fx: Any) -> None:
     import app_support as A
     from test_app_pages import all_text, new_app
 
-    from db.engine import make_engine
+    from safereview.db.engine import make_engine
 
     eng = make_engine(app_fx.db_url)
     with session_scope(eng) as s:

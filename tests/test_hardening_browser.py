@@ -26,10 +26,10 @@ import pytest
 import sqlalchemy as sa
 from test_app_browser import CHROME_ARGS, CHROMIUM, _require_browser, current_item, press, sign_in, wait_idle
 
-from dataio.importers import import_file
-from db.engine import make_engine, session_scope
-from db.models import User, UserSession, utcnow
-from workflow import auth
+from safereview.dataio.importers import import_file
+from safereview.db.engine import make_engine, session_scope
+from safereview.db.models import User, UserSession, utcnow
+from safereview.workflow import auth
 
 pytestmark = [pytest.mark.slow]
 

@@ -31,7 +31,9 @@ def fresh_process_context() -> Any:
     loaded 2-core machine).
     """
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["hardening_support", "workflow.queue", "workflow.annotations", "db.engine"])
+    ctx.set_forkserver_preload(
+        ["hardening_support", "safereview.workflow.queue", "safereview.workflow.annotations", "safereview.db.engine"]
+    )
     return ctx
 
 
@@ -41,8 +43,10 @@ def test_twenty_processes_label_the_same_collection(db_url: str, engine: sa.Engi
     users = [make_user(engine, f"b{i:02d}") for i in range(N_PROCS)]
     ctx = fresh_process_context()
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=H.burst_worker, args=(db_url, u.id, cid, i, SECONDS, ready, go, results))
-             for i, u in enumerate(users)]
+    procs = [
+        ctx.Process(target=H.burst_worker, args=(db_url, u.id, cid, i, SECONDS, ready, go, results))
+        for i, u in enumerate(users)
+    ]
     with H.plain_main():
         for p in procs:
             p.start()
@@ -69,5 +73,4 @@ def test_twenty_processes_label_the_same_collection(db_url: str, engine: sa.Engi
     assert H.replay_problems(engine) == []
     assert H.fk_problems(engine) == []
     assert sum(1 for _, done, _ in out if done) >= 2  # the work really was shared
-    H.tally(processes_started=N_PROCS, labels_checked=len(submitted),
-            retried_db_errors=sum(e for _, _, e in out))
+    H.tally(processes_started=N_PROCS, labels_checked=len(submitted), retried_db_errors=sum(e for _, _, e in out))

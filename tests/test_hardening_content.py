@@ -25,8 +25,8 @@ import sqlalchemy as sa
 from dataio_support import count, snapshot, write_jsonl
 from sqlmodel import Session, select
 
-from dataio.importers import import_file
-from db.models import Item, Media
+from safereview.dataio.importers import import_file
+from safereview.db.models import Item, Media
 
 LINE_RE = re.compile(r"^(?P<file>.+?):(?P<line>\d+): (?P<field>[^:]+): (?P<msg>.+)$", re.S)
 
@@ -149,7 +149,7 @@ def test_hostile_media_refused_or_safely_decoded(engine: sa.Engine, tmp_path: Pa
 @pytest.mark.parametrize("case", ["bomb.png", "huge-dims.png"])
 def test_bomb_limit_follows_the_setting(tmp_path: Path, case: str) -> None:
     """The bomb refusal is the configured limit, not an accident of the decoder."""
-    from dataio import media as dm
+    from safereview.dataio import media as dm
 
     d = tmp_path / "in"
     H.build_media_corpus(d)

@@ -29,8 +29,8 @@ from dataio_support import write_jsonl
 from sqlmodel import Session, select
 from workflow_support import make_collection, make_user
 
-from db.engine import normalise_url
-from db.models import Item, Verdict
+from safereview.db.engine import normalise_url
+from safereview.db.models import Item, Verdict
 from safereview.settings import sqlite_path
 
 pytestmark = pytest.mark.slow

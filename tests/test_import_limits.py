@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from dataio.importers import import_file
 from safereview.cli.main import app
+from safereview.dataio.importers import import_file
 
 
 def _items(path: Path, n: int) -> Path:

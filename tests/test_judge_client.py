@@ -23,11 +23,11 @@ from judge_support import (
 from PIL import Image
 from sqlmodel import Session, select
 
-from db.collections import ensure_collection
-from db.engine import init_db, session_scope
-from db.models import Item, JudgeCache, Media, Verdict
-from judge.client import retry_after_seconds
-from judge.runner import RunOptions, run_judge
+from safereview.db.collections import ensure_collection
+from safereview.db.engine import init_db, session_scope
+from safereview.db.models import Item, JudgeCache, Media, Verdict
+from safereview.judge.client import retry_after_seconds
+from safereview.judge.runner import RunOptions, run_judge
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ import re
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from db.engine import init_db
-from db.models import JudgeConfig
-from judge.config import ensure_judge_config, judge_id
-from judge.protocols.uni_judger import PROMPT_VERSION as UJ_VERSION
-from judge.protocols.vlsu import PROMPT_VERSION as VLSU_VERSION
-from judge.runner import RunOptions, params_for
+from safereview.db.engine import init_db
+from safereview.db.models import JudgeConfig
+from safereview.judge.config import ensure_judge_config, judge_id
+from safereview.judge.protocols.uni_judger import PROMPT_VERSION as UJ_VERSION
+from safereview.judge.protocols.vlsu import PROMPT_VERSION as VLSU_VERSION
+from safereview.judge.runner import RunOptions, params_for
 
 
 def test_judge_id_is_stable_and_sensitive() -> None:

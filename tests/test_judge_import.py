@@ -10,10 +10,10 @@ from judge_support import add_item
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
-from db.collections import ensure_collection
-from db.engine import init_db, session_scope
-from db.models import ImportBatch, Item, JudgeConfig, Verdict
 from safereview.cli.main import app
+from safereview.db.collections import ensure_collection
+from safereview.db.engine import init_db, session_scope
+from safereview.db.models import ImportBatch, Item, JudgeConfig, Verdict
 
 runner = CliRunner()
 

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from judge_support import logprobs_for
 from scipy.stats import binomtest
 
-from judge.metrics import Share, label_shares, uni_metrics, wilson
-from judge.parsing import (
+from safereview.judge.metrics import Share, label_shares, uni_metrics, wilson
+from safereview.judge.parsing import (
     CONTEXTUAL_TEXT,
     combine,
     combine_probs,

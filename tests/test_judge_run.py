@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,11 +15,11 @@ from judge_support import FakeOpenAI, Reply, add_item, make_png, smart_reply, st
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
-from db.collections import ensure_collection
-from db.engine import init_db, session_scope
-from db.models import Gold, GoldSnapshot, Item, JudgeConfig, Verdict
-from judge.metrics import wilson
 from safereview.cli.main import app
+from safereview.db.collections import ensure_collection
+from safereview.db.engine import init_db, session_scope
+from safereview.db.models import Gold, GoldSnapshot, Item, JudgeConfig, Verdict
+from safereview.judge.metrics import wilson
 
 runner = CliRunner()
 
@@ -202,9 +201,8 @@ def test_resume_after_kill_has_no_duplicates_and_no_gaps(tmp_path: Path) -> None
     args = ["-c", "from safereview.cli.main import app; app()", "judge", "--protocol", "uni-judger", "--model", "m",
             "--collection", "uni", "--concurrency", "2", "--batch-size", "1", "--json",
             "--db", db_url, "--media-root", str(media)]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     with FakeOpenAI(slow) as srv:
-        proc = subprocess.Popen([sys.executable, *args, "--base-url", srv.url], env=env,
+        proc = subprocess.Popen([sys.executable, *args, "--base-url", srv.url],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 60
@@ -223,7 +221,7 @@ def test_resume_after_kill_has_no_duplicates_and_no_gaps(tmp_path: Path) -> None
     with Session(engine) as s:
         done_items = {v.item_id for v in s.exec(select(Verdict)).all()}
     with FakeOpenAI() as srv2:
-        out = subprocess.run([sys.executable, *args, "--base-url", srv2.url], env=env, capture_output=True,
+        out = subprocess.run([sys.executable, *args, "--base-url", srv2.url], capture_output=True,
                              text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
@@ -256,8 +254,8 @@ def _external_of(body: dict[str, Any]) -> str | None:
 def test_judge_streams_items_in_chunks_and_judges_only_what_is_missing(tmp_path: Path,
                                                                        monkeypatch: Any) -> None:
     """Items are planned by id and loaded a few at a time; finished pairs are never asked again."""
-    import judge.runner as runner_mod
-    from judge.runner import RunOptions, run_judge
+    import safereview.judge.runner as runner_mod
+    from safereview.judge.runner import RunOptions, run_judge
 
     monkeypatch.setattr(runner_mod, "LOAD_CHUNK", 3)  # 8 items: chunks of 3, 3, 2 with 4 workers
     engine = init_db(f"sqlite:///{tmp_path / 'chunks.db'}")

@@ -6,9 +6,9 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from db.collections import ensure_collection
-from db.engine import init_db, schema_revision
-from db.models import Annotation, AnnotationEvent, Item, User
+from safereview.db.collections import ensure_collection
+from safereview.db.engine import init_db, schema_revision
+from safereview.db.models import Annotation, AnnotationEvent, Item, User
 
 
 def test_init_is_idempotent(db_url: str) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session
 
-from db.collections import ensure_collection, ensure_taxonomy
-from db.taxonomy import (
+from safereview.db.collections import ensure_collection, ensure_taxonomy
+from safereview.db.taxonomy import (
     TaxonomyError,
     category_names,
     dimension,

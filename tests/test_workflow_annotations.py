@@ -7,10 +7,10 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 from workflow_support import VLSU_SAFE, make_collection, make_user
 
-from db.engine import session_scope
-from db.models import Annotation, AnnotationEvent, Assignment, JudgeConfig, Verdict
-from workflow import annotations as ann_mod
-from workflow.annotations import (
+from safereview.db.engine import session_scope
+from safereview.db.models import Annotation, AnnotationEvent, Assignment, JudgeConfig, Verdict
+from safereview.workflow import annotations as ann_mod
+from safereview.workflow.annotations import (
     finalize,
     history,
     replay_events,
@@ -21,8 +21,8 @@ from workflow.annotations import (
     verdicts_for,
     visible_annotations,
 )
-from workflow.errors import Conflict, InvalidInput, LeaseLost, NotFound
-from workflow.queue import QueueFilter, next_item
+from safereview.workflow.errors import Conflict, InvalidInput, LeaseLost, NotFound
+from safereview.workflow.queue import QueueFilter, next_item
 
 UNSAFE = {"image": "safe", "text": "safe", "joint": "unsafe"}
 
@@ -233,7 +233,7 @@ def test_visibility_annotators_see_own_leads_see_all(engine: sa.Engine) -> None:
 
 
 def test_submit_and_next_is_one_transaction(engine: sa.Engine) -> None:
-    from workflow.annotations import submit_and_next
+    from safereview.workflow.annotations import submit_and_next
 
     cid = _setup(engine, k=1)
     u = make_user(engine, "u")
@@ -251,7 +251,7 @@ def test_submit_and_next_is_one_transaction(engine: sa.Engine) -> None:
 
 
 def test_lead_who_released_a_blind_item_stays_blind(engine: sa.Engine) -> None:
-    from workflow.queue import release
+    from safereview.workflow.queue import release
 
     cid = _setup(engine, k=1)
     lead = make_user(engine, "lead", "lead")

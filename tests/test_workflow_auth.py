@@ -10,11 +10,11 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 from sqlmodel import Session, select
 
-from db.engine import make_engine, session_scope
-from db.models import LoginAttempt, User, UserSession, utcnow
+from safereview.db.engine import make_engine, session_scope
+from safereview.db.models import LoginAttempt, User, UserSession, utcnow
 from safereview.settings import Config
-from workflow import auth
-from workflow.errors import AuthError, Forbidden, InvalidInput
+from safereview.workflow import auth
+from safereview.workflow.errors import AuthError, Forbidden, InvalidInput
 
 PW = "correct horse battery"
 

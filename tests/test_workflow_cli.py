@@ -9,14 +9,14 @@ from sqlmodel import Session, select
 from typer.testing import CliRunner
 from workflow_support import VLSU_SAFE, make_collection
 
-from db.engine import session_scope
-from db.models import User
 from safereview.cli.main import app
-from workflow import auth
-from workflow.annotations import submit
-from workflow.auth import authenticate_and_record
-from workflow.errors import AuthError
-from workflow.queue import QueueFilter, next_item
+from safereview.db.engine import session_scope
+from safereview.db.models import User
+from safereview.workflow import auth
+from safereview.workflow.annotations import submit
+from safereview.workflow.auth import authenticate_and_record
+from safereview.workflow.errors import AuthError
+from safereview.workflow.queue import QueueFilter, next_item
 
 runner = CliRunner()
 
@@ -82,7 +82,7 @@ def test_queue_status(db_url: str, engine: sa.Engine) -> None:
 
 
 def test_set_role_signs_the_user_out_and_guards_the_last_step(db_url: str, engine: sa.Engine) -> None:
-    from workflow.errors import Forbidden, InvalidInput
+    from safereview.workflow.errors import Forbidden, InvalidInput
 
     assert _run(db_url, "users", "add", "carol", "--password-stdin", stdin="carol-pass-1\n").exit_code == 0
     assert _run(db_url, "users", "add", "root", "--role", "admin", "--password-stdin",
@@ -110,9 +110,9 @@ def test_set_role_signs_the_user_out_and_guards_the_last_step(db_url: str, engin
 
 
 def test_collections_set_changes_only_what_is_given(db_url: str, engine: sa.Engine) -> None:
-    from db.models import Collection
-    from workflow import collections
-    from workflow.errors import Forbidden, InvalidInput, NotFound
+    from safereview.db.models import Collection
+    from safereview.workflow import collections
+    from safereview.workflow.errors import Forbidden, InvalidInput, NotFound
 
     make_collection(engine, "settings-test", n_items=2, k=2, audit_share=0.1)
     r = _run(db_url, "collections", "set", "settings-test", "--overlap", "3", "--open")

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 from workflow_support import make_collection, make_user, process_worker, review_until_empty, slot_invariants
 
-from db.models import Annotation, Assignment
+from safereview.db.models import Annotation, Assignment
 
 
 def _check(engine: sa.Engine, cid: int, results: list[list[int]], n_items: int, k: int) -> None:

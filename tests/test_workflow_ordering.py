@@ -7,10 +7,10 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 from workflow_support import make_collection
 
-from db.engine import session_scope
-from db.models import Item, JudgeConfig, Verdict
-from db.taxonomy import preset
-from workflow.ordering import borderline_score, boundary_closeness, refresh_priorities, unsafe_probability
+from safereview.db.engine import session_scope
+from safereview.db.models import Item, JudgeConfig, Verdict
+from safereview.db.taxonomy import preset
+from safereview.workflow.ordering import borderline_score, boundary_closeness, refresh_priorities, unsafe_probability
 
 UNI = preset("uni-safebench")
 VLSU = preset("vlsu")
@@ -101,7 +101,7 @@ def test_refresh_priorities_writes_scores_and_counts_changes(engine: sa.Engine) 
 
 
 def test_refresh_priorities_spans_several_chunks(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    import workflow.ordering as ordering
+    import safereview.workflow.ordering as ordering
 
     monkeypatch.setattr(ordering, "CHUNK_IDS", 7)
     cid = make_collection(engine, "chunks", taxonomy="uni-safebench", n_items=30, priorities=[0.0] * 30,
@@ -124,7 +124,7 @@ def test_refresh_priorities_spans_several_chunks(engine: sa.Engine, monkeypatch:
 def test_refresh_priorities_of_touched_items_only(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch,
                                                   touched: str) -> None:
     """After an import or a judge run only the items it touched are re-scored (both look-up paths)."""
-    import workflow.ordering as ordering
+    import safereview.workflow.ordering as ordering
 
     monkeypatch.setattr(ordering, "IN_CHUNK", 2)  # several IN-list chunks
     monkeypatch.setattr(ordering, "CHUNK_IDS", 3)  # several ranges

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from workflow.errors import Forbidden
-from workflow.policies import ACTIONS, can, require
+from safereview.workflow.errors import Forbidden
+from safereview.workflow.policies import ACTIONS, can, require
 
 EXPECTED = {  # action: (annotator, lead, admin)
     "review": (True, True, True),

@@ -12,11 +12,11 @@ from scipy.stats import chisquare
 from sqlmodel import Session, select
 from workflow_support import VLSU_SAFE, make_collection, make_user, slot_invariants
 
-from db.engine import session_scope
-from db.models import Assignment, Collection, Item, utcnow
-from workflow.annotations import submit
-from workflow.errors import Forbidden, LeaseLost, NotFound
-from workflow.queue import QueueFilter, next_item, progress, reclaim_expired, release, skip
+from safereview.db.engine import session_scope
+from safereview.db.models import Assignment, Collection, Item, utcnow
+from safereview.workflow.annotations import submit
+from safereview.workflow.errors import Forbidden, LeaseLost, NotFound
+from safereview.workflow.queue import QueueFilter, next_item, progress, reclaim_expired, release, skip
 
 
 def _pull(engine: sa.Engine, user, flt: QueueFilter, **kw):  # type: ignore[no-untyped-def]
@@ -181,7 +181,7 @@ def test_audit_share_and_uniform_audit_sampling(engine: sa.Engine) -> None:
     with session_scope(engine) as s:
         s.add_all(Item(collection_id=cid, external_id=f"late-{i}", content_hash="x", priority=0.01 * i)
                   for i in range(10))
-    from workflow.queue import clear_caches
+    from safereview.workflow.queue import clear_caches
 
     clear_caches()
     u = make_user(engine, "u")
@@ -228,7 +228,7 @@ def test_permissions_and_archived_collections(engine: sa.Engine) -> None:
 
 def test_in_memory_sqlite_counts_in_the_session() -> None:
     """An in-memory database has no side connection to count on: counts run in the session."""
-    from db.engine import init_db
+    from safereview.db.engine import init_db
 
     engine = init_db("sqlite://")
     cid = make_collection(engine, "mem", n_items=5, k=1, audit_share=1.0)

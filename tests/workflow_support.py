@@ -9,11 +9,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from db.collections import ensure_collection
-from db.engine import session_scope
-from db.models import Collection, Item, User, utcnow
-from workflow.auth import unusable_hash
-from workflow.queue import clear_caches
+from safereview.db.collections import ensure_collection
+from safereview.db.engine import session_scope
+from safereview.db.models import Collection, Item, User, utcnow
+from safereview.workflow.auth import unusable_hash
+from safereview.workflow.queue import clear_caches
 
 
 def make_collection(engine: sa.Engine, name: str = "c", *, taxonomy: str = "vlsu", n_items: int = 10,
@@ -102,9 +102,9 @@ def review_until_empty(db_url: str, user_id: int, collection_id: int, *, start_a
     """
     import time
 
-    from db.engine import make_engine
-    from workflow.annotations import submit
-    from workflow.queue import QueueFilter, next_item
+    from safereview.db.engine import make_engine
+    from safereview.workflow.annotations import submit
+    from safereview.workflow.queue import QueueFilter, next_item
 
     engine = make_engine(db_url)
     rng = random.Random(seed)
@@ -133,7 +133,7 @@ def review_until_empty(db_url: str, user_id: int, collection_id: int, *, start_a
 def process_worker(db_url: str, user_id: int, collection_id: int, seed: int, ready: Any, go: Any,
                    results: Any) -> None:
     """Entry point of a spawned reviewer process: import, report ready, wait for "go", review."""
-    import workflow.annotations  # noqa: F401  (import before the start line, not after)
+    import safereview.workflow.annotations  # noqa: F401  (import before the start line, not after)
 
     ready.put(user_id)
     go.wait(60)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
-import db.models  # noqa: F401  (registers the tables)
-from db.engine import make_engine
+import safereview.db.models  # noqa: F401  (registers the tables)
+from safereview.db.engine import make_engine
 
 target_metadata = SQLModel.metadata
 config = context.config

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from judge.protocols.base import Draft, ItemView, JudgeContext
-from judge.protocols.uni_judger import UniJudger
-from judge.protocols.vlsu import VLSUJudge
+from safereview.judge.protocols.base import Draft, ItemView, JudgeContext
+from safereview.judge.protocols.uni_judger import UniJudger
+from safereview.judge.protocols.vlsu import VLSUJudge
 
 PROTOCOLS = {"uni-judger": UniJudger, "vlsu": VLSUJudge}
 

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from judge.parsing import MAX_RATIONALE_CHARS, MAX_RAW_CHARS, Parsed, digit_probs, label_probs, parse_answer
+from safereview.judge.parsing import MAX_RATIONALE_CHARS, MAX_RAW_CHARS, Parsed, digit_probs, label_probs, parse_answer
 
 
 @dataclass

@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from db.taxonomy import UNI_SAFEBENCH_CATEGORIES
-from judge.parsing import (
+from safereview.db.taxonomy import UNI_SAFEBENCH_CATEGORIES
+from safereview.judge.parsing import (
     CONTEXTUAL_IMAGE,
     CONTEXTUAL_TEXT,
     INTRINSIC,
@@ -29,7 +29,7 @@ from judge.parsing import (
     combine,
     combine_probs,
 )
-from judge.protocols.base import (
+from safereview.judge.protocols.base import (
     Draft,
     ItemView,
     JudgeContext,

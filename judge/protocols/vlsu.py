@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from db.taxonomy import VLSU_CATEGORIES
-from judge.parsing import SEVERITY
-from judge.protocols.base import Draft, ItemView, JudgeContext, judgment_from_answer, media_parts, text_of
-from judge.protocols.uni_judger import merge
+from safereview.db.taxonomy import VLSU_CATEGORIES
+from safereview.judge.parsing import SEVERITY
+from safereview.judge.protocols.base import Draft, ItemView, JudgeContext, judgment_from_answer, media_parts, text_of
+from safereview.judge.protocols.uni_judger import merge
 
 PROMPT_VERSION = "vlsu-2026.11-1"
 

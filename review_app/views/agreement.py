@@ -10,7 +10,7 @@ from typing import Any
 
 import streamlit as st
 
-from review_app import ui
+from safereview.review_app import ui
 
 SLICE_NAMES = {"collection": "collection", "task_type": "task type", "category": "category",
                "subcategory": "subcategory", "model": "model", "modality": "modality"}
@@ -19,16 +19,16 @@ SLICE_NAMES = {"collection": "collection", "task_type": "task type", "category":
 @st.cache_data(ttl=60, show_spinner=False, max_entries=16)
 def _report(db_url: str, collections: tuple[str, ...], dimension: str, by: tuple[str, ...], resamples: int,
             seed: int, blind: bool) -> dict[str, Any]:
-    from agreement.report import agreement_report
+    from safereview.agreement.report import agreement_report
 
     return agreement_report(ui.get_engine(), list(collections), [dimension], by=by, resamples=resamples, seed=seed,
                             field_name="blind_labels" if blind else "labels")
 
 
 def page() -> None:
-    from agreement.data import AgreementError
-    from agreement.report import FEW_PAIRABLE_UNITS
-    from agreement.tables import specific_rows, stats_rows
+    from safereview.agreement.data import AgreementError
+    from safereview.agreement.report import FEW_PAIRABLE_UNITS
+    from safereview.agreement.tables import specific_rows, stats_rows
 
     ui.require("view_agreement")
     st.subheader("Agreement")

@@ -12,7 +12,7 @@ from typing import Any
 
 import streamlit as st
 
-from review_app import ui
+from safereview.review_app import ui
 
 SLICE_NAMES = {"task_type": "task type", "category": "category", "subcategory": "subcategory", "model": "model",
                "modality": "modality", "collection": "collection"}
@@ -21,7 +21,7 @@ SLICE_NAMES = {"task_type": "task type", "category": "category", "subcategory": 
 @st.cache_data(ttl=60, show_spinner=False, max_entries=16)
 def _audit(db_url: str, collections: tuple[str, ...], dimension: str, judge: str | None, by: tuple[str, ...],
            min_n: int, method: str, seed: int) -> dict[str, Any]:
-    from agreement.audit import audit
+    from safereview.agreement.audit import audit
 
     return audit(ui.get_engine(), dimension, list(collections), judge_id=judge, by=by, min_n=min_n, resamples=500,
                  seed=seed, method=method)
@@ -29,13 +29,13 @@ def _audit(db_url: str, collections: tuple[str, ...], dimension: str, judge: str
 
 @st.cache_data(ttl=60, show_spinner=False, max_entries=8)
 def _compositional(db_url: str, collections: tuple[str, ...], judge: str | None, min_n: int) -> dict[str, Any]:
-    from agreement.audit import compositional_error
+    from safereview.agreement.audit import compositional_error
 
     return compositional_error(ui.get_engine(), list(collections), judge_id=judge, min_n=min_n)
 
 
 def _tags(user: Any, names: tuple[str, ...], dimension: str, judge: str | None, items: list[dict[str, Any]]) -> None:
-    from agreement.audit import error_tags, tag_error
+    from safereview.agreement.audit import error_tags, tag_error
 
     st.markdown("**Tag judge errors**")
     if items:
@@ -64,9 +64,9 @@ def _tags(user: Any, names: tuple[str, ...], dimension: str, judge: str | None, 
 
 
 def page() -> None:
-    from agreement import data
-    from agreement.data import AgreementError
-    from agreement.tables import confusion_rows, rate_rows
+    from safereview.agreement import data
+    from safereview.agreement.data import AgreementError
+    from safereview.agreement.tables import confusion_rows, rate_rows
 
     user = ui.require("audit")
     st.subheader("Judge audit")

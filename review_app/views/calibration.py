@@ -11,7 +11,7 @@ from typing import Any
 
 import streamlit as st
 
-from review_app import ui
+from safereview.review_app import ui
 
 
 def _reliability_chart(metrics: dict[str, Any]) -> None:
@@ -56,9 +56,9 @@ def _show_metrics(metrics: dict[str, Any]) -> None:
 
 
 def page() -> None:
-    from agreement import data
-    from agreement.calibration import apply_calibration, fit_calibration
-    from db.models import Calibration
+    from safereview.agreement import data
+    from safereview.agreement.calibration import apply_calibration, fit_calibration
+    from safereview.db.models import Calibration
 
     user = ui.require("calibrate")
     st.subheader("Calibration")

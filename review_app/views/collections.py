@@ -6,11 +6,11 @@ from typing import Any
 
 import streamlit as st
 
-from review_app import ui
+from safereview.review_app import ui
 
 
 def _save(actor: Any, collection_id: int, **values: Any) -> None:
-    from workflow import collections
+    from safereview.workflow import collections
 
     with ui.session() as s:
         collections.update_settings(s, collection_id, actor=actor, **values)
@@ -18,7 +18,7 @@ def _save(actor: Any, collection_id: int, **values: Any) -> None:
 
 
 def page() -> None:
-    from workflow.errors import WorkflowError
+    from safereview.workflow.errors import WorkflowError
 
     user = ui.require("manage_collections")
     st.subheader("Collections")

@@ -11,7 +11,7 @@ from typing import Any
 
 import streamlit as st
 
-from review_app import ui
+from safereview.review_app import ui
 
 FORMAT_LABELS = {"parquet": "Parquet", "csv": "CSV", "jsonl": "JSONL", "hf": "Hugging Face dataset (zip)"}
 
@@ -20,8 +20,8 @@ def _item_context(item_id: int, dimension: str) -> None:
     """The item, every annotator's label and rationale, and the judge's verdicts."""
     from sqlmodel import select
 
-    from db.models import Annotation, User, Verdict
-    from review_app import item_view
+    from safereview.db.models import Annotation, User, Verdict
+    from safereview.review_app import item_view
 
     with ui.session() as s:
         try:
@@ -48,7 +48,7 @@ def _item_context(item_id: int, dimension: str) -> None:
 
 
 def _adjudication(user: Any, names: list[str], dims: list[str], labels_of: dict[str, list[str]]) -> None:
-    from agreement.consensus import adjudicate, adjudication_queue
+    from safereview.agreement.consensus import adjudicate, adjudication_queue
 
     c1, c2 = st.columns([2, 3])
     dim = c1.selectbox("Dimension", ["(all)", *dims], format_func=ui.plain, key="gold_q_dim")
@@ -91,8 +91,8 @@ def _adjudication(user: Any, names: list[str], dims: list[str], labels_of: dict[
 
 def _download_buttons(snapshot_id: int, key: str) -> None:
     """One button per format; each file is built from the stored rows only when clicked."""
-    from agreement.gold_files import DOWNLOADS, file_name, snapshot_file
-    from review_app import runtime
+    from safereview.agreement.gold_files import DOWNLOADS, file_name, snapshot_file
+    from safereview.review_app import runtime
 
     db_url = ui.config().db_url
 
@@ -108,10 +108,10 @@ def _download_buttons(snapshot_id: int, key: str) -> None:
 def _snapshots(user: Any, names: list[str], dims: list[str]) -> None:
     from sqlmodel import select
 
-    from agreement.data import AgreementError
-    from agreement.gold import create_snapshot
-    from db.models import GoldSnapshot
-    from workflow import policies
+    from safereview.agreement.data import AgreementError
+    from safereview.agreement.gold import create_snapshot
+    from safereview.db.models import GoldSnapshot
+    from safereview.workflow import policies
 
     if not policies.can(user, "export"):
         st.caption("Your role may not export gold labels.")

@@ -10,14 +10,14 @@ from typing import Any
 
 import streamlit as st
 
-from review_app import item_view, ui
+from safereview.review_app import item_view, ui
 
 
 def _rows(user: Any, collection_id: int | None) -> list[dict[str, Any]]:
     from sqlmodel import select
 
-    from db.models import Item
-    from workflow import annotations
+    from safereview.db.models import Item
+    from safereview.workflow import annotations
 
     with ui.session() as s:
         anns = annotations.history(s, user, limit=200, collection_id=collection_id)
@@ -33,8 +33,8 @@ def _rows(user: Any, collection_id: int | None) -> list[dict[str, Any]]:
 
 
 def _undo(user: Any) -> None:
-    from workflow import annotations
-    from workflow.errors import WorkflowError
+    from safereview.workflow import annotations
+    from safereview.workflow.errors import WorkflowError
 
     try:
         with ui.session() as s:
@@ -46,8 +46,8 @@ def _undo(user: Any) -> None:
 
 
 def _editor(user: Any, row: dict[str, Any], info: Any) -> None:
-    from workflow import annotations
-    from workflow.errors import Conflict, WorkflowError
+    from safereview.workflow import annotations
+    from safereview.workflow.errors import Conflict, WorkflowError
 
     aid = row["annotation_id"]
     # the version the annotator opened, kept across reruns: a change made elsewhere after

@@ -14,16 +14,16 @@ from typing import Any
 
 import streamlit as st
 
-from review_app import ui
-from review_app.uploads import extract_zip, safe_name
+from safereview.review_app import ui
+from safereview.review_app.uploads import extract_zip, safe_name
 
 DATA_TYPES = ["jsonl", "csv", "parquet"]
 
 
 def page() -> None:
-    from dataio.importers import FORMATS, import_file
-    from db.taxonomy import PRESETS
-    from workflow import policies
+    from safereview.dataio.importers import FORMATS, import_file
+    from safereview.db.taxonomy import PRESETS
+    from safereview.workflow import policies
 
     user = ui.require("import")
     cfg = ui.config()

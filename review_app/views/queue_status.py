@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from review_app import ui
+from safereview.review_app import ui
 
 
 def page() -> None:
-    from workflow import queue
+    from safereview.workflow import queue
 
     user = ui.require("view_queue_status")
     st.subheader("Queue status")

@@ -14,8 +14,8 @@ from typing import Any
 
 import streamlit as st
 
-from review_app import item_view, timing, ui
-from review_app.data import CollectionInfo
+from safereview.review_app import item_view, timing, ui
+from safereview.review_app.data import CollectionInfo
 
 LABEL_KEYS = ("123456789", "qwet", "asdg", "zxvb")  # one row of keys per dimension (no C/R)
 KEY_SUBMIT, KEY_SKIP, KEY_FLAG, KEY_UNDO, KEY_JUDGE = "ctrl+enter", "k", "f", "u", "j"
@@ -37,7 +37,7 @@ def _reset_item(state: dict[str, Any]) -> None:
 
 
 def _claim(user: Any, flt: Any, state: dict[str, Any]) -> None:
-    from workflow import annotations, queue
+    from safereview.workflow import annotations, queue
 
     assignment = queue.next_item(ui.get_engine(), user, flt)
     _reset_item(state)
@@ -66,8 +66,8 @@ def _take_judge(state: dict[str, Any]) -> None:
 
 
 def _submit(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
-    from workflow import annotations
-    from workflow.errors import LeaseLost, WorkflowError
+    from safereview.workflow import annotations
+    from safereview.workflow.errors import LeaseLost, WorkflowError
 
     if timing.enabled():
         state["t_submit"] = time.perf_counter()
@@ -122,8 +122,8 @@ def _submit(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
 
 
 def _skip(user: Any, state: dict[str, Any]) -> None:
-    from workflow import queue
-    from workflow.errors import WorkflowError
+    from safereview.workflow import queue
+    from safereview.workflow.errors import WorkflowError
 
     if state.get("stage") == "reveal":
         state["message"] = ("info", "Already submitted: confirm or change your labels, then commit.")
@@ -137,8 +137,8 @@ def _skip(user: Any, state: dict[str, Any]) -> None:
 
 
 def _undo(user: Any, state: dict[str, Any]) -> None:
-    from workflow import annotations
-    from workflow.errors import WorkflowError
+    from safereview.workflow import annotations
+    from safereview.workflow.errors import WorkflowError
 
     try:
         with ui.session() as s:
@@ -254,7 +254,7 @@ def _judge_panel(info: CollectionInfo, state: dict[str, Any]) -> None:
 
 @st.fragment
 def review_panel(user: Any, info: CollectionInfo, flt: Any) -> None:
-    from workflow import queue
+    from safereview.workflow import queue
 
     state = _state()
     msg = state.pop("message", None)
@@ -291,7 +291,7 @@ def review_panel(user: Any, info: CollectionInfo, flt: Any) -> None:
 
 
 def page() -> None:
-    from workflow import queue
+    from safereview.workflow import queue
 
     user = ui.require("review")
     infos = ui.collections()

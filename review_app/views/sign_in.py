@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from review_app import ui
+from safereview.review_app import ui
 
 
 def render() -> None:
-    from workflow import auth
-    from workflow.errors import AuthError
+    from safereview.workflow import auth
+    from safereview.workflow.errors import AuthError
 
     _left, mid, _right = st.columns([1, 1.2, 1])
     with mid:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from review_app import ui
+from safereview.review_app import ui
 
 
 def page() -> None:
-    from workflow import auth, policies
-    from workflow.errors import WorkflowError
+    from safereview.workflow import auth, policies
+    from safereview.workflow.errors import WorkflowError
 
     user = ui.require("manage_users")
     st.subheader("Users")

@@ -11,7 +11,7 @@ def register(app: typer.Typer) -> None:
     @app.command("init")
     def init(db: DbOption = None) -> None:
         """Create the database or upgrade its schema to the newest version (idempotent)."""
-        from db.engine import init_db, schema_revision
+        from safereview.db.engine import init_db, schema_revision
 
         cfg = config(db)
         engine = init_db(cfg.db_url)

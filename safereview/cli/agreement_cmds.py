@@ -75,7 +75,7 @@ def _print_agreement(rep: dict[str, Any]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from agreement.report import FEW_PAIRABLE_UNITS
+    from safereview.agreement.report import FEW_PAIRABLE_UNITS
 
     console.print(Text(f"collections: {', '.join(rep['collections'])}; {rep['resamples']} bootstrap resamples, "
                        f"seed {rep['seed']}, 95% intervals"))
@@ -167,8 +167,8 @@ def register(app: typer.Typer) -> None:
                                                                           "verdict was revealed.")] = False,
                       as_json: JsonOpt = False, db: DbOption = None) -> None:
         """Inter-annotator agreement: Krippendorff's alpha, percent agreement, AC1, Fleiss and Cohen's kappa."""
-        from agreement.data import AgreementError
-        from agreement.report import agreement_report
+        from safereview.agreement.data import AgreementError
+        from safereview.agreement.report import agreement_report
 
         engine = engine_for(config(db))
         try:
@@ -189,8 +189,8 @@ def register(app: typer.Typer) -> None:
                                                                        "dawid-skene.")] = "majority",
                   as_json: JsonOpt = False, db: DbOption = None) -> None:
         """Judge vs human consensus on the random audit stratum: accuracy, over/under-blocking, kappa."""
-        from agreement.audit import audit, compositional_error
-        from agreement.data import AgreementError, scope
+        from safereview.agreement.audit import audit, compositional_error
+        from safereview.agreement.data import AgreementError, scope
 
         engine = engine_for(config(db))
         results: dict[str, Any] = {"dimensions": []}
@@ -229,9 +229,9 @@ def register(app: typer.Typer) -> None:
                                                                           "the raw ones.")] = False,
                       as_json: JsonOpt = False, db: DbOption = None) -> None:
         """Fit a calibration of the judge's P(unsafe) to the people's labels; store it (and apply it)."""
-        from agreement.calibration import apply_calibration, fit_calibration
-        from agreement.data import AgreementError
-        from db.engine import session_scope
+        from safereview.agreement.calibration import apply_calibration, fit_calibration
+        from safereview.agreement.data import AgreementError
+        from safereview.db.engine import session_scope
 
         engine = engine_for(config(db))
         try:
@@ -285,10 +285,10 @@ def register(app: typer.Typer) -> None:
                                                                                         "making a new one.")] = None,
                         db: DbOption = None) -> None:
         """Gold labels: a new numbered, reproducible snapshot (one row per item and dimension) exported."""
-        from agreement.data import AgreementError
-        from agreement.gold import FORMATS, changed_since, create_snapshot, snapshot_table, write
-        from db.engine import session_scope
-        from db.models import GoldSnapshot
+        from safereview.agreement.data import AgreementError
+        from safereview.agreement.gold import FORMATS, changed_since, create_snapshot, snapshot_table, write
+        from safereview.db.engine import session_scope
+        from safereview.db.models import GoldSnapshot
 
         fmt_ = fmt or {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}.get(out.suffix.lower(), "hf")
         if fmt_ not in FORMATS:

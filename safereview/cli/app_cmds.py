@@ -7,6 +7,7 @@ variables, which is how the app reads them (``review_app/runtime.py``).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -50,7 +51,7 @@ def streamlit_command(host: str, port: int, *, gc: str = "off", max_upload_mb: i
     """The ``streamlit run`` command line ``serve`` executes (exposed for tests and the bench)."""
     if gc not in ("freeze", "off", "full"):
         raise typer.BadParameter("--gc must be freeze, off or full")
-    asgi = Path(__file__).resolve().parents[2] / "review_app" / "asgi.py"
+    asgi = importlib.util.find_spec("safereview.review_app.asgi").origin  # the installed file, wherever it is
     return [
         sys.executable, "-m", "streamlit", "run", str(asgi),
         "--server.headless", "true",
@@ -94,9 +95,9 @@ def ensure_demo_users(db_url: str) -> list[tuple[str, str, str]]:
     """Create the demo accounts that are missing; returns (username, password, role) of all."""
     from sqlmodel import select
 
-    from db.engine import make_engine, session_scope
-    from db.models import User
-    from workflow import auth
+    from safereview.db.engine import make_engine, session_scope
+    from safereview.db.models import User
+    from safereview.workflow import auth
 
     engine = make_engine(db_url)
     try:
@@ -140,11 +141,11 @@ def register(app: typer.Typer) -> None:
         cfg = config(db_url, str(media))
         engine_for(cfg).dispose()
         try:
-            from dataio.demo import build_demo
+            from safereview.dataio.demo import build_demo
         except ImportError as exc:
             console.print(f"[red]the demo data builder is not available: {exc}[/red]")
             raise typer.Exit(1) from None
-        from dataio.importers import ImportFailed
+        from safereview.dataio.importers import ImportFailed
 
         try:
             build_demo(cfg.db_url, cfg.media_root)

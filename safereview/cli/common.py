@@ -30,6 +30,6 @@ def config(db: str | None = None, media_root: str | None = None) -> settings.Con
 
 def engine_for(cfg: settings.Config, *, init: bool = True):  # type: ignore[no-untyped-def]
     """An engine on an up-to-date schema (``init`` runs pending migrations)."""
-    from db.engine import init_db, make_engine
+    from safereview.db.engine import init_db, make_engine
 
     return init_db(cfg.db_url) if init else make_engine(cfg.db_url)

@@ -31,7 +31,7 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output file (written 
 
 
 def _run_export(kind: str, out: Path, fmt: str | None, db: str | None, collections: list[str] | None) -> None:
-    from dataio.export import export_annotations, export_items, format_from_path
+    from safereview.dataio.export import export_annotations, export_items, format_from_path
 
     try:
         fmt_ = format_from_path(out, fmt)
@@ -75,7 +75,7 @@ def taxonomy_show(name: Annotated[str, typer.Argument(help="Preset name (uni-saf
     """Print a taxonomy: task types, categories and dimensions with their labels."""
     import json
 
-    from db.taxonomy import TaxonomyError, resolve
+    from safereview.db.taxonomy import TaxonomyError, resolve
 
     try:
         spec = resolve(name)
@@ -91,7 +91,7 @@ def taxonomy_show(name: Annotated[str, typer.Argument(help="Preset name (uni-saf
 @taxonomy_app.command("check")
 def taxonomy_check(path: Annotated[Path, typer.Argument(help="Taxonomy file (.toml, .yaml or .yml).")]) -> None:
     """Validate a taxonomy file; errors name the file and the field."""
-    from db.taxonomy import TaxonomyError, load_file
+    from safereview.db.taxonomy import TaxonomyError, load_file
 
     try:
         spec = load_file(path)
@@ -174,7 +174,7 @@ def register(app: typer.Typer) -> None:
         from rich.markup import escape
         from rich.table import Table
 
-        from dataio.importers import FORMATS, import_file
+        from safereview.dataio.importers import FORMATS, import_file
 
         if fmt not in FORMATS:
             typer.echo(f"error: --format must be one of {', '.join(FORMATS)}", err=True)
@@ -251,9 +251,9 @@ def register(app: typer.Typer) -> None:
         db: DbOption = None,
     ) -> None:
         """Change a collection's review settings (only the options given); same checks as the Collections page."""
-        from db.engine import session_scope
-        from workflow.collections import update_settings
-        from workflow.errors import WorkflowError
+        from safereview.db.engine import session_scope
+        from safereview.workflow.collections import update_settings
+        from safereview.workflow.errors import WorkflowError
 
         if overlap is None and blind is None and audit_share is None and archived is None:
             typer.echo("nothing to change: give --overlap, --blind/--open, --audit-share or --archive/--unarchive",
@@ -279,7 +279,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
         from rich.text import Text
 
-        from db.models import Annotation, Collection, Item, Taxonomy, Verdict
+        from safereview.db.models import Annotation, Collection, Item, Taxonomy, Verdict
 
         cfg = config(db)
         engine = engine_for(cfg)

@@ -70,8 +70,8 @@ def register(app: typer.Typer) -> None:
         media_root: MediaRootOption = None,
     ) -> None:
         """Judge items with an OpenAI-compatible model server (resumable, cached, retried)."""
-        from db.collections import NotFound
-        from judge.runner import JudgeSetupError, RunOptions, run_judge
+        from safereview.db.collections import NotFound
+        from safereview.judge.runner import JudgeSetupError, RunOptions, run_judge
 
         cfg = config(db, media_root)
         engine = engine_for(cfg)
@@ -106,10 +106,10 @@ def register(app: typer.Typer) -> None:
         db: DbOption = None,
     ) -> None:
         """Import verdicts made elsewhere; all-or-nothing, every problem reported as FILE:LINE: field: message."""
-        from db.collections import NotFound
-        from db.engine import session_scope
-        from judge.importing import VerdictImportError, import_verdicts
-        from judge.runner import refresh_priorities
+        from safereview.db.collections import NotFound
+        from safereview.db.engine import session_scope
+        from safereview.judge.importing import VerdictImportError, import_verdicts
+        from safereview.judge.runner import refresh_priorities
 
         cfg = config(db)
         engine = engine_for(cfg)
@@ -141,9 +141,9 @@ def register(app: typer.Typer) -> None:
         db: DbOption = None,
     ) -> None:
         """Benchmark metrics (C-Unsafe, C-Reject, I-Unsafe, Both-Safe or label shares) with Wilson 95% CIs."""
-        from db.collections import NotFound
-        from db.engine import session_scope
-        from judge.stats import collection_stats
+        from safereview.db.collections import NotFound
+        from safereview.db.engine import session_scope
+        from safereview.judge.stats import collection_stats
 
         cfg = config(db)
         engine = engine_for(cfg)
@@ -163,7 +163,7 @@ def _print_stats(result: dict[str, Any]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from judge.stats import fmt_share
+    from safereview.judge.stats import fmt_share
 
     gold = {g["group"]: g for g in result["gold"]}
     title = (f"{result['collection']} — judge {result['judge_id'] or '(none)'}"

@@ -45,9 +45,9 @@ def register(app: typer.Typer) -> None:
                   role: RoleOption = "annotator", password_stdin: PasswordStdinOption = False,
                   display_name: DisplayNameOption = "", db: DbOption = None) -> None:
         """Create a user with a password (prompted, or read with --password-stdin)."""
-        from db.engine import session_scope
-        from workflow.auth import create_user
-        from workflow.errors import WorkflowError
+        from safereview.db.engine import session_scope
+        from safereview.workflow.auth import create_user
+        from safereview.workflow.errors import WorkflowError
 
         password = _password(password_stdin)
         try:
@@ -64,8 +64,8 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
         from rich.text import Text
 
-        from db.engine import session_scope
-        from workflow.auth import list_users
+        from safereview.db.engine import session_scope
+        from safereview.workflow.auth import list_users
 
         table = Table("username", "role", "status", "display name", "last sign-in")
         with session_scope(engine_for(config(db))) as s:
@@ -79,8 +79,8 @@ def register(app: typer.Typer) -> None:
 
     def _change_user(db: str | None, change: Callable[[Any], object], done: str) -> None:
         """Run one account change in its own transaction; a refused change prints why and exits 1."""
-        from db.engine import session_scope
-        from workflow.errors import WorkflowError
+        from safereview.db.engine import session_scope
+        from safereview.workflow.errors import WorkflowError
 
         try:
             with session_scope(engine_for(config(db))) as s:
@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
         console.print(done, markup=False, highlight=False)
 
     def _set_disabled(username: str, disabled: bool, db: str | None) -> None:
-        from workflow.auth import set_disabled
+        from safereview.workflow.auth import set_disabled
 
         _change_user(db, lambda s: set_disabled(s, username, disabled),
                      f"{'disabled' if disabled else 'enabled'} {username!r}")
@@ -111,7 +111,7 @@ def register(app: typer.Typer) -> None:
     def users_reset(username: Annotated[str, typer.Argument(help="User whose password to set.")],
                     password_stdin: PasswordStdinOption = False, db: DbOption = None) -> None:
         """Set a new password (also for imported users, who have none), sign the user out, lift a lock-out."""
-        from workflow.auth import reset_password
+        from safereview.workflow.auth import reset_password
 
         password = _password(password_stdin)
         _change_user(db, lambda s: reset_password(s, username, password), f"password of {username!r} reset")
@@ -121,7 +121,7 @@ def register(app: typer.Typer) -> None:
                        role: Annotated[str, typer.Argument(help="annotator, lead or admin.")],
                        db: DbOption = None) -> None:
         """Change a user's role; they are signed out everywhere so the new role applies at once."""
-        from workflow.auth import set_role
+        from safereview.workflow.auth import set_role
 
         _change_user(db, lambda s: set_role(s, username, role), f"{username!r} is now {role}")
 
@@ -132,10 +132,10 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
         from rich.text import Text
 
-        from db.collections import NotFound as CollectionNotFound
-        from db.collections import get_collection
-        from db.engine import session_scope
-        from workflow.queue import queue_status
+        from safereview.db.collections import NotFound as CollectionNotFound
+        from safereview.db.collections import get_collection
+        from safereview.db.engine import session_scope
+        from safereview.workflow.queue import queue_status
 
         try:
             with session_scope(engine_for(config(db))) as s:

@@ -28,9 +28,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from dataio.importers.records import MEDIA_MODALITIES, Record
-from dataio.media import MediaError, MediaInfo, insert_media_rows, probe, resolve_path, store_file
-from db.models import (
+from safereview.dataio.importers.records import MEDIA_MODALITIES, Record
+from safereview.dataio.media import MediaError, MediaInfo, insert_media_rows, probe, resolve_path, store_file
+from safereview.db.models import (
     Annotation,
     AnnotationEvent,
     Assignment,
@@ -976,7 +976,7 @@ def _write_annotations(conn: sa.Connection, final: list[Record], ids: dict[str, 
 
 def _refresh_priorities(session: Session, collection_id: int, item_ids: set[int]) -> bool:
     """Recompute the borderline priorities of the items whose verdicts changed (workflow.ordering scores)."""
-    from workflow.ordering import refresh_priorities
+    from safereview.workflow.ordering import refresh_priorities
 
     refresh_priorities(session, collection_id, item_ids)
     session.flush()

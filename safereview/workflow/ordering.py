@@ -26,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from db.models import Collection, Item, Taxonomy, Verdict
+from safereview.db.models import Collection, Item, Taxonomy, Verdict
 
 W_BOUNDARY = 1.0
 W_CTX_INTRINSIC = 1.0

@@ -20,10 +20,10 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlmodel import Session, select
 
-from db.models import LoginAttempt, User, UserSession, utcnow
+from safereview.db.models import LoginAttempt, User, UserSession, utcnow
 from safereview.settings import Config
-from workflow.errors import AuthError, InvalidInput, NotFound
-from workflow.policies import require, validate_role
+from safereview.workflow.errors import AuthError, InvalidInput, NotFound
+from safereview.workflow.policies import require, validate_role
 
 MAX_FAILURES = 5  # failed attempts per username ...
 LOCK_WINDOW = timedelta(minutes=15)  # ... within this window lock the account
@@ -163,7 +163,7 @@ def authenticate(session: Session, username: str, password: str, *, now: datetim
 
 def authenticate_and_record(engine: sa.Engine, username: str, password: str) -> User:
     """:func:`authenticate` in its own transaction that is committed even when sign-in fails."""
-    from db.engine import session_scope
+    from safereview.db.engine import session_scope
 
     error: AuthError | None = None
     with session_scope(engine) as session:

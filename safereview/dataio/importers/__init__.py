@@ -17,8 +17,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from dataio.importers import generic, unisafebench, vlsu
-from dataio.importers.core import (
+from safereview import settings
+from safereview.dataio.importers import generic, unisafebench, vlsu
+from safereview.dataio.importers.core import (
     ImportFailed,
     ImportReport,
     Options,
@@ -28,11 +29,10 @@ from dataio.importers.core import (
     now_monotonic,
     write,
 )
-from dataio.importers.records import Record, SourceRow, read_csv, read_jsonl, read_parquet
-from db import taxonomy as taxmod
-from db.collections import ensure_collection
-from db.models import Collection, Taxonomy
-from safereview import settings
+from safereview.dataio.importers.records import Record, SourceRow, read_csv, read_jsonl, read_parquet
+from safereview.db import taxonomy as taxmod
+from safereview.db.collections import ensure_collection
+from safereview.db.models import Collection, Taxonomy
 
 FORMATS = ("auto", "generic", "uni-safebench", "vlsu")
 

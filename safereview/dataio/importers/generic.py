@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dataio.importers.records import (
+from safereview.dataio.importers.records import (
     Record,
     SourceRow,
     as_bool,

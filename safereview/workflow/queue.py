@@ -34,10 +34,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from db.models import Assignment, Collection, Item, User, utcnow
+from safereview.db.models import Assignment, Collection, Item, User, utcnow
 from safereview.settings import Config, sqlite_path
-from workflow.errors import LeaseLost, NotFound
-from workflow.policies import require
+from safereview.workflow.errors import LeaseLost, NotFound
+from safereview.workflow.policies import require
 
 _log = logging.getLogger(__name__)
 
@@ -564,7 +564,7 @@ def next_item(session_or_engine: Session | sa.Engine, user: User, flt: QueueFilt
     minutes = _lease_minutes(lease_minutes)
     if isinstance(session_or_engine, Session):
         return _next_in_session(session_or_engine, user, flt, now, rng, minutes)
-    from workflow.tx import write_scope
+    from safereview.workflow.tx import write_scope
 
     last: Exception | None = None
     for attempt in range(5):

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from db.engine import is_sqlite, session_scope
+from safereview.db.engine import is_sqlite, session_scope
 
 _locks_guard = threading.Lock()
 _locks: dict[int, threading.Lock] = {}

@@ -1,6 +1,6 @@
 """Generate safereview's demo data set (deterministic, small, benign, self-made).
 
-Run ``python data/demo/make_demo.py`` to rewrite the files next to this script. Nothing
+Run ``python -m safereview.data.make_demo`` to rewrite the files in ``demo/`` beside this module. Nothing
 here is real harmful content: prompts are harmless stand-ins ("a recipe for a fizzy
 volcano"), images are cartoon shapes drawn with Pillow, audio is synthesised tones and
 chirps, and the video is a moving square encoded with PyAV. Grades and categories are
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent / "demo"
 UNI_JUDGE = "uni-judger-demo"
 VLSU_JUDGE = "vlsu-judge-demo"
 AV_JUDGE = "av-judge-demo"
@@ -523,7 +523,7 @@ def custom(out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=HERE, help="Folder to write into (default: next to this script).")
+    ap.add_argument("--out", type=Path, default=HERE, help="Folder to write into (default: the bundled demo/ folder).")
     args = ap.parse_args()
     out: Path = args.out
     for sub in ("uni-safebench", "vlsu", "custom"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workflow.errors import Forbidden, InvalidInput
+from safereview.workflow.errors import Forbidden, InvalidInput
 
 ROLES: tuple[str, ...] = ("annotator", "lead", "admin")
 ROLE_RANK: dict[str, int] = {r: i for i, r in enumerate(ROLES)}

@@ -28,7 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from db.models import Media, utcnow
+from safereview.db.models import Media, utcnow
 
 KINDS = ("image", "audio", "video")
 

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from dataio.importers.records import Record, SourceRow, as_str
+from safereview.dataio.importers.records import Record, SourceRow, as_str
 
 REQUIRED = ["uuid", "web_path", "prompt", "image_grade", "consensus_text_grade", "consensus_combined_grade",
             "image_category", "text_category", "combined_category"]

@@ -9,7 +9,7 @@ Extension: a row may also carry ``model``, ``subcategory`` and generic-format ``
 
 from __future__ import annotations
 
-from dataio.importers.records import (
+from safereview.dataio.importers.records import (
     Record,
     SourceRow,
     as_bool,

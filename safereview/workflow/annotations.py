@@ -15,11 +15,21 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from db.models import Annotation, AnnotationEvent, Assignment, Collection, Item, Taxonomy, User, Verdict, utcnow
-from db.taxonomy import category_names
-from workflow.errors import Conflict, InvalidInput, NotFound
-from workflow.policies import can, require
-from workflow.queue import complete
+from safereview.db.models import (
+    Annotation,
+    AnnotationEvent,
+    Assignment,
+    Collection,
+    Item,
+    Taxonomy,
+    User,
+    Verdict,
+    utcnow,
+)
+from safereview.db.taxonomy import category_names
+from safereview.workflow.errors import Conflict, InvalidInput, NotFound
+from safereview.workflow.policies import can, require
+from safereview.workflow.queue import complete
 
 SNAPSHOT_FIELDS: tuple[str, ...] = ("labels", "blind_labels", "categories", "rationale", "flagged",
                                     "verdict_action", "verdict_judge_id", "time_spent_s")
@@ -307,8 +317,8 @@ def submit_and_next(engine: sa.Engine, user: User, assignment_id: int, labels: d
     import random
     import time
 
-    from workflow.queue import next_item
-    from workflow.tx import write_scope
+    from safereview.workflow.queue import next_item
+    from safereview.workflow.tx import write_scope
 
     rng = rng or random.Random()
     last: Exception | None = None

@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from db.models import Annotation, Collection, ImportBatch, Item, User, Verdict, utcnow
+from safereview.db.models import Annotation, Collection, ImportBatch, Item, User, Verdict, utcnow
 
 EXPORT_FORMATS = ("jsonl", "csv", "parquet")
 
@@ -35,8 +35,8 @@ class ExportResult:
 
 
 def _provenance(engine: sa.Engine) -> dict[str, Any]:
-    from db.engine import schema_revision
     from safereview import __version__
+    from safereview.db.engine import schema_revision
 
     return {"exported_at": utcnow().isoformat(), "safereview_version": __version__,
             "schema_revision": schema_revision(engine) or ""}

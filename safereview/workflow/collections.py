@@ -13,9 +13,9 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from db.models import Collection
-from workflow.errors import InvalidInput, NotFound
-from workflow.policies import require
+from safereview.db.models import Collection
+from safereview.workflow.errors import InvalidInput, NotFound
+from safereview.workflow.policies import require
 
 MAX_OVERLAP = 50
 
