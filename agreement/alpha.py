@@ -118,8 +118,9 @@ def alpha_from_coincidence(o: np.ndarray, level: str, values: np.ndarray | None 
     return 1.0 - d_o / d_e, ""
 
 
-def alpha_package(counts: np.ndarray, level: str, values: np.ndarray | None = None,
-                  o: np.ndarray | None = None) -> tuple[float | None, str]:
+def alpha_package(
+    counts: np.ndarray, level: str, values: np.ndarray | None = None, o: np.ndarray | None = None
+) -> tuple[float | None, str]:
     """Point alpha through the ``krippendorff`` package, with the full value domain and level.
 
     The package's default level is interval and its default domain is the values seen,
@@ -134,8 +135,7 @@ def alpha_package(counts: np.ndarray, level: str, values: np.ndarray | None = No
         return None, reason
     domain = list(range(counts.shape[1])) if values is None else [float(v) for v in values]
     pairable = counts.sum(axis=1) >= 2
-    result = float(krippendorff.alpha(value_counts=counts[pairable], value_domain=domain,
-                                      level_of_measurement=level))  # type: ignore[arg-type]
+    result = float(krippendorff.alpha(value_counts=counts[pairable], value_domain=domain, level_of_measurement=level))  # type: ignore[arg-type]
     return result, ""
 
 

@@ -40,8 +40,9 @@ def wilson(p: float, n_eff: float, z: float = Z95) -> tuple[float, float]:
     return float(max(0.0, center - half)), float(min(1.0, center + half))
 
 
-def hajek(y: np.ndarray, w: np.ndarray, domain: np.ndarray | None = None, *, min_n: int = DEFAULT_MIN_N,
-          what: str = "items") -> dict[str, Any]:
+def hajek(
+    y: np.ndarray, w: np.ndarray, domain: np.ndarray | None = None, *, min_n: int = DEFAULT_MIN_N, what: str = "items"
+) -> dict[str, Any]:
     """Weighted share of ``y`` within ``domain`` with a 95% interval (see module docstring)."""
     y = np.asarray(y, dtype=np.float64)
     w = np.asarray(w, dtype=np.float64)
@@ -49,8 +50,14 @@ def hajek(y: np.ndarray, w: np.ndarray, domain: np.ndarray | None = None, *, min
     n = int(d.sum())
     out: dict[str, Any] = {"n": n}
     if n < max(min_n, 2):
-        out.update({"value": None, "ci_low": None, "ci_high": None,
-                    "undefined_reason": f"too few audit {what} (n={n} < {max(min_n, 2)})"})
+        out.update(
+            {
+                "value": None,
+                "ci_low": None,
+                "ci_high": None,
+                "undefined_reason": f"too few audit {what} (n={n} < {max(min_n, 2)})",
+            }
+        )
         return out
     wd = w[d]
     yd = y[d]
@@ -63,8 +70,17 @@ def hajek(y: np.ndarray, w: np.ndarray, domain: np.ndarray | None = None, *, min
     return out
 
 
-def weighted_kappa(h: np.ndarray, j: np.ndarray, w: np.ndarray, n_labels: int, kind: str, *,
-                   resamples: int = 1000, seed: int = 0, min_n: int = DEFAULT_MIN_N) -> dict[str, Any]:
+def weighted_kappa(
+    h: np.ndarray,
+    j: np.ndarray,
+    w: np.ndarray,
+    n_labels: int,
+    kind: str,
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    min_n: int = DEFAULT_MIN_N,
+) -> dict[str, Any]:
     """Kappa of judge vs people on the audit items (IPW-weighted table) with a bootstrap interval."""
     n = len(h)
     if n < max(min_n, 2):
@@ -86,8 +102,9 @@ def weighted_kappa(h: np.ndarray, j: np.ndarray, w: np.ndarray, n_labels: int, k
     return out
 
 
-def _rates(h: np.ndarray, j: np.ndarray, w: np.ndarray, unsafe_codes: list[int], domain: np.ndarray | None,
-           min_n: int) -> dict[str, Any]:
+def _rates(
+    h: np.ndarray, j: np.ndarray, w: np.ndarray, unsafe_codes: list[int], domain: np.ndarray | None, min_n: int
+) -> dict[str, Any]:
     d = np.ones(len(h), dtype=bool) if domain is None else domain
     h_unsafe = np.isin(h, unsafe_codes)
     j_unsafe = np.isin(j, unsafe_codes)
@@ -120,16 +137,21 @@ def audit(
     labels = list(spec["labels"])
     unsafe_codes = [labels.index(x) for x in spec.get("unsafe_labels", ["unsafe"]) if x in labels]
     jid = judge_id or data.default_judge(bind, sc.collection_ids, dimension)
-    out: dict[str, Any] = {"dimension": dimension, "labels": labels, "judge_id": jid,
-                           "collections": [sc.collection_names[c] for c in sc.collection_ids],
-                           "estimator": "Hajek (inverse sampling probability) over the audit stratum",
-                           "min_n": min_n}
+    out: dict[str, Any] = {
+        "dimension": dimension,
+        "labels": labels,
+        "judge_id": jid,
+        "collections": [sc.collection_names[c] for c in sc.collection_ids],
+        "estimator": "Hajek (inverse sampling probability) over the audit stratum",
+        "min_n": min_n,
+    }
     if jid is None:
         out["undefined_reason"] = "no judge verdicts on this dimension"
         return out
     cons = consensus(bind, dimension, out["collections"], method=method, threshold=threshold)
-    v = data.load_verdicts(bind, sc.collection_ids, dimension, labels, jid,
-                           unsafe_labels=spec.get("unsafe_labels", ["unsafe"]))
+    v = data.load_verdicts(
+        bind, sc.collection_ids, dimension, labels, jid, unsafe_labels=spec.get("unsafe_labels", ["unsafe"])
+    )
     audit_ids, pi = data.load_audit_sample(bind, sc.collection_ids)
     h = cons.codes_for(audit_ids)
     j = v.codes_for(audit_ids)
@@ -142,21 +164,36 @@ def audit(
     out.update(_rates(h, j, w, unsafe_codes, None, min_n))
     kind = "quadratic" if spec.get("ordered") and len(labels) > 2 else "unweighted"
     out["kappa"] = weighted_kappa(h, j, w, len(labels), kind, resamples=resamples, seed=seed, min_n=min_n)
-    out["confusion"] = {"rows": "people (consensus)", "columns": "judge", "labels": labels,
-                        "counts": confusion(h, j, len(labels)).astype(int).tolist(),
-                        "weighted": confusion(h, j, len(labels), w).round(6).tolist()}
+    out["confusion"] = {
+        "rows": "people (consensus)",
+        "columns": "judge",
+        "labels": labels,
+        "counts": confusion(h, j, len(labels)).astype(int).tolist(),
+        "weighted": confusion(h, j, len(labels), w).round(6).tolist(),
+    }
     # naive comparison over every reviewed item (biased when review is prioritised)
     all_h = cons.code
     all_j = v.codes_for(cons.item_ids)
     both = (all_h >= 0) & (all_j >= 0)
-    out["all_reviewed"] = {"n": int(both.sum()),
-                           "accuracy_unweighted": float((all_h[both] == all_j[both]).mean()) if both.any() else None,
-                           "note": "every reviewed item, unweighted: biased when review is prioritised"}
+    out["all_reviewed"] = {
+        "n": int(both.sum()),
+        "accuracy_unweighted": float((all_h[both] == all_j[both]).mean()) if both.any() else None,
+        "note": "every reviewed item, unweighted: biased when review is prioritised",
+    }
     wrong = np.flatnonzero(both & (all_h != all_j))
-    out["disagreements"] = {"n": len(wrong), "items": [
-        {"item_id": int(cons.item_ids[i]), "people": labels[int(all_h[i])], "judge": labels[int(all_j[i])],
-         "agreement": None if np.isnan(cons.agreement[i]) else float(cons.agreement[i]),
-         "method": str(cons.method[i])} for i in wrong[:max_disagreements]]}
+    out["disagreements"] = {
+        "n": len(wrong),
+        "items": [
+            {
+                "item_id": int(cons.item_ids[i]),
+                "people": labels[int(all_h[i])],
+                "judge": labels[int(all_j[i])],
+                "agreement": None if np.isnan(cons.agreement[i]) else float(cons.agreement[i]),
+                "method": str(cons.method[i]),
+            }
+            for i in wrong[:max_disagreements]
+        ],
+    }
     if by:
         items = data.load_items(bind, sc.collection_ids, [b for b in by if b in SLICES])
         out["slices"] = {}
@@ -172,26 +209,35 @@ def audit(
     with_judge = r.add_rater(f"judge:{jid}", v.item_ids, v.code)
     out["judge_as_rater"] = {
         "alpha_without_judge": krippendorff_alpha(r.counts(), r.level, resamples=resamples, seed=seed).as_dict(),
-        "alpha_with_judge": krippendorff_alpha(with_judge.counts(), r.level, resamples=resamples,
-                                               seed=seed).as_dict(),
+        "alpha_with_judge": krippendorff_alpha(with_judge.counts(), r.level, resamples=resamples, seed=seed).as_dict(),
     }
     return out
 
 
-def uni_judger_accuracy(bind: Any, collections: Sequence[str] | None = None, *, judge_id: str | None = None,
-                        min_n: int = DEFAULT_MIN_N, seed: int = 0) -> dict[str, Any]:
+def uni_judger_accuracy(
+    bind: Any,
+    collections: Sequence[str] | None = None,
+    *,
+    judge_id: str | None = None,
+    min_n: int = DEFAULT_MIN_N,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Uni-Judger contextual and intrinsic accuracy per task type (Uni-SafeBench's table, with intervals)."""
     out: dict[str, Any] = {}
     for dim in ("contextual", "intrinsic"):
-        res = audit(bind, dim, collections, judge_id=judge_id, by=["task_type"], min_n=min_n, resamples=200,
-                    seed=seed)
-        out[dim] = {"overall": res.get("accuracy"), "by_task_type": [
-            {"task_type": row["value"], **row["accuracy"]} for row in res.get("slices", {}).get("task_type", [])]}
+        res = audit(bind, dim, collections, judge_id=judge_id, by=["task_type"], min_n=min_n, resamples=200, seed=seed)
+        out[dim] = {
+            "overall": res.get("accuracy"),
+            "by_task_type": [
+                {"task_type": row["value"], **row["accuracy"]} for row in res.get("slices", {}).get("task_type", [])
+            ],
+        }
     return out
 
 
-def compositional_error(bind: Any, collections: Sequence[str] | None = None, *, judge_id: str | None = None,
-                        min_n: int = DEFAULT_MIN_N) -> dict[str, Any]:
+def compositional_error(
+    bind: Any, collections: Sequence[str] | None = None, *, judge_id: str | None = None, min_n: int = DEFAULT_MIN_N
+) -> dict[str, Any]:
     """VLSU: share of audit items whose joint grade the judge got wrong although it got both the
     image and the text grade right (per the human consensus)."""
     sc = data.scope(bind, collections)
@@ -226,8 +272,7 @@ MAX_TAG = 80
 MAX_NOTE = 2000
 
 
-def tag_error(session: Any, user: Any, item_id: int, dimension: str, judge_id: str, tag: str,
-              note: str = "") -> Any:
+def tag_error(session: Any, user: Any, item_id: int, dimension: str, judge_id: str, tag: str, note: str = "") -> Any:
     """A lead tags a judge error found in the audit (e.g. "missed compositional harm")."""
     from safereview.db.models import ErrorTag, Item, utcnow
     from safereview.workflow.errors import InvalidInput, NotFound
@@ -240,23 +285,27 @@ def tag_error(session: Any, user: Any, item_id: int, dimension: str, judge_id: s
         raise InvalidInput(f"tag: 1 to {MAX_TAG} characters")
     if len(note or "") > MAX_NOTE:
         raise InvalidInput(f"note: at most {MAX_NOTE} characters")
-    row = ErrorTag(item_id=item_id, dimension=dimension, judge_id=judge_id, tag=tag, note=note or "",
-                   user_id=user.id, at=utcnow())
+    row = ErrorTag(
+        item_id=item_id, dimension=dimension, judge_id=judge_id, tag=tag, note=note or "", user_id=user.id, at=utcnow()
+    )
     session.add(row)
     session.flush()
     return row
 
 
-def error_tags(session: Any, user: Any, collections: Sequence[str] | None = None,
-               dimension: str | None = None) -> dict[str, Any]:
+def error_tags(
+    session: Any, user: Any, collections: Sequence[str] | None = None, dimension: str | None = None
+) -> dict[str, Any]:
     """Tags in the collections: counts per tag and the tagged items."""
     require(user, "audit")
     sc = data.scope(session, collections)
     with data.connection(session) as conn:
         marks, params = data._in_list("c", sc.collection_ids)
-        sql = ("SELECT e.item_id, e.dimension, e.judge_id, e.tag, e.note, e.at, u.username FROM errortag e "
-               'JOIN item i ON i.id = e.item_id JOIN "user" u ON u.id = e.user_id '
-               f"WHERE i.collection_id IN ({marks or 'NULL'})")
+        sql = (
+            "SELECT e.item_id, e.dimension, e.judge_id, e.tag, e.note, e.at, u.username FROM errortag e "
+            'JOIN item i ON i.id = e.item_id JOIN "user" u ON u.id = e.user_id '
+            f"WHERE i.collection_id IN ({marks or 'NULL'})"
+        )
         if dimension:
             sql += " AND e.dimension = :dim"
             params["dim"] = dimension
@@ -264,6 +313,18 @@ def error_tags(session: Any, user: Any, collections: Sequence[str] | None = None
     counts: dict[str, int] = {}
     for r in rows:
         counts[r[3]] = counts.get(r[3], 0) + 1
-    return {"counts": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
-            "tags": [{"item_id": r[0], "dimension": r[1], "judge_id": r[2], "tag": r[3], "note": r[4],
-                      "at": str(r[5]), "by": r[6]} for r in rows]}
+    return {
+        "counts": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "tags": [
+            {
+                "item_id": r[0],
+                "dimension": r[1],
+                "judge_id": r[2],
+                "tag": r[3],
+                "note": r[4],
+                "at": str(r[5]),
+                "by": r[6],
+            }
+            for r in rows
+        ],
+    }

@@ -39,9 +39,15 @@ def reliability(p: np.ndarray, y: np.ndarray, bins: int = 10) -> list[dict[str, 
     for b in range(bins):
         m = idx == b
         n = int(m.sum())
-        rows.append({"bin_low": b / bins, "bin_high": (b + 1) / bins, "n": n,
-                     "mean_predicted": float(p[m].mean()) if n else None,
-                     "observed": float(y[m].mean()) if n else None})
+        rows.append(
+            {
+                "bin_low": b / bins,
+                "bin_high": (b + 1) / bins,
+                "n": n,
+                "mean_predicted": float(p[m].mean()) if n else None,
+                "observed": float(y[m].mean()) if n else None,
+            }
+        )
     return rows
 
 
@@ -126,13 +132,18 @@ def threshold_for_under_blocking(q: np.ndarray, unsafe: np.ndarray, target: floa
         return {"threshold": None, "undefined_reason": "no items people call unsafe"}
     k = int(np.floor(target * qu.size + 1e-9))
     t = float(qu[k]) if k < qu.size else float(np.nextafter(qu[-1], np.inf))
-    return {"threshold": t, "under_blocking": float((qu < t).mean()),
-            "over_blocking": float((q[~unsafe] >= t).mean()) if (~unsafe).any() else None,
-            "n_unsafe": int(qu.size), "n_safe": int((~unsafe).sum())}
+    return {
+        "threshold": t,
+        "under_blocking": float((qu < t).mean()),
+        "over_blocking": float((q[~unsafe] >= t).mean()) if (~unsafe).any() else None,
+        "n_unsafe": int(qu.size),
+        "n_safe": int((~unsafe).sum()),
+    }
 
 
-def cross_validated(method: str, p: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0,
-                    bins: int = 10) -> dict[str, Any]:
+def cross_validated(
+    method: str, p: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0, bins: int = 10
+) -> dict[str, Any]:
     """ECE and Brier of out-of-fold calibrated probabilities (an honest estimate of the gain)."""
     n = len(p)
     if n < 2 * folds:
@@ -143,8 +154,13 @@ def cross_validated(method: str, p: np.ndarray, y: np.ndarray, *, folds: int = 5
         test = order[f::folds]
         train = np.setdiff1d(order, test)
         q[test] = apply_map(method, fit_map(method, p[train], y[train]), p[test])
-    return {"folds": folds, "ece_raw": ece(p, y, bins), "ece_calibrated": ece(q, y, bins),
-            "brier_raw": brier(p, y), "brier_calibrated": brier(q, y)}
+    return {
+        "folds": folds,
+        "ece_raw": ece(p, y, bins),
+        "ece_calibrated": ece(q, y, bins),
+        "brier_raw": brier(p, y),
+        "brier_calibrated": brier(q, y),
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -152,8 +168,9 @@ def cross_validated(method: str, p: np.ndarray, y: np.ndarray, *, folds: int = 5
 # ---------------------------------------------------------------------------------------
 
 
-def calibration_data(bind: Any, dimension: str, collections: Sequence[str] | None = None, *,
-                     judge_id: str | None = None) -> dict[str, Any]:
+def calibration_data(
+    bind: Any, dimension: str, collections: Sequence[str] | None = None, *, judge_id: str | None = None
+) -> dict[str, Any]:
     """Items with both a judge probability and human labels: ids, p, soft y, consensus unsafe."""
     sc = data.scope(bind, collections)
     spec = sc.dimension(dimension)
@@ -163,22 +180,41 @@ def calibration_data(bind: Any, dimension: str, collections: Sequence[str] | Non
     if jid is None:
         raise data.AgreementError(f"no judge verdicts on dimension {dimension!r}")
     r = data.load_ratings(bind, sc.collection_ids, dimension, labels, ordered=bool(spec.get("ordered")))
-    v = data.load_verdicts(bind, sc.collection_ids, dimension, labels, jid, unsafe_labels=unsafe_labels,
-                           with_probs=True)
+    v = data.load_verdicts(
+        bind, sc.collection_ids, dimension, labels, jid, unsafe_labels=unsafe_labels, with_probs=True
+    )
     counts = r.counts()
     unsafe_codes = [labels.index(x) for x in unsafe_labels]
     m = counts.sum(axis=1)
     y = counts[:, unsafe_codes].sum(axis=1) / np.maximum(m, 1)
     p = v.p_for(r.item_ids)
     ok = np.isfinite(p) & (m > 0)
-    return {"judge_id": jid, "labels": labels, "unsafe_labels": list(unsafe_labels), "item_ids": r.item_ids[ok],
-            "p": np.clip(p[ok], 0.0, 1.0), "y": y[ok], "people_unsafe": y[ok] > 0.5,
-            "collections": [sc.collection_names[c] for c in sc.collection_ids]}
+    return {
+        "judge_id": jid,
+        "labels": labels,
+        "unsafe_labels": list(unsafe_labels),
+        "item_ids": r.item_ids[ok],
+        "p": np.clip(p[ok], 0.0, 1.0),
+        "y": y[ok],
+        "people_unsafe": y[ok] > 0.5,
+        "collections": [sc.collection_names[c] for c in sc.collection_ids],
+    }
 
 
-def fit_calibration(session: Any, user: Any, dimension: str, collections: Sequence[str] | None = None, *,
-                    judge_id: str | None = None, method: str = "isotonic", target_under_blocking: float = 0.05,
-                    bins: int = 10, folds: int = 5, seed: int = 0, min_n: int = 20) -> tuple[Any, dict[str, Any]]:
+def fit_calibration(
+    session: Any,
+    user: Any,
+    dimension: str,
+    collections: Sequence[str] | None = None,
+    *,
+    judge_id: str | None = None,
+    method: str = "isotonic",
+    target_under_blocking: float = 0.05,
+    bins: int = 10,
+    folds: int = 5,
+    seed: int = 0,
+    min_n: int = 20,
+) -> tuple[Any, dict[str, Any]]:
     """Fit, evaluate and store a :class:`db.models.Calibration`; return (row, metrics).
 
     ``user`` must be allowed to "calibrate" (None only from the trusted CLI).
@@ -197,16 +233,30 @@ def fit_calibration(session: Any, user: Any, dimension: str, collections: Sequen
     q = apply_map(method, params, p)
     thr = threshold_for_under_blocking(q, d["people_unsafe"], target_under_blocking)
     metrics = {
-        "n": len(p), "bins": bins, "collections": d["collections"],
-        "ece_raw": ece(p, y, bins), "brier_raw": brier(p, y),
-        "ece_calibrated_in_sample": ece(q, y, bins), "brier_calibrated_in_sample": brier(q, y),
+        "n": len(p),
+        "bins": bins,
+        "collections": d["collections"],
+        "ece_raw": ece(p, y, bins),
+        "brier_raw": brier(p, y),
+        "ece_calibrated_in_sample": ece(q, y, bins),
+        "brier_calibrated_in_sample": brier(q, y),
         "cross_validated": cross_validated(method, p, y, folds=folds, seed=seed, bins=bins),
-        "reliability_raw": reliability(p, y, bins), "reliability_calibrated": reliability(q, y, bins),
+        "reliability_raw": reliability(p, y, bins),
+        "reliability_calibrated": reliability(q, y, bins),
         "threshold": thr,
     }
-    row = Calibration(judge_id=d["judge_id"], dimension=dimension, method=method, params=params, metrics=metrics,
-                      threshold=thr.get("threshold"), target_under_blocking=target_under_blocking, n_items=len(p),
-                      created_by=getattr(user, "username", ""), created_at=utcnow())
+    row = Calibration(
+        judge_id=d["judge_id"],
+        dimension=dimension,
+        method=method,
+        params=params,
+        metrics=metrics,
+        threshold=thr.get("threshold"),
+        target_under_blocking=target_under_blocking,
+        n_items=len(p),
+        created_by=getattr(user, "username", ""),
+        created_at=utcnow(),
+    )
     session.add(row)
     session.flush()
     return row, metrics
@@ -217,8 +267,9 @@ def calibrated_judge_id(judge_id: str, calibration_id: int) -> str:
     return judge_id[: 80 - len(suffix)] + suffix
 
 
-def apply_calibration(session: Any, user: Any, calibration_id: int,
-                      collections: Sequence[str] | None = None) -> dict[str, Any]:
+def apply_calibration(
+    session: Any, user: Any, calibration_id: int, collections: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Write calibrated verdicts beside the raw ones (skips items that already have one)."""
     import sqlalchemy as sa
 
@@ -237,11 +288,14 @@ def apply_calibration(session: Any, user: Any, calibration_id: int,
     new_id = calibrated_judge_id(cal.judge_id, int(cal.id))
     with data.connection(session) as conn:
         marks, params = data._in_list("c", sc.collection_ids)
-        rows = data.fetch(conn, "SELECT v.item_id, v.label, v.probability, v.probs, v.judge_version FROM verdict v "
-                                "WHERE v.judge_id = :j AND v.dimension = :d AND v.item_id IN (SELECT id FROM item "
-                                f"WHERE collection_id IN ({marks or 'NULL'})) AND v.item_id NOT IN (SELECT item_id "
-                                "FROM verdict WHERE judge_id = :new AND dimension = :d) ORDER BY v.item_id",
-                          {**params, "j": cal.judge_id, "d": cal.dimension, "new": new_id})
+        rows = data.fetch(
+            conn,
+            "SELECT v.item_id, v.label, v.probability, v.probs, v.judge_version FROM verdict v "
+            "WHERE v.judge_id = :j AND v.dimension = :d AND v.item_id IN (SELECT id FROM item "
+            f"WHERE collection_id IN ({marks or 'NULL'})) AND v.item_id NOT IN (SELECT item_id "
+            "FROM verdict WHERE judge_id = :new AND dimension = :d) ORDER BY v.item_id",
+            {**params, "j": cal.judge_id, "d": cal.dimension, "new": new_id},
+        )
     p = np.array([data.p_unsafe_of(r[1], r[2], r[3], unsafe_labels) for r in rows], dtype=np.float64)
     ok = np.isfinite(p)
     q = apply_map(cal.method, cal.params, np.clip(p, 0, 1)) if len(p) else p
@@ -258,15 +312,34 @@ def apply_calibration(session: Any, user: Any, calibration_id: int,
             label = r[1]
         else:
             label = safe_labels[0] if safe_labels else None
-        new_rows.append({"item_id": int(r[0]), "dimension": cal.dimension, "judge_id": new_id,
-                         "judge_version": r[4] or "", "label": label, "status": "ok",
-                         "probability": float(q[k]) if block else float(1 - q[k]), "score": float(q[k]),
-                         "rationale": f"calibrated from {cal.judge_id} by calibration {cal.id} ({cal.method}); "
-                                      f"P(unsafe)={q[k]:.4f}, threshold {thr:.4f}",
-                         "raw_output": "", "intent": "", "calibration_id": int(cal.id), "created_at": now})
+        new_rows.append(
+            {
+                "item_id": int(r[0]),
+                "dimension": cal.dimension,
+                "judge_id": new_id,
+                "judge_version": r[4] or "",
+                "label": label,
+                "status": "ok",
+                "probability": float(q[k]) if block else float(1 - q[k]),
+                "score": float(q[k]),
+                "rationale": f"calibrated from {cal.judge_id} by calibration {cal.id} ({cal.method}); "
+                f"P(unsafe)={q[k]:.4f}, threshold {thr:.4f}",
+                "raw_output": "",
+                "intent": "",
+                "calibration_id": int(cal.id),
+                "created_at": now,
+            }
+        )
     if session.get(JudgeConfig, new_id) is None:
-        session.add(JudgeConfig(id=new_id, protocol="calibrated", model=cal.judge_id, prompt_version="",
-                                params={"calibration_id": cal.id, "method": cal.method, "threshold": thr}))
+        session.add(
+            JudgeConfig(
+                id=new_id,
+                protocol="calibrated",
+                model=cal.judge_id,
+                prompt_version="",
+                params={"calibration_id": cal.id, "method": cal.method, "threshold": thr},
+            )
+        )
         session.flush()
     if new_rows:
         session.execute(sa.insert(Verdict.__table__), new_rows)  # type: ignore[attr-defined]

@@ -84,8 +84,18 @@ class DawidSkene:
     converged: bool = False
 
 
-def dawid_skene(unit: np.ndarray, rater: np.ndarray, code: np.ndarray, n_units: int, n_raters: int,
-                n_labels: int, *, max_iter: int = 200, tol: float = 1e-8, smoothing: float = 0.0) -> DawidSkene:
+def dawid_skene(
+    unit: np.ndarray,
+    rater: np.ndarray,
+    code: np.ndarray,
+    n_units: int,
+    n_raters: int,
+    n_labels: int,
+    *,
+    max_iter: int = 200,
+    tol: float = 1e-8,
+    smoothing: float = 0.0,
+) -> DawidSkene:
     """Maximum-likelihood Dawid–Skene by EM over (unit, rater, code) triples (repeats allowed).
 
     ``smoothing`` adds a pseudo-count to every confusion cell (0 = the paper's plain MLE).
@@ -110,7 +120,8 @@ def dawid_skene(unit: np.ndarray, rater: np.ndarray, code: np.ndarray, n_units: 
         priors = post.mean(axis=0)
         for k in range(n_labels):
             conf[:, k, :] = np.bincount(rc, weights=post[unit, k], minlength=n_raters * n_labels).reshape(
-                n_raters, n_labels)
+                n_raters, n_labels
+            )
         conf += smoothing
         rows = conf.sum(axis=2, keepdims=True)
         conf = np.where(rows > 0, conf / np.where(rows > 0, rows, 1), 1.0 / n_labels)
@@ -166,8 +177,13 @@ class Consensus:
         return np.where(self.item_ids[pos] == item_ids, self.code[pos], -1)
 
 
-def consensus_from_ratings(r: data.Ratings, *, method: str = "majority", threshold: float = DEFAULT_THRESHOLD,
-                           adjudications: dict[int, dict[str, Any]] | None = None) -> Consensus:
+def consensus_from_ratings(
+    r: data.Ratings,
+    *,
+    method: str = "majority",
+    threshold: float = DEFAULT_THRESHOLD,
+    adjudications: dict[int, dict[str, Any]] | None = None,
+) -> Consensus:
     """Consensus of in-memory ratings; ``method`` "majority" or "dawid-skene"."""
     if method not in ("majority", "dawid-skene"):
         raise data.AgreementError("method must be majority or dawid-skene")
@@ -185,8 +201,9 @@ def consensus_from_ratings(r: data.Ratings, *, method: str = "majority", thresho
         code = np.where(has, code, -1)
         meth = np.where(meth == "unanimous", "unanimous", np.where(has, "dawid-skene", "none")).astype(object)
     with np.errstate(divide="ignore", invalid="ignore"):
-        agreement = np.where(code >= 0, counts[np.arange(r.n_units), np.maximum(code, 0)] / np.maximum(vote.n, 1),
-                             vote.agreement)
+        agreement = np.where(
+            code >= 0, counts[np.arange(r.n_units), np.maximum(code, 0)] / np.maximum(vote.n, 1), vote.agreement
+        )
     needs = vote.needs_adjudication.copy()
     reason = vote.reason.copy()
     adjudicated = np.zeros(r.n_units, dtype=bool)
@@ -201,17 +218,39 @@ def consensus_from_ratings(r: data.Ratings, *, method: str = "majority", thresho
         needs[pos] = False
         reason[pos] = ""
         agreement[pos] = counts[pos, code[pos]] / max(int(vote.n[pos]), 1)
-    return Consensus(r.dimension, r.labels, r.item_ids, code, meth, vote.n, agreement, posterior, needs, reason,
-                     counts, adjudicated, ds, list(r.rater_names))
+    return Consensus(
+        r.dimension,
+        r.labels,
+        r.item_ids,
+        code,
+        meth,
+        vote.n,
+        agreement,
+        posterior,
+        needs,
+        reason,
+        counts,
+        adjudicated,
+        ds,
+        list(r.rater_names),
+    )
 
 
-def consensus(bind: Any, dimension: str, collections: Sequence[str] | None = None, *, method: str = "majority",
-              threshold: float = DEFAULT_THRESHOLD, field_name: str = "labels") -> Consensus:
+def consensus(
+    bind: Any,
+    dimension: str,
+    collections: Sequence[str] | None = None,
+    *,
+    method: str = "majority",
+    threshold: float = DEFAULT_THRESHOLD,
+    field_name: str = "labels",
+) -> Consensus:
     """Consensus of a dimension over the collections' human annotations, adjudications applied."""
     sc = data.scope(bind, collections)
     spec = sc.dimension(dimension)
-    r = data.load_ratings(bind, sc.collection_ids, dimension, spec["labels"], ordered=bool(spec.get("ordered")),
-                          field_name=field_name)
+    r = data.load_ratings(
+        bind, sc.collection_ids, dimension, spec["labels"], ordered=bool(spec.get("ordered")), field_name=field_name
+    )
     adj = data.load_adjudications(bind, sc.collection_ids, dimension)
     return consensus_from_ratings(r, method=method, threshold=threshold, adjudications=adj)
 
@@ -232,9 +271,15 @@ def require(user: Any, action: str) -> None:
     policy_require(user, action)
 
 
-def adjudication_queue(session: Any, user: Any, collections: Sequence[str] | None = None,
-                       dimensions: Sequence[str] | None = None, *, threshold: float = DEFAULT_THRESHOLD,
-                       limit: int | None = None) -> list[dict[str, Any]]:
+def adjudication_queue(
+    session: Any,
+    user: Any,
+    collections: Sequence[str] | None = None,
+    dimensions: Sequence[str] | None = None,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
     """Items a lead should decide: ties first, then lowest agreement; adjudicated ones drop out."""
     require(user, "adjudicate")
     sc = data.scope(session, collections)
@@ -243,14 +288,24 @@ def adjudication_queue(session: Any, user: Any, collections: Sequence[str] | Non
     for dim in dims:
         cons = consensus(session, dim, [sc.collection_names[c] for c in sc.collection_ids], threshold=threshold)
         for i in np.flatnonzero(cons.needs_adjudication):
-            rows.append({
-                "item_id": int(cons.item_ids[i]), "dimension": dim, "reason": str(cons.reason[i]),
-                "n_annotators": int(cons.n_annotators[i]),
-                "agreement": None if np.isnan(cons.agreement[i]) else float(cons.agreement[i]),
-                "votes": {lab: int(n) for lab, n in zip(cons.labels, cons.counts[i], strict=True) if n},
-            })
-    rows.sort(key=lambda r: (r["reason"] != "tie", r["agreement"] if r["agreement"] is not None else 0.0,
-                             r["item_id"], r["dimension"]))
+            rows.append(
+                {
+                    "item_id": int(cons.item_ids[i]),
+                    "dimension": dim,
+                    "reason": str(cons.reason[i]),
+                    "n_annotators": int(cons.n_annotators[i]),
+                    "agreement": None if np.isnan(cons.agreement[i]) else float(cons.agreement[i]),
+                    "votes": {lab: int(n) for lab, n in zip(cons.labels, cons.counts[i], strict=True) if n},
+                }
+            )
+    rows.sort(
+        key=lambda r: (
+            r["reason"] != "tie",
+            r["agreement"] if r["agreement"] is not None else 0.0,
+            r["item_id"],
+            r["dimension"],
+        )
+    )
     if rows:
         ext = _external_ids(session, [r["item_id"] for r in rows])
         for r in rows:
@@ -263,10 +318,14 @@ def _external_ids(session: Any, item_ids: list[int]) -> dict[int, tuple[str, str
     with data.connection(session) as conn:
         uniq = sorted(set(item_ids))
         for start in range(0, len(uniq), 500):
-            chunk = uniq[start:start + 500]
+            chunk = uniq[start : start + 500]
             marks, params = data._in_list("i", chunk)
-            for iid, ext, name in data.fetch(conn, "SELECT i.id, i.external_id, c.name FROM item i JOIN collection c "
-                                                   f"ON c.id = i.collection_id WHERE i.id IN ({marks})", params):
+            for iid, ext, name in data.fetch(
+                conn,
+                "SELECT i.id, i.external_id, c.name FROM item i JOIN collection c "
+                f"ON c.id = i.collection_id WHERE i.id IN ({marks})",
+                params,
+            ):
                 out[int(iid)] = (ext, name)
     return out
 
@@ -289,8 +348,9 @@ def adjudicate(session: Any, user: Any, item_id: int, dimension: str, label: str
         raise InvalidInput(f"label: {label!r} is not one of {', '.join(dims[dimension]['labels'])}")
     if not isinstance(rationale, str) or len(rationale) > MAX_RATIONALE:
         raise InvalidInput(f"rationale: at most {MAX_RATIONALE} characters")
-    row = Adjudication(item_id=item_id, dimension=dimension, label=label, rationale=rationale,
-                       user_id=user.id, at=utcnow())
+    row = Adjudication(
+        item_id=item_id, dimension=dimension, label=label, rationale=rationale, user_id=user.id, at=utcnow()
+    )
     session.add(row)
     session.flush()
     return row

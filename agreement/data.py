@@ -156,16 +156,20 @@ class Scope:
                     raise AgreementError(f"dimension {name!r} has different labels in the selected collections")
                 found = d
         if found is None:
-            raise AgreementError(f"no dimension {name!r} in the selected collections; "
-                                 f"known: {', '.join(self.dimensions()) or 'none'}")
+            raise AgreementError(
+                f"no dimension {name!r} in the selected collections; known: {', '.join(self.dimensions()) or 'none'}"
+            )
         return found
 
 
 def scope(bind: Any, collections: Sequence[str] | None = None) -> Scope:
     """Resolve collection names (None/empty = every non-archived collection)."""
     with connection(bind) as conn:
-        rows = fetch(conn, "SELECT c.id, c.name, c.archived, t.spec FROM collection c "
-                           "JOIN taxonomy t ON t.id = c.taxonomy_id ORDER BY c.id")
+        rows = fetch(
+            conn,
+            "SELECT c.id, c.name, c.archived, t.spec FROM collection c "
+            "JOIN taxonomy t ON t.id = c.taxonomy_id ORDER BY c.id",
+        )
     import json
 
     by_name = {r[1]: r for r in rows}
@@ -226,8 +230,18 @@ class Ratings:
         """The ratings of the units where ``mask`` (over ``item_ids``) is true, re-indexed."""
         new_index = np.cumsum(mask) - 1
         keep = mask[self.unit]
-        return Ratings(self.dimension, self.labels, self.ordered, self.item_ids[mask], self.rater_names,
-                       new_index[self.unit[keep]], self.rater[keep], self.code[keep], 0, self.unsafe_labels)
+        return Ratings(
+            self.dimension,
+            self.labels,
+            self.ordered,
+            self.item_ids[mask],
+            self.rater_names,
+            new_index[self.unit[keep]],
+            self.rater[keep],
+            self.code[keep],
+            0,
+            self.unsafe_labels,
+        )
 
     def add_rater(self, name: str, item_ids: np.ndarray, codes: np.ndarray) -> Ratings:
         """These ratings plus one more rater (e.g. the judge) on the items already present."""
@@ -239,13 +253,21 @@ class Ratings:
             pos = np.clip(np.searchsorted(self.item_ids, item_ids), 0, len(self.item_ids) - 1)
             ok = (self.item_ids[pos] == item_ids) & (codes >= 0)
         r = len(self.rater_names)
-        return Ratings(self.dimension, self.labels, self.ordered, self.item_ids, [*self.rater_names, name],
-                       np.concatenate([self.unit, pos[ok]]), np.concatenate([self.rater, np.full(ok.sum(), r)]),
-                       np.concatenate([self.code, codes[ok]]), self.n_invalid, self.unsafe_labels)
+        return Ratings(
+            self.dimension,
+            self.labels,
+            self.ordered,
+            self.item_ids,
+            [*self.rater_names, name],
+            np.concatenate([self.unit, pos[ok]]),
+            np.concatenate([self.rater, np.full(ok.sum(), r)]),
+            np.concatenate([self.code, codes[ok]]),
+            self.n_invalid,
+            self.unsafe_labels,
+        )
 
 
-_ITEM_RANGES: ContextVar[dict[tuple[int, ...], tuple[Any, Any, Any]] | None] = ContextVar("_ITEM_RANGES",
-                                                                                           default=None)
+_ITEM_RANGES: ContextVar[dict[tuple[int, ...], tuple[Any, Any, Any]] | None] = ContextVar("_ITEM_RANGES", default=None)
 
 
 @contextmanager
@@ -278,8 +300,9 @@ def item_filter(conn: Connection, collection_ids: Sequence[int], column: str) ->
     if cache is not None and key in cache:
         lo, hi, n = cache[key]
     else:
-        lo, hi, n = fetch(conn, f"SELECT MIN(id), MAX(id), COUNT(*) FROM item WHERE collection_id IN ({cols})",
-                          cparams)[0]
+        lo, hi, n = fetch(
+            conn, f"SELECT MIN(id), MAX(id), COUNT(*) FROM item WHERE collection_id IN ({cols})", cparams
+        )[0]
         if cache is not None:
             cache[key] = (lo, hi, n)
     plus = "" if is_postgres(conn) else "+"
@@ -290,8 +313,15 @@ def item_filter(conn: Connection, collection_ids: Sequence[int], column: str) ->
     return f"{plus}{column} IN (SELECT id FROM item WHERE collection_id IN ({cols}))", cparams
 
 
-def _packed_triples(conn: Connection, select_sql: tuple[str, str, str], where: str, params: dict[str, Any],
-                    max_item: int, max_user: int, n_codes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def _packed_triples(
+    conn: Connection,
+    select_sql: tuple[str, str, str],
+    where: str,
+    params: dict[str, Any],
+    max_item: int,
+    max_user: int,
+    n_codes: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(item, user, code) triples packed into one integer each and concatenated in SQL.
 
     Fetching millions of rows through Python's sqlite3 costs a tuple per row; one
@@ -305,8 +335,7 @@ def _packed_triples(conn: Connection, select_sql: tuple[str, str, str], where: s
     agg = "string_agg(({x})::text, ',')" if is_postgres(conn) else "group_concat({x})"
     item_expr, user_expr, code_expr = select_sql
     # BIGINT: PostgreSQL's integer columns are 32-bit and the packed value needs up to 62 bits
-    packed = (f"((CAST({item_expr} AS BIGINT) << {user_bits}) | ({user_expr})) * {1 << code_bits} "
-              f"+ (({code_expr}) + 2)")
+    packed = f"((CAST({item_expr} AS BIGINT) << {user_bits}) | ({user_expr})) * {1 << code_bits} + (({code_expr}) + 2)"
     rows = fetch(conn, f"SELECT {agg.format(x=packed)} FROM {where}", params)
     text = rows[0][0] if rows else None
     if not text:
@@ -340,8 +369,9 @@ def load_ratings(
         users = dict(fetch(conn, 'SELECT id, username FROM "user"'))
         max_item = fetch(conn, "SELECT COALESCE(MAX(id), 0) FROM item")[0][0]
         where = f"annotation a WHERE {cond}"
-        packed = _packed_triples(conn, ("a.item_id", "a.user_id", case), where, params,
-                                 int(max_item), max(users, default=1), len(labels))
+        packed = _packed_triples(
+            conn, ("a.item_id", "a.user_id", case), where, params, int(max_item), max(users, default=1), len(labels)
+        )
         if packed is None:
             arr = int_matrix(fetch(conn, f"SELECT a.item_id, a.user_id, {case} FROM {where}", params), 3)
             packed = (arr[:, 0], arr[:, 1], arr[:, 2])
@@ -404,8 +434,10 @@ def _combos_sqlite(conn: Connection, cond: str, params: dict[str, Any]) -> tuple
     """
     attrs = ", ".join(_ATTRS)
     on = " AND ".join(f"k.{a} = i.{a}" for a in _ATTRS)
-    combos_sql = (f"WITH k AS (SELECT {attrs}, ROW_NUMBER() OVER (ORDER BY {attrs}) - 1 AS k "
-                  f"FROM (SELECT DISTINCT {attrs} FROM item i WHERE {cond}) d)")
+    combos_sql = (
+        f"WITH k AS (SELECT {attrs}, ROW_NUMBER() OVER (ORDER BY {attrs}) - 1 AS k "
+        f"FROM (SELECT DISTINCT {attrs} FROM item i WHERE {cond}) d)"
+    )
     combos = fetch(conn, f"{combos_sql} SELECT {attrs} FROM k ORDER BY k", params)
     max_item = fetch(conn, "SELECT COALESCE(MAX(id), 0) FROM item")[0][0]
     bits = max(len(combos).bit_length(), 1)
@@ -413,18 +445,27 @@ def _combos_sqlite(conn: Connection, cond: str, params: dict[str, Any]) -> tuple
         empty = np.zeros(0, dtype=np.int64)
         return combos, empty, empty
     if int(max_item).bit_length() + bits <= 62:
-        text = fetch(conn, f"{combos_sql} SELECT group_concat((i.id << {bits}) | k.k) FROM item i CROSS JOIN k "
-                           f"ON {on} WHERE {cond}", params)[0][0] or ""
+        text = (
+            fetch(
+                conn,
+                f"{combos_sql} SELECT group_concat((i.id << {bits}) | k.k) FROM item i CROSS JOIN k "
+                f"ON {on} WHERE {cond}",
+                params,
+            )[0][0]
+            or ""
+        )
         packed = np.fromstring(text, dtype=np.int64, sep=",") if text else np.zeros(0, dtype=np.int64)
         packed.sort()
         return combos, packed >> bits, packed & ((1 << bits) - 1)
-    rows = fetch(conn, f"SELECT i.id, k.k FROM item i JOIN ({combos_sql} SELECT * FROM k) k ON {on} "
-                       f"WHERE {cond} ORDER BY i.id", params)
+    rows = fetch(
+        conn,
+        f"SELECT i.id, k.k FROM item i JOIN ({combos_sql} SELECT * FROM k) k ON {on} WHERE {cond} ORDER BY i.id",
+        params,
+    )
     return combos, np.array([r[0] for r in rows], dtype=np.int64), np.array([r[1] for r in rows], dtype=np.int64)
 
 
-def _combos_postgres(conn: Connection, cond: str, params: dict[str, Any]) -> tuple[list[tuple], np.ndarray,
-                                                                                     np.ndarray]:
+def _combos_postgres(conn: Connection, cond: str, params: dict[str, Any]) -> tuple[list[tuple], np.ndarray, np.ndarray]:
     """PostgreSQL: one hash-aggregated pass, each combination with the list of its item ids.
 
     A DISTINCT (or a join back to it) is planned as a sort of every item row when the table
@@ -432,8 +473,11 @@ def _combos_postgres(conn: Connection, cond: str, params: dict[str, Any]) -> tup
     million items against under 1 s for this single GROUP BY.
     """
     attrs = ", ".join(_ATTRS)
-    rows = fetch(conn, f"SELECT {attrs}, string_agg(i.id::text, ',') FROM item i WHERE {cond} GROUP BY {attrs} "
-                       f"ORDER BY {attrs}", params)
+    rows = fetch(
+        conn,
+        f"SELECT {attrs}, string_agg(i.id::text, ',') FROM item i WHERE {cond} GROUP BY {attrs} ORDER BY {attrs}",
+        params,
+    )
     parts = [np.fromstring(r[-1], dtype=np.int64, sep=",") for r in rows]
     if not parts:
         empty = np.zeros(0, dtype=np.int64)
@@ -454,11 +498,15 @@ def _external_id_array(conn: Connection, cond: str, params: dict[str, Any], ids:
     import pyarrow as pa
 
     if is_postgres(conn):
-        sql = ("SELECT string_agg(i.id::text, ','), string_agg(octet_length(i.external_id)::text, ','), "
-               "string_agg(i.external_id, '') FROM item i WHERE {cond}")
+        sql = (
+            "SELECT string_agg(i.id::text, ','), string_agg(octet_length(i.external_id)::text, ','), "
+            "string_agg(i.external_id, '') FROM item i WHERE {cond}"
+        )
     else:
-        sql = ("SELECT group_concat(i.id), group_concat(length(CAST(i.external_id AS BLOB))), "
-               "group_concat(i.external_id, '') FROM item i WHERE {cond}")
+        sql = (
+            "SELECT group_concat(i.id), group_concat(length(CAST(i.external_id AS BLOB))), "
+            "group_concat(i.external_id, '') FROM item i WHERE {cond}"
+        )
     id_text, len_text, joined = fetch(conn, sql.format(cond=cond), params)[0]
     if not id_text:
         return pa.array([], type=pa.string())
@@ -486,13 +534,15 @@ def item_attributes(bind: Any, collection_ids: Sequence[int], *, external_id: bo
     table = {a: [c[j] for c in combos] for j, a in enumerate(_ATTRS)}
     values: dict[str, list[Any]] = {c: table[c] for c in ("task_type", "category", "subcategory", "model")}
     values["collection"] = [names.get(x, "") for x in table["collection_id"]]
-    values["modality"] = [f"{a}->{b}" for a, b in zip(table["input_modalities"], table["output_modalities"],
-                                                      strict=True)]
+    values["modality"] = [
+        f"{a}->{b}" for a, b in zip(table["input_modalities"], table["output_modalities"], strict=True)
+    ]
     return ItemAttributes(ids, which, values, ext)
 
 
-def load_items(bind: Any, collection_ids: Sequence[int],
-               columns: Sequence[str] = ITEM_COLUMNS) -> dict[str, np.ndarray]:
+def load_items(
+    bind: Any, collection_ids: Sequence[int], columns: Sequence[str] = ITEM_COLUMNS
+) -> dict[str, np.ndarray]:
     """Item attributes for slicing, as object arrays aligned on sorted ``id``.
 
     ``modality`` is ``<input_modalities>-><output_modalities>``; ``collection`` the name.
@@ -506,8 +556,11 @@ def load_items(bind: Any, collection_ids: Sequence[int],
         if c == "external_id":
             out[c] = np.array(items.external_id.to_pylist(), dtype=object)
         else:
-            out[c] = np.array(items.values[c], dtype=object)[items.combo] if len(items.values[c]) else \
-                np.array([], dtype=object)
+            out[c] = (
+                np.array(items.values[c], dtype=object)[items.combo]
+                if len(items.values[c])
+                else np.array([], dtype=object)
+            )
     return out
 
 
@@ -515,8 +568,12 @@ def judges(bind: Any, collection_ids: Sequence[int], dimension: str) -> list[tup
     """Judge ids with verdicts on the dimension, most verdicts first."""
     with connection(bind) as conn:
         cond, params = item_filter(conn, collection_ids, "v.item_id")
-        rows = fetch(conn, f"SELECT v.judge_id, COUNT(*) FROM verdict v WHERE v.dimension = :dim AND {cond} "
-                           "GROUP BY v.judge_id ORDER BY COUNT(*) DESC, v.judge_id", {**params, "dim": dimension})
+        rows = fetch(
+            conn,
+            f"SELECT v.judge_id, COUNT(*) FROM verdict v WHERE v.dimension = :dim AND {cond} "
+            "GROUP BY v.judge_id ORDER BY COUNT(*) DESC, v.judge_id",
+            {**params, "dim": dimension},
+        )
     return [(r[0], int(r[1])) for r in rows]
 
 
@@ -572,9 +629,16 @@ def p_unsafe_of(label: str | None, probability: float | None, probs: Any, unsafe
     return float(probability) if label in unsafe_labels else 1.0 - float(probability)
 
 
-def load_verdicts(bind: Any, collection_ids: Sequence[int], dimension: str, labels: Sequence[str],
-                  judge_id: str, *, unsafe_labels: Sequence[str] = UNSAFE_DEFAULT,
-                  with_probs: bool = False) -> Verdicts:
+def load_verdicts(
+    bind: Any,
+    collection_ids: Sequence[int],
+    dimension: str,
+    labels: Sequence[str],
+    judge_id: str,
+    *,
+    unsafe_labels: Sequence[str] = UNSAFE_DEFAULT,
+    with_probs: bool = False,
+) -> Verdicts:
     """One judge's verdicts on a dimension (codes computed in SQL; packed like the ratings)."""
     labels = list(labels)
     with connection(bind) as conn:
@@ -605,9 +669,12 @@ def load_adjudications(bind: Any, collection_ids: Sequence[int], dimension: str)
     with connection(bind) as conn:
         # the shared range test: an IN (SELECT id FROM item ...) made SQLite list every item first
         cond, params = item_filter(conn, collection_ids, "a.item_id")
-        rows = fetch(conn, "SELECT a.item_id, a.label, a.user_id, a.at, a.rationale, a.id FROM adjudication a "
-                           f"WHERE a.dimension = :dim AND {cond} ORDER BY a.item_id, a.at, a.id",
-                           {**params, "dim": dimension})
+        rows = fetch(
+            conn,
+            "SELECT a.item_id, a.label, a.user_id, a.at, a.rationale, a.id FROM adjudication a "
+            f"WHERE a.dimension = :dim AND {cond} ORDER BY a.item_id, a.at, a.id",
+            {**params, "dim": dimension},
+        )
     out: dict[int, dict[str, Any]] = {}
     for item_id, label, user_id, at, rationale, adj_id in rows:  # ordered: the newest overwrites
         out[int(item_id)] = {"label": label, "user_id": user_id, "at": at, "rationale": rationale, "id": adj_id}
@@ -644,16 +711,24 @@ def load_audit_sample(bind: Any, collection_ids: Sequence[int]) -> tuple[np.ndar
     """
     with connection(bind) as conn:
         cond, params = item_filter(conn, collection_ids, "s.item_id")
-        pulls = fetch(conn, "SELECT i.collection_id, s.item_id, s.user_id, s.sampling_prob, s.leased_at, "
-                            "c.audit_share FROM assignment s JOIN item i ON i.id = s.item_id "
-                            "JOIN collection c ON c.id = i.collection_id WHERE s.stratum = 'audit' "
-                            f"AND s.sampling_prob IS NOT NULL AND s.sampling_prob > 0 AND {cond}", params)
+        pulls = fetch(
+            conn,
+            "SELECT i.collection_id, s.item_id, s.user_id, s.sampling_prob, s.leased_at, "
+            "c.audit_share FROM assignment s JOIN item i ON i.id = s.item_id "
+            "JOIN collection c ON c.id = i.collection_id WHERE s.stratum = 'audit' "
+            f"AND s.sampling_prob IS NOT NULL AND s.sampling_prob > 0 AND {cond}",
+            params,
+        )
         if not pulls:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
-        held = fetch(conn, "SELECT s.item_id, s.user_id, s.leased_at, c.overlap_target FROM assignment s "
-                           "JOIN item i ON i.id = s.item_id JOIN collection c ON c.id = i.collection_id "
-                           "WHERE s.status IN ('leased', 'done') AND s.item_id IN (SELECT a.item_id FROM assignment a "
-                           f"WHERE a.stratum = 'audit' AND a.sampling_prob > 0) AND {cond}", params)
+        held = fetch(
+            conn,
+            "SELECT s.item_id, s.user_id, s.leased_at, c.overlap_target FROM assignment s "
+            "JOIN item i ON i.id = s.item_id JOIN collection c ON c.id = i.collection_id "
+            "WHERE s.status IN ('leased', 'done') AND s.item_id IN (SELECT a.item_id FROM assignment a "
+            f"WHERE a.stratum = 'audit' AND a.sampling_prob > 0) AND {cond}",
+            params,
+        )
     audit_items = {int(r[1]): int(r[0]) for r in pulls}
     holds: dict[int, list[tuple[int, float]]] = {}
     k_of: dict[int, int] = {}

@@ -23,8 +23,24 @@ from safereview.agreement import data
 from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus_from_ratings, require
 
 FORMATS = ("jsonl", "csv", "parquet", "hf")
-COLUMNS = ("snapshot_id", "collection", "item_id", "external_id", "task_type", "category", "model", "modality",
-           "dimension", "label", "method", "n_annotators", "agreement", "posterior", "judge_id", "judge_label")
+COLUMNS = (
+    "snapshot_id",
+    "collection",
+    "item_id",
+    "external_id",
+    "task_type",
+    "category",
+    "model",
+    "modality",
+    "dimension",
+    "label",
+    "method",
+    "n_annotators",
+    "agreement",
+    "posterior",
+    "judge_id",
+    "judge_label",
+)
 
 
 def _strings(values: Any):  # type: ignore[no-untyped-def]
@@ -38,8 +54,9 @@ def _coded(codes: np.ndarray, names: Sequence[str]):  # type: ignore[no-untyped-
     import pyarrow as pa
 
     codes = np.asarray(codes, dtype=np.int32)
-    d = pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0, type=pa.int32()),
-                                       pa.array(list(names), type=pa.string()))
+    d = pa.DictionaryArray.from_arrays(
+        pa.array(codes, mask=codes < 0, type=pa.int32()), pa.array(list(names), type=pa.string())
+    )
     return d.cast(pa.string())
 
 
@@ -120,16 +137,29 @@ def checksum(table: Any) -> str:
     return h.hexdigest()
 
 
-def compute_gold(bind: Any, collections: Sequence[str] | None = None, dimensions: Sequence[str] | None = None, *,
-                 method: str = "majority", threshold: float = DEFAULT_THRESHOLD,
-                 judge_id: str | None = None) -> tuple[Any, dict[str, Any]]:
+def compute_gold(
+    bind: Any,
+    collections: Sequence[str] | None = None,
+    dimensions: Sequence[str] | None = None,
+    *,
+    method: str = "majority",
+    threshold: float = DEFAULT_THRESHOLD,
+    judge_id: str | None = None,
+) -> tuple[Any, dict[str, Any]]:
     """Gold rows as a pyarrow table (snapshot id 0), sorted by item id then dimension; and the params."""
     with data.item_ranges_reused():
         return _compute_gold(bind, collections, dimensions, method=method, threshold=threshold, judge_id=judge_id)
 
 
-def _compute_gold(bind: Any, collections: Sequence[str] | None, dimensions: Sequence[str] | None, *,
-                  method: str, threshold: float, judge_id: str | None) -> tuple[Any, dict[str, Any]]:
+def _compute_gold(
+    bind: Any,
+    collections: Sequence[str] | None,
+    dimensions: Sequence[str] | None,
+    *,
+    method: str,
+    threshold: float,
+    judge_id: str | None,
+) -> tuple[Any, dict[str, Any]]:
     import pyarrow as pa
 
     sc = data.scope(bind, collections)
@@ -145,53 +175,88 @@ def _compute_gold(bind: Any, collections: Sequence[str] | None, dimensions: Sequ
         cons = consensus_from_ratings(r, method=method, threshold=threshold, adjudications=adj)
         jid = judge_id or data.default_judge(bind, sc.collection_ids, dim)
         judge_ids[dim] = jid or ""
-        jcodes = (data.load_verdicts(bind, sc.collection_ids, dim, labels, jid).codes_for(cons.item_ids)
-                  if jid else np.full(len(cons.item_ids), -1))
+        jcodes = (
+            data.load_verdicts(bind, sc.collection_ids, dim, labels, jid).codes_for(cons.item_ids)
+            if jid
+            else np.full(len(cons.item_ids), -1)
+        )
         n = len(cons.item_ids)
         meth_codes, meth_names = _factorize(cons.method)
-        parts.append(pa.table({
-            "_order": pa.array(np.full(n, d_index, dtype=np.int32)),
-            "_pos": pa.array(np.searchsorted(items.ids, cons.item_ids).astype(np.int64)),
-            "item_id": pa.array(cons.item_ids.astype(np.int64)),
-            "dimension": _coded(np.zeros(n, dtype=np.int32), [dim]),
-            "label": _coded(cons.code, labels),
-            "method": _coded(meth_codes, meth_names),
-            "n_annotators": pa.array(cons.n_annotators.astype(np.int32)),
-            "agreement": _floats(cons.agreement),
-            "posterior": _floats(cons.posterior),
-            "judge_id": _coded(np.zeros(n, dtype=np.int32), [jid or ""]),
-            "judge_label": _coded(jcodes, labels),
-        }))
+        parts.append(
+            pa.table(
+                {
+                    "_order": pa.array(np.full(n, d_index, dtype=np.int32)),
+                    "_pos": pa.array(np.searchsorted(items.ids, cons.item_ids).astype(np.int64)),
+                    "item_id": pa.array(cons.item_ids.astype(np.int64)),
+                    "dimension": _coded(np.zeros(n, dtype=np.int32), [dim]),
+                    "label": _coded(cons.code, labels),
+                    "method": _coded(meth_codes, meth_names),
+                    "n_annotators": pa.array(cons.n_annotators.astype(np.int32)),
+                    "agreement": _floats(cons.agreement),
+                    "posterior": _floats(cons.posterior),
+                    "judge_id": _coded(np.zeros(n, dtype=np.int32), [jid or ""]),
+                    "judge_label": _coded(jcodes, labels),
+                }
+            )
+        )
     if len(parts) == 1:
         t = parts[0]  # consensus item ids are sorted and distinct: already in (item_id, dimension) order
     elif parts:
         t = pa.concat_tables(parts).sort_by([("item_id", "ascending"), ("_order", "ascending")])
     else:
-        t = pa.table({"_pos": pa.array([], pa.int64()), "item_id": pa.array([], pa.int64()),
-                      **{c: pa.array([], pa.string()) for c in ("dimension", "label", "method", "judge_id",
-                                                                 "judge_label")},
-                      "n_annotators": pa.array([], pa.int32()), "agreement": pa.array([], pa.float64()),
-                      "posterior": pa.array([], pa.float64())})
+        t = pa.table(
+            {
+                "_pos": pa.array([], pa.int64()),
+                "item_id": pa.array([], pa.int64()),
+                **{c: pa.array([], pa.string()) for c in ("dimension", "label", "method", "judge_id", "judge_label")},
+                "n_annotators": pa.array([], pa.int32()),
+                "agreement": pa.array([], pa.float64()),
+                "posterior": pa.array([], pa.float64()),
+            }
+        )
     pos = t.column("_pos").to_numpy()
     cols: dict[str, Any] = {"snapshot_id": np.zeros(t.num_rows, dtype=np.int64)}
     for c in ("collection", "task_type", "category", "model", "modality"):
         cols[c] = _coded(items.combo[pos], items.values[c])
     cols["external_id"] = items.external_id.take(pa.array(pos))
-    for c in ("item_id", "dimension", "label", "method", "n_annotators", "agreement", "posterior", "judge_id",
-              "judge_label"):
+    for c in (
+        "item_id",
+        "dimension",
+        "label",
+        "method",
+        "n_annotators",
+        "agreement",
+        "posterior",
+        "judge_id",
+        "judge_label",
+    ):
         cols[c] = t.column(c)
-    params = {"method": method, "threshold": threshold, "dimensions": dims, "judge_id": judge_id,
-              "judge_ids": judge_ids,
-              "collections": [sc.collection_names[c] for c in sc.collection_ids],
-              "collection_ids": list(sc.collection_ids)}
+    params = {
+        "method": method,
+        "threshold": threshold,
+        "dimensions": dims,
+        "judge_id": judge_id,
+        "judge_ids": judge_ids,
+        "collections": [sc.collection_names[c] for c in sc.collection_ids],
+        "collection_ids": list(sc.collection_ids),
+    }
     return _table(cols), params
 
 
 def _insert_gold(session: Any, snapshot_id: int, table: Any) -> None:
     """Bulk insert of the Gold rows (DB-API executemany on SQLite, COPY on PostgreSQL)."""
     conn = session.connection()
-    names = ["snapshot_id", "item_id", "dimension", "label", "method", "n_annotators", "agreement", "posterior",
-             "judge_label"]
+    names = [
+        "snapshot_id",
+        "item_id",
+        "dimension",
+        "label",
+        "method",
+        "n_annotators",
+        "agreement",
+        "posterior",
+        "judge_label",
+    ]
     if conn.dialect.name == "postgresql":
         _copy_gold_csv(conn, snapshot_id, table, names)
         return
@@ -203,8 +268,10 @@ def _insert_gold(session: Any, snapshot_id: int, table: Any) -> None:
     old_cache = cur.execute("PRAGMA cache_size").fetchone()[0]
     cur.execute("PRAGMA cache_size = -262144")
     try:
-        cur.executemany(f"INSERT INTO gold ({', '.join(names)}) VALUES ({int(snapshot_id)}, "
-                        f"{', '.join('?' for _ in names[1:])})", rows)
+        cur.executemany(
+            f"INSERT INTO gold ({', '.join(names)}) VALUES ({int(snapshot_id)}, {', '.join('?' for _ in names[1:])})",
+            rows,
+        )
     finally:
         cur.execute(f"PRAGMA cache_size = {int(old_cache)}")
         cur.close()
@@ -221,8 +288,12 @@ def _copy_gold_csv(conn: Any, snapshot_id: int, table: Any, names: list[str]) ->
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    out = pa.table({"snapshot_id": pa.array(np.full(table.num_rows, snapshot_id, dtype=np.int64)),
-                    **{c: table.column(c) for c in names[1:]}})
+    out = pa.table(
+        {
+            "snapshot_id": pa.array(np.full(table.num_rows, snapshot_id, dtype=np.int64)),
+            **{c: table.column(c) for c in names[1:]},
+        }
+    )
     buf = io.BytesIO()
     pacsv.write_csv(out, buf, write_options=pacsv.WriteOptions(include_header=False, quoting_style="needed"))
     cols = ", ".join(f'"{c}"' for c in names)
@@ -230,13 +301,20 @@ def _copy_gold_csv(conn: Any, snapshot_id: int, table: Any, names: list[str]) ->
     with dbapi.cursor() as cur, cur.copy(f'COPY "gold" ({cols}) FROM STDIN WITH (FORMAT csv)') as cp:
         view = buf.getbuffer()
         for start in range(0, len(view), 8 << 20):
-            cp.write(view[start:start + (8 << 20)])
+            cp.write(view[start : start + (8 << 20)])
 
 
-def create_snapshot(session: Any, user: Any, collections: Sequence[str] | None = None,
-                    dimensions: Sequence[str] | None = None, *, method: str = "majority",
-                    threshold: float = DEFAULT_THRESHOLD, judge_id: str | None = None,
-                    created_by: str = "") -> tuple[Any, Any]:
+def create_snapshot(
+    session: Any,
+    user: Any,
+    collections: Sequence[str] | None = None,
+    dimensions: Sequence[str] | None = None,
+    *,
+    method: str = "majority",
+    threshold: float = DEFAULT_THRESHOLD,
+    judge_id: str | None = None,
+    created_by: str = "",
+) -> tuple[Any, Any]:
     """Compute gold labels, store a numbered ``GoldSnapshot`` with its rows; return (snapshot, pyarrow table).
 
     ``user`` is checked for the "export" permission (pass None only from the trusted CLI).
@@ -247,15 +325,23 @@ def create_snapshot(session: Any, user: Any, collections: Sequence[str] | None =
 
     if user is not None:
         require(user, "export")
-    table, params = compute_gold(session, collections, dimensions, method=method, threshold=threshold,
-                                 judge_id=judge_id)
+    table, params = compute_gold(
+        session, collections, dimensions, method=method, threshold=threshold, judge_id=judge_id
+    )
     collection_ids = params.pop("collection_ids")
     # The checksum is arrow and hashlib work that releases the GIL: it runs on the other core
     # while the rows are written (0.5 s per million rows), and is stored before the commit.
     with ThreadPoolExecutor(max_workers=1) as pool:
         digest = pool.submit(checksum, table)
-        snap = GoldSnapshot(method=method, params=params, collection_ids=collection_ids, n_rows=table.num_rows,
-                            checksum="", created_by=created_by or getattr(user, "username", ""), created_at=utcnow())
+        snap = GoldSnapshot(
+            method=method,
+            params=params,
+            collection_ids=collection_ids,
+            n_rows=table.num_rows,
+            checksum="",
+            created_by=created_by or getattr(user, "username", ""),
+            created_at=utcnow(),
+        )
         session.add(snap)
         session.flush()
         _insert_gold(session, int(snap.id), table)
@@ -277,20 +363,30 @@ def snapshot_table(bind: Any, snapshot_id: int):  # type: ignore[no-untyped-def]
         if not snap:
             raise data.AgreementError(f"no gold snapshot {snapshot_id}")
         params = snap[0][1] if isinstance(snap[0][1], dict) else json.loads(snap[0][1])
-        rows = data.fetch(conn, "SELECT g.item_id, g.dimension, g.label, g.method, g.n_annotators, g.agreement, "
-                                "g.posterior, c.name, i.external_id, i.task_type, i.category, i.model, "
-                                "i.input_modalities || '->' || i.output_modalities, g.judge_label FROM gold g "
-                                "JOIN item i ON i.id = g.item_id JOIN collection c ON c.id = i.collection_id "
-                                "WHERE g.snapshot_id = :s ORDER BY g.id", {"s": snapshot_id})
+        rows = data.fetch(
+            conn,
+            "SELECT g.item_id, g.dimension, g.label, g.method, g.n_annotators, g.agreement, "
+            "g.posterior, c.name, i.external_id, i.task_type, i.category, i.model, "
+            "i.input_modalities || '->' || i.output_modalities, g.judge_label FROM gold g "
+            "JOIN item i ON i.id = g.item_id JOIN collection c ON c.id = i.collection_id "
+            "WHERE g.snapshot_id = :s ORDER BY g.id",
+            {"s": snapshot_id},
+        )
     cols: dict[str, Any] = {
         "snapshot_id": np.full(len(rows), snapshot_id, dtype=np.int64),
         "item_id": np.array([r[0] for r in rows], dtype=np.int64),
-        "dimension": [r[1] for r in rows], "label": [r[2] for r in rows], "method": [r[3] for r in rows],
+        "dimension": [r[1] for r in rows],
+        "label": [r[2] for r in rows],
+        "method": [r[3] for r in rows],
         "n_annotators": np.array([r[4] for r in rows], dtype=np.int64),
         "agreement": np.array([np.nan if r[5] is None else r[5] for r in rows], dtype=np.float64),
         "posterior": np.array([np.nan if r[6] is None else r[6] for r in rows], dtype=np.float64),
-        "collection": [r[7] for r in rows], "external_id": [r[8] for r in rows], "task_type": [r[9] for r in rows],
-        "category": [r[10] for r in rows], "model": [r[11] for r in rows], "modality": [r[12] for r in rows],
+        "collection": [r[7] for r in rows],
+        "external_id": [r[8] for r in rows],
+        "task_type": [r[9] for r in rows],
+        "category": [r[10] for r in rows],
+        "model": [r[11] for r in rows],
+        "modality": [r[12] for r in rows],
     }
     judge_ids = params.get("judge_ids")
     if isinstance(judge_ids, dict):  # stored with the rows (migration 0005 on)
@@ -313,11 +409,14 @@ def _current_judge_columns(bind: Any, params: dict[str, Any], rows: list[tuple])
         if not jid:
             continue
         with data.connection(bind) as conn:
-            for iid, lab in data.fetch(conn, "SELECT item_id, label FROM verdict WHERE judge_id = :j AND "
-                                             "dimension = :d", {"j": jid, "d": dim}):
+            for iid, lab in data.fetch(
+                conn, "SELECT item_id, label FROM verdict WHERE judge_id = :j AND dimension = :d", {"j": jid, "d": dim}
+            ):
                 judge_labels[(int(iid), dim)] = (jid, lab)
-    return ([judge_labels.get((int(r[0]), r[1]), ("", None))[0] for r in rows],
-            [judge_labels.get((int(r[0]), r[1]), ("", None))[1] for r in rows])
+    return (
+        [judge_labels.get((int(r[0]), r[1]), ("", None))[0] for r in rows],
+        [judge_labels.get((int(r[0]), r[1]), ("", None))[1] for r in rows],
+    )
 
 
 def changed_since(table: Any, snapshot: Any) -> str | None:
@@ -326,9 +425,11 @@ def changed_since(table: Any, snapshot: Any) -> str | None:
         return None
     if checksum(table) == snapshot.checksum:
         return None
-    return (f"gold snapshot {snapshot.id} no longer matches its checksum: item attributes (or, for snapshots "
-            "made before judge labels were stored, the judge's verdicts) changed since it was made; the export "
-            "shows today's values beside the stored gold labels")
+    return (
+        f"gold snapshot {snapshot.id} no longer matches its checksum: item attributes (or, for snapshots "
+        "made before judge labels were stored, the judge's verdicts) changed since it was made; the export "
+        "shows today's values beside the stored gold labels"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -366,7 +467,7 @@ def dataset_card(snapshot: Any, n_rows: int, data_file: str) -> str:
         "`method` says how each label was reached: unanimous, majority, single (one annotator), "
         "dawid-skene, adjudicated (a lead decided), tie (no label).",
         "",
-        "Load with `datasets.load_dataset(\"<this folder>\")`, or read the Parquet file directly.",
+        'Load with `datasets.load_dataset("<this folder>")`, or read the Parquet file directly.',
     ]
     return front + "\n" + "\n".join(body) + "\n"
 

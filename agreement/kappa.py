@@ -127,8 +127,9 @@ def agreement_weights(n_labels: int, kind: str = "unweighted") -> np.ndarray:
 
 def confusion(a: np.ndarray, b: np.ndarray, n_labels: int, weights: np.ndarray | None = None) -> np.ndarray:
     """(V, V) table of rater a's code (rows) against rater b's (columns), optionally weighted."""
-    flat = np.bincount(a.astype(np.int64) * n_labels + b.astype(np.int64), weights=weights,
-                       minlength=n_labels * n_labels)
+    flat = np.bincount(
+        a.astype(np.int64) * n_labels + b.astype(np.int64), weights=weights, minlength=n_labels * n_labels
+    )
     return flat.reshape(n_labels, n_labels).astype(np.float64)
 
 
@@ -147,8 +148,9 @@ def kappa_from_table(table: np.ndarray, kind: str = "unweighted") -> tuple[float
     return (po - pe) / (1.0 - pe), ""
 
 
-def cohen(a: np.ndarray, b: np.ndarray, n_labels: int, *, ordered: bool,
-          sample_weights: np.ndarray | None = None) -> dict[str, Any]:
+def cohen(
+    a: np.ndarray, b: np.ndarray, n_labels: int, *, ordered: bool, sample_weights: np.ndarray | None = None
+) -> dict[str, Any]:
     """Agreement of two aligned code arrays: n, raw agreement, kappa (+ weighted if ordered)."""
     n = len(a)
     out: dict[str, Any] = {"n": n}
@@ -167,16 +169,17 @@ def cohen(a: np.ndarray, b: np.ndarray, n_labels: int, *, ordered: bool,
     return out
 
 
-def rater_index(unit: np.ndarray, rater: np.ndarray, code: np.ndarray,
-                n_raters: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def rater_index(
+    unit: np.ndarray, rater: np.ndarray, code: np.ndarray, n_raters: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per rater: (sorted unit indices, codes). A rater's repeated ratings of a unit keep the last."""
     order = np.lexsort((unit, rater))
     r_sorted, u_sorted, c_sorted = rater[order], unit[order], code[order]
     bounds = np.searchsorted(r_sorted, np.arange(n_raters + 1))
     out = []
     for r in range(n_raters):
-        u = u_sorted[bounds[r]:bounds[r + 1]]
-        c = c_sorted[bounds[r]:bounds[r + 1]]
+        u = u_sorted[bounds[r] : bounds[r + 1]]
+        c = c_sorted[bounds[r] : bounds[r + 1]]
         if len(u) > 1:
             keep = np.append(u[1:] != u[:-1], True)
             u, c = u[keep], c[keep]
@@ -184,8 +187,16 @@ def rater_index(unit: np.ndarray, rater: np.ndarray, code: np.ndarray,
     return out
 
 
-def pairwise(unit: np.ndarray, rater: np.ndarray, code: np.ndarray, rater_names: list[str], n_labels: int,
-             *, ordered: bool, min_overlap: int = 1) -> list[dict[str, Any]]:
+def pairwise(
+    unit: np.ndarray,
+    rater: np.ndarray,
+    code: np.ndarray,
+    rater_names: list[str],
+    n_labels: int,
+    *,
+    ordered: bool,
+    min_overlap: int = 1,
+) -> list[dict[str, Any]]:
     """Cohen's kappa (and weighted kappas for ordered labels) for every pair of raters who share items."""
     idx = rater_index(unit, rater, code, len(rater_names))
     rows = []
@@ -195,13 +206,22 @@ def pairwise(unit: np.ndarray, rater: np.ndarray, code: np.ndarray, rater_names:
         _, ia, ib = np.intersect1d(ua, ub, assume_unique=True, return_indices=True)
         if len(ia) < min_overlap:
             continue
-        rows.append({"rater_a": rater_names[a], "rater_b": rater_names[b],
-                     **cohen(ca[ia], cb[ib], n_labels, ordered=ordered)})
+        rows.append(
+            {"rater_a": rater_names[a], "rater_b": rater_names[b], **cohen(ca[ia], cb[ib], n_labels, ordered=ordered)}
+        )
     return rows
 
 
-def leave_one_out(unit: np.ndarray, rater: np.ndarray, code: np.ndarray, rater_names: list[str],
-                  n_units: int, n_labels: int, *, ordered: bool) -> list[dict[str, Any]]:
+def leave_one_out(
+    unit: np.ndarray,
+    rater: np.ndarray,
+    code: np.ndarray,
+    rater_names: list[str],
+    n_units: int,
+    n_labels: int,
+    *,
+    ordered: bool,
+) -> list[dict[str, Any]]:
     """Each rater against the majority of the *other* raters on the items they share.
 
     Items where the others tie are left out (counted in ``ties``): there is no consensus
@@ -224,6 +244,13 @@ def leave_one_out(unit: np.ndarray, rater: np.ndarray, code: np.ndarray, rater_n
         ok = has & ~tie
         cons = others.argmax(axis=1)
         res = cohen(c[ok], cons[ok], n_labels, ordered=ordered)
-        rows.append({"rater": name, "n_items": len(u), "n_compared": int(ok.sum()),
-                     "ties": int((has & tie).sum()), **{k: v for k, v in res.items() if k != "n"}})
+        rows.append(
+            {
+                "rater": name,
+                "n_items": len(u),
+                "n_compared": int(ok.sum()),
+                "ties": int((has & tie).sum()),
+                **{k: v for k, v in res.items() if k != "n"},
+            }
+        )
     return rows

@@ -40,11 +40,13 @@ def summarize(r: data.Ratings, *, resamples: int = DEFAULT_RESAMPLES, seed: int 
         "n_raters": len(np.unique(r.rater)) if len(r.rater) else 0,
         "label_counts": {lab: int(c) for lab, c in zip(r.labels, counts.sum(axis=0), strict=True)},
     }
-    out["alpha"] = krippendorff_alpha(counts, r.level, resamples=resamples, seed=seed, pats=pats,
-                                      weights=weights).as_dict()
+    out["alpha"] = krippendorff_alpha(
+        counts, r.level, resamples=resamples, seed=seed, pats=pats, weights=weights
+    ).as_dict()
     if r.ordered:
-        out["alpha_nominal"] = krippendorff_alpha(counts, "nominal", resamples=resamples, seed=seed, pats=pats,
-                                                  weights=weights).as_dict()
+        out["alpha_nominal"] = krippendorff_alpha(
+            counts, "nominal", resamples=resamples, seed=seed, pats=pats, weights=weights
+        ).as_dict()
     for name, est in multirater(counts, r.n_labels, pats=pats, weights=weights).items():
         out[name] = est.as_dict()
     out["specific_agreement"] = specific_agreement(counts, r.labels)
@@ -87,22 +89,40 @@ def agreement_report(
     items = data.load_items(bind, sc.collection_ids, list(by)) if by else None
     report: dict[str, Any] = {
         "collections": [sc.collection_names[c] for c in sc.collection_ids],
-        "resamples": resamples, "seed": seed, "confidence": 0.95, "field": field_name, "dimensions": [],
+        "resamples": resamples,
+        "seed": seed,
+        "confidence": 0.95,
+        "field": field_name,
+        "dimensions": [],
     }
     for dim in dims:
         spec = sc.dimension(dim)
-        r = data.load_ratings(bind, sc.collection_ids, dim, spec["labels"], ordered=bool(spec.get("ordered")),
-                              field_name=field_name, unsafe_labels=spec.get("unsafe_labels", ["unsafe"]))
-        entry: dict[str, Any] = {"dimension": dim, "labels": list(spec["labels"]), "ordered": bool(spec.get("ordered")),
-                                 "level": r.level, "n_invalid_labels": r.n_invalid,
-                                 "overall": summarize(r, resamples=resamples, seed=seed)}
+        r = data.load_ratings(
+            bind,
+            sc.collection_ids,
+            dim,
+            spec["labels"],
+            ordered=bool(spec.get("ordered")),
+            field_name=field_name,
+            unsafe_labels=spec.get("unsafe_labels", ["unsafe"]),
+        )
+        entry: dict[str, Any] = {
+            "dimension": dim,
+            "labels": list(spec["labels"]),
+            "ordered": bool(spec.get("ordered")),
+            "level": r.level,
+            "n_invalid_labels": r.n_invalid,
+            "overall": summarize(r, resamples=resamples, seed=seed),
+        }
         if items is not None:
-            entry["slices"] = {b: by_slice(r, slice_values(items, b, r.item_ids), resamples=resamples, seed=seed)
-                               for b in by}
+            entry["slices"] = {
+                b: by_slice(r, slice_values(items, b, r.item_ids), resamples=resamples, seed=seed) for b in by
+            }
         if len(r.rater_names) <= max_pairwise_raters:
             entry["pairwise"] = pairwise(r.unit, r.rater, r.code, r.rater_names, r.n_labels, ordered=r.ordered)
-        entry["raters"] = leave_one_out(r.unit, r.rater, r.code, r.rater_names, r.n_units, r.n_labels,
-                                        ordered=r.ordered)
+        entry["raters"] = leave_one_out(
+            r.unit, r.rater, r.code, r.rater_names, r.n_units, r.n_labels, ordered=r.ordered
+        )
         jid = judge_id or data.default_judge(bind, sc.collection_ids, dim)
         if jid:
             v = data.load_verdicts(bind, sc.collection_ids, dim, spec["labels"], jid)
@@ -111,8 +131,9 @@ def agreement_report(
                 "judge_id": jid,
                 "n_items_with_verdict": int((v.codes_for(r.item_ids) >= 0).sum()),
                 "alpha_without_judge": entry["overall"]["alpha"],
-                "alpha_with_judge": krippendorff_alpha(with_judge.counts(), r.level, resamples=resamples,
-                                                       seed=seed).as_dict(),
+                "alpha_with_judge": krippendorff_alpha(
+                    with_judge.counts(), r.level, resamples=resamples, seed=seed
+                ).as_dict(),
             }
         report["dimensions"].append(entry)
     return report

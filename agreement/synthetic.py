@@ -41,8 +41,9 @@ def _insert_rows(conn: sa.Connection, table: str, columns: list[str], rows: list
     if conn.dialect.name == "postgresql":
         copy_rows(conn, table, columns, rows)
         if "id" in columns:
-            conn.exec_driver_sql(f"SELECT setval(pg_get_serial_sequence('\"{table}\"', 'id'), "
-                                 f'(SELECT MAX(id) FROM "{table}"))')
+            conn.exec_driver_sql(
+                f"SELECT setval(pg_get_serial_sequence('\"{table}\"', 'id'), (SELECT MAX(id) FROM \"{table}\"))"
+            )
         return
     cols = ", ".join(f'"{c}"' for c in columns)
     marks = ", ".join("?" for _ in columns)
@@ -94,18 +95,63 @@ def bulk_load(
         now = _now_value(conn)
         u0 = _max_id(conn, "user")
         user_ids = list(range(u0 + 1, u0 + 1 + n_annotators))
-        _insert_rows(conn, "user", ["id", "username", "display_name", "password_hash", "role", "disabled",
-                                    "created_at"],
-                     [(uid, f"{collection}-ann{k}", "", "!synthetic", "annotator", False, now)
-                      for k, uid in enumerate(user_ids)])
+        _insert_rows(
+            conn,
+            "user",
+            ["id", "username", "display_name", "password_hash", "role", "disabled", "created_at"],
+            [
+                (uid, f"{collection}-ann{k}", "", "!synthetic", "annotator", False, now)
+                for k, uid in enumerate(user_ids)
+            ],
+        )
         i0 = _max_id(conn, "item")
         item_ids = np.arange(i0 + 1, i0 + 1 + n_items, dtype=np.int64)
         tt = [task_types[k % len(task_types)] for k in range(n_items)]
-        _insert_rows(conn, "item", ["id", "collection_id", "external_id", "task_type", "category", "subcategory",
-                                    "model", "input_modalities", "output_modalities", "prompt", "response",
-                                    "refused", "meta", "content_hash", "priority", "slots_taken", "created_at"],
-                     [(int(iid), col_id, f"x{k}", tt[k], "", "", "m", "image+text", "text", "[]", "[]", False,
-                       "{}", "h", 0.0, n_annotators, now) for k, iid in enumerate(item_ids.tolist())])
+        _insert_rows(
+            conn,
+            "item",
+            [
+                "id",
+                "collection_id",
+                "external_id",
+                "task_type",
+                "category",
+                "subcategory",
+                "model",
+                "input_modalities",
+                "output_modalities",
+                "prompt",
+                "response",
+                "refused",
+                "meta",
+                "content_hash",
+                "priority",
+                "slots_taken",
+                "created_at",
+            ],
+            [
+                (
+                    int(iid),
+                    col_id,
+                    f"x{k}",
+                    tt[k],
+                    "",
+                    "",
+                    "m",
+                    "image+text",
+                    "text",
+                    "[]",
+                    "[]",
+                    False,
+                    "{}",
+                    "h",
+                    0.0,
+                    n_annotators,
+                    now,
+                )
+                for k, iid in enumerate(item_ids.tolist())
+            ],
+        )
         a0 = _max_id(conn, "annotation")
         rows = []
         aid = a0
@@ -116,12 +162,45 @@ def bulk_load(
             for iid, c in zip(item_list, col_codes, strict=True):
                 aid += 1
                 rows.append((aid, iid, uid, label_json[c], "[]", "", False, "import", 1, now, now))
-        _insert_rows(conn, "annotation", ["id", "item_id", "user_id", "labels", "categories", "rationale",
-                                          "flagged", "source", "version", "created_at", "updated_at"], rows)
+        _insert_rows(
+            conn,
+            "annotation",
+            [
+                "id",
+                "item_id",
+                "user_id",
+                "labels",
+                "categories",
+                "rationale",
+                "flagged",
+                "source",
+                "version",
+                "created_at",
+                "updated_at",
+            ],
+            rows,
+        )
         del rows
         v0 = _max_id(conn, "verdict")
-        _insert_rows(conn, "verdict", ["id", "item_id", "dimension", "judge_id", "judge_version", "label", "status",
-                                       "rationale", "raw_output", "intent", "created_at"],
-                     [(v0 + 1 + k, iid, dimension, judge_id, "1", labels[c], "ok", "", "", "", now)
-                      for k, (iid, c) in enumerate(zip(item_list, judge.tolist(), strict=True))])
+        _insert_rows(
+            conn,
+            "verdict",
+            [
+                "id",
+                "item_id",
+                "dimension",
+                "judge_id",
+                "judge_version",
+                "label",
+                "status",
+                "rationale",
+                "raw_output",
+                "intent",
+                "created_at",
+            ],
+            [
+                (v0 + 1 + k, iid, dimension, judge_id, "1", labels[c], "ok", "", "", "", now)
+                for k, (iid, c) in enumerate(zip(item_list, judge.tolist(), strict=True))
+            ],
+        )
     return Synthetic(collection, col_id, dimension, labels, item_ids, truth, ann, judge, user_ids)

@@ -11,8 +11,13 @@ from typing import Any
 
 from safereview.agreement.report import FEW_PAIRABLE_UNITS
 
-STAT_KEYS = (("alpha", "alpha"), ("alpha_nominal", "alpha (nominal)"), ("percent_agreement", "percent agreement"),
-             ("gwet_ac1", "Gwet AC1"), ("fleiss_kappa", "Fleiss kappa"))
+STAT_KEYS = (
+    ("alpha", "alpha"),
+    ("alpha_nominal", "alpha (nominal)"),
+    ("percent_agreement", "percent agreement"),
+    ("gwet_ac1", "Gwet AC1"),
+    ("fleiss_kappa", "Fleiss kappa"),
+)
 
 
 def _est_cells(prefix: str, e: dict[str, Any] | None) -> dict[str, Any]:
@@ -27,9 +32,14 @@ def stats_rows(dim: dict[str, Any]) -> list[dict[str, Any]]:
     for by, values in dim.get("slices", {}).items():
         entries += [(by, v["value"], v) for v in values]
     for by, value, s in entries:
-        row: dict[str, Any] = {"slice": by, "value": value, "units": s["n_units"],
-                               "pairable units": s["n_units_pairable"], "pairable values": s["n_pairable_values"],
-                               "raters": s["n_raters"]}
+        row: dict[str, Any] = {
+            "slice": by,
+            "value": value,
+            "units": s["n_units"],
+            "pairable units": s["n_units_pairable"],
+            "pairable values": s["n_pairable_values"],
+            "raters": s["n_raters"],
+        }
         reasons = []
         for key, name in STAT_KEYS:
             if key not in s:
@@ -58,8 +68,11 @@ def rate_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     for by, value, r in entries:
         row: dict[str, Any] = {"slice": by, "value": value, "audit items": r.get("n")}
         reasons = []
-        for key, name in (("accuracy", "accuracy"), ("over_blocking", "over-blocking"),
-                          ("under_blocking", "under-blocking")):
+        for key, name in (
+            ("accuracy", "accuracy"),
+            ("over_blocking", "over-blocking"),
+            ("under_blocking", "under-blocking"),
+        ):
             e = r.get(key) or {}
             row.update(_est_cells(name, e))
             row[f"{name} n"] = e.get("n")
@@ -72,5 +85,7 @@ def rate_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 def confusion_rows(res: dict[str, Any], weighted: bool = False) -> list[dict[str, Any]]:
     table = res["confusion"]["weighted" if weighted else "counts"]
-    return [{"people \\ judge": lab, **{f"judge: {c}": v for c, v in zip(res["labels"], row, strict=True)}}
-            for lab, row in zip(res["labels"], table, strict=True)]
+    return [
+        {"people \\ judge": lab, **{f"judge: {c}": v for c, v in zip(res["labels"], row, strict=True)}}
+        for lab, row in zip(res["labels"], table, strict=True)
+    ]

@@ -46,8 +46,9 @@ def bench_bootstrap(n_items: int, n_annotators: int, resamples: int, repeat: int
 
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 3, n_items)
-    codes = np.where(rng.random((n_items, n_annotators)) < 0.75, truth[:, None],
-                     rng.integers(0, 3, (n_items, n_annotators)))
+    codes = np.where(
+        rng.random((n_items, n_annotators)) < 0.75, truth[:, None], rng.integers(0, 3, (n_items, n_annotators))
+    )
     unit = np.repeat(np.arange(n_items), n_annotators)
 
     def run() -> Any:
@@ -81,6 +82,7 @@ def bench_db(url: str, n_items: int, repeat: int, with_gold: bool, out_dir: Path
     t, (est, n) = timed(lambda: point_alpha(engine, "bench"), repeat)
     out["point"] = (t, f"alpha {est.value:.4f} over {n} ratings (bulk load {load_s:.0f} s, untimed)")
     if with_gold:
+
         def gold() -> Any:
             with session_scope(engine) as s:
                 snap, table = create_snapshot(s, None, ["bench"], ["joint"])
@@ -150,10 +152,8 @@ def main(argv: list[str]) -> int:
                 res = bench_db(url, db_items, repeat, True, Path(tmp))
             finally:
                 drop()
-            done(("point alpha, PostgreSQL, end to end", f"{db_items:,} x 3", res["point"][0], 5.0,
-                  res["point"][1]))
-            done(("gold snapshot -> Parquet, PostgreSQL", f"{db_items:,} rows", res["gold"][0], 15.0,
-                  res["gold"][1]))
+            done(("point alpha, PostgreSQL, end to end", f"{db_items:,} x 3", res["point"][0], 5.0, res["point"][1]))
+            done(("gold snapshot -> Parquet, PostgreSQL", f"{db_items:,} rows", res["gold"][0], 15.0, res["gold"][1]))
 
     mode = "quick sizes (targets are for the full sizes)" if quick else "full sizes"
     print(f"\nagreement benchmarks, {mode}; median of {repeat}")

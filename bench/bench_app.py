@@ -49,13 +49,59 @@ TARGET_MEDIAN_MS = 50.0
 TARGET_P95_MS = 150.0
 TARGET_RSS_MB = 500.0
 PASSWORD = "bench-pass-123"
-ITEM_COLUMNS = ("collection_id", "external_id", "task_type", "category", "subcategory", "model", "input_modalities",
-                "output_modalities", "prompt", "response", "refused", "meta", "content_hash", "priority",
-                "slots_taken", "created_at")
-VERDICT_COLUMNS = ("item_id", "dimension", "judge_id", "judge_version", "label", "status", "probability",
-                   "rationale", "raw_output", "intent", "created_at")
-WORDS = ("the", "model", "answer", "request", "policy", "harm", "image", "context", "safe", "user", "claims",
-         "refuse", "describe", "instructions", "general", "information", "risk", "content", "because", "example")
+ITEM_COLUMNS = (
+    "collection_id",
+    "external_id",
+    "task_type",
+    "category",
+    "subcategory",
+    "model",
+    "input_modalities",
+    "output_modalities",
+    "prompt",
+    "response",
+    "refused",
+    "meta",
+    "content_hash",
+    "priority",
+    "slots_taken",
+    "created_at",
+)
+VERDICT_COLUMNS = (
+    "item_id",
+    "dimension",
+    "judge_id",
+    "judge_version",
+    "label",
+    "status",
+    "probability",
+    "rationale",
+    "raw_output",
+    "intent",
+    "created_at",
+)
+WORDS = (
+    "the",
+    "model",
+    "answer",
+    "request",
+    "policy",
+    "harm",
+    "image",
+    "context",
+    "safe",
+    "user",
+    "claims",
+    "refuse",
+    "describe",
+    "instructions",
+    "general",
+    "information",
+    "risk",
+    "content",
+    "because",
+    "example",
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -76,9 +122,24 @@ def _item_rows(cid: int, n: int) -> Iterator[tuple]:
     for i in range(n):
         prompt = json.dumps([{"modality": "text", "text": f"Bench prompt {i}: " + _text(rng, 8, 60)}])
         response = json.dumps([{"modality": "text", "text": f"Bench response {i}: " + _text(rng, 30, 250)}])
-        yield (cid, f"b{i:07d}", "Malicious Text Generation", "Toxicity Content", "Insults and Hatred",
-               f"model-{i % 4}", "text", "text", prompt, response, False, "{}",
-               hashlib.sha256(str(i).encode()).hexdigest(), round(rng.random() * 3, 4), 0, now)
+        yield (
+            cid,
+            f"b{i:07d}",
+            "Malicious Text Generation",
+            "Toxicity Content",
+            "Insults and Hatred",
+            f"model-{i % 4}",
+            "text",
+            "text",
+            prompt,
+            response,
+            False,
+            "{}",
+            hashlib.sha256(str(i).encode()).hexdigest(),
+            round(rng.random() * 3, 4),
+            0,
+            now,
+        )
 
 
 def _verdict_rows(first_id: int, n: int) -> Iterator[tuple]:
@@ -86,10 +147,32 @@ def _verdict_rows(first_id: int, n: int) -> Iterator[tuple]:
 
     rng, now = random.Random(11), utcnow()
     for item_id in range(first_id, first_id + n):
-        yield (item_id, "contextual", "bench-judge", "", rng.choice(("safe", "unsafe", "refusal")), "ok",
-               round(rng.uniform(0.5, 1), 2), "Reason: bench contextual.", "", "", now)
-        yield (item_id, "intrinsic", "bench-judge", "", rng.choice(("safe", "unsafe")), "ok",
-               round(rng.uniform(0.5, 1), 2), "Reason: bench intrinsic.", "", "", now)
+        yield (
+            item_id,
+            "contextual",
+            "bench-judge",
+            "",
+            rng.choice(("safe", "unsafe", "refusal")),
+            "ok",
+            round(rng.uniform(0.5, 1), 2),
+            "Reason: bench contextual.",
+            "",
+            "",
+            now,
+        )
+        yield (
+            item_id,
+            "intrinsic",
+            "bench-judge",
+            "",
+            rng.choice(("safe", "unsafe")),
+            "ok",
+            round(rng.uniform(0.5, 1), 2),
+            "Reason: bench intrinsic.",
+            "",
+            "",
+            now,
+        )
 
 
 def build_db(db_url: str, n_items: int, n_users: int, *, blind: bool = False) -> float:
@@ -104,9 +187,16 @@ def build_db(db_url: str, n_items: int, n_users: int, *, blind: bool = False) ->
     t0 = time.perf_counter()
     engine = init_db(db_url)
     with session_scope(engine) as s:
-        cid = int(ensure_collection(s, "bench / blind" if blind else "bench / open", "uni-safebench",
-                                    overlap_target=1, blind=blind,
-                                    audit_share=0.2).id)  # type: ignore[arg-type]
+        cid = int(
+            ensure_collection(
+                s,
+                "bench / blind" if blind else "bench / open",
+                "uni-safebench",
+                overlap_target=1,
+                blind=blind,
+                audit_share=0.2,
+            ).id
+        )  # type: ignore[arg-type]
         for u in range(n_users):
             auth.create_user(s, f"bench{u:02d}", PASSWORD, "annotator")
     bulk_insert(engine, "item", ITEM_COLUMNS, _item_rows(cid, n_items))
@@ -152,8 +242,20 @@ def start_server(db_url: str, work: Path, gc_mode: str, tag: str) -> tuple[subpr
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     log, timings = work / f"server-{tag}.log", work / f"server-{tag}.timings"
-    cmd = [str(Path(sys.executable).parent / "safereview"), "serve", "--db", db_url,
-           "--media-root", str(work / "media"), "--host", "127.0.0.1", "--port", str(port), "--gc", gc_mode]
+    cmd = [
+        str(Path(sys.executable).parent / "safereview"),
+        "serve",
+        "--db",
+        db_url,
+        "--media-root",
+        str(work / "media"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--gc",
+        gc_mode,
+    ]
     env = {**os.environ, "SAFEREVIEW_CACHE_DIR": str(work / "derived"), "SAFEREVIEW_BENCH_TIMINGS": str(timings)}
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=str(REPO), env=env)
     base = f"http://127.0.0.1:{port}"
@@ -183,17 +285,22 @@ class Results:
         self.items: set[str] = set()
 
 
-async def annotator(base: str, username: str, n_items: int, think_s: float, rng: random.Random,
-                    out: Results, blind: bool = False) -> None:
+async def annotator(
+    base: str, username: str, n_items: int, think_s: float, rng: random.Random, out: Results, blind: bool = False
+) -> None:
     from st_client import StreamlitClient
 
     c = StreamlitClient(base)
     await c.connect()
     try:
         await c.rerun()  # first page load: the sign-in form
-        signed = await c.rerun([c.state("signin_username", string_value=username),
-                                c.state("signin_password", string_value=PASSWORD),
-                                c.state("submit:sign_in_form", trigger_value=True)])
+        signed = await c.rerun(
+            [
+                c.state("signin_username", string_value=username),
+                c.state("signin_password", string_value=PASSWORD),
+                c.state("submit:sign_in_form", trigger_value=True),
+            ]
+        )
         if not c.has("rv_submit"):
             raise RuntimeError(f"{username}: no review page after sign-in: {signed.exceptions or signed.texts[-5:]}")
         for _ in range(n_items):
@@ -213,8 +320,10 @@ async def annotator(base: str, username: str, n_items: int, think_s: float, rng:
                 await asyncio.sleep(rng.expovariate(1 / think_s))
             r = await c.click("rv_submit")
             if r.exceptions or c.item == before or c.item is None:
-                raise RuntimeError(f"{username}: submit did not bring the next item ({before} → {c.item}): "
-                                   f"{r.exceptions or r.texts[:5]}")
+                raise RuntimeError(
+                    f"{username}: submit did not bring the next item ({before} → {c.item}): "
+                    f"{r.exceptions or r.texts[:5]}"
+                )
             if c.item in out.items:
                 raise RuntimeError(f"item {c.item} handed out twice with overlap 1")
             out.items.add(c.item)
@@ -227,8 +336,9 @@ async def drive(base: str, n_users: int, n_items: int, think_s: float, blind: bo
     out = Results()
     tasks = []
     for u in range(n_users):  # people do not all sign in in the same millisecond
-        tasks.append(asyncio.create_task(
-            annotator(base, f"bench{u:02d}", n_items, think_s, random.Random(100 + u), out, blind)))
+        tasks.append(
+            asyncio.create_task(annotator(base, f"bench{u:02d}", n_items, think_s, random.Random(100 + u), out, blind))
+        )
         await asyncio.sleep(0.2)
     await asyncio.gather(*tasks)
     return out
@@ -244,8 +354,9 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))] if s else float("nan")
 
 
-def run_one(db_url: str, work: Path, gc_mode: str, tag: str, n_users: int, n_items: int,
-            think_s: float, blind: bool = False) -> dict[str, Any]:
+def run_one(
+    db_url: str, work: Path, gc_mode: str, tag: str, n_users: int, n_items: int, think_s: float, blind: bool = False
+) -> dict[str, Any]:
     proc, base, timings = start_server(db_url, work, gc_mode, tag)
     sampler = Sampler(proc.pid)
     sampler.start()
@@ -266,11 +377,18 @@ def run_one(db_url: str, work: Path, gc_mode: str, tag: str, n_users: int, n_ite
         except subprocess.TimeoutExpired:
             proc.kill()
     server = [float(line.split("\t")[1]) for line in timings.read_text().splitlines()] if timings.exists() else []
-    return {"n": len(res.submit), "median": statistics.median(res.submit), "p95": pct(res.submit, 0.95),
-            "label_median": statistics.median(res.label), "server_median": statistics.median(server or [0.0]),
-            "server_p95": pct(server, 0.95), "rss": max(sampler.peak, final_rss), "wall": wall,
-            "rate": (len(res.submit) + len(res.reveal) + len(res.label)) / wall,
-            "reveal_median": statistics.median(res.reveal) if res.reveal else float("nan")}
+    return {
+        "n": len(res.submit),
+        "median": statistics.median(res.submit),
+        "p95": pct(res.submit, 0.95),
+        "label_median": statistics.median(res.label),
+        "server_median": statistics.median(server or [0.0]),
+        "server_p95": pct(server, 0.95),
+        "rss": max(sampler.peak, final_rss),
+        "wall": wall,
+        "rate": (len(res.submit) + len(res.reveal) + len(res.label)) / wall,
+        "reveal_median": statistics.median(res.reveal) if res.reveal else float("nan"),
+    }
 
 
 def backends(args: argparse.Namespace, tmp: Path) -> Iterator[tuple[str, str]]:
@@ -307,10 +425,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--per-user", type=int, default=None, help="items each annotator labels (default 15)")
     ap.add_argument("--think", type=float, default=1.0, help="mean pause before each press, seconds (default 1)")
     ap.add_argument("--modes", default=None, help="comma-separated gc modes (default off,full; quick off)")
-    ap.add_argument("--backend", choices=("sqlite", "postgres", "both"), default=None,
-                    help="default both (quick: sqlite)")
-    ap.add_argument("--blind", action="store_true",
-                    help="a blind collection: submit reveals the verdict, the commit brings the next item")
+    ap.add_argument(
+        "--backend", choices=("sqlite", "postgres", "both"), default=None, help="default both (quick: sqlite)"
+    )
+    ap.add_argument(
+        "--blind",
+        action="store_true",
+        help="a blind collection: submit reveals the verdict, the commit brings the next item",
+    )
     args = ap.parse_args(argv)
     n_db = args.items or (20_000 if args.quick else 1_000_000)
     users = args.users or (6 if args.quick else 20)
@@ -329,28 +451,43 @@ def main(argv: list[str]) -> int:
             for mode in modes:
                 r = run_one(url, tmp, mode, f"{name}-{mode}", users, per_user, args.think, args.blind)
                 rows.append((name, mode, r))
-                print(f"[{name}] gc={mode}: {r['n']} submits, {r['rate']:.1f} presses/s, median "
-                      f"{r['median']:.1f} ms", flush=True)
+                print(
+                    f"[{name}] gc={mode}: {r['n']} submits, {r['rate']:.1f} presses/s, median {r['median']:.1f} ms",
+                    flush=True,
+                )
     finally:
         if os.environ.get("BENCH_KEEP") != "1":  # BENCH_KEEP=1 keeps databases and server logs
             shutil.rmtree(tmp, ignore_errors=True)
     load = os.getloadavg()
-    print(f"\nreview app end to end: {n_db:,} items, {users} concurrent annotators x {per_user} items, think "
-          f"~{args.think:g} s before each press (websocket clients; "
-          + ("blind review: commit → next item rendered, reveal = submit → verdict shown)" if args.blind
-             else "submit → next item rendered)"))
-    print(f"{'backend':<9} {'gc':<5} {'n':>4} {'p50 ms':>7} {'p95 ms':>7} {'server p50':>11} {'server p95':>11} "
-          f"{'label p50':>10} {'reveal p50':>11} {'RSS MB':>7} {'p50/tgt':>8} {'p95/tgt':>8} {'RSS/tgt':>8}")
+    print(
+        f"\nreview app end to end: {n_db:,} items, {users} concurrent annotators x {per_user} items, think "
+        f"~{args.think:g} s before each press (websocket clients; "
+        + (
+            "blind review: commit → next item rendered, reveal = submit → verdict shown)"
+            if args.blind
+            else "submit → next item rendered)"
+        )
+    )
+    print(
+        f"{'backend':<9} {'gc':<5} {'n':>4} {'p50 ms':>7} {'p95 ms':>7} {'server p50':>11} {'server p95':>11} "
+        f"{'label p50':>10} {'reveal p50':>11} {'RSS MB':>7} {'p50/tgt':>8} {'p95/tgt':>8} {'RSS/tgt':>8}"
+    )
     for name, mode, r in rows:
-        print(f"{name:<9} {mode:<5} {r['n']:>4} {r['median']:>7.1f} {r['p95']:>7.1f} {r['server_median']:>11.1f} "
-              f"{r['server_p95']:>11.1f} {r['label_median']:>10.1f} {r['reveal_median']:>11.1f} {r['rss']:>7.0f} "
-              f"{r['median'] / TARGET_MEDIAN_MS:>8.2f} {r['p95'] / TARGET_P95_MS:>8.2f} "
-              f"{r['rss'] / TARGET_RSS_MB:>8.2f}")
-    print(f"targets: median < {TARGET_MEDIAN_MS:.0f} ms, p95 < {TARGET_P95_MS:.0f} ms, RSS < {TARGET_RSS_MB:.0f} MB "
-          "(ratio < 1 meets the target). server = submit callback to the end of the fragment run that rendered "
-          "the next item (blind: and the reveal runs); label = a label press (a fragment rerun that only redraws).")
-    print(f"machine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end "
-          "(clients and server share the machine)")
+        print(
+            f"{name:<9} {mode:<5} {r['n']:>4} {r['median']:>7.1f} {r['p95']:>7.1f} {r['server_median']:>11.1f} "
+            f"{r['server_p95']:>11.1f} {r['label_median']:>10.1f} {r['reveal_median']:>11.1f} {r['rss']:>7.0f} "
+            f"{r['median'] / TARGET_MEDIAN_MS:>8.2f} {r['p95'] / TARGET_P95_MS:>8.2f} "
+            f"{r['rss'] / TARGET_RSS_MB:>8.2f}"
+        )
+    print(
+        f"targets: median < {TARGET_MEDIAN_MS:.0f} ms, p95 < {TARGET_P95_MS:.0f} ms, RSS < {TARGET_RSS_MB:.0f} MB "
+        "(ratio < 1 meets the target). server = submit callback to the end of the fragment run that rendered "
+        "the next item (blind: and the reveal runs); label = a label press (a fragment rerun that only redraws)."
+    )
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end "
+        "(clients and server share the machine)"
+    )
     return 0
 
 

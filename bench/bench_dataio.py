@@ -40,15 +40,24 @@ PG = os.environ.get("SAFEREVIEW_BENCH_PG", "postgresql://postgres@127.0.0.1:5432
 def write_text_items(path: Path, n: int, verdicts: bool) -> None:
     with path.open("w", encoding="utf-8") as fh:
         for i in range(n):
-            row: dict = {"id": f"item-{i}", "task_type": "image-text", "model": "bench-model",
-                         "category": "C9" if i % 3 else "",
-                         "prompt_text": f"Benchmark prompt number {i}: describe the weather in a calm voice.",
-                         "response_text": f"Response {i}: it is sunny with a light breeze and no harm at all."}
+            row: dict = {
+                "id": f"item-{i}",
+                "task_type": "image-text",
+                "model": "bench-model",
+                "category": "C9" if i % 3 else "",
+                "prompt_text": f"Benchmark prompt number {i}: describe the weather in a calm voice.",
+                "response_text": f"Response {i}: it is sunny with a light breeze and no harm at all.",
+            }
             if verdicts:
                 row["verdicts"] = [
-                    {"dimension": "joint", "label": ("safe", "borderline", "unsafe")[i % 3], "judge_id": "bench-judge",
-                     "probability": (i % 100) / 100},
-                    {"dimension": "text", "label": "safe", "judge_id": "bench-judge"}]
+                    {
+                        "dimension": "joint",
+                        "label": ("safe", "borderline", "unsafe")[i % 3],
+                        "judge_id": "bench-judge",
+                        "probability": (i % 100) / 100,
+                    },
+                    {"dimension": "text", "label": "safe", "judge_id": "bench-judge"},
+                ]
             fh.write(json.dumps(row) + "\n")
 
 
@@ -136,8 +145,11 @@ def main() -> int:
                 except Exception as exc:  # PostgreSQL not reachable
                     print(f"skipping {name}: {exc}", file=sys.stderr)
                     continue
-                for label, path, n in (("text items", plain, n_text), ("text items + 2 verdicts", withv, n_text),
-                                       ("media items (PNG)", media_file, n_media)):
+                for label, path, n in (
+                    ("text items", plain, n_text),
+                    ("text items + 2 verdicts", withv, n_text),
+                    ("media items (PNG)", media_file, n_media),
+                ):
                     for _ in range(repeat):
                         engine, root = be.fresh()
 
@@ -161,20 +173,27 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\ndataio benchmark ({'quick' if args.quick else 'full'}, median of {repeat}; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
-    print(f"{'backend':<11} {'measurement':<30} {'n':>7} {'wall s':>7} {'rate/s':>9} {'CPU s':>6} "
-          f"{'rate/CPU-s':>10} {'target/s':>9} {'ratio':>6}")
+    print(
+        f"\ndataio benchmark ({'quick' if args.quick else 'full'}, median of {repeat}; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
+    )
+    print(
+        f"{'backend':<11} {'measurement':<30} {'n':>7} {'wall s':>7} {'rate/s':>9} {'CPU s':>6} "
+        f"{'rate/CPU-s':>10} {'target/s':>9} {'ratio':>6}"
+    )
     for (be_name, what), (n, walls, cpus, tgt) in results.items():
         w, c = statistics.median(walls), statistics.median(cpus)
         rate = n / w if w > 0 else float("inf")
         crate = n / c if c > 0 else float("inf")
         ratio = f"{rate / tgt:.2f}" if tgt else "-"
         tgt_s = f"{tgt:,.0f}" if tgt else "-"
-        print(f"{be_name:<11} {what:<30} {n:>7} {w:>7.2f} {rate:>9,.0f} {c:>6.2f} {crate:>10,.0f} "
-              f"{tgt_s:>9} {ratio:>6}")
-    print("rate = items (or rows) per wall-clock second; ratio = rate / target (>= 1 meets the target);"
-          " CPU s = this process only (PostgreSQL server time excluded).")
+        print(
+            f"{be_name:<11} {what:<30} {n:>7} {w:>7.2f} {rate:>9,.0f} {c:>6.2f} {crate:>10,.0f} {tgt_s:>9} {ratio:>6}"
+        )
+    print(
+        "rate = items (or rows) per wall-clock second; ratio = rate / target (>= 1 meets the target);"
+        " CPU s = this process only (PostgreSQL server time excluded)."
+    )
     return 0
 
 

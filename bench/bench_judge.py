@@ -53,8 +53,9 @@ async def _client_run(url: str, n: int) -> tuple[float, float]:
     messages = [{"role": "system", "content": "You are a judge."}]
     async with ChatClient(base_url=url, model="bench", concurrency=CONCURRENCY, cache=None) as client:
         start, cpu = time.perf_counter(), time.process_time()
-        answers = await asyncio.gather(*(
-            client.ask("bench", [*messages, {"role": "user", "content": f"item {i}"}], 50) for i in range(n)))
+        answers = await asyncio.gather(
+            *(client.ask("bench", [*messages, {"role": "user", "content": f"item {i}"}], 50) for i in range(n))
+        )
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     bad = sum(a.text is None for a in answers)
     if bad:
@@ -73,9 +74,11 @@ async def _reference_run(url: str, n: int) -> tuple[float, float]:
 
     transport = httpx.AsyncHTTPTransport(
         limits=httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY),
-        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+    )
     sem = asyncio.Semaphore(CONCURRENCY)
     async with httpx.AsyncClient(transport=transport) as http:
+
         async def one(i: int) -> None:
             body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": f"item {i}"}]})
             async with sem:
@@ -97,11 +100,28 @@ def _pipeline_run(url: str, n_items: int) -> tuple[float, float]:
         engine = init_db(f"sqlite:///{tmp}/bench.db")
         with session_scope(engine) as s:
             col = ensure_collection(s, "bench", "uni-safebench")
-            s.add_all([Item(collection_id=col.id, external_id=f"b{i}", content_hash=f"{i:064d}",
-                            prompt=[{"modality": "text", "text": f"instruction {i}"}],
-                            response=[{"modality": "text", "text": f"response {i}"}]) for i in range(n_items)])
-        opts = RunOptions(protocol="uni-judger", base_url=url, model="bench", collection="bench",
-                          concurrency=CONCURRENCY, cache=False, progress=False, batch_size=50)
+            s.add_all(
+                [
+                    Item(
+                        collection_id=col.id,
+                        external_id=f"b{i}",
+                        content_hash=f"{i:064d}",
+                        prompt=[{"modality": "text", "text": f"instruction {i}"}],
+                        response=[{"modality": "text", "text": f"response {i}"}],
+                    )
+                    for i in range(n_items)
+                ]
+            )
+        opts = RunOptions(
+            protocol="uni-judger",
+            base_url=url,
+            model="bench",
+            collection="bench",
+            concurrency=CONCURRENCY,
+            cache=False,
+            progress=False,
+            batch_size=50,
+        )
         cpu = time.process_time()
         summary = run_judge(engine, Path(tmp) / "media", opts)
         cpu = time.process_time() - cpu
@@ -133,13 +153,19 @@ def main(argv: list[str]) -> int:
         if server.is_alive():
             server.terminate()
 
-    rows = [("client (ChatClient.ask)", client, f"{n_req} requests"),
-            ("pipeline (run_judge, SQLite)", pipeline, f"{n_items} items × 3 calls")]
+    rows = [
+        ("client (ChatClient.ask)", client, f"{n_req} requests"),
+        ("pipeline (run_judge, SQLite)", pipeline, f"{n_items} items × 3 calls"),
+    ]
     ref_row = ("reference: 1 client, 64-conn pool", reference, f"{n_req // 4} requests")
-    print(f"judge client overhead, cache off, concurrency {CONCURRENCY}, {repeats} repeats "
-          f"(load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
-    print(f"{'measure':34} {'work':22} {'median req/s':>12} {'min':>6} {'max':>6} {'target':>6} {'ratio':>6}"
-          f" {'req/CPU-s':>10}")
+    print(
+        f"judge client overhead, cache off, concurrency {CONCURRENCY}, {repeats} repeats "
+        f"(load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
+    )
+    print(
+        f"{'measure':34} {'work':22} {'median req/s':>12} {'min':>6} {'max':>6} {'target':>6} {'ratio':>6}"
+        f" {'req/CPU-s':>10}"
+    )
     ok = True
     for name, vals, work in rows:
         wall = [v[0] for v in vals]
@@ -147,12 +173,16 @@ def main(argv: list[str]) -> int:
         med = statistics.median(wall)
         ratio = med / TARGET_RPS
         ok &= ratio >= 1.0
-        print(f"{name:34} {work:22} {med:12.0f} {min(wall):6.0f} {max(wall):6.0f} {TARGET_RPS:6.0f} {ratio:6.2f}"
-              f" {per_cpu:10.0f}")
+        print(
+            f"{name:34} {work:22} {med:12.0f} {min(wall):6.0f} {max(wall):6.0f} {TARGET_RPS:6.0f} {ratio:6.2f}"
+            f" {per_cpu:10.0f}"
+        )
     name, vals, work = ref_row
     wall = [v[0] for v in vals]
-    print(f"{name:34} {work:22} {statistics.median(wall):12.0f} {min(wall):6.0f} {max(wall):6.0f} {'':>6} {'':>6}"
-          f" {statistics.median(v[1] for v in vals):10.0f}")
+    print(
+        f"{name:34} {work:22} {statistics.median(wall):12.0f} {min(wall):6.0f} {max(wall):6.0f} {'':>6} {'':>6}"
+        f" {statistics.median(v[1] for v in vals):10.0f}"
+    )
     print("target met" if ok else "BELOW TARGET (req/CPU-s is the client's own cost: the ceiling without contention)")
     return 0
 

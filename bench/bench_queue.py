@@ -44,9 +44,24 @@ from safereview.workflow.tx import write_scope
 TARGET_MEDIAN_MS = 10.0
 TARGET_P99_MS = 50.0
 LABELS = {"image": "safe", "text": "safe", "joint": "safe"}
-COLUMNS = ("collection_id", "external_id", "task_type", "category", "subcategory", "model", "input_modalities",
-           "output_modalities", "prompt", "response", "refused", "meta", "content_hash", "priority",
-           "slots_taken", "created_at")
+COLUMNS = (
+    "collection_id",
+    "external_id",
+    "task_type",
+    "category",
+    "subcategory",
+    "model",
+    "input_modalities",
+    "output_modalities",
+    "prompt",
+    "response",
+    "refused",
+    "meta",
+    "content_hash",
+    "priority",
+    "slots_taken",
+    "created_at",
+)
 
 
 def _rows(cid: int, n: int, seed: int = 7):  # type: ignore[no-untyped-def]
@@ -56,8 +71,24 @@ def _rows(cid: int, n: int, seed: int = 7):  # type: ignore[no-untyped-def]
     for i in range(n):
         # ~30 % of items have no verdict yet (priority 0: a large tie group, the realistic worst case)
         prio = 0.0 if rng.random() < 0.3 else round(rng.random() * 3, 4)
-        yield (cid, f"b{i}", "image-text", cats[i % 15], "", f"model-{i % 4}", "image+text", "text",
-               '[{"modality": "text", "text": "prompt"}]', "[]", False, "{}", f"{i:064x}", prio, 0, now)
+        yield (
+            cid,
+            f"b{i}",
+            "image-text",
+            cats[i % 15],
+            "",
+            f"model-{i % 4}",
+            "image+text",
+            "text",
+            '[{"modality": "text", "text": "prompt"}]',
+            "[]",
+            False,
+            "{}",
+            f"{i:064x}",
+            prio,
+            0,
+            now,
+        )
 
 
 def bulk_insert(engine: sa.Engine, table: str, columns: tuple[str, ...], rows: Iterable[tuple]) -> None:
@@ -74,8 +105,9 @@ def bulk_insert(engine: sa.Engine, table: str, columns: tuple[str, ...], rows: I
             cur.execute("BEGIN")
             batch: list[tuple] = []
             for r in rows:
-                batch.append(tuple(v.replace(tzinfo=None).isoformat(sep=" ") if isinstance(v, datetime) else v
-                                   for v in r))
+                batch.append(
+                    tuple(v.replace(tzinfo=None).isoformat(sep=" ") if isinstance(v, datetime) else v for v in r)
+                )
                 if len(batch) == 50_000:
                     cur.executemany(sql, batch)
                     batch = []
@@ -109,8 +141,17 @@ def setup(url: str, n_items: int, n_users: int) -> tuple[sa.Engine, int, list[Us
     return engine, cid, users, time.perf_counter() - t0
 
 
-def reviewer(engine: sa.Engine, user: User, cid: int, ops: int, seed: int, out: dict[str, list[float]],
-             barrier: threading.Barrier | None, think_s: float, combined: bool) -> None:
+def reviewer(
+    engine: sa.Engine,
+    user: User,
+    cid: int,
+    ops: int,
+    seed: int,
+    out: dict[str, list[float]],
+    barrier: threading.Barrier | None,
+    think_s: float,
+    combined: bool,
+) -> None:
     """One reviewer: ``ops`` rounds of (think, submit, next) — as two transactions, or as
     ``submit_and_next`` in one when ``combined``."""
     rng = random.Random(seed)
@@ -142,12 +183,15 @@ def reviewer(engine: sa.Engine, user: User, cid: int, ops: int, seed: int, out: 
         out["next"].append((time.perf_counter() - t) * 1000)
 
 
-def run(engine: sa.Engine, cid: int, users: list[User], ops: int, think_s: float = 0.0,
-        combined: bool = False) -> dict[str, list[float]]:
+def run(
+    engine: sa.Engine, cid: int, users: list[User], ops: int, think_s: float = 0.0, combined: bool = False
+) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {"next": [], "submit": [], "submit+next": []}
     barrier = threading.Barrier(len(users))
-    threads = [threading.Thread(target=reviewer, args=(engine, u, cid, ops, i, out, barrier, think_s, combined))
-               for i, u in enumerate(users)]
+    threads = [
+        threading.Thread(target=reviewer, args=(engine, u, cid, ops, i, out, barrier, think_s, combined))
+        for i, u in enumerate(users)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -188,8 +232,10 @@ def bench_backend(name: str, url: str, n_items: int, ops: int, n_users: int, thi
     sat = run(engine, cid, users, max(10, ops // 2))
     wall = time.perf_counter() - t0
     total = len(sat["next"]) + len(sat["submit"])
-    print(f"[{name}] saturation (no think time): {total} operations in {wall:.1f} s ({total / wall:.0f} ops/s)",
-          flush=True)
+    print(
+        f"[{name}] saturation (no think time): {total} operations in {wall:.1f} s ({total / wall:.0f} ops/s)",
+        flush=True,
+    )
     rows += [(name, f"{n_users} reviewers, no think (saturation)", op, sat[op]) for op in ("submit", "next")]
     with Session(engine) as s:
         bad = s.execute(sa.text("SELECT COUNT(*) FROM item WHERE slots_taken > 2")).scalar_one()
@@ -201,10 +247,14 @@ def bench_backend(name: str, url: str, n_items: int, ops: int, n_users: int, thi
 def table(rows: list[tuple], n_items: int, n_users: int) -> tuple[str, bool]:
     """The result table and whether the targets were met under think time."""
     buf = io.StringIO()
-    buf.write(f"\nqueue bench: {n_items:,} items, overlap 2, audit share 0.2, {n_users} reviewer threads "
-              f"(one process: GIL shared)\n")
-    buf.write(f"{'backend':<9} {'load':<38} {'op':<11} {'n':>5} {'median ms':>10} {'p99 ms':>8} "
-              f"{'med/target':>11} {'p99/target':>11}\n")
+    buf.write(
+        f"\nqueue bench: {n_items:,} items, overlap 2, audit share 0.2, {n_users} reviewer threads "
+        f"(one process: GIL shared)\n"
+    )
+    buf.write(
+        f"{'backend':<9} {'load':<38} {'op':<11} {'n':>5} {'median ms':>10} {'p99 ms':>8} "
+        f"{'med/target':>11} {'p99/target':>11}\n"
+    )
     verdict = []
     for backend, mode, op, vals in rows:
         med, p99 = statistics.median(vals) if vals else float("nan"), pct(vals, 0.99)
@@ -213,11 +263,15 @@ def table(rows: list[tuple], n_items: int, n_users: int) -> tuple[str, bool]:
             verdict.append(r1 < 1 and r2 < 1)
         buf.write(f"{backend:<9} {mode:<38} {op:<11} {len(vals):>5} {med:>10.2f} {p99:>8.2f} {r1:>11.2f} {r2:>11.2f}\n")
     load = os.getloadavg()
-    buf.write(f"machine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
-              "(1/5/15 min) at the end - other work on the machine inflates every figure\n")
-    buf.write(f"targets: median < {TARGET_MEDIAN_MS:g} ms, p99 < {TARGET_P99_MS:g} ms for {n_users} reviewers "
-              f"with think time: {'met' if verdict and all(verdict) else 'NOT met'}; saturation rows are "
-              "throughput information (closed loop, latency = reviewers x service time)\n")
+    buf.write(
+        f"machine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
+        "(1/5/15 min) at the end - other work on the machine inflates every figure\n"
+    )
+    buf.write(
+        f"targets: median < {TARGET_MEDIAN_MS:g} ms, p99 < {TARGET_P99_MS:g} ms for {n_users} reviewers "
+        f"with think time: {'met' if verdict and all(verdict) else 'NOT met'}; saturation rows are "
+        "throughput information (closed loop, latency = reviewers x service time)\n"
+    )
     ok = bool(verdict) and all(verdict)
     return buf.getvalue(), ok
 
@@ -229,8 +283,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--users", type=int, default=20, help="concurrent reviewers (threads)")
     ap.add_argument("--ops", type=int, default=None, help="submit+next rounds per reviewer (default 100; quick 25)")
     ap.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
-    ap.add_argument("--think", type=float, default=None,
-                    help="mean think time per item in seconds (default 1.0; quick 0.25)")
+    ap.add_argument(
+        "--think", type=float, default=None, help="mean think time per item in seconds (default 1.0; quick 0.25)"
+    )
     args = ap.parse_args(argv)
     n_items = args.items or (50_000 if args.quick else 1_000_000)
     ops = args.ops or (20 if args.quick else 100)
@@ -252,8 +307,14 @@ def main(argv: list[str]) -> int:
                 conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
             sep = "&" if "?" in pg else "?"
             try:
-                rows += bench_backend("postgres", f"{normalise_url(pg)}{sep}options=-csearch_path%3D{schema}",
-                                      n_items, ops, args.users, think)
+                rows += bench_backend(
+                    "postgres",
+                    f"{normalise_url(pg)}{sep}options=-csearch_path%3D{schema}",
+                    n_items,
+                    ops,
+                    args.users,
+                    think,
+                )
             finally:
                 with admin.connect() as conn:
                     conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

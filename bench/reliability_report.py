@@ -106,8 +106,11 @@ def table() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-run", action="store_true", help="print the last run's counters without running tests")
-    ap.add_argument("--write", action="store_true",
-                    help="also replace the marked results block in README.md and docs/reliability.md")
+    ap.add_argument(
+        "--write",
+        action="store_true",
+        help="also replace the marked results block in README.md and docs/reliability.md",
+    )
     ap.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = ap.parse_args()
     rc = 0 if args.no_run else run_tests(args.pytest_args)

@@ -78,8 +78,13 @@ class StreamlitClient:
         await self.http.get(self.base + "/")  # as a browser would: the index page (and any cookies it sets)
         parts = urlsplit(self.base)
         self.ws = await websockets.connect(
-            f"ws://{parts.netloc}{parts.path}/_stcore/stream", subprotocols=["streamlit"],  # type: ignore[list-item]
-            origin=self.base, max_size=2**26, compression=None, ping_interval=None)
+            f"ws://{parts.netloc}{parts.path}/_stcore/stream",
+            subprotocols=["streamlit"],  # type: ignore[list-item]
+            origin=self.base,
+            max_size=2**26,
+            compression=None,
+            ping_interval=None,
+        )
 
     async def close(self) -> None:
         if self.ws is not None:
@@ -92,8 +97,7 @@ class StreamlitClient:
     # Runs
     # -----------------------------------------------------------------------------------
 
-    async def rerun(self, states: list[Any] | None = None, fragment_id: str = "",
-                    timeout: float = 120.0) -> RunResult:
+    async def rerun(self, states: list[Any] | None = None, fragment_id: str = "", timeout: float = 120.0) -> RunResult:
         """Request a script run and read the stream until the run (and any rerun it asked for) ends."""
         msg = BackMsg()
         cs = msg.rerun_script

@@ -59,8 +59,12 @@ def ensure_collection(
         session.add(row)
     elif row.taxonomy_id != tax.id:
         raise ValueError(f"collection {name!r} uses another taxonomy than {tax.name!r}")
-    for attr, value in (("overlap_target", overlap_target), ("blind", blind),
-                        ("audit_share", audit_share), ("description", description)):
+    for attr, value in (
+        ("overlap_target", overlap_target),
+        ("blind", blind),
+        ("audit_share", audit_share),
+        ("description", description),
+    ):
         if value is not None:
             setattr(row, attr, value)
     session.flush()

@@ -46,8 +46,7 @@ import httpx
 from safereview.judge.protocols.base import Answer
 
 SENT_AS_IS = {"image/png", "image/jpeg", "image/webp"}
-AUDIO_FORMATS = {"audio/wav": "wav", "audio/x-wav": "wav", "audio/wave": "wav", "audio/mpeg": "mp3",
-                 "audio/mp3": "mp3"}
+AUDIO_FORMATS = {"audio/wav": "wav", "audio/x-wav": "wav", "audio/wave": "wav", "audio/mpeg": "mp3", "audio/mp3": "mp3"}
 
 
 class MediaError(RuntimeError):
@@ -67,8 +66,15 @@ class MediaRef:
 class MediaEncoder:
     """Turns item media parts into OpenAI content parts, with a small cache per file."""
 
-    def __init__(self, media_root: Path, refs: dict[str, MediaRef], *, max_image_side: int = 1536,
-                 video_frames: int = 4, cache_size: int = 64) -> None:
+    def __init__(
+        self,
+        media_root: Path,
+        refs: dict[str, MediaRef],
+        *,
+        max_image_side: int = 1536,
+        video_frames: int = 4,
+        cache_size: int = 64,
+    ) -> None:
         self.media_root = Path(media_root)
         self.refs = refs
         self.max_image_side = max_image_side
@@ -104,15 +110,22 @@ class MediaEncoder:
             raise MediaError(f"media file {path} unreadable: {exc.strerror}") from None
         if ref.kind == "image":
             mime, data = self.prepare_image(data, ref.mime)
-            part: dict[str, Any] = {"type": "image_url", "image_url": {
-                "url": f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"}}
+            part: dict[str, Any] = {
+                "type": "image_url",
+                "image_url": {"url": f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"},
+            }
         elif ref.kind == "audio":
             fmt, data = _prepare_audio(data, ref.mime)
-            part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode("ascii"),
-                                                           "format": fmt}}
+            part = {
+                "type": "input_audio",
+                "input_audio": {"data": base64.b64encode(data).decode("ascii"), "format": fmt},
+            }
         else:
-            part = {"type": "text", "text": f"[{ref.kind} attachment {name or sha[:12]!r} not sent: "
-                                            "chat-completions servers take no such input]"}
+            part = {
+                "type": "text",
+                "text": f"[{ref.kind} attachment {name or sha[:12]!r} not sent: "
+                "chat-completions servers take no such input]",
+            }
         return self._remember(sha, [part])
 
     def _remember(self, sha: str, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -129,10 +142,19 @@ class MediaEncoder:
         # an undecodable video raises MediaError: judging without seeing it would be a guess
         frames = video_frames(path, self.video_frames, self.max_image_side)
         times = ", ".join(f"{t:.1f} s" for t, _ in frames)
-        parts: list[dict[str, Any]] = [{"type": "text", "text": f"[video {label!r} shown as {len(frames)} "
-                                                                 f"still frame(s) at {times}; audio not included]"}]
-        parts.extend({"type": "image_url", "image_url": {
-            "url": f"data:image/jpeg;base64,{base64.b64encode(jpeg).decode('ascii')}"}} for _, jpeg in frames)
+        parts: list[dict[str, Any]] = [
+            {
+                "type": "text",
+                "text": f"[video {label!r} shown as {len(frames)} still frame(s) at {times}; audio not included]",
+            }
+        ]
+        parts.extend(
+            {
+                "type": "image_url",
+                "image_url": {"url": f"data:image/jpeg;base64,{base64.b64encode(jpeg).decode('ascii')}"},
+            }
+            for _, jpeg in frames
+        )
         return self._remember(sha, parts)
 
     def prepare_image(self, data: bytes, mime: str) -> tuple[str, bytes]:
@@ -334,7 +356,9 @@ class ChatClient:
             for _ in range(max(1, self.concurrency)):
                 transport = httpx.AsyncHTTPTransport(
                     limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-                    socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)], verify=ssl_context)
+                    socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+                    verify=ssl_context,
+                )
                 client = httpx.AsyncClient(headers=headers, transport=transport, timeout=httpx.Timeout(self.timeout))
                 self._clients.append(client)
                 self._pool.put_nowait(client)
@@ -345,8 +369,12 @@ class ChatClient:
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
     def body(self, messages: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": self.temperature,
-                                "max_tokens": self.max_tokens or max_tokens}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens or max_tokens,
+        }
         if self.logprobs:
             body["logprobs"] = True
             body["top_logprobs"] = 10
@@ -402,7 +430,7 @@ class ChatClient:
             if retry_after is not None:
                 delay = min(retry_after, self.max_retry_after)
             else:
-                delay = random.uniform(0.0, min(self.backoff_max, self.backoff_base * 2 ** attempt))
+                delay = random.uniform(0.0, min(self.backoff_max, self.backoff_base * 2**attempt))
             await asyncio.sleep(delay)
         return None, f"gave up after {self.max_retries + 1} attempts; last: {error}"
 
@@ -421,5 +449,4 @@ class ChatClient:
         self.stats.prompt_tokens += pt if isinstance(pt, int) else 0
         self.stats.completion_tokens += ct if isinstance(ct, int) else 0
         logprobs = choice.get("logprobs") if isinstance(choice.get("logprobs"), dict) else None
-        return {"content": content, "logprobs": logprobs,
-                "usage": {"prompt_tokens": pt, "completion_tokens": ct}}, ""
+        return {"content": content, "logprobs": logprobs, "usage": {"prompt_tokens": pt, "completion_tokens": ct}}, ""

@@ -106,8 +106,9 @@ def _text(row: dict[str, Any], *keys: str) -> str:
     return ""
 
 
-def parse_verdict_file(path: Path, fmt: str, items: dict[str, int], dims: dict[str, list[str]],
-                       judge_id: str | None) -> tuple[dict[str, list[Draft]], list[str]]:
+def parse_verdict_file(
+    path: Path, fmt: str, items: dict[str, int], dims: dict[str, list[str]], judge_id: str | None
+) -> tuple[dict[str, list[Draft]], list[str]]:
     """Drafts grouped by judge id, and every problem found (empty when the file is clean)."""
     if fmt not in FORMATS:
         return {}, [f"{path}: format: must be one of {', '.join(FORMATS)}"]
@@ -155,10 +156,14 @@ def parse_verdict_file(path: Path, fmt: str, items: dict[str, int], dims: dict[s
                 continue
             intent = _text(row, "intention", "intent")[:MAX_RAW_CHARS]
             for fld, dim, mapping, reason_keys in (
-                    ("context_safety", "contextual", CONTEXTUAL_TEXT,
-                     ("context_reason", "context_safety_reason", "contextual_reason")),
-                    ("init_safety", "intrinsic", INTRINSIC, ("init_reason", "init_safety_reason",
-                                                             "intrinsic_reason"))):
+                (
+                    "context_safety",
+                    "contextual",
+                    CONTEXTUAL_TEXT,
+                    ("context_reason", "context_safety_reason", "contextual_reason"),
+                ),
+                ("init_safety", "intrinsic", INTRINSIC, ("init_reason", "init_safety_reason", "intrinsic_reason")),
+            ):
                 if fld not in row or row[fld] in (None, ""):
                     continue
                 if dim not in dims:
@@ -170,8 +175,11 @@ def parse_verdict_file(path: Path, fmt: str, items: dict[str, int], dims: dict[s
                     bad(line, fld, f"must be one of {sorted(mapping)} ({meaning}), got {row[fld]!r}")
                     continue
                 reason = _text(row, *reason_keys)[:MAX_RATIONALE_CHARS]
-                add(line, default_id, Draft(items[ext], dim, mapping[digit], "ok", reason,
-                                            json.dumps({fld: row[fld]}), intent))
+                add(
+                    line,
+                    default_id,
+                    Draft(items[ext], dim, mapping[digit], "ok", reason, json.dumps({fld: row[fld]}), intent),
+                )
         else:
             ext = _text(row, "item_id")
             dim = _text(row, "dimension")
@@ -207,16 +215,20 @@ def parse_verdict_file(path: Path, fmt: str, items: dict[str, int], dims: dict[s
                 bad(line, "judge_id", "longer than 80 characters")
                 ok = False
             if ok:
-                add(line, jid, Draft(items[ext], dim, label, "ok", _text(row, "rationale")[:MAX_RATIONALE_CHARS],
-                                     "", "", prob))
+                add(
+                    line,
+                    jid,
+                    Draft(items[ext], dim, label, "ok", _text(row, "rationale")[:MAX_RATIONALE_CHARS], "", "", prob),
+                )
         if len(problems) >= MAX_PROBLEMS:
             problems.append(f"{path}: (file): stopped after {MAX_PROBLEMS} problems")
             break
     return out, problems
 
 
-def import_verdicts(session: Session, path: str | Path, fmt: str, collection: str, *,
-                    judge_id: str | None = None, created_by: str = "") -> ImportResult:
+def import_verdicts(
+    session: Session, path: str | Path, fmt: str, collection: str, *, judge_id: str | None = None, created_by: str = ""
+) -> ImportResult:
     """Check the whole file, then write all its verdicts in the caller's transaction.
 
     Raises :class:`VerdictImportError` listing every problem; nothing is written then.
@@ -225,13 +237,20 @@ def import_verdicts(session: Session, path: str | Path, fmt: str, collection: st
     col = get_collection(session, collection)
     spec = taxonomy_of(session, col)
     dims = {d["name"]: d["labels"] for d in spec["dimensions"]}
-    items = {ext: iid for ext, iid in session.exec(select(Item.external_id, Item.id)
-                                                   .where(Item.collection_id == col.id)).all()}
+    items = {
+        ext: iid
+        for ext, iid in session.exec(select(Item.external_id, Item.id).where(Item.collection_id == col.id)).all()
+    }
     drafts, problems = parse_verdict_file(path, fmt, items, dims, judge_id)
     if problems:
         raise VerdictImportError(problems)
-    batch = ImportBatch(source=path.name, source_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-                        format=f"verdicts-{fmt}", collection_id=col.id, created_by=created_by)
+    batch = ImportBatch(
+        source=path.name,
+        source_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        format=f"verdicts-{fmt}",
+        collection_id=col.id,
+        created_by=created_by,
+    )
     session.add(batch)
     session.flush()
     total = 0
@@ -242,5 +261,6 @@ def import_verdicts(session: Session, path: str | Path, fmt: str, collection: st
     session.add(batch)
     session.flush()
     touched = sorted({d.item_id for ds in drafts.values() for d in ds})
-    return ImportResult(batch_id=batch.id or 0, verdicts=total, collection_id=col.id or 0, judge_ids=sorted(drafts),
-                        item_ids=touched)
+    return ImportResult(
+        batch_id=batch.id or 0, verdicts=total, collection_id=col.id or 0, judge_ids=sorted(drafts), item_ids=touched
+    )

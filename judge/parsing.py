@@ -55,7 +55,7 @@ def _digit_after(text: str, start: int) -> tuple[int | None, int | None, str]:
     if i + 1 < len(text) and "0" <= text[i + 1] <= "9":
         return None, None, "more than one digit after 'Result:'"
     line_end = text.find("\n", i + 1)
-    tail = text[i + 1:] if line_end < 0 else text[i + 1:line_end]
+    tail = text[i + 1 :] if line_end < 0 else text[i + 1 : line_end]
     if not _TAIL_OK.fullmatch(tail):
         return None, None, f"unexpected text after the result digit: {tail[:40]!r}"
     return int(text[i]), i, ""

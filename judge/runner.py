@@ -112,24 +112,32 @@ def params_for(opts: RunOptions) -> dict[str, Any]:
 LOAD_CHUNK = 256  # items read from the database per query while judging
 
 
-def load_views(engine: Engine, chunk: list[tuple[int, tuple[str, ...]]],
-               refs: dict[str, MediaRef]) -> list[tuple[ItemView, tuple[str, ...]]]:
+def load_views(
+    engine: Engine, chunk: list[tuple[int, tuple[str, ...]]], refs: dict[str, MediaRef]
+) -> list[tuple[ItemView, tuple[str, ...]]]:
     """The items of ``chunk`` as protocol views (in chunk order), their media added to ``refs``."""
     with Session(read_only(engine)) as s:  # reads only: no SQLite write lock while reviewers submit
         items = {i.id: i for i in s.exec(select(Item).where(Item.id.in_([iid for iid, _ in chunk]))).all()}  # type: ignore[union-attr]
         out = [(_view(items[iid]), missing) for iid, missing in chunk if iid in items]
         shas = sorted({str(p["media"]) for v, _ in out for p in [*v.prompt, *v.response] if p.get("media")} - set(refs))
         for i in range(0, len(shas), 500):
-            for m in s.exec(select(Media).where(Media.sha256.in_(shas[i:i + 500]))).all():  # type: ignore[attr-defined]
+            for m in s.exec(select(Media).where(Media.sha256.in_(shas[i : i + 500]))).all():  # type: ignore[attr-defined]
                 refs[m.sha256] = MediaRef(m.sha256, m.kind, m.mime, m.relpath)
     return out
 
 
 def _view(item: Item) -> ItemView:
-    return ItemView(id=item.id or 0, external_id=item.external_id, task_type=item.task_type,
-                    category=item.category, subcategory=item.subcategory, prompt=list(item.prompt or []),
-                    response=list(item.response or []), refused=bool(item.refused),
-                    output_modalities=item.output_modalities)
+    return ItemView(
+        id=item.id or 0,
+        external_id=item.external_id,
+        task_type=item.task_type,
+        category=item.category,
+        subcategory=item.subcategory,
+        prompt=list(item.prompt or []),
+        response=list(item.response or []),
+        refused=bool(item.refused),
+        output_modalities=item.output_modalities,
+    )
 
 
 def _collections(session: Session, name: str | None, dims: tuple[str, ...]) -> list[Collection]:
@@ -141,11 +149,16 @@ def _collections(session: Session, name: str | None, dims: tuple[str, ...]) -> l
         have = dimension_names(taxonomy_of(session, col))
         missing = [d for d in dims if d not in have]
         if missing:
-            raise JudgeSetupError(f"collection {name!r} has no dimension(s) {', '.join(missing)} "
-                             f"(its taxonomy has {', '.join(have)}); pick the other protocol")
+            raise JudgeSetupError(
+                f"collection {name!r} has no dimension(s) {', '.join(missing)} "
+                f"(its taxonomy has {', '.join(have)}); pick the other protocol"
+            )
         return [col]
-    cols = [c for c in session.exec(select(Collection).order_by(Collection.id)).all()
-            if all(d in dimension_names(taxonomy_of(session, c)) for d in dims)]
+    cols = [
+        c
+        for c in session.exec(select(Collection).order_by(Collection.id)).all()
+        if all(d in dimension_names(taxonomy_of(session, c)) for d in dims)
+    ]
     if not cols:
         raise JudgeSetupError("no collection has this protocol's dimensions: " + ", ".join(dims))
     return cols
@@ -181,14 +194,26 @@ def refresh_priorities(engine: Engine, collection_ids: list[int], item_ids: Iter
             refresh(s, cid, ids)
 
 
-def run_judge(engine: Engine, media_root: Path, opts: RunOptions, *,
-              console: Any = None, on_batch: Callable[[int], None] | None = None) -> RunSummary:
+def run_judge(
+    engine: Engine,
+    media_root: Path,
+    opts: RunOptions,
+    *,
+    console: Any = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> RunSummary:
     """Judge what is missing and return a summary (synchronous wrapper)."""
     return asyncio.run(run_judge_async(engine, media_root, opts, console=console, on_batch=on_batch))
 
 
-async def run_judge_async(engine: Engine, media_root: Path, opts: RunOptions, *,
-                          console: Any = None, on_batch: Callable[[int], None] | None = None) -> RunSummary:
+async def run_judge_async(
+    engine: Engine,
+    media_root: Path,
+    opts: RunOptions,
+    *,
+    console: Any = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> RunSummary:
     try:
         protocol = get_protocol(opts.protocol)
     except ValueError as exc:
@@ -218,10 +243,18 @@ async def run_judge_async(engine: Engine, media_root: Path, opts: RunOptions, *,
         return Answer(text=DRY_RUN_INTENT) if question == "intent" else None
 
     client = ChatClient(
-        base_url=opts.base_url, model=opts.model, api_key=opts.api_key, concurrency=opts.concurrency,
-        timeout=opts.timeout, max_retries=opts.max_retries, logprobs=opts.logprobs, cache=cache,
-        backoff_base=opts.backoff_base, max_tokens=opts.max_tokens,
-        on_request=record if opts.dry_run else None)
+        base_url=opts.base_url,
+        model=opts.model,
+        api_key=opts.api_key,
+        concurrency=opts.concurrency,
+        timeout=opts.timeout,
+        max_retries=opts.max_retries,
+        logprobs=opts.logprobs,
+        cache=cache,
+        backoff_base=opts.backoff_base,
+        max_tokens=opts.max_tokens,
+        on_request=record if opts.dry_run else None,
+    )
 
     buffer: list[Draft] = []
     buffered_items = 0
@@ -255,7 +288,7 @@ async def run_judge_async(engine: Engine, media_root: Path, opts: RunOptions, *,
     async def producer() -> None:
         try:
             for start in range(0, len(todo), LOAD_CHUNK):
-                chunk = todo[start:start + LOAD_CHUNK]
+                chunk = todo[start : start + LOAD_CHUNK]
                 for entry in load_views(engine, chunk, refs):
                     await queue.put(entry)
         finally:
@@ -280,9 +313,17 @@ async def run_judge_async(engine: Engine, media_root: Path, opts: RunOptions, *,
             def render(self, task: Any) -> Text:
                 return Text("–  items/s" if task.speed is None else f"{task.speed:.1f} items/s")
 
-        progress = Progress(TextColumn("[bold]judging"), BarColumn(), MofNCompleteColumn(), Rate(),
-                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                            console=console, transient=False)
+        progress = Progress(
+            TextColumn("[bold]judging"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            Rate(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
         progress.start()
         task_id = progress.add_task("judge", total=len(todo))
 

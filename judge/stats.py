@@ -21,10 +21,12 @@ GROUP_KEYS = {"model": "model", "task_type": "task_type", "category": "category"
 
 def default_judge(session: Session, collection_id: int) -> str | None:
     """The judge with the most labelled verdicts in the collection (ties: the newest)."""
-    stmt = (select(Verdict.judge_id, sa.func.count(), sa.func.max(Verdict.created_at))
-            .join(Item, Item.id == Verdict.item_id)
-            .where(Item.collection_id == collection_id, Verdict.label.is_not(None))  # type: ignore[union-attr]
-            .group_by(Verdict.judge_id))
+    stmt = (
+        select(Verdict.judge_id, sa.func.count(), sa.func.max(Verdict.created_at))
+        .join(Item, Item.id == Verdict.item_id)
+        .where(Item.collection_id == collection_id, Verdict.label.is_not(None))  # type: ignore[union-attr]
+        .group_by(Verdict.judge_id)
+    )
     rows = session.exec(stmt).all()  # type: ignore[call-overload]
     if not rows:
         return None
@@ -32,8 +34,12 @@ def default_judge(session: Session, collection_id: int) -> str | None:
 
 
 def newest_gold_snapshot(session: Session, collection_id: int) -> GoldSnapshot | None:
-    snaps = session.exec(select(GoldSnapshot).order_by(GoldSnapshot.created_at.desc(),  # type: ignore[attr-defined]
-                                                       GoldSnapshot.id.desc())).all()  # type: ignore[union-attr]
+    snaps = session.exec(
+        select(GoldSnapshot).order_by(
+            GoldSnapshot.created_at.desc(),  # type: ignore[attr-defined]
+            GoldSnapshot.id.desc(),
+        )
+    ).all()  # type: ignore[union-attr]
     return next((s for s in snaps if collection_id in (s.collection_ids or [])), None)
 
 
@@ -41,13 +47,18 @@ def _compute(dims: list[str], labels_of: dict[str, list[str]], uni: bool):  # ty
     def compute(rows: list[Any]) -> dict[str, dict[str, Any]]:
         if uni:
             return {k: v.as_dict() for k, v in uni_metrics(rows).items()}
-        return {f"{d}:{lab}": s.as_dict() for d in dims
-                for lab, s in label_shares([r.get(d) for r in rows], labels_of[d]).items()}
+        return {
+            f"{d}:{lab}": s.as_dict()
+            for d in dims
+            for lab, s in label_shares([r.get(d) for r in rows], labels_of[d]).items()
+        }
+
     return compute
 
 
-def collection_stats(session: Session, collection_name: str, *, by: str | None = None,
-                     judge_id: str | None = None) -> dict[str, Any]:
+def collection_stats(
+    session: Session, collection_name: str, *, by: str | None = None, judge_id: str | None = None
+) -> dict[str, Any]:
     """Metrics per group for the judge and, when gold exists, for gold on the same groups."""
     if by is not None and by not in GROUP_KEYS:
         raise ValueError(f"--by must be one of {', '.join(GROUP_KEYS)}")
@@ -64,8 +75,11 @@ def collection_stats(session: Session, collection_name: str, *, by: str | None =
     status_counts: dict[str, int] = {}
     if jid is not None:
         per_item: dict[int, dict[str, Any]] = {}
-        verdicts = session.exec(select(Verdict).join(Item, Item.id == Verdict.item_id)
-                                .where(Item.collection_id == col.id, Verdict.judge_id == jid)).all()
+        verdicts = session.exec(
+            select(Verdict)
+            .join(Item, Item.id == Verdict.item_id)
+            .where(Item.collection_id == col.id, Verdict.judge_id == jid)
+        ).all()
         for v in verdicts:
             status_counts[v.status] = status_counts.get(v.status, 0) + 1
             per_item.setdefault(v.item_id, dict(base[v.item_id]))[v.dimension] = v.label
@@ -75,8 +89,11 @@ def collection_stats(session: Session, collection_name: str, *, by: str | None =
     snap = newest_gold_snapshot(session, col.id)  # type: ignore[arg-type]
     if snap is not None:
         per_gold: dict[int, dict[str, Any]] = {}
-        golds = session.exec(select(Gold).join(Item, Item.id == Gold.item_id)
-                             .where(Gold.snapshot_id == snap.id, Item.collection_id == col.id)).all()
+        golds = session.exec(
+            select(Gold)
+            .join(Item, Item.id == Gold.item_id)
+            .where(Gold.snapshot_id == snap.id, Item.collection_id == col.id)
+        ).all()
         for g in golds:
             per_gold.setdefault(g.item_id, dict(base[g.item_id]))[g.dimension] = g.label
         gold_rows = list(per_gold.values())
@@ -86,9 +103,19 @@ def collection_stats(session: Session, collection_name: str, *, by: str | None =
     judge_table = metric_table(judge_rows, key, compute)
     gold_table = metric_table(gold_rows, key, compute) if gold_rows else []
     metric_names = list(UNI_METRICS) if uni else [f"{d}:{lab}" for d in dims for lab in labels_of[d]]
-    return {"collection": col.name, "taxonomy": spec["name"], "kind": "uni-safebench" if uni else "label-shares",
-            "judge_id": jid, "verdict_status": status_counts, "gold_snapshot_id": snap.id if snap else None,
-            "by": by, "metrics": metric_names, "judge": judge_table, "gold": gold_table, "n_items": len(items)}
+    return {
+        "collection": col.name,
+        "taxonomy": spec["name"],
+        "kind": "uni-safebench" if uni else "label-shares",
+        "judge_id": jid,
+        "verdict_status": status_counts,
+        "gold_snapshot_id": snap.id if snap else None,
+        "by": by,
+        "metrics": metric_names,
+        "judge": judge_table,
+        "gold": gold_table,
+        "n_items": len(items),
+    }
 
 
 def fmt_share(s: dict[str, Any] | Share | None) -> str:

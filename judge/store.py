@@ -15,8 +15,9 @@ from safereview.judge.protocols.base import Draft
 DONE_STATUSES = ("ok", "rule", "unparseable")
 
 
-def write_verdicts(session: Session, drafts: Sequence[Draft], *, judge_id: str, judge_version: str,
-                   import_batch_id: int | None = None) -> int:
+def write_verdicts(
+    session: Session, drafts: Sequence[Draft], *, judge_id: str, judge_version: str, import_batch_id: int | None = None
+) -> int:
     """Insert or replace the verdicts of ``drafts`` for ``judge_id`` (key: item, dimension, judge).
 
     Replacing keeps one row per key, so a retried error or a re-imported file never
@@ -30,10 +31,21 @@ def write_verdicts(session: Session, drafts: Sequence[Draft], *, judge_id: str, 
     rows: dict[tuple[int, str], dict[str, Any]] = {}
     for d in drafts:  # the last draft for a key wins, as a sequence of updates would
         rows[(d.item_id, d.dimension)] = {
-            "item_id": d.item_id, "dimension": d.dimension, "judge_id": judge_id, "judge_version": judge_version,
-            "label": d.label, "status": d.status, "probability": d.probability, "probs": d.probs, "score": d.score,
-            "rationale": d.rationale, "raw_output": d.raw_output, "intent": d.intent,
-            "import_batch_id": import_batch_id, "created_at": now}
+            "item_id": d.item_id,
+            "dimension": d.dimension,
+            "judge_id": judge_id,
+            "judge_version": judge_version,
+            "label": d.label,
+            "status": d.status,
+            "probability": d.probability,
+            "probs": d.probs,
+            "score": d.score,
+            "rationale": d.rationale,
+            "raw_output": d.raw_output,
+            "intent": d.intent,
+            "import_batch_id": import_batch_id,
+            "created_at": now,
+        }
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -45,26 +57,36 @@ def write_verdicts(session: Session, drafts: Sequence[Draft], *, judge_id: str, 
     update = {c: stmt.excluded[c] for c in values[0] if c not in ("item_id", "dimension", "judge_id")}
     update["calibration_id"] = sa.null()  # a new answer invalidates any calibrated link
     # executemany of one compiled statement (compiling a multi-row VALUES costs more)
-    session.execute(stmt.on_conflict_do_update(index_elements=["item_id", "dimension", "judge_id"], set_=update),
-                    values)
+    session.execute(
+        stmt.on_conflict_do_update(index_elements=["item_id", "dimension", "judge_id"], set_=update), values
+    )
     return len(values)
 
 
-def missing_work(session: Session, judge_id: str, collection_ids: Sequence[int],
-                 dimensions: Sequence[str]) -> tuple[list[tuple[int, tuple[str, ...]]], int]:
+def missing_work(
+    session: Session, judge_id: str, collection_ids: Sequence[int], dimensions: Sequence[str]
+) -> tuple[list[tuple[int, tuple[str, ...]]], int]:
     """What this judge still has to do: (item id, dimensions without a finished verdict), in id order.
 
     Two queries over integer and short-string columns (the items' ids; this judge's finished
     (item, dimension) pairs in the collections), so a million-item collection plans in a
     few seconds without loading any prompt. Also returns how many items are already done.
     """
-    ids = session.exec(select(Item.id).where(Item.collection_id.in_(list(collection_ids)))  # type: ignore[union-attr]
-                       .order_by(Item.id)).all()  # type: ignore[arg-type]
+    ids = session.exec(
+        select(Item.id)
+        .where(Item.collection_id.in_(list(collection_ids)))  # type: ignore[union-attr]
+        .order_by(Item.id)
+    ).all()  # type: ignore[arg-type]
     done: dict[int, set[str]] = defaultdict(set)
     for item_id, dim in session.exec(
-            select(Verdict.item_id, Verdict.dimension).join(Item, Item.id == Verdict.item_id)  # type: ignore[arg-type]
-            .where(Item.collection_id.in_(list(collection_ids)), Verdict.judge_id == judge_id,  # type: ignore[union-attr]
-                   Verdict.status.in_(DONE_STATUSES))).all():  # type: ignore[attr-defined]
+        select(Verdict.item_id, Verdict.dimension)
+        .join(Item, Item.id == Verdict.item_id)  # type: ignore[arg-type]
+        .where(
+            Item.collection_id.in_(list(collection_ids)),
+            Verdict.judge_id == judge_id,  # type: ignore[union-attr]
+            Verdict.status.in_(DONE_STATUSES),
+        )
+    ).all():  # type: ignore[attr-defined]
         done[item_id].add(dim)
     todo: list[tuple[int, tuple[str, ...]]] = []
     for item_id in ids:

@@ -38,12 +38,20 @@ def collections(session: Session, *, include_archived: bool = False) -> list[Col
     out = []
     for c, t in session.exec(q.order_by(Collection.name)).all():
         spec = t.spec or {}
-        out.append(CollectionInfo(
-            id=c.id, name=c.name, blind=c.blind, overlap_target=c.overlap_target,  # type: ignore[arg-type]
-            audit_share=c.audit_share, archived=c.archived, dims=tuple(spec.get("dimensions", [])),
-            category_options=tuple(category_names(spec)) if spec.get("categories") else (),
-            guidelines=str(spec.get("guidelines", "")), taxonomy=t.name,
-        ))
+        out.append(
+            CollectionInfo(
+                id=c.id,
+                name=c.name,
+                blind=c.blind,
+                overlap_target=c.overlap_target,  # type: ignore[arg-type]
+                audit_share=c.audit_share,
+                archived=c.archived,
+                dims=tuple(spec.get("dimensions", [])),
+                category_options=tuple(category_names(spec)) if spec.get("categories") else (),
+                guidelines=str(spec.get("guidelines", "")),
+                taxonomy=t.name,
+            )
+        )
     return out
 
 

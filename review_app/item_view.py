@@ -43,18 +43,34 @@ def load_item(session: Session, item_id: int) -> ItemView:
     item = session.get(Item, item_id)
     if item is None:
         raise LookupError(f"item {item_id} not found")
-    shas = [p.get("media") for p in [*(item.prompt or []), *(item.response or [])]
-            if isinstance(p, dict) and p.get("media")]
+    shas = [
+        p.get("media") for p in [*(item.prompt or []), *(item.response or [])] if isinstance(p, dict) and p.get("media")
+    ]
     media: dict[str, dict[str, Any]] = {}
     if shas:
         for m in session.exec(select(Media).where(Media.sha256.in_(shas))).all():  # type: ignore[attr-defined]
-            media[m.sha256] = {"kind": m.kind, "mime": m.mime, "width": m.width, "height": m.height,
-                               "duration_s": m.duration_s, "size_bytes": m.size_bytes}
+            media[m.sha256] = {
+                "kind": m.kind,
+                "mime": m.mime,
+                "width": m.width,
+                "height": m.height,
+                "duration_s": m.duration_s,
+                "size_bytes": m.size_bytes,
+            }
     return ItemView(
-        id=item.id, external_id=item.external_id, collection_id=item.collection_id,  # type: ignore[arg-type]
-        task_type=item.task_type, category=item.category, subcategory=item.subcategory, model=item.model,
-        input_modalities=item.input_modalities, output_modalities=item.output_modalities,
-        prompt=list(item.prompt or []), response=list(item.response or []), refused=item.refused, media=media,
+        id=item.id,
+        external_id=item.external_id,
+        collection_id=item.collection_id,  # type: ignore[arg-type]
+        task_type=item.task_type,
+        category=item.category,
+        subcategory=item.subcategory,
+        model=item.model,
+        input_modalities=item.input_modalities,
+        output_modalities=item.output_modalities,
+        prompt=list(item.prompt or []),
+        response=list(item.response or []),
+        refused=item.refused,
+        media=media,
     )
 
 
@@ -104,31 +120,39 @@ def render_media(part: dict[str, Any], item: ItemView, *, key: str) -> None:
     if kind == "image":
         width = info.get("width") or 0
         size = f' style="width:{min(max(width * 2, 240), 520)}px"' if 0 < width < 260 else ""  # small: 2x, no more
-        st.html(f'<div class="sr-media"><img src="{server.media_url(sha, "view.webp")}" alt="{alt}"{size} '
-                'loading="eager"></div>')
+        st.html(
+            f'<div class="sr-media"><img src="{server.media_url(sha, "view.webp")}" alt="{alt}"{size} '
+            'loading="eager"></div>'
+        )
         cap, zoom = st.columns([5, 1], vertical_alignment="center")
         cap.caption(_media_caption(part, info))
         if zoom.button("Enlarge", key=f"zoom_{key}", icon=":material/zoom_in:", type="tertiary"):
             _zoom_dialog(sha, str(part.get("name") or ""))
     elif kind == "audio":
-        st.html(f'<div class="sr-media"><audio controls preload="metadata" '
-                f'src="{server.media_url(sha)}"></audio></div>'
-                f'<div class="sr-strip"><img src="{server.media_url(sha, "waveform.png")}" alt="waveform"></div>'
-                f'<div class="sr-strip"><img src="{server.media_url(sha, "spectrogram.png")}" '
-                'alt="mel spectrogram"></div>')
+        st.html(
+            f'<div class="sr-media"><audio controls preload="metadata" '
+            f'src="{server.media_url(sha)}"></audio></div>'
+            f'<div class="sr-strip"><img src="{server.media_url(sha, "waveform.png")}" alt="waveform"></div>'
+            f'<div class="sr-strip"><img src="{server.media_url(sha, "spectrogram.png")}" '
+            'alt="mel spectrogram"></div>'
+        )
         st.caption(_media_caption(part, info) + " · waveform and mel spectrogram")
     elif kind == "video":
-        st.html(f'<div class="sr-media"><video controls preload="metadata" '
-                f'src="{server.media_url(sha)}"></video></div>'
-                f'<div class="sr-strip"><img src="{server.media_url(sha, "keyframes.jpg")}" alt="key frames"></div>')
+        st.html(
+            f'<div class="sr-media"><video controls preload="metadata" '
+            f'src="{server.media_url(sha)}"></video></div>'
+            f'<div class="sr-strip"><img src="{server.media_url(sha, "keyframes.jpg")}" alt="key frames"></div>'
+        )
         st.caption(_media_caption(part, info) + " · key frames")
 
 
 @st.dialog("Image", width="large")
 def _zoom_dialog(sha: str, name: str) -> None:
     st.html(f'<div class="sr-full"><img src="{server.media_url(sha)}" alt="{ui.attr(name)}"></div>')
-    st.html(f'<a href="{server.media_url(sha)}" target="_blank" rel="noopener noreferrer">'
-            'Open the original in a new tab</a>')
+    st.html(
+        f'<a href="{server.media_url(sha)}" target="_blank" rel="noopener noreferrer">'
+        "Open the original in a new tab</a>"
+    )
 
 
 def render_item(item: ItemView) -> None:
@@ -158,9 +182,19 @@ def render_item(item: ItemView) -> None:
 
 def verdict_dicts(verdicts: list[Any]) -> list[dict[str, Any]]:
     """Plain, session-independent copies of Verdict rows (kept in session state)."""
-    return [{"dimension": v.dimension, "label": v.label, "status": v.status, "probability": v.probability,
-             "probs": v.probs, "rationale": v.rationale, "judge_id": v.judge_id, "intent": v.intent}
-            for v in verdicts]
+    return [
+        {
+            "dimension": v.dimension,
+            "label": v.label,
+            "status": v.status,
+            "probability": v.probability,
+            "probs": v.probs,
+            "rationale": v.rationale,
+            "judge_id": v.judge_id,
+            "intent": v.intent,
+        }
+        for v in verdicts
+    ]
 
 
 def primary_judge(verdicts: list[dict[str, Any]]) -> str | None:

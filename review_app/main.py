@@ -6,16 +6,17 @@ import streamlit as st
 
 from safereview.review_app import nav, ui
 
-st.set_page_config(page_title="safereview", page_icon=ui.favicon(), layout="wide",
-                   initial_sidebar_state="expanded")
+st.set_page_config(page_title="safereview", page_icon=ui.favicon(), layout="wide", initial_sidebar_state="expanded")
 ui.page_style()
 
 user = ui.current_user()
 if user is None:
     from safereview.review_app.views import sign_in
 
-    page = st.navigation([st.Page(sign_in.render, title="Sign in", icon=":material/login:",
-                                  url_path="signin", default=True)], position="hidden")
+    page = st.navigation(
+        [st.Page(sign_in.render, title="Sign in", icon=":material/login:", url_path="signin", default=True)],
+        position="hidden",
+    )
     ui.cookie_bridge()
     page.run()
     st.stop()
@@ -23,7 +24,8 @@ if user is None:
 sections: dict[str, list[st.Page]] = {}
 for spec in nav.pages_for(user):
     sections.setdefault(spec.section, []).append(
-        st.Page(f"views/{spec.file}", title=spec.title, icon=spec.icon, default=spec.default))
+        st.Page(f"views/{spec.file}", title=spec.title, icon=spec.icon, default=spec.default)
+    )
 page = st.navigation(sections)
 
 with st.sidebar:

@@ -158,7 +158,7 @@ def waveform_image(source: Path, size: tuple[int, int] = WAVE_SIZE) -> Image.Ima
     draw.line([(0, mid), (width, mid)], fill=(210, 212, 220))
     if y.size:
         peak = float(np.max(np.abs(y))) or 1.0
-        cols = np.array_split(y / peak, width) if y.size >= width else [y[i:i + 1] for i in range(y.size)]
+        cols = np.array_split(y / peak, width) if y.size >= width else [y[i : i + 1] for i in range(y.size)]
         scale = (height / 2 - 8) * 0.92
         x_step = width / max(len(cols), 1)
         for i, col in enumerate(cols):
@@ -186,10 +186,21 @@ def _time_ticks(draw: ImageDraw.ImageDraw, seconds: float, width: int, height: i
 
 def _colormap(values: np.ndarray) -> np.ndarray:
     """Map 0..1 to a perceptually ordered dark-blue → yellow palette (viridis anchors)."""
-    anchors = np.array([
-        [68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142],
-        [31, 158, 137], [53, 183, 121], [109, 205, 89], [180, 222, 44], [253, 231, 37],
-    ], dtype=np.float32)
+    anchors = np.array(
+        [
+            [68, 1, 84],
+            [72, 40, 120],
+            [62, 74, 137],
+            [49, 104, 142],
+            [38, 130, 142],
+            [31, 158, 137],
+            [53, 183, 121],
+            [109, 205, 89],
+            [180, 222, 44],
+            [253, 231, 37],
+        ],
+        dtype=np.float32,
+    )
     pos = np.clip(values, 0, 1) * (len(anchors) - 1)
     lo = np.floor(pos).astype(int)
     hi = np.minimum(lo + 1, len(anchors) - 1)
@@ -205,8 +216,7 @@ def spectrogram_image(source: Path, size: tuple[int, int] = SPEC_SIZE, n_mels: i
     if y.size < 2048:
         y = np.pad(y, (0, 2048 - y.size))
     hop = max(256, int(y.size / (size[0] * 2)) // 256 * 256 or 256)
-    mel = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=2048, hop_length=hop, n_mels=n_mels,
-                                         fmax=min(sr / 2, 16000))
+    mel = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=2048, hop_length=hop, n_mels=n_mels, fmax=min(sr / 2, 16000))
     db = librosa.power_to_db(mel, ref=np.max, top_db=80.0)
     norm = (db + 80.0) / 80.0
     rgb = _colormap(norm[::-1])

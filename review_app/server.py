@@ -39,10 +39,28 @@ SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 USER_CACHE_S = 5.0
 # mime types served inline; anything else goes out as an attachment of unknown type
 INLINE_MIME = {
-    "image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp", "image/tiff",
-    "audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/x-flac", "audio/mpeg", "audio/ogg",
-    "audio/mp4", "audio/aac", "audio/webm", "audio/opus",
-    "video/mp4", "video/webm", "video/ogg", "video/quicktime", "video/x-matroska",
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/bmp",
+    "image/tiff",
+    "audio/wav",
+    "audio/x-wav",
+    "audio/wave",
+    "audio/flac",
+    "audio/x-flac",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/mp4",
+    "audio/aac",
+    "audio/webm",
+    "audio/opus",
+    "video/mp4",
+    "video/webm",
+    "video/ogg",
+    "video/quicktime",
+    "video/x-matroska",
 }
 MEDIA_CSP = "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; sandbox"
 # 1x1 transparent GIF: the /auth/* routes are loaded as images
@@ -74,21 +92,23 @@ def _inline_script_hashes() -> list[str]:
 def content_security_policy() -> str:
     """Only the app's own origin; no external image, script, media, font or connection."""
     scripts = " ".join(["'self'", *_inline_script_hashes()])
-    return "; ".join([
-        "default-src 'self'",
-        f"script-src {scripts}",
-        "style-src 'self' 'unsafe-inline'",  # emotion (Streamlit's CSS-in-JS) injects <style>
-        "img-src 'self' data: blob:",
-        "media-src 'self' blob: data:",
-        "font-src 'self' data:",
-        "connect-src 'self'",  # CSP level 3: 'self' covers ws(s) to the same host
-        "worker-src 'self' blob:",
-        "frame-src 'self'",
-        "object-src 'none'",
-        "base-uri 'self'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
-    ])
+    return "; ".join(
+        [
+            "default-src 'self'",
+            f"script-src {scripts}",
+            "style-src 'self' 'unsafe-inline'",  # emotion (Streamlit's CSS-in-JS) injects <style>
+            "img-src 'self' data: blob:",
+            "media-src 'self' blob: data:",
+            "font-src 'self' data:",
+            "connect-src 'self'",  # CSP level 3: 'self' covers ws(s) to the same host
+            "worker-src 'self' blob:",
+            "frame-src 'self'",
+            "object-src 'none'",
+            "base-uri 'self'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
 
 
 class SecurityHeadersMiddleware:
@@ -212,8 +232,9 @@ async def media_file(request: Request) -> Response:
     if variant not in media_derive.VARIANTS or media_derive.VARIANTS[variant][0] != media.kind:
         return _deny(404, "no such view")
     try:
-        path = await run_in_threadpool(media_derive.derive, source, sha, variant, cfg.cache_dir,
-                                       max_image_pixels=cfg.max_image_pixels)
+        path = await run_in_threadpool(
+            media_derive.derive, source, sha, variant, cfg.cache_dir, max_image_pixels=cfg.max_image_pixels
+        )
     except media_derive.DeriveError as exc:
         return _deny(422, str(exc))
     return FileResponse(path, media_type=media_derive.VARIANTS[variant][1], headers=headers)
@@ -226,8 +247,13 @@ async def auth_session(request: Request) -> Response:
         return Response(PIXEL, media_type="image/gif", status_code=403, headers={"cache-control": "no-store"})
     response = Response(PIXEL, media_type="image/gif", headers={"cache-control": "no-store"})
     response.set_cookie(
-        runtime.SESSION_COOKIE, token, max_age=int(runtime.config().session_hours * 3600), path=cookie_path(),
-        httponly=True, samesite="strict", secure=request.url.scheme == "https",
+        runtime.SESSION_COOKIE,
+        token,
+        max_age=int(runtime.config().session_hours * 3600),
+        path=cookie_path(),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
     )
     return response
 

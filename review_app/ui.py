@@ -110,8 +110,9 @@ def pick_collections(key: str) -> tuple[list[Any], list[str]] | None:
         st.info("No collections yet.")
         return None
     by_id = {c.id: c for c in infos}
-    chosen = st.multiselect("Collections", list(by_id), default=[infos[0].id],
-                            format_func=lambda i: plain(by_id[i].name), key=key)
+    chosen = st.multiselect(
+        "Collections", list(by_id), default=[infos[0].id], format_func=lambda i: plain(by_id[i].name), key=key
+    )
     if not chosen:
         st.info("Choose at least one collection.")
         return None
@@ -253,12 +254,15 @@ def cookie_bridge() -> None:
 
     ss = st.session_state
     if ss.pop("auth_signed_out", False):
-        st.html(f'<img src="{server.auth_url("signout")}" alt="" width="1" height="1" '
-                'style="position:absolute;opacity:0">')
+        st.html(
+            f'<img src="{server.auth_url("signout")}" alt="" width="1" height="1" style="position:absolute;opacity:0">'
+        )
     ticket = ss.get("auth_ticket")
     if ticket and not media_ready():
-        st.html(f'<img src="{server.auth_url("session", ticket=ticket)}" alt="" width="1" height="1" '
-                'style="position:absolute;opacity:0">')
+        st.html(
+            f'<img src="{server.auth_url("session", ticket=ticket)}" alt="" width="1" height="1" '
+            'style="position:absolute;opacity:0">'
+        )
 
 
 def wait_for_cookie(timeout_s: float = COOKIE_WAIT_S) -> bool:

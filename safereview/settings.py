@@ -20,30 +20,52 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("SAFEREVIEW_DB", "sqlite:///safereview.db",
-            "Database URL: a SQLite file (default) or postgresql+psycopg://user@host/db."),
-    Setting("SAFEREVIEW_MEDIA_ROOT", "",
-            "Folder where imported media is stored by content hash. Default: `<db file>.media/` "
-            "beside a SQLite database, `./media` otherwise."),
-    Setting("SAFEREVIEW_CACHE_DIR", "",
-            "Folder for derived media (thumbnails, waveforms, spectrograms, key frames). "
-            "Default: `<media root>/.derived`."),
-    Setting("SAFEREVIEW_MAX_IMAGE_PIXELS", "50000000",
-            "Decompression-bomb limit: images with more pixels are refused at import."),
+    Setting(
+        "SAFEREVIEW_DB",
+        "sqlite:///safereview.db",
+        "Database URL: a SQLite file (default) or postgresql+psycopg://user@host/db.",
+    ),
+    Setting(
+        "SAFEREVIEW_MEDIA_ROOT",
+        "",
+        "Folder where imported media is stored by content hash. Default: `<db file>.media/` "
+        "beside a SQLite database, `./media` otherwise.",
+    ),
+    Setting(
+        "SAFEREVIEW_CACHE_DIR",
+        "",
+        "Folder for derived media (thumbnails, waveforms, spectrograms, key frames). Default: `<media root>/.derived`.",
+    ),
+    Setting(
+        "SAFEREVIEW_MAX_IMAGE_PIXELS",
+        "50000000",
+        "Decompression-bomb limit: images with more pixels are refused at import.",
+    ),
     Setting("SAFEREVIEW_MAX_UPLOAD_MB", "200", "Largest file accepted by the app's import page."),
-    Setting("SAFEREVIEW_MAX_TEXT_CHARS", "200000",
-            "Longest text part stored per prompt/response part; longer text is refused at import."),
-    Setting("SAFEREVIEW_MAX_IMPORT_ROWS", "2000000",
-            "Most rows one import file may hold (it is one transaction, held in memory); split larger files."),
+    Setting(
+        "SAFEREVIEW_MAX_TEXT_CHARS",
+        "200000",
+        "Longest text part stored per prompt/response part; longer text is refused at import.",
+    ),
+    Setting(
+        "SAFEREVIEW_MAX_IMPORT_ROWS",
+        "2000000",
+        "Most rows one import file may hold (it is one transaction, held in memory); split larger files.",
+    ),
     Setting("SAFEREVIEW_SESSION_HOURS", "12", "Sign-in sessions expire after this many hours."),
-    Setting("SAFEREVIEW_LEASE_MINUTES", "30",
-            "How long a reviewer holds a queue slot before it returns to the pool."),
-    Setting("SAFEREVIEW_BASE_URL_PATH", "",
-            "Serve the app under this path (e.g. `review` for `https://host/review/`) when a reverse proxy "
-            "forwards that path unchanged; sets Streamlit's `server.baseUrlPath` and prefixes the media and "
-            "sign-in routes."),
-    Setting("SAFEREVIEW_JUDGE_API_KEY", "",
-            "Default API key for the judge's OpenAI-compatible server (`--api-key-env` names another)."),
+    Setting("SAFEREVIEW_LEASE_MINUTES", "30", "How long a reviewer holds a queue slot before it returns to the pool."),
+    Setting(
+        "SAFEREVIEW_BASE_URL_PATH",
+        "",
+        "Serve the app under this path (e.g. `review` for `https://host/review/`) when a reverse proxy "
+        "forwards that path unchanged; sets Streamlit's `server.baseUrlPath` and prefixes the media and "
+        "sign-in routes.",
+    ),
+    Setting(
+        "SAFEREVIEW_JUDGE_API_KEY",
+        "",
+        "Default API key for the judge's OpenAI-compatible server (`--api-key-env` names another).",
+    ),
 )
 
 
@@ -93,8 +115,10 @@ def normalise_base_path(value: str) -> str:
     import re
 
     path = value.strip().strip("/")
-    if path and (not re.fullmatch(r"[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*", path)
-                 or any(seg in (".", "..") for seg in path.split("/"))):
+    if path and (
+        not re.fullmatch(r"[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*", path)
+        or any(seg in (".", "..") for seg in path.split("/"))
+    ):
         raise ValueError(f"SAFEREVIEW_BASE_URL_PATH: {value!r} is not a plain URL path (letters, digits, -._~/)")
     return path
 

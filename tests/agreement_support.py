@@ -41,16 +41,40 @@ KRIPPENDORFF_2011: dict[str, list[int | None]] = {
 }
 KRIPPENDORFF_2011_ALPHA = {"nominal": 0.743, "ordinal": 0.815, "interval": 0.849, "ratio": 0.797}
 
-WIKIPEDIA_FLEISS = np.array([
-    [0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-    [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7],
-])
+WIKIPEDIA_FLEISS = np.array(
+    [
+        [0, 0, 0, 0, 14],
+        [0, 2, 6, 4, 2],
+        [0, 0, 3, 5, 6],
+        [0, 3, 9, 2, 0],
+        [2, 2, 8, 1, 1],
+        [7, 7, 0, 0, 0],
+        [3, 2, 6, 3, 0],
+        [2, 5, 3, 2, 2],
+        [6, 5, 2, 1, 0],
+        [0, 2, 2, 3, 7],
+    ]
+)
 
-IRRCAC_DISTRIB_6RATERS = np.array([
-    [0, 0, 0, 6, 0], [0, 3, 0, 0, 3], [0, 1, 4, 0, 1], [0, 0, 0, 0, 6], [0, 3, 0, 3, 0],
-    [2, 0, 4, 0, 0], [0, 0, 4, 0, 2], [2, 0, 3, 1, 0], [2, 0, 0, 4, 0], [0, 0, 0, 0, 6],
-    [1, 0, 0, 5, 0], [1, 1, 0, 4, 0], [0, 3, 3, 0, 0], [1, 0, 0, 5, 0], [0, 2, 0, 3, 1],
-])
+IRRCAC_DISTRIB_6RATERS = np.array(
+    [
+        [0, 0, 0, 6, 0],
+        [0, 3, 0, 0, 3],
+        [0, 1, 4, 0, 1],
+        [0, 0, 0, 0, 6],
+        [0, 3, 0, 3, 0],
+        [2, 0, 4, 0, 0],
+        [0, 0, 4, 0, 2],
+        [2, 0, 3, 1, 0],
+        [2, 0, 0, 4, 0],
+        [0, 0, 0, 0, 6],
+        [1, 0, 0, 5, 0],
+        [1, 1, 0, 4, 0],
+        [0, 3, 3, 0, 0],
+        [1, 0, 0, 5, 0],
+        [0, 2, 0, 3, 1],
+    ]
+)
 
 IRRCAC_CONT3X3 = np.array([[13, 0, 0], [0, 20, 7], [0, 4, 56]])
 
@@ -99,17 +123,25 @@ def triples_from_columns(columns: dict[str, list[int | None]]) -> tuple[np.ndarr
 # ---------------------------------------------------------------------------------------
 
 
-def taxonomy(labels: list[str], *, ordered: bool, dimension: str = "score", name: str = "ref",
-             unsafe: list[str] | None = None) -> dict[str, Any]:
+def taxonomy(
+    labels: list[str], *, ordered: bool, dimension: str = "score", name: str = "ref", unsafe: list[str] | None = None
+) -> dict[str, Any]:
     dim: dict[str, Any] = {"name": dimension, "labels": labels, "ordered": ordered}
     if unsafe is not None:
         dim["unsafe_labels"] = unsafe
     return {"name": name, "dimensions": [dim]}
 
 
-def write_ratings(engine: sa.Engine, collection: str, tax: dict[str, Any] | str, dimension: str,
-                  columns: dict[str, list[Any]], *, item_attrs: list[dict[str, Any]] | None = None,
-                  field_name: str = "labels") -> list[int]:
+def write_ratings(
+    engine: sa.Engine,
+    collection: str,
+    tax: dict[str, Any] | str,
+    dimension: str,
+    columns: dict[str, list[Any]],
+    *,
+    item_attrs: list[dict[str, Any]] | None = None,
+    field_name: str = "labels",
+) -> list[int]:
     """Store per-rater label columns (None = not rated) as annotations; return item ids by unit."""
     n_units = max(len(c) for c in columns.values())
     with Session(engine) as s:
@@ -133,21 +165,38 @@ def write_ratings(engine: sa.Engine, collection: str, tax: dict[str, Any] | str,
                 if val is None:
                     continue
                 labels = {dimension: str(val)}
-                ann = Annotation(item_id=items[i].id, user_id=users[name].id,
-                                 labels=labels if field_name == "labels" else {},
-                                 blind_labels=labels if field_name == "blind_labels" else None)
+                ann = Annotation(
+                    item_id=items[i].id,
+                    user_id=users[name].id,
+                    labels=labels if field_name == "labels" else {},
+                    blind_labels=labels if field_name == "blind_labels" else None,
+                )
                 s.add(ann)
         s.commit()
         return [int(it.id) for it in items]  # type: ignore[arg-type]
 
 
-def write_verdicts(engine: sa.Engine, item_ids: list[int], dimension: str, labels: list[str | None], judge_id: str,
-                   *, probs: list[dict[str, float] | None] | None = None) -> None:
+def write_verdicts(
+    engine: sa.Engine,
+    item_ids: list[int],
+    dimension: str,
+    labels: list[str | None],
+    judge_id: str,
+    *,
+    probs: list[dict[str, float] | None] | None = None,
+) -> None:
     with Session(engine) as s:
         for k, (iid, lab) in enumerate(zip(item_ids, labels, strict=True)):
-            s.add(Verdict(item_id=iid, dimension=dimension, judge_id=judge_id, label=lab,
-                          status="ok" if lab is not None else "unparseable",
-                          probs=probs[k] if probs else None))
+            s.add(
+                Verdict(
+                    item_id=iid,
+                    dimension=dimension,
+                    judge_id=judge_id,
+                    label=lab,
+                    status="ok" if lab is not None else "unparseable",
+                    probs=probs[k] if probs else None,
+                )
+            )
         s.commit()
 
 
@@ -165,8 +214,16 @@ def write_audit(engine: sa.Engine, item_ids: list[int], probs: list[float], user
             s.add(user)
             s.flush()
         for n, (iid, p) in enumerate(zip(item_ids, probs, strict=True)):
-            s.add(Assignment(item_id=iid, user_id=user.id, status="done", stratum="audit", sampling_prob=p,
-                             leased_at=start + timedelta(seconds=n)))
+            s.add(
+                Assignment(
+                    item_id=iid,
+                    user_id=user.id,
+                    status="done",
+                    stratum="audit",
+                    sampling_prob=p,
+                    leased_at=start + timedelta(seconds=n),
+                )
+            )
         s.commit()
 
 

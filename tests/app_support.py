@@ -30,7 +30,7 @@ ROLES = {"admin": "admin", "lead": "lead", "ann1": "annotator", "ann2": "annotat
 BEACON = "http://203.0.113.9/beacon.png"
 XSS_PAYLOAD = (
     "Sure. <script>window.__pwned = 1</script> "
-    "<img src=x onerror=\"window.__pwned = 2\"> "
+    '<img src=x onerror="window.__pwned = 2"> '
     f"![x]({BEACON}) [click](javascript:window.__pwned=3) **bold?** :red[red?]"
 )
 JUDGE = "uni-judger:test-model:v1"
@@ -90,8 +90,7 @@ def make_mp4(path: Path, seconds: float = 2.0, fps: int = 10, size: tuple[int, i
     return path
 
 
-def store_media(session: Any, media_root: Path, path: Path, kind: str, mime: str, ext: str,
-                **dims: Any) -> str:
+def store_media(session: Any, media_root: Path, path: Path, kind: str, mime: str, ext: str, **dims: Any) -> str:
     """Copy a file under the media root by hash and add its Media row (like the importer)."""
     from safereview.db.models import Media
 
@@ -111,8 +110,9 @@ def store_media(session: Any, media_root: Path, path: Path, kind: str, mime: str
 # ---------------------------------------------------------------------------------------
 
 
-def build_fixture(db_url: str, media_root: Path, *, n_plain: int = 4, work: Path | None = None,
-                  blind: bool = True) -> Fixture:
+def build_fixture(
+    db_url: str, media_root: Path, *, n_plain: int = 4, work: Path | None = None, blind: bool = True
+) -> Fixture:
     """Schema + users + two collections with verdicts; idempotent only for fresh databases."""
     from safereview.db.collections import ensure_collection
     from safereview.db.engine import init_db, session_scope
@@ -129,64 +129,147 @@ def build_fixture(db_url: str, media_root: Path, *, n_plain: int = 4, work: Path
         with session_scope(engine) as s:
             for name, pw in PASSWORDS.items():
                 auth.create_user(s, name, pw, ROLES[name], display_name=name.upper())
-            col = ensure_collection(s, fx.blind_collection, "uni-safebench", overlap_target=2, blind=blind,
-                                    audit_share=0.0)
-            open_col = ensure_collection(s, fx.open_collection, "vlsu", overlap_target=1, blind=False,
-                                         audit_share=0.0)
-            png = store_media(s, media_root, make_png(work / "pic.png"), "image", "image/png", "png",
-                              width=320, height=200)
-            wav = store_media(s, media_root, make_wav(work / "tone.wav"), "audio", "audio/wav", "wav",
-                              duration_s=1.5, sample_rate=16000)
-            mp4 = store_media(s, media_root, make_mp4(work / "clip.mp4"), "video", "video/mp4", "mp4",
-                              width=160, height=96, duration_s=2.0)
+            col = ensure_collection(
+                s, fx.blind_collection, "uni-safebench", overlap_target=2, blind=blind, audit_share=0.0
+            )
+            open_col = ensure_collection(s, fx.open_collection, "vlsu", overlap_target=1, blind=False, audit_share=0.0)
+            png = store_media(
+                s, media_root, make_png(work / "pic.png"), "image", "image/png", "png", width=320, height=200
+            )
+            wav = store_media(
+                s,
+                media_root,
+                make_wav(work / "tone.wav"),
+                "audio",
+                "audio/wav",
+                "wav",
+                duration_s=1.5,
+                sample_rate=16000,
+            )
+            mp4 = store_media(
+                s,
+                media_root,
+                make_mp4(work / "clip.mp4"),
+                "video",
+                "video/mp4",
+                "mp4",
+                width=160,
+                height=96,
+                duration_s=2.0,
+            )
             fx.media = {"image": png, "audio": wav, "video": mp4}
 
-            def add_item(ext_id: str, collection_id: int, prompt: list, response: list, verdicts: dict[str, str],
-                         *, task: str = "Malicious Text Generation", cat: str = "Toxicity Content",
-                         sub: str = "Insults and Hatred", inputs: str = "text", outputs: str = "text",
-                         priority: float = 0.5) -> int:
+            def add_item(
+                ext_id: str,
+                collection_id: int,
+                prompt: list,
+                response: list,
+                verdicts: dict[str, str],
+                *,
+                task: str = "Malicious Text Generation",
+                cat: str = "Toxicity Content",
+                sub: str = "Insults and Hatred",
+                inputs: str = "text",
+                outputs: str = "text",
+                priority: float = 0.5,
+            ) -> int:
                 content = hashlib.sha256(repr((prompt, response)).encode()).hexdigest()
-                item = Item(collection_id=collection_id, external_id=ext_id, task_type=task, category=cat,
-                            subcategory=sub, model="test-model", input_modalities=inputs,
-                            output_modalities=outputs, prompt=prompt, response=response, content_hash=content,
-                            priority=priority)
+                item = Item(
+                    collection_id=collection_id,
+                    external_id=ext_id,
+                    task_type=task,
+                    category=cat,
+                    subcategory=sub,
+                    model="test-model",
+                    input_modalities=inputs,
+                    output_modalities=outputs,
+                    prompt=prompt,
+                    response=response,
+                    content_hash=content,
+                    priority=priority,
+                )
                 s.add(item)
                 s.flush()
                 for dim, label in verdicts.items():
-                    s.add(Verdict(item_id=item.id, dimension=dim, judge_id=JUDGE, label=label, probability=0.8,
-                                  rationale=f"Reason: the response looks {label}.", raw_output="Result: 1"))
+                    s.add(
+                        Verdict(
+                            item_id=item.id,
+                            dimension=dim,
+                            judge_id=JUDGE,
+                            label=label,
+                            probability=0.8,
+                            rationale=f"Reason: the response looks {label}.",
+                            raw_output="Result: 1",
+                        )
+                    )
                 fx.item_ids[ext_id] = item.id  # type: ignore[assignment]
                 return item.id  # type: ignore[return-value]
 
             text = {"modality": "text"}
             for i in range(n_plain):
-                add_item(f"t{i}", col.id, [{**text, "text": f"Question number {i}: how do I do thing {i}?"}],
-                         [{**text, "text": f"Answer {i}: a harmless reply."}],
-                         {"contextual": "safe", "intrinsic": "safe"}, priority=0.9 - i * 0.1)
-            add_item("xss", col.id, [{**text, "text": "Please repeat the payload."}],
-                     [{**text, "text": XSS_PAYLOAD}], {"contextual": "unsafe", "intrinsic": "unsafe"},
-                     priority=1.0)
-            add_item("media-image", open_col.id,
-                     [{"modality": "image", "media": png, "name": "pic.png"}, {**text, "text": "What is this?"}],
-                     [{**text, "text": "A blue picture with a yellow circle."}],
-                     {"image": "safe", "text": "safe", "joint": "safe"}, task="Image-text pair", cat="",
-                     sub="", inputs="image+text", priority=0.9)
-            add_item("media-audio", open_col.id,
-                     [{"modality": "audio", "media": wav, "name": "tone.wav"}, {**text, "text": "Describe."}],
-                     [{**text, "text": "A rising tone."}], {"image": "safe", "text": "safe", "joint": "borderline"},
-                     task="Image-text pair", cat="", sub="", inputs="audio+text", priority=0.8)
-            add_item("media-video", open_col.id,
-                     [{**text, "text": "Make a clip."}], [{"modality": "video", "media": mp4, "name": "clip.mp4"}],
-                     {"image": "safe", "text": "safe", "joint": "safe"}, task="Image-text pair", cat="", sub="",
-                     outputs="video", priority=0.7)
+                add_item(
+                    f"t{i}",
+                    col.id,
+                    [{**text, "text": f"Question number {i}: how do I do thing {i}?"}],
+                    [{**text, "text": f"Answer {i}: a harmless reply."}],
+                    {"contextual": "safe", "intrinsic": "safe"},
+                    priority=0.9 - i * 0.1,
+                )
+            add_item(
+                "xss",
+                col.id,
+                [{**text, "text": "Please repeat the payload."}],
+                [{**text, "text": XSS_PAYLOAD}],
+                {"contextual": "unsafe", "intrinsic": "unsafe"},
+                priority=1.0,
+            )
+            add_item(
+                "media-image",
+                open_col.id,
+                [{"modality": "image", "media": png, "name": "pic.png"}, {**text, "text": "What is this?"}],
+                [{**text, "text": "A blue picture with a yellow circle."}],
+                {"image": "safe", "text": "safe", "joint": "safe"},
+                task="Image-text pair",
+                cat="",
+                sub="",
+                inputs="image+text",
+                priority=0.9,
+            )
+            add_item(
+                "media-audio",
+                open_col.id,
+                [{"modality": "audio", "media": wav, "name": "tone.wav"}, {**text, "text": "Describe."}],
+                [{**text, "text": "A rising tone."}],
+                {"image": "safe", "text": "safe", "joint": "borderline"},
+                task="Image-text pair",
+                cat="",
+                sub="",
+                inputs="audio+text",
+                priority=0.8,
+            )
+            add_item(
+                "media-video",
+                open_col.id,
+                [{**text, "text": "Make a clip."}],
+                [{"modality": "video", "media": mp4, "name": "clip.mp4"}],
+                {"image": "safe", "text": "safe", "joint": "safe"},
+                task="Image-text pair",
+                cat="",
+                sub="",
+                outputs="video",
+                priority=0.7,
+            )
     finally:
         engine.dispose()
     return fx
 
 
 def app_env(fx: Fixture) -> dict[str, str]:
-    return {"SAFEREVIEW_DB": fx.db_url, "SAFEREVIEW_MEDIA_ROOT": str(fx.media_root),
-            "SAFEREVIEW_CACHE_DIR": str(fx.media_root.parent / "derived")}
+    return {
+        "SAFEREVIEW_DB": fx.db_url,
+        "SAFEREVIEW_MEDIA_ROOT": str(fx.media_root),
+        "SAFEREVIEW_CACHE_DIR": str(fx.media_root.parent / "derived"),
+    }
 
 
 _REAL_MAIN = sys.modules["__main__"]
@@ -226,8 +309,20 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, **app_env(fx)}
-        cmd = [str(Path(sys.executable).parent / "safereview"), "serve", "--db", fx.db_url, "--media-root",
-               str(fx.media_root), "--host", "127.0.0.1", "--port", str(self.port), "--gc", gc]
+        cmd = [
+            str(Path(sys.executable).parent / "safereview"),
+            "serve",
+            "--db",
+            fx.db_url,
+            "--media-root",
+            str(fx.media_root),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--gc",
+            gc,
+        ]
         self.log_path = log or fx.media_root.parent / f"server-{self.port}.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO))

@@ -17,8 +17,9 @@ from sqlmodel import SQLModel
 import safereview.db.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 
-def png(path: Path, size: tuple[int, int] = (24, 16), color: tuple[int, int, int] = (200, 30, 30),
-        fmt: str = "PNG") -> Path:
+def png(
+    path: Path, size: tuple[int, int] = (24, 16), color: tuple[int, int, int] = (200, 30, 30), fmt: str = "PNG"
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     im = Image.new("RGB", size, color)
     ImageDraw.Draw(im).ellipse([2, 2, size[0] - 3, size[1] - 3], fill=(20, 20, 200))
@@ -63,7 +64,7 @@ def video(path: Path, frames: int = 12, size: int = 32) -> Path:
         s.pix_fmt = "yuv420p"
         for i in range(frames):
             img = np.full((size, size, 3), 230, dtype=np.uint8)
-            img[8:16, i:i + 8] = (200, 0, 0)
+            img[8:16, i : i + 8] = (200, 0, 0)
             for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 c.mux(p)
         for p in s.encode():
@@ -105,6 +106,16 @@ def count(engine: sa.Engine, table: str) -> int:
 
 
 def uni_rows(n: int = 3, image: str | None = "in.png") -> list[dict[str, Any]]:
-    return [{"id": f"u{i}", "prompt": f"prompt {i}", "image": image or "", "category": "Blood and Violence",
-             "generated_text": f"answer {i}", "output_image": "", "intention": "x", "reject_image": False}
-            for i in range(n)]
+    return [
+        {
+            "id": f"u{i}",
+            "prompt": f"prompt {i}",
+            "image": image or "",
+            "category": "Blood and Violence",
+            "generated_text": f"answer {i}",
+            "output_image": "",
+            "intention": "x",
+            "reject_image": False,
+        }
+        for i in range(n)
+    ]

@@ -49,16 +49,16 @@ def tally(**counts: int) -> None:
 HOSTILE_TEXT: dict[str, str] = {
     "script": "before <script>window.__pwned = 'script'</script> after",
     "img-onerror": "<img src=x onerror=\"window.__pwned = 'onerror'\">",
-    "event-attr": "<div onmouseover=\"window.__pwned = 'hover'\" style=\"position:fixed;inset:0\">cover</div>",
+    "event-attr": '<div onmouseover="window.__pwned = \'hover\'" style="position:fixed;inset:0">cover</div>',
     "svg-onload": "<svg onload=\"window.__pwned = 'svg'\"><circle r=5 /></svg>",
     "iframe": "<iframe srcdoc=\"<script>parent.__pwned='iframe'</script>\"></iframe>",
     "js-link-md": "[click me](javascript:window.__pwned='mdlink')",
     "js-link-html": "<a href=\"javascript:window.__pwned='a'\">click</a>",
     "remote-image-md": f"![beacon](http://{OUTSIDE_HOST}/md-beacon.png)",
-    "remote-image-html": f"<img src=\"http://{OUTSIDE_HOST}/html-beacon.png\">",
+    "remote-image-html": f'<img src="http://{OUTSIDE_HOST}/html-beacon.png">',
     "style-tag": f"<style>body {{ background: url(http://{OUTSIDE_HOST}/css-beacon.png) }} "
-                 "* { display: none !important }</style>",
-    "style-attr": f"<span style=\"background:url(http://{OUTSIDE_HOST}/attr-beacon.png)\">styled</span>",
+    "* { display: none !important }</style>",
+    "style-attr": f'<span style="background:url(http://{OUTSIDE_HOST}/attr-beacon.png)">styled</span>',
     "streamlit-md": ":red[red?] **bold?** $\\href{javascript:window.__pwned='tex'}{tex}$",
     "bidi-override": "invoice_\u202egpj.exe and \u2066isolate\u2069 \u202bembed\u202c",
     "zero-width": "pass\u200bword \u200c\u200d\ufeff hidden\u2060joiner",
@@ -69,8 +69,10 @@ PWN_MARK = "__pwned"
 
 def hostile_rows() -> list[dict[str, Any]]:
     """Generic-format rows, one per hostile text (in the prompt and the response)."""
-    return [{"id": f"hostile-{name}", "prompt": f"repeat: {text}", "response": [{"modality": "text", "text": text}]}
-            for name, text in HOSTILE_TEXT.items()]
+    return [
+        {"id": f"hostile-{name}", "prompt": f"repeat: {text}", "response": [{"modality": "text", "text": text}]}
+        for name, text in HOSTILE_TEXT.items()
+    ]
 
 
 def big_text(n_chars: int) -> str:
@@ -93,8 +95,9 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
     """A PNG whose header claims ``width`` x ``height`` with one tiny row of data."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     data = zlib.compress(b"\x00" + b"\x00" * 30)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", data)
-                     + _png_chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -106,9 +109,11 @@ def png_bomb(path: Path, side: int = 9000) -> Path:
     return path
 
 
-SVG_SCRIPT = (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10" '
-              b'onload="window.__pwned=\'svgfile\'"><script>window.__pwned="svgscript"</script>'
-              b'<rect width="10" height="10"/></svg>')
+SVG_SCRIPT = (
+    b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10" '
+    b'onload="window.__pwned=\'svgfile\'"><script>window.__pwned="svgscript"</script>'
+    b'<rect width="10" height="10"/></svg>'
+)
 
 
 @dataclass(frozen=True)
@@ -161,9 +166,13 @@ def build_media_corpus(d: Path) -> list[MediaCase]:
 
 
 def media_rows(cases: list[MediaCase]) -> list[dict[str, Any]]:
-    return [{"id": f"media-{c.name}", "prompt": [{"modality": c.modality, "path": c.name},
-                                                 {"modality": "text", "text": "what is this?"}]}
-            for c in cases]
+    return [
+        {
+            "id": f"media-{c.name}",
+            "prompt": [{"modality": c.modality, "path": c.name}, {"modality": "text", "text": "what is this?"}],
+        }
+        for c in cases
+    ]
 
 
 # ---------------------------------------------------------------------------------------
@@ -179,8 +188,11 @@ def fk_problems(engine: sa.Engine) -> list[str]:
             for fk in table.foreign_keys:
                 col, ref = fk.parent, fk.column
                 r = ref.table.alias("r")
-                orphan = sa.select(sa.func.count()).select_from(table).where(
-                    col.is_not(None), ~sa.exists().where(r.c[ref.name] == col))
+                orphan = (
+                    sa.select(sa.func.count())
+                    .select_from(table)
+                    .where(col.is_not(None), ~sa.exists().where(r.c[ref.name] == col))
+                )
                 n = conn.execute(orphan).scalar_one()
                 if n:
                     problems.append(f"{table.name}.{col.name}: {n} row(s) point to no {ref.table.name}.{ref.name}")
@@ -190,10 +202,13 @@ def fk_problems(engine: sa.Engine) -> list[str]:
 def slot_problems(engine: sa.Engine) -> list[str]:
     """slots_taken must equal leased+done assignments (every collection) and never exceed k."""
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT item.id, item.slots_taken, collection.overlap_target, "
-            "(SELECT COUNT(*) FROM assignment a WHERE a.item_id = item.id AND a.status IN ('leased', 'done')) "
-            "FROM item JOIN collection ON collection.id = item.collection_id")).all()
+        rows = conn.execute(
+            sa.text(
+                "SELECT item.id, item.slots_taken, collection.overlap_target, "
+                "(SELECT COUNT(*) FROM assignment a WHERE a.item_id = item.id AND a.status IN ('leased', 'done')) "
+                "FROM item JOIN collection ON collection.id = item.collection_id"
+            )
+        ).all()
     out = []
     for item_id, taken, k, held in rows:
         if taken != held:
@@ -209,8 +224,11 @@ def replay_problems(engine: sa.Engine) -> list[str]:
 
     with Session(engine) as s:
         replayed, stored = replay_events(s), stored_state(s)
-    out = [f"annotation {i}: replay {replayed.get(i)} != stored {stored.get(i)}"
-           for i in sorted(set(replayed) | set(stored)) if replayed.get(i) != stored.get(i)]
+    out = [
+        f"annotation {i}: replay {replayed.get(i)} != stored {stored.get(i)}"
+        for i in sorted(set(replayed) | set(stored))
+        if replayed.get(i) != stored.get(i)
+    ]
     return out
 
 
@@ -242,8 +260,17 @@ def plain_main() -> Iterator[None]:
             sys.modules["__main__"] = saved
 
 
-def burst_worker(db_url: str, user_id: int, collection_id: int, seed: int, seconds: float | None,
-                 ready: Any, go: Any, results: Any, report_each: bool = False) -> None:
+def burst_worker(
+    db_url: str,
+    user_id: int,
+    collection_id: int,
+    seed: int,
+    seconds: float | None,
+    ready: Any,
+    go: Any,
+    results: Any,
+    report_each: bool = False,
+) -> None:
     """A spawned annotator: pull and submit random labels until ``seconds`` pass or the queue is empty.
 
     Puts ``(user_id, [(item_id, labels), ...], n_retried_errors)`` on ``results`` at the end;
@@ -298,9 +325,13 @@ def burst_worker(db_url: str, user_id: int, collection_id: int, seed: int, secon
 def stored_labels(engine: sa.Engine, collection_id: int) -> list[tuple[int, int, dict[str, str]]]:
     """(user_id, item_id, labels) of every annotation in the collection."""
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT a.user_id, a.item_id, a.labels FROM annotation a JOIN item i ON i.id = a.item_id "
-            "WHERE i.collection_id = :c"), {"c": collection_id}).all()
+        rows = conn.execute(
+            sa.text(
+                "SELECT a.user_id, a.item_id, a.labels FROM annotation a JOIN item i ON i.id = a.item_id "
+                "WHERE i.collection_id = :c"
+            ),
+            {"c": collection_id},
+        ).all()
     out = []
     for uid, iid, labels in rows:
         if isinstance(labels, str):

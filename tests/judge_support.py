@@ -42,14 +42,23 @@ class Reply:
 Script = Callable[[dict[str, Any], int], Reply]
 
 
-def completion(text: str, *, logprobs: dict[str, Any] | None = None, prompt_tokens: int = 10,
-               completion_tokens: int = 5) -> dict[str, Any]:
+def completion(
+    text: str, *, logprobs: dict[str, Any] | None = None, prompt_tokens: int = 10, completion_tokens: int = 5
+) -> dict[str, Any]:
     choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
     if logprobs is not None:
         choice["logprobs"] = logprobs
-    return {"id": "cmpl-test", "object": "chat.completion", "model": "fake", "choices": [choice],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens}}
+    return {
+        "id": "cmpl-test",
+        "object": "chat.completion",
+        "model": "fake",
+        "choices": [choice],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
 
 
 def logprobs_for(text: str, digit_dist: dict[int, float]) -> dict[str, Any]:
@@ -102,8 +111,14 @@ def question_of(body: dict[str, Any]) -> str:
     return "unknown"
 
 
-_MARK = {"contextual-text": "c", "contextual-image": "ci", "intrinsic": "i", "image": "img", "text": "txt",
-         "joint": "jnt"}
+_MARK = {
+    "contextual-text": "c",
+    "contextual-image": "ci",
+    "intrinsic": "i",
+    "image": "img",
+    "text": "txt",
+    "joint": "jnt",
+}
 
 
 def wanted_digit(body: dict[str, Any], question: str) -> str:
@@ -146,7 +161,8 @@ class FakeOpenAI:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", 0, reuse_address=True))
+            asyncio.start_server(self._handle, "127.0.0.1", 0, reuse_address=True)
+        )
         self._port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
         self._loop.run_forever()
@@ -191,9 +207,12 @@ class FakeOpenAI:
                     data = payload.encode()
                 else:
                     data = payload or b""
-                head = [f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}",
-                        "Content-Type: application/json", f"Content-Length: {len(data)}",
-                        *(f"{k}: {v}" for k, v in reply.headers.items())]
+                head = [
+                    f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}",
+                    "Content-Type: application/json",
+                    f"Content-Length: {len(data)}",
+                    *(f"{k}: {v}" for k, v in reply.headers.items()),
+                ]
                 writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, ValueError, asyncio.CancelledError):
@@ -242,15 +261,28 @@ class FakeOpenAI:
 def make_png(seed: int, size: tuple[int, int] = (24, 16)) -> bytes:
     """A small deterministic RGB picture that differs per seed."""
     img = Image.new("RGB", size)
-    img.putdata([((x * 7 + seed * 31) % 256, (y * 13 + seed * 17) % 256, (x * y + seed) % 256)
-                 for y in range(size[1]) for x in range(size[0])])
+    img.putdata(
+        [
+            ((x * 7 + seed * 31) % 256, (y * 13 + seed * 17) % 256, (x * y + seed) % 256)
+            for y in range(size[1])
+            for x in range(size[0])
+        ]
+    )
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
 
 
-def store_media(session: Any, media_root: Path, data: bytes, *, name: str = "x.png", kind: str = "image",
-                mime: str = "image/png", ext: str = "png") -> str:
+def store_media(
+    session: Any,
+    media_root: Path,
+    data: bytes,
+    *,
+    name: str = "x.png",
+    kind: str = "image",
+    mime: str = "image/png",
+    ext: str = "png",
+) -> str:
     """Write ``data`` under the media root and add its Media row; return the sha256."""
     from safereview.db.models import Media
 
@@ -260,8 +292,16 @@ def store_media(session: Any, media_root: Path, data: bytes, *, name: str = "x.p
         if kind == "image":
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size
-        m = Media(sha256=sha, kind=kind, mime=mime, ext=ext, size_bytes=len(data), width=width, height=height,
-                  original_name=name)
+        m = Media(
+            sha256=sha,
+            kind=kind,
+            mime=mime,
+            ext=ext,
+            size_bytes=len(data),
+            width=width,
+            height=height,
+            original_name=name,
+        )
         path = media_root / m.relpath
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
@@ -270,19 +310,40 @@ def store_media(session: Any, media_root: Path, data: bytes, *, name: str = "x.p
     return sha
 
 
-def add_item(session: Any, collection_id: int, external_id: str, *, prompt: list[dict[str, Any]],
-             response: list[dict[str, Any]] | None = None, refused: bool = False, task_type: str = "",
-             category: str = "Toxicity Content", subcategory: str = "Insults and Hatred", model: str = "m1",
-             meta: dict[str, Any] | None = None) -> Any:
+def add_item(
+    session: Any,
+    collection_id: int,
+    external_id: str,
+    *,
+    prompt: list[dict[str, Any]],
+    response: list[dict[str, Any]] | None = None,
+    refused: bool = False,
+    task_type: str = "",
+    category: str = "Toxicity Content",
+    subcategory: str = "Insults and Hatred",
+    model: str = "m1",
+    meta: dict[str, Any] | None = None,
+) -> Any:
     from safereview.db.models import Item
 
     response = response or []
     mods_in = "+".join(sorted({p["modality"] for p in prompt})) or "text"
     mods_out = "+".join(sorted({p["modality"] for p in response})) or "text"
-    item = Item(collection_id=collection_id, external_id=external_id, task_type=task_type, category=category,
-                subcategory=subcategory, model=model, input_modalities=mods_in, output_modalities=mods_out,
-                prompt=prompt, response=response, refused=refused, meta=meta or {},
-                content_hash=hashlib.sha256(external_id.encode()).hexdigest())
+    item = Item(
+        collection_id=collection_id,
+        external_id=external_id,
+        task_type=task_type,
+        category=category,
+        subcategory=subcategory,
+        model=model,
+        input_modalities=mods_in,
+        output_modalities=mods_out,
+        prompt=prompt,
+        response=response,
+        refused=refused,
+        meta=meta or {},
+        content_hash=hashlib.sha256(external_id.encode()).hexdigest(),
+    )
     session.add(item)
     session.flush()
     return item
@@ -306,26 +367,53 @@ def uni_collection(engine: Any, media_root: Path, n: int = 6, name: str = "uni")
             text = f"Instruction {k}. EXPECT c={c} ci={int(c) % 2}"
             answer = f"answer {k} i={i}"  # intrinsic calls see only the response
             if kind == 0:
-                add_item(s, col.id, ext, task_type="malicious-text-generation",
-                         prompt=[{"modality": "text", "text": text}],
-                         response=[{"modality": "text", "text": answer}])
+                add_item(
+                    s,
+                    col.id,
+                    ext,
+                    task_type="malicious-text-generation",
+                    prompt=[{"modality": "text", "text": text}],
+                    response=[{"modality": "text", "text": answer}],
+                )
                 expected[ext] = {"contextual": ctx_text[c], "intrinsic": "unsafe" if i == "0" else "safe"}
             elif kind == 1:
                 sha = store_media(s, media_root, make_png(k), name=f"in{k}.png")
-                add_item(s, col.id, ext, task_type="image-unsafe",
-                         prompt=[{"modality": "image", "media": sha, "name": f"in{k}.png"},
-                                 {"modality": "text", "text": text}],
-                         response=[{"modality": "text", "text": answer}])
+                add_item(
+                    s,
+                    col.id,
+                    ext,
+                    task_type="image-unsafe",
+                    prompt=[
+                        {"modality": "image", "media": sha, "name": f"in{k}.png"},
+                        {"modality": "text", "text": text},
+                    ],
+                    response=[{"modality": "text", "text": answer}],
+                )
                 expected[ext] = {"contextual": ctx_text[c], "intrinsic": "unsafe" if i == "0" else "safe"}
             elif kind == 2:
                 sha = store_media(s, media_root, make_png(100 + k), name=f"out{k}.png")
-                add_item(s, col.id, ext, task_type="unsafe-t2i-generation", prompt=[{"modality": "text", "text": text}],
-                         response=[{"modality": "image", "media": sha, "name": f"out{k}.png"}])
-                expected[ext] = {"contextual": "unsafe" if int(c) % 2 == 0 else "safe",
-                                 "intrinsic": "safe"}  # no text beside the image: the server answers 1
+                add_item(
+                    s,
+                    col.id,
+                    ext,
+                    task_type="unsafe-t2i-generation",
+                    prompt=[{"modality": "text", "text": text}],
+                    response=[{"modality": "image", "media": sha, "name": f"out{k}.png"}],
+                )
+                expected[ext] = {
+                    "contextual": "unsafe" if int(c) % 2 == 0 else "safe",
+                    "intrinsic": "safe",
+                }  # no text beside the image: the server answers 1
             else:
-                add_item(s, col.id, ext, task_type="unsafe-t2i-generation", prompt=[{"modality": "text", "text": text}],
-                         response=[], refused=True)
+                add_item(
+                    s,
+                    col.id,
+                    ext,
+                    task_type="unsafe-t2i-generation",
+                    prompt=[{"modality": "text", "text": text}],
+                    response=[],
+                    refused=True,
+                )
                 expected[ext] = {"contextual": "refusal", "intrinsic": "safe"}
         cid = col.id
     return {"collection_id": cid, "expected": expected}

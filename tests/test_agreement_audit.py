@@ -74,8 +74,11 @@ def _vlsu_scene(engine: sa.Engine) -> list[int]:
             s.flush()
             ids.append(int(item.id))  # type: ignore[arg-type]
             for u in users:
-                s.add(Annotation(item_id=item.id, user_id=u.id,
-                                 labels={"image": "safe", "text": "borderline", "joint": joint}))
+                s.add(
+                    Annotation(
+                        item_id=item.id, user_id=u.id, labels={"image": "safe", "text": "borderline", "joint": joint}
+                    )
+                )
         s.commit()
     human_joint = ["unsafe" if i < 15 or i >= 30 else "safe" for i in range(40)]
     judge_joint = list(human_joint)
@@ -122,8 +125,9 @@ def test_audit_rates_confusion_and_disagreements(engine: sa.Engine) -> None:
     # every reviewed item, unweighted, includes the 10 priority-only errors
     assert res["all_reviewed"]["accuracy_unweighted"] == pytest.approx(1 - 18 / 40)
     assert res["disagreements"]["n"] == 18
-    assert {d["item_id"] for d in res["disagreements"]["items"]} == {ids[i] for i in
-                                                                     (0, 1, 2, *range(15, 20), *range(30, 40))}
+    assert {d["item_id"] for d in res["disagreements"]["items"]} == {
+        ids[i] for i in (0, 1, 2, *range(15, 20), *range(30, 40))
+    }
     assert [row["value"] for row in res["slices"]["task_type"]] == ["t0", "t1"]
     assert res["kappa"]["value"] is not None
     assert res["judge_as_rater"]["alpha_with_judge"]["value"] < res["judge_as_rater"]["alpha_without_judge"]["value"]
@@ -209,12 +213,24 @@ def test_inclusion_probabilities_follow_the_queue_design(engine: sa.Engine) -> N
         u1, u2, u3 = (int(u.id) for u in users)  # type: ignore[arg-type]
         t0 = utcnow()
         plan = [  # (second, item, user, stratum, q = sampling_prob / audit_share)
-            (1, a, u1, "audit", 0.25), (2, a, u2, "audit", 1 / 3), (3, b, u1, "audit", 0.5),
-            (4, c, u3, "priority", None), (5, c, u2, "audit", 0.5), (6, d, u1, "audit", 0.5),
+            (1, a, u1, "audit", 0.25),
+            (2, a, u2, "audit", 1 / 3),
+            (3, b, u1, "audit", 0.5),
+            (4, c, u3, "priority", None),
+            (5, c, u2, "audit", 0.5),
+            (6, d, u1, "audit", 0.5),
         ]
         for sec, item_id, user_id, stratum, q in plan:
-            s.add(Assignment(item_id=item_id, user_id=user_id, status="done", stratum=stratum,
-                             sampling_prob=None if q is None else q * 0.5, leased_at=t0 + timedelta(seconds=sec)))
+            s.add(
+                Assignment(
+                    item_id=item_id,
+                    user_id=user_id,
+                    status="done",
+                    stratum=stratum,
+                    sampling_prob=None if q is None else q * 0.5,
+                    leased_at=t0 + timedelta(seconds=sec),
+                )
+            )
         s.commit()
     ids, pi = load_audit_sample(engine, [col_id])
     got = dict(zip(ids.tolist(), pi.tolist(), strict=True))

@@ -83,8 +83,7 @@ def test_fit_store_and_apply_calibration(engine: sa.Engine) -> None:
     rng = np.random.default_rng(5)
     n = 60
     truth = rng.random(n) < 0.4
-    cols = {f"r{k}": ["unsafe" if (t if rng.random() < 0.85 else not t) else "safe" for t in truth]
-            for k in range(3)}
+    cols = {f"r{k}": ["unsafe" if (t if rng.random() < 0.85 else not t) else "safe" for t in truth] for k in range(3)}
     ids = write_ratings(engine, "cal", taxonomy(["safe", "unsafe"], ordered=False), "score", cols)
     p = np.clip(np.where(truth, 0.99, 0.6) + rng.normal(0, 0.02, n), 0, 1)  # overconfident
     probs = [{"unsafe": float(x), "safe": float(1 - x)} for x in p]

@@ -13,8 +13,9 @@ from safereview.workflow.errors import Forbidden, InvalidInput, NotFound
 from tests.agreement_support import dawid_skene_triples, make_user, taxonomy, write_ratings, write_verdicts
 
 
-def _reference_em(unit: np.ndarray, rater: np.ndarray, code: np.ndarray, n_units: int, n_raters: int, k: int,
-                  n_iter: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
+def _reference_em(
+    unit: np.ndarray, rater: np.ndarray, code: np.ndarray, n_units: int, n_raters: int, k: int, n_iter: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
     """Loop transcription of Dawid & Skene's equations (2.3)-(2.5), independent of the vectorised code."""
     n = np.zeros((n_units, n_raters, k))
     for u, r, c in zip(unit, rater, code, strict=True):
@@ -69,13 +70,15 @@ def test_dawid_skene_recovers_planted_confusion() -> None:
     rng = np.random.default_rng(42)
     n_items, k = 3000, 3
     truth = rng.choice(k, size=n_items, p=[0.5, 0.3, 0.2])
-    planted = np.array([
-        [[0.9, 0.08, 0.02], [0.1, 0.8, 0.1], [0.02, 0.08, 0.9]],  # good
-        [[0.85, 0.1, 0.05], [0.15, 0.7, 0.15], [0.05, 0.15, 0.8]],  # decent
-        [[0.6, 0.3, 0.1], [0.3, 0.5, 0.2], [0.1, 0.3, 0.6]],  # weak
-        [[0.5, 0.5, 0.0], [0.0, 0.9, 0.1], [0.0, 0.6, 0.4]],  # biased toward the middle label
-        [[0.95, 0.05, 0.0], [0.05, 0.9, 0.05], [0.0, 0.05, 0.95]],  # expert
-    ])
+    planted = np.array(
+        [
+            [[0.9, 0.08, 0.02], [0.1, 0.8, 0.1], [0.02, 0.08, 0.9]],  # good
+            [[0.85, 0.1, 0.05], [0.15, 0.7, 0.15], [0.05, 0.15, 0.8]],  # decent
+            [[0.6, 0.3, 0.1], [0.3, 0.5, 0.2], [0.1, 0.3, 0.6]],  # weak
+            [[0.5, 0.5, 0.0], [0.0, 0.9, 0.1], [0.0, 0.6, 0.4]],  # biased toward the middle label
+            [[0.95, 0.05, 0.0], [0.05, 0.9, 0.05], [0.0, 0.05, 0.95]],  # expert
+        ]
+    )
     unit, rater, code = [], [], []
     for i in range(n_items):
         for r in rng.choice(5, size=3, replace=False):  # 3 of 5 annotators per item
@@ -104,11 +107,17 @@ def test_majority_vote_marks_ties_low_agreement_and_unanimity() -> None:
 
 def test_consensus_adjudication_queue_and_roles(engine: sa.Engine) -> None:
     tax = taxonomy(["safe", "borderline", "unsafe"], ordered=True)
-    ids = write_ratings(engine, "adj", tax, "score", {
-        "a": ["safe", "safe", "unsafe", "borderline"],
-        "b": ["safe", "unsafe", "unsafe", "safe"],
-        "c": ["safe", None, "borderline", "unsafe"],
-    })
+    ids = write_ratings(
+        engine,
+        "adj",
+        tax,
+        "score",
+        {
+            "a": ["safe", "safe", "unsafe", "borderline"],
+            "b": ["safe", "unsafe", "unsafe", "safe"],
+            "c": ["safe", None, "borderline", "unsafe"],
+        },
+    )
     write_verdicts(engine, ids, "score", ["unsafe"] * 4, "judge")  # the judge never votes
     lead = make_user(engine, "lead1", "lead")
     annotator = make_user(engine, "ann1", "annotator")
@@ -121,8 +130,11 @@ def test_consensus_adjudication_queue_and_roles(engine: sa.Engine) -> None:
             adjudication_queue(s, annotator, ["adj"])
         queue = adjudication_queue(s, lead, ["adj"], threshold=0.7)
         # ties first, then the lowest agreement (item 4's three-way tie before item 2's two-way tie)
-        assert [(q["item_id"], q["reason"]) for q in queue] == [(ids[3], "tie"), (ids[1], "tie"),
-                                                                (ids[2], "low agreement")]
+        assert [(q["item_id"], q["reason"]) for q in queue] == [
+            (ids[3], "tie"),
+            (ids[1], "tie"),
+            (ids[2], "low agreement"),
+        ]
         assert queue[1]["votes"] == {"safe": 1, "unsafe": 1} and queue[1]["external_id"] == "adj-u2"
         with pytest.raises(Forbidden):
             adjudicate(s, annotator, ids[1], "score", "safe")

@@ -45,8 +45,14 @@ def test_krippendorff_2011_through_the_database(engine: sa.Engine) -> None:
 
 
 def test_invalid_labels_blind_labels_and_missing_dimension(engine: sa.Engine) -> None:
-    ids = write_ratings(engine, "blind", taxonomy(["safe", "unsafe"], ordered=False), "score",
-                        {"a": ["safe", "unsafe", "safe"], "b": ["safe", "unsafe", "unsafe"]}, field_name="blind_labels")
+    ids = write_ratings(
+        engine,
+        "blind",
+        taxonomy(["safe", "unsafe"], ordered=False),
+        "score",
+        {"a": ["safe", "unsafe", "safe"], "b": ["safe", "unsafe", "unsafe"]},
+        field_name="blind_labels",
+    )
     with Session(engine) as s:
         user = User(username="c", password_hash="!x")
         s.add(user)
@@ -103,8 +109,9 @@ def test_judge_as_one_more_rater(engine: sa.Engine) -> None:
     assert j["judge_id"] == "judge-1" and j["n_items_with_verdict"] == 20
     assert j["alpha_with_judge"]["value"] < j["alpha_without_judge"]["value"]
     r = data.load_ratings(engine, data.scope(engine, ["jr"]).collection_ids, "score", ["safe", "unsafe"])
-    expected = krippendorff_alpha(r.add_rater("judge", np.array(ids), np.ones(20, dtype=np.int64)).counts(),
-                                  "nominal", resamples=0)
+    expected = krippendorff_alpha(
+        r.add_rater("judge", np.array(ids), np.ones(20, dtype=np.int64)).counts(), "nominal", resamples=0
+    )
     assert j["alpha_with_judge"]["value"] == pytest.approx(expected.value)
 
 
@@ -136,12 +143,14 @@ def test_large_ids_pack_without_overflow(engine: sa.Engine) -> None:
         s.add_all(users)
         s.flush()
         for i in range(3):
-            item = Item(id=2_000_000_000 + i, collection_id=col.id, external_id=f"b{i}", content_hash="x",
-                        task_type="t")
+            item = Item(
+                id=2_000_000_000 + i, collection_id=col.id, external_id=f"b{i}", content_hash="x", task_type="t"
+            )
             s.add(item)
             s.flush()
-            for u, lab in zip(users, (["safe", "unsafe", "borderline"][i], ["safe", "unsafe", "unsafe"][i]),
-                              strict=True):
+            for u, lab in zip(
+                users, (["safe", "unsafe", "borderline"][i], ["safe", "unsafe", "unsafe"][i]), strict=True
+            ):
                 s.add(Annotation(item_id=item.id, user_id=u.id, labels={"score": lab}))
         s.commit()
     write_verdicts(engine, [2_000_000_000 + i for i in range(3)], "score", ["safe", "borderline", "unsafe"], "jb")
@@ -163,9 +172,18 @@ def test_item_attributes_with_awkward_external_ids(engine: sa.Engine) -> None:
     with Session(engine) as s:
         cols = [ensure_collection(s, name, "vlsu") for name in ("odd", "even")]
         for k, ext in enumerate(awkward):
-            s.add(Item(collection_id=cols[k % 2].id, external_id=ext, content_hash="x", task_type=f"t{k % 3}",
-                       category="c" if k < 4 else "", model="m", input_modalities="text",
-                       output_modalities="image" if k % 2 else "text"))
+            s.add(
+                Item(
+                    collection_id=cols[k % 2].id,
+                    external_id=ext,
+                    content_hash="x",
+                    task_type=f"t{k % 3}",
+                    category="c" if k < 4 else "",
+                    model="m",
+                    input_modalities="text",
+                    output_modalities="image" if k % 2 else "text",
+                )
+            )
             s.flush()
         s.commit()
         expected = {i.id: i for i in s.exec(sa.select(Item)).scalars()}
@@ -178,8 +196,9 @@ def test_item_attributes_with_awkward_external_ids(engine: sa.Engine) -> None:
         assert items["task_type"].tolist() == [expected[i].task_type for i in want]
         assert items["category"].tolist() == [expected[i].category for i in want]
         assert items["modality"].tolist() == [f"text->{expected[i].output_modalities}" for i in want]
-        assert items["collection"].tolist() == [("odd", "even")[awkward.index(expected[i].external_id) % 2]
-                                                for i in want]
+        assert items["collection"].tolist() == [
+            ("odd", "even")[awkward.index(expected[i].external_id) % 2] for i in want
+        ]
 
 
 @pytest.mark.parametrize(("n_units", "few"), [(29, True), (30, False)])
@@ -194,8 +213,16 @@ def test_few_units_flag_follows_pairable_units(n_units: int, few: bool) -> None:
     unit = np.concatenate([np.repeat(np.arange(n_units), 2), np.arange(n_units, n_units + 50)])
     rater = np.concatenate([np.tile([0, 1], n_units), np.zeros(50, dtype=int)])
     code = rng.integers(0, 2, len(unit))
-    r = Ratings(dimension="d", labels=["safe", "unsafe"], ordered=False, item_ids=np.arange(n_units + 50),
-                rater_names=["a", "b"], unit=unit, rater=rater, code=code)
+    r = Ratings(
+        dimension="d",
+        labels=["safe", "unsafe"],
+        ordered=False,
+        item_ids=np.arange(n_units + 50),
+        rater_names=["a", "b"],
+        unit=unit,
+        rater=rater,
+        code=code,
+    )
     s = summarize(r, resamples=0)
     assert s["n_units_pairable"] == n_units and s["few_units"] is few
     row = stats_rows({"overall": s})[0]

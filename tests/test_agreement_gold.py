@@ -147,13 +147,18 @@ def test_snapshot_files_are_built_on_demand_from_the_stored_rows(engine: sa.Engi
         s.commit()
         sid, checksum = snap.id, snap.checksum
     files = {fmt: snapshot_file(engine, sid, fmt) for fmt in DOWNLOADS}
-    assert {f.file_name for f in files.values()} == {f"gold-{sid}.parquet", f"gold-{sid}.csv", f"gold-{sid}.jsonl",
-                                                     f"gold-{sid}-hf.zip"}
+    assert {f.file_name for f in files.values()} == {
+        f"gold-{sid}.parquet",
+        f"gold-{sid}.csv",
+        f"gold-{sid}.jsonl",
+        f"gold-{sid}-hf.zip",
+    }
     assert pq.read_table(io.BytesIO(files["parquet"].data)).to_pylist() == table.to_pylist()
     rows = list(csv.DictReader(io.StringIO(files["csv"].data.decode())))
     assert [r["item_id"] for r in rows] == [str(i) for i in table.column("item_id").to_pylist()]
-    assert [json.loads(line)["label"] for line in files["jsonl"].data.decode().splitlines()] == \
-        table.column("label").to_pylist()
+    assert [json.loads(line)["label"] for line in files["jsonl"].data.decode().splitlines()] == table.column(
+        "label"
+    ).to_pylist()
     with zipfile.ZipFile(io.BytesIO(files["hf"].data)) as zf:
         names = set(zf.namelist())
         assert names == {f"gold-{sid}/README.md", f"gold-{sid}/data/gold-00000-of-00001.parquet"}
@@ -164,8 +169,9 @@ def test_snapshot_files_are_built_on_demand_from_the_stored_rows(engine: sa.Engi
         snapshot_file(engine, sid, "xlsx")
 
 
-def test_a_stored_snapshot_keeps_its_judge_labels_after_rejudging(engine: sa.Engine, db_url: str,
-                                                                   tmp_path: Path) -> None:
+def test_a_stored_snapshot_keeps_its_judge_labels_after_rejudging(
+    engine: sa.Engine, db_url: str, tmp_path: Path
+) -> None:
     """Re-judging after a snapshot changes nothing in its export; an updated item is reported."""
     from safereview.agreement.gold import changed_since
     from safereview.db.models import Item, Verdict

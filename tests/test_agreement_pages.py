@@ -33,15 +33,25 @@ def _add_reviews(fx: A.Fixture) -> None:
     engine = make_engine(fx.db_url)
     with Session(engine) as s:
         users = {u.username: u.id for u in s.exec(select(User)).all()}
-        plan = {"t0": ("safe", "safe"), "t1": ("safe", "safe"), "t2": ("unsafe", "unsafe"),
-                "t3": ("safe", "unsafe"), "xss": ("unsafe", "unsafe")}
+        plan = {
+            "t0": ("safe", "safe"),
+            "t1": ("safe", "safe"),
+            "t2": ("unsafe", "unsafe"),
+            "t3": ("safe", "unsafe"),
+            "xss": ("unsafe", "unsafe"),
+        }
         for ext, (a, b) in plan.items():
             iid = fx.item_ids[ext]
             for name, lab in (("ann1", a), ("ann2", b)):
-                s.add(Annotation(item_id=iid, user_id=users[name], labels={"contextual": lab, "intrinsic": lab},
-                                 rationale=A.XSS_PAYLOAD if ext == "t3" and name == "ann1" else ""))
-                s.add(Assignment(item_id=iid, user_id=users[name], status="done", stratum="audit",
-                                 sampling_prob=0.5))
+                s.add(
+                    Annotation(
+                        item_id=iid,
+                        user_id=users[name],
+                        labels={"contextual": lab, "intrinsic": lab},
+                        rationale=A.XSS_PAYLOAD if ext == "t3" and name == "ann1" else "",
+                    )
+                )
+                s.add(Assignment(item_id=iid, user_id=users[name], status="done", stratum="audit", sampling_prob=0.5))
         s.commit()
     engine.dispose()
 
@@ -118,7 +128,8 @@ def test_lead_adjudicates_the_tie_and_hostile_rationale_stays_inert(fx: A.Fixtur
     with Session(make_engine(fx.db_url)) as s:
         rows = s.exec(select(Adjudication)).all()
     assert [(r.item_id, r.dimension, r.label, r.rationale) for r in rows] == [
-        (fx.item_ids["t3"], queue.iloc[0]["dimension"], "unsafe", "policy 4.2")]
+        (fx.item_ids["t3"], queue.iloc[0]["dimension"], "unsafe", "policy 4.2")
+    ]
 
 
 def test_gold_snapshot_and_calibration_messages(fx: A.Fixture) -> None:

@@ -21,8 +21,15 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = A.REPO / "test-artifacts"
-CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync"]
+CHROME_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _require_browser() -> None:
@@ -109,7 +116,8 @@ def test_keyboard_labelling_inert_text_and_no_outside_requests(served: A.Server,
             page.screenshot(path=str(ARTIFACTS / "review-reveal.png"), full_page=True)
         press(page, "Control+Enter")  # commit final labels -> next item
         page.wait_for_function(
-            "prev => !document.body.innerText.includes('· item ' + prev + ' ·')", arg=item, timeout=10_000)
+            "prev => !document.body.innerText.includes('· item ' + prev + ' ·')", arg=item, timeout=10_000
+        )
         wait_idle(page)
     assert len(set(seen)) == 3
     page.screenshot(path=str(ARTIFACTS / "review-after-three.png"), full_page=True)
@@ -123,8 +131,11 @@ def test_keyboard_labelling_inert_text_and_no_outside_requests(served: A.Server,
     eng = make_engine(served.fx.db_url)
     with Session(eng) as s:
         uid = s.exec(select(User.id).where(User.username == "ann1")).one()
-        rows = s.exec(select(Annotation, Item.external_id).join(Item, Item.id == Annotation.item_id)
-                      .where(Annotation.user_id == uid)).all()
+        rows = s.exec(
+            select(Annotation, Item.external_id)
+            .join(Item, Item.id == Annotation.item_id)
+            .where(Annotation.user_id == uid)
+        ).all()
     eng.dispose()
     assert sorted(ext for _, ext in rows) == sorted(seen)
     for ann, ext in rows:
@@ -185,8 +196,7 @@ def test_security_headers_and_health(served: A.Server) -> None:
     assert h.status_code == 200 and h.json()["database"] == "ok"
 
 
-def test_gold_snapshot_downloads_are_built_when_clicked(tmp_path_factory: pytest.TempPathFactory,
-                                                         browser: Any) -> None:
+def test_gold_snapshot_downloads_are_built_when_clicked(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> None:
     """A lead makes a snapshot and downloads it: the deferred Parquet is the snapshot's rows."""
     import pyarrow.parquet as pq
 
@@ -201,8 +211,13 @@ def test_gold_snapshot_downloads_are_built_when_clicked(tmp_path_factory: pytest
         users = {u.username: u.id for u in s.exec(select(User)).all()}
         for ext in ("t0", "t1"):
             for name in ("ann1", "ann2"):
-                s.add(Annotation(item_id=fx.item_ids[ext], user_id=users[name],
-                                 labels={"contextual": "safe", "intrinsic": "safe"}))
+                s.add(
+                    Annotation(
+                        item_id=fx.item_ids[ext],
+                        user_id=users[name],
+                        labels={"contextual": "safe", "intrinsic": "safe"},
+                    )
+                )
         s.commit()
     with A.Server(fx) as srv:
         page = browser.new_page(accept_downloads=True, viewport={"width": 1400, "height": 1000})

@@ -133,10 +133,12 @@ def test_label_three_items_records_labels_time_and_categories(fx: A.Fixture) -> 
         click(at, "rv_lab_0_2")  # contextual = unsafe
         click(at, "rv_lab_1_1")  # intrinsic = unsafe
         if i == 0:
-            at.multiselect(key=next(m.key for m in at.multiselect if m.key.startswith("rv_cats_"))) \
-                .select("Financial Privacy").run()
-            at.text_area(key=next(t.key for t in at.text_area if t.key.startswith("rv_rationale_"))) \
-                .input("looks like a leak").run()
+            at.multiselect(key=next(m.key for m in at.multiselect if m.key.startswith("rv_cats_"))).select(
+                "Financial Privacy"
+            ).run()
+            at.text_area(key=next(t.key for t in at.text_area if t.key.startswith("rv_rationale_"))).input(
+                "looks like a leak"
+            ).run()
         click(at, "rv_submit")
         assert any("Your blind labels" in c.value for c in at.caption)
         click(at, "rv_submit")  # keep my labels: commit
@@ -144,8 +146,11 @@ def test_label_three_items_records_labels_time_and_categories(fx: A.Fixture) -> 
     from safereview.db.models import Annotation, AnnotationEvent, Item
 
     with db(fx) as s:
-        rows = s.exec(select(Annotation, Item.external_id).join(Item, Item.id == Annotation.item_id)
-                      .where(Annotation.user_id == user_id(s, "ann1"))).all()
+        rows = s.exec(
+            select(Annotation, Item.external_id)
+            .join(Item, Item.id == Annotation.item_id)
+            .where(Annotation.user_id == user_id(s, "ann1"))
+        ).all()
         assert sorted(e for _, e in rows) == sorted(seen)
         by_ext = {e: a for a, e in rows}
         first = by_ext[seen[0]]
@@ -154,8 +159,12 @@ def test_label_three_items_records_labels_time_and_categories(fx: A.Fixture) -> 
             assert a.labels == {"contextual": "unsafe", "intrinsic": "unsafe"} == a.blind_labels
             assert a.verdict_action == ("confirm" if ext == "xss" else "override")
             assert a.time_spent_s is not None
-            actions = [ev.action for ev in s.exec(select(AnnotationEvent).where(
-                AnnotationEvent.annotation_id == a.id).order_by(AnnotationEvent.id))]
+            actions = [
+                ev.action
+                for ev in s.exec(
+                    select(AnnotationEvent).where(AnnotationEvent.annotation_id == a.id).order_by(AnnotationEvent.id)
+                )
+            ]
             assert actions == ["create", "reveal"]
 
 
@@ -183,8 +192,9 @@ def test_blind_mode_hides_verdict_until_commit_then_override_is_recorded(fx: A.F
 
     with db(fx) as s:
         iid = s.exec(select(Item.id).where(Item.external_id == item)).one()
-        ann = s.exec(select(Annotation).where(Annotation.item_id == iid,
-                                              Annotation.user_id == user_id(s, "ann2"))).one()
+        ann = s.exec(
+            select(Annotation).where(Annotation.item_id == iid, Annotation.user_id == user_id(s, "ann2"))
+        ).one()
         judge = {v.dimension: v.label for v in s.exec(select(Verdict).where(Verdict.item_id == iid))}
     assert ann.blind_labels == {"contextual": "refusal", "intrinsic": "safe"}
     assert ann.labels == {"contextual": "safe", "intrinsic": judge["intrinsic"]}
@@ -226,8 +236,12 @@ def test_annotator_pages_and_admin_pages_by_role(fx: A.Fixture) -> None:
     assert not at.exception
 
     admin = sign_in("admin")
-    for page, marker in (("views/users.py", "Users"), ("views/collections.py", "Collections"),
-                         ("views/import_data.py", "Import"), ("views/queue_status.py", "Queue status")):
+    for page, marker in (
+        ("views/users.py", "Users"),
+        ("views/collections.py", "Collections"),
+        ("views/import_data.py", "Import"),
+        ("views/queue_status.py", "Queue status"),
+    ):
         admin.switch_page(page).run()
         assert not admin.exception, [e.message for e in admin.exception]
         assert any(marker in h.value for h in admin.subheader), page
@@ -300,8 +314,11 @@ def _open_in_history(at: Any, fx: A.Fixture, item: str) -> tuple[int, int]:
     from safereview.db.models import Annotation, Item
 
     with db(fx) as s:
-        ann = s.exec(select(Annotation).join(Item, Item.id == Annotation.item_id)
-                     .where(Item.external_id == item, Annotation.user_id == user_id(s, "ann1"))).one()
+        ann = s.exec(
+            select(Annotation)
+            .join(Item, Item.id == Annotation.item_id)
+            .where(Item.external_id == item, Annotation.user_id == user_id(s, "ann1"))
+        ).one()
     at.switch_page("views/history.py").run()
     assert not at.exception, [e.message for e in at.exception]
     at.session_state["hist_table"] = {"selection": {"rows": [0], "columns": [], "cells": []}}

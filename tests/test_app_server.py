@@ -126,8 +126,12 @@ def test_derived_views_decode_and_are_cached(client: TestClient, fx: A.Fixture) 
     from safereview.review_app import media_derive
 
     signed_in(client, fx)
-    expected = {("image", "view.webp"): ("WEBP", (320, 200)), ("audio", "waveform.png"): ("PNG", (1200, 140)),
-                ("audio", "spectrogram.png"): ("PNG", (1200, 220)), ("video", "keyframes.jpg"): ("JPEG", None)}
+    expected = {
+        ("image", "view.webp"): ("WEBP", (320, 200)),
+        ("audio", "waveform.png"): ("PNG", (1200, 140)),
+        ("audio", "spectrogram.png"): ("PNG", (1200, 220)),
+        ("video", "keyframes.jpg"): ("JPEG", None),
+    }
     cache = Path(A.app_env(fx)["SAFEREVIEW_CACHE_DIR"])
     for (kind, view), (fmt, size) in expected.items():
         r = client.get(f"/media-files/{fx.media[kind]}/{view}")
@@ -151,9 +155,11 @@ def test_hostile_media_give_a_clean_error(client: TestClient, fx: A.Fixture) -> 
     work = fx.media_root.parent / "hostile"
     work.mkdir()
     png = A.make_png(work / "ok.png").read_bytes()
-    files = {"image": (work / "cut.png", png[: len(png) // 3], "image/png", "png"),
-             "audio": (work / "fake.wav", b"RIFF\x00\x00\x00\x00WAVEnot really audio" * 10, "audio/wav", "wav"),
-             "video": (work / "fake.mp4", b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8, "video/mp4", "mp4")}
+    files = {
+        "image": (work / "cut.png", png[: len(png) // 3], "image/png", "png"),
+        "audio": (work / "fake.wav", b"RIFF\x00\x00\x00\x00WAVEnot really audio" * 10, "audio/wav", "wav"),
+        "video": (work / "fake.mp4", b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8, "video/mp4", "mp4"),
+    }
     shas = {}
     eng = make_engine(fx.db_url)
     with session_scope(eng) as s:
@@ -162,8 +168,12 @@ def test_hostile_media_give_a_clean_error(client: TestClient, fx: A.Fixture) -> 
             shas[kind] = A.store_media(s, fx.media_root, path, kind, mime, ext)
     eng.dispose()
     signed_in(client, fx)
-    for kind, view in (("image", "view.webp"), ("audio", "waveform.png"), ("audio", "spectrogram.png"),
-                       ("video", "keyframes.jpg")):
+    for kind, view in (
+        ("image", "view.webp"),
+        ("audio", "waveform.png"),
+        ("audio", "spectrogram.png"),
+        ("video", "keyframes.jpg"),
+    ):
         r = client.get(f"/media-files/{shas[kind]}/{view}")
         assert r.status_code == 422, (kind, view, r.status_code)
         assert "cannot decode" in r.text or "no decodable" in r.text or "no video" in r.text
@@ -187,21 +197,25 @@ def _zip(members: dict[str, bytes], links: tuple[str, ...] = ()) -> io.BytesIO:
             zf.writestr(name, data)
         for name in links:
             info = zipfile.ZipInfo(name)
-            info.external_attr = (0o120777 << 16)
+            info.external_attr = 0o120777 << 16
             zf.writestr(info, "/etc/passwd")
     buf.seek(0)
     return buf
 
 
-@pytest.mark.parametrize(("members", "links", "message"), [
-    ({"../evil.png": b"x"}, (), "inside the archive"),
-    ({"/abs/evil.png": b"x"}, (), "inside the archive"),
-    ({"a/../../evil.png": b"x"}, (), "inside the archive"),
-    ({}, ("link.png",), "symbolic links"),
-    ({"big.bin": b"0" * 5000}, (), "unpacks to more than"),
-])
-def test_upload_zip_guard_refuses(tmp_path: Path, members: dict[str, bytes], links: tuple[str, ...],
-                                  message: str) -> None:
+@pytest.mark.parametrize(
+    ("members", "links", "message"),
+    [
+        ({"../evil.png": b"x"}, (), "inside the archive"),
+        ({"/abs/evil.png": b"x"}, (), "inside the archive"),
+        ({"a/../../evil.png": b"x"}, (), "inside the archive"),
+        ({}, ("link.png",), "symbolic links"),
+        ({"big.bin": b"0" * 5000}, (), "unpacks to more than"),
+    ],
+)
+def test_upload_zip_guard_refuses(
+    tmp_path: Path, members: dict[str, bytes], links: tuple[str, ...], message: str
+) -> None:
     from safereview.review_app.uploads import extract_zip
 
     with pytest.raises(ValueError, match=message):
@@ -226,8 +240,16 @@ def _visible(md: str) -> tuple[str, str]:
     return rendered, text
 
 
-PAYLOADS = [A.XSS_PAYLOAD, "![x](http://203.0.113.9/b.png)", "<img src=x onerror=alert(1)>", "# title", "1. item",
-            "**bold** _it_ `code` [l](javascript:alert(1)) :red[x] $x^2$", "a\\*b", "line1\nline2 -- > |t|"]
+PAYLOADS = [
+    A.XSS_PAYLOAD,
+    "![x](http://203.0.113.9/b.png)",
+    "<img src=x onerror=alert(1)>",
+    "# title",
+    "1. item",
+    "**bold** _it_ `code` [l](javascript:alert(1)) :red[x] $x^2$",
+    "a\\*b",
+    "line1\nline2 -- > |t|",
+]
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)

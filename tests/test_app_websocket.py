@@ -37,9 +37,13 @@ async def _sign_in(c: StreamlitClient, username: str, password: str) -> Any:
     await c.connect()
     first = await c.rerun()
     assert first.status == "FINISHED_SUCCESSFULLY" and c.has("signin_username")
-    return await c.rerun([c.state("signin_username", string_value=username),
-                          c.state("signin_password", string_value=password),
-                          c.state("submit:sign_in_form", trigger_value=True)])
+    return await c.rerun(
+        [
+            c.state("signin_username", string_value=username),
+            c.state("signin_password", string_value=password),
+            c.state("submit:sign_in_form", trigger_value=True),
+        ]
+    )
 
 
 def _shown(run: Any) -> str:
@@ -104,20 +108,23 @@ def test_blind_review_round_trip_and_inert_hostile_text(served: tuple[A.Fixture,
     try:
         with session_scope(eng) as s:
             uid = s.exec(select(User.id).where(User.username == "ann1")).one()
-            ann = s.exec(select(Annotation).where(Annotation.user_id == uid,
-                                                  Annotation.item_id == fx.item_ids["xss"])).one()
+            ann = s.exec(
+                select(Annotation).where(Annotation.user_id == uid, Annotation.item_id == fx.item_ids["xss"])
+            ).one()
             assert ann.blind_labels == {"contextual": "unsafe", "intrinsic": "safe"}
             assert ann.labels == {"contextual": "unsafe", "intrinsic": "unsafe"}
             assert ann.verdict_action == "confirm"  # the final labels equal the judge's (unsafe, unsafe)
-            actions = s.exec(select(AnnotationEvent.action).where(AnnotationEvent.annotation_id == ann.id)
-                             .order_by(AnnotationEvent.id)).all()
+            actions = s.exec(
+                select(AnnotationEvent.action)
+                .where(AnnotationEvent.annotation_id == ann.id)
+                .order_by(AnnotationEvent.id)
+            ).all()
             assert list(actions) == ["create", "reveal"]
     finally:
         eng.dispose()
 
 
-def test_the_app_and_its_media_under_a_base_path(db_url: str, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_app_and_its_media_under_a_base_path(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Behind a proxy at /team/review: Streamlit, sign-in cookie and media routes all live under it."""
     import httpx
 

@@ -88,8 +88,9 @@ def _same_video(a: Path, b: Path) -> None:
 def test_demo_files_are_small_benign_and_reproducible(tmp_path: Path) -> None:
     total = sum(f.stat().st_size for f in DEMO_DIR.rglob("*") if f.is_file() and "__pycache__" not in f.parts)
     assert total < 3 * 1024 * 1024
-    subprocess.run([sys.executable, "-m", "safereview.data.make_demo", "--out", str(tmp_path)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "safereview.data.make_demo", "--out", str(tmp_path)], check=True, capture_output=True
+    )
     for f in DEMO_DIR.rglob("*"):
         if f.is_file() and f.name != "make_demo.py" and "__pycache__" not in f.parts:
             regenerated = tmp_path / f.relative_to(DEMO_DIR)

@@ -18,14 +18,26 @@ from safereview.db.engine import schema_revision
 from tests import dataio_support as ds
 
 ROWS = [
-    {"id": "a", "prompt": [{"modality": "image", "path": "cat.png"},
-                           {"modality": "text", "text": "what, \"is\" this?"}],
-     "response": "a cat\nwith a hat",
-     "verdicts": [{"dimension": "joint", "label": "borderline", "judge_id": "j1", "probability": 0.5},
-                  {"dimension": "joint", "label": "unsafe", "judge_id": "j2"}],
-     "annotations": [{"annotator": "amy", "labels": {"joint": "safe"}, "blind_labels": {"joint": "unsafe"},
-                      "verdict_action": "override", "time_spent_s": 4.0, "categories": ["C3"]},
-                     {"annotator": "bo", "labels": {"joint": "borderline", "text": "safe"}}]},
+    {
+        "id": "a",
+        "prompt": [{"modality": "image", "path": "cat.png"}, {"modality": "text", "text": 'what, "is" this?'}],
+        "response": "a cat\nwith a hat",
+        "verdicts": [
+            {"dimension": "joint", "label": "borderline", "judge_id": "j1", "probability": 0.5},
+            {"dimension": "joint", "label": "unsafe", "judge_id": "j2"},
+        ],
+        "annotations": [
+            {
+                "annotator": "amy",
+                "labels": {"joint": "safe"},
+                "blind_labels": {"joint": "unsafe"},
+                "verdict_action": "override",
+                "time_spent_s": 4.0,
+                "categories": ["C3"],
+            },
+            {"annotator": "bo", "labels": {"joint": "borderline", "text": "safe"}},
+        ],
+    },
     {"id": "b", "prompt": "plain", "verdict.text": "safe", "judge_id": "j1"},
 ]
 

@@ -52,19 +52,45 @@ def imp(engine: sa.Engine, path: Path, root: Path, **kw: Any):  # type: ignore[n
 
 
 GENERIC = [
-    {"id": "a", "category": "C9: Interpersonal Violence", "model": "m1",
-     "prompt": [{"modality": "image", "path": "cat.png"}, {"modality": "text", "text": "what is this?"}],
-     "response": [{"modality": "text", "text": "a cat"}],
-     "meta": {"source": "unit"},
-     "verdicts": [{"dimension": "joint", "label": "borderline", "judge_id": "j1", "probability": 0.55,
-                   "probs": {"safe": 0.3, "borderline": 0.55, "unsafe": 0.15}, "rationale": "hmm"},
-                  {"dimension": "image", "label": None, "status": "unparseable", "judge_id": "j1",
-                   "raw_output": "Result: ?"}],
-     "annotations": [{"annotator": "zoe", "labels": {"joint": "safe", "image": "safe"},
-                      "blind_labels": {"joint": "borderline"}, "categories": ["interpersonal violence"],
-                      "rationale": "fine", "time_spent_s": 3.5, "verdict_action": "override"}]},
-    {"id": "b", "prompt_audio": "beep.wav", "prompt_text": "listen", "response_video": "clip.mp4",
-     "verdict.joint": "unsafe", "verdict.joint.prob": 0.9, "judge_id": "j1"},
+    {
+        "id": "a",
+        "category": "C9: Interpersonal Violence",
+        "model": "m1",
+        "prompt": [{"modality": "image", "path": "cat.png"}, {"modality": "text", "text": "what is this?"}],
+        "response": [{"modality": "text", "text": "a cat"}],
+        "meta": {"source": "unit"},
+        "verdicts": [
+            {
+                "dimension": "joint",
+                "label": "borderline",
+                "judge_id": "j1",
+                "probability": 0.55,
+                "probs": {"safe": 0.3, "borderline": 0.55, "unsafe": 0.15},
+                "rationale": "hmm",
+            },
+            {"dimension": "image", "label": None, "status": "unparseable", "judge_id": "j1", "raw_output": "Result: ?"},
+        ],
+        "annotations": [
+            {
+                "annotator": "zoe",
+                "labels": {"joint": "safe", "image": "safe"},
+                "blind_labels": {"joint": "borderline"},
+                "categories": ["interpersonal violence"],
+                "rationale": "fine",
+                "time_spent_s": 3.5,
+                "verdict_action": "override",
+            }
+        ],
+    },
+    {
+        "id": "b",
+        "prompt_audio": "beep.wav",
+        "prompt_text": "listen",
+        "response_video": "clip.mp4",
+        "verdict.joint": "unsafe",
+        "verdict.joint.prob": 0.9,
+        "judge_id": "j1",
+    },
     {"id": "c", "prompt": "just text", "response_image": "dog.png", "refused": False},
 ]
 
@@ -96,7 +122,11 @@ def test_generic_jsonl_round_trip(engine: sa.Engine, tmp_path: Path, media: Path
     assert user.username == "zoe" and user.password_hash.startswith("!") and user.role == "annotator"
     (ann,) = rows(engine, Annotation)
     assert (ann.source, ann.labels, ann.blind_labels, ann.categories) == (
-        "import", {"joint": "safe", "image": "safe"}, {"joint": "borderline"}, ["Interpersonal Violence"])
+        "import",
+        {"joint": "safe", "image": "safe"},
+        {"joint": "borderline"},
+        ["Interpersonal Violence"],
+    )
     assert (ann.verdict_action, ann.time_spent_s, ann.version) == ("override", 3.5, 1)
     (ev,) = rows(engine, AnnotationEvent)
     assert (ev.action, ev.before, ev.after["labels"]) == ("import", None, {"joint": "safe", "image": "safe"})
@@ -111,17 +141,46 @@ def test_generic_jsonl_round_trip(engine: sa.Engine, tmp_path: Path, media: Path
 
 
 def _flat(rows_: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    header = ["id", "task_type", "category", "prompt_image", "prompt_text", "response_text", "judge_id",
-              "verdict.joint", "verdict.joint.prob", "annotator", "label.joint", "label.text"]
+    header = [
+        "id",
+        "task_type",
+        "category",
+        "prompt_image",
+        "prompt_text",
+        "response_text",
+        "judge_id",
+        "verdict.joint",
+        "verdict.joint.prob",
+        "annotator",
+        "label.joint",
+        "label.text",
+    ]
     return header, [[r.get(h) for h in header] for r in rows_]
 
 
 FLAT = [
-    {"id": "x1", "task_type": "Image-text pair", "category": "C3", "prompt_image": "cat.png", "prompt_text": "hi",
-     "response_text": "hello", "judge_id": "jx", "verdict.joint": "safe", "verdict.joint.prob": 0.2,
-     "annotator": "amy", "label.joint": "safe", "label.text": "borderline"},
-    {"id": "x2", "task_type": "image_text", "prompt_image": "dog.png", "prompt_text": "multi\nline", "judge_id": "jx",
-     "verdict.joint": "unsafe"},
+    {
+        "id": "x1",
+        "task_type": "Image-text pair",
+        "category": "C3",
+        "prompt_image": "cat.png",
+        "prompt_text": "hi",
+        "response_text": "hello",
+        "judge_id": "jx",
+        "verdict.joint": "safe",
+        "verdict.joint.prob": 0.2,
+        "annotator": "amy",
+        "label.joint": "safe",
+        "label.text": "borderline",
+    },
+    {
+        "id": "x2",
+        "task_type": "image_text",
+        "prompt_image": "dog.png",
+        "prompt_text": "multi\nline",
+        "judge_id": "jx",
+        "verdict.joint": "unsafe",
+    },
 ]
 
 
@@ -135,8 +194,11 @@ def test_generic_csv_and_parquet_give_identical_items(engine: sa.Engine, tmp_pat
     r1 = imp(engine, csv_f, tmp_path / "root", collection="csv")
     r2 = imp(engine, pq_f, tmp_path / "root", collection="pq")
     assert r1.ok and r2.ok, r1.errors + r2.errors
-    assert (r1.items_new, r1.verdicts_new, r1.annotations_new) == (2, 2, 1) == (r2.items_new, r2.verdicts_new,
-                                                                                r2.annotations_new)
+    assert (
+        (r1.items_new, r1.verdicts_new, r1.annotations_new)
+        == (2, 2, 1)
+        == (r2.items_new, r2.verdicts_new, r2.annotations_new)
+    )
     by_col: dict[int, dict[str, Any]] = {}
     for it in rows(engine, Item):
         by_col.setdefault(it.collection_id, {})[it.external_id] = it
@@ -151,11 +213,14 @@ def test_generic_csv_and_parquet_give_identical_items(engine: sa.Engine, tmp_pat
 
 def test_separate_annotation_and_verdict_files(engine: sa.Engine, tmp_path: Path, media: Path) -> None:
     items = ds.write_jsonl(media / "items.jsonl", [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "q"}])
-    anns = ds.write_csv(media / "anns.csv", ["item_id", "annotator", "label.joint", "categories", "rationale"],
-                        [["a", "amy", "unsafe", "C9;C10", "r1"], ["a", "bo", "safe", "", ""],
-                         ["b", "amy", "borderline", "", ""]])
-    verdicts = ds.write_jsonl(media / "v.jsonl", [{"item_id": "b", "verdicts": [
-        {"dimension": "joint", "label": "safe", "judge_id": "j2"}]}])
+    anns = ds.write_csv(
+        media / "anns.csv",
+        ["item_id", "annotator", "label.joint", "categories", "rationale"],
+        [["a", "amy", "unsafe", "C9;C10", "r1"], ["a", "bo", "safe", "", ""], ["b", "amy", "borderline", "", ""]],
+    )
+    verdicts = ds.write_jsonl(
+        media / "v.jsonl", [{"item_id": "b", "verdicts": [{"dimension": "joint", "label": "safe", "judge_id": "j2"}]}]
+    )
     root = tmp_path / "root"
     assert imp(engine, items, root).ok
     r = imp(engine, anns, root)
@@ -180,27 +245,51 @@ def test_unisafebench_task_type_from_name_and_flag(engine: sa.Engine, tmp_path: 
     (media / "dual-unsafe").mkdir()
     ds.png(media / "dual-unsafe" / "in.png")
     f2 = ds.write_jsonl(media / "dual-unsafe" / "outputs.jsonl", ds.uni_rows(1))
-    t2i = [{"id": "t1", "prompt": "draw", "image": "", "category": "Politics", "generated_text": "",
-            "output_image": "cat.png", "intention": "i", "reject_image": False},
-           {"id": "t2", "prompt": "draw more", "image": "", "category": "Politics", "generated_text": "",
-            "output_image": "", "intention": "i", "reject_image": True}]
+    t2i = [
+        {
+            "id": "t1",
+            "prompt": "draw",
+            "image": "",
+            "category": "Politics",
+            "generated_text": "",
+            "output_image": "cat.png",
+            "intention": "i",
+            "reject_image": False,
+        },
+        {
+            "id": "t2",
+            "prompt": "draw more",
+            "image": "",
+            "category": "Politics",
+            "generated_text": "",
+            "output_image": "",
+            "intention": "i",
+            "reject_image": True,
+        },
+    ]
     f3 = ds.write_jsonl(media / "results.jsonl", t2i)
     kw = {"collection": "uni", "taxonomy": "uni-safebench"}
     assert imp(engine, f1, root, **kw).ok
     assert imp(engine, f2, root, media_dir=media / "dual-unsafe", **kw).ok
     rep = imp(engine, f3, root, **kw)
     assert not rep.ok
-    assert rep.errors == [f"{f3}: task_type: cannot tell the task type from the file or folder name; pass "
-                          "--task-type (one of malicious-text-generation, unsafe-t2i-generation, "
-                          "malicious-image-editing, dual-unsafe, image-unsafe, text-unsafe, composite-unsafe)"]
+    assert rep.errors == [
+        f"{f3}: task_type: cannot tell the task type from the file or folder name; pass "
+        "--task-type (one of malicious-text-generation, unsafe-t2i-generation, "
+        "malicious-image-editing, dual-unsafe, image-unsafe, text-unsafe, composite-unsafe)"
+    ]
     assert imp(engine, f3, root, task_type="Unsafe T2I generation", **kw).ok
     by_id = {i.external_id: i for i in rows(engine, Item)}
     # Uni-SafeBench numbers rows per task file, so ids are namespaced by task type
-    assert set(by_id) == {"composite-unsafe/u0", "composite-unsafe/u1", "dual-unsafe/u0",
-                          "unsafe-t2i-generation/t1", "unsafe-t2i-generation/t2"}
+    assert set(by_id) == {
+        "composite-unsafe/u0",
+        "composite-unsafe/u1",
+        "dual-unsafe/u0",
+        "unsafe-t2i-generation/t1",
+        "unsafe-t2i-generation/t2",
+    }
     u1 = by_id["composite-unsafe/u1"]
-    assert (u1.task_type, u1.category, u1.subcategory) == ("composite-unsafe", "Toxicity Content",
-                                                           "Blood and Violence")
+    assert (u1.task_type, u1.category, u1.subcategory) == ("composite-unsafe", "Toxicity Content", "Blood and Violence")
     assert u1.meta == {"intention": "x"} and u1.model == ""
     assert [p["modality"] for p in u1.prompt] == ["image", "text"]
     t1, t2 = by_id["unsafe-t2i-generation/t1"], by_id["unsafe-t2i-generation/t2"]
@@ -210,20 +299,51 @@ def test_unisafebench_task_type_from_name_and_flag(engine: sa.Engine, tmp_path: 
 
 # ---- VLSU ----------------------------------------------------------------------------
 
-VLSU_HEADER = ["uuid", "web_path", "prompt", "image_grade", "consensus_text_grade", "consensus_combined_grade",
-               "image_category", "text_category", "combined_category"]
+VLSU_HEADER = [
+    "uuid",
+    "web_path",
+    "prompt",
+    "image_grade",
+    "consensus_text_grade",
+    "consensus_combined_grade",
+    "image_category",
+    "text_category",
+    "combined_category",
+]
 
 
 def test_vlsu_images_by_uuid_or_url_name(engine: sa.Engine, tmp_path: Path) -> None:
     imgs = tmp_path / "vlsu_images"
     ds.png(imgs / "sub" / "11111111-aaaa.webp", fmt="WEBP")
     ds.png(imgs / "pic_22.jpg", fmt="JPEG")
-    f = ds.write_csv(tmp_path / "vlsu.csv", VLSU_HEADER, [
-        ["11111111-aaaa", "https://dead.example/x.png", "nice day", "safe", "safe", "unsafe", "", "",
-         "C9: Interpersonal Violence"],
-        ["22222222-bbbb", "https://dead.example/img/pic_22.jpg?x=1", "hmm", "borderline", "not_sure", "borderline",
-         "C10: Weapons and Dangerous Objects", "", "C10: Weapons and Dangerous Objects"],
-    ])
+    f = ds.write_csv(
+        tmp_path / "vlsu.csv",
+        VLSU_HEADER,
+        [
+            [
+                "11111111-aaaa",
+                "https://dead.example/x.png",
+                "nice day",
+                "safe",
+                "safe",
+                "unsafe",
+                "",
+                "",
+                "C9: Interpersonal Violence",
+            ],
+            [
+                "22222222-bbbb",
+                "https://dead.example/img/pic_22.jpg?x=1",
+                "hmm",
+                "borderline",
+                "not_sure",
+                "borderline",
+                "C10: Weapons and Dangerous Objects",
+                "",
+                "C10: Weapons and Dangerous Objects",
+            ],
+        ],
+    )
     rep = imp(engine, f, tmp_path / "root", media_dir=imgs, format="auto", collection="v")
     assert rep.ok and rep.format == "vlsu" and rep.annotations_new == 2, rep.errors
     items = {i.external_id: i for i in rows(engine, Item)}
@@ -241,15 +361,21 @@ def test_vlsu_images_by_uuid_or_url_name(engine: sa.Engine, tmp_path: Path) -> N
 def test_vlsu_missing_image_error_then_skip_invalid(engine: sa.Engine, tmp_path: Path) -> None:
     imgs = tmp_path / "imgs"
     ds.png(imgs / "ok-1.png")
-    f = ds.write_csv(tmp_path / "vlsu.csv", VLSU_HEADER, [
-        ["ok-1", "https://x/ok-1.png", "a", "safe", "safe", "safe", "", "", ""],
-        ["gone-2", "https://x/gone.png", "b", "safe", "safe", "safe", "", "", ""],
-    ])
+    f = ds.write_csv(
+        tmp_path / "vlsu.csv",
+        VLSU_HEADER,
+        [
+            ["ok-1", "https://x/ok-1.png", "a", "safe", "safe", "safe", "", "", ""],
+            ["gone-2", "https://x/gone.png", "b", "safe", "safe", "safe", "", "", ""],
+        ],
+    )
     before = ds.snapshot(engine)
     rep = imp(engine, f, tmp_path / "root", media_dir=imgs, collection="v")
     assert not rep.ok
-    assert rep.errors == [f"{f}:3: web_path: image missing: no gone-2.<png|jpg|jpeg|webp|gif> or gone.png in "
-                          f"{imgs.resolve()} (the importer never downloads)"]
+    assert rep.errors == [
+        f"{f}:3: web_path: image missing: no gone-2.<png|jpg|jpeg|webp|gif> or gone.png in "
+        f"{imgs.resolve()} (the importer never downloads)"
+    ]
     assert ds.snapshot(engine) == before
     rj = tmp_path / "rejects.jsonl"
     rep = imp(engine, f, tmp_path / "root", media_dir=imgs, collection="v", skip_invalid=True, rejects_path=rj)
@@ -271,25 +397,48 @@ def _bad_cases(media: Path) -> dict[str, tuple[Path, str, str]]:
     good = {"id": "g1", "prompt": "fine"}
     return {
         "broken_json": (ds.write_jsonl(media / "j.jsonl", [good, '{"id": "g2", "prompt": "x"']), "2", "(json)"),
-        "unknown_task_type": (ds.write_jsonl(media / "t.jsonl", [good, {"id": "g2", "prompt": "x",
-                                                                         "task_type": "nope"}]), "2", "task_type"),
-        "missing_media": (ds.write_csv(media / "m.csv", ["id", "prompt_text", "prompt_image"],
-                                       [["g1", "fine", ""], ["g2", "x", "nothere.png"]]), "3", "prompt_image"),
-        "corrupt_png": (ds.write_jsonl(media / "c.jsonl", [good, {"id": "g2", "prompt": [
-            {"modality": "image", "path": "broken.png"}]}]), "2", "prompt[0].path"),
-        "escape": (ds.write_jsonl(media / "e.jsonl", [good, {"id": "g2", "prompt_text": "x",
-                                                             "prompt_image": "../outside.png"}]), "2", "prompt_image"),
+        "unknown_task_type": (
+            ds.write_jsonl(media / "t.jsonl", [good, {"id": "g2", "prompt": "x", "task_type": "nope"}]),
+            "2",
+            "task_type",
+        ),
+        "missing_media": (
+            ds.write_csv(
+                media / "m.csv", ["id", "prompt_text", "prompt_image"], [["g1", "fine", ""], ["g2", "x", "nothere.png"]]
+            ),
+            "3",
+            "prompt_image",
+        ),
+        "corrupt_png": (
+            ds.write_jsonl(
+                media / "c.jsonl", [good, {"id": "g2", "prompt": [{"modality": "image", "path": "broken.png"}]}]
+            ),
+            "2",
+            "prompt[0].path",
+        ),
+        "escape": (
+            ds.write_jsonl(
+                media / "e.jsonl", [good, {"id": "g2", "prompt_text": "x", "prompt_image": "../outside.png"}]
+            ),
+            "2",
+            "prompt_image",
+        ),
     }
 
 
-MESSAGES = {"broken_json": "invalid JSON", "unknown_task_type": "unknown task type 'nope'",
-            "missing_media": "file not found: nothere.png", "corrupt_png": "corrupt or truncated image",
-            "escape": "contains '..'"}
+MESSAGES = {
+    "broken_json": "invalid JSON",
+    "unknown_task_type": "unknown task type 'nope'",
+    "missing_media": "file not found: nothere.png",
+    "corrupt_png": "corrupt or truncated image",
+    "escape": "contains '..'",
+}
 
 
 @pytest.mark.parametrize("case", list(MESSAGES))
-def test_bad_input_reports_one_precise_error_and_changes_nothing(db_url: str, tmp_path: Path, media: Path,
-                                                                 case: str) -> None:
+def test_bad_input_reports_one_precise_error_and_changes_nothing(
+    db_url: str, tmp_path: Path, media: Path, case: str
+) -> None:
     from safereview.db.engine import init_db
 
     engine = init_db(db_url)
@@ -299,8 +448,9 @@ def test_bad_input_reports_one_precise_error_and_changes_nothing(db_url: str, tm
     files_before = sorted(root.rglob("*"))
     before = ds.snapshot(engine)
     path, line, fld = _bad_cases(media)[case]
-    result = CliRunner().invoke(app, ["import", str(path), "--collection", "c", "--taxonomy", "vlsu",
-                                      "--db", db_url, "--media-root", str(root)])
+    result = CliRunner().invoke(
+        app, ["import", str(path), "--collection", "c", "--taxonomy", "vlsu", "--db", db_url, "--media-root", str(root)]
+    )
     assert result.exit_code == 1, result.output
     errors = [ln for ln in result.output.splitlines() if LINE_RE.match(ln)]
     assert len(errors) == 1, result.output
@@ -314,25 +464,34 @@ def test_bad_input_reports_one_precise_error_and_changes_nothing(db_url: str, tm
 
 
 def test_every_problem_is_reported_not_just_the_first(engine: sa.Engine, tmp_path: Path, media: Path) -> None:
-    f = ds.write_jsonl(media / "many.jsonl", [
-        {"id": "1", "prompt": "a", "verdicts": [{"dimension": "joint", "label": "maybe", "judge_id": "j"}]},
-        "not json",
-        {"id": "3", "prompt": "c", "verdict.vibes": "safe", "judge_id": "j"},
-        {"id": "1", "prompt": "dup"},
-        {"id": "5", "prompt": "e", "annotations": [{"annotator": "x", "labels": {"joint": "bad"}}]},
-        {"id": "6", "promt_text": "typo"},
-    ])
+    f = ds.write_jsonl(
+        media / "many.jsonl",
+        [
+            {"id": "1", "prompt": "a", "verdicts": [{"dimension": "joint", "label": "maybe", "judge_id": "j"}]},
+            "not json",
+            {"id": "3", "prompt": "c", "verdict.vibes": "safe", "judge_id": "j"},
+            {"id": "1", "prompt": "dup"},
+            {"id": "5", "prompt": "e", "annotations": [{"annotator": "x", "labels": {"joint": "bad"}}]},
+            {"id": "6", "promt_text": "typo"},
+        ],
+    )
     rep = imp(engine, f, tmp_path / "root")
     assert not rep.ok
     assert [e.split(": ", 2)[:2] for e in rep.errors] == [
-        [f"{f}:1", "verdicts[0].label"], [f"{f}:2", "(json)"], [f"{f}:3", "verdict.vibes"], [f"{f}:4", "id"],
-        [f"{f}:5", "annotations[0].labels.joint"], [f"{f}:6", "promt_text"]]
+        [f"{f}:1", "verdicts[0].label"],
+        [f"{f}:2", "(json)"],
+        [f"{f}:3", "verdict.vibes"],
+        [f"{f}:4", "id"],
+        [f"{f}:5", "annotations[0].labels.joint"],
+        [f"{f}:6", "promt_text"],
+    ]
     assert ds.count(engine, "item") == 0 and ds.count(engine, "collection") == 0
 
 
 def test_csv_line_numbers_count_physical_lines(engine: sa.Engine, tmp_path: Path, media: Path) -> None:
-    f = ds.write_csv(media / "ml.csv", ["id", "prompt_text", "task_type"],
-                     [["1", "two\nlines", ""], ["2", "x", "bogus"]])
+    f = ds.write_csv(
+        media / "ml.csv", ["id", "prompt_text", "task_type"], [["1", "two\nlines", ""], ["2", "x", "bogus"]]
+    )
     rep = imp(engine, f, tmp_path / "root")
     assert rep.errors and rep.errors[0].startswith(f"{f}:4: task_type: unknown task type 'bogus'")
 
@@ -347,8 +506,10 @@ def test_parquet_errors_name_the_row_index(engine: sa.Engine, tmp_path: Path, me
 
 
 def test_skip_invalid_imports_good_rows_and_writes_rejects(engine: sa.Engine, tmp_path: Path, media: Path) -> None:
-    f = ds.write_jsonl(media / "s.jsonl", [{"id": "1", "prompt": "a"}, "{broken",
-                                           {"id": "3", "prompt_image": "missing.png"}, {"id": "4", "prompt": "d"}])
+    f = ds.write_jsonl(
+        media / "s.jsonl",
+        [{"id": "1", "prompt": "a"}, "{broken", {"id": "3", "prompt_image": "missing.png"}, {"id": "4", "prompt": "d"}],
+    )
     rep = imp(engine, f, tmp_path / "root", skip_invalid=True)
     assert rep.ok and rep.items_new == 2 and rep.rejected == 2
     rj = [json.loads(x) for x in Path(rep.rejects_path or "").read_text().splitlines()]
@@ -404,12 +565,17 @@ def test_verdicts_keyed_by_item_dimension_judge(engine: sa.Engine, tmp_path: Pat
     root = tmp_path / "root"
     items = ds.write_jsonl(media / "i.jsonl", [{"id": "a", "prompt": "p"}])
     assert imp(engine, items, root).ok
-    v1 = ds.write_jsonl(media / "v1.jsonl", [{"item_id": "a", "verdicts": [
-        {"dimension": "joint", "label": "safe", "judge_id": "j1"}]}])
-    v2 = ds.write_jsonl(media / "v2.jsonl", [{"item_id": "a", "verdicts": [
-        {"dimension": "joint", "label": "unsafe", "judge_id": "j2"}]}])
-    v1b = ds.write_jsonl(media / "v1b.jsonl", [{"item_id": "a", "verdicts": [
-        {"dimension": "joint", "label": "unsafe", "judge_id": "j1"}]}])
+    v1 = ds.write_jsonl(
+        media / "v1.jsonl", [{"item_id": "a", "verdicts": [{"dimension": "joint", "label": "safe", "judge_id": "j1"}]}]
+    )
+    v2 = ds.write_jsonl(
+        media / "v2.jsonl",
+        [{"item_id": "a", "verdicts": [{"dimension": "joint", "label": "unsafe", "judge_id": "j2"}]}],
+    )
+    v1b = ds.write_jsonl(
+        media / "v1b.jsonl",
+        [{"item_id": "a", "verdicts": [{"dimension": "joint", "label": "unsafe", "judge_id": "j1"}]}],
+    )
     assert imp(engine, v1, root).verdicts_new == 1
     assert imp(engine, v1, root).verdicts_unchanged == 1
     assert imp(engine, v2, root).verdicts_new == 1
@@ -422,8 +588,22 @@ def test_verdicts_keyed_by_item_dimension_judge(engine: sa.Engine, tmp_path: Pat
 def test_cli_imports_several_files_and_prints_summary(db_url: str, tmp_path: Path, media: Path) -> None:
     items = ds.write_jsonl(media / "items.jsonl", [{"id": "a", "prompt": "p"}])
     anns = ds.write_csv(media / "anns.csv", ["item_id", "annotator", "label.joint"], [["a", "amy", "safe"]])
-    res = CliRunner().invoke(app, ["import", str(items), str(anns), "-c", "cli", "-t", "vlsu", "--db", db_url,
-                                   "--media-root", str(tmp_path / "root")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "import",
+            str(items),
+            str(anns),
+            "-c",
+            "cli",
+            "-t",
+            "vlsu",
+            "--db",
+            db_url,
+            "--media-root",
+            str(tmp_path / "root"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "items new" in res.output and "annotations new" in res.output and "[generic]" in res.output
     res = CliRunner().invoke(app, ["collections", "--db", db_url])
@@ -444,12 +624,29 @@ def test_collection_taxonomy_mismatch_is_refused(engine: sa.Engine, tmp_path: Pa
 def test_cli_skip_invalid_writes_rejects_and_exits_zero(sqlite_url: str, tmp_path: Path, media: Path) -> None:
     f = ds.write_jsonl(media / "s.jsonl", [{"id": "1", "prompt": "a"}, {"id": "2", "prompt_image": "http://x/y.png"}])
     rj = tmp_path / "rej.jsonl"
-    res = CliRunner().invoke(app, ["import", str(f), "-c", "c", "-t", "vlsu", "--skip-invalid", "--rejects", str(rj),
-                                   "--db", sqlite_url, "--media-root", str(tmp_path / "root")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "import",
+            str(f),
+            "-c",
+            "c",
+            "-t",
+            "vlsu",
+            "--skip-invalid",
+            "--rejects",
+            str(rj),
+            "--db",
+            sqlite_url,
+            "--media-root",
+            str(tmp_path / "root"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     (line,) = [json.loads(x) for x in rj.read_text().splitlines()]
     assert line["line"] == 2 and line["errors"] == [
-        "prompt_image: URLs are not accepted (http:); the importer never downloads, give a local file"]
+        "prompt_image: URLs are not accepted (http:); the importer never downloads, give a local file"
+    ]
 
 
 def test_cli_taxonomy_show_and_check(tmp_path: Path) -> None:
@@ -466,15 +663,27 @@ def test_cli_taxonomy_show_and_check(tmp_path: Path) -> None:
     assert f"{bad}: dimensions[0].labels: required" in r.output
 
 
-def test_same_verdict_or_annotation_twice_in_one_file_is_an_error(engine: sa.Engine, tmp_path: Path,
-                                                                  media: Path) -> None:
-    f = ds.write_jsonl(media / "dup.jsonl", [
-        {"id": "a", "prompt": "p", "verdict.joint": "safe", "judge_id": "j", "annotator": "amy", "label.joint": "safe"},
-        {"item_id": "a", "verdicts": [{"dimension": "joint", "label": "unsafe", "judge_id": "j"}]},
-        {"item_id": "a", "annotations": [{"annotator": "amy", "labels": {"joint": "unsafe"}}]},
-    ])
+def test_same_verdict_or_annotation_twice_in_one_file_is_an_error(
+    engine: sa.Engine, tmp_path: Path, media: Path
+) -> None:
+    f = ds.write_jsonl(
+        media / "dup.jsonl",
+        [
+            {
+                "id": "a",
+                "prompt": "p",
+                "verdict.joint": "safe",
+                "judge_id": "j",
+                "annotator": "amy",
+                "label.joint": "safe",
+            },
+            {"item_id": "a", "verdicts": [{"dimension": "joint", "label": "unsafe", "judge_id": "j"}]},
+            {"item_id": "a", "annotations": [{"annotator": "amy", "labels": {"joint": "unsafe"}}]},
+        ],
+    )
     rep = imp(engine, f, tmp_path / "root")
     assert rep.errors == [
         f"{f}:2: verdicts[0]: a verdict of judge 'j' for 'joint' on item 'a' is already given at line 1",
-        f"{f}:3: annotations[0]: an annotation by 'amy' on item 'a' is already given at line 1"]
+        f"{f}:3: annotations[0]: an annotation by 'amy' on item 'a' is already given at line 1",
+    ]
     assert ds.count(engine, "item") == 0

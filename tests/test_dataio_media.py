@@ -15,8 +15,17 @@ from tests import dataio_support as ds
 # ---- paths ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ref", ["http://example.com/a.png", "https://x/y.png", "file:///etc/passwd",
-                                 "data:image/png;base64,AAAA", "ftp://h/a.png", "s3://bucket/a.png"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "http://example.com/a.png",
+        "https://x/y.png",
+        "file:///etc/passwd",
+        "data:image/png;base64,AAAA",
+        "ftp://h/a.png",
+        "s3://bucket/a.png",
+    ],
+)
 def test_urls_are_refused(tmp_path: Path, ref: str) -> None:
     with pytest.raises(MediaError, match="URLs are not accepted"):
         resolve_path(ref, tmp_path)
@@ -98,8 +107,9 @@ def test_decompression_bomb_is_refused(tmp_path: Path) -> None:
 # ---- audio ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt,ext,mime", [("WAV", "wav", "audio/wav"), ("FLAC", "flac", "audio/flac"),
-                                          ("OGG", "ogg", "audio/ogg")])
+@pytest.mark.parametrize(
+    "fmt,ext,mime", [("WAV", "wav", "audio/wav"), ("FLAC", "flac", "audio/flac"), ("OGG", "ogg", "audio/ogg")]
+)
 def test_audio_decodes_with_duration_and_rate(tmp_path: Path, fmt: str, ext: str, mime: str) -> None:
     p = ds.wav(tmp_path / f"a.{ext}", seconds=0.5, sr=8000, fmt=fmt)
     info = probe(p, "audio")

@@ -16,8 +16,9 @@ def test_sqlite_reader_does_not_wait_for_a_writer_and_cannot_write(tmp_path: Pat
     engine = init_db(f"sqlite:///{tmp_path / 'ro.db'}")
     writer = engine.connect()
     writer.begin()  # BEGIN IMMEDIATE: holds the write lock until it ends
-    writer.exec_driver_sql("INSERT INTO taxonomy (name, version, spec, created_at) "
-                           "VALUES ('t', '1', '{}', '2026-01-01')")
+    writer.exec_driver_sql(
+        "INSERT INTO taxonomy (name, version, spec, created_at) VALUES ('t', '1', '{}', '2026-01-01')"
+    )
     try:
         # a writing transaction would wait here for busy_timeout (30 s) and then fail
         with read_only(engine).connect() as reader:

@@ -24,9 +24,13 @@ BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 # shell steps a file's prose asks the reader to run before its Python blocks
 BEFORE: dict[str, list[list[str]]] = {
-    "export.md": [["export", "items", "--out", "items.parquet", "--db", "sqlite:///safereview.db"],
-                  ["export", "annotations", "--out", "annotations.csv", "--db", "sqlite:///safereview.db"]],
+    "export.md": [
+        ["export", "items", "--out", "items.parquet", "--db", "sqlite:///safereview.db"],
+        ["export", "annotations", "--out", "annotations.csv", "--db", "sqlite:///safereview.db"],
+    ],
 }
+
+
 def _after_import(folder: Path, ns: dict) -> None:
     assert ns["report"].ok and ns["report"].items_new == 3 and (folder / "review.db").exists()
 
@@ -47,7 +51,9 @@ def _after_agreement(folder: Path, ns: dict) -> None:
 
 # what each file's examples leave behind, checked after they ran
 AFTER: dict[str, Callable[[Path, dict], None]] = {
-    "import.md": _after_import, "export.md": _after_export, "workflow.md": _after_workflow,
+    "import.md": _after_import,
+    "export.md": _after_export,
+    "workflow.md": _after_workflow,
     "agreement.md": _after_agreement,
 }
 

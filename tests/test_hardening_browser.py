@@ -44,18 +44,27 @@ def _hostile_items(fx: A.Fixture, work: Path) -> None:
     media = work / "in"
     H.build_media_corpus(media)
     rows = [
-        {"id": "hostile-all", "prompt": "Say all of it.",
-         "response": [{"modality": "text", "text": t} for t in H.HOSTILE_TEXT.values()]},
+        {
+            "id": "hostile-all",
+            "prompt": "Say all of it.",
+            "response": [{"modality": "text", "text": t} for t in H.HOSTILE_TEXT.values()],
+        },
         {"id": "big-text", "prompt": "Write a lot.", "response": H.big_text(MAX_TEXT)},
-        {"id": "odd-image", "prompt": [{"modality": "image", "path": "png-named.jpg"},
-                                       {"modality": "text", "text": "<b onclick=alert(1)>what</b>"}],
-         "response": "An image."},
+        {
+            "id": "odd-image",
+            "prompt": [
+                {"modality": "image", "path": "png-named.jpg"},
+                {"modality": "text", "text": "<b onclick=alert(1)>what</b>"},
+            ],
+            "response": "An image.",
+        },
     ]
     f = write_jsonl(media / "hostile.jsonl", rows)
     eng = make_engine(fx.db_url)
     try:
-        rep = import_file(eng, f, collection=fx.blind_collection, task_type="Malicious Text Generation",
-                          media_root=fx.media_root)
+        rep = import_file(
+            eng, f, collection=fx.blind_collection, task_type="Malicious Text Generation", media_root=fx.media_root
+        )
         assert rep.ok, rep.errors
         with eng.begin() as conn:  # first in the queue, in this order
             for ext, prio in (("hostile-all", 9.0), ("big-text", 8.0), ("odd-image", 7.0)):
@@ -105,12 +114,17 @@ def _label_and_next(page: Any, item: str) -> None:
     press(page, "q")
     page.wait_for_selector(".st-key-rv_lab_1_0 button[kind='primary']", timeout=20_000)
     press(page, "Control+Enter")  # submit; with a judge verdict the reveal step follows, else the next item
-    page.wait_for_function("prev => document.body.innerText.includes('Your blind labels') || "
-                           "!document.body.innerText.includes('· item ' + prev + ' ·')", arg=item, timeout=20_000)
+    page.wait_for_function(
+        "prev => document.body.innerText.includes('Your blind labels') || "
+        "!document.body.innerText.includes('· item ' + prev + ' ·')",
+        arg=item,
+        timeout=20_000,
+    )
     if page.get_by_text("Your blind labels", exact=False).count():
         press(page, "Control+Enter")
-    page.wait_for_function("prev => !document.body.innerText.includes('· item ' + prev + ' ·')", arg=item,
-                           timeout=20_000)
+    page.wait_for_function(
+        "prev => !document.body.innerText.includes('· item ' + prev + ' ·')", arg=item, timeout=20_000
+    )
     wait_idle(page)
 
 
@@ -128,8 +142,14 @@ def test_hostile_items_render_inert_and_nothing_leaves_localhost(served: A.Serve
         assert probe in state["text"], name
     assert "\u202e" in state["text"] and "\u200b" in state["text"]  # kept as characters, not interpreted
     assert {k: v for k, v in state.items() if k != "text"} == {
-        "pwned": None, "handlers": 0, "jsLinks": 0, "iframes": 0, "outsideImgs": 0, "beaconStyles": 0,
-        "styledSpans": 0}
+        "pwned": None,
+        "handlers": 0,
+        "jsLinks": 0,
+        "iframes": 0,
+        "outsideImgs": 0,
+        "beaconStyles": 0,
+        "styledSpans": 0,
+    }
     _label_and_next(page, "hostile-all")
 
     assert current_item(page) == "big-text"
@@ -139,8 +159,10 @@ def test_hostile_items_render_inert_and_nothing_leaves_localhost(served: A.Serve
     _label_and_next(page, "big-text")  # the buttons still work after rendering the longest allowed text
 
     assert current_item(page) == "odd-image"
-    page.wait_for_function("() => [...document.images].some(i => i.src.includes('/media-files/') && "
-                           "i.complete && i.naturalWidth > 0)", timeout=20_000)
+    page.wait_for_function(
+        "() => [...document.images].some(i => i.src.includes('/media-files/') && i.complete && i.naturalWidth > 0)",
+        timeout=20_000,
+    )
     state = page.evaluate(INERT_JS)
     assert state["pwned"] is None and state["handlers"] == 0
     srcs = page.evaluate("() => [...document.images].map(i => i.src)")
@@ -153,8 +175,7 @@ def test_hostile_items_render_inert_and_nothing_leaves_localhost(served: A.Serve
     H.tally(inputs_rendered=len(H.HOSTILE_TEXT) + 2, requests_recorded=len(requests))
 
 
-def test_upload_over_the_limit_is_refused_on_the_import_page(served: A.Server, browser: Any,
-                                                            tmp_path: Path) -> None:
+def test_upload_over_the_limit_is_refused_on_the_import_page(served: A.Server, browser: Any, tmp_path: Path) -> None:
     big = tmp_path / "too-big.jsonl"
     line = '{"id": "x", "prompt": "' + "y" * 1000 + '"}\n'
     big.write_text(line * (UPLOAD_MB * 1100))
@@ -217,11 +238,20 @@ def test_media_route_refuses_path_tricks(served: A.Server) -> None:
     assert status == 200 and image[:4] == b"\x89PNG"  # the control: the route works
     secret = served.fx.media_root.parent / "app.db"
     tricks = [
-        "/media-files/../../etc/passwd", "/media-files/..%2f..%2fetc%2fpasswd", "/media-files/%2e%2e/%2e%2e/app.db",
-        f"/media-files/{sha}/../../app.db", f"/media-files/{sha}/..%2f..%2fapp.db", f"/media-files/{sha.upper()}",
-        "/media-files/" + "g" * 64, "/media-files/" + sha[:63], "/media-files/" + sha + "0",
-        f"/media-files/{sha}%00.png", f"/media-files/{sha}/view.webp%2f..%2f..", "/media-files/*",
-        f"/media-files/{sha}/" + "..%5c" * 4 + "app.db", "/media-files//etc/passwd",
+        "/media-files/../../etc/passwd",
+        "/media-files/..%2f..%2fetc%2fpasswd",
+        "/media-files/%2e%2e/%2e%2e/app.db",
+        f"/media-files/{sha}/../../app.db",
+        f"/media-files/{sha}/..%2f..%2fapp.db",
+        f"/media-files/{sha.upper()}",
+        "/media-files/" + "g" * 64,
+        "/media-files/" + sha[:63],
+        "/media-files/" + sha + "0",
+        f"/media-files/{sha}%00.png",
+        f"/media-files/{sha}/view.webp%2f..%2f..",
+        "/media-files/*",
+        f"/media-files/{sha}/" + "..%5c" * 4 + "app.db",
+        "/media-files//etc/passwd",
     ]
     tried = 0
     for path in tricks:

@@ -69,7 +69,7 @@ def test_text_over_the_cap_is_refused_with_its_line(engine: sa.Engine, tmp_path:
     assert not rep.ok
     lines = _by_line(rep.errors)
     assert list(lines) == [2]
-    (field, msg), = lines[2]
+    ((field, msg),) = lines[2]
     assert field.startswith("response") and f"{len(ten_mb)} characters exceeds the limit of 200000" in msg
     assert snapshot(engine) == before  # all or nothing
     # with the cap raised, the same file imports and keeps every character
@@ -85,9 +85,9 @@ def test_text_over_the_cap_is_refused_with_its_line(engine: sa.Engine, tmp_path:
 
 def test_invalid_utf8_in_jsonl_names_the_line(engine: sa.Engine, tmp_path: Path) -> None:
     f = tmp_path / "bad.jsonl"
-    f.write_bytes(b'{"id": "a", "prompt": "fine"}\n'
-                  b'{"id": "b", "prompt": "caf\xe9 \xff\xfe"}\n'
-                  b'{"id": "c", "prompt": "fine too"}\n')
+    f.write_bytes(
+        b'{"id": "a", "prompt": "fine"}\n{"id": "b", "prompt": "caf\xe9 \xff\xfe"}\n{"id": "c", "prompt": "fine too"}\n'
+    )
     before = snapshot(engine)
     rep = _imp(engine, f, tmp_path / "root")
     assert not rep.ok
@@ -99,11 +99,7 @@ def test_invalid_utf8_in_jsonl_names_the_line(engine: sa.Engine, tmp_path: Path)
 
 def test_invalid_utf8_in_csv_names_the_line(engine: sa.Engine, tmp_path: Path) -> None:
     f = tmp_path / "bad.csv"
-    f.write_bytes(b"id,prompt_text\n"
-                  b"a,fine\n"
-                  b"b,fine\n"
-                  b"c,caf\xe9 \xff\n"
-                  b"d,fine\n")
+    f.write_bytes(b"id,prompt_text\na,fine\nb,fine\nc,caf\xe9 \xff\nd,fine\n")
     before = snapshot(engine)
     rep = _imp(engine, f, tmp_path / "root")
     assert not rep.ok
@@ -127,7 +123,7 @@ def test_hostile_media_refused_or_safely_decoded(engine: sa.Engine, tmp_path: Pa
             assert line not in lines, (case, lines.get(line))
             continue
         assert line in lines, f"{case.name} was not refused"
-        (field, msg), = lines[line]
+        ((field, msg),) = lines[line]
         assert field == "prompt[0].path", (case.name, field)
         assert case.message in msg, (case.name, msg)
         assert "Traceback" not in msg and len(msg) < 400
@@ -142,8 +138,11 @@ def test_hostile_media_refused_or_safely_decoded(engine: sa.Engine, tmp_path: Pa
     assert [(m.kind, m.mime, m.ext) for m in stored] == [("image", "image/png", "png")]
     assert (stored[0].width, stored[0].height) == (24, 16)
     assert count(engine, "item") == sum(c.accepted for c in cases)
-    H.tally(inputs_tried=len(cases), inputs_refused=sum(not c.accepted for c in cases),
-            inputs_accepted=sum(c.accepted for c in cases))
+    H.tally(
+        inputs_tried=len(cases),
+        inputs_refused=sum(not c.accepted for c in cases),
+        inputs_accepted=sum(c.accepted for c in cases),
+    )
 
 
 @pytest.mark.parametrize("case", ["bomb.png", "huge-dims.png"])

@@ -63,10 +63,15 @@ def _writing(db_url: str, app_name: str) -> bool:
     eng = sa.create_engine(normalise_url(db_url))
     try:
         with eng.connect() as conn:
-            return bool(conn.execute(sa.text(
-                # a transaction gets an xid once it has written something
-                "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = :a AND backend_xid IS NOT NULL"),
-                {"a": app_name}).scalar_one())
+            return bool(
+                conn.execute(
+                    sa.text(
+                        # a transaction gets an xid once it has written something
+                        "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = :a AND backend_xid IS NOT NULL"
+                    ),
+                    {"a": app_name},
+                ).scalar_one()
+            )
     finally:
         eng.dispose()
 
@@ -79,21 +84,40 @@ def _tagged(db_url: str, app_name: str) -> str:
 
 def _items(engine: sa.Engine, collection: str) -> list[str]:
     with engine.connect() as conn:
-        return [r[0] for r in conn.execute(sa.text(
-            "SELECT i.external_id FROM item i JOIN collection c ON c.id = i.collection_id WHERE c.name = :n"),
-            {"n": collection})]
+        return [
+            r[0]
+            for r in conn.execute(
+                sa.text(
+                    "SELECT i.external_id FROM item i JOIN collection c ON c.id = i.collection_id WHERE c.name = :n"
+                ),
+                {"n": collection},
+            )
+        ]
 
 
-def test_import_killed_mid_write_loses_nothing_and_reruns_cleanly(db_url: str, engine: sa.Engine,
-                                                                   tmp_path: Path) -> None:
+def test_import_killed_mid_write_loses_nothing_and_reruns_cleanly(
+    db_url: str, engine: sa.Engine, tmp_path: Path
+) -> None:
     n_big = 20_000
     small = write_jsonl(tmp_path / "small.jsonl", [{"id": f"s{i}", "prompt": f"small {i}"} for i in range(5)])
-    big = write_jsonl(tmp_path / "big.jsonl", [{"id": f"b{i}", "prompt": f"big prompt {i}",
-                                                "response": f"answer {i} " * 5} for i in range(n_big)])
+    big = write_jsonl(
+        tmp_path / "big.jsonl",
+        [{"id": f"b{i}", "prompt": f"big prompt {i}", "response": f"answer {i} " * 5} for i in range(n_big)],
+    )
     app_name = "hardening_import"
     url = _tagged(db_url, app_name)
-    base = [*CLI, "import", "--collection", "big", "--taxonomy", "vlsu", "--db", url,
-            "--media-root", str(tmp_path / "media")]
+    base = [
+        *CLI,
+        "import",
+        "--collection",
+        "big",
+        "--taxonomy",
+        "vlsu",
+        "--db",
+        url,
+        "--media-root",
+        str(tmp_path / "media"),
+    ]
     done = subprocess.run([*base, str(small)], env=ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     committed = sorted(_items(engine, "big"))
@@ -141,11 +165,29 @@ def test_judge_run_killed_then_resumed(db_url: str, engine: sa.Engine, tmp_path:
         with Session(engine) as s:
             return [(v.item_id, v.dimension) for v in s.exec(select(Verdict)).all()]
 
-    args = [*CLI, "judge", "--protocol", "uni-judger", "--model", "m", "--collection", "uni", "--concurrency", "2",
-            "--batch-size", "1", "--json", "--db", db_url, "--media-root", str(media)]
+    args = [
+        *CLI,
+        "judge",
+        "--protocol",
+        "uni-judger",
+        "--model",
+        "m",
+        "--collection",
+        "uni",
+        "--concurrency",
+        "2",
+        "--batch-size",
+        "1",
+        "--json",
+        "--db",
+        db_url,
+        "--media-root",
+        str(media),
+    ]
     with FakeOpenAI(slow) as srv:
-        proc = subprocess.Popen([*args, "--base-url", srv.url], env=ENV, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [*args, "--base-url", srv.url], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         try:
             deadline = time.monotonic() + 120
             while len(verdict_keys()) < 6 and time.monotonic() < deadline and proc.poll() is None:
@@ -179,8 +221,10 @@ def test_annotation_burst_killed_then_rerun(db_url: str, engine: sa.Engine) -> N
 
     def run(user_id: int, seed: int, seconds: float | None, kill_after: int | None) -> list[tuple[int, Any]]:
         ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-        p = ctx.Process(target=H.burst_worker, args=(db_url, user_id, cid, seed, seconds, ready, go, results,
-                                                     kill_after is not None))
+        p = ctx.Process(
+            target=H.burst_worker,
+            args=(db_url, user_id, cid, seed, seconds, ready, go, results, kill_after is not None),
+        )
         with H.plain_main():
             p.start()
         try:

@@ -51,7 +51,7 @@ def test_path_tricks_and_foreign_schemes_are_refused(engine: sa.Engine, tmp_path
     lines = _by_line(rep.errors)
     for line, (ref, fragment) in enumerate(refs.items(), start=1):
         assert line in lines, f"{ref!r} was not refused"
-        (field, msg), = lines[line]
+        ((field, msg),) = lines[line]
         assert field == "prompt[0].path" and fragment in msg, (ref, field, msg)
     assert len(refs) + 1 not in lines  # the good reference inside the folder is fine
     assert snapshot(engine) == before

@@ -16,13 +16,23 @@ from safereview.dataio.importers import import_file
 def _items(path: Path, n: int) -> Path:
     with path.open("w", encoding="utf-8") as fh:
         for i in range(n):
-            fh.write(json.dumps({"id": f"r{i}", "task_type": "malicious-text-generation",
-                                 "prompt_text": "hello", "response_text": "hi"}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "id": f"r{i}",
+                        "task_type": "malicious-text-generation",
+                        "prompt_text": "hello",
+                        "response_text": "hi",
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
-def test_row_limit_refuses_the_file_and_writes_nothing(engine: sa.Engine, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_row_limit_refuses_the_file_and_writes_nothing(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SAFEREVIEW_MAX_IMPORT_ROWS", "3")
     small = import_file(engine, _items(tmp_path / "small.jsonl", 3), collection="c", taxonomy="uni-safebench")
     assert small.ok and small.items_new == 3
@@ -37,7 +47,18 @@ def test_row_limit_refuses_the_file_and_writes_nothing(engine: sa.Engine, tmp_pa
 def test_row_limit_through_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SAFEREVIEW_MAX_IMPORT_ROWS", "2")
     db = f"sqlite:///{tmp_path / 'x.db'}"
-    result = CliRunner().invoke(app, ["import", str(_items(tmp_path / "rows.jsonl", 4)), "--collection", "c",
-                                      "--taxonomy", "uni-safebench", "--db", db])
+    result = CliRunner().invoke(
+        app,
+        [
+            "import",
+            str(_items(tmp_path / "rows.jsonl", 4)),
+            "--collection",
+            "c",
+            "--taxonomy",
+            "uni-safebench",
+            "--db",
+            db,
+        ],
+    )
     assert result.exit_code != 0
     assert "rows.jsonl:3: (file): more than 2 rows in one import" in result.output

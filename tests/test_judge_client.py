@@ -39,8 +39,16 @@ def env(tmp_path: Path) -> dict[str, Any]:
 
 
 def opts(url: str, **kw: Any) -> RunOptions:
-    base = {"protocol": "uni-judger", "base_url": url, "model": "fake-judge", "collection": "uni",
-            "progress": False, "backoff_base": 0.01, "timeout": 5.0, "max_retries": 3}
+    base = {
+        "protocol": "uni-judger",
+        "base_url": url,
+        "model": "fake-judge",
+        "collection": "uni",
+        "progress": False,
+        "backoff_base": 0.01,
+        "timeout": 5.0,
+        "max_retries": 3,
+    }
     base.update(kw)
     return RunOptions(**base)
 
@@ -54,8 +62,13 @@ def verdicts(engine: sa.Engine) -> dict[tuple[str, str], Verdict]:
 def one_text_item(env: dict[str, Any], text: str = "Say hello. EXPECT c=1") -> None:
     with session_scope(env["engine"]) as s:
         col = ensure_collection(s, "uni", "uni-safebench")
-        add_item(s, col.id, "t1", prompt=[{"modality": "text", "text": text}],
-                 response=[{"modality": "text", "text": "hello i=1"}])
+        add_item(
+            s,
+            col.id,
+            "t1",
+            prompt=[{"modality": "text", "text": text}],
+            response=[{"modality": "text", "text": "hello i=1"}],
+        )
 
 
 def test_requests_carry_the_stored_images(env: dict[str, Any]) -> None:
@@ -103,8 +116,13 @@ def test_large_images_are_downscaled_before_sending(env: dict[str, Any]) -> None
     with session_scope(env["engine"]) as s:
         col = ensure_collection(s, "uni", "uni-safebench")
         sha = store_media(s, env["media"], buf.getvalue(), name="big.png")
-        add_item(s, col.id, "big", prompt=[{"modality": "text", "text": "draw"}],
-                 response=[{"modality": "image", "media": sha, "name": "big.png"}])
+        add_item(
+            s,
+            col.id,
+            "big",
+            prompt=[{"modality": "text", "text": "draw"}],
+            response=[{"modality": "image", "media": sha, "name": "big.png"}],
+        )
     with FakeOpenAI() as srv:
         run_judge(env["engine"], env["media"], opts(srv.url, max_image_side=300))
     sent = [img for body in srv.requests for img in decode_images(body)]
@@ -114,9 +132,11 @@ def test_large_images_are_downscaled_before_sending(env: dict[str, Any]) -> None
 
 def test_retries_429_with_retry_after_and_500_then_succeeds(env: dict[str, Any]) -> None:
     one_text_item(env)
-    failures = {0: Reply(status=429, body={"error": "slow down"}, headers={"Retry-After": "0"}),
-                1: Reply(status=500, body={"error": "boom"}),
-                2: Reply(status=503, body="unavailable")}
+    failures = {
+        0: Reply(status=429, body={"error": "slow down"}, headers={"Retry-After": "0"}),
+        1: Reply(status=500, body={"error": "boom"}),
+        2: Reply(status=503, body="unavailable"),
+    }
 
     def script(body: dict[str, Any], n: int) -> Reply:
         return failures.get(n) or smart_reply(body, n)
@@ -229,8 +249,7 @@ def test_logprobs_become_label_probabilities(env: dict[str, Any]) -> None:
     uni_collection(env["engine"], env["media"], n=3)
     with FakeOpenAI() as srv:
         run_judge(env["engine"], env["media"], opts(srv.url, logprobs=True))
-    assert all(b.get("logprobs") is True and b.get("top_logprobs") == 10
-               for b in srv.requests)
+    assert all(b.get("logprobs") is True and b.get("top_logprobs") == 10 for b in srv.requests)
     v = verdicts(env["engine"])
     ctx = v[("u0", "contextual")]  # text response, digit 0 → unsafe, server put 0.7 on it
     assert ctx.label == "unsafe"
@@ -254,9 +273,16 @@ def test_missing_media_file_is_an_error_verdict(env: dict[str, Any]) -> None:
         sha = store_media(s, env["media"], make_png(5), name="gone.png")
         m = s.get(Media, sha)
         (env["media"] / m.relpath).unlink()
-        add_item(s, col.id, "gone", prompt=[{"modality": "image", "media": sha, "name": "gone.png"},
-                                            {"modality": "text", "text": "what is this"}],
-                 response=[{"modality": "text", "text": "a picture"}])
+        add_item(
+            s,
+            col.id,
+            "gone",
+            prompt=[
+                {"modality": "image", "media": sha, "name": "gone.png"},
+                {"modality": "text", "text": "what is this"},
+            ],
+            response=[{"modality": "text", "text": "a picture"}],
+        )
     with FakeOpenAI() as srv:
         summary = run_judge(env["engine"], env["media"], opts(srv.url))
     v = verdicts(env["engine"])
@@ -288,14 +314,25 @@ def test_audio_travels_as_input_audio(env: dict[str, Any]) -> None:
         w = store_media(s, env["media"], wav.getvalue(), name="a.wav", kind="audio", mime="audio/wav", ext="wav")
         f = store_media(s, env["media"], flac.getvalue(), name="a.flac", kind="audio", mime="audio/flac", ext="flac")
         for ext, sha in (("wav", w), ("flac", f)):
-            add_item(s, col.id, ext, prompt=[{"modality": "text", "text": f"speak {ext}"}],
-                     response=[{"modality": "audio", "media": sha, "name": f"x.{ext}"}])
+            add_item(
+                s,
+                col.id,
+                ext,
+                prompt=[{"modality": "text", "text": f"speak {ext}"}],
+                response=[{"modality": "audio", "media": sha, "name": f"x.{ext}"}],
+            )
     with FakeOpenAI() as srv:
         summary = run_judge(env["engine"], env["media"], opts(srv.url))
     assert summary.errors == 0
-    audio_parts = [p for b in srv.requests if question_of(b) == "intrinsic"
-                   for m in b["messages"] if isinstance(m["content"], list)
-                   for p in m["content"] if p["type"] == "input_audio"]
+    audio_parts = [
+        p
+        for b in srv.requests
+        if question_of(b) == "intrinsic"
+        for m in b["messages"]
+        if isinstance(m["content"], list)
+        for p in m["content"]
+        if p["type"] == "input_audio"
+    ]
     assert len(audio_parts) == 2 and {p["input_audio"]["format"] for p in audio_parts} == {"wav"}
     for p in audio_parts:  # both the wav and the flac (re-encoded) decode to the stored samples
         samples, got_rate = sf.read(io.BytesIO(base64.b64decode(p["input_audio"]["data"])), dtype="int16")
@@ -326,12 +363,29 @@ def test_video_is_sent_as_still_frames_and_broken_video_is_an_error(env: dict[st
     with session_scope(env["engine"]) as s:
         col = ensure_collection(s, "uni", "uni-safebench")
         v = store_media(s, env["media"], _video(levels), name="clip.mp4", kind="video", mime="video/mp4", ext="mp4")
-        bad = store_media(s, env["media"], b"\x00\x00\x00\x18ftypmp42 not a video", name="bad.mp4",
-                          kind="video", mime="video/mp4", ext="mp4")
-        add_item(s, col.id, "vid", prompt=[{"modality": "text", "text": "film it"}],
-                 response=[{"modality": "video", "media": v, "name": "clip.mp4"}])
-        add_item(s, col.id, "bad", prompt=[{"modality": "text", "text": "film it"}],
-                 response=[{"modality": "video", "media": bad, "name": "bad.mp4"}])
+        bad = store_media(
+            s,
+            env["media"],
+            b"\x00\x00\x00\x18ftypmp42 not a video",
+            name="bad.mp4",
+            kind="video",
+            mime="video/mp4",
+            ext="mp4",
+        )
+        add_item(
+            s,
+            col.id,
+            "vid",
+            prompt=[{"modality": "text", "text": "film it"}],
+            response=[{"modality": "video", "media": v, "name": "clip.mp4"}],
+        )
+        add_item(
+            s,
+            col.id,
+            "bad",
+            prompt=[{"modality": "text", "text": "film it"}],
+            response=[{"modality": "video", "media": bad, "name": "bad.mp4"}],
+        )
     with FakeOpenAI() as srv:
         run_judge(env["engine"], env["media"], opts(srv.url))
     intrinsic = [b for b in srv.requests if question_of(b) == "intrinsic"]
@@ -351,11 +405,22 @@ def test_video_is_sent_as_still_frames_and_broken_video_is_an_error(env: dict[st
 def test_refused_and_empty_outputs_are_ruled_without_a_call(env: dict[str, Any]) -> None:
     with session_scope(env["engine"]) as s:
         col = ensure_collection(s, "uni", "uni-safebench")
-        add_item(s, col.id, "refused", prompt=[{"modality": "text", "text": "draw it"}],
-                 response=[{"modality": "text", "text": "I will not draw that."}], refused=True)
+        add_item(
+            s,
+            col.id,
+            "refused",
+            prompt=[{"modality": "text", "text": "draw it"}],
+            response=[{"modality": "text", "text": "I will not draw that."}],
+            refused=True,
+        )
         add_item(s, col.id, "empty", prompt=[{"modality": "text", "text": "draw it"}], response=[])
-        add_item(s, col.id, "blank", prompt=[{"modality": "text", "text": "say it"}],
-                 response=[{"modality": "text", "text": "   \n"}])
+        add_item(
+            s,
+            col.id,
+            "blank",
+            prompt=[{"modality": "text", "text": "say it"}],
+            response=[{"modality": "text", "text": "   \n"}],
+        )
     with FakeOpenAI() as srv:
         summary = run_judge(env["engine"], env["media"], opts(srv.url))
     assert srv.requests == [] and summary.rule == 6 and summary.calls == 0
@@ -370,11 +435,21 @@ def test_text_and_image_outputs_are_judged_apart_and_combined(env: dict[str, Any
         col = ensure_collection(s, "uni", "uni-safebench")
         sha = store_media(s, env["media"], make_png(7), name="o.png")
         # text piece refuses (c=2), image piece is unsafe in context (ci=0) → contextual unsafe
-        add_item(s, col.id, "mixed-unsafe", prompt=[{"modality": "text", "text": "EXPECT c=2 ci=0"}],
-                 response=[{"modality": "text", "text": "Sorry, no. i=1"}, {"modality": "image", "media": sha}])
+        add_item(
+            s,
+            col.id,
+            "mixed-unsafe",
+            prompt=[{"modality": "text", "text": "EXPECT c=2 ci=0"}],
+            response=[{"modality": "text", "text": "Sorry, no. i=1"}, {"modality": "image", "media": sha}],
+        )
         # text piece refuses, image piece safe → safe (not all pieces refused)
-        add_item(s, col.id, "mixed-safe", prompt=[{"modality": "text", "text": "EXPECT c=2 ci=1"}],
-                 response=[{"modality": "text", "text": "Sorry, no. i=0"}, {"modality": "image", "media": sha}])
+        add_item(
+            s,
+            col.id,
+            "mixed-safe",
+            prompt=[{"modality": "text", "text": "EXPECT c=2 ci=1"}],
+            response=[{"modality": "text", "text": "Sorry, no. i=0"}, {"modality": "image", "media": sha}],
+        )
     with FakeOpenAI() as srv:
         run_judge(env["engine"], env["media"], opts(srv.url, logprobs=True))
     qs = srv.questions()
@@ -398,12 +473,23 @@ def test_uncommon_image_formats_are_converted_to_png(env: dict[str, Any]) -> Non
     with session_scope(env["engine"]) as s:
         col = ensure_collection(s, "uni", "uni-safebench")
         sha = store_media(s, env["media"], buf.getvalue(), name="x.bmp", mime="image/bmp", ext="bmp")
-        add_item(s, col.id, "bmp", prompt=[{"modality": "text", "text": "draw"}],
-                 response=[{"modality": "image", "media": sha, "name": "x.bmp"}])
+        add_item(
+            s,
+            col.id,
+            "bmp",
+            prompt=[{"modality": "text", "text": "draw"}],
+            response=[{"modality": "image", "media": sha, "name": "x.bmp"}],
+        )
     with FakeOpenAI() as srv:
         run_judge(env["engine"], env["media"], opts(srv.url))
-    urls = [p["image_url"]["url"] for b in srv.requests for m in b["messages"] if isinstance(m["content"], list)
-            for p in m["content"] if p["type"] == "image_url"]
+    urls = [
+        p["image_url"]["url"]
+        for b in srv.requests
+        for m in b["messages"]
+        if isinstance(m["content"], list)
+        for p in m["content"]
+        if p["type"] == "image_url"
+    ]
     assert urls and all(u.startswith("data:image/png;base64,") for u in urls)
     sent = [img for b in srv.requests for img in decode_images(b)]
     assert all(img.size == src.size and img.tobytes() == src.tobytes() for img in sent)

@@ -38,13 +38,14 @@ def test_judge_id_survives_odd_model_names() -> None:
 
 def test_run_options_that_do_not_change_answers_do_not_change_the_id() -> None:
     base = RunOptions(protocol="uni-judger", base_url="http://a", model="m")
-    other = RunOptions(protocol="uni-judger", base_url="http://b", model="m", concurrency=99, timeout=3,
-                       logprobs=True, max_retries=0)
+    other = RunOptions(
+        protocol="uni-judger", base_url="http://b", model="m", concurrency=99, timeout=3, logprobs=True, max_retries=0
+    )
     assert params_for(base) == params_for(other)
-    assert params_for(base) != params_for(RunOptions(protocol="uni-judger", base_url="x", model="m",
-                                                     max_image_side=512))
-    assert params_for(base) != params_for(RunOptions(protocol="uni-judger", base_url="x", model="m",
-                                                     max_tokens=4096))
+    assert params_for(base) != params_for(
+        RunOptions(protocol="uni-judger", base_url="x", model="m", max_image_side=512)
+    )
+    assert params_for(base) != params_for(RunOptions(protocol="uni-judger", base_url="x", model="m", max_tokens=4096))
 
 
 def test_config_row_is_stored_once(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -23,15 +23,22 @@ def setup(db_url: str, name: str = "uni", taxonomy: str = "uni-safebench") -> sa
     with session_scope(engine) as s:
         col = ensure_collection(s, name, taxonomy)
         for k in range(4):
-            add_item(s, col.id, f"id-{k}", prompt=[{"modality": "text", "text": f"q{k}"}],
-                     response=[{"modality": "text", "text": f"a{k}"}])
+            add_item(
+                s,
+                col.id,
+                f"id-{k}",
+                prompt=[{"modality": "text", "text": f"q{k}"}],
+                response=[{"modality": "text", "text": f"a{k}"}],
+            )
     return engine
 
 
 def labels(engine: sa.Engine) -> dict[tuple[str, str, str], Verdict]:
     with Session(engine) as s:
-        return {(ext, v.dimension, v.judge_id): v for v, ext in
-                s.exec(select(Verdict, Item.external_id).join(Item, Item.id == Verdict.item_id)).all()}
+        return {
+            (ext, v.dimension, v.judge_id): v
+            for v, ext in s.exec(select(Verdict, Item.external_id).join(Item, Item.id == Verdict.item_id)).all()
+        }
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:
@@ -41,21 +48,31 @@ def write_jsonl(path: Path, rows: list[object]) -> Path:
 
 def test_unijudger_output_imports(db_url: str, tmp_path: Path) -> None:
     engine = setup(db_url)
-    f = write_jsonl(tmp_path / "bagel_out.jsonl", [
-        {"id": "id-0", "context_safety": 0, "init_safety": 0, "context_reason": "gives the recipe",
-         "intention": "get a recipe"},
-        {"id": "id-1", "context_safety": "2", "init_safety": 1},
-        {"id": "id-2", "context_safety": 1},
-    ])
-    r = runner.invoke(app, ["import-verdicts", str(f), "--format", "unijudger", "--collection", "uni",
-                            "--db", db_url])
+    f = write_jsonl(
+        tmp_path / "bagel_out.jsonl",
+        [
+            {
+                "id": "id-0",
+                "context_safety": 0,
+                "init_safety": 0,
+                "context_reason": "gives the recipe",
+                "intention": "get a recipe",
+            },
+            {"id": "id-1", "context_safety": "2", "init_safety": 1},
+            {"id": "id-2", "context_safety": 1},
+        ],
+    )
+    r = runner.invoke(app, ["import-verdicts", str(f), "--format", "unijudger", "--collection", "uni", "--db", db_url])
     assert r.exit_code == 0, r.output
     got = labels(engine)
     jid = "imported:unijudger:bagel_out"
     assert {k: v.label for k, v in got.items()} == {
-        ("id-0", "contextual", jid): "unsafe", ("id-0", "intrinsic", jid): "unsafe",
-        ("id-1", "contextual", jid): "refusal", ("id-1", "intrinsic", jid): "safe",
-        ("id-2", "contextual", jid): "safe"}
+        ("id-0", "contextual", jid): "unsafe",
+        ("id-0", "intrinsic", jid): "unsafe",
+        ("id-1", "contextual", jid): "refusal",
+        ("id-1", "intrinsic", jid): "safe",
+        ("id-2", "contextual", jid): "safe",
+    }
     v0 = got[("id-0", "contextual", jid)]
     assert v0.rationale == "gives the recipe" and v0.intent == "get a recipe" and v0.import_batch_id is not None
     with Session(engine) as s:
@@ -63,8 +80,7 @@ def test_unijudger_output_imports(db_url: str, tmp_path: Path) -> None:
         assert batch.n_verdicts == 5 and batch.format == "verdicts-unijudger"
         assert s.get(JudgeConfig, jid).protocol == "imported"
     # re-import replaces, never duplicates
-    r = runner.invoke(app, ["import-verdicts", str(f), "--format", "unijudger", "--collection", "uni",
-                            "--db", db_url])
+    r = runner.invoke(app, ["import-verdicts", str(f), "--format", "unijudger", "--collection", "uni", "--db", db_url])
     assert r.exit_code == 0 and len(labels(engine)) == 5
     engine.dispose()
 
@@ -73,12 +89,28 @@ def test_generic_csv_and_jsonl(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'g.db'}"
     engine = setup(db_url, "v", "vlsu")
     csv_file = tmp_path / "v.csv"
-    csv_file.write_text("item_id,dimension,label,probability,rationale,judge_id\n"
-                        "id-0,joint,unsafe,0.9,\"bad, together\",gpt-x\n"
-                        "id-0,image,safe,,,gpt-x\n"
-                        "id-1,joint,borderline,0.5,,\n", encoding="utf-8")
-    r = runner.invoke(app, ["import-verdicts", str(csv_file), "--format", "generic", "--collection", "v",
-                            "--judge-id", "fallback", "--db", db_url])
+    csv_file.write_text(
+        "item_id,dimension,label,probability,rationale,judge_id\n"
+        'id-0,joint,unsafe,0.9,"bad, together",gpt-x\n'
+        "id-0,image,safe,,,gpt-x\n"
+        "id-1,joint,borderline,0.5,,\n",
+        encoding="utf-8",
+    )
+    r = runner.invoke(
+        app,
+        [
+            "import-verdicts",
+            str(csv_file),
+            "--format",
+            "generic",
+            "--collection",
+            "v",
+            "--judge-id",
+            "fallback",
+            "--db",
+            db_url,
+        ],
+    )
     assert r.exit_code == 0, r.output
     got = labels(engine)
     assert got[("id-0", "joint", "gpt-x")].probability == 0.9
@@ -95,25 +127,33 @@ def test_generic_csv_and_jsonl(tmp_path: Path) -> None:
 def test_every_problem_is_reported_and_nothing_is_written(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'e.db'}"
     engine = setup(db_url)
-    f = write_jsonl(tmp_path / "bad.jsonl", [
-        {"id": "id-0", "context_safety": 1, "init_safety": 1},  # fine, but must not be written
-        {"id": "nope", "context_safety": 1},
-        {"context_safety": 1},
-        {"id": "id-1", "context_safety": 3},
-        {"id": "id-2", "init_safety": 2},
-        "{broken json",
-        {"id": "id-3"},
-        {"id": "id-0", "context_safety": 0},
-        "[1, 2]",
-    ])
-    r = runner.invoke(app, ["import-verdicts", str(f), "--format", "unijudger", "--collection", "uni",
-                            "--db", db_url])
+    f = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [
+            {"id": "id-0", "context_safety": 1, "init_safety": 1},  # fine, but must not be written
+            {"id": "nope", "context_safety": 1},
+            {"context_safety": 1},
+            {"id": "id-1", "context_safety": 3},
+            {"id": "id-2", "init_safety": 2},
+            "{broken json",
+            {"id": "id-3"},
+            {"id": "id-0", "context_safety": 0},
+            "[1, 2]",
+        ],
+    )
+    r = runner.invoke(app, ["import-verdicts", str(f), "--format", "unijudger", "--collection", "uni", "--db", db_url])
     assert r.exit_code == 1
     err = r.stderr
-    for expected in (f"{f}:2: id: no item 'nope'", f"{f}:3: id: required", f"{f}:4: context_safety: must be one of",
-                     f"{f}:5: init_safety: must be one of", f"{f}:6: (json): not valid JSON",
-                     f"{f}:7: context_safety: neither", f"{f}:8: dimension: duplicate verdict",
-                     f"{f}:9: (json): expected an object"):
+    for expected in (
+        f"{f}:2: id: no item 'nope'",
+        f"{f}:3: id: required",
+        f"{f}:4: context_safety: must be one of",
+        f"{f}:5: init_safety: must be one of",
+        f"{f}:6: (json): not valid JSON",
+        f"{f}:7: context_safety: neither",
+        f"{f}:8: dimension: duplicate verdict",
+        f"{f}:9: (json): expected an object",
+    ):
         assert expected in err, (expected, err)
     assert "8 problem(s); nothing imported" in err
     with Session(engine) as s:
@@ -124,11 +164,14 @@ def test_generic_validation_messages(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'e2.db'}"
     setup(db_url, "v", "vlsu")
     f = tmp_path / "bad.csv"
-    f.write_text("item_id,dimension,label,probability\n"
-                 "id-0,joint,maybe,\n"
-                 "id-0,colour,safe,\n"
-                 "id-1,joint,safe,1.5\n"
-                 ",joint,safe,\n", encoding="utf-8")
+    f.write_text(
+        "item_id,dimension,label,probability\n"
+        "id-0,joint,maybe,\n"
+        "id-0,colour,safe,\n"
+        "id-1,joint,safe,1.5\n"
+        ",joint,safe,\n",
+        encoding="utf-8",
+    )
     r = runner.invoke(app, ["import-verdicts", str(f), "--format", "generic", "--collection", "v", "--db", db_url])
     assert r.exit_code == 1
     assert f"{f}:2: label: must be one of safe, borderline, unsafe" in r.stderr

@@ -23,40 +23,46 @@ from safereview.judge.parsing import (
 VALID3 = (0, 1, 2)
 
 
-@pytest.mark.parametrize(("text", "digit"), [
-    ("Reason: it refuses politely; Result: 2", 2),
-    ("Reason: harmful recipe given; Result: 0", 0),
-    ("reason: fine\nresult: 1", 1),
-    ("Reason: ok; Result: **1**", 1),
-    ("Reason: ok; Result: 1.", 1),
-    ("Reason: ok; Result:1", 1),
-    ("Reason: ok;  RESULT :  `2`", 2),
-    ("Reason: the end result: harmless; Result: 1", 1),  # a 'result:' without digit in the reason is ignored
-    ("Reason: x; Result: 1\n\nThat is my final answer.", 1),
-    ("Reason: x; Result: 1\nResult: 1", 1),
-    ("<think>maybe Result: 0? no, it is fine</think>\nReason: harmless; Result: 1", 1),
-])
+@pytest.mark.parametrize(
+    ("text", "digit"),
+    [
+        ("Reason: it refuses politely; Result: 2", 2),
+        ("Reason: harmful recipe given; Result: 0", 0),
+        ("reason: fine\nresult: 1", 1),
+        ("Reason: ok; Result: **1**", 1),
+        ("Reason: ok; Result: 1.", 1),
+        ("Reason: ok; Result:1", 1),
+        ("Reason: ok;  RESULT :  `2`", 2),
+        ("Reason: the end result: harmless; Result: 1", 1),  # a 'result:' without digit in the reason is ignored
+        ("Reason: x; Result: 1\n\nThat is my final answer.", 1),
+        ("Reason: x; Result: 1\nResult: 1", 1),
+        ("<think>maybe Result: 0? no, it is fine</think>\nReason: harmless; Result: 1", 1),
+    ],
+)
 def test_parser_accepts_the_format(text: str, digit: int) -> None:
     p = parse_answer(text, VALID3)
     assert p.ok and p.digit == digit
     assert text[p.offset] == str(digit)
 
 
-@pytest.mark.parametrize(("text", "problem"), [
-    ("", "no 'Result:'"),
-    ("The response is unsafe.", "no 'Result:'"),
-    ("Reason: bad; Result: unsafe", "no digit"),
-    ("Reason: bad; Result: 12", "more than one digit"),
-    ("Reason: bad; Result: 3", "not one of"),
-    ("Reason: unsure; Result: 1 or 0", "unexpected text"),
-    ("Reason: unsure; Result: 1/2", "unexpected text"),
-    ("Reason: x; Result: 0 ... actually Result: 1", "unexpected text"),
-    ("Reason: x; Result: 0\nOn reflection, Result: 1", "conflicting"),
-    ("Reason: x; Result: -1", "no digit"),
-    ("Reason: x; Result 1", "no 'Result:'"),
-    ("Reason: safe (1)", "no 'Result:'"),
-    ("<think>Result: 0</think> I cannot decide.", "no 'Result:'"),
-])
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "no 'Result:'"),
+        ("The response is unsafe.", "no 'Result:'"),
+        ("Reason: bad; Result: unsafe", "no digit"),
+        ("Reason: bad; Result: 12", "more than one digit"),
+        ("Reason: bad; Result: 3", "not one of"),
+        ("Reason: unsure; Result: 1 or 0", "unexpected text"),
+        ("Reason: unsure; Result: 1/2", "unexpected text"),
+        ("Reason: x; Result: 0 ... actually Result: 1", "unexpected text"),
+        ("Reason: x; Result: 0\nOn reflection, Result: 1", "conflicting"),
+        ("Reason: x; Result: -1", "no digit"),
+        ("Reason: x; Result 1", "no 'Result:'"),
+        ("Reason: safe (1)", "no 'Result:'"),
+        ("<think>Result: 0</think> I cannot decide.", "no 'Result:'"),
+    ],
+)
 def test_parser_refuses_to_guess(text: str, problem: str) -> None:
     p = parse_answer(text, VALID3)
     assert not p.ok and p.digit is None
@@ -83,15 +89,17 @@ def test_parser_never_raises_and_never_guesses(text: str, valid: set[int]) -> No
         assert p.digit in valid
         assert p.offset is not None and text[p.offset] == str(p.digit)
         # the digit really follows a Result: marker
-        before = text[:p.offset]
+        before = text[: p.offset]
         assert re.search(r"result\s*[:：][\s*`\"'\[(<_]*$", before, re.IGNORECASE)
     else:
         assert p.digit is None
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(alphabet=st.characters(blacklist_characters="\n"), max_size=80).filter(
-    lambda s: "result" not in s.lower()), st.sampled_from([0, 1, 2]))
+@given(
+    st.text(alphabet=st.characters(blacklist_characters="\n"), max_size=80).filter(lambda s: "result" not in s.lower()),
+    st.sampled_from([0, 1, 2]),
+)
 def test_well_formed_answers_always_parse(reason: str, digit: int) -> None:
     p = parse_answer(f"Reason: {reason}; Result: {digit}", VALID3)
     assert p.ok and p.digit == digit

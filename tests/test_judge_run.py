@@ -34,8 +34,24 @@ def test_judge_fills_every_item_and_dimension(db_url: str, tmp_path: Path) -> No
     media = tmp_path / "media"
     info = uni_collection(engine, media, n=8)
     with FakeOpenAI() as srv:
-        r = cli("judge", "--protocol", "uni-judger", "--base-url", srv.url + "/v1", "--model", "fake/judge-7b",
-                "--collection", "uni", "--concurrency", "4", "--json", "--db", db_url, "--media-root", str(media))
+        r = cli(
+            "judge",
+            "--protocol",
+            "uni-judger",
+            "--base-url",
+            srv.url + "/v1",
+            "--model",
+            "fake/judge-7b",
+            "--collection",
+            "uni",
+            "--concurrency",
+            "4",
+            "--json",
+            "--db",
+            db_url,
+            "--media-root",
+            str(media),
+        )
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["items"] == 8 and summary["rule"] == 4 and summary["ok"] == 12
@@ -70,8 +86,11 @@ def test_judge_fills_every_item_and_dimension(db_url: str, tmp_path: Path) -> No
     both = sum(c in ("safe", "refusal") and i == "safe" for c, i in zip(ctx, intr, strict=True))
     assert m["Both-Safe"]["k"] == both
     assert (m["Both-Safe"]["lo"], m["Both-Safe"]["hi"]) == wilson(both, 8)
-    assert {g["group"] for g in stats["judge"][1:]} == {"malicious-text-generation", "image-unsafe",
-                                                         "unsafe-t2i-generation"}
+    assert {g["group"] for g in stats["judge"][1:]} == {
+        "malicious-text-generation",
+        "image-unsafe",
+        "unsafe-t2i-generation",
+    }
     assert stats["gold"] == []
     r = cli("stats", "--collection", "uni", "--db", db_url)
     assert r.exit_code == 0 and "C-Unsafe" in r.stdout and "Both-Safe" in r.stdout
@@ -84,18 +103,49 @@ def test_stats_puts_gold_beside_the_judge(tmp_path: Path) -> None:
     media = tmp_path / "media"
     uni_collection(engine, media, n=4)
     with FakeOpenAI() as srv:
-        assert cli("judge", "--protocol", "uni-judger", "--base-url", srv.url, "--model", "m", "--json",
-                   "--db", db_url, "--media-root", str(media)).exit_code == 0
+        assert (
+            cli(
+                "judge",
+                "--protocol",
+                "uni-judger",
+                "--base-url",
+                srv.url,
+                "--model",
+                "m",
+                "--json",
+                "--db",
+                db_url,
+                "--media-root",
+                str(media),
+            ).exit_code
+            == 0
+        )
     with session_scope(engine) as s:
         items = s.exec(select(Item).order_by(Item.id)).all()
         snap = GoldSnapshot(method="majority", collection_ids=[items[0].collection_id], n_rows=8)
         s.add(snap)
         s.flush()
         for it in items:  # humans call everything contextually unsafe and intrinsically safe
-            s.add(Gold(snapshot_id=snap.id, item_id=it.id, dimension="contextual", label="unsafe", method="majority",
-                       n_annotators=2))
-            s.add(Gold(snapshot_id=snap.id, item_id=it.id, dimension="intrinsic", label="safe", method="majority",
-                       n_annotators=2))
+            s.add(
+                Gold(
+                    snapshot_id=snap.id,
+                    item_id=it.id,
+                    dimension="contextual",
+                    label="unsafe",
+                    method="majority",
+                    n_annotators=2,
+                )
+            )
+            s.add(
+                Gold(
+                    snapshot_id=snap.id,
+                    item_id=it.id,
+                    dimension="intrinsic",
+                    label="safe",
+                    method="majority",
+                    n_annotators=2,
+                )
+            )
     r = cli("stats", "--collection", "uni", "--json", "--db", db_url)
     stats = json.loads(r.stdout)
     gold = stats["gold"][0]["metrics"]
@@ -115,13 +165,34 @@ def test_vlsu_protocol_grades_image_text_and_joint(tmp_path: Path) -> None:
         col = ensure_collection(s, "vlsu-run", "vlsu")
         for k in range(3):
             sha = store_media(s, media, make_png(k), name=f"v{k}.png")
-            add_item(s, col.id, f"v{k}", category="C9: Interpersonal Violence",
-                     prompt=[{"modality": "image", "media": sha, "name": f"v{k}.png"},
-                             {"modality": "text", "text": f"caption {k} txt={k % 3} jnt={(k + 1) % 3}"}])
+            add_item(
+                s,
+                col.id,
+                f"v{k}",
+                category="C9: Interpersonal Violence",
+                prompt=[
+                    {"modality": "image", "media": sha, "name": f"v{k}.png"},
+                    {"modality": "text", "text": f"caption {k} txt={k % 3} jnt={(k + 1) % 3}"},
+                ],
+            )
         add_item(s, col.id, "textonly", prompt=[{"modality": "text", "text": "just words txt=2 jnt=2"}])
     with FakeOpenAI() as srv:
-        r = cli("judge", "--protocol", "vlsu", "--base-url", srv.url, "--model", "m", "--json",
-                "--collection", "vlsu-run", "--db", db_url, "--media-root", str(media))
+        r = cli(
+            "judge",
+            "--protocol",
+            "vlsu",
+            "--base-url",
+            srv.url,
+            "--model",
+            "m",
+            "--json",
+            "--collection",
+            "vlsu-run",
+            "--db",
+            db_url,
+            "--media-root",
+            str(media),
+        )
     assert r.exit_code == 0, r.output
     qs = sorted(srv.questions())
     assert qs.count("image") == 3 and qs.count("text") == 4 and qs.count("joint") == 4
@@ -132,8 +203,10 @@ def test_vlsu_protocol_grades_image_text_and_joint(tmp_path: Path) -> None:
             assert kinds == {"text"}
     sev = {0: "safe", 1: "borderline", 2: "unsafe"}
     with Session(engine) as s:
-        got = {(ext, v.dimension): v for v, ext in
-               s.exec(select(Verdict, Item.external_id).join(Item, Item.id == Verdict.item_id)).all()}
+        got = {
+            (ext, v.dimension): v
+            for v, ext in s.exec(select(Verdict, Item.external_id).join(Item, Item.id == Verdict.item_id)).all()
+        }
     assert len(got) == 12
     for k in range(3):
         assert got[(f"v{k}", "text")].label == sev[k % 3]
@@ -146,8 +219,21 @@ def test_vlsu_protocol_grades_image_text_and_joint(tmp_path: Path) -> None:
     assert stats["kind"] == "label-shares"
     assert stats["judge"][0]["metrics"]["joint:unsafe"]["k"] == 2  # v1 (jnt=2) and textonly
     # the wrong protocol for a collection is refused with a clear message
-    r = cli("judge", "--protocol", "uni-judger", "--base-url", "http://127.0.0.1:9", "--model", "m",
-            "--collection", "vlsu-run", "--db", db_url, "--media-root", str(media))
+    r = cli(
+        "judge",
+        "--protocol",
+        "uni-judger",
+        "--base-url",
+        "http://127.0.0.1:9",
+        "--model",
+        "m",
+        "--collection",
+        "vlsu-run",
+        "--db",
+        db_url,
+        "--media-root",
+        str(media),
+    )
     assert r.exit_code == 2 and "contextual" in r.stderr
     engine.dispose()
 
@@ -158,23 +244,58 @@ def test_dry_run_prints_request_bodies_and_calls_nothing(tmp_path: Path) -> None
     media = tmp_path / "media"
     uni_collection(engine, media, n=3)
     with FakeOpenAI() as srv:
-        r = cli("judge", "--protocol", "uni-judger", "--base-url", srv.url, "--model", "m", "--dry-run",
-                "--limit", "3", "--db", db_url, "--media-root", str(media))
+        r = cli(
+            "judge",
+            "--protocol",
+            "uni-judger",
+            "--base-url",
+            srv.url,
+            "--model",
+            "m",
+            "--dry-run",
+            "--limit",
+            "3",
+            "--db",
+            db_url,
+            "--media-root",
+            str(media),
+        )
     assert r.exit_code == 0, r.output
     assert srv.requests == []
     requests = json.loads(r.stdout)
     questions = [q["question"] for q in requests]
     # 3 items: text→text, image+text→text, text→image (the 4th kind, a refusal, needs no call)
-    assert sorted(questions) == sorted(["intent"] * 3 + ["intrinsic-text"] * 2 + ["intrinsic-image"]
-                                       + ["contextual-text"] * 2 + ["contextual-image"])
+    assert sorted(questions) == sorted(
+        ["intent"] * 3 + ["intrinsic-text"] * 2 + ["intrinsic-image"] + ["contextual-text"] * 2 + ["contextual-image"]
+    )
     assert any("dry run: the intent" in json.dumps(q["body"]) for q in requests if q["question"].startswith("cont"))
-    urls = [p["image_url"]["url"] for q in requests for m in q["body"]["messages"] if isinstance(m["content"], list)
-            for p in m["content"] if p["type"] == "image_url"]
+    urls = [
+        p["image_url"]["url"]
+        for q in requests
+        for m in q["body"]["messages"]
+        if isinstance(m["content"], list)
+        for p in m["content"]
+        if p["type"] == "image_url"
+    ]
     assert urls and all(u.startswith("data:image/png;base64,") and "base64 chars]" in u for u in urls)
     assert all(q["body"]["temperature"] == 0 for q in requests)
     assert {q["body"]["max_tokens"] for q in requests} == {300, 400}
-    r = cli("judge", "--protocol", "uni-judger", "--base-url", "http://127.0.0.1:9", "--model", "m", "--dry-run",
-            "--max-tokens", "4096", "--db", db_url, "--media-root", str(media))
+    r = cli(
+        "judge",
+        "--protocol",
+        "uni-judger",
+        "--base-url",
+        "http://127.0.0.1:9",
+        "--model",
+        "m",
+        "--dry-run",
+        "--max-tokens",
+        "4096",
+        "--db",
+        db_url,
+        "--media-root",
+        str(media),
+    )
     assert {q["body"]["max_tokens"] for q in json.loads(r.stdout)} == {4096}
     with Session(engine) as s:
         assert s.exec(select(Verdict)).all() == [] and s.exec(select(JudgeConfig)).all() == []
@@ -198,12 +319,30 @@ def test_resume_after_kill_has_no_duplicates_and_no_gaps(tmp_path: Path) -> None
         with engine.connect() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(Verdict)).scalar_one()
 
-    args = ["-c", "from safereview.cli.main import app; app()", "judge", "--protocol", "uni-judger", "--model", "m",
-            "--collection", "uni", "--concurrency", "2", "--batch-size", "1", "--json",
-            "--db", db_url, "--media-root", str(media)]
+    args = [
+        "-c",
+        "from safereview.cli.main import app; app()",
+        "judge",
+        "--protocol",
+        "uni-judger",
+        "--model",
+        "m",
+        "--collection",
+        "uni",
+        "--concurrency",
+        "2",
+        "--batch-size",
+        "1",
+        "--json",
+        "--db",
+        db_url,
+        "--media-root",
+        str(media),
+    ]
     with FakeOpenAI(slow) as srv:
-        proc = subprocess.Popen([sys.executable, *args, "--base-url", srv.url],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, *args, "--base-url", srv.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         try:
             deadline = time.monotonic() + 60
             while count_verdicts() < 6 and time.monotonic() < deadline and proc.poll() is None:
@@ -221,8 +360,9 @@ def test_resume_after_kill_has_no_duplicates_and_no_gaps(tmp_path: Path) -> None
     with Session(engine) as s:
         done_items = {v.item_id for v in s.exec(select(Verdict)).all()}
     with FakeOpenAI() as srv2:
-        out = subprocess.run([sys.executable, *args, "--base-url", srv2.url], capture_output=True,
-                             text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, *args, "--base-url", srv2.url], capture_output=True, text=True, timeout=120
+        )
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     # an item's verdicts are committed together, so every item seen before the kill is complete
@@ -251,8 +391,7 @@ def _external_of(body: dict[str, Any]) -> str | None:
     return f"u{m.group(1) or m.group(2)}"
 
 
-def test_judge_streams_items_in_chunks_and_judges_only_what_is_missing(tmp_path: Path,
-                                                                       monkeypatch: Any) -> None:
+def test_judge_streams_items_in_chunks_and_judges_only_what_is_missing(tmp_path: Path, monkeypatch: Any) -> None:
     """Items are planned by id and loaded a few at a time; finished pairs are never asked again."""
     import safereview.judge.runner as runner_mod
     from safereview.judge.runner import RunOptions, run_judge
@@ -262,8 +401,14 @@ def test_judge_streams_items_in_chunks_and_judges_only_what_is_missing(tmp_path:
     media = tmp_path / "media"
     info = uni_collection(engine, media, n=8)
     with FakeOpenAI() as srv:
-        opts = RunOptions(protocol="uni-judger", base_url=srv.url + "/v1", model="fake/judge-7b", collection="uni",
-                          concurrency=4, cache=False)
+        opts = RunOptions(
+            protocol="uni-judger",
+            base_url=srv.url + "/v1",
+            model="fake/judge-7b",
+            collection="uni",
+            concurrency=4,
+            cache=False,
+        )
         first = run_judge(engine, media, opts)
         with session_scope(engine) as s:  # forget two answers: one whole item, one dimension of another
             u1, u4 = (s.exec(select(Item.id).where(Item.external_id == e)).one() for e in ("u1", "u4"))
@@ -276,11 +421,17 @@ def test_judge_streams_items_in_chunks_and_judges_only_what_is_missing(tmp_path:
     assert first.items == 8 and first.skipped == 0
     assert second.items == 2 and second.skipped == 6
     # the image item u1 was re-judged with its picture: the media refs of its chunk were loaded
-    assert any(part.get("type") == "image_url" for body in again for m in body["messages"]
-               if isinstance(m.get("content"), list) for part in m["content"])
+    assert any(
+        part.get("type") == "image_url"
+        for body in again
+        for m in body["messages"]
+        if isinstance(m.get("content"), list)
+        for part in m["content"]
+    )
     with Session(engine) as s:
         rows = s.exec(select(Verdict, Item.external_id).join(Item, Item.id == Verdict.item_id)).all()
     assert sorted((ext, v.dimension) for v, ext in rows) == sorted(
-        (ext, dim) for ext, dims in info["expected"].items() for dim in dims)  # no gaps, no duplicates
+        (ext, dim) for ext, dims in info["expected"].items() for dim in dims
+    )  # no gaps, no duplicates
     assert all(v.label == info["expected"][ext][v.dimension] for v, ext in rows)
     engine.dispose()

@@ -30,8 +30,16 @@ def test_event_log_is_append_only(engine: sa.Engine) -> None:
         ann = Annotation(item_id=item.id, user_id=user.id, labels={"joint": "safe"})
         s.add(ann)
         s.flush()
-        s.add(AnnotationEvent(annotation_id=ann.id, item_id=item.id, actor_id=user.id, action="create",
-                              version=1, after={"labels": {"joint": "safe"}}))
+        s.add(
+            AnnotationEvent(
+                annotation_id=ann.id,
+                item_id=item.id,
+                actor_id=user.id,
+                action="create",
+                version=1,
+                after={"labels": {"joint": "safe"}},
+            )
+        )
         s.commit()
     for stmt in ("UPDATE annotationevent SET action = 'x'", "DELETE FROM annotationevent"):
         with pytest.raises(sa.exc.DatabaseError), engine.begin() as conn:

@@ -73,10 +73,14 @@ def test_toml_and_yaml_files_load(tmp_path: Path) -> None:
         ('name = "x"\n', "dimensions"),
         ('name = "x"\n[[dimensions]]\nname="d"\nlabels=["a"]\n', r"dimensions\[0\]\.labels"),
         ('name = "x"\n[[dimensions]]\nname="d"\nlabels=["a","a"]\n', r"dimensions\[0\]\.labels"),
-        ('name = "x"\n[[dimensions]]\nname="d"\nlabels=["a","b"]\nunsafe_labels=["c"]\n',
-         r"dimensions\[0\]\.unsafe_labels"),
-        ('name = "x"\ntask_types=[{id="t", inputs=["smell"]}]\n[[dimensions]]\nname="d"\nlabels=["a","b"]\n',
-         r"task_types\[0\]\.inputs"),
+        (
+            'name = "x"\n[[dimensions]]\nname="d"\nlabels=["a","b"]\nunsafe_labels=["c"]\n',
+            r"dimensions\[0\]\.unsafe_labels",
+        ),
+        (
+            'name = "x"\ntask_types=[{id="t", inputs=["smell"]}]\n[[dimensions]]\nname="d"\nlabels=["a","b"]\n',
+            r"task_types\[0\]\.inputs",
+        ),
         ('name = "x"\ncategories=["A","A"]\n[[dimensions]]\nname="d"\nlabels=["a","b"]\n', "categories"),
         ('name = "x"\n[[dimensions]]\nname="bad name!"\nlabels=["a","b"]\n', r"dimensions\[0\]\.name"),
         ("name = [unclosed\n", "not valid TOML"),

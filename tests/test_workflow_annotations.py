@@ -87,13 +87,16 @@ def test_open_collection_records_action_at_submit(engine: sa.Engine) -> None:
         submit(s, u, b.id, VLSU_SAFE, verdict_action="confirm")
 
 
-@pytest.mark.parametrize(("labels", "cats", "match"), [
-    ({"image": "safe", "text": "safe"}, [], "joint is required"),
-    ({**VLSU_SAFE, "joint": "fine"}, [], "joint must be one of"),
-    ({**VLSU_SAFE, "extra": "safe"}, [], "unknown dimension"),
-    (VLSU_SAFE, ["C99: nope"], "not in the taxonomy"),
-    ("safe", [], "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    ("labels", "cats", "match"),
+    [
+        ({"image": "safe", "text": "safe"}, [], "joint is required"),
+        ({**VLSU_SAFE, "joint": "fine"}, [], "joint must be one of"),
+        ({**VLSU_SAFE, "extra": "safe"}, [], "unknown dimension"),
+        (VLSU_SAFE, ["C99: nope"], "not in the taxonomy"),
+        ("safe", [], "expected a mapping"),
+    ],
+)
 def test_labels_are_validated_against_the_taxonomy(engine: sa.Engine, labels, cats, match: str) -> None:  # type: ignore[no-untyped-def]
     cid = _setup(engine)
     u = make_user(engine, "ann")

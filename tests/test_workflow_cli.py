@@ -85,8 +85,10 @@ def test_set_role_signs_the_user_out_and_guards_the_last_step(db_url: str, engin
     from safereview.workflow.errors import Forbidden, InvalidInput
 
     assert _run(db_url, "users", "add", "carol", "--password-stdin", stdin="carol-pass-1\n").exit_code == 0
-    assert _run(db_url, "users", "add", "root", "--role", "admin", "--password-stdin",
-                stdin="root-pass-12\n").exit_code == 0
+    assert (
+        _run(db_url, "users", "add", "root", "--role", "admin", "--password-stdin", stdin="root-pass-12\n").exit_code
+        == 0
+    )
     with session_scope(engine) as s:
         token = auth.start_session(s, auth.get_user(s, "carol"))
     r = _run(db_url, "users", "set-role", "carol", "lead")

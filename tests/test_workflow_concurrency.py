@@ -34,8 +34,9 @@ def test_threads_pull_concurrently(db_url: str, engine: sa.Engine) -> None:
     users = [make_user(engine, f"t{i}") for i in range(n_users)]
     start = time.time() + 0.3
     with ThreadPoolExecutor(n_users) as pool:
-        results = list(pool.map(lambda iu: review_until_empty(db_url, iu[1].id, cid, start_at=start, seed=iu[0]),
-                                enumerate(users)))
+        results = list(
+            pool.map(lambda iu: review_until_empty(db_url, iu[1].id, cid, start_at=start, seed=iu[0]), enumerate(users))
+        )
     _check(engine, cid, results, n_items, k)
 
 
@@ -45,8 +46,9 @@ def test_processes_pull_concurrently(db_url: str, engine: sa.Engine) -> None:
     users = [make_user(engine, f"p{i}") for i in range(n_users)]
     ctx = multiprocessing.get_context("spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=process_worker, args=(db_url, u.id, cid, i, ready, go, results))
-             for i, u in enumerate(users)]
+    procs = [
+        ctx.Process(target=process_worker, args=(db_url, u.id, cid, i, ready, go, results)) for i, u in enumerate(users)
+    ]
     for p in procs:
         p.start()
     try:

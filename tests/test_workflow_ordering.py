@@ -16,8 +16,15 @@ UNI = preset("uni-safebench")
 VLSU = preset("vlsu")
 
 
-def v(dim: str, label: str | None, *, p: float | None = None, probs: dict | None = None, judge: str = "j1",
-      status: str = "ok") -> dict:
+def v(
+    dim: str,
+    label: str | None,
+    *,
+    p: float | None = None,
+    probs: dict | None = None,
+    judge: str = "j1",
+    status: str = "ok",
+) -> dict:
     return {"dimension": dim, "label": label, "probability": p, "probs": probs, "judge_id": judge, "status": status}
 
 
@@ -34,8 +41,9 @@ def test_unsafe_probability_from_label_probability_and_probs() -> None:
     unsafe = {"unsafe"}
     assert unsafe_probability(v("intrinsic", "unsafe", p=0.8), unsafe) == pytest.approx(0.8)
     assert unsafe_probability(v("intrinsic", "safe", p=0.8), unsafe) == pytest.approx(0.2)
-    assert unsafe_probability(v("joint", "safe", probs={"safe": 0.2, "borderline": 0.3, "unsafe": 0.5}),
-                              unsafe) == pytest.approx(0.5)
+    assert unsafe_probability(
+        v("joint", "safe", probs={"safe": 0.2, "borderline": 0.3, "unsafe": 0.5}), unsafe
+    ) == pytest.approx(0.5)
     assert unsafe_probability(v("joint", "safe"), unsafe) is None
 
 
@@ -104,14 +112,18 @@ def test_refresh_priorities_spans_several_chunks(engine: sa.Engine, monkeypatch:
     import safereview.workflow.ordering as ordering
 
     monkeypatch.setattr(ordering, "CHUNK_IDS", 7)
-    cid = make_collection(engine, "chunks", taxonomy="uni-safebench", n_items=30, priorities=[0.0] * 30,
-                          task_types=("dual-unsafe",))
+    cid = make_collection(
+        engine, "chunks", taxonomy="uni-safebench", n_items=30, priorities=[0.0] * 30, task_types=("dual-unsafe",)
+    )
     with session_scope(engine) as s:
         s.add(JudgeConfig(id="j1", protocol="uni-judger"))
         ids = s.exec(select(Item.id).where(Item.collection_id == cid).order_by(Item.id)).all()
         for n, item_id in enumerate(ids):
-            s.add(Verdict(item_id=item_id, dimension="contextual", judge_id="j1",
-                          label="unsafe" if n % 3 == 0 else "safe"))
+            s.add(
+                Verdict(
+                    item_id=item_id, dimension="contextual", judge_id="j1", label="unsafe" if n % 3 == 0 else "safe"
+                )
+            )
             s.add(Verdict(item_id=item_id, dimension="intrinsic", judge_id="j1", label="safe"))
     with session_scope(engine) as s:
         assert refresh_priorities(s, cid) == 10
@@ -121,15 +133,17 @@ def test_refresh_priorities_spans_several_chunks(engine: sa.Engine, monkeypatch:
 
 
 @pytest.mark.parametrize("touched", ["scattered", "dense"])
-def test_refresh_priorities_of_touched_items_only(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch,
-                                                  touched: str) -> None:
+def test_refresh_priorities_of_touched_items_only(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, touched: str
+) -> None:
     """After an import or a judge run only the items it touched are re-scored (both look-up paths)."""
     import safereview.workflow.ordering as ordering
 
     monkeypatch.setattr(ordering, "IN_CHUNK", 2)  # several IN-list chunks
     monkeypatch.setattr(ordering, "CHUNK_IDS", 3)  # several ranges
-    cid = make_collection(engine, "touched", taxonomy="uni-safebench", n_items=12, priorities=[0.0] * 12,
-                          task_types=("dual-unsafe",))
+    cid = make_collection(
+        engine, "touched", taxonomy="uni-safebench", n_items=12, priorities=[0.0] * 12, task_types=("dual-unsafe",)
+    )
     with session_scope(engine) as s:
         s.add(JudgeConfig(id="j1", protocol="uni-judger"))
         ids = s.exec(select(Item.id).where(Item.collection_id == cid).order_by(Item.id)).all()

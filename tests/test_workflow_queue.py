@@ -147,9 +147,17 @@ def test_release_offers_again_and_skip_never(engine: sa.Engine) -> None:
 
 
 def test_filters_restrict_items_and_filter_change_releases_lease(engine: sa.Engine) -> None:
-    cid = make_collection(engine, "f", taxonomy="uni-safebench", n_items=12, k=1, audit_share=0.5,
-                          task_types=("dual-unsafe", "text-unsafe", "image-unsafe"),
-                          categories=("Politics", "Religion"), models=("m1", "m2"))
+    cid = make_collection(
+        engine,
+        "f",
+        taxonomy="uni-safebench",
+        n_items=12,
+        k=1,
+        audit_share=0.5,
+        task_types=("dual-unsafe", "text-unsafe", "image-unsafe"),
+        categories=("Politics", "Religion"),
+        models=("m1", "m2"),
+    )
     u = make_user(engine, "u")
     rng = random.Random(5)
     flt = QueueFilter(cid, task_types=("text-unsafe",), categories=("Religion",))
@@ -160,8 +168,11 @@ def test_filters_restrict_items_and_filter_change_releases_lease(engine: sa.Engi
             submit(s, u, a.id, {"contextual": "safe", "intrinsic": "safe"})
     with Session(engine) as s:
         items = [s.get(Item, i) for i in got]
-        expected = s.exec(select(Item.id).where(Item.collection_id == cid, Item.task_type == "text-unsafe",
-                                                Item.category == "Religion")).all()
+        expected = s.exec(
+            select(Item.id).where(
+                Item.collection_id == cid, Item.task_type == "text-unsafe", Item.category == "Religion"
+            )
+        ).all()
     assert sorted(got) == sorted(expected) and len(expected) == 2
     assert all(it.task_type == "text-unsafe" and it.category == "Religion" for it in items)  # type: ignore[union-attr]
     lease = _pull(engine, u, QueueFilter(cid, models=("m1",)), rng=rng)
@@ -179,8 +190,9 @@ def test_audit_share_and_uniform_audit_sampling(engine: sa.Engine) -> None:
     cid = make_collection(engine, "a", n_items=10, k=1, audit_share=0.4, seed=1)
     make_collection(engine, "other", n_items=30)
     with session_scope(engine) as s:
-        s.add_all(Item(collection_id=cid, external_id=f"late-{i}", content_hash="x", priority=0.01 * i)
-                  for i in range(10))
+        s.add_all(
+            Item(collection_id=cid, external_id=f"late-{i}", content_hash="x", priority=0.01 * i) for i in range(10)
+        )
     from safereview.workflow.queue import clear_caches
 
     clear_caches()
@@ -218,7 +230,7 @@ def test_permissions_and_archived_collections(engine: sa.Engine) -> None:
     assert _pull(engine, u, QueueFilter(cid)) is None
     with session_scope(engine) as s:
         s.execute(sa.update(Collection).where(Collection.id == cid).values(archived=False))
-        s.execute(sa.text("UPDATE \"user\" SET disabled = :t WHERE id = :i"), {"t": True, "i": u.id})
+        s.execute(sa.text('UPDATE "user" SET disabled = :t WHERE id = :i'), {"t": True, "i": u.id})
     u.disabled = True
     with pytest.raises(Forbidden):
         _pull(engine, u, QueueFilter(cid))

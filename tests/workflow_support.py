@@ -16,11 +16,21 @@ from safereview.workflow.auth import unusable_hash
 from safereview.workflow.queue import clear_caches
 
 
-def make_collection(engine: sa.Engine, name: str = "c", *, taxonomy: str = "vlsu", n_items: int = 10,
-                    k: int = 2, audit_share: float = 0.2, blind: bool = True,
-                    task_types: Sequence[str] = ("image-text",), categories: Sequence[str] = ("C1",),
-                    models: Sequence[str] = ("m",), priorities: Sequence[float] | None = None,
-                    seed: int = 0) -> int:
+def make_collection(
+    engine: sa.Engine,
+    name: str = "c",
+    *,
+    taxonomy: str = "vlsu",
+    n_items: int = 10,
+    k: int = 2,
+    audit_share: float = 0.2,
+    blind: bool = True,
+    task_types: Sequence[str] = ("image-text",),
+    categories: Sequence[str] = ("C1",),
+    models: Sequence[str] = ("m",),
+    priorities: Sequence[float] | None = None,
+    seed: int = 0,
+) -> int:
     """A collection with ``n_items`` items bulk-inserted; returns its id.
 
     Task type, category and model cycle through the given sequences; priorities are the
@@ -34,17 +44,29 @@ def make_collection(engine: sa.Engine, name: str = "c", *, taxonomy: str = "vlsu
     now = utcnow()
     rows: list[dict[str, Any]] = []
     for i in range(n_items):
-        rows.append({
-            "collection_id": cid, "external_id": f"{name}-{i}", "task_type": task_types[i % len(task_types)],
-            "category": categories[i % len(categories)], "subcategory": "", "model": models[i % len(models)],
-            "input_modalities": "image+text", "output_modalities": "text",
-            "prompt": [{"modality": "text", "text": f"prompt {i}"}], "response": [], "refused": False,
-            "meta": {}, "content_hash": f"h{i}", "priority": priorities[i] if priorities is not None else rng.random(),
-            "slots_taken": 0, "created_at": now,
-        })
+        rows.append(
+            {
+                "collection_id": cid,
+                "external_id": f"{name}-{i}",
+                "task_type": task_types[i % len(task_types)],
+                "category": categories[i % len(categories)],
+                "subcategory": "",
+                "model": models[i % len(models)],
+                "input_modalities": "image+text",
+                "output_modalities": "text",
+                "prompt": [{"modality": "text", "text": f"prompt {i}"}],
+                "response": [],
+                "refused": False,
+                "meta": {},
+                "content_hash": f"h{i}",
+                "priority": priorities[i] if priorities is not None else rng.random(),
+                "slots_taken": 0,
+                "created_at": now,
+            }
+        )
     with engine.begin() as conn:
         for start in range(0, len(rows), 5000):
-            conn.execute(sa.insert(Item.__table__), rows[start:start + 5000])  # type: ignore[attr-defined]
+            conn.execute(sa.insert(Item.__table__), rows[start : start + 5000])  # type: ignore[attr-defined]
     return cid
 
 
@@ -68,10 +90,14 @@ def slot_invariants(engine: sa.Engine, collection_id: int) -> list[str]:
         col = s.get(Collection, collection_id)
         assert col is not None
         k = col.overlap_target
-        rows = s.execute(sa.text(
-            "SELECT item.id, item.slots_taken, "
-            "(SELECT COUNT(*) FROM assignment a WHERE a.item_id = item.id AND a.status IN ('leased', 'done')) "
-            "FROM item WHERE item.collection_id = :c"), {"c": collection_id}).all()
+        rows = s.execute(
+            sa.text(
+                "SELECT item.id, item.slots_taken, "
+                "(SELECT COUNT(*) FROM assignment a WHERE a.item_id = item.id AND a.status IN ('leased', 'done')) "
+                "FROM item WHERE item.collection_id = :c"
+            ),
+            {"c": collection_id},
+        ).all()
     problems = []
     for item_id, taken, held in rows:
         if taken != held:
@@ -93,8 +119,15 @@ def detached_user(engine: sa.Engine, user_id: int) -> User:
     return user
 
 
-def review_until_empty(db_url: str, user_id: int, collection_id: int, *, start_at: float | None = None,
-                       seed: int = 0, max_items: int = 10_000) -> list[int]:
+def review_until_empty(
+    db_url: str,
+    user_id: int,
+    collection_id: int,
+    *,
+    start_at: float | None = None,
+    seed: int = 0,
+    max_items: int = 10_000,
+) -> list[int]:
     """Pull and submit until the queue is empty; returns the item ids this user reviewed.
 
     Runs in threads and in spawned processes (it builds its own engine from ``db_url``);
@@ -130,8 +163,7 @@ def review_until_empty(db_url: str, user_id: int, collection_id: int, *, start_a
     return done
 
 
-def process_worker(db_url: str, user_id: int, collection_id: int, seed: int, ready: Any, go: Any,
-                   results: Any) -> None:
+def process_worker(db_url: str, user_id: int, collection_id: int, seed: int, ready: Any, go: Any, results: Any) -> None:
     """Entry point of a spawned reviewer process: import, report ready, wait for "go", review."""
     import safereview.workflow.annotations  # noqa: F401  (import before the start line, not after)
 

@@ -73,8 +73,9 @@ class JudgeProtocol(Protocol):
     prompt_version: str
     dimensions: tuple[str, ...]
 
-    async def judge(self, item: ItemView, ctx: JudgeContext,
-                    dimensions: tuple[str, ...] | None = None) -> list[Draft]: ...
+    async def judge(
+        self, item: ItemView, ctx: JudgeContext, dimensions: tuple[str, ...] | None = None
+    ) -> list[Draft]: ...
 
 
 @dataclass

@@ -65,16 +65,20 @@ class VLSUJudge:
         if dimension == "image":
             if not images:
                 return None
-            return [{"role": "system", "content": IMAGE_SYSTEM},
-                    {"role": "user", "content": [{"type": "text", "text": "Image:"}, *ctx.content(images)]}]
+            return [
+                {"role": "system", "content": IMAGE_SYSTEM},
+                {"role": "user", "content": [{"type": "text", "text": "Image:"}, *ctx.content(images)]},
+            ]
         if dimension == "text":
             if not text:
                 return None
             return [{"role": "system", "content": TEXT_SYSTEM}, {"role": "user", "content": [text_block]}]
         if not images and not text:
             return None
-        return [{"role": "system", "content": JOINT_SYSTEM},
-                {"role": "user", "content": [{"type": "text", "text": "Image:"}, *ctx.content(images), text_block]}]
+        return [
+            {"role": "system", "content": JOINT_SYSTEM},
+            {"role": "user", "content": [{"type": "text", "text": "Image:"}, *ctx.content(images), text_block]},
+        ]
 
     async def judge(self, item: ItemView, ctx: JudgeContext, dimensions: tuple[str, ...] | None = None) -> list[Draft]:
         wanted = dimensions or self.dimensions

@@ -12,17 +12,37 @@ import streamlit as st
 
 from safereview.review_app import ui
 
-SLICE_NAMES = {"collection": "collection", "task_type": "task type", "category": "category",
-               "subcategory": "subcategory", "model": "model", "modality": "modality"}
+SLICE_NAMES = {
+    "collection": "collection",
+    "task_type": "task type",
+    "category": "category",
+    "subcategory": "subcategory",
+    "model": "model",
+    "modality": "modality",
+}
 
 
 @st.cache_data(ttl=60, show_spinner=False, max_entries=16)
-def _report(db_url: str, collections: tuple[str, ...], dimension: str, by: tuple[str, ...], resamples: int,
-            seed: int, blind: bool) -> dict[str, Any]:
+def _report(
+    db_url: str,
+    collections: tuple[str, ...],
+    dimension: str,
+    by: tuple[str, ...],
+    resamples: int,
+    seed: int,
+    blind: bool,
+) -> dict[str, Any]:
     from safereview.agreement.report import agreement_report
 
-    return agreement_report(ui.get_engine(), list(collections), [dimension], by=by, resamples=resamples, seed=seed,
-                            field_name="blind_labels" if blind else "labels")
+    return agreement_report(
+        ui.get_engine(),
+        list(collections),
+        [dimension],
+        by=by,
+        resamples=resamples,
+        seed=seed,
+        field_name="blind_labels" if blind else "labels",
+    )
 
 
 def page() -> None:
@@ -53,15 +73,20 @@ def page() -> None:
     if d["overall"]["n_ratings"] == 0:
         st.info("No ratings on this dimension yet.")
         return
-    st.caption(f"{'Ordinal' if d['ordered'] else 'Nominal'} alpha; 95% bootstrap intervals from {resamples} "
-               f"resamples of items (seed {seed}). Undefined values (no variation, too few ratings) are empty "
-               "with the reason in the last column.")
+    st.caption(
+        f"{'Ordinal' if d['ordered'] else 'Nominal'} alpha; 95% bootstrap intervals from {resamples} "
+        f"resamples of items (seed {seed}). Undefined values (no variation, too few ratings) are empty "
+        "with the reason in the last column."
+    )
     pairable = d["overall"]["n_units_pairable"]
     if d["overall"].get("few_units"):
-        st.warning(f"Only {pairable} item{'s' if pairable != 1 else ''} carr{'y' if pairable != 1 else 'ies'} two "
-                   f"or more labels here. With fewer than {FEW_PAIRABLE_UNITS} such items a coefficient can swing "
-                   "with a single item and its interval is not worth much: raise the overlap (k) or label more "
-                   "before reading these numbers.", icon=":material/warning:")
+        st.warning(
+            f"Only {pairable} item{'s' if pairable != 1 else ''} carr{'y' if pairable != 1 else 'ies'} two "
+            f"or more labels here. With fewer than {FEW_PAIRABLE_UNITS} such items a coefficient can swing "
+            "with a single item and its interval is not worth much: raise the overlap (k) or label more "
+            "before reading these numbers.",
+            icon=":material/warning:",
+        )
     st.dataframe(stats_rows(d), hide_index=True, width="stretch")
     if d.get("n_invalid_labels"):
         st.warning(f"{d['n_invalid_labels']} ratings carry a label outside the taxonomy and were left out.")
@@ -73,11 +98,20 @@ def page() -> None:
         st.markdown("**The judge as one more rater**")
         j = d.get("judge")
         if j:
-            st.dataframe([{"judge": j["judge_id"], "items with a verdict": j["n_items_with_verdict"],
-                           "alpha, people only": j["alpha_without_judge"].get("value"),
-                           "alpha with the judge": j["alpha_with_judge"].get("value"),
-                           "95% low": j["alpha_with_judge"].get("ci_low"),
-                           "95% high": j["alpha_with_judge"].get("ci_high")}], hide_index=True, width="stretch")
+            st.dataframe(
+                [
+                    {
+                        "judge": j["judge_id"],
+                        "items with a verdict": j["n_items_with_verdict"],
+                        "alpha, people only": j["alpha_without_judge"].get("value"),
+                        "alpha with the judge": j["alpha_with_judge"].get("value"),
+                        "95% low": j["alpha_with_judge"].get("ci_low"),
+                        "95% high": j["alpha_with_judge"].get("ci_high"),
+                    }
+                ],
+                hide_index=True,
+                width="stretch",
+            )
         else:
             st.caption("No judge verdicts on this dimension.")
     note = " (weighted kappas use the ordered label list)" if d["ordered"] else ""

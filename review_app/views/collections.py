@@ -26,26 +26,49 @@ def page() -> None:
     if not infos:
         st.info("No collections yet: import data first.")
         return
-    st.dataframe([{"collection": c.name, "taxonomy": c.taxonomy, "overlap k": c.overlap_target, "blind": c.blind,
-                   "audit share": c.audit_share, "archived": c.archived} for c in infos],
-                 hide_index=True, width="stretch")
+    st.dataframe(
+        [
+            {
+                "collection": c.name,
+                "taxonomy": c.taxonomy,
+                "overlap k": c.overlap_target,
+                "blind": c.blind,
+                "audit share": c.audit_share,
+                "archived": c.archived,
+            }
+            for c in infos
+        ],
+        hide_index=True,
+        width="stretch",
+    )
     by_id = {c.id: c for c in infos}
-    cid = st.selectbox("Collection to change", list(by_id), format_func=lambda i: ui.plain(by_id[i].name),
-                       key="col_target")
+    cid = st.selectbox(
+        "Collection to change", list(by_id), format_func=lambda i: ui.plain(by_id[i].name), key="col_target"
+    )
     c = by_id[cid]
     with st.form(f"col_edit_{cid}", border=True):
-        k = st.number_input("Overlap: annotators per item (k)", min_value=1, max_value=50, value=c.overlap_target,
-                            step=1)
+        k = st.number_input(
+            "Overlap: annotators per item (k)", min_value=1, max_value=50, value=c.overlap_target, step=1
+        )
         blind = st.toggle("Blind review: hide the judge's verdict until the annotator commits", value=c.blind)
-        audit = st.slider("Audit share: fraction of picks drawn uniformly at random", 0.0, 1.0,
-                          value=float(c.audit_share), step=0.05)
+        audit = st.slider(
+            "Audit share: fraction of picks drawn uniformly at random", 0.0, 1.0, value=float(c.audit_share), step=0.05
+        )
         archived = st.toggle("Archived (hidden from the review queue)", value=c.archived)
-        st.caption("Raising k reopens fully covered items; the audit share keeps judge-accuracy estimates "
-                   "unbiased when the queue favours borderline items.")
+        st.caption(
+            "Raising k reopens fully covered items; the audit share keeps judge-accuracy estimates "
+            "unbiased when the queue favours borderline items."
+        )
         if st.form_submit_button("Save", type="primary", icon=":material/save:"):
             try:
-                _save(user, cid, overlap_target=int(k), blind=bool(blind), audit_share=float(audit),
-                      archived=bool(archived))
+                _save(
+                    user,
+                    cid,
+                    overlap_target=int(k),
+                    blind=bool(blind),
+                    audit_share=float(audit),
+                    archived=bool(archived),
+                )
                 st.toast("Saved.", icon=":material/check:")
                 st.rerun()
             except WorkflowError as exc:

@@ -29,11 +29,18 @@ def _item_context(item_id: int, dimension: str) -> None:
         except LookupError:
             st.warning("Item not found.")
             return
-        anns = s.exec(select(Annotation, User).where(Annotation.item_id == item_id)
-                      .where(Annotation.user_id == User.id)).all()
-        people = [{"annotator": u.username, "label": (a.labels or {}).get(dimension),
-                   "blind label": (a.blind_labels or {}).get(dimension), "rationale": a.rationale}
-                  for a, u in anns]
+        anns = s.exec(
+            select(Annotation, User).where(Annotation.item_id == item_id).where(Annotation.user_id == User.id)
+        ).all()
+        people = [
+            {
+                "annotator": u.username,
+                "label": (a.labels or {}).get(dimension),
+                "blind label": (a.blind_labels or {}).get(dimension),
+                "rationale": a.rationale,
+            }
+            for a, u in anns
+        ]
         verdicts = item_view.verdict_dicts(s.exec(select(Verdict).where(Verdict.item_id == item_id)).all())
     st.caption("item " + ui.md_literal(item.external_id, max_chars=120))
     item_view.render_item(item)
@@ -52,33 +59,61 @@ def _adjudication(user: Any, names: list[str], dims: list[str], labels_of: dict[
 
     c1, c2 = st.columns([2, 3])
     dim = c1.selectbox("Dimension", ["(all)", *dims], format_func=ui.plain, key="gold_q_dim")
-    threshold = c2.slider("Agreement below which an item needs a decision", 0.0, 1.0, 0.6, step=0.05,
-                          key="gold_q_threshold")
+    threshold = c2.slider(
+        "Agreement below which an item needs a decision", 0.0, 1.0, 0.6, step=0.05, key="gold_q_threshold"
+    )
     with ui.session() as s:
-        queue = ui.run(lambda: adjudication_queue(s, user, names, None if dim == "(all)" else [dim],
-                                                  threshold=float(threshold)))
+        queue = ui.run(
+            lambda: adjudication_queue(s, user, names, None if dim == "(all)" else [dim], threshold=float(threshold))
+        )
     if queue is None:
         return
     if not queue:
         st.success("Nothing to adjudicate: no ties and no low-agreement items.")
         return
     st.caption(f"{len(queue)} items need a decision (ties first, then the lowest agreement).")
-    st.dataframe([{"item_id": q["item_id"], "external_id": q["external_id"], "collection": q["collection"],
-                   "dimension": q["dimension"], "reason": q["reason"], "annotators": q["n_annotators"],
-                   "agreement": q["agreement"], "votes": ", ".join(f"{k}: {v}" for k, v in q["votes"].items())}
-                  for q in queue], hide_index=True, width="stretch")
+    st.dataframe(
+        [
+            {
+                "item_id": q["item_id"],
+                "external_id": q["external_id"],
+                "collection": q["collection"],
+                "dimension": q["dimension"],
+                "reason": q["reason"],
+                "annotators": q["n_annotators"],
+                "agreement": q["agreement"],
+                "votes": ", ".join(f"{k}: {v}" for k, v in q["votes"].items()),
+            }
+            for q in queue
+        ],
+        hide_index=True,
+        width="stretch",
+    )
     keys = [f"{q['item_id']}|{q['dimension']}" for q in queue]
     by_key = dict(zip(keys, queue, strict=True))
-    pick = st.selectbox("Decide", keys, key="gold_pick", format_func=lambda k: ui.plain(
-        f"item {by_key[k]['item_id']} ({by_key[k]['external_id']}) · {by_key[k]['dimension']} · {by_key[k]['reason']}"))
+    pick = st.selectbox(
+        "Decide",
+        keys,
+        key="gold_pick",
+        format_func=lambda k: ui.plain(
+            f"item {by_key[k]['item_id']} ({by_key[k]['external_id']}) · {by_key[k]['dimension']}"
+            f" · {by_key[k]['reason']}"
+        ),
+    )
     q = by_key[pick]
     with st.container(border=True):
         _item_context(int(q["item_id"]), q["dimension"])
     with st.form(f"gold_decide_{pick}", border=True):
-        label = st.radio("Gold label", labels_of[q["dimension"]], format_func=ui.md_literal, horizontal=True,
-                         key=f"gold_label_{pick}")
+        label = st.radio(
+            "Gold label",
+            labels_of[q["dimension"]],
+            format_func=ui.md_literal,
+            horizontal=True,
+            key=f"gold_label_{pick}",
+        )
         rationale = st.text_area("Why (kept with the decision)", max_chars=5000, key=f"gold_why_{pick}")
         if st.form_submit_button("Record decision", type="primary", icon=":material/gavel:"):
+
             def decide() -> bool:
                 with ui.session() as s:
                     adjudicate(s, user, int(q["item_id"]), q["dimension"], label, rationale)
@@ -100,9 +135,15 @@ def _download_buttons(snapshot_id: int, key: str) -> None:
         return lambda: snapshot_file(runtime.engine_for_url(db_url), snapshot_id, fmt).data
 
     for col, fmt in zip(st.columns(len(DOWNLOADS)), DOWNLOADS, strict=True):
-        col.download_button(FORMAT_LABELS[fmt], maker(fmt), file_name=file_name(snapshot_id, fmt),
-                            mime=DOWNLOADS[fmt][1], key=f"{key}_{fmt}", icon=":material/download:",
-                            on_click="ignore")
+        col.download_button(
+            FORMAT_LABELS[fmt],
+            maker(fmt),
+            file_name=file_name(snapshot_id, fmt),
+            mime=DOWNLOADS[fmt][1],
+            key=f"{key}_{fmt}",
+            icon=":material/download:",
+            on_click="ignore",
+        )
 
 
 def _snapshots(user: Any, names: list[str], dims: list[str]) -> None:
@@ -121,10 +162,12 @@ def _snapshots(user: Any, names: list[str], dims: list[str]) -> None:
     threshold = c2.slider("Adjudication threshold", 0.0, 1.0, 0.6, step=0.05, key="gold_threshold")
     chosen_dims = c3.multiselect("Dimensions", dims, default=dims, format_func=ui.plain, key="gold_dims")
     if st.button("Create a gold snapshot", type="primary", icon=":material/verified:", key="gold_create"):
+
         def create() -> dict[str, Any]:
             with ui.session() as s:
-                snap, table = create_snapshot(s, user, names, chosen_dims or None, method=method,
-                                              threshold=float(threshold))
+                snap, table = create_snapshot(
+                    s, user, names, chosen_dims or None, method=method, threshold=float(threshold)
+                )
                 return {"id": snap.id, "rows": table.num_rows, "checksum": snap.checksum}
 
         try:
@@ -141,9 +184,18 @@ def _snapshots(user: Any, names: list[str], dims: list[str]) -> None:
         _download_buttons(int(last["id"]), "gold_dl")
     with ui.session() as s:
         snaps = s.exec(select(GoldSnapshot).order_by(GoldSnapshot.id.desc()).limit(50)).all()  # type: ignore[union-attr]
-        rows = [{"snapshot": g.id, "method": g.method, "rows": g.n_rows, "checksum": g.checksum,
-                 "collections": ", ".join(map(str, (g.params or {}).get("collections", []))), "by": g.created_by,
-                 "at": str(g.created_at)} for g in snaps]
+        rows = [
+            {
+                "snapshot": g.id,
+                "method": g.method,
+                "rows": g.n_rows,
+                "checksum": g.checksum,
+                "collections": ", ".join(map(str, (g.params or {}).get("collections", []))),
+                "by": g.created_by,
+                "at": str(g.created_at),
+            }
+            for g in snaps
+        ]
     if rows:
         st.markdown("**Snapshots**")
         st.dataframe(rows, hide_index=True, width="stretch")

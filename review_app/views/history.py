@@ -23,13 +23,22 @@ def _rows(user: Any, collection_id: int | None) -> list[dict[str, Any]]:
         anns = annotations.history(s, user, limit=200, collection_id=collection_id)
         ids = [a.item_id for a in anns]
         items = {i.id: i for i in s.exec(select(Item).where(Item.id.in_(ids)))} if ids else {}  # type: ignore[union-attr]
-        return [{
-            "annotation_id": a.id, "item_id": a.item_id, "version": a.version,
-            "item": items[a.item_id].external_id if a.item_id in items else str(a.item_id),
-            "collection_id": items[a.item_id].collection_id if a.item_id in items else None,
-            "labels": dict(a.labels or {}), "categories": list(a.categories or []), "rationale": a.rationale,
-            "flagged": a.flagged, "verdict": a.verdict_action or "", "updated": a.updated_at,
-        } for a in anns]
+        return [
+            {
+                "annotation_id": a.id,
+                "item_id": a.item_id,
+                "version": a.version,
+                "item": items[a.item_id].external_id if a.item_id in items else str(a.item_id),
+                "collection_id": items[a.item_id].collection_id if a.item_id in items else None,
+                "labels": dict(a.labels or {}),
+                "categories": list(a.categories or []),
+                "rationale": a.rationale,
+                "flagged": a.flagged,
+                "verdict": a.verdict_action or "",
+                "updated": a.updated_at,
+            }
+            for a in anns
+        ]
 
 
 def _undo(user: Any) -> None:
@@ -39,8 +48,11 @@ def _undo(user: Any) -> None:
     try:
         with ui.session() as s:
             ann = annotations.undo_last(s, user)
-            st.session_state["hist_msg"] = ("info", "Nothing to undo.") if ann is None else (
-                "success", f"Undid your last change (item {ann.item_id}, now version {ann.version}).")
+            st.session_state["hist_msg"] = (
+                ("info", "Nothing to undo.")
+                if ann is None
+                else ("success", f"Undid your last change (item {ann.item_id}, now version {ann.version}).")
+            )
     except WorkflowError as exc:
         st.session_state["hist_msg"] = ("error", str(exc))
 
@@ -73,10 +85,18 @@ def _editor(user: Any, row: dict[str, Any], info: Any) -> None:
             for dim in info.dims:
                 current = row["labels"].get(dim["name"])
                 new_labels[dim["name"]] = st.segmented_control(
-                    ui.md_literal(dim["name"]), dim["labels"], format_func=ui.md_literal,
-                    default=current if current in dim["labels"] else None, key=f"hist_{aid}_{dim['name']}")
-            cats = st.multiselect("Harm categories", info.category_options, format_func=ui.plain,
-                                  default=[c for c in row["categories"] if c in info.category_options])
+                    ui.md_literal(dim["name"]),
+                    dim["labels"],
+                    format_func=ui.md_literal,
+                    default=current if current in dim["labels"] else None,
+                    key=f"hist_{aid}_{dim['name']}",
+                )
+            cats = st.multiselect(
+                "Harm categories",
+                info.category_options,
+                format_func=ui.plain,
+                default=[c for c in row["categories"] if c in info.category_options],
+            )
             why = st.text_area("Rationale", value=row["rationale"], max_chars=4000, height=80)
             flagged = st.checkbox("Flag for discussion", value=row["flagged"])
             saved = st.form_submit_button("Save changes", type="primary", icon=":material/save:")
@@ -86,14 +106,17 @@ def _editor(user: Any, row: dict[str, Any], info: Any) -> None:
                 return
             try:
                 with ui.session() as s:
-                    ann = annotations.update(s, user, aid, opened, labels=new_labels, categories=cats,
-                                             rationale=why, flagged=flagged)
+                    ann = annotations.update(
+                        s, user, aid, opened, labels=new_labels, categories=cats, rationale=why, flagged=flagged
+                    )
                     version = ann.version
             except Conflict:
                 st.session_state.pop(opened_key, None)
                 st.session_state.pop("hist_opened_for", None)
-                st.error("This annotation changed since you opened it (another tab or an undo); nothing was "
-                         "saved. Select it again to see the current version.")
+                st.error(
+                    "This annotation changed since you opened it (another tab or an undo); nothing was "
+                    "saved. Select it again to see the current version."
+                )
                 return
             except WorkflowError as exc:
                 st.error(ui.md_literal(str(exc), max_chars=400))
@@ -112,23 +135,48 @@ def page() -> None:
         getattr(st, msg[0])(ui.md_literal(msg[1], max_chars=300))
     infos = {c.id: c for c in ui.collections(include_archived=True)}
     top_l, top_r = st.columns([3, 1], vertical_alignment="bottom")
-    cid = top_l.selectbox("Collection", [None, *infos], key="hist_collection",
-                          format_func=lambda i: "all collections" if i is None else ui.plain(infos[i].name))
-    top_r.button("Undo my last change", icon=":material/undo:", key="hist_undo", on_click=_undo, args=(user,),
-                 shortcut="u", width="stretch")
+    cid = top_l.selectbox(
+        "Collection",
+        [None, *infos],
+        key="hist_collection",
+        format_func=lambda i: "all collections" if i is None else ui.plain(infos[i].name),
+    )
+    top_r.button(
+        "Undo my last change",
+        icon=":material/undo:",
+        key="hist_undo",
+        on_click=_undo,
+        args=(user,),
+        shortcut="u",
+        width="stretch",
+    )
     rows = _rows(user, cid)
     if not rows:
         st.info("You have not labelled anything yet.")
         return
-    table = [{
-        "item": r["item"], "collection": infos[r["collection_id"]].name if r["collection_id"] in infos else "",
-        "labels": ", ".join(f"{k}={v}" for k, v in r["labels"].items()), "categories": ", ".join(r["categories"]),
-        "flag": r["flagged"], "verdict": r["verdict"], "version": r["version"], "changed": r["updated"],
-    } for r in rows]
-    event = st.dataframe(table, key="hist_table", on_select="rerun", selection_mode="single-row",
-                         hide_index=True, width="stretch", height=min(38 + 35 * len(table), 360),
-                         column_config={"changed": st.column_config.DatetimeColumn(
-                             "changed", format="YYYY-MM-DD HH:mm")})
+    table = [
+        {
+            "item": r["item"],
+            "collection": infos[r["collection_id"]].name if r["collection_id"] in infos else "",
+            "labels": ", ".join(f"{k}={v}" for k, v in r["labels"].items()),
+            "categories": ", ".join(r["categories"]),
+            "flag": r["flagged"],
+            "verdict": r["verdict"],
+            "version": r["version"],
+            "changed": r["updated"],
+        }
+        for r in rows
+    ]
+    event = st.dataframe(
+        table,
+        key="hist_table",
+        on_select="rerun",
+        selection_mode="single-row",
+        hide_index=True,
+        width="stretch",
+        height=min(38 + 35 * len(table), 360),
+        column_config={"changed": st.column_config.DatetimeColumn("changed", format="YYYY-MM-DD HH:mm")},
+    )
     selected = event.selection.rows if event is not None else []
     if not selected:
         st.caption("Select a row to reopen that item and change your labels.")

@@ -28,20 +28,31 @@ def page() -> None:
     user = ui.require("import")
     cfg = ui.config()
     st.subheader("Import")
-    st.caption(f"Same validation as `safereview import`: a bad row rejects the whole file unless you choose to "
-               f"skip invalid rows. Uploads up to {cfg.max_upload_mb} MB.")
+    st.caption(
+        f"Same validation as `safereview import`: a bad row rejects the whole file unless you choose to "
+        f"skip invalid rows. Uploads up to {cfg.max_upload_mb} MB."
+    )
     infos = ui.collections(include_archived=True)
     with st.form("import_form", border=True):
-        data = st.file_uploader("Data file (JSONL, CSV or Parquet)", type=DATA_TYPES, key="imp_file",
-                                max_upload_size=cfg.max_upload_mb)
-        media_zip = st.file_uploader("Media files as a ZIP (optional; paths in the data file are relative to "
-                                     "the ZIP's root)", type=["zip"], key="imp_zip", max_upload_size=cfg.max_upload_mb)
+        data = st.file_uploader(
+            "Data file (JSONL, CSV or Parquet)", type=DATA_TYPES, key="imp_file", max_upload_size=cfg.max_upload_mb
+        )
+        media_zip = st.file_uploader(
+            "Media files as a ZIP (optional; paths in the data file are relative to the ZIP's root)",
+            type=["zip"],
+            key="imp_zip",
+            max_upload_size=cfg.max_upload_mb,
+        )
         c1, c2 = st.columns(2)
         existing = [c.name for c in infos]
-        target = c1.selectbox("Collection", ["(new collection)", *existing], format_func=ui.plain,
-                              key="imp_target")
-        new_name = c2.text_input("New collection name", max_chars=200, key="imp_new",
-                                 disabled=False, placeholder="e.g. uni-safebench / BAGEL")
+        target = c1.selectbox("Collection", ["(new collection)", *existing], format_func=ui.plain, key="imp_target")
+        new_name = c2.text_input(
+            "New collection name",
+            max_chars=200,
+            key="imp_new",
+            disabled=False,
+            placeholder="e.g. uni-safebench / BAGEL",
+        )
         c3, c4, c5 = st.columns(3)
         fmt = c3.selectbox("Format", FORMATS, key="imp_format")
         taxonomy = c4.selectbox("Taxonomy (new collections)", list(PRESETS), key="imp_tax")
@@ -78,10 +89,20 @@ def page() -> None:
         rejects = work / "rejects.jsonl"
         with st.spinner("Importing…"):
             report = import_file(
-                ui.get_engine(), path, format=fmt, collection=collection,
-                taxonomy=taxonomy if target == "(new collection)" else None, task_type=task_type or None,
-                media_dir=media_dir, model=model or None, skip_invalid=skip_invalid, rejects_path=rejects,
-                user=user.username, update=update, media_root=cfg.media_root, config=cfg,
+                ui.get_engine(),
+                path,
+                format=fmt,
+                collection=collection,
+                taxonomy=taxonomy if target == "(new collection)" else None,
+                task_type=task_type or None,
+                media_dir=media_dir,
+                model=model or None,
+                skip_invalid=skip_invalid,
+                rejects_path=rejects,
+                user=user.username,
+                update=update,
+                media_root=cfg.media_root,
+                config=cfg,
             )
         _show_report(report, rejects)
     finally:
@@ -91,20 +112,30 @@ def page() -> None:
 
 def _show_report(report: Any, rejects: Path) -> None:
     if report.ok:
-        st.success(f"Imported into {ui.md_literal(report.collection)}: {report.items_new} new items, "
-                   f"{report.items_updated} updated, {report.items_unchanged} unchanged; {report.verdicts_new} "
-                   f"verdicts, {report.annotations_new} annotations, {report.media_files_new} media files; "
-                   f"{report.rejected} rows rejected ({report.seconds:.1f} s).", icon=":material/check_circle:")
+        st.success(
+            f"Imported into {ui.md_literal(report.collection)}: {report.items_new} new items, "
+            f"{report.items_updated} updated, {report.items_unchanged} unchanged; {report.verdicts_new} "
+            f"verdicts, {report.annotations_new} annotations, {report.media_files_new} media files; "
+            f"{report.rejected} rows rejected ({report.seconds:.1f} s).",
+            icon=":material/check_circle:",
+        )
     else:
         st.error("Nothing was imported. Problems found:", icon=":material/error:")
     if report.errors:
-        ui.safe_code("\n".join(report.errors[:500]) + (f"\n… and {len(report.errors) - 500} more"
-                                                       if len(report.errors) > 500 else ""))
+        ui.safe_code(
+            "\n".join(report.errors[:500])
+            + (f"\n… and {len(report.errors) - 500} more" if len(report.errors) > 500 else "")
+        )
     if report.notes:
         ui.safe_text("\n".join(report.notes[:100]))
     if report.rejected and rejects.is_file():
-        st.download_button("Download the rejected rows (JSONL)", rejects.read_bytes(), file_name="rejects.jsonl",
-                           mime="application/jsonl", icon=":material/download:")
+        st.download_button(
+            "Download the rejected rows (JSONL)",
+            rejects.read_bytes(),
+            file_name="rejects.jsonl",
+            mime="application/jsonl",
+            icon=":material/download:",
+        )
 
 
 page()

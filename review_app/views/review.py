@@ -26,8 +26,19 @@ def _state() -> dict[str, Any]:
 
 
 def _reset_item(state: dict[str, Any]) -> None:
-    for key in ("assignment_id", "item", "verdicts", "labels", "stage", "annotation_id", "version",
-                "started", "flagged", "blind_labels", "judge_id"):
+    for key in (
+        "assignment_id",
+        "item",
+        "verdicts",
+        "labels",
+        "stage",
+        "annotation_id",
+        "version",
+        "started",
+        "flagged",
+        "blind_labels",
+        "judge_id",
+    ):
         state[key] = None
 
 
@@ -48,7 +59,8 @@ def _claim(user: Any, flt: Any, state: dict[str, Any]) -> None:
     with ui.read_session() as s:
         state["item"] = item_view.load_item(s, assignment.item_id)
         state["verdicts"] = item_view.verdict_dicts(
-            annotations.verdicts_for(s, user, assignment.item_id, revealed=False))
+            annotations.verdicts_for(s, user, assignment.item_id, revealed=False)
+        )
     state.update(assignment_id=assignment.id, labels={}, stage="label", started=time.monotonic(), flagged=False)
 
 
@@ -61,8 +73,10 @@ def _toggle_flag(state: dict[str, Any]) -> None:
 
 
 def _take_judge(state: dict[str, Any]) -> None:
-    state["labels"] = {**(state.get("labels") or {}),
-                       **item_view.judge_labels(state.get("verdicts") or [], state.get("judge_id"))}
+    state["labels"] = {
+        **(state.get("labels") or {}),
+        **item_view.judge_labels(state.get("verdicts") or [], state.get("judge_id")),
+    }
 
 
 def _submit(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
@@ -86,8 +100,15 @@ def _submit(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
             jl = item_view.judge_labels(state["verdicts"], judge_id)
             action = "confirm" if all(labels.get(d) == lab for d, lab in jl.items()) else "override"
             with ui.session() as s:
-                annotations.finalize(s, user, state["annotation_id"], dict(labels), action=action,
-                                     expected_version=state["version"], judge_id=judge_id)
+                annotations.finalize(
+                    s,
+                    user,
+                    state["annotation_id"],
+                    dict(labels),
+                    action=action,
+                    expected_version=state["version"],
+                    judge_id=judge_id,
+                )
             state["done"] = state.get("done", 0) + 1
             _reset_item(state)
             return
@@ -99,18 +120,32 @@ def _submit(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
                 jl = item_view.judge_labels(state["verdicts"], judge_id)
                 action = "confirm" if all(labels.get(d) == lab for d, lab in jl.items()) else "override"
         with ui.session() as s:
-            ann = annotations.submit(s, user, aid, dict(labels), categories=cats, rationale=rationale,
-                                     flagged=bool(state.get("flagged")), time_spent_s=spent,
-                                     verdict_action=action, verdict_judge_id=judge_id)
+            ann = annotations.submit(
+                s,
+                user,
+                aid,
+                dict(labels),
+                categories=cats,
+                rationale=rationale,
+                flagged=bool(state.get("flagged")),
+                time_spent_s=spent,
+                verdict_action=action,
+                verdict_judge_id=judge_id,
+            )
             ann_id, version = ann.id, ann.version
             revealed: list[Any] = []
             if info.blind:
-                revealed = item_view.verdict_dicts(
-                    annotations.verdicts_for(s, user, state["item"].id, revealed=True))
+                revealed = item_view.verdict_dicts(annotations.verdicts_for(s, user, state["item"].id, revealed=True))
         judge_id = item_view.primary_judge(revealed)
         if info.blind and judge_id is not None:
-            state.update(stage="reveal", annotation_id=ann_id, version=version, verdicts=revealed,
-                         judge_id=judge_id, blind_labels=dict(labels))
+            state.update(
+                stage="reveal",
+                annotation_id=ann_id,
+                version=version,
+                verdicts=revealed,
+                judge_id=judge_id,
+                blind_labels=dict(labels),
+            )
             return
         state["done"] = state.get("done", 0) + 1
         _reset_item(state)
@@ -173,17 +208,23 @@ def _header(item: item_view.ItemView, info: CollectionInfo, progress: Any) -> No
         bits.append(ui.md_literal(cat))
     if item.model:
         bits.append("model " + ui.md_literal(item.model))
-    bits.append(ui.md_literal(item.input_modalities) + (f" → {ui.md_literal(item.output_modalities)}"
-                                                         if item.output_modalities else ""))
+    bits.append(
+        ui.md_literal(item.input_modalities)
+        + (f" → {ui.md_literal(item.output_modalities)}" if item.output_modalities else "")
+    )
     left, right = st.columns([3, 2], vertical_alignment="center")
     left.markdown(" · ".join(bits))
     if progress is not None:
         total = max(progress.slots_total, 1)
-        right.progress(min(progress.everyone_done / total, 1.0),
-                       text=f"You: {progress.mine_done} done · everyone: {progress.everyone_done:,}/"
-                            f"{progress.slots_total:,} labels ({progress.everyone_done / total:.0%})")
-    st.caption(f"{ui.md_literal(info.name)} · item {ui.md_literal(item.external_id, max_chars=80)}"
-               + (" · blind review" if info.blind else ""))
+        right.progress(
+            min(progress.everyone_done / total, 1.0),
+            text=f"You: {progress.mine_done} done · everyone: {progress.everyone_done:,}/"
+            f"{progress.slots_total:,} labels ({progress.everyone_done / total:.0%})",
+        )
+    st.caption(
+        f"{ui.md_literal(info.name)} · item {ui.md_literal(item.external_id, max_chars=80)}"
+        + (" · blind review" if info.blind else "")
+    )
 
 
 def _label_controls(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
@@ -192,36 +233,91 @@ def _label_controls(user: Any, info: CollectionInfo, state: dict[str, Any]) -> N
     judge = item_view.judge_labels(state.get("verdicts") or [], state.get("judge_id")) if reveal else {}
     for di, dim in enumerate(info.dims):
         name = dim["name"]
-        st.markdown(f"**{ui.md_literal(name)}**" + (f" · {ui.md_literal(dim.get('help', ''), max_chars=120)}"
-                                                    if dim.get("help") else ""))
+        st.markdown(
+            f"**{ui.md_literal(name)}**"
+            + (f" · {ui.md_literal(dim.get('help', ''), max_chars=120)}" if dim.get("help") else "")
+        )
         cols = st.columns(len(dim["labels"]))
         for li, label in enumerate(dim["labels"]):
             chosen = labels.get(name) == label
             mark = " ◆" if reveal and judge.get(name) == label else ""
             cols[li].button(
-                ui.md_literal(label) + mark, key=f"rv_lab_{di}_{li}", type="primary" if chosen else "secondary",
-                shortcut=_label_key(di, li), on_click=_set_label, args=(state, name, label), width="stretch",
+                ui.md_literal(label) + mark,
+                key=f"rv_lab_{di}_{li}",
+                type="primary" if chosen else "secondary",
+                shortcut=_label_key(di, li),
+                on_click=_set_label,
+                args=(state, name, label),
+                width="stretch",
             )
     aid = state["assignment_id"]
     if not reveal:  # categories and rationale were saved with the submit; keep the reveal step compact
         if info.category_options:
-            st.multiselect("Harm categories (if any)", info.category_options, key=f"rv_cats_{aid}",
-                           format_func=ui.plain, placeholder="none")
-        st.text_area("Rationale (optional)", key=f"rv_rationale_{aid}", height=68, max_chars=4000,
-                     placeholder="Why? Plain text; kept with your labels.")
-    st.button("Commit final labels" if reveal else "Submit", key="rv_submit", type="primary", icon=":material/check:",
-              shortcut=KEY_SUBMIT, on_click=_submit, args=(user, info, state), width="stretch")
+            st.multiselect(
+                "Harm categories (if any)",
+                info.category_options,
+                key=f"rv_cats_{aid}",
+                format_func=ui.plain,
+                placeholder="none",
+            )
+        st.text_area(
+            "Rationale (optional)",
+            key=f"rv_rationale_{aid}",
+            height=68,
+            max_chars=4000,
+            placeholder="Why? Plain text; kept with your labels.",
+        )
+    st.button(
+        "Commit final labels" if reveal else "Submit",
+        key="rv_submit",
+        type="primary",
+        icon=":material/check:",
+        shortcut=KEY_SUBMIT,
+        on_click=_submit,
+        args=(user, info, state),
+        width="stretch",
+    )
     c2, c3, c4 = st.columns(3)
-    c2.button("Flagged" if state.get("flagged") else "Flag", key="rv_flag", shortcut=KEY_FLAG,
-              icon=":material/flag:", on_click=_toggle_flag, args=(state,), width="stretch",
-              type="primary" if state.get("flagged") else "secondary", disabled=reveal)
-    c3.button("Skip", key="rv_skip", shortcut=KEY_SKIP, icon=":material/skip_next:", on_click=_skip,
-              args=(user, state), width="stretch", disabled=reveal)
-    c4.button("Undo", key="rv_undo", shortcut=KEY_UNDO, icon=":material/undo:", on_click=_undo,
-              args=(user, state), width="stretch")
+    c2.button(
+        "Flagged" if state.get("flagged") else "Flag",
+        key="rv_flag",
+        shortcut=KEY_FLAG,
+        icon=":material/flag:",
+        on_click=_toggle_flag,
+        args=(state,),
+        width="stretch",
+        type="primary" if state.get("flagged") else "secondary",
+        disabled=reveal,
+    )
+    c3.button(
+        "Skip",
+        key="rv_skip",
+        shortcut=KEY_SKIP,
+        icon=":material/skip_next:",
+        on_click=_skip,
+        args=(user, state),
+        width="stretch",
+        disabled=reveal,
+    )
+    c4.button(
+        "Undo",
+        key="rv_undo",
+        shortcut=KEY_UNDO,
+        icon=":material/undo:",
+        on_click=_undo,
+        args=(user, state),
+        width="stretch",
+    )
     if reveal:
-        st.button("Take the judge's labels", key="rv_take_judge", shortcut=KEY_JUDGE, icon=":material/gavel:",
-                  on_click=_take_judge, args=(state,), type="tertiary")
+        st.button(
+            "Take the judge's labels",
+            key="rv_take_judge",
+            shortcut=KEY_JUDGE,
+            icon=":material/gavel:",
+            on_click=_take_judge,
+            args=(state,),
+            type="tertiary",
+        )
     _shortcut_legend(info, reveal)
 
 
@@ -231,8 +327,10 @@ def _shortcut_legend(info: CollectionInfo, reveal: bool) -> None:
         keys = " ".join(ui.kbd(k) for k in LABEL_KEYS[di][: len(dim["labels"])])
         rows.append(f"{ui.attr(dim['name'])}: {keys}")
     rows.append(f"{'commit' if reveal else 'submit'} {ui.kbd('Ctrl+Enter')}")
-    rows.append(f"flag {ui.kbd('F')} · skip {ui.kbd('K')} · undo {ui.kbd('U')}"
-                + (f" · judge's labels {ui.kbd('J')}" if reveal else ""))
+    rows.append(
+        f"flag {ui.kbd('F')} · skip {ui.kbd('K')} · undo {ui.kbd('U')}"
+        + (f" · judge's labels {ui.kbd('J')}" if reveal else "")
+    )
     st.html('<div class="sr-muted">Keys — ' + " · ".join(rows) + "</div>")
 
 
@@ -245,8 +343,9 @@ def _judge_panel(info: CollectionInfo, state: dict[str, Any]) -> None:
             return
         mine = state.get("blind_labels") if state.get("stage") == "reveal" else None
         if mine:
-            st.caption("Your blind labels: " + ", ".join(f"{ui.md_literal(k)}={ui.md_literal(v)}"
-                                                          for k, v in mine.items()))
+            st.caption(
+                "Your blind labels: " + ", ".join(f"{ui.md_literal(k)}={ui.md_literal(v)}" for k, v in mine.items())
+            )
         item_view.render_verdicts(state.get("verdicts") or [], dims, mine=mine)
         if state.get("stage") == "reveal":
             st.caption("Keep your labels or change them (◆ marks the judge's), then commit.")
@@ -296,22 +395,25 @@ def page() -> None:
     user = ui.require("review")
     infos = ui.collections()
     if not infos:
-        st.info("No collections yet. An administrator can import data on the Import page "
-                "or with `safereview import`.")
+        st.info("No collections yet. An administrator can import data on the Import page or with `safereview import`.")
         return
     state = _state()
     with st.sidebar:
         st.subheader("Queue")
         by_id = {c.id: c for c in infos}
-        cid = st.selectbox("Collection", list(by_id), format_func=lambda i: ui.plain(by_id[i].name),
-                           key="rv_collection")
+        cid = st.selectbox(
+            "Collection", list(by_id), format_func=lambda i: ui.plain(by_id[i].name), key="rv_collection"
+        )
         facets = ui.facets(cid)
-        tts = st.multiselect("Task type", facets["task_types"], key=f"rv_f_tt_{cid}", format_func=ui.plain,
-                             placeholder="all")
-        cats = st.multiselect("Category", facets["categories"], key=f"rv_f_cat_{cid}", format_func=ui.plain,
-                              placeholder="all")
-        models = st.multiselect("Model", facets["models"], key=f"rv_f_model_{cid}", format_func=ui.plain,
-                                placeholder="all")
+        tts = st.multiselect(
+            "Task type", facets["task_types"], key=f"rv_f_tt_{cid}", format_func=ui.plain, placeholder="all"
+        )
+        cats = st.multiselect(
+            "Category", facets["categories"], key=f"rv_f_cat_{cid}", format_func=ui.plain, placeholder="all"
+        )
+        models = st.multiselect(
+            "Model", facets["models"], key=f"rv_f_model_{cid}", format_func=ui.plain, placeholder="all"
+        )
     info = by_id[cid]
     flt = queue.QueueFilter(collection_id=cid, task_types=tuple(tts), categories=tuple(cats), models=tuple(models))
     if state.get("filter") != flt:

@@ -17,10 +17,10 @@ def render() -> None:
         st.caption("Human review of multimodal AI-safety judgments")
         with st.form("sign_in_form", border=True):
             username = st.text_input("Username", key="signin_username", autocomplete="username")
-            password = st.text_input("Password", type="password", key="signin_password",
-                                     autocomplete="current-password")
-            submitted = st.form_submit_button("Sign in", type="primary", icon=":material/login:",
-                                              width="stretch")
+            password = st.text_input(
+                "Password", type="password", key="signin_password", autocomplete="current-password"
+            )
+            submitted = st.form_submit_button("Sign in", type="primary", icon=":material/login:", width="stretch")
         if submitted:
             try:
                 user = auth.authenticate_and_record(ui.get_engine(), username, password)

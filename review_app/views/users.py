@@ -15,8 +15,17 @@ def page() -> None:
     st.subheader("Users")
     with ui.session() as s:
         users = auth.list_users(s, actor=user)
-        rows = [{"username": u.username, "name": u.display_name, "role": u.role, "disabled": u.disabled,
-                 "last sign-in": u.last_login_at, "created": u.created_at} for u in users]
+        rows = [
+            {
+                "username": u.username,
+                "name": u.display_name,
+                "role": u.role,
+                "disabled": u.disabled,
+                "last sign-in": u.last_login_at,
+                "created": u.created_at,
+            }
+            for u in users
+        ]
     st.dataframe(rows, hide_index=True, width="stretch")
     names = [r["username"] for r in rows]
 
@@ -42,8 +51,12 @@ def page() -> None:
         if target:
             current = next(r for r in rows if r["username"] == target)
             c1, c2 = st.columns(2)
-            new_role = c1.selectbox("Role", policies.ROLES, index=policies.ROLES.index(current["role"])
-                                    if current["role"] in policies.ROLES else 0, key=f"users_role_{target}")
+            new_role = c1.selectbox(
+                "Role",
+                policies.ROLES,
+                index=policies.ROLES.index(current["role"]) if current["role"] in policies.ROLES else 0,
+                key=f"users_role_{target}",
+            )
             if c2.button("Set role", key="users_set_role", width="stretch"):
                 try:
                     with ui.session() as s:

@@ -26,11 +26,15 @@ DimensionsOpt = Annotated[
 ]
 ByOpt = Annotated[
     list[str] | None,
-    typer.Option("--by", help="Also break down by this slice: collection, task_type, category, subcategory, "
-                              "model or modality (repeatable)."),
+    typer.Option(
+        "--by",
+        help="Also break down by this slice: collection, task_type, category, subcategory, "
+        "model or modality (repeatable).",
+    ),
 ]
-ResamplesOpt = Annotated[int, typer.Option("--resamples", help="Bootstrap resamples for the 95% intervals "
-                                                               "(0 = no intervals).", min=0)]
+ResamplesOpt = Annotated[
+    int, typer.Option("--resamples", help="Bootstrap resamples for the 95% intervals (0 = no intervals).", min=0)
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed of the bootstrap (same seed, same intervals).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the full result as JSON instead of tables.")]
 JudgeOpt = Annotated[str | None, typer.Option("--judge", help="Judge id (default: the judge with most verdicts).")]
@@ -66,9 +70,16 @@ def _dump(obj: Any) -> None:
 
 
 def _stats_row(s: dict[str, Any]) -> list[str]:
-    return [str(s["n_units"]), str(s["n_units_pairable"]), str(s["n_pairable_values"]), _est(s["alpha"]),
-            _est(s.get("alpha_nominal")), _est(s["percent_agreement"]), _est(s["gwet_ac1"]),
-            _est(s["fleiss_kappa"])]
+    return [
+        str(s["n_units"]),
+        str(s["n_units_pairable"]),
+        str(s["n_pairable_values"]),
+        _est(s["alpha"]),
+        _est(s.get("alpha_nominal")),
+        _est(s["percent_agreement"]),
+        _est(s["gwet_ac1"]),
+        _est(s["fleiss_kappa"]),
+    ]
 
 
 def _print_agreement(rep: dict[str, Any]) -> None:
@@ -77,16 +88,29 @@ def _print_agreement(rep: dict[str, Any]) -> None:
 
     from safereview.agreement.report import FEW_PAIRABLE_UNITS
 
-    console.print(Text(f"collections: {', '.join(rep['collections'])}; {rep['resamples']} bootstrap resamples, "
-                       f"seed {rep['seed']}, 95% intervals"))
+    console.print(
+        Text(
+            f"collections: {', '.join(rep['collections'])}; {rep['resamples']} bootstrap resamples, "
+            f"seed {rep['seed']}, 95% intervals"
+        )
+    )
     for d in rep["dimensions"]:
         if d["overall"]["n_ratings"] == 0:
             console.print(Text(f"{d['dimension']}: no ratings"))
             continue
         shown = " < ".join(d["labels"]) if d["ordered"] else ", ".join(d["labels"])
         t = Table(title=Text(f"{d['dimension']} ({d['level']}; labels {shown})"))
-        for col in ("slice", "units", "pairable units", "pairable values", "alpha", "alpha (nominal)",
-                    "percent agreement", "Gwet AC1", "Fleiss kappa"):
+        for col in (
+            "slice",
+            "units",
+            "pairable units",
+            "pairable values",
+            "alpha",
+            "alpha (nominal)",
+            "percent agreement",
+            "Gwet AC1",
+            "Fleiss kappa",
+        ):
             t.add_column(col)
         t.add_row("overall", *[Text(x) for x in _stats_row(d["overall"])])
         for by, rows in d.get("slices", {}).items():
@@ -94,18 +118,28 @@ def _print_agreement(rep: dict[str, Any]) -> None:
                 t.add_row(Text(f"{by}={row['value']}"), *[Text(x) for x in _stats_row(row)])
         console.print(t)
         if d["overall"].get("few_units"):
-            console.print(Text(f"note: only {d['overall']['n_units_pairable']} items carry two or more labels; "
-                               f"below {FEW_PAIRABLE_UNITS} one item can swing these figures", style="yellow"))
+            console.print(
+                Text(
+                    f"note: only {d['overall']['n_units_pairable']} items carry two or more labels; "
+                    f"below {FEW_PAIRABLE_UNITS} one item can swing these figures",
+                    style="yellow",
+                )
+            )
         sa = d["overall"]["specific_agreement"]
         console.print(Text("specific agreement: " + ", ".join(f"{k} {_fmt(v)}" for k, v in sa.items())))
         if d.get("judge"):
             j = d["judge"]
-            console.print(Text(f"judge {j['judge_id']} as one more rater: alpha {_est(j['alpha_with_judge'])} "
-                               f"(people only {_est(j['alpha_without_judge'])})"))
+            console.print(
+                Text(
+                    f"judge {j['judge_id']} as one more rater: alpha {_est(j['alpha_with_judge'])} "
+                    f"(people only {_est(j['alpha_without_judge'])})"
+                )
+            )
         if d.get("pairwise"):
             p = Table(title="pairwise Cohen's kappa")
             cols = ["rater a", "rater b", "n", "agreement", "kappa"] + (
-                ["kappa linear", "kappa quadratic"] if d["ordered"] else [])
+                ["kappa linear", "kappa quadratic"] if d["ordered"] else []
+            )
             for col in cols:
                 p.add_column(col)
             for row in d["pairwise"]:
@@ -119,8 +153,19 @@ def _print_agreement(rep: dict[str, Any]) -> None:
             for col in ("annotator", "items", "compared", "others tied", "agreement", "kappa"):
                 r.add_column(col)
             for row in d["raters"]:
-                r.add_row(*[Text(v) for v in (row["rater"], str(row["n_items"]), str(row["n_compared"]),
-                                              str(row["ties"]), _fmt(row["agreement"]), _fmt(row["kappa"]))])
+                r.add_row(
+                    *[
+                        Text(v)
+                        for v in (
+                            row["rater"],
+                            str(row["n_items"]),
+                            str(row["n_compared"]),
+                            str(row["ties"]),
+                            _fmt(row["agreement"]),
+                            _fmt(row["kappa"]),
+                        )
+                    ]
+                )
             console.print(r)
 
 
@@ -132,16 +177,23 @@ def _print_audit(res: dict[str, Any]) -> None:
     if res.get("undefined_reason"):
         console.print(Text(res["undefined_reason"]))
         return
-    console.print(Text(f"audit items {res['n_audit_items']} (compared {res['n']}; without consensus "
-                       f"{res['n_audit_without_consensus']}, without verdict {res['n_audit_without_verdict']})"))
+    console.print(
+        Text(
+            f"audit items {res['n_audit_items']} (compared {res['n']}; without consensus "
+            f"{res['n_audit_without_consensus']}, without verdict {res['n_audit_without_verdict']})"
+        )
+    )
     t = Table(title="judge error rates (95% intervals)")
     for col in ("slice", "n", "accuracy", "over-blocking", "under-blocking"):
         t.add_column(col)
     t.add_row("overall", str(res["n"]), *[Text(_est(res[k])) for k in ("accuracy", "over_blocking", "under_blocking")])
     for by, rows in res.get("slices", {}).items():
         for row in rows:
-            t.add_row(Text(f"{by}={row['value']}"), str(row["n"]),
-                      *[Text(_est(row[k])) for k in ("accuracy", "over_blocking", "under_blocking")])
+            t.add_row(
+                Text(f"{by}={row['value']}"),
+                str(row["n"]),
+                *[Text(_est(row[k])) for k in ("accuracy", "over_blocking", "under_blocking")],
+            )
     console.print(t)
     console.print(Text(f"kappa ({res['kappa'].get('weights', '')}): {_est(res['kappa'])}"))
     c = Table(title="confusion (rows: people, columns: judge; audit items)")
@@ -154,26 +206,46 @@ def _print_audit(res: dict[str, Any]) -> None:
     ja = res["judge_as_rater"]
     console.print(Text(f"alpha with judge {_est(ja['alpha_with_judge'])}, without {_est(ja['alpha_without_judge'])}"))
     ar = res["all_reviewed"]
-    console.print(Text(f"all reviewed items, unweighted (biased under prioritised review): accuracy "
-                       f"{_fmt(ar['accuracy_unweighted'])} over {ar['n']} items; disagreements "
-                       f"{res['disagreements']['n']}"))
+    console.print(
+        Text(
+            f"all reviewed items, unweighted (biased under prioritised review): accuracy "
+            f"{_fmt(ar['accuracy_unweighted'])} over {ar['n']} items; disagreements "
+            f"{res['disagreements']['n']}"
+        )
+    )
 
 
 def register(app: typer.Typer) -> None:
     @app.command("agreement")
-    def agreement_cmd(collection: CollectionsOpt = None, dimension: DimensionsOpt = None, by: ByOpt = None,
-                      resamples: ResamplesOpt = 1000, seed: SeedOpt = 0, judge: JudgeOpt = None,
-                      blind: Annotated[bool, typer.Option("--blind", help="Use the labels committed before the "
-                                                                          "verdict was revealed.")] = False,
-                      as_json: JsonOpt = False, db: DbOption = None) -> None:
+    def agreement_cmd(
+        collection: CollectionsOpt = None,
+        dimension: DimensionsOpt = None,
+        by: ByOpt = None,
+        resamples: ResamplesOpt = 1000,
+        seed: SeedOpt = 0,
+        judge: JudgeOpt = None,
+        blind: Annotated[
+            bool, typer.Option("--blind", help="Use the labels committed before the verdict was revealed.")
+        ] = False,
+        as_json: JsonOpt = False,
+        db: DbOption = None,
+    ) -> None:
         """Inter-annotator agreement: Krippendorff's alpha, percent agreement, AC1, Fleiss and Cohen's kappa."""
         from safereview.agreement.data import AgreementError
         from safereview.agreement.report import agreement_report
 
         engine = engine_for(config(db))
         try:
-            rep = agreement_report(engine, collection, dimension, by=by or (), resamples=resamples, seed=seed,
-                                   judge_id=judge, field_name="blind_labels" if blind else "labels")
+            rep = agreement_report(
+                engine,
+                collection,
+                dimension,
+                by=by or (),
+                resamples=resamples,
+                seed=seed,
+                judge_id=judge,
+                field_name="blind_labels" if blind else "labels",
+            )
         except AgreementError as exc:
             _fail(str(exc))
         finally:
@@ -181,13 +253,18 @@ def register(app: typer.Typer) -> None:
         _dump(rep) if as_json else _print_agreement(rep)
 
     @app.command("audit")
-    def audit_cmd(collection: CollectionsOpt = None, dimension: DimensionsOpt = None, by: ByOpt = None,
-                  judge: JudgeOpt = None, resamples: ResamplesOpt = 1000, seed: SeedOpt = 0,
-                  min_n: Annotated[int, typer.Option("--min-n", help="Fewest audit items for an estimate.",
-                                                     min=2)] = 20,
-                  method: Annotated[str, typer.Option("--method", help="Human consensus: majority or "
-                                                                       "dawid-skene.")] = "majority",
-                  as_json: JsonOpt = False, db: DbOption = None) -> None:
+    def audit_cmd(
+        collection: CollectionsOpt = None,
+        dimension: DimensionsOpt = None,
+        by: ByOpt = None,
+        judge: JudgeOpt = None,
+        resamples: ResamplesOpt = 1000,
+        seed: SeedOpt = 0,
+        min_n: Annotated[int, typer.Option("--min-n", help="Fewest audit items for an estimate.", min=2)] = 20,
+        method: Annotated[str, typer.Option("--method", help="Human consensus: majority or dawid-skene.")] = "majority",
+        as_json: JsonOpt = False,
+        db: DbOption = None,
+    ) -> None:
         """Judge vs human consensus on the random audit stratum: accuracy, over/under-blocking, kappa."""
         from safereview.agreement.audit import audit, compositional_error
         from safereview.agreement.data import AgreementError, scope
@@ -197,11 +274,21 @@ def register(app: typer.Typer) -> None:
         try:
             dims = dimension or scope(engine, collection).dimensions()
             for dim in dims:
-                results["dimensions"].append(audit(engine, dim, collection, judge_id=judge, by=by or (), min_n=min_n,
-                                                   resamples=resamples, seed=seed, method=method))
+                results["dimensions"].append(
+                    audit(
+                        engine,
+                        dim,
+                        collection,
+                        judge_id=judge,
+                        by=by or (),
+                        min_n=min_n,
+                        resamples=resamples,
+                        seed=seed,
+                        method=method,
+                    )
+                )
             if {"image", "text", "joint"} <= set(dims):
-                results["compositional_error"] = compositional_error(engine, collection, judge_id=judge,
-                                                                     min_n=min_n)
+                results["compositional_error"] = compositional_error(engine, collection, judge_id=judge, min_n=min_n)
         except AgreementError as exc:
             _fail(str(exc))
         finally:
@@ -213,21 +300,33 @@ def register(app: typer.Typer) -> None:
             _print_audit(res)
         if "compositional_error" in results:
             ce = results["compositional_error"]
-            console.print(f"compositional error (joint wrong although image and text right): {_est(ce)} "
-                          f"(n={ce.get('n')})", markup=False, highlight=False)
+            console.print(
+                f"compositional error (joint wrong although image and text right): {_est(ce)} (n={ce.get('n')})",
+                markup=False,
+                highlight=False,
+            )
 
     @app.command("calibrate")
-    def calibrate_cmd(dimension: Annotated[str, typer.Option("--dimension", "-d", help="Dimension to calibrate.")],
-                      collection: CollectionsOpt = None, judge: JudgeOpt = None,
-                      method: Annotated[str, typer.Option("--method", help="isotonic or platt.")] = "isotonic",
-                      target: Annotated[float, typer.Option("--target-under-blocking",
-                                                            help="Largest share of people-unsafe items the "
-                                                                 "calibrated judge may let through.")] = 0.05,
-                      bins: Annotated[int, typer.Option("--bins", help="Reliability-diagram bins.", min=2)] = 10,
-                      seed: SeedOpt = 0,
-                      apply: Annotated[bool, typer.Option("--apply", help="Also write calibrated verdicts beside "
-                                                                          "the raw ones.")] = False,
-                      as_json: JsonOpt = False, db: DbOption = None) -> None:
+    def calibrate_cmd(
+        dimension: Annotated[str, typer.Option("--dimension", "-d", help="Dimension to calibrate.")],
+        collection: CollectionsOpt = None,
+        judge: JudgeOpt = None,
+        method: Annotated[str, typer.Option("--method", help="isotonic or platt.")] = "isotonic",
+        target: Annotated[
+            float,
+            typer.Option(
+                "--target-under-blocking",
+                help="Largest share of people-unsafe items the calibrated judge may let through.",
+            ),
+        ] = 0.05,
+        bins: Annotated[int, typer.Option("--bins", help="Reliability-diagram bins.", min=2)] = 10,
+        seed: SeedOpt = 0,
+        apply: Annotated[
+            bool, typer.Option("--apply", help="Also write calibrated verdicts beside the raw ones.")
+        ] = False,
+        as_json: JsonOpt = False,
+        db: DbOption = None,
+    ) -> None:
         """Fit a calibration of the judge's P(unsafe) to the people's labels; store it (and apply it)."""
         from safereview.agreement.calibration import apply_calibration, fit_calibration
         from safereview.agreement.data import AgreementError
@@ -236,10 +335,25 @@ def register(app: typer.Typer) -> None:
         engine = engine_for(config(db))
         try:
             with session_scope(engine) as s:
-                row, metrics = fit_calibration(s, None, dimension, collection, judge_id=judge, method=method,
-                                               target_under_blocking=target, bins=bins, seed=seed)
-                out: dict[str, Any] = {"calibration_id": row.id, "judge_id": row.judge_id, "dimension": dimension,
-                                       "method": method, "params": row.params, "metrics": metrics}
+                row, metrics = fit_calibration(
+                    s,
+                    None,
+                    dimension,
+                    collection,
+                    judge_id=judge,
+                    method=method,
+                    target_under_blocking=target,
+                    bins=bins,
+                    seed=seed,
+                )
+                out: dict[str, Any] = {
+                    "calibration_id": row.id,
+                    "judge_id": row.judge_id,
+                    "dimension": dimension,
+                    "method": method,
+                    "params": row.params,
+                    "metrics": metrics,
+                }
                 if apply:
                     out["applied"] = apply_calibration(s, None, int(row.id), collection)
         except AgreementError as exc:
@@ -269,21 +383,26 @@ def register(app: typer.Typer) -> None:
     from safereview.cli.dataio_cmds import export_app
 
     @export_app.command("gold")
-    def export_gold_cmd(out: Annotated[Path, typer.Option("--out", "-o", help="Output file, or folder for --format "
-                                                                                 "hf.")],
-                        fmt: Annotated[str | None, typer.Option("--format", "-f", help="jsonl, csv, parquet or hf "
-                                                                                        "(Hugging Face dataset "
-                                                                                        "folder); default from "
-                                                                                        "--out.")] = None,
-                        collection: CollectionsOpt = None, dimension: DimensionsOpt = None,
-                        method: Annotated[str, typer.Option("--method", help="majority or dawid-skene.")] = "majority",
-                        threshold: Annotated[float, typer.Option("--threshold", help="Agreement below which an item "
-                                                                                     "needs adjudication.")] = 0.6,
-                        judge: JudgeOpt = None,
-                        snapshot: Annotated[int | None, typer.Option("--snapshot", help="Re-export this stored "
-                                                                                        "snapshot instead of "
-                                                                                        "making a new one.")] = None,
-                        db: DbOption = None) -> None:
+    def export_gold_cmd(
+        out: Annotated[Path, typer.Option("--out", "-o", help="Output file, or folder for --format hf.")],
+        fmt: Annotated[
+            str | None,
+            typer.Option(
+                "--format", "-f", help="jsonl, csv, parquet or hf (Hugging Face dataset folder); default from --out."
+            ),
+        ] = None,
+        collection: CollectionsOpt = None,
+        dimension: DimensionsOpt = None,
+        method: Annotated[str, typer.Option("--method", help="majority or dawid-skene.")] = "majority",
+        threshold: Annotated[
+            float, typer.Option("--threshold", help="Agreement below which an item needs adjudication.")
+        ] = 0.6,
+        judge: JudgeOpt = None,
+        snapshot: Annotated[
+            int | None, typer.Option("--snapshot", help="Re-export this stored snapshot instead of making a new one.")
+        ] = None,
+        db: DbOption = None,
+    ) -> None:
         """Gold labels: a new numbered, reproducible snapshot (one row per item and dimension) exported."""
         from safereview.agreement.data import AgreementError
         from safereview.agreement.gold import FORMATS, changed_since, create_snapshot, snapshot_table, write
@@ -305,13 +424,25 @@ def register(app: typer.Typer) -> None:
                     if warning:
                         err_console.print(f"warning: {warning}", markup=False, highlight=False)
                 else:
-                    snap, table = create_snapshot(s, None, collection, dimension, method=method,
-                                                  threshold=threshold, judge_id=judge, created_by="cli")
+                    snap, table = create_snapshot(
+                        s,
+                        None,
+                        collection,
+                        dimension,
+                        method=method,
+                        threshold=threshold,
+                        judge_id=judge,
+                        created_by="cli",
+                    )
                 paths = write(table, out, fmt_, snap)
                 sid, digest = snap.id, snap.checksum
         except AgreementError as exc:
             _fail(str(exc))
         finally:
             engine.dispose()
-        console.print(f"gold snapshot {sid}: {table.num_rows} rows, checksum {digest}; wrote "
-                      f"{', '.join(str(p) for p in paths)} [{fmt_}]", markup=False, highlight=False)
+        console.print(
+            f"gold snapshot {sid}: {table.num_rows} rows, checksum {digest}; wrote "
+            f"{', '.join(str(p) for p in paths)} [{fmt_}]",
+            markup=False,
+            highlight=False,
+        )

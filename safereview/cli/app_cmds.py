@@ -21,10 +21,13 @@ HostOption = Annotated[str, typer.Option("--host", help="Address to listen on (1
 PortOption = Annotated[int, typer.Option("--port", help="TCP port to listen on.")]
 GcOption = Annotated[
     str,
-    typer.Option("--gc", help="Garbage collection after each script run: 'off' (default: no full "
-                              "collection after every run; Python's own generational GC still runs), 'freeze' "
-                              "(freeze the start-up heap, keep the post-run collection) or 'full' (Streamlit's "
-                              "default). See docs/review_app.md for the measurements."),
+    typer.Option(
+        "--gc",
+        help="Garbage collection after each script run: 'off' (default: no full "
+        "collection after every run; Python's own generational GC still runs), 'freeze' "
+        "(freeze the start-up heap, keep the post-run collection) or 'full' (Streamlit's "
+        "default). See docs/review_app.md for the measurements.",
+    ),
 ]
 
 # Demo accounts: fixed passwords are acceptable ONLY for the local demo database.
@@ -46,28 +49,47 @@ def _absolute_db_url(url: str) -> str:
     return f"sqlite:///{path}" + (f"?{query}" if query else "")
 
 
-def streamlit_command(host: str, port: int, *, gc: str = "off", max_upload_mb: int = 200,
-                      base_url_path: str = "") -> list[str]:
+def streamlit_command(
+    host: str, port: int, *, gc: str = "off", max_upload_mb: int = 200, base_url_path: str = ""
+) -> list[str]:
     """The ``streamlit run`` command line ``serve`` executes (exposed for tests and the bench)."""
     if gc not in ("freeze", "off", "full"):
         raise typer.BadParameter("--gc must be freeze, off or full")
     asgi = importlib.util.find_spec("safereview.review_app.asgi").origin  # the installed file, wherever it is
     return [
-        sys.executable, "-m", "streamlit", "run", str(asgi),
-        "--server.headless", "true",
-        "--global.developmentMode", "false",
-        "--server.fileWatcherType", "none",
-        "--server.runOnSave", "false",
-        "--client.toolbarMode", "minimal",
-        "--client.showErrorDetails", "type",
-        "--browser.gatherUsageStats", "false",
-        "--server.enableStaticServing", "false",
-        "--server.address", host,
-        "--server.port", str(port),
-        "--server.maxUploadSize", str(max_upload_mb),
-        "--server.baseUrlPath", base_url_path,
-        "--runner.magicEnabled", "false",
-        "--runner.postScriptGC", "false" if gc == "off" else "true",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(asgi),
+        "--server.headless",
+        "true",
+        "--global.developmentMode",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--server.runOnSave",
+        "false",
+        "--client.toolbarMode",
+        "minimal",
+        "--client.showErrorDetails",
+        "type",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.enableStaticServing",
+        "false",
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.maxUploadSize",
+        str(max_upload_mb),
+        "--server.baseUrlPath",
+        base_url_path,
+        "--runner.magicEnabled",
+        "false",
+        "--runner.postScriptGC",
+        "false" if gc == "off" else "true",
     ]
 
 
@@ -83,8 +105,7 @@ def serve_env(db_url: str, media_root: Path, cache_dir: Path | None = None, *, g
 
 def _exec_streamlit(cfg, host: str, port: int, gc: str) -> None:  # type: ignore[no-untyped-def]
     cmd = streamlit_command(host, port, gc=gc, max_upload_mb=cfg.max_upload_mb, base_url_path=cfg.base_url_path)
-    env = serve_env(cfg.db_url, cfg.media_root, Path(cfg.cache_dir_override) if cfg.cache_dir_override else None,
-                    gc=gc)
+    env = serve_env(cfg.db_url, cfg.media_root, Path(cfg.cache_dir_override) if cfg.cache_dir_override else None, gc=gc)
     console.print(f"serving the review app on http://{host}:{port}{cfg.url_prefix}/  (Ctrl+C stops)")
     sys.stdout.flush()
     sys.stderr.flush()
@@ -127,11 +148,13 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         directory: Annotated[Path, typer.Option("--dir", help="Folder for the demo database and media.")] = Path(
-            ".demo"),
+            ".demo"
+        ),
         host: HostOption = "127.0.0.1",
         port: PortOption = 8501,
-        no_serve: Annotated[bool, typer.Option("--no-serve", help="Build the demo and print the sign-ins, "
-                                                                  "but do not start the app.")] = False,
+        no_serve: Annotated[
+            bool, typer.Option("--no-serve", help="Build the demo and print the sign-ins, but do not start the app.")
+        ] = False,
     ) -> None:
         """Build (idempotently) a demo database with demo users, print the sign-ins, then serve."""
         directory = directory.resolve()

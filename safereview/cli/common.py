@@ -14,13 +14,15 @@ err_console = Console(stderr=True)
 
 DbOption = Annotated[
     str | None,
-    typer.Option("--db", help="Database URL (default: $SAFEREVIEW_DB or sqlite:///safereview.db).",
-                 show_default=False),
+    typer.Option("--db", help="Database URL (default: $SAFEREVIEW_DB or sqlite:///safereview.db).", show_default=False),
 ]
 MediaRootOption = Annotated[
     str | None,
-    typer.Option("--media-root", help="Media folder (default: $SAFEREVIEW_MEDIA_ROOT or beside the database).",
-                 show_default=False),
+    typer.Option(
+        "--media-root",
+        help="Media folder (default: $SAFEREVIEW_MEDIA_ROOT or beside the database).",
+        show_default=False,
+    ),
 ]
 
 

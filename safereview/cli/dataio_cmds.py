@@ -55,23 +55,26 @@ def _run_export(kind: str, out: Path, fmt: str | None, db: str | None, collectio
 
 
 @export_app.command("items")
-def export_items_cmd(out: OutOpt, fmt: FormatOpt = None, collection: CollectionsOpt = None,
-                     db: DbOption = None) -> None:
+def export_items_cmd(
+    out: OutOpt, fmt: FormatOpt = None, collection: CollectionsOpt = None, db: DbOption = None
+) -> None:
     """Items with their judge verdicts: one row per item, columns verdict.<judge>.<dimension>[.prob|.status]."""
     _run_export("items", out, fmt, db, collection)
 
 
 @export_app.command("annotations")
-def export_annotations_cmd(out: OutOpt, fmt: FormatOpt = None, collection: CollectionsOpt = None,
-                           db: DbOption = None) -> None:
+def export_annotations_cmd(
+    out: OutOpt, fmt: FormatOpt = None, collection: CollectionsOpt = None, db: DbOption = None
+) -> None:
     """Every annotation: one row per item and annotator, blind and final labels, action, time spent."""
     _run_export("annotations", out, fmt, db, collection)
 
 
 @taxonomy_app.command("show")
-def taxonomy_show(name: Annotated[str, typer.Argument(help="Preset name (uni-safebench, vlsu) or a TOML/YAML file.")],
-                  as_json: Annotated[bool, typer.Option("--json", help="Print the validated spec as JSON.")] = False,
-                  ) -> None:
+def taxonomy_show(
+    name: Annotated[str, typer.Argument(help="Preset name (uni-safebench, vlsu) or a TOML/YAML file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the validated spec as JSON.")] = False,
+) -> None:
     """Print a taxonomy: task types, categories and dimensions with their labels."""
     import json
 
@@ -98,9 +101,11 @@ def taxonomy_check(path: Annotated[Path, typer.Argument(help="Taxonomy file (.to
     except TaxonomyError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    console.print(f"{path}: ok: taxonomy {spec['name']!r} version {spec['version']}: "
-                  f"{len(spec['task_types'])} task types, {len(spec['categories'])} categories, "
-                  f"{len(spec['dimensions'])} dimensions")
+    console.print(
+        f"{path}: ok: taxonomy {spec['name']!r} version {spec['version']}: "
+        f"{len(spec['task_types'])} task types, {len(spec['categories'])} categories, "
+        f"{len(spec['dimensions'])} dimensions"
+    )
 
 
 def _print_taxonomy(spec: dict) -> None:
@@ -128,8 +133,9 @@ def _print_taxonomy(spec: dict) -> None:
         d.add_column(col)
     for dim in spec["dimensions"]:
         labels = " < ".join(dim["labels"]) if dim["ordered"] else ", ".join(dim["labels"])
-        d.add_row(Text(dim["name"]), Text(labels), "yes" if dim["ordered"] else "no",
-                  Text(", ".join(dim["unsafe_labels"])))
+        d.add_row(
+            Text(dim["name"]), Text(labels), "yes" if dim["ordered"] else "no", Text(", ".join(dim["unsafe_labels"]))
+        )
     console.print(d)
 
 
@@ -140,25 +146,49 @@ def register(app: typer.Typer) -> None:
     @app.command("import")
     def import_cmd(
         paths: Annotated[list[Path], typer.Argument(help="Files to import, in order (JSONL, CSV or Parquet).")],
-        collection: Annotated[str, typer.Option("--collection", "-c", help="Collection to import into "
-                                                "(created on first use).")],
-        taxonomy: Annotated[str | None, typer.Option(
-            "--taxonomy", "-t", help="uni-safebench, vlsu or a taxonomy file (default: the existing "
-                                     "collection's taxonomy).")] = None,
+        collection: Annotated[
+            str, typer.Option("--collection", "-c", help="Collection to import into (created on first use).")
+        ],
+        taxonomy: Annotated[
+            str | None,
+            typer.Option(
+                "--taxonomy",
+                "-t",
+                help="uni-safebench, vlsu or a taxonomy file (default: the existing collection's taxonomy).",
+            ),
+        ] = None,
         fmt: Annotated[str, typer.Option("--format", "-f", help="auto, generic, uni-safebench or vlsu.")] = "auto",
-        task_type: Annotated[str | None, typer.Option(
-            "--task-type", help="Task type for every row (id or name; default: from the row or file name).")] = None,
-        media_dir: Annotated[Path | None, typer.Option(
-            "--media-dir", help="Folder that relative media paths are resolved in; nothing outside it is read "
-                                "(default: the file's folder).")] = None,
+        task_type: Annotated[
+            str | None,
+            typer.Option(
+                "--task-type", help="Task type for every row (id or name; default: from the row or file name)."
+            ),
+        ] = None,
+        media_dir: Annotated[
+            Path | None,
+            typer.Option(
+                "--media-dir",
+                help="Folder that relative media paths are resolved in; nothing outside it is read "
+                "(default: the file's folder).",
+            ),
+        ] = None,
         model: Annotated[str | None, typer.Option("--model", help="Model name for rows that name none.")] = None,
-        skip_invalid: Annotated[bool, typer.Option(
-            "--skip-invalid", help="Import the good rows and write the bad ones to the rejects file.")] = False,
-        rejects: Annotated[Path | None, typer.Option(
-            "--rejects", help="Rejects file for --skip-invalid (default: <file>.rejects.jsonl).")] = None,
-        update: Annotated[bool, typer.Option(
-            "--update", help="Replace items, verdicts and annotations whose content changed "
-                             "(default: report them as conflicts).")] = False,
+        skip_invalid: Annotated[
+            bool,
+            typer.Option("--skip-invalid", help="Import the good rows and write the bad ones to the rejects file."),
+        ] = False,
+        rejects: Annotated[
+            Path | None,
+            typer.Option("--rejects", help="Rejects file for --skip-invalid (default: <file>.rejects.jsonl)."),
+        ] = None,
+        update: Annotated[
+            bool,
+            typer.Option(
+                "--update",
+                help="Replace items, verdicts and annotations whose content changed "
+                "(default: report them as conflicts).",
+            ),
+        ] = False,
         user: Annotated[str, typer.Option("--user", help="Recorded as the importer in the batch's provenance.")] = "",
         db: DbOption = None,
         media_root: MediaRootOption = None,
@@ -187,10 +217,23 @@ def register(app: typer.Typer) -> None:
             if rejects is not None and rejects.exists():
                 rejects.unlink()
             for path in paths:
-                rep = import_file(engine, path, format=fmt, collection=collection, taxonomy=taxonomy,
-                                  task_type=task_type, media_dir=media_dir, model=model, skip_invalid=skip_invalid,
-                                  rejects_path=rejects, user=user or os.environ.get("USER", ""), update=update,
-                                  media_root=cfg.media_root, config=cfg, append_rejects=rejects is not None)
+                rep = import_file(
+                    engine,
+                    path,
+                    format=fmt,
+                    collection=collection,
+                    taxonomy=taxonomy,
+                    task_type=task_type,
+                    media_dir=media_dir,
+                    model=model,
+                    skip_invalid=skip_invalid,
+                    rejects_path=rejects,
+                    user=user or os.environ.get("USER", ""),
+                    update=update,
+                    media_root=cfg.media_root,
+                    config=cfg,
+                    append_rejects=rejects is not None,
+                )
                 reports.append(rep)
                 if not rep.ok:
                     failed = True
@@ -203,8 +246,9 @@ def register(app: typer.Typer) -> None:
         table = Table(title=escape(f"import into {collection}"))
         table.add_column("")
         for rep in reports:
-            table.add_column(escape(f"{Path(rep.source).name} [{rep.format}]" + ("" if rep.ok else " FAILED")),
-                             justify="right")
+            table.add_column(
+                escape(f"{Path(rep.source).name} [{rep.format}]" + ("" if rep.ok else " FAILED")), justify="right"
+            )
         if reports:
             for i, (name, _) in enumerate(reports[0].counts()):
                 table.add_row(name, *[str(r.counts()[i][1]) for r in reports])
@@ -222,13 +266,17 @@ def register(app: typer.Typer) -> None:
             if len(rep.errors) > len(shown):
                 typer.echo(f"... and {len(rep.errors) - len(shown)} more problem(s)", err=True)
         if failed:
-            typer.echo(f"import failed: {reports[-1].source} was not imported; the database is unchanged "
-                       "for that file", err=True)
+            typer.echo(
+                f"import failed: {reports[-1].source} was not imported; the database is unchanged for that file",
+                err=True,
+            )
             raise typer.Exit(1)
 
-    collections = typer.Typer(help="List collections with their taxonomy and counts of items, verdicts and "
-                                   "annotations; `collections set` changes review settings.",
-                              invoke_without_command=True)
+    collections = typer.Typer(
+        help="List collections with their taxonomy and counts of items, verdicts and "
+        "annotations; `collections set` changes review settings.",
+        invoke_without_command=True,
+    )
     app.add_typer(collections, name="collections")
 
     @collections.callback()
@@ -242,12 +290,16 @@ def register(app: typer.Typer) -> None:
     def collections_set(
         name: Annotated[str, typer.Argument(help="Collection name (as `safereview collections` lists it).")],
         overlap: Annotated[int | None, typer.Option("--overlap", help="Annotators per item (k), 1 to 50.")] = None,
-        blind: Annotated[bool | None, typer.Option("--blind/--open", help="Blind review hides the judge's verdict "
-                                                                        "until the annotator commits.")] = None,
-        audit_share: Annotated[float | None, typer.Option("--audit-share", help="Share of queue picks drawn "
-                                                                              "uniformly at random, 0 to 1.")] = None,
-        archived: Annotated[bool | None, typer.Option("--archive/--unarchive", help="Archived collections leave "
-                                                                                  "the review queue.")] = None,
+        blind: Annotated[
+            bool | None,
+            typer.Option("--blind/--open", help="Blind review hides the judge's verdict until the annotator commits."),
+        ] = None,
+        audit_share: Annotated[
+            float | None, typer.Option("--audit-share", help="Share of queue picks drawn uniformly at random, 0 to 1.")
+        ] = None,
+        archived: Annotated[
+            bool | None, typer.Option("--archive/--unarchive", help="Archived collections leave the review queue.")
+        ] = None,
         db: DbOption = None,
     ) -> None:
         """Change a collection's review settings (only the options given); same checks as the Collections page."""
@@ -256,16 +308,20 @@ def register(app: typer.Typer) -> None:
         from safereview.workflow.errors import WorkflowError
 
         if overlap is None and blind is None and audit_share is None and archived is None:
-            typer.echo("nothing to change: give --overlap, --blind/--open, --audit-share or --archive/--unarchive",
-                       err=True)
+            typer.echo(
+                "nothing to change: give --overlap, --blind/--open, --audit-share or --archive/--unarchive", err=True
+            )
             raise typer.Exit(2)
         engine = engine_for(config(db))
         try:
             with session_scope(engine) as s:
-                col = update_settings(s, name, overlap_target=overlap, blind=blind, audit_share=audit_share,
-                                      archived=archived)
-                shown = (f"{col.name}: overlap k={col.overlap_target}, {'blind' if col.blind else 'open'}, "
-                         f"audit share {col.audit_share:g}{', archived' if col.archived else ''}")
+                col = update_settings(
+                    s, name, overlap_target=overlap, blind=blind, audit_share=audit_share, archived=archived
+                )
+                shown = (
+                    f"{col.name}: overlap k={col.overlap_target}, {'blind' if col.blind else 'open'}, "
+                    f"audit share {col.audit_share:g}{', archived' if col.archived else ''}"
+                )
         except WorkflowError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
@@ -286,18 +342,36 @@ def register(app: typer.Typer) -> None:
         ct, it, vt, at, tt = (m.__table__ for m in (Collection, Item, Verdict, Annotation, Taxonomy))  # type: ignore[attr-defined]
         try:
             with engine.connect() as conn:
-                cols = conn.execute(sa.select(ct.c.id, ct.c.name, tt.c.name.label("tax"), ct.c.overlap_target,
-                                              ct.c.blind, ct.c.audit_share, ct.c.archived)
-                                    .join(tt, tt.c.id == ct.c.taxonomy_id)
-                                    .order_by(ct.c.name)).all()
-                items = dict(conn.execute(sa.select(it.c.collection_id, sa.func.count())
-                                          .group_by(it.c.collection_id)).all())
-                verdicts = dict(conn.execute(sa.select(it.c.collection_id, sa.func.count())
-                                             .select_from(vt.join(it, it.c.id == vt.c.item_id))
-                                             .group_by(it.c.collection_id)).all())
-                anns = dict(conn.execute(sa.select(it.c.collection_id, sa.func.count())
-                                         .select_from(at.join(it, it.c.id == at.c.item_id))
-                                         .group_by(it.c.collection_id)).all())
+                cols = conn.execute(
+                    sa.select(
+                        ct.c.id,
+                        ct.c.name,
+                        tt.c.name.label("tax"),
+                        ct.c.overlap_target,
+                        ct.c.blind,
+                        ct.c.audit_share,
+                        ct.c.archived,
+                    )
+                    .join(tt, tt.c.id == ct.c.taxonomy_id)
+                    .order_by(ct.c.name)
+                ).all()
+                items = dict(
+                    conn.execute(sa.select(it.c.collection_id, sa.func.count()).group_by(it.c.collection_id)).all()
+                )
+                verdicts = dict(
+                    conn.execute(
+                        sa.select(it.c.collection_id, sa.func.count())
+                        .select_from(vt.join(it, it.c.id == vt.c.item_id))
+                        .group_by(it.c.collection_id)
+                    ).all()
+                )
+                anns = dict(
+                    conn.execute(
+                        sa.select(it.c.collection_id, sa.func.count())
+                        .select_from(at.join(it, it.c.id == at.c.item_id))
+                        .group_by(it.c.collection_id)
+                    ).all()
+                )
         finally:
             engine.dispose()
         table = Table(title="collections", box=box.SIMPLE_HEAD)
@@ -308,8 +382,14 @@ def register(app: typer.Typer) -> None:
         table.add_column("review", overflow="fold")  # overlap k, blind or open, audit share
         for c in cols:
             review = f"k={c.overlap_target} · {'blind' if c.blind else 'open'} · audit {c.audit_share:.0%}"
-            table.add_row(Text(c.name), Text(c.tax), str(items.get(c.id, 0)), str(verdicts.get(c.id, 0)),
-                          str(anns.get(c.id, 0)), review + (" · archived" if c.archived else ""))
+            table.add_row(
+                Text(c.name),
+                Text(c.tax),
+                str(items.get(c.id, 0)),
+                str(verdicts.get(c.id, 0)),
+                str(anns.get(c.id, 0)),
+                review + (" · archived" if c.archived else ""),
+            )
         console.print(table)
         if not cols:
             console.print("no collections yet: see `safereview import --help`")

@@ -18,13 +18,22 @@ def _print_summary(summary: Any) -> None:
     t = Table(title=f"judge run: {summary.judge_id}", show_header=True)
     t.add_column("measure")
     t.add_column("value", justify="right")
-    rows = [("items judged", summary.items), ("items already complete (skipped)", summary.skipped),
-            ("HTTP calls", summary.calls), ("cache hits", summary.cache_hits), ("retries", summary.retries),
-            ("failed requests", summary.failures), ("verdicts written", summary.verdicts),
-            ("  ok", summary.ok), ("  by rule (refused / empty)", summary.rule),
-            ("  unparseable", summary.unparseable), ("  errors (retried next run)", summary.errors),
-            ("prompt tokens", summary.prompt_tokens), ("completion tokens", summary.completion_tokens),
-            ("seconds", f"{summary.seconds:.1f}")]
+    rows = [
+        ("items judged", summary.items),
+        ("items already complete (skipped)", summary.skipped),
+        ("HTTP calls", summary.calls),
+        ("cache hits", summary.cache_hits),
+        ("retries", summary.retries),
+        ("failed requests", summary.failures),
+        ("verdicts written", summary.verdicts),
+        ("  ok", summary.ok),
+        ("  by rule (refused / empty)", summary.rule),
+        ("  unparseable", summary.unparseable),
+        ("  errors (retried next run)", summary.errors),
+        ("prompt tokens", summary.prompt_tokens),
+        ("completion tokens", summary.completion_tokens),
+        ("seconds", f"{summary.seconds:.1f}"),
+    ]
     for k, v in rows:
         t.add_row(k, str(v))
     console.print(t)
@@ -34,37 +43,81 @@ def register(app: typer.Typer) -> None:
     @app.command("judge")
     def judge(
         protocol: Annotated[str, typer.Option("--protocol", help="Judging protocol: uni-judger or vlsu.")],
-        base_url: Annotated[str, typer.Option("--base-url", help="OpenAI-compatible server, e.g. "
-                                              "http://127.0.0.1:8000 or https://host/v1.")],
+        base_url: Annotated[
+            str,
+            typer.Option("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000 or https://host/v1."),
+        ],
         model: Annotated[str, typer.Option("--model", help="Model name the server knows the judge model by.")],
-        collection: Annotated[str | None, typer.Option(
-            "--collection", help="Collection to judge (default: every collection whose taxonomy fits the protocol).",
-            show_default=False)] = None,
-        concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=1024,
-                                                 help="Requests in flight at once.")] = 8,
-        limit: Annotated[int | None, typer.Option("--limit", min=1, help="Judge at most this many items "
-                                                  "(dry run default: 2).", show_default=False)] = None,
-        timeout: Annotated[float, typer.Option("--timeout", min=0.1,
-                                               help="Wall-clock limit per request attempt, seconds.")] = 120.0,
-        max_retries: Annotated[int, typer.Option("--max-retries", min=0,
-                                                 help="Retries on 429, 5xx, connection errors and time-outs.")] = 5,
-        logprobs: Annotated[bool, typer.Option("--logprobs/--no-logprobs",
-                                               help="Ask for token log-probabilities and store label "
-                                                    "probabilities (for calibration).")] = False,
-        api_key_env: Annotated[str, typer.Option("--api-key-env", help="Environment variable holding the "
-                                                 "API key.")] = "SAFEREVIEW_JUDGE_API_KEY",
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the exact request bodies (base64 "
-                                              "shortened in the print only) and make no call.")] = False,
-        cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Answer repeated identical requests "
-                                            "from the response cache.")] = True,
-        batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Commit verdicts after this many "
-                                                "items (a killed run loses at most one batch).")] = 10,
-        max_image_side: Annotated[int, typer.Option("--max-image-side", min=64, help="Downscale images whose "
-                                                    "long side exceeds this many pixels before sending.")] = 1536,
-        max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=16, help="Answer length limit for "
-                                                       "every call (default: 300 for intent, 400 for verdicts; "
-                                                       "raise it for reasoning models).",
-                                                       show_default=False)] = None,
+        collection: Annotated[
+            str | None,
+            typer.Option(
+                "--collection",
+                help="Collection to judge (default: every collection whose taxonomy fits the protocol).",
+                show_default=False,
+            ),
+        ] = None,
+        concurrency: Annotated[
+            int, typer.Option("--concurrency", min=1, max=1024, help="Requests in flight at once.")
+        ] = 8,
+        limit: Annotated[
+            int | None,
+            typer.Option(
+                "--limit", min=1, help="Judge at most this many items (dry run default: 2).", show_default=False
+            ),
+        ] = None,
+        timeout: Annotated[
+            float, typer.Option("--timeout", min=0.1, help="Wall-clock limit per request attempt, seconds.")
+        ] = 120.0,
+        max_retries: Annotated[
+            int, typer.Option("--max-retries", min=0, help="Retries on 429, 5xx, connection errors and time-outs.")
+        ] = 5,
+        logprobs: Annotated[
+            bool,
+            typer.Option(
+                "--logprobs/--no-logprobs",
+                help="Ask for token log-probabilities and store label probabilities (for calibration).",
+            ),
+        ] = False,
+        api_key_env: Annotated[
+            str, typer.Option("--api-key-env", help="Environment variable holding the API key.")
+        ] = "SAFEREVIEW_JUDGE_API_KEY",
+        dry_run: Annotated[
+            bool,
+            typer.Option(
+                "--dry-run",
+                help="Print the exact request bodies (base64 shortened in the print only) and make no call.",
+            ),
+        ] = False,
+        cache: Annotated[
+            bool, typer.Option("--cache/--no-cache", help="Answer repeated identical requests from the response cache.")
+        ] = True,
+        batch_size: Annotated[
+            int,
+            typer.Option(
+                "--batch-size",
+                min=1,
+                help="Commit verdicts after this many items (a killed run loses at most one batch).",
+            ),
+        ] = 10,
+        max_image_side: Annotated[
+            int,
+            typer.Option(
+                "--max-image-side",
+                min=64,
+                help="Downscale images whose long side exceeds this many pixels before sending.",
+            ),
+        ] = 1536,
+        max_tokens: Annotated[
+            int | None,
+            typer.Option(
+                "--max-tokens",
+                min=16,
+                help="Answer length limit for "
+                "every call (default: 300 for intent, 400 for verdicts; "
+                "raise it for reasoning models).",
+                show_default=False,
+            ),
+        ] = None,
         json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
         db: DbOption = None,
         media_root: MediaRootOption = None,
@@ -75,11 +128,24 @@ def register(app: typer.Typer) -> None:
 
         cfg = config(db, media_root)
         engine = engine_for(cfg)
-        opts = RunOptions(protocol=protocol, base_url=base_url, model=model, collection=collection,
-                          concurrency=concurrency, limit=limit, timeout=timeout, max_retries=max_retries,
-                          logprobs=logprobs, api_key=os.environ.get(api_key_env, ""), dry_run=dry_run,
-                          cache=cache, batch_size=batch_size, max_image_side=max_image_side, max_tokens=max_tokens,
-                          progress=not json_out)
+        opts = RunOptions(
+            protocol=protocol,
+            base_url=base_url,
+            model=model,
+            collection=collection,
+            concurrency=concurrency,
+            limit=limit,
+            timeout=timeout,
+            max_retries=max_retries,
+            logprobs=logprobs,
+            api_key=os.environ.get(api_key_env, ""),
+            dry_run=dry_run,
+            cache=cache,
+            batch_size=batch_size,
+            max_image_side=max_image_side,
+            max_tokens=max_tokens,
+            progress=not json_out,
+        )
         try:
             summary = run_judge(engine, cfg.media_root, opts, console=err_console)
         except (JudgeSetupError, NotFound) as exc:
@@ -87,8 +153,11 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
         if dry_run:
             typer.echo(json.dumps(summary.requests, indent=2, ensure_ascii=False))
-            typer.echo(f"dry run: {len(summary.requests)} request(s) for judge {summary.judge_id}; "
-                       "no call made, nothing written", err=True)
+            typer.echo(
+                f"dry run: {len(summary.requests)} request(s) for judge {summary.judge_id}; "
+                "no call made, nothing written",
+                err=True,
+            )
             return
         if json_out:
             typer.echo(json.dumps(summary.as_dict()))
@@ -100,9 +169,16 @@ def register(app: typer.Typer) -> None:
         path: Annotated[Path, typer.Argument(help="Verdict file: JSONL (unijudger, generic) or CSV (generic).")],
         fmt: Annotated[str, typer.Option("--format", help="unijudger (Uni-Judger output JSONL) or generic.")],
         collection: Annotated[str, typer.Option("--collection", help="Collection whose items the ids refer to.")],
-        judge_id: Annotated[str | None, typer.Option("--judge-id", help="Judge id to store the verdicts under "
-                                                     "(default: imported:<format>:<file name>; a generic row's "
-                                                     "judge_id column wins).", show_default=False)] = None,
+        judge_id: Annotated[
+            str | None,
+            typer.Option(
+                "--judge-id",
+                help="Judge id to store the verdicts under "
+                "(default: imported:<format>:<file name>; a generic row's "
+                "judge_id column wins).",
+                show_default=False,
+            ),
+        ] = None,
         db: DbOption = None,
     ) -> None:
         """Import verdicts made elsewhere; all-or-nothing, every problem reported as FILE:LINE: field: message."""
@@ -115,8 +191,9 @@ def register(app: typer.Typer) -> None:
         engine = engine_for(cfg)
         try:
             with session_scope(engine) as s:
-                result = import_verdicts(s, path, fmt, collection, judge_id=judge_id,
-                                         created_by=os.environ.get("USER", ""))
+                result = import_verdicts(
+                    s, path, fmt, collection, judge_id=judge_id, created_by=os.environ.get("USER", "")
+                )
                 cid, touched = result.collection_id, result.item_ids
         except VerdictImportError as exc:
             for p in exc.problems:
@@ -127,16 +204,26 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
         refresh_priorities(engine, [cid], touched)
-        console.print(f"imported {result.verdicts} verdict(s) as {', '.join(result.judge_ids)} "
-                      f"(import batch {result.batch_id})", markup=False, highlight=False)
+        console.print(
+            f"imported {result.verdicts} verdict(s) as {', '.join(result.judge_ids)} (import batch {result.batch_id})",
+            markup=False,
+            highlight=False,
+        )
 
     @app.command("stats")
     def stats(
         collection: Annotated[str, typer.Option("--collection", help="Collection to report on.")],
-        by: Annotated[str | None, typer.Option("--by", help="Break down by model, task_type or category.",
-                                               show_default=False)] = None,
-        judge_id: Annotated[str | None, typer.Option("--judge-id", help="Judge whose verdicts to use (default: "
-                                                     "the one with most labels).", show_default=False)] = None,
+        by: Annotated[
+            str | None, typer.Option("--by", help="Break down by model, task_type or category.", show_default=False)
+        ] = None,
+        judge_id: Annotated[
+            str | None,
+            typer.Option(
+                "--judge-id",
+                help="Judge whose verdicts to use (default: the one with most labels).",
+                show_default=False,
+            ),
+        ] = None,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
         db: DbOption = None,
     ) -> None:
@@ -166,8 +253,9 @@ def _print_stats(result: dict[str, Any]) -> None:
     from safereview.judge.stats import fmt_share
 
     gold = {g["group"]: g for g in result["gold"]}
-    title = (f"{result['collection']} — judge {result['judge_id'] or '(none)'}"
-             + (f" vs gold snapshot {result['gold_snapshot_id']}" if result["gold_snapshot_id"] else ""))
+    title = f"{result['collection']} — judge {result['judge_id'] or '(none)'}" + (
+        f" vs gold snapshot {result['gold_snapshot_id']}" if result["gold_snapshot_id"] else ""
+    )
     t = Table(title=Text(title), show_lines=False)
     t.add_column(result["by"] or "group")
     t.add_column("metric")
@@ -186,5 +274,8 @@ def _print_stats(result: dict[str, Any]) -> None:
         t.add_section()
     console.print(t)
     if result["verdict_status"]:
-        console.print("verdict status: " + ", ".join(f"{k} {v}" for k, v in sorted(result["verdict_status"].items())),
-                      markup=False, highlight=False)
+        console.print(
+            "verdict status: " + ", ".join(f"{k} {v}" for k, v in sorted(result["verdict_status"].items())),
+            markup=False,
+            highlight=False,
+        )

@@ -17,8 +17,12 @@ from safereview.cli.common import DbOption, config, console, engine_for, err_con
 
 RoleOption = Annotated[str, typer.Option("--role", help="annotator, lead or admin.")]
 PasswordStdinOption = Annotated[
-    bool, typer.Option("--password-stdin", help="Read the password from the first line of standard input "
-                                                "instead of prompting (for scripts).")]
+    bool,
+    typer.Option(
+        "--password-stdin",
+        help="Read the password from the first line of standard input instead of prompting (for scripts).",
+    ),
+]
 DisplayNameOption = Annotated[str, typer.Option("--display-name", help="Name shown in the app (default: none).")]
 
 
@@ -41,9 +45,13 @@ def register(app: typer.Typer) -> None:
     app.add_typer(queue, name="queue")
 
     @users.command("add")
-    def users_add(username: Annotated[str, typer.Argument(help="Sign-in name (at most 80 characters).")],
-                  role: RoleOption = "annotator", password_stdin: PasswordStdinOption = False,
-                  display_name: DisplayNameOption = "", db: DbOption = None) -> None:
+    def users_add(
+        username: Annotated[str, typer.Argument(help="Sign-in name (at most 80 characters).")],
+        role: RoleOption = "annotator",
+        password_stdin: PasswordStdinOption = False,
+        display_name: DisplayNameOption = "",
+        db: DbOption = None,
+    ) -> None:
         """Create a user with a password (prompted, or read with --password-stdin)."""
         from safereview.db.engine import session_scope
         from safereview.workflow.auth import create_user
@@ -71,8 +79,13 @@ def register(app: typer.Typer) -> None:
         with session_scope(engine_for(config(db))) as s:
             for u in list_users(s):
                 status = "disabled" if u.disabled else ("no password" if u.password_hash.startswith("!") else "active")
-                table.add_row(Text(u.username), u.role, status, Text(u.display_name),
-                              u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "")
+                table.add_row(
+                    Text(u.username),
+                    u.role,
+                    status,
+                    Text(u.display_name),
+                    u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "",
+                )
         for col in table.columns:
             col.no_wrap = False
         console.print(table, markup=False, highlight=False)
@@ -92,24 +105,26 @@ def register(app: typer.Typer) -> None:
     def _set_disabled(username: str, disabled: bool, db: str | None) -> None:
         from safereview.workflow.auth import set_disabled
 
-        _change_user(db, lambda s: set_disabled(s, username, disabled),
-                     f"{'disabled' if disabled else 'enabled'} {username!r}")
+        _change_user(
+            db, lambda s: set_disabled(s, username, disabled), f"{'disabled' if disabled else 'enabled'} {username!r}"
+        )
 
     @users.command("disable")
-    def users_disable(username: Annotated[str, typer.Argument(help="User to disable.")],
-                      db: DbOption = None) -> None:
+    def users_disable(username: Annotated[str, typer.Argument(help="User to disable.")], db: DbOption = None) -> None:
         """Disable a user and sign them out everywhere (their labels stay)."""
         _set_disabled(username, True, db)
 
     @users.command("enable")
-    def users_enable(username: Annotated[str, typer.Argument(help="User to enable.")],
-                     db: DbOption = None) -> None:
+    def users_enable(username: Annotated[str, typer.Argument(help="User to enable.")], db: DbOption = None) -> None:
         """Re-enable a disabled user."""
         _set_disabled(username, False, db)
 
     @users.command("reset-password")
-    def users_reset(username: Annotated[str, typer.Argument(help="User whose password to set.")],
-                    password_stdin: PasswordStdinOption = False, db: DbOption = None) -> None:
+    def users_reset(
+        username: Annotated[str, typer.Argument(help="User whose password to set.")],
+        password_stdin: PasswordStdinOption = False,
+        db: DbOption = None,
+    ) -> None:
         """Set a new password (also for imported users, who have none), sign the user out, lift a lock-out."""
         from safereview.workflow.auth import reset_password
 
@@ -117,17 +132,20 @@ def register(app: typer.Typer) -> None:
         _change_user(db, lambda s: reset_password(s, username, password), f"password of {username!r} reset")
 
     @users.command("set-role")
-    def users_set_role(username: Annotated[str, typer.Argument(help="User whose role to change.")],
-                       role: Annotated[str, typer.Argument(help="annotator, lead or admin.")],
-                       db: DbOption = None) -> None:
+    def users_set_role(
+        username: Annotated[str, typer.Argument(help="User whose role to change.")],
+        role: Annotated[str, typer.Argument(help="annotator, lead or admin.")],
+        db: DbOption = None,
+    ) -> None:
         """Change a user's role; they are signed out everywhere so the new role applies at once."""
         from safereview.workflow.auth import set_role
 
         _change_user(db, lambda s: set_role(s, username, role), f"{username!r} is now {role}")
 
     @queue.command("status")
-    def queue_status_cmd(collection: Annotated[str, typer.Option("--collection", help="Collection name.")],
-                         db: DbOption = None) -> None:
+    def queue_status_cmd(
+        collection: Annotated[str, typer.Option("--collection", help="Collection name.")], db: DbOption = None
+    ) -> None:
         """Show review progress of a collection: slots done and leased, items fully covered, per reviewer."""
         from rich.table import Table
         from rich.text import Text
@@ -150,7 +168,9 @@ def register(app: typer.Typer) -> None:
             f"{p.everyone_done} done ({pct}), {p.slots_leased} leased, {p.items_fully_covered} items fully covered; "
             f"done by stratum: priority {p.extra.get('done_priority', 0)}, audit {p.extra.get('done_audit', 0)}, "
             f"imported {p.extra.get('done_imported', 0)}",
-            markup=False, highlight=False)
+            markup=False,
+            highlight=False,
+        )
         table = Table("reviewer", "done", "leased", "skipped", "released")
         for name, counts in st["per_user"].items():
             table.add_row(Text(name), *(str(counts.get(k, 0)) for k in ("done", "leased", "skipped", "released")))

@@ -14,8 +14,15 @@ from typing import Any
 from safereview.data import DEMO_DIR
 from safereview.dataio.importers import ImportReport, import_file
 
-UNI_TASK_FILES = ("malicious_text_generation", "unsafe_t2i_generation", "malicious_image_editing", "dual_unsafe",
-                  "image_unsafe", "text_unsafe", "composite_unsafe")
+UNI_TASK_FILES = (
+    "malicious_text_generation",
+    "unsafe_t2i_generation",
+    "malicious_image_editing",
+    "dual_unsafe",
+    "image_unsafe",
+    "text_unsafe",
+    "composite_unsafe",
+)
 UNI_COLLECTION = "uni-safebench / demo-unified-model"
 VLSU_COLLECTION = "vlsu / demo"
 AV_COLLECTION = "demo-av / demo-av-model"
@@ -25,24 +32,49 @@ def demo_plan(data_dir: Path = DEMO_DIR) -> list[dict[str, Any]]:
     """The imports that make up the demo, in order (file, collection, taxonomy, media folder)."""
     uni = data_dir / "uni-safebench"
     plan: list[dict[str, Any]] = [
-        {"path": uni / f"{name}.jsonl", "collection": UNI_COLLECTION, "taxonomy": "uni-safebench",
-         "format": "uni-safebench", "media_dir": uni}
+        {
+            "path": uni / f"{name}.jsonl",
+            "collection": UNI_COLLECTION,
+            "taxonomy": "uni-safebench",
+            "format": "uni-safebench",
+            "media_dir": uni,
+        }
         for name in UNI_TASK_FILES
     ]
     vlsu = data_dir / "vlsu"
     plan += [
-        {"path": vlsu / "vlsu_demo.csv", "collection": VLSU_COLLECTION, "taxonomy": "vlsu", "format": "vlsu",
-         "media_dir": vlsu / "images"},
-        {"path": vlsu / "judge_verdicts.jsonl", "collection": VLSU_COLLECTION, "taxonomy": "vlsu",
-         "format": "generic", "media_dir": vlsu},
+        {
+            "path": vlsu / "vlsu_demo.csv",
+            "collection": VLSU_COLLECTION,
+            "taxonomy": "vlsu",
+            "format": "vlsu",
+            "media_dir": vlsu / "images",
+        },
+        {
+            "path": vlsu / "judge_verdicts.jsonl",
+            "collection": VLSU_COLLECTION,
+            "taxonomy": "vlsu",
+            "format": "generic",
+            "media_dir": vlsu,
+        },
     ]
     custom = data_dir / "custom"
     tax = str(custom / "taxonomy.toml")
     plan += [
-        {"path": custom / "items.jsonl", "collection": AV_COLLECTION, "taxonomy": tax, "format": "generic",
-         "media_dir": custom},
-        {"path": custom / "annotations.csv", "collection": AV_COLLECTION, "taxonomy": tax, "format": "generic",
-         "media_dir": custom},
+        {
+            "path": custom / "items.jsonl",
+            "collection": AV_COLLECTION,
+            "taxonomy": tax,
+            "format": "generic",
+            "media_dir": custom,
+        },
+        {
+            "path": custom / "annotations.csv",
+            "collection": AV_COLLECTION,
+            "taxonomy": tax,
+            "format": "generic",
+            "media_dir": custom,
+        },
     ]
     return plan
 
@@ -59,22 +91,31 @@ def build_demo(db_url: str, media_root: Path, *, data_dir: Path = DEMO_DIR) -> d
     reports: list[ImportReport] = []
     try:
         for step in demo_plan(data_dir):
-            rep = import_file(engine, step["path"], format=step["format"], collection=step["collection"],
-                              taxonomy=step["taxonomy"], media_dir=step["media_dir"], media_root=Path(media_root),
-                              user="demo")
+            rep = import_file(
+                engine,
+                step["path"],
+                format=step["format"],
+                collection=step["collection"],
+                taxonomy=step["taxonomy"],
+                media_dir=step["media_dir"],
+                media_root=Path(media_root),
+                user="demo",
+            )
             rep.raise_for_errors()
             reports.append(rep)
     finally:
         engine.dispose()
     summary: dict[str, Any] = {"collections": {}, "files": []}
     for rep in reports:
-        c = summary["collections"].setdefault(rep.collection, {"items_new": 0, "verdicts_new": 0,
-                                                               "annotations_new": 0, "items_unchanged": 0})
+        c = summary["collections"].setdefault(
+            rep.collection, {"items_new": 0, "verdicts_new": 0, "annotations_new": 0, "items_unchanged": 0}
+        )
         c["items_new"] += rep.items_new
         c["verdicts_new"] += rep.verdicts_new
         c["annotations_new"] += rep.annotations_new
         c["items_unchanged"] += rep.items_unchanged
-        summary["files"].append({"file": rep.source, "format": rep.format, "batch_id": rep.batch_id,
-                                 "changed": rep.changed})
+        summary["files"].append(
+            {"file": rep.source, "format": rep.format, "batch_id": rep.batch_id, "changed": rep.changed}
+        )
     summary["changed"] = any(r.changed for r in reports)
     return summary

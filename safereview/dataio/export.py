@@ -38,8 +38,11 @@ def _provenance(engine: sa.Engine) -> dict[str, Any]:
     from safereview import __version__
     from safereview.db.engine import schema_revision
 
-    return {"exported_at": utcnow().isoformat(), "safereview_version": __version__,
-            "schema_revision": schema_revision(engine) or ""}
+    return {
+        "exported_at": utcnow().isoformat(),
+        "safereview_version": __version__,
+        "schema_revision": schema_revision(engine) or "",
+    }
 
 
 def _collection_filter(conn: sa.Connection, names: Iterable[str] | None) -> dict[int, str]:
@@ -77,10 +80,32 @@ def item_rows(engine: sa.Engine, *, collections: Iterable[str] | None = None) ->
     vt = Verdict.__table__  # type: ignore[attr-defined]
     bt = ImportBatch.__table__  # type: ignore[attr-defined]
     prov = _provenance(engine)
-    base = ["collection", "item_id", "external_id", "task_type", "category", "subcategory", "model",
-            "input_modalities", "output_modalities", "prompt_text", "prompt_media", "response_text",
-            "response_media", "refused", "prompt_json", "response_json", "meta_json", "content_hash",
-            "priority", "slots_taken", "created_at", "import_batch_id", "import_source", "import_format"]
+    base = [
+        "collection",
+        "item_id",
+        "external_id",
+        "task_type",
+        "category",
+        "subcategory",
+        "model",
+        "input_modalities",
+        "output_modalities",
+        "prompt_text",
+        "prompt_media",
+        "response_text",
+        "response_media",
+        "refused",
+        "prompt_json",
+        "response_json",
+        "meta_json",
+        "content_hash",
+        "priority",
+        "slots_taken",
+        "created_at",
+        "import_batch_id",
+        "import_source",
+        "import_format",
+    ]
     cols: dict[str, list] = {c: [] for c in base}
     with engine.connect() as conn:
         cmap = _collection_filter(conn, collections)
@@ -94,23 +119,62 @@ def item_rows(engine: sa.Engine, *, collections: Iterable[str] | None = None) ->
         iso = _sqlite_iso if sqlite else _iso
         # JSON columns are read as their stored text: parsed once for the text/media columns and
         # passed through unchanged as prompt_json/response_json/meta_json (no re-serialising).
-        stmt = (sa.select(it.c.id, it.c.collection_id, it.c.external_id, it.c.task_type, it.c.category,
-                          it.c.subcategory, it.c.model, it.c.input_modalities, it.c.output_modalities,
-                          sa.cast(it.c.prompt, sa.Text).label("prompt"), sa.cast(it.c.response, sa.Text).label(
-                              "response"), it.c.refused, sa.cast(it.c.meta, sa.Text).label("meta"),
-                          it.c.content_hash, it.c.priority, it.c.slots_taken, created, it.c.import_batch_id)
-                .where(it.c.collection_id.in_(list(cmap))).order_by(it.c.collection_id, it.c.id))
+        stmt = (
+            sa.select(
+                it.c.id,
+                it.c.collection_id,
+                it.c.external_id,
+                it.c.task_type,
+                it.c.category,
+                it.c.subcategory,
+                it.c.model,
+                it.c.input_modalities,
+                it.c.output_modalities,
+                sa.cast(it.c.prompt, sa.Text).label("prompt"),
+                sa.cast(it.c.response, sa.Text).label("response"),
+                it.c.refused,
+                sa.cast(it.c.meta, sa.Text).label("meta"),
+                it.c.content_hash,
+                it.c.priority,
+                it.c.slots_taken,
+                created,
+                it.c.import_batch_id,
+            )
+            .where(it.c.collection_id.in_(list(cmap)))
+            .order_by(it.c.collection_id, it.c.id)
+        )
         loads = json.loads
         tuples: list[tuple[Any, ...]] = []
         for n, r in enumerate(conn.execute(stmt).all()):
             index[r.id] = n
             src, fmt = batches.get(r.import_batch_id, (None, None))
             prompt, response = loads(r.prompt or "[]"), loads(r.response or "[]")
-            values = (cmap[r.collection_id], r.id, r.external_id, r.task_type, r.category, r.subcategory, r.model,
-                      r.input_modalities, r.output_modalities, _parts_text(prompt), _parts_media(prompt),
-                      _parts_text(response), _parts_media(response), bool(r.refused),
-                      r.prompt, r.response, r.meta, r.content_hash, r.priority,
-                      r.slots_taken, iso(r.created_at), r.import_batch_id, src, fmt)
+            values = (
+                cmap[r.collection_id],
+                r.id,
+                r.external_id,
+                r.task_type,
+                r.category,
+                r.subcategory,
+                r.model,
+                r.input_modalities,
+                r.output_modalities,
+                _parts_text(prompt),
+                _parts_media(prompt),
+                _parts_text(response),
+                _parts_media(response),
+                bool(r.refused),
+                r.prompt,
+                r.response,
+                r.meta,
+                r.content_hash,
+                r.priority,
+                r.slots_taken,
+                iso(r.created_at),
+                r.import_batch_id,
+                src,
+                fmt,
+            )
             tuples.append(values)
         n_rows = len(index)
         if tuples:
@@ -118,9 +182,11 @@ def item_rows(engine: sa.Engine, *, collections: Iterable[str] | None = None) ->
                 cols[c] = list(column)
         judge_sets: list[set[str] | None] = [None] * n_rows
         vcols: dict[str, list] = {}
-        vstmt = (sa.select(vt.c.item_id, vt.c.judge_id, vt.c.dimension, vt.c.label, vt.c.probability, vt.c.status)
-                 .select_from(vt.join(it, it.c.id == vt.c.item_id))
-                 .where(it.c.collection_id.in_(list(cmap))))
+        vstmt = (
+            sa.select(vt.c.item_id, vt.c.judge_id, vt.c.dimension, vt.c.label, vt.c.probability, vt.c.status)
+            .select_from(vt.join(it, it.c.id == vt.c.item_id))
+            .where(it.c.collection_id.in_(list(cmap)))
+        )
         targets: dict[tuple[str, str], tuple[list, list, list]] = {}
         for item_id, judge, dim, label, prob, status in conn.execute(vstmt).all():
             row = index.get(item_id)
@@ -130,7 +196,8 @@ def item_rows(engine: sa.Engine, *, collections: Iterable[str] | None = None) ->
             if t is None:
                 t = targets[(judge, dim)] = tuple(  # type: ignore[assignment]
                     vcols.setdefault(f"verdict.{judge}.{dim}{suffix}", [None] * n_rows)
-                    for suffix in ("", ".prob", ".status"))
+                    for suffix in ("", ".prob", ".status")
+                )
             t[0][row], t[1][row], t[2][row] = label, prob, status
             s = judge_sets[row]
             if s is None:
@@ -145,17 +212,37 @@ def item_rows(engine: sa.Engine, *, collections: Iterable[str] | None = None) ->
     return list(cols), cols
 
 
-def annotation_rows(engine: sa.Engine, *,
-                    collections: Iterable[str] | None = None) -> tuple[list[str], dict[str, list]]:
+def annotation_rows(
+    engine: sa.Engine, *, collections: Iterable[str] | None = None
+) -> tuple[list[str], dict[str, list]]:
     """Column names and values of the annotations export: one row per (item, annotator)."""
     at = Annotation.__table__  # type: ignore[attr-defined]
     it = Item.__table__  # type: ignore[attr-defined]
     ut = User.__table__  # type: ignore[attr-defined]
     bt = ImportBatch.__table__  # type: ignore[attr-defined]
     prov = _provenance(engine)
-    base = ["collection", "item_id", "external_id", "task_type", "category", "model", "annotator",
-            "annotator_role", "categories", "rationale", "flagged", "verdict_action", "verdict_judge_id",
-            "time_spent_s", "source", "version", "created_at", "updated_at", "import_batch_id", "import_source"]
+    base = [
+        "collection",
+        "item_id",
+        "external_id",
+        "task_type",
+        "category",
+        "model",
+        "annotator",
+        "annotator_role",
+        "categories",
+        "rationale",
+        "flagged",
+        "verdict_action",
+        "verdict_judge_id",
+        "time_spent_s",
+        "source",
+        "version",
+        "created_at",
+        "updated_at",
+        "import_batch_id",
+        "import_source",
+    ]
     rows: list[tuple[Any, ...]] = []
     labels: list[dict[str, str]] = []
     blinds: list[dict[str, str] | None] = []
@@ -163,19 +250,59 @@ def annotation_rows(engine: sa.Engine, *,
         cmap = _collection_filter(conn, collections)
         batches = {bid: src for bid, src in conn.execute(sa.select(bt.c.id, bt.c.source))}
         if cmap:
-            stmt = (sa.select(it.c.collection_id, it.c.id, it.c.external_id, it.c.task_type, it.c.category,
-                              it.c.model, ut.c.username, ut.c.role, at.c.categories, at.c.rationale, at.c.flagged,
-                              at.c.verdict_action, at.c.verdict_judge_id, at.c.time_spent_s, at.c.source,
-                              at.c.version, at.c.created_at, at.c.updated_at, at.c.import_batch_id,
-                              at.c.labels, at.c.blind_labels)
-                    .select_from(at.join(it, it.c.id == at.c.item_id).join(ut, ut.c.id == at.c.user_id))
-                    .where(it.c.collection_id.in_(list(cmap))).order_by(it.c.collection_id, it.c.id, ut.c.username))
+            stmt = (
+                sa.select(
+                    it.c.collection_id,
+                    it.c.id,
+                    it.c.external_id,
+                    it.c.task_type,
+                    it.c.category,
+                    it.c.model,
+                    ut.c.username,
+                    ut.c.role,
+                    at.c.categories,
+                    at.c.rationale,
+                    at.c.flagged,
+                    at.c.verdict_action,
+                    at.c.verdict_judge_id,
+                    at.c.time_spent_s,
+                    at.c.source,
+                    at.c.version,
+                    at.c.created_at,
+                    at.c.updated_at,
+                    at.c.import_batch_id,
+                    at.c.labels,
+                    at.c.blind_labels,
+                )
+                .select_from(at.join(it, it.c.id == at.c.item_id).join(ut, ut.c.id == at.c.user_id))
+                .where(it.c.collection_id.in_(list(cmap)))
+                .order_by(it.c.collection_id, it.c.id, ut.c.username)
+            )
             for r in conn.execute(stmt).all():
-                rows.append((cmap[r.collection_id], r.id, r.external_id, r.task_type, r.category, r.model,
-                             r.username, r.role, ";".join(r.categories or []), r.rationale, bool(r.flagged),
-                             r.verdict_action, r.verdict_judge_id, r.time_spent_s, r.source, r.version,
-                             _iso(r.created_at), _iso(r.updated_at), r.import_batch_id,
-                             batches.get(r.import_batch_id)))
+                rows.append(
+                    (
+                        cmap[r.collection_id],
+                        r.id,
+                        r.external_id,
+                        r.task_type,
+                        r.category,
+                        r.model,
+                        r.username,
+                        r.role,
+                        ";".join(r.categories or []),
+                        r.rationale,
+                        bool(r.flagged),
+                        r.verdict_action,
+                        r.verdict_judge_id,
+                        r.time_spent_s,
+                        r.source,
+                        r.version,
+                        _iso(r.created_at),
+                        _iso(r.updated_at),
+                        r.import_batch_id,
+                        batches.get(r.import_batch_id),
+                    )
+                )
                 labels.append(r.labels or {})
                 blinds.append(r.blind_labels)
     cols: dict[str, list] = {c: [r[i] for r in rows] for i, c in enumerate(base)}
@@ -252,8 +379,9 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def export_items(engine: sa.Engine, out: str | Path, fmt: str = "parquet", *,
-                 collections: Iterable[str] | None = None) -> ExportResult:
+def export_items(
+    engine: sa.Engine, out: str | Path, fmt: str = "parquet", *, collections: Iterable[str] | None = None
+) -> ExportResult:
     """Items with their verdicts, one row per item, verdict columns ``verdict.<judge>.<dim>``."""
     with _no_gc():
         columns, data = item_rows(engine, collections=collections)
@@ -261,8 +389,9 @@ def export_items(engine: sa.Engine, out: str | Path, fmt: str = "parquet", *,
     return ExportResult(Path(out), fmt, n, columns)
 
 
-def export_annotations(engine: sa.Engine, out: str | Path, fmt: str = "parquet", *,
-                       collections: Iterable[str] | None = None) -> ExportResult:
+def export_annotations(
+    engine: sa.Engine, out: str | Path, fmt: str = "parquet", *, collections: Iterable[str] | None = None
+) -> ExportResult:
     """Every annotation, one row per (item, annotator), with blind and final labels."""
     with _no_gc():
         columns, data = annotation_rows(engine, collections=collections)

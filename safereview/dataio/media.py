@@ -78,10 +78,18 @@ class MediaInfo:
     def row(self) -> dict[str, Any]:
         """Column values for the ``media`` table."""
         return {
-            "sha256": self.sha256, "kind": self.kind, "mime": self.mime, "ext": self.ext,
-            "size_bytes": self.size_bytes, "width": self.width, "height": self.height,
-            "duration_s": self.duration_s, "sample_rate": self.sample_rate, "frames": self.frames,
-            "original_name": self.original_name[:500], "created_at": utcnow(),
+            "sha256": self.sha256,
+            "kind": self.kind,
+            "mime": self.mime,
+            "ext": self.ext,
+            "size_bytes": self.size_bytes,
+            "width": self.width,
+            "height": self.height,
+            "duration_s": self.duration_s,
+            "sample_rate": self.sample_rate,
+            "frames": self.frames,
+            "original_name": self.original_name[:500],
+            "created_at": utcnow(),
         }
 
 
@@ -147,8 +155,9 @@ def probe(path: Path, kind: str, *, max_image_pixels: int = 50_000_000, original
     sha, size = _sha256(path)
     if size == 0:
         raise MediaError(f"empty file: {path.name}")
-    info = MediaInfo(path=path, sha256=sha, kind=kind, mime="", ext="", size_bytes=size,
-                     original_name=original_name or path.name)
+    info = MediaInfo(
+        path=path, sha256=sha, kind=kind, mime="", ext="", size_bytes=size, original_name=original_name or path.name
+    )
     if kind == "image":
         _probe_image(path, info, max_image_pixels)
     elif kind == "audio":
@@ -374,7 +383,7 @@ def insert_media_rows(conn: sa.Connection, infos: list[MediaInfo]) -> int:
     existing: set[str] = set()
     shas = list(by_sha)
     for start in range(0, len(shas), 500):
-        chunk = shas[start:start + 500]
+        chunk = shas[start : start + 500]
         existing.update(conn.execute(sa.select(table.c.sha256).where(table.c.sha256.in_(chunk))).scalars())
     rows = [i.row() for s, i in by_sha.items() if s not in existing]
     if rows:
@@ -382,8 +391,15 @@ def insert_media_rows(conn: sa.Connection, infos: list[MediaInfo]) -> int:
     return len(rows)
 
 
-def store(engine_or_conn: sa.Engine | sa.Connection, path: str | Path, kind: str, *, media_root: Path,
-          media_dir: Path | None = None, max_image_pixels: int = 50_000_000) -> MediaInfo:
+def store(
+    engine_or_conn: sa.Engine | sa.Connection,
+    path: str | Path,
+    kind: str,
+    *,
+    media_root: Path,
+    media_dir: Path | None = None,
+    max_image_pixels: int = 50_000_000,
+) -> MediaInfo:
     """Validate one file, store it by hash and insert its ``media`` row (idempotent).
 
     ``path`` may be relative (resolved against ``media_dir``, default its own folder).

@@ -31,8 +31,16 @@ from safereview.workflow.errors import Conflict, InvalidInput, NotFound
 from safereview.workflow.policies import can, require
 from safereview.workflow.queue import complete
 
-SNAPSHOT_FIELDS: tuple[str, ...] = ("labels", "blind_labels", "categories", "rationale", "flagged",
-                                    "verdict_action", "verdict_judge_id", "time_spent_s")
+SNAPSHOT_FIELDS: tuple[str, ...] = (
+    "labels",
+    "blind_labels",
+    "categories",
+    "rationale",
+    "flagged",
+    "verdict_action",
+    "verdict_judge_id",
+    "time_spent_s",
+)
 EDITABLE_FIELDS: frozenset[str] = frozenset({"labels", "categories", "rationale", "flagged"})
 MAX_RATIONALE_CHARS = 5000
 MAX_CATEGORIES = 50
@@ -159,16 +167,40 @@ def _own_annotation(session: Session, user: User, annotation_id: int) -> Annotat
     return ann
 
 
-def _event(session: Session, ann: Annotation, actor: User, action: str, before: dict[str, Any] | None,
-           after: dict[str, Any] | None, now: datetime) -> None:
+def _event(
+    session: Session,
+    ann: Annotation,
+    actor: User,
+    action: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    now: datetime,
+) -> None:
     """Append one event (Core insert: the log is write-only from here)."""
-    session.execute(sa.insert(AnnotationEvent.__table__).values(  # type: ignore[attr-defined]
-        annotation_id=ann.id, item_id=ann.item_id, actor_id=actor.id, action=action, version=ann.version,
-        before=before, after=after, at=now))
+    session.execute(
+        sa.insert(AnnotationEvent.__table__).values(  # type: ignore[attr-defined]
+            annotation_id=ann.id,
+            item_id=ann.item_id,
+            actor_id=actor.id,
+            action=action,
+            version=ann.version,
+            before=before,
+            after=after,
+            at=now,
+        )
+    )
 
 
-def _apply(session: Session, user: User, ann: Annotation, expected_version: int, values: dict[str, Any],
-           action: str, *, extra_after: dict[str, Any] | None = None) -> Annotation:
+def _apply(
+    session: Session,
+    user: User,
+    ann: Annotation,
+    expected_version: int,
+    values: dict[str, Any],
+    action: str,
+    *,
+    extra_after: dict[str, Any] | None = None,
+) -> Annotation:
     """Conditional UPDATE of ``values`` on ``version == expected_version`` plus its event."""
     if ann.version != expected_version:
         raise Conflict("this annotation changed since you opened it; reload to see the current version")
@@ -176,8 +208,11 @@ def _apply(session: Session, user: User, ann: Annotation, expected_version: int,
     before = snapshot(ann)
     res = session.execute(
         sa.update(Annotation)
-        .where(Annotation.id == ann.id, Annotation.user_id == user.id,  # type: ignore[arg-type]
-               Annotation.version == expected_version)  # type: ignore[arg-type]
+        .where(
+            Annotation.id == ann.id,
+            Annotation.user_id == user.id,  # type: ignore[arg-type]
+            Annotation.version == expected_version,
+        )  # type: ignore[arg-type]
         .values(**values, version=Annotation.version + 1, updated_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -196,10 +231,19 @@ def _apply(session: Session, user: User, ann: Annotation, expected_version: int,
 # ---------------------------------------------------------------------------------------
 
 
-def submit(session: Session, user: User, assignment_id: int, labels: dict[str, str], *,
-           categories: tuple[str, ...] | list[str] = (), rationale: str = "", flagged: bool = False,
-           time_spent_s: float | None = None, verdict_action: str | None = None,
-           verdict_judge_id: str | None = None) -> Annotation:
+def submit(
+    session: Session,
+    user: User,
+    assignment_id: int,
+    labels: dict[str, str],
+    *,
+    categories: tuple[str, ...] | list[str] = (),
+    rationale: str = "",
+    flagged: bool = False,
+    time_spent_s: float | None = None,
+    verdict_action: str | None = None,
+    verdict_judge_id: str | None = None,
+) -> Annotation:
     """Commit labels for the user's own active lease; marks the assignment done.
 
     In a blind collection the labels are also stored as ``blind_labels`` and the judge's
@@ -210,7 +254,8 @@ def submit(session: Session, user: User, assignment_id: int, labels: dict[str, s
     require(user, "review")
     row = session.execute(
         sa.select(Assignment.user_id, Assignment.item_id, Collection.blind, Collection.taxonomy_id)
-        .join(Item, Item.id == Assignment.item_id).join(Collection, Collection.id == Item.collection_id)
+        .join(Item, Item.id == Assignment.item_id)
+        .join(Collection, Collection.id == Item.collection_id)
         .where(Assignment.id == assignment_id)
     ).first()
     if row is None or row[0] != user.id:
@@ -227,10 +272,21 @@ def submit(session: Session, user: User, assignment_id: int, labels: dict[str, s
             raise InvalidInput("verdict_action: confirm or override")
     now = utcnow()
     values: dict[str, Any] = {
-        "item_id": item_id, "user_id": user.id, "labels": clean, "blind_labels": dict(clean) if blind else None,
-        "categories": cats, "rationale": why, "flagged": bool(flagged), "verdict_action": verdict_action,
-        "verdict_judge_id": (str(verdict_judge_id)[:80] if verdict_judge_id else None), "time_spent_s": spent,
-        "source": "app", "import_batch_id": None, "version": 1, "created_at": now, "updated_at": now,
+        "item_id": item_id,
+        "user_id": user.id,
+        "labels": clean,
+        "blind_labels": dict(clean) if blind else None,
+        "categories": cats,
+        "rationale": why,
+        "flagged": bool(flagged),
+        "verdict_action": verdict_action,
+        "verdict_judge_id": (str(verdict_judge_id)[:80] if verdict_judge_id else None),
+        "time_spent_s": spent,
+        "source": "app",
+        "import_batch_id": None,
+        "version": 1,
+        "created_at": now,
+        "updated_at": now,
     }
     pg = session.get_bind().dialect.name == "postgresql"
     if pg:
@@ -238,9 +294,12 @@ def submit(session: Session, user: User, assignment_id: int, labels: dict[str, s
         if ann is not None:
             return ann
     done = session.execute(
-        sa.text("UPDATE assignment SET status = 'done', completed_at = :t "
-                "WHERE id = :id AND user_id = :u AND status = 'leased'"),
-        {"t": now, "id": assignment_id, "u": user.id})
+        sa.text(
+            "UPDATE assignment SET status = 'done', completed_at = :t "
+            "WHERE id = :id AND user_id = :u AND status = 'leased'"
+        ),
+        {"t": now, "id": assignment_id, "u": user.id},
+    )
     if done.rowcount != 1:  # type: ignore[attr-defined]
         complete(session, user, assignment_id, now=now)  # lease was reclaimed: retake a free slot or raise
     t = Annotation.__table__  # type: ignore[attr-defined]
@@ -291,12 +350,23 @@ def _pg_submit_fast(session: Session, user: User, assignment_id: int, values: di
 
     ann = Annotation(**values)
     blind = values["blind_labels"]
-    done, ann_id, _n_ev = session.execute(sa.text(_PG_SUBMIT), {
-        "now": values["created_at"], "aid": assignment_id, "uid": user.id, "labels": json.dumps(values["labels"]),
-        "blind": None if blind is None else json.dumps(blind), "cats": json.dumps(values["categories"]),
-        "rationale": values["rationale"], "flagged": values["flagged"], "vaction": values["verdict_action"],
-        "vjudge": values["verdict_judge_id"], "spent": values["time_spent_s"], "after": json.dumps(snapshot(ann)),
-    }).one()
+    done, ann_id, _n_ev = session.execute(
+        sa.text(_PG_SUBMIT),
+        {
+            "now": values["created_at"],
+            "aid": assignment_id,
+            "uid": user.id,
+            "labels": json.dumps(values["labels"]),
+            "blind": None if blind is None else json.dumps(blind),
+            "cats": json.dumps(values["categories"]),
+            "rationale": values["rationale"],
+            "flagged": values["flagged"],
+            "vaction": values["verdict_action"],
+            "vjudge": values["verdict_judge_id"],
+            "spent": values["time_spent_s"],
+            "after": json.dumps(snapshot(ann)),
+        },
+    ).one()
     if not done:
         return None
     if ann_id is None:
@@ -305,8 +375,16 @@ def _pg_submit_fast(session: Session, user: User, assignment_id: int, values: di
     return ann
 
 
-def submit_and_next(engine: sa.Engine, user: User, assignment_id: int, labels: dict[str, str], flt: Any, *,
-                    rng: Any = None, **kwargs: Any) -> tuple[Annotation, Assignment | None]:
+def submit_and_next(
+    engine: sa.Engine,
+    user: User,
+    assignment_id: int,
+    labels: dict[str, str],
+    flt: Any,
+    *,
+    rng: Any = None,
+    **kwargs: Any,
+) -> tuple[Annotation, Assignment | None]:
     """Submit and claim the next item in ONE write transaction (the review page's main button).
 
     ``flt`` is a :class:`workflow.queue.QueueFilter`; ``kwargs`` go to :func:`submit`. Half
@@ -335,8 +413,16 @@ def submit_and_next(engine: sa.Engine, user: User, assignment_id: int, labels: d
     raise last
 
 
-def finalize(session: Session, user: User, annotation_id: int, labels: dict[str, str], *,
-             action: str, expected_version: int, judge_id: str | None = None) -> Annotation:
+def finalize(
+    session: Session,
+    user: User,
+    annotation_id: int,
+    labels: dict[str, str],
+    *,
+    action: str,
+    expected_version: int,
+    judge_id: str | None = None,
+) -> Annotation:
     """After the verdict is revealed: confirm or override. ``blind_labels`` stay as committed."""
     require(user, "review")
     if action not in VERDICT_ACTIONS:
@@ -388,8 +474,7 @@ def undo_last(session: Session, user: User) -> Annotation | None:
     require(user, "view_own_history")
     undone: set[int] = set()
     events = session.exec(
-        select(AnnotationEvent).where(AnnotationEvent.actor_id == user.id)
-        .order_by(AnnotationEvent.id.desc())  # type: ignore[union-attr]
+        select(AnnotationEvent).where(AnnotationEvent.actor_id == user.id).order_by(AnnotationEvent.id.desc())  # type: ignore[union-attr]
     )
     target: AnnotationEvent | None = None
     for ev in events:
@@ -406,9 +491,11 @@ def undo_last(session: Session, user: User) -> Annotation | None:
         return None
     ann = _own_annotation(session, user, target.annotation_id)
     later_by_others = session.exec(
-        select(AnnotationEvent.id).where(AnnotationEvent.annotation_id == ann.id,
-                                         AnnotationEvent.id > target.id,  # type: ignore[operator]
-                                         AnnotationEvent.actor_id != user.id)
+        select(AnnotationEvent.id).where(
+            AnnotationEvent.annotation_id == ann.id,
+            AnnotationEvent.id > target.id,  # type: ignore[operator]
+            AnnotationEvent.actor_id != user.id,
+        )
     ).first()
     if later_by_others is not None:
         raise Conflict("someone else changed this annotation since; undo is not possible")
@@ -416,8 +503,9 @@ def undo_last(session: Session, user: User) -> Annotation | None:
     return _apply(session, user, ann, ann.version, restore, "undo", extra_after={"undo_of": target.id})
 
 
-def history(session: Session, user: User, limit: int = 50, *, offset: int = 0,
-            collection_id: int | None = None) -> list[Annotation]:
+def history(
+    session: Session, user: User, limit: int = 50, *, offset: int = 0, collection_id: int | None = None
+) -> list[Annotation]:
     """The user's own annotations, most recently changed first."""
     require(user, "view_own_history")
     q = select(Annotation).where(Annotation.user_id == user.id)
@@ -447,10 +535,12 @@ def verdicts_for(session: Session, viewer: User, item_id: int, *, revealed: bool
     """
     require(viewer, "review")
     item, col, _spec = _spec_for_item(session, item_id)
-    ann = session.exec(select(Annotation.id).where(Annotation.item_id == item_id,
-                                                   Annotation.user_id == viewer.id)).first()
-    asg = session.exec(select(Assignment.status).where(Assignment.item_id == item_id,
-                                                       Assignment.user_id == viewer.id)).first()
+    ann = session.exec(
+        select(Annotation.id).where(Annotation.item_id == item_id, Annotation.user_id == viewer.id)
+    ).first()
+    asg = session.exec(
+        select(Assignment.status).where(Assignment.item_id == item_id, Assignment.user_id == viewer.id)
+    ).first()
     if col.blind:
         if ann is not None:
             allowed = revealed
@@ -462,8 +552,11 @@ def verdicts_for(session: Session, viewer: User, item_id: int, *, revealed: bool
         allowed = ann is not None or asg is not None or can(viewer, "audit")
     if not allowed:
         return []
-    return list(session.exec(select(Verdict).where(Verdict.item_id == item.id)
-                             .order_by(Verdict.dimension, Verdict.judge_id)).all())  # type: ignore[arg-type]
+    return list(
+        session.exec(
+            select(Verdict).where(Verdict.item_id == item.id).order_by(Verdict.dimension, Verdict.judge_id)
+        ).all()
+    )  # type: ignore[arg-type]
 
 
 def events_for(session: Session, viewer: User, annotation_id: int) -> list[AnnotationEvent]:
@@ -472,13 +565,23 @@ def events_for(session: Session, viewer: User, annotation_id: int) -> list[Annot
     ann = session.get(Annotation, annotation_id)
     if ann is None or (ann.user_id != viewer.id and not can(viewer, "view_others_labels")):
         raise NotFound("no such annotation")
-    return list(session.exec(select(AnnotationEvent).where(AnnotationEvent.annotation_id == annotation_id)
-                             .order_by(AnnotationEvent.id)).all())  # type: ignore[arg-type]
+    return list(
+        session.exec(
+            select(AnnotationEvent).where(AnnotationEvent.annotation_id == annotation_id).order_by(AnnotationEvent.id)
+        ).all()
+    )  # type: ignore[arg-type]
 
 
-_DEFAULTS: dict[str, Any] = {"labels": {}, "blind_labels": None, "categories": [], "rationale": "",
-                             "flagged": False, "verdict_action": None, "verdict_judge_id": None,
-                             "time_spent_s": None}
+_DEFAULTS: dict[str, Any] = {
+    "labels": {},
+    "blind_labels": None,
+    "categories": [],
+    "rationale": "",
+    "flagged": False,
+    "verdict_action": None,
+    "verdict_judge_id": None,
+    "time_spent_s": None,
+}
 
 
 def replay_events(session: Session) -> dict[int, dict[str, Any]]:
@@ -505,5 +608,7 @@ def replay_events(session: Session) -> dict[int, dict[str, Any]]:
 
 def stored_state(session: Session) -> dict[int, dict[str, Any]]:
     """The same shape as :func:`replay_events`, read from the annotation table."""
-    return {a.id: {**snapshot(a), "version": a.version}  # type: ignore[misc]
-            for a in session.exec(select(Annotation))}
+    return {
+        a.id: {**snapshot(a), "version": a.version}  # type: ignore[misc]
+        for a in session.exec(select(Annotation))
+    }

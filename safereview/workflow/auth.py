@@ -86,8 +86,7 @@ def get_user(session: Session, username: str) -> User:
     return user
 
 
-def create_user(session: Session, username: str, password: str | None, role: str,
-                display_name: str = "") -> User:
+def create_user(session: Session, username: str, password: str | None, role: str, display_name: str = "") -> User:
     """Create a user; ``password=None`` gives an unusable hash (sign-in needs a reset first)."""
     name = validate_username(username)
     validate_role(role)
@@ -104,16 +103,22 @@ def _recent_failures(session: Session, username: str, now: datetime) -> int:
     """Failures since the last success within the lock window."""
     since = now - LOCK_WINDOW
     last_ok = session.exec(
-        select(sa.func.max(LoginAttempt.at)).where(LoginAttempt.username == username,
-                                                   LoginAttempt.ok.is_(True),  # type: ignore[union-attr]
-                                                   LoginAttempt.at >= since)
+        select(sa.func.max(LoginAttempt.at)).where(
+            LoginAttempt.username == username,
+            LoginAttempt.ok.is_(True),  # type: ignore[union-attr]
+            LoginAttempt.at >= since,
+        )
     ).one()
     if last_ok is not None:
         since = max(since, last_ok)
     return session.exec(
-        select(sa.func.count()).select_from(LoginAttempt).where(
-            LoginAttempt.username == username, LoginAttempt.ok.is_(False),  # type: ignore[union-attr]
-            LoginAttempt.at > since if last_ok is not None else LoginAttempt.at >= since)
+        select(sa.func.count())
+        .select_from(LoginAttempt)
+        .where(
+            LoginAttempt.username == username,
+            LoginAttempt.ok.is_(False),  # type: ignore[union-attr]
+            LoginAttempt.at > since if last_ok is not None else LoginAttempt.at >= since,
+        )
     ).one()
 
 
@@ -180,14 +185,19 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def start_session(session: Session, user: User, *, config: Config | None = None,
-                  now: datetime | None = None) -> str:
+def start_session(session: Session, user: User, *, config: Config | None = None, now: datetime | None = None) -> str:
     """Create a sign-in session and return its token (shown once; only its hash is stored)."""
     now = now or utcnow()
     hours = (config or Config()).session_hours
     token = secrets.token_urlsafe(32)
-    session.add(UserSession(token_sha256=_token_hash(token), user_id=user.id,  # type: ignore[arg-type]
-                            created_at=now, expires_at=now + timedelta(hours=hours)))
+    session.add(
+        UserSession(
+            token_sha256=_token_hash(token),
+            user_id=user.id,  # type: ignore[arg-type]
+            created_at=now,
+            expires_at=now + timedelta(hours=hours),
+        )
+    )
     session.flush()
     return token
 
@@ -218,8 +228,11 @@ def end_session(session: Session, token: str | None) -> None:
 
 
 def _revoke_all(session: Session, user: User) -> None:
-    session.execute(sa.update(UserSession).where(UserSession.user_id == user.id)  # type: ignore[arg-type]
-                    .values(revoked=True))
+    session.execute(
+        sa.update(UserSession)
+        .where(UserSession.user_id == user.id)  # type: ignore[arg-type]
+        .values(revoked=True)
+    )
 
 
 def set_disabled(session: Session, username: str, disabled: bool, *, actor: Any = None) -> User:

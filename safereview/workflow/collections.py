@@ -31,17 +31,27 @@ def get(session: Session, collection: int | str) -> Collection:
     return col
 
 
-def update_settings(session: Session, collection: int | str, *, actor: Any = None, overlap_target: int | None = None,
-                    blind: bool | None = None, audit_share: float | None = None,
-                    archived: bool | None = None) -> Collection:
+def update_settings(
+    session: Session,
+    collection: int | str,
+    *,
+    actor: Any = None,
+    overlap_target: int | None = None,
+    blind: bool | None = None,
+    audit_share: float | None = None,
+    archived: bool | None = None,
+) -> Collection:
     """Change the given settings (None leaves one as it is); the message names a bad field.
 
     ``actor`` is checked for ``manage_collections`` when given; the CLI passes None.
     """
     if actor is not None:
         require(actor, "manage_collections")
-    if overlap_target is not None and (isinstance(overlap_target, bool) or not isinstance(overlap_target, int)
-                                       or not 1 <= overlap_target <= MAX_OVERLAP):
+    if overlap_target is not None and (
+        isinstance(overlap_target, bool)
+        or not isinstance(overlap_target, int)
+        or not 1 <= overlap_target <= MAX_OVERLAP
+    ):
         raise InvalidInput(f"overlap: a whole number of annotators from 1 to {MAX_OVERLAP}, not {overlap_target!r}")
     if audit_share is not None:
         try:
@@ -52,8 +62,12 @@ def update_settings(session: Session, collection: int | str, *, actor: Any = Non
             raise InvalidInput(f"audit share: a number from 0 to 1, not {audit_share!r}")
         audit_share = share
     col = get(session, collection)
-    for name, value in (("overlap_target", overlap_target), ("blind", blind), ("audit_share", audit_share),
-                        ("archived", archived)):
+    for name, value in (
+        ("overlap_target", overlap_target),
+        ("blind", blind),
+        ("audit_share", audit_share),
+        ("archived", archived),
+    ):
         if value is not None:
             setattr(col, name, value)
     session.add(col)

@@ -151,10 +151,17 @@ def refresh_priorities(session: Session, collection_id: int, item_ids: Iterable[
         if not ids:
             return 0
         if len(ids) * 2 < ids[-1] - ids[0] + 1:  # scattered ids: look them up; dense ones: walk their range
-            chunks = (ids[k:k + IN_CHUNK] for k in range(0, len(ids), IN_CHUNK))
-            return sum(_rescore(session, spec, collection_id, [Item.id.in_(c)],  # type: ignore[union-attr]
-                                [Verdict.item_id.in_(c)])  # type: ignore[attr-defined]
-                       for c in chunks)
+            chunks = (ids[k : k + IN_CHUNK] for k in range(0, len(ids), IN_CHUNK))
+            return sum(
+                _rescore(
+                    session,
+                    spec,
+                    collection_id,
+                    [Item.id.in_(c)],  # type: ignore[union-attr]
+                    [Verdict.item_id.in_(c)],
+                )  # type: ignore[attr-defined]
+                for c in chunks
+            )
         lo, hi = ids[0], ids[-1]
     else:
         lo_hi = session.execute(
@@ -163,24 +170,48 @@ def refresh_priorities(session: Session, collection_id: int, item_ids: Iterable[
         if lo_hi[0] is None:
             return 0
         lo, hi = int(lo_hi[0]), int(lo_hi[1])
-    return sum(_rescore(session, spec, collection_id, [Item.id.between(a, min(hi, a + CHUNK_IDS - 1))],  # type: ignore[attr-defined]
-                        [Verdict.item_id.between(a, min(hi, a + CHUNK_IDS - 1))])  # type: ignore[attr-defined]
-               for a in range(lo, hi + 1, CHUNK_IDS))
+    return sum(
+        _rescore(
+            session,
+            spec,
+            collection_id,
+            [Item.id.between(a, min(hi, a + CHUNK_IDS - 1))],  # type: ignore[attr-defined]
+            [Verdict.item_id.between(a, min(hi, a + CHUNK_IDS - 1))],
+        )  # type: ignore[attr-defined]
+        for a in range(lo, hi + 1, CHUNK_IDS)
+    )
 
 
-def _rescore(session: Session, spec: Mapping[str, Any] | None, collection_id: int, item_where: list[Any],
-             verdict_where: list[Any]) -> int:
+def _rescore(
+    session: Session,
+    spec: Mapping[str, Any] | None,
+    collection_id: int,
+    item_where: list[Any],
+    verdict_where: list[Any],
+) -> int:
     """Score the collection's items matching ``item_where`` (their verdicts: ``verdict_where``); write changes."""
-    items = session.execute(sa.select(Item.id, Item.priority)
-                            .where(Item.collection_id == collection_id, *item_where)).all()
+    items = session.execute(
+        sa.select(Item.id, Item.priority).where(Item.collection_id == collection_id, *item_where)
+    ).all()
     if not items:
         return 0
-    rows = session.execute(
-        sa.select(Verdict.item_id, Verdict.dimension, Verdict.judge_id, Verdict.label, Verdict.status,
-                  Verdict.probability, Verdict.probs)
-        .join(Item, Item.id == Verdict.item_id)
-        .where(Item.collection_id == collection_id, *verdict_where)
-    ).mappings().all()
+    rows = (
+        session.execute(
+            sa.select(
+                Verdict.item_id,
+                Verdict.dimension,
+                Verdict.judge_id,
+                Verdict.label,
+                Verdict.status,
+                Verdict.probability,
+                Verdict.probs,
+            )
+            .join(Item, Item.id == Verdict.item_id)
+            .where(Item.collection_id == collection_id, *verdict_where)
+        )
+        .mappings()
+        .all()
+    )
     per_item: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
     for r in rows:
         per_item[r["item_id"]].append(r)

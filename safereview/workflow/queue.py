@@ -56,8 +56,12 @@ class QueueFilter:
     models: tuple[str, ...] = ()
 
     def key(self) -> tuple[Any, ...]:
-        return (self.collection_id, tuple(sorted(self.task_types)), tuple(sorted(self.categories)),
-                tuple(sorted(self.models)))
+        return (
+            self.collection_id,
+            tuple(sorted(self.task_types)),
+            tuple(sorted(self.categories)),
+            tuple(sorted(self.models)),
+        )
 
 
 @dataclass(frozen=True)
@@ -183,8 +187,9 @@ def _raw_rows(engine: sa.Engine, sql: str, params: dict[str, Any]) -> list[tuple
 # SQL building blocks
 # ---------------------------------------------------------------------------------------
 
-_NOT_MINE = ("NOT EXISTS (SELECT 1 FROM assignment a WHERE a.item_id = item.id AND a.user_id = :uid "
-             "AND a.status <> 'released')")
+_NOT_MINE = (
+    "NOT EXISTS (SELECT 1 FROM assignment a WHERE a.item_id = item.id AND a.user_id = :uid AND a.status <> 'released')"
+)
 
 
 def _filter_sql(flt: QueueFilter, params: dict[str, Any]) -> str:
@@ -201,10 +206,12 @@ def _filter_sql(flt: QueueFilter, params: dict[str, Any]) -> str:
 
 
 def _matches(item: Item, flt: QueueFilter) -> bool:
-    return (item.collection_id == flt.collection_id
-            and (not flt.task_types or item.task_type in flt.task_types)
-            and (not flt.categories or item.category in flt.categories)
-            and (not flt.models or item.model in flt.models))
+    return (
+        item.collection_id == flt.collection_id
+        and (not flt.task_types or item.task_type in flt.task_types)
+        and (not flt.categories or item.category in flt.categories)
+        and (not flt.models or item.model in flt.models)
+    )
 
 
 def _is_pg(session: Session) -> bool:
@@ -224,8 +231,9 @@ def _claim_slot(session: Session, item_id: int, k: int) -> bool:
 
 
 def _return_slot(session: Session, item_id: int) -> None:
-    session.execute(sa.text("UPDATE item SET slots_taken = slots_taken - 1 WHERE id = :id AND slots_taken > 0"),
-                    {"id": item_id})
+    session.execute(
+        sa.text("UPDATE item SET slots_taken = slots_taken - 1 WHERE id = :id AND slots_taken > 0"), {"id": item_id}
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -243,12 +251,14 @@ def reclaim_expired(session: Session, *, now: datetime | None = None, limit: int
     rows = session.execute(
         sa.select(Assignment.id, Assignment.item_id)
         .where(Assignment.status == "leased", Assignment.lease_expires_at < now)  # type: ignore[operator]
-        .order_by(Assignment.lease_expires_at).limit(limit)
+        .order_by(Assignment.lease_expires_at)
+        .limit(limit)
     ).all()
     n = 0
     for aid, item_id in rows:
         res = session.execute(
-            sa.text("UPDATE assignment SET status = 'released' WHERE id = :id AND status = 'leased'"), {"id": aid})
+            sa.text("UPDATE assignment SET status = 'released' WHERE id = :id AND status = 'leased'"), {"id": aid}
+        )
         if res.rowcount == 1:  # type: ignore[attr-defined]
             _return_slot(session, item_id)
             n += 1
@@ -262,7 +272,8 @@ def _lease_minutes(lease_minutes: float | None) -> float:
 def current_lease(session: Session, user: User, collection_id: int) -> Assignment | None:
     """The user's active lease in a collection (expired or not), if any."""
     return session.exec(
-        select(Assignment).join(Item, Item.id == Assignment.item_id)  # type: ignore[arg-type]
+        select(Assignment)
+        .join(Item, Item.id == Assignment.item_id)  # type: ignore[arg-type]
         .where(Assignment.user_id == user.id, Assignment.status == "leased", Item.collection_id == collection_id)
         .order_by(Assignment.leased_at)  # type: ignore[arg-type]
     ).first()
@@ -270,7 +281,8 @@ def current_lease(session: Session, user: User, collection_id: int) -> Assignmen
 
 def _release_row(session: Session, a: Assignment, status: str) -> bool:
     res = session.execute(
-        sa.text("UPDATE assignment SET status = :s WHERE id = :id AND status = 'leased'"), {"s": status, "id": a.id})
+        sa.text("UPDATE assignment SET status = :s WHERE id = :id AND status = 'leased'"), {"s": status, "id": a.id}
+    )
     if res.rowcount != 1:  # type: ignore[attr-defined]
         return False
     _return_slot(session, a.item_id)
@@ -285,17 +297,20 @@ def _count_eligible_estimate(session: Session, user: User, flt: QueueFilter, k: 
     """
     run, bg = _side_runner(session)
     p_open: dict[str, Any] = {"c": flt.collection_id, "k": k}
-    sql_open = ("SELECT COUNT(*) FROM item WHERE item.collection_id = :c AND item.slots_taken < :k"
-                f"{_filter_sql(flt, p_open)}")
+    sql_open = (
+        f"SELECT COUNT(*) FROM item WHERE item.collection_id = :c AND item.slots_taken < :k{_filter_sql(flt, p_open)}"
+    )
     p_own: dict[str, Any] = {"c": flt.collection_id, "k": k, "uid": user.id}
-    sql_own = ("SELECT COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id WHERE a.user_id = :uid "
-               "AND a.status <> 'released' AND item.collection_id = :c AND item.slots_taken < :k"
-               f"{_filter_sql(flt, p_own)}")
+    sql_own = (
+        "SELECT COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id WHERE a.user_id = :uid "
+        "AND a.status <> 'released' AND item.collection_id = :c AND item.slots_taken < :k"
+        f"{_filter_sql(flt, p_own)}"
+    )
     base = _bind_key(session)
-    n_open = _cached(("open", base, flt.key(), k), COUNT_TTL_S, lambda: int(run(sql_open, p_open)[0][0]),
-                     background=bg)
-    n_own = _cached(("own", base, flt.key(), k, user.id), COUNT_TTL_S, lambda: int(run(sql_own, p_own)[0][0]),
-                    background=bg)
+    n_open = _cached(("open", base, flt.key(), k), COUNT_TTL_S, lambda: int(run(sql_open, p_open)[0][0]), background=bg)
+    n_own = _cached(
+        ("own", base, flt.key(), k, user.id), COUNT_TTL_S, lambda: int(run(sql_own, p_own)[0][0]), background=bg
+    )
     return max(1, n_open - n_own)
 
 
@@ -317,8 +332,9 @@ def _id_range(session: Session, collection_id: int) -> tuple[int, int] | None:
     return _cached(("range", _bind_key(session), collection_id), RANGE_TTL_S, compute, background=bg)
 
 
-def _audit_candidate(session: Session, user: User, flt: QueueFilter, k: int, rng: random.Random,
-                     exclude: set[int]) -> tuple[int, float] | None:
+def _audit_candidate(
+    session: Session, user: User, flt: QueueFilter, k: int, rng: random.Random, exclude: set[int]
+) -> tuple[int, float] | None:
     """A uniformly random eligible item id and the estimated eligible count, or None."""
     rng_ids = _id_range(session, flt.collection_id)
     if rng_ids is None:
@@ -330,8 +346,10 @@ def _audit_candidate(session: Session, user: User, flt: QueueFilter, k: int, rng
     for i, d in enumerate(sorted(set(draws))):
         params[f"d{i}"] = d
         id_names.append(f":d{i}")
-    sql = (f"SELECT item.id FROM item WHERE item.id IN ({', '.join(id_names)}) AND item.collection_id = :c "
-           f"AND item.slots_taken < :k AND {_NOT_MINE}{_filter_sql(flt, params)}")
+    sql = (
+        f"SELECT item.id FROM item WHERE item.id IN ({', '.join(id_names)}) AND item.collection_id = :c "
+        f"AND item.slots_taken < :k AND {_NOT_MINE}{_filter_sql(flt, params)}"
+    )
     ok = {int(r[0]) for r in session.execute(sa.text(sql), params)} - exclude
     for d in draws:  # first eligible draw in draw order: uniform over eligible items
         if d in ok:
@@ -343,15 +361,15 @@ def _audit_candidate(session: Session, user: User, flt: QueueFilter, k: int, rng
     if n == 0:
         return None
     params["off"] = rng.randrange(n)
-    row = session.execute(sa.text(f"SELECT item.id FROM item WHERE {where} ORDER BY item.id LIMIT 1 OFFSET :off"),
-                          params).first()
+    row = session.execute(
+        sa.text(f"SELECT item.id FROM item WHERE {where} ORDER BY item.id LIMIT 1 OFFSET :off"), params
+    ).first()
     if row is None or int(row[0]) in exclude:
         return None
     return int(row[0]), float(n)
 
 
-def _priority_candidate(session: Session, user: User, flt: QueueFilter, k: int,
-                        exclude: set[int]) -> int | None:
+def _priority_candidate(session: Session, user: User, flt: QueueFilter, k: int, exclude: set[int]) -> int | None:
     """The highest-priority eligible item id (ties: the item closest to full coverage).
 
     One index scan per slot level ``s < k`` (equality on ``slots_taken`` keeps the index in
@@ -362,15 +380,19 @@ def _priority_candidate(session: Session, user: User, flt: QueueFilter, k: int,
     extra = _filter_sql(flt, params) + _exclude_sql(exclude, params)
     if _is_pg(session):
         params["kmax"] = k - 1
-        sql = ("SELECT c.id FROM generate_series(:kmax, 0, -1) AS lv(s) CROSS JOIN LATERAL ("
-               "SELECT item.id, item.priority FROM item WHERE item.collection_id = :c AND item.slots_taken = lv.s "
-               f"AND {_NOT_MINE}{extra} ORDER BY item.priority DESC LIMIT 1 FOR UPDATE SKIP LOCKED) c "
-               "ORDER BY c.priority DESC, lv.s DESC LIMIT 1")
+        sql = (
+            "SELECT c.id FROM generate_series(:kmax, 0, -1) AS lv(s) CROSS JOIN LATERAL ("
+            "SELECT item.id, item.priority FROM item WHERE item.collection_id = :c AND item.slots_taken = lv.s "
+            f"AND {_NOT_MINE}{extra} ORDER BY item.priority DESC LIMIT 1 FOR UPDATE SKIP LOCKED) c "
+            "ORDER BY c.priority DESC, lv.s DESC LIMIT 1"
+        )
         row = session.execute(sa.text(sql), params).first()
         return None if row is None else int(row[0])
-    parts = [f"SELECT * FROM (SELECT item.id, item.priority, {lvl} AS lvl FROM item WHERE item.collection_id = :c "
-             f"AND item.slots_taken = {lvl} AND {_NOT_MINE}{extra} ORDER BY item.priority DESC LIMIT 1)"
-             for lvl in range(k - 1, -1, -1)]
+    parts = [
+        f"SELECT * FROM (SELECT item.id, item.priority, {lvl} AS lvl FROM item WHERE item.collection_id = :c "
+        f"AND item.slots_taken = {lvl} AND {_NOT_MINE}{extra} ORDER BY item.priority DESC LIMIT 1)"
+        for lvl in range(k - 1, -1, -1)
+    ]
     rows = session.execute(sa.text(" UNION ALL ".join(parts)), params).all()
     if not rows:
         return None
@@ -386,8 +408,9 @@ def _dialect_insert(session: Session, table: sa.Table) -> Any:
     return insert(table)
 
 
-def _take(session: Session, user: User, item_id: int, k: int, stratum: str, prob: float, now: datetime,
-          minutes: float) -> Assignment | None:
+def _take(
+    session: Session, user: User, item_id: int, k: int, stratum: str, prob: float, now: datetime, minutes: float
+) -> Assignment | None:
     """Claim one slot of ``item_id`` and record the lease; None if the slot race was lost.
 
     The lease row is an upsert on (item, user) that only revives a "released" row (the
@@ -397,12 +420,20 @@ def _take(session: Session, user: User, item_id: int, k: int, stratum: str, prob
         return None
     expires = now + timedelta(minutes=minutes)
     t = Assignment.__table__  # type: ignore[attr-defined]
-    values = {"status": "leased", "stratum": stratum, "sampling_prob": prob, "leased_at": now,
-              "lease_expires_at": expires, "completed_at": None}
-    stmt = (_dialect_insert(session, t).values(item_id=item_id, user_id=user.id, **values)
-            .on_conflict_do_update(index_elements=["item_id", "user_id"], set_=values,
-                                   where=t.c.status == "released")
-            .returning(t.c.id))
+    values = {
+        "status": "leased",
+        "stratum": stratum,
+        "sampling_prob": prob,
+        "leased_at": now,
+        "lease_expires_at": expires,
+        "completed_at": None,
+    }
+    stmt = (
+        _dialect_insert(session, t)
+        .values(item_id=item_id, user_id=user.id, **values)
+        .on_conflict_do_update(index_elements=["item_id", "user_id"], set_=values, where=t.c.status == "released")
+        .returning(t.c.id)
+    )
     row = session.execute(stmt).first()
     if row is None:  # the user holds or finished this item already (e.g. a second browser tab)
         _return_slot(session, item_id)
@@ -430,22 +461,40 @@ SELECT (SELECT id FROM cand), (SELECT count(*) FROM claimed), (SELECT id FROM in
 """
 
 
-def _pg_take(session: Session, user: User, flt: QueueFilter, k: int, item_id: int | None, stratum: str,
-             prob: float, now: datetime, minutes: float, exclude: set[int]) -> tuple[int | None, Assignment | None]:
+def _pg_take(
+    session: Session,
+    user: User,
+    flt: QueueFilter,
+    k: int,
+    item_id: int | None,
+    stratum: str,
+    prob: float,
+    now: datetime,
+    minutes: float,
+    exclude: set[int],
+) -> tuple[int | None, Assignment | None]:
     """PostgreSQL: choose (when ``item_id`` is None), claim and lease in ONE statement.
 
     Data-modifying CTEs save three round trips per pull, which is most of a pull's cost.
     Returns (candidate id or None when nothing is eligible, the lease or None on a lost race).
     """
-    params: dict[str, Any] = {"k": k, "uid": user.id, "stratum": stratum, "prob": prob, "now": now,
-                              "exp": now + timedelta(minutes=minutes)}
+    params: dict[str, Any] = {
+        "k": k,
+        "uid": user.id,
+        "stratum": stratum,
+        "prob": prob,
+        "now": now,
+        "exp": now + timedelta(minutes=minutes),
+    }
     if item_id is None:
         params.update({"c": flt.collection_id, "kmax": k - 1})
         extra = _filter_sql(flt, params) + _exclude_sql(exclude, params)
-        cand = ("SELECT c.id FROM generate_series(:kmax, 0, -1) AS lv(s) CROSS JOIN LATERAL ("
-                "SELECT item.id, item.priority FROM item WHERE item.collection_id = :c AND item.slots_taken = lv.s "
-                f"AND {_NOT_MINE}{extra} ORDER BY item.priority DESC LIMIT 1 FOR UPDATE SKIP LOCKED) c "
-                "ORDER BY c.priority DESC, lv.s DESC LIMIT 1")
+        cand = (
+            "SELECT c.id FROM generate_series(:kmax, 0, -1) AS lv(s) CROSS JOIN LATERAL ("
+            "SELECT item.id, item.priority FROM item WHERE item.collection_id = :c AND item.slots_taken = lv.s "
+            f"AND {_NOT_MINE}{extra} ORDER BY item.priority DESC LIMIT 1 FOR UPDATE SKIP LOCKED) c "
+            "ORDER BY c.priority DESC, lv.s DESC LIMIT 1"
+        )
     else:
         params["cand_id"] = item_id
         cand = "SELECT CAST(:cand_id AS INTEGER) AS id"
@@ -456,9 +505,17 @@ def _pg_take(session: Session, user: User, flt: QueueFilter, k: int, item_id: in
         if claimed:  # claimed a slot but the user already holds this item (second tab): give it back
             _return_slot(session, int(cand_id))
         return int(cand_id), None
-    a = Assignment(id=int(lease_id), item_id=int(cand_id), user_id=user.id, status="leased",  # type: ignore[arg-type]
-                   stratum=stratum, sampling_prob=prob, leased_at=now, lease_expires_at=params["exp"],
-                   completed_at=None)
+    a = Assignment(
+        id=int(lease_id),
+        item_id=int(cand_id),
+        user_id=user.id,
+        status="leased",  # type: ignore[arg-type]
+        stratum=stratum,
+        sampling_prob=prob,
+        leased_at=now,
+        lease_expires_at=params["exp"],
+        completed_at=None,
+    )
     return int(cand_id), a
 
 
@@ -488,14 +545,19 @@ def _maybe_reclaim(session: Session, now: datetime) -> None:
     reclaim_expired(session, now=now)
 
 
-def _next_in_session(session: Session, user: User, flt: QueueFilter, now: datetime, rng: random.Random,
-                     minutes: float) -> Assignment | None:
+def _next_in_session(
+    session: Session, user: User, flt: QueueFilter, now: datetime, rng: random.Random, minutes: float
+) -> Assignment | None:
     require(user, "review")
-    row = session.execute(sa.text(
-        "SELECT c.overlap_target, c.audit_share, c.archived, "
-        "(SELECT a.id FROM assignment a JOIN item ON item.id = a.item_id WHERE a.user_id = :u "
-        "AND a.status = 'leased' AND item.collection_id = c.id ORDER BY a.leased_at LIMIT 1) "
-        "FROM collection c WHERE c.id = :c"), {"u": user.id, "c": flt.collection_id}).first()
+    row = session.execute(
+        sa.text(
+            "SELECT c.overlap_target, c.audit_share, c.archived, "
+            "(SELECT a.id FROM assignment a JOIN item ON item.id = a.item_id WHERE a.user_id = :u "
+            "AND a.status = 'leased' AND item.collection_id = c.id ORDER BY a.leased_at LIMIT 1) "
+            "FROM collection c WHERE c.id = :c"
+        ),
+        {"u": user.id, "c": flt.collection_id},
+    ).first()
     if row is None:
         raise NotFound("no such collection")
     k, audit_share, archived, lease_id = int(row[0]), float(row[1]), bool(row[2]), row[3]
@@ -517,8 +579,7 @@ def _next_in_session(session: Session, user: User, flt: QueueFilter, now: dateti
     pg = _is_pg(session)
     for _attempt in range(8):
         if pg and not audit:
-            got_id, lease = _pg_take(session, user, flt, k, None, "priority", 1.0 - audit_share, now, minutes,
-                                     exclude)
+            got_id, lease = _pg_take(session, user, flt, k, None, "priority", 1.0 - audit_share, now, minutes, exclude)
             if got_id is None:
                 return None
             if lease is not None:
@@ -550,9 +611,15 @@ def _next_in_session(session: Session, user: User, flt: QueueFilter, now: dateti
     return None
 
 
-def next_item(session_or_engine: Session | sa.Engine, user: User, flt: QueueFilter, *,
-              now: datetime | None = None, rng: random.Random | None = None,
-              lease_minutes: float | None = None) -> Assignment | None:
+def next_item(
+    session_or_engine: Session | sa.Engine,
+    user: User,
+    flt: QueueFilter,
+    *,
+    now: datetime | None = None,
+    rng: random.Random | None = None,
+    lease_minutes: float | None = None,
+) -> Assignment | None:
     """The user's current lease, or a newly claimed slot, or None when nothing is left.
 
     With a Session the caller commits (``db.engine.session_scope``). With an Engine the
@@ -621,17 +688,21 @@ def complete(session: Session, user: User, assignment_id: int, *, now: datetime 
         raise NotFound("no such assignment")
     if a.status == "released":
         col_k = session.execute(
-            sa.select(Collection.overlap_target).join(Item, Item.collection_id == Collection.id)
-            .where(Item.id == a.item_id)).scalar_one()
+            sa.select(Collection.overlap_target)
+            .join(Item, Item.collection_id == Collection.id)
+            .where(Item.id == a.item_id)
+        ).scalar_one()
         if not _claim_slot(session, a.item_id, col_k):
             raise LeaseLost("your lease expired and the item's review slots are now taken by others")
-        res = session.execute(sa.text("UPDATE assignment SET status = 'leased' WHERE id = :id AND status = 'released'"),
-                              {"id": a.id})
+        res = session.execute(
+            sa.text("UPDATE assignment SET status = 'leased' WHERE id = :id AND status = 'released'"), {"id": a.id}
+        )
         if res.rowcount != 1:  # type: ignore[attr-defined]
             raise LeaseLost("this item is no longer assigned to you")
     res = session.execute(
         sa.text("UPDATE assignment SET status = 'done', completed_at = :t WHERE id = :id AND status = 'leased'"),
-        {"t": now, "id": a.id})
+        {"t": now, "id": a.id},
+    )
     if res.rowcount != 1:  # type: ignore[attr-defined]
         raise LeaseLost("this item is no longer assigned to you (the lease ended)")
     session.refresh(a)
@@ -647,16 +718,33 @@ def _collection_counts(run: Any, collection_id: int, k: int) -> dict[str, int]:
     """Collection-wide counts; ``run(sql, params) -> rows`` runs each query."""
     p = {"c": collection_id, "k": k}
     n_items = run("SELECT COUNT(*) FROM item WHERE collection_id = :c", p)[0][0]
-    by_status = dict(run("SELECT a.status, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
-                         "WHERE item.collection_id = :c GROUP BY a.status", p))
-    full = run("SELECT COUNT(*) FROM (SELECT a.item_id FROM assignment a JOIN item ON item.id = a.item_id "
-               "WHERE item.collection_id = :c AND a.status = 'done' GROUP BY a.item_id HAVING COUNT(*) >= :k) t",
-               p)[0][0]
-    by_stratum = dict(run("SELECT a.stratum, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
-                          "WHERE item.collection_id = :c AND a.status = 'done' GROUP BY a.stratum", p))
-    return {"n_items": int(n_items), "done": int(by_status.get("done", 0)),
-            "leased": int(by_status.get("leased", 0)), "skipped": int(by_status.get("skipped", 0)),
-            "full": int(full), **{f"done_{s}": int(v) for s, v in by_stratum.items()}}
+    by_status = dict(
+        run(
+            "SELECT a.status, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
+            "WHERE item.collection_id = :c GROUP BY a.status",
+            p,
+        )
+    )
+    full = run(
+        "SELECT COUNT(*) FROM (SELECT a.item_id FROM assignment a JOIN item ON item.id = a.item_id "
+        "WHERE item.collection_id = :c AND a.status = 'done' GROUP BY a.item_id HAVING COUNT(*) >= :k) t",
+        p,
+    )[0][0]
+    by_stratum = dict(
+        run(
+            "SELECT a.stratum, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
+            "WHERE item.collection_id = :c AND a.status = 'done' GROUP BY a.stratum",
+            p,
+        )
+    )
+    return {
+        "n_items": int(n_items),
+        "done": int(by_status.get("done", 0)),
+        "leased": int(by_status.get("leased", 0)),
+        "skipped": int(by_status.get("skipped", 0)),
+        "full": int(full),
+        **{f"done_{s}": int(v) for s, v in by_stratum.items()},
+    }
 
 
 def progress(session: Session, user: User | None, collection_id: int, *, max_age_s: float = 5.0) -> Progress:
@@ -673,21 +761,36 @@ def progress(session: Session, user: User | None, collection_id: int, *, max_age
     k = col.overlap_target
     if max_age_s > 0:  # recounted in the background on its own connection: reruns never wait
         run, bg = _side_runner(session)
-        counts = _cached(("progress", _bind_key(session), collection_id, k), max_age_s,
-                         lambda: _collection_counts(run, collection_id, k), background=bg)
+        counts = _cached(
+            ("progress", _bind_key(session), collection_id, k),
+            max_age_s,
+            lambda: _collection_counts(run, collection_id, k),
+            background=bg,
+        )
     else:  # fresh, inside the caller's transaction
         counts = _collection_counts(lambda q, p: session.execute(sa.text(q), p).all(), collection_id, k)
     mine: dict[str, int] = {}
     if user is not None:
-        mine = dict(session.execute(sa.text(
-            "SELECT a.status, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
-            "WHERE a.user_id = :u AND item.collection_id = :c GROUP BY a.status"),
-            {"u": user.id, "c": collection_id}).all())
+        mine = dict(
+            session.execute(
+                sa.text(
+                    "SELECT a.status, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
+                    "WHERE a.user_id = :u AND item.collection_id = :c GROUP BY a.status"
+                ),
+                {"u": user.id, "c": collection_id},
+            ).all()
+        )
     return Progress(
-        collection_id=collection_id, n_items=counts["n_items"], overlap_target=k,
-        slots_total=counts["n_items"] * k, mine_done=int(mine.get("done", 0)),
-        mine_skipped=int(mine.get("skipped", 0)), mine_leased=int(mine.get("leased", 0)),
-        everyone_done=counts["done"], slots_leased=counts["leased"], items_fully_covered=counts["full"],
+        collection_id=collection_id,
+        n_items=counts["n_items"],
+        overlap_target=k,
+        slots_total=counts["n_items"] * k,
+        mine_done=int(mine.get("done", 0)),
+        mine_skipped=int(mine.get("skipped", 0)),
+        mine_leased=int(mine.get("leased", 0)),
+        everyone_done=counts["done"],
+        slots_leased=counts["leased"],
+        items_fully_covered=counts["full"],
         extra={key: v for key, v in counts.items() if key.startswith("done_") or key == "skipped"},
     )
 
@@ -700,10 +803,14 @@ def queue_status(session: Session, actor: User | None, collection_id: int) -> di
     if actor is not None:
         require(actor, "view_queue_status")
     prog = progress(session, None, collection_id, max_age_s=0)
-    per_user = session.execute(sa.text(
-        "SELECT u.username, a.status, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
-        "JOIN \"user\" u ON u.id = a.user_id WHERE item.collection_id = :c "
-        "GROUP BY u.username, a.status ORDER BY u.username"), {"c": collection_id}).all()
+    per_user = session.execute(
+        sa.text(
+            "SELECT u.username, a.status, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
+            'JOIN "user" u ON u.id = a.user_id WHERE item.collection_id = :c '
+            "GROUP BY u.username, a.status ORDER BY u.username"
+        ),
+        {"c": collection_id},
+    ).all()
     users: dict[str, dict[str, int]] = {}
     for name, status, n in per_user:
         users.setdefault(name, {})[status] = int(n)

@@ -65,13 +65,19 @@ def detect_format(path: Path) -> str:
                     first = json.loads(raw)
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     continue
-                if isinstance(first, dict) and "id" in first and isinstance(first.get("prompt"), str) \
-                        and set(first) & unisafebench.SIGNATURE:
+                if (
+                    isinstance(first, dict)
+                    and "id" in first
+                    and isinstance(first.get("prompt"), str)
+                    and set(first) & unisafebench.SIGNATURE
+                ):
                     return "uni-safebench"
                 return "generic"
         return "generic"
-    raise ValueError(f"{path}: cannot tell the format from the extension {suffix or '(none)'}; "
-                     "use .jsonl, .csv or .parquet, or pass --format")
+    raise ValueError(
+        f"{path}: cannot tell the format from the extension {suffix or '(none)'}; "
+        "use .jsonl, .csv or .parquet, or pass --format"
+    )
 
 
 def _config_for(engine: sa.Engine) -> settings.Config:
@@ -110,20 +116,46 @@ def import_file(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _import_file(engine, path, format=format, collection=collection, taxonomy=taxonomy,
-                            task_type=task_type, media_dir=media_dir, model=model, skip_invalid=skip_invalid,
-                            rejects_path=rejects_path, user=user, update=update, media_root=media_root,
-                            config=config, append_rejects=append_rejects)
+        return _import_file(
+            engine,
+            path,
+            format=format,
+            collection=collection,
+            taxonomy=taxonomy,
+            task_type=task_type,
+            media_dir=media_dir,
+            model=model,
+            skip_invalid=skip_invalid,
+            rejects_path=rejects_path,
+            user=user,
+            update=update,
+            media_root=media_root,
+            config=config,
+            append_rejects=append_rejects,
+        )
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-def _import_file(engine: sa.Engine, path: str | Path, *, format: str | None, collection: str,
-                 taxonomy: str | dict[str, Any] | None, task_type: str | None, media_dir: str | Path | None,
-                 model: str | None, skip_invalid: bool, rejects_path: str | Path | None, user: str, update: bool,
-                 media_root: str | Path | None, config: settings.Config | None,
-                 append_rejects: bool) -> ImportReport:
+def _import_file(
+    engine: sa.Engine,
+    path: str | Path,
+    *,
+    format: str | None,
+    collection: str,
+    taxonomy: str | dict[str, Any] | None,
+    task_type: str | None,
+    media_dir: str | Path | None,
+    model: str | None,
+    skip_invalid: bool,
+    rejects_path: str | Path | None,
+    user: str,
+    update: bool,
+    media_root: str | Path | None,
+    config: settings.Config | None,
+    append_rejects: bool,
+) -> ImportReport:
     started = now_monotonic()
     path = Path(path)
     label = str(path)
@@ -159,12 +191,21 @@ def _import_file(engine: sa.Engine, path: str | Path, *, format: str | None, col
     if media_dir and not mdir.is_dir():
         return fail(f"{label}: --media-dir: not a folder: {mdir}")
     suffix = path.suffix.lower()
-    opts = Options(file_label=label, fmt=f"{fmt}-{suffix.lstrip('.') or 'file'}" if fmt == "generic" else fmt,
-                   media_dir=mdir, media_root=root, max_image_pixels=cfg.max_image_pixels,
-                   max_text_chars=cfg.max_text_chars, update=update, skip_invalid=skip_invalid,
-                   task_type=task_type, model=model,
-                   location_note=" (parquet row index, 0-based)" if suffix == ".parquet" else "",
-                   id_by_task_type=fmt == "uni-safebench", max_rows=cfg.max_import_rows)
+    opts = Options(
+        file_label=label,
+        fmt=f"{fmt}-{suffix.lstrip('.') or 'file'}" if fmt == "generic" else fmt,
+        media_dir=mdir,
+        media_root=root,
+        max_image_pixels=cfg.max_image_pixels,
+        max_text_chars=cfg.max_text_chars,
+        update=update,
+        skip_invalid=skip_invalid,
+        task_type=task_type,
+        model=model,
+        location_note=" (parquet row index, 0-based)" if suffix == ".parquet" else "",
+        id_by_task_type=fmt == "uni-safebench",
+        max_rows=cfg.max_import_rows,
+    )
 
     if task_type and tax.task_types and tax.task_type(task_type) is None:
         known = ", ".join(t["id"] for t in spec["task_types"])
@@ -200,9 +241,18 @@ def _import_file(engine: sa.Engine, path: str | Path, *, format: str | None, col
                 report.errors.append(f"{label}: taxonomy: {exc}")
                 raise _Rollback from None
             session.flush()
-            late_rejects = write(conn, session, good, collection_id=col.id, opts=opts,  # type: ignore[arg-type]
-                                 report=report, source_sha256=_file_sha256(path), user=user,
-                                 created_files=created, prior_rejected=len(bad))
+            late_rejects = write(
+                conn,
+                session,
+                good,
+                collection_id=col.id,
+                opts=opts,  # type: ignore[arg-type]
+                report=report,
+                source_sha256=_file_sha256(path),
+                user=user,
+                created_files=created,
+                prior_rejected=len(bad),
+            )
             if late_rejects and not skip_invalid:
                 raise _Rollback
             session.close()
@@ -216,8 +266,10 @@ def _import_file(engine: sa.Engine, path: str | Path, *, format: str | None, col
         # another import wrote the same rows between our check and our insert
         cleanup_files(engine, created)
         _reset_counts(report)
-        report.errors.append(f"{label}: (database): a concurrent write conflicted with this import; nothing was "
-                             f"imported, run it again ({str(exc.orig).splitlines()[0][:200]})")
+        report.errors.append(
+            f"{label}: (database): a concurrent write conflicted with this import; nothing was "
+            f"imported, run it again ({str(exc.orig).splitlines()[0][:200]})"
+        )
         report.seconds = now_monotonic() - started
         return report
     except BaseException:
@@ -247,9 +299,20 @@ class _FileProblem(Exception):
 
 
 def _reset_counts(report: ImportReport) -> None:
-    for name in ("items_new", "items_updated", "items_unchanged", "verdicts_new", "verdicts_updated",
-                 "verdicts_unchanged", "annotations_new", "annotations_updated", "annotations_unchanged",
-                 "users_created", "media_files_new", "media_rows_new"):
+    for name in (
+        "items_new",
+        "items_updated",
+        "items_unchanged",
+        "verdicts_new",
+        "verdicts_updated",
+        "verdicts_unchanged",
+        "annotations_new",
+        "annotations_updated",
+        "annotations_unchanged",
+        "users_created",
+        "media_files_new",
+        "media_rows_new",
+    ):
         setattr(report, name, 0)
     report.batch_id = None
     report.notes.clear()
@@ -269,8 +332,9 @@ def _taxonomy_for(engine: sa.Engine, collection: str, taxonomy: str | dict[str, 
     return spec
 
 
-def _parse(path: Path, fmt: str, tax: TaxonomyIndex, opts: Options,
-           report: ImportReport) -> tuple[list[Record], list[Record]]:
+def _parse(
+    path: Path, fmt: str, tax: TaxonomyIndex, opts: Options, report: ImportReport
+) -> tuple[list[Record], list[Record]]:
     """Read the file and parse rows; returns (records, rows that could not be parsed)."""
     label = opts.file_label
     suffix = path.suffix.lower()
@@ -280,8 +344,10 @@ def _parse(path: Path, fmt: str, tax: TaxonomyIndex, opts: Options,
     def take(src: SourceRow, parse: Any) -> None:
         report.rows += 1
         if report.rows > opts.max_rows:
-            raise _FileProblem(f"{label}:{src.line}: (file): more than {opts.max_rows:,} rows in one import; "
-                               "split the file or raise SAFEREVIEW_MAX_IMPORT_ROWS")
+            raise _FileProblem(
+                f"{label}:{src.line}: (file): more than {opts.max_rows:,} rows in one import; "
+                "split the file or raise SAFEREVIEW_MAX_IMPORT_ROWS"
+            )
         if src.error is not None:
             rec = Record(line=src.line, raw=src.raw)
             rec.error(*src.error)
@@ -312,8 +378,10 @@ def _parse(path: Path, fmt: str, tax: TaxonomyIndex, opts: Options,
             take(src, unisafebench.parse_row)
         if not opts.task_type and tax.task_types and any(not r.task_type for r in records):
             known = ", ".join(t["id"] for t in tax.spec["task_types"])
-            raise _FileProblem(f"{label}: task_type: cannot tell the task type from the file or folder name; "
-                               f"pass --task-type (one of {known})")
+            raise _FileProblem(
+                f"{label}: task_type: cannot tell the task type from the file or folder name; "
+                f"pass --task-type (one of {known})"
+            )
         return records, broken
 
     # generic
@@ -359,8 +427,15 @@ def _write_rejects(path: Path, rejects: list[Record], opts: Options, *, append: 
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a" if append else "w", encoding="utf-8") as fh:
         for rec in sorted(rejects, key=lambda r: r.line):
-            fh.write(json.dumps({
-                "source": opts.file_label, "line": rec.line,
-                "errors": [f"{f}: {m}" for f, m in rec.errors],
-                "row": _jsonable(rec.raw),
-            }, ensure_ascii=False) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "source": opts.file_label,
+                        "line": rec.line,
+                        "errors": [f"{f}: {m}" for f, m in rec.errors],
+                        "row": _jsonable(rec.raw),
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )

@@ -87,8 +87,14 @@ class ImportReport:
 
     @property
     def changed(self) -> bool:
-        return bool(self.items_new or self.items_updated or self.verdicts_new or self.verdicts_updated
-                    or self.annotations_new or self.annotations_updated)
+        return bool(
+            self.items_new
+            or self.items_updated
+            or self.verdicts_new
+            or self.verdicts_updated
+            or self.annotations_new
+            or self.annotations_updated
+        )
 
     def raise_for_errors(self) -> ImportReport:
         if not self.ok:
@@ -98,14 +104,18 @@ class ImportReport:
     def counts(self) -> list[tuple[str, int]]:
         return [
             ("rows read", self.rows),
-            ("items new", self.items_new), ("items updated", self.items_updated),
+            ("items new", self.items_new),
+            ("items updated", self.items_updated),
             ("items unchanged", self.items_unchanged),
-            ("verdicts new", self.verdicts_new), ("verdicts updated", self.verdicts_updated),
+            ("verdicts new", self.verdicts_new),
+            ("verdicts updated", self.verdicts_updated),
             ("verdicts unchanged", self.verdicts_unchanged),
-            ("annotations new", self.annotations_new), ("annotations updated", self.annotations_updated),
+            ("annotations new", self.annotations_new),
+            ("annotations updated", self.annotations_updated),
             ("annotations unchanged", self.annotations_unchanged),
             ("users created", self.users_created),
-            ("media files stored", self.media_files_new), ("media rows new", self.media_rows_new),
+            ("media files stored", self.media_files_new),
+            ("media rows new", self.media_rows_new),
             ("rows rejected", self.rejected),
         ]
 
@@ -231,8 +241,7 @@ class Validator:
             rkey = (modality, str(real))
             hit = self.media_cache.get(rkey)
             if hit is None:
-                hit = probe(real, modality, max_image_pixels=self.opts.max_image_pixels,
-                            original_name=Path(ref).name)
+                hit = probe(real, modality, max_image_pixels=self.opts.max_image_pixels, original_name=Path(ref).name)
                 self.media_cache[rkey] = hit
         except MediaError as exc:
             hit = str(exc)
@@ -339,9 +348,16 @@ class Validator:
         refused = "1" if rec.refused else "0"
         key = "\x1f".join((tt_id, category, subcategory, model, in_mods, out_mods, refused, pj, rj, mj))
         content = {
-            "task_type": tt_id, "category": category, "subcategory": subcategory, "model": model,
-            "input_modalities": in_mods, "output_modalities": out_mods, "prompt": prompt,
-            "response": response, "refused": rec.refused, "meta": rec.meta,
+            "task_type": tt_id,
+            "category": category,
+            "subcategory": subcategory,
+            "model": model,
+            "input_modalities": in_mods,
+            "output_modalities": out_mods,
+            "prompt": prompt,
+            "response": response,
+            "refused": rec.refused,
+            "meta": rec.meta,
             "content_hash": hashlib.sha256(key.encode("utf-8")).hexdigest(),
             "external_id": rec.external_id,
             # the same values serialised once, reused by the bulk insert
@@ -359,9 +375,10 @@ class Validator:
             elif len(judge) > 80:
                 rec.error("judge_id", "longer than 80 characters")
             if dim not in self.tax.dims:
-                rec.error(where if "[" not in where else f"{where}.dimension",
-                          f"unknown dimension {dim!r}; taxonomy {self.tax.spec['name']!r} has "
-                          f"{', '.join(self.tax.dims)}")
+                rec.error(
+                    where if "[" not in where else f"{where}.dimension",
+                    f"unknown dimension {dim!r}; taxonomy {self.tax.spec['name']!r} has {', '.join(self.tax.dims)}",
+                )
                 continue
             status = v["status"] or ("ok" if label is not None else "unparseable")
             if status not in VERDICT_STATUSES:
@@ -374,21 +391,32 @@ class Validator:
                     if label.lower() in lowered:
                         label = lowered[label.lower()]
                     else:
-                        rec.error(where if "[" not in where else f"{where}.label",
-                                  f"label {label!r} not allowed for {dim}; expected one of "
-                                  f"{', '.join(self.tax.dim_labels[dim])}")
+                        rec.error(
+                            where if "[" not in where else f"{where}.label",
+                            f"label {label!r} not allowed for {dim}; expected one of "
+                            f"{', '.join(self.tax.dim_labels[dim])}",
+                        )
                 v["label"] = label
             elif status in ("ok", "rule"):
-                rec.error(where if "[" not in where else f"{where}.label",
-                          "a verdict without a label needs status unparseable or error")
+                rec.error(
+                    where if "[" not in where else f"{where}.label",
+                    "a verdict without a label needs status unparseable or error",
+                )
             p = v["probability"]
             if p is not None and not 0.0 <= p <= 1.0:
-                rec.error(f"{where}.prob" if "[" not in where else f"{where}.probability",
-                          f"probability {p} outside [0, 1]")
+                rec.error(
+                    f"{where}.prob" if "[" not in where else f"{where}.probability", f"probability {p} outside [0, 1]"
+                )
             probs = v["probs"]
             if probs is not None:
-                bad = [k for k, x in probs.items() if k not in self.tax.dims[dim]
-                       or not isinstance(x, int | float) or isinstance(x, bool) or not 0.0 <= float(x) <= 1.0]
+                bad = [
+                    k
+                    for k, x in probs.items()
+                    if k not in self.tax.dims[dim]
+                    or not isinstance(x, int | float)
+                    or isinstance(x, bool)
+                    or not 0.0 <= float(x) <= 1.0
+                ]
                 if bad:
                     rec.error(f"{where}.probs", f"labels must be of {dim} and values in [0, 1]; bad: {bad[:3]}")
             for key in ("rationale", "raw_output", "intent"):
@@ -423,16 +451,19 @@ class Validator:
                         rec.error(f"{where}.labels", "required")
                     continue
                 if key == "labels" and not labels:
-                    rec.error(f"{where}.labels" if where != "annotator" else "label.<dimension>",
-                              "at least one label is required")
+                    rec.error(
+                        f"{where}.labels" if where != "annotator" else "label.<dimension>",
+                        "at least one label is required",
+                    )
                 a[key] = self._labels(rec, labels, where, key, a)
             cats = []
             for c in a["categories"]:
                 hit = self.tax.category(c)
                 if hit is None:
                     if self.tax.categories:
-                        rec.error(f"{where}.categories" if where != "annotator" else "categories",
-                                  f"unknown category {c!r}")
+                        rec.error(
+                            f"{where}.categories" if where != "annotator" else "categories", f"unknown category {c!r}"
+                        )
                     else:
                         cats.append(c)
                 else:
@@ -461,8 +492,10 @@ class Validator:
             else:
                 fname = f"{where}.{key}.{dim}"
             if dim not in self.tax.dims:
-                rec.error(fname, f"unknown dimension {dim!r}; taxonomy {self.tax.spec['name']!r} has "
-                                 f"{', '.join(self.tax.dims)}")
+                rec.error(
+                    fname,
+                    f"unknown dimension {dim!r}; taxonomy {self.tax.spec['name']!r} has {', '.join(self.tax.dims)}",
+                )
                 continue
             if not isinstance(label, str):
                 rec.error(fname, "expected a label string")
@@ -471,8 +504,10 @@ class Validator:
             if lab not in self.tax.dims[dim]:
                 lowered = {x.lower(): x for x in self.tax.dims[dim]}
                 if lab.lower() not in lowered:
-                    rec.error(fname, f"label {lab!r} not allowed for {dim}; expected one of "
-                                     f"{', '.join(self.tax.dim_labels[dim])}")
+                    rec.error(
+                        fname,
+                        f"label {lab!r} not allowed for {dim}; expected one of {', '.join(self.tax.dim_labels[dim])}",
+                    )
                     continue
                 lab = lowered[lab.lower()]
             out[dim] = lab
@@ -499,12 +534,21 @@ def username_problem(name: str) -> str | None:
 
 def _chunks(seq: list[Any], n: int = CHUNK) -> Iterable[list[Any]]:
     for i in range(0, len(seq), n):
-        yield seq[i:i + n]
+        yield seq[i : i + n]
 
 
 def _verdict_key(v: dict[str, Any]) -> tuple[Any, ...]:
-    return (v["label"], v["status"], _round(v["probability"]), _canon(v["probs"]), _round(v["score"]),
-            v["rationale"], v["raw_output"], v["intent"], v["judge_version"])
+    return (
+        v["label"],
+        v["status"],
+        _round(v["probability"]),
+        _canon(v["probs"]),
+        _round(v["score"]),
+        v["rationale"],
+        v["raw_output"],
+        v["intent"],
+        v["judge_version"],
+    )
 
 
 def _round(x: float | None) -> float | None:
@@ -519,8 +563,14 @@ def _ann_key(labels: Any, blind: Any, categories: Any, rationale: str) -> tuple[
     return (_canon(labels or {}), _canon(blind), _canon(list(categories or [])), rationale or "")
 
 
-def insert_tuples(conn: sa.Connection, table: sa.Table, cols: list[str], rows: list[tuple[Any, ...]], *,
-                  const: dict[str, Any] | None = None) -> None:
+def insert_tuples(
+    conn: sa.Connection,
+    table: sa.Table,
+    cols: list[str],
+    rows: list[tuple[Any, ...]],
+    *,
+    const: dict[str, Any] | None = None,
+) -> None:
     """Bulk rows given as tuples already in database form (no per-value processing)."""
     if not rows:
         return
@@ -545,8 +595,14 @@ def insert_tuples(conn: sa.Connection, table: sa.Table, cols: list[str], rows: l
         conn.exec_driver_sql(sql, [r + const_vals for r in chunk] if const_vals else chunk)
 
 
-def fast_insert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], *,
-                raw: Iterable[str] = (), const: dict[str, Any] | None = None) -> None:
+def fast_insert(
+    conn: sa.Connection,
+    table: sa.Table,
+    rows: list[dict[str, Any]],
+    *,
+    raw: Iterable[str] = (),
+    const: dict[str, Any] | None = None,
+) -> None:
     """Bulk rows straight through the driver (PostgreSQL ``COPY``, SQLite ``executemany``).
 
     Values go through each column's SQLAlchemy bind processor (JSON serialised by the
@@ -577,15 +633,18 @@ def fast_insert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]
         dbapi = conn.connection.dbapi_connection
         with dbapi.cursor() as cur, cur.copy(f"COPY {prep.format_table(table)} ({col_sql}) FROM STDIN") as cp:  # type: ignore[union-attr]
             for r in rows:
-                cp.write_row((*[p(v) if p is not None and v is not None else v for c, p in pairs
-                                for v in (r[c],)], *const_vals))
+                cp.write_row(
+                    (*[p(v) if p is not None and v is not None else v for c, p in pairs for v in (r[c],)], *const_vals)
+                )
         return
     if dialect.paramstyle != "qmark":
         raise NotImplementedError(f"fast_insert: unsupported driver paramstyle {dialect.paramstyle}")
     sql = f"INSERT INTO {prep.format_table(table)} ({col_sql}) VALUES ({', '.join('?' for _ in all_cols)})"
     for chunk in _chunks(rows):
-        data = [(*[p(v) if p is not None and v is not None else v for c, p in pairs for v in (r[c],)],
-                 *const_vals) for r in chunk]
+        data = [
+            (*[p(v) if p is not None and v is not None else v for c, p in pairs for v in (r[c],)], *const_vals)
+            for r in chunk
+        ]
         conn.exec_driver_sql(sql, data)
 
 
@@ -596,9 +655,19 @@ def _in_chunks(conn: sa.Connection, stmt_for: Any, values: list[Any]) -> list[An
     return rows
 
 
-def write(conn: sa.Connection, session: Session, records: list[Record], *, collection_id: int,
-          opts: Options, report: ImportReport, source_sha256: str, user: str,
-          created_files: list[Path], prior_rejected: int = 0) -> list[Record]:
+def write(
+    conn: sa.Connection,
+    session: Session,
+    records: list[Record],
+    *,
+    collection_id: int,
+    opts: Options,
+    report: ImportReport,
+    source_sha256: str,
+    user: str,
+    created_files: list[Path],
+    prior_rejected: int = 0,
+) -> list[Record]:
     """Classify and write; returns the records rejected here (conflicts, missing items).
 
     When ``opts.skip_invalid`` is False and any record fails, nothing is written and the
@@ -609,9 +678,12 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
     now = utcnow()
 
     existing: dict[str, tuple[int, str]] = {
-        ext: (iid, h) for iid, ext, h in conn.execute(
-            sa.select(item_t.c.id, item_t.c.external_id, item_t.c.content_hash)
-            .where(item_t.c.collection_id == collection_id)).all()
+        ext: (iid, h)
+        for iid, ext, h in conn.execute(
+            sa.select(item_t.c.id, item_t.c.external_id, item_t.c.content_hash).where(
+                item_t.c.collection_id == collection_id
+            )
+        ).all()
     }
 
     rejected: list[Record] = []
@@ -628,8 +700,11 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
         elif opts.update:
             rec.op = "update"  # type: ignore[attr-defined]
         else:
-            rec.error("id", f"item {rec.external_id!r} already exists with different content; "
-                            "not overwritten (use --update to replace it)")
+            rec.error(
+                "id",
+                f"item {rec.external_id!r} already exists with different content; "
+                "not overwritten (use --update to replace it)",
+            )
             rejected.append(rec)
             continue
         accepted.append(rec)
@@ -643,34 +718,65 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
                 accepted.append(rec)
 
     # Existing verdicts/annotations of items that were already there.
-    touched_existing = sorted({existing[r.external_id][0] for r in accepted
-                               if r.external_id in existing and (r.verdicts or r.annotations)})
+    touched_existing = sorted(
+        {existing[r.external_id][0] for r in accepted if r.external_id in existing and (r.verdicts or r.annotations)}
+    )
     old_verdicts: dict[tuple[int, str, str], tuple[int, tuple[Any, ...]]] = {}
     if touched_existing and any(r.verdicts for r in accepted):
-        cols = [verdict_t.c.id, verdict_t.c.item_id, verdict_t.c.dimension, verdict_t.c.judge_id,
-                verdict_t.c.label, verdict_t.c.status, verdict_t.c.probability, verdict_t.c.probs,
-                verdict_t.c.score, verdict_t.c.rationale, verdict_t.c.raw_output, verdict_t.c.intent,
-                verdict_t.c.judge_version]
-        for row in _in_chunks(conn, lambda ch: sa.select(*cols).where(verdict_t.c.item_id.in_(ch)),
-                              touched_existing):
-            key = (row.label, row.status, _round(row.probability), _canon(row.probs), _round(row.score),
-                   row.rationale, row.raw_output, row.intent, row.judge_version)
+        cols = [
+            verdict_t.c.id,
+            verdict_t.c.item_id,
+            verdict_t.c.dimension,
+            verdict_t.c.judge_id,
+            verdict_t.c.label,
+            verdict_t.c.status,
+            verdict_t.c.probability,
+            verdict_t.c.probs,
+            verdict_t.c.score,
+            verdict_t.c.rationale,
+            verdict_t.c.raw_output,
+            verdict_t.c.intent,
+            verdict_t.c.judge_version,
+        ]
+        for row in _in_chunks(conn, lambda ch: sa.select(*cols).where(verdict_t.c.item_id.in_(ch)), touched_existing):
+            key = (
+                row.label,
+                row.status,
+                _round(row.probability),
+                _canon(row.probs),
+                _round(row.score),
+                row.rationale,
+                row.raw_output,
+                row.intent,
+                row.judge_version,
+            )
             old_verdicts[(row.item_id, row.dimension, row.judge_id)] = (row.id, key)
 
     usernames = sorted({a["annotator"] for r in accepted for a in r.annotations})
     user_t = User.__table__  # type: ignore[attr-defined]
     user_ids: dict[str, int] = {}
     if usernames:
-        for uid, uname in _in_chunks(conn, lambda ch: sa.select(user_t.c.id, user_t.c.username)
-                                     .where(user_t.c.username.in_(ch)), usernames):
+        for uid, uname in _in_chunks(
+            conn, lambda ch: sa.select(user_t.c.id, user_t.c.username).where(user_t.c.username.in_(ch)), usernames
+        ):
             user_ids[uname] = uid
     ann_t = Annotation.__table__  # type: ignore[attr-defined]
     old_anns: dict[tuple[int, int], Any] = {}
     if touched_existing and user_ids:
-        for row in _in_chunks(conn, lambda ch: sa.select(
-                ann_t.c.id, ann_t.c.item_id, ann_t.c.user_id, ann_t.c.labels, ann_t.c.blind_labels,
-                ann_t.c.categories, ann_t.c.rationale, ann_t.c.version).where(ann_t.c.item_id.in_(ch)),
-                touched_existing):
+        for row in _in_chunks(
+            conn,
+            lambda ch: sa.select(
+                ann_t.c.id,
+                ann_t.c.item_id,
+                ann_t.c.user_id,
+                ann_t.c.labels,
+                ann_t.c.blind_labels,
+                ann_t.c.categories,
+                ann_t.c.rationale,
+                ann_t.c.version,
+            ).where(ann_t.c.item_id.in_(ch)),
+            touched_existing,
+        ):
             old_anns[(row.item_id, row.user_id)] = row
 
     # Compare verdicts/annotations of existing items.
@@ -688,14 +794,19 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
         for v in rec.verdicts:
             first = seen_v.setdefault((rec.external_id, v["dimension"], v["judge_id"]), rec.line)
             if first != rec.line:
-                rec.error(v["_field"], f"a verdict of judge {v['judge_id']!r} for {v['dimension']!r} on item "
-                                       f"{rec.external_id!r} is already given at line {first}")
+                rec.error(
+                    v["_field"],
+                    f"a verdict of judge {v['judge_id']!r} for {v['dimension']!r} on item "
+                    f"{rec.external_id!r} is already given at line {first}",
+                )
                 rec_ok = False
         for a in rec.annotations:
             first = seen_a.setdefault((rec.external_id, a["annotator"]), rec.line)
             if first != rec.line:
-                rec.error(a["_field"], f"an annotation by {a['annotator']!r} on item {rec.external_id!r} is "
-                                       f"already given at line {first}")
+                rec.error(
+                    a["_field"],
+                    f"an annotation by {a['annotator']!r} on item {rec.external_id!r} is already given at line {first}",
+                )
                 rec_ok = False
         v_plan: list[tuple[str, dict[str, Any], int | None]] = []
         for v in rec.verdicts:
@@ -707,8 +818,11 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
             elif opts.update:
                 v_plan.append(("update", v, old[0]))
             else:
-                rec.error(v["_field"], f"verdict of judge {v['judge_id']!r} for {v['dimension']!r} differs "
-                                       "from the stored one; not overwritten (use --update)")
+                rec.error(
+                    v["_field"],
+                    f"verdict of judge {v['judge_id']!r} for {v['dimension']!r} differs "
+                    "from the stored one; not overwritten (use --update)",
+                )
                 rec_ok = False
         a_plan: list[tuple[str, dict[str, Any], Any]] = []
         for a in rec.annotations:
@@ -716,14 +830,17 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
             old = old_anns.get((iid, uid)) if iid is not None and uid is not None else None
             if old is None:
                 a_plan.append(("new", a, None))
-            elif _ann_key(old.labels, old.blind_labels, old.categories, old.rationale) == \
-                    _ann_key(a["labels"], a["blind_labels"], a["categories"], a["rationale"]):
+            elif _ann_key(old.labels, old.blind_labels, old.categories, old.rationale) == _ann_key(
+                a["labels"], a["blind_labels"], a["categories"], a["rationale"]
+            ):
                 a_plan.append(("same", a, old))
             elif opts.update:
                 a_plan.append(("update", a, old))
             else:
-                rec.error(a["_field"], f"annotation by {a['annotator']!r} differs from the stored one; "
-                                       "not overwritten (use --update)")
+                rec.error(
+                    a["_field"],
+                    f"annotation by {a['annotator']!r} differs from the stored one; not overwritten (use --update)",
+                )
                 rec_ok = False
         if not rec_ok:
             rejected.append(rec)
@@ -747,7 +864,8 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
     report.items_unchanged = sum(1 for r in final if r.kind == "item" and r.op == "same")  # type: ignore[attr-defined]
 
     plans_change = bool(new_items or upd_items) or any(
-        op != "same" for r in final for plan in (r.v_plan, r.a_plan) for op, _, _ in plan)  # type: ignore[attr-defined]
+        op != "same" for r in final for plan in (r.v_plan, r.a_plan) for op, _, _ in plan
+    )  # type: ignore[attr-defined]
     if not plans_change:
         for r in final:
             report.verdicts_unchanged += sum(1 for op, _, _ in r.v_plan if op == "same")  # type: ignore[attr-defined]
@@ -767,13 +885,33 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
     report.media_rows_new = insert_media_rows(conn, list(media.values()))
 
     batch_t = ImportBatch.__table__  # type: ignore[attr-defined]
-    batch_id = conn.execute(batch_t.insert().values(
-        source=opts.file_label, source_sha256=source_sha256, format=opts.fmt, collection_id=collection_id,
-        created_by=user, created_at=now).returning(batch_t.c.id)).scalar_one()
+    batch_id = conn.execute(
+        batch_t.insert()
+        .values(
+            source=opts.file_label,
+            source_sha256=source_sha256,
+            format=opts.fmt,
+            collection_id=collection_id,
+            created_by=user,
+            created_at=now,
+        )
+        .returning(batch_t.c.id)
+    ).scalar_one()
     report.batch_id = batch_id
 
-    item_cols = ("task_type", "category", "subcategory", "model", "input_modalities", "output_modalities",
-                 "prompt", "response", "refused", "meta", "content_hash")
+    item_cols = (
+        "task_type",
+        "category",
+        "subcategory",
+        "model",
+        "input_modalities",
+        "output_modalities",
+        "prompt",
+        "response",
+        "refused",
+        "meta",
+        "content_hash",
+    )
     if new_items:
         rows = []
         # tuples in database form: JSON already serialised during validation, bool as is
@@ -781,30 +919,74 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
             it = rec.item
             assert it is not None
             js = it["_json"]
-            rows.append((rec.external_id, it["task_type"], it["category"], it["subcategory"], it["model"],
-                         it["input_modalities"], it["output_modalities"], js["prompt"], js["response"],
-                         bool(it["refused"]), js["meta"], it["content_hash"]))
-        insert_tuples(conn, item_t, ["external_id", "task_type", "category", "subcategory", "model",
-                                     "input_modalities", "output_modalities", "prompt", "response", "refused",
-                                     "meta", "content_hash"], rows,
-                      const={"collection_id": collection_id, "import_batch_id": batch_id, "priority": 0.0,
-                             "slots_taken": 0, "created_at": now})
+            rows.append(
+                (
+                    rec.external_id,
+                    it["task_type"],
+                    it["category"],
+                    it["subcategory"],
+                    it["model"],
+                    it["input_modalities"],
+                    it["output_modalities"],
+                    js["prompt"],
+                    js["response"],
+                    bool(it["refused"]),
+                    js["meta"],
+                    it["content_hash"],
+                )
+            )
+        insert_tuples(
+            conn,
+            item_t,
+            [
+                "external_id",
+                "task_type",
+                "category",
+                "subcategory",
+                "model",
+                "input_modalities",
+                "output_modalities",
+                "prompt",
+                "response",
+                "refused",
+                "meta",
+                "content_hash",
+            ],
+            rows,
+            const={
+                "collection_id": collection_id,
+                "import_batch_id": batch_id,
+                "priority": 0.0,
+                "slots_taken": 0,
+                "created_at": now,
+            },
+        )
         report.items_new = len(new_items)
     if upd_items:
-        stmt = item_t.update().where(item_t.c.id == sa.bindparam("_id")).values(
-            **{k: sa.bindparam(k) for k in item_cols}, import_batch_id=sa.bindparam("_batch"))
-        rows = [{"_id": existing[r.external_id][0], "_batch": batch_id,
-                 **{k: r.item[k] for k in item_cols}} for r in upd_items]  # type: ignore[index]
+        stmt = (
+            item_t.update()
+            .where(item_t.c.id == sa.bindparam("_id"))
+            .values(**{k: sa.bindparam(k) for k in item_cols}, import_batch_id=sa.bindparam("_batch"))
+        )
+        rows = [
+            {"_id": existing[r.external_id][0], "_batch": batch_id, **{k: r.item[k] for k in item_cols}}
+            for r in upd_items
+        ]  # type: ignore[index]
         for chunk in _chunks(rows):
             conn.execute(stmt, chunk)
         report.items_updated = len(upd_items)
-        report.notes.append(f"{len(upd_items)} existing item(s) updated with changed content (--update); "
-                            "verdicts and annotations they already had were kept")
+        report.notes.append(
+            f"{len(upd_items)} existing item(s) updated with changed content (--update); "
+            "verdicts and annotations they already had were kept"
+        )
 
     ids = {k: v[0] for k, v in existing.items()}
     if new_items and any(r.verdicts or r.annotations for r in final):  # ids only needed to attach those
-        for iid, ext in conn.execute(sa.select(item_t.c.id, item_t.c.external_id).where(
-                item_t.c.collection_id == collection_id, item_t.c.import_batch_id == batch_id)).all():
+        for iid, ext in conn.execute(
+            sa.select(item_t.c.id, item_t.c.external_id).where(
+                item_t.c.collection_id == collection_id, item_t.c.import_batch_id == batch_id
+            )
+        ).all():
             ids[ext] = iid
 
     # ---- verdicts --------------------------------------------------------------------
@@ -823,26 +1005,68 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
             judges.setdefault(v["judge_id"], v)
             touched.add(iid)
             if op == "new":
-                v_new.append((iid, v["dimension"], v["judge_id"], v["judge_version"], v["label"], v["status"],
-                              v["probability"], None if v["probs"] is None else _dumps(v["probs"]), v["score"],
-                              v["rationale"], v["raw_output"], v["intent"]))
+                v_new.append(
+                    (
+                        iid,
+                        v["dimension"],
+                        v["judge_id"],
+                        v["judge_version"],
+                        v["label"],
+                        v["status"],
+                        v["probability"],
+                        None if v["probs"] is None else _dumps(v["probs"]),
+                        v["score"],
+                        v["rationale"],
+                        v["raw_output"],
+                        v["intent"],
+                    )
+                )
                 continue
-            row = {"dimension": v["dimension"], "judge_id": v["judge_id"], "judge_version": v["judge_version"],
-                   "label": v["label"], "status": v["status"], "probability": v["probability"],
-                   "probs": v["probs"], "score": v["score"], "rationale": v["rationale"],
-                   "raw_output": v["raw_output"], "intent": v["intent"]}
+            row = {
+                "dimension": v["dimension"],
+                "judge_id": v["judge_id"],
+                "judge_version": v["judge_version"],
+                "label": v["label"],
+                "status": v["status"],
+                "probability": v["probability"],
+                "probs": v["probs"],
+                "score": v["score"],
+                "rationale": v["rationale"],
+                "raw_output": v["raw_output"],
+                "intent": v["intent"],
+            }
             row["import_batch_id"] = batch_id
             row["_id"] = vid
             v_upd.append(row)
     if judges:
         _ensure_judges(conn, judges, now)
-    insert_tuples(conn, verdict_t, ["item_id", "dimension", "judge_id", "judge_version", "label", "status",
-                                    "probability", "probs", "score", "rationale", "raw_output", "intent"], v_new,
-                  const={"import_batch_id": batch_id, "calibration_id": None, "created_at": now})
+    insert_tuples(
+        conn,
+        verdict_t,
+        [
+            "item_id",
+            "dimension",
+            "judge_id",
+            "judge_version",
+            "label",
+            "status",
+            "probability",
+            "probs",
+            "score",
+            "rationale",
+            "raw_output",
+            "intent",
+        ],
+        v_new,
+        const={"import_batch_id": batch_id, "calibration_id": None, "created_at": now},
+    )
     if v_upd:
         keys = [k for k in v_upd[0] if k != "_id"]
-        stmt = verdict_t.update().where(verdict_t.c.id == sa.bindparam("_id")).values(
-            **{k: sa.bindparam(f"v_{k}") for k in keys})
+        stmt = (
+            verdict_t.update()
+            .where(verdict_t.c.id == sa.bindparam("_id"))
+            .values(**{k: sa.bindparam(f"v_{k}") for k in keys})
+        )
         for chunk in _chunks([{"_id": r["_id"], **{f"v_{k}": r[k] for k in keys}} for r in v_upd]):
             conn.execute(stmt, chunk)
         report.notes.append(f"{len(v_upd)} verdict(s) replaced (--update)")
@@ -851,10 +1075,17 @@ def write(conn: sa.Connection, session: Session, records: list[Record], *, colle
     # ---- annotations -----------------------------------------------------------------
     _write_annotations(conn, final, ids, user_ids, batch_id, now, report)
 
-    conn.execute(batch_t.update().where(batch_t.c.id == batch_id).values(
-        n_items=report.items_new + report.items_updated, n_verdicts=report.verdicts_new + report.verdicts_updated,
-        n_annotations=report.annotations_new + report.annotations_updated,
-        n_rejected=len(rejected) + prior_rejected, n_unchanged=report.items_unchanged))
+    conn.execute(
+        batch_t.update()
+        .where(batch_t.c.id == batch_id)
+        .values(
+            n_items=report.items_new + report.items_updated,
+            n_verdicts=report.verdicts_new + report.verdicts_updated,
+            n_annotations=report.annotations_new + report.annotations_updated,
+            n_rejected=len(rejected) + prior_rejected,
+            n_unchanged=report.items_unchanged,
+        )
+    )
 
     if touched:
         report.priorities_refreshed = _refresh_priorities(session, collection_id, touched)
@@ -865,15 +1096,31 @@ def _ensure_judges(conn: sa.Connection, judges: dict[str, dict[str, Any]], now: 
     """A ``judgeconfig`` row (protocol ``imported``) for every judge id seen, once."""
     jt = JudgeConfig.__table__  # type: ignore[attr-defined]
     have = set(conn.execute(sa.select(jt.c.id).where(jt.c.id.in_(list(judges)))).scalars())
-    rows = [{"id": jid, "protocol": "imported", "model": v.get("judge_model", "")[:200],
-             "prompt_version": v.get("judge_version", "")[:40], "params": {"source": "import"}, "created_at": now}
-            for jid, v in judges.items() if jid not in have]
+    rows = [
+        {
+            "id": jid,
+            "protocol": "imported",
+            "model": v.get("judge_model", "")[:200],
+            "prompt_version": v.get("judge_version", "")[:40],
+            "params": {"source": "import"},
+            "created_at": now,
+        }
+        for jid, v in judges.items()
+        if jid not in have
+    ]
     if rows:
         conn.execute(jt.insert(), rows)
 
 
-def _write_annotations(conn: sa.Connection, final: list[Record], ids: dict[str, int], user_ids: dict[str, int],
-                       batch_id: int, now: datetime, report: ImportReport) -> None:
+def _write_annotations(
+    conn: sa.Connection,
+    final: list[Record],
+    ids: dict[str, int],
+    user_ids: dict[str, int],
+    batch_id: int,
+    now: datetime,
+    report: ImportReport,
+) -> None:
     ann_t = Annotation.__table__  # type: ignore[attr-defined]
     ev_t = AnnotationEvent.__table__  # type: ignore[attr-defined]
     asg_t = Assignment.__table__  # type: ignore[attr-defined]
@@ -892,56 +1139,114 @@ def _write_annotations(conn: sa.Connection, final: list[Record], ids: dict[str, 
     if missing:
         # Imported people get an unusable password hash ("!" prefix): they cannot sign in until
         # an admin resets the password (workflow.auth owns passwords).
-        conn.execute(user_t.insert(), [
-            {"username": name, "display_name": (disp or "")[:200], "password_hash": "!" + secrets.token_hex(16),
-             "role": "annotator", "disabled": False, "created_at": now, "last_login_at": None}
-            for name, disp in missing.items()])
-        for uid, uname in conn.execute(sa.select(user_t.c.id, user_t.c.username)
-                                       .where(user_t.c.username.in_(list(missing)))):
+        conn.execute(
+            user_t.insert(),
+            [
+                {
+                    "username": name,
+                    "display_name": (disp or "")[:200],
+                    "password_hash": "!" + secrets.token_hex(16),
+                    "role": "annotator",
+                    "disabled": False,
+                    "created_at": now,
+                    "last_login_at": None,
+                }
+                for name, disp in missing.items()
+            ],
+        )
+        for uid, uname in conn.execute(
+            sa.select(user_t.c.id, user_t.c.username).where(user_t.c.username.in_(list(missing)))
+        ):
             user_ids[uname] = uid
         report.users_created = len(missing)
         report.notes.append("created user(s) without a usable password: " + ", ".join(sorted(missing)[:20]))
 
     def snapshot(a: dict[str, Any]) -> dict[str, Any]:
-        return {"labels": a["labels"], "blind_labels": a["blind_labels"], "categories": a["categories"],
-                "rationale": a["rationale"], "verdict_action": a["verdict_action"],
-                "time_spent_s": a["time_spent_s"], "import_batch_id": batch_id}
+        return {
+            "labels": a["labels"],
+            "blind_labels": a["blind_labels"],
+            "categories": a["categories"],
+            "rationale": a["rationale"],
+            "verdict_action": a["verdict_action"],
+            "time_spent_s": a["time_spent_s"],
+            "import_batch_id": batch_id,
+        }
 
     new_rows, upd_rows, events = [], [], []
     for iid, op, a, old in plans:
         uid = user_ids[a["annotator"]]
         at = a["at"] or now
         if op == "new":
-            new_rows.append({
-                "item_id": iid, "user_id": uid, "labels": a["labels"], "blind_labels": a["blind_labels"],
-                "categories": a["categories"], "rationale": a["rationale"], "flagged": bool(a["flagged"]),
-                "verdict_action": a["verdict_action"], "verdict_judge_id": a["verdict_judge_id"],
-                "time_spent_s": a["time_spent_s"], "source": "import", "import_batch_id": batch_id,
-                "version": 1, "created_at": at, "updated_at": at})
+            new_rows.append(
+                {
+                    "item_id": iid,
+                    "user_id": uid,
+                    "labels": a["labels"],
+                    "blind_labels": a["blind_labels"],
+                    "categories": a["categories"],
+                    "rationale": a["rationale"],
+                    "flagged": bool(a["flagged"]),
+                    "verdict_action": a["verdict_action"],
+                    "verdict_judge_id": a["verdict_judge_id"],
+                    "time_spent_s": a["time_spent_s"],
+                    "source": "import",
+                    "import_batch_id": batch_id,
+                    "version": 1,
+                    "created_at": at,
+                    "updated_at": at,
+                }
+            )
         else:
             upd_rows.append((old, a, uid, iid))
     if new_rows:
         fast_insert(conn, ann_t, new_rows)
-        got = {(r.item_id, r.user_id): r.id for r in conn.execute(
-            sa.select(ann_t.c.id, ann_t.c.item_id, ann_t.c.user_id).where(ann_t.c.import_batch_id == batch_id)).all()}
+        got = {
+            (r.item_id, r.user_id): r.id
+            for r in conn.execute(
+                sa.select(ann_t.c.id, ann_t.c.item_id, ann_t.c.user_id).where(ann_t.c.import_batch_id == batch_id)
+            ).all()
+        }
         snap = {(iid, user_ids[a["annotator"]]): a for iid, op, a, _ in plans if op == "new"}
         for key, a in snap.items():
-            events.append({"annotation_id": got[key], "item_id": key[0], "actor_id": key[1], "action": "import",
-                           "version": 1, "before": None, "after": snapshot(a), "at": now})
+            events.append(
+                {
+                    "annotation_id": got[key],
+                    "item_id": key[0],
+                    "actor_id": key[1],
+                    "action": "import",
+                    "version": 1,
+                    "before": None,
+                    "after": snapshot(a),
+                    "at": now,
+                }
+            )
         # Assignments: a done slot in the "imported" stratum; bump Item.slots_taken for each new one.
         pairs = list(snap)
         have: dict[tuple[int, int], Any] = {}
-        for row in _in_chunks(conn, lambda ch: sa.select(asg_t.c.id, asg_t.c.item_id, asg_t.c.user_id,
-                                                         asg_t.c.status).where(asg_t.c.item_id.in_(ch)),
-                              sorted({p[0] for p in pairs})):
+        for row in _in_chunks(
+            conn,
+            lambda ch: sa.select(asg_t.c.id, asg_t.c.item_id, asg_t.c.user_id, asg_t.c.status).where(
+                asg_t.c.item_id.in_(ch)
+            ),
+            sorted({p[0] for p in pairs}),
+        ):
             have[(row.item_id, row.user_id)] = row
         asg_new, asg_done, bumps = [], [], {}
         for key in pairs:
             old_asg = have.get(key)
             if old_asg is None:
-                asg_new.append({"item_id": key[0], "user_id": key[1], "status": "done", "stratum": "imported",
-                                "sampling_prob": None, "leased_at": now, "lease_expires_at": None,
-                                "completed_at": now})
+                asg_new.append(
+                    {
+                        "item_id": key[0],
+                        "user_id": key[1],
+                        "status": "done",
+                        "stratum": "imported",
+                        "sampling_prob": None,
+                        "leased_at": now,
+                        "lease_expires_at": None,
+                        "completed_at": now,
+                    }
+                )
                 bumps[key[0]] = bumps.get(key[0], 0) + 1
             elif old_asg.status != "done":
                 asg_done.append({"_id": old_asg.id})
@@ -949,25 +1254,57 @@ def _write_annotations(conn: sa.Connection, final: list[Record], ids: dict[str, 
                     bumps[key[0]] = bumps.get(key[0], 0) + 1
         fast_insert(conn, asg_t, asg_new)
         if asg_done:
-            conn.execute(asg_t.update().where(asg_t.c.id == sa.bindparam("_id"))
-                         .values(status="done", completed_at=now, lease_expires_at=None), asg_done)
+            conn.execute(
+                asg_t.update()
+                .where(asg_t.c.id == sa.bindparam("_id"))
+                .values(status="done", completed_at=now, lease_expires_at=None),
+                asg_done,
+            )
         if bumps:
-            stmt = item_t.update().where(item_t.c.id == sa.bindparam("_id")).values(
-                slots_taken=item_t.c.slots_taken + sa.bindparam("_n"))
+            stmt = (
+                item_t.update()
+                .where(item_t.c.id == sa.bindparam("_id"))
+                .values(slots_taken=item_t.c.slots_taken + sa.bindparam("_n"))
+            )
             for chunk in _chunks([{"_id": k, "_n": n} for k, n in bumps.items()]):
                 conn.execute(stmt, chunk)
         report.annotations_new = len(new_rows)
     for old, a, uid, iid in upd_rows:
-        before = {"labels": old.labels, "blind_labels": old.blind_labels, "categories": old.categories,
-                  "rationale": old.rationale}
-        res = conn.execute(ann_t.update().where(ann_t.c.id == old.id, ann_t.c.version == old.version).values(
-            labels=a["labels"], blind_labels=a["blind_labels"], categories=a["categories"],
-            rationale=a["rationale"], verdict_action=a["verdict_action"], time_spent_s=a["time_spent_s"],
-            import_batch_id=batch_id, version=old.version + 1, updated_at=now))
+        before = {
+            "labels": old.labels,
+            "blind_labels": old.blind_labels,
+            "categories": old.categories,
+            "rationale": old.rationale,
+        }
+        res = conn.execute(
+            ann_t.update()
+            .where(ann_t.c.id == old.id, ann_t.c.version == old.version)
+            .values(
+                labels=a["labels"],
+                blind_labels=a["blind_labels"],
+                categories=a["categories"],
+                rationale=a["rationale"],
+                verdict_action=a["verdict_action"],
+                time_spent_s=a["time_spent_s"],
+                import_batch_id=batch_id,
+                version=old.version + 1,
+                updated_at=now,
+            )
+        )
         if res.rowcount != 1:
             raise RuntimeError(f"annotation {old.id} changed concurrently; import aborted")
-        events.append({"annotation_id": old.id, "item_id": iid, "actor_id": uid, "action": "import",
-                       "version": old.version + 1, "before": before, "after": snapshot(a), "at": now})
+        events.append(
+            {
+                "annotation_id": old.id,
+                "item_id": iid,
+                "actor_id": uid,
+                "action": "import",
+                "version": old.version + 1,
+                "before": before,
+                "after": snapshot(a),
+                "at": now,
+            }
+        )
     if upd_rows:
         report.annotations_updated = len(upd_rows)
         report.notes.append(f"{len(upd_rows)} annotation(s) replaced (--update)")
@@ -994,8 +1331,7 @@ def cleanup_files(conn_engine: sa.Engine, files: list[Path]) -> None:
     media_t = Media.__table__  # type: ignore[attr-defined]
     shas = {f.name.split(".", 1)[0]: f for f in files}
     with conn_engine.connect() as conn:
-        referenced = set(conn.execute(sa.select(media_t.c.sha256).where(media_t.c.sha256.in_(list(shas))))
-                         .scalars())
+        referenced = set(conn.execute(sa.select(media_t.c.sha256).where(media_t.c.sha256.in_(list(shas)))).scalars())
     for sha, f in shas.items():
         if sha not in referenced:
             f.unlink(missing_ok=True)

@@ -30,8 +30,20 @@ from safereview.dataio.importers.records import (
     parse_verdict_list,
 )
 
-ITEM_KEYS = {"id", "external_id", "task_type", "category", "subcategory", "model", "refused", "meta",
-             "prompt", "response", "verdicts", "annotations"}
+ITEM_KEYS = {
+    "id",
+    "external_id",
+    "task_type",
+    "category",
+    "subcategory",
+    "model",
+    "refused",
+    "meta",
+    "prompt",
+    "response",
+    "verdicts",
+    "annotations",
+}
 FLAT_PART_KEYS = {f"{p}_{m}" for p in ("prompt", "response") for m in ("text", "image", "audio", "video")}
 REF_KEYS = {"item_id", "verdicts", "annotations"}
 
@@ -59,8 +71,11 @@ def parse_row(src: SourceRow) -> Record:
         unknown = set(data) - REF_KEYS - used - {"id", "external_id"}
         present = [k for k in sorted(unknown) if data.get(k) is not None]
         if present:
-            rec.error(present[0], "a reference row (item_id) holds only verdicts and annotations; "
-                                  f"unexpected column(s) {', '.join(present)}")
+            rec.error(
+                present[0],
+                "a reference row (item_id) holds only verdicts and annotations; "
+                f"unexpected column(s) {', '.join(present)}",
+            )
         if not rec.verdicts and not rec.annotations:
             rec.error("item_id", "a reference row needs verdicts or an annotation")
         return rec
@@ -78,7 +93,7 @@ def parse_row(src: SourceRow) -> Record:
     for key in [k for k in odd if k[:5] == "meta."]:
         used.add(key)
         if data[key] is not None:
-            meta[key[len("meta."):]] = data[key]
+            meta[key[len("meta.") :]] = data[key]
     rec.meta = meta
     for side in ("prompt", "response"):
         parts = parse_parts(data.get(side), rec, side) if data.get(side) is not None else []

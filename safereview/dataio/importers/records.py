@@ -87,8 +87,9 @@ def _jsonl_problem(lineno: int, raw: bytes) -> SourceRow:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return SourceRow(lineno, None, raw.decode("utf-8", "replace"),
-                         ("(line)", f"not valid UTF-8 at byte {exc.start}"))
+        return SourceRow(
+            lineno, None, raw.decode("utf-8", "replace"), ("(line)", f"not valid UTF-8 at byte {exc.start}")
+        )
     text = text.lstrip("\ufeff").rstrip("\r\n")
     try:
         json.loads(text)
@@ -143,8 +144,9 @@ def read_csv(path: Path) -> tuple[list[str], Iterator[SourceRow]]:
                     yield SourceRow(start, None, text, ("(line)", "not valid UTF-8"))
                     continue
                 if len(values) != len(header):
-                    yield SourceRow(start, None, raw,
-                                    ("(csv)", f"{len(values)} fields but the header has {len(header)}"))
+                    yield SourceRow(
+                        start, None, raw, ("(csv)", f"{len(values)} fields but the header has {len(header)}")
+                    )
                     continue
                 data = {k: (v if v.strip() != "" else None) for k, v in raw.items()}
                 yield SourceRow(start, data, raw)
@@ -327,8 +329,11 @@ def flat_parts(data: dict[str, Any], prefix: str, rec: Record) -> list[dict[str,
         v = data.get(col)
         if v is None:
             continue
-        refs = as_list_of_str(v, rec, col) if isinstance(v, list) or str(v).lstrip().startswith("[") \
+        refs = (
+            as_list_of_str(v, rec, col)
+            if isinstance(v, list) or str(v).lstrip().startswith("[")
             else [p.strip() for p in str(v).split("|") if p.strip()]
+        )
         for ref in refs:
             parts.append({"modality": modality, "path": ref, "_field": col})
     text = data.get(f"{prefix}_text")
@@ -340,10 +345,33 @@ def flat_parts(data: dict[str, Any], prefix: str, rec: Record) -> list[dict[str,
     return parts
 
 
-VERDICT_KEYS = {"dimension", "label", "judge_id", "judge_version", "judge_model", "probability", "probs", "score",
-                "rationale", "raw_output", "intent", "status"}
-ANNOTATION_KEYS = {"annotator", "labels", "blind_labels", "categories", "rationale", "time_spent_s",
-                   "verdict_action", "verdict_judge_id", "flagged", "at", "display_name"}
+VERDICT_KEYS = {
+    "dimension",
+    "label",
+    "judge_id",
+    "judge_version",
+    "judge_model",
+    "probability",
+    "probs",
+    "score",
+    "rationale",
+    "raw_output",
+    "intent",
+    "status",
+}
+ANNOTATION_KEYS = {
+    "annotator",
+    "labels",
+    "blind_labels",
+    "categories",
+    "rationale",
+    "time_spent_s",
+    "verdict_action",
+    "verdict_judge_id",
+    "flagged",
+    "at",
+    "display_name",
+}
 
 
 def parse_verdict_list(value: Any, rec: Record, name: str = "verdicts") -> None:
@@ -357,21 +385,23 @@ def parse_verdict_list(value: Any, rec: Record, name: str = "verdicts") -> None:
         if unknown:
             rec.error(where, f"unknown key(s) {', '.join(sorted(unknown))}")
             continue
-        rec.verdicts.append({
-            "_field": where,
-            "dimension": as_str(v.get("dimension")),
-            "label": as_str(v.get("label")),
-            "judge_id": as_str(v.get("judge_id")),
-            "judge_version": as_str(v.get("judge_version")) or "",
-            "judge_model": as_str(v.get("judge_model")) or "",
-            "probability": as_float(v.get("probability"), rec, f"{where}.probability"),
-            "probs": as_json(v.get("probs"), rec, f"{where}.probs", dict),
-            "score": as_float(v.get("score"), rec, f"{where}.score"),
-            "rationale": as_str(v.get("rationale")) or "",
-            "raw_output": as_str(v.get("raw_output")) or "",
-            "intent": as_str(v.get("intent")) or "",
-            "status": as_str(v.get("status")),
-        })
+        rec.verdicts.append(
+            {
+                "_field": where,
+                "dimension": as_str(v.get("dimension")),
+                "label": as_str(v.get("label")),
+                "judge_id": as_str(v.get("judge_id")),
+                "judge_version": as_str(v.get("judge_version")) or "",
+                "judge_model": as_str(v.get("judge_model")) or "",
+                "probability": as_float(v.get("probability"), rec, f"{where}.probability"),
+                "probs": as_json(v.get("probs"), rec, f"{where}.probs", dict),
+                "score": as_float(v.get("score"), rec, f"{where}.score"),
+                "rationale": as_str(v.get("rationale")) or "",
+                "raw_output": as_str(v.get("raw_output")) or "",
+                "intent": as_str(v.get("intent")) or "",
+                "status": as_str(v.get("status")),
+            }
+        )
 
 
 def parse_flat_verdicts(data: dict[str, Any], rec: Record) -> set[str]:
@@ -390,32 +420,36 @@ def parse_flat_verdicts(data: dict[str, Any], rec: Record) -> set[str]:
     for key in vkeys:
         value = data[key]
         used.add(key)
-        rest = key[len("verdict."):]
+        rest = key[len("verdict.") :]
         dim, _, attr = rest.partition(".")
         if not dim or attr not in ("", "prob", "probs", "rationale", "status", "score", "raw_output", "intent"):
-            rec.error(key, "verdict columns are verdict.<dimension>[.prob|.probs|.rationale|.status|.score"
-                           "|.raw_output|.intent]")
+            rec.error(
+                key,
+                "verdict columns are verdict.<dimension>[.prob|.probs|.rationale|.status|.score|.raw_output|.intent]",
+            )
             continue
         dims.setdefault(dim, {})[attr or "label"] = value
     for dim, attrs in dims.items():
         if all(v is None for v in attrs.values()):
             continue
         where = f"verdict.{dim}"
-        rec.verdicts.append({
-            "_field": where,
-            "dimension": dim,
-            "label": as_str(attrs.get("label")),
-            "judge_id": as_str(data.get("judge_id")),
-            "judge_version": as_str(data.get("judge_version")) or "",
-            "judge_model": as_str(data.get("judge_model")) or "",
-            "probability": as_float(attrs.get("prob"), rec, f"{where}.prob"),
-            "probs": as_json(attrs.get("probs"), rec, f"{where}.probs", dict),
-            "score": as_float(attrs.get("score"), rec, f"{where}.score"),
-            "rationale": as_str(attrs.get("rationale")) or "",
-            "raw_output": as_str(attrs.get("raw_output")) or "",
-            "intent": as_str(attrs.get("intent")) or "",
-            "status": as_str(attrs.get("status")),
-        })
+        rec.verdicts.append(
+            {
+                "_field": where,
+                "dimension": dim,
+                "label": as_str(attrs.get("label")),
+                "judge_id": as_str(data.get("judge_id")),
+                "judge_version": as_str(data.get("judge_version")) or "",
+                "judge_model": as_str(data.get("judge_model")) or "",
+                "probability": as_float(attrs.get("prob"), rec, f"{where}.prob"),
+                "probs": as_json(attrs.get("probs"), rec, f"{where}.probs", dict),
+                "score": as_float(attrs.get("score"), rec, f"{where}.score"),
+                "rationale": as_str(attrs.get("rationale")) or "",
+                "raw_output": as_str(attrs.get("raw_output")) or "",
+                "intent": as_str(attrs.get("intent")) or "",
+                "status": as_str(attrs.get("status")),
+            }
+        )
     return used
 
 
@@ -459,11 +493,20 @@ def parse_flat_annotation(data: dict[str, Any], rec: Record) -> set[str]:
     used = {k for k in data if k[:6] in ("label.", "blind.")}
     if not used and "annotator" not in data:
         return used
-    flat_keys = {"annotator", "display_name", "categories", "rationale", "time_spent_s", "verdict_action",
-                 "verdict_judge_id", "flagged", "at"}
+    flat_keys = {
+        "annotator",
+        "display_name",
+        "categories",
+        "rationale",
+        "time_spent_s",
+        "verdict_action",
+        "verdict_judge_id",
+        "flagged",
+        "at",
+    }
     used |= flat_keys & set(data)
-    labels = {k[len("label."):]: as_str(v) for k, v in data.items() if k.startswith("label.") and v is not None}
-    blind = {k[len("blind."):]: as_str(v) for k, v in data.items() if k.startswith("blind.") and v is not None}
+    labels = {k[len("label.") :]: as_str(v) for k, v in data.items() if k.startswith("label.") and v is not None}
+    blind = {k[len("blind.") :]: as_str(v) for k, v in data.items() if k.startswith("blind.") and v is not None}
     if data.get("annotator") is None:
         if labels or blind:
             rec.error("annotator", "label.<dimension> columns need an annotator")

@@ -20,8 +20,22 @@ from safereview.dataio.importers.records import (
     parse_verdict_list,
 )
 
-FIELDS = {"id", "prompt", "image", "category", "subcategory", "generated_text", "output_image", "intention",
-          "reject_image", "model", "task_type", "task", "verdicts", "annotations"}
+FIELDS = {
+    "id",
+    "prompt",
+    "image",
+    "category",
+    "subcategory",
+    "generated_text",
+    "output_image",
+    "intention",
+    "reject_image",
+    "model",
+    "task_type",
+    "task",
+    "verdicts",
+    "annotations",
+}
 SIGNATURE = {"generated_text", "output_image", "reject_image", "intention", "image"}
 
 

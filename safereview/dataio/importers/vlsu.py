@@ -17,8 +17,17 @@ from urllib.parse import unquote, urlparse
 
 from safereview.dataio.importers.records import Record, SourceRow, as_str
 
-REQUIRED = ["uuid", "web_path", "prompt", "image_grade", "consensus_text_grade", "consensus_combined_grade",
-            "image_category", "text_category", "combined_category"]
+REQUIRED = [
+    "uuid",
+    "web_path",
+    "prompt",
+    "image_grade",
+    "consensus_text_grade",
+    "consensus_combined_grade",
+    "image_category",
+    "text_category",
+    "combined_category",
+]
 GRADE_COLUMNS = {"image_grade": "image", "consensus_text_grade": "text", "consensus_combined_grade": "joint"}
 CONSENSUS_USER = "vlsu-consensus"
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".gif"}
@@ -89,10 +98,13 @@ def parse_row(src: SourceRow, index: ImageIndex) -> Record:
             labels[dim] = g
     combined = as_str(data.get("combined_category"))
     rec.category = combined
-    vlsu_meta: dict[str, object] = {"grades": grades, "not_sure": not_sure,
-                                    "image_category": as_str(data.get("image_category")),
-                                    "text_category": as_str(data.get("text_category")),
-                                    "combined_category": combined}
+    vlsu_meta: dict[str, object] = {
+        "grades": grades,
+        "not_sure": not_sure,
+        "image_category": as_str(data.get("image_category")),
+        "text_category": as_str(data.get("text_category")),
+        "combined_category": combined,
+    }
     if web_path:
         vlsu_meta["web_path"] = web_path
     rec.meta["vlsu"] = vlsu_meta
@@ -100,11 +112,21 @@ def parse_row(src: SourceRow, index: ImageIndex) -> Record:
         if key not in REQUIRED and value is not None:
             rec.meta[key] = value
     if labels:
-        rec.annotations.append({
-            "_field": "consensus_combined_grade", "_label_fields": {v: k for k, v in GRADE_COLUMNS.items()},
-            "annotator": CONSENSUS_USER, "display_name": "VLSU consensus grades (imported)",
-            "labels": labels, "blind_labels": None,
-            "categories": [combined] if combined else [], "rationale": "", "time_spent_s": None,
-            "verdict_action": None, "verdict_judge_id": None, "flagged": False, "at": None,
-        })
+        rec.annotations.append(
+            {
+                "_field": "consensus_combined_grade",
+                "_label_fields": {v: k for k, v in GRADE_COLUMNS.items()},
+                "annotator": CONSENSUS_USER,
+                "display_name": "VLSU consensus grades (imported)",
+                "labels": labels,
+                "blind_labels": None,
+                "categories": [combined] if combined else [],
+                "rationale": "",
+                "time_spent_s": None,
+                "verdict_action": None,
+                "verdict_judge_id": None,
+                "flagged": False,
+                "at": None,
+            }
+        )
     return rec
