@@ -24,8 +24,9 @@ import numpy as np
 
 from safereview.agreement import data
 from safereview.agreement.alpha import krippendorff_alpha
-from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus, require
+from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus
 from safereview.agreement.kappa import confusion, kappa_from_table
+from safereview.workflow.policies import require
 
 Z95 = 1.959963984540054
 DEFAULT_MIN_N = 20

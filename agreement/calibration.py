@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from safereview.agreement import data
-from safereview.agreement.consensus import require
+from safereview.workflow.policies import require
 
 EPS = 1e-6
 
@@ -217,12 +217,11 @@ def fit_calibration(
 ) -> tuple[Any, dict[str, Any]]:
     """Fit, evaluate and store a :class:`db.models.Calibration`; return (row, metrics).
 
-    ``user`` must be allowed to "calibrate" (None only from the trusted CLI).
+    ``user`` must be allowed to "calibrate" (the CLI passes its system principal).
     """
     from safereview.db.models import Calibration, utcnow
 
-    if user is not None:
-        require(user, "calibrate")
+    require(user, "calibrate")
     if not 0.0 <= target_under_blocking <= 1.0:
         raise data.AgreementError("target under-blocking must be between 0 and 1")
     d = calibration_data(session, dimension, collections, judge_id=judge_id)
@@ -275,8 +274,7 @@ def apply_calibration(
 
     from safereview.db.models import Calibration, JudgeConfig, Verdict, utcnow
 
-    if user is not None:
-        require(user, "calibrate")
+    require(user, "calibrate")
     cal = session.get(Calibration, calibration_id)
     if cal is None:
         raise data.AgreementError(f"no calibration {calibration_id}")

@@ -24,6 +24,7 @@ import numpy as np
 
 from safereview.agreement import data
 from safereview.agreement.alpha import value_counts
+from safereview.workflow.policies import require
 
 DEFAULT_THRESHOLD = 0.6
 MAX_RATIONALE = 5000
@@ -258,17 +259,6 @@ def consensus(
 # ---------------------------------------------------------------------------------------
 # services for leads
 # ---------------------------------------------------------------------------------------
-
-
-def require(user: Any, action: str) -> None:
-    """Role check through ``workflow.policies`` (leads and admins adjudicate, audit, export)."""
-    try:
-        from safereview.workflow.policies import require as policy_require
-    except ImportError:  # pragma: no cover - only before the workflow package exists
-        if user is None or getattr(user, "disabled", False) or getattr(user, "role", "") not in ("lead", "admin"):
-            raise PermissionError(f"your role may not {action.replace('_', ' ')}") from None
-        return
-    policy_require(user, action)
 
 
 def adjudication_queue(

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from safereview.agreement import data
-from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus_from_ratings, require
+from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus_from_ratings
+from safereview.workflow.policies import require
 
 FORMATS = ("jsonl", "csv", "parquet", "hf")
 COLUMNS = (
@@ -317,14 +318,13 @@ def create_snapshot(
 ) -> tuple[Any, Any]:
     """Compute gold labels, store a numbered ``GoldSnapshot`` with its rows; return (snapshot, pyarrow table).
 
-    ``user`` is checked for the "export" permission (pass None only from the trusted CLI).
+    ``user`` is checked for the "export" permission (the CLI passes its system principal).
     """
     import pyarrow as pa
 
     from safereview.db.models import GoldSnapshot, utcnow
 
-    if user is not None:
-        require(user, "export")
+    require(user, "export")
     table, params = compute_gold(
         session, collections, dimensions, method=method, threshold=threshold, judge_id=judge_id
     )

@@ -29,6 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
+from safereview.workflow.principals import SystemPrincipal
+
+SYSTEM = SystemPrincipal("bench")  # the trusted caller the CLI would be
+
 PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -85,7 +89,7 @@ def bench_db(url: str, n_items: int, repeat: int, with_gold: bool, out_dir: Path
 
         def gold() -> Any:
             with session_scope(engine) as s:
-                snap, table = create_snapshot(s, None, ["bench"], ["joint"])
+                snap, table = create_snapshot(s, SYSTEM, ["bench"], ["joint"])
                 write(table, out_dir / "gold.parquet", "parquet", snap)
                 return snap.id, table.num_rows, snap.checksum
 

@@ -18,7 +18,10 @@ from safereview.cli.main import app
 from safereview.db.engine import init_db
 from safereview.db.models import Gold, GoldSnapshot
 from safereview.workflow.errors import Forbidden
+from safereview.workflow.principals import SystemPrincipal
 from tests.agreement_support import make_user, taxonomy, write_ratings, write_verdicts
+
+SYSTEM = SystemPrincipal("test")  # the trusted caller the CLI would be
 
 TAX = taxonomy(["safe", "borderline", "unsafe"], ordered=True)
 COLS = {
@@ -78,7 +81,7 @@ def test_writers_and_hugging_face_layout(tmp_path: Path, sqlite_url: str) -> Non
     engine = init_db(sqlite_url)
     _scene(engine)
     with Session(engine) as s:
-        snap, table = create_snapshot(s, None, ["g"])
+        snap, table = create_snapshot(s, SYSTEM, ["g"])
         s.commit()
         for fmt, name in (("jsonl", "g.jsonl"), ("csv", "g.csv"), ("parquet", "g.parquet")):
             write(table, tmp_path / name, fmt, snap)
@@ -143,7 +146,7 @@ def test_snapshot_files_are_built_on_demand_from_the_stored_rows(engine: sa.Engi
 
     _scene(engine)
     with Session(engine) as s:
-        snap, table = create_snapshot(s, None, ["g"])
+        snap, table = create_snapshot(s, SYSTEM, ["g"])
         s.commit()
         sid, checksum = snap.id, snap.checksum
     files = {fmt: snapshot_file(engine, sid, fmt) for fmt in DOWNLOADS}
@@ -178,7 +181,7 @@ def test_a_stored_snapshot_keeps_its_judge_labels_after_rejudging(
 
     ids = _scene(engine)
     with Session(engine) as s:
-        snap, table = create_snapshot(s, None, ["g"])
+        snap, table = create_snapshot(s, SYSTEM, ["g"])
         s.commit()
         sid = snap.id
         assert snap.params["judge_ids"] == {"score": "judge-x"}

@@ -2,7 +2,10 @@
 every page of the app per role, and the sign-in rules (argon2 only, rate limit, disabled
 users, session expiry).
 
-Roles: annotator, lead, admin, a disabled user of each role, and signed out (``None``).
+Principals: annotator, lead, admin, a disabled user of each role, signed out (``None``)
+and the command line's named :class:`SystemPrincipal`. A call counts as refused only when
+the policy itself refused it (``policies.require`` raised), and as allowed only when it
+succeeded: any other exception is a failure of the test, never a pass.
 The list of guarded service functions is found by reading the source (every function in
 ``workflow``/``agreement``/``dataio``/``judge`` that calls ``require``), so a new guarded
 function without a row here fails :func:`test_every_guarded_function_is_in_the_table`.
@@ -25,13 +28,26 @@ from sqlmodel import Session, select
 from workflow_support import make_collection, make_user
 
 from safereview.db.engine import session_scope
-from safereview.db.models import User, UserSession, utcnow
-from safereview.workflow import auth
-from safereview.workflow.errors import AuthError, Forbidden
+from safereview.db.models import Item, User, UserSession, utcnow
+from safereview.workflow import auth, policies
+from safereview.workflow.errors import AuthError, Forbidden, InvalidInput
+from safereview.workflow.principals import SystemPrincipal
+
+SYSTEM = SystemPrincipal("test")  # the trusted caller the CLI would be
 
 ROLES = ("annotator", "lead", "admin")
 MIN_ROLE = {"annotator": {"annotator", "lead", "admin"}, "lead": {"lead", "admin"}, "admin": {"admin"}}
-PRINCIPALS = ("annotator", "lead", "admin", "disabled-annotator", "disabled-lead", "disabled-admin", "signed-out")
+PRINCIPALS = (
+    "annotator",
+    "lead",
+    "admin",
+    "disabled-annotator",
+    "disabled-lead",
+    "disabled-admin",
+    "signed-out",
+    "system",
+)
+PEOPLE = ("annotator", "lead", "admin")
 
 
 @dataclass(frozen=True)
@@ -39,11 +55,18 @@ class Guarded:
     name: str  # module.function
     minimum: str  # lowest role allowed (written here independently of workflow.policies)
     call: Callable[[Session, Any, dict[str, Any]], Any]
-    none_is_cli: bool = False  # actor=None means the trusted CLI, by design
+    decision: bool = False  # a lead's own decision (adjudication, error tag), stored under their id
+
+    @property
+    def personal(self) -> bool:
+        """Someone's own work or decision: the system principal is refused it."""
+        return self.minimum == "annotator" or self.decision
 
 
-def _g(name: str, minimum: str, call: Callable[[Session, Any, dict[str, Any]], Any], cli: bool = False) -> Guarded:
-    return Guarded(name, minimum, call, cli)
+def _g(
+    name: str, minimum: str, call: Callable[[Session, Any, dict[str, Any]], Any], *, decision: bool = False
+) -> Guarded:
+    return Guarded(name, minimum, call, decision)
 
 
 def _table() -> list[Guarded]:
@@ -84,60 +107,57 @@ def _table() -> list[Guarded]:
         ),
         _g("safereview.workflow.queue.release", "annotator", lambda s, u, c: q.release(s, u, c["asg"])),
         _g("safereview.workflow.queue.skip", "annotator", lambda s, u, c: q.skip(s, u, c["asg"])),
-        _g("safereview.workflow.queue.queue_status", "lead", lambda s, u, c: q.queue_status(s, u, c["col"]), cli=True),
+        _g("safereview.workflow.queue.queue_status", "lead", lambda s, u, c: q.queue_status(s, u, c["col"])),
         _g(
             "safereview.workflow.auth.set_disabled",
             "admin",
             lambda s, u, c: auth.set_disabled(s, "victim", False, actor=u),
-            cli=True,
         ),
         _g(
             "safereview.workflow.auth.reset_password",
             "admin",
             lambda s, u, c: auth.reset_password(s, "victim", "new-pass-123456", actor=u),
-            cli=True,
         ),
-        _g("safereview.workflow.auth.list_users", "admin", lambda s, u, c: auth.list_users(s, actor=u), cli=True),
+        _g("safereview.workflow.auth.list_users", "admin", lambda s, u, c: auth.list_users(s, actor=u)),
         _g(
             "safereview.workflow.auth.set_role",
             "admin",
             lambda s, u, c: auth.set_role(s, "victim", "annotator", actor=u),
-            cli=True,
         ),
         _g(
             "safereview.workflow.collections.update_settings",
             "admin",
             lambda s, u, c: wcol.update_settings(s, c["col"], actor=u, blind=False),
-            cli=True,
         ),
         _g(
             "safereview.agreement.consensus.adjudication_queue",
             "lead",
             lambda s, u, c: consensus.adjudication_queue(s, u),
+            decision=True,
         ),
         _g(
             "safereview.agreement.consensus.adjudicate",
             "lead",
             lambda s, u, c: consensus.adjudicate(s, u, c["item"], "joint", "safe", "x"),
+            decision=True,
         ),
-        _g("safereview.agreement.gold.create_snapshot", "lead", lambda s, u, c: gold.create_snapshot(s, u), cli=True),
+        _g("safereview.agreement.gold.create_snapshot", "lead", lambda s, u, c: gold.create_snapshot(s, u)),
         _g(
             "safereview.agreement.audit.tag_error",
             "lead",
             lambda s, u, c: audit.tag_error(s, u, c["item"], "joint", "j", "missed harm"),
+            decision=True,
         ),
         _g("safereview.agreement.audit.error_tags", "lead", lambda s, u, c: audit.error_tags(s, u)),
         _g(
             "safereview.agreement.calibration.fit_calibration",
             "lead",
-            lambda s, u, c: calibration.fit_calibration(s, u, "joint"),
-            cli=True,
+            lambda s, u, c: calibration.fit_calibration(s, u, "joint", min_n=5, folds=2),
         ),
         _g(
             "safereview.agreement.calibration.apply_calibration",
             "lead",
-            lambda s, u, c: calibration.apply_calibration(s, u, 1),
-            cli=True,
+            lambda s, u, c: calibration.apply_calibration(s, u, c["cal"]),
         ),
     ]
 
@@ -183,68 +203,132 @@ def test_every_guarded_function_is_in_the_table() -> None:
 
 @pytest.fixture
 def world(engine: sa.Engine) -> Iterator[dict[str, Any]]:
-    """Users of every role (and disabled ones), a collection, one annotated item of someone else."""
+    """Users of every role (and disabled ones), judged items everyone has labelled, and for each
+    person their own submitted annotation and their own open lease, so that every allowed call
+    can succeed."""
+    from safereview.agreement.calibration import fit_calibration
+    from safereview.db.models import Verdict
     from safereview.workflow.annotations import submit
     from safereview.workflow.queue import QueueFilter, next_item
 
-    cid = make_collection(engine, "acl", n_items=3, k=3, audit_share=0.0)
-    users: dict[str, Any] = {}
+    cid = make_collection(engine, "acl", n_items=8, k=3, audit_share=0.0)
+    users: dict[str, Any] = {"signed-out": None, "system": SYSTEM}
     for role in ROLES:
         users[role] = make_user(engine, f"u-{role}", role)
         users[f"disabled-{role}"] = make_user(engine, f"d-{role}", role)
         with session_scope(engine) as s:
-            auth.set_disabled(s, f"d-{role}", True)
+            auth.set_disabled(s, f"d-{role}", True, actor=SYSTEM)
         users[f"disabled-{role}"].disabled = True
-    users["signed-out"] = None
     other = make_user(engine, "other")
     make_user(engine, "victim")
-    a = next_item(engine, other, QueueFilter(cid))
-    assert a is not None
+    with session_scope(engine) as s:  # the judge's verdicts, with probabilities, on every item
+        ids = s.exec(select(Item.id).where(Item.collection_id == cid).order_by(Item.id)).all()
+        for n, item_id in enumerate(ids):
+            p = (n + 0.5) / len(ids)
+            s.add(
+                Verdict(
+                    item_id=item_id,
+                    dimension="joint",
+                    judge_id="j",
+                    label="unsafe" if p > 0.5 else "safe",
+                    probs={"safe": 1 - p, "borderline": 0.0, "unsafe": p},
+                    probability=max(p, 1 - p),
+                )
+            )
+    while (a := next_item(engine, other, QueueFilter(cid))) is not None:  # someone else labels every item
+        with session_scope(engine) as s:
+            submit(s, other, a.id, H_LABELS if a.item_id % 2 else {**H_LABELS, "joint": "unsafe"})
+    ctx: dict[str, dict[str, Any]] = {}
+    for who in PEOPLE:
+        mine = next_item(engine, users[who], QueueFilter(cid))
+        assert mine is not None
+        with session_scope(engine) as s:
+            ann_id = submit(s, users[who], mine.id, H_LABELS).id
+        lease = next_item(engine, users[who], QueueFilter(cid))  # an open lease of their own
+        assert lease is not None
+        ctx[who] = {"col": cid, "item": mine.item_id, "ann": ann_id, "asg": lease.id}
     with session_scope(engine) as s:
-        ann = submit(s, other, a.id, H_LABELS)
-        ann_id = ann.id
-    a2 = next_item(engine, other, QueueFilter(cid))  # an active lease of someone else
-    assert a2 is not None
-    yield {"users": users, "ctx": {"col": cid, "item": a.item_id, "ann": ann_id, "asg": a2.id}}
+        cal, _ = fit_calibration(s, SYSTEM, "joint", min_n=5, folds=2)
+        cal_id = int(cal.id)
+    for c in ctx.values():
+        c["cal"] = cal_id
+    yield {"users": users, "ctx": ctx}
 
 
-def test_every_role_against_every_guarded_function(engine: sa.Engine, world: dict[str, Any]) -> None:
+def _refused_by_policy(outcome: BaseException | None) -> bool:
+    """True only for the policy's own refusal: a Forbidden raised inside ``policies.require``."""
+    if not isinstance(outcome, Forbidden) or outcome.__traceback__ is None:
+        return False
+    tb = outcome.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code is policies.require.__code__
+
+
+def _matrix_problems(engine: sa.Engine, world: dict[str, Any]) -> tuple[int, list[str]]:
     checked = 0
     problems: list[str] = []
     for g in _table():
         for who in PRINCIPALS:
             user = world["users"][who]
-            if user is None and g.none_is_cli:
-                continue
-            allowed = user is not None and not user.disabled and user.role in MIN_ROLE[g.minimum]
+            ctx = world["ctx"].get(who, world["ctx"]["annotator"])
+            allowed = not g.personal if who == "system" else who in PEOPLE and user.role in MIN_ROLE[g.minimum]
             with Session(engine) as s:
                 try:
-                    g.call(s, user, world["ctx"])
+                    g.call(s, user, ctx)
                     outcome: BaseException | None = None
-                except Exception as exc:  # any refusal other than Forbidden is fine when allowed
+                except Exception as exc:
                     outcome = exc
                 finally:
                     s.rollback()
             checked += 1
-            if allowed and isinstance(outcome, Forbidden):
-                problems.append(f"{g.name}: {who} was refused: {outcome}")
-            if not allowed and not isinstance(outcome, Forbidden):
-                problems.append(f"{g.name}: {who} was not refused ({outcome!r})")
+            if allowed and outcome is not None:
+                problems.append(f"{g.name}: {who} should succeed but got {outcome!r}")
+            if not allowed and not _refused_by_policy(outcome):
+                problems.append(f"{g.name}: {who} was not refused by the policy ({outcome!r})")
+    return checked, problems
+
+
+def test_every_role_against_every_guarded_function(engine: sa.Engine, world: dict[str, Any]) -> None:
+    checked, problems = _matrix_problems(engine, world)
     assert problems == []
     H.tally(role_action_pairs_checked=checked)
+
+
+def test_the_matrix_counts_only_the_policys_refusal(
+    engine: sa.Engine, world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal replaced by another exception, or a Forbidden raised outside the policy, fails it."""
+    from safereview.agreement import audit, gold
+
+    def other_error(user: Any, action: str) -> None:
+        if not policies.can(user, action):
+            raise InvalidInput("not allowed")
+
+    def own_forbidden(user: Any, action: str) -> None:
+        if not policies.can(user, action):
+            raise Forbidden("not allowed, but not by the policy")
+
+    monkeypatch.setattr(audit, "require", other_error)
+    monkeypatch.setattr(gold, "require", own_forbidden)
+    _, problems = _matrix_problems(engine, world)
+    assert any(p.startswith("safereview.agreement.audit.tag_error: annotator was not refused") for p in problems)
+    assert any(p.startswith("safereview.agreement.gold.create_snapshot: signed-out was not refused") for p in problems)
 
 
 def test_annotators_cannot_read_others_labels_or_events(engine: sa.Engine, world: dict[str, Any]) -> None:
     from safereview.workflow.annotations import events_for, visible_annotations
     from safereview.workflow.errors import NotFound
 
-    u, ctx = world["users"], world["ctx"]
+    u, lead = world["users"], world["ctx"]["lead"]
     with Session(engine) as s:
-        assert visible_annotations(s, u["annotator"], ctx["item"]) == []
+        seen = visible_annotations(s, u["annotator"], lead["item"])
+        assert all(a.user_id == u["annotator"].id for a in seen)
         with pytest.raises(NotFound):
-            events_for(s, u["annotator"], ctx["ann"])
-        assert [a.id for a in visible_annotations(s, u["lead"], ctx["item"])] == [ctx["ann"]]
-        assert len(events_for(s, u["admin"], ctx["ann"])) == 1
+            events_for(s, u["annotator"], lead["ann"])
+        by_lead = visible_annotations(s, u["lead"], lead["item"])
+        assert lead["ann"] in [a.id for a in by_lead] and len({a.user_id for a in by_lead}) >= 2
+        assert len(events_for(s, u["admin"], lead["ann"])) == 1
     H.tally(role_action_pairs_checked=4)
 
 
@@ -252,7 +336,7 @@ def test_passwords_sessions_rate_limit_and_disabled_users(engine: sa.Engine) -> 
     with session_scope(engine) as s:
         auth.create_user(s, "pw-user", "correct-horse-1", "annotator")
         auth.create_user(s, "pw-off", "correct-horse-2", "admin")
-        auth.set_disabled(s, "pw-off", True)
+        auth.set_disabled(s, "pw-off", True, actor=SYSTEM)
     with engine.connect() as conn:
         hashes = dict(conn.execute(sa.text('SELECT username, password_hash FROM "user"')).all())
     for name, h in hashes.items():
@@ -346,7 +430,7 @@ def test_disabled_user_cannot_sign_in_to_the_app(app_fx: Any) -> None:
 
     eng = make_engine(app_fx.db_url)
     with session_scope(eng) as s:
-        auth.set_disabled(s, "ann2", True)
+        auth.set_disabled(s, "ann2", True, actor=SYSTEM)
     at = new_app()
     at.text_input(key="signin_username").input("ann2")
     at.text_input(key="signin_password").input(A.PASSWORDS["ann2"])

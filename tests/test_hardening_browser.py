@@ -30,6 +30,9 @@ from safereview.dataio.importers import import_file
 from safereview.db.engine import make_engine, session_scope
 from safereview.db.models import User, UserSession, utcnow
 from safereview.workflow import auth
+from safereview.workflow.principals import SystemPrincipal
+
+SYSTEM = SystemPrincipal("test")  # the trusted caller the CLI would be
 
 pytestmark = [pytest.mark.slow]
 
@@ -276,13 +279,13 @@ def test_media_route_refuses_expired_revoked_and_disabled_sessions(served: A.Ser
     victim = _token(served.fx.db_url, "ann2")
     eng = make_engine(served.fx.db_url)
     with session_scope(eng) as s:
-        auth.set_disabled(s, "ann2", True)  # revokes the session
+        auth.set_disabled(s, "ann2", True, actor=SYSTEM)  # revokes the session
     eng.dispose()
     try:
         assert httpx.get(url, cookies={"safereview_session": victim}).status_code == 401
     finally:
         eng = make_engine(served.fx.db_url)
         with session_scope(eng) as s:
-            auth.set_disabled(s, "ann2", False)
+            auth.set_disabled(s, "ann2", False, actor=SYSTEM)
         eng.dispose()
     H.tally(role_action_pairs_checked=3)

@@ -15,6 +15,9 @@ from safereview.db.models import LoginAttempt, User, UserSession, utcnow
 from safereview.settings import Config
 from safereview.workflow import auth
 from safereview.workflow.errors import AuthError, Forbidden, InvalidInput
+from safereview.workflow.principals import SystemPrincipal
+
+SYSTEM = SystemPrincipal("test")  # the trusted caller the CLI would be
 
 PW = "correct horse battery"
 
@@ -61,13 +64,13 @@ def test_disabled_user_cannot_sign_in_and_loses_sessions(engine: sa.Engine) -> N
     with session_scope(engine) as s:
         token = auth.start_session(s, auth.authenticate(s, "alice", PW))
     with session_scope(engine) as s:
-        auth.set_disabled(s, "alice", True)
+        auth.set_disabled(s, "alice", True, actor=SYSTEM)
     with session_scope(engine) as s:
         assert auth.user_for_token(s, token) is None
     with pytest.raises(AuthError, match="disabled"), session_scope(engine) as s:
         auth.authenticate(s, "alice", PW)
     with session_scope(engine) as s:
-        auth.set_disabled(s, "alice", False)
+        auth.set_disabled(s, "alice", False, actor=SYSTEM)
         assert auth.authenticate(s, "alice", PW).username == "alice"
 
 
@@ -100,7 +103,7 @@ def test_reset_password_lifts_lock_and_enables_imported_users(engine: sa.Engine)
         with pytest.raises(AuthError):
             auth.authenticate_and_record(engine, "imported", guess)
     with session_scope(engine) as s:
-        auth.reset_password(s, "imported", "a new password")
+        auth.reset_password(s, "imported", "a new password", actor=SYSTEM)
     with session_scope(engine) as s:
         assert auth.authenticate(s, "imported", "a new password").username == "imported"
 
@@ -111,7 +114,7 @@ def test_reset_password_lifts_lock_and_enables_imported_users(engine: sa.Engine)
     with pytest.raises(AuthError, match="Too many"):
         auth.authenticate_and_record(engine, "bob", PW)
     with session_scope(engine) as s:
-        auth.reset_password(s, "bob", "another password")
+        auth.reset_password(s, "bob", "another password", actor=SYSTEM)
     assert auth.authenticate_and_record(engine, "bob", "another password").username == "bob"
 
 

@@ -56,3 +56,16 @@ def test_unknown_action_is_denied_even_for_admin() -> None:
     assert not can(admin, "drop_database")
     with pytest.raises(Forbidden):
         require(admin, "drop_database")
+
+
+@pytest.mark.parametrize("action", sorted(EXPECTED))
+def test_the_system_principal_may_do_everything_but_a_persons_own_work(action: str) -> None:
+    from safereview.workflow.policies import PERSONAL_ACTIONS
+    from safereview.workflow.principals import SystemPrincipal, cli_principal
+
+    system = SystemPrincipal("test")
+    assert can(system, action) is (action not in PERSONAL_ACTIONS)
+    assert not can(SystemPrincipal("test", disabled=True), action)
+    assert cli_principal().username.startswith("cli:")
+    with pytest.raises(Forbidden):  # None is always "signed out", never the trusted CLI
+        require(None, action)

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from safereview.cli.common import DbOption, config, console, engine_for, err_console
+from safereview.cli.common import DbOption, config, console, engine_for, err_console, principal
 
 CollectionsOpt = Annotated[
     list[str] | None,
@@ -337,7 +337,7 @@ def register(app: typer.Typer) -> None:
             with session_scope(engine) as s:
                 row, metrics = fit_calibration(
                     s,
-                    None,
+                    principal(),
                     dimension,
                     collection,
                     judge_id=judge,
@@ -355,7 +355,7 @@ def register(app: typer.Typer) -> None:
                     "metrics": metrics,
                 }
                 if apply:
-                    out["applied"] = apply_calibration(s, None, int(row.id), collection)
+                    out["applied"] = apply_calibration(s, principal(), int(row.id), collection)
         except AgreementError as exc:
             _fail(str(exc))
         finally:
@@ -426,13 +426,12 @@ def register(app: typer.Typer) -> None:
                 else:
                     snap, table = create_snapshot(
                         s,
-                        None,
+                        principal(),
                         collection,
                         dimension,
                         method=method,
                         threshold=threshold,
                         judge_id=judge,
-                        created_by="cli",
                     )
                 paths = write(table, out, fmt_, snap)
                 sid, digest = snap.id, snap.checksum

@@ -26,6 +26,13 @@ MediaRootOption = Annotated[
 ]
 
 
+def principal():  # type: ignore[no-untyped-def]
+    """This process's trusted, named caller for service functions (never ``None``)."""
+    from safereview.workflow.principals import cli_principal
+
+    return cli_principal()
+
+
 def config(db: str | None = None, media_root: str | None = None) -> settings.Config:
     return settings.load(db_url=db, media_root_override=media_root)
 

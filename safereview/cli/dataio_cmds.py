@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from safereview.cli.common import DbOption, MediaRootOption, config, console, engine_for
+from safereview.cli.common import DbOption, MediaRootOption, config, console, engine_for, principal
 
 export_app = typer.Typer(
     help="Export items (with verdicts), annotations and gold labels to JSONL, CSV or Parquet.",
@@ -316,7 +316,13 @@ def register(app: typer.Typer) -> None:
         try:
             with session_scope(engine) as s:
                 col = update_settings(
-                    s, name, overlap_target=overlap, blind=blind, audit_share=audit_share, archived=archived
+                    s,
+                    name,
+                    actor=principal(),
+                    overlap_target=overlap,
+                    blind=blind,
+                    audit_share=audit_share,
+                    archived=archived,
                 )
                 shown = (
                     f"{col.name}: overlap k={col.overlap_target}, {'blind' if col.blind else 'open'}, "

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from safereview.cli.common import DbOption, MediaRootOption, config, console, engine_for, err_console
+from safereview.cli.common import DbOption, MediaRootOption, config, console, engine_for, err_console, principal
 
 
 def _print_summary(summary: Any) -> None:
@@ -191,9 +191,7 @@ def register(app: typer.Typer) -> None:
         engine = engine_for(cfg)
         try:
             with session_scope(engine) as s:
-                result = import_verdicts(
-                    s, path, fmt, collection, judge_id=judge_id, created_by=os.environ.get("USER", "")
-                )
+                result = import_verdicts(s, path, fmt, collection, judge_id=judge_id, created_by=principal().username)
                 cid, touched = result.collection_id, result.item_ids
         except VerdictImportError as exc:
             for p in exc.problems:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from safereview.cli.common import DbOption, config, console, engine_for, err_console
+from safereview.cli.common import DbOption, config, console, engine_for, err_console, principal
 
 RoleOption = Annotated[str, typer.Option("--role", help="annotator, lead or admin.")]
 PasswordStdinOption = Annotated[
@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
 
         table = Table("username", "role", "status", "display name", "last sign-in")
         with session_scope(engine_for(config(db))) as s:
-            for u in list_users(s):
+            for u in list_users(s, actor=principal()):
                 status = "disabled" if u.disabled else ("no password" if u.password_hash.startswith("!") else "active")
                 table.add_row(
                     Text(u.username),
@@ -106,7 +106,9 @@ def register(app: typer.Typer) -> None:
         from safereview.workflow.auth import set_disabled
 
         _change_user(
-            db, lambda s: set_disabled(s, username, disabled), f"{'disabled' if disabled else 'enabled'} {username!r}"
+            db,
+            lambda s: set_disabled(s, username, disabled, actor=principal()),
+            f"{'disabled' if disabled else 'enabled'} {username!r}",
         )
 
     @users.command("disable")
@@ -129,7 +131,9 @@ def register(app: typer.Typer) -> None:
         from safereview.workflow.auth import reset_password
 
         password = _password(password_stdin)
-        _change_user(db, lambda s: reset_password(s, username, password), f"password of {username!r} reset")
+        _change_user(
+            db, lambda s: reset_password(s, username, password, actor=principal()), f"password of {username!r} reset"
+        )
 
     @users.command("set-role")
     def users_set_role(
@@ -140,7 +144,7 @@ def register(app: typer.Typer) -> None:
         """Change a user's role; they are signed out everywhere so the new role applies at once."""
         from safereview.workflow.auth import set_role
 
-        _change_user(db, lambda s: set_role(s, username, role), f"{username!r} is now {role}")
+        _change_user(db, lambda s: set_role(s, username, role, actor=principal()), f"{username!r} is now {role}")
 
     @queue.command("status")
     def queue_status_cmd(
@@ -158,7 +162,7 @@ def register(app: typer.Typer) -> None:
         try:
             with session_scope(engine_for(config(db))) as s:
                 col = get_collection(s, collection)
-                st = queue_status(s, None, col.id)  # type: ignore[arg-type]
+                st = queue_status(s, principal(), col.id)  # type: ignore[arg-type]
         except CollectionNotFound as exc:
             _fail(str(exc))
         p = st["progress"]

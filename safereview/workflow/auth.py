@@ -235,14 +235,12 @@ def _revoke_all(session: Session, user: User) -> None:
     )
 
 
-def set_disabled(session: Session, username: str, disabled: bool, *, actor: Any = None) -> User:
+def set_disabled(session: Session, username: str, disabled: bool, *, actor: Any) -> User:
     """Disable or re-enable a user; disabling also revokes their sessions.
 
-    ``actor`` (a User) is checked for ``manage_users`` when given; the CLI passes None
-    because whoever runs it already controls the database.
+    ``actor`` is checked for ``manage_users`` (the CLI passes its :class:`SystemPrincipal`).
     """
-    if actor is not None:
-        require(actor, "manage_users")
+    require(actor, "manage_users")
     user = get_user(session, username)
     user.disabled = bool(disabled)
     session.add(user)
@@ -252,10 +250,9 @@ def set_disabled(session: Session, username: str, disabled: bool, *, actor: Any 
     return user
 
 
-def reset_password(session: Session, username: str, new_password: str, *, actor: Any = None) -> User:
+def reset_password(session: Session, username: str, new_password: str, *, actor: Any) -> User:
     """Set a new password, revoke the user's sessions and clear their lock-out."""
-    if actor is not None:
-        require(actor, "manage_users")
+    require(actor, "manage_users")
     user = get_user(session, username)
     user.password_hash = hash_password(new_password)
     session.add(user)
@@ -266,17 +263,16 @@ def reset_password(session: Session, username: str, new_password: str, *, actor:
     return user
 
 
-def set_role(session: Session, username: str, role: str, *, actor: Any = None) -> User:
+def set_role(session: Session, username: str, role: str, *, actor: Any) -> User:
     """Change a user's role and sign them out everywhere, so the new role applies at once.
 
     An admin cannot demote themself (the last admin could otherwise lock everyone out of
-    user management); the CLI (``actor=None``) can, since whoever runs it owns the database.
+    user management); the CLI's system principal can, since whoever runs it owns the database.
     """
-    if actor is not None:
-        require(actor, "manage_users")
+    require(actor, "manage_users")
     validate_role(role)
     user = get_user(session, username)
-    if actor is not None and user.id == getattr(actor, "id", None) and role != "admin":
+    if actor.id is not None and user.id == actor.id and role != "admin":
         raise InvalidInput("role: you cannot remove your own admin role")
     if user.role != role:
         user.role = role
@@ -286,10 +282,9 @@ def set_role(session: Session, username: str, role: str, *, actor: Any = None) -
     return user
 
 
-def list_users(session: Session, *, actor: Any = None) -> list[User]:
-    """Every user by username (``actor`` checked for ``manage_users`` when given)."""
-    if actor is not None:
-        require(actor, "manage_users")
+def list_users(session: Session, *, actor: Any) -> list[User]:
+    """Every user by username (``actor`` checked for ``manage_users``)."""
+    require(actor, "manage_users")
     return list(session.exec(select(User).order_by(User.username)).all())
 
 

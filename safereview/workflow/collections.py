@@ -43,10 +43,9 @@ def update_settings(
 ) -> Collection:
     """Change the given settings (None leaves one as it is); the message names a bad field.
 
-    ``actor`` is checked for ``manage_collections`` when given; the CLI passes None.
+    ``actor`` is checked for ``manage_collections`` (the CLI passes its system principal).
     """
-    if actor is not None:
-        require(actor, "manage_collections")
+    require(actor, "manage_collections")
     if overlap_target is not None and (
         isinstance(overlap_target, bool)
         or not isinstance(overlap_target, int)

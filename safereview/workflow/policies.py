@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from safereview.workflow.errors import Forbidden, InvalidInput
+from safereview.workflow.principals import SystemPrincipal
 
 ROLES: tuple[str, ...] = ("annotator", "lead", "admin")
 ROLE_RANK: dict[str, int] = {r: i for i, r in enumerate(ROLES)}
@@ -28,6 +29,9 @@ ACTIONS: dict[str, str] = {
     "manage_users": "admin",
     "manage_collections": "admin",
 }
+# Actions only a person's account can take: a review, an adjudication or an error tag is
+# someone's decision and is stored under their user id; the system principal is refused them.
+PERSONAL_ACTIONS: frozenset[str] = frozenset({"review", "view_own_history", "adjudicate", "tag_errors"})
 
 
 def role_rank(role: str) -> int:
@@ -38,13 +42,16 @@ def role_rank(role: str) -> int:
 def can(user: Any, action: str) -> bool:
     """True when ``user`` (anything with ``role`` and ``disabled``) may perform ``action``.
 
-    Unknown actions, unknown roles, disabled users and ``None`` are all denied.
+    Unknown actions, unknown roles, disabled users and ``None`` (signed out) are all denied;
+    a :class:`SystemPrincipal` (the trusted command line) may do every known action.
     """
     if user is None or getattr(user, "disabled", False):
         return False
     minimum = ACTIONS.get(action)
     if minimum is None:
         return False
+    if isinstance(user, SystemPrincipal):
+        return action not in PERSONAL_ACTIONS
     return role_rank(getattr(user, "role", "")) >= ROLE_RANK[minimum]
 
 

@@ -795,13 +795,9 @@ def progress(session: Session, user: User | None, collection_id: int, *, max_age
     )
 
 
-def queue_status(session: Session, actor: User | None, collection_id: int) -> dict[str, Any]:
-    """Lead's view: fresh progress plus done counts per reviewer (``view_queue_status``).
-
-    ``actor=None`` is for the CLI, whose user already controls the database.
-    """
-    if actor is not None:
-        require(actor, "view_queue_status")
+def queue_status(session: Session, actor: Any, collection_id: int) -> dict[str, Any]:
+    """Lead's view: fresh progress plus done counts per reviewer (``view_queue_status``)."""
+    require(actor, "view_queue_status")
     prog = progress(session, None, collection_id, max_age_s=0)
     per_user = session.execute(
         sa.text(
