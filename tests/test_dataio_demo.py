@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from safereview.cli.main import app
-from safereview.dataio.demo import AV_COLLECTION, DEMO_DIR, UNI_COLLECTION, VLSU_COLLECTION, build_demo
+from safereview.dataio.demo import (
+    AV_COLLECTION,
+    DEMO_DIR,
+    UNI_COLLECTION,
+    VLSU_COLLECTION,
+    DemoError,
+    build_demo,
+    build_demo_folder,
+)
 from safereview.db.engine import make_engine
 from safereview.db.models import Annotation, Collection, Item, Media, User, Verdict
 from safereview.db.taxonomy import PRESETS
@@ -105,3 +115,38 @@ def test_demo_collections_listed_by_cli(sqlite_url: str, tmp_path: Path) -> None
     r = CliRunner().invoke(app, ["collections", "--db", sqlite_url])
     assert r.exit_code == 0
     assert "vlsu" in r.output and "demo-av" in r.output and " 22 " in r.output and " 21 " in r.output
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir())
+
+
+def test_a_failed_demo_build_leaves_nothing_and_names_the_cause(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(DEMO_DIR, data)
+    broken = data / "vlsu" / "vlsu_demo.csv"
+    broken.write_text(broken.read_text(encoding="utf-8") + "not,a,valid,row\n", encoding="utf-8")
+    parent = tmp_path / "out"
+    parent.mkdir()
+    with pytest.raises(DemoError, match="do not import") as info:
+        build_demo_folder(parent / "demo", data_dir=data)
+    assert "vlsu_demo.csv" in str(info.value) and "delete" not in str(info.value)
+    assert _leftovers(parent) == [], "a failed build left files behind"
+
+    broken.unlink()
+    with pytest.raises(DemoError, match="not installed") as info:
+        build_demo_folder(parent / "demo", data_dir=data)
+    assert "vlsu_demo.csv" in str(info.value)
+    assert _leftovers(parent) == []
+
+
+def test_the_demo_command_builds_once_and_rechecks_in_place(tmp_path: Path) -> None:
+    seen: list[str] = []
+    first = build_demo_folder(tmp_path / "demo", finish=seen.append)
+    assert first["changed"] and _leftovers(tmp_path) == ["demo"]
+    assert _leftovers(tmp_path / "demo") == ["media", "safereview.db"]
+    again = build_demo_folder(tmp_path / "demo", finish=seen.append)
+    assert not again["changed"] and len(seen) == 2
+    r = CliRunner().invoke(app, ["demo", "--dir", str(tmp_path / "demo"), "--no-serve"])
+    assert r.exit_code == 0, r.output
+    assert "admin" in r.output and _leftovers(tmp_path) == ["demo"]

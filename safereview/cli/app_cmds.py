@@ -157,28 +157,17 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Build (idempotently) a demo database with demo users, print the sign-ins, then serve."""
-        directory = directory.resolve()
-        directory.mkdir(parents=True, exist_ok=True)
-        db_url = f"sqlite:///{directory / 'safereview.db'}"
-        media = directory / "media"
-        cfg = config(db_url, str(media))
-        engine_for(cfg).dispose()
-        try:
-            from safereview.dataio.demo import build_demo
-        except ImportError as exc:
-            console.print(f"[red]the demo data builder is not available: {exc}[/red]")
-            raise typer.Exit(1) from None
-        from safereview.dataio.importers import ImportFailed
+        from safereview.dataio.demo import DB_NAME, DemoError, build_demo_folder
 
+        directory = directory.resolve()
         try:
-            build_demo(cfg.db_url, cfg.media_root)
-        except ImportFailed as exc:
-            console.print(f"the demo data do not import into {directory}:", style="red")
-            console.print(str(exc)[:4000], markup=False, highlight=False)
-            console.print(f"(if {directory} holds an older demo, delete the folder and run again)", style="red")
+            build_demo_folder(directory, finish=ensure_demo_users)
+        except DemoError as exc:
+            console.print(f"the demo was not built: {exc}", style="red", markup=False, highlight=False)
             raise typer.Exit(1) from None
-        users = ensure_demo_users(cfg.db_url)
-        console.print(f"demo database: {directory / 'safereview.db'}")
+        cfg = config(f"sqlite:///{directory / DB_NAME}", str(directory / "media"))
+        users = [(u, p, r) for u, p, r, _ in DEMO_USERS]
+        console.print(f"demo database: {directory / DB_NAME}")
         console.print("demo sign-ins (for this local demo only):")
         for username, password, role in users:
             console.print(f"  {role:<10} {username:<8} password: {password}")

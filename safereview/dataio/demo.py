@@ -8,6 +8,10 @@ demo`` command adds the sign-in accounts.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +123,69 @@ def build_demo(db_url: str, media_root: Path, *, data_dir: Path = DEMO_DIR) -> d
         )
     summary["changed"] = any(r.changed for r in reports)
     return summary
+
+
+class DemoError(Exception):
+    """The demo could not be built; the message names the cause and nothing was left half-built."""
+
+
+DB_NAME = "safereview.db"
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def missing_demo_files(data_dir: Path = DEMO_DIR) -> list[Path]:
+    """Files the demo plan needs that are not installed (a broken install, not a user error)."""
+    return [step["path"] for step in demo_plan(data_dir) if not Path(step["path"]).is_file()]
+
+
+def build_demo_folder(
+    directory: Path,
+    *,
+    finish: Callable[[str], Any] | None = None,
+    data_dir: Path = DEMO_DIR,
+) -> dict[str, Any]:
+    """Build (or re-check) the demo in ``directory``: ``safereview.db`` and ``media/``.
+
+    A new demo is built in a temporary folder beside ``directory`` and moved into place
+    only when every file imported and ``finish(db_url)`` (e.g. adding the sign-in accounts)
+    succeeded, so a failure leaves nothing behind. An existing demo is re-imported in place;
+    each import is one transaction, so a failure there changes nothing either.
+    Raises :class:`DemoError` naming the real cause.
+    """
+    from safereview.dataio.importers import ImportFailed
+
+    missing = missing_demo_files(data_dir)
+    if missing:
+        raise DemoError(
+            f"the bundled demo data are not installed ({len(missing)} file(s) missing, e.g. {missing[0]}); "
+            "reinstall safereview"
+        )
+    directory = Path(directory).resolve()
+    if (directory / DB_NAME).exists():
+        try:
+            summary = build_demo(f"sqlite:///{directory / DB_NAME}", directory / "media", data_dir=data_dir)
+        except ImportFailed as exc:
+            raise DemoError(
+                f"{directory / DB_NAME} holds a demo that does not match this version's demo data "
+                f"(nothing was changed; delete {directory} to rebuild it):\n{exc}"
+            ) from None
+        if finish is not None:
+            finish(f"sqlite:///{directory / DB_NAME}")
+        return summary
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{directory.name}.building-", dir=directory.parent))
+    try:
+        db_url = f"sqlite:///{work / DB_NAME}"
+        try:
+            summary = build_demo(db_url, work / "media", data_dir=data_dir)
+        except ImportFailed as exc:
+            raise DemoError(f"the bundled demo data do not import (a bug in safereview):\n{exc}") from None
+        if finish is not None:
+            finish(db_url)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in (DB_NAME, *(DB_NAME + s for s in SQLITE_SIDE_FILES), "media"):
+            if (work / name).exists():
+                os.replace(work / name, directory / name)
+        return summary
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
