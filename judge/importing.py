@@ -32,9 +32,10 @@ from safereview.db.models import ImportBatch, Item
 from safereview.judge.config import ensure_judge_config
 from safereview.judge.parsing import CONTEXTUAL_TEXT, INTRINSIC, MAX_RATIONALE_CHARS, MAX_RAW_CHARS
 from safereview.judge.protocols.base import Draft
-from safereview.judge.store import write_verdicts
+from safereview.judge.store import stored_verdict_keys, verdict_key, write_verdicts
 
 FORMATS = ("unijudger", "generic")
+IMPORTED_VERSION = "imported"  # judge_version of every imported verdict
 MAX_PROBLEMS = 200
 
 
@@ -52,7 +53,9 @@ class ImportResult:
     verdicts: int
     collection_id: int
     judge_ids: list[str] = field(default_factory=list)
-    item_ids: list[int] = field(default_factory=list)  # items whose verdicts were written (to re-rank)
+    item_ids: list[int] = field(default_factory=list)  # items whose verdicts were written (re-ranked)
+    unchanged: int = 0  # identical to the stored verdict: left as it was
+    replaced: int = 0  # differed from the stored verdict and replaced it (update=True)
 
 
 def default_judge_id(fmt: str, path: Path) -> str:
@@ -108,17 +111,18 @@ def _text(row: dict[str, Any], *keys: str) -> str:
 
 def parse_verdict_file(
     path: Path, fmt: str, items: dict[str, int], dims: dict[str, list[str]], judge_id: str | None
-) -> tuple[dict[str, list[Draft]], list[str]]:
-    """Drafts grouped by judge id, and every problem found (empty when the file is clean)."""
+) -> tuple[dict[str, list[Draft]], dict[tuple[str, int, str], int], list[str]]:
+    """Drafts grouped by judge id, the line of each (judge id, item id, dimension), and every
+    problem found (empty when the file is clean)."""
     if fmt not in FORMATS:
-        return {}, [f"{path}: format: must be one of {', '.join(FORMATS)}"]
+        return {}, {}, [f"{path}: format: must be one of {', '.join(FORMATS)}"]
     try:
         raw = path.read_bytes()
         text = raw.decode("utf-8-sig")
     except OSError as exc:
-        return {}, [f"{path}: (file): cannot read: {exc.strerror}"]
+        return {}, {}, [f"{path}: (file): cannot read: {exc.strerror}"]
     except UnicodeDecodeError:
-        return {}, [f"{path}: (file): not UTF-8 text"]
+        return {}, {}, [f"{path}: (file): not UTF-8 text"]
     problems: list[str] = []
     out: dict[str, list[Draft]] = {}
     seen: dict[tuple[str, int, str], int] = {}
@@ -223,16 +227,30 @@ def parse_verdict_file(
         if len(problems) >= MAX_PROBLEMS:
             problems.append(f"{path}: (file): stopped after {MAX_PROBLEMS} problems")
             break
-    return out, problems
+    return out, seen, problems
 
 
 def import_verdicts(
-    session: Session, path: str | Path, fmt: str, collection: str, *, judge_id: str | None = None, created_by: str = ""
+    session: Session,
+    path: str | Path,
+    fmt: str,
+    collection: str,
+    *,
+    judge_id: str | None = None,
+    update: bool = False,
+    created_by: str = "",
 ) -> ImportResult:
-    """Check the whole file, then write all its verdicts in the caller's transaction.
+    """Check the whole file, then write its new and changed verdicts in the caller's transaction.
 
-    Raises :class:`VerdictImportError` listing every problem; nothing is written then.
+    The same rule as verdict rows in ``safereview import``: a verdict identical to the stored
+    one (same item, dimension and judge) is left as it is; one that differs is refused
+    unless ``update`` (``--update``), so a second file can never silently replace a judge's
+    answers. The queue's priorities of the touched items are refreshed in the same
+    transaction. Raises :class:`VerdictImportError` listing every problem; nothing is
+    written then.
     """
+    from safereview.workflow.ordering import refresh_priorities
+
     path = Path(path)
     col = get_collection(session, collection)
     spec = taxonomy_of(session, col)
@@ -241,9 +259,33 @@ def import_verdicts(
         ext: iid
         for ext, iid in session.exec(select(Item.external_id, Item.id).where(Item.collection_id == col.id)).all()
     }
-    drafts, problems = parse_verdict_file(path, fmt, items, dims, judge_id)
+    drafts, lines, problems = parse_verdict_file(path, fmt, items, dims, judge_id)
     if problems:
         raise VerdictImportError(problems)
+    external = {iid: ext for ext, iid in items.items()}
+    stored = stored_verdict_keys(session, [d.item_id for ds in drafts.values() for d in ds], list(drafts))
+    to_write: dict[str, list[Draft]] = {}
+    unchanged = replaced = 0
+    for jid, ds in drafts.items():
+        for d in ds:
+            key = (d.item_id, d.dimension, jid)
+            old = stored.get(key)
+            if old is not None and old == verdict_key({**vars(d), "judge_version": IMPORTED_VERSION}):
+                unchanged += 1
+                continue
+            if old is not None and not update:
+                problems.append(
+                    f"{path}:{lines[(jid, d.item_id, d.dimension)]}: label: verdict of judge {jid!r} for item "
+                    f"{external[d.item_id]!r} ({d.dimension}) differs from the stored one; not replaced "
+                    "(use --update)"
+                )
+                continue
+            replaced += old is not None
+            to_write.setdefault(jid, []).append(d)
+    if problems:
+        raise VerdictImportError(problems)
+    if not to_write:  # nothing changed: like ``safereview import``, no new batch either
+        return ImportResult(0, 0, col.id or 0, judge_ids=sorted(drafts), unchanged=unchanged)
     batch = ImportBatch(
         source=path.name,
         source_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
@@ -254,13 +296,20 @@ def import_verdicts(
     session.add(batch)
     session.flush()
     total = 0
-    for jid, ds in drafts.items():
+    for jid, ds in to_write.items():
         ensure_judge_config(session, "imported", "", "", {"format": fmt, "source": path.name}, jid=jid)
-        total += write_verdicts(session, ds, judge_id=jid, judge_version="imported", import_batch_id=batch.id)
+        total += write_verdicts(session, ds, judge_id=jid, judge_version=IMPORTED_VERSION, import_batch_id=batch.id)
     batch.n_verdicts = total
     session.add(batch)
     session.flush()
-    touched = sorted({d.item_id for ds in drafts.values() for d in ds})
+    touched = sorted({d.item_id for ds in to_write.values() for d in ds})
+    refresh_priorities(session, col.id or 0, touched)
     return ImportResult(
-        batch_id=batch.id or 0, verdicts=total, collection_id=col.id or 0, judge_ids=sorted(drafts), item_ids=touched
+        batch_id=batch.id or 0,
+        verdicts=total,
+        collection_id=col.id or 0,
+        judge_ids=sorted(drafts),
+        item_ids=touched,
+        unchanged=unchanged,
+        replaced=replaced,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,16 +182,6 @@ def truncate_media(body: dict[str, Any], keep: int = 48) -> dict[str, Any]:
                 if len(data) > keep:
                     part["input_audio"]["data"] = f"{data[:keep]}…[{len(data)} base64 chars]"
     return out
-
-
-def refresh_priorities(engine: Engine, collection_ids: list[int], item_ids: Iterable[int] | None = None) -> None:
-    """Let the review queue re-rank items now that verdicts changed (only ``item_ids`` when given)."""
-    from safereview.workflow.ordering import refresh_priorities as refresh
-
-    ids = None if item_ids is None else list(item_ids)
-    for cid in collection_ids:
-        with session_scope(engine) as s:
-            refresh(s, cid, ids)
 
 
 def run_judge(
@@ -368,6 +358,11 @@ async def run_judge_async(
     summary.seconds = time.perf_counter() - started
     if opts.dry_run:
         summary.requests = [{"question": r["question"], "body": truncate_media(r["body"])} for r in recorded]
-    elif summary.verdicts:
-        refresh_priorities(engine, [c for c in col_ids if c is not None], [iid for iid, _ in todo])
+    elif summary.verdicts:  # the queue re-ranks the items whose verdicts changed
+        from safereview.workflow.ordering import refresh_priorities
+
+        touched = [iid for iid, _ in todo]
+        for cid in (c for c in col_ids if c is not None):
+            with session_scope(engine) as s:
+                refresh_priorities(s, cid, touched)
     return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -13,6 +14,64 @@ from safereview.db.models import Item, JudgeCache, Verdict, utcnow
 from safereview.judge.protocols.base import Draft
 
 DONE_STATUSES = ("ok", "rule", "unparseable")
+VERDICT_FIELDS = (
+    "label",
+    "status",
+    "probability",
+    "probs",
+    "score",
+    "rationale",
+    "raw_output",
+    "intent",
+    "judge_version",
+)
+
+
+def verdict_key(row: Any) -> tuple[Any, ...]:
+    """What makes two verdicts of one (item, dimension, judge) the same: every imported field.
+
+    ``row`` is a mapping or an object with :data:`VERDICT_FIELDS`. Floats are compared to 9
+    decimals and ``probs`` by content, so a re-import of the same file is recognised as
+    unchanged whatever the database did to the numbers' last bits.
+    """
+
+    def get(name: str) -> Any:
+        return row[name] if isinstance(row, dict) else getattr(row, name)
+
+    def num(x: Any) -> float | None:
+        return None if x is None else round(float(x), 9)
+
+    probs = get("probs")
+    return (
+        get("label"),
+        get("status"),
+        num(get("probability")),
+        json.dumps(probs, sort_keys=True) if probs is not None else "",
+        num(get("score")),
+        get("rationale") or "",
+        get("raw_output") or "",
+        get("intent") or "",
+        get("judge_version") or "",
+    )
+
+
+def stored_verdict_keys(
+    session: Session, item_ids: Sequence[int], judge_ids: Sequence[str]
+) -> dict[tuple[int, str, str], tuple[Any, ...]]:
+    """(item id, dimension, judge id) -> :func:`verdict_key` of the stored verdicts among these."""
+    out: dict[tuple[int, str, str], tuple[Any, ...]] = {}
+    ids = sorted(set(item_ids))
+    cols = [Verdict.item_id, Verdict.dimension, Verdict.judge_id, *(getattr(Verdict, f) for f in VERDICT_FIELDS)]
+    for k in range(0, len(ids), 5000):
+        rows = session.execute(
+            sa.select(*cols).where(
+                Verdict.item_id.in_(ids[k : k + 5000]),  # type: ignore[attr-defined]
+                Verdict.judge_id.in_(list(judge_ids)),  # type: ignore[attr-defined]
+            )
+        ).all()
+        for r in rows:
+            out[(r.item_id, r.dimension, r.judge_id)] = verdict_key(r._mapping)
+    return out
 
 
 def write_verdicts(

@@ -182,3 +182,44 @@ def test_generic_validation_messages(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "format: must be one of" in r.stderr
     r = runner.invoke(app, ["import-verdicts", str(f), "--format", "generic", "--collection", "zzz", "--db", db_url])
     assert r.exit_code == 1 and "no collection named 'zzz'" in r.stderr
+
+
+def _priorities(engine: sa.Engine) -> dict[str, float]:
+    with Session(engine) as s:
+        return dict(s.exec(select(Item.external_id, Item.priority)).all())
+
+
+def test_import_verdicts_has_the_same_rule_as_import_unchanged_kept_changed_refused(
+    db_url: str, tmp_path: Path
+) -> None:
+    """One semantics for verdicts: identical ones are left alone, changed ones need --update,
+    and the queue re-ranks what changed in the same transaction."""
+    engine = setup(db_url)
+    rows = [
+        {"item_id": "id-0", "dimension": "contextual", "label": "safe", "probability": 0.55, "judge_id": "j"},
+        {"item_id": "id-1", "dimension": "contextual", "label": "unsafe", "probability": 0.9, "judge_id": "j"},
+    ]
+    f = write_jsonl(tmp_path / "v.jsonl", rows)
+    args = ["import-verdicts", str(f), "--format", "generic", "--collection", "uni", "--db", db_url]
+    before = _priorities(engine)
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0 and "2 new, 0 replaced, 0 unchanged" in r.output, r.output
+    ranked = _priorities(engine)
+    assert ranked["id-0"] != before["id-0"] and ranked["id-0"] > ranked["id-2"], "the queue was not re-ranked"
+
+    r = runner.invoke(app, args)  # the same file again: nothing to do, no error
+    assert r.exit_code == 0 and "0 new, 0 replaced, 2 unchanged" in r.output, r.output
+
+    rows[1]["label"] = "safe"
+    write_jsonl(f, rows)
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1
+    assert f"{f}:2: label: verdict of judge 'j' for item 'id-1' (contextual) differs" in r.output
+    assert "nothing imported" in r.output
+    assert labels(engine)[("id-1", "contextual", "j")].label == "unsafe"
+
+    r = runner.invoke(app, [*args, "--update"])
+    assert r.exit_code == 0 and "0 new, 1 replaced, 1 unchanged" in r.output, r.output
+    assert labels(engine)[("id-1", "contextual", "j")].label == "safe"
+    with Session(engine) as s:
+        assert len(s.exec(select(ImportBatch)).all()) == 2  # neither the no-op nor the refused run wrote one

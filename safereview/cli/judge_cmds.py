@@ -179,20 +179,27 @@ def register(app: typer.Typer) -> None:
                 show_default=False,
             ),
         ] = None,
+        update: Annotated[
+            bool,
+            typer.Option(
+                "--update",
+                help="Replace stored verdicts that differ from the file's (default: refuse them, as `import` does).",
+            ),
+        ] = False,
         db: DbOption = None,
     ) -> None:
         """Import verdicts made elsewhere; all-or-nothing, every problem reported as FILE:LINE: field: message."""
         from safereview.db.collections import NotFound
         from safereview.db.engine import session_scope
         from safereview.judge.importing import VerdictImportError, import_verdicts
-        from safereview.judge.runner import refresh_priorities
 
         cfg = config(db)
         engine = engine_for(cfg)
         try:
             with session_scope(engine) as s:
-                result = import_verdicts(s, path, fmt, collection, judge_id=judge_id, created_by=principal().username)
-                cid, touched = result.collection_id, result.item_ids
+                result = import_verdicts(
+                    s, path, fmt, collection, judge_id=judge_id, update=update, created_by=principal().username
+                )
         except VerdictImportError as exc:
             for p in exc.problems:
                 typer.echo(p, err=True)
@@ -201,9 +208,10 @@ def register(app: typer.Typer) -> None:
         except NotFound as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
-        refresh_priorities(engine, [cid], touched)
         console.print(
-            f"imported {result.verdicts} verdict(s) as {', '.join(result.judge_ids)} (import batch {result.batch_id})",
+            f"imported {result.verdicts} verdict(s) as {', '.join(result.judge_ids)}"
+            + (f" (import batch {result.batch_id})" if result.batch_id else "")
+            + f": {result.verdicts - result.replaced} new, {result.replaced} replaced, {result.unchanged} unchanged",
             markup=False,
             highlight=False,
         )
