@@ -26,6 +26,7 @@ from safereview.agreement import data
 from safereview.agreement.alpha import krippendorff_alpha
 from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus
 from safereview.agreement.kappa import confusion, kappa_from_table
+from safereview.db.taxonomy import unsafe_labels as unsafe_labels_of
 from safereview.workflow.policies import require
 
 Z95 = 1.959963984540054
@@ -136,7 +137,7 @@ def audit(
     sc = data.scope(bind, collections)
     spec = sc.dimension(dimension)
     labels = list(spec["labels"])
-    unsafe_codes = [labels.index(x) for x in spec.get("unsafe_labels", ["unsafe"]) if x in labels]
+    unsafe_codes = [labels.index(x) for x in unsafe_labels_of(spec) if x in labels]
     jid = judge_id or data.default_judge(bind, sc.collection_ids, dimension)
     out: dict[str, Any] = {
         "dimension": dimension,
@@ -150,9 +151,7 @@ def audit(
         out["undefined_reason"] = "no judge verdicts on this dimension"
         return out
     cons = consensus(bind, dimension, out["collections"], method=method, threshold=threshold)
-    v = data.load_verdicts(
-        bind, sc.collection_ids, dimension, labels, jid, unsafe_labels=spec.get("unsafe_labels", ["unsafe"])
-    )
+    v = data.load_verdicts(bind, sc.collection_ids, dimension, labels, jid, unsafe_labels=unsafe_labels_of(spec))
     audit_ids, pi = data.load_audit_sample(bind, sc.collection_ids)
     h = cons.codes_for(audit_ids)
     j = v.codes_for(audit_ids)

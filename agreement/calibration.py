@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from safereview.agreement import data
+from safereview.db.taxonomy import unsafe_labels as unsafe_labels_of
 from safereview.workflow.policies import require
 
 EPS = 1e-6
@@ -175,7 +176,7 @@ def calibration_data(
     sc = data.scope(bind, collections)
     spec = sc.dimension(dimension)
     labels = list(spec["labels"])
-    unsafe_labels = spec.get("unsafe_labels", ["unsafe"])
+    unsafe_labels = unsafe_labels_of(spec)
     jid = judge_id or data.default_judge(bind, sc.collection_ids, dimension)
     if jid is None:
         raise data.AgreementError(f"no judge verdicts on dimension {dimension!r}")
@@ -281,7 +282,7 @@ def apply_calibration(
     sc = data.scope(session, collections)
     spec = sc.dimension(cal.dimension)
     labels = list(spec["labels"])
-    unsafe_labels = spec.get("unsafe_labels", ["unsafe"])
+    unsafe_labels = unsafe_labels_of(spec)
     safe_labels = [lab for lab in labels if lab not in unsafe_labels]
     new_id = calibrated_judge_id(cal.judge_id, int(cal.id))
     with data.connection(session) as conn:

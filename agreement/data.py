@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy.engine import Connection, Engine
 
+from safereview.db.taxonomy import unsafe_probability
+
 UNSAFE_DEFAULT = ("unsafe",)
 
 
@@ -609,24 +611,9 @@ class Verdicts:
 
 
 def p_unsafe_of(label: str | None, probability: float | None, probs: Any, unsafe_labels: Sequence[str]) -> float:
-    """P(unsafe) from a verdict: the sum of ``probs`` over unsafe labels when present, else the
-    given label's probability (or its complement when the label is not unsafe: exact for two
-    labels, an upper bound on P(unsafe) for more). NaN when the judge gave no probability."""
-    import json
-
-    if isinstance(probs, str):
-        try:
-            probs = json.loads(probs)
-        except ValueError:
-            probs = None
-    if isinstance(probs, dict) and probs:
-        try:
-            return float(sum(float(probs.get(lab, 0.0)) for lab in unsafe_labels))
-        except (TypeError, ValueError):
-            return float("nan")
-    if probability is None or label is None:
-        return float("nan")
-    return float(probability) if label in unsafe_labels else 1.0 - float(probability)
+    """:func:`safereview.db.taxonomy.unsafe_probability` as a float for arrays (NaN when unknown)."""
+    p = unsafe_probability(label, probability, probs, unsafe_labels)
+    return float("nan") if p is None else p
 
 
 def load_verdicts(

@@ -17,6 +17,7 @@ import numpy as np
 from safereview.agreement import data
 from safereview.agreement.alpha import DEFAULT_RESAMPLES, krippendorff_alpha, patterns, resample_weights
 from safereview.agreement.kappa import leave_one_out, multirater, pairwise, specific_agreement
+from safereview.db.taxonomy import unsafe_labels as unsafe_labels_of
 
 SLICES: tuple[str, ...] = ("collection", "task_type", "category", "subcategory", "model", "modality")
 # Below this many pairable units a coefficient swings with a single item and its bootstrap
@@ -104,7 +105,7 @@ def agreement_report(
             spec["labels"],
             ordered=bool(spec.get("ordered")),
             field_name=field_name,
-            unsafe_labels=spec.get("unsafe_labels", ["unsafe"]),
+            unsafe_labels=unsafe_labels_of(spec),
         )
         entry: dict[str, Any] = {
             "dimension": dim,

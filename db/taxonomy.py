@@ -21,7 +21,10 @@ naming the file and field.
 
 from __future__ import annotations
 
+import json
+import math
 import tomllib
+from collections.abc import Collection
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -345,7 +348,7 @@ def validate(data: Any, *, source: str = "taxonomy") -> dict[str, Any]:
         if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) and x for x in labels):
             raise fail(f"{where}.labels", "required: a list of at least two non-empty strings")
         _no_duplicates(labels, fail, f"{where}.labels")
-        unsafe = dim.get("unsafe_labels", [labels[-1]])
+        unsafe = unsafe_labels(dim)
         safe = dim.get("safe_labels", [x for x in labels if x not in unsafe])
         for key, vals in (("unsafe_labels", unsafe), ("safe_labels", safe)):
             if not isinstance(vals, list) or any(v not in labels for v in vals):
@@ -400,3 +403,49 @@ def category_names(spec: dict[str, Any]) -> list[str]:
 
 def task_type_ids(spec: dict[str, Any]) -> list[str]:
     return [t["id"] for t in spec["task_types"]]
+
+
+def unsafe_labels(dim: dict[str, Any]) -> list[str]:
+    """The labels of a dimension that count as unsafe: its ``unsafe_labels``, else its last label.
+
+    The one default everywhere (validation, queue ordering, audit, calibration, agreement).
+    """
+    chosen = dim["unsafe_labels"] if "unsafe_labels" in dim else [dim["labels"][-1]]
+    return list(chosen) if isinstance(chosen, list) else chosen
+
+
+def unsafe_labels_by_dimension(spec: dict[str, Any] | None) -> dict[str, list[str]]:
+    """Dimension name -> :func:`unsafe_labels` for every dimension of a taxonomy."""
+    return {dim["name"]: unsafe_labels(dim) for dim in (spec or {}).get("dimensions", [])}
+
+
+def unsafe_probability(label: str | None, probability: Any, probs: Any, unsafe: Collection[str]) -> float | None:
+    """P(unsafe) of one verdict, the one rule for the queue, the audit and calibration.
+
+    With per-label ``probs`` (a mapping or its JSON text): their share on the unsafe labels
+    (normalised, so rounding in the judge's output cannot push it past 1). Else the
+    probability of the label given, or its complement when that label is not unsafe (exact
+    for two labels, an upper bound for more). None when the judge gave no usable probability.
+    """
+    if isinstance(probs, str):
+        try:
+            probs = json.loads(probs)
+        except ValueError:
+            probs = None
+    if isinstance(probs, dict) and probs:
+        try:
+            total = sum(float(p) for p in probs.values())
+            if total > 0:
+                return min(1.0, max(0.0, sum(float(probs.get(lab, 0.0)) for lab in unsafe) / total))
+        except (TypeError, ValueError):
+            pass
+    if probability is None or label is None or isinstance(probability, bool):
+        return None
+    try:
+        p = float(probability)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(p):
+        return None
+    p = min(1.0, max(0.0, p))
+    return p if label in unsafe else 1.0 - p

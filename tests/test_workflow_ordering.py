@@ -9,8 +9,8 @@ from workflow_support import make_collection
 
 from safereview.db.engine import session_scope
 from safereview.db.models import Item, JudgeConfig, Verdict
-from safereview.db.taxonomy import preset
-from safereview.workflow.ordering import borderline_score, boundary_closeness, refresh_priorities, unsafe_probability
+from safereview.db.taxonomy import preset, unsafe_probability
+from safereview.workflow.ordering import borderline_score, boundary_closeness, refresh_priorities
 
 UNI = preset("uni-safebench")
 VLSU = preset("vlsu")
@@ -39,12 +39,16 @@ def test_boundary_closeness(p: float, expected: float) -> None:
 
 def test_unsafe_probability_from_label_probability_and_probs() -> None:
     unsafe = {"unsafe"}
-    assert unsafe_probability(v("intrinsic", "unsafe", p=0.8), unsafe) == pytest.approx(0.8)
-    assert unsafe_probability(v("intrinsic", "safe", p=0.8), unsafe) == pytest.approx(0.2)
-    assert unsafe_probability(
-        v("joint", "safe", probs={"safe": 0.2, "borderline": 0.3, "unsafe": 0.5}), unsafe
-    ) == pytest.approx(0.5)
-    assert unsafe_probability(v("joint", "safe"), unsafe) is None
+
+    def p_of(verdict: dict) -> float | None:
+        return unsafe_probability(verdict["label"], verdict.get("probability"), verdict.get("probs"), unsafe)
+
+    assert p_of(v("intrinsic", "unsafe", p=0.8)) == pytest.approx(0.8)
+    assert p_of(v("intrinsic", "safe", p=0.8)) == pytest.approx(0.2)
+    assert p_of(v("joint", "safe", probs={"safe": 0.2, "borderline": 0.3, "unsafe": 0.5})) == pytest.approx(0.5)
+    assert p_of(v("joint", "safe", probs='{"safe": 0.2, "unsafe": 0.6}')) == pytest.approx(0.75)  # JSON, normalised
+    assert p_of(v("joint", "safe")) is None
+    assert unsafe_probability("safe", float("nan"), None, unsafe) is None
 
 
 def test_confident_verdict_ranks_below_uncertain_one() -> None:

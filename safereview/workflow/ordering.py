@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from safereview.db.models import Collection, Item, Taxonomy, Verdict
+from safereview.db.taxonomy import unsafe_labels_by_dimension, unsafe_probability
 
 W_BOUNDARY = 1.0
 W_CTX_INTRINSIC = 1.0
@@ -35,42 +36,9 @@ W_COMPOSITIONAL = 1.0
 W_BORDERLINE = 0.5
 W_UNPARSEABLE = 0.75
 
+UNKNOWN_DIMENSION_UNSAFE = ("unsafe",)  # a verdict on a dimension the taxonomy lacks
 CHUNK_IDS = 20_000  # item-id range per refresh step: bounded memory at any collection size
 IN_CHUNK = 5_000  # explicit item ids per refresh step (bound parameters per statement stay well under limits)
-
-
-def unsafe_labels_by_dimension(spec: Mapping[str, Any] | None) -> dict[str, set[str]]:
-    """Dimension → labels that count as unsafe (default ``{"unsafe"}`` for unknown dims)."""
-    out: dict[str, set[str]] = {}
-    for dim in (spec or {}).get("dimensions", []):
-        out[dim["name"]] = set(dim.get("unsafe_labels") or [dim["labels"][-1]])
-    return out
-
-
-def unsafe_probability(v: Mapping[str, Any], unsafe: set[str]) -> float | None:
-    """P(unsafe) from a verdict's ``probs`` (sum over unsafe labels) or its ``probability``.
-
-    ``probability`` is the probability of the label given, so for a safe label the unsafe
-    probability is its complement (exact for two labels, an upper bound for three).
-    Returns None when the judge gave no probability.
-    """
-    probs = v.get("probs")
-    if isinstance(probs, Mapping) and probs:
-        try:
-            total = sum(float(p) for p in probs.values())
-            if total > 0:
-                return min(1.0, max(0.0, sum(float(probs.get(lab, 0.0)) for lab in unsafe) / total))
-        except (TypeError, ValueError):
-            pass
-    p = v.get("probability")
-    label = v.get("label")
-    if p is None or label is None:
-        return None
-    try:
-        p = min(1.0, max(0.0, float(p)))
-    except (TypeError, ValueError):
-        return None
-    return p if label in unsafe else 1.0 - p
 
 
 def boundary_closeness(p_unsafe: float) -> float:
@@ -96,14 +64,14 @@ def borderline_score(verdicts: Iterable[Mapping[str, Any]], spec: Mapping[str, A
     for v in vs:
         dim = str(v.get("dimension", ""))
         label = v.get("label")
-        unsafe = unsafe_by_dim.get(dim, {"unsafe"})
+        unsafe = unsafe_by_dim.get(dim, UNKNOWN_DIMENSION_UNSAFE)
         if label is None or v.get("status") in ("unparseable", "error"):
             unparseable = True
             continue
         by_dim[dim].add(label)
         if label == "borderline":
             borderline = True
-        p = unsafe_probability(v, unsafe)
+        p = unsafe_probability(label, v.get("probability"), v.get("probs"), unsafe)
         if p is not None:
             closeness = max(closeness, boundary_closeness(p))
     score += W_BOUNDARY * closeness
@@ -112,7 +80,7 @@ def borderline_score(verdicts: Iterable[Mapping[str, Any]], spec: Mapping[str, A
         labels = by_dim.get(dim)
         if not labels:
             return None
-        return bool(labels & unsafe_by_dim.get(dim, {"unsafe"}))  # any judge unsafe → unsafe
+        return bool(labels.intersection(unsafe_by_dim.get(dim, UNKNOWN_DIMENSION_UNSAFE)))  # any judge unsafe → unsafe
 
     ctx, intr = is_unsafe("contextual"), is_unsafe("intrinsic")
     if ctx is not None and intr is not None and ctx != intr:
