@@ -10,10 +10,6 @@ from safereview.db.models import Collection, Taxonomy
 from safereview.db.taxonomy import resolve, validate
 
 
-class NotFound(LookupError):
-    """A named object does not exist."""
-
-
 def ensure_taxonomy(session: Session, spec_or_name: dict[str, Any] | str) -> Taxonomy:
     """Store a taxonomy (preset name, file path or spec) once; return the stored row.
 
@@ -31,13 +27,6 @@ def ensure_taxonomy(session: Session, spec_or_name: dict[str, Any] | str) -> Tax
             f"taxonomy {spec['name']!r} already exists with a different definition; "
             "give the new one another name or version"
         )
-    return row
-
-
-def get_collection(session: Session, name: str) -> Collection:
-    row = session.exec(select(Collection).where(Collection.name == name)).first()
-    if row is None:
-        raise NotFound(f"no collection named {name!r}")
     return row
 
 

@@ -27,12 +27,13 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from safereview.db.collections import get_collection, taxonomy_of
+from safereview.db.collections import taxonomy_of
 from safereview.db.models import ImportBatch, Item
 from safereview.judge.config import ensure_judge_config
 from safereview.judge.parsing import CONTEXTUAL_TEXT, INTRINSIC, MAX_RATIONALE_CHARS, MAX_RAW_CHARS
 from safereview.judge.protocols.base import Draft
 from safereview.judge.store import stored_verdict_keys, verdict_key, write_verdicts
+from safereview.workflow.collections import get_collection
 
 FORMATS = ("unijudger", "generic")
 IMPORTED_VERSION = "imported"  # judge_version of every imported verdict

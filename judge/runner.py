@@ -142,7 +142,8 @@ def _view(item: Item) -> ItemView:
 
 def _collections(session: Session, name: str | None, dims: tuple[str, ...]) -> list[Collection]:
     """The named collection (checked against the protocol) or every compatible one."""
-    from safereview.db.collections import get_collection, taxonomy_of
+    from safereview.db.collections import taxonomy_of
+    from safereview.workflow.collections import get_collection
 
     if name is not None:
         col = get_collection(session, name)

@@ -11,10 +11,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from safereview.db.collections import get_collection, taxonomy_of
+from safereview.db.collections import taxonomy_of
 from safereview.db.models import Gold, GoldSnapshot, Item, Verdict
 from safereview.db.taxonomy import dimension_names
 from safereview.judge.metrics import UNI_METRICS, Share, label_shares, metric_table, uni_metrics
+from safereview.workflow.collections import get_collection
 
 GROUP_KEYS = {"model": "model", "task_type": "task_type", "category": "category"}
 

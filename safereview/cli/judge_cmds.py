@@ -123,8 +123,8 @@ def register(app: typer.Typer) -> None:
         media_root: MediaRootOption = None,
     ) -> None:
         """Judge items with an OpenAI-compatible model server (resumable, cached, retried)."""
-        from safereview.db.collections import NotFound
         from safereview.judge.runner import JudgeSetupError, RunOptions, run_judge
+        from safereview.workflow.errors import NotFound
 
         cfg = config(db, media_root)
         engine = engine_for(cfg)
@@ -189,9 +189,9 @@ def register(app: typer.Typer) -> None:
         db: DbOption = None,
     ) -> None:
         """Import verdicts made elsewhere; all-or-nothing, every problem reported as FILE:LINE: field: message."""
-        from safereview.db.collections import NotFound
         from safereview.db.engine import session_scope
         from safereview.judge.importing import VerdictImportError, import_verdicts
+        from safereview.workflow.errors import NotFound
 
         cfg = config(db)
         engine = engine_for(cfg)
@@ -234,9 +234,9 @@ def register(app: typer.Typer) -> None:
         db: DbOption = None,
     ) -> None:
         """Benchmark metrics (C-Unsafe, C-Reject, I-Unsafe, Both-Safe or label shares) with Wilson 95% CIs."""
-        from safereview.db.collections import NotFound
         from safereview.db.engine import session_scope
         from safereview.judge.stats import collection_stats
+        from safereview.workflow.errors import NotFound
 
         cfg = config(db)
         engine = engine_for(cfg)

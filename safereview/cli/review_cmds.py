@@ -154,9 +154,9 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
         from rich.text import Text
 
-        from safereview.db.collections import NotFound as CollectionNotFound
-        from safereview.db.collections import get_collection
         from safereview.db.engine import session_scope
+        from safereview.workflow.collections import get_collection
+        from safereview.workflow.errors import NotFound as CollectionNotFound
         from safereview.workflow.queue import queue_status
 
         try:

@@ -20,14 +20,14 @@ from safereview.workflow.policies import require
 MAX_OVERLAP = 50
 
 
-def get(session: Session, collection: int | str) -> Collection:
-    """A collection by id or by exact name."""
-    if isinstance(collection, int):
+def get_collection(session: Session, collection: int | str) -> Collection:
+    """A collection by id or by exact name (the one getter: CLI, judge, import and pages)."""
+    if isinstance(collection, int) and not isinstance(collection, bool):
         col = session.get(Collection, collection)
     else:
         col = session.exec(select(Collection).where(Collection.name == collection)).first()
     if col is None:
-        raise NotFound(f"collection: no collection {collection!r}")
+        raise NotFound(f"no collection named {collection!r}")
     return col
 
 
@@ -60,7 +60,7 @@ def update_settings(
         if not (math.isfinite(share) and 0.0 <= share <= 1.0):
             raise InvalidInput(f"audit share: a number from 0 to 1, not {audit_share!r}")
         audit_share = share
-    col = get(session, collection)
+    col = get_collection(session, collection)
     for name, value in (
         ("overlap_target", overlap_target),
         ("blind", blind),
