@@ -1,10 +1,8 @@
 """Which pages exist and who sees them: the single registry ``main.py`` builds navigation from.
 
-A page is a script in ``review_app/views/``; it is registered for a user when the file
-exists and ``workflow.policies.can(user, action)`` holds. Pages written later (the
-agreement helper's ``agreement.py``, ``audit.py``, ``calibration.py``, ``gold.py``) appear
-as soon as their file lands: no change here is needed. Each page still checks its own
-policy at the top (``ui.require(action)``), so hiding a page is never the only guard.
+A page is a script in ``review_app/views/``; it is registered for a user when
+``workflow.policies.can(user, action)`` holds. Each page still checks its own policy at the
+top (``ui.require(action)``), so hiding a page is never the only guard.
 """
 
 from __future__ import annotations
@@ -43,5 +41,5 @@ PAGES: tuple[PageSpec, ...] = (
 
 
 def pages_for(user: Any) -> list[PageSpec]:
-    """Pages this user may open, in menu order (files that do not exist yet are left out)."""
-    return [p for p in PAGES if policies.can(user, p.action) and (VIEWS_DIR / p.file).is_file()]
+    """Pages this user may open, in menu order."""
+    return [p for p in PAGES if policies.can(user, p.action)]

@@ -10,6 +10,8 @@ import app_support as A
 import pytest
 from sqlmodel import Session, select
 
+pytestmark = pytest.mark.slow  # AppTest runs of the lead pages, about 1 minute in all
+
 TIMEOUT = 90
 PAGES = ("views/agreement.py", "views/audit.py", "views/calibration.py", "views/gold.py")
 

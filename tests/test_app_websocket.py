@@ -23,7 +23,7 @@ sys.path.insert(0, str(A.REPO / "bench"))
 
 from st_client import StreamlitClient
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # starts the real server for each test
 
 
 @pytest.fixture

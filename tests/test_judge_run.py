@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from judge_support import FakeOpenAI, Reply, add_item, make_png, smart_reply, store_media, uni_collection
 from sqlmodel import Session, select
@@ -302,6 +303,7 @@ def test_dry_run_prints_request_bodies_and_calls_nothing(tmp_path: Path) -> None
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_resume_after_kill_has_no_duplicates_and_no_gaps(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'k.db'}"
     engine = init_db(db_url)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from safereview import __version__
-from safereview.cli import admin
+from safereview.cli import admin, agreement_cmds, app_cmds, dataio_cmds, judge_cmds, review_cmds
 
 app = typer.Typer(
     name="safereview",
@@ -31,15 +31,5 @@ def _main(
     """safereview command line."""
 
 
-admin.register(app)
-
-# Command groups owned by other modules register themselves here. Import errors must not
-# be swallowed: a broken command module should fail loudly in tests.
-for _name in ("dataio_cmds", "judge_cmds", "review_cmds", "agreement_cmds", "app_cmds"):
-    try:
-        _mod = __import__(f"safereview.cli.{_name}", fromlist=["register"])
-    except ModuleNotFoundError as exc:
-        if exc.name != f"safereview.cli.{_name}":
-            raise
-        continue
-    _mod.register(app)
+for _group in (admin, dataio_cmds, judge_cmds, review_cmds, agreement_cmds, app_cmds):
+    _group.register(app)
