@@ -15,15 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from safereview.settings import sqlite_path
-
-
-def normalise_url(url: str) -> str:
-    """Accept ``postgresql://`` and ``postgres://`` and use the psycopg 3 driver for them."""
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
+from safereview.db.urls import normalise_url, sqlite_path
 
 
 def is_sqlite(engine_or_url: Engine | str) -> bool:

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safereview.db.urls import sqlite_path  # re-exported: settings resolve the media folder beside the file
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -121,17 +123,6 @@ def normalise_base_path(value: str) -> str:
     ):
         raise ValueError(f"SAFEREVIEW_BASE_URL_PATH: {value!r} is not a plain URL path (letters, digits, -._~/)")
     return path
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file behind a ``sqlite:///`` URL, or None for other databases and in-memory SQLite."""
-    if not url.startswith("sqlite"):
-        return None
-    rest = url.split(":///", 1)[1] if ":///" in url else ""
-    rest = rest.split("?", 1)[0]
-    if not rest or rest == ":memory:":
-        return None
-    return Path(rest).resolve()
 
 
 def load(**overrides: object) -> Config:

@@ -29,9 +29,8 @@ from dataio_support import write_jsonl
 from sqlmodel import Session, select
 from workflow_support import make_collection, make_user
 
-from safereview.db.engine import normalise_url
+from safereview.db.engine import normalise_url, sqlite_path
 from safereview.db.models import Item, Verdict
-from safereview.settings import sqlite_path
 
 pytestmark = pytest.mark.slow
 

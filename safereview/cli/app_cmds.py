@@ -40,7 +40,7 @@ DEMO_USERS: tuple[tuple[str, str, str, str], ...] = (
 
 
 def _absolute_db_url(url: str) -> str:
-    from safereview.settings import sqlite_path
+    from safereview.db.urls import sqlite_path
 
     path = sqlite_path(url)
     if path is None:
