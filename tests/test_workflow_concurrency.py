@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
 from workflow_support import make_collection, make_user, process_worker, review_until_empty, slot_invariants
@@ -40,6 +41,7 @@ def test_threads_pull_concurrently(db_url: str, engine: sa.Engine) -> None:
     _check(engine, cid, results, n_items, k)
 
 
+@pytest.mark.slow  # spawns worker processes
 def test_processes_pull_concurrently(db_url: str, engine: sa.Engine) -> None:
     n_items, k, n_users = 30, 2, 4
     cid = make_collection(engine, n_items=n_items, k=k, audit_share=0.3)
