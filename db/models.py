@@ -1,4 +1,4 @@
-"""SQLModel tables for the domain model of ``../shared/DESIGN.md``.
+"""SQLModel tables for the domain model (see docs/architecture.md for the data flow).
 
 Conventions
 - Times are timezone-aware UTC (``utcnow()``); SQLModel's ``UTCDateTime`` column type refuses
