@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.engine import Connection, Engine
 
+from safereview.db.bulk import driver_sql
 from safereview.db.taxonomy import unsafe_probability
 
 UNSAFE_DEFAULT = ("unsafe",)
@@ -54,43 +55,13 @@ def is_postgres(conn: Connection) -> bool:
 def fetch(conn: Connection, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
     """Rows as plain tuples through the DB-API cursor (``:name`` placeholders on both back ends)."""
     params = params or {}
-    if is_postgres(conn):
-        import re
-
-        sql = re.sub(r"(?<!:):([A-Za-z_][A-Za-z0-9_]*)", r"%(\1)s", sql)
     dbapi = conn.connection.dbapi_connection
     cur = dbapi.cursor()  # type: ignore[union-attr]
     try:
-        cur.execute(sql, params)
+        cur.execute(driver_sql(conn, sql), params)
         return cur.fetchall()
     finally:
         cur.close()
-
-
-def _copy_value(v: Any) -> str:
-    """One field in PostgreSQL's COPY text format."""
-    if v is None:
-        return "\\N"
-    if isinstance(v, bool):
-        return "t" if v else "f"
-    if hasattr(v, "isoformat"):
-        return v.isoformat()
-    return str(v).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-
-
-def copy_rows(conn: Connection, table: str, columns: list[str], rows: Any) -> None:
-    """PostgreSQL COPY FROM STDIN in text format, written in large blocks (psycopg 3)."""
-    dbapi = conn.connection.dbapi_connection
-    cols = ", ".join(f'"{c}"' for c in columns)
-    with dbapi.cursor() as cur, cur.copy(f'COPY "{table}" ({cols}) FROM STDIN') as cp:  # type: ignore[union-attr]
-        block: list[str] = []
-        for row in rows:
-            block.append("\t".join(map(_copy_value, row)))
-            if len(block) >= 50_000:
-                cp.write("\n".join(block) + "\n")
-                block = []
-        if block:
-            cp.write("\n".join(block) + "\n")
 
 
 def int_matrix(rows: list[tuple], ncols: int) -> np.ndarray:

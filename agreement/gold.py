@@ -245,64 +245,21 @@ def _compute_gold(
 
 
 def _insert_gold(session: Any, snapshot_id: int, table: Any) -> None:
-    """Bulk insert of the Gold rows (DB-API executemany on SQLite, COPY on PostgreSQL)."""
-    conn = session.connection()
-    names = [
-        "snapshot_id",
-        "item_id",
-        "dimension",
-        "label",
-        "method",
-        "n_annotators",
-        "agreement",
-        "posterior",
-        "judge_label",
-    ]
-    if conn.dialect.name == "postgresql":
-        _copy_gold_csv(conn, snapshot_id, table, names)
-        return
-    # the snapshot id (an int from the database) goes into the SQL text: one bound value less per row
-    rows = zip(*[table.column(c).to_pylist() for c in names[1:]], strict=True)
-    cur = conn.connection.dbapi_connection.cursor()
-    # A larger page cache keeps the unique (snapshot, item, dimension) index in memory during
-    # this bulk insert (restored afterwards).
-    old_cache = cur.execute("PRAGMA cache_size").fetchone()[0]
-    cur.execute("PRAGMA cache_size = -262144")
-    try:
-        cur.executemany(
-            f"INSERT INTO gold ({', '.join(names)}) VALUES ({int(snapshot_id)}, {', '.join('?' for _ in names[1:])})",
-            rows,
-        )
-    finally:
-        cur.execute(f"PRAGMA cache_size = {int(old_cache)}")
-        cur.close()
+    """Bulk insert of the Gold rows (DB-API executemany on SQLite, COPY of pyarrow's CSV on PostgreSQL)."""
+    from safereview.db.bulk import bulk_insert
+    from safereview.db.models import Gold
 
-
-def _copy_gold_csv(conn: Any, snapshot_id: int, table: Any, names: list[str]) -> None:
-    """COPY the rows as CSV that pyarrow writes in C: no per-value Python formatting.
-
-    In COPY's CSV format an unquoted empty field is NULL, which is how pyarrow writes nulls;
-    the text columns here are never empty strings (labels are None or a label name).
-    """
-    import io
-
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    out = pa.table(
-        {
-            "snapshot_id": pa.array(np.full(table.num_rows, snapshot_id, dtype=np.int64)),
-            **{c: table.column(c) for c in names[1:]},
-        }
+    names = ["item_id", "dimension", "label", "method", "n_annotators", "agreement", "posterior", "judge_label"]
+    # A larger SQLite page cache keeps the unique (snapshot, item, dimension) index in memory
+    # during this bulk insert.
+    bulk_insert(
+        session.connection(),
+        Gold.__table__,  # type: ignore[attr-defined]
+        names,
+        table,
+        const={"snapshot_id": int(snapshot_id)},
+        sqlite_cache_mib=256,
     )
-    buf = io.BytesIO()
-    pacsv.write_csv(out, buf, write_options=pacsv.WriteOptions(include_header=False, quoting_style="needed"))
-    cols = ", ".join(f'"{c}"' for c in names)
-    dbapi = conn.connection.dbapi_connection
-    with dbapi.cursor() as cur, cur.copy(f'COPY "gold" ({cols}) FROM STDIN WITH (FORMAT csv)') as cp:
-        view = buf.getbuffer()
-        for start in range(0, len(view), 8 << 20):
-            cp.write(view[start : start + (8 << 20)])
 
 
 def create_snapshot(

@@ -1,4 +1,4 @@
-"""Synthetic review data, bulk-loaded with Core/DB-API executemany (SQLite) or COPY (PostgreSQL).
+"""Synthetic review data, bulk-loaded with ``db.bulk.bulk_insert`` (executemany on SQLite, COPY on PostgreSQL).
 
 Used by the agreement benchmarks and tests: ``n_items`` items, each labelled by
 ``n_annotators`` simulated annotators who report a planted true label with probability
@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from sqlmodel import Session
+from sqlmodel import Session, SQLModel
 
-from safereview.agreement.data import copy_rows
+from safereview.db.bulk import bulk_insert
 from safereview.db.collections import ensure_collection, taxonomy_of
 from safereview.db.models import utcnow
 
@@ -38,19 +38,8 @@ def _max_id(conn: sa.Connection, table: str) -> int:
 
 
 def _insert_rows(conn: sa.Connection, table: str, columns: list[str], rows: list[tuple]) -> None:
-    if conn.dialect.name == "postgresql":
-        copy_rows(conn, table, columns, rows)
-        if "id" in columns:
-            conn.exec_driver_sql(
-                f"SELECT setval(pg_get_serial_sequence('\"{table}\"', 'id'), (SELECT MAX(id) FROM \"{table}\"))"
-            )
-        return
-    cols = ", ".join(f'"{c}"' for c in columns)
-    marks = ", ".join("?" for _ in columns)
-    dbapi = conn.connection.dbapi_connection
-    cur = dbapi.cursor()  # type: ignore[union-attr]
-    cur.executemany(f'INSERT INTO "{table}" ({cols}) VALUES ({marks})', rows)
-    cur.close()
+    """Rows in database form, with explicit ids (the id sequence follows on PostgreSQL)."""
+    bulk_insert(conn, SQLModel.metadata.tables[table], columns, rows)
 
 
 def _now_value(conn: sa.Connection) -> Any:

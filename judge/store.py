@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from safereview.db.bulk import insert_for
 from safereview.db.models import Item, JudgeCache, Verdict, utcnow
 from safereview.judge.protocols.base import Draft
 
@@ -105,14 +106,9 @@ def write_verdicts(
             "import_batch_id": import_batch_id,
             "created_at": now,
         }
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
     table = Verdict.__table__  # type: ignore[attr-defined]
     values = list(rows.values())
-    stmt = insert(table)
+    stmt = insert_for(session)(table)
     update = {c: stmt.excluded[c] for c in values[0] if c not in ("item_id", "dimension", "judge_id")}
     update["calibration_id"] = sa.null()  # a new answer invalidates any calibrated link
     # executemany of one compiled statement (compiling a multi-row VALUES costs more)
@@ -165,20 +161,6 @@ def cache_put_many(session: Session, entries: dict[str, dict[str, Any]]) -> None
     """Insert cache entries, ignoring keys another run stored meanwhile."""
     if not entries:
         return
-    dialect = session.get_bind().dialect.name
     rows = [{"key": k, "response": v, "created_at": utcnow()} for k, v in entries.items()]
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        stmt = pg_insert(JudgeCache).values(rows).on_conflict_do_nothing(index_elements=["key"])
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        stmt = sqlite_insert(JudgeCache).values(rows).on_conflict_do_nothing(index_elements=["key"])
-    else:  # pragma: no cover - only the two supported back ends exist
-        for k, v in entries.items():
-            if session.get(JudgeCache, k) is None:
-                session.add(JudgeCache(key=k, response=v))
-        session.flush()
-        return
+    stmt = insert_for(session)(JudgeCache).values(rows).on_conflict_do_nothing(index_elements=["key"])
     session.exec(stmt)  # type: ignore[call-overload]

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from safereview.db.bulk import insert_for
 from safereview.db.models import (
     Annotation,
     AnnotationEvent,
@@ -303,10 +304,7 @@ def submit(
     if done.rowcount != 1:  # type: ignore[attr-defined]
         complete(session, user, assignment_id, now=now)  # lease was reclaimed: retake a free slot or raise
     t = Annotation.__table__  # type: ignore[attr-defined]
-    if pg:
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    insert = insert_for(session)
     ann_id = session.execute(
         insert(t).values(**values).on_conflict_do_nothing(index_elements=["item_id", "user_id"]).returning(t.c.id)
     ).scalar()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,8 +33,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from safereview.db.bulk import driver_sql, insert_for
 from safereview.db.models import Assignment, Collection, Item, User, utcnow
-from safereview.settings import Config, sqlite_path
+from safereview.db.urls import sqlite_path
+from safereview.settings import Config
 from safereview.workflow.errors import LeaseLost, NotFound
 from safereview.workflow.policies import require
 
@@ -171,9 +172,7 @@ def _raw_rows(engine: sa.Engine, sql: str, params: dict[str, Any]) -> list[tuple
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()
-        if engine.dialect.name == "postgresql":
-            sql = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
-        cur.execute(sql, params)
+        cur.execute(driver_sql(engine, sql), params)
         rows = [tuple(r) for r in cur.fetchall()]
         cur.close()
         if engine.dialect.name == "postgresql":
@@ -400,14 +399,6 @@ def _priority_candidate(session: Session, user: User, flt: QueueFilter, k: int, 
     return int(best[0])
 
 
-def _dialect_insert(session: Session, table: sa.Table) -> Any:
-    if _is_pg(session):
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table)
-
-
 def _take(
     session: Session, user: User, item_id: int, k: int, stratum: str, prob: float, now: datetime, minutes: float
 ) -> Assignment | None:
@@ -429,7 +420,7 @@ def _take(
         "completed_at": None,
     }
     stmt = (
-        _dialect_insert(session, t)
+        insert_for(session)(t)
         .values(item_id=item_id, user_id=user.id, **values)
         .on_conflict_do_update(index_elements=["item_id", "user_id"], set_=values, where=t.c.status == "released")
         .returning(t.c.id)

@@ -22,6 +22,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from sqlmodel import Session
 
 from safereview.dataio.importers.records import MEDIA_MODALITIES, Record
 from safereview.dataio.media import MediaError, MediaInfo, insert_media_rows, probe, resolve_path, store_file
+from safereview.db.bulk import bulk_insert
 from safereview.db.models import (
     Annotation,
     AnnotationEvent,
@@ -572,27 +574,8 @@ def insert_tuples(
     const: dict[str, Any] | None = None,
 ) -> None:
     """Bulk rows given as tuples already in database form (no per-value processing)."""
-    if not rows:
-        return
-    dialect = conn.dialect
-    prep = dialect.identifier_preparer
-    const = const or {}
-
-    def proc(c: str) -> Any:
-        return table.c[c].type.dialect_impl(dialect).bind_processor(dialect)
-
-    const_vals = tuple((p(v) if (p := proc(c)) is not None and v is not None else v) for c, v in const.items())
-    col_sql = ", ".join(prep.quote(c) for c in [*cols, *const])
-    if dialect.name == "postgresql":
-        dbapi = conn.connection.dbapi_connection
-        with dbapi.cursor() as cur, cur.copy(f"COPY {prep.format_table(table)} ({col_sql}) FROM STDIN") as cp:  # type: ignore[union-attr]
-            for r in rows:
-                cp.write_row(r + const_vals)
-        return
-    marks = ", ".join("?" for _ in range(len(cols) + len(const)))
-    sql = f"INSERT INTO {prep.format_table(table)} ({col_sql}) VALUES ({marks})"
-    for chunk in _chunks(rows):
-        conn.exec_driver_sql(sql, [r + const_vals for r in chunk] if const_vals else chunk)
+    if rows:
+        bulk_insert(conn, table, cols, rows, const=const)
 
 
 def fast_insert(
@@ -603,49 +586,15 @@ def fast_insert(
     raw: Iterable[str] = (),
     const: dict[str, Any] | None = None,
 ) -> None:
-    """Bulk rows straight through the driver (PostgreSQL ``COPY``, SQLite ``executemany``).
+    """Bulk dict rows through ``db.bulk.bulk_insert``, each value through its column's bind processor.
 
-    Values go through each column's SQLAlchemy bind processor (JSON serialised by the
-    column type, aware datetimes normalised to UTC), so the stored values are those of
-    ``conn.execute(table.insert(), rows)`` without SQLAlchemy's per-row parameter handling,
-    which dominated bulk-import time; None stays SQL NULL, also in JSON columns. ``raw``
-    columns are already in database form (JSON text serialised once during validation);
-    ``const`` columns have one value for every row and are processed once.
+    ``raw`` columns are already in database form (JSON text serialised once during validation).
     """
     if not rows:
         return
-    dialect = conn.dialect
-    prep = dialect.identifier_preparer
-    raw = set(raw)
-    const = const or {}
     cols = list(rows[0])
-
-    def proc(c: str) -> Any:
-        return table.c[c].type.dialect_impl(dialect).bind_processor(dialect)
-
-    const_vals = tuple((p(v) if (p := proc(c)) is not None and v is not None else v) for c, v in const.items())
-    all_cols = cols + list(const)
-    col_sql = ", ".join(prep.quote(c) for c in all_cols)
-    pairs = [(c, None if c in raw else proc(c)) for c in cols]
-    if dialect.name == "postgresql":
-        # COPY is several times faster than INSERT; same transaction (the server parses each
-        # value's text form by column type, JSON text into jsonb).
-        dbapi = conn.connection.dbapi_connection
-        with dbapi.cursor() as cur, cur.copy(f"COPY {prep.format_table(table)} ({col_sql}) FROM STDIN") as cp:  # type: ignore[union-attr]
-            for r in rows:
-                cp.write_row(
-                    (*[p(v) if p is not None and v is not None else v for c, p in pairs for v in (r[c],)], *const_vals)
-                )
-        return
-    if dialect.paramstyle != "qmark":
-        raise NotImplementedError(f"fast_insert: unsupported driver paramstyle {dialect.paramstyle}")
-    sql = f"INSERT INTO {prep.format_table(table)} ({col_sql}) VALUES ({', '.join('?' for _ in all_cols)})"
-    for chunk in _chunks(rows):
-        data = [
-            (*[p(v) if p is not None and v is not None else v for c, p in pairs for v in (r[c],)], *const_vals)
-            for r in chunk
-        ]
-        conn.exec_driver_sql(sql, data)
+    get = itemgetter(*cols)
+    bulk_insert(conn, table, cols, map(get, rows), const=const, process=set(cols) - set(raw))
 
 
 def _in_chunks(conn: sa.Connection, stmt_for: Any, values: list[Any]) -> list[Any]:
