@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import unicodedata
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,6 +21,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlmodel import Session, select
 
+from safereview.db.bulk import bulk_insert
 from safereview.db.models import LoginAttempt, User, UserSession, utcnow
 from safereview.settings import Config
 from safereview.workflow.errors import AuthError, InvalidInput, NotFound
@@ -295,3 +297,48 @@ def ensure_user(session: Session, username: str, role: str = "annotator", displa
     if user is None:
         user = create_user(session, name, None, role, display_name)
     return user
+
+
+# ---------------------------------------------------------------------------------------
+# Bulk: the importer's people, in a few statements whatever their number
+# ---------------------------------------------------------------------------------------
+
+LOOKUP_CHUNK = 900  # names per IN (...) look-up (SQLite's old limit of 999 bound values)
+
+
+def user_ids(conn: sa.Connection, usernames: Iterable[str]) -> dict[str, int]:
+    """``{username: id}`` of the named users that exist (names as :func:`validate_username` returns them)."""
+    t = User.__table__  # type: ignore[attr-defined]
+    names = sorted(set(usernames))
+    out: dict[str, int] = {}
+    for k in range(0, len(names), LOOKUP_CHUNK):
+        chunk = names[k : k + LOOKUP_CHUNK]
+        out.update(
+            (name, uid) for uid, name in conn.execute(sa.select(t.c.id, t.c.username).where(t.c.username.in_(chunk)))
+        )
+    return out
+
+
+def create_placeholder_users(
+    conn: sa.Connection, people: Mapping[str, str], *, role: str = "annotator", now: datetime | None = None
+) -> dict[str, int]:
+    """Create the users ``people`` names (username → display name) in one bulk insert; return their ids.
+
+    The rule of :func:`create_user` with ``password=None``: the same username check and an
+    unusable password hash, so they cannot sign in until an admin resets the password. The
+    caller makes sure the names do not exist yet (:func:`user_ids`); a name taken meanwhile
+    by another transaction fails the insert (an IntegrityError), never half-creates.
+    """
+    if not people:
+        return {}
+    validate_role(role)
+    now = now or utcnow()
+    rows = [
+        (validate_username(name), (display or "")[:200], unusable_hash(), role, False, now)
+        for name, display in people.items()
+    ]
+    t = User.__table__  # type: ignore[attr-defined]
+    bulk_insert(
+        conn, t, ["username", "display_name", "password_hash", "role", "disabled", "created_at"], rows, process=True
+    )
+    return user_ids(conn, [r[0] for r in rows])

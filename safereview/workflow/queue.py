@@ -3,9 +3,11 @@
 Design (details and the exact meaning of ``sampling_prob`` in ``docs/workflow.md``):
 
 - An item has ``overlap_target`` (k) slots. ``Item.slots_taken`` counts slots held by
-  active leases and finished reviews, and changes only through the conditional
+  active leases and finished reviews, and changes only here: a pull claims a slot through
+  the conditional
   ``UPDATE item SET slots_taken = slots_taken + 1 WHERE id = :id AND slots_taken < :k``,
-  so k can never be exceeded, whatever the number of app replicas.
+  so the queue never exceeds k, whatever the number of app replicas. Reviews finished
+  outside the queue (imported annotations) hold their slot through :func:`record_imported`.
 - A pull first returns the user's own unexpired lease. Otherwise, with probability
   ``audit_share`` it takes a uniformly random eligible item (stratum "audit"), else the
   highest-priority eligible item (stratum "priority").
@@ -26,6 +28,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,7 +36,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from safereview.db.bulk import driver_sql, insert_for
+from safereview.db.bulk import bulk_insert, driver_sql, insert_for
 from safereview.db.models import Assignment, Collection, Item, User, utcnow
 from safereview.db.urls import sqlite_path
 from safereview.settings import Config
@@ -698,6 +701,80 @@ def complete(session: Session, user: User, assignment_id: int, *, now: datetime 
         raise LeaseLost("this item is no longer assigned to you (the lease ended)")
     session.refresh(a)
     return a
+
+
+# ---------------------------------------------------------------------------------------
+# Reviews finished outside the queue (imports)
+# ---------------------------------------------------------------------------------------
+
+IMPORTED_STRATUM = "imported"
+_LOOKUP_CHUNK = 900  # item ids per IN (...) look-up
+
+
+def _hold_slots(conn: sa.Connection, counts: dict[int, int]) -> None:
+    """Count ``n`` more held slots on each item: finished reviews that already happened."""
+    if not counts:
+        return
+    stmt = sa.text("UPDATE item SET slots_taken = slots_taken + :n WHERE id = :id")
+    params = [{"id": item_id, "n": n} for item_id, n in counts.items()]
+    for k in range(0, len(params), 5000):
+        conn.execute(stmt, params[k : k + 5000])
+
+
+def record_imported(conn: sa.Connection, pairs: Iterable[tuple[int, int]], *, now: datetime | None = None) -> int:
+    """Record reviews done outside the queue, one per (item id, user id); return the slots newly held.
+
+    Each pair ends as a *done* assignment in the ``imported`` stratum (no ``sampling_prob``:
+    never a random audit sample), holding one slot, so ``slots_taken`` stays the number of
+    leased plus done assignments:
+
+    - no assignment yet: a new done one, and one more slot held;
+    - the user's active lease on the item: it becomes done (its slot is already held);
+    - a released or skipped assignment: it becomes done and holds a slot again;
+    - already done: nothing changes.
+
+    Unlike a pull, the slot is taken whatever ``overlap_target`` says: the review exists,
+    and a full item is simply no longer offered (as when k is lowered). Bulk: one look-up
+    per 900 items, one insert, one executemany per change.
+    """
+    now = now or utcnow()
+    pairs = list(dict.fromkeys(pairs))
+    if not pairs:
+        return 0
+    t = Assignment.__table__  # type: ignore[attr-defined]
+    have: dict[tuple[int, int], tuple[int, str]] = {}
+    item_ids = sorted({item_id for item_id, _ in pairs})
+    for k in range(0, len(item_ids), _LOOKUP_CHUNK):
+        chunk = item_ids[k : k + _LOOKUP_CHUNK]
+        for aid, item_id, user_id, status in conn.execute(
+            sa.select(t.c.id, t.c.item_id, t.c.user_id, t.c.status).where(t.c.item_id.in_(chunk))
+        ):
+            have[(item_id, user_id)] = (aid, status)
+    new: list[tuple[Any, ...]] = []
+    finish: list[dict[str, Any]] = []
+    held: dict[int, int] = {}
+    for key in pairs:
+        old = have.get(key)
+        if old is not None and old[1] == "done":
+            continue
+        if old is None:
+            new.append((key[0], key[1], "done", IMPORTED_STRATUM, None, now, None, now))
+        else:
+            finish.append({"_id": old[0]})
+        if old is None or old[1] != "leased":  # an active lease already holds its slot
+            held[key[0]] = held.get(key[0], 0) + 1
+    if new:
+        cols = ["item_id", "user_id", "status", "stratum", "sampling_prob", "leased_at", "lease_expires_at"]
+        bulk_insert(conn, t, [*cols, "completed_at"], new, process=True)
+    if finish:
+        conn.execute(
+            t.update()
+            .where(t.c.id == sa.bindparam("_id"))
+            .values(status="done", completed_at=now, lease_expires_at=None),
+            finish,
+        )
+    _hold_slots(conn, held)
+    return sum(held.values())
 
 
 # ---------------------------------------------------------------------------------------
