@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Sequence
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,6 +27,9 @@ VERDICT_FIELDS = (
     "intent",
     "judge_version",
 )
+# one C call per verdict: the importer compares every verdict of a re-imported file
+_FIELDS_BY_KEY = itemgetter(*VERDICT_FIELDS)
+_FIELDS_BY_ATTR = attrgetter(*VERDICT_FIELDS)
 
 
 def verdict_key(row: Any) -> tuple[Any, ...]:
@@ -35,24 +39,18 @@ def verdict_key(row: Any) -> tuple[Any, ...]:
     decimals and ``probs`` by content, so a re-import of the same file is recognised as
     unchanged whatever the database did to the numbers' last bits.
     """
-
-    def get(name: str) -> Any:
-        return row[name] if isinstance(row, dict) else getattr(row, name)
-
-    def num(x: Any) -> float | None:
-        return None if x is None else round(float(x), 9)
-
-    probs = get("probs")
+    fields = _FIELDS_BY_KEY(row) if isinstance(row, dict) else _FIELDS_BY_ATTR(row)
+    label, status, probability, probs, score, rationale, raw_output, intent, judge_version = fields
     return (
-        get("label"),
-        get("status"),
-        num(get("probability")),
+        label,
+        status,
+        None if probability is None else round(float(probability), 9),
         json.dumps(probs, sort_keys=True) if probs is not None else "",
-        num(get("score")),
-        get("rationale") or "",
-        get("raw_output") or "",
-        get("intent") or "",
-        get("judge_version") or "",
+        None if score is None else round(float(score), 9),
+        rationale or "",
+        raw_output or "",
+        intent or "",
+        judge_version or "",
     )
 
 
