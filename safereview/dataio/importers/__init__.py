@@ -4,13 +4,25 @@ Formats (see docs/import.md): ``generic`` (JSONL, CSV, Parquet), ``uni-safebench
 JSONL) and ``vlsu`` (release CSV); ``auto`` picks one from the extension and the first row.
 Bad input never half-imports: by default the whole file is one transaction and any
 problem leaves the database exactly as it was.
+
+One module per job, in the order :func:`import_file` runs them:
+
+- ``parse``: the file into :class:`~.records.Record` objects (format modules ``generic``,
+  ``unisafebench``, ``vlsu``; readers in ``records``);
+- ``validate``: every record against the taxonomy, the limits and the media folder;
+- ``plan``: in the write transaction, what is new, unchanged, changed or in conflict
+  (an :class:`~.plan.ImportPlan`);
+- ``write``: the plan carried out in bulk (people, slots and assignments through
+  ``workflow.auth`` and ``workflow.queue``);
+- ``report``: the :class:`ImportReport`, its ``FILE:LINE: field: message`` lines and the
+  rejects file.
 """
 
 from __future__ import annotations
 
 import gc
 import hashlib
-import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +30,17 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from safereview import settings
-from safereview.dataio.importers import generic, unisafebench, vlsu
-from safereview.dataio.importers.core import (
-    ImportFailed,
-    ImportReport,
-    Options,
-    TaxonomyIndex,
-    Validator,
-    cleanup_files,
-    now_monotonic,
-    write,
-)
-from safereview.dataio.importers.records import Record, SourceRow, read_csv, read_jsonl, read_parquet
+from safereview.dataio.importers.options import Options
+from safereview.dataio.importers.parse import FORMATS, FileProblem, detect_format, parse_file
+from safereview.dataio.importers.plan import plan
+from safereview.dataio.importers.records import Record
+from safereview.dataio.importers.report import ImportFailed, ImportReport, messages, reset_counts, write_rejects
+from safereview.dataio.importers.taxonomy_index import TaxonomyIndex
+from safereview.dataio.importers.validate import Validator
+from safereview.dataio.importers.write import cleanup_files, write
 from safereview.db import taxonomy as taxmod
 from safereview.db.collections import ensure_collection
 from safereview.db.models import Collection, Taxonomy
-
-FORMATS = ("auto", "generic", "uni-safebench", "vlsu")
 
 __all__ = ["FORMATS", "ImportFailed", "ImportReport", "detect_format", "import_file"]
 
@@ -45,39 +51,6 @@ def _file_sha256(path: Path) -> str:
         while chunk := fh.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
-
-
-def detect_format(path: Path) -> str:
-    """Guess the format from the extension and the first row (see docs/import.md)."""
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return "generic"
-    if suffix == ".csv":
-        with path.open("r", encoding="utf-8-sig", errors="replace") as fh:
-            header = {h.strip().strip('"') for h in fh.readline().split(",")}
-        return "vlsu" if {"uuid", "consensus_combined_grade"} <= header else "generic"
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        with path.open("rb") as fh:
-            for raw in fh:
-                if not raw.strip():
-                    continue
-                try:
-                    first = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    continue
-                if (
-                    isinstance(first, dict)
-                    and "id" in first
-                    and isinstance(first.get("prompt"), str)
-                    and set(first) & unisafebench.SIGNATURE
-                ):
-                    return "uni-safebench"
-                return "generic"
-        return "generic"
-    raise ValueError(
-        f"{path}: cannot tell the format from the extension {suffix or '(none)'}; "
-        "use .jsonl, .csv or .parquet, or pass --format"
-    )
 
 
 def _config_for(engine: sa.Engine) -> settings.Config:
@@ -156,7 +129,7 @@ def _import_file(
     config: settings.Config | None,
     append_rejects: bool,
 ) -> ImportReport:
-    started = now_monotonic()
+    started = time.perf_counter()
     path = Path(path)
     label = str(path)
     report = ImportReport(source=label, collection=collection)
@@ -165,7 +138,7 @@ def _import_file(
 
     def fail(msg: str) -> ImportReport:
         report.errors.append(msg)
-        report.seconds = now_monotonic() - started
+        report.seconds = time.perf_counter() - started
         return report
 
     if not path.is_file():
@@ -213,8 +186,8 @@ def _import_file(
 
     # ---- read and parse --------------------------------------------------------------
     try:
-        records, parse_rejects = _parse(path, fmt, tax, opts, report)
-    except _FileProblem as exc:
+        records, parse_rejects = parse_file(path, fmt, tax, opts, report)
+    except FileProblem as exc:
         return fail(str(exc))
     except (OSError, ValueError) as exc:
         return fail(f"{label}: (file): cannot read: {exc}")
@@ -225,11 +198,11 @@ def _import_file(
     bad = parse_rejects + [r for r in records if r.errors]
     good = [r for r in records if not r.errors]
     if bad and not skip_invalid:
-        report.errors.extend(_messages(bad, opts))
-        report.seconds = now_monotonic() - started
+        report.errors.extend(messages(bad, opts))
+        report.seconds = time.perf_counter() - started
         return report
 
-    # ---- write: one transaction ------------------------------------------------------
+    # ---- plan and write: one transaction ---------------------------------------------
     created: list[Path] = []
     late_rejects: list[Record] = []
     try:
@@ -241,36 +214,39 @@ def _import_file(
                 report.errors.append(f"{label}: taxonomy: {exc}")
                 raise _Rollback from None
             session.flush()
-            late_rejects = write(
+            assert col.id is not None
+            todo = plan(conn, good, collection_id=col.id, update=update)
+            late_rejects = todo.rejected
+            if late_rejects and not skip_invalid:
+                raise _Rollback
+            write(
                 conn,
                 session,
-                good,
+                todo,
                 collection_id=col.id,
-                opts=opts,  # type: ignore[arg-type]
+                opts=opts,
                 report=report,
                 source_sha256=_file_sha256(path),
                 user=user,
                 created_files=created,
-                prior_rejected=len(bad),
+                n_rejected=len(bad) + len(late_rejects),
             )
-            if late_rejects and not skip_invalid:
-                raise _Rollback
             session.close()
     except _Rollback:
         cleanup_files(engine, created)
-        report.errors.extend(_messages(late_rejects, opts))
-        _reset_counts(report)
-        report.seconds = now_monotonic() - started
+        report.errors.extend(messages(late_rejects, opts))
+        reset_counts(report)
+        report.seconds = time.perf_counter() - started
         return report
     except sa.exc.IntegrityError as exc:
         # another import wrote the same rows between our check and our insert
         cleanup_files(engine, created)
-        _reset_counts(report)
+        reset_counts(report)
         report.errors.append(
             f"{label}: (database): a concurrent write conflicted with this import; nothing was "
             f"imported, run it again ({str(exc.orig).splitlines()[0][:200]})"
         )
-        report.seconds = now_monotonic() - started
+        report.seconds = time.perf_counter() - started
         return report
     except BaseException:
         cleanup_files(engine, created)
@@ -279,43 +255,19 @@ def _import_file(
     rejects = bad + late_rejects
     report.rejected = len(rejects)
     if rejects:
-        report.errors.extend(_messages(rejects, opts))
+        report.errors.extend(messages(rejects, opts))
         rp = Path(rejects_path) if rejects_path else path.with_name(path.name + ".rejects.jsonl")
-        _write_rejects(rp, rejects, opts, append=append_rejects)
+        write_rejects(rp, rejects, opts, append=append_rejects)
         report.rejects_path = str(rp)
     if not report.changed:
         report.notes.append("nothing changed: every row was already imported with the same content")
     report.ok = True
-    report.seconds = now_monotonic() - started
+    report.seconds = time.perf_counter() - started
     return report
 
 
 class _Rollback(Exception):
     pass
-
-
-class _FileProblem(Exception):
-    pass
-
-
-def _reset_counts(report: ImportReport) -> None:
-    for name in (
-        "items_new",
-        "items_updated",
-        "items_unchanged",
-        "verdicts_new",
-        "verdicts_updated",
-        "verdicts_unchanged",
-        "annotations_new",
-        "annotations_updated",
-        "annotations_unchanged",
-        "users_created",
-        "media_files_new",
-        "media_rows_new",
-    ):
-        setattr(report, name, 0)
-    report.batch_id = None
-    report.notes.clear()
 
 
 def _taxonomy_for(engine: sa.Engine, collection: str, taxonomy: str | dict[str, Any] | None) -> dict[str, Any]:
@@ -330,112 +282,3 @@ def _taxonomy_for(engine: sa.Engine, collection: str, taxonomy: str | dict[str, 
     if stored is not None and stored["name"] != spec["name"]:
         raise ValueError(f"collection {collection!r} uses taxonomy {stored['name']!r}, not {spec['name']!r}")
     return spec
-
-
-def _parse(
-    path: Path, fmt: str, tax: TaxonomyIndex, opts: Options, report: ImportReport
-) -> tuple[list[Record], list[Record]]:
-    """Read the file and parse rows; returns (records, rows that could not be parsed)."""
-    label = opts.file_label
-    suffix = path.suffix.lower()
-    records: list[Record] = []
-    broken: list[Record] = []
-
-    def take(src: SourceRow, parse: Any) -> None:
-        report.rows += 1
-        if report.rows > opts.max_rows:
-            raise _FileProblem(
-                f"{label}:{src.line}: (file): more than {opts.max_rows:,} rows in one import; "
-                "split the file or raise SAFEREVIEW_MAX_IMPORT_ROWS"
-            )
-        if src.error is not None:
-            rec = Record(line=src.line, raw=src.raw)
-            rec.error(*src.error)
-            broken.append(rec)
-            return
-        records.append(parse(src))
-
-    if fmt == "vlsu":
-        if suffix != ".csv":
-            raise _FileProblem(f"{label}: (file): the VLSU release is a CSV file")
-        header, rows = read_csv(path)
-        missing = [c for c in vlsu.REQUIRED if c not in header]
-        if missing:
-            raise _FileProblem(f"{label}:1: (header): missing VLSU column(s) {', '.join(missing)}")
-        index = vlsu.ImageIndex(opts.media_dir.resolve())
-        for src in rows:
-            take(src, lambda s: vlsu.parse_row(s, index))
-        return records, broken
-
-    if fmt == "uni-safebench":
-        if suffix not in (".jsonl", ".json", ".ndjson"):
-            raise _FileProblem(f"{label}: (file): the Uni-SafeBench release is JSON Lines")
-        if not opts.task_type:
-            guessed = tax.task_type_from_path(path)
-            if guessed is not None:
-                opts.task_type = guessed
-        for src in read_jsonl(path):
-            take(src, unisafebench.parse_row)
-        if not opts.task_type and tax.task_types and any(not r.task_type for r in records):
-            known = ", ".join(t["id"] for t in tax.spec["task_types"])
-            raise _FileProblem(
-                f"{label}: task_type: cannot tell the task type from the file or folder name; "
-                f"pass --task-type (one of {known})"
-            )
-        return records, broken
-
-    # generic
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        for src in read_jsonl(path):
-            take(src, generic.parse_row)
-    elif suffix == ".csv":
-        _header, rows = read_csv(path)
-        for src in rows:
-            take(src, generic.parse_row)
-    elif suffix == ".parquet":
-        try:
-            _header, rows = read_parquet(path)
-        except Exception as exc:  # pyarrow raises several types for a bad file
-            raise _FileProblem(f"{label}: (file): not a readable Parquet file: {exc}") from None
-        for src in rows:
-            take(src, generic.parse_row)
-    else:
-        raise _FileProblem(f"{label}: (file): generic files end in .jsonl, .csv or .parquet")
-    return records, broken
-
-
-def _messages(records: list[Record], opts: Options) -> list[str]:
-    out = []
-    for rec in sorted(records, key=lambda r: r.line):
-        for fname, msg in rec.errors:
-            out.append(f"{opts.file_label}:{rec.line}: {fname}: {msg}{opts.location_note}")
-    return out
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, str | int | float | bool) or v is None:
-        return v
-    return str(v)
-
-
-def _write_rejects(path: Path, rejects: list[Record], opts: Options, *, append: bool) -> None:
-    """JSON Lines: the original row (parsed object, or raw text when unparseable) and its errors."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a" if append else "w", encoding="utf-8") as fh:
-        for rec in sorted(rejects, key=lambda r: r.line):
-            fh.write(
-                json.dumps(
-                    {
-                        "source": opts.file_label,
-                        "line": rec.line,
-                        "errors": [f"{f}: {m}" for f, m in rec.errors],
-                        "row": _jsonable(rec.raw),
-                    },
-                    ensure_ascii=False,
-                )
-                + "\n"
-            )

@@ -1,0 +1,129 @@
+"""Reading: a source file into parsed :class:`Record` objects, in the format's own way.
+
+``auto`` picks the format from the extension and the first row (:func:`detect_format`);
+each format module (``generic``, ``unisafebench``, ``vlsu``) turns one source row into a
+record. Rows that cannot be read at all become records carrying only their error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safereview.dataio.importers import generic, unisafebench, vlsu
+from safereview.dataio.importers.options import Options
+from safereview.dataio.importers.records import Record, SourceRow, read_csv, read_jsonl, read_parquet
+from safereview.dataio.importers.report import ImportReport
+from safereview.dataio.importers.taxonomy_index import TaxonomyIndex
+
+FORMATS = ("auto", "generic", "uni-safebench", "vlsu")
+
+
+class FileProblem(Exception):
+    """The file as a whole cannot be imported (wrong kind, missing columns, too many rows)."""
+
+
+def detect_format(path: Path) -> str:
+    """Guess the format from the extension and the first row (see docs/import.md)."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return "generic"
+    if suffix == ".csv":
+        with path.open("r", encoding="utf-8-sig", errors="replace") as fh:
+            header = {h.strip().strip('"') for h in fh.readline().split(",")}
+        return "vlsu" if {"uuid", "consensus_combined_grade"} <= header else "generic"
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        with path.open("rb") as fh:
+            for raw in fh:
+                if not raw.strip():
+                    continue
+                try:
+                    first = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    continue
+                if (
+                    isinstance(first, dict)
+                    and "id" in first
+                    and isinstance(first.get("prompt"), str)
+                    and set(first) & unisafebench.SIGNATURE
+                ):
+                    return "uni-safebench"
+                return "generic"
+        return "generic"
+    raise ValueError(
+        f"{path}: cannot tell the format from the extension {suffix or '(none)'}; "
+        "use .jsonl, .csv or .parquet, or pass --format"
+    )
+
+
+def parse_file(
+    path: Path, fmt: str, tax: TaxonomyIndex, opts: Options, report: ImportReport
+) -> tuple[list[Record], list[Record]]:
+    """Read the file and parse rows; returns (records, rows that could not be parsed)."""
+    label = opts.file_label
+    suffix = path.suffix.lower()
+    records: list[Record] = []
+    broken: list[Record] = []
+
+    def take(src: SourceRow, parse: Any) -> None:
+        report.rows += 1
+        if report.rows > opts.max_rows:
+            raise FileProblem(
+                f"{label}:{src.line}: (file): more than {opts.max_rows:,} rows in one import; "
+                "split the file or raise SAFEREVIEW_MAX_IMPORT_ROWS"
+            )
+        if src.error is not None:
+            rec = Record(line=src.line, raw=src.raw)
+            rec.error(*src.error)
+            broken.append(rec)
+            return
+        records.append(parse(src))
+
+    if fmt == "vlsu":
+        if suffix != ".csv":
+            raise FileProblem(f"{label}: (file): the VLSU release is a CSV file")
+        header, rows = read_csv(path)
+        missing = [c for c in vlsu.REQUIRED if c not in header]
+        if missing:
+            raise FileProblem(f"{label}:1: (header): missing VLSU column(s) {', '.join(missing)}")
+        index = vlsu.ImageIndex(opts.media_dir.resolve())
+        for src in rows:
+            take(src, lambda s: vlsu.parse_row(s, index))
+        return records, broken
+
+    if fmt == "uni-safebench":
+        if suffix not in (".jsonl", ".json", ".ndjson"):
+            raise FileProblem(f"{label}: (file): the Uni-SafeBench release is JSON Lines")
+        if not opts.task_type:
+            guessed = tax.task_type_from_path(path)
+            if guessed is not None:
+                opts.task_type = guessed
+        for src in read_jsonl(path):
+            take(src, unisafebench.parse_row)
+        if not opts.task_type and tax.task_types and any(not r.task_type for r in records):
+            known = ", ".join(t["id"] for t in tax.spec["task_types"])
+            raise FileProblem(
+                f"{label}: task_type: cannot tell the task type from the file or folder name; "
+                f"pass --task-type (one of {known})"
+            )
+        return records, broken
+
+    # generic
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        for src in read_jsonl(path):
+            take(src, generic.parse_row)
+    elif suffix == ".csv":
+        _header, rows = read_csv(path)
+        for src in rows:
+            take(src, generic.parse_row)
+    elif suffix == ".parquet":
+        try:
+            _header, rows = read_parquet(path)
+        except Exception as exc:  # pyarrow raises several types for a bad file
+            raise FileProblem(f"{label}: (file): not a readable Parquet file: {exc}") from None
+        for src in rows:
+            take(src, generic.parse_row)
+    else:
+        raise FileProblem(f"{label}: (file): generic files end in .jsonl, .csv or .parquet")
+    return records, broken

@@ -1,0 +1,410 @@
+"""Writing: carry out an :class:`ImportPlan` in the caller's transaction, in bulk.
+
+Media files are copied under the media root first, then one ``importbatch`` row, the items,
+the verdicts (and a ``judgeconfig`` per new judge id) and the annotations with their
+``import`` events go in through ``db.bulk.bulk_insert`` (no per-row ORM objects). People
+named by annotations who have no account yet are created by ``workflow.auth``, and each
+imported annotation's done assignment and slot are recorded by ``workflow.queue``. The
+caller rolls back on any failure and deletes the media files this run created
+(:func:`cleanup_files`).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from safereview.dataio.importers.options import Options
+from safereview.dataio.importers.plan import ImportPlan
+from safereview.dataio.importers.report import ImportReport
+from safereview.dataio.media import insert_media_rows, store_file
+from safereview.db.bulk import bulk_insert
+from safereview.db.models import Annotation, AnnotationEvent, ImportBatch, Item, JudgeConfig, Media, Verdict, utcnow
+from safereview.workflow import auth, queue
+from safereview.workflow.ordering import refresh_priorities
+
+CHUNK = 5000  # rows per executemany of an UPDATE
+
+ITEM_CONTENT = (
+    "task_type",
+    "category",
+    "subcategory",
+    "model",
+    "input_modalities",
+    "output_modalities",
+    "prompt",
+    "response",
+    "refused",
+    "meta",
+    "content_hash",
+)
+VERDICT_COLUMNS = [
+    "item_id",
+    "dimension",
+    "judge_id",
+    "judge_version",
+    "label",
+    "status",
+    "probability",
+    "probs",
+    "score",
+    "rationale",
+    "raw_output",
+    "intent",
+]
+ANNOTATION_COLUMNS = [
+    "item_id",
+    "user_id",
+    "labels",
+    "blind_labels",
+    "categories",
+    "rationale",
+    "flagged",
+    "verdict_action",
+    "verdict_judge_id",
+    "time_spent_s",
+    "created_at",
+    "updated_at",
+]
+EVENT_COLUMNS = ["annotation_id", "item_id", "actor_id", "version", "before", "after"]
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _chunks(seq: list[Any], n: int = CHUNK) -> Any:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def write(
+    conn: sa.Connection,
+    session: Session,
+    plan: ImportPlan,
+    *,
+    collection_id: int,
+    opts: Options,
+    report: ImportReport,
+    source_sha256: str,
+    user: str,
+    created_files: list[Path],
+    n_rejected: int = 0,
+) -> None:
+    """Write what ``plan`` says and fill ``report``'s counts; nothing at all when nothing changes.
+
+    Media files stored by this run are appended to ``created_files`` as they are written,
+    so the caller can delete them if the transaction rolls back.
+    """
+    report.items_unchanged = plan.unchanged_items
+    report.verdicts_unchanged = plan.unchanged_verdicts
+    report.annotations_unchanged = plan.unchanged_annotations
+    if not plan.changes:
+        return
+    now = utcnow()
+
+    # ---- media files, then rows ------------------------------------------------------
+    for info in plan.media:
+        if store_file(info, opts.media_root):
+            created_files.append(opts.media_root / info.relpath)
+    report.media_files_new = len(created_files)
+    report.media_rows_new = insert_media_rows(conn, plan.media)
+
+    batch_t = ImportBatch.__table__  # type: ignore[attr-defined]
+    batch_id = conn.execute(
+        batch_t.insert()
+        .values(
+            source=opts.file_label,
+            source_sha256=source_sha256,
+            format=opts.fmt,
+            collection_id=collection_id,
+            created_by=user,
+            created_at=now,
+        )
+        .returning(batch_t.c.id)
+    ).scalar_one()
+    report.batch_id = batch_id
+
+    ids = _write_items(conn, plan, collection_id, batch_id, now, report)
+    touched = _write_verdicts(conn, plan, ids, batch_id, now, report)
+    _write_annotations(conn, plan, ids, batch_id, now, report)
+
+    conn.execute(
+        batch_t.update()
+        .where(batch_t.c.id == batch_id)
+        .values(
+            n_items=report.items_new + report.items_updated,
+            n_verdicts=report.verdicts_new + report.verdicts_updated,
+            n_annotations=report.annotations_new + report.annotations_updated,
+            n_rejected=n_rejected,
+            n_unchanged=report.items_unchanged,
+        )
+    )
+
+    if touched:
+        # the borderline priorities of the items whose verdicts changed (workflow.ordering scores)
+        refresh_priorities(session, collection_id, touched)
+        session.flush()
+        report.priorities_refreshed = True
+
+
+def _write_items(
+    conn: sa.Connection, plan: ImportPlan, collection_id: int, batch_id: int, now: datetime, report: ImportReport
+) -> dict[str, int]:
+    """Insert the new items, replace the changed ones; return external id -> id of every item planned on."""
+    item_t = Item.__table__  # type: ignore[attr-defined]
+    if plan.new_items:
+        rows = []
+        # tuples in database form: JSON already serialised during validation, bool as is
+        for rec in plan.new_items:
+            it = rec.item
+            assert it is not None
+            js = it["_json"]
+            rows.append(
+                (
+                    rec.external_id,
+                    it["task_type"],
+                    it["category"],
+                    it["subcategory"],
+                    it["model"],
+                    it["input_modalities"],
+                    it["output_modalities"],
+                    js["prompt"],
+                    js["response"],
+                    bool(it["refused"]),
+                    js["meta"],
+                    it["content_hash"],
+                )
+            )
+        bulk_insert(
+            conn,
+            item_t,
+            ["external_id", *ITEM_CONTENT],
+            rows,
+            const={
+                "collection_id": collection_id,
+                "import_batch_id": batch_id,
+                "priority": 0.0,
+                "slots_taken": 0,
+                "created_at": now,
+            },
+        )
+        report.items_new = len(plan.new_items)
+    if plan.changed_items:
+        stmt = (
+            item_t.update()
+            .where(item_t.c.id == sa.bindparam("_id"))
+            .values(**{k: sa.bindparam(k) for k in ITEM_CONTENT}, import_batch_id=sa.bindparam("_batch"))
+        )
+        upd = [
+            {"_id": plan.existing[r.external_id], "_batch": batch_id, **{k: r.item[k] for k in ITEM_CONTENT}}  # type: ignore[index]
+            for r in plan.changed_items
+        ]
+        for chunk in _chunks(upd):
+            conn.execute(stmt, chunk)
+        report.items_updated = len(plan.changed_items)
+        report.notes.append(
+            f"{len(plan.changed_items)} existing item(s) updated with changed content (--update); "
+            "verdicts and annotations they already had were kept"
+        )
+
+    ids = dict(plan.existing)
+    need = {ext for ext, _ in plan.new_verdicts} | {ext for ext, _ in plan.new_annotations}
+    if plan.new_items and not need <= ids.keys():  # ids of new items, only to attach verdicts or annotations
+        for iid, ext in conn.execute(
+            sa.select(item_t.c.id, item_t.c.external_id).where(
+                item_t.c.collection_id == collection_id, item_t.c.import_batch_id == batch_id
+            )
+        ).all():
+            ids[ext] = iid
+    return ids
+
+
+def _write_verdicts(
+    conn: sa.Connection, plan: ImportPlan, ids: dict[str, int], batch_id: int, now: datetime, report: ImportReport
+) -> set[int]:
+    """Insert the new verdicts, replace the changed ones; return the items whose verdicts changed."""
+    verdict_t = Verdict.__table__  # type: ignore[attr-defined]
+    touched: set[int] = set()
+    if plan.judges:
+        _ensure_judges(conn, plan.judges, now)
+    rows = []
+    for ext, v in plan.new_verdicts:
+        iid = ids[ext]
+        touched.add(iid)
+        rows.append(
+            (
+                iid,
+                v["dimension"],
+                v["judge_id"],
+                v["judge_version"],
+                v["label"],
+                v["status"],
+                v["probability"],
+                None if v["probs"] is None else _dumps(v["probs"]),
+                v["score"],
+                v["rationale"],
+                v["raw_output"],
+                v["intent"],
+            )
+        )
+    if rows:
+        bulk_insert(
+            conn,
+            verdict_t,
+            VERDICT_COLUMNS,
+            rows,
+            const={"import_batch_id": batch_id, "calibration_id": None, "created_at": now},
+        )
+    if plan.changed_verdicts:
+        keys = VERDICT_COLUMNS[1:]
+        stmt = (
+            verdict_t.update()
+            .where(verdict_t.c.id == sa.bindparam("_id"))
+            .values(**{k: sa.bindparam(f"v_{k}") for k in keys}, import_batch_id=sa.bindparam("v_import_batch_id"))
+        )
+        upd = []
+        for ext, vid, v in plan.changed_verdicts:
+            touched.add(ids[ext])
+            upd.append({"_id": vid, "v_import_batch_id": batch_id, **{f"v_{k}": v[k] for k in keys}})
+        for chunk in _chunks(upd):
+            conn.execute(stmt, chunk)
+        report.notes.append(f"{len(upd)} verdict(s) replaced (--update)")
+    report.verdicts_new, report.verdicts_updated = len(plan.new_verdicts), len(plan.changed_verdicts)
+    return touched
+
+
+def _ensure_judges(conn: sa.Connection, judges: dict[str, dict[str, Any]], now: datetime) -> None:
+    """A ``judgeconfig`` row (protocol ``imported``) for every judge id seen, once."""
+    jt = JudgeConfig.__table__  # type: ignore[attr-defined]
+    have = set(conn.execute(sa.select(jt.c.id).where(jt.c.id.in_(list(judges)))).scalars())
+    rows = [
+        {
+            "id": jid,
+            "protocol": "imported",
+            "model": v.get("judge_model", "")[:200],
+            "prompt_version": v.get("judge_version", "")[:40],
+            "params": {"source": "import"},
+            "created_at": now,
+        }
+        for jid, v in judges.items()
+        if jid not in have
+    ]
+    if rows:
+        conn.execute(jt.insert(), rows)
+
+
+def _snapshot(a: dict[str, Any], batch_id: int) -> dict[str, Any]:
+    return {
+        "labels": a["labels"],
+        "blind_labels": a["blind_labels"],
+        "categories": a["categories"],
+        "rationale": a["rationale"],
+        "verdict_action": a["verdict_action"],
+        "time_spent_s": a["time_spent_s"],
+        "import_batch_id": batch_id,
+    }
+
+
+def _write_annotations(
+    conn: sa.Connection, plan: ImportPlan, ids: dict[str, int], batch_id: int, now: datetime, report: ImportReport
+) -> None:
+    """New annotations (with their people, done assignments and slots), replaced ones, and every ``import`` event."""
+    if not plan.new_annotations and not plan.changed_annotations:
+        return
+    ann_t = Annotation.__table__  # type: ignore[attr-defined]
+    user_ids = dict(plan.user_ids)
+    if plan.new_people:
+        user_ids.update(auth.create_placeholder_users(conn, plan.new_people, now=now))
+        report.users_created = len(plan.new_people)
+        report.notes.append("created user(s) without a usable password: " + ", ".join(sorted(plan.new_people)[:20]))
+
+    events: list[tuple[Any, ...]] = []
+    if plan.new_annotations:
+        rows = []
+        new: dict[tuple[int, int], dict[str, Any]] = {}
+        for ext, a in plan.new_annotations:
+            key = (ids[ext], user_ids[a["annotator"]])
+            new[key] = a
+            at = a["at"] or now
+            rows.append(
+                (
+                    *key,
+                    a["labels"],
+                    a["blind_labels"],
+                    a["categories"],
+                    a["rationale"],
+                    bool(a["flagged"]),
+                    a["verdict_action"],
+                    a["verdict_judge_id"],
+                    a["time_spent_s"],
+                    at,
+                    at,
+                )
+            )
+        bulk_insert(
+            conn,
+            ann_t,
+            ANNOTATION_COLUMNS,
+            rows,
+            const={"source": "import", "import_batch_id": batch_id, "version": 1},
+            process=True,
+        )
+        got = {
+            (item_id, user_id): aid
+            for aid, item_id, user_id in conn.execute(
+                sa.select(ann_t.c.id, ann_t.c.item_id, ann_t.c.user_id).where(ann_t.c.import_batch_id == batch_id)
+            ).all()
+        }
+        events.extend((got[key], key[0], key[1], 1, None, _snapshot(a, batch_id)) for key, a in new.items())
+        # each one a done assignment in the "imported" stratum, holding one of the item's slots
+        queue.record_imported(conn, new, now=now)
+        report.annotations_new = len(rows)
+
+    for iid, old, a in plan.changed_annotations:
+        before = {
+            "labels": old.labels,
+            "blind_labels": old.blind_labels,
+            "categories": old.categories,
+            "rationale": old.rationale,
+        }
+        res = conn.execute(
+            ann_t.update()
+            .where(ann_t.c.id == old.id, ann_t.c.version == old.version)
+            .values(
+                labels=a["labels"],
+                blind_labels=a["blind_labels"],
+                categories=a["categories"],
+                rationale=a["rationale"],
+                verdict_action=a["verdict_action"],
+                time_spent_s=a["time_spent_s"],
+                import_batch_id=batch_id,
+                version=old.version + 1,
+                updated_at=now,
+            )
+        )
+        if res.rowcount != 1:
+            raise RuntimeError(f"annotation {old.id} changed concurrently; import aborted")
+        events.append((old.id, iid, user_ids[a["annotator"]], old.version + 1, before, _snapshot(a, batch_id)))
+    if plan.changed_annotations:
+        report.annotations_updated = len(plan.changed_annotations)
+        report.notes.append(f"{len(plan.changed_annotations)} annotation(s) replaced (--update)")
+    if events:
+        ev_t = AnnotationEvent.__table__  # type: ignore[attr-defined]
+        bulk_insert(conn, ev_t, EVENT_COLUMNS, events, const={"action": "import", "at": now}, process=True)
+
+
+def cleanup_files(engine: sa.Engine, files: list[Path]) -> None:
+    """Delete media files written by a failed import unless some committed row refers to them."""
+    if not files:
+        return
+    media_t = Media.__table__  # type: ignore[attr-defined]
+    shas = {f.name.split(".", 1)[0]: f for f in files}
+    with engine.connect() as conn:
+        referenced = set(conn.execute(sa.select(media_t.c.sha256).where(media_t.c.sha256.in_(list(shas)))).scalars())
+    for sha, f in shas.items():
+        if sha not in referenced:
+            f.unlink(missing_ok=True)
