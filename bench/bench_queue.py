@@ -25,14 +25,14 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sqlalchemy as sa
-from sqlmodel import Session
+from sqlmodel import Session, SQLModel
 
+from safereview.db import bulk
 from safereview.db.collections import ensure_collection
 from safereview.db.engine import init_db, normalise_url, session_scope
 from safereview.db.models import User, utcnow
@@ -92,37 +92,11 @@ def _rows(cid: int, n: int, seed: int = 7):  # type: ignore[no-untyped-def]
 
 
 def bulk_insert(engine: sa.Engine, table: str, columns: tuple[str, ...], rows: Iterable[tuple]) -> None:
-    """The fastest load path of each back end, untimed set-up for the benchmarks.
-
-    SQLite: plain DB-API executemany in 50k-row batches inside one transaction (datetimes
-    stored as naive UTC text, as SQLAlchemy stores them). PostgreSQL: COPY.
-    """
-    raw = engine.raw_connection()
-    try:
-        cur = raw.cursor()
-        if engine.dialect.name == "sqlite":
-            sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-            cur.execute("BEGIN")
-            batch: list[tuple] = []
-            for r in rows:
-                batch.append(
-                    tuple(v.replace(tzinfo=None).isoformat(sep=" ") if isinstance(v, datetime) else v for v in r)
-                )
-                if len(batch) == 50_000:
-                    cur.executemany(sql, batch)
-                    batch = []
-            if batch:
-                cur.executemany(sql, batch)
-            cur.execute("COMMIT")
-            cur.execute(f"ANALYZE {table}")
-        else:
-            with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:  # type: ignore[attr-defined]
-                for r in rows:
-                    copy.write_row(r)
-            cur.execute(f"ANALYZE {table}")
-            raw.commit()
-    finally:
-        raw.close()
+    """Untimed set-up: ``db.bulk.bulk_insert`` (executemany on SQLite, COPY on PostgreSQL) in
+    one transaction, then ANALYZE so the planner knows the table's size."""
+    with engine.begin() as conn:
+        bulk.bulk_insert(conn, SQLModel.metadata.tables[table], columns, rows, process=("created_at",))
+        conn.exec_driver_sql(f"ANALYZE {table}")
 
 
 def setup(url: str, n_items: int, n_users: int) -> tuple[sa.Engine, int, list[User], float]:
