@@ -343,3 +343,31 @@ def apply_calibration(
     if new_rows:
         session.execute(sa.insert(Verdict.__table__), new_rows)  # type: ignore[attr-defined]
     return {"judge_id": new_id, "written": len(new_rows), "skipped_without_probability": int((~ok).sum())}
+
+
+def list_calibrations(session: Any, user: Any, judge_id: str, dimension: str) -> list[dict[str, Any]]:
+    """The stored calibrations of one judge on one dimension, newest first (summary dicts)."""
+    from sqlmodel import select
+
+    from safereview.db.models import Calibration
+
+    require(user, "calibrate")
+    rows = session.exec(
+        select(Calibration)
+        .where(Calibration.judge_id == judge_id, Calibration.dimension == dimension)
+        .order_by(Calibration.id.desc())  # type: ignore[union-attr]
+    ).all()
+    return [
+        {
+            "id": r.id,
+            "method": r.method,
+            "items": r.n_items,
+            "threshold": r.threshold,
+            "target under-blocking": r.target_under_blocking,
+            "ECE raw": r.metrics.get("ece_raw"),
+            "ECE calibrated (cv)": (r.metrics.get("cross_validated") or {}).get("ece_calibrated"),
+            "by": r.created_by,
+            "at": str(r.created_at),
+        }
+        for r in rows
+    ]

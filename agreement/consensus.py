@@ -344,3 +344,33 @@ def adjudicate(session: Any, user: Any, item_id: int, dimension: str, label: str
     session.add(row)
     session.flush()
     return row
+
+
+def adjudication_context(session: Any, user: Any, item_id: int, dimension: str) -> dict[str, Any]:
+    """What a lead sees before deciding: the item, each annotator's label, blind label and
+    rationale on ``dimension``, and the judge's verdicts (rows of ``Verdict``)."""
+    from sqlmodel import select
+
+    from safereview.db.models import Annotation, Item, User, Verdict
+    from safereview.workflow.errors import NotFound
+
+    require(user, "adjudicate")
+    item = session.get(Item, item_id)
+    if item is None:
+        raise NotFound(f"no item {item_id}")
+    rows = session.exec(
+        select(Annotation, User)
+        .where(Annotation.item_id == item_id, Annotation.user_id == User.id)
+        .order_by(User.username)
+    ).all()
+    people = [
+        {
+            "annotator": u.username,
+            "label": (a.labels or {}).get(dimension),
+            "blind label": (a.blind_labels or {}).get(dimension),
+            "rationale": a.rationale,
+        }
+        for a, u in rows
+    ]
+    verdicts = list(session.exec(select(Verdict).where(Verdict.item_id == item_id)).all())
+    return {"item": item, "people": people, "verdicts": verdicts}

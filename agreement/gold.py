@@ -455,3 +455,25 @@ def write(table: Any, out: str | Path, fmt: str, snapshot: Any = None) -> list[P
                 for row in batch.to_pylist():
                     fh.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
     return [out]
+
+
+def list_snapshots(session: Any, user: Any, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest gold snapshots, one summary dict each (the Gold page's table)."""
+    from sqlmodel import select
+
+    from safereview.db.models import GoldSnapshot
+
+    require(user, "export")
+    snaps = session.exec(select(GoldSnapshot).order_by(GoldSnapshot.id.desc()).limit(max(1, limit))).all()  # type: ignore[union-attr]
+    return [
+        {
+            "snapshot": g.id,
+            "method": g.method,
+            "rows": g.n_rows,
+            "checksum": g.checksum,
+            "collections": ", ".join(map(str, (g.params or {}).get("collections", []))),
+            "by": g.created_by,
+            "at": str(g.created_at),
+        }
+        for g in snaps
+    ]

@@ -89,6 +89,7 @@ def _table() -> list[Guarded]:
         ),
         _g("safereview.workflow.annotations.undo_last", "annotator", lambda s, u, c: an.undo_last(s, u)),
         _g("safereview.workflow.annotations.history", "annotator", lambda s, u, c: an.history(s, u)),
+        _g("safereview.workflow.annotations.history_items", "annotator", lambda s, u, c: an.history_items(s, u)),
         _g(
             "safereview.workflow.annotations.visible_annotations",
             "annotator",
@@ -149,6 +150,18 @@ def _table() -> list[Guarded]:
             decision=True,
         ),
         _g("safereview.agreement.audit.error_tags", "lead", lambda s, u, c: audit.error_tags(s, u)),
+        _g(
+            "safereview.agreement.consensus.adjudication_context",
+            "lead",
+            lambda s, u, c: consensus.adjudication_context(s, u, c["item"], "joint"),
+            decision=True,
+        ),
+        _g("safereview.agreement.gold.list_snapshots", "lead", lambda s, u, c: gold.list_snapshots(s, u)),
+        _g(
+            "safereview.agreement.calibration.list_calibrations",
+            "lead",
+            lambda s, u, c: calibration.list_calibrations(s, u, "j", "joint"),
+        ),
         _g(
             "safereview.agreement.calibration.fit_calibration",
             "lead",
@@ -384,8 +397,8 @@ def test_pages_registered_per_role_and_unregistered_ones_refused(app_fx: Any) ->
 
     from safereview.review_app import nav
 
-    pages = [p for p in nav.PAGES if (nav.VIEWS_DIR / p.file).is_file()]
-    assert len(pages) >= 8
+    pages = list(nav.PAGES)
+    assert len(pages) >= 8 and all((nav.VIEWS_DIR / p.file).is_file() for p in pages), "a registered page has no file"
     checked = 0
     for username, role in (("ann1", "annotator"), ("lead", "lead"), ("admin", "admin")):
         at = sign_in(username)

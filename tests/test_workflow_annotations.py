@@ -269,3 +269,25 @@ def test_lead_who_released_a_blind_item_stays_blind(engine: sa.Engine) -> None:
     other_lead = make_user(engine, "lead2", "lead")
     with Session(engine) as s:  # a lead who never held it (audit) sees the verdicts
         assert len(verdicts_for(s, other_lead, a.item_id, revealed=False)) == 3
+
+
+@pytest.mark.parametrize(("labels", "expected"), [(UNSAFE, "confirm"), (VLSU_SAFE, "override")])
+def test_the_service_decides_confirm_or_override_from_the_stored_verdict(
+    engine: sa.Engine, labels: dict[str, str], expected: str
+) -> None:
+    """Pages name the judge whose verdict was shown; the rule runs here, on stored labels."""
+    for blind in (True, False):
+        cid = make_collection(engine, f"rule-{blind}", n_items=1, k=1, audit_share=0.0, blind=blind)
+        u = make_user(engine, f"rule-{blind}")
+        a = _lease(engine, u, cid)
+        _verdicts(engine, a.item_id)
+        with session_scope(engine) as s:
+            if blind:
+                first = submit(s, u, a.id, VLSU_SAFE)
+                ann = finalize(s, u, first.id, labels, expected_version=1, judge_id="j1")  # type: ignore[arg-type]
+            else:
+                ann = submit(s, u, a.id, labels, verdict_judge_id="j1")
+            assert (ann.verdict_action, ann.verdict_judge_id) == (expected, "j1")
+    assert ann_mod.verdict_action({"joint": "unsafe"}, {}) == "confirm"  # nothing to disagree with
+    with session_scope(engine) as s, pytest.raises(InvalidInput, match="action"):
+        finalize(s, u, ann.id, labels, expected_version=ann.version)  # neither an action nor a judge

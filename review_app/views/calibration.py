@@ -93,8 +93,7 @@ def _show_metrics(metrics: dict[str, Any]) -> None:
 
 def page() -> None:
     from safereview.agreement import data
-    from safereview.agreement.calibration import apply_calibration, fit_calibration
-    from safereview.db.models import Calibration
+    from safereview.agreement.calibration import apply_calibration, fit_calibration, list_calibrations
 
     user = ui.require("calibrate")
     st.subheader("Calibration")
@@ -151,28 +150,8 @@ def page() -> None:
         _show_metrics(last["metrics"])
 
     st.markdown("**Stored calibrations of this judge**")
-    from sqlmodel import select
-
     with ui.session() as s:
-        rows = s.exec(
-            select(Calibration)
-            .where(Calibration.judge_id == judge, Calibration.dimension == dimension)
-            .order_by(Calibration.id.desc())
-        ).all()  # type: ignore[union-attr]
-        stored = [
-            {
-                "id": r.id,
-                "method": r.method,
-                "items": r.n_items,
-                "threshold": r.threshold,
-                "target under-blocking": r.target_under_blocking,
-                "ECE raw": r.metrics.get("ece_raw"),
-                "ECE calibrated (cv)": (r.metrics.get("cross_validated") or {}).get("ece_calibrated"),
-                "by": r.created_by,
-                "at": str(r.created_at),
-            }
-            for r in rows
-        ]
+        stored = list_calibrations(s, user, judge, dimension)
     if not stored:
         st.caption("None yet.")
         return

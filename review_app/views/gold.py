@@ -16,32 +16,21 @@ from safereview.review_app import ui
 FORMAT_LABELS = {"parquet": "Parquet", "csv": "CSV", "jsonl": "JSONL", "hf": "Hugging Face dataset (zip)"}
 
 
-def _item_context(item_id: int, dimension: str) -> None:
+def _item_context(user: Any, item_id: int, dimension: str) -> None:
     """The item, every annotator's label and rationale, and the judge's verdicts."""
-    from sqlmodel import select
-
-    from safereview.db.models import Annotation, User, Verdict
+    from safereview.agreement.consensus import adjudication_context
     from safereview.review_app import item_view
+    from safereview.workflow.errors import NotFound
 
     with ui.session() as s:
         try:
             item = item_view.load_item(s, item_id)
-        except LookupError:
+            ctx = adjudication_context(s, user, item_id, dimension)
+        except (LookupError, NotFound):
             st.warning("Item not found.")
             return
-        anns = s.exec(
-            select(Annotation, User).where(Annotation.item_id == item_id).where(Annotation.user_id == User.id)
-        ).all()
-        people = [
-            {
-                "annotator": u.username,
-                "label": (a.labels or {}).get(dimension),
-                "blind label": (a.blind_labels or {}).get(dimension),
-                "rationale": a.rationale,
-            }
-            for a, u in anns
-        ]
-        verdicts = item_view.verdict_dicts(s.exec(select(Verdict).where(Verdict.item_id == item_id)).all())
+        people = ctx["people"]
+        verdicts = item_view.verdict_dicts(ctx["verdicts"])
     st.caption("item " + ui.md_literal(item.external_id, max_chars=120))
     item_view.render_item(item)
     st.markdown("**Annotators**")
@@ -102,7 +91,7 @@ def _adjudication(user: Any, names: list[str], dims: list[str], labels_of: dict[
     )
     q = by_key[pick]
     with st.container(border=True):
-        _item_context(int(q["item_id"]), q["dimension"])
+        _item_context(user, int(q["item_id"]), q["dimension"])
     with st.form(f"gold_decide_{pick}", border=True):
         label = st.radio(
             "Gold label",
@@ -147,11 +136,8 @@ def _download_buttons(snapshot_id: int, key: str) -> None:
 
 
 def _snapshots(user: Any, names: list[str], dims: list[str]) -> None:
-    from sqlmodel import select
-
     from safereview.agreement.data import AgreementError
-    from safereview.agreement.gold import create_snapshot
-    from safereview.db.models import GoldSnapshot
+    from safereview.agreement.gold import create_snapshot, list_snapshots
     from safereview.workflow import policies
 
     if not policies.can(user, "export"):
@@ -183,19 +169,7 @@ def _snapshots(user: Any, names: list[str], dims: list[str]) -> None:
         st.code(f"checksum {last['checksum']}", language=None)
         _download_buttons(int(last["id"]), "gold_dl")
     with ui.session() as s:
-        snaps = s.exec(select(GoldSnapshot).order_by(GoldSnapshot.id.desc()).limit(50)).all()  # type: ignore[union-attr]
-        rows = [
-            {
-                "snapshot": g.id,
-                "method": g.method,
-                "rows": g.n_rows,
-                "checksum": g.checksum,
-                "collections": ", ".join(map(str, (g.params or {}).get("collections", []))),
-                "by": g.created_by,
-                "at": str(g.created_at),
-            }
-            for g in snaps
-        ]
+        rows = list_snapshots(s, user, limit=50)
     if rows:
         st.markdown("**Snapshots**")
         st.dataframe(rows, hide_index=True, width="stretch")

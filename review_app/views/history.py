@@ -14,22 +14,17 @@ from safereview.review_app import item_view, ui
 
 
 def _rows(user: Any, collection_id: int | None) -> list[dict[str, Any]]:
-    from sqlmodel import select
-
-    from safereview.db.models import Item
     from safereview.workflow import annotations
 
     with ui.session() as s:
-        anns = annotations.history(s, user, limit=200, collection_id=collection_id)
-        ids = [a.item_id for a in anns]
-        items = {i.id: i for i in s.exec(select(Item).where(Item.id.in_(ids)))} if ids else {}  # type: ignore[union-attr]
+        rows = annotations.history_items(s, user, limit=200, collection_id=collection_id)
         return [
             {
                 "annotation_id": a.id,
                 "item_id": a.item_id,
                 "version": a.version,
-                "item": items[a.item_id].external_id if a.item_id in items else str(a.item_id),
-                "collection_id": items[a.item_id].collection_id if a.item_id in items else None,
+                "item": item.external_id,
+                "collection_id": item.collection_id,
                 "labels": dict(a.labels or {}),
                 "categories": list(a.categories or []),
                 "rationale": a.rationale,
@@ -37,7 +32,7 @@ def _rows(user: Any, collection_id: int | None) -> list[dict[str, Any]]:
                 "verdict": a.verdict_action or "",
                 "updated": a.updated_at,
             }
-            for a in anns
+            for a, item in rows
         ]
 
 

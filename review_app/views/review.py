@@ -97,15 +97,12 @@ def _submit(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
     try:
         if state.get("stage") == "reveal":
             judge_id = state.get("judge_id")
-            jl = item_view.judge_labels(state["verdicts"], judge_id)
-            action = "confirm" if all(labels.get(d) == lab for d, lab in jl.items()) else "override"
-            with ui.session() as s:
+            with ui.session() as s:  # confirm or override: the service compares with the stored verdict
                 annotations.finalize(
                     s,
                     user,
                     state["annotation_id"],
                     dict(labels),
-                    action=action,
                     expected_version=state["version"],
                     judge_id=judge_id,
                 )
@@ -113,12 +110,9 @@ def _submit(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
             _reset_item(state)
             return
         spent = round(time.monotonic() - (state.get("started") or time.monotonic()), 2)
-        action = judge_id = None
-        if not info.blind:  # the verdict was on screen: record confirm/override with the submit
+        judge_id = None
+        if not info.blind:  # the verdict was on screen: the service records confirm/override with the submit
             judge_id = item_view.primary_judge(state.get("verdicts") or [])
-            if judge_id is not None:
-                jl = item_view.judge_labels(state["verdicts"], judge_id)
-                action = "confirm" if all(labels.get(d) == lab for d, lab in jl.items()) else "override"
         with ui.session() as s:
             ann = annotations.submit(
                 s,
@@ -129,7 +123,6 @@ def _submit(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
                 rationale=rationale,
                 flagged=bool(state.get("flagged")),
                 time_spent_s=spent,
-                verdict_action=action,
                 verdict_judge_id=judge_id,
             )
             ann_id, version = ann.id, ann.version

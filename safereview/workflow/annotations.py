@@ -48,6 +48,36 @@ MAX_CATEGORIES = 50
 VERDICT_ACTIONS = ("confirm", "override")
 
 
+def verdict_action(labels: dict[str, str], judge_labels: dict[str, str]) -> str:
+    """ "confirm" when the person's labels agree with the judge's on every dimension the judge
+    labelled, else "override": the one rule behind the review page's and the audit's counts."""
+    return "confirm" if all(labels.get(d) == lab for d, lab in judge_labels.items()) else "override"
+
+
+def judge_labels(session: Session, item_id: int, judge_id: str) -> dict[str, str]:
+    """The judge's stored labels on an item, per dimension (unparseable verdicts left out)."""
+    rows = session.execute(
+        sa.select(Verdict.dimension, Verdict.label).where(
+            Verdict.item_id == item_id,
+            Verdict.judge_id == judge_id,
+            Verdict.label.is_not(None),  # type: ignore[union-attr]
+        )
+    ).all()
+    return {d: lab for d, lab in rows}
+
+
+def _action_for(
+    session: Session, item_id: int, labels: dict[str, str], action: str | None, judge_id: str | None
+) -> str | None:
+    """The recorded action: computed from the stored verdicts when a judge is named and no
+    action is given (pages do this, so the rule is applied here, not in the UI)."""
+    if action is None and judge_id is not None:
+        return verdict_action(labels, judge_labels(session, item_id, judge_id))
+    if action is not None and action not in VERDICT_ACTIONS:
+        raise InvalidInput("action: confirm or override")
+    return action
+
+
 # ---------------------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------------------
@@ -249,7 +279,8 @@ def submit(
 
     In a blind collection the labels are also stored as ``blind_labels`` and the judge's
     verdict may be revealed afterwards (:func:`verdicts_for`, then :func:`finalize`). In an
-    open collection the verdict was visible, so ``verdict_action`` may be given directly.
+    open collection the verdict was visible: name ``verdict_judge_id`` and the action is
+    worked out from that judge's stored labels (:func:`verdict_action`), or give it directly.
     On any exception the caller must roll back (``session_scope`` does).
     """
     require(user, "review")
@@ -266,11 +297,12 @@ def submit(
     cats = validate_categories(spec, list(categories))
     why = _clean_rationale(rationale)
     spent = _clean_time(time_spent_s)
-    if verdict_action is not None:
-        if blind:
-            raise InvalidInput("verdict_action: in a blind collection, confirm or override after the reveal")
-        if verdict_action not in VERDICT_ACTIONS:
-            raise InvalidInput("verdict_action: confirm or override")
+    if (verdict_action is not None or verdict_judge_id is not None) and blind:
+        raise InvalidInput("verdict_action: in a blind collection, confirm or override after the reveal")
+    try:
+        verdict_action = _action_for(session, item_id, clean, verdict_action, verdict_judge_id)
+    except InvalidInput:
+        raise InvalidInput("verdict_action: confirm or override") from None
     now = utcnow()
     values: dict[str, Any] = {
         "item_id": item_id,
@@ -417,17 +449,24 @@ def finalize(
     annotation_id: int,
     labels: dict[str, str],
     *,
-    action: str,
     expected_version: int,
+    action: str | None = None,
     judge_id: str | None = None,
 ) -> Annotation:
-    """After the verdict is revealed: confirm or override. ``blind_labels`` stay as committed."""
+    """After the verdict is revealed: confirm or override. ``blind_labels`` stay as committed.
+
+    Name ``judge_id`` and leave ``action`` out to have it worked out from that judge's
+    stored labels (:func:`verdict_action`); one of the two is required.
+    """
     require(user, "review")
-    if action not in VERDICT_ACTIONS:
+    if action is None and judge_id is None:
+        raise InvalidInput("action: confirm or override (or name the judge whose verdict was shown)")
+    if action is not None and action not in VERDICT_ACTIONS:
         raise InvalidInput("action: confirm or override")
     ann = _own_annotation(session, user, annotation_id)
     _item, _col, spec = _spec_for_item(session, ann.item_id)
     clean = validate_labels(spec, labels)
+    action = _action_for(session, ann.item_id, clean, action, judge_id)
     values: dict[str, Any] = {"labels": clean, "verdict_action": action}
     if judge_id is not None:
         values["verdict_judge_id"] = str(judge_id)[:80]
@@ -511,6 +550,17 @@ def history(
         q = q.join(Item, Item.id == Annotation.item_id).where(Item.collection_id == collection_id)  # type: ignore[arg-type]
     q = q.order_by(Annotation.updated_at.desc(), Annotation.id.desc())  # type: ignore[attr-defined, union-attr]
     return list(session.exec(q.offset(max(0, offset)).limit(max(1, min(limit, 1000)))).all())
+
+
+def history_items(
+    session: Session, user: User, limit: int = 50, *, offset: int = 0, collection_id: int | None = None
+) -> list[tuple[Annotation, Item]]:
+    """:func:`history` with each annotation's item (its external id and collection for display)."""
+    require(user, "view_own_history")
+    anns = history(session, user, limit, offset=offset, collection_id=collection_id)
+    ids = sorted({a.item_id for a in anns})
+    items = {i.id: i for i in session.exec(select(Item).where(Item.id.in_(ids)))} if ids else {}  # type: ignore[union-attr]
+    return [(a, items[a.item_id]) for a in anns if a.item_id in items]
 
 
 def visible_annotations(session: Session, viewer: User, item_id: int) -> list[Annotation]:
