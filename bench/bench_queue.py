@@ -38,7 +38,8 @@ from safereview.db.engine import init_db, normalise_url, session_scope
 from safereview.db.models import User, utcnow
 from safereview.workflow.annotations import submit, submit_and_next
 from safereview.workflow.auth import unusable_hash
-from safereview.workflow.queue import QueueFilter, clear_caches, next_item
+from safereview.workflow.query_cache import clear_caches
+from safereview.workflow.queue import QueueFilter, next_item
 from safereview.workflow.tx import write_scope
 
 TARGET_MEDIAN_MS = 10.0

@@ -73,6 +73,7 @@ def _table() -> list[Guarded]:
     from safereview.agreement import audit, calibration, consensus, gold
     from safereview.workflow import annotations as an
     from safereview.workflow import collections as wcol
+    from safereview.workflow import progress as wprog
     from safereview.workflow import queue as q
 
     return [
@@ -108,7 +109,7 @@ def _table() -> list[Guarded]:
         ),
         _g("safereview.workflow.queue.release", "annotator", lambda s, u, c: q.release(s, u, c["asg"])),
         _g("safereview.workflow.queue.skip", "annotator", lambda s, u, c: q.skip(s, u, c["asg"])),
-        _g("safereview.workflow.queue.queue_status", "lead", lambda s, u, c: q.queue_status(s, u, c["col"])),
+        _g("safereview.workflow.progress.queue_status", "lead", lambda s, u, c: wprog.queue_status(s, u, c["col"])),
         _g(
             "safereview.workflow.auth.set_disabled",
             "admin",

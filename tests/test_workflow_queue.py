@@ -16,7 +16,8 @@ from safereview.db.engine import session_scope
 from safereview.db.models import Assignment, Collection, Item, utcnow
 from safereview.workflow.annotations import submit
 from safereview.workflow.errors import Forbidden, LeaseLost, NotFound
-from safereview.workflow.queue import QueueFilter, next_item, progress, reclaim_expired, release, skip
+from safereview.workflow.progress import progress
+from safereview.workflow.queue import QueueFilter, next_item, reclaim_expired, release, skip
 
 
 def _pull(engine: sa.Engine, user, flt: QueueFilter, **kw):  # type: ignore[no-untyped-def]
@@ -193,7 +194,7 @@ def test_audit_share_and_uniform_audit_sampling(engine: sa.Engine) -> None:
         s.add_all(
             Item(collection_id=cid, external_id=f"late-{i}", content_hash="x", priority=0.01 * i) for i in range(10)
         )
-    from safereview.workflow.queue import clear_caches
+    from safereview.workflow.query_cache import clear_caches
 
     clear_caches()
     u = make_user(engine, "u")

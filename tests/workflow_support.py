@@ -13,7 +13,7 @@ from safereview.db.collections import ensure_collection
 from safereview.db.engine import session_scope
 from safereview.db.models import Collection, Item, User, utcnow
 from safereview.workflow.auth import unusable_hash
-from safereview.workflow.queue import clear_caches
+from safereview.workflow.query_cache import clear_caches
 
 
 def make_collection(

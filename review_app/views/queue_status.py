@@ -8,7 +8,7 @@ from safereview.review_app import ui
 
 
 def page() -> None:
-    from safereview.workflow import queue
+    from safereview.workflow import progress
 
     user = ui.require("view_queue_status")
     st.subheader("Queue status")
@@ -20,7 +20,7 @@ def page() -> None:
     details = {}
     with ui.session() as s:
         for info in infos:
-            status = queue.queue_status(s, user, info.id)
+            status = progress.queue_status(s, user, info.id)
             p = status["progress"]
             details[info.id] = status["per_user"]
             overview.append(

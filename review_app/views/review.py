@@ -346,7 +346,7 @@ def _judge_panel(info: CollectionInfo, state: dict[str, Any]) -> None:
 
 @st.fragment
 def review_panel(user: Any, info: CollectionInfo, flt: Any) -> None:
-    from safereview.workflow import queue
+    from safereview.workflow import progress
 
     state = _state()
     msg = state.pop("message", None)
@@ -364,7 +364,7 @@ def review_panel(user: Any, info: CollectionInfo, flt: Any) -> None:
     if state.get("progress_for") != state["assignment_id"]:  # once per item: a label press changes no count
         try:
             with ui.read_session() as s:
-                state["progress"] = queue.progress(s, user, info.id)
+                state["progress"] = progress.progress(s, user, info.id)
         except Exception:
             state["progress"] = None
         state["progress_for"] = state["assignment_id"]

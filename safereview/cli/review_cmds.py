@@ -157,7 +157,7 @@ def register(app: typer.Typer) -> None:
         from safereview.db.engine import session_scope
         from safereview.workflow.collections import get_collection
         from safereview.workflow.errors import NotFound as CollectionNotFound
-        from safereview.workflow.queue import queue_status
+        from safereview.workflow.progress import queue_status
 
         try:
             with session_scope(engine_for(config(db))) as s:

@@ -29,17 +29,17 @@ import random
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from safereview.db.bulk import bulk_insert, driver_sql, insert_for
+from safereview.db.bulk import bulk_insert, insert_for
 from safereview.db.models import Assignment, Collection, Item, User, utcnow
-from safereview.db.urls import sqlite_path
 from safereview.settings import Config
+from safereview.workflow import query_cache
 from safereview.workflow.errors import LeaseLost, NotFound
 from safereview.workflow.policies import require
 
@@ -66,123 +66,6 @@ class QueueFilter:
             tuple(sorted(self.categories)),
             tuple(sorted(self.models)),
         )
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Counts for one collection; ``slots_total`` = n_items × overlap_target.
-
-    ``mine_*`` are exact; the collection-wide counts may be up to ``max_age_s`` old.
-    """
-
-    collection_id: int
-    n_items: int
-    overlap_target: int
-    slots_total: int
-    mine_done: int
-    mine_skipped: int
-    mine_leased: int
-    everyone_done: int
-    slots_leased: int
-    items_fully_covered: int
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def fraction_done(self) -> float:
-        return self.everyone_done / self.slots_total if self.slots_total else 0.0
-
-
-# ---------------------------------------------------------------------------------------
-# Small per-process caches (approximations only; every durable fact is in the database)
-# ---------------------------------------------------------------------------------------
-
-_cache_lock = threading.Lock()
-_cache: dict[tuple[Any, ...], tuple[float, Any]] = {}
-_computing: set[tuple[Any, ...]] = set()
-
-
-def _cached(key: tuple[Any, ...], ttl: float, compute: Any, *, background: bool = False) -> Any:
-    """Per-process cache with stale-while-revalidate.
-
-    When an entry expires, one thread recomputes it while the others keep using the stale
-    value, so 20 reviewer threads never run the same collection-wide COUNT at once. With
-    ``background=True`` even that thread returns the stale value and the recount runs in
-    a daemon thread: a pull never waits for a full-collection scan except the very first
-    time. ``compute`` must then use its own connection (see :func:`_raw_rows`).
-    """
-    now = time.monotonic()
-    with _cache_lock:
-        hit = _cache.get(key)
-        if hit is not None and now - hit[0] < ttl:
-            return hit[1]
-        if hit is not None and key in _computing:
-            return hit[1]
-        _computing.add(key)
-
-    def refresh() -> Any:
-        try:
-            value = compute()
-            with _cache_lock:
-                _cache[key] = (time.monotonic(), value)
-            return value
-        finally:
-            with _cache_lock:
-                _computing.discard(key)
-
-    def refresh_quietly() -> None:
-        try:
-            refresh()
-        except Exception:  # a failed recount keeps the stale value; the next expiry retries
-            _log.warning("background queue count %s failed", key[0], exc_info=True)
-
-    if hit is not None and background:
-        threading.Thread(target=refresh_quietly, name="safereview-queue-count", daemon=True).start()
-        return hit[1]
-    return refresh()
-
-
-def clear_caches() -> None:
-    """Forget cached counts and id ranges (tests; after bulk imports)."""
-    with _cache_lock:
-        _cache.clear()
-
-
-def _bind_key(session: Session) -> str:
-    bind = session.get_bind()
-    return str(bind.url) if hasattr(bind, "url") else str(id(bind))
-
-
-def _side_runner(session: Session) -> tuple[Any, bool]:
-    """``(run(sql, params) -> rows, may_run_in_background)`` for collection-wide counts.
-
-    A side connection (:func:`_raw_rows`) everywhere except in-memory SQLite, where
-    another connection would see another, empty database.
-    """
-    engine = session.get_bind()
-    assert isinstance(engine, sa.Engine)
-    if engine.dialect.name == "sqlite" and sqlite_path(str(engine.url)) is None:
-        return (lambda q, p: [tuple(r) for r in session.execute(sa.text(q), p).all()]), False
-    return (lambda q, p: _raw_rows(engine, q, p)), True
-
-
-def _raw_rows(engine: sa.Engine, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """Run a read-only query on a DB-API connection of its own, outside any transaction.
-
-    Used for collection-wide counts: on SQLite every SQLAlchemy transaction starts with
-    ``BEGIN IMMEDIATE`` (the write lock), while an autocommit read under WAL blocks no
-    writer; on PostgreSQL it keeps the scan out of the caller's short transaction.
-    """
-    raw = engine.raw_connection()
-    try:
-        cur = raw.cursor()
-        cur.execute(driver_sql(engine, sql), params)
-        rows = [tuple(r) for r in cur.fetchall()]
-        cur.close()
-        if engine.dialect.name == "postgresql":
-            raw.rollback()
-        return rows
-    finally:
-        raw.close()
 
 
 # ---------------------------------------------------------------------------------------
@@ -297,7 +180,7 @@ def _count_eligible_estimate(session: Session, user: User, flt: QueueFilter, k: 
     Both parts are cached for ``COUNT_TTL_S`` and recounted in the background on their own
     connection; see docs/workflow.md for the effect on ``sampling_prob``.
     """
-    run, bg = _side_runner(session)
+    run, bg = query_cache.side_runner(session)
     p_open: dict[str, Any] = {"c": flt.collection_id, "k": k}
     sql_open = (
         f"SELECT COUNT(*) FROM item WHERE item.collection_id = :c AND item.slots_taken < :k{_filter_sql(flt, p_open)}"
@@ -308,9 +191,11 @@ def _count_eligible_estimate(session: Session, user: User, flt: QueueFilter, k: 
         "AND a.status <> 'released' AND item.collection_id = :c AND item.slots_taken < :k"
         f"{_filter_sql(flt, p_own)}"
     )
-    base = _bind_key(session)
-    n_open = _cached(("open", base, flt.key(), k), COUNT_TTL_S, lambda: int(run(sql_open, p_open)[0][0]), background=bg)
-    n_own = _cached(
+    base = query_cache.bind_key(session)
+    n_open = query_cache.cached(
+        ("open", base, flt.key(), k), COUNT_TTL_S, lambda: int(run(sql_open, p_open)[0][0]), background=bg
+    )
+    n_own = query_cache.cached(
         ("own", base, flt.key(), k, user.id), COUNT_TTL_S, lambda: int(run(sql_own, p_own)[0][0]), background=bg
     )
     return max(1, n_open - n_own)
@@ -322,7 +207,7 @@ def _id_range(session: Session, collection_id: int) -> tuple[int, int] | None:
     On SQLite ``+collection_id`` keeps the planner on the rowid, so each end is found by
     walking the primary key from that end instead of scanning the whole collection.
     """
-    run, bg = _side_runner(session)
+    run, bg = query_cache.side_runner(session)
     col = "+item.collection_id" if _is_sqlite(session) else "item.collection_id"
 
     def compute() -> tuple[int, int] | None:
@@ -331,7 +216,9 @@ def _id_range(session: Session, collection_id: int) -> tuple[int, int] | None:
         hi = run(f"SELECT item.id FROM item WHERE {col} = :c ORDER BY item.id DESC LIMIT 1", p)
         return None if not lo else (int(lo[0][0]), int(hi[0][0]))
 
-    return _cached(("range", _bind_key(session), collection_id), RANGE_TTL_S, compute, background=bg)
+    return query_cache.cached(
+        ("range", query_cache.bind_key(session), collection_id), RANGE_TTL_S, compute, background=bg
+    )
 
 
 def _audit_candidate(
@@ -372,24 +259,14 @@ def _audit_candidate(
 
 
 def _priority_candidate(session: Session, user: User, flt: QueueFilter, k: int, exclude: set[int]) -> int | None:
-    """The highest-priority eligible item id (ties: the item closest to full coverage).
+    """The highest-priority eligible item id on SQLite (ties: the item closest to full coverage).
 
     One index scan per slot level ``s < k`` (equality on ``slots_taken`` keeps the index in
-    priority order), combined in one statement: a LATERAL join with ``FOR UPDATE SKIP
-    LOCKED`` on PostgreSQL, a UNION ALL of ``LIMIT 1`` sub-selects on SQLite.
+    priority order), combined in one UNION ALL of ``LIMIT 1`` sub-selects. PostgreSQL picks
+    and claims in one statement instead (:func:`_pg_take`).
     """
     params: dict[str, Any] = {"c": flt.collection_id, "uid": user.id}
     extra = _filter_sql(flt, params) + _exclude_sql(exclude, params)
-    if _is_pg(session):
-        params["kmax"] = k - 1
-        sql = (
-            "SELECT c.id FROM generate_series(:kmax, 0, -1) AS lv(s) CROSS JOIN LATERAL ("
-            "SELECT item.id, item.priority FROM item WHERE item.collection_id = :c AND item.slots_taken = lv.s "
-            f"AND {_NOT_MINE}{extra} ORDER BY item.priority DESC LIMIT 1 FOR UPDATE SKIP LOCKED) c "
-            "ORDER BY c.priority DESC, lv.s DESC LIMIT 1"
-        )
-        row = session.execute(sa.text(sql), params).first()
-        return None if row is None else int(row[0])
     parts = [
         f"SELECT * FROM (SELECT item.id, item.priority, {lvl} AS lvl FROM item WHERE item.collection_id = :c "
         f"AND item.slots_taken = {lvl} AND {_NOT_MINE}{extra} ORDER BY item.priority DESC LIMIT 1)"
@@ -530,7 +407,7 @@ RECLAIM_EVERY = timedelta(seconds=5)
 
 def _maybe_reclaim(session: Session, now: datetime) -> None:
     """Reclaim expired leases at most every ``RECLAIM_EVERY`` per process (cheap either way)."""
-    key = _bind_key(session)
+    key = query_cache.bind_key(session)
     with _reclaim_lock:
         last = _last_reclaim.get(key)
         if last is not None and last <= now < last + RECLAIM_EVERY:
@@ -775,107 +652,3 @@ def record_imported(conn: sa.Connection, pairs: Iterable[tuple[int, int]], *, no
         )
     _hold_slots(conn, held)
     return sum(held.values())
-
-
-# ---------------------------------------------------------------------------------------
-# Progress
-# ---------------------------------------------------------------------------------------
-
-
-def _collection_counts(run: Any, collection_id: int, k: int) -> dict[str, int]:
-    """Collection-wide counts; ``run(sql, params) -> rows`` runs each query."""
-    p = {"c": collection_id, "k": k}
-    n_items = run("SELECT COUNT(*) FROM item WHERE collection_id = :c", p)[0][0]
-    by_status = dict(
-        run(
-            "SELECT a.status, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
-            "WHERE item.collection_id = :c GROUP BY a.status",
-            p,
-        )
-    )
-    full = run(
-        "SELECT COUNT(*) FROM (SELECT a.item_id FROM assignment a JOIN item ON item.id = a.item_id "
-        "WHERE item.collection_id = :c AND a.status = 'done' GROUP BY a.item_id HAVING COUNT(*) >= :k) t",
-        p,
-    )[0][0]
-    by_stratum = dict(
-        run(
-            "SELECT a.stratum, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
-            "WHERE item.collection_id = :c AND a.status = 'done' GROUP BY a.stratum",
-            p,
-        )
-    )
-    return {
-        "n_items": int(n_items),
-        "done": int(by_status.get("done", 0)),
-        "leased": int(by_status.get("leased", 0)),
-        "skipped": int(by_status.get("skipped", 0)),
-        "full": int(full),
-        **{f"done_{s}": int(v) for s, v in by_stratum.items()},
-    }
-
-
-def progress(session: Session, user: User | None, collection_id: int, *, max_age_s: float = 5.0) -> Progress:
-    """Progress counts for a collection.
-
-    The user's own counts are exact (index on the user's assignments). Collection-wide
-    counts scan the collection's assignments, so they are cached per process for
-    ``max_age_s`` seconds and recounted in the background (the page shows them on every
-    rerun and never waits); ``max_age_s=0`` counts now, inside the caller's transaction.
-    """
-    col = session.get(Collection, collection_id)
-    if col is None:
-        raise NotFound("no such collection")
-    k = col.overlap_target
-    if max_age_s > 0:  # recounted in the background on its own connection: reruns never wait
-        run, bg = _side_runner(session)
-        counts = _cached(
-            ("progress", _bind_key(session), collection_id, k),
-            max_age_s,
-            lambda: _collection_counts(run, collection_id, k),
-            background=bg,
-        )
-    else:  # fresh, inside the caller's transaction
-        counts = _collection_counts(lambda q, p: session.execute(sa.text(q), p).all(), collection_id, k)
-    mine: dict[str, int] = {}
-    if user is not None:
-        mine = dict(
-            session.execute(
-                sa.text(
-                    "SELECT a.status, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
-                    "WHERE a.user_id = :u AND item.collection_id = :c GROUP BY a.status"
-                ),
-                {"u": user.id, "c": collection_id},
-            ).all()
-        )
-    return Progress(
-        collection_id=collection_id,
-        n_items=counts["n_items"],
-        overlap_target=k,
-        slots_total=counts["n_items"] * k,
-        mine_done=int(mine.get("done", 0)),
-        mine_skipped=int(mine.get("skipped", 0)),
-        mine_leased=int(mine.get("leased", 0)),
-        everyone_done=counts["done"],
-        slots_leased=counts["leased"],
-        items_fully_covered=counts["full"],
-        extra={key: v for key, v in counts.items() if key.startswith("done_") or key == "skipped"},
-    )
-
-
-def queue_status(session: Session, actor: Any, collection_id: int) -> dict[str, Any]:
-    """Lead's view: fresh progress plus done counts per reviewer (``view_queue_status``)."""
-    require(actor, "view_queue_status")
-    prog = progress(session, None, collection_id, max_age_s=0)
-    per_user = session.execute(
-        sa.text(
-            "SELECT u.username, a.status, COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id "
-            'JOIN "user" u ON u.id = a.user_id WHERE item.collection_id = :c '
-            "GROUP BY u.username, a.status ORDER BY u.username"
-        ),
-        {"c": collection_id},
-    ).all()
-    users: dict[str, dict[str, int]] = {}
-    for name, status, n in per_user:
-        users.setdefault(name, {})[status] = int(n)
-    return {"progress": prog, "per_user": users}
