@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from safereview.agreement import data
+from safereview.agreement import items as item_reads
+from safereview.agreement import verdicts as verdict_reads
 from safereview.agreement.alpha import krippendorff_alpha
 from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus
 from safereview.agreement.kappa import confusion, kappa_from_table
@@ -138,7 +140,7 @@ def audit(
     spec = sc.dimension(dimension)
     labels = list(spec["labels"])
     unsafe_codes = [labels.index(x) for x in unsafe_labels_of(spec) if x in labels]
-    jid = judge_id or data.default_judge(bind, sc.collection_ids, dimension)
+    jid = judge_id or verdict_reads.default_judge(bind, sc.collection_ids, dimension)
     out: dict[str, Any] = {
         "dimension": dimension,
         "labels": labels,
@@ -151,8 +153,10 @@ def audit(
         out["undefined_reason"] = "no judge verdicts on this dimension"
         return out
     cons = consensus(bind, dimension, out["collections"], method=method, threshold=threshold)
-    v = data.load_verdicts(bind, sc.collection_ids, dimension, labels, jid, unsafe_labels=unsafe_labels_of(spec))
-    audit_ids, pi = data.load_audit_sample(bind, sc.collection_ids)
+    v = verdict_reads.load_verdicts(
+        bind, sc.collection_ids, dimension, labels, jid, unsafe_labels=unsafe_labels_of(spec)
+    )
+    audit_ids, pi = verdict_reads.load_audit_sample(bind, sc.collection_ids)
     h = cons.codes_for(audit_ids)
     j = v.codes_for(audit_ids)
     ok = (h >= 0) & (j >= 0)
@@ -195,7 +199,7 @@ def audit(
         ],
     }
     if by:
-        items = data.load_items(bind, sc.collection_ids, [b for b in by if b in SLICES])
+        items = item_reads.load_items(bind, sc.collection_ids, [b for b in by if b in SLICES])
         out["slices"] = {}
         for b in by:
             vals = slice_values(items, b, ids) if len(ids) else np.array([], dtype=object)
@@ -242,16 +246,16 @@ def compositional_error(
     image and the text grade right (per the human consensus)."""
     sc = data.scope(bind, collections)
     names = [sc.collection_names[c] for c in sc.collection_ids]
-    audit_ids, pi = data.load_audit_sample(bind, sc.collection_ids)
+    audit_ids, pi = verdict_reads.load_audit_sample(bind, sc.collection_ids)
     right: dict[str, np.ndarray] = {}
     present = np.ones(len(audit_ids), dtype=bool)
-    jid = judge_id or data.default_judge(bind, sc.collection_ids, "joint")
+    jid = judge_id or verdict_reads.default_judge(bind, sc.collection_ids, "joint")
     if jid is None:
         return {"value": None, "undefined_reason": "no judge verdicts on the joint dimension"}
     for dim in ("image", "text", "joint"):
         spec = sc.dimension(dim)
         cons = consensus(bind, dim, names)
-        v = data.load_verdicts(bind, sc.collection_ids, dim, spec["labels"], jid)
+        v = verdict_reads.load_verdicts(bind, sc.collection_ids, dim, spec["labels"], jid)
         h = cons.codes_for(audit_ids)
         j = v.codes_for(audit_ids)
         present &= (h >= 0) & (j >= 0)

@@ -3,7 +3,7 @@
 Target: for each item with human labels, ``y`` = share of its annotators who chose an
 unsafe label (a soft label; 0/1 when they agree). Prediction: the judge's P(unsafe) from
 ``Verdict.probs`` (sum over unsafe labels) or ``Verdict.probability`` (see
-:func:`agreement.data.p_unsafe_of`). Verdicts without a probability are left out.
+:func:`agreement.verdict_reads.p_unsafe_of`). Verdicts without a probability are left out.
 
 Metrics: reliability diagram (equal-width bins), expected calibration error
 ``ECE = sum_b n_b/N |mean p_b - mean y_b|`` and Brier score ``mean (p - y)^2``, for the raw
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from safereview.agreement import data
+from safereview.agreement import verdicts as verdict_reads
 from safereview.db.taxonomy import unsafe_labels as unsafe_labels_of
 from safereview.workflow.policies import require
 
@@ -177,11 +178,11 @@ def calibration_data(
     spec = sc.dimension(dimension)
     labels = list(spec["labels"])
     unsafe_labels = unsafe_labels_of(spec)
-    jid = judge_id or data.default_judge(bind, sc.collection_ids, dimension)
+    jid = judge_id or verdict_reads.default_judge(bind, sc.collection_ids, dimension)
     if jid is None:
         raise data.AgreementError(f"no judge verdicts on dimension {dimension!r}")
     r = data.load_ratings(bind, sc.collection_ids, dimension, labels, ordered=bool(spec.get("ordered")))
-    v = data.load_verdicts(
+    v = verdict_reads.load_verdicts(
         bind, sc.collection_ids, dimension, labels, jid, unsafe_labels=unsafe_labels, with_probs=True
     )
     counts = r.counts()
@@ -295,7 +296,7 @@ def apply_calibration(
             "FROM verdict WHERE judge_id = :new AND dimension = :d) ORDER BY v.item_id",
             {**params, "j": cal.judge_id, "d": cal.dimension, "new": new_id},
         )
-    p = np.array([data.p_unsafe_of(r[1], r[2], r[3], unsafe_labels) for r in rows], dtype=np.float64)
+    p = np.array([verdict_reads.p_unsafe_of(r[1], r[2], r[3], unsafe_labels) for r in rows], dtype=np.float64)
     ok = np.isfinite(p)
     q = apply_map(cal.method, cal.params, np.clip(p, 0, 1)) if len(p) else p
     thr = cal.threshold if cal.threshold is not None else 0.5

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from safereview.agreement import data
+from safereview.agreement import verdicts as verdict_reads
 from safereview.agreement.alpha import value_counts
 from safereview.workflow.policies import require
 
@@ -252,7 +253,7 @@ def consensus(
     r = data.load_ratings(
         bind, sc.collection_ids, dimension, spec["labels"], ordered=bool(spec.get("ordered")), field_name=field_name
     )
-    adj = data.load_adjudications(bind, sc.collection_ids, dimension)
+    adj = verdict_reads.load_adjudications(bind, sc.collection_ids, dimension)
     return consensus_from_ratings(r, method=method, threshold=threshold, adjudications=adj)
 
 

@@ -1,4 +1,7 @@
-"""Read annotations, verdicts, adjudications and audit samples into numpy arrays, fast.
+"""Read annotations into numpy arrays, fast: the connection, scope and rating readers.
+
+Item attributes are read by :mod:`agreement.items`, verdicts, adjudications and the audit
+sample by :mod:`agreement.verdicts`, on the same helpers.
 
 Why not the ORM: agreement over a million items would build millions of objects. These
 readers send SQL projections through the raw DB-API cursor and turn labels into integer
@@ -21,7 +24,6 @@ import numpy as np
 from sqlalchemy.engine import Connection, Engine
 
 from safereview.db.bulk import driver_sql
-from safereview.db.taxonomy import unsafe_probability
 
 UNSAFE_DEFAULT = ("unsafe",)
 
@@ -90,7 +92,7 @@ def _json_key(conn: Connection, dimension: str) -> str:
     return '$."' + dimension.replace('"', '""') + '"'
 
 
-def _code_case(expr: str, labels: Sequence[str]) -> tuple[str, dict[str, Any]]:
+def code_case(expr: str, labels: Sequence[str]) -> tuple[str, dict[str, Any]]:
     """Label text -> code in SQL: 0..V-1 for taxonomy labels, -1 for other text, -2 for NULL."""
     names = {f"lab{i}": lab for i, lab in enumerate(labels)}
     whens = " ".join(f"WHEN :lab{i} THEN {i}" for i in range(len(labels)))
@@ -286,7 +288,7 @@ def item_filter(conn: Connection, collection_ids: Sequence[int], column: str) ->
     return f"{plus}{column} IN (SELECT id FROM item WHERE collection_id IN ({cols}))", cparams
 
 
-def _packed_triples(
+def packed_triples(
     conn: Connection,
     select_sql: tuple[str, str, str],
     where: str,
@@ -337,12 +339,12 @@ def load_ratings(
     with connection(bind) as conn:
         cond, fparams = item_filter(conn, collection_ids, "a.item_id")
         expr = label_expr(conn, f"a.{field_name}", "dimkey")
-        case, lparams = _code_case(expr, labels)
+        case, lparams = code_case(expr, labels)
         params = {**fparams, **lparams, "dimkey": _json_key(conn, dimension)}
         users = dict(fetch(conn, 'SELECT id, username FROM "user"'))
         max_item = fetch(conn, "SELECT COALESCE(MAX(id), 0) FROM item")[0][0]
         where = f"annotation a WHERE {cond}"
-        packed = _packed_triples(
+        packed = packed_triples(
             conn, ("a.item_id", "a.user_id", case), where, params, int(max_item), max(users, default=1), len(labels)
         )
         if packed is None:
@@ -371,363 +373,3 @@ def dense_index(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.flatnonzero(present).astype(np.int64) + lo, position[values - lo].astype(np.int64)
     uniq, inv = np.unique(values, return_inverse=True)
     return uniq.astype(np.int64), inv.astype(np.int64)
-
-
-# ---------------------------------------------------------------------------------------
-# items, verdicts, adjudications, audit sample
-# ---------------------------------------------------------------------------------------
-
-ITEM_COLUMNS = ("collection", "task_type", "category", "subcategory", "model", "modality", "external_id")
-
-
-_ATTRS = ("collection_id", "task_type", "category", "subcategory", "model", "input_modalities", "output_modalities")
-
-
-@dataclass
-class ItemAttributes:
-    """Item attributes dictionary-coded, aligned on sorted ``ids``.
-
-    Attributes repeat a lot, so each item carries only ``combo``, the index of its attribute
-    combination, and ``values[attribute][combo]`` is its value (``collection`` as the name,
-    ``modality`` as ``<input_modalities>-><output_modalities>``). ``external_id`` (unique per
-    item) is a pyarrow string array, or None when not requested.
-    """
-
-    ids: np.ndarray
-    combo: np.ndarray
-    values: dict[str, list[Any]]
-    external_id: Any = None
-
-
-def _combos_sqlite(conn: Connection, cond: str, params: dict[str, Any]) -> tuple[list[tuple], np.ndarray, np.ndarray]:
-    """SQLite: the distinct combinations once, then per item a packed (id, combination) integer.
-
-    SQLite deduplicates the few combinations cheaply in a temporary b-tree but would sort a
-    million rows for a GROUP BY; the CROSS JOIN keeps the item scan outside (rowid order).
-    """
-    attrs = ", ".join(_ATTRS)
-    on = " AND ".join(f"k.{a} = i.{a}" for a in _ATTRS)
-    combos_sql = (
-        f"WITH k AS (SELECT {attrs}, ROW_NUMBER() OVER (ORDER BY {attrs}) - 1 AS k "
-        f"FROM (SELECT DISTINCT {attrs} FROM item i WHERE {cond}) d)"
-    )
-    combos = fetch(conn, f"{combos_sql} SELECT {attrs} FROM k ORDER BY k", params)
-    max_item = fetch(conn, "SELECT COALESCE(MAX(id), 0) FROM item")[0][0]
-    bits = max(len(combos).bit_length(), 1)
-    if not combos:
-        empty = np.zeros(0, dtype=np.int64)
-        return combos, empty, empty
-    if int(max_item).bit_length() + bits <= 62:
-        text = (
-            fetch(
-                conn,
-                f"{combos_sql} SELECT group_concat((i.id << {bits}) | k.k) FROM item i CROSS JOIN k "
-                f"ON {on} WHERE {cond}",
-                params,
-            )[0][0]
-            or ""
-        )
-        packed = np.fromstring(text, dtype=np.int64, sep=",") if text else np.zeros(0, dtype=np.int64)
-        packed.sort()
-        return combos, packed >> bits, packed & ((1 << bits) - 1)
-    rows = fetch(
-        conn,
-        f"SELECT i.id, k.k FROM item i JOIN ({combos_sql} SELECT * FROM k) k ON {on} WHERE {cond} ORDER BY i.id",
-        params,
-    )
-    return combos, np.array([r[0] for r in rows], dtype=np.int64), np.array([r[1] for r in rows], dtype=np.int64)
-
-
-def _combos_postgres(conn: Connection, cond: str, params: dict[str, Any]) -> tuple[list[tuple], np.ndarray, np.ndarray]:
-    """PostgreSQL: one hash-aggregated pass, each combination with the list of its item ids.
-
-    A DISTINCT (or a join back to it) is planned as a sort of every item row when the table
-    has no statistics yet (right after a bulk import, or with autovacuum off): 6-7 s per
-    million items against under 1 s for this single GROUP BY.
-    """
-    attrs = ", ".join(_ATTRS)
-    rows = fetch(
-        conn,
-        f"SELECT {attrs}, string_agg(i.id::text, ',') FROM item i WHERE {cond} GROUP BY {attrs} ORDER BY {attrs}",
-        params,
-    )
-    parts = [np.fromstring(r[-1], dtype=np.int64, sep=",") for r in rows]
-    if not parts:
-        empty = np.zeros(0, dtype=np.int64)
-        return [], empty, empty
-    ids = np.concatenate(parts)
-    which = np.repeat(np.arange(len(parts), dtype=np.int64), [len(p) for p in parts])
-    order = np.argsort(ids, kind="stable")
-    return [tuple(r[:-1]) for r in rows], ids[order], which[order]
-
-
-def _external_id_array(conn: Connection, cond: str, params: dict[str, Any], ids: np.ndarray) -> Any:
-    """External ids aligned to ``ids`` as a pyarrow string array.
-
-    One row with three aggregates (ids, byte lengths, the ids' text run together) becomes an
-    arrow array straight from buffers: no Python string or tuple per item. Falls back to
-    plain rows if the lengths do not add up (e.g. a database encoding other than UTF-8).
-    """
-    import pyarrow as pa
-
-    if is_postgres(conn):
-        sql = (
-            "SELECT string_agg(i.id::text, ','), string_agg(octet_length(i.external_id)::text, ','), "
-            "string_agg(i.external_id, '') FROM item i WHERE {cond}"
-        )
-    else:
-        sql = (
-            "SELECT group_concat(i.id), group_concat(length(CAST(i.external_id AS BLOB))), "
-            "group_concat(i.external_id, '') FROM item i WHERE {cond}"
-        )
-    id_text, len_text, joined = fetch(conn, sql.format(cond=cond), params)[0]
-    if not id_text:
-        return pa.array([], type=pa.string())
-    got = np.fromstring(id_text, dtype=np.int64, sep=",")
-    lengths = np.fromstring(len_text or "", dtype=np.int64, sep=",")
-    blob = (joined or "").encode("utf-8")
-    if len(lengths) == len(got) and int(lengths.sum()) == len(blob) and len(blob) < 2**31:
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-        arr = pa.StringArray.from_buffers(len(got), pa.py_buffer(offsets), pa.py_buffer(blob))
-        arr.validate(full=True)
-        order = np.argsort(got, kind="stable")
-        if np.array_equal(got[order], ids):
-            return arr.take(pa.array(order))
-    rows = fetch(conn, f"SELECT i.external_id FROM item i WHERE {cond} ORDER BY i.id", params)
-    return pa.array([r[0] for r in rows], type=pa.string())
-
-
-def item_attributes(bind: Any, collection_ids: Sequence[int], *, external_id: bool = True) -> ItemAttributes:
-    """Every item of the collections with its attributes, dictionary-coded (see :class:`ItemAttributes`)."""
-    with connection(bind) as conn:
-        cond, params = item_filter(conn, collection_ids, "i.id")
-        names = dict(fetch(conn, "SELECT id, name FROM collection"))
-        combos, ids, which = (_combos_postgres if is_postgres(conn) else _combos_sqlite)(conn, cond, params)
-        ext = _external_id_array(conn, cond, params, ids) if external_id else None
-    table = {a: [c[j] for c in combos] for j, a in enumerate(_ATTRS)}
-    values: dict[str, list[Any]] = {c: table[c] for c in ("task_type", "category", "subcategory", "model")}
-    values["collection"] = [names.get(x, "") for x in table["collection_id"]]
-    values["modality"] = [
-        f"{a}->{b}" for a, b in zip(table["input_modalities"], table["output_modalities"], strict=True)
-    ]
-    return ItemAttributes(ids, which, values, ext)
-
-
-def load_items(
-    bind: Any, collection_ids: Sequence[int], columns: Sequence[str] = ITEM_COLUMNS
-) -> dict[str, np.ndarray]:
-    """Item attributes for slicing, as object arrays aligned on sorted ``id``.
-
-    ``modality`` is ``<input_modalities>-><output_modalities>``; ``collection`` the name.
-    """
-    bad = [c for c in columns if c not in ITEM_COLUMNS]
-    if bad:
-        raise AgreementError(f"unknown slice {bad[0]!r}; choose from {', '.join(ITEM_COLUMNS)}")
-    items = item_attributes(bind, collection_ids, external_id="external_id" in columns)
-    out: dict[str, np.ndarray] = {"id": items.ids}
-    for c in columns:
-        if c == "external_id":
-            out[c] = np.array(items.external_id.to_pylist(), dtype=object)
-        else:
-            out[c] = (
-                np.array(items.values[c], dtype=object)[items.combo]
-                if len(items.values[c])
-                else np.array([], dtype=object)
-            )
-    return out
-
-
-def judges(bind: Any, collection_ids: Sequence[int], dimension: str) -> list[tuple[str, int]]:
-    """Judge ids with verdicts on the dimension, most verdicts first."""
-    with connection(bind) as conn:
-        cond, params = item_filter(conn, collection_ids, "v.item_id")
-        rows = fetch(
-            conn,
-            f"SELECT v.judge_id, COUNT(*) FROM verdict v WHERE v.dimension = :dim AND {cond} "
-            "GROUP BY v.judge_id ORDER BY COUNT(*) DESC, v.judge_id",
-            {**params, "dim": dimension},
-        )
-    return [(r[0], int(r[1])) for r in rows]
-
-
-def default_judge(bind: Any, collection_ids: Sequence[int], dimension: str) -> str | None:
-    """The judge with most verdicts on the dimension, preferring raw (uncalibrated) judges."""
-    found = judges(bind, collection_ids, dimension)
-    raw = [j for j, _ in found if "+cal" not in j]
-    return raw[0] if raw else (found[0][0] if found else None)
-
-
-@dataclass
-class Verdicts:
-    """One judge's verdicts on one dimension: item ids (sorted), codes (-1 = none/unknown)
-    and P(unsafe) where the judge gave probabilities (NaN otherwise)."""
-
-    judge_id: str
-    item_ids: np.ndarray
-    code: np.ndarray
-    p_unsafe: np.ndarray
-
-    def codes_for(self, item_ids: np.ndarray) -> np.ndarray:
-        """Codes aligned to ``item_ids`` (-1 where the judge has no usable verdict)."""
-        if len(self.item_ids) == 0:
-            return np.full(len(item_ids), -1, dtype=np.int64)
-        pos = np.clip(np.searchsorted(self.item_ids, item_ids), 0, len(self.item_ids) - 1)
-        return np.where(self.item_ids[pos] == item_ids, self.code[pos], -1)
-
-    def p_for(self, item_ids: np.ndarray) -> np.ndarray:
-        if len(self.item_ids) == 0:
-            return np.full(len(item_ids), np.nan)
-        pos = np.clip(np.searchsorted(self.item_ids, item_ids), 0, len(self.item_ids) - 1)
-        return np.where(self.item_ids[pos] == item_ids, self.p_unsafe[pos], np.nan)
-
-
-def p_unsafe_of(label: str | None, probability: float | None, probs: Any, unsafe_labels: Sequence[str]) -> float:
-    """:func:`safereview.db.taxonomy.unsafe_probability` as a float for arrays (NaN when unknown)."""
-    p = unsafe_probability(label, probability, probs, unsafe_labels)
-    return float("nan") if p is None else p
-
-
-def load_verdicts(
-    bind: Any,
-    collection_ids: Sequence[int],
-    dimension: str,
-    labels: Sequence[str],
-    judge_id: str,
-    *,
-    unsafe_labels: Sequence[str] = UNSAFE_DEFAULT,
-    with_probs: bool = False,
-) -> Verdicts:
-    """One judge's verdicts on a dimension (codes computed in SQL; packed like the ratings)."""
-    labels = list(labels)
-    with connection(bind) as conn:
-        cond, fparams = item_filter(conn, collection_ids, "v.item_id")
-        case, lparams = _code_case("v.label", labels)
-        params = {**fparams, **lparams, "judge": judge_id, "dim": dimension}
-        where = f"verdict v WHERE v.judge_id = :judge AND v.dimension = :dim AND {cond}"
-        if not with_probs:
-            max_item = fetch(conn, "SELECT COALESCE(MAX(id), 0) FROM item")[0][0]
-            packed = _packed_triples(conn, ("v.item_id", "0", case), where, params, int(max_item), 1, len(labels))
-            if packed is not None:
-                items, _, code = packed
-                order = np.argsort(items, kind="stable")
-                return Verdicts(judge_id, items[order], code[order], np.full(len(items), np.nan))
-        extra = ", v.label, v.probability, v.probs" if with_probs else ""
-        rows = fetch(conn, f"SELECT v.item_id, {case}{extra} FROM {where} ORDER BY v.item_id", params)
-    if not with_probs:
-        arr = int_matrix(rows, 2)
-        return Verdicts(judge_id, arr[:, 0], arr[:, 1], np.full(len(arr), np.nan))
-    ids = np.array([r[0] for r in rows], dtype=np.int64)
-    code = np.array([r[1] for r in rows], dtype=np.int64)
-    p = np.array([p_unsafe_of(r[2], r[3], r[4], unsafe_labels) for r in rows], dtype=np.float64)
-    return Verdicts(judge_id, ids, code, p)
-
-
-def load_adjudications(bind: Any, collection_ids: Sequence[int], dimension: str) -> dict[int, dict[str, Any]]:
-    """Newest adjudication per item on the dimension: item_id -> {label, user_id, at, rationale, id}."""
-    with connection(bind) as conn:
-        # the shared range test: an IN (SELECT id FROM item ...) made SQLite list every item first
-        cond, params = item_filter(conn, collection_ids, "a.item_id")
-        rows = fetch(
-            conn,
-            "SELECT a.item_id, a.label, a.user_id, a.at, a.rationale, a.id FROM adjudication a "
-            f"WHERE a.dimension = :dim AND {cond} ORDER BY a.item_id, a.at, a.id",
-            {**params, "dim": dimension},
-        )
-    out: dict[int, dict[str, Any]] = {}
-    for item_id, label, user_id, at, rationale, adj_id in rows:  # ordered: the newest overwrites
-        out[int(item_id)] = {"label": label, "user_id": user_id, "at": at, "rationale": rationale, "id": adj_id}
-    return out
-
-
-def _epoch(value: Any) -> float:
-    """Seconds since the epoch from a datetime or SQLite's stored text (UTC)."""
-    from datetime import UTC, datetime
-
-    if value is None:
-        return float("inf")
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.timestamp()
-
-
-def load_audit_sample(bind: Any, collection_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Items drawn into the random audit stratum and their inclusion probabilities pi_i.
-
-    Follows the queue's sampling design (docs/workflow.md): an audit pull j took the audit
-    route with probability ``audit_share`` and then drew uniformly among ``N_elig,j`` eligible
-    items, recording ``sampling_prob_j = audit_share / N_elig,j``; so it picks a given
-    eligible item with ``q_j = sampling_prob_j / audit_share``. Item i was eligible for every
-    audit pull of its collection made up to the moment its k-th overlap slot was taken (its
-    fill time; never, if it has fewer than k), except pulls by a reviewer who already held it:
-
-        pi_i = 1 - prod_{j eligible for i} (1 - q_j)
-
-    Assignments without ``sampling_prob`` are ignored; priority and imported assignments
-    only count for fill times and "already held".
-    """
-    with connection(bind) as conn:
-        cond, params = item_filter(conn, collection_ids, "s.item_id")
-        pulls = fetch(
-            conn,
-            "SELECT i.collection_id, s.item_id, s.user_id, s.sampling_prob, s.leased_at, "
-            "c.audit_share FROM assignment s JOIN item i ON i.id = s.item_id "
-            "JOIN collection c ON c.id = i.collection_id WHERE s.stratum = 'audit' "
-            f"AND s.sampling_prob IS NOT NULL AND s.sampling_prob > 0 AND {cond}",
-            params,
-        )
-        if not pulls:
-            return np.zeros(0, dtype=np.int64), np.zeros(0)
-        held = fetch(
-            conn,
-            "SELECT s.item_id, s.user_id, s.leased_at, c.overlap_target FROM assignment s "
-            "JOIN item i ON i.id = s.item_id JOIN collection c ON c.id = i.collection_id "
-            "WHERE s.status IN ('leased', 'done') AND s.item_id IN (SELECT a.item_id FROM assignment a "
-            f"WHERE a.stratum = 'audit' AND a.sampling_prob > 0) AND {cond}",
-            params,
-        )
-    audit_items = {int(r[1]): int(r[0]) for r in pulls}
-    holds: dict[int, list[tuple[int, float]]] = {}
-    k_of: dict[int, int] = {}
-    for item_id, user_id, at, k in held:
-        if int(item_id) in audit_items:
-            holds.setdefault(int(item_id), []).append((int(user_id), _epoch(at)))
-            k_of[int(item_id)] = int(k)
-    by_col: dict[int, list[tuple[float, int, float]]] = {}
-    own_q: dict[int, float] = {}
-    for col, item, user, prob, at, share in pulls:
-        q = float(prob) / float(share) if share and float(share) > 0 else float(prob)
-        own_q[int(item)] = max(own_q.get(int(item), 0.0), min(q, 1.0))
-        by_col.setdefault(int(col), []).append((_epoch(at), int(user), float(np.log1p(-min(max(q, 0.0), 1 - 1e-12)))))
-    cum: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    cum_user: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-    for col, rows in by_col.items():
-        rows.sort()
-        t = np.array([r[0] for r in rows])
-        lg = np.array([r[2] for r in rows])
-        cum[col] = (t, np.concatenate([[0.0], np.cumsum(lg)]))
-        users = np.array([r[1] for r in rows])
-        for u in np.unique(users):
-            m = users == u
-            cum_user[(col, int(u))] = (t[m], np.concatenate([[0.0], np.cumsum(lg[m])]))
-
-    def upto(series: tuple[np.ndarray, np.ndarray], when: float) -> float:
-        times, sums = series
-        return float(sums[np.searchsorted(times, when, side="right")])
-
-    ids = np.array(sorted(audit_items), dtype=np.int64)
-    pi = np.empty(len(ids))
-    for n, item_id in enumerate(ids.tolist()):
-        col = audit_items[item_id]
-        mine = sorted(holds.get(item_id, []), key=lambda h: h[1])
-        k = k_of.get(item_id, 1)
-        fill = mine[k - 1][1] if len(mine) >= k else float("inf")
-        log_miss = upto(cum[col], fill)
-        for user, since in mine:
-            if since < fill and (col, user) in cum_user:
-                series = cum_user[(col, user)]
-                log_miss -= upto(series, fill) - upto(series, since)  # pulls while this reviewer held it
-        # never below the chance of the pull that did draw it (guards odd histories, e.g. k lowered later)
-        pi[n] = max(1.0 - np.exp(log_miss), own_q[item_id])
-    return ids, pi

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from safereview.agreement import data
+from safereview.agreement import items as item_reads
+from safereview.agreement import verdicts as verdict_reads
 from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus_from_ratings
 from safereview.workflow.policies import require
 
@@ -165,19 +167,19 @@ def _compute_gold(
 
     sc = data.scope(bind, collections)
     dims = list(dimensions) if dimensions else sc.dimensions()
-    items = data.item_attributes(bind, sc.collection_ids)
+    items = item_reads.item_attributes(bind, sc.collection_ids)
     parts = []
     judge_ids: dict[str, str] = {}
     for d_index, dim in enumerate(dims):
         spec = sc.dimension(dim)
         labels = list(spec["labels"])
         r = data.load_ratings(bind, sc.collection_ids, dim, labels, ordered=bool(spec.get("ordered")))
-        adj = data.load_adjudications(bind, sc.collection_ids, dim)
+        adj = verdict_reads.load_adjudications(bind, sc.collection_ids, dim)
         cons = consensus_from_ratings(r, method=method, threshold=threshold, adjudications=adj)
-        jid = judge_id or data.default_judge(bind, sc.collection_ids, dim)
+        jid = judge_id or verdict_reads.default_judge(bind, sc.collection_ids, dim)
         judge_ids[dim] = jid or ""
         jcodes = (
-            data.load_verdicts(bind, sc.collection_ids, dim, labels, jid).codes_for(cons.item_ids)
+            verdict_reads.load_verdicts(bind, sc.collection_ids, dim, labels, jid).codes_for(cons.item_ids)
             if jid
             else np.full(len(cons.item_ids), -1)
         )
@@ -362,7 +364,7 @@ def _current_judge_columns(bind: Any, params: dict[str, Any], rows: list[tuple])
         jid = params.get("judge_id")
         if sc_ids is None:
             sc_ids = data.scope(bind, params.get("collections")).collection_ids
-        jid = jid or data.default_judge(bind, sc_ids, dim)
+        jid = jid or verdict_reads.default_judge(bind, sc_ids, dim)
         if not jid:
             continue
         with data.connection(bind) as conn:

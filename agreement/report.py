@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from safereview.agreement import data
+from safereview.agreement import items as item_reads
+from safereview.agreement import verdicts as verdict_reads
 from safereview.agreement.alpha import DEFAULT_RESAMPLES, krippendorff_alpha, patterns, resample_weights
 from safereview.agreement.kappa import leave_one_out, multirater, pairwise, specific_agreement
 from safereview.db.taxonomy import unsafe_labels as unsafe_labels_of
@@ -55,7 +57,7 @@ def summarize(r: data.Ratings, *, resamples: int = DEFAULT_RESAMPLES, seed: int 
 
 
 def slice_values(items: dict[str, np.ndarray], column: str, item_ids: np.ndarray) -> np.ndarray:
-    """The slice column's value for each of ``item_ids`` (items loaded by :func:`data.load_items`)."""
+    """The slice column's value for each of ``item_ids`` (items loaded by :func:`item_reads.load_items`)."""
     pos = np.searchsorted(items["id"], item_ids)
     return items[column][pos]
 
@@ -87,7 +89,7 @@ def agreement_report(
             raise data.AgreementError(f"unknown slice {b!r}; choose from {', '.join(SLICES)}")
     sc = data.scope(bind, collections)
     dims = list(dimensions) if dimensions else sc.dimensions()
-    items = data.load_items(bind, sc.collection_ids, list(by)) if by else None
+    items = item_reads.load_items(bind, sc.collection_ids, list(by)) if by else None
     report: dict[str, Any] = {
         "collections": [sc.collection_names[c] for c in sc.collection_ids],
         "resamples": resamples,
@@ -124,9 +126,9 @@ def agreement_report(
         entry["raters"] = leave_one_out(
             r.unit, r.rater, r.code, r.rater_names, r.n_units, r.n_labels, ordered=r.ordered
         )
-        jid = judge_id or data.default_judge(bind, sc.collection_ids, dim)
+        jid = judge_id or verdict_reads.default_judge(bind, sc.collection_ids, dim)
         if jid:
-            v = data.load_verdicts(bind, sc.collection_ids, dim, spec["labels"], jid)
+            v = verdict_reads.load_verdicts(bind, sc.collection_ids, dim, spec["labels"], jid)
             with_judge = r.add_rater(f"judge:{jid}", v.item_ids, v.code)
             entry["judge"] = {
                 "judge_id": jid,

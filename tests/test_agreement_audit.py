@@ -195,7 +195,7 @@ def test_inclusion_probabilities_follow_the_queue_design(engine: sa.Engine) -> N
     who already held it (docs/workflow.md, "Sampling design")."""
     from datetime import timedelta
 
-    from safereview.agreement.data import load_audit_sample
+    from safereview.agreement.verdicts import load_audit_sample
     from safereview.db.models import Assignment, utcnow
 
     with Session(engine) as s:

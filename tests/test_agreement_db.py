@@ -8,6 +8,8 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from safereview.agreement import data
+from safereview.agreement import items as item_reads
+from safereview.agreement import verdicts as verdict_reads
 from safereview.agreement.alpha import alpha_package, krippendorff_alpha
 from safereview.agreement.report import agreement_report
 from safereview.db.collections import ensure_collection
@@ -159,9 +161,9 @@ def test_large_ids_pack_without_overflow(engine: sa.Engine) -> None:
     assert r.item_ids.tolist() == [2_000_000_000, 2_000_000_001, 2_000_000_002]
     assert sorted(r.rater_names) == ["big0", "big1"]
     assert r.counts().tolist() == [[2, 0, 0], [0, 0, 2], [0, 1, 1]]
-    v = data.load_verdicts(engine, sc.collection_ids, "score", ["safe", "borderline", "unsafe"], "jb")
+    v = verdict_reads.load_verdicts(engine, sc.collection_ids, "score", ["safe", "borderline", "unsafe"], "jb")
     assert v.code.tolist() == [0, 1, 2]
-    items = data.load_items(engine, sc.collection_ids, ["task_type", "external_id"])
+    items = item_reads.load_items(engine, sc.collection_ids, ["task_type", "external_id"])
     assert items["id"].tolist() == r.item_ids.tolist() and items["external_id"].tolist() == ["b0", "b1", "b2"]
 
 
@@ -189,7 +191,7 @@ def test_item_attributes_with_awkward_external_ids(engine: sa.Engine) -> None:
         expected = {i.id: i for i in s.exec(sa.select(Item)).scalars()}
     for names in (["odd"], ["odd", "even"]):
         sc = data.scope(engine, names)
-        items = data.load_items(engine, sc.collection_ids)
+        items = item_reads.load_items(engine, sc.collection_ids)
         want = sorted(i for i, it in expected.items() if it.collection_id in sc.collection_ids)
         assert items["id"].tolist() == want
         assert items["external_id"].tolist() == [expected[i].external_id for i in want]

@@ -89,7 +89,7 @@ def _tags(user: Any, names: tuple[str, ...], dimension: str, judge: str | None, 
 
 
 def page() -> None:
-    from safereview.agreement import data
+    from safereview.agreement import verdicts as verdict_reads
     from safereview.agreement.data import AgreementError
     from safereview.agreement.tables import confusion_rows, rate_rows
 
@@ -103,7 +103,7 @@ def page() -> None:
     names = tuple(c.name for c in chosen_infos)
     c1, c2, c3 = st.columns([2, 3, 2])
     dimension = c1.selectbox("Dimension", dims, format_func=ui.plain, key="aud_dimension")
-    judges = [j for j, _ in data.judges(ui.get_engine(), chosen, dimension)]
+    judges = [j for j, _ in verdict_reads.judges(ui.get_engine(), chosen, dimension)]
     if not judges:
         st.info("No judge verdicts on this dimension yet.")
         return

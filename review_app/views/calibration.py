@@ -93,6 +93,7 @@ def _show_metrics(metrics: dict[str, Any]) -> None:
 
 def page() -> None:
     from safereview.agreement import data
+    from safereview.agreement import verdicts as verdict_reads
     from safereview.agreement.calibration import apply_calibration, fit_calibration, list_calibrations
 
     user = ui.require("calibrate")
@@ -105,7 +106,7 @@ def page() -> None:
     names = [c.name for c in chosen_infos]
     c1, c2 = st.columns(2)
     dimension = c1.selectbox("Dimension", dims, format_func=ui.plain, key="cal_dimension")
-    judges = [j for j, _ in data.judges(ui.get_engine(), chosen, dimension) if "+cal" not in j]
+    judges = [j for j, _ in verdict_reads.judges(ui.get_engine(), chosen, dimension) if "+cal" not in j]
     if not judges:
         st.info("No judge verdicts on this dimension yet.")
         return
