@@ -33,6 +33,9 @@ import sqlalchemy as sa
 from safereview.dataio.export import export_items
 from safereview.dataio.importers import import_file
 from safereview.db.engine import init_db, normalise_url
+from safereview.workflow.principals import SystemPrincipal
+
+BENCH = SystemPrincipal("bench")  # imports as the CLI would
 
 PG = os.environ.get("SAFEREVIEW_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -154,7 +157,7 @@ def main() -> int:
                         engine, root = be.fresh()
 
                         def run(e: sa.Engine = engine, r: Path = root, p: Path = path) -> object:
-                            return import_file(e, p, collection="bench", taxonomy="vlsu", media_root=r)
+                            return import_file(e, p, collection="bench", taxonomy="vlsu", media_root=r, actor=BENCH)
 
                         wall, cpu, rep = timed(run)
                         assert rep.ok, rep.errors[:5]  # type: ignore[attr-defined]

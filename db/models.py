@@ -300,6 +300,9 @@ class AnnotationEvent(SQLModel, table=True):
     annotation_id: int = Field(foreign_key="annotation.id", index=True)
     item_id: int = Field(foreign_key="item.id", index=True)
     actor_id: int | None = Field(default=None, foreign_key="user.id")
+    # the principal that wrote the event: the person's username in the app, "cli:<OS user>"
+    # (or the admin's username) for an import acting on an annotator's label (migration 0006)
+    recorded_by: str = Field(default="", max_length=80, sa_column_kwargs={"server_default": ""})
     action: str = Field(max_length=20)  # create | update | reveal | undo | import
     version: int
     before: dict | None = Field(default=None, sa_type=JSONType)

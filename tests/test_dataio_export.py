@@ -15,7 +15,10 @@ from safereview.cli.main import app
 from safereview.dataio.export import export_annotations, export_items
 from safereview.dataio.importers import import_file
 from safereview.db.engine import schema_revision
+from safereview.workflow.principals import SystemPrincipal
 from tests import dataio_support as ds
+
+SYSTEM = SystemPrincipal("test")  # the trusted caller the CLI would be
 
 ROWS = [
     {
@@ -55,9 +58,11 @@ def filled(engine: sa.Engine, tmp_path: Path) -> sa.Engine:
     d = tmp_path / "in"
     ds.png(d / "cat.png")
     f = ds.write_jsonl(d / "items.jsonl", ROWS)
-    assert import_file(engine, f, collection="exp", taxonomy="vlsu", media_root=tmp_path / "root").ok
+    assert import_file(engine, f, collection="exp", taxonomy="vlsu", media_root=tmp_path / "root", actor=SYSTEM).ok
     other = ds.write_jsonl(d / "other.jsonl", [{"id": "z", "prompt": "elsewhere"}])
-    assert import_file(engine, other, collection="other", taxonomy="vlsu", media_root=tmp_path / "root").ok
+    assert import_file(
+        engine, other, collection="other", taxonomy="vlsu", media_root=tmp_path / "root", actor=SYSTEM
+    ).ok
     return engine
 
 

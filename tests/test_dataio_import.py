@@ -24,7 +24,10 @@ from safereview.db.models import (
     User,
     Verdict,
 )
+from safereview.workflow.principals import SystemPrincipal
 from tests import dataio_support as ds
+
+SYSTEM = SystemPrincipal("test")  # the trusted caller the CLI would be
 
 LINE_RE = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): (?P<field>[^:]+): (?P<msg>.+)$")
 
@@ -48,7 +51,7 @@ def media(tmp_path: Path) -> Path:
 def imp(engine: sa.Engine, path: Path, root: Path, **kw: Any):  # type: ignore[no-untyped-def]
     kw.setdefault("collection", "c")
     kw.setdefault("taxonomy", "vlsu")
-    return import_file(engine, path, media_root=root, **kw)
+    return import_file(engine, path, media_root=root, actor=SYSTEM, **kw)
 
 
 GENERIC = [
@@ -130,6 +133,7 @@ def test_generic_jsonl_round_trip(engine: sa.Engine, tmp_path: Path, media: Path
     assert (ann.verdict_action, ann.time_spent_s, ann.version) == ("override", 3.5, 1)
     (ev,) = rows(engine, AnnotationEvent)
     assert (ev.action, ev.before, ev.after["labels"]) == ("import", None, {"joint": "safe", "image": "safe"})
+    assert (ev.actor_id, ev.recorded_by) == (user.id, "test"), "the event names the importer, not only zoe"
     (asg,) = rows(engine, Assignment)
     assert (asg.status, asg.stratum, asg.sampling_prob, asg.item_id) == ("done", "imported", None, a.id)
     assert items["a"].slots_taken == 1 and items["b"].slots_taken == 0

@@ -71,6 +71,7 @@ def _g(
 
 def _table() -> list[Guarded]:
     from safereview.agreement import audit, calibration, consensus, gold
+    from safereview.dataio.importers import import_file
     from safereview.workflow import annotations as an
     from safereview.workflow import collections as wcol
     from safereview.workflow import progress as wprog
@@ -109,6 +110,13 @@ def _table() -> list[Guarded]:
         ),
         _g("safereview.workflow.queue.release", "annotator", lambda s, u, c: q.release(s, u, c["asg"])),
         _g("safereview.workflow.queue.skip", "annotator", lambda s, u, c: q.skip(s, u, c["asg"])),
+        _g(
+            "safereview.dataio.importers.import_file",
+            "admin",
+            lambda s, u, c: import_file(
+                s.get_bind(), c["file"], collection="acl-import", taxonomy="vlsu", media_root=c["media"], actor=u
+            ),
+        ),
         _g("safereview.workflow.progress.queue_status", "lead", lambda s, u, c: wprog.queue_status(s, u, c["col"])),
         _g(
             "safereview.workflow.auth.set_disabled",
@@ -216,7 +224,7 @@ def test_every_guarded_function_is_in_the_table() -> None:
 
 
 @pytest.fixture
-def world(engine: sa.Engine) -> Iterator[dict[str, Any]]:
+def world(engine: sa.Engine, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """Users of every role (and disabled ones), judged items everyone has labelled, and for each
     person their own submitted annotation and their own open lease, so that every allowed call
     can succeed."""
@@ -264,8 +272,10 @@ def world(engine: sa.Engine) -> Iterator[dict[str, Any]]:
     with session_scope(engine) as s:
         cal, _ = fit_calibration(s, SYSTEM, "joint", min_n=5, folds=2)
         cal_id = int(cal.id)
+    one_item = tmp_path / "one.jsonl"
+    one_item.write_text('{"id": "acl-1", "prompt": "a question", "response": "an answer"}\n', encoding="utf-8")
     for c in ctx.values():
-        c["cal"] = cal_id
+        c.update(cal=cal_id, file=one_item, media=tmp_path / "media")
     yield {"users": users, "ctx": ctx}
 
 

@@ -66,7 +66,12 @@ def _hostile_items(fx: A.Fixture, work: Path) -> None:
     eng = make_engine(fx.db_url)
     try:
         rep = import_file(
-            eng, f, collection=fx.blind_collection, task_type="Malicious Text Generation", media_root=fx.media_root
+            eng,
+            f,
+            collection=fx.blind_collection,
+            task_type="Malicious Text Generation",
+            media_root=fx.media_root,
+            actor=SYSTEM,
         )
         assert rep.ok, rep.errors
         with eng.begin() as conn:  # first in the queue, in this order

@@ -27,6 +27,9 @@ from sqlmodel import Session, select
 
 from safereview.dataio.importers import import_file
 from safereview.db.models import Item, Media
+from safereview.workflow.principals import SystemPrincipal
+
+SYSTEM = SystemPrincipal("test")  # the trusted caller the CLI would be
 
 LINE_RE = re.compile(r"^(?P<file>.+?):(?P<line>\d+): (?P<field>[^:]+): (?P<msg>.+)$", re.S)
 
@@ -34,7 +37,7 @@ LINE_RE = re.compile(r"^(?P<file>.+?):(?P<line>\d+): (?P<field>[^:]+): (?P<msg>.
 def _imp(engine: sa.Engine, path: Path, root: Path, **kw: object):  # type: ignore[no-untyped-def]
     kw.setdefault("collection", "hostile")
     kw.setdefault("taxonomy", "vlsu")
-    return import_file(engine, path, media_root=root, **kw)  # type: ignore[arg-type]
+    return import_file(engine, path, media_root=root, actor=SYSTEM, **kw)  # type: ignore[arg-type]
 
 
 def _by_line(errors: list[str]) -> dict[int, list[tuple[str, str]]]:

@@ -11,6 +11,9 @@ from typer.testing import CliRunner
 
 from safereview.cli.main import app
 from safereview.dataio.importers import import_file
+from safereview.workflow.principals import SystemPrincipal
+
+SYSTEM = SystemPrincipal("test")  # the trusted caller the CLI would be
 
 
 def _items(path: Path, n: int) -> Path:
@@ -34,9 +37,11 @@ def test_row_limit_refuses_the_file_and_writes_nothing(
     engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SAFEREVIEW_MAX_IMPORT_ROWS", "3")
-    small = import_file(engine, _items(tmp_path / "small.jsonl", 3), collection="c", taxonomy="uni-safebench")
+    small = import_file(
+        engine, _items(tmp_path / "small.jsonl", 3), collection="c", taxonomy="uni-safebench", actor=SYSTEM
+    )
     assert small.ok and small.items_new == 3
-    big = import_file(engine, _items(tmp_path / "big.jsonl", 5), collection="c", taxonomy="uni-safebench")
+    big = import_file(engine, _items(tmp_path / "big.jsonl", 5), collection="c", taxonomy="uni-safebench", actor=SYSTEM)
     assert not big.ok
     text = "\n".join(big.errors)
     assert "big.jsonl:4: (file): more than 3 rows in one import" in text

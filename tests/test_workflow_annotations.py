@@ -66,8 +66,8 @@ def test_blind_flow_keeps_blind_and_final_labels(engine: sa.Engine) -> None:
     assert fin.labels == UNSAFE and fin.blind_labels == VLSU_SAFE
     assert fin.verdict_action == "override" and fin.verdict_judge_id == "j1" and fin.version == 2
     with Session(engine) as s:
-        actions = [e.action for e in s.exec(select(AnnotationEvent).order_by(AnnotationEvent.id))]
-        assert actions == ["create", "reveal"]
+        events = list(s.exec(select(AnnotationEvent).order_by(AnnotationEvent.id)))
+        assert [(e.action, e.recorded_by) for e in events] == [("create", "ann"), ("reveal", "ann")]
         assert replay_events(s) == stored_state(s)
 
 

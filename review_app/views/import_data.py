@@ -91,6 +91,7 @@ def page() -> None:
             report = import_file(
                 ui.get_engine(),
                 path,
+                actor=user,
                 format=fmt,
                 collection=collection,
                 taxonomy=taxonomy if target == "(new collection)" else None,
@@ -99,7 +100,6 @@ def page() -> None:
                 model=model or None,
                 skip_invalid=skip_invalid,
                 rejects_path=rejects,
-                user=user.username,
                 update=update,
                 media_root=cfg.media_root,
                 config=cfg,

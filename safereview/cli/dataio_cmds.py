@@ -199,7 +199,6 @@ def register(app: typer.Typer) -> None:
         the database unchanged. Files are imported in order and the run stops at the first
         file that fails (files before it stay imported).
         """
-        import os
 
         from rich.markup import escape
         from rich.table import Table
@@ -228,7 +227,8 @@ def register(app: typer.Typer) -> None:
                     model=model,
                     skip_invalid=skip_invalid,
                     rejects_path=rejects,
-                    user=user or os.environ.get("USER", ""),
+                    actor=principal(),
+                    user=user,
                     update=update,
                     media_root=cfg.media_root,
                     config=cfg,

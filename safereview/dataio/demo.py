@@ -17,6 +17,7 @@ from typing import Any
 
 from safereview.data import DEMO_DIR
 from safereview.dataio.importers import ImportReport, import_file
+from safereview.workflow.principals import SystemPrincipal
 
 UNI_TASK_FILES = (
     "malicious_text_generation",
@@ -30,6 +31,7 @@ UNI_TASK_FILES = (
 UNI_COLLECTION = "uni-safebench / demo-unified-model"
 VLSU_COLLECTION = "vlsu / demo"
 AV_COLLECTION = "demo-av / demo-av-model"
+DEMO_PRINCIPAL = SystemPrincipal("demo")  # who imports the demo files
 
 
 def demo_plan(data_dir: Path = DEMO_DIR) -> list[dict[str, Any]]:
@@ -98,6 +100,7 @@ def build_demo(db_url: str, media_root: Path, *, data_dir: Path = DEMO_DIR) -> d
             rep = import_file(
                 engine,
                 step["path"],
+                actor=DEMO_PRINCIPAL,
                 format=step["format"],
                 collection=step["collection"],
                 taxonomy=step["taxonomy"],

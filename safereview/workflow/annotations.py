@@ -213,6 +213,7 @@ def _event(
             annotation_id=ann.id,
             item_id=ann.item_id,
             actor_id=actor.id,
+            recorded_by=actor.username,
             action=action,
             version=ann.version,
             before=before,
@@ -361,8 +362,8 @@ ann AS (
   RETURNING id, item_id
 ),
 ev AS (
-  INSERT INTO annotationevent (annotation_id, item_id, actor_id, action, version, before, after, at)
-  SELECT ann.id, ann.item_id, :uid, 'create', 1, NULL, CAST(:after AS JSONB), :now FROM ann
+  INSERT INTO annotationevent (annotation_id, item_id, actor_id, recorded_by, action, version, before, after, at)
+  SELECT ann.id, ann.item_id, :uid, :uname, 'create', 1, NULL, CAST(:after AS JSONB), :now FROM ann
   RETURNING id
 )
 SELECT (SELECT count(*) FROM done), (SELECT id FROM ann), (SELECT count(*) FROM ev)
@@ -386,6 +387,7 @@ def _pg_submit_fast(session: Session, user: User, assignment_id: int, values: di
             "now": values["created_at"],
             "aid": assignment_id,
             "uid": user.id,
+            "uname": user.username,
             "labels": json.dumps(values["labels"]),
             "blind": None if blind is None else json.dumps(blind),
             "cats": json.dumps(values["categories"]),

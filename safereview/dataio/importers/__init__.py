@@ -41,6 +41,7 @@ from safereview.dataio.importers.write import cleanup_files, write
 from safereview.db import taxonomy as taxmod
 from safereview.db.collections import ensure_collection
 from safereview.db.models import Collection, Taxonomy
+from safereview.workflow.policies import require
 
 __all__ = ["FORMATS", "ImportFailed", "ImportReport", "detect_format", "import_file"]
 
@@ -69,6 +70,7 @@ def import_file(
     model: str | None = None,
     skip_invalid: bool = False,
     rejects_path: str | Path | None = None,
+    actor: Any,
     user: str = "",
     update: bool = False,
     media_root: str | Path | None = None,
@@ -76,6 +78,10 @@ def import_file(
     append_rejects: bool = False,
 ) -> ImportReport:
     """Validate and import one file into ``collection``; see docs/import.md.
+
+    ``actor`` must be allowed to ``import`` (an admin, or the CLI's system principal); the
+    batch and any annotation events it writes record ``user`` or, without it, the actor's
+    name.
 
     ``taxonomy`` is a preset name, a taxonomy file or a spec; it may be omitted for an
     existing collection. ``media_dir`` (default: the file's folder) is where relative media
@@ -86,6 +92,8 @@ def import_file(
     """
     # Bulk import builds many small objects; the cyclic GC rescanning them all again and again
     # made large imports super-linear. Nothing here creates reference cycles that need it.
+    require(actor, "import")
+    user = user or actor.username
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:

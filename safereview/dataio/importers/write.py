@@ -130,7 +130,7 @@ def write(
 
     ids = _write_items(conn, plan, collection_id, batch_id, now, report)
     touched = _write_verdicts(conn, plan, ids, batch_id, now, report)
-    _write_annotations(conn, plan, ids, batch_id, now, report)
+    _write_annotations(conn, plan, ids, batch_id, now, report, user)
 
     conn.execute(
         batch_t.update()
@@ -310,7 +310,13 @@ def _snapshot(a: dict[str, Any], batch_id: int) -> dict[str, Any]:
 
 
 def _write_annotations(
-    conn: sa.Connection, plan: ImportPlan, ids: dict[str, int], batch_id: int, now: datetime, report: ImportReport
+    conn: sa.Connection,
+    plan: ImportPlan,
+    ids: dict[str, int],
+    batch_id: int,
+    now: datetime,
+    report: ImportReport,
+    recorded_by: str,
 ) -> None:
     """New annotations (with their people, done assignments and slots), replaced ones, and every ``import`` event."""
     if not plan.new_annotations and not plan.changed_annotations:
@@ -394,7 +400,8 @@ def _write_annotations(
         report.notes.append(f"{len(plan.changed_annotations)} annotation(s) replaced (--update)")
     if events:
         ev_t = AnnotationEvent.__table__  # type: ignore[attr-defined]
-        bulk_insert(conn, ev_t, EVENT_COLUMNS, events, const={"action": "import", "at": now}, process=True)
+        const = {"action": "import", "at": now, "recorded_by": recorded_by[:80]}  # the importer, not the annotator
+        bulk_insert(conn, ev_t, EVENT_COLUMNS, events, const=const, process=True)
 
 
 def cleanup_files(engine: sa.Engine, files: list[Path]) -> None:
