@@ -183,6 +183,7 @@ def build_db(db_url: str, n_items: int, n_users: int, *, blind: bool = False) ->
     from safereview.db.collections import ensure_collection
     from safereview.db.engine import init_db, session_scope
     from safereview.workflow import auth
+    from safereview.workflow.principals import SystemPrincipal
 
     t0 = time.perf_counter()
     engine = init_db(db_url)
@@ -198,7 +199,7 @@ def build_db(db_url: str, n_items: int, n_users: int, *, blind: bool = False) ->
             ).id
         )  # type: ignore[arg-type]
         for u in range(n_users):
-            auth.create_user(s, f"bench{u:02d}", PASSWORD, "annotator")
+            auth.create_user(s, f"bench{u:02d}", PASSWORD, "annotator", actor=SystemPrincipal("bench"))
     bulk_insert(engine, "item", ITEM_COLUMNS, _item_rows(cid, n_items))
     with engine.connect() as conn:
         first = int(conn.execute(sa.text("SELECT MIN(id) FROM item WHERE collection_id = :c"), {"c": cid}).scalar_one())

@@ -21,6 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from safereview.workflow.principals import SystemPrincipal
+
+SYSTEM = SystemPrincipal("test")  # the trusted caller the CLI would be
+
 REPO = Path(__file__).resolve().parents[1]
 MAIN = importlib.util.find_spec("safereview.review_app.main").origin
 
@@ -128,7 +132,7 @@ def build_fixture(
     try:
         with session_scope(engine) as s:
             for name, pw in PASSWORDS.items():
-                auth.create_user(s, name, pw, ROLES[name], display_name=name.upper())
+                auth.create_user(s, name, pw, ROLES[name], display_name=name.upper(), actor=SYSTEM)
             col = ensure_collection(
                 s, fx.blind_collection, "uni-safebench", overlap_target=2, blind=blind, audit_share=0.0
             )

@@ -128,6 +128,11 @@ def _table() -> list[Guarded]:
             "admin",
             lambda s, u, c: auth.reset_password(s, "victim", "new-pass-123456", actor=u),
         ),
+        _g(
+            "safereview.workflow.auth.create_user",
+            "admin",
+            lambda s, u, c: auth.create_user(s, "newcomer", None, "annotator", actor=u),
+        ),
         _g("safereview.workflow.auth.list_users", "admin", lambda s, u, c: auth.list_users(s, actor=u)),
         _g(
             "safereview.workflow.auth.set_role",
@@ -358,8 +363,8 @@ def test_annotators_cannot_read_others_labels_or_events(engine: sa.Engine, world
 
 def test_passwords_sessions_rate_limit_and_disabled_users(engine: sa.Engine) -> None:
     with session_scope(engine) as s:
-        auth.create_user(s, "pw-user", "correct-horse-1", "annotator")
-        auth.create_user(s, "pw-off", "correct-horse-2", "admin")
+        auth.create_user(s, "pw-user", "correct-horse-1", "annotator", actor=SYSTEM)
+        auth.create_user(s, "pw-off", "correct-horse-2", "admin", actor=SYSTEM)
         auth.set_disabled(s, "pw-off", True, actor=SYSTEM)
     with engine.connect() as conn:
         hashes = dict(conn.execute(sa.text('SELECT username, password_hash FROM "user"')).all())

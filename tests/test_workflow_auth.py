@@ -31,7 +31,7 @@ def cheap_argon2(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 
 def _add(engine: sa.Engine, name: str = "alice", role: str = "annotator", password: str | None = PW) -> None:
     with session_scope(engine) as s:
-        auth.create_user(s, name, password, role, display_name="Alice")
+        auth.create_user(s, name, password, role, display_name="Alice", actor=SYSTEM)
 
 
 def test_password_is_stored_as_argon2id_not_plaintext(engine: sa.Engine) -> None:
@@ -147,11 +147,11 @@ def test_invalid_usernames_are_refused(bad: str) -> None:
 def test_create_user_validation(engine: sa.Engine) -> None:
     _add(engine)
     with pytest.raises(InvalidInput, match="taken"), session_scope(engine) as s:
-        auth.create_user(s, "alice", PW, "annotator")
+        auth.create_user(s, "alice", PW, "annotator", actor=SYSTEM)
     with pytest.raises(InvalidInput, match="role"), session_scope(engine) as s:
-        auth.create_user(s, "carol", PW, "root")
+        auth.create_user(s, "carol", PW, "root", actor=SYSTEM)
     with pytest.raises(InvalidInput, match="password"), session_scope(engine) as s:
-        auth.create_user(s, "carol", "short", "lead")
+        auth.create_user(s, "carol", "short", "lead", actor=SYSTEM)
 
 
 def test_admin_functions_check_the_actor(engine: sa.Engine) -> None:

@@ -16,7 +16,10 @@ from safereview.workflow import auth
 from safereview.workflow.annotations import submit
 from safereview.workflow.auth import authenticate_and_record
 from safereview.workflow.errors import AuthError
+from safereview.workflow.principals import SystemPrincipal
 from safereview.workflow.queue import QueueFilter, next_item
+
+SYSTEM = SystemPrincipal("test")  # the trusted caller the CLI would be
 
 runner = CliRunner()
 
@@ -138,8 +141,8 @@ def test_collections_set_changes_only_what_is_given(db_url: str, engine: sa.Engi
         assert (col.overlap_target, col.audit_share) == (3, 0.35)  # refused changes wrote nothing
 
     with session_scope(engine) as s:
-        lead = auth.create_user(s, "lead1", "lead-pass-12", "lead")
-        admin = auth.create_user(s, "admin1", "admin-pass-12", "admin")
+        lead = auth.create_user(s, "lead1", "lead-pass-12", "lead", actor=SYSTEM)
+        admin = auth.create_user(s, "admin1", "admin-pass-12", "admin", actor=SYSTEM)
         with pytest.raises(Forbidden):
             collections.update_settings(s, "settings-test", actor=lead, overlap_target=1)
         with pytest.raises(InvalidInput):

@@ -40,7 +40,7 @@ def page() -> None:
             try:
                 policies.require(user, "manage_users")
                 with ui.session() as s:
-                    auth.create_user(s, username, password, role, display_name=display)
+                    auth.create_user(s, username, password, role, display_name=display, actor=user)
                 st.session_state["users_msg"] = f"Added {username}."
                 st.rerun()
             except (WorkflowError, ValueError) as exc:

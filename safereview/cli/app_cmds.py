@@ -116,6 +116,7 @@ def ensure_demo_users(db_url: str) -> list[tuple[str, str, str]]:
     """Create the demo accounts that are missing; returns (username, password, role) of all."""
     from sqlmodel import select
 
+    from safereview.dataio.demo import DEMO_PRINCIPAL
     from safereview.db.engine import make_engine, session_scope
     from safereview.db.models import User
     from safereview.workflow import auth
@@ -125,7 +126,7 @@ def ensure_demo_users(db_url: str) -> list[tuple[str, str, str]]:
         with session_scope(engine) as s:
             for username, password, role, display in DEMO_USERS:
                 if s.exec(select(User).where(User.username == username)).first() is None:
-                    auth.create_user(s, username, password, role, display_name=display)
+                    auth.create_user(s, username, password, role, display_name=display, actor=DEMO_PRINCIPAL)
     finally:
         engine.dispose()
     return [(u, p, r) for u, p, r, _ in DEMO_USERS]

@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         password = _password(password_stdin)
         try:
             with session_scope(engine_for(config(db))) as s:
-                user = create_user(s, username, password, role, display_name)
+                user = create_user(s, username, password, role, display_name, actor=principal())
                 name, urole = user.username, user.role
         except WorkflowError as exc:
             _fail(str(exc))

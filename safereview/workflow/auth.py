@@ -88,8 +88,14 @@ def get_user(session: Session, username: str) -> User:
     return user
 
 
-def create_user(session: Session, username: str, password: str | None, role: str, display_name: str = "") -> User:
-    """Create a user; ``password=None`` gives an unusable hash (sign-in needs a reset first)."""
+def create_user(
+    session: Session, username: str, password: str | None, role: str, display_name: str = "", *, actor: Any
+) -> User:
+    """Create a user; ``password=None`` gives an unusable hash (sign-in needs a reset first).
+
+    ``actor`` must be allowed ``manage_users`` (an admin, or the CLI's system principal).
+    """
+    require(actor, "manage_users")
     name = validate_username(username)
     validate_role(role)
     if _user(session, name) is not None:
@@ -288,15 +294,6 @@ def list_users(session: Session, *, actor: Any) -> list[User]:
     """Every user by username (``actor`` checked for ``manage_users``)."""
     require(actor, "manage_users")
     return list(session.exec(select(User).order_by(User.username)).all())
-
-
-def ensure_user(session: Session, username: str, role: str = "annotator", display_name: str = "") -> User:
-    """Return the named user, creating an import placeholder (unusable password) if missing."""
-    name = validate_username(username)
-    user = _user(session, name)
-    if user is None:
-        user = create_user(session, name, None, role, display_name)
-    return user
 
 
 # ---------------------------------------------------------------------------------------
