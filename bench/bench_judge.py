@@ -95,6 +95,7 @@ def _pipeline_run(url: str, n_items: int) -> tuple[float, float]:
     from safereview.db.engine import init_db, session_scope
     from safereview.db.models import Item
     from safereview.judge.runner import RunOptions, run_judge
+    from safereview.workflow.principals import SystemPrincipal
 
     with tempfile.TemporaryDirectory() as tmp:
         engine = init_db(f"sqlite:///{tmp}/bench.db")
@@ -123,7 +124,7 @@ def _pipeline_run(url: str, n_items: int) -> tuple[float, float]:
             batch_size=50,
         )
         cpu = time.process_time()
-        summary = run_judge(engine, Path(tmp) / "media", opts)
+        summary = run_judge(engine, Path(tmp) / "media", opts, actor=SystemPrincipal("bench"))
         cpu = time.process_time() - cpu
         engine.dispose()
     if summary.calls != 3 * n_items:

@@ -237,9 +237,9 @@ def import_verdicts(
     fmt: str,
     collection: str,
     *,
+    actor: Any,
     judge_id: str | None = None,
     update: bool = False,
-    created_by: str = "",
 ) -> ImportResult:
     """Check the whole file, then write its new and changed verdicts in the caller's transaction.
 
@@ -247,11 +247,13 @@ def import_verdicts(
     one (same item, dimension and judge) is left as it is; one that differs is refused
     unless ``update`` (``--update``), so a second file can never silently replace a judge's
     answers. The queue's priorities of the touched items are refreshed in the same
-    transaction. Raises :class:`VerdictImportError` listing every problem; nothing is
-    written then.
+    transaction. ``actor`` must be allowed to ``import``. Raises :class:`VerdictImportError`
+    listing every problem; nothing is written then.
     """
     from safereview.workflow.ordering import refresh_priorities
+    from safereview.workflow.policies import require
 
+    require(actor, "import")
     path = Path(path)
     col = get_collection(session, collection)
     spec = taxonomy_of(session, col)
@@ -292,7 +294,7 @@ def import_verdicts(
         source_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
         format=f"verdicts-{fmt}",
         collection_id=col.id,
-        created_by=created_by,
+        created_by=actor.username,
     )
     session.add(batch)
     session.flush()

@@ -27,6 +27,7 @@ from safereview.judge.config import ensure_judge_config, judge_id
 from safereview.judge.protocols import get_protocol
 from safereview.judge.protocols.base import Answer, Draft, ItemView, JudgeContext
 from safereview.judge.store import cache_get, cache_put_many, missing_work, write_verdicts
+from safereview.workflow.policies import require
 
 DRY_RUN_INTENT = "<dry run: the intent-extraction answer goes here>"
 
@@ -190,10 +191,16 @@ def run_judge(
     media_root: Path,
     opts: RunOptions,
     *,
+    actor: Any,
     console: Any = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> RunSummary:
-    """Judge what is missing and return a summary (synchronous wrapper)."""
+    """Judge what is missing and return a summary (synchronous wrapper).
+
+    ``actor`` must be allowed to ``judge`` (an admin, or the CLI's system principal): a run
+    writes verdicts into collections and sends their content to a model server.
+    """
+    require(actor, "judge")
     return asyncio.run(run_judge_async(engine, media_root, opts, console=console, on_batch=on_batch))
 
 

@@ -72,6 +72,8 @@ def _g(
 def _table() -> list[Guarded]:
     from safereview.agreement import audit, calibration, consensus, gold
     from safereview.dataio.importers import import_file
+    from safereview.judge.importing import import_verdicts
+    from safereview.judge.runner import RunOptions, run_judge
     from safereview.workflow import annotations as an
     from safereview.workflow import collections as wcol
     from safereview.workflow import progress as wprog
@@ -115,6 +117,21 @@ def _table() -> list[Guarded]:
             "admin",
             lambda s, u, c: import_file(
                 s.get_bind(), c["file"], collection="acl-import", taxonomy="vlsu", media_root=c["media"], actor=u
+            ),
+        ),
+        _g(
+            "safereview.judge.importing.import_verdicts",
+            "admin",
+            lambda s, u, c: import_verdicts(s, c["verdicts"], "generic", "acl", actor=u),
+        ),
+        _g(
+            "safereview.judge.runner.run_judge",
+            "admin",
+            lambda s, u, c: run_judge(  # a dry run: requests are built, no server is called
+                s.get_bind(),
+                c["media"],
+                RunOptions("vlsu", "http://127.0.0.1:9", "m", "acl", limit=1, dry_run=True, progress=False),
+                actor=u,
             ),
         ),
         _g("safereview.workflow.progress.queue_status", "lead", lambda s, u, c: wprog.queue_status(s, u, c["col"])),
@@ -279,8 +296,10 @@ def world(engine: sa.Engine, tmp_path: Path) -> Iterator[dict[str, Any]]:
         cal_id = int(cal.id)
     one_item = tmp_path / "one.jsonl"
     one_item.write_text('{"id": "acl-1", "prompt": "a question", "response": "an answer"}\n', encoding="utf-8")
+    verdict_file = tmp_path / "verdicts.jsonl"
+    verdict_file.write_text('{"item_id": "acl-0", "dimension": "joint", "label": "safe", "judge_id": "imp"}\n')
     for c in ctx.values():
-        c.update(cal=cal_id, file=one_item, media=tmp_path / "media")
+        c.update(cal=cal_id, file=one_item, media=tmp_path / "media", verdicts=verdict_file)
     yield {"users": users, "ctx": ctx}
 
 

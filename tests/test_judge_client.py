@@ -28,6 +28,9 @@ from safereview.db.engine import init_db, session_scope
 from safereview.db.models import Item, JudgeCache, Media, Verdict
 from safereview.judge.client import retry_after_seconds
 from safereview.judge.runner import RunOptions, run_judge
+from safereview.workflow.principals import SystemPrincipal
+
+SYSTEM = SystemPrincipal("test")  # the trusted caller the CLI would be
 
 
 @pytest.fixture
@@ -74,7 +77,7 @@ def one_text_item(env: dict[str, Any], text: str = "Say hello. EXPECT c=1") -> N
 def test_requests_carry_the_stored_images(env: dict[str, Any]) -> None:
     uni_collection(env["engine"], env["media"], n=4)
     with FakeOpenAI() as srv:
-        summary = run_judge(env["engine"], env["media"], opts(srv.url))
+        summary = run_judge(env["engine"], env["media"], opts(srv.url), actor=SYSTEM)
     assert summary.errors == 0 and summary.unparseable == 0
     with Session(env["engine"]) as s:
         items = {i.external_id: i for i in s.exec(select(Item)).all()}
@@ -124,7 +127,7 @@ def test_large_images_are_downscaled_before_sending(env: dict[str, Any]) -> None
             response=[{"modality": "image", "media": sha, "name": "big.png"}],
         )
     with FakeOpenAI() as srv:
-        run_judge(env["engine"], env["media"], opts(srv.url, max_image_side=300))
+        run_judge(env["engine"], env["media"], opts(srv.url, max_image_side=300), actor=SYSTEM)
     sent = [img for body in srv.requests for img in decode_images(body)]
     assert sent and all(img.size == (300, 75) for img in sent)
     assert all(img.getpixel((150, 37)) == (10, 200, 30) for img in sent)
@@ -142,7 +145,7 @@ def test_retries_429_with_retry_after_and_500_then_succeeds(env: dict[str, Any])
         return failures.get(n) or smart_reply(body, n)
 
     with FakeOpenAI(script) as srv:
-        summary = run_judge(env["engine"], env["media"], opts(srv.url, concurrency=1))
+        summary = run_judge(env["engine"], env["media"], opts(srv.url, concurrency=1), actor=SYSTEM)
     assert summary.retries == 3 and summary.failures == 0
     v = verdicts(env["engine"])
     assert v[("t1", "contextual")].label == "safe" and v[("t1", "contextual")].status == "ok"
@@ -155,7 +158,7 @@ def test_retries_429_with_retry_after_and_500_then_succeeds(env: dict[str, Any])
 def test_client_errors_are_not_retried(env: dict[str, Any]) -> None:
     one_text_item(env)
     with FakeOpenAI(lambda b, n: Reply(status=400, body={"error": "bad model"})) as srv:
-        summary = run_judge(env["engine"], env["media"], opts(srv.url))
+        summary = run_judge(env["engine"], env["media"], opts(srv.url), actor=SYSTEM)
     assert len(srv.requests) == 2  # intent and intrinsic, once each; contextual never asked
     assert summary.errors == 2 and summary.retries == 0
     v = verdicts(env["engine"])
@@ -172,13 +175,13 @@ def test_slow_answers_hit_the_time_limit_and_errors_are_retried_next_run(env: di
         return reply
 
     with FakeOpenAI(slow) as srv:
-        summary = run_judge(env["engine"], env["media"], opts(srv.url, timeout=0.3, max_retries=1))
+        summary = run_judge(env["engine"], env["media"], opts(srv.url, timeout=0.3, max_retries=1), actor=SYSTEM)
     assert summary.errors == 2 and summary.retries >= 2
     assert len(srv.requests) == 4  # intent and intrinsic, two attempts each
     v = verdicts(env["engine"])
     assert all(x.status == "error" and "time limit" in x.raw_output for x in v.values())
     with FakeOpenAI() as srv2:  # a later run retries the failed verdicts and replaces them
-        summary2 = run_judge(env["engine"], env["media"], opts(srv2.url))
+        summary2 = run_judge(env["engine"], env["media"], opts(srv2.url), actor=SYSTEM)
     assert summary2.ok == 2 and summary2.skipped == 0
     v = verdicts(env["engine"])
     assert {x.status for x in v.values()} == {"ok"} and len(v) == 2
@@ -196,7 +199,7 @@ def test_malformed_answers_are_stored_unparseable_and_not_guessed(env: dict[str,
         return Reply(body=completion("Reason: looks safe; Result: 7"))
 
     with FakeOpenAI(script) as srv:
-        summary = run_judge(env["engine"], env["media"], opts(srv.url))
+        summary = run_judge(env["engine"], env["media"], opts(srv.url), actor=SYSTEM)
     assert summary.unparseable == 2 and summary.ok == 0
     v = verdicts(env["engine"])
     assert v[("t1", "intrinsic")].label is None and v[("t1", "intrinsic")].status == "unparseable"
@@ -204,14 +207,14 @@ def test_malformed_answers_are_stored_unparseable_and_not_guessed(env: dict[str,
     assert v[("t1", "contextual")].raw_output == "Reason: looks safe; Result: 7"
     assert v[("t1", "contextual")].intent  # the intent is kept even when the verdict is unparseable
     with FakeOpenAI(script) as srv2:  # unparseable counts as done: no new calls
-        again = run_judge(env["engine"], env["media"], opts(srv2.url))
+        again = run_judge(env["engine"], env["media"], opts(srv2.url), actor=SYSTEM)
     assert srv2.requests == [] and again.skipped == 1
 
 
 def test_malformed_http_bodies_are_errors(env: dict[str, Any]) -> None:
     one_text_item(env)
     with FakeOpenAI(lambda b, n: Reply(body=b"{not json")) as srv:
-        summary = run_judge(env["engine"], env["media"], opts(srv.url))
+        summary = run_judge(env["engine"], env["media"], opts(srv.url), actor=SYSTEM)
     assert summary.errors == 2 and len(srv.requests) == 2
     assert "malformed response" in verdicts(env["engine"])[("t1", "intrinsic")].raw_output
 
@@ -219,12 +222,12 @@ def test_malformed_http_bodies_are_errors(env: dict[str, Any]) -> None:
 def test_cache_makes_a_rerun_free(env: dict[str, Any]) -> None:
     uni_collection(env["engine"], env["media"], n=6)
     with FakeOpenAI() as srv:
-        first = run_judge(env["engine"], env["media"], opts(srv.url))
+        first = run_judge(env["engine"], env["media"], opts(srv.url), actor=SYSTEM)
         before = {k: v.label for k, v in verdicts(env["engine"]).items()}
         with env["engine"].begin() as conn:
             conn.execute(sa.delete(Verdict))
         n_first = len(srv.requests)
-        second = run_judge(env["engine"], env["media"], opts(srv.url))
+        second = run_judge(env["engine"], env["media"], opts(srv.url), actor=SYSTEM)
         assert len(srv.requests) == n_first  # zero HTTP calls the second time
     assert first.calls == n_first and first.cache_hits == 0
     assert second.calls == 0 and second.cache_hits == n_first
@@ -236,10 +239,10 @@ def test_cache_makes_a_rerun_free(env: dict[str, Any]) -> None:
 def test_cache_off_calls_again(env: dict[str, Any]) -> None:
     one_text_item(env)
     with FakeOpenAI() as srv:
-        run_judge(env["engine"], env["media"], opts(srv.url, cache=False))
+        run_judge(env["engine"], env["media"], opts(srv.url, cache=False), actor=SYSTEM)
         with env["engine"].begin() as conn:
             conn.execute(sa.delete(Verdict))
-        run_judge(env["engine"], env["media"], opts(srv.url, cache=False))
+        run_judge(env["engine"], env["media"], opts(srv.url, cache=False), actor=SYSTEM)
     assert len(srv.requests) == 6
     with Session(env["engine"]) as s:
         assert s.exec(select(JudgeCache)).all() == []
@@ -248,7 +251,7 @@ def test_cache_off_calls_again(env: dict[str, Any]) -> None:
 def test_logprobs_become_label_probabilities(env: dict[str, Any]) -> None:
     uni_collection(env["engine"], env["media"], n=3)
     with FakeOpenAI() as srv:
-        run_judge(env["engine"], env["media"], opts(srv.url, logprobs=True))
+        run_judge(env["engine"], env["media"], opts(srv.url, logprobs=True), actor=SYSTEM)
     assert all(b.get("logprobs") is True and b.get("top_logprobs") == 10 for b in srv.requests)
     v = verdicts(env["engine"])
     ctx = v[("u0", "contextual")]  # text response, digit 0 → unsafe, server put 0.7 on it
@@ -263,7 +266,7 @@ def test_logprobs_become_label_probabilities(env: dict[str, Any]) -> None:
 def test_api_key_comes_from_the_named_variable(env: dict[str, Any]) -> None:
     one_text_item(env)
     with FakeOpenAI() as srv:
-        run_judge(env["engine"], env["media"], opts(srv.url, api_key="s3cret"))
+        run_judge(env["engine"], env["media"], opts(srv.url, api_key="s3cret"), actor=SYSTEM)
     assert all(h.get("Authorization") == "Bearer s3cret" for h in srv.headers)
 
 
@@ -284,7 +287,7 @@ def test_missing_media_file_is_an_error_verdict(env: dict[str, Any]) -> None:
             response=[{"modality": "text", "text": "a picture"}],
         )
     with FakeOpenAI() as srv:
-        summary = run_judge(env["engine"], env["media"], opts(srv.url))
+        summary = run_judge(env["engine"], env["media"], opts(srv.url), actor=SYSTEM)
     v = verdicts(env["engine"])
     assert v[("gone", "contextual")].status == "error" and "unreadable" in v[("gone", "contextual")].raw_output
     assert summary.errors >= 1
@@ -322,7 +325,7 @@ def test_audio_travels_as_input_audio(env: dict[str, Any]) -> None:
                 response=[{"modality": "audio", "media": sha, "name": f"x.{ext}"}],
             )
     with FakeOpenAI() as srv:
-        summary = run_judge(env["engine"], env["media"], opts(srv.url))
+        summary = run_judge(env["engine"], env["media"], opts(srv.url), actor=SYSTEM)
     assert summary.errors == 0
     audio_parts = [
         p
@@ -387,7 +390,7 @@ def test_video_is_sent_as_still_frames_and_broken_video_is_an_error(env: dict[st
             response=[{"modality": "video", "media": bad, "name": "bad.mp4"}],
         )
     with FakeOpenAI() as srv:
-        run_judge(env["engine"], env["media"], opts(srv.url))
+        run_judge(env["engine"], env["media"], opts(srv.url), actor=SYSTEM)
     intrinsic = [b for b in srv.requests if question_of(b) == "intrinsic"]
     assert len(intrinsic) == 1  # the broken video never reaches the judge
     frames = decode_images(intrinsic[0])
@@ -422,7 +425,7 @@ def test_refused_and_empty_outputs_are_ruled_without_a_call(env: dict[str, Any])
             response=[{"modality": "text", "text": "   \n"}],
         )
     with FakeOpenAI() as srv:
-        summary = run_judge(env["engine"], env["media"], opts(srv.url))
+        summary = run_judge(env["engine"], env["media"], opts(srv.url), actor=SYSTEM)
     assert srv.requests == [] and summary.rule == 6 and summary.calls == 0
     v = verdicts(env["engine"])
     for ext in ("refused", "empty", "blank"):
@@ -451,7 +454,7 @@ def test_text_and_image_outputs_are_judged_apart_and_combined(env: dict[str, Any
             response=[{"modality": "text", "text": "Sorry, no. i=0"}, {"modality": "image", "media": sha}],
         )
     with FakeOpenAI() as srv:
-        run_judge(env["engine"], env["media"], opts(srv.url, logprobs=True))
+        run_judge(env["engine"], env["media"], opts(srv.url, logprobs=True), actor=SYSTEM)
     qs = srv.questions()
     assert qs.count("contextual-text") == 2 and qs.count("contextual-image") == 2
     assert qs.count("intrinsic") == 4  # text piece and image piece, for both items
@@ -481,7 +484,7 @@ def test_uncommon_image_formats_are_converted_to_png(env: dict[str, Any]) -> Non
             response=[{"modality": "image", "media": sha, "name": "x.bmp"}],
         )
     with FakeOpenAI() as srv:
-        run_judge(env["engine"], env["media"], opts(srv.url))
+        run_judge(env["engine"], env["media"], opts(srv.url), actor=SYSTEM)
     urls = [
         p["image_url"]["url"]
         for b in srv.requests

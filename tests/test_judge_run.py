@@ -21,6 +21,9 @@ from safereview.db.collections import ensure_collection
 from safereview.db.engine import init_db, session_scope
 from safereview.db.models import Gold, GoldSnapshot, Item, JudgeConfig, Verdict
 from safereview.judge.metrics import wilson
+from safereview.workflow.principals import SystemPrincipal
+
+SYSTEM = SystemPrincipal("test")  # the trusted caller the CLI would be
 
 runner = CliRunner()
 
@@ -411,14 +414,14 @@ def test_judge_streams_items_in_chunks_and_judges_only_what_is_missing(tmp_path:
             concurrency=4,
             cache=False,
         )
-        first = run_judge(engine, media, opts)
+        first = run_judge(engine, media, opts, actor=SYSTEM)
         with session_scope(engine) as s:  # forget two answers: one whole item, one dimension of another
             u1, u4 = (s.exec(select(Item.id).where(Item.external_id == e)).one() for e in ("u1", "u4"))
             for v in s.exec(select(Verdict).where(Verdict.item_id.in_([u1, u4]))).all():  # type: ignore[attr-defined]
                 if v.item_id == u1 or v.dimension == "intrinsic":
                     s.delete(v)
         n_before = len(srv.requests)
-        second = run_judge(engine, media, opts)
+        second = run_judge(engine, media, opts, actor=SYSTEM)
         again = srv.requests[n_before:]
     assert first.items == 8 and first.skipped == 0
     assert second.items == 2 and second.skipped == 6

@@ -21,6 +21,7 @@ EXPECTED = {  # action: (annotator, lead, admin)
     "tag_errors": (False, True, True),
     "view_queue_status": (False, True, True),
     "import": (False, False, True),
+    "judge": (False, False, True),
     "manage_users": (False, False, True),
     "manage_collections": (False, False, True),
 }

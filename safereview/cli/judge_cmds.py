@@ -147,7 +147,7 @@ def register(app: typer.Typer) -> None:
             progress=not json_out,
         )
         try:
-            summary = run_judge(engine, cfg.media_root, opts, console=err_console)
+            summary = run_judge(engine, cfg.media_root, opts, console=err_console, actor=principal())
         except (JudgeSetupError, NotFound) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
@@ -197,9 +197,7 @@ def register(app: typer.Typer) -> None:
         engine = engine_for(cfg)
         try:
             with session_scope(engine) as s:
-                result = import_verdicts(
-                    s, path, fmt, collection, judge_id=judge_id, update=update, created_by=principal().username
-                )
+                result = import_verdicts(s, path, fmt, collection, actor=principal(), judge_id=judge_id, update=update)
         except VerdictImportError as exc:
             for p in exc.problems:
                 typer.echo(p, err=True)

@@ -26,6 +26,7 @@ ACTIONS: dict[str, str] = {
     "tag_errors": "lead",
     "view_queue_status": "lead",
     "import": "admin",
+    "judge": "admin",
     "manage_users": "admin",
     "manage_collections": "admin",
 }
