@@ -18,6 +18,7 @@ from sqlmodel import Session, SQLModel
 from safereview.db.bulk import bulk_insert
 from safereview.db.collections import ensure_collection, taxonomy_of
 from safereview.db.models import utcnow
+from safereview.workflow.auth import unusable_hash
 
 
 @dataclass
@@ -89,7 +90,7 @@ def bulk_load(
             "user",
             ["id", "username", "display_name", "password_hash", "role", "disabled", "created_at"],
             [
-                (uid, f"{collection}-ann{k}", "", "!synthetic", "annotator", False, now)
+                (uid, f"{collection}-ann{k}", "", unusable_hash(), "annotator", False, now)
                 for k, uid in enumerate(user_ids)
             ],
         )

@@ -73,12 +73,12 @@ def register(app: typer.Typer) -> None:
         from rich.text import Text
 
         from safereview.db.engine import session_scope
-        from safereview.workflow.auth import list_users
+        from safereview.workflow.auth import has_usable_password, list_users
 
         table = Table("username", "role", "status", "display name", "last sign-in")
         with session_scope(engine_for(config(db))) as s:
             for u in list_users(s, actor=principal()):
-                status = "disabled" if u.disabled else ("no password" if u.password_hash.startswith("!") else "active")
+                status = "disabled" if u.disabled else ("active" if has_usable_password(u) else "no password")
                 table.add_row(
                     Text(u.username),
                     u.role,

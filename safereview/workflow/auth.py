@@ -54,6 +54,11 @@ def unusable_hash() -> str:
     return UNUSABLE_PREFIX + secrets.token_hex(16)
 
 
+def has_usable_password(user: User) -> bool:
+    """False for imported people (and anyone given :func:`unusable_hash`) until a reset."""
+    return not user.password_hash.startswith(UNUSABLE_PREFIX)
+
+
 def validate_password(password: str) -> None:
     if not isinstance(password, str) or len(password) < MIN_PASSWORD_LEN:
         raise InvalidInput(f"password: at least {MIN_PASSWORD_LEN} characters")
