@@ -1,0 +1,202 @@
+"""Design-based estimates from human labels on a probability sample of a collection.
+
+The reviewed items are a sample whose inclusion probabilities ``pi`` are known (see
+docs/agreement.md): every estimate here weights a reviewed item by ``1 / pi`` so that it
+speaks for the whole collection, and every variance is the one of that design (Poisson
+sampling: each item in or out independently with probability ``pi``; a simple random
+sample is the special case of equal ``pi``).
+
+Three kinds of figure, each an :class:`Estimate` that says what it estimates:
+
+- :func:`hajek_mean` and :func:`hajek_ratio`: human-only, design-weighted (a rate over the
+  collection, or a conditional rate such as under-blocking among the items people call
+  unsafe);
+- :func:`ppi_mean`: prediction-powered (PPI++): the judge's score on *every* item, corrected
+  by the design-weighted human residuals, with the power-tuning weight ``lam`` chosen to
+  minimise the variance. Unbiased whatever the judge's quality (a bad judge only makes the
+  interval wider, never wrong), and narrower than human-only when the judge is informative;
+- :func:`reviews_needed`: how many more reviews would bring an interval to ``±x``.
+
+Intervals are normal-approximation 95% intervals on the linearised design variance; their
+coverage is checked by simulation (tests and ``bench/bench_estimates.py``), not assumed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy.stats import norm
+
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One figure a lead may sign: what it estimates, the value, its interval, and how."""
+
+    estimand: str
+    value: float
+    low: float
+    high: float
+    se: float
+    method: str
+    n_labelled: int  # reviewed items that entered the estimate
+    n_effective: float  # Kish's effective sample size of the weights
+    level: float = LEVEL
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _z(level: float) -> float:
+    return float(norm.ppf(0.5 + level / 2.0))
+
+
+def _checked(pi: Any, *arrays: Any) -> tuple[np.ndarray, ...]:
+    p = np.asarray(pi, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError("pi: one inclusion probability per reviewed item")
+    if p.size and (not np.all(np.isfinite(p)) or p.min() <= 0.0 or p.max() > 1.0):
+        raise ValueError("pi: inclusion probabilities must lie in (0, 1]")
+    out = [p]
+    for a in arrays:
+        arr = np.asarray(a, dtype=np.float64)
+        if arr.shape != p.shape:
+            raise ValueError("every array needs one value per reviewed item (the shape of pi)")
+        out.append(arr)
+    return tuple(out)
+
+
+def kish_n(weights: np.ndarray) -> float:
+    """Kish's effective sample size, (Σw)² / Σw²: n for equal weights, less for unequal ones."""
+    s2 = float(np.sum(weights**2))
+    return float(np.sum(weights)) ** 2 / s2 if s2 > 0 else 0.0
+
+
+def _interval(
+    estimand: str, value: float, var: float, method: str, n: int, n_eff: float, level: float, bounded: bool
+) -> Estimate:
+    se = math.sqrt(max(var, 0.0))
+    h = _z(level) * se
+    low, high = value - h, value + h
+    if bounded:  # a rate: the interval never leaves [0, 1]
+        low, high = max(0.0, low), min(1.0, high)
+    return Estimate(estimand, value, low, high, se, method, n, n_eff, level)
+
+
+def hajek_mean(y: Any, pi: Any, *, estimand: str = "mean", level: float = LEVEL, bounded: bool = True) -> Estimate:
+    """The collection-wide mean of ``y`` from reviewed items with inclusion probabilities ``pi``.
+
+    Hájek's ratio Σ(y/π) / Σ(1/π), with the linearised Poisson-design variance
+    Σ (1−π)/π² (y − ŷ)² / (Σ 1/π)². Items with π = 1 (always reviewed) add no variance.
+    """
+    p, yy = _checked(pi, y)
+    n = int(p.size)
+    if n == 0:
+        return Estimate(estimand, math.nan, math.nan, math.nan, math.nan, "Hájek (design-weighted)", 0, 0.0, level)
+    w = 1.0 / p
+    total_w = float(w.sum())
+    value = float(np.sum(w * yy) / total_w)
+    var = float(np.sum((1.0 - p) * w**2 * (yy - value) ** 2)) / total_w**2
+    return _interval(estimand, value, var, "Hájek (design-weighted)", n, kish_n(w), level, bounded)
+
+
+def hajek_ratio(
+    numerator: Any, denominator: Any, pi: Any, *, estimand: str = "ratio", level: float = LEVEL
+) -> Estimate:
+    """A conditional rate over the collection, Σ(a/π) / Σ(b/π) (e.g. a = judge says safe and
+    people say unsafe, b = people say unsafe: the under-blocking rate), with the linearised
+    variance of the ratio (residuals a − R·b)."""
+    p, a, b = _checked(pi, numerator, denominator)
+    w = 1.0 / p
+    den = float(np.sum(w * b))
+    n = int(np.count_nonzero(b))
+    if den <= 0.0:
+        return Estimate(estimand, math.nan, math.nan, math.nan, math.nan, "ratio (design-weighted)", n, 0.0, level)
+    value = float(np.sum(w * a) / den)
+    var = float(np.sum((1.0 - p) * w**2 * (a - value * b) ** 2)) / den**2
+    return _interval(estimand, value, var, "ratio (design-weighted)", n, kish_n(w[b > 0]), level, True)
+
+
+def ppi_lambda(y: np.ndarray, f: np.ndarray, pi: np.ndarray) -> float:
+    """The power-tuning weight that minimises the design variance of the rectifier
+    Σ(y − λf)/π (PPI++), clipped to [0, 1] as ``ppi_py`` does: 0 ignores the judge, 1 trusts
+    its scale fully."""
+    w = (1.0 - pi) / pi**2
+    if not np.any(w > 0):  # every item reviewed for sure: the judge cannot help (or hurt)
+        return 0.0
+    fc = f - np.average(f, weights=w)
+    yc = y - np.average(y, weights=w)
+    den = float(np.sum(w * fc * fc))
+    if den <= 0.0:
+        return 0.0
+    return float(np.clip(np.sum(w * fc * yc) / den, 0.0, 1.0))
+
+
+def ppi_mean(
+    y: Any,
+    f_labelled: Any,
+    pi: Any,
+    f_all: Any,
+    *,
+    lam: float | None = None,
+    estimand: str = "mean",
+    level: float = LEVEL,
+    bounded: bool = True,
+) -> Estimate:
+    """Prediction-powered mean of ``y`` over the collection.
+
+    ``f_all`` is the judge's score (a label indicator or a probability) on every item of
+    the collection, ``f_labelled`` the same score on the reviewed items (in the order of
+    ``y`` and ``pi``). The estimate is λ·mean(f_all) + Hájek mean of (y − λf) over the
+    reviewed items; its variance is the design variance of that rectifier (the judge's mean
+    over the whole collection is known exactly, so it adds none). With equal ``pi`` and a
+    given ``lam`` the point estimate is ``ppi_py.ppi_mean_pointestimate``'s.
+    """
+    p, yy, fl = _checked(pi, y, f_labelled)
+    fa = np.asarray(f_all, dtype=np.float64)
+    n = int(p.size)
+    method = "PPI++ (judge on every item, corrected by design-weighted human labels)"
+    if n == 0 or fa.size == 0:
+        return Estimate(estimand, math.nan, math.nan, math.nan, math.nan, method, n, 0.0, level)
+    lam = ppi_lambda(yy, fl, p) if lam is None else float(lam)
+    e = yy - lam * fl
+    w = 1.0 / p
+    total_w = float(w.sum())
+    rect = float(np.sum(w * e) / total_w)
+    value = lam * float(fa.mean()) + rect
+    var = float(np.sum((1.0 - p) * w**2 * (e - rect) ** 2)) / total_w**2
+    return _interval(estimand, value, var, f"{method}, λ={lam:.2f}", n, kish_n(w), level, bounded)
+
+
+def judge_only_mean(f_all: Any, *, estimand: str = "mean") -> float:
+    """The judge's own figure over the collection: exact for the judge, *uncorrected* for people.
+
+    No interval: its error is the judge's bias, which only human labels can measure.
+    """
+    fa = np.asarray(f_all, dtype=np.float64)
+    return float(fa.mean()) if fa.size else math.nan
+
+
+def reviews_needed(est: Estimate, half_width: float) -> int:
+    """How many *more* reviews (drawn by the same design) would bring ``est`` to ±``half_width``.
+
+    The variance of these estimators falls as 1/n, so n_needed = n · (h / x)²; the answer is
+    a planning figure, like ``ppi_py``'s power analysis, not a promise. -1 when nothing has
+    been reviewed yet (no variance to extrapolate from).
+    """
+    if not half_width > 0:
+        raise ValueError("half_width: a positive number")
+    if est.n_labelled == 0 or not math.isfinite(est.se):
+        return -1  # unknown: no reviewed item yet
+    h = _z(est.level) * est.se
+    if h <= half_width:
+        return 0
+    return max(0, math.ceil(est.n_labelled * (h / half_width) ** 2) - est.n_labelled)
