@@ -21,7 +21,6 @@ from safereview.dataio.importers.records import Record
 from safereview.dataio.media import MediaInfo
 from safereview.db.models import Annotation, Item, Verdict
 from safereview.judge.store import VERDICT_FIELDS, verdict_key
-from safereview.workflow.auth import user_ids
 
 LOOKUP_CHUNK = 900  # ids per IN (...) look-up (SQLite's old limit of 999 bound values)
 
@@ -140,7 +139,11 @@ def plan(conn: sa.Connection, records: list[Record], *, collection_id: int, upda
         for row in _in_chunks(conn, lambda ch: sa.select(*cols).where(verdict_t.c.item_id.in_(ch)), touched_existing):
             old_verdicts[(row.item_id, row.dimension, row.judge_id)] = (row.id, verdict_key(row))
 
-    out.user_ids = user_ids(conn, {a["annotator"] for r in accepted for a in r.annotations})
+    annotators = {a["annotator"] for r in accepted for a in r.annotations}
+    if annotators:
+        from safereview.workflow.auth import user_ids  # loading it costs an argon2 hash: only when needed
+
+        out.user_ids = user_ids(conn, annotators)
     old_anns: dict[tuple[int, int], Any] = {}
     if touched_existing and out.user_ids:
         ann_t = Annotation.__table__  # type: ignore[attr-defined]

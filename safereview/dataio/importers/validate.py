@@ -20,7 +20,6 @@ from safereview.dataio.importers.options import Options
 from safereview.dataio.importers.records import Record
 from safereview.dataio.importers.taxonomy_index import TaxonomyIndex
 from safereview.dataio.media import MediaError, MediaInfo, probe, resolve_path
-from safereview.workflow.auth import validate_username
 from safereview.workflow.errors import InvalidInput
 
 VERDICT_STATUSES = ("ok", "unparseable", "error", "rule")
@@ -44,6 +43,10 @@ class Validator:
         """The account rule of ``workflow.auth`` (checked once per distinct name)."""
         hit = self.usernames.get(name)
         if hit is None:
+            # imported here: workflow.auth hashes a dummy password when loaded (~0.2 s of
+            # argon2), which only files with annotations should pay for
+            from safereview.workflow.auth import validate_username
+
             try:
                 hit = validate_username(name)
             except InvalidInput as exc:

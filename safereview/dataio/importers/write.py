@@ -25,7 +25,7 @@ from safereview.dataio.importers.report import ImportReport
 from safereview.dataio.media import insert_media_rows, store_file
 from safereview.db.bulk import bulk_insert
 from safereview.db.models import Annotation, AnnotationEvent, ImportBatch, Item, JudgeConfig, Media, Verdict, utcnow
-from safereview.workflow import auth, queue
+from safereview.workflow import queue
 from safereview.workflow.ordering import refresh_priorities
 
 CHUNK = 5000  # rows per executemany of an UPDATE
@@ -324,6 +324,8 @@ def _write_annotations(
     ann_t = Annotation.__table__  # type: ignore[attr-defined]
     user_ids = dict(plan.user_ids)
     if plan.new_people:
+        from safereview.workflow import auth  # loading it costs an argon2 hash: only when needed
+
         user_ids.update(auth.create_placeholder_users(conn, plan.new_people, now=now))
         report.users_created = len(plan.new_people)
         report.notes.append("created user(s) without a usable password: " + ", ".join(sorted(plan.new_people)[:20]))
