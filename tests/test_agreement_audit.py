@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from agreement_support import inclusion_in_order, make_user, write_audit, write_verdicts
 from sqlmodel import Session
 
 from safereview.agreement.audit import audit, compositional_error, error_tags, hajek, tag_error
 from safereview.db.collections import ensure_collection
 from safereview.db.models import Annotation, Item, User
 from safereview.workflow.errors import Forbidden
-from tests.agreement_support import inclusion_in_order, make_user, write_audit, write_verdicts
 
 
 def _simulate(seed: int) -> tuple[float, dict, float]:

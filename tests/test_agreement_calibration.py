@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from agreement_support import make_user, taxonomy, write_ratings, write_verdicts
 from sqlmodel import Session, select
 
 from safereview.agreement.calibration import (
@@ -21,7 +22,6 @@ from safereview.agreement.calibration import (
 from safereview.agreement.data import AgreementError
 from safereview.db.models import Calibration, JudgeConfig, Verdict
 from safereview.workflow.errors import Forbidden
-from tests.agreement_support import make_user, taxonomy, write_ratings, write_verdicts
 
 
 def _overconfident(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

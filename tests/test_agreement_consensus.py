@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from agreement_support import dawid_skene_triples, make_user, taxonomy, write_ratings, write_verdicts
 from sqlmodel import Session
 
 from safereview.agreement.alpha import value_counts
 from safereview.agreement.consensus import adjudicate, adjudication_queue, consensus, dawid_skene, majority
 from safereview.workflow.errors import Forbidden, InvalidInput, NotFound
-from tests.agreement_support import dawid_skene_triples, make_user, taxonomy, write_ratings, write_verdicts
 
 
 def _reference_em(

@@ -5,6 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from agreement_support import (
+    KRIPPENDORFF_2011,
+    KRIPPENDORFF_2011_ALPHA,
+    taxonomy,
+    write_ratings,
+    write_verdicts,
+)
 from sqlmodel import Session
 
 from safereview.agreement import data
@@ -14,13 +21,6 @@ from safereview.agreement.alpha import alpha_package, krippendorff_alpha
 from safereview.agreement.report import agreement_report
 from safereview.db.collections import ensure_collection
 from safereview.db.models import Annotation, Item, User
-from tests.agreement_support import (
-    KRIPPENDORFF_2011,
-    KRIPPENDORFF_2011_ALPHA,
-    taxonomy,
-    write_ratings,
-    write_verdicts,
-)
 
 LABELS = ["1", "2", "3", "4", "5"]
 

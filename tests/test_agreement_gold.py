@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 import yaml
+from agreement_support import make_user, taxonomy, write_ratings, write_verdicts
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
@@ -19,7 +20,6 @@ from safereview.db.engine import init_db
 from safereview.db.models import Gold, GoldSnapshot
 from safereview.workflow.errors import Forbidden
 from safereview.workflow.principals import SystemPrincipal
-from tests.agreement_support import make_user, taxonomy, write_ratings, write_verdicts
 
 SYSTEM = SystemPrincipal("test")  # the trusted caller the CLI would be
 

@@ -5,6 +5,14 @@ from __future__ import annotations
 import krippendorff
 import numpy as np
 import pytest
+from agreement_support import (
+    IRRCAC_CONT3X3,
+    IRRCAC_DISTRIB_6RATERS,
+    KRIPPENDORFF_2011,
+    KRIPPENDORFF_2011_ALPHA,
+    WIKIPEDIA_FLEISS,
+    triples_from_columns,
+)
 
 from safereview.agreement.alpha import (
     _pattern_coincidences,
@@ -18,14 +26,6 @@ from safereview.agreement.alpha import (
     value_counts,
 )
 from safereview.agreement.kappa import cohen, kappa_from_table, leave_one_out, multirater, pairwise, specific_agreement
-from tests.agreement_support import (
-    IRRCAC_CONT3X3,
-    IRRCAC_DISTRIB_6RATERS,
-    KRIPPENDORFF_2011,
-    KRIPPENDORFF_2011_ALPHA,
-    WIKIPEDIA_FLEISS,
-    triples_from_columns,
-)
 
 VALUES = np.arange(1, 6)
 

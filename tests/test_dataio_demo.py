@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import dataio_support as ds
 import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
@@ -25,7 +26,6 @@ from safereview.dataio.demo import (
 from safereview.db.engine import make_engine
 from safereview.db.models import Annotation, Collection, Item, Media, User, Verdict
 from safereview.db.taxonomy import PRESETS
-from tests import dataio_support as ds
 
 
 def _all(engine: sa.Engine, model: type) -> list:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import dataio_support as ds
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -16,7 +17,6 @@ from safereview.dataio.export import export_annotations, export_items
 from safereview.dataio.importers import import_file
 from safereview.db.engine import schema_revision
 from safereview.workflow.principals import SystemPrincipal
-from tests import dataio_support as ds
 
 SYSTEM = SystemPrincipal("test")  # the trusted caller the CLI would be
 

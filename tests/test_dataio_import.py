@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import dataio_support as ds
 import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
@@ -25,7 +26,6 @@ from safereview.db.models import (
     Verdict,
 )
 from safereview.workflow.principals import SystemPrincipal
-from tests import dataio_support as ds
 
 SYSTEM = SystemPrincipal("test")  # the trusted caller the CLI would be
 

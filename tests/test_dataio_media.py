@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import dataio_support as ds
 import pytest
 import sqlalchemy as sa
 from PIL import Image
 
 from safereview.dataio.media import MediaError, probe, resolve_path, store
-from tests import dataio_support as ds
 
 # ---- paths ---------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from safereview.dataio.media import insert_media_rows, store_file
 from safereview.db.bulk import bulk_insert
 from safereview.db.models import Annotation, AnnotationEvent, ImportBatch, Item, JudgeConfig, Media, Verdict, utcnow
 from safereview.workflow import queue
+from safereview.workflow.annotations import SNAPSHOT_FIELDS
 from safereview.workflow.ordering import refresh_priorities
 
 CHUNK = 5000  # rows per executemany of an UPDATE
@@ -57,20 +58,7 @@ VERDICT_COLUMNS = [
     "raw_output",
     "intent",
 ]
-ANNOTATION_COLUMNS = [
-    "item_id",
-    "user_id",
-    "labels",
-    "blind_labels",
-    "categories",
-    "rationale",
-    "flagged",
-    "verdict_action",
-    "verdict_judge_id",
-    "time_spent_s",
-    "created_at",
-    "updated_at",
-]
+ANNOTATION_COLUMNS = ["item_id", "user_id", *SNAPSHOT_FIELDS, "created_at", "updated_at"]
 EVENT_COLUMNS = ["annotation_id", "item_id", "actor_id", "version", "before", "after"]
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
