@@ -72,6 +72,17 @@ def clear_caches() -> None:
         _cache.clear()
 
 
+def wait_idle(timeout: float = 10.0) -> bool:
+    """True once no recount is running (tests drop their database only after this)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with _cache_lock:
+            if not _computing:
+                return True
+        time.sleep(0.02)
+    return False
+
+
 def bind_key(session: Session) -> str:
     bind = session.get_bind()
     return str(bind.url) if hasattr(bind, "url") else str(id(bind))
