@@ -32,7 +32,7 @@ from safereview.db.models import ImportBatch, Item
 from safereview.judge.config import ensure_judge_config
 from safereview.judge.parsing import CONTEXTUAL_TEXT, INTRINSIC, MAX_RATIONALE_CHARS, MAX_RAW_CHARS
 from safereview.judge.protocols.base import Draft
-from safereview.judge.store import stored_verdict_keys, verdict_key, write_verdicts
+from safereview.judge.store import stored_verdicts, verdict_key, write_verdicts
 from safereview.workflow.collections import get_collection
 
 FORMATS = ("unijudger", "generic")
@@ -266,14 +266,14 @@ def import_verdicts(
     if problems:
         raise VerdictImportError(problems)
     external = {iid: ext for ext, iid in items.items()}
-    stored = stored_verdict_keys(session, [d.item_id for ds in drafts.values() for d in ds], list(drafts))
+    stored = stored_verdicts(session, [d.item_id for ds in drafts.values() for d in ds], list(drafts))
     to_write: dict[str, list[Draft]] = {}
     unchanged = replaced = 0
     for jid, ds in drafts.items():
         for d in ds:
             key = (d.item_id, d.dimension, jid)
-            old = stored.get(key)
-            if old is not None and old == verdict_key({**vars(d), "judge_version": IMPORTED_VERSION}):
+            old = stored.get(key)  # (row id, verdict_key) of the stored verdict
+            if old is not None and old[1] == verdict_key({**vars(d), "judge_version": IMPORTED_VERSION}):
                 unchanged += 1
                 continue
             if old is not None and not update:

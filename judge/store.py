@@ -54,22 +54,24 @@ def verdict_key(row: Any) -> tuple[Any, ...]:
     )
 
 
-def stored_verdict_keys(
-    session: Session, item_ids: Sequence[int], judge_ids: Sequence[str]
-) -> dict[tuple[int, str, str], tuple[Any, ...]]:
-    """(item id, dimension, judge id) -> :func:`verdict_key` of the stored verdicts among these."""
-    out: dict[tuple[int, str, str], tuple[Any, ...]] = {}
+STORED_CHUNK = 900  # item ids per IN (...) look-up (under SQLite's old 999 bound values)
+
+
+def stored_verdicts(
+    bind: Session | sa.Connection, item_ids: Sequence[int], judge_ids: Sequence[str] | None = None
+) -> dict[tuple[int, str, str], tuple[int, tuple[Any, ...]]]:
+    """(item id, dimension, judge id) -> (row id, :func:`verdict_key`) of the stored verdicts of
+    these items (of these judges only, when given): what both verdict imports compare with."""
+    out: dict[tuple[int, str, str], tuple[int, tuple[Any, ...]]] = {}
     ids = sorted(set(item_ids))
-    cols = [Verdict.item_id, Verdict.dimension, Verdict.judge_id, *(getattr(Verdict, f) for f in VERDICT_FIELDS)]
-    for k in range(0, len(ids), 5000):
-        rows = session.execute(
-            sa.select(*cols).where(
-                Verdict.item_id.in_(ids[k : k + 5000]),  # type: ignore[attr-defined]
-                Verdict.judge_id.in_(list(judge_ids)),  # type: ignore[attr-defined]
-            )
-        ).all()
-        for r in rows:
-            out[(r.item_id, r.dimension, r.judge_id)] = verdict_key(r._mapping)
+    t = Verdict.__table__  # type: ignore[attr-defined]
+    cols = [t.c.id, t.c.item_id, t.c.dimension, t.c.judge_id, *(t.c[f] for f in VERDICT_FIELDS)]
+    for k in range(0, len(ids), STORED_CHUNK):
+        stmt = sa.select(*cols).where(t.c.item_id.in_(ids[k : k + STORED_CHUNK]))
+        if judge_ids is not None:
+            stmt = stmt.where(t.c.judge_id.in_(list(judge_ids)))
+        for row in bind.execute(stmt):
+            out[(row.item_id, row.dimension, row.judge_id)] = (row.id, verdict_key(row))
     return out
 
 

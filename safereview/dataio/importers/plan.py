@@ -19,8 +19,8 @@ import sqlalchemy as sa
 
 from safereview.dataio.importers.records import Record
 from safereview.dataio.media import MediaInfo
-from safereview.db.models import Annotation, Item, Verdict
-from safereview.judge.store import VERDICT_FIELDS, verdict_key
+from safereview.db.models import Annotation, Item
+from safereview.judge.store import stored_verdicts, verdict_key
 
 LOOKUP_CHUNK = 900  # ids per IN (...) look-up (SQLite's old limit of 999 bound values)
 
@@ -133,11 +133,7 @@ def plan(conn: sa.Connection, records: list[Record], *, collection_id: int, upda
     )
     old_verdicts: dict[tuple[int, str, str], tuple[int, tuple[Any, ...]]] = {}
     if touched_existing and any(r.verdicts for r in accepted):
-        verdict_t = Verdict.__table__  # type: ignore[attr-defined]
-        cols = [verdict_t.c.id, verdict_t.c.item_id, verdict_t.c.dimension, verdict_t.c.judge_id]
-        cols += [verdict_t.c[f] for f in VERDICT_FIELDS]
-        for row in _in_chunks(conn, lambda ch: sa.select(*cols).where(verdict_t.c.item_id.in_(ch)), touched_existing):
-            old_verdicts[(row.item_id, row.dimension, row.judge_id)] = (row.id, verdict_key(row))
+        old_verdicts = stored_verdicts(conn, touched_existing)
 
     annotators = {a["annotator"] for r in accepted for a in r.annotations}
     if annotators:
