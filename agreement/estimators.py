@@ -91,6 +91,15 @@ def _interval(
     return Estimate(estimand, value, low, high, se, method, n, n_eff, level)
 
 
+def _hajek(values: np.ndarray, p: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """Hájek's mean of ``values`` and its linearised Poisson-design variance; also the weights."""
+    w = 1.0 / p
+    total_w = float(w.sum())
+    mean = float(np.sum(w * values) / total_w)
+    var = float(np.sum((1.0 - p) * w**2 * (values - mean) ** 2)) / total_w**2
+    return mean, var, w
+
+
 def hajek_mean(y: Any, pi: Any, *, estimand: str = "mean", level: float = LEVEL, bounded: bool = True) -> Estimate:
     """The collection-wide mean of ``y`` from reviewed items with inclusion probabilities ``pi``.
 
@@ -101,10 +110,7 @@ def hajek_mean(y: Any, pi: Any, *, estimand: str = "mean", level: float = LEVEL,
     n = int(p.size)
     if n == 0:
         return Estimate(estimand, math.nan, math.nan, math.nan, math.nan, "Hájek (design-weighted)", 0, 0.0, level)
-    w = 1.0 / p
-    total_w = float(w.sum())
-    value = float(np.sum(w * yy) / total_w)
-    var = float(np.sum((1.0 - p) * w**2 * (yy - value) ** 2)) / total_w**2
+    value, var, w = _hajek(yy, p)
     return _interval(estimand, value, var, "Hájek (design-weighted)", n, kish_n(w), level, bounded)
 
 
@@ -167,12 +173,8 @@ def ppi_mean(
     if n == 0 or fa.size == 0:
         return Estimate(estimand, math.nan, math.nan, math.nan, math.nan, method, n, 0.0, level)
     lam = ppi_lambda(yy, fl, p) if lam is None else float(lam)
-    e = yy - lam * fl
-    w = 1.0 / p
-    total_w = float(w.sum())
-    rect = float(np.sum(w * e) / total_w)
+    rect, var, w = _hajek(yy - lam * fl, p)  # the rectifier: the judge's mean over all items adds no variance
     value = lam * float(fa.mean()) + rect
-    var = float(np.sum((1.0 - p) * w**2 * (e - rect) ** 2)) / total_w**2
     return _interval(estimand, value, var, f"{method}, λ={lam:.2f}", n, kish_n(w), level, bounded)
 
 
