@@ -49,24 +49,6 @@ TARGET_MEDIAN_MS = 50.0
 TARGET_P95_MS = 150.0
 TARGET_RSS_MB = 500.0
 PASSWORD = "bench-pass-123"
-ITEM_COLUMNS = (
-    "collection_id",
-    "external_id",
-    "task_type",
-    "category",
-    "subcategory",
-    "model",
-    "input_modalities",
-    "output_modalities",
-    "prompt",
-    "response",
-    "refused",
-    "meta",
-    "content_hash",
-    "priority",
-    "slots_taken",
-    "created_at",
-)
 VERDICT_COLUMNS = (
     "item_id",
     "dimension",
@@ -180,6 +162,7 @@ def build_db(db_url: str, n_items: int, n_users: int, *, blind: bool = False) ->
     import sqlalchemy as sa
     from bench_queue import bulk_insert
 
+    from safereview.agreement.synthetic import ITEM_COLUMNS
     from safereview.db.collections import ensure_collection
     from safereview.db.engine import init_db, session_scope
     from safereview.workflow import auth

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sqlalchemy as sa
 from sqlmodel import Session, SQLModel
 
+from safereview.agreement.synthetic import ITEM_COLUMNS
 from safereview.db import bulk
 from safereview.db.collections import ensure_collection
 from safereview.db.engine import init_db, normalise_url, session_scope
@@ -45,24 +46,6 @@ from safereview.workflow.tx import write_scope
 TARGET_MEDIAN_MS = 10.0
 TARGET_P99_MS = 50.0
 LABELS = {"image": "safe", "text": "safe", "joint": "safe"}
-COLUMNS = (
-    "collection_id",
-    "external_id",
-    "task_type",
-    "category",
-    "subcategory",
-    "model",
-    "input_modalities",
-    "output_modalities",
-    "prompt",
-    "response",
-    "refused",
-    "meta",
-    "content_hash",
-    "priority",
-    "slots_taken",
-    "created_at",
-)
 
 
 def _rows(cid: int, n: int, seed: int = 7):  # type: ignore[no-untyped-def]
@@ -111,7 +94,7 @@ def setup(url: str, n_items: int, n_users: int) -> tuple[sa.Engine, int, list[Us
             s.refresh(u)
             s.expunge(u)
     t0 = time.perf_counter()
-    bulk_insert(engine, "item", COLUMNS, _rows(cid, n_items))
+    bulk_insert(engine, "item", ITEM_COLUMNS, _rows(cid, n_items))
     clear_caches()
     return engine, cid, users, time.perf_counter() - t0
 

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from safereview.agreement.synthetic import ITEM_COLUMNS
 from safereview.db.bulk import bulk_insert, driver_sql, insert_for
 from safereview.db.collections import ensure_collection
 from safereview.db.models import Annotation, Gold, GoldSnapshot, Item, User, utcnow
@@ -105,25 +106,7 @@ def test_bulk_insert_with_ids_moves_the_sequence_and_reads_arrow_tables(engine: 
         bulk_insert(
             conn,
             Item.__table__,  # type: ignore[attr-defined]
-            [
-                "id",
-                "collection_id",
-                "external_id",
-                "task_type",
-                "category",
-                "subcategory",
-                "model",
-                "input_modalities",
-                "output_modalities",
-                "prompt",
-                "response",
-                "refused",
-                "meta",
-                "content_hash",
-                "priority",
-                "slots_taken",
-                "created_at",
-            ],
+            ["id", *ITEM_COLUMNS],
             [(41, cid, "a", "", "", "", "", "", "", "[]", "[]", False, "{}", "h", 0.0, 0, utcnow())],
             process=("created_at",),
         )
