@@ -17,29 +17,12 @@ from sqlmodel import Session, SQLModel
 
 from safereview.db.bulk import bulk_insert
 from safereview.db.collections import ensure_collection, taxonomy_of
-from safereview.db.models import utcnow
+from safereview.db.models import ITEM_CONTENT_FIELDS, utcnow
 from safereview.workflow.auth import unusable_hash
 
 # The columns of a synthetic item row, in the order the loaders here, the benchmarks and
 # the bulk-insert tests build their tuples (every Item column but id and import_batch_id).
-ITEM_COLUMNS = (
-    "collection_id",
-    "external_id",
-    "task_type",
-    "category",
-    "subcategory",
-    "model",
-    "input_modalities",
-    "output_modalities",
-    "prompt",
-    "response",
-    "refused",
-    "meta",
-    "content_hash",
-    "priority",
-    "slots_taken",
-    "created_at",
-)
+ITEM_COLUMNS = ("collection_id", "external_id", *ITEM_CONTENT_FIELDS, "priority", "slots_taken", "created_at")
 
 
 @dataclass

@@ -107,6 +107,22 @@ class Media(SQLModel, table=True):
         return f"{self.sha256[:2]}/{self.sha256[2:4]}/{self.sha256}.{self.ext}"
 
 
+# What an item *is* (an import with --update may change these; the queue's fields may not).
+ITEM_CONTENT_FIELDS: tuple[str, ...] = (
+    "task_type",
+    "category",
+    "subcategory",
+    "model",
+    "input_modalities",
+    "output_modalities",
+    "prompt",
+    "response",
+    "refused",
+    "meta",
+    "content_hash",
+)
+
+
 class Item(SQLModel, table=True):
     """One model input/output pair to be judged and reviewed.
 

@@ -24,26 +24,23 @@ from safereview.dataio.importers.plan import ImportPlan
 from safereview.dataio.importers.report import ImportReport
 from safereview.dataio.media import insert_media_rows, store_file
 from safereview.db.bulk import bulk_insert
-from safereview.db.models import Annotation, AnnotationEvent, ImportBatch, Item, JudgeConfig, Media, Verdict, utcnow
+from safereview.db.models import (
+    ITEM_CONTENT_FIELDS,
+    Annotation,
+    AnnotationEvent,
+    ImportBatch,
+    Item,
+    JudgeConfig,
+    Media,
+    Verdict,
+    utcnow,
+)
 from safereview.workflow import queue
 from safereview.workflow.annotations import SNAPSHOT_FIELDS
 from safereview.workflow.ordering import refresh_priorities
 
 CHUNK = 5000  # rows per executemany of an UPDATE
 
-ITEM_CONTENT = (
-    "task_type",
-    "category",
-    "subcategory",
-    "model",
-    "input_modalities",
-    "output_modalities",
-    "prompt",
-    "response",
-    "refused",
-    "meta",
-    "content_hash",
-)
 VERDICT_COLUMNS = [
     "item_id",
     "dimension",
@@ -170,7 +167,7 @@ def _write_items(
         bulk_insert(
             conn,
             item_t,
-            ["external_id", *ITEM_CONTENT],
+            ["external_id", *ITEM_CONTENT_FIELDS],
             rows,
             const={
                 "collection_id": collection_id,
@@ -185,10 +182,10 @@ def _write_items(
         stmt = (
             item_t.update()
             .where(item_t.c.id == sa.bindparam("_id"))
-            .values(**{k: sa.bindparam(k) for k in ITEM_CONTENT}, import_batch_id=sa.bindparam("_batch"))
+            .values(**{k: sa.bindparam(k) for k in ITEM_CONTENT_FIELDS}, import_batch_id=sa.bindparam("_batch"))
         )
         upd = [
-            {"_id": plan.existing[r.external_id], "_batch": batch_id, **{k: r.item[k] for k in ITEM_CONTENT}}  # type: ignore[index]
+            {"_id": plan.existing[r.external_id], "_batch": batch_id, **{k: r.item[k] for k in ITEM_CONTENT_FIELDS}}  # type: ignore[index]
             for r in plan.changed_items
         ]
         for chunk in _chunks(upd):
