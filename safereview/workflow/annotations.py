@@ -67,14 +67,20 @@ def judge_labels(session: Session, item_id: int, judge_id: str) -> dict[str, str
 
 
 def _action_for(
-    session: Session, item_id: int, labels: dict[str, str], action: str | None, judge_id: str | None
+    session: Session,
+    item_id: int,
+    labels: dict[str, str],
+    action: str | None,
+    judge_id: str | None,
+    *,
+    field: str = "action",
 ) -> str | None:
     """The recorded action: computed from the stored verdicts when a judge is named and no
     action is given (pages do this, so the rule is applied here, not in the UI)."""
     if action is None and judge_id is not None:
         return verdict_action(labels, judge_labels(session, item_id, judge_id))
     if action is not None and action not in VERDICT_ACTIONS:
-        raise InvalidInput("action: confirm or override")
+        raise InvalidInput(f"{field}: confirm or override")
     return action
 
 
@@ -300,10 +306,7 @@ def submit(
     spent = _clean_time(time_spent_s)
     if (verdict_action is not None or verdict_judge_id is not None) and blind:
         raise InvalidInput("verdict_action: in a blind collection, confirm or override after the reveal")
-    try:
-        verdict_action = _action_for(session, item_id, clean, verdict_action, verdict_judge_id)
-    except InvalidInput:
-        raise InvalidInput("verdict_action: confirm or override") from None
+    verdict_action = _action_for(session, item_id, clean, verdict_action, verdict_judge_id, field="verdict_action")
     now = utcnow()
     values: dict[str, Any] = {
         "item_id": item_id,
