@@ -36,6 +36,9 @@ class Estimate:
     reason: str = ""
     resamples: int = 0  # bootstrap resamples with a defined value
     extra: dict[str, Any] = field(default_factory=dict)
+    # bootstrap resamples in which the coefficient was undefined (no variation, fewer than two
+    # pairable values) and so left out of the interval; None when no bootstrap counted them
+    resamples_undefined: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"value": self.value, "ci_low": self.ci_low, "ci_high": self.ci_high}
@@ -43,6 +46,8 @@ class Estimate:
             out["undefined_reason"] = self.reason
         if self.resamples:
             out["resamples"] = self.resamples
+        if self.resamples_undefined is not None:
+            out["n_resamples_undefined"] = self.resamples_undefined
         out.update(self.extra)
         return out
 
@@ -214,7 +219,9 @@ def krippendorff_alpha(
     """Point alpha (package) with a seeded 95% percentile bootstrap interval over units.
 
     ``weights``/``pats`` let callers share one set of resample weights across several
-    coefficients (same resamples for alpha, AC1, ...).
+    coefficients (same resamples for alpha, AC1, ...). Resamples in which alpha is undefined
+    (every pairable value the same label: likely when a label is rare) are left out of the
+    percentile interval and counted in ``resamples_undefined`` (``n_resamples_undefined``).
     """
     if level not in LEVELS:
         raise ValueError(f"level_of_measurement must be one of {', '.join(LEVELS)}, got {level!r}")
@@ -232,4 +239,141 @@ def krippendorff_alpha(
     w = weights if weights is not None else resample_weights(freq, resamples, seed)
     boot = batch_alpha(w @ contrib, n_values, level, values)
     lo, hi, n_ok = percentile_interval(boot)
-    return Estimate(value, lo, hi, resamples=n_ok, extra=extra)
+    return Estimate(value, lo, hi, resamples=n_ok, extra=extra, resamples_undefined=int(np.isnan(boot).sum()))
+
+
+# ---------------------------------------------------------------------------------------
+# paired bootstrap: alpha with vs without one more rater
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class PairedAlpha:
+    """Alpha without and with one more rater (e.g. the judge) and their difference.
+
+    ``difference`` = ``alpha_with - alpha_without``; ``ci_low``/``ci_high`` is its percentile
+    interval from resampling units *jointly* (each resample takes the same units for both).
+    Resamples where either alpha is undefined give no difference and are counted.
+    """
+
+    level: str
+    alpha_without: float | None
+    alpha_with: float | None
+    difference: float | None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    confidence: float = CONFIDENCE
+    resamples: int = 0  # resamples drawn
+    resamples_defined: int = 0  # ... with both alphas defined (the interval's sample)
+    resamples_undefined_without: int = 0
+    resamples_undefined_with: int = 0
+    resamples_undefined: int = 0  # either undefined: no difference
+    without_ci: tuple[float | None, float | None] = (None, None)  # from the same resamples
+    with_ci: tuple[float | None, float | None] = (None, None)
+    n_units: int = 0
+    n_units_pairable_without: int = 0
+    n_units_pairable_with: int = 0
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "level": self.level,
+            "alpha_without": self.alpha_without,
+            "alpha_with": self.alpha_with,
+            "difference": self.difference,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "confidence": self.confidence,
+            "resamples": self.resamples,
+            "resamples_defined": self.resamples_defined,
+            "n_resamples_undefined": self.resamples_undefined,
+            "n_resamples_undefined_without": self.resamples_undefined_without,
+            "n_resamples_undefined_with": self.resamples_undefined_with,
+            "alpha_without_ci": list(self.without_ci),
+            "alpha_with_ci": list(self.with_ci),
+            "n_units": self.n_units,
+            "n_units_pairable_without": self.n_units_pairable_without,
+            "n_units_pairable_with": self.n_units_pairable_with,
+        }
+        if self.reason:
+            out["undefined_reason"] = self.reason
+        return out
+
+
+def paired_alpha_difference(
+    counts_without: np.ndarray,
+    counts_with: np.ndarray,
+    level: str,
+    *,
+    values: np.ndarray | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
+    unit_weights: np.ndarray | None = None,
+) -> PairedAlpha:
+    """Alpha without vs with one more rater, with a paired unit-bootstrap interval of the difference.
+
+    ``counts_without`` and ``counts_with`` are (units, values) count matrices over the *same*
+    units in the same order: row u of both is the same item, the second holding the extra
+    rater's rating too. Build both from one unit index, e.g. ``r.counts()`` and
+    ``r.add_rater(name, item_ids, codes).counts()`` (``add_rater`` keeps ``r``'s items, so a
+    unit with one person and the judge becomes pairable only in the second matrix, and the
+    rows still line up). Matrices of different shapes are refused.
+
+    Each resample draws units with replacement and uses the same draw for both matrices, so
+    the interval of the difference reflects that both alphas come from the same items (two
+    separate intervals would overstate its uncertainty). As in :func:`krippendorff_alpha`, a
+    draw of units is a multinomial draw of the frequencies of the distinct *joint* count rows
+    (a unit's row without and with the rater together), exact and fast. ``unit_weights``
+    (resamples, units), how often each unit is drawn in each resample, replaces the random
+    draws (for explicit resampling, e.g. tests). Point values come from the ``krippendorff``
+    package.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level_of_measurement must be one of {', '.join(LEVELS)}, got {level!r}")
+    a = np.asarray(counts_without, dtype=np.int64)
+    b = np.asarray(counts_with, dtype=np.int64)
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(
+            "counts_without and counts_with must be (units, values) matrices over the same units, "
+            f"row for row (e.g. r.counts() and r.add_rater(...).counts()); got shapes {a.shape} and {b.shape}"
+        )
+    n_units, n_values = a.shape
+    out = PairedAlpha(
+        level,
+        None,
+        None,
+        None,
+        confidence=confidence,
+        n_units=n_units,
+        n_units_pairable_without=int((a.sum(axis=1) >= 2).sum()),
+        n_units_pairable_with=int((b.sum(axis=1) >= 2).sum()),
+    )
+    out.alpha_without, reason_a = alpha_package(a, level, values)
+    out.alpha_with, reason_b = alpha_package(b, level, values)
+    if out.alpha_without is None or out.alpha_with is None:
+        out.reason = "; ".join(f"{which}: {why}" for which, why in (("without", reason_a), ("with", reason_b)) if why)
+        return out
+    out.difference = out.alpha_with - out.alpha_without
+    if unit_weights is not None:
+        w = np.asarray(unit_weights, dtype=np.float64)
+        if w.ndim != 2 or w.shape[1] != n_units:
+            raise ValueError(f"unit_weights must be (resamples, {n_units}), got {w.shape}")
+        pat_a, pat_b = a, b
+    else:
+        if resamples <= 0:
+            return out
+        pat, freq = patterns(np.concatenate([a, b], axis=1))
+        pat_a, pat_b = pat[:, :n_values], pat[:, n_values:]
+        w = resample_weights(freq, resamples, seed)
+    boot_a = batch_alpha(w @ _pattern_coincidences(pat_a), n_values, level, values)
+    boot_b = batch_alpha(w @ _pattern_coincidences(pat_b), n_values, level, values)
+    diff = boot_b - boot_a  # NaN where either is undefined
+    out.resamples = int(w.shape[0])
+    out.ci_low, out.ci_high, out.resamples_defined = percentile_interval(diff, confidence)
+    out.resamples_undefined_without = int(np.isnan(boot_a).sum())
+    out.resamples_undefined_with = int(np.isnan(boot_b).sum())
+    out.resamples_undefined = int(np.isnan(diff).sum())
+    out.without_ci = percentile_interval(boot_a, confidence)[:2]
+    out.with_ci = percentile_interval(boot_b, confidence)[:2]
+    return out
