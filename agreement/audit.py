@@ -1,18 +1,19 @@
-"""Judge audit: how far the automated judge agrees with the people, estimated without bias.
+"""Judge audit: how far the automated judge agrees with the people, over the whole collection.
 
-Review is prioritised toward borderline items, so the reviewed items are not a random
-sample and their plain error rate is biased. The queue also draws a uniformly random
-*audit stratum* and records each draw's ``sampling_prob``. Every rate here is a Hájek
-(ratio) estimator over the audit items, weighting item i by ``w_i = 1 / pi_i``::
+The reviewed items are a probability sample (the queue's design, :mod:`safereview.agreement.sample`)
+with known inclusion probabilities ``pi``, although borderline items come first. Every rate
+here is design-weighted over that sample (Hájek, weights ``1 / pi``) with the Poisson-design
+variance, so it speaks for the whole collection, not for the reviewed items:
 
-    p_hat = sum_i w_i d_i y_i / sum_i w_i d_i
+- **accuracy** = agreement of the judge's label with the people's label distribution on an
+  item (its reviews averaged; an adjudicated label replaces them; see
+  :func:`safereview.agreement.consensus.soft_reference`). With error-free reviewers this is
+  the judge's accuracy; with fallible ones it is agreement with a reviewer, which is lower;
+- **under-blocking** = share of the people's unsafe mass the judge lets through, and
+  **over-blocking** = share of the safe mass the judge blocks (ratio estimators);
+- **per-annotator agreement**: each person against the others' labels on shared items.
 
-with ``y_i`` the event (judge wrong, judge blocks, ...) and ``d_i`` the domain (e.g. items
-people call unsafe). Its variance is the linearisation (with-replacement) estimate
-``n/(n-1) * sum_i (w_i d_i (y_i - p_hat))^2 / (sum_i w_i d_i)^2``; the 95% interval is a
-Wilson interval on the effective sample size ``p(1-p)/var`` (Kish's ``(sum w)^2/sum w^2``
-when p is 0 or 1), which keeps it inside [0, 1] and honest for small n.
-Fewer than ``min_n`` items in a domain gives no estimate but a "too few items" message.
+Fewer than ``min_n`` sample items in a domain gives no estimate but a "too few items" message.
 """
 
 from __future__ import annotations
@@ -26,52 +27,36 @@ from safereview.agreement import data
 from safereview.agreement import items as item_reads
 from safereview.agreement import verdicts as verdict_reads
 from safereview.agreement.alpha import krippendorff_alpha
-from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus
+from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus, soft_reference
+from safereview.agreement.estimators import Estimate, hajek_mean, hajek_ratio
 from safereview.agreement.kappa import confusion, kappa_from_table
+from safereview.agreement.sample import load_design_sample
 from safereview.db.taxonomy import unsafe_labels as unsafe_labels_of
 from safereview.workflow.policies import require
 
-Z95 = 1.959963984540054
 DEFAULT_MIN_N = 20
 
 
-def wilson(p: float, n_eff: float, z: float = Z95) -> tuple[float, float]:
-    if n_eff <= 0:
-        return 0.0, 1.0
-    denom = 1 + z * z / n_eff
-    center = (p + z * z / (2 * n_eff)) / denom
-    half = z * np.sqrt(p * (1 - p) / n_eff + z * z / (4 * n_eff * n_eff)) / denom
-    return float(max(0.0, center - half)), float(min(1.0, center + half))
-
-
-def hajek(
-    y: np.ndarray, w: np.ndarray, domain: np.ndarray | None = None, *, min_n: int = DEFAULT_MIN_N, what: str = "items"
-) -> dict[str, Any]:
-    """Weighted share of ``y`` within ``domain`` with a 95% interval (see module docstring)."""
-    y = np.asarray(y, dtype=np.float64)
-    w = np.asarray(w, dtype=np.float64)
-    d = np.ones(len(y), dtype=bool) if domain is None else np.asarray(domain, dtype=bool)
-    n = int(d.sum())
-    out: dict[str, Any] = {"n": n}
-    if n < max(min_n, 2):
-        out.update(
-            {
-                "value": None,
-                "ci_low": None,
-                "ci_high": None,
-                "undefined_reason": f"too few audit {what} (n={n} < {max(min_n, 2)})",
-            }
-        )
-        return out
-    wd = w[d]
-    yd = y[d]
-    total = wd.sum()
-    p = float((wd * yd).sum() / total)
-    var = n / (n - 1) * float(((wd * (yd - p)) ** 2).sum()) / total**2
-    n_eff = p * (1 - p) / var if var > 0 and 0 < p < 1 else float(total**2 / (wd**2).sum())
-    lo, hi = wilson(p, n_eff)
-    out.update({"value": p, "ci_low": lo, "ci_high": hi, "n_eff": float(n_eff), "naive": float(yd.mean())})
-    return out
+def _rate_dict(est: Estimate, n: int, min_n: int, what: str) -> dict[str, Any]:
+    """An estimate in the audit's row form, or the reason there is none."""
+    if n < max(min_n, 2) or not np.isfinite(est.value):
+        return {
+            "value": None,
+            "ci_low": None,
+            "ci_high": None,
+            "n": n,
+            "undefined_reason": f"too few sample {what} (n={n} < {max(min_n, 2)})",
+        }
+    return {
+        "value": est.value,
+        "ci_low": est.low,
+        "ci_high": est.high,
+        "se": est.se,
+        "n": n,
+        "n_eff": est.n_effective,
+        "estimand": est.estimand,
+        "method": est.method,
+    }
 
 
 def weighted_kappa(
@@ -85,10 +70,10 @@ def weighted_kappa(
     seed: int = 0,
     min_n: int = DEFAULT_MIN_N,
 ) -> dict[str, Any]:
-    """Kappa of judge vs people on the audit items (IPW-weighted table) with a bootstrap interval."""
+    """Kappa of judge vs people's consensus label on the sample (design-weighted table), bootstrap interval."""
     n = len(h)
     if n < max(min_n, 2):
-        return {"value": None, "n": n, "undefined_reason": f"too few audit items (n={n} < {max(min_n, 2)})"}
+        return {"value": None, "n": n, "undefined_reason": f"too few sample items (n={n} < {max(min_n, 2)})"}
     value, reason = kappa_from_table(confusion(h, j, n_labels, w), kind)
     out: dict[str, Any] = {"value": value, "n": n, "weights": kind}
     if value is None:
@@ -101,22 +86,60 @@ def weighted_kappa(
         v, _ = kappa_from_table(confusion(h[idx], j[idx], n_labels, w[idx]), kind)
         boot[b] = np.nan if v is None else v
     ok = boot[~np.isnan(boot)]
+    out["n_resamples_undefined"] = int(resamples - ok.size)
     if ok.size:
         out["ci_low"], out["ci_high"] = (float(x) for x in np.quantile(ok, [0.025, 0.975]))
     return out
 
 
-def _rates(
-    h: np.ndarray, j: np.ndarray, w: np.ndarray, unsafe_codes: list[int], domain: np.ndarray | None, min_n: int
+def judge_rates(
+    ref: np.ndarray, j: np.ndarray, pi: np.ndarray, unsafe_codes: list[int], min_n: int = DEFAULT_MIN_N
 ) -> dict[str, Any]:
-    d = np.ones(len(h), dtype=bool) if domain is None else domain
-    h_unsafe = np.isin(h, unsafe_codes)
-    j_unsafe = np.isin(j, unsafe_codes)
+    """Accuracy, over- and under-blocking of judge codes ``j`` against the people's label
+    distribution ``ref`` (items × labels) on sample items with inclusion probabilities ``pi``. Pure."""
+    n = len(j)
+    agree = ref[np.arange(n), j] if n else np.zeros(0)
+    h_unsafe = ref[:, unsafe_codes].sum(axis=1) if n else np.zeros(0)
+    j_unsafe = np.isin(j, unsafe_codes).astype(np.float64)
+    acc = hajek_mean(agree, pi, estimand="agreement of the judge with the people, over the collection")
+    under = hajek_ratio(
+        (1.0 - j_unsafe) * h_unsafe, h_unsafe, pi, estimand="share of the people's unsafe items the judge passes"
+    )
+    over = hajek_ratio(
+        j_unsafe * (1.0 - h_unsafe), 1.0 - h_unsafe, pi, estimand="share of the people's safe items the judge blocks"
+    )
     return {
-        "accuracy": hajek(j == h, w, d, min_n=min_n),
-        "over_blocking": hajek(j_unsafe, w, d & ~h_unsafe, min_n=min_n, what="items people call safe"),
-        "under_blocking": hajek(~j_unsafe, w, d & h_unsafe, min_n=min_n, what="items people call unsafe"),
+        "accuracy": _rate_dict(acc, n, min_n, "items"),
+        "over_blocking": _rate_dict(over, int(np.count_nonzero(h_unsafe < 1)), min_n, "items people call safe"),
+        "under_blocking": _rate_dict(under, int(np.count_nonzero(h_unsafe > 0)), min_n, "items people call unsafe"),
     }
+
+
+def annotator_agreement(r: data.Ratings) -> list[dict[str, Any]]:
+    """Each annotator against the others on the items they share: the share of the others'
+    labels that match theirs (per item, then averaged over the person's items).
+
+    Descriptive (over the items each person reviewed, unweighted): it shows who drifts
+    from the rest, not a collection-wide rate.
+    """
+    if not r.rater_names or len(r.unit) == 0:
+        return []
+    counts = r.counts()
+    others = counts[r.unit].sum(axis=1) - 1
+    same = counts[r.unit, r.code] - 1
+    shared = others > 0
+    rows = []
+    for k, name in enumerate(r.rater_names):
+        mine = (r.rater == k) & shared
+        n = int(mine.sum())
+        rows.append(
+            {
+                "annotator": name,
+                "items_shared": n,
+                "agreement_with_others": float(np.mean(same[mine] / others[mine])) if n else None,
+            }
+        )
+    return sorted(rows, key=lambda x: (x["agreement_with_others"] is None, x["agreement_with_others"] or 0.0))
 
 
 def audit(
@@ -133,7 +156,7 @@ def audit(
     threshold: float = DEFAULT_THRESHOLD,
     max_disagreements: int = 1000,
 ) -> dict[str, Any]:
-    """Judge vs human consensus on one dimension: rates with intervals, confusion, kappa, slices."""
+    """Judge vs the people on one dimension over the collection: rates with intervals, confusion, kappa, slices."""
     from safereview.agreement.report import SLICES, slice_values
 
     sc = data.scope(bind, collections)
@@ -146,7 +169,10 @@ def audit(
         "labels": labels,
         "judge_id": jid,
         "collections": [sc.collection_names[c] for c in sc.collection_ids],
-        "estimator": "Hajek (inverse sampling probability) over the audit stratum",
+        "estimator": "Hájek (design-weighted) over the review sample",
+        "reference": "the people's labels on each item, averaged (ties kept as halves; adjudications replace them)"
+        if method == "majority"
+        else "Dawid–Skene posterior of the people's labels (adjudications replace it)",
         "min_n": min_n,
     }
     if jid is None:
@@ -156,33 +182,43 @@ def audit(
     v = verdict_reads.load_verdicts(
         bind, sc.collection_ids, dimension, labels, jid, unsafe_labels=unsafe_labels_of(spec)
     )
-    audit_ids, pi = verdict_reads.load_audit_sample(bind, sc.collection_ids)
-    h = cons.codes_for(audit_ids)
-    j = v.codes_for(audit_ids)
-    ok = (h >= 0) & (j >= 0)
-    out["n_audit_items"] = len(audit_ids)
-    out["n_audit_without_consensus"] = int((h < 0).sum())
-    out["n_audit_without_verdict"] = int((j < 0).sum())
-    h, j, w, ids = h[ok], j[ok], 1.0 / pi[ok], audit_ids[ok]
-    out["n"] = len(h)
-    out.update(_rates(h, j, w, unsafe_codes, None, min_n))
+    ds = load_design_sample(bind, sc.collection_ids)
+    out["sample"] = ds.as_dict()
+    sample_ids, pi = ds.sample_ids, ds.sample_pi
+    ref, has_ref = soft_reference(cons, sample_ids)
+    j = v.codes_for(sample_ids)
+    ok = has_ref & (j >= 0)
+    out["n_sample_items"] = len(sample_ids)
+    out["n_sample_without_labels"] = int((~has_ref).sum())
+    out["n_sample_without_verdict"] = int((has_ref & (j < 0)).sum())
+    ref, j, pi, ids = ref[ok], j[ok], pi[ok], sample_ids[ok]
+    w = 1.0 / pi
+    out["n"] = len(j)
+    out.update(judge_rates(ref, j, pi, unsafe_codes, min_n))
+    h_hard = cons.codes_for(ids)
+    hard = h_hard >= 0
     kind = "quadratic" if spec.get("ordered") and len(labels) > 2 else "unweighted"
-    out["kappa"] = weighted_kappa(h, j, w, len(labels), kind, resamples=resamples, seed=seed, min_n=min_n)
+    out["kappa"] = weighted_kappa(
+        h_hard[hard], j[hard], w[hard], len(labels), kind, resamples=resamples, seed=seed, min_n=min_n
+    )
+    weighted = np.zeros((len(labels), len(labels)))
+    for col in range(len(labels)):
+        weighted[:, col] = (w[j == col, None] * ref[j == col]).sum(axis=0)
     out["confusion"] = {
-        "rows": "people (consensus)",
+        "rows": "people (label distribution)",
         "columns": "judge",
         "labels": labels,
-        "counts": confusion(h, j, len(labels)).astype(int).tolist(),
-        "weighted": confusion(h, j, len(labels), w).round(6).tolist(),
+        "counts": confusion(h_hard[hard], j[hard], len(labels)).astype(int).tolist(),
+        "weighted": weighted.round(6).tolist(),
     }
-    # naive comparison over every reviewed item (biased when review is prioritised)
+    # plain comparison over every reviewed item (biased when review is prioritised)
     all_h = cons.code
     all_j = v.codes_for(cons.item_ids)
     both = (all_h >= 0) & (all_j >= 0)
     out["all_reviewed"] = {
         "n": int(both.sum()),
         "accuracy_unweighted": float((all_h[both] == all_j[both]).mean()) if both.any() else None,
-        "note": "every reviewed item, unweighted: biased when review is prioritised",
+        "note": "every reviewed item, unweighted: describes the reviewed items, not the collection",
     }
     wrong = np.flatnonzero(both & (all_h != all_j))
     out["disagreements"] = {
@@ -206,10 +242,12 @@ def audit(
             rows = []
             for value in sorted({str(x) for x in vals}):
                 dom = np.array([str(x) == value for x in vals], dtype=bool)
-                rows.append({"value": value, "n": int(dom.sum()), **_rates(h, j, w, unsafe_codes, dom, min_n)})
+                rates = judge_rates(ref[dom], j[dom], pi[dom], unsafe_codes, min_n)
+                rows.append({"value": value, "n": int(dom.sum()), **rates})
             out["slices"][b] = rows
-    # the judge as one more rater
     r = data.load_ratings(bind, sc.collection_ids, dimension, labels, ordered=bool(spec.get("ordered")))
+    out["annotators"] = annotator_agreement(r)
+    # the judge as one more rater
     with_judge = r.add_rater(f"judge:{jid}", v.item_ids, v.code)
     out["judge_as_rater"] = {
         "alpha_without_judge": krippendorff_alpha(r.counts(), r.level, resamples=resamples, seed=seed).as_dict(),
@@ -242,13 +280,19 @@ def uni_judger_accuracy(
 def compositional_error(
     bind: Any, collections: Sequence[str] | None = None, *, judge_id: str | None = None, min_n: int = DEFAULT_MIN_N
 ) -> dict[str, Any]:
-    """VLSU: share of audit items whose joint grade the judge got wrong although it got both the
-    image and the text grade right (per the human consensus)."""
+    """VLSU: among items whose image and text grades the judge got right, the share whose joint
+    grade it got wrong, over the collection (design-weighted).
+
+    "Right" on a dimension is the people's probability of the judge's grade (their reviews
+    averaged), taken independently per dimension; with one review or unanimous reviews it
+    is the plain right/wrong.
+    """
     sc = data.scope(bind, collections)
     names = [sc.collection_names[c] for c in sc.collection_ids]
-    audit_ids, pi = verdict_reads.load_audit_sample(bind, sc.collection_ids)
+    ds = load_design_sample(bind, sc.collection_ids)
+    sample_ids, pi = ds.sample_ids, ds.sample_pi
     right: dict[str, np.ndarray] = {}
-    present = np.ones(len(audit_ids), dtype=bool)
+    present = np.ones(len(sample_ids), dtype=bool)
     jid = judge_id or verdict_reads.default_judge(bind, sc.collection_ids, "joint")
     if jid is None:
         return {"value": None, "undefined_reason": "no judge verdicts on the joint dimension"}
@@ -256,15 +300,20 @@ def compositional_error(
         spec = sc.dimension(dim)
         cons = consensus(bind, dim, names)
         v = verdict_reads.load_verdicts(bind, sc.collection_ids, dim, spec["labels"], jid)
-        h = cons.codes_for(audit_ids)
-        j = v.codes_for(audit_ids)
-        present &= (h >= 0) & (j >= 0)
-        right[dim] = h == j
-    w = 1.0 / np.where(pi > 0, pi, 1.0)
-    dom = present & right["image"] & right["text"]
-    res = hajek(~right["joint"], w, dom, min_n=min_n, what="items with both unimodal grades right")
+        ref, has = soft_reference(cons, sample_ids)
+        j = v.codes_for(sample_ids)
+        present &= has & (j >= 0)
+        right[dim] = np.where(j >= 0, ref[np.arange(len(j)), np.maximum(j, 0)], 0.0)
+    unimodal = right["image"] * right["text"]
+    p, unimodal, joint_wrong = pi[present], unimodal[present], 1.0 - right["joint"][present]
+    comp = hajek_ratio(
+        unimodal * joint_wrong, unimodal, p, estimand="joint grade wrong among items with both unimodal grades right"
+    )
+    res = _rate_dict(comp, int(np.count_nonzero(unimodal > 0)), min_n, "items with both unimodal grades right")
     res["judge_id"] = jid
-    res["joint_error_rate"] = hajek(~right["joint"], w, present, min_n=min_n)
+    joint = hajek_mean(joint_wrong, p, estimand="joint grade wrong, over the collection")
+    res["joint_error_rate"] = _rate_dict(joint, int(present.sum()), min_n, "items")
+    res["sample"] = ds.as_dict()
     return res
 
 

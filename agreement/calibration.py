@@ -26,44 +26,56 @@ import numpy as np
 
 from safereview.agreement import data
 from safereview.agreement import verdicts as verdict_reads
+from safereview.agreement.consensus import consensus_from_ratings, soft_reference
+from safereview.agreement.estimators import Estimate, hajek_mean, hajek_ratio, ratio_upper_bound
+from safereview.agreement.sample import load_design_sample
 from safereview.db.taxonomy import unsafe_labels as unsafe_labels_of
 from safereview.workflow.policies import require
 
 EPS = 1e-6
+DEFAULT_DELTA = 0.1  # the chance that the chosen threshold under-blocks beyond its target
 
 
-def reliability(p: np.ndarray, y: np.ndarray, bins: int = 10) -> list[dict[str, Any]]:
-    """Reliability-diagram rows: per equal-width bin, count, mean predicted and mean observed."""
+def reliability(p: np.ndarray, y: np.ndarray, bins: int = 10, w: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Reliability-diagram rows: per equal-width bin, count, (weighted) mean predicted and observed."""
     p = np.asarray(p, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
+    w = np.ones(len(p)) if w is None else np.asarray(w, dtype=np.float64)
     idx = np.clip((p * bins).astype(int), 0, bins - 1)
     rows = []
     for b in range(bins):
         m = idx == b
         n = int(m.sum())
+        wm = float(w[m].sum())
         rows.append(
             {
                 "bin_low": b / bins,
                 "bin_high": (b + 1) / bins,
                 "n": n,
-                "mean_predicted": float(p[m].mean()) if n else None,
-                "observed": float(y[m].mean()) if n else None,
+                "weight": wm,
+                "mean_predicted": float(np.sum(w[m] * p[m]) / wm) if n else None,
+                "observed": float(np.sum(w[m] * y[m]) / wm) if n else None,
             }
         )
     return rows
 
 
-def ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float | None:
+def ece(p: np.ndarray, y: np.ndarray, bins: int = 10, w: np.ndarray | None = None) -> float | None:
+    """Expected calibration error, each bin weighted by its (design) weight share."""
     p = np.asarray(p, dtype=np.float64)
     if p.size == 0:
         return None
-    rows = reliability(p, y, bins)
-    return float(sum(r["n"] / p.size * abs(r["mean_predicted"] - r["observed"]) for r in rows if r["n"]))
+    rows = reliability(p, y, bins, w)
+    total = sum(r["weight"] for r in rows)
+    return float(sum(r["weight"] / total * abs(r["mean_predicted"] - r["observed"]) for r in rows if r["n"]))
 
 
-def brier(p: np.ndarray, y: np.ndarray) -> float | None:
+def brier(p: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> float | None:
     p = np.asarray(p, dtype=np.float64)
-    return float(((p - np.asarray(y, dtype=np.float64)) ** 2).mean()) if p.size else None
+    if not p.size:
+        return None
+    w = np.ones(len(p)) if w is None else np.asarray(w, dtype=np.float64)
+    return float(np.sum(w * (p - np.asarray(y, dtype=np.float64)) ** 2) / w.sum())
 
 
 # ---------------------------------------------------------------------------------------
@@ -71,14 +83,15 @@ def brier(p: np.ndarray, y: np.ndarray) -> float | None:
 # ---------------------------------------------------------------------------------------
 
 
-def fit_isotonic(p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """Monotone non-decreasing map p -> P(unsafe) (PAVA on the distinct predicted values)."""
+def fit_isotonic(p: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> dict[str, Any]:
+    """Monotone non-decreasing map p -> P(unsafe) (weighted PAVA on the distinct predicted values)."""
     from scipy.optimize import isotonic_regression
 
     x, inv = np.unique(np.asarray(p, dtype=np.float64), return_inverse=True)
-    w = np.bincount(inv).astype(np.float64)
-    ym = np.bincount(inv, weights=np.asarray(y, dtype=np.float64)) / w
-    fitted = isotonic_regression(ym, weights=w, increasing=True).x
+    ww = np.ones(len(inv)) if w is None else np.asarray(w, dtype=np.float64)
+    wsum = np.bincount(inv, weights=ww)
+    ym = np.bincount(inv, weights=ww * np.asarray(y, dtype=np.float64)) / wsum
+    fitted = isotonic_regression(ym, weights=wsum, increasing=True).x
     return {"x": x.tolist(), "y": np.clip(fitted, 0.0, 1.0).tolist()}
 
 
@@ -87,19 +100,21 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def fit_platt(p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """Logistic map ``sigmoid(a * logit(p) + b)`` by maximum likelihood (soft targets allowed)."""
+def fit_platt(p: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> dict[str, Any]:
+    """Logistic map ``sigmoid(a * logit(p) + b)`` by (weighted) maximum likelihood; soft targets allowed."""
     from scipy.optimize import minimize
     from scipy.special import expit, log_expit
 
     z = _logit(p)
     y = np.asarray(y, dtype=np.float64)
+    ww = np.ones(len(z)) if w is None else np.asarray(w, dtype=np.float64)
+    ww = ww / ww.sum()
 
     def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
         s = theta[0] * z + theta[1]
-        loss = -(y * log_expit(s) + (1 - y) * log_expit(-s)).mean()
-        g = expit(s) - y
-        return float(loss), np.array([(g * z).mean(), g.mean()])
+        loss = -np.sum(ww * (y * log_expit(s) + (1 - y) * log_expit(-s)))
+        g = ww * (expit(s) - y)
+        return float(loss), np.array([np.sum(g * z), np.sum(g)])
 
     res = minimize(nll, np.array([1.0, 0.0]), jac=True, method="BFGS")
     return {"a": float(res.x[0]), "b": float(res.x[1])}
@@ -117,51 +132,121 @@ def apply_map(method: str, params: dict[str, Any], p: np.ndarray) -> np.ndarray:
     raise data.AgreementError("calibration method must be isotonic or platt")
 
 
-def fit_map(method: str, p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+def fit_map(method: str, p: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> dict[str, Any]:
     if method == "isotonic":
-        return fit_isotonic(p, y)
+        return fit_isotonic(p, y, w)
     if method == "platt":
-        return fit_platt(p, y)
+        return fit_platt(p, y, w)
     raise data.AgreementError("calibration method must be isotonic or platt")
 
 
-def threshold_for_under_blocking(q: np.ndarray, unsafe: np.ndarray, target: float) -> dict[str, Any]:
-    """Largest threshold t (block when q >= t) whose under-blocking on people-unsafe items is <= target."""
-    q = np.asarray(q, dtype=np.float64)
-    unsafe = np.asarray(unsafe, dtype=bool)
-    qu = np.sort(q[unsafe])
-    if qu.size == 0:
-        return {"threshold": None, "undefined_reason": "no items people call unsafe"}
-    k = int(np.floor(target * qu.size + 1e-9))
-    t = float(qu[k]) if k < qu.size else float(np.nextafter(qu[-1], np.inf))
+# ---------------------------------------------------------------------------------------
+# the threshold: an upper confidence bound on the collection's under-blocking
+# ---------------------------------------------------------------------------------------
+
+
+def under_blocking_ucb(
+    p: np.ndarray, h: np.ndarray, pi: np.ndarray, cut: float, delta: float
+) -> tuple[Estimate, float]:
+    """Design-weighted under-blocking of "block when p >= cut" and its one-sided (1 - delta) upper bound.
+
+    The bound is Fay & Feuer's gamma bound (:func:`safereview.agreement.estimators.ratio_upper_bound`):
+    it stays above 0 when no unsafe item in the sample slips through and holds its level
+    with the handful of weighted events a small target leaves in the sample.
+    """
+    passes = (p < cut).astype(np.float64)
+    est = hajek_ratio(passes * h, h, pi, estimand="share of the people's unsafe items the rule lets through")
+    if not np.isfinite(est.value):
+        return est, 1.0
+    return est, ratio_upper_bound(passes * h, h, pi, delta)
+
+
+def threshold_for_under_blocking(
+    p: np.ndarray, h: np.ndarray, pi: np.ndarray, target: float, delta: float = DEFAULT_DELTA
+) -> dict[str, Any]:
+    """The least blocking cut on the judge's raw P(unsafe) whose collection-wide under-blocking
+    is at most ``target`` with probability at least ``1 - delta``.
+
+    Fixed-sequence testing (as in Learn-then-Test): cuts are tried from the most blocking up;
+    under-blocking can only grow with the cut, so stopping at the first cut whose upper
+    confidence bound exceeds the target controls the chance of a wrong pick at ``delta``
+    without any multiplicity correction. ``h`` is the people's unsafe share per sample item.
+    """
+    p, h, pi = (np.asarray(a, dtype=np.float64) for a in (p, h, pi))
+    if not np.any(h > 0):
+        return {"threshold": None, "undefined_reason": "no sample items people call unsafe"}
+    cuts = np.unique(p)
+    cuts = np.append(cuts, np.nextafter(cuts[-1], np.inf))
+    chosen: float | None = None
+    chosen_ucb = None
+    for c in cuts:
+        _, ucb = under_blocking_ucb(p, h, pi, float(c), delta)
+        if ucb > target:
+            break
+        chosen, chosen_ucb = float(c), ucb
+    if chosen is None:
+        return {
+            "threshold": 0.0,
+            "raw_threshold": 0.0,
+            "undefined_reason": f"no cut keeps under-blocking at or below {target:g} with confidence "
+            f"{1 - delta:.0%} on {int((h > 0).sum())} unsafe sample items: everything is blocked; review more items",
+            "target": target,
+            "delta": delta,
+        }
+    est, _ = under_blocking_ucb(p, h, pi, chosen, delta)
+    blocks = (p >= chosen).astype(np.float64)
+    over = hajek_ratio(blocks * (1 - h), 1 - h, pi, estimand="share of the people's safe items the rule blocks")
     return {
-        "threshold": t,
-        "under_blocking": float((qu < t).mean()),
-        "over_blocking": float((q[~unsafe] >= t).mean()) if (~unsafe).any() else None,
-        "n_unsafe": int(qu.size),
-        "n_safe": int((~unsafe).sum()),
+        "raw_threshold": chosen,
+        "target": target,
+        "delta": delta,
+        "under_blocking": est.as_dict(),
+        "under_blocking_upper_bound": chosen_ucb,
+        "over_blocking": over.as_dict(),
+        "n_unsafe": int(np.count_nonzero(h > 0)),
+        "n_safe": int(np.count_nonzero(h < 1)),
     }
 
 
-def cross_validated(
-    method: str, p: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0, bins: int = 10
+def cross_fitted(
+    method: str,
+    p: np.ndarray,
+    y: np.ndarray,
+    pi: np.ndarray,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    bins: int = 10,
 ) -> dict[str, Any]:
-    """ECE and Brier of out-of-fold calibrated probabilities (an honest estimate of the gain)."""
+    """Out-of-fold calibrated probabilities (each item's map fitted without it) and their
+    design-weighted ECE and Brier score, raw vs calibrated.
+
+    The Brier scores and their change (calibrated minus raw, paired on the same items) are
+    means over the collection and get design-based 95% intervals: a change whose interval
+    lies below 0 is a real gain. Binned ECE gets no interval: noise inflates it, and its
+    bootstrap interval does not even contain the estimate at usual sample sizes, so it is
+    shown as a description only.
+    """
     n = len(p)
     if n < 2 * folds:
-        return {"folds": folds, "undefined_reason": f"too few items for {folds}-fold cross-validation (n={n})"}
+        return {"folds": folds, "undefined_reason": f"too few items for {folds}-fold cross-fitting (n={n})"}
+    w = 1.0 / pi
     order = np.random.default_rng(seed).permutation(n)
     q = np.empty(n)
     for f in range(folds):
         test = order[f::folds]
         train = np.setdiff1d(order, test)
-        q[test] = apply_map(method, fit_map(method, p[train], y[train]), p[test])
+        q[test] = apply_map(method, fit_map(method, p[train], y[train], w[train]), p[test])
     return {
         "folds": folds,
-        "ece_raw": ece(p, y, bins),
-        "ece_calibrated": ece(q, y, bins),
-        "brier_raw": brier(p, y),
-        "brier_calibrated": brier(q, y),
+        "ece_raw": ece(p, y, bins, w),
+        "ece_calibrated": ece(q, y, bins, w),
+        "brier_raw": hajek_mean((p - y) ** 2, pi, estimand="Brier score of the raw probabilities").as_dict(),
+        "brier_calibrated": hajek_mean((q - y) ** 2, pi, estimand="Brier score, cross-fitted").as_dict(),
+        "brier_change": hajek_mean(
+            (q - y) ** 2 - (p - y) ** 2, pi, estimand="Brier score change, calibrated minus raw", bounded=False
+        ).as_dict(),
+        "reliability_calibrated": reliability(q, y, bins, w),
     }
 
 
@@ -171,9 +256,19 @@ def cross_validated(
 
 
 def calibration_data(
-    bind: Any, dimension: str, collections: Sequence[str] | None = None, *, judge_id: str | None = None
+    bind: Any,
+    dimension: str,
+    collections: Sequence[str] | None = None,
+    *,
+    judge_id: str | None = None,
+    method: str = "majority",
 ) -> dict[str, Any]:
-    """Items with both a judge probability and human labels: ids, p, soft y, consensus unsafe."""
+    """The review sample's items with a judge probability: ids, raw p, the people's unsafe share, pi.
+
+    Only items of the design sample (:mod:`safereview.agreement.sample`) enter, with their
+    inclusion probabilities: the borderline items the queue favoured are weighted down to
+    their share of the collection, so maps, scores and the threshold describe the collection.
+    """
     sc = data.scope(bind, collections)
     spec = sc.dimension(dimension)
     labels = list(spec["labels"])
@@ -182,23 +277,27 @@ def calibration_data(
     if jid is None:
         raise data.AgreementError(f"no judge verdicts on dimension {dimension!r}")
     r = data.load_ratings(bind, sc.collection_ids, dimension, labels, ordered=bool(spec.get("ordered")))
+    adj = verdict_reads.load_adjudications(bind, sc.collection_ids, dimension)
+    cons = consensus_from_ratings(r, method=method, adjudications=adj)
     v = verdict_reads.load_verdicts(
         bind, sc.collection_ids, dimension, labels, jid, unsafe_labels=unsafe_labels, with_probs=True
     )
-    counts = r.counts()
-    unsafe_codes = [labels.index(x) for x in unsafe_labels]
-    m = counts.sum(axis=1)
-    y = counts[:, unsafe_codes].sum(axis=1) / np.maximum(m, 1)
-    p = v.p_for(r.item_ids)
-    ok = np.isfinite(p) & (m > 0)
+    ds = load_design_sample(bind, sc.collection_ids)
+    ref, has = soft_reference(cons, ds.sample_ids)
+    unsafe_codes = [labels.index(x) for x in unsafe_labels if x in labels]
+    y = ref[:, unsafe_codes].sum(axis=1)
+    p = v.p_for(ds.sample_ids)
+    ok = np.isfinite(p) & has
     return {
         "judge_id": jid,
         "labels": labels,
         "unsafe_labels": list(unsafe_labels),
-        "item_ids": r.item_ids[ok],
+        "item_ids": ds.sample_ids[ok],
         "p": np.clip(p[ok], 0.0, 1.0),
         "y": y[ok],
-        "people_unsafe": y[ok] > 0.5,
+        "pi": ds.sample_pi[ok],
+        "n_sample_without_probability": int((has & ~np.isfinite(p)).sum()),
+        "sample": ds.as_dict(),
         "collections": [sc.collection_names[c] for c in sc.collection_ids],
     }
 
@@ -212,6 +311,7 @@ def fit_calibration(
     judge_id: str | None = None,
     method: str = "isotonic",
     target_under_blocking: float = 0.05,
+    delta: float = DEFAULT_DELTA,
     bins: int = 10,
     folds: int = 5,
     seed: int = 0,
@@ -219,31 +319,46 @@ def fit_calibration(
 ) -> tuple[Any, dict[str, Any]]:
     """Fit, evaluate and store a :class:`db.models.Calibration`; return (row, metrics).
 
-    ``user`` must be allowed to "calibrate" (the CLI passes its system principal).
+    The map is fitted on the whole sample with design weights; its quality is reported
+    out of sample (cross-fitted). The stored ``threshold`` is a cut on the judge's *raw*
+    P(unsafe) (block when p >= threshold), chosen so the collection's under-blocking is at
+    most the target with probability at least ``1 - delta``
+    (:func:`threshold_for_under_blocking`). ``user`` must be allowed to "calibrate".
     """
     from safereview.db.models import Calibration, utcnow
 
     require(user, "calibrate")
     if not 0.0 <= target_under_blocking <= 1.0:
         raise data.AgreementError("target under-blocking must be between 0 and 1")
+    if not 0.0 < delta < 1.0:
+        raise data.AgreementError("delta must be between 0 and 1 (e.g. 0.1)")
     d = calibration_data(session, dimension, collections, judge_id=judge_id)
-    p, y = d["p"], d["y"]
+    p, y, pi = d["p"], d["y"], d["pi"]
     if len(p) < min_n:
-        raise data.AgreementError(f"too few items with a judge probability and human labels (n={len(p)} < {min_n})")
-    params = fit_map(method, p, y)
+        raise data.AgreementError(
+            f"too few sample items with a judge probability and human labels (n={len(p)} < {min_n}); "
+            "review more items or lower --min-n"
+        )
+    w = 1.0 / pi
+    params = fit_map(method, p, y, w)
     q = apply_map(method, params, p)
-    thr = threshold_for_under_blocking(q, d["people_unsafe"], target_under_blocking)
+    thr = threshold_for_under_blocking(p, y, pi, target_under_blocking, delta)
+    if thr.get("raw_threshold") is not None:
+        thr["calibrated_threshold"] = float(apply_map(method, params, np.array([thr["raw_threshold"]]))[0])
     metrics = {
         "n": len(p),
         "bins": bins,
         "collections": d["collections"],
-        "ece_raw": ece(p, y, bins),
-        "brier_raw": brier(p, y),
-        "ece_calibrated_in_sample": ece(q, y, bins),
-        "brier_calibrated_in_sample": brier(q, y),
-        "cross_validated": cross_validated(method, p, y, folds=folds, seed=seed, bins=bins),
-        "reliability_raw": reliability(p, y, bins),
-        "reliability_calibrated": reliability(q, y, bins),
+        "sample": d["sample"],
+        "weights": "design weights 1/pi of the review sample",
+        "rule": "block when the judge's raw P(unsafe) >= threshold",
+        "ece_raw": ece(p, y, bins, w),
+        "brier_raw": brier(p, y, w),
+        "ece_calibrated_in_sample": ece(q, y, bins, w),
+        "brier_calibrated_in_sample": brier(q, y, w),
+        "cross_validated": cross_fitted(method, p, y, pi, folds=folds, seed=seed, bins=bins),
+        "reliability_raw": reliability(p, y, bins, w),
+        "reliability_calibrated": reliability(q, y, bins, w),
         "threshold": thr,
     }
     row = Calibration(
@@ -252,7 +367,7 @@ def fit_calibration(
         method=method,
         params=params,
         metrics=metrics,
-        threshold=thr.get("threshold"),
+        threshold=thr.get("raw_threshold"),
         target_under_blocking=target_under_blocking,
         n_items=len(p),
         created_by=getattr(user, "username", ""),
@@ -300,12 +415,15 @@ def apply_calibration(
     ok = np.isfinite(p)
     q = apply_map(cal.method, cal.params, np.clip(p, 0, 1)) if len(p) else p
     thr = cal.threshold if cal.threshold is not None else 0.5
+    # Calibrations since the sampling design cut the raw probability (the certified rule);
+    # older ones cut the calibrated one.
+    on_raw = (cal.metrics or {}).get("rule", "").startswith("block when the judge's raw")
     now = utcnow()
     new_rows = []
     for k, r in enumerate(rows):
         if not ok[k]:
             continue
-        block = bool(q[k] >= thr)
+        block = bool((p[k] if on_raw else q[k]) >= thr)
         if block:
             label = unsafe_labels[0]
         elif r[1] in safe_labels:
@@ -323,7 +441,7 @@ def apply_calibration(
                 "probability": float(q[k]) if block else float(1 - q[k]),
                 "score": float(q[k]),
                 "rationale": f"calibrated from {cal.judge_id} by calibration {cal.id} ({cal.method}); "
-                f"P(unsafe)={q[k]:.4f}, threshold {thr:.4f}",
+                f"P(unsafe)={q[k]:.4f}; blocks when {'raw' if on_raw else 'calibrated'} P(unsafe) >= {thr:.4f}",
                 "raw_output": "",
                 "intent": "",
                 "calibration_id": int(cal.id),

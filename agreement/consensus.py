@@ -375,3 +375,33 @@ def adjudication_context(session: Any, user: Any, item_id: int, dimension: str) 
     ]
     verdicts = list(session.exec(select(Verdict).where(Verdict.item_id == item_id)).all())
     return {"item": item, "people": people, "verdicts": verdicts}
+
+
+def soft_reference(cons: Consensus, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The people's label distribution on each of ``item_ids``: (matrix items × labels, has-labels mask).
+
+    An item's reviews are averaged (k = 2 with a split vote gives 1/2 and 1/2: a tie is
+    kept, never dropped); with ``method="dawid-skene"`` the Dawid–Skene posterior replaces
+    the average; an adjudicated label replaces both. Every estimate weighted by this matrix
+    is linear in the reviews, so a design-unbiased estimator stays unbiased for "agreement
+    with the people" however many reviews an item has so far.
+    """
+    ids = np.asarray(item_ids, dtype=np.int64)
+    n_labels = len(cons.labels)
+    out = np.zeros((len(ids), n_labels))
+    if len(cons.item_ids) == 0 or len(ids) == 0:
+        return out, np.zeros(len(ids), dtype=bool)
+    pos = np.clip(np.searchsorted(cons.item_ids, ids), 0, len(cons.item_ids) - 1)
+    found = cons.item_ids[pos] == ids
+    counts = cons.counts[pos].astype(np.float64)
+    n = counts.sum(axis=1)
+    has = found & (n > 0)
+    out[has] = counts[has] / n[has, None]
+    if cons.ds is not None:
+        out[has] = cons.ds.posteriors[pos[has]]
+    adj = found & cons.adjudicated[pos]
+    if adj.any():
+        out[adj] = 0.0
+        out[adj, cons.code[pos[adj]]] = 1.0
+        has = has | adj
+    return out, has

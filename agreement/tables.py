@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from safereview.agreement.report import FEW_PAIRABLE_UNITS
+from safereview.agreement.report import FEW_PAIRABLE_UNITS, MIN_RARE_PAIRABLE_VALUES
 
 STAT_KEYS = (
     ("alpha", "alpha"),
@@ -25,8 +25,31 @@ def _est_cells(prefix: str, e: dict[str, Any] | None) -> dict[str, Any]:
     return {prefix: e.get("value"), f"{prefix} 95% low": e.get("ci_low"), f"{prefix} 95% high": e.get("ci_high")}
 
 
+def small_sample_notes(s: dict[str, Any]) -> list[str]:
+    """Short notes on one summary: few pairable units, a rare label, undefined bootstrap resamples."""
+    notes = []
+    if s.get("few_units"):
+        notes.append(f"few units (< {FEW_PAIRABLE_UNITS} pairable)")
+    if s.get("few_rare_values"):
+        notes.append(
+            f"unreliable interval: only {s['rarest_label_pairable_values']} pairable values of the rarest "
+            f"label '{s['rarest_label']}' (< {MIN_RARE_PAIRABLE_VALUES})"
+        )
+    for key, name in STAT_KEYS:
+        e = s.get(key) or {}
+        undefined = e.get("n_resamples_undefined")
+        if undefined:
+            total = undefined + e.get("resamples", 0)
+            notes.append(f"{name}: {undefined} of {total} resamples undefined (left out of the interval)")
+    return notes
+
+
 def stats_rows(dim: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per slice (overall first) with counts, coefficients, intervals and undefined reasons."""
+    """One row per slice (overall first) with counts, coefficients, intervals and undefined reasons.
+
+    ``alpha undefined resamples`` counts the bootstrap resamples in which alpha had no value
+    (left out of its interval); ``note`` carries the small-sample warnings.
+    """
     rows = []
     entries = [("overall", "", dim["overall"])]
     for by, values in dim.get("slices", {}).items():
@@ -45,10 +68,12 @@ def stats_rows(dim: dict[str, Any]) -> list[dict[str, Any]]:
             if key not in s:
                 continue
             row.update(_est_cells(name, s[key]))
+            if key == "alpha":
+                row["alpha undefined resamples"] = s[key].get("n_resamples_undefined")
             if s[key].get("undefined_reason"):
                 reasons.append(f"{name}: {s[key]['undefined_reason']}")
         row["undefined"] = "; ".join(reasons)
-        row["note"] = f"few units (< {FEW_PAIRABLE_UNITS} pairable)" if s.get("few_units") else ""
+        row["note"] = "; ".join(small_sample_notes(s))
         rows.append(row)
     return rows
 
@@ -66,7 +91,7 @@ def rate_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
         entries += [(by, v["value"], v) for v in values]
     rows = []
     for by, value, r in entries:
-        row: dict[str, Any] = {"slice": by, "value": value, "audit items": r.get("n")}
+        row: dict[str, Any] = {"slice": by, "value": value, "sample items": r.get("n")}
         reasons = []
         for key, name in (
             ("accuracy", "accuracy"),
@@ -88,4 +113,40 @@ def confusion_rows(res: dict[str, Any], weighted: bool = False) -> list[dict[str
     return [
         {"people \\ judge": lab, **{f"judge: {c}": v for c, v in zip(res["labels"], row, strict=True)}}
         for lab, row in zip(res["labels"], table, strict=True)
+    ]
+
+
+def population_rows(pop: dict[str, Any]) -> list[dict[str, Any]]:
+    """The three columns per rate (judge uncorrected, human, corrected) with intervals and the
+    reviews still needed for the target half-width."""
+    hw = pop["half_width"]
+    rows = []
+    for m in pop["metrics"]:
+        human, corrected = m["human"], m["corrected"]
+        more = m["more_reviews"]["corrected"]
+        rows.append(
+            {
+                "rate": m["metric"],
+                "judge (uncorrected)": m["judge"]["value"],
+                "human": human["value"],
+                "human 95% low": human["low"],
+                "human 95% high": human["high"],
+                "corrected": corrected["value"],
+                "corrected 95% low": corrected["low"],
+                "corrected 95% high": corrected["high"],
+                "human labels": corrected["n_labelled"],
+                f"more reviews for ±{hw}": None if more < 0 else more,
+            }
+        )
+    return rows
+
+
+def annotator_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "annotator": a["annotator"],
+            "items shared with others": a["items_shared"],
+            "agreement with the others": a["agreement_with_others"],
+        }
+        for a in res.get("annotators", [])
     ]

@@ -443,6 +443,33 @@ def uni(out: Path) -> None:
         write_jsonl(out / f"{task}.jsonl", lines)
 
 
+# Where the demo's people see an item differently from the demo judge (the rest: as the judge).
+PEOPLE_DISAGREE: dict[str, dict[str, str]] = {
+    "mie-2": {"contextual": "safe", "intrinsic": "safe"},  # a sad snowman is not self-harm
+    "cu-1": {"contextual": "unsafe", "intrinsic": "safe"},
+    "t2i-2": {"contextual": "safe", "intrinsic": "safe"},
+}
+SHIFT_REVIEWERS = ("carol", "dave")
+
+
+def review_shift(out: Path, tasks: list[str]) -> None:
+    """The labels the demo's reviewers give when the queue offers them an item.
+
+    ``safereview.dataio.demo`` plays a short review shift through the real queue with these,
+    so the demo has a review sample drawn by the sampling design (its estimates are real).
+    A reviewer's own imported annotation, where there is one, is their label.
+    """
+    rows = []
+    for task in tasks:
+        for line in (out / f"{task}.jsonl").read_text(encoding="utf-8").splitlines():
+            r = json.loads(line)
+            judge = {v["dimension"]: v["label"] for v in r["verdicts"]}
+            for reviewer in SHIFT_REVIEWERS:
+                own = next((a["labels"] for a in r.get("annotations", []) if a["annotator"] == reviewer), None)
+                rows.append({"id": r["id"], "reviewer": reviewer, "labels": own or PEOPLE_DISAGREE.get(r["id"], judge)})
+    write_jsonl(out / "review_shift.jsonl", rows)
+
+
 def hash_seed(text: str) -> int:
     return sum((i + 1) * ord(c) for i, c in enumerate(text)) % 997
 
@@ -942,6 +969,7 @@ def main() -> None:
         if (out / sub).exists():
             shutil.rmtree(out / sub)
     uni(out / "uni-safebench")
+    review_shift(out / "uni-safebench", sorted(p.stem for p in (out / "uni-safebench").glob("*.jsonl")))
     vlsu(out / "vlsu")
     custom(out / "custom")
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

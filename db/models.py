@@ -58,7 +58,12 @@ class Collection(SQLModel, table=True):
     description: str = Field(default="")
     overlap_target: int = Field(default=2, ge=1)  # k annotators per item
     blind: bool = Field(default=True)  # annotators label before they see the judge
-    audit_share: float = Field(default=0.2, ge=0.0, le=1.0)  # share of uniformly random picks
+    # Sampling design of the review queue (safereview.workflow.sampling): the share of the
+    # design spread evenly over items (1 = a simple random order), frozen with the mean
+    # borderline score at the first pull so every item's inclusion probability is known.
+    audit_share: float = Field(default=0.2, ge=0.0, le=1.0)
+    design_frozen_at: datetime | None = None
+    design_score_mean: float | None = None
     archived: bool = Field(default=False)
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -135,7 +140,13 @@ class Item(SQLModel, table=True):
 
     __table_args__ = (
         sa.UniqueConstraint("collection_id", "external_id", name="uq_item_collection_external"),
-        sa.Index("ix_item_queue", "collection_id", "slots_taken", "priority"),
+        sa.Index("ix_item_sample", "collection_id", "slots_taken", "sample_key"),
+        sa.Index(
+            "ix_item_unkeyed",
+            "collection_id",
+            sqlite_where=sa.text("sample_key IS NULL"),
+            postgresql_where=sa.text("sample_key IS NULL"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -153,10 +164,14 @@ class Item(SQLModel, table=True):
     meta: dict = Field(default_factory=dict, sa_type=JSONType)
     content_hash: str = Field(max_length=64)  # of the normalised content: re-import detects change
     import_batch_id: int | None = Field(default=None, foreign_key="importbatch.id")
-    # Queue state (see review_app queue service): a borderline score and how many of the
-    # collection's overlap slots are taken. Updated with atomic conditional UPDATEs.
+    # Queue state (safereview.workflow.queue): a borderline score and how many of the
+    # collection's overlap slots are taken (atomic conditional UPDATEs). ``sample_size`` and
+    # ``sample_key`` are the item's frozen place in the sampling design: reviewed in
+    # ascending key order, so the reviewed items are a sequential Poisson sample.
     priority: float = Field(default=0.0)
     slots_taken: int = Field(default=0)
+    sample_size: float | None = None
+    sample_key: float | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -255,9 +270,11 @@ class UserSession(SQLModel, table=True):
 class Assignment(SQLModel, table=True):
     """One overlap slot of one item held by one reviewer.
 
-    ``stratum`` is ``priority`` (borderline-first ordering) or ``audit`` (uniformly random);
-    ``sampling_prob`` is the probability with which this item entered that reviewer's queue,
-    which keeps judge-accuracy estimates unbiased (inverse-probability weighting).
+    ``stratum`` says how the slot was taken: ``sample`` (the queue's design order, see
+    :mod:`safereview.workflow.sampling`), ``imported`` (a review done outside the queue), or
+    ``priority``/``audit`` for reviews taken before migration 0007. ``sampling_prob`` is only
+    kept for those old rows: an item's inclusion probability is a function of its frozen
+    design (``Item.sample_size``) and of how far review has got, computed when estimating.
     """
 
     __table_args__ = (
@@ -271,7 +288,7 @@ class Assignment(SQLModel, table=True):
     item_id: int = Field(foreign_key="item.id", index=True)
     user_id: int = Field(foreign_key="user.id", index=True)
     status: str = Field(default="leased", max_length=20)  # leased | done | skipped | released
-    stratum: str = Field(default="priority", max_length=20)
+    stratum: str = Field(default="sample", max_length=20)
     sampling_prob: float | None = None
     leased_at: datetime = Field(default_factory=utcnow)
     lease_expires_at: datetime | None = None

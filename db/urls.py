@@ -18,7 +18,10 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def normalise_url(url: str) -> str:
-    """Accept ``postgresql://`` and ``postgres://`` and use the psycopg 3 driver for them."""
+    """Accept ``postgresql://`` and ``postgres://`` (the psycopg 3 driver is used for them) and a
+    plain file path, which means that SQLite file (``--db .demo/safereview.db``)."""
+    if url and "://" not in url and not url.startswith("sqlite:"):
+        return f"sqlite:///{Path(url).expanduser().resolve()}"
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]

@@ -23,7 +23,8 @@ class CollectionInfo:
     name: str
     blind: bool
     overlap_target: int
-    audit_share: float
+    audit_share: float  # the uniform share of the sampling design
+    design_frozen: bool
     archived: bool
     dims: tuple[dict[str, Any], ...]
     category_options: tuple[str, ...]
@@ -45,6 +46,7 @@ def collections(session: Session, *, include_archived: bool = False) -> list[Col
                 blind=c.blind,
                 overlap_target=c.overlap_target,  # type: ignore[arg-type]
                 audit_share=c.audit_share,
+                design_frozen=c.design_frozen_at is not None,
                 archived=c.archived,
                 dims=tuple(spec.get("dimensions", [])),
                 category_options=tuple(category_names(spec)) if spec.get("categories") else (),

@@ -11,7 +11,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from safereview.db.urls import sqlite_path  # re-exported: settings resolve the media folder beside the file
+from safereview.db.urls import (
+    normalise_url,
+    sqlite_path,
+)  # sqlite_path re-exported: the media folder sits beside the file
 
 
 @dataclass(frozen=True)
@@ -128,4 +131,6 @@ def normalise_base_path(value: str) -> str:
 def load(**overrides: object) -> Config:
     """Settings from the environment, with explicit overrides (CLI options) winning."""
     values = {k: v for k, v in overrides.items() if v not in (None, "")}
+    if isinstance(values.get("db_url"), str):
+        values["db_url"] = normalise_url(values["db_url"])  # type: ignore[arg-type]  # a plain path: that SQLite file
     return Config(**values)  # type: ignore[arg-type]

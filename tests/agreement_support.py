@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from safereview.db.collections import ensure_collection
-from safereview.db.models import Annotation, Assignment, Item, User, Verdict
+from safereview.db.models import Annotation, Item, User, Verdict
 
 NA = None
 
@@ -200,40 +200,19 @@ def write_verdicts(
         s.commit()
 
 
-def write_audit(engine: sa.Engine, item_ids: list[int], probs: list[float], username: str = "auditor") -> None:
-    """One reviewer's audit-stratum pulls (done), one second apart in the given order."""
-    from datetime import timedelta
+def set_design(engine: sa.Engine, collection_id: int, designs: dict[int, tuple[float, float]]) -> None:
+    """Freeze a collection's sampling design with the given (size, key) per item id.
 
-    from safereview.db.models import utcnow
+    Lets a test put chosen items in the review sample's prefix with known inclusion
+    probabilities ``min(1, size * tau)``, tau being the key of the first unreviewed item.
+    """
+    from safereview.db.models import Collection, utcnow
 
-    start = utcnow()
     with Session(engine) as s:
-        user = s.exec(select(User).where(User.username == username)).first()
-        if user is None:
-            user = User(username=username, password_hash="!x")
-            s.add(user)
-            s.flush()
-        for n, (iid, p) in enumerate(zip(item_ids, probs, strict=True)):
-            s.add(
-                Assignment(
-                    item_id=iid,
-                    user_id=user.id,
-                    status="done",
-                    stratum="audit",
-                    sampling_prob=p,
-                    leased_at=start + timedelta(seconds=n),
-                )
-            )
+        s.execute(sa.update(Collection).where(Collection.id == collection_id).values(design_frozen_at=utcnow()))
+        for item_id, (size, key) in designs.items():
+            s.execute(sa.update(Item).where(Item.id == item_id).values(sample_size=size, sample_key=key))
         s.commit()
-
-
-def inclusion_in_order(qs: list[float]) -> list[float]:
-    """pi of the i-th of sequential audit pulls when each item is filled by its own pull (k = 1)."""
-    out, miss = [], 1.0
-    for q in qs:
-        miss *= 1 - q
-        out.append(1 - miss)
-    return out
 
 
 def make_user(engine: sa.Engine, username: str, role: str) -> User:

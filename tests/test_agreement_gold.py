@@ -119,8 +119,11 @@ def test_cli_agreement_audit_calibrate_export(tmp_path: Path, sqlite_url: str) -
     res = runner.invoke(app, ["audit", "--db", sqlite_url, "-c", "g", "--json", "--resamples", "10"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
-    assert out["dimensions"][0]["n_audit_items"] == 0
-    assert "too few audit items" in out["dimensions"][0]["accuracy"]["undefined_reason"]
+    assert out["dimensions"][0]["n_sample_items"] == 5  # every item reviewed: a census
+    assert "too few sample items (n=4 < 20)" in out["dimensions"][0]["accuracy"]["undefined_reason"]
+    rates = {m["metric"]: m for m in out["population"]["metrics"]}
+    unsafe = rates["score: unsafe"]["human"]
+    assert unsafe["low"] == unsafe["value"] == unsafe["high"]  # a census: the people's rate is exact
     res = runner.invoke(app, ["calibrate", "--db", sqlite_url, "-d", "score", "-c", "g"])
     assert res.exit_code == 1 and "probability" in res.output  # the scene's judge gave no probabilities
     out_file = tmp_path / "gold.parquet"

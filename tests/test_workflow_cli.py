@@ -115,15 +115,15 @@ def test_set_role_signs_the_user_out_and_guards_the_last_step(db_url: str, engin
 
 
 def test_collections_set_changes_only_what_is_given(db_url: str, engine: sa.Engine) -> None:
-    from safereview.db.models import Collection
+    from safereview.db.models import Collection, utcnow
     from safereview.workflow import collections
     from safereview.workflow.errors import Forbidden, InvalidInput, NotFound
 
     make_collection(engine, "settings-test", n_items=2, k=2, audit_share=0.1)
     r = _run(db_url, "collections", "set", "settings-test", "--overlap", "3", "--open")
     assert r.exit_code == 0, r.output
-    assert "overlap k=3, open, audit share 0.1" in r.output
-    r = _run(db_url, "collections", "set", "settings-test", "--audit-share", "0.35", "--archive")
+    assert "overlap k=3, open, uniform share 0.1" in r.output
+    r = _run(db_url, "collections", "set", "settings-test", "--uniform-share", "0.35", "--archive")
     assert r.exit_code == 0, r.output
     with Session(engine) as s:
         col = s.exec(select(Collection).where(Collection.name == "settings-test")).one()
@@ -131,7 +131,7 @@ def test_collections_set_changes_only_what_is_given(db_url: str, engine: sa.Engi
     listing = _run(db_url, "collections")
     assert listing.exit_code == 0 and all(w in listing.output for w in ("open", "35%", "archived"))
 
-    for args, word in ((["--overlap", "0"], "overlap"), (["--audit-share", "1.5"], "audit share")):
+    for args, word in ((["--overlap", "0"], "overlap"), (["--audit-share", "1.5"], "uniform share")):
         r = _run(db_url, "collections", "set", "settings-test", *args)
         assert r.exit_code == 1 and word in r.output, r.output
     assert _run(db_url, "collections", "set", "settings-test").exit_code == 2  # nothing to change
@@ -150,3 +150,8 @@ def test_collections_set_changes_only_what_is_given(db_url: str, engine: sa.Engi
         with pytest.raises(NotFound):
             collections.update_settings(s, 10**9, actor=admin, blind=True)
         assert collections.update_settings(s, "settings-test", actor=admin, overlap_target=1).overlap_target == 1
+        # once review has started, the sampling design (and so the uniform share) is fixed
+        s.execute(sa.update(Collection).where(Collection.name == "settings-test").values(design_frozen_at=utcnow()))
+        with pytest.raises(InvalidInput, match="sampling design froze"):
+            collections.update_settings(s, "settings-test", actor=admin, audit_share=0.5)
+        assert collections.update_settings(s, "settings-test", actor=admin, audit_share=0.35).audit_share == 0.35

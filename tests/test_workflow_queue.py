@@ -1,4 +1,4 @@
-"""The review queue on SQLite and PostgreSQL: leases, overlap, expiry, audit stratum, filters."""
+"""The review queue on SQLite and PostgreSQL: leases, overlap, expiry, filters (the design: test_workflow_sampling)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from scipy.stats import chisquare
 from sqlmodel import Session, select
 from workflow_support import VLSU_SAFE, make_collection, make_user, slot_invariants
 
@@ -41,25 +40,6 @@ def test_lease_is_returned_until_submitted(engine: sa.Engine) -> None:
     a3 = _pull(engine, u, flt)
     assert a3 is not None and a3.item_id != a1.item_id
     assert slot_invariants(engine, cid) == []
-
-
-def test_priority_order_and_recorded_probability(engine: sa.Engine) -> None:
-    prios = [0.1, 0.9, 0.5, 0.7, 0.3]
-    cid = make_collection(engine, n_items=5, k=1, audit_share=0.25, priorities=prios)
-    u = make_user(engine, "ann")
-    rng = random.Random(3)
-    seen: list[tuple[float, str, float]] = []
-    while (a := _pull(engine, u, QueueFilter(cid), rng=rng)) is not None:
-        with Session(engine) as s:
-            seen.append((s.get(Item, a.item_id).priority, a.stratum, a.sampling_prob))  # type: ignore[union-attr]
-        _submit(engine, u, a)
-    assert sorted(p for p, _, _ in seen) == sorted(prios)
-    for i, (p, stratum, prob) in enumerate(seen):
-        remaining = sorted(prios_left := [q for q, _, _ in seen[i:]], reverse=True)
-        if stratum == "priority":
-            assert p == remaining[0] and prob == pytest.approx(0.75)
-        else:
-            assert stratum == "audit" and prob == pytest.approx(0.25 / len(prios_left))
 
 
 def test_overlap_target_is_never_exceeded(engine: sa.Engine) -> None:
@@ -186,44 +166,6 @@ def test_filters_restrict_items_and_filter_change_releases_lease(engine: sa.Engi
     assert slot_invariants(engine, cid) == []
 
 
-def test_audit_share_and_uniform_audit_sampling(engine: sa.Engine) -> None:
-    # Ids of the collection have gaps (another collection's items in between): the audit
-    # draw must still be uniform over eligible items.
-    cid = make_collection(engine, "a", n_items=10, k=1, audit_share=0.4, seed=1)
-    make_collection(engine, "other", n_items=30)
-    with session_scope(engine) as s:
-        s.add_all(
-            Item(collection_id=cid, external_id=f"late-{i}", content_hash="x", priority=0.01 * i) for i in range(10)
-        )
-    from safereview.workflow.query_cache import clear_caches
-
-    clear_caches()
-    u = make_user(engine, "u")
-    rng = random.Random(42)
-    strata: Counter[str] = Counter()
-    audit_items: Counter[int] = Counter()
-    top_id = None
-    n_draws = 400
-    for _ in range(n_draws):
-        a = _pull(engine, u, QueueFilter(cid), rng=rng)
-        assert a is not None
-        strata[a.stratum] += 1
-        if a.stratum == "audit":
-            audit_items[a.item_id] += 1
-            assert a.sampling_prob == pytest.approx(0.4 / 20)
-        else:
-            assert a.sampling_prob == pytest.approx(0.6)
-            top_id = top_id or a.item_id
-            assert a.item_id == top_id  # deterministic: always the top-priority item
-        with session_scope(engine) as s:
-            release(s, u, a.id)
-    share = strata["audit"] / n_draws
-    sd = (0.4 * 0.6 / n_draws) ** 0.5
-    assert abs(share - 0.4) < 4 * sd
-    assert len(audit_items) == 20
-    assert chisquare([audit_items[i] for i in audit_items]).pvalue > 1e-4
-
-
 def test_permissions_and_archived_collections(engine: sa.Engine) -> None:
     cid = make_collection(engine, n_items=2)
     u = make_user(engine, "u")
@@ -248,7 +190,7 @@ def test_in_memory_sqlite_counts_in_the_session() -> None:
     cid = make_collection(engine, "mem", n_items=5, k=1, audit_share=1.0)
     u = make_user(engine, "u")
     a = _pull(engine, u, QueueFilter(cid), rng=random.Random(0))
-    assert a is not None and a.stratum == "audit" and a.sampling_prob == pytest.approx(1 / 5)
+    assert a is not None and a.stratum == "sample"
     _submit(engine, u, a)
     with Session(engine) as s:
         p = progress(s, u, cid)

@@ -1,7 +1,8 @@
-"""Judge audit (leads): judge vs human consensus on the random audit stratum, and error tags.
+"""Judge audit (leads): rates over the collection as judge / human / corrected, judge vs people, error tags.
 
-Rates are inverse-probability (Hájek) estimates over the audit stratum, so they stay
-unbiased although review favours borderline items (see docs/agreement.md). Everything
+Every figure is design-weighted over the review sample (the queue's order is a
+probability sample, so borderline-first review still gives collection-wide estimates; see
+docs/agreement.md). Everything
 untrusted (labels, judge ids, names, notes) is shown in ``st.dataframe`` cells or
 escaped with ``ui.md_literal``/``ui.plain``.
 """
@@ -51,6 +52,13 @@ def _audit(
 
 
 @st.cache_data(ttl=60, show_spinner=False, max_entries=8)
+def _population(db_url: str, collections: tuple[str, ...], method: str) -> dict[str, Any]:
+    from safereview.agreement.population import population_rates
+
+    return population_rates(ui.get_engine(), list(collections), method=method)
+
+
+@st.cache_data(ttl=60, show_spinner=False, max_entries=8)
 def _compositional(db_url: str, collections: tuple[str, ...], judge: str | None, min_n: int) -> dict[str, Any]:
     from safereview.agreement.audit import compositional_error
 
@@ -91,7 +99,7 @@ def _tags(user: Any, names: tuple[str, ...], dimension: str, judge: str | None, 
 def page() -> None:
     from safereview.agreement import verdicts as verdict_reads
     from safereview.agreement.data import AgreementError
-    from safereview.agreement.tables import confusion_rows, rate_rows
+    from safereview.agreement.tables import annotator_rows, confusion_rows, population_rows, rate_rows
 
     user = ui.require("audit")
     st.subheader("Judge audit")
@@ -112,26 +120,43 @@ def page() -> None:
         "Break down by", list(SLICE_NAMES), default=["task_type"], format_func=lambda k: SLICE_NAMES[k], key="aud_by"
     )
     c4, c5, c6 = st.columns(3)
-    min_n = int(c4.number_input("Fewest audit items for an estimate", 2, 10000, 20, key="aud_min_n"))
-    method = c5.selectbox("Human consensus", ["majority", "dawid-skene"], key="aud_method")
+    min_n = int(c4.number_input("Fewest sample items for an estimate", 2, 10000, 20, key="aud_min_n"))
+    method = c5.selectbox(
+        "People's reference",
+        ["majority", "dawid-skene"],
+        format_func=lambda m: {"majority": "reviews averaged", "dawid-skene": "Dawid–Skene"}[m],
+        key="aud_method",
+    )
     seed = int(c6.number_input("Seed", 0, 2**31 - 1, 0, key="aud_seed"))
     try:
         with st.spinner("Computing…"):
+            pop = _population(ui.config().db_url, names, method)
             res = _audit(ui.config().db_url, names, dimension, judge, tuple(by), min_n, method, seed)
     except AgreementError as exc:
         st.error(ui.md_literal(str(exc)))
         return
+    sample = pop["sample"]
+    st.markdown("**Rates over the collection**")
     st.caption(
-        f"{res['n']} audit items compared ({res['n_audit_items']} drawn into the random audit stratum; "
-        f"{res['n_audit_without_consensus']} without a human consensus, {res['n_audit_without_verdict']} "
-        "without a verdict). Hájek inverse-probability estimates, 95% Wilson intervals."
+        "judge = the judge's own share, uncorrected (no interval: its error is bias). human = the people's "
+        "share over the review sample, weighted by the sampling design. corrected = the judge on every item, "
+        "corrected by the people's labels (PPI++): same target as human, narrower when the judge is good. "
+        f"95% intervals. The review sample holds {sample['n_in_sample']} of {sample['n_items']} items "
+        f"({sample['n_reviewed']} reviewed)."
+    )
+    st.dataframe(population_rows(pop), hide_index=True, width="stretch")
+    for note in sample["notes"]:
+        st.info(ui.md_literal(note), icon=":material/hourglass_top:")
+    st.markdown(f"**Judge vs people on {ui.md_literal(dimension)}**")
+    st.caption(
+        f"{res['n']} sample items compared ({res['n_sample_without_labels']} without labels on this dimension, "
+        f"{res['n_sample_without_verdict']} without a verdict). Reference: {ui.md_literal(res['reference'])}. "
+        "Design-weighted (Hájek) estimates over the collection, 95% intervals."
     )
     if res["n"] < min_n:
-        shares = ", ".join(f"{ui.md_literal(c.name)} {c.audit_share:.0%}" for c in chosen_infos)
         st.info(
-            f"Too few audit items for unbiased estimates yet: {res['n']} of the {min_n} needed. The audit "
-            "stratum fills as annotators take items from the queue: each collection sends its audit share of "
-            f"picks to items drawn uniformly at random ({shares}; set on the Collections page). Until then the "
+            f"Too few sample items for these estimates yet: {res['n']} of the {min_n} needed. The sample grows "
+            "as annotators work through the queue (its order is the sampling design). Until then the "
             "disagreement list below shows where the judge and the people differ, without weights.",
             icon=":material/hourglass_top:",
         )
@@ -144,11 +169,13 @@ def page() -> None:
                 "weights": k.get("weights"),
                 "95% low": k.get("ci_low"),
                 "95% high": k.get("ci_high"),
-                "audit items": k.get("n"),
+                "sample items": k.get("n"),
                 "undefined": k.get("undefined_reason", ""),
                 "alpha, people only": res["judge_as_rater"]["alpha_without_judge"].get("value"),
                 "alpha with the judge": res["judge_as_rater"]["alpha_with_judge"].get("value"),
-                "accuracy over all reviewed items (unweighted, biased)": res["all_reviewed"]["accuracy_unweighted"],
+                "accuracy over all reviewed items (unweighted; not the collection)": res["all_reviewed"][
+                    "accuracy_unweighted"
+                ],
             }
         ],
         hide_index=True,
@@ -156,10 +183,10 @@ def page() -> None:
     )
     left, right = st.columns(2)
     with left:
-        st.markdown("**Confusion (audit items; rows: people, columns: judge)**")
+        st.markdown("**Confusion (sample items; rows: people's consensus, columns: judge)**")
         st.dataframe(confusion_rows(res), hide_index=True, width="stretch")
     with right:
-        st.markdown("**Weighted by 1 / sampling probability**")
+        st.markdown("**Weighted by 1 / inclusion probability (people's label shares)**")
         st.dataframe(confusion_rows(res, weighted=True), hide_index=True, width="stretch")
     if {"image", "text", "joint"} <= set(dims):
         ce = _compositional(ui.config().db_url, names, judge, min_n)
@@ -170,13 +197,16 @@ def page() -> None:
                     "rate": ce.get("value"),
                     "95% low": ce.get("ci_low"),
                     "95% high": ce.get("ci_high"),
-                    "audit items with both unimodal grades right": ce.get("n"),
+                    "sample items with both unimodal grades right": ce.get("n"),
                     "undefined": ce.get("undefined_reason", ""),
                 }
             ],
             hide_index=True,
             width="stretch",
         )
+    if res.get("annotators"):
+        st.markdown("**Annotators against the others** (descriptive: each person's reviewed items)")
+        st.dataframe(annotator_rows(res), hide_index=True, width="stretch")
     st.markdown(f"**Disagreements** ({res['disagreements']['n']} reviewed items where the judge and the people differ)")
     st.dataframe(res["disagreements"]["items"], hide_index=True, width="stretch")
     _tags(user, names, dimension, judge, res["disagreements"]["items"])

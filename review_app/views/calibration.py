@@ -56,32 +56,60 @@ def _reliability_chart(metrics: dict[str, Any]) -> None:
 def _show_metrics(metrics: dict[str, Any]) -> None:
     cv = metrics.get("cross_validated", {})
     thr = metrics.get("threshold", {})
+
+    def est(e: Any) -> dict[str, Any]:
+        e = e or {}
+        return {"value": e.get("value"), "95% low": e.get("low"), "95% high": e.get("high")}
+
+    st.caption(
+        f"{metrics.get('n')} sample items, weighted by the sampling design so that every figure describes the "
+        "collection. Cross-fitted = each item scored by a map fitted without it (honest); in sample = "
+        "optimistic (isotonic's in-sample error is small by construction)."
+    )
     st.dataframe(
         [
             {
-                "metric": "ECE",
+                "metric": "ECE (descriptive)",
                 "raw": metrics.get("ece_raw"),
+                "calibrated (cross-fitted)": cv.get("ece_calibrated"),
                 "calibrated (in sample)": metrics.get("ece_calibrated_in_sample"),
-                "calibrated (cross-validated)": cv.get("ece_calibrated"),
             },
             {
                 "metric": "Brier",
-                "raw": metrics.get("brier_raw"),
+                "raw": (cv.get("brier_raw") or {}).get("value"),
+                "calibrated (cross-fitted)": (cv.get("brier_calibrated") or {}).get("value"),
                 "calibrated (in sample)": metrics.get("brier_calibrated_in_sample"),
-                "calibrated (cross-validated)": cv.get("brier_calibrated"),
             },
         ],
         hide_index=True,
         width="stretch",
     )
+    change = est(cv.get("brier_change"))
     st.dataframe(
         [
             {
-                "threshold on calibrated P(unsafe)": thr.get("threshold"),
-                "under-blocking at threshold": thr.get("under_blocking"),
-                "over-blocking at threshold": thr.get("over_blocking"),
-                "items people call unsafe": thr.get("n_unsafe"),
-                "items people call safe": thr.get("n_safe"),
+                "Brier change, calibrated minus raw (below 0 = better)": change["value"],
+                **{k: change[k] for k in change if k != "value"},
+            }
+        ],
+        hide_index=True,
+        width="stretch",
+    )
+    ub, ob = est(thr.get("under_blocking")), est(thr.get("over_blocking"))
+    st.dataframe(
+        [
+            {
+                "block when raw P(unsafe) ≥": thr.get("raw_threshold"),
+                "same cut on calibrated P(unsafe)": thr.get("calibrated_threshold"),
+                "target under-blocking": thr.get("target"),
+                "confidence": None if thr.get("delta") is None else 1 - thr["delta"],
+                "under-blocking upper bound": thr.get("under_blocking_upper_bound"),
+                "under-blocking": ub["value"],
+                "under-blocking 95% low": ub["95% low"],
+                "under-blocking 95% high": ub["95% high"],
+                "over-blocking": ob["value"],
+                "over-blocking 95% low": ob["95% low"],
+                "over-blocking 95% high": ob["95% high"],
                 "undefined": thr.get("undefined_reason", ""),
             }
         ],
@@ -111,15 +139,20 @@ def page() -> None:
         st.info("No judge verdicts on this dimension yet.")
         return
     judge = c2.selectbox("Judge", judges, format_func=lambda j: ui.plain(j, max_chars=80), key="cal_judge")
-    c3, c4, c5 = st.columns(3)
+    c3, c4, c5, c6 = st.columns(4)
     method = c3.selectbox("Map", ["isotonic", "platt"], key="cal_method")
     target = c4.slider(
         "Target under-blocking (share of people-unsafe items let through)", 0.0, 0.5, 0.05, step=0.01, key="cal_target"
     )
-    bins = int(c5.number_input("Reliability bins", 2, 50, 10, key="cal_bins"))
+    confidence = c5.selectbox(
+        "Confidence that the target holds", [0.9, 0.95, 0.99], format_func=lambda x: f"{x:.0%}", key="cal_conf"
+    )
+    bins = int(c6.number_input("Reliability bins", 2, 50, 10, key="cal_bins"))
     st.caption(
         "P(unsafe) comes from the judge's label probabilities; the target is the share of each item's "
-        "annotators who chose an unsafe label. Verdicts without probabilities are left out."
+        "annotators who chose an unsafe label. Only the review sample enters, weighted by the sampling "
+        "design; verdicts without probabilities are left out. The threshold keeps the collection's "
+        "under-blocking at or below the target with the chosen confidence."
     )
     if st.button("Fit and store a calibration", type="primary", icon=":material/tune:", key="cal_fit"):
 
@@ -133,6 +166,7 @@ def page() -> None:
                     judge_id=judge,
                     method=method,
                     target_under_blocking=float(target),
+                    delta=round(1 - float(confidence), 6),
                     bins=bins,
                 )
                 return {"id": row.id, "metrics": metrics}

@@ -33,7 +33,8 @@ def page() -> None:
                 "taxonomy": c.taxonomy,
                 "overlap k": c.overlap_target,
                 "blind": c.blind,
-                "audit share": c.audit_share,
+                "uniform share": c.audit_share,
+                "sampling design": "frozen" if c.design_frozen else "not yet (at the first review)",
                 "archived": c.archived,
             }
             for c in infos
@@ -52,12 +53,19 @@ def page() -> None:
         )
         blind = st.toggle("Blind review: hide the judge's verdict until the annotator commits", value=c.blind)
         audit = st.slider(
-            "Audit share: fraction of picks drawn uniformly at random", 0.0, 1.0, value=float(c.audit_share), step=0.05
+            "Uniform share of the sampling design (1 = a random order)",
+            0.0,
+            1.0,
+            value=float(c.audit_share),
+            step=0.05,
+            disabled=c.design_frozen,
+            help="Fixed at the first review: the estimates rely on the inclusion probabilities it sets.",
         )
         archived = st.toggle("Archived (hidden from the review queue)", value=c.archived)
         st.caption(
-            "Raising k reopens fully covered items; the audit share keeps judge-accuracy estimates "
-            "unbiased when the queue favours borderline items."
+            "Raising k reopens fully covered items. The queue serves borderline items first but in a random "
+            "order that is a probability sample; the uniform share spreads part of it evenly over all items, "
+            "which keeps every item's weight in the estimates bounded."
         )
         if st.form_submit_button("Save", type="primary", icon=":material/save:"):
             try:

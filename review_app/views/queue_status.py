@@ -34,7 +34,7 @@ def page() -> None:
                     "leased now": p.slots_leased,
                     "items fully covered": p.items_fully_covered,
                     "blind": info.blind,
-                    "audit share": 100 * info.audit_share,
+                    "uniform share": 100 * info.audit_share,
                 }
             )
     st.dataframe(
@@ -43,7 +43,7 @@ def page() -> None:
         width="stretch",
         column_config={
             "done": st.column_config.ProgressColumn("done", format="%.0f%%", min_value=0.0, max_value=100.0),
-            "audit share": st.column_config.NumberColumn("audit share", format="%.0f%%"),
+            "uniform share": st.column_config.NumberColumn("uniform share", format="%.0f%%"),
         },
     )
     by_id = {c.id: c for c in infos}

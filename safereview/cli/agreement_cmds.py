@@ -59,9 +59,12 @@ def _est(e: dict[str, Any] | None) -> str:
         return "-"
     if e.get("value") is None:
         return "undefined: " + str(e.get("undefined_reason", ""))
+    if isinstance(e["value"], float) and e["value"] != e["value"]:  # NaN: nothing to estimate from
+        return "-"
     s = _fmt(e["value"])
-    if e.get("ci_low") is not None:
-        s += f" [{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}]"
+    low, high = e.get("ci_low", e.get("low")), e.get("ci_high", e.get("high"))
+    if low is not None:
+        s += f" [{_fmt(low)}, {_fmt(high)}]"
     return s
 
 
@@ -179,10 +182,13 @@ def _print_audit(res: dict[str, Any]) -> None:
         return
     console.print(
         Text(
-            f"audit items {res['n_audit_items']} (compared {res['n']}; without consensus "
-            f"{res['n_audit_without_consensus']}, without verdict {res['n_audit_without_verdict']})"
+            f"review sample: {res['n_sample_items']} items (compared {res['n']}; without labels "
+            f"{res['n_sample_without_labels']}, without verdict {res['n_sample_without_verdict']}); "
+            f"reference: {res['reference']}"
         )
     )
+    for note in res["sample"]["notes"]:
+        console.print(Text(f"note: {note}"))
     t = Table(title="judge error rates (95% intervals)")
     for col in ("slice", "n", "accuracy", "over-blocking", "under-blocking"):
         t.add_column(col)
@@ -196,7 +202,7 @@ def _print_audit(res: dict[str, Any]) -> None:
             )
     console.print(t)
     console.print(Text(f"kappa ({res['kappa'].get('weights', '')}): {_est(res['kappa'])}"))
-    c = Table(title="confusion (rows: people, columns: judge; audit items)")
+    c = Table(title="confusion (rows: people, columns: judge; sample items)")
     c.add_column("")
     for lab in res["labels"]:
         c.add_column(Text(lab))
@@ -205,14 +211,58 @@ def _print_audit(res: dict[str, Any]) -> None:
     console.print(c)
     ja = res["judge_as_rater"]
     console.print(Text(f"alpha with judge {_est(ja['alpha_with_judge'])}, without {_est(ja['alpha_without_judge'])}"))
+    if res.get("annotators"):
+        console.print(
+            Text(
+                "annotators vs the others (share of the others' labels matching theirs, shared items): "
+                + ", ".join(
+                    f"{a['annotator']} {_fmt(a['agreement_with_others'])} (n={a['items_shared']})"
+                    for a in res["annotators"]
+                )
+            )
+        )
     ar = res["all_reviewed"]
     console.print(
         Text(
-            f"all reviewed items, unweighted (biased under prioritised review): accuracy "
+            f"all reviewed items, unweighted (describes the reviewed items, not the collection): accuracy "
             f"{_fmt(ar['accuracy_unweighted'])} over {ar['n']} items; disagreements "
             f"{res['disagreements']['n']}"
         )
     )
+
+
+def _print_population(pop: dict[str, Any]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(
+        title=Text(
+            f"rates over the collection ({', '.join(pop['collections'])}): judge, human, corrected (95% intervals)"
+        )
+    )
+    hw = pop["half_width"]
+    for col in ("metric", "judge (uncorrected)", "human (design-weighted)", "corrected (PPI++)", f"reviews for ±{hw}"):
+        t.add_column(Text(col))
+    for m in pop["metrics"]:
+        more = m["more_reviews"]["corrected"]
+        t.add_row(
+            Text(m["metric"]),
+            Text(_fmt(m["judge"]["value"])),
+            Text(_est(m["human"])),
+            Text(_est(m["corrected"])),
+            Text("-" if more < 0 else f"{more} more"),
+        )
+    console.print(t)
+    sample = pop["sample"]
+    console.print(
+        Text(
+            f"review sample: {sample['n_in_sample']} of {sample['n_items']} items "
+            f"({sample['n_reviewed']} reviewed, {sample['n_reviewed_outside_sample']} outside the sample); "
+            f"reference: {pop['reference']}"
+        )
+    )
+    for note in sample["notes"]:
+        console.print(Text(f"note: {note}"))
 
 
 def register(app: typer.Typer) -> None:
@@ -260,14 +310,16 @@ def register(app: typer.Typer) -> None:
         judge: JudgeOpt = None,
         resamples: ResamplesOpt = 1000,
         seed: SeedOpt = 0,
-        min_n: Annotated[int, typer.Option("--min-n", help="Fewest audit items for an estimate.", min=2)] = 20,
+        min_n: Annotated[int, typer.Option("--min-n", help="Fewest sample items for an estimate.", min=2)] = 20,
         method: Annotated[str, typer.Option("--method", help="Human consensus: majority or dawid-skene.")] = "majority",
         as_json: JsonOpt = False,
         db: DbOption = None,
     ) -> None:
-        """Judge vs human consensus on the random audit stratum: accuracy, over/under-blocking, kappa."""
+        """Judge vs the people over the collection: accuracy, over/under-blocking, kappa, and every rate
+        as judge / human / corrected, all from the review sample with its design weights."""
         from safereview.agreement.audit import audit, compositional_error
         from safereview.agreement.data import AgreementError, scope
+        from safereview.agreement.population import population_rates
 
         engine = engine_for(config(db))
         results: dict[str, Any] = {"dimensions": []}
@@ -289,6 +341,7 @@ def register(app: typer.Typer) -> None:
                 )
             if {"image", "text", "joint"} <= set(dims):
                 results["compositional_error"] = compositional_error(engine, collection, judge_id=judge, min_n=min_n)
+            results["population"] = population_rates(engine, collection, judge_id=judge, method=method)
         except AgreementError as exc:
             _fail(str(exc))
         finally:
@@ -298,6 +351,7 @@ def register(app: typer.Typer) -> None:
             return
         for res in results["dimensions"]:
             _print_audit(res)
+        _print_population(results["population"])
         if "compositional_error" in results:
             ce = results["compositional_error"]
             console.print(
@@ -319,6 +373,18 @@ def register(app: typer.Typer) -> None:
                 help="Largest share of people-unsafe items the calibrated judge may let through.",
             ),
         ] = 0.05,
+        delta: Annotated[
+            float,
+            typer.Option(
+                "--delta",
+                help="Allowed chance that the collection's true under-blocking exceeds the target.",
+                min=0.001,
+                max=0.5,
+            ),
+        ] = 0.1,
+        min_n: Annotated[
+            int, typer.Option("--min-n", help="Fewest sample items with a probability to calibrate on.", min=2)
+        ] = 20,
         bins: Annotated[int, typer.Option("--bins", help="Reliability-diagram bins.", min=2)] = 10,
         seed: SeedOpt = 0,
         apply: Annotated[
@@ -343,6 +409,8 @@ def register(app: typer.Typer) -> None:
                     judge_id=judge,
                     method=method,
                     target_under_blocking=target,
+                    delta=delta,
+                    min_n=min_n,
                     bins=bins,
                     seed=seed,
                 )
@@ -365,16 +433,25 @@ def register(app: typer.Typer) -> None:
             return
         cv = metrics["cross_validated"]
         thr = metrics["threshold"]
+        ub = thr.get("under_blocking") or {}
+        ob = thr.get("over_blocking") or {}
         lines = [
             f"calibration {out['calibration_id']} of judge {out['judge_id']} on {dimension} ({method}), "
-            f"{metrics['n']} items",
-            f"ECE raw {_fmt(metrics['ece_raw'])} -> calibrated {_fmt(metrics['ece_calibrated_in_sample'])} in sample, "
-            f"{_fmt(cv.get('ece_calibrated'))} cross-validated ({cv.get('folds')} folds)",
-            f"Brier raw {_fmt(metrics['brier_raw'])} -> {_fmt(metrics['brier_calibrated_in_sample'])} in sample, "
-            f"{_fmt(cv.get('brier_calibrated'))} cross-validated",
-            f"threshold {_fmt(thr.get('threshold'), 4)} for under-blocking <= {target}: under-blocking "
-            f"{_fmt(thr.get('under_blocking'))}, over-blocking {_fmt(thr.get('over_blocking'))}",
+            f"{metrics['n']} sample items, design-weighted",
+            f"ECE raw {_fmt(metrics['ece_raw'])} -> {_fmt(cv.get('ece_calibrated'))} cross-fitted ({cv.get('folds')} "
+            f"folds; {_fmt(metrics['ece_calibrated_in_sample'])} in sample, optimistic)",
+            f"Brier raw {_est(cv.get('brier_raw'))} -> {_est(cv.get('brier_calibrated'))} cross-fitted; "
+            f"change {_est(cv.get('brier_change'))}",
         ]
+        if thr.get("under_blocking") is None:
+            lines.append(f"threshold: {thr.get('undefined_reason', 'none')}")
+        else:
+            lines.append(
+                f"threshold: block when raw P(unsafe) >= {_fmt(thr['raw_threshold'], 4)} (calibrated "
+                f"{_fmt(thr.get('calibrated_threshold'), 4)}); under-blocking over the collection <= {target} with "
+                f"probability >= {1 - thr['delta']:.0%} (upper bound {_fmt(thr['under_blocking_upper_bound'])}); "
+                f"estimated under-blocking {_est(ub)}, over-blocking {_est(ob)}"
+            )
         if apply:
             lines.append(f"wrote {out['applied']['written']} calibrated verdicts as judge {out['applied']['judge_id']}")
         for line in lines:

@@ -14,7 +14,11 @@ err_console = Console(stderr=True)
 
 DbOption = Annotated[
     str | None,
-    typer.Option("--db", help="Database URL (default: $SAFEREVIEW_DB or sqlite:///safereview.db).", show_default=False),
+    typer.Option(
+        "--db",
+        help="Database URL or SQLite file (default: $SAFEREVIEW_DB or sqlite:///safereview.db).",
+        show_default=False,
+    ),
 ]
 MediaRootOption = Annotated[
     str | None,

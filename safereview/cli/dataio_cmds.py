@@ -295,7 +295,13 @@ def register(app: typer.Typer) -> None:
             typer.Option("--blind/--open", help="Blind review hides the judge's verdict until the annotator commits."),
         ] = None,
         audit_share: Annotated[
-            float | None, typer.Option("--audit-share", help="Share of queue picks drawn uniformly at random, 0 to 1.")
+            float | None,
+            typer.Option(
+                "--uniform-share",
+                "--audit-share",
+                help="Share of the queue's sampling design spread evenly over items (1 = random order), 0 to 1; "
+                "fixed once review starts.",
+            ),
         ] = None,
         archived: Annotated[
             bool | None, typer.Option("--archive/--unarchive", help="Archived collections leave the review queue.")
@@ -326,7 +332,7 @@ def register(app: typer.Typer) -> None:
                 )
                 shown = (
                     f"{col.name}: overlap k={col.overlap_target}, {'blind' if col.blind else 'open'}, "
-                    f"audit share {col.audit_share:g}{', archived' if col.archived else ''}"
+                    f"uniform share {col.audit_share:g}{', archived' if col.archived else ''}"
                 )
         except WorkflowError as exc:
             typer.echo(f"error: {exc}", err=True)
@@ -387,7 +393,7 @@ def register(app: typer.Typer) -> None:
             table.add_column(col, justify="right")
         table.add_column("review", overflow="fold")  # overlap k, blind or open, audit share
         for c in cols:
-            review = f"k={c.overlap_target} · {'blind' if c.blind else 'open'} · audit {c.audit_share:.0%}"
+            review = f"k={c.overlap_target} · {'blind' if c.blind else 'open'} · uniform {c.audit_share:.0%}"
             table.add_row(
                 Text(c.name),
                 Text(c.tax),

@@ -170,8 +170,8 @@ def register(app: typer.Typer) -> None:
         console.print(
             f"{collection}: {p.n_items} items × {p.overlap_target} = {p.slots_total} slots; "
             f"{p.everyone_done} done ({pct}), {p.slots_leased} leased, {p.items_fully_covered} items fully covered; "
-            f"done by stratum: priority {p.extra.get('done_priority', 0)}, audit {p.extra.get('done_audit', 0)}, "
-            f"imported {p.extra.get('done_imported', 0)}",
+            "done: "
+            + ", ".join(f"{k.removeprefix('done_')} {v}" for k, v in sorted(p.extra.items()) if k.startswith("done_")),
             markup=False,
             highlight=False,
         )

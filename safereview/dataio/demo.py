@@ -85,6 +85,63 @@ def demo_plan(data_dir: Path = DEMO_DIR) -> list[dict[str, Any]]:
     return plan
 
 
+SHIFT_FILE = Path("uni-safebench") / "review_shift.jsonl"
+SHIFT_REVIEWS = 24  # about a dozen of the 21 items, two reviews each: a sample, not a census
+SHIFT_SEED = 2026  # the demo's sampling design is the same on every machine
+DEMO_JUDGE = "uni-judger-demo"
+
+
+def play_review_shift(engine: Any, data_dir: Path = DEMO_DIR, *, reviews: int = SHIFT_REVIEWS) -> int:
+    """The demo reviewers work through the Uni-SafeBench collection's queue; returns the reviews done.
+
+    Each pull is the real queue's (``workflow.queue.next_item``), which freezes the
+    collection's sampling design at the first one; each label comes from
+    ``review_shift.jsonl`` and is committed blind, then confirmed or overridden against the
+    demo judge, as in the app. Played once: a collection whose design is already frozen
+    has had its shift.
+    """
+    import json
+    import random
+
+    from sqlmodel import Session, select
+
+    from safereview.db.engine import session_scope
+    from safereview.db.models import Item, User
+    from safereview.workflow.annotations import finalize, submit
+    from safereview.workflow.collections import get_collection
+    from safereview.workflow.queue import QueueFilter, next_item
+
+    labels: dict[tuple[str, str], dict[str, str]] = {}
+    for line in (data_dir / SHIFT_FILE).read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        labels[(row["id"], row["reviewer"])] = row["labels"]
+    with Session(engine) as s:
+        col = get_collection(s, UNI_COLLECTION)
+        if col.design_frozen_at is not None:
+            return 0
+        cid = int(col.id)  # type: ignore[arg-type]
+        names = sorted({r for _, r in labels})
+        users = [s.exec(select(User).where(User.username == n)).one() for n in names]
+        for u in users:
+            s.expunge(u)
+    rng = random.Random(SHIFT_SEED)
+    done, idle = 0, 0
+    while done < reviews and idle < len(users):
+        user = users[done % len(users)] if idle == 0 else users[(done + idle) % len(users)]
+        a = next_item(engine, user, QueueFilter(cid), rng=rng)
+        if a is None:
+            idle += 1
+            continue
+        idle = 0
+        with session_scope(engine) as s:
+            ext = s.get(Item, a.item_id).external_id.rsplit("/", 1)[-1]  # type: ignore[union-attr]
+            mine = labels[(ext, user.username)]
+            ann = submit(s, user, a.id, mine)
+            finalize(s, user, int(ann.id), mine, expected_version=ann.version, judge_id=DEMO_JUDGE)  # type: ignore[arg-type]
+        done += 1
+    return done
+
+
 def build_demo(db_url: str, media_root: Path, *, data_dir: Path = DEMO_DIR) -> dict[str, Any]:
     """Initialise the database at ``db_url`` and import every demo file; returns a summary.
 
@@ -110,6 +167,7 @@ def build_demo(db_url: str, media_root: Path, *, data_dir: Path = DEMO_DIR) -> d
             )
             rep.raise_for_errors()
             reports.append(rep)
+        shift = play_review_shift(engine, data_dir)
     finally:
         engine.dispose()
     summary: dict[str, Any] = {"collections": {}, "files": []}
@@ -124,7 +182,8 @@ def build_demo(db_url: str, media_root: Path, *, data_dir: Path = DEMO_DIR) -> d
         summary["files"].append(
             {"file": rep.source, "format": rep.format, "batch_id": rep.batch_id, "changed": rep.changed}
         )
-    summary["changed"] = any(r.changed for r in reports)
+    summary["review_shift"] = shift
+    summary["changed"] = any(r.changed for r in reports) or shift > 0
     return summary
 
 

@@ -1,4 +1,4 @@
-"""Review settings of a collection: overlap k, blind review, audit share, archived.
+"""Review settings of a collection: overlap k, blind review, uniform share of the sampling design, archived.
 
 One function for the Collections page and ``safereview collections set``, so both validate
 the same way and a lead's change lands the same whichever door it came through. Raising k
@@ -56,11 +56,16 @@ def update_settings(
         try:
             share = float(audit_share)
         except (TypeError, ValueError):
-            raise InvalidInput(f"audit share: a number from 0 to 1, not {audit_share!r}") from None
+            raise InvalidInput(f"uniform share: a number from 0 to 1, not {audit_share!r}") from None
         if not (math.isfinite(share) and 0.0 <= share <= 1.0):
-            raise InvalidInput(f"audit share: a number from 0 to 1, not {audit_share!r}")
+            raise InvalidInput(f"uniform share: a number from 0 to 1, not {audit_share!r}")
         audit_share = share
     col = get_collection(session, collection)
+    if audit_share is not None and col.design_frozen_at is not None and abs(audit_share - col.audit_share) > 1e-12:
+        raise InvalidInput(
+            f"uniform share: the sampling design froze at the first review ({col.design_frozen_at:%Y-%m-%d %H:%M} "
+            "UTC) and cannot change: every estimate relies on the inclusion probabilities it fixed"
+        )
     for name, value in (
         ("overlap_target", overlap_target),
         ("blind", blind),

@@ -1,6 +1,6 @@
-"""The review queue: leases on overlap slots, borderline-first with a random audit stratum.
+"""The review queue: leases on overlap slots, served in the sampling design's key order.
 
-Design (details and the exact meaning of ``sampling_prob`` in ``docs/workflow.md``):
+Design (the statistics in :mod:`safereview.workflow.sampling`, the rest in ``docs/workflow.md``):
 
 - An item has ``overlap_target`` (k) slots. ``Item.slots_taken`` counts slots held by
   active leases and finished reviews, and changes only here: a pull claims a slot through
@@ -8,18 +8,21 @@ Design (details and the exact meaning of ``sampling_prob`` in ``docs/workflow.md
   ``UPDATE item SET slots_taken = slots_taken + 1 WHERE id = :id AND slots_taken < :k``,
   so the queue never exceeds k, whatever the number of app replicas. Reviews finished
   outside the queue (imported annotations) hold their slot through :func:`record_imported`.
-- A pull first returns the user's own unexpired lease. Otherwise, with probability
-  ``audit_share`` it takes a uniformly random eligible item (stratum "audit"), else the
-  highest-priority eligible item (stratum "priority").
-- Priority picks run one index scan per slot level (``slots_taken = s`` for s < k) on
-  ``ix_item_queue(collection_id, slots_taken, priority)``, which yields rows already in
-  priority order, so no sort of the open items is ever needed. On PostgreSQL the scan
-  uses ``FOR UPDATE SKIP LOCKED`` so concurrent reviewers never queue behind one row.
-- Audit picks draw random ids in the collection's id range and keep the first eligible
-  one (rejection sampling: exactly uniform over eligible items); when eligible items
-  become rare they fall back to an exact ``OFFSET`` into the eligible set.
-- Expired leases are reclaimed lazily at the start of each pull (index
-  ``ix_assignment_lease``).
+- A pull first returns the user's own unexpired lease. Otherwise it takes the eligible
+  item with the smallest rank key ``sample_key`` (borderline items tend to have small
+  keys, yet every item can come early), so at any moment the reviewed items are a
+  probability sample with known inclusion probabilities. An item half-way through its k
+  reviews has a smaller key than any untouched one, so its second slot is filled first.
+- The first pull of a collection freezes its design (every item's size and key); items
+  imported later are keyed by the next pull (one probe of the partial index
+  ``ix_item_unkeyed``, folded into the pull's first query).
+- Candidate picks run one index scan per slot level (``slots_taken = s`` for s < k) on
+  ``ix_item_sample(collection_id, slots_taken, sample_key)``, which yields rows already in
+  key order, so no sort of the open items is ever needed. On PostgreSQL the scan uses
+  ``FOR UPDATE SKIP LOCKED`` so concurrent reviewers never queue behind one row.
+- Skips and expired leases give the slot back; the item keeps its key, so the next pull
+  (by someone else, for a skip) takes it again. Expired leases are reclaimed lazily at the
+  start of each pull (index ``ix_assignment_lease``).
 """
 
 from __future__ import annotations
@@ -39,15 +42,13 @@ from sqlmodel import Session, select
 from safereview.db.bulk import bulk_insert, insert_for
 from safereview.db.models import Assignment, Collection, Item, User, utcnow
 from safereview.settings import Config
-from safereview.workflow import query_cache
+from safereview.workflow import query_cache, sampling
 from safereview.workflow.errors import LeaseLost, NotFound
 from safereview.workflow.policies import require
 
 _log = logging.getLogger(__name__)
 
-AUDIT_DRAWS = 64  # random ids tried per audit pick before the exact fallback
-COUNT_TTL_S = 30.0  # how stale the cached eligible-item count behind sampling_prob may be
-RANGE_TTL_S = 30.0  # how stale the cached id range of a collection may be
+SAMPLE_STRATUM = "sample"  # a slot taken in the design's key order
 
 
 @dataclass(frozen=True)
@@ -174,114 +175,28 @@ def _release_row(session: Session, a: Assignment, status: str) -> bool:
     return True
 
 
-def _count_eligible_estimate(session: Session, user: User, flt: QueueFilter, k: int) -> int:
-    """Approximate number of items eligible for ``user`` (cached open count minus own open items).
+def _design_candidate(session: Session, user: User, flt: QueueFilter, k: int, exclude: set[int]) -> int | None:
+    """The eligible item with the smallest rank key on SQLite (the design's next item).
 
-    Both parts are cached for ``COUNT_TTL_S`` and recounted in the background on their own
-    connection; see docs/workflow.md for the effect on ``sampling_prob``.
-    """
-    run, bg = query_cache.side_runner(session)
-    p_open: dict[str, Any] = {"c": flt.collection_id, "k": k}
-    sql_open = (
-        f"SELECT COUNT(*) FROM item WHERE item.collection_id = :c AND item.slots_taken < :k{_filter_sql(flt, p_open)}"
-    )
-    p_own: dict[str, Any] = {"c": flt.collection_id, "k": k, "uid": user.id}
-    sql_own = (
-        "SELECT COUNT(*) FROM assignment a JOIN item ON item.id = a.item_id WHERE a.user_id = :uid "
-        "AND a.status <> 'released' AND item.collection_id = :c AND item.slots_taken < :k"
-        f"{_filter_sql(flt, p_own)}"
-    )
-    base = query_cache.bind_key(session)
-    n_open = query_cache.cached(
-        ("open", base, flt.key(), k), COUNT_TTL_S, lambda: int(run(sql_open, p_open)[0][0]), background=bg
-    )
-    n_own = query_cache.cached(
-        ("own", base, flt.key(), k, user.id), COUNT_TTL_S, lambda: int(run(sql_own, p_own)[0][0]), background=bg
-    )
-    return max(1, n_open - n_own)
-
-
-def _id_range(session: Session, collection_id: int) -> tuple[int, int] | None:
-    """Smallest and largest item id of a collection (cached; refreshed in the background).
-
-    On SQLite ``+collection_id`` keeps the planner on the rowid, so each end is found by
-    walking the primary key from that end instead of scanning the whole collection.
-    """
-    run, bg = query_cache.side_runner(session)
-    col = "+item.collection_id" if _is_sqlite(session) else "item.collection_id"
-
-    def compute() -> tuple[int, int] | None:
-        p = {"c": collection_id}
-        lo = run(f"SELECT item.id FROM item WHERE {col} = :c ORDER BY item.id LIMIT 1", p)
-        hi = run(f"SELECT item.id FROM item WHERE {col} = :c ORDER BY item.id DESC LIMIT 1", p)
-        return None if not lo else (int(lo[0][0]), int(hi[0][0]))
-
-    return query_cache.cached(
-        ("range", query_cache.bind_key(session), collection_id), RANGE_TTL_S, compute, background=bg
-    )
-
-
-def _audit_candidate(
-    session: Session, user: User, flt: QueueFilter, k: int, rng: random.Random, exclude: set[int]
-) -> tuple[int, float] | None:
-    """A uniformly random eligible item id and the estimated eligible count, or None."""
-    rng_ids = _id_range(session, flt.collection_id)
-    if rng_ids is None:
-        return None
-    lo, hi = rng_ids
-    draws = [rng.randint(lo, hi) for _ in range(AUDIT_DRAWS)]
-    params: dict[str, Any] = {"c": flt.collection_id, "k": k, "uid": user.id}
-    id_names = []
-    for i, d in enumerate(sorted(set(draws))):
-        params[f"d{i}"] = d
-        id_names.append(f":d{i}")
-    sql = (
-        f"SELECT item.id FROM item WHERE item.id IN ({', '.join(id_names)}) AND item.collection_id = :c "
-        f"AND item.slots_taken < :k AND {_NOT_MINE}{_filter_sql(flt, params)}"
-    )
-    ok = {int(r[0]) for r in session.execute(sa.text(sql), params)} - exclude
-    for d in draws:  # first eligible draw in draw order: uniform over eligible items
-        if d in ok:
-            return d, float(_count_eligible_estimate(session, user, flt, k))
-    # Eligible items are rare (< ~5 %): count them exactly and pick one by offset.
-    params = {"c": flt.collection_id, "k": k, "uid": user.id}
-    where = f"item.collection_id = :c AND item.slots_taken < :k AND {_NOT_MINE}{_filter_sql(flt, params)}"
-    n = int(session.execute(sa.text(f"SELECT COUNT(*) FROM item WHERE {where}"), params).scalar_one())
-    if n == 0:
-        return None
-    params["off"] = rng.randrange(n)
-    row = session.execute(
-        sa.text(f"SELECT item.id FROM item WHERE {where} ORDER BY item.id LIMIT 1 OFFSET :off"), params
-    ).first()
-    if row is None or int(row[0]) in exclude:
-        return None
-    return int(row[0]), float(n)
-
-
-def _priority_candidate(session: Session, user: User, flt: QueueFilter, k: int, exclude: set[int]) -> int | None:
-    """The highest-priority eligible item id on SQLite (ties: the item closest to full coverage).
-
-    One index scan per slot level ``s < k`` (equality on ``slots_taken`` keeps the index in
-    priority order), combined in one UNION ALL of ``LIMIT 1`` sub-selects. PostgreSQL picks
-    and claims in one statement instead (:func:`_pg_take`).
+    One index scan per slot level ``s < k`` (equality on ``slots_taken`` keeps
+    ``ix_item_sample`` in key order), combined in one UNION ALL of ``LIMIT 1`` sub-selects.
+    PostgreSQL picks and claims in one statement instead (:func:`_pg_take`).
     """
     params: dict[str, Any] = {"c": flt.collection_id, "uid": user.id}
     extra = _filter_sql(flt, params) + _exclude_sql(exclude, params)
     parts = [
-        f"SELECT * FROM (SELECT item.id, item.priority, {lvl} AS lvl FROM item WHERE item.collection_id = :c "
-        f"AND item.slots_taken = {lvl} AND {_NOT_MINE}{extra} ORDER BY item.priority DESC LIMIT 1)"
+        f"SELECT * FROM (SELECT item.id, item.sample_key FROM item WHERE item.collection_id = :c "
+        f"AND item.slots_taken = {lvl} AND item.sample_key IS NOT NULL AND {_NOT_MINE}{extra} "
+        "ORDER BY item.sample_key LIMIT 1)"
         for lvl in range(k - 1, -1, -1)
     ]
     rows = session.execute(sa.text(" UNION ALL ".join(parts)), params).all()
     if not rows:
         return None
-    best = max(rows, key=lambda r: (float(r[1]), int(r[2])))
-    return int(best[0])
+    return int(min(rows, key=lambda r: float(r[1]))[0])
 
 
-def _take(
-    session: Session, user: User, item_id: int, k: int, stratum: str, prob: float, now: datetime, minutes: float
-) -> Assignment | None:
+def _take(session: Session, user: User, item_id: int, k: int, now: datetime, minutes: float) -> Assignment | None:
     """Claim one slot of ``item_id`` and record the lease; None if the slot race was lost.
 
     The lease row is an upsert on (item, user) that only revives a "released" row (the
@@ -293,8 +208,8 @@ def _take(
     t = Assignment.__table__  # type: ignore[attr-defined]
     values = {
         "status": "leased",
-        "stratum": stratum,
-        "sampling_prob": prob,
+        "stratum": SAMPLE_STRATUM,
+        "sampling_prob": None,
         "leased_at": now,
         "lease_expires_at": expires,
         "completed_at": None,
@@ -321,7 +236,7 @@ claimed AS (
 ins AS (
   INSERT INTO assignment (item_id, user_id, status, stratum, sampling_prob, leased_at, lease_expires_at,
                           completed_at)
-  SELECT claimed.id, :uid, 'leased', :stratum, :prob, :now, :exp, NULL FROM claimed
+  SELECT claimed.id, :uid, 'leased', :stratum, NULL, :now, :exp, NULL FROM claimed
   ON CONFLICT (item_id, user_id) DO UPDATE SET status = 'leased', stratum = EXCLUDED.stratum,
     sampling_prob = EXCLUDED.sampling_prob, leased_at = EXCLUDED.leased_at,
     lease_expires_at = EXCLUDED.lease_expires_at, completed_at = NULL
@@ -338,8 +253,6 @@ def _pg_take(
     flt: QueueFilter,
     k: int,
     item_id: int | None,
-    stratum: str,
-    prob: float,
     now: datetime,
     minutes: float,
     exclude: set[int],
@@ -352,8 +265,7 @@ def _pg_take(
     params: dict[str, Any] = {
         "k": k,
         "uid": user.id,
-        "stratum": stratum,
-        "prob": prob,
+        "stratum": SAMPLE_STRATUM,
         "now": now,
         "exp": now + timedelta(minutes=minutes),
     }
@@ -362,9 +274,9 @@ def _pg_take(
         extra = _filter_sql(flt, params) + _exclude_sql(exclude, params)
         cand = (
             "SELECT c.id FROM generate_series(:kmax, 0, -1) AS lv(s) CROSS JOIN LATERAL ("
-            "SELECT item.id, item.priority FROM item WHERE item.collection_id = :c AND item.slots_taken = lv.s "
-            f"AND {_NOT_MINE}{extra} ORDER BY item.priority DESC LIMIT 1 FOR UPDATE SKIP LOCKED) c "
-            "ORDER BY c.priority DESC, lv.s DESC LIMIT 1"
+            "SELECT item.id, item.sample_key FROM item WHERE item.collection_id = :c AND item.slots_taken = lv.s "
+            f"AND item.sample_key IS NOT NULL AND {_NOT_MINE}{extra} ORDER BY item.sample_key LIMIT 1 "
+            "FOR UPDATE SKIP LOCKED) c ORDER BY c.sample_key LIMIT 1"
         )
     else:
         params["cand_id"] = item_id
@@ -381,8 +293,8 @@ def _pg_take(
         item_id=int(cand_id),
         user_id=user.id,
         status="leased",  # type: ignore[arg-type]
-        stratum=stratum,
-        sampling_prob=prob,
+        stratum=SAMPLE_STRATUM,
+        sampling_prob=None,
         leased_at=now,
         lease_expires_at=params["exp"],
         completed_at=None,
@@ -422,16 +334,17 @@ def _next_in_session(
     require(user, "review")
     row = session.execute(
         sa.text(
-            "SELECT c.overlap_target, c.audit_share, c.archived, "
+            "SELECT c.overlap_target, c.design_frozen_at, c.archived, "
             "(SELECT a.id FROM assignment a JOIN item ON item.id = a.item_id WHERE a.user_id = :u "
-            "AND a.status = 'leased' AND item.collection_id = c.id ORDER BY a.leased_at LIMIT 1) "
+            "AND a.status = 'leased' AND item.collection_id = c.id ORDER BY a.leased_at LIMIT 1), "
+            "(SELECT item.id FROM item WHERE item.collection_id = c.id AND item.sample_key IS NULL LIMIT 1) "
             "FROM collection c WHERE c.id = :c"
         ),
         {"u": user.id, "c": flt.collection_id},
     ).first()
     if row is None:
         raise NotFound("no such collection")
-    k, audit_share, archived, lease_id = int(row[0]), float(row[1]), bool(row[2]), row[3]
+    k, frozen, archived, lease_id, unkeyed = int(row[0]), row[1] is not None, bool(row[2]), row[3], row[4]
     if lease_id is not None:
         mine = session.get(Assignment, lease_id, populate_existing=True)
         assert mine is not None
@@ -444,38 +357,26 @@ def _next_in_session(
         _release_row(session, mine, "released")  # expired, archived, or the filter changed
     if archived:
         return None
+    if not frozen:
+        sampling.freeze_design(session, flt.collection_id, rng=rng, now=now)
+    elif unkeyed is not None:  # items that arrived after the freeze
+        sampling.assign_keys(session, flt.collection_id, rng)
     _maybe_reclaim(session, now)
     exclude: set[int] = set()
-    audit = rng.random() < audit_share
     pg = _is_pg(session)
     for _attempt in range(8):
-        if pg and not audit:
-            got_id, lease = _pg_take(session, user, flt, k, None, "priority", 1.0 - audit_share, now, minutes, exclude)
+        if pg:
+            got_id, lease = _pg_take(session, user, flt, k, None, now, minutes, exclude)
             if got_id is None:
                 return None
             if lease is not None:
                 return lease
             exclude.add(got_id)
             continue
-        if audit:
-            cand = _audit_candidate(session, user, flt, k, rng, exclude)
-            if cand is None:
-                if not exclude:
-                    return None  # nothing eligible at all
-                audit = False  # only lost races left to draw from: take the priority route
-                continue
-            item_id, n_elig = cand
-            prob = audit_share / n_elig
-            stratum = "audit"
-        else:
-            got = _priority_candidate(session, user, flt, k, exclude)
-            if got is None:
-                return None
-            item_id, prob, stratum = got, 1.0 - audit_share, "priority"
-        if pg:
-            a = _pg_take(session, user, flt, k, item_id, stratum, prob, now, minutes, exclude)[1]
-        else:
-            a = _take(session, user, item_id, k, stratum, prob, now, minutes)
+        item_id = _design_candidate(session, user, flt, k, exclude)
+        if item_id is None:
+            return None
+        a = _take(session, user, item_id, k, now, minutes)
         if a is not None:
             return a
         exclude.add(item_id)

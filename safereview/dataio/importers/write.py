@@ -35,7 +35,7 @@ from safereview.db.models import (
     Verdict,
     utcnow,
 )
-from safereview.workflow import queue
+from safereview.workflow import queue, sampling
 from safereview.workflow.annotations import SNAPSHOT_FIELDS
 from safereview.workflow.ordering import refresh_priorities
 
@@ -134,6 +134,9 @@ def write(
         refresh_priorities(session, collection_id, touched)
         session.flush()
         report.priorities_refreshed = True
+    if report.items_new:
+        # new items of a collection whose sampling design is frozen join it now (size from the frozen mean)
+        sampling.assign_keys(session, collection_id)
 
 
 def _write_items(

@@ -1,0 +1,473 @@
+"""Validation study: do the estimates cover the truth at their nominal rate, through the real queue?
+
+Each replication builds a collection with a known ground truth and a simulated judge,
+lets simulated reviewers work through the real queue (``workflow.queue.next_item`` and
+``workflow.annotations.submit``, interleaved so leases overlap as with a team), stops at a
+budget of reviews, and then calls the same estimator functions the CLI and the app use
+(``agreement.audit.audit``, ``agreement.population.population_rates`` and
+``agreement.calibration.fit_calibration``). It compares each estimate with the truth of
+the estimand it claims:
+
+- ``accuracy``: agreement of the judge with a reviewer, over the collection (with error-free
+  reviewers, the judge's accuracy);
+- ``under_blocking`` / ``over_blocking``: the share of the people's unsafe (safe) items
+  the judge passes (blocks);
+- ``unsafe_rate`` (human and corrected): the people's unsafe rate over the collection;
+- ``threshold_under_blocking``: the true collection-wide under-blocking of the threshold
+  that calibration picked for the target, which must be at or below the target in at
+  least 1 - delta of the runs.
+
+"Truth" with fallible reviewers is the expectation over reviewer noise of the population
+value (every estimate is linear in the reviews, so this is what it estimates). The
+``srs_width`` column is the mean width of a human-only 95% interval from a simple random
+sample of as many items, for comparison.
+
+    python bench/bench_estimates.py --items 2000 --budget 0.1 --overlap 1 --replications 200
+    python bench/bench_estimates.py --grid --replications 200 --json > results.json
+
+Prints one table (or JSON), the wall time and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlmodel import Session, SQLModel
+
+from safereview.agreement.audit import audit
+from safereview.agreement.calibration import fit_calibration
+from safereview.agreement.data import AgreementError
+from safereview.agreement.population import population_rates
+from safereview.agreement.synthetic import ITEM_COLUMNS
+from safereview.db import bulk
+from safereview.db.collections import ensure_collection
+from safereview.db.engine import init_db, session_scope
+from safereview.db.models import User, utcnow
+from safereview.workflow.annotations import submit
+from safereview.workflow.auth import unusable_hash
+from safereview.workflow.ordering import refresh_priorities
+from safereview.workflow.principals import SystemPrincipal
+from safereview.workflow.query_cache import clear_caches
+from safereview.workflow.queue import QueueFilter, next_item
+
+DIMENSION = "harm"
+TAXONOMY = {  # one binary dimension: the estimands' truths are then simple to state
+    "name": "bench-binary",
+    "version": "1",
+    "task_types": [{"id": "composite", "name": "Composite", "inputs": ["image", "text"], "outputs": ["text"]}],
+    "categories": [{"id": "any", "name": "Any", "subcategories": []}],
+    "dimensions": [{"name": DIMENSION, "labels": ["safe", "unsafe"], "unsafe_labels": ["unsafe"]}],
+}
+JUDGE = "sim-judge"
+Z = 1.959963984540054
+BENCH = SystemPrincipal("bench")
+ESTIMANDS = (
+    "accuracy",
+    "under_blocking",
+    "over_blocking",
+    "unsafe_rate (human)",
+    "unsafe_rate (corrected)",
+    "threshold_under_blocking",
+)
+
+
+@dataclass(frozen=True)
+class Cell:
+    items: int = 2000
+    budget: float = 0.10  # reviews as a share of the items
+    overlap: int = 1
+    judge_accuracy: float = 0.90
+    calibration: str = "calibrated"  # calibrated | overconfident | underconfident
+    reviewer_accuracy: float = 1.0
+    reviewers: int = 4
+    prevalence: float = 0.3
+    target: float = 0.05  # under-blocking target for the calibrated threshold
+    delta: float = 0.1
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-9, 1 - 1e-9)
+    return np.log(p / (1 - p))
+
+
+def _separation(accuracy: float, prevalence: float) -> float:
+    """The spread ``c`` of logit P(unsafe) ~ N(±c, 1) that gives a calibrated judge this accuracy."""
+    z = np.random.default_rng(0).standard_normal(200_000)
+    lo, hi = 0.0, 10.0
+    for _ in range(50):
+        c = (lo + hi) / 2
+        q_pos, q_neg = _sigmoid(c + z), _sigmoid(-c + z)
+        acc = prevalence * np.maximum(q_pos, 1 - q_pos).mean() + (1 - prevalence) * np.maximum(q_neg, 1 - q_neg).mean()
+        lo, hi = (c, hi) if acc < accuracy else (lo, c)
+    return (lo + hi) / 2
+
+
+def population(cell: Cell, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Truth, the judge's reported P(unsafe) and label, and each reviewer's label, per item."""
+    c = _separation(cell.judge_accuracy, cell.prevalence)
+    lean = rng.random(cell.items) < cell.prevalence
+    q = _sigmoid(np.where(lean, c, -c) + rng.standard_normal(cell.items))  # the true P(unsafe | item)
+    truth = rng.random(cell.items) < q
+    scale = {"calibrated": 1.0, "overconfident": 2.5, "underconfident": 0.4}[cell.calibration]
+    p = _sigmoid(scale * _logit(q))
+    judge = p >= 0.5
+    return {"q": q, "truth": truth, "p": p, "judge": judge}
+
+
+def _reviewer_label(truth: bool, accuracy: float, rng: random.Random) -> str:
+    unsafe = truth if rng.random() < accuracy else not truth
+    return "unsafe" if unsafe else "safe"
+
+
+def _setup(engine: sa.Engine, cell: Cell, pop: dict[str, np.ndarray], name: str) -> tuple[int, dict[int, int]]:
+    clear_caches()
+    with session_scope(engine) as s:
+        col = ensure_collection(s, name, TAXONOMY, overlap_target=cell.overlap, audit_share=0.2, blind=False)
+        cid = int(col.id)  # type: ignore[arg-type]
+    now = utcnow()
+    item_rows = [
+        (cid, f"x{i}", "composite", "", "", "sim", "image+text", "text", [], [], False, {}, "h", 0.0, 0, now)
+        for i in range(cell.items)
+    ]
+    with engine.begin() as conn:
+        bulk.bulk_insert(conn, SQLModel.metadata.tables["item"], ITEM_COLUMNS, item_rows, process=True)
+        ids = [
+            int(r[0])
+            for r in conn.execute(sa.text("SELECT id FROM item WHERE collection_id = :c ORDER BY id"), {"c": cid})
+        ]
+        vt = SQLModel.metadata.tables["verdict"]
+        vcols = [
+            "item_id",
+            "dimension",
+            "judge_id",
+            "judge_version",
+            "label",
+            "status",
+            "probability",
+            "rationale",
+            "raw_output",
+            "intent",
+            "created_at",
+        ]
+        rows = []
+        for iid, p, j in zip(ids, pop["p"].tolist(), pop["judge"].tolist(), strict=True):
+            label = "unsafe" if j else "safe"
+            rows.append((iid, DIMENSION, JUDGE, "1", label, "ok", p if j else 1.0 - p, "", "", "", now))
+        bulk.bulk_insert(conn, vt, vcols, rows, process=True)
+    with session_scope(engine) as s:
+        refresh_priorities(s, cid)
+    return cid, {iid: n for n, iid in enumerate(ids)}
+
+
+def _reviewers(engine: sa.Engine, n: int, tag: str) -> list[User]:
+    users = []
+    with session_scope(engine) as s:
+        for k in range(n):
+            u = User(username=f"{tag}-r{k}", password_hash=unusable_hash(), role="annotator")
+            s.add(u)
+            s.flush()
+            users.append(u.id)
+    with Session(engine) as s:
+        return [s.get(User, uid) for uid in users]  # type: ignore[misc]
+
+
+def review(
+    engine: sa.Engine,
+    cell: Cell,
+    cid: int,
+    pos: dict[int, int],
+    pop: dict[str, np.ndarray],
+    users: list[User],
+    rng: random.Random,
+) -> int:
+    """Reviewers pull and submit in random interleaving until the budget of reviews is spent."""
+    budget = max(1, round(cell.budget * cell.items))
+    acc = [cell.reviewer_accuracy] * len(users)
+    held: dict[int, Any] = {}
+    done = 0
+    flt = QueueFilter(cid)
+    idle = 0
+    while done < budget and idle < 10 * len(users):
+        k = rng.randrange(len(users))
+        u = users[k]
+        if k not in held:
+            with session_scope(engine) as s:
+                a = next_item(s, u, flt, rng=rng)
+                if a is None:
+                    idle += 1
+                    continue
+                held[k] = (a.id, a.item_id)
+            continue
+        aid, item_id = held.pop(k)
+        label = _reviewer_label(bool(pop["truth"][pos[item_id]]), acc[k], rng)
+        with session_scope(engine) as s:
+            submit(s, u, aid, {DIMENSION: label}, verdict_action="override")
+        done += 1
+    return done
+
+
+def truths(cell: Cell, pop: dict[str, np.ndarray]) -> dict[str, float]:
+    r = cell.reviewer_accuracy
+    h = np.where(pop["truth"], r, 1 - r)  # E[a reviewer says unsafe]
+    j = pop["judge"].astype(float)
+    return {
+        "accuracy": float(np.mean(j * h + (1 - j) * (1 - h))),
+        "under_blocking": float(np.sum((1 - j) * h) / np.sum(h)),
+        "over_blocking": float(np.sum(j * (1 - h)) / np.sum(1 - h)),
+        "unsafe_rate (human)": float(np.mean(h)),
+        "unsafe_rate (corrected)": float(np.mean(h)),
+    }
+
+
+def srs_widths(cell: Cell, pop: dict[str, np.ndarray], n_items: int, rng: np.random.Generator) -> dict[str, float]:
+    """Width of a human-only Wald 95% interval from a simple random sample of ``n_items`` items."""
+    n = max(2, n_items)
+    idx = rng.choice(cell.items, size=min(n, cell.items), replace=False)
+    k = cell.overlap
+    truth = pop["truth"][idx]
+    says = np.where(rng.random((len(idx), k)) < cell.reviewer_accuracy, truth[:, None], ~truth[:, None]).mean(axis=1)
+    j = pop["judge"][idx].astype(float)
+    fpc = 1 - len(idx) / cell.items
+
+    def wmean(y: np.ndarray) -> float:
+        return 2 * Z * math.sqrt(fpc * np.var(y, ddof=1) / len(y))
+
+    def wratio(a: np.ndarray, b: np.ndarray) -> float:
+        if b.sum() <= 0:
+            return float("nan")
+        rr = a.sum() / b.sum()
+        return 2 * Z * math.sqrt(fpc * np.var(a - rr * b, ddof=1) / len(a)) / b.mean()
+
+    agree = j * says + (1 - j) * (1 - says)
+    return {
+        "accuracy": wmean(agree),
+        "under_blocking": wratio((1 - j) * says, says),
+        "over_blocking": wratio(j * (1 - says), 1 - says),
+        "unsafe_rate (human)": wmean(says),
+        "unsafe_rate (corrected)": wmean(says),
+    }
+
+
+def replicate(engine: sa.Engine, cell: Cell, seed: int) -> dict[str, dict[str, float]]:
+    rng = np.random.default_rng(seed)
+    prng = random.Random(seed)
+    pop = population(cell, rng)
+    tag = f"rep-{seed}-{uuid.uuid4().hex[:6]}"
+    cid, pos = _setup(engine, cell, pop, tag)
+    users = _reviewers(engine, cell.reviewers, tag)
+    review(engine, cell, cid, pos, pop, users, prng)
+    clear_caches()
+    au = audit(engine, DIMENSION, [tag], judge_id=JUDGE, min_n=2, resamples=0)
+    pr = population_rates(engine, [tag])
+    row = next(m for m in pr["metrics"] if m.get("dimension") == DIMENSION and m.get("label") == "unsafe")
+    truth = truths(cell, pop)
+    n_sample = int(pr["sample"]["n_in_sample"])
+    widths = srs_widths(cell, pop, n_sample, rng)
+    out: dict[str, dict[str, float]] = {}
+    for name, got in (
+        ("accuracy", au["accuracy"]),
+        ("under_blocking", au["under_blocking"]),
+        ("over_blocking", au["over_blocking"]),
+    ):
+        out[name] = _score(truth[name], got.get("value"), got.get("ci_low"), got.get("ci_high"), widths[name])
+    for name, key in (("unsafe_rate (human)", "human"), ("unsafe_rate (corrected)", "corrected")):
+        e = row[key]
+        out[name] = _score(truth[name], e["value"], e["low"], e["high"], widths[name])
+    with session_scope(engine) as s:
+        try:
+            _, metrics = fit_calibration(
+                s,
+                BENCH,
+                DIMENSION,
+                [tag],
+                judge_id=JUDGE,
+                target_under_blocking=cell.target,
+                delta=cell.delta,
+                min_n=10,
+            )
+        except AgreementError:
+            metrics = {}
+    t = metrics.get("threshold")
+    if t is not None and t.get("raw_threshold") is not None:
+        p_cut = float(t["raw_threshold"])
+        h = np.where(pop["truth"], cell.reviewer_accuracy, 1 - cell.reviewer_accuracy)
+        p_unsafe = pop["p"]
+        true_ub = float(np.sum(h * (p_unsafe < p_cut)) / np.sum(h))
+        out["threshold_under_blocking"] = {
+            "truth": cell.target,
+            "estimate": true_ub,
+            "covered": float(true_ub <= cell.target),
+            "width": float("nan"),
+            "srs_width": float("nan"),
+        }
+    out["_n"] = {"sample": n_sample}
+    return out
+
+
+def _score(truth: float, value: Any, low: Any, high: Any, srs_width: float) -> dict[str, float]:
+    if value is None or low is None or not math.isfinite(value):
+        return {
+            "truth": truth,
+            "estimate": float("nan"),
+            "covered": float("nan"),
+            "width": float("nan"),
+            "srs_width": srs_width,
+        }
+    return {
+        "truth": truth,
+        "estimate": float(value),
+        "covered": float(low <= truth <= high),
+        "width": float(high - low),
+        "srs_width": srs_width,
+    }
+
+
+def run_cell(engine: sa.Engine, cell: Cell, replications: int, seed: int) -> dict[str, Any]:
+    reps = [replicate(engine, cell, seed * 100_003 + r) for r in range(replications)]
+    summary: dict[str, Any] = {"cell": cell.__dict__, "replications": replications}
+    for name in ESTIMANDS:
+        got = [r[name] for r in reps if name in r and math.isfinite(r[name]["estimate"])]
+        if not got:
+            continue
+        truth = np.array([g["truth"] for g in got])
+        est = np.array([g["estimate"] for g in got])
+        cov = np.array([g["covered"] for g in got])
+        width = np.array([g["width"] for g in got])
+        srs = np.array([g["srs_width"] for g in got])
+        summary[name] = {
+            "n": len(got),
+            "truth": float(truth.mean()),
+            "mean_estimate": float(est.mean()),
+            "bias": float((est - truth).mean()) if name != "threshold_under_blocking" else float("nan"),
+            "coverage": float(cov.mean()),
+            "mean_width": float(np.nanmean(width)) if np.isfinite(width).any() else float("nan"),
+            "srs_width": float(np.nanmean(srs)) if np.isfinite(srs).any() else float("nan"),
+        }
+    summary["mean_sample"] = float(np.mean([r["_n"]["sample"] for r in reps]))
+    return summary
+
+
+def grid(items: int) -> list[Cell]:
+    cells = []
+    for k in (1, 2):
+        for cal in ("calibrated", "overconfident", "underconfident"):
+            for acc in (0.85, 0.95):
+                for rev in (1.0, 0.85):
+                    for budget in (0.05, 0.2):
+                        cells.append(
+                            Cell(
+                                items=items,
+                                budget=budget,
+                                overlap=k,
+                                judge_accuracy=acc,
+                                calibration=cal,
+                                reviewer_accuracy=rev,
+                            )
+                        )
+    # the width targets are stated at judge accuracy 0.9
+    for k in (1, 2):
+        cells.append(Cell(items=items, budget=0.1, overlap=k, judge_accuracy=0.9))
+    return cells
+
+
+def _engine(backend: str, tmp: Path) -> sa.Engine:
+    if backend == "postgres":
+        url = os.environ.get("SAFEREVIEW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+        return init_db(url)
+    return init_db(f"sqlite:///{tmp / 'estimates.db'}")
+
+
+def _print(results: list[dict[str, Any]]) -> None:
+    head = (
+        f"{'cell':58} {'estimand':26} {'truth':>7} {'mean':>7} {'bias':>8} {'cover':>6} "
+        f"{'width':>7} {'srs w':>7} {'ratio':>6}"
+    )
+    print(head)
+    print("-" * len(head))
+    for res in results:
+        c = res["cell"]
+        label = (
+            f"N={c['items']} b={c['budget']:.0%} k={c['overlap']} A={c['judge_accuracy']:.2f} "
+            f"{c['calibration'][:5]} R={c['reviewer_accuracy']:.2f} n~{res['mean_sample']:.0f}"
+        )
+        for name in ESTIMANDS:
+            s = res.get(name)
+            if s is None:
+                continue
+            ratio = (
+                s["mean_width"] / s["srs_width"] if s["srs_width"] and math.isfinite(s["srs_width"]) else float("nan")
+            )
+            print(
+                f"{label:58} {name:26} {s['truth']:7.4f} {s['mean_estimate']:7.4f} {s['bias']:8.4f} "
+                f"{s['coverage']:6.3f} {s['mean_width']:7.4f} {s['srs_width']:7.4f} {ratio:6.2f}"
+            )
+            label = ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--items", type=int, default=2000)
+    ap.add_argument("--budget", type=float, default=0.10, help="reviews as a share of the items (0.05 = 5%%)")
+    ap.add_argument("--overlap", type=int, default=1)
+    ap.add_argument("--judge-accuracy", type=float, default=0.90)
+    ap.add_argument("--calibration", choices=("calibrated", "overconfident", "underconfident"), default="calibrated")
+    ap.add_argument("--reviewer-accuracy", type=float, default=1.0)
+    ap.add_argument("--reviewers", type=int, default=4)
+    ap.add_argument("--replications", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
+    ap.add_argument("--grid", action="store_true", help="run the validation grid of docs/statistics-validation.md")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = _engine(args.backend, Path(tmp))
+        cells = (
+            grid(args.items)
+            if args.grid
+            else [
+                Cell(
+                    items=args.items,
+                    budget=args.budget,
+                    overlap=args.overlap,
+                    judge_accuracy=args.judge_accuracy,
+                    calibration=args.calibration,
+                    reviewer_accuracy=args.reviewer_accuracy,
+                    reviewers=args.reviewers,
+                )
+            ]
+        )
+        results = []
+        for n, cell in enumerate(cells):
+            results.append(run_cell(engine, cell, args.replications, args.seed + n))
+            if not args.json:
+                print(f"[{n + 1}/{len(cells)} cells, {time.perf_counter() - started:.0f} s]", file=sys.stderr)
+        engine.dispose()
+    wall = time.perf_counter() - started
+    if args.json:
+        print(json.dumps({"results": results, "wall_s": wall, "loadavg": os.getloadavg()}, indent=2))
+    else:
+        _print(results)
+        print(f"\nwall {wall:.0f} s · load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

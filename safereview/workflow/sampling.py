@@ -1,0 +1,127 @@
+"""The review queue's sampling design: borderline first, and still a probability sample.
+
+Every item of a collection gets, once, a *design size* ``s_i`` and a random *rank key*
+``xi_i = u_i / s_i`` (``u_i`` uniform on (0, 1]); the queue serves items in ascending key
+order. This is sequential Poisson (order) sampling, also known as priority sampling
+(Ohlsson 1998; Duffield, Lund & Thorup 2007):
+
+- items with a larger size (more borderline) tend to come first, yet every item has a
+  positive chance to come early, so what has been reviewed at any moment is a probability
+  sample of the whole collection;
+- if the first ``n`` items in key order have been reviewed and ``tau`` is the key of the
+  next one, item ``i`` is in that sample with probability ``pi_i = min(1, s_i * tau)``
+  conditionally on every other item's key, which is exactly what a Horvitz–Thompson or
+  Hájek estimator needs (``agreement.sample`` computes it; the variance is that of a
+  Poisson sample).
+
+The size mixes the item's borderline score ``b_i`` (:mod:`safereview.workflow.ordering`)
+with a uniform floor, normalised to mean 1 over the collection at freeze time::
+
+    s_i = share + (1 - share) * b_i / mean(b)        (s_i = 1 for all when mean(b) = 0)
+
+``share`` is the collection's ``audit_share`` ("uniform share"), at least
+:data:`MIN_UNIFORM_SHARE` so that no item's inclusion probability is ever far below the
+average (weights stay bounded by about ``1 / share``); ``share = 1`` is a simple random
+order. The design freezes at the collection's first queue pull: the mean score is stored
+and every item's size and key are drawn then. Items imported later get their size from the
+frozen mean. Re-judging changes ``priority`` (shown to leads) but never a size or a key:
+the design that chose the reviewed items must stay the one the estimates use.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from safereview.db.models import Collection, utcnow
+
+MIN_UNIFORM_SHARE = 0.05
+KEY_CHUNK = 5_000  # items keyed per executemany
+
+
+def design_size(score: float, uniform_share: float, mean_score: float | None) -> float:
+    """An item's design size from its borderline score (mean 1 over the collection)."""
+    share = min(1.0, max(float(uniform_share), MIN_UNIFORM_SHARE))
+    if mean_score is None or mean_score <= 0.0:
+        return 1.0
+    return share + (1.0 - share) * max(float(score), 0.0) / float(mean_score)
+
+
+def _key_rows(
+    rows: Iterable[tuple[int, float]], uniform_share: float, mean_score: float | None, rng: random.Random
+) -> list[dict[str, float]]:
+    out = []
+    for item_id, score in rows:
+        size = design_size(score or 0.0, uniform_share, mean_score)
+        u = 1.0 - rng.random()  # (0, 1]: a key of 0 would tie every item at the front
+        out.append({"i": int(item_id), "s": size, "k": u / size})
+    return out
+
+
+def assign_keys(session: Session, collection_id: int, rng: random.Random | None = None) -> int:
+    """Give every item of a frozen collection that has no key yet its size and key; returns how many.
+
+    Conditional on ``sample_key IS NULL``, so two replicas keying the same items at once
+    keep one draw per item. Does nothing before the design is frozen.
+    """
+    rng = rng or random.Random()
+    row = session.execute(
+        sa.text("SELECT audit_share, design_score_mean, design_frozen_at FROM collection WHERE id = :c"),
+        {"c": collection_id},
+    ).first()
+    if row is None or row[2] is None:
+        return 0
+    share, mean_score = float(row[0]), (None if row[1] is None else float(row[1]))
+    n = 0
+    last = 0
+    while True:
+        rows = session.execute(
+            sa.text(
+                "SELECT id, priority FROM item WHERE collection_id = :c AND sample_key IS NULL AND id > :last "
+                "ORDER BY id LIMIT :lim"
+            ),
+            {"c": collection_id, "last": last, "lim": KEY_CHUNK},
+        ).all()
+        if not rows:
+            return n
+        last = int(rows[-1][0])
+        params = _key_rows(((int(r[0]), float(r[1] or 0.0)) for r in rows), share, mean_score, rng)
+        session.execute(
+            sa.text("UPDATE item SET sample_size = :s, sample_key = :k WHERE id = :i AND sample_key IS NULL"), params
+        )
+        n += len(params)
+
+
+def freeze_design(
+    session: Session, collection_id: int, *, rng: random.Random | None = None, now: datetime | None = None
+) -> bool:
+    """Freeze the collection's design (mean score, every item's size and key); False if it already was.
+
+    The freeze is one conditional UPDATE of the collection row, so concurrent first pulls
+    (several replicas) freeze once; the loser keys nothing new and carries on.
+    """
+    mean = session.execute(
+        sa.text("SELECT AVG(CASE WHEN priority > 0 THEN priority ELSE 0 END) FROM item WHERE collection_id = :c"),
+        {"c": collection_id},
+    ).scalar()
+    t = Collection.__table__  # type: ignore[attr-defined]
+    res = session.execute(
+        t.update()
+        .where(t.c.id == collection_id, t.c.design_frozen_at.is_(None))
+        .values(design_frozen_at=now or utcnow(), design_score_mean=float(mean or 0.0))
+    )
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    assign_keys(session, collection_id, rng)
+    return True
+
+
+def design_frozen(session: Session, collection_id: int) -> bool:
+    row = session.execute(
+        sa.text("SELECT design_frozen_at FROM collection WHERE id = :c"), {"c": collection_id}
+    ).first()
+    return row is not None and row[0] is not None

@@ -1,0 +1,145 @@
+"""The queue's sampling design through the real queue: key order, frozen sizes, exact inclusion probabilities."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session, select
+from workflow_support import VLSU_SAFE, make_collection, make_user, slot_invariants
+
+from safereview.agreement.sample import load_design_sample
+from safereview.db.engine import session_scope
+from safereview.db.models import Annotation, Collection, Item
+from safereview.workflow.annotations import submit
+from safereview.workflow.queue import QueueFilter, next_item, skip
+from safereview.workflow.sampling import MIN_UNIFORM_SHARE, design_size
+
+
+def _review(engine: sa.Engine, users: list, cid: int, n: int, rng: random.Random) -> None:
+    """``n`` reviews by ``users`` pulling and submitting in random interleaving (leases overlap)."""
+    held: dict[int, object] = {}
+    done = 0
+    while done < n:
+        k = rng.randrange(len(users))
+        if k not in held:
+            a = next_item(engine, users[k], QueueFilter(cid), rng=rng)
+            assert a is not None
+            held[k] = a
+            continue
+        a = held.pop(k)
+        with session_scope(engine) as s:
+            submit(s, users[k], a.id, VLSU_SAFE)  # type: ignore[attr-defined]
+        done += 1
+
+
+def test_design_size_mixes_score_with_a_uniform_floor() -> None:
+    assert design_size(0.0, 0.2, 0.5) == pytest.approx(0.2)
+    assert design_size(0.5, 0.2, 0.5) == pytest.approx(1.0)
+    assert design_size(1.0, 0.2, 0.5) == pytest.approx(0.2 + 0.8 * 2)
+    assert design_size(0.0, 0.0, 0.5) == pytest.approx(MIN_UNIFORM_SHARE)  # never a zero chance
+    assert design_size(0.7, 1.0, 0.5) == design_size(0.0, 0.2, 0.0) == 1.0  # random order; no scores yet
+
+
+def test_queue_serves_the_frozen_key_order(engine: sa.Engine) -> None:
+    cid = make_collection(engine, n_items=12, k=1, audit_share=0.3, priorities=[0.0, 1.0] * 6)
+    u = make_user(engine, "ann")
+    rng = random.Random(4)
+    seen = []
+    while (a := next_item(engine, u, QueueFilter(cid), rng=rng)) is not None:
+        assert a.stratum == "sample" and a.sampling_prob is None
+        seen.append(a.item_id)
+        with session_scope(engine) as s:
+            submit(s, u, a.id, VLSU_SAFE)
+    with Session(engine) as s:
+        col = s.get(Collection, cid)
+        items = {i.id: i for i in s.exec(select(Item).where(Item.collection_id == cid))}
+    assert col is not None and col.design_frozen_at is not None and col.design_score_mean == pytest.approx(0.5)
+    assert [items[i].sample_key for i in seen] == sorted(i.sample_key for i in items.values())  # type: ignore[type-var]
+    for it in items.values():
+        assert it.sample_size == pytest.approx(design_size(it.priority, 0.3, 0.5))
+    assert slot_invariants(engine, cid) == []
+
+
+def test_rejudging_keeps_keys_and_late_items_are_keyed_at_the_next_pull(engine: sa.Engine) -> None:
+    cid = make_collection(engine, n_items=5, k=1, priorities=[0.2, 0.4, 0.6, 0.8, 1.0])
+    u = make_user(engine, "ann")
+    next_item(engine, u, QueueFilter(cid), rng=random.Random(1))
+    with Session(engine) as s:
+        before = {i.id: (i.sample_size, i.sample_key) for i in s.exec(select(Item).where(Item.collection_id == cid))}
+    with session_scope(engine) as s:
+        s.execute(sa.update(Item).where(Item.collection_id == cid).values(priority=0.0))  # re-judged
+        s.add(Item(collection_id=cid, external_id="late", content_hash="x", priority=0.5))
+    next_item(engine, make_user(engine, "other"), QueueFilter(cid), rng=random.Random(2))
+    with Session(engine) as s:
+        after = {i.id: (i.sample_size, i.sample_key) for i in s.exec(select(Item).where(Item.collection_id == cid))}
+    late = next(i for i in after if i not in before)
+    assert {i: after[i] for i in before} == before  # the design that chose items never changes
+    assert after[late][0] == pytest.approx(design_size(0.5, 0.2, 0.6)) and after[late][1] is not None
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_inverse_probabilities_add_up_to_each_band_through_the_queue(engine: sa.Engine, k: int) -> None:
+    """Horvitz–Thompson on the real queue: E[sum of 1/pi over the sample items of a band] = band size.
+
+    Two bands (10 borderline items, 20 clear ones) reviewed by 3 people in random interleaving
+    until a budget; the sample's inverse probabilities, averaged over campaigns, must add up
+    to each band's size (within 4 standard errors).
+    """
+    reps = 120
+    sums = np.zeros((reps, 2))
+    users = [make_user(engine, f"r{j}") for j in range(3)]
+    for rep in range(reps):
+        prios = [1.0] * 10 + [0.0] * 20
+        cid = make_collection(engine, f"c{rep}", n_items=30, k=k, audit_share=0.2, priorities=prios, seed=rep)
+        _review(engine, users, cid, 8 * k, random.Random(rep))
+        ds = load_design_sample(engine, [cid])
+        with Session(engine) as s:
+            prio = dict(s.execute(sa.select(Item.id, Item.priority).where(Item.collection_id == cid)).all())
+        for item_id, p in zip(ds.sample_ids.tolist(), ds.sample_pi.tolist(), strict=True):
+            sums[rep, 0 if prio[item_id] > 0.5 else 1] += 1.0 / p
+        assert ds.in_sample.sum() <= 8 * k
+    mean, se = sums.mean(axis=0), sums.std(axis=0, ddof=1) / np.sqrt(reps)
+    assert abs(mean[0] - 10) < 4 * se[0] + 0.2, (mean, se)
+    assert abs(mean[1] - 20) < 4 * se[1] + 0.2, (mean, se)
+
+
+def test_the_sample_stops_at_the_first_unreviewed_item_and_says_why(engine: sa.Engine) -> None:
+    cid = make_collection(engine, n_items=6, k=1, priorities=[0.5] * 6)
+    u, v = make_user(engine, "u"), make_user(engine, "v")
+    rng = random.Random(0)
+    first = next_item(engine, u, QueueFilter(cid), rng=rng)  # u holds the first item ...
+    assert first is not None
+    _review(engine, [v], cid, 2, rng)  # ... while v reviews the next two
+    ds = load_design_sample(engine, [cid])
+    assert ds.in_sample.sum() == 0 and ds.n_reviewed_outside == 2
+    assert ds.notes() == [
+        f"2 reviewed item(s) wait for item {first.item_id} (in review), the next in the design's order"
+    ]
+    with session_scope(engine) as s:
+        skip(s, u, first.id)
+    ds = load_design_sample(engine, [cid])
+    assert "skipped by someone" in ds.notes()[0]
+    again = next_item(engine, v, QueueFilter(cid), rng=rng)  # the skipped item is next for everyone else
+    assert again is not None and again.item_id == first.item_id
+    with session_scope(engine) as s:
+        submit(s, v, again.id, VLSU_SAFE)
+    ds = load_design_sample(engine, [cid])
+    assert ds.in_sample.sum() == 3 and ds.notes() == []
+    pi = ds.sample_pi
+    assert np.all((pi > 0) & (pi <= 1))
+
+
+def test_census_and_no_design(engine: sa.Engine) -> None:
+    cid = make_collection(engine, "census", n_items=3, k=1)
+    ds = load_design_sample(engine, [cid])
+    assert ds.in_sample.sum() == 0 and "no review through the queue yet" in ds.notes()[0]
+    with Session(engine) as s:
+        ids = list(s.exec(select(Item.id).where(Item.collection_id == cid)))
+    imported = make_user(engine, "imported")
+    with session_scope(engine) as s:
+        s.add_all(Annotation(item_id=i, user_id=imported.id, labels=VLSU_SAFE, source="import") for i in ids)
+    ds = load_design_sample(engine, [cid])
+    assert ds.in_sample.all() and np.all(ds.sample_pi == 1.0) and ds.notes() == []  # everything reviewed
