@@ -15,7 +15,9 @@ the estimand it claims:
 - ``unsafe_rate`` (human and corrected): the people's unsafe rate over the collection;
 - ``threshold_under_blocking``: the true collection-wide under-blocking of the threshold
   that calibration picked for the target, which must be at or below the target in at
-  least 1 - delta of the runs.
+  least 1 - delta of the runs (the table's "cover" column); "certified" is the share of runs in
+  which some cut could be certified at all (otherwise the rule blocks everything, which meets
+  any target trivially: too few reviews to promise the target).
 
 "Truth" with fallible reviewers is the expectation over reviewer noise of the population
 value (every estimate is linear in the reviews, so this is what it estimates). The
@@ -31,6 +33,8 @@ Prints one table (or JSON), the wall time and the load average.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import math
 import os
@@ -94,7 +98,7 @@ class Cell:
     reviewer_accuracy: float = 1.0
     reviewers: int = 4
     prevalence: float = 0.3
-    target: float = 0.05  # under-blocking target for the calibrated threshold
+    target: float = 0.10  # under-blocking target for the calibrated threshold
     delta: float = 0.1
 
 
@@ -107,6 +111,7 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
+@functools.lru_cache(maxsize=64)
 def _separation(accuracy: float, prevalence: float) -> float:
     """The spread ``c`` of logit P(unsafe) ~ N(±c, 1) that gives a calibrated judge this accuracy."""
     z = np.random.default_rng(0).standard_normal(200_000)
@@ -139,7 +144,7 @@ def _reviewer_label(truth: bool, accuracy: float, rng: random.Random) -> str:
 def _setup(engine: sa.Engine, cell: Cell, pop: dict[str, np.ndarray], name: str) -> tuple[int, dict[int, int]]:
     clear_caches()
     with session_scope(engine) as s:
-        col = ensure_collection(s, name, TAXONOMY, overlap_target=cell.overlap, audit_share=0.2, blind=False)
+        col = ensure_collection(s, name, TAXONOMY, overlap_target=cell.overlap, blind=False)
         cid = int(col.id)  # type: ignore[arg-type]
     now = utcnow()
     item_rows = [
@@ -316,6 +321,7 @@ def replicate(engine: sa.Engine, cell: Cell, seed: int) -> dict[str, dict[str, f
             "covered": float(true_ub <= cell.target),
             "width": float("nan"),
             "srs_width": float("nan"),
+            "certified": float(t.get("under_blocking") is not None),  # a cut was found (not "block everything")
         }
     out["_n"] = {"sample": n_sample}
     return out
@@ -353,6 +359,7 @@ def run_cell(engine: sa.Engine, cell: Cell, replications: int, seed: int) -> dic
         srs = np.array([g["srs_width"] for g in got])
         summary[name] = {
             "n": len(got),
+            "certified": float(np.mean([g.get("certified", 1.0) for g in got])),
             "truth": float(truth.mean()),
             "mean_estimate": float(est.mean()),
             "bias": float((est - truth).mean()) if name != "threshold_under_blocking" else float("nan"),
@@ -365,26 +372,33 @@ def run_cell(engine: sa.Engine, cell: Cell, replications: int, seed: int) -> dic
 
 
 def grid(items: int) -> list[Cell]:
-    cells = []
-    for k in (1, 2):
-        for cal in ("calibrated", "overconfident", "underconfident"):
-            for acc in (0.85, 0.95):
-                for rev in (1.0, 0.85):
-                    for budget in (0.05, 0.2):
-                        cells.append(
-                            Cell(
-                                items=items,
-                                budget=budget,
-                                overlap=k,
-                                judge_accuracy=acc,
-                                calibration=cal,
-                                reviewer_accuracy=rev,
-                            )
-                        )
-    # the width targets are stated at judge accuracy 0.9
-    for k in (1, 2):
-        cells.append(Cell(items=items, budget=0.1, overlap=k, judge_accuracy=0.9))
-    return cells
+    """The validation grid of docs/statistics-validation.md: every level of every factor the
+    targets name (k 1 and 2; calibrated, over- and underconfident judges of accuracy 0.85 to
+    0.95; perfect and 85%-accurate reviewers; budgets of 5 to 20% of N), in 14 cells rather
+    than the full 72 (a fractional design: each pair of k and calibration appears with each
+    budget and both reviewer kinds at least once), and the two cells the width targets name
+    (judge accuracy 0.9, calibrated, budget 10%)."""
+    spec = [
+        # (k, calibration, judge accuracy, reviewer accuracy, budget)
+        (1, "calibrated", 0.90, 1.00, 0.10),
+        (2, "calibrated", 0.90, 1.00, 0.10),
+        (1, "calibrated", 0.85, 1.00, 0.05),
+        (1, "calibrated", 0.95, 1.00, 0.20),
+        (1, "calibrated", 0.90, 0.85, 0.20),
+        (1, "overconfident", 0.90, 1.00, 0.10),
+        (1, "overconfident", 0.85, 0.85, 0.20),
+        (1, "underconfident", 0.90, 1.00, 0.10),
+        (1, "underconfident", 0.95, 0.85, 0.05),
+        (2, "calibrated", 0.85, 0.85, 0.10),
+        (2, "overconfident", 0.95, 1.00, 0.05),
+        (2, "overconfident", 0.90, 0.85, 0.20),
+        (2, "underconfident", 0.85, 1.00, 0.20),
+        (2, "underconfident", 0.90, 0.85, 0.05),
+    ]
+    return [
+        Cell(items=items, budget=b, overlap=k, judge_accuracy=a, calibration=c, reviewer_accuracy=r)
+        for k, c, a, r, b in spec
+    ]
 
 
 def _engine(backend: str, tmp: Path) -> sa.Engine:
@@ -397,7 +411,7 @@ def _engine(backend: str, tmp: Path) -> sa.Engine:
 def _print(results: list[dict[str, Any]]) -> None:
     head = (
         f"{'cell':58} {'estimand':26} {'truth':>7} {'mean':>7} {'bias':>8} {'cover':>6} "
-        f"{'width':>7} {'srs w':>7} {'ratio':>6}"
+        f"{'width':>7} {'srs w':>7} {'ratio':>6} {'certified':>9}"
     )
     print(head)
     print("-" * len(head))
@@ -417,6 +431,7 @@ def _print(results: list[dict[str, Any]]) -> None:
             print(
                 f"{label:58} {name:26} {s['truth']:7.4f} {s['mean_estimate']:7.4f} {s['bias']:8.4f} "
                 f"{s['coverage']:6.3f} {s['mean_width']:7.4f} {s['srs_width']:7.4f} {ratio:6.2f}"
+                + (f" {s['certified']:9.2f}" if name == "threshold_under_blocking" else "")
             )
             label = ""
 
@@ -430,17 +445,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration", choices=("calibrated", "overconfident", "underconfident"), default="calibrated")
     ap.add_argument("--reviewer-accuracy", type=float, default=1.0)
     ap.add_argument("--reviewers", type=int, default=4)
+    ap.add_argument("--target", type=float, default=0.10, help="under-blocking target of the calibrated threshold")
+    ap.add_argument("--delta", type=float, default=0.1, help="allowed chance the threshold misses its target")
     ap.add_argument("--replications", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
     ap.add_argument("--grid", action="store_true", help="run the validation grid of docs/statistics-validation.md")
+    ap.add_argument("--part", default="1/1", help="with --grid: run part i of n of the cells (e.g. 1/2, 2/2)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         engine = _engine(args.backend, Path(tmp))
+        part, parts = (int(x) for x in args.part.split("/"))
         cells = (
-            grid(args.items)
+            [dataclasses.replace(c, target=args.target, delta=args.delta) for c in grid(args.items)][part - 1 :: parts]
             if args.grid
             else [
                 Cell(
@@ -451,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
                     calibration=args.calibration,
                     reviewer_accuracy=args.reviewer_accuracy,
                     reviewers=args.reviewers,
+                    target=args.target,
+                    delta=args.delta,
                 )
             ]
         )

@@ -60,8 +60,9 @@ class Collection(SQLModel, table=True):
     blind: bool = Field(default=True)  # annotators label before they see the judge
     # Sampling design of the review queue (safereview.workflow.sampling): the share of the
     # design spread evenly over items (1 = a simple random order), frozen with the mean
-    # borderline score at the first pull so every item's inclusion probability is known.
-    audit_share: float = Field(default=0.2, ge=0.0, le=1.0)
+    # borderline score (of its square root) at the first pull so every item's inclusion
+    # probability is known.
+    audit_share: float = Field(default=0.3, ge=0.0, le=1.0)
     design_frozen_at: datetime | None = None
     design_score_mean: float | None = None
     archived: bool = Field(default=False)

@@ -15,7 +15,7 @@ from safereview.db.engine import session_scope
 from safereview.db.models import Annotation, Collection, Item
 from safereview.workflow.annotations import submit
 from safereview.workflow.queue import QueueFilter, next_item, skip
-from safereview.workflow.sampling import MIN_UNIFORM_SHARE, design_size
+from safereview.workflow.sampling import MAX_RATIO, MIN_UNIFORM_SHARE, design_size
 
 
 def _review(engine: sa.Engine, users: list, cid: int, n: int, rng: random.Random) -> None:
@@ -35,10 +35,11 @@ def _review(engine: sa.Engine, users: list, cid: int, n: int, rng: random.Random
         done += 1
 
 
-def test_design_size_mixes_score_with_a_uniform_floor() -> None:
+def test_design_size_mixes_the_root_score_with_a_uniform_floor_and_a_cap() -> None:
     assert design_size(0.0, 0.2, 0.5) == pytest.approx(0.2)
-    assert design_size(0.5, 0.2, 0.5) == pytest.approx(1.0)
+    assert design_size(0.25, 0.2, 0.5) == pytest.approx(1.0)  # sqrt(0.25) is the mean root
     assert design_size(1.0, 0.2, 0.5) == pytest.approx(0.2 + 0.8 * 2)
+    assert design_size(4.0, 0.2, 0.5) == pytest.approx(0.2 + 0.8 * MAX_RATIO)  # capped
     assert design_size(0.0, 0.0, 0.5) == pytest.approx(MIN_UNIFORM_SHARE)  # never a zero chance
     assert design_size(0.7, 1.0, 0.5) == design_size(0.0, 0.2, 0.0) == 1.0  # random order; no scores yet
 
@@ -75,9 +76,11 @@ def test_rejudging_keeps_keys_and_late_items_are_keyed_at_the_next_pull(engine: 
     next_item(engine, make_user(engine, "other"), QueueFilter(cid), rng=random.Random(2))
     with Session(engine) as s:
         after = {i.id: (i.sample_size, i.sample_key) for i in s.exec(select(Item).where(Item.collection_id == cid))}
+        mean_root = s.get(Collection, cid).design_score_mean  # type: ignore[union-attr]
     late = next(i for i in after if i not in before)
     assert {i: after[i] for i in before} == before  # the design that chose items never changes
-    assert after[late][0] == pytest.approx(design_size(0.5, 0.2, 0.6)) and after[late][1] is not None
+    assert mean_root == pytest.approx(np.mean(np.sqrt([0.2, 0.4, 0.6, 0.8, 1.0])))
+    assert after[late][0] == pytest.approx(design_size(0.5, 0.2, mean_root)) and after[late][1] is not None
 
 
 @pytest.mark.parametrize("k", [1, 2])

@@ -15,21 +15,32 @@ order. This is sequential Poisson (order) sampling, also known as priority sampl
   Poisson sample).
 
 The size mixes the item's borderline score ``b_i`` (:mod:`safereview.workflow.ordering`)
-with a uniform floor, normalised to mean 1 over the collection at freeze time::
+with a uniform floor::
 
-    s_i = share + (1 - share) * b_i / mean(b)        (s_i = 1 for all when mean(b) = 0)
+    r_i = min(sqrt(b_i) / mean(sqrt(b)), MAX_RATIO)     (r_i = 1 for all when every b_i = 0)
+    s_i = share + (1 - share) * r_i
 
-``share`` is the collection's ``audit_share`` ("uniform share"), at least
-:data:`MIN_UNIFORM_SHARE` so that no item's inclusion probability is ever far below the
-average (weights stay bounded by about ``1 / share``); ``share = 1`` is a simple random
-order. The design freezes at the collection's first queue pull: the mean score is stored
-and every item's size and key are drawn then. Items imported later get their size from the
+- the square root follows Neyman allocation: the spread of a 0/1 outcome whose chance is
+  p is sqrt(p(1 - p)), and the boundary closeness of a judge's P(unsafe) grows like
+  p(1 - p), so sampling in proportion to sqrt(b) spends reviews where answers vary;
+- the cap :data:`MAX_RATIO` and the uniform ``share`` bound the weights: no item is more
+  than ``(share + (1 - share) * MAX_RATIO) / share`` times as likely as another (about 8
+  at the default share of 0.3). An overconfident judge puts nearly all of its
+  uncertainty on a few items; without the bounds their neighbours would carry weights
+  in the hundreds, and the validation study (docs/statistics-validation.md) saw
+  intervals 1.3-1.6 times wider and coverage down to 0.83;
+- ``share`` is the collection's ``audit_share`` ("uniform share"), at least
+  :data:`MIN_UNIFORM_SHARE`; ``share = 1`` is a simple random order.
+
+The design freezes at the collection's first queue pull: the mean root score is stored and
+every item's size and key are drawn then. Items imported later get their size from the
 frozen mean. Re-judging changes ``priority`` (shown to leads) but never a size or a key:
 the design that chose the reviewed items must stay the one the estimates use.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable
 from datetime import datetime
@@ -40,15 +51,18 @@ from sqlmodel import Session
 from safereview.db.models import Collection, utcnow
 
 MIN_UNIFORM_SHARE = 0.05
+MAX_RATIO = 3.0  # the most an item's borderline part may exceed the average
 KEY_CHUNK = 5_000  # items keyed per executemany
 
 
-def design_size(score: float, uniform_share: float, mean_score: float | None) -> float:
-    """An item's design size from its borderline score (mean 1 over the collection)."""
+def design_size(score: float, uniform_share: float, mean_root: float | None) -> float:
+    """An item's design size from its borderline score; ``mean_root`` is the collection's mean
+    of sqrt(score) frozen with the design."""
     share = min(1.0, max(float(uniform_share), MIN_UNIFORM_SHARE))
-    if mean_score is None or mean_score <= 0.0:
+    if mean_root is None or mean_root <= 0.0:
         return 1.0
-    return share + (1.0 - share) * max(float(score), 0.0) / float(mean_score)
+    ratio = min(math.sqrt(max(float(score), 0.0)) / float(mean_root), MAX_RATIO)
+    return share + (1.0 - share) * ratio
 
 
 def _key_rows(
@@ -99,15 +113,23 @@ def assign_keys(session: Session, collection_id: int, rng: random.Random | None 
 def freeze_design(
     session: Session, collection_id: int, *, rng: random.Random | None = None, now: datetime | None = None
 ) -> bool:
-    """Freeze the collection's design (mean score, every item's size and key); False if it already was.
+    """Freeze the collection's design (mean root score, every item's size and key); False if it already was.
 
     The freeze is one conditional UPDATE of the collection row, so concurrent first pulls
     (several replicas) freeze once; the loser keys nothing new and carries on.
     """
-    mean = session.execute(
-        sa.text("SELECT AVG(CASE WHEN priority > 0 THEN priority ELSE 0 END) FROM item WHERE collection_id = :c"),
-        {"c": collection_id},
-    ).scalar()
+    total, count, last = 0.0, 0, 0
+    while True:  # the mean of sqrt(score), in chunks (SQLite may lack sqrt)
+        rows = session.execute(
+            sa.text("SELECT id, priority FROM item WHERE collection_id = :c AND id > :last ORDER BY id LIMIT :lim"),
+            {"c": collection_id, "last": last, "lim": KEY_CHUNK},
+        ).all()
+        if not rows:
+            break
+        last = int(rows[-1][0])
+        total += sum(math.sqrt(max(float(r[1] or 0.0), 0.0)) for r in rows)
+        count += len(rows)
+    mean = total / count if count else 0.0
     t = Collection.__table__  # type: ignore[attr-defined]
     res = session.execute(
         t.update()
