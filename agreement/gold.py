@@ -288,6 +288,7 @@ def create_snapshot(
         session, collections, dimensions, method=method, threshold=threshold, judge_id=judge_id
     )
     collection_ids = params.pop("collection_ids")
+    params["population"] = population_summary(session, collections, judge_id=judge_id, method=method)
     # The checksum is arrow and hashlib work that releases the GIL: it runs on the other core
     # while the rows are written (0.5 s per million rows), and is stored before the commit.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -396,6 +397,69 @@ def changed_since(table: Any, snapshot: Any) -> str | None:
 # ---------------------------------------------------------------------------------------
 
 
+def population_summary(
+    bind: Any, collections: Sequence[str] | None, *, judge_id: str | None, method: str
+) -> dict[str, Any]:
+    """The collection-wide rates (judge / human / corrected) as a snapshot records them.
+
+    The gold rows are the reviewed items only; these figures say what the people's labels
+    imply for the whole collection, with the review sample they rest on.
+    """
+    from safereview.agreement.population import population_rates
+
+    pop = population_rates(bind, collections, judge_id=judge_id, method=method)
+
+    def finite(x: Any) -> Any:  # JSON (PostgreSQL's above all) has no NaN
+        return None if isinstance(x, float) and not np.isfinite(x) else x
+
+    def cut(e: dict[str, Any]) -> dict[str, Any]:
+        return {k: finite(e[k]) for k in ("value", "low", "high", "n_labelled", "n_effective", "method")}
+
+    return {
+        "kind": pop["kind"],
+        "sample": pop["sample"],
+        "reference": pop["reference"],
+        "judge_ids": pop["judge_ids"],
+        "half_width": pop["half_width"],
+        "metrics": [
+            {
+                "metric": m["metric"],
+                "judge": finite(m["judge"]["value"]),
+                "human": cut(m["human"]),
+                "corrected": cut(m["corrected"]),
+                "more_reviews": m["more_reviews"]["corrected"],
+            }
+            for m in pop["metrics"]
+        ],
+    }
+
+
+def _rates_table(pop: dict[str, Any]) -> list[str]:
+    def fmt(e: dict[str, Any]) -> str:
+        v = e.get("value")
+        if v is None or v != v:
+            return "—"
+        return f"{v:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+
+    lines = [
+        "",
+        "## Rates over the collection",
+        "",
+        "judge = the judge's own share (uncorrected); human = the people's share over the review sample, "
+        "weighted by the queue's sampling design; corrected = the judge on every item corrected by the "
+        "people's labels (PPI++). 95% intervals. Review sample: "
+        f"{pop['sample']['n_in_sample']} of {pop['sample']['n_items']} items.",
+        "",
+        "| rate | judge | human | corrected |",
+        "|---|---|---|---|",
+    ]
+    for m in pop["metrics"]:
+        judge = "—" if m["judge"] is None or m["judge"] != m["judge"] else f"{m['judge']:.3f}"
+        name = str(m["metric"]).replace("|", "\\|")
+        lines.append(f"| {name} | {judge} | {fmt(m['human'])} | {fmt(m['corrected'])} |")
+    return lines
+
+
 def dataset_card(snapshot: Any, n_rows: int, data_file: str) -> str:
     """README.md with the YAML front matter the Hugging Face hub and ``datasets`` read."""
     params = snapshot.params if isinstance(snapshot.params, dict) else {}
@@ -428,6 +492,8 @@ def dataset_card(snapshot: Any, n_rows: int, data_file: str) -> str:
         "",
         'Load with `datasets.load_dataset("<this folder>")`, or read the Parquet file directly.',
     ]
+    if isinstance(params.get("population"), dict) and params["population"].get("metrics"):
+        body += _rates_table(params["population"])
     return front + "\n" + "\n".join(body) + "\n"
 
 

@@ -53,15 +53,19 @@ def three_columns(
     f_all: np.ndarray,
     judge_has: np.ndarray,
     *,
+    judge_labels: np.ndarray | None = None,
     half_width: float = DEFAULT_HALF_WIDTH,
 ) -> dict[str, Any]:
     """Judge / human / corrected figures for one rate; ``f`` is the judge's score (NaN = no verdict).
 
+    The judge column is the share of the judge's *labels* (``judge_labels``, 0/1 per item;
+    default ``f``); the corrected estimate may use a finer score such as its probability.
     Items without a usable verdict get the judge's mean score as their prediction in the
     corrected estimate: any fixed prediction keeps it unbiased; a poor one only widens it.
     """
-    judged = f_all[judge_has]
-    fill = float(judged.mean()) if judged.size else 0.0
+    judged = (f_all if judge_labels is None else judge_labels)[judge_has]
+    scored = f_all[judge_has]
+    fill = float(scored.mean()) if scored.size else 0.0
     fa = np.where(np.isnan(f_all), fill, f_all)
     fs = np.where(np.isnan(f_sample), fill, f_sample)
     human = hajek_mean(y_sample, pi, estimand=f"{name}: people's rate over the collection (human, design-weighted)")
@@ -119,13 +123,21 @@ def _rate(
     f_all: np.ndarray,
     judge_has: np.ndarray,
     half_width: float,
+    judge_labels: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """``y_ref`` over the sample items, ``f_all`` (NaN where unjudged) over every item."""
     sample_pos = np.flatnonzero(ds.in_sample)
     keep = ref_has  # reviewed items without a label on this dimension carry no information on it
     f = np.where(judge_has, f_all, np.nan)
     return three_columns(
-        name, y_ref[keep], ds.sample_pi[keep], f[sample_pos][keep], f, judge_has, half_width=half_width
+        name,
+        y_ref[keep],
+        ds.sample_pi[keep],
+        f[sample_pos][keep],
+        f,
+        judge_has,
+        judge_labels=judge_labels,
+        half_width=half_width,
     )
 
 
@@ -168,7 +180,16 @@ def population_rates(
             f = got["onehot_all"][:, c]
             if c in got["unsafe"] and len(got["unsafe"]) == 1 and np.isfinite(got["p_unsafe_all"]).all():
                 f = got["p_unsafe_all"]  # the judge's probability, when it gave one everywhere, predicts better
-            row = _rate(f"{dim}: {lab}", ds, got["ref"][:, c], got["ref_has"], f, got["judge_has"], half_width)
+            row = _rate(
+                f"{dim}: {lab}",
+                ds,
+                got["ref"][:, c],
+                got["ref_has"],
+                f,
+                got["judge_has"],
+                half_width,
+                judge_labels=got["onehot_all"][:, c],
+            )
             row.update({"dimension": dim, "label": lab})
             out["metrics"].append(row)
     return out

@@ -116,26 +116,29 @@ def confusion_rows(res: dict[str, Any], weighted: bool = False) -> list[dict[str
     ]
 
 
+def _interval_text(e: dict[str, Any]) -> str:
+    v = e.get("value")
+    if v is None or v != v:
+        return "—"
+    return f"{v:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+
+
 def population_rows(pop: dict[str, Any]) -> list[dict[str, Any]]:
-    """The three columns per rate (judge uncorrected, human, corrected) with intervals and the
-    reviews still needed for the target half-width."""
+    """The three columns per rate (judge uncorrected, human, corrected; 95% intervals as text)
+    and the reviews still needed for the target half-width."""
     hw = pop["half_width"]
     rows = []
     for m in pop["metrics"]:
-        human, corrected = m["human"], m["corrected"]
         more = m["more_reviews"]["corrected"]
+        judge = m["judge"]["value"]
         rows.append(
             {
                 "rate": m["metric"],
-                "judge (uncorrected)": m["judge"]["value"],
-                "human": human["value"],
-                "human 95% low": human["low"],
-                "human 95% high": human["high"],
-                "corrected": corrected["value"],
-                "corrected 95% low": corrected["low"],
-                "corrected 95% high": corrected["high"],
-                "human labels": corrected["n_labelled"],
+                "judge (uncorrected)": None if judge is None or judge != judge else round(judge, 3),
+                "human [95%]": _interval_text(m["human"]),
+                "corrected [95%]": _interval_text(m["corrected"]),
                 f"more reviews for ±{hw}": None if more < 0 else more,
+                "sample items": m["corrected"]["n_labelled"],
             }
         )
     return rows

@@ -49,6 +49,8 @@ def test_snapshot_rows_methods_and_reproducible_checksum(engine: sa.Engine) -> N
         snap2, table2 = create_snapshot(s, lead, ["g"])
         s.commit()
         assert snap2.id == snap1.id + 1 and snap1.checksum == snap2.checksum and snap1.n_rows == 5
+        pop = snap1.params["population"]  # what the labels imply for the collection, recorded with them
+        assert pop["sample"]["n_in_sample"] == 5 and {m["metric"] for m in pop["metrics"]} >= {"score: unsafe"}
         assert table2.drop(["snapshot_id"]).equals(table1.drop(["snapshot_id"]))
         rows = table1.to_pylist()
         assert table1.column_names == list(COLUMNS)
@@ -98,6 +100,7 @@ def test_writers_and_hugging_face_layout(tmp_path: Path, sqlite_url: str) -> Non
     data_file = tmp_path / "hf" / cfg["data_files"][0]["path"]
     assert data_file in paths and pq.read_table(data_file).num_rows == 5
     assert snap.checksum in card
+    assert "## Rates over the collection" in card and "| score: unsafe |" in card
 
 
 def test_cli_agreement_audit_calibrate_export(tmp_path: Path, sqlite_url: str) -> None:

@@ -53,7 +53,7 @@ def _add_reviews(fx: A.Fixture) -> None:
                         rationale=A.XSS_PAYLOAD if ext == "t3" and name == "ann1" else "",
                     )
                 )
-                s.add(Assignment(item_id=iid, user_id=users[name], status="done", stratum="audit", sampling_prob=0.5))
+                s.add(Assignment(item_id=iid, user_id=users[name], status="done", stratum="sample"))
         s.commit()
     engine.dispose()
 
@@ -104,11 +104,18 @@ def test_agreement_and_audit_pages_show_the_figures(fx: A.Fixture) -> None:
     pairs = lead.dataframe[3].value
     assert list(pairs["rater_a"]) == ["ann1"] and list(pairs["n"]) == [5]
     open_page(lead, "views/audit.py")
-    rates = lead.dataframe[0].value
+    population = lead.dataframe[0].value.set_index("rate")
+    # every item of the collection is reviewed: a census, so the people's rate is exact (t3's tie is half unsafe)
+    assert population.loc["C-Unsafe", "human [95%]"] == "0.500 [0.500, 0.500]"
+    assert population.loc["C-Unsafe", "judge (uncorrected)"] == 0.2  # the judge's labels, not its probabilities
+    assert population.loc["contextual: unsafe", "judge (uncorrected)"] == 0.2
+    assert population.loc["C-Unsafe", "sample items"] == 5
+    assert population.loc["C-Unsafe", "more reviews for ±0.02"] == 0
+    rates = lead.dataframe[1].value
     row = rates[rates["slice"] == "overall"].iloc[0]
-    assert row["audit items"] == 4  # t3 ties: no consensus to compare with
-    assert "too few audit items (n=4 < 20)" in row["undefined"]
-    assert any("4 of the 20 needed" in i.value for i in lead.info)
+    assert row["sample items"] == 5  # the tie on t3 is kept (half and half), not dropped
+    assert "too few sample items (n=5 < 20)" in row["undefined"]
+    assert any("5 of the 20 needed" in i.value for i in lead.info)
 
 
 def test_lead_adjudicates_the_tie_and_hostile_rationale_stays_inert(fx: A.Fixture) -> None:
@@ -149,4 +156,4 @@ def test_gold_snapshot_and_calibration_messages(fx: A.Fixture) -> None:
     open_page(lead, "views/calibration.py")
     lead.button(key="cal_fit").click().run()
     assert not lead.exception, [e.message for e in lead.exception]
-    assert any("too few items" in e.value.replace("\\", "") for e in lead.error)
+    assert any("too few sample items" in e.value.replace("\\", "") for e in lead.error)
