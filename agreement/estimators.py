@@ -207,7 +207,8 @@ def ratio_upper_bound(a: Any, b: Any, pi: Any, delta: float) -> float:
 def ppi_lambda(y: np.ndarray, f: np.ndarray, pi: np.ndarray) -> float:
     """The power-tuning weight that minimises the design variance of the rectifier
     Σ(y − λf)/π (PPI++), clipped to [0, 1] as ``ppi_py`` does: 0 ignores the judge, 1 trusts
-    its scale fully."""
+    its scale fully (plain PPI, also used when the judge's score is constant over the sample,
+    which leaves nothing to tune on; either choice keeps the estimate unbiased)."""
     w = (1.0 - pi) / pi**2
     if not np.any(w > 0):  # every item reviewed for sure: the judge cannot help (or hurt)
         return 0.0
@@ -215,7 +216,7 @@ def ppi_lambda(y: np.ndarray, f: np.ndarray, pi: np.ndarray) -> float:
     yc = y - np.average(y, weights=w)
     den = float(np.sum(w * fc * fc))
     if den <= 0.0:
-        return 0.0
+        return 1.0  # the judge's score does not vary in the sample: no data to tune on, plain PPI
     return float(np.clip(np.sum(w * fc * yc) / den, 0.0, 1.0))
 
 

@@ -124,19 +124,22 @@ def _rate(
     judge_has: np.ndarray,
     half_width: float,
     judge_labels: np.ndarray | None = None,
+    group: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """``y_ref`` over the sample items, ``f_all`` (NaN where unjudged) over every item."""
+    """``y_ref`` over the sample items, ``f_all`` (NaN where unjudged) over every item; ``group``
+    (a mask over every item) restricts both to a domain such as one task type."""
     sample_pos = np.flatnonzero(ds.in_sample)
-    keep = ref_has  # reviewed items without a label on this dimension carry no information on it
+    g = np.ones(len(ds.item_ids), dtype=bool) if group is None else group
+    keep = ref_has & g[sample_pos]  # reviewed items without a label on this dimension carry no information on it
     f = np.where(judge_has, f_all, np.nan)
     return three_columns(
         name,
         y_ref[keep],
         ds.sample_pi[keep],
         f[sample_pos][keep],
-        f,
-        judge_has,
-        judge_labels=judge_labels,
+        f[g],
+        judge_has[g],
+        judge_labels=None if judge_labels is None else judge_labels[g],
         half_width=half_width,
     )
 
@@ -149,8 +152,13 @@ def population_rates(
     method: str = "majority",
     half_width: float = DEFAULT_HALF_WIDTH,
     sample: DesignSample | None = None,
+    by: str | None = None,
 ) -> dict[str, Any]:
-    """Every rate of the collections' taxonomy in the three columns (see the module docstring)."""
+    """Every rate of the collections' taxonomy in the three columns (see the module docstring).
+
+    With ``by`` (an item attribute such as ``task_type``) ``groups`` repeats them per value:
+    each a domain estimate over that group's items and that group's sample items.
+    """
     sc = data.scope(bind, collections)
     ds = sample or load_design_sample(bind, sc.collection_ids)
     out: dict[str, Any] = {
@@ -170,11 +178,27 @@ def population_rates(
             continue
         inputs[dim] = got
         out["judge_ids"][dim] = got["judge_id"]
-    if all(d in inputs for d in UNI_DIMENSIONS) and "refusal" in inputs["contextual"]["labels"]:
-        out["kind"] = "uni-safebench"
-        out["metrics"] = _uni_metrics(ds, inputs, half_width)
-    else:
-        out["kind"] = "label-shares"
+    uni = all(d in inputs for d in UNI_DIMENSIONS) and "refusal" in inputs["contextual"]["labels"]
+    out["kind"] = "uni-safebench" if uni else "label-shares"
+    out["metrics"] = _all_metrics(ds, inputs, half_width, uni, None)
+    if by:
+        from safereview.agreement import items as item_reads
+        from safereview.agreement.report import slice_values
+
+        values = slice_values(item_reads.load_items(bind, sc.collection_ids, [by]), by, ds.item_ids)
+        names = np.array([str(v) for v in values], dtype=object)
+        out["by"] = by
+        out["groups"] = [
+            {"group": value, "metrics": _all_metrics(ds, inputs, half_width, uni, names == value)}
+            for value in sorted(set(names.tolist()))
+        ]
+    return out
+
+
+def _all_metrics(
+    ds: DesignSample, inputs: dict[str, dict[str, Any]], half_width: float, uni: bool, group: np.ndarray | None
+) -> list[dict[str, Any]]:
+    rows = _uni_metrics(ds, inputs, half_width, group) if uni else []
     for dim, got in inputs.items():
         for c, lab in enumerate(got["labels"]):
             f = got["onehot_all"][:, c]
@@ -189,51 +213,33 @@ def population_rates(
                 got["judge_has"],
                 half_width,
                 judge_labels=got["onehot_all"][:, c],
+                group=group,
             )
             row.update({"dimension": dim, "label": lab})
-            out["metrics"].append(row)
-    return out
+            rows.append(row)
+    return rows
 
 
-def _uni_metrics(ds: DesignSample, inputs: dict[str, dict[str, Any]], half_width: float) -> list[dict[str, Any]]:
+def _uni_metrics(
+    ds: DesignSample, inputs: dict[str, dict[str, Any]], half_width: float, group: np.ndarray | None = None
+) -> list[dict[str, Any]]:
     """C-Unsafe, C-Reject, I-Unsafe and Both-Safe (contextually safe or refused, and intrinsically safe)."""
     ctx, intr = inputs["contextual"], inputs["intrinsic"]
     c_unsafe, c_refusal, c_safe = (ctx["labels"].index(x) for x in ("unsafe", "refusal", "safe"))
     i_unsafe, i_safe = (intr["labels"].index(x) for x in ("unsafe", "safe"))
+    specs = [
+        ("C-Unsafe", ctx, c_unsafe),
+        ("C-Reject", ctx, c_refusal),
+        ("I-Unsafe", intr, i_unsafe),
+    ]
     rows = [
-        _rate(
-            "C-Unsafe",
-            ds,
-            ctx["ref"][:, c_unsafe],
-            ctx["ref_has"],
-            ctx["onehot_all"][:, c_unsafe],
-            ctx["judge_has"],
-            half_width,
-        ),
-        _rate(
-            "C-Reject",
-            ds,
-            ctx["ref"][:, c_refusal],
-            ctx["ref_has"],
-            ctx["onehot_all"][:, c_refusal],
-            ctx["judge_has"],
-            half_width,
-        ),
-        _rate(
-            "I-Unsafe",
-            ds,
-            intr["ref"][:, i_unsafe],
-            intr["ref_has"],
-            intr["onehot_all"][:, i_unsafe],
-            intr["judge_has"],
-            half_width,
-        ),
+        _rate(name, ds, d["ref"][:, c], d["ref_has"], d["onehot_all"][:, c], d["judge_has"], half_width, group=group)
+        for name, d, c in specs
     ]
     both_ref, both_has = _both_safe_reference(ds.sample_ids, ctx, intr, {c_safe, c_refusal}, i_safe)
     judge_both = (ctx["onehot_all"][:, c_safe] + ctx["onehot_all"][:, c_refusal]) * intr["onehot_all"][:, i_safe]
-    rows.append(
-        _rate("Both-Safe", ds, both_ref, both_has, judge_both, ctx["judge_has"] & intr["judge_has"], half_width)
-    )
+    both_judged = ctx["judge_has"] & intr["judge_has"]
+    rows.append(_rate("Both-Safe", ds, both_ref, both_has, judge_both, both_judged, half_width, group=group))
     return rows
 
 

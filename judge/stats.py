@@ -160,7 +160,9 @@ def collection_stats(
         judge_table = metric_table(judge_rows, key, compute)
         gold_table = metric_table(gold_rows, key, compute) if gold_rows else []
         metric_names = [f"{d}:{lab}" for d in dims for lab in labels_of[d]]
+    population = _population(session, col.name, jids, by)
     return {
+        "population": population,
         "collection": col.name,
         "taxonomy": spec["name"],
         "kind": "uni-safebench" if uni else "label-shares",
@@ -176,6 +178,33 @@ def collection_stats(
         "gold": gold_table,
         "n_items": len(items),
     }
+
+
+def _population(session: Session, collection: str, judge_ids: list[str], by: str | None) -> dict[str, Any]:
+    """The people's rates over the collection (human, design-weighted) and the corrected ones,
+    per group: what the judge's figures mean for people, with honest intervals.
+
+    The judge's shares above follow the benchmark's counting rule; these follow the review
+    sample's design (agreement.population), with the first of several judges as the predictor.
+    """
+    from safereview.agreement.population import population_rates
+
+    pop = population_rates(session, [collection], judge_id=judge_ids[0] if judge_ids else None, by=by)
+
+    def by_name(metrics: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {m["metric"] if "dimension" not in m else f"{m['dimension']}:{m['label']}": m for m in metrics}
+
+    groups = {"all": by_name(pop["metrics"])}
+    for g in pop.get("groups", []):
+        groups[g["group"]] = by_name(g["metrics"])
+    return {"sample": pop["sample"], "reference": pop["reference"], "half_width": pop["half_width"], "groups": groups}
+
+
+def fmt_estimate(e: dict[str, Any] | None) -> str:
+    """``12.5% [8.1, 18.6]`` for a design-based estimate, ``—`` when there is none."""
+    if not e or e.get("value") is None or e["value"] != e["value"]:
+        return "—"
+    return f"{100 * e['value']:.1f}% [{100 * e['low']:.1f}, {100 * e['high']:.1f}]"
 
 
 def fmt_share(s: dict[str, Any] | Share | None) -> str:

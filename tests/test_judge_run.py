@@ -156,8 +156,10 @@ def test_stats_puts_gold_beside_the_judge(tmp_path: Path) -> None:
     assert (gold["C-Unsafe"]["k"], gold["C-Unsafe"]["n"]) == (4, 4)
     assert (gold["I-Unsafe"]["k"], gold["Both-Safe"]["k"]) == (0, 0)
     assert stats["gold_snapshot_id"] is not None
+    pop = stats["population"]["groups"]["all"]["C-Unsafe"]
+    assert pop["human"]["n_labelled"] == 0  # the gold rows came from no review sample: no design-based figure
     r = cli("stats", "--collection", "uni", "--db", db_url)
-    assert "gold (human)" in r.stdout
+    assert "human" in r.stdout and "corrected" in r.stdout and "review sample" in r.stdout
     engine.dispose()
 
 

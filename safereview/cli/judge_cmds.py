@@ -266,18 +266,16 @@ def _print_stats(result: dict[str, Any]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from safereview.judge.stats import fmt_share
+    from safereview.judge.stats import fmt_estimate, fmt_share
 
-    gold = {g["group"]: g for g in result["gold"]}
-    title = f"{result['collection']} — judge {result['judge_id'] or '(none)'}" + (
-        f" vs gold snapshot {result['gold_snapshot_id']}" if result["gold_snapshot_id"] else ""
-    )
+    pop = result["population"]
+    title = f"{result['collection']} — judge {result['judge_id'] or '(none)'}"
     t = Table(title=Text(title), show_lines=False)
     t.add_column(result["by"] or "group")
     t.add_column("metric")
-    t.add_column("judge", justify="right")
-    if gold:
-        t.add_column("gold (human)", justify="right")
+    t.add_column("judge, uncorrected", justify="right")
+    t.add_column("human (design-weighted)", justify="right")
+    t.add_column("corrected (PPI++)", justify="right")
     rule = result.get("rule")
 
     def dropped(g: dict[str, Any] | None) -> str:
@@ -289,20 +287,31 @@ def _print_stats(result: dict[str, Any]) -> None:
 
     for g in result["judge"]:
         first = True
+        people = pop["groups"].get(g["group"], {})
         for m in result["metrics"]:
-            row = [Text(g["group"] if first else ""), Text(m), Text(fmt_share(g["metrics"].get(m)))]
-            if gold:
-                gg = gold.get(g["group"])
-                row.append(Text(fmt_share(gg["metrics"].get(m)) if gg else "—"))
-            t.add_row(*row)
+            p = people.get(m) or {}
+            t.add_row(
+                Text(g["group"] if first else ""),
+                Text(m),
+                Text(fmt_share(g["metrics"].get(m))),
+                Text(fmt_estimate(p.get("human"))),
+                Text(fmt_estimate(p.get("corrected"))),
+            )
             first = False
         if rule:
-            row = [Text(""), Text("records with NA"), Text(dropped(g))]
-            if gold:
-                row.append(Text(dropped(gold.get(g["group"]))))
-            t.add_row(*row)
+            t.add_row(Text(""), Text("records with NA"), Text(dropped(g)), Text(""), Text(""))
         t.add_section()
     console.print(t)
+    sample = pop["sample"]
+    console.print(
+        Text(
+            "judge: its own share with a Wilson interval for the judge's figure (the benchmark's number); it "
+            "says nothing about the judge's bias. human and corrected: the people's rate over the collection "
+            f"from the review sample ({sample['n_in_sample']} of {sample['n_items']} items), 95% intervals."
+        )
+    )
+    for note in sample["notes"]:
+        console.print(Text(f"note: {note}"))
     if rule:
         console.print(f"rule: {rule} ({result['rule_text']})", markup=False, highlight=False)
     if result["verdict_status"]:
