@@ -26,7 +26,7 @@ import numpy as np
 from safereview.agreement import data
 from safereview.agreement import items as item_reads
 from safereview.agreement import verdicts as verdict_reads
-from safereview.agreement.alpha import krippendorff_alpha
+from safereview.agreement.alpha import krippendorff_alpha, paired_alpha_difference
 from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus, soft_reference
 from safereview.agreement.estimators import Estimate, hajek_mean, hajek_ratio
 from safereview.agreement.kappa import confusion, kappa_from_table
@@ -252,6 +252,10 @@ def audit(
     out["judge_as_rater"] = {
         "alpha_without_judge": krippendorff_alpha(r.counts(), r.level, resamples=resamples, seed=seed).as_dict(),
         "alpha_with_judge": krippendorff_alpha(with_judge.counts(), r.level, resamples=resamples, seed=seed).as_dict(),
+        # with minus without, its interval from the same resampled items for both
+        "alpha_difference": paired_alpha_difference(
+            r.counts(), with_judge.counts(), r.level, resamples=resamples, seed=seed
+        ).as_dict(),
     }
     return out
 

@@ -79,6 +79,9 @@ def page() -> None:
         "with the reason in the last column."
     )
     pairable = d["overall"]["n_units_pairable"]
+    for w in d["overall"].get("warnings") or []:
+        if not w.startswith("only ") or not d["overall"].get("few_units"):  # the few-items case has its own text
+            st.warning(ui.md_literal(w), icon=":material/warning:")
     if d["overall"].get("few_units"):
         st.warning(
             f"Only {pairable} item{'s' if pairable != 1 else ''} carr{'y' if pairable != 1 else 'ies'} two "

@@ -120,14 +120,14 @@ def _print_agreement(rep: dict[str, Any]) -> None:
             for row in rows:
                 t.add_row(Text(f"{by}={row['value']}"), *[Text(x) for x in _stats_row(row)])
         console.print(t)
-        if d["overall"].get("few_units"):
-            console.print(
-                Text(
-                    f"note: only {d['overall']['n_units_pairable']} items carry two or more labels; "
-                    f"below {FEW_PAIRABLE_UNITS} one item can swing these figures",
-                    style="yellow",
-                )
-            )
+        warnings = d["overall"].get("warnings") or []
+        if d["overall"].get("few_units") and not warnings:
+            warnings = [
+                f"only {d['overall']['n_units_pairable']} items carry two or more labels; "
+                f"below {FEW_PAIRABLE_UNITS} one item can swing these figures"
+            ]
+        for w in warnings:
+            console.print(Text(f"note: {w}", style="yellow"))
         sa = d["overall"]["specific_agreement"]
         console.print(Text("specific agreement: " + ", ".join(f"{k} {_fmt(v)}" for k, v in sa.items())))
         if d.get("judge"):
@@ -138,6 +138,14 @@ def _print_agreement(rep: dict[str, Any]) -> None:
                     f"(people only {_est(j['alpha_without_judge'])})"
                 )
             )
+            diff = j.get("alpha_difference") or {}
+            if diff.get("difference") is not None:
+                console.print(
+                    Text(
+                        f"  with minus without: {_fmt(diff['difference'])} [{_fmt(diff.get('ci_low'))}, "
+                        f"{_fmt(diff.get('ci_high'))}] (paired bootstrap over the same items)"
+                    )
+                )
         if d.get("pairwise"):
             p = Table(title="pairwise Cohen's kappa")
             cols = ["rater a", "rater b", "n", "agreement", "kappa"] + (
