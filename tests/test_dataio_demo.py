@@ -36,7 +36,7 @@ def _all(engine: sa.Engine, model: type) -> list:
 def test_demo_builds_covers_the_brief_and_is_idempotent(db_url: str, tmp_path: Path) -> None:
     root = tmp_path / "media"
     summary = build_demo(db_url, root)
-    assert summary["changed"]
+    assert summary["changed"] and summary["review_shift"] == 24
     engine = make_engine(db_url)
     before = ds.snapshot(engine)
     again = build_demo(db_url, root)
@@ -54,6 +54,16 @@ def test_demo_builds_covers_the_brief_and_is_idempotent(db_url: str, tmp_path: P
     assert min(per_task.values()) >= 3
     assert any(i.refused and i.output_modalities == "image" for i in uni)
     assert any(p["modality"] == "image" for i in uni for p in i.response)
+    # the review shift went through the real queue: a design sample, so the lead sees corrected rates
+    from safereview.agreement.population import population_rates
+
+    pop = population_rates(engine, [UNI_COLLECTION])
+    assert 8 <= pop["sample"]["n_in_sample"] < len(uni)
+    rates = {m["metric"]: m for m in pop["metrics"]}
+    for name in ("C-Unsafe", "C-Reject", "I-Unsafe", "Both-Safe"):
+        c = rates[name]["corrected"]
+        assert 0.0 <= c["low"] <= c["value"] <= c["high"] <= 1.0 and c["high"] > c["low"], name
+        assert rates[name]["more_reviews"]["corrected"] >= 0
     vlsu = by_col[VLSU_COLLECTION]
     assert len(vlsu) >= 20
     anns = {a.item_id: a.labels for a in _all(engine, Annotation)}
