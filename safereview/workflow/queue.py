@@ -252,12 +252,11 @@ def _pg_take(
     user: User,
     flt: QueueFilter,
     k: int,
-    item_id: int | None,
     now: datetime,
     minutes: float,
     exclude: set[int],
 ) -> tuple[int | None, Assignment | None]:
-    """PostgreSQL: choose (when ``item_id`` is None), claim and lease in ONE statement.
+    """PostgreSQL: choose the next item in key order, claim and lease it in ONE statement.
 
     Data-modifying CTEs save three round trips per pull, which is most of a pull's cost.
     Returns (candidate id or None when nothing is eligible, the lease or None on a lost race).
@@ -269,18 +268,14 @@ def _pg_take(
         "now": now,
         "exp": now + timedelta(minutes=minutes),
     }
-    if item_id is None:
-        params.update({"c": flt.collection_id, "kmax": k - 1})
-        extra = _filter_sql(flt, params) + _exclude_sql(exclude, params)
-        cand = (
-            "SELECT c.id FROM generate_series(:kmax, 0, -1) AS lv(s) CROSS JOIN LATERAL ("
-            "SELECT item.id, item.sample_key FROM item WHERE item.collection_id = :c AND item.slots_taken = lv.s "
-            f"AND item.sample_key IS NOT NULL AND {_NOT_MINE}{extra} ORDER BY item.sample_key LIMIT 1 "
-            "FOR UPDATE SKIP LOCKED) c ORDER BY c.sample_key LIMIT 1"
-        )
-    else:
-        params["cand_id"] = item_id
-        cand = "SELECT CAST(:cand_id AS INTEGER) AS id"
+    params.update({"c": flt.collection_id, "kmax": k - 1})
+    extra = _filter_sql(flt, params) + _exclude_sql(exclude, params)
+    cand = (
+        "SELECT c.id FROM generate_series(:kmax, 0, -1) AS lv(s) CROSS JOIN LATERAL ("
+        "SELECT item.id, item.sample_key FROM item WHERE item.collection_id = :c AND item.slots_taken = lv.s "
+        f"AND item.sample_key IS NOT NULL AND {_NOT_MINE}{extra} ORDER BY item.sample_key LIMIT 1 "
+        "FOR UPDATE SKIP LOCKED) c ORDER BY c.sample_key LIMIT 1"
+    )
     cand_id, claimed, lease_id = session.execute(sa.text(_PG_TAKE.format(cand=cand)), params).one()
     if cand_id is None:
         return None, None
@@ -366,7 +361,7 @@ def _next_in_session(
     pg = _is_pg(session)
     for _attempt in range(8):
         if pg:
-            got_id, lease = _pg_take(session, user, flt, k, None, now, minutes, exclude)
+            got_id, lease = _pg_take(session, user, flt, k, now, minutes, exclude)
             if got_id is None:
                 return None
             if lease is not None:
