@@ -263,9 +263,39 @@ def build_fixture(
                 outputs="video",
                 priority=0.7,
             )
+        queue_in_priority_order(engine, fx.blind_collection)
+        queue_in_priority_order(engine, fx.open_collection)
     finally:
         engine.dispose()
     return fx
+
+
+def queue_in_priority_order(engine: Any, collection: str) -> None:
+    """Freeze a collection's sampling design with keys in priority order (highest first).
+
+    The real design draws each item's key at random; a fixture that needs a known first item
+    fixes the keys instead (every size 1, so each reviewed prefix is a simple random sample
+    in the estimators' eyes).
+    """
+    import sqlalchemy as sa
+    from sqlmodel import Session, select
+
+    from safereview.db.models import Collection, Item, utcnow
+
+    with Session(engine) as s:
+        col = s.exec(select(Collection).where(Collection.name == collection)).one()
+        col.design_frozen_at = col.design_frozen_at or utcnow()
+        s.add(col)
+        ids = s.exec(
+            select(Item.id).where(Item.collection_id == col.id).order_by(Item.priority.desc(), Item.id)  # type: ignore[union-attr]
+        ).all()
+        for rank, item_id in enumerate(ids):
+            s.execute(
+                sa.update(Item)
+                .where(Item.id == item_id)
+                .values(sample_size=1.0, sample_key=(rank + 1) / (len(ids) + 1))
+            )
+        s.commit()
 
 
 def app_env(fx: Fixture) -> dict[str, str]:

@@ -77,6 +77,7 @@ def _hostile_items(fx: A.Fixture, work: Path) -> None:
         with eng.begin() as conn:  # first in the queue, in this order
             for ext, prio in (("hostile-all", 9.0), ("big-text", 8.0), ("odd-image", 7.0)):
                 conn.execute(sa.text("UPDATE item SET priority = :p WHERE external_id = :e"), {"p": prio, "e": ext})
+        A.queue_in_priority_order(eng, fx.blind_collection)
     finally:
         eng.dispose()
 
