@@ -453,7 +453,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", action="store_true", help="run the validation grid of docs/statistics-validation.md")
     ap.add_argument("--part", default="1/1", help="with --grid: run part i of n of the cells (e.g. 1/2, 2/2)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--quick", action="store_true", help="one small cell, 20 replications (about 15 s; run_all --quick)"
+    )
     args = ap.parse_args(argv)
+    if args.quick:
+        args.items, args.replications, args.grid = 1000, 20, False
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         engine = _engine(args.backend, Path(tmp))
