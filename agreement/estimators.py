@@ -33,7 +33,7 @@ import numpy as np
 from scipy.stats import gamma, norm
 
 LEVEL = 0.95
-FEW_CORRECTIONS = 10  # below this many human-judge differences in the sample, PPI's variance is not trusted
+FEW_CORRECTIONS = 10  # below this effective number of corrections in the sample, PPI's variance is not trusted
 FEW_EVENTS = 20  # below this many sample items with a rate's rarer outcome, its variance is not trusted alone
 
 
@@ -251,15 +251,16 @@ def ppi_mean(
     rect, var, w = _hajek(resid, p)  # the rectifier: the judge's mean over all items adds no variance
     value = lam * float(fa.mean()) + rect
     bounds = None
-    values, counts = np.unique(np.round(resid, 9), return_counts=True)
-    mode = float(values[np.argmax(counts)])
-    off = np.minimum(np.abs(resid - mode), 1.0)
-    if np.count_nonzero(off > 1e-9) < FEW_CORRECTIONS:
-        # Few items differ from the rest (none at all when people and judge agree everywhere in
-        # the sample): their variance says little. Widen to the score bound on the share of such
-        # items, the most they could still move the figure.
+    off = np.minimum(np.abs(resid - float(np.median(resid))), 1.0)
+    spread = float(np.sum(off * off))
+    effective = float(np.sum(off)) ** 2 / spread if spread > 0 else 0.0
+    if effective < FEW_CORRECTIONS:
+        # The corrections rest on a few items (none at all when people and judge agree everywhere
+        # in the sample; a handful of real disagreements among many near-zero residuals when the
+        # judge is confident): their variance says little. Widen to the score bound on the share
+        # of correction mass, the most those items could still move the figure.
         mass, mass_var, _ = _hajek(off, p)
-        lo, hi = rate_bounds(mass, mass_var, p, _z(level), _events(off))
+        lo, hi = rate_bounds(mass, mass_var, p, _z(level), round(effective))
         half = max(_z(level) * math.sqrt(max(var, 0.0)), hi - mass, mass - lo)
         bounds = (value - half, value + half)
     return _interval(estimand, value, var, f"{method}, λ={lam:.2f}", n, kish_n(w), level, bounded, bounds)

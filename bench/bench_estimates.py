@@ -19,10 +19,11 @@ the estimand it claims:
   which some cut could be certified at all (otherwise the rule blocks everything, which meets
   any target trivially: too few reviews to promise the target).
 
-"Truth" with fallible reviewers is the expectation over reviewer noise of the population
-value (every estimate is linear in the reviews, so this is what it estimates). The
-``srs_width`` column is the mean width of a human-only 95% interval from a simple random
-sample of as many items, for comparison.
+Each item's reviews are drawn up front (every review right with the reviewer accuracy), so
+"the people's rate" is a fixed number: what reviewing every item would report. With
+error-free reviewers it is the true rate. The ``srs_width`` column is the mean width of a
+human-only 95% (Wilson) interval from a simple random sample of as many items, for
+comparison.
 
     python bench/bench_estimates.py --items 2000 --budget 0.1 --overlap 1 --replications 200
     python bench/bench_estimates.py --grid --replications 200 --json > results.json
@@ -133,12 +134,11 @@ def population(cell: Cell, rng: np.random.Generator) -> dict[str, np.ndarray]:
     scale = {"calibrated": 1.0, "overconfident": 2.5, "underconfident": 0.4}[cell.calibration]
     p = _sigmoid(scale * _logit(q))
     judge = p >= 0.5
-    return {"q": q, "truth": truth, "p": p, "judge": judge}
-
-
-def _reviewer_label(truth: bool, accuracy: float, rng: random.Random) -> str:
-    unsafe = truth if rng.random() < accuracy else not truth
-    return "unsafe" if unsafe else "safe"
+    # what each of an item's k reviews will say, drawn up front: the people's labels are part of
+    # the population, so "the people's rate" is a fixed number that a full review would report
+    right = rng.random((cell.items, cell.overlap)) < cell.reviewer_accuracy
+    says = np.where(right, truth[:, None], ~truth[:, None])
+    return {"q": q, "truth": truth, "p": p, "judge": judge, "says": says}
 
 
 def _setup(engine: sa.Engine, cell: Cell, pop: dict[str, np.ndarray], name: str) -> tuple[int, dict[int, int]]:
@@ -204,7 +204,7 @@ def review(
 ) -> int:
     """Reviewers pull and submit in random interleaving until the budget of reviews is spent."""
     budget = max(1, round(cell.budget * cell.items))
-    acc = [cell.reviewer_accuracy] * len(users)
+    reviews_of: dict[int, int] = {}  # item -> reviews so far: the next one says pop["says"][item, n]
     held: dict[int, Any] = {}
     done = 0
     flt = QueueFilter(cid)
@@ -221,7 +221,9 @@ def review(
                 held[k] = (a.id, a.item_id)
             continue
         aid, item_id = held.pop(k)
-        label = _reviewer_label(bool(pop["truth"][pos[item_id]]), acc[k], rng)
+        slot = reviews_of.get(item_id, 0)
+        reviews_of[item_id] = slot + 1
+        label = "unsafe" if pop["says"][pos[item_id], min(slot, cell.overlap - 1)] else "safe"
         with session_scope(engine) as s:
             submit(s, u, aid, {DIMENSION: label}, verdict_action="override")
         done += 1
@@ -229,8 +231,9 @@ def review(
 
 
 def truths(cell: Cell, pop: dict[str, np.ndarray]) -> dict[str, float]:
-    r = cell.reviewer_accuracy
-    h = np.where(pop["truth"], r, 1 - r)  # E[a reviewer says unsafe]
+    """Each estimand over the whole collection, from every item's (drawn) reviews: what a full
+    review would report. With error-free reviewers these are the true rates."""
+    h = pop["says"].mean(axis=1)  # the people's unsafe share on each item
     j = pop["judge"].astype(float)
     return {
         "accuracy": float(np.mean(j * h + (1 - j) * (1 - h))),
@@ -241,32 +244,37 @@ def truths(cell: Cell, pop: dict[str, np.ndarray]) -> dict[str, float]:
     }
 
 
+def _wilson_width(p_hat: float, n: float) -> float:
+    if n <= 0:
+        return float("nan")
+    d = 1 + Z * Z / n
+    return 2 * Z * math.sqrt(max(p_hat * (1 - p_hat), 0.0) / n + Z * Z / (4 * n * n)) / d
+
+
 def srs_widths(cell: Cell, pop: dict[str, np.ndarray], n_items: int, rng: np.random.Generator) -> dict[str, float]:
-    """Width of a human-only Wald 95% interval from a simple random sample of ``n_items`` items."""
-    n = max(2, n_items)
-    idx = rng.choice(cell.items, size=min(n, cell.items), replace=False)
-    k = cell.overlap
-    truth = pop["truth"][idx]
-    says = np.where(rng.random((len(idx), k)) < cell.reviewer_accuracy, truth[:, None], ~truth[:, None]).mean(axis=1)
+    """Width of a human-only 95% interval (Wilson, with the finite-population correction) from
+    a simple random sample of ``n_items`` items: what the same reviewing gives with no queue
+    order and no judge. Wilson rather than Wald: Wald's interval is narrower at rare rates
+    only because it undercovers there."""
+    n = max(2, min(n_items, cell.items))
+    idx = rng.choice(cell.items, size=n, replace=False)
+    says = pop["says"][idx].mean(axis=1)
     j = pop["judge"][idx].astype(float)
-    fpc = 1 - len(idx) / cell.items
+    fpc = max(1 - n / cell.items, 1e-9)
 
-    def wmean(y: np.ndarray) -> float:
-        return 2 * Z * math.sqrt(fpc * np.var(y, ddof=1) / len(y))
+    def rate(y: np.ndarray) -> float:
+        return _wilson_width(float(y.mean()), len(y) / fpc)
 
-    def wratio(a: np.ndarray, b: np.ndarray) -> float:
-        if b.sum() <= 0:
-            return float("nan")
-        rr = a.sum() / b.sum()
-        return 2 * Z * math.sqrt(fpc * np.var(a - rr * b, ddof=1) / len(a)) / b.mean()
+    def ratio(a: np.ndarray, b: np.ndarray) -> float:
+        return _wilson_width(float(a.sum() / b.sum()), float(b.sum()) / fpc) if b.sum() > 0 else float("nan")
 
     agree = j * says + (1 - j) * (1 - says)
     return {
-        "accuracy": wmean(agree),
-        "under_blocking": wratio((1 - j) * says, says),
-        "over_blocking": wratio(j * (1 - says), 1 - says),
-        "unsafe_rate (human)": wmean(says),
-        "unsafe_rate (corrected)": wmean(says),
+        "accuracy": rate(agree),
+        "under_blocking": ratio((1 - j) * says, says),
+        "over_blocking": ratio(j * (1 - says), 1 - says),
+        "unsafe_rate (human)": rate(says),
+        "unsafe_rate (corrected)": rate(says),
     }
 
 
@@ -312,7 +320,7 @@ def replicate(engine: sa.Engine, cell: Cell, seed: int) -> dict[str, dict[str, f
     t = metrics.get("threshold")
     if t is not None and t.get("raw_threshold") is not None:
         p_cut = float(t["raw_threshold"])
-        h = np.where(pop["truth"], cell.reviewer_accuracy, 1 - cell.reviewer_accuracy)
+        h = pop["says"].mean(axis=1)
         p_unsafe = pop["p"]
         true_ub = float(np.sum(h * (p_unsafe < p_cut)) / np.sum(h))
         out["threshold_under_blocking"] = {
