@@ -56,7 +56,8 @@ class Estimate:
         return (self.high - self.low) / 2.0
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain values for JSON: an undefined figure (NaN, e.g. nothing reviewed yet) is None."""
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in asdict(self).items()}
 
 
 def _z(level: float) -> float:

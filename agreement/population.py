@@ -28,7 +28,7 @@ import numpy as np
 from safereview.agreement import data
 from safereview.agreement import verdicts as verdict_reads
 from safereview.agreement.consensus import consensus_from_ratings, soft_reference
-from safereview.agreement.estimators import Estimate, hajek_mean, judge_only_mean, ppi_mean, reviews_needed
+from safereview.agreement.estimators import Estimate, hajek_mean, ppi_mean, reviews_needed
 from safereview.agreement.sample import DesignSample, load_design_sample
 from safereview.db.taxonomy import unsafe_labels as unsafe_labels_of
 
@@ -72,7 +72,11 @@ def three_columns(
     corrected = ppi_mean(y_sample, fs, pi, fa, estimand=f"{name}: people's rate over the collection (corrected)")
     return {
         "metric": name,
-        "judge": {"value": judge_only_mean(judged), "n": int(judged.size), "method": "judge, uncorrected"},
+        "judge": {
+            "value": float(judged.mean()) if judged.size else None,
+            "n": int(judged.size),
+            "method": "judge, uncorrected",
+        },
         "human": human.as_dict(),
         "corrected": corrected.as_dict(),
         "more_reviews": {

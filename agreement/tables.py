@@ -139,7 +139,9 @@ def population_rows(pop: dict[str, Any]) -> list[dict[str, Any]]:
                 "corrected [95%]": _interval_text(m["corrected"]),
                 f"more reviews for ±{hw}": None if more < 0 else more,
                 "sample items": m["corrected"]["n_labelled"],
-                "effective human labels": round(float(m["human"]["n_effective"]), 1),
+                "effective human labels": None
+                if m["human"]["n_effective"] is None
+                else round(float(m["human"]["n_effective"]), 1),
             }
         )
     return rows

@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 from safereview.agreement.consensus import adjudicate
 from safereview.agreement.gold import COLUMNS, create_snapshot, snapshot_table, write
 from safereview.cli.main import app
+from safereview.db.collections import ensure_collection
 from safereview.db.engine import init_db
-from safereview.db.models import Gold, GoldSnapshot
+from safereview.db.models import Gold, GoldSnapshot, Item
 from safereview.workflow.errors import Forbidden
 from safereview.workflow.principals import SystemPrincipal
 
@@ -127,6 +128,20 @@ def test_cli_agreement_audit_calibrate_export(tmp_path: Path, sqlite_url: str) -
     rates = {m["metric"]: m for m in out["population"]["metrics"]}
     unsafe = rates["score: unsafe"]["human"]
     assert unsafe["low"] == unsafe["value"] == unsafe["high"]  # a census: the people's rate is exact
+    # a collection nobody has reviewed yet: undefined figures are JSON nulls, never NaN
+    engine = init_db(sqlite_url)
+    with Session(engine) as s:
+        empty = ensure_collection(s, "nobody-yet", TAX)
+        new_items = [Item(collection_id=empty.id, external_id=f"e{i}", content_hash="x") for i in range(3)]
+        s.add_all(new_items)
+        s.commit()
+        empty_ids = [int(i.id) for i in new_items]  # type: ignore[arg-type]
+    write_verdicts(engine, empty_ids, "score", ["safe", "unsafe", "safe"], "judge-x")
+    engine.dispose()
+    res = runner.invoke(app, ["audit", "--db", sqlite_url, "-c", "nobody-yet", "--json", "--resamples", "10"])
+    assert res.exit_code == 0, res.output
+    rates = {m["metric"]: m for m in json.loads(res.output)["population"]["metrics"]}
+    assert rates["score: unsafe"]["human"]["value"] is None and rates["score: unsafe"]["judge"]["value"] == 1 / 3
     res = runner.invoke(app, ["calibrate", "--db", sqlite_url, "-d", "score", "-c", "g"])
     assert res.exit_code == 1 and "probability" in res.output  # the scene's judge gave no probabilities
     out_file = tmp_path / "gold.parquet"
