@@ -30,7 +30,7 @@ from safereview.agreement.alpha import krippendorff_alpha, paired_alpha_differen
 from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus, soft_reference
 from safereview.agreement.estimators import Estimate, hajek_mean, hajek_ratio
 from safereview.agreement.kappa import confusion, kappa_from_table
-from safereview.agreement.sample import load_design_sample
+from safereview.agreement.sample import DesignSample, load_design_sample
 from safereview.db.taxonomy import unsafe_labels as unsafe_labels_of
 from safereview.workflow.policies import require
 
@@ -155,8 +155,12 @@ def audit(
     method: str = "majority",
     threshold: float = DEFAULT_THRESHOLD,
     max_disagreements: int = 1000,
+    sample: DesignSample | None = None,
 ) -> dict[str, Any]:
-    """Judge vs the people on one dimension over the collection: rates with intervals, confusion, kappa, slices."""
+    """Judge vs the people on one dimension over the collection: rates with intervals, confusion, kappa, slices.
+
+    ``sample`` is the collections' review sample when the caller already loaded it (one read
+    serves every dimension and the population rates)."""
     from safereview.agreement.report import SLICES, slice_values
 
     sc = data.scope(bind, collections)
@@ -182,7 +186,7 @@ def audit(
     v = verdict_reads.load_verdicts(
         bind, sc.collection_ids, dimension, labels, jid, unsafe_labels=unsafe_labels_of(spec)
     )
-    ds = load_design_sample(bind, sc.collection_ids)
+    ds = sample or load_design_sample(bind, sc.collection_ids)
     out["sample"] = ds.as_dict()
     sample_ids, pi = ds.sample_ids, ds.sample_pi
     ref, has_ref = soft_reference(cons, sample_ids)
@@ -282,7 +286,12 @@ def uni_judger_accuracy(
 
 
 def compositional_error(
-    bind: Any, collections: Sequence[str] | None = None, *, judge_id: str | None = None, min_n: int = DEFAULT_MIN_N
+    bind: Any,
+    collections: Sequence[str] | None = None,
+    *,
+    judge_id: str | None = None,
+    min_n: int = DEFAULT_MIN_N,
+    sample: DesignSample | None = None,
 ) -> dict[str, Any]:
     """VLSU: among items whose image and text grades the judge got right, the share whose joint
     grade it got wrong, over the collection (design-weighted).
@@ -293,7 +302,7 @@ def compositional_error(
     """
     sc = data.scope(bind, collections)
     names = [sc.collection_names[c] for c in sc.collection_ids]
-    ds = load_design_sample(bind, sc.collection_ids)
+    ds = sample or load_design_sample(bind, sc.collection_ids)
     sample_ids, pi = ds.sample_ids, ds.sample_pi
     right: dict[str, np.ndarray] = {}
     present = np.ones(len(sample_ids), dtype=bool)

@@ -26,7 +26,7 @@ import numpy as np
 
 from safereview.agreement import data
 from safereview.agreement import verdicts as verdict_reads
-from safereview.agreement.consensus import consensus_from_ratings, soft_reference
+from safereview.agreement.consensus import consensus, soft_reference
 from safereview.agreement.estimators import Estimate, hajek_mean, hajek_ratio, ratio_upper_bound
 from safereview.agreement.sample import load_design_sample
 from safereview.db.taxonomy import unsafe_labels as unsafe_labels_of
@@ -276,9 +276,8 @@ def calibration_data(
     jid = judge_id or verdict_reads.default_judge(bind, sc.collection_ids, dimension)
     if jid is None:
         raise data.AgreementError(f"no judge verdicts on dimension {dimension!r}")
-    r = data.load_ratings(bind, sc.collection_ids, dimension, labels, ordered=bool(spec.get("ordered")))
-    adj = verdict_reads.load_adjudications(bind, sc.collection_ids, dimension)
-    cons = consensus_from_ratings(r, method=method, adjudications=adj)
+    names = [sc.collection_names[c] for c in sc.collection_ids]
+    cons = consensus(bind, dimension, names, method=method)
     v = verdict_reads.load_verdicts(
         bind, sc.collection_ids, dimension, labels, jid, unsafe_labels=unsafe_labels, with_probs=True
     )
@@ -298,7 +297,7 @@ def calibration_data(
         "pi": ds.sample_pi[ok],
         "n_sample_without_probability": int((has & ~np.isfinite(p)).sum()),
         "sample": ds.as_dict(),
-        "collections": [sc.collection_names[c] for c in sc.collection_ids],
+        "collections": names,
     }
 
 

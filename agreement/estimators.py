@@ -125,9 +125,14 @@ def rate_bounds(value: float, var: float, p: np.ndarray, z: float, events: int) 
     n_eff = value * (1.0 - value) / var if var > 0.0 and 0.0 < value < 1.0 else kish
     if events < FEW_EVENTS:
         n_eff = min(n_eff, kish)
-    d = 1.0 + z * z / n_eff
-    centre = (value + z * z / (2.0 * n_eff)) / d
-    half = z * math.sqrt(max(value * (1.0 - value), 0.0) / n_eff + z * z / (4.0 * n_eff * n_eff)) / d
+    return wilson_bounds(value, n_eff, z)
+
+
+def wilson_bounds(p_hat: float, n: float, z: float) -> tuple[float, float]:
+    """Wilson's score interval for a share ``p_hat`` of ``n`` (n may be an effective, fractional size)."""
+    d = 1.0 + z * z / n
+    centre = (p_hat + z * z / (2.0 * n)) / d
+    half = z * math.sqrt(max(p_hat * (1.0 - p_hat), 0.0) / n + z * z / (4.0 * n * n)) / d
     return max(0.0, centre - half), min(1.0, centre + half)
 
 

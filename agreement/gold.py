@@ -435,11 +435,7 @@ def population_summary(
 
 
 def _rates_table(pop: dict[str, Any]) -> list[str]:
-    def fmt(e: dict[str, Any]) -> str:
-        v = e.get("value")
-        if v is None or v != v:
-            return "—"
-        return f"{v:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+    from safereview.agreement.population import interval_text
 
     lines = [
         "",
@@ -456,7 +452,7 @@ def _rates_table(pop: dict[str, Any]) -> list[str]:
     for m in pop["metrics"]:
         judge = "—" if m["judge"] is None or m["judge"] != m["judge"] else f"{m['judge']:.3f}"
         name = str(m["metric"]).replace("|", "\\|")
-        lines.append(f"| {name} | {judge} | {fmt(m['human'])} | {fmt(m['corrected'])} |")
+        lines.append(f"| {name} | {judge} | {interval_text(m['human'])} | {interval_text(m['corrected'])} |")
     return lines
 
 

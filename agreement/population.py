@@ -275,8 +275,8 @@ def _both_safe_reference(
     return y, has
 
 
-def estimate_row(e: Estimate | dict[str, Any]) -> str:
-    """``0.123 [0.101, 0.145]`` for tables (``—`` when undefined)."""
+def interval_text(e: Estimate | dict[str, Any]) -> str:
+    """``0.123 [0.101, 0.145]`` for tables and cards (``—`` when undefined)."""
     d = e.as_dict() if isinstance(e, Estimate) else e
     v = d.get("value")
     if v is None or not np.isfinite(v):

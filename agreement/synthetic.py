@@ -23,6 +23,20 @@ from safereview.workflow.auth import unusable_hash
 # The columns of a synthetic item row, in the order the loaders here, the benchmarks and
 # the bulk-insert tests build their tuples (every Item column but id and import_batch_id).
 ITEM_COLUMNS = ("collection_id", "external_id", *ITEM_CONTENT_FIELDS, "priority", "slots_taken", "created_at")
+# The columns of a synthetic verdict row (the benchmarks' simulated judges).
+VERDICT_COLUMNS = (
+    "item_id",
+    "dimension",
+    "judge_id",
+    "judge_version",
+    "label",
+    "status",
+    "probability",
+    "rationale",
+    "raw_output",
+    "intent",
+    "created_at",
+)
 
 
 @dataclass

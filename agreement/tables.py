@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from safereview.agreement.population import interval_text
 from safereview.agreement.report import FEW_PAIRABLE_UNITS, MIN_RARE_PAIRABLE_VALUES
 
 STAT_KEYS = (
@@ -116,13 +117,6 @@ def confusion_rows(res: dict[str, Any], weighted: bool = False) -> list[dict[str
     ]
 
 
-def _interval_text(e: dict[str, Any]) -> str:
-    v = e.get("value")
-    if v is None or v != v:
-        return "—"
-    return f"{v:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
-
-
 def population_rows(pop: dict[str, Any]) -> list[dict[str, Any]]:
     """The three columns per rate (judge uncorrected, human, corrected; 95% intervals as text)
     and the reviews still needed for the target half-width."""
@@ -135,8 +129,8 @@ def population_rows(pop: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "rate": m["metric"],
                 "judge (uncorrected)": None if judge is None or judge != judge else round(judge, 3),
-                "human [95%]": _interval_text(m["human"]),
-                "corrected [95%]": _interval_text(m["corrected"]),
+                "human [95%]": interval_text(m["human"]),
+                "corrected [95%]": interval_text(m["corrected"]),
                 f"more reviews for ±{hw}": None if more < 0 else more,
                 "sample items": m["corrected"]["n_labelled"],
                 "effective human labels": None

@@ -49,19 +49,6 @@ TARGET_MEDIAN_MS = 50.0
 TARGET_P95_MS = 150.0
 TARGET_RSS_MB = 500.0
 PASSWORD = "bench-pass-123"
-VERDICT_COLUMNS = (
-    "item_id",
-    "dimension",
-    "judge_id",
-    "judge_version",
-    "label",
-    "status",
-    "probability",
-    "rationale",
-    "raw_output",
-    "intent",
-    "created_at",
-)
 WORDS = (
     "the",
     "model",
@@ -162,7 +149,7 @@ def build_db(db_url: str, n_items: int, n_users: int, *, blind: bool = False) ->
     import sqlalchemy as sa
     from bench_queue import bulk_insert
 
-    from safereview.agreement.synthetic import ITEM_COLUMNS
+    from safereview.agreement.synthetic import ITEM_COLUMNS, VERDICT_COLUMNS
     from safereview.db.collections import ensure_collection
     from safereview.db.engine import init_db, session_scope
     from safereview.workflow import auth

@@ -56,7 +56,7 @@ from safereview.agreement.audit import audit
 from safereview.agreement.calibration import fit_calibration
 from safereview.agreement.data import AgreementError
 from safereview.agreement.population import population_rates
-from safereview.agreement.synthetic import ITEM_COLUMNS
+from safereview.agreement.synthetic import ITEM_COLUMNS, VERDICT_COLUMNS
 from safereview.db import bulk
 from safereview.db.collections import ensure_collection
 from safereview.db.engine import init_db, session_scope
@@ -158,24 +158,11 @@ def _setup(engine: sa.Engine, cell: Cell, pop: dict[str, np.ndarray], name: str)
             for r in conn.execute(sa.text("SELECT id FROM item WHERE collection_id = :c ORDER BY id"), {"c": cid})
         ]
         vt = SQLModel.metadata.tables["verdict"]
-        vcols = [
-            "item_id",
-            "dimension",
-            "judge_id",
-            "judge_version",
-            "label",
-            "status",
-            "probability",
-            "rationale",
-            "raw_output",
-            "intent",
-            "created_at",
-        ]
         rows = []
         for iid, p, j in zip(ids, pop["p"].tolist(), pop["judge"].tolist(), strict=True):
             label = "unsafe" if j else "safe"
             rows.append((iid, DIMENSION, JUDGE, "1", label, "ok", p if j else 1.0 - p, "", "", "", now))
-        bulk.bulk_insert(conn, vt, vcols, rows, process=True)
+        bulk.bulk_insert(conn, vt, VERDICT_COLUMNS, rows, process=True)
     with session_scope(engine) as s:
         refresh_priorities(s, cid)
     return cid, {iid: n for n, iid in enumerate(ids)}
@@ -247,7 +234,7 @@ def truths(cell: Cell, pop: dict[str, np.ndarray]) -> dict[str, float]:
 def _wilson_width(p_hat: float, n: float) -> float:
     if n <= 0:
         return float("nan")
-    d = 1 + Z * Z / n
+    d = 1 + Z * Z / n  # unclipped, as in the published run (clipping at 0 would narrow the comparator)
     return 2 * Z * math.sqrt(max(p_hat * (1 - p_hat), 0.0) / n + Z * Z / (4 * n * n)) / d
 
 

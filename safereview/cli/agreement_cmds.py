@@ -328,11 +328,14 @@ def register(app: typer.Typer) -> None:
         from safereview.agreement.audit import audit, compositional_error
         from safereview.agreement.data import AgreementError, scope
         from safereview.agreement.population import population_rates
+        from safereview.agreement.sample import load_design_sample
 
         engine = engine_for(config(db))
         results: dict[str, Any] = {"dimensions": []}
         try:
-            dims = dimension or scope(engine, collection).dimensions()
+            sc = scope(engine, collection)
+            dims = dimension or sc.dimensions()
+            sample = load_design_sample(engine, sc.collection_ids)  # one read for every figure below
             for dim in dims:
                 results["dimensions"].append(
                     audit(
@@ -345,11 +348,14 @@ def register(app: typer.Typer) -> None:
                         resamples=resamples,
                         seed=seed,
                         method=method,
+                        sample=sample,
                     )
                 )
             if {"image", "text", "joint"} <= set(dims):
-                results["compositional_error"] = compositional_error(engine, collection, judge_id=judge, min_n=min_n)
-            results["population"] = population_rates(engine, collection, judge_id=judge, method=method)
+                results["compositional_error"] = compositional_error(
+                    engine, collection, judge_id=judge, min_n=min_n, sample=sample
+                )
+            results["population"] = population_rates(engine, collection, judge_id=judge, method=method, sample=sample)
         except AgreementError as exc:
             _fail(str(exc))
         finally:
