@@ -19,7 +19,9 @@ Three kinds of figure, each an :class:`Estimate` that says what it estimates:
 
 Rates (Hájek means and ratios) get Wilson's score interval on an effective sample size
 (:func:`rate_bounds`), which stays honest near 0 and 1; the
-prediction-powered mean gets the normal interval on its design variance. Their coverage
+prediction-powered mean gets the symmetric interval on its design variance. Both use
+Student's t on the variance's Satterthwaite degrees of freedom (:func:`satterthwaite_df`)
+rather than the normal value, since a few heavily weighted items can carry the variance. Their coverage
 is checked by simulation (tests and ``bench/bench_estimates.py``), not assumed.
 """
 
@@ -30,7 +32,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import gamma, norm
+from scipy.stats import gamma, norm, t
 
 LEVEL = 0.95
 FEW_CORRECTIONS = 10  # below this effective number of corrections in the sample, PPI's variance is not trusted
@@ -64,6 +66,25 @@ def _z(level: float) -> float:
     return float(norm.ppf(0.5 + level / 2.0))
 
 
+def _quantile(level: float, df: float) -> float:
+    """The two-sided critical value on ``df`` degrees of freedom (Student's t; the normal's when df is large)."""
+    if not math.isfinite(df) or df > 1e4:
+        return _z(level)
+    return float(t.ppf(0.5 + level / 2.0, max(df, 1.0)))
+
+
+def satterthwaite_df(terms: np.ndarray) -> float:
+    """Degrees of freedom of a variance estimate that is a sum of per-item terms, (Σa)² / Σa².
+
+    Satterthwaite's approximation, as survey software uses for a linearised variance: n for
+    equal terms, far fewer when a handful of heavily weighted items carry the variance, which
+    is when the normal interval is too short (the validation study saw 0.915 coverage where
+    the queue's weights varied eightfold). Infinite when there is no variance.
+    """
+    s2 = float(np.sum(terms * terms))
+    return float(np.sum(terms)) ** 2 / s2 if s2 > 0 else math.inf
+
+
 def _checked(pi: Any, *arrays: Any) -> tuple[np.ndarray, ...]:
     p = np.asarray(pi, dtype=np.float64)
     if p.ndim != 1:
@@ -95,9 +116,10 @@ def _interval(
     level: float,
     bounded: bool,
     bounds: tuple[float, float] | None = None,
+    df: float = math.inf,
 ) -> Estimate:
     se = math.sqrt(max(var, 0.0))
-    h = _z(level) * se
+    h = _quantile(level, df) * se
     low, high = bounds if bounds is not None else (value - h, value + h)
     if bounded:  # a rate: the interval never leaves [0, 1]
         low, high = max(0.0, low), min(1.0, high)
@@ -141,13 +163,21 @@ def _events(y: np.ndarray) -> int:
     return int(min(np.count_nonzero(y > 1e-12), np.count_nonzero(y < 1.0 - 1e-12)))
 
 
-def _hajek(values: np.ndarray, p: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """Hájek's mean of ``values`` and its linearised Poisson-design variance; also the weights."""
+def _hajek(values: np.ndarray, p: np.ndarray) -> tuple[float, float, np.ndarray, float]:
+    """Hájek's mean of ``values``, its linearised Poisson-design variance, the weights, and the
+    variance's Satterthwaite degrees of freedom."""
     w = 1.0 / p
     total_w = float(w.sum())
     mean = float(np.sum(w * values) / total_w)
-    var = float(np.sum((1.0 - p) * w**2 * (values - mean) ** 2)) / total_w**2
-    return mean, var, w
+    terms = (1.0 - p) * w**2 * (values - mean) ** 2
+    var = float(np.sum(terms)) / total_w**2
+    return mean, var, w, satterthwaite_df(terms)
+
+
+def _critical(level: float, df: float, events: int) -> float:
+    """t on the variance's degrees of freedom; with few events the Kish cap in :func:`rate_bounds`
+    already stands in for the variance, and the normal value is used."""
+    return _quantile(level, df) if events >= FEW_EVENTS else _z(level)
 
 
 def hajek_mean(y: Any, pi: Any, *, estimand: str = "mean", level: float = LEVEL, bounded: bool = True) -> Estimate:
@@ -160,9 +190,11 @@ def hajek_mean(y: Any, pi: Any, *, estimand: str = "mean", level: float = LEVEL,
     n = int(p.size)
     if n == 0:
         return Estimate(estimand, math.nan, math.nan, math.nan, math.nan, "Hájek (design-weighted)", 0, 0.0, level)
-    value, var, w = _hajek(yy, p)
-    bounds = rate_bounds(value, var, p, _z(level), _events(yy)) if bounded and 0.0 <= value <= 1.0 else None
-    return _interval(estimand, value, var, "Hájek (design-weighted)", n, kish_n(w), level, bounded, bounds)
+    value, var, w, df = _hajek(yy, p)
+    events = _events(yy)
+    z = _critical(level, df, events)
+    bounds = rate_bounds(value, var, p, z, events) if bounded and 0.0 <= value <= 1.0 else None
+    return _interval(estimand, value, var, "Hájek (design-weighted)", n, kish_n(w), level, bounded, bounds, df)
 
 
 def hajek_ratio(
@@ -178,10 +210,12 @@ def hajek_ratio(
     if den <= 0.0:
         return Estimate(estimand, math.nan, math.nan, math.nan, math.nan, "ratio (design-weighted)", n, 0.0, level)
     value = float(np.sum(w * a) / den)
-    var = float(np.sum((1.0 - p) * w**2 * (a - value * b) ** 2)) / den**2
+    terms = (1.0 - p) * w**2 * (a - value * b) ** 2
+    var = float(np.sum(terms)) / den**2
     share = np.divide(a, b, out=np.zeros_like(a), where=b > 0)[b > 0]
-    bounds = rate_bounds(value, var, p[b > 0], _z(level), _events(share))
-    return _interval(estimand, value, var, "ratio (design-weighted)", n, kish_n(w[b > 0]), level, True, bounds)
+    events, df = _events(share), satterthwaite_df(terms)
+    bounds = rate_bounds(value, var, p[b > 0], _critical(level, df, events), events)
+    return _interval(estimand, value, var, "ratio (design-weighted)", n, kish_n(w[b > 0]), level, True, bounds, df)
 
 
 def ratio_upper_bound(a: Any, b: Any, pi: Any, delta: float) -> float:
@@ -254,7 +288,7 @@ def ppi_mean(
         return Estimate(estimand, math.nan, math.nan, math.nan, math.nan, method, n, 0.0, level)
     lam = ppi_lambda(yy, fl, p) if lam is None else float(lam)
     resid = yy - lam * fl
-    rect, var, w = _hajek(resid, p)  # the rectifier: the judge's mean over all items adds no variance
+    rect, var, w, df = _hajek(resid, p)  # the rectifier: the judge's mean over all items adds no variance
     value = lam * float(fa.mean()) + rect
     bounds = None
     off = np.minimum(np.abs(resid - float(np.median(resid))), 1.0)
@@ -265,11 +299,11 @@ def ppi_mean(
         # in the sample; a handful of real disagreements among many near-zero residuals when the
         # judge is confident): their variance says little. Widen to the score bound on the share
         # of correction mass, the most those items could still move the figure.
-        mass, mass_var, _ = _hajek(off, p)
+        mass, mass_var, _, _ = _hajek(off, p)
         lo, hi = rate_bounds(mass, mass_var, p, _z(level), round(effective))
         half = max(_z(level) * math.sqrt(max(var, 0.0)), hi - mass, mass - lo)
         bounds = (value - half, value + half)
-    return _interval(estimand, value, var, f"{method}, λ={lam:.2f}", n, kish_n(w), level, bounded, bounds)
+    return _interval(estimand, value, var, f"{method}, λ={lam:.2f}", n, kish_n(w), level, bounded, bounds, df)
 
 
 def judge_only_mean(f_all: Any, *, estimand: str = "mean") -> float:

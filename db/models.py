@@ -58,13 +58,15 @@ class Collection(SQLModel, table=True):
     description: str = Field(default="")
     overlap_target: int = Field(default=2, ge=1)  # k annotators per item
     blind: bool = Field(default=True)  # annotators label before they see the judge
-    # Sampling design of the review queue (safereview.workflow.sampling): the share of the
-    # design spread evenly over items (1 = a simple random order), frozen with the mean
-    # borderline score (of its square root) at the first pull so every item's inclusion
+    # Sampling design of the review queue (safereview.workflow.sampling): the least share of
+    # the design spread evenly over items (1 = a simple random order), frozen with the mean
+    # borderline score (of its square root) and the share actually used (raised when the
+    # judge's scores are concentrated) at the first pull, so every item's inclusion
     # probability is known.
     audit_share: float = Field(default=0.3, ge=0.0, le=1.0)
     design_frozen_at: datetime | None = None
     design_score_mean: float | None = None
+    design_share: float | None = None
     archived: bool = Field(default=False)
     created_at: datetime = Field(default_factory=utcnow)
 

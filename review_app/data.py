@@ -23,8 +23,9 @@ class CollectionInfo:
     name: str
     blind: bool
     overlap_target: int
-    audit_share: float  # the uniform share of the sampling design
+    audit_share: float  # the least uniform share of the sampling design
     design_frozen: bool
+    design_share: float | None  # the share the frozen design used (raised for concentrated scores)
     archived: bool
     dims: tuple[dict[str, Any], ...]
     category_options: tuple[str, ...]
@@ -47,6 +48,7 @@ def collections(session: Session, *, include_archived: bool = False) -> list[Col
                 overlap_target=c.overlap_target,  # type: ignore[arg-type]
                 audit_share=c.audit_share,
                 design_frozen=c.design_frozen_at is not None,
+                design_share=c.design_share,
                 archived=c.archived,
                 dims=tuple(spec.get("dimensions", [])),
                 category_options=tuple(category_names(spec)) if spec.get("categories") else (),

@@ -19,7 +19,9 @@ from safereview.agreement.estimators import (
     kish_n,
     ppi_lambda,
     ppi_mean,
+    rate_bounds,
     reviews_needed,
+    satterthwaite_df,
 )
 
 N = 3000
@@ -137,3 +139,17 @@ def test_bad_probabilities_are_refused_with_the_field_named() -> None:
         hajek_mean([1.0], [1.5])
     with pytest.raises(ValueError, match="shape"):
         hajek_mean([1.0, 0.0], [0.5])
+
+
+def test_a_few_heavy_items_cost_degrees_of_freedom_and_widen_the_interval() -> None:
+    assert satterthwaite_df(np.ones(50)) == pytest.approx(50.0)
+    assert satterthwaite_df(np.array([100.0] + [1.0] * 49)) == pytest.approx(149**2 / (100**2 + 49))  # ~2, not 50
+    assert satterthwaite_df(np.zeros(5)) == float("inf")
+    # the same 60 labels (30 unsafe), once with equal and once with very unequal probabilities
+    y = np.array([1.0, 0.0] * 30)
+    even = hajek_mean(y, np.full(60, 0.1))
+    pi = np.where(np.arange(60) < 4, 0.01, 0.5)  # four items weigh 50 times the rest
+    uneven = hajek_mean(y, pi)
+    low, high = rate_bounds(uneven.value, uneven.se**2, pi, 1.959964, 30)  # the same interval on the normal value
+    assert uneven.high - uneven.low > (high - low) * 1.05  # t on few degrees of freedom widens it
+    assert even.high - even.low == pytest.approx(2 * 2.0 * even.se, rel=0.05)  # ~t(59), Wilson-shaped

@@ -15,7 +15,14 @@ from safereview.db.engine import session_scope
 from safereview.db.models import Annotation, Collection, Item
 from safereview.workflow.annotations import submit
 from safereview.workflow.queue import QueueFilter, next_item, skip
-from safereview.workflow.sampling import MAX_RATIO, MIN_UNIFORM_SHARE, design_size
+from safereview.workflow.sampling import (
+    MAX_DESIGN_EFFECT,
+    MAX_RATIO,
+    MIN_UNIFORM_SHARE,
+    design_effect,
+    design_share,
+    design_size,
+)
 
 
 def _review(engine: sa.Engine, users: list, cid: int, n: int, rng: random.Random) -> None:
@@ -58,9 +65,14 @@ def test_queue_serves_the_frozen_key_order(engine: sa.Engine) -> None:
         col = s.get(Collection, cid)
         items = {i.id: i for i in s.exec(select(Item).where(Item.collection_id == cid))}
     assert col is not None and col.design_frozen_at is not None and col.design_score_mean == pytest.approx(0.5)
+    # half the items score 0: at share 0.3 the weights' design effect would be 1.96, so the freeze raised it
+    roots = np.array([0.0, 2.0] * 6)
+    assert design_effect(roots, 0.3) > 1.9
+    assert col.design_share == design_share(roots, 0.3) and col.design_share > 0.3
+    assert design_effect(roots, col.design_share) <= MAX_DESIGN_EFFECT
     assert [items[i].sample_key for i in seen] == sorted(i.sample_key for i in items.values())  # type: ignore[type-var]
     for it in items.values():
-        assert it.sample_size == pytest.approx(design_size(it.priority, 0.3, 0.5))
+        assert it.sample_size == pytest.approx(design_size(it.priority, col.design_share, 0.5))
     assert slot_invariants(engine, cid) == []
 
 
@@ -76,11 +88,28 @@ def test_rejudging_keeps_keys_and_late_items_are_keyed_at_the_next_pull(engine: 
     next_item(engine, make_user(engine, "other"), QueueFilter(cid), rng=random.Random(2))
     with Session(engine) as s:
         after = {i.id: (i.sample_size, i.sample_key) for i in s.exec(select(Item).where(Item.collection_id == cid))}
-        mean_root = s.get(Collection, cid).design_score_mean  # type: ignore[union-attr]
+        col = s.get(Collection, cid)
+        assert col is not None
+        mean_root, share = col.design_score_mean, col.design_share
     late = next(i for i in after if i not in before)
     assert {i: after[i] for i in before} == before  # the design that chose items never changes
     assert mean_root == pytest.approx(np.mean(np.sqrt([0.2, 0.4, 0.6, 0.8, 1.0])))
-    assert after[late][0] == pytest.approx(design_size(0.5, 0.2, mean_root)) and after[late][1] is not None
+    assert share == 0.2  # spread scores: the configured share stands
+    assert after[late][0] == pytest.approx(design_size(0.5, share, mean_root)) and after[late][1] is not None
+
+
+def test_the_freeze_raises_the_uniform_share_only_for_concentrated_scores() -> None:
+    rng = np.random.default_rng(3)
+    p = 1.0 / (1.0 + np.exp(-rng.normal(0.0, 2.0, 5000)))  # a judge whose P(unsafe) spreads over (0, 1)
+    spread = np.sqrt(1.0 - np.abs(2.0 * p - 1.0))
+    assert design_share(spread / spread.mean(), 0.3) == 0.3
+    confident = 1.0 / (1.0 + np.exp(-5.0 * np.log(p / (1.0 - p))))  # the same judge, far too sure
+    peaked = np.sqrt(1.0 - np.abs(2.0 * confident - 1.0))
+    raised = design_share(peaked / peaked.mean(), 0.3)
+    assert 0.3 < raised < 1.0
+    assert design_effect(peaked / peaked.mean(), raised) <= MAX_DESIGN_EFFECT
+    assert design_effect(peaked / peaked.mean(), raised - 0.01) > MAX_DESIGN_EFFECT  # the least such share
+    assert design_share(peaked / peaked.mean(), 0.9) == 0.9  # a higher configured share is kept
 
 
 @pytest.mark.parametrize("k", [1, 2])

@@ -17,6 +17,14 @@ def _save(actor: Any, collection_id: int, **values: Any) -> None:
     ui.clear_data_caches()
 
 
+def _design_text(c: Any) -> str:
+    if not c.design_frozen:
+        return "not yet (at the first review)"
+    if c.design_share is not None and c.design_share > c.audit_share + 1e-9:
+        return f"frozen, uniform share raised to {c.design_share:.2f}"
+    return "frozen"
+
+
 def page() -> None:
     from safereview.workflow.errors import WorkflowError
 
@@ -34,7 +42,7 @@ def page() -> None:
                 "overlap k": c.overlap_target,
                 "blind": c.blind,
                 "uniform share": c.audit_share,
-                "sampling design": "frozen" if c.design_frozen else "not yet (at the first review)",
+                "sampling design": _design_text(c),
                 "archived": c.archived,
             }
             for c in infos
@@ -65,7 +73,8 @@ def page() -> None:
         st.caption(
             "Raising k reopens fully covered items. The queue serves borderline items first but in a random "
             "order that is a probability sample; the uniform share spreads part of it evenly over all items, "
-            "which keeps every item's weight in the estimates bounded."
+            "which keeps every item's weight in the estimates bounded. When the judge's scores sit on a few "
+            "items, the first review raises the share so the weights cost at most 15% of the sample's size."
         )
         if st.form_submit_button("Save", type="primary", icon=":material/save:"):
             try:

@@ -299,8 +299,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--uniform-share",
                 "--audit-share",
-                help="Share of the queue's sampling design spread evenly over items (1 = random order), 0 to 1; "
-                "fixed once review starts.",
+                help="Least share of the queue's sampling design spread evenly over items (1 = random order), "
+                "0 to 1; fixed once review starts, and raised then if the judge's scores sit on a few items.",
             ),
         ] = None,
         archived: Annotated[
@@ -362,6 +362,7 @@ def register(app: typer.Typer) -> None:
                         ct.c.overlap_target,
                         ct.c.blind,
                         ct.c.audit_share,
+                        ct.c.design_share,
                         ct.c.archived,
                     )
                     .join(tt, tt.c.id == ct.c.taxonomy_id)
@@ -393,7 +394,8 @@ def register(app: typer.Typer) -> None:
             table.add_column(col, justify="right")
         table.add_column("review", overflow="fold")  # overlap k, blind or open, audit share
         for c in cols:
-            review = f"k={c.overlap_target} · {'blind' if c.blind else 'open'} · uniform {c.audit_share:.0%}"
+            share = c.audit_share if c.design_share is None else max(c.audit_share, c.design_share)
+            review = f"k={c.overlap_target} · {'blind' if c.blind else 'open'} · uniform {share:.0%}"
             table.add_row(
                 Text(c.name),
                 Text(c.tax),
