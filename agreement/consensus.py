@@ -271,14 +271,21 @@ def adjudication_queue(
     threshold: float = DEFAULT_THRESHOLD,
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Items a lead should decide: ties first, then lowest agreement; adjudicated ones drop out."""
+    """Items a lead should decide: ties first, then lowest agreement; adjudicated ones drop out.
+
+    Each row carries what the two consensus methods would propose (``proposal_majority``,
+    ``proposal_dawid_skene``; None for a tie), for the lead to weigh, never to apply silently.
+    """
     require(user, "adjudicate")
     sc = data.scope(session, collections)
     dims = list(dimensions) if dimensions else sc.dimensions()
     rows: list[dict[str, Any]] = []
+    names = [sc.collection_names[c] for c in sc.collection_ids]
     for dim in dims:
-        cons = consensus(session, dim, [sc.collection_names[c] for c in sc.collection_ids], threshold=threshold)
-        for i in np.flatnonzero(cons.needs_adjudication):
+        cons = consensus(session, dim, names, threshold=threshold)
+        flagged = np.flatnonzero(cons.needs_adjudication)
+        ds = consensus(session, dim, names, method="dawid-skene", threshold=threshold) if flagged.size else None
+        for i in flagged:
             rows.append(
                 {
                     "item_id": int(cons.item_ids[i]),
@@ -287,6 +294,8 @@ def adjudication_queue(
                     "n_annotators": int(cons.n_annotators[i]),
                     "agreement": None if np.isnan(cons.agreement[i]) else float(cons.agreement[i]),
                     "votes": {lab: int(n) for lab, n in zip(cons.labels, cons.counts[i], strict=True) if n},
+                    "proposal_majority": cons.label(int(i)),
+                    "proposal_dawid_skene": ds.label(int(i)) if ds is not None else None,
                 }
             )
     rows.sort(
@@ -321,8 +330,11 @@ def _external_ids(session: Any, item_ids: list[int]) -> dict[int, tuple[str, str
     return out
 
 
-def adjudicate(session: Any, user: Any, item_id: int, dimension: str, label: str, rationale: str = "") -> Any:
-    """Record a lead's decision (a new ``Adjudication`` row; the newest one wins)."""
+def adjudicate(session: Any, user: Any, item_id: int, dimension: str, label: str, rationale: str) -> Any:
+    """Record a lead's decision (a new ``Adjudication`` row; the newest one wins).
+
+    A gold label overrides what the annotators said, so it needs a note saying why.
+    """
     from safereview.db.collections import taxonomy_of
     from safereview.db.models import Adjudication, Collection, Item, utcnow
     from safereview.workflow.errors import InvalidInput, NotFound
@@ -339,6 +351,8 @@ def adjudicate(session: Any, user: Any, item_id: int, dimension: str, label: str
         raise InvalidInput(f"label: {label!r} is not one of {', '.join(dims[dimension]['labels'])}")
     if not isinstance(rationale, str) or len(rationale) > MAX_RATIONALE:
         raise InvalidInput(f"rationale: at most {MAX_RATIONALE} characters")
+    if not rationale.strip():
+        raise InvalidInput("rationale: a decision needs a note saying why (it is kept with the gold label)")
     row = Adjudication(
         item_id=item_id, dimension=dimension, label=label, rationale=rationale, user_id=user.id, at=utcnow()
     )

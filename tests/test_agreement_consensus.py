@@ -136,12 +136,17 @@ def test_consensus_adjudication_queue_and_roles(engine: sa.Engine) -> None:
             (ids[2], "low agreement"),
         ]
         assert queue[1]["votes"] == {"safe": 1, "unsafe": 1} and queue[1]["external_id"] == "adj-u2"
+        assert queue[1]["proposal_majority"] is None  # a tie: the majority proposes nothing
+        assert queue[2]["proposal_majority"] == "unsafe"  # two of three
+        assert "proposal_dawid_skene" in queue[1]
         with pytest.raises(Forbidden):
-            adjudicate(s, annotator, ids[1], "score", "safe")
+            adjudicate(s, annotator, ids[1], "score", "safe", "why")
         with pytest.raises(InvalidInput):
-            adjudicate(s, lead, ids[1], "score", "maybe")
+            adjudicate(s, lead, ids[1], "score", "maybe", "why")
         with pytest.raises(NotFound):
-            adjudicate(s, lead, 10**9, "score", "safe")
+            adjudicate(s, lead, 10**9, "score", "safe", "why")
+        with pytest.raises(InvalidInput, match="needs a note"):
+            adjudicate(s, lead, ids[1], "score", "safe", "   ")
         adjudicate(s, lead, ids[1], "score", "unsafe", "first look")
         s.commit()
         adjudicate(s, lead, ids[1], "score", "borderline", "second look: the newest wins")

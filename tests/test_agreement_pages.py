@@ -124,15 +124,24 @@ def test_lead_adjudicates_the_tie_and_hostile_rationale_stays_inert(fx: A.Fixtur
 
     lead = open_page(sign_in("lead"), "views/gold.py")
     queue = lead.dataframe[0].value
-    assert set(queue["item_id"]) == {fx.item_ids["t3"]} and set(queue["reason"]) == {"tie"}
+    assert set(queue["item"]) == {"t3"} and set(queue["reason"]) == {"tie"}
     # the annotator's rationale is shown with st.text only, never through markdown
     assert any(A.XSS_PAYLOAD in t.value for t in lead.text)
     for md in [*lead.markdown, *lead.caption]:
         assert "![x](" not in md.value and "<script>" not in md.value
     pick = lead.selectbox(key="gold_pick").value
-    lead.radio(key=f"gold_label_{pick}").set_value("unsafe")
-    lead.text_area(key=f"gold_why_{pick}").input("policy 4.2")
-    next(b for b in lead.button if b.label == "Record decision").click().run()
+    record = lead.button(key=f"gold_record_{pick}")
+    assert lead.radio(key=f"gold_label_{pick}").value is None  # no gold label nobody chose
+    assert record.disabled
+    lead.radio(key=f"gold_label_{pick}").set_value("unsafe").run()
+    assert lead.button(key=f"gold_record_{pick}").disabled  # still no note, no confirmation
+    lead.text_area(key=f"gold_why_{pick}").input("policy 4.2").run()
+    assert lead.button(key=f"gold_record_{pick}").disabled
+    lead.checkbox(key=f"gold_sure_{pick}").check().run()
+    assert not lead.button(key=f"gold_record_{pick}").disabled
+    with Session(make_engine(fx.db_url)) as s:
+        assert s.exec(select(Adjudication)).all() == []  # nothing stored before the click
+    lead.button(key=f"gold_record_{pick}").click().run()
     assert not lead.exception, [e.message for e in lead.exception]
     with Session(make_engine(fx.db_url)) as s:
         rows = s.exec(select(Adjudication)).all()

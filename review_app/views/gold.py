@@ -44,7 +44,7 @@ def _item_context(user: Any, item_id: int, dimension: str) -> None:
 
 
 def _adjudication(user: Any, names: list[str], dims: list[str], labels_of: dict[str, list[str]]) -> None:
-    from safereview.agreement.consensus import adjudicate, adjudication_queue
+    from safereview.agreement.consensus import adjudication_queue
 
     c1, c2 = st.columns([2, 3])
     dim = c1.selectbox("Dimension", ["(all)", *dims], format_func=ui.plain, key="gold_q_dim")
@@ -64,8 +64,7 @@ def _adjudication(user: Any, names: list[str], dims: list[str], labels_of: dict[
     st.dataframe(
         [
             {
-                "item_id": q["item_id"],
-                "external_id": q["external_id"],
+                "item": q["external_id"],
                 "collection": q["collection"],
                 "dimension": q["dimension"],
                 "reason": q["reason"],
@@ -85,27 +84,56 @@ def _adjudication(user: Any, names: list[str], dims: list[str], labels_of: dict[
         keys,
         key="gold_pick",
         format_func=lambda k: ui.plain(
-            f"item {by_key[k]['item_id']} ({by_key[k]['external_id']}) · {by_key[k]['dimension']}"
-            f" · {by_key[k]['reason']}"
+            f"{by_key[k]['external_id']} ({by_key[k]['collection']}) · {by_key[k]['dimension']} · {by_key[k]['reason']}"
         ),
     )
     q = by_key[pick]
     with st.container(border=True):
         _item_context(user, int(q["item_id"]), q["dimension"])
-    with st.form(f"gold_decide_{pick}", border=True):
+        st.markdown("**Consensus proposals**")
+        st.dataframe(
+            [
+                {"method": "majority", "proposes": q.get("proposal_majority") or "nothing (a tie)"},
+                {"method": "Dawid–Skene", "proposes": q.get("proposal_dawid_skene") or "nothing"},
+            ],
+            hide_index=True,
+        )
+    _decision_form(user, q, labels_of[q["dimension"]], pick)
+
+
+def _decision_form(user: Any, q: dict[str, Any], labels: list[str], pick: str) -> None:
+    """No label is pre-selected: a gold label is a choice, made explicitly, with a note and a confirmation."""
+    from safereview.agreement.consensus import adjudicate
+
+    with st.container(border=True):
         label = st.radio(
             "Gold label",
-            labels_of[q["dimension"]],
+            labels,
+            index=None,
             format_func=ui.md_literal,
             horizontal=True,
             key=f"gold_label_{pick}",
         )
-        rationale = st.text_area("Why (kept with the decision)", max_chars=5000, key=f"gold_why_{pick}")
-        if st.form_submit_button("Record decision", type="primary", icon=":material/gavel:"):
+        rationale = st.text_area(
+            "Why (required; kept with the decision)", max_chars=5000, key=f"gold_why_{pick}", height=80
+        )
+        sure = st.checkbox(
+            f"I decide {ui.md_literal(label)!s} for {ui.md_literal(q['external_id'], max_chars=80)} · "
+            f"{ui.md_literal(q['dimension'])}"
+            if label
+            else "I have looked at the item, the annotators and the judge",
+            key=f"gold_sure_{pick}",
+        )
+        ready = label is not None and bool((rationale or "").strip()) and sure
+        if not ready:
+            st.caption("Choose a label, write why, and confirm to record the decision.")
+        if st.button(
+            "Record decision", type="primary", icon=":material/gavel:", disabled=not ready, key=f"gold_record_{pick}"
+        ):
 
             def decide() -> bool:
                 with ui.session() as s:
-                    adjudicate(s, user, int(q["item_id"]), q["dimension"], label, rationale)
+                    adjudicate(s, user, int(q["item_id"]), q["dimension"], str(label), str(rationale))
                 return True
 
             if ui.run(decide):
