@@ -31,6 +31,9 @@ from typing import Any
 
 import yaml
 
+# ``aliases``: the names the benchmark's paper and repository use (e.g. "Composite-Unsafe
+# VQA") and its release folders (``data/VQA/safety_I_safety_T``: safe image, safe text),
+# so files and ``--task-type`` values written for Uni-SafeBench import as they are.
 UNI_SAFEBENCH_TASK_TYPES: list[dict[str, Any]] = [
     {
         "id": "malicious-text-generation",
@@ -38,6 +41,7 @@ UNI_SAFEBENCH_TASK_TYPES: list[dict[str, Any]] = [
         "inputs": ["text"],
         "outputs": ["text"],
         "family": "generation",
+        "aliases": ["Malicious Text Generation", "Text Generation"],
     },
     {
         "id": "unsafe-t2i-generation",
@@ -45,6 +49,7 @@ UNI_SAFEBENCH_TASK_TYPES: list[dict[str, Any]] = [
         "inputs": ["text"],
         "outputs": ["image"],
         "family": "generation",
+        "aliases": ["T2I", "Unsafe T2I", "Unsafe Text-to-Image Generation"],
     },
     {
         "id": "malicious-image-editing",
@@ -52,6 +57,7 @@ UNI_SAFEBENCH_TASK_TYPES: list[dict[str, Any]] = [
         "inputs": ["image", "text"],
         "outputs": ["image"],
         "family": "generation",
+        "aliases": ["Text-Guided Image Editing", "Malicious Image Editing"],
     },
     {
         "id": "dual-unsafe",
@@ -59,6 +65,7 @@ UNI_SAFEBENCH_TASK_TYPES: list[dict[str, Any]] = [
         "inputs": ["image", "text"],
         "outputs": ["text"],
         "family": "understanding",
+        "aliases": ["Dual-Unsafe VQA", "unsafety_I_unsafety_T", "VQA/unsafety_I_unsafety_T"],
     },
     {
         "id": "image-unsafe",
@@ -66,6 +73,7 @@ UNI_SAFEBENCH_TASK_TYPES: list[dict[str, Any]] = [
         "inputs": ["image", "text"],
         "outputs": ["text"],
         "family": "understanding",
+        "aliases": ["Image-Unsafe VQA", "unsafety_I_safety_T", "VQA/unsafety_I_safety_T"],
     },
     {
         "id": "text-unsafe",
@@ -73,6 +81,7 @@ UNI_SAFEBENCH_TASK_TYPES: list[dict[str, Any]] = [
         "inputs": ["image", "text"],
         "outputs": ["text"],
         "family": "understanding",
+        "aliases": ["Text-Unsafe VQA", "safety_I_unsafety_T", "VQA/safety_I_unsafety_T"],
     },
     {
         "id": "composite-unsafe",
@@ -80,6 +89,7 @@ UNI_SAFEBENCH_TASK_TYPES: list[dict[str, Any]] = [
         "inputs": ["image", "text"],
         "outputs": ["text"],
         "family": "understanding",
+        "aliases": ["Composite-Unsafe VQA", "safety_I_safety_T", "VQA/safety_I_safety_T"],
     },
 ]
 
@@ -295,6 +305,9 @@ def validate(data: Any, *, source: str = "taxonomy") -> dict[str, Any]:
             bad = [m for m in mods if m not in ("text", "image", "audio", "video")]
             if not isinstance(mods, list) or bad:
                 raise fail(f"task_types[{i}].{key}", f"modalities must be text/image/audio/video, got {bad or mods}")
+        aliases = tt.get("aliases", [])
+        if not isinstance(aliases, list) or not all(isinstance(a, str) and a.strip() for a in aliases):
+            raise fail(f"task_types[{i}].aliases", "expected a list of names")
         tts.append(
             {
                 "id": tid,
@@ -302,6 +315,7 @@ def validate(data: Any, *, source: str = "taxonomy") -> dict[str, Any]:
                 "inputs": list(tt.get("inputs", [])),
                 "outputs": list(tt.get("outputs", [])),
                 "family": str(tt.get("family", "")),
+                "aliases": [str(a) for a in aliases],
             }
         )
     _no_duplicates([t["id"] for t in tts], fail, "task_types")

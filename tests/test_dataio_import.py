@@ -691,3 +691,50 @@ def test_same_verdict_or_annotation_twice_in_one_file_is_an_error(
         f"{f}:3: annotations[0]: an annotation by 'amy' on item 'a' is already given at line 1",
     ]
     assert ds.count(engine, "item") == 0
+
+
+def test_the_benchmarks_own_task_names_and_release_folders(db_url: str, tmp_path: Path, media: Path) -> None:
+    """Uni-SafeBench's paper names ("Composite-Unsafe VQA") and release folders (VQA/safety_I_safety_T)."""
+    ds.png(media / "in.png")
+    named = ds.write_jsonl(media / "results.jsonl", ds.uni_rows(1))
+    res = CliRunner().invoke(
+        app,
+        [
+            "import",
+            str(named),
+            "--format",
+            "uni-safebench",
+            "--task-type",
+            "Composite-Unsafe VQA",
+            "-c",
+            "uni",
+            "-t",
+            "uni-safebench",
+            "--db",
+            db_url,
+            "--media-root",
+            str(tmp_path / "root"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    root = tmp_path / "root"
+    for folder in ("unsafety_I_safety_T", "safety_I_unsafety_T"):
+        d = media / "VQA" / folder
+        d.mkdir(parents=True)
+        ds.png(d / "in.png")
+        f = ds.write_jsonl(d / "input.jsonl", ds.uni_rows(1))
+        res = CliRunner().invoke(
+            app,
+            ["import", str(f), "--format", "uni-safebench", "-c", "uni", "--db", db_url, "--media-root", str(root)],
+        )
+        assert res.exit_code == 0, res.output
+    engine = sa.create_engine(db_url)
+    try:
+        got = sorted((i.external_id, i.task_type) for i in rows(engine, Item))
+    finally:
+        engine.dispose()
+    assert got == [
+        ("composite-unsafe/u0", "composite-unsafe"),
+        ("image-unsafe/u0", "image-unsafe"),
+        ("text-unsafe/u0", "text-unsafe"),
+    ]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 from pathlib import Path
 from typing import Any
+
+from safereview.db.taxonomy import PRESETS
 
 
 def norm(text: str) -> str:
@@ -25,9 +28,12 @@ class TaxonomyIndex:
         self._cat_cache: dict[str, tuple[str, str] | None] = {}
         self.task_types: dict[str, str] = {}
         self.task_outputs: dict[str, list[str]] = {}
+        preset = {t["id"]: t for t in PRESETS.get(spec.get("name", ""), {}).get("task_types", [])}
         for tt in spec["task_types"]:
-            self.task_types.setdefault(norm(tt["id"]), tt["id"])
-            self.task_types.setdefault(norm(tt["name"]), tt["id"])
+            # aliases: a benchmark's own names (also for a preset stored before it listed them)
+            aliases = [*tt.get("aliases", ()), *preset.get(tt["id"], {}).get("aliases", ())]
+            for key in (tt["id"], tt["name"], *aliases):
+                self.task_types.setdefault(norm(key), tt["id"])
             self.task_outputs[tt["id"]] = list(tt.get("outputs", []))
         self.categories: dict[str, tuple[str, str]] = {}
         self.subs_of: dict[str, set[str]] = {}
@@ -51,7 +57,9 @@ class TaxonomyIndex:
 
     def task_type_from_path(self, path: Path) -> str | None:
         """The task type named by the file stem or one of its parent folders."""
-        candidates = [path.stem, *[p.name for p in path.resolve().parents][:3]]
+        parents = [p.name for p in path.resolve().parents][:3]
+        # a release folder such as VQA/safety_I_safety_T names the task with its parent
+        candidates = [path.stem, *(f"{a}/{b}" for b, a in itertools.pairwise(parents)), *parents]
         for cand in candidates:
             hit = self.task_type(cand)
             if hit:
