@@ -67,6 +67,13 @@ class Collection(SQLModel, table=True):
     design_frozen_at: datetime | None = None
     design_score_mean: float | None = None
     design_share: float | None = None
+    # Blind review: whether changing a blind label after the reveal needs a reason
+    reveal_reason: str = Field(default="required", max_length=12)  # required | optional
+    # Reviewer wellbeing: media start blurred and greyscale until revealed; break reminders
+    # after this many minutes or items labelled unsafe (0 = no reminder)
+    protect_media: bool = Field(default=True)
+    break_minutes: int = Field(default=45, ge=0)
+    break_unsafe_items: int = Field(default=40, ge=0)
     archived: bool = Field(default=False)
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -246,6 +253,15 @@ class User(SQLModel, table=True):
     last_login_at: datetime | None = None
 
 
+class UserPreference(SQLModel, table=True):
+    """A reviewer's own settings (last collection, media protection), kept in the database
+    so they follow the person to any browser or app replica."""
+
+    user_id: int = Field(foreign_key="user.id", primary_key=True)
+    prefs: dict = Field(default_factory=dict, sa_type=JSONType)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
 class LoginAttempt(SQLModel, table=True):
     """Sign-in attempts, for rate limiting across app replicas."""
 
@@ -316,6 +332,7 @@ class Annotation(SQLModel, table=True):
     blind_labels: dict | None = Field(default=None, sa_type=JSONType)
     categories: list = Field(default_factory=list, sa_type=JSONType)
     rationale: str = Field(default="")
+    reveal_reason: str = Field(default="")  # why a blind label changed after the judge's verdict was shown
     flagged: bool = Field(default=False)
     verdict_action: str | None = Field(default=None, max_length=20)  # confirm | override | None
     verdict_judge_id: str | None = Field(default=None, max_length=80)

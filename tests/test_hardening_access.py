@@ -76,6 +76,7 @@ def _table() -> list[Guarded]:
     from safereview.judge.runner import RunOptions, run_judge
     from safereview.workflow import annotations as an
     from safereview.workflow import collections as wcol
+    from safereview.workflow import preferences as prefs
     from safereview.workflow import progress as wprog
     from safereview.workflow import queue as q
 
@@ -92,6 +93,11 @@ def _table() -> list[Guarded]:
             lambda s, u, c: an.update(s, u, c["ann"], 1, flagged=True),
         ),
         _g("safereview.workflow.annotations.undo_last", "annotator", lambda s, u, c: an.undo_last(s, u)),
+        _g(
+            "safereview.workflow.preferences.set_preference",
+            "annotator",
+            lambda s, u, c: prefs.set_preference(s, u, "protect_media", False),
+        ),
         _g("safereview.workflow.annotations.history", "annotator", lambda s, u, c: an.history(s, u)),
         _g("safereview.workflow.annotations.history_items", "annotator", lambda s, u, c: an.history_items(s, u)),
         _g(

@@ -21,7 +21,8 @@ from safereview.workflow.annotations import (
     verdicts_for,
     visible_annotations,
 )
-from safereview.workflow.errors import Conflict, InvalidInput, LeaseLost, NotFound
+from safereview.workflow.collections import update_settings
+from safereview.workflow.errors import Conflict, Forbidden, InvalidInput, LeaseLost, NotFound
 from safereview.workflow.queue import QueueFilter, next_item
 
 UNSAFE = {"image": "safe", "text": "safe", "joint": "unsafe"}
@@ -61,14 +62,50 @@ def test_blind_flow_keeps_blind_and_final_labels(engine: sa.Engine) -> None:
         assert verdicts_for(s, u, a.item_id, revealed=False) == []
         shown = verdicts_for(s, u, a.item_id, revealed=True)
         assert {v.dimension: v.label for v in shown} == UNSAFE
+    # changing a blind label after seeing the judge needs a reason (the collection's default)
+    changed = "you changed joint: safe → unsafe after seeing the judge"
+    with pytest.raises(InvalidInput, match=changed), session_scope(engine) as s:
+        finalize(s, u, ann.id, UNSAFE, action="override", expected_version=1, judge_id="j1")  # type: ignore[arg-type]
     with session_scope(engine) as s:
-        fin = finalize(s, u, ann.id, UNSAFE, action="override", expected_version=1, judge_id="j1")  # type: ignore[arg-type]
-    assert fin.labels == UNSAFE and fin.blind_labels == VLSU_SAFE
+        fin = finalize(
+            s,
+            u,
+            ann.id,  # type: ignore[arg-type]
+            UNSAFE,
+            action="override",
+            expected_version=1,
+            judge_id="j1",
+            rationale="looks fine at first; the caption makes it a threat",
+            categories=["C1", "C9"],
+            flagged=True,
+            reveal_reason="missed the caption's threat",
+        )
+    assert fin.labels == UNSAFE and fin.blind_labels == VLSU_SAFE and fin.flagged
     assert fin.verdict_action == "override" and fin.verdict_judge_id == "j1" and fin.version == 2
+    assert fin.reveal_reason == "missed the caption's threat" and fin.categories == ["C1", "C9"]
     with Session(engine) as s:
         events = list(s.exec(select(AnnotationEvent).order_by(AnnotationEvent.id)))
         assert [(e.action, e.recorded_by) for e in events] == [("create", "ann"), ("reveal", "ann")]
+        # the log keeps both states: blind labels and first rationale, final labels and the reason
+        assert (events[0].after["labels"], events[0].after["rationale"]) == (VLSU_SAFE, "looks fine")
+        assert events[1].after["labels"] == UNSAFE and events[1].after["reveal_reason"].startswith("missed")
         assert replay_events(s) == stored_state(s)
+
+
+def test_a_change_after_the_reveal_may_be_left_unexplained_where_the_collection_says_so(engine: sa.Engine) -> None:
+    cid = _setup(engine)
+    with session_scope(engine) as s:
+        update_settings(s, cid, actor=make_user(engine, "lead", "lead"), reveal_reason="optional")
+    u = make_user(engine, "ann")
+    a = _lease(engine, u, cid)
+    _verdicts(engine, a.item_id)
+    with session_scope(engine) as s:
+        ann = submit(s, u, a.id, VLSU_SAFE)
+    with session_scope(engine) as s:
+        fin = finalize(s, u, ann.id, UNSAFE, expected_version=1, judge_id="j1")  # type: ignore[arg-type]
+    assert fin.labels == UNSAFE and fin.reveal_reason == ""
+    with pytest.raises(Forbidden), session_scope(engine) as s:  # a lead sets review defaults, not the design
+        update_settings(s, cid, actor=make_user(engine, "lead2", "lead"), overlap_target=3)
 
 
 def test_open_collection_records_action_at_submit(engine: sa.Engine) -> None:
@@ -174,7 +211,7 @@ def test_undo_reverts_most_recent_change_and_keeps_events(engine: sa.Engine) -> 
     assert ann_id is not None
     with session_scope(engine) as s:
         assert undo_last(s, u) is None  # a submission is edited, never withdrawn
-        finalize(s, u, ann_id, UNSAFE, action="override", expected_version=1)
+        finalize(s, u, ann_id, UNSAFE, action="override", expected_version=1, reveal_reason="the caption")
         update(s, u, ann_id, 2, rationale="because", flagged=True)
     with session_scope(engine) as s:
         back = undo_last(s, u)
@@ -203,7 +240,7 @@ def test_event_log_replays_to_the_stored_state_after_a_mixed_session(engine: sa.
     for n, (u, ann_id) in enumerate(ids):
         with session_scope(engine) as s:
             if n % 2:
-                finalize(s, u, ann_id, UNSAFE, action="override", expected_version=1)
+                finalize(s, u, ann_id, UNSAFE, action="override", expected_version=1, reveal_reason="r")
             else:
                 finalize(s, u, ann_id, VLSU_SAFE, action="confirm", expected_version=1)
                 update(s, u, ann_id, 2, categories=["C3", "C4"], rationale="r")
@@ -284,7 +321,7 @@ def test_the_service_decides_confirm_or_override_from_the_stored_verdict(
         with session_scope(engine) as s:
             if blind:
                 first = submit(s, u, a.id, VLSU_SAFE)
-                ann = finalize(s, u, first.id, labels, expected_version=1, judge_id="j1")  # type: ignore[arg-type]
+                ann = finalize(s, u, first.id, labels, expected_version=1, judge_id="j1", reveal_reason="why")  # type: ignore[arg-type]
             else:
                 ann = submit(s, u, a.id, labels, verdict_judge_id="j1")
             assert (ann.verdict_action, ann.verdict_judge_id) == (expected, "j1")

@@ -12,6 +12,7 @@ from safereview.workflow.policies import ACTIONS, can, require
 EXPECTED = {  # action: (annotator, lead, admin)
     "review": (True, True, True),
     "view_own_history": (True, True, True),
+    "set_own_preferences": (True, True, True),
     "view_others_labels": (False, True, True),
     "adjudicate": (False, True, True),
     "audit": (False, True, True),
@@ -20,6 +21,7 @@ EXPECTED = {  # action: (annotator, lead, admin)
     "export": (False, True, True),
     "tag_errors": (False, True, True),
     "view_queue_status": (False, True, True),
+    "set_review_defaults": (False, True, True),
     "import": (False, False, True),
     "judge": (False, False, True),
     "manage_users": (False, False, True),

@@ -37,12 +37,13 @@ SNAPSHOT_FIELDS: tuple[str, ...] = (
     "blind_labels",
     "categories",
     "rationale",
+    "reveal_reason",
     "flagged",
     "verdict_action",
     "verdict_judge_id",
     "time_spent_s",
 )
-EDITABLE_FIELDS: frozenset[str] = frozenset({"labels", "categories", "rationale", "flagged"})
+EDITABLE_FIELDS: frozenset[str] = frozenset({"labels", "categories", "rationale", "reveal_reason", "flagged"})
 MAX_RATIONALE_CHARS = 5000
 MAX_CATEGORIES = 50
 VERDICT_ACTIONS = ("confirm", "override")
@@ -457,11 +458,20 @@ def finalize(
     expected_version: int,
     action: str | None = None,
     judge_id: str | None = None,
+    categories: tuple[str, ...] | list[str] | None = None,
+    rationale: str | None = None,
+    flagged: bool | None = None,
+    reveal_reason: str = "",
 ) -> Annotation:
     """After the verdict is revealed: confirm or override. ``blind_labels`` stay as committed.
 
     Name ``judge_id`` and leave ``action`` out to have it worked out from that judge's
-    stored labels (:func:`verdict_action`); one of the two is required.
+    stored labels (:func:`verdict_action`); one of the two is required. Categories,
+    rationale and the flag may change too (None keeps them). Changing a blind label after
+    seeing the judge needs ``reveal_reason`` when the collection requires it: the judge
+    swayed the label, and a lead auditing the judge must know why. The event log keeps both
+    states (the "create" event the blind labels and first rationale, this "reveal" event the
+    final ones).
     """
     require(user, "review")
     if action is None and judge_id is None:
@@ -469,12 +479,25 @@ def finalize(
     if action is not None and action not in VERDICT_ACTIONS:
         raise InvalidInput("action: confirm or override")
     ann = _own_annotation(session, user, annotation_id)
-    _item, _col, spec = _spec_for_item(session, ann.item_id)
+    _item, col, spec = _spec_for_item(session, ann.item_id)
     clean = validate_labels(spec, labels)
     action = _action_for(session, ann.item_id, clean, action, judge_id)
     values: dict[str, Any] = {"labels": clean, "verdict_action": action}
     if judge_id is not None:
         values["verdict_judge_id"] = str(judge_id)[:80]
+    if categories is not None:
+        values["categories"] = validate_categories(spec, list(categories))
+    if rationale is not None:
+        values["rationale"] = _clean_rationale(rationale)
+    if flagged is not None:
+        values["flagged"] = bool(flagged)
+    reason = _clean_rationale(reveal_reason)
+    blind = ann.blind_labels or {}
+    changed = ann.blind_labels is not None and clean != blind
+    if changed and not reason.strip() and col.reveal_reason == "required":
+        moved = ", ".join(f"{d}: {blind.get(d)} → {v}" for d, v in clean.items() if blind.get(d) != v)
+        raise InvalidInput(f"reveal_reason: you changed {moved} after seeing the judge; say why")
+    values["reveal_reason"] = reason if changed else ""
     return _apply(session, user, ann, expected_version, values, "reveal")
 
 
@@ -630,6 +653,7 @@ _DEFAULTS: dict[str, Any] = {
     "blind_labels": None,
     "categories": [],
     "rationale": "",
+    "reveal_reason": "",
     "flagged": False,
     "verdict_action": None,
     "verdict_judge_id": None,

@@ -17,6 +17,7 @@ ROLE_RANK: dict[str, int] = {r: i for i, r in enumerate(ROLES)}
 ACTIONS: dict[str, str] = {
     "review": "annotator",
     "view_own_history": "annotator",
+    "set_own_preferences": "annotator",
     "view_others_labels": "lead",
     "adjudicate": "lead",
     "audit": "lead",
@@ -25,6 +26,7 @@ ACTIONS: dict[str, str] = {
     "export": "lead",
     "tag_errors": "lead",
     "view_queue_status": "lead",
+    "set_review_defaults": "lead",  # media protection, break reminders, reveal reason of a collection
     "import": "admin",
     "judge": "admin",
     "manage_users": "admin",
@@ -32,7 +34,9 @@ ACTIONS: dict[str, str] = {
 }
 # Actions only a person's account can take: a review, an adjudication or an error tag is
 # someone's decision and is stored under their user id; the system principal is refused them.
-PERSONAL_ACTIONS: frozenset[str] = frozenset({"review", "view_own_history", "adjudicate", "tag_errors"})
+PERSONAL_ACTIONS: frozenset[str] = frozenset(
+    {"review", "view_own_history", "set_own_preferences", "adjudicate", "tag_errors"}
+)
 
 
 def role_rank(role: str) -> int:
