@@ -343,7 +343,12 @@ def validate(data: Any, *, source: str = "taxonomy") -> dict[str, Any]:
                 {"id": str(sub.get("id") or _slug(str(sub["name"]))), "name": str(sub.get("name", sub.get("id")))}
             )
         cid = str(cat.get("id") or _slug(str(cat["name"])))
-        cats.append({"id": cid, "name": str(cat.get("name", cid)), "subcategories": subs})
+        entry = {"id": cid, "name": str(cat.get("name", cid)), "subcategories": subs}
+        if cat.get("warning") is not None:  # shown before an item's media (reviewer wellbeing)
+            if not isinstance(cat["warning"], str) or len(cat["warning"]) > 200:
+                raise fail(f"categories[{i}].warning", "expected a short text (at most 200 characters)")
+            entry["warning"] = cat["warning"]
+        cats.append(entry)
     _no_duplicates([c["id"] for c in cats], fail, "categories")
     out["categories"] = cats
 

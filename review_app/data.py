@@ -26,11 +26,16 @@ class CollectionInfo:
     audit_share: float  # the least uniform share of the sampling design
     design_frozen: bool
     design_share: float | None  # the share the frozen design used (raised for concentrated scores)
+    reveal_reason: str  # required | optional: a reason for a blind label changed after the reveal
+    protect_media: bool  # images and video start blurred and greyscale
+    break_minutes: int
+    break_unsafe_items: int
     archived: bool
     dims: tuple[dict[str, Any], ...]
     category_options: tuple[str, ...]
     guidelines: str
     taxonomy: str
+    warnings: tuple[tuple[str, str], ...] = ()  # category name -> content warning shown before media
 
 
 def collections(session: Session, *, include_archived: bool = False) -> list[CollectionInfo]:
@@ -49,11 +54,18 @@ def collections(session: Session, *, include_archived: bool = False) -> list[Col
                 audit_share=c.audit_share,
                 design_frozen=c.design_frozen_at is not None,
                 design_share=c.design_share,
+                reveal_reason=c.reveal_reason,
+                protect_media=c.protect_media,
+                break_minutes=c.break_minutes,
+                break_unsafe_items=c.break_unsafe_items,
                 archived=c.archived,
                 dims=tuple(spec.get("dimensions", [])),
                 category_options=tuple(category_names(spec)) if spec.get("categories") else (),
                 guidelines=str(spec.get("guidelines", "")),
                 taxonomy=t.name,
+                warnings=tuple(
+                    (str(c["name"]), str(c.get("warning") or c["name"])) for c in spec.get("categories", [])
+                ),
             )
         )
     return out

@@ -79,8 +79,12 @@ def load_item(session: Session, item_id: int) -> ItemView:
 # ---------------------------------------------------------------------------------------
 
 
-def render_parts(parts: list[dict[str, Any]], item: ItemView, *, where: str) -> None:
-    """Render prompt or response parts in order; unknown or broken parts say so plainly."""
+def render_parts(parts: list[dict[str, Any]], item: ItemView, *, where: str, shielded: bool = False) -> None:
+    """Render prompt or response parts in order; unknown or broken parts say so plainly.
+
+    ``shielded``: images and video are drawn blurred and greyscale (reviewer wellbeing) until
+    the reviewer reveals them; the page decides when.
+    """
     for i, part in enumerate(parts):
         if not isinstance(part, dict):
             st.caption("(unreadable part)")
@@ -89,7 +93,7 @@ def render_parts(parts: list[dict[str, Any]], item: ItemView, *, where: str) -> 
         if modality == "text":
             ui.safe_text(part.get("text", ""))
         elif modality in ("image", "audio", "video"):
-            render_media(part, item, key=f"{where}_{item.id}_{i}")
+            render_media(part, item, key=f"{where}_{item.id}_{i}", shielded=shielded)
         else:
             st.caption(f"(part of unknown modality {ui.md_literal(modality, max_chars=30)})")
 
@@ -106,7 +110,7 @@ def _media_caption(part: dict[str, Any], info: dict[str, Any] | None) -> str:
     return " · ".join(bits)
 
 
-def render_media(part: dict[str, Any], item: ItemView, *, key: str) -> None:
+def render_media(part: dict[str, Any], item: ItemView, *, key: str, shielded: bool = False) -> None:
     sha = str(part.get("media", ""))
     info = item.media.get(sha)
     kind = part.get("modality")
@@ -117,16 +121,17 @@ def render_media(part: dict[str, Any], item: ItemView, *, key: str) -> None:
         st.info(f"Loading {kind}…", icon=":material/hourglass_top:")
         return
     alt = ui.attr(part.get("name") or kind)
+    box = "sr-media sr-shield" if shielded else "sr-media"
     if kind == "image":
         width = info.get("width") or 0
         size = f' style="width:{min(max(width * 2, 240), 520)}px"' if 0 < width < 260 else ""  # small: 2x, no more
         st.html(
-            f'<div class="sr-media"><img src="{server.media_url(sha, "view.webp")}" alt="{alt}"{size} '
+            f'<div class="{box}"><img src="{server.media_url(sha, "view.webp")}" alt="{alt}"{size} '
             'loading="eager"></div>'
         )
         cap, zoom = st.columns([5, 1], vertical_alignment="center")
-        cap.caption(_media_caption(part, info))
-        if zoom.button("Enlarge", key=f"zoom_{key}", icon=":material/zoom_in:", type="tertiary"):
+        cap.caption(_media_caption(part, info) + (" · blurred until you show it" if shielded else ""))
+        if not shielded and zoom.button("Enlarge", key=f"zoom_{key}", icon=":material/zoom_in:", type="tertiary"):
             _zoom_dialog(sha, str(part.get("name") or ""))
     elif kind == "audio":
         st.html(
@@ -138,12 +143,13 @@ def render_media(part: dict[str, Any], item: ItemView, *, key: str) -> None:
         )
         st.caption(_media_caption(part, info) + " · waveform and mel spectrogram")
     elif kind == "video":
+        strip = "sr-strip sr-shield" if shielded else "sr-strip"
         st.html(
-            f'<div class="sr-media"><video controls preload="metadata" '
+            f'<div class="{box}"><video controls preload="metadata" '
             f'src="{server.media_url(sha)}"></video></div>'
-            f'<div class="sr-strip"><img src="{server.media_url(sha, "keyframes.jpg")}" alt="key frames"></div>'
+            f'<div class="{strip}"><img src="{server.media_url(sha, "keyframes.jpg")}" alt="key frames"></div>'
         )
-        st.caption(_media_caption(part, info) + " · key frames")
+        st.caption(_media_caption(part, info) + " · key frames" + (" · blurred until you show it" if shielded else ""))
 
 
 @st.dialog("Image", width="large")
@@ -155,12 +161,16 @@ def _zoom_dialog(sha: str, name: str) -> None:
     )
 
 
-def render_item(item: ItemView) -> None:
-    """Prompt and response in two clearly separated bordered blocks."""
+def has_visual_media(item: ItemView) -> bool:
+    return any(isinstance(p, dict) and p.get("modality") in ("image", "video") for p in [*item.prompt, *item.response])
+
+
+def render_item(item: ItemView, *, shielded: bool = False) -> None:
+    """Prompt and response in two clearly separated bordered blocks (media blurred when ``shielded``)."""
     with st.container(border=True):
         st.markdown("**Prompt** · " + ui.md_literal(item.input_modalities or "text"))
         if item.prompt:
-            render_parts(item.prompt, item, where="prompt")
+            render_parts(item.prompt, item, where="prompt", shielded=shielded)
         else:
             st.caption("(empty prompt)")
     with st.container(border=True):
@@ -168,7 +178,7 @@ def render_item(item: ItemView) -> None:
         if item.refused:
             st.info("The model refused to generate an output.", icon=":material/do_not_disturb_on:")
         if item.response:
-            render_parts(item.response, item, where="response")
+            render_parts(item.response, item, where="response", shielded=shielded)
         elif not item.output_modalities:
             st.caption("(no model response: the prompt itself is judged)")
         elif not item.refused:

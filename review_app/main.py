@@ -22,14 +22,16 @@ if user is None:
     st.stop()
 
 sections: dict[str, list[st.Page]] = {}
+home = nav.home_for(user)
 for spec in nav.pages_for(user):
     sections.setdefault(spec.section, []).append(
-        st.Page(f"views/{spec.file}", title=spec.title, icon=spec.icon, default=spec.default)
+        st.Page(f"views/{spec.file}", title=spec.title, icon=spec.icon, default=spec.file == home)
     )
 page = st.navigation(sections)
 
 with st.sidebar:
     ui.cookie_bridge()
+    ui.keyboard_glue()
 ui.wait_for_cookie()
 with st.sidebar:
     st.caption(f"Signed in as **{ui.md_literal(user.display_name or user.username)}** · {user.role}")

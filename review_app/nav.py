@@ -40,6 +40,16 @@ PAGES: tuple[PageSpec, ...] = (
 )
 
 
+def home_for(user: Any) -> str:
+    """The page a user lands on: Review for annotators; Queue status for leads and admins, so
+    opening the app to audit or manage never leases a review item (they open Review to review)."""
+    pages = pages_for(user)
+    for spec in pages:
+        if spec.action == "view_queue_status":
+            return spec.file
+    return next((p.file for p in pages if p.default), pages[0].file if pages else "review.py")
+
+
 def pages_for(user: Any) -> list[PageSpec]:
     """Pages this user may open, in menu order."""
     return [p for p in PAGES if policies.can(user, p.action)]

@@ -276,6 +276,13 @@ def _db_ok() -> bool:
     return True
 
 
+async def keyboard_js(request: Request) -> Response:
+    """The workbench's keyboard glue (review_app.keyboard): same origin, so the CSP lets it run."""
+    from safereview.review_app.keyboard import SCRIPT
+
+    return Response(SCRIPT, media_type="text/javascript", headers={"cache-control": "no-cache"})
+
+
 async def healthz(request: Request) -> Response:
     try:
         await run_in_threadpool(_db_ok)
@@ -289,6 +296,7 @@ def routes() -> list[Route]:
     p = runtime.config().url_prefix
     return [
         Route(f"{p}/healthz", healthz, methods=["GET"]),
+        Route(f"{p}/app-assets/keyboard.js", keyboard_js, methods=["GET"]),
         Route(f"{p}/media-files/{{sha}}", media_file, methods=["GET", "HEAD"]),
         Route(f"{p}/media-files/{{sha}}/{{variant}}", media_file, methods=["GET", "HEAD"]),
         Route(f"{p}/auth/session", auth_session, methods=["GET"]),
@@ -298,6 +306,10 @@ def routes() -> list[Route]:
 
 def middleware() -> list[Middleware]:
     return [Middleware(SecurityHeadersMiddleware)]
+
+
+def keyboard_url() -> str:
+    return f"{runtime.config().url_prefix}/app-assets/keyboard.js"
 
 
 def media_url(sha: str, variant: str | None = None) -> str:

@@ -356,9 +356,12 @@ _CSS = """
 .sr-media img {width:100%; max-width:520px; max-height:520px; object-fit:contain; object-position:left;
   border-radius:6px; border:1px solid #e3e4ea; background:#fafafa;}
 .sr-media audio, .sr-media video {width:100%; max-height:420px;}
+.sr-shield {overflow:hidden; border-radius:6px;}
+.sr-shield img, .sr-shield video {filter: blur(28px) grayscale(1); pointer-events: none;}
 .sr-strip img {width:100%; border-radius:4px; border:1px solid #e3e4ea;}
 .sr-full img {width:100%; height:auto;}
 .sr-muted {color:#6b6f7b; font-size:.85rem;}
+.st-key-sr_keys {display:none;}
 </style>
 """
 
@@ -377,6 +380,14 @@ def favicon() -> Any:
 
 def page_style() -> None:
     st.html(_CSS)
+
+
+def keyboard_glue() -> None:
+    """Load the workbench's keyboard script (review_app.keyboard) from our own route; the element is hidden."""
+    from safereview.review_app import server
+
+    with st.container(key="sr_keys"):
+        st.html(f'<script src="{html.escape(server.keyboard_url())}"></script>', unsafe_allow_javascript=True)
 
 
 def kbd(keys: str) -> str:

@@ -84,6 +84,11 @@ def click(at: Any, key: str) -> None:
     assert not at.exception, [e.message for e in at.exception]
 
 
+def keys(at: Any) -> list[str]:
+    """Widget keys on the page (text boxes whose key names the item)."""
+    return [str(w.key) for w in [*at.text_area, *at.text_input] if w.key]
+
+
 def shown_item(at: Any) -> str:
     cap = next(c.value for c in at.caption if "· item " in c.value)
     return cap.split("· item ", 1)[1].split(" ·", 1)[0].replace("\\", "").strip()
@@ -186,6 +191,14 @@ def test_blind_mode_hides_verdict_until_commit_then_override_is_recorded(fx: A.F
     # take the judge's labels, then change one of them: an override of the verdict
     click(at, "rv_take_judge")
     click(at, "rv_lab_0_0")  # contextual = safe
+    # the rationale and categories stay editable after the reveal, and Flag works there
+    at.text_area(key=next(k for k in keys(at) if k.startswith("rv_rationale_"))).input("first look: a refusal").run()
+    click(at, "rv_flag")
+    click(at, "rv_submit")  # a blind label changed after seeing the judge: a reason is asked for
+    assert shown_item(at) == item
+    assert any("after seeing the judge" in w.value for w in at.warning)
+    reason = next(k for k in keys(at) if k.startswith("rv_reason_"))
+    at.text_input(key=reason).input("the judge was right: it is not a refusal").run()
     click(at, "rv_submit")
     assert shown_item(at) != item
     from safereview.db.models import Annotation, Item, Verdict
@@ -198,6 +211,8 @@ def test_blind_mode_hides_verdict_until_commit_then_override_is_recorded(fx: A.F
         judge = {v.dimension: v.label for v in s.exec(select(Verdict).where(Verdict.item_id == iid))}
     assert ann.blind_labels == {"contextual": "refusal", "intrinsic": "safe"}
     assert ann.labels == {"contextual": "safe", "intrinsic": judge["intrinsic"]}
+    assert ann.reveal_reason == "the judge was right: it is not a refusal"
+    assert ann.rationale == "first look: a refusal" and ann.flagged
     expected = "confirm" if ann.labels == judge else "override"
     assert ann.verdict_action == expected
     assert ann.verdict_judge_id == A.JUDGE

@@ -2,9 +2,15 @@
 
 Flow per item: claim (``queue.next_item``) → label every dimension → submit
 (``annotations.submit``). In a blind collection the judge's verdict is hidden until then;
-after submit it is revealed and the annotator confirms or changes their labels, which
-``annotations.finalize`` records (keeping the blind labels). Then the next item renders in
-the same fragment rerun, so only the item panel updates.
+after submit it is revealed and the annotator confirms or changes their labels (with a
+reason when they change one), categories, rationale and flag, which ``annotations.finalize``
+records (keeping the blind labels). A submission left at the reveal step (a closed tab) is
+shown again before any new item, and Undo brings the item it undid back on screen. Then the
+next item renders in the same fragment rerun, so only the item panel updates.
+
+Reviewer wellbeing: images and video start blurred and greyscale (the collection's default,
+or the reviewer's own preference) until the reviewer shows them (``V`` or the button); the
+category's content warning comes first; a break reminder follows time and unsafe items seen.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from safereview.review_app import item_view, timing, ui
 from safereview.review_app.data import CollectionInfo
 
 LABEL_KEYS = ("123456789", "qwet", "asdg", "zxvb")  # one row of keys per dimension (no C/R)
-KEY_SUBMIT, KEY_SKIP, KEY_FLAG, KEY_UNDO, KEY_JUDGE = "ctrl+enter", "k", "f", "u", "j"
+KEY_SUBMIT, KEY_SKIP, KEY_FLAG, KEY_UNDO, KEY_JUDGE, KEY_SHOW = "ctrl+enter", "k", "f", "u", "j", "v"
+SNOOZE_S, SNOOZE_ITEMS = 15 * 60, 10  # "remind me later" on a break reminder
 
 
 def _state() -> dict[str, Any]:
@@ -38,8 +45,14 @@ def _reset_item(state: dict[str, Any]) -> None:
         "flagged",
         "blind_labels",
         "judge_id",
+        "media_shown",
     ):
         state[key] = None
+
+
+def _exposure(state: dict[str, Any]) -> dict[str, Any]:
+    """Time and items since the last break, for the break reminder (this browser session)."""
+    return state.setdefault("exposure", {"since": time.monotonic(), "items": 0, "unsafe": 0, "snooze": None})
 
 
 # ---------------------------------------------------------------------------------------
@@ -47,9 +60,49 @@ def _reset_item(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------
 
 
+def _show_for_reveal(user: Any, state: dict[str, Any], ann: Any) -> bool:
+    """Put a submitted blind annotation on screen at the reveal step, as it was left; False when
+    the judge has no verdict to reveal."""
+    from safereview.workflow import annotations
+
+    with ui.read_session() as s:
+        item = item_view.load_item(s, ann.item_id)
+        revealed = item_view.verdict_dicts(annotations.verdicts_for(s, user, ann.item_id, revealed=True))
+    judge_id = item_view.primary_judge(revealed)
+    if judge_id is None:
+        return False
+    _reset_item(state)
+    aid = f"a{ann.id}"
+    st.session_state[f"rv_cats_{aid}"] = list(ann.categories or [])
+    st.session_state[f"rv_rationale_{aid}"] = ann.rationale or ""
+    state.update(
+        assignment_id=aid,
+        item=item,
+        verdicts=revealed,
+        labels=dict(ann.labels or {}),
+        stage="reveal",
+        annotation_id=ann.id,
+        version=ann.version,
+        judge_id=judge_id,
+        blind_labels=dict(ann.blind_labels or {}),
+        flagged=bool(ann.flagged),
+        started=time.monotonic(),
+    )
+    state["empty"] = False
+    return True
+
+
 def _claim(user: Any, flt: Any, state: dict[str, Any]) -> None:
     from safereview.workflow import annotations, queue
 
+    with ui.read_session() as s:
+        pending = annotations.awaiting_reveal(s, user, flt.collection_id)
+    if pending is not None and _show_for_reveal(user, state, pending):
+        state["message"] = (
+            "info",
+            f"You submitted {pending_label(state)} but had not confirmed it against the judge: finish it first.",
+        )
+        return
     assignment = queue.next_item(ui.get_engine(), user, flt)
     _reset_item(state)
     if assignment is None:
@@ -64,6 +117,11 @@ def _claim(user: Any, flt: Any, state: dict[str, Any]) -> None:
     state.update(assignment_id=assignment.id, labels={}, stage="label", started=time.monotonic(), flagged=False)
 
 
+def pending_label(state: dict[str, Any]) -> str:
+    item = state.get("item")
+    return f"item {item.external_id}" if item is not None else "an item"
+
+
 def _set_label(state: dict[str, Any], dim: str, label: str) -> None:
     state["labels"] = {**(state.get("labels") or {}), dim: label}
 
@@ -73,10 +131,24 @@ def _toggle_flag(state: dict[str, Any]) -> None:
 
 
 def _take_judge(state: dict[str, Any]) -> None:
+    verdicts = state.get("verdicts") or []
     state["labels"] = {
         **(state.get("labels") or {}),
-        **item_view.judge_labels(state.get("verdicts") or [], state.get("judge_id")),
+        **item_view.judge_labels(verdicts, state.get("judge_id") or item_view.primary_judge(verdicts)),
     }
+
+
+def _show_media(state: dict[str, Any]) -> None:
+    state["media_shown"] = True
+
+
+def _break_taken(state: dict[str, Any]) -> None:
+    state["exposure"] = {"since": time.monotonic(), "items": 0, "unsafe": 0, "snooze": None}
+
+
+def _snooze(state: dict[str, Any]) -> None:
+    exp = _exposure(state)
+    exp["snooze"] = (time.monotonic() + SNOOZE_S, exp["items"] + SNOOZE_ITEMS)
 
 
 def _submit(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
@@ -97,6 +169,7 @@ def _submit(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
     try:
         if state.get("stage") == "reveal":
             judge_id = state.get("judge_id")
+            reason = str(st.session_state.get(f"rv_reason_{aid}") or "")
             with ui.session() as s:  # confirm or override: the service compares with the stored verdict
                 annotations.finalize(
                     s,
@@ -105,6 +178,10 @@ def _submit(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
                     dict(labels),
                     expected_version=state["version"],
                     judge_id=judge_id,
+                    categories=cats,
+                    rationale=rationale,
+                    flagged=bool(state.get("flagged")),
+                    reveal_reason=reason,
                 )
             state["done"] = state.get("done", 0) + 1
             _reset_item(state)
@@ -129,6 +206,7 @@ def _submit(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
             revealed: list[Any] = []
             if info.blind:
                 revealed = item_view.verdict_dicts(annotations.verdicts_for(s, user, state["item"].id, revealed=True))
+        _count_exposure(info, state, labels)
         judge_id = item_view.primary_judge(revealed)
         if info.blind and judge_id is not None:
             state.update(
@@ -146,7 +224,19 @@ def _submit(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
         state["message"] = ("warning", f"{exc} The item went back to the queue; here is the next one.")
         _reset_item(state)
     except WorkflowError as exc:
-        state["message"] = ("error", str(exc))
+        text = str(exc)
+        if text.startswith("reveal_reason: "):
+            state["message"] = ("warning", text.removeprefix("reveal_reason: ").capitalize() + " in the box below.")
+        else:
+            state["message"] = ("error", text)
+
+
+def _count_exposure(info: CollectionInfo, state: dict[str, Any], labels: dict[str, str]) -> None:
+    exp = _exposure(state)
+    exp["items"] += 1
+    unsafe = {d["name"]: set(d.get("unsafe_labels") or ["unsafe"]) for d in info.dims}
+    if any(v in unsafe.get(k, ()) for k, v in labels.items()):
+        exp["unsafe"] += 1
 
 
 def _skip(user: Any, state: dict[str, Any]) -> None:
@@ -165,22 +255,35 @@ def _skip(user: Any, state: dict[str, Any]) -> None:
 
 
 def _undo(user: Any, state: dict[str, Any]) -> None:
-    from safereview.workflow import annotations
+    from safereview.workflow import annotations, queue
     from safereview.workflow.errors import WorkflowError
 
     try:
         with ui.session() as s:
             ann = annotations.undo_last(s, user)
-            item_id = ann.item_id if ann is not None else None
+            if ann is not None:
+                s.expunge(ann)
     except WorkflowError as exc:
         state["message"] = ("error", str(exc))
         return
-    if item_id is None:
+    if ann is None:
         state["message"] = ("info", "Nothing to undo.")
-    else:
-        if state.get("stage") == "reveal" and state.get("item") and state["item"].id == item_id:
-            _reset_item(state)  # the reveal step belonged to the change just undone
-        state["message"] = ("success", f"Undid your last change (item {item_id}). Reopen it from My history.")
+        return
+    with ui.read_session() as s:
+        external_id = item_view.load_item(s, ann.item_id).external_id
+    if ann.verdict_action is None and ann.blind_labels:
+        # the undone change was a confirm/override: bring the item back at the reveal step
+        current = state.get("assignment_id")
+        if isinstance(current, int) and state.get("stage") != "reveal":
+            try:
+                with ui.session() as s:
+                    queue.release(s, user, current)  # the item on screen goes back to the queue
+            except WorkflowError:
+                pass
+        if _show_for_reveal(user, state, ann):
+            state["message"] = ("success", f"Undid your last change to item {external_id}: here it is again.")
+            return
+    state["message"] = ("success", f"Undid your last change to item {external_id}. Reopen it from My history.")
 
 
 # ---------------------------------------------------------------------------------------
@@ -220,10 +323,21 @@ def _header(item: item_view.ItemView, info: CollectionInfo, progress: Any) -> No
     )
 
 
+def _judge_visible(info: CollectionInfo, state: dict[str, Any]) -> bool:
+    return state.get("stage") == "reveal" or not info.blind
+
+
+def _visible_judge_labels(info: CollectionInfo, state: dict[str, Any]) -> dict[str, str]:
+    if not _judge_visible(info, state):
+        return {}
+    verdicts = state.get("verdicts") or []
+    return item_view.judge_labels(verdicts, state.get("judge_id") or item_view.primary_judge(verdicts))
+
+
 def _label_controls(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
     labels = state.get("labels") or {}
     reveal = state.get("stage") == "reveal"
-    judge = item_view.judge_labels(state.get("verdicts") or [], state.get("judge_id")) if reveal else {}
+    judge = _visible_judge_labels(info, state)
     for di, dim in enumerate(info.dims):
         name = dim["name"]
         st.markdown(
@@ -233,7 +347,7 @@ def _label_controls(user: Any, info: CollectionInfo, state: dict[str, Any]) -> N
         cols = st.columns(len(dim["labels"]))
         for li, label in enumerate(dim["labels"]):
             chosen = labels.get(name) == label
-            mark = " ◆" if reveal and judge.get(name) == label else ""
+            mark = " ◆" if judge.get(name) == label else ""
             cols[li].button(
                 ui.md_literal(label) + mark,
                 key=f"rv_lab_{di}_{li}",
@@ -244,22 +358,32 @@ def _label_controls(user: Any, info: CollectionInfo, state: dict[str, Any]) -> N
                 width="stretch",
             )
     aid = state["assignment_id"]
-    if not reveal:  # categories and rationale were saved with the submit; keep the reveal step compact
-        if info.category_options:
-            st.multiselect(
-                "Harm categories (if any)",
-                info.category_options,
-                key=f"rv_cats_{aid}",
-                format_func=ui.plain,
-                placeholder="none",
-            )
-        st.text_area(
-            "Rationale (optional)",
-            key=f"rv_rationale_{aid}",
-            height=68,
-            max_chars=4000,
-            placeholder="Why? Plain text; kept with your labels.",
+    blind = state.get("blind_labels") or {}
+    changed = reveal and any(blind.get(k) != v for k, v in labels.items())
+    if changed:  # a blind label changed after seeing the judge: say why (kept apart from the rationale)
+        required = info.reveal_reason == "required"
+        st.text_input(
+            "Why did you change your label after seeing the judge?" + (" (required)" if required else " (optional)"),
+            key=f"rv_reason_{aid}",
+            max_chars=2000,
+            placeholder="e.g. missed the caption's threat; the judge saw the weapon",
         )
+    # categories and rationale stay editable at the reveal step, prefilled with what was typed
+    if info.category_options:
+        st.multiselect(
+            "Harm categories (if any)",
+            info.category_options,
+            key=f"rv_cats_{aid}",
+            format_func=ui.plain,
+            placeholder="none",
+        )
+    st.text_area(
+        "Rationale (optional)",
+        key=f"rv_rationale_{aid}",
+        height=68,
+        max_chars=4000,
+        placeholder="Why? Plain text; kept with your labels. N to write here, Esc to go back to the keys.",
+    )
     st.button(
         "Commit final labels" if reveal else "Submit",
         key="rv_submit",
@@ -280,7 +404,6 @@ def _label_controls(user: Any, info: CollectionInfo, state: dict[str, Any]) -> N
         args=(state,),
         width="stretch",
         type="primary" if state.get("flagged") else "secondary",
-        disabled=reveal,
     )
     c3.button(
         "Skip",
@@ -301,7 +424,7 @@ def _label_controls(user: Any, info: CollectionInfo, state: dict[str, Any]) -> N
         args=(user, state),
         width="stretch",
     )
-    if reveal:
+    if judge:
         st.button(
             "Take the judge's labels",
             key="rv_take_judge",
@@ -311,10 +434,10 @@ def _label_controls(user: Any, info: CollectionInfo, state: dict[str, Any]) -> N
             args=(state,),
             type="tertiary",
         )
-    _shortcut_legend(info, reveal)
+    _shortcut_legend(info, reveal, bool(judge))
 
 
-def _shortcut_legend(info: CollectionInfo, reveal: bool) -> None:
+def _shortcut_legend(info: CollectionInfo, reveal: bool, judge: bool) -> None:
     rows = []
     for di, dim in enumerate(info.dims[: len(LABEL_KEYS)]):
         keys = " ".join(ui.kbd(k) for k in LABEL_KEYS[di][: len(dim["labels"])])
@@ -322,7 +445,8 @@ def _shortcut_legend(info: CollectionInfo, reveal: bool) -> None:
     rows.append(f"{'commit' if reveal else 'submit'} {ui.kbd('Ctrl+Enter')}")
     rows.append(
         f"flag {ui.kbd('F')} · skip {ui.kbd('K')} · undo {ui.kbd('U')}"
-        + (f" · judge's labels {ui.kbd('J')}" if reveal else "")
+        + (f" · judge's labels {ui.kbd('J')}" if judge else "")
+        + f" · rationale {ui.kbd('N')} · back to keys {ui.kbd('Esc')}"
     )
     st.html('<div class="sr-muted">Keys — ' + " · ".join(rows) + "</div>")
 
@@ -344,8 +468,51 @@ def _judge_panel(info: CollectionInfo, state: dict[str, Any]) -> None:
             st.caption("Keep your labels or change them (◆ marks the judge's), then commit.")
 
 
+def _shield_bar(info: CollectionInfo, item: item_view.ItemView, state: dict[str, Any]) -> None:
+    """The content warning and the one control that shows this item's images and video."""
+    warnings = dict(info.warnings)
+    topic = warnings.get(item.category, item.category)
+    with st.container(border=True, key="rv_shield"):
+        text, button = st.columns([3, 1], vertical_alignment="center")
+        text.markdown(
+            (f"**Content warning:** {ui.md_literal(topic, max_chars=200)}. " if topic else "")
+            + "Images and video are blurred until you show them."
+        )
+        button.button(
+            "Show media",
+            key="rv_show_media",
+            shortcut=KEY_SHOW,
+            icon=":material/visibility:",
+            on_click=_show_media,
+            args=(state,),
+            width="stretch",
+        )
+
+
+def _break_reminder(info: CollectionInfo, state: dict[str, Any]) -> None:
+    """Suggest a break after the collection's minutes or number of unsafe items since the last one."""
+    exp = _exposure(state)
+    minutes = (time.monotonic() - exp["since"]) / 60.0
+    due_time = info.break_minutes > 0 and minutes >= info.break_minutes
+    due_unsafe = info.break_unsafe_items > 0 and exp["unsafe"] >= info.break_unsafe_items
+    snooze = exp.get("snooze")
+    if snooze is not None and time.monotonic() < snooze[0] and exp["items"] < snooze[1]:
+        return
+    if not (due_time or due_unsafe):
+        return
+    with st.container(border=True, key="rv_break"):
+        st.markdown(
+            f"**Time for a short break.** You have reviewed for {minutes:.0f} minutes "
+            f"({exp['items']} items, {exp['unsafe']} labelled unsafe) since your last break. "
+            "A few minutes away from the screen helps."
+        )
+        a, b, _ = st.columns([1, 1, 2])
+        a.button("I took a break", key="rv_break_done", on_click=_break_taken, args=(state,), width="stretch")
+        b.button("Remind me later", key="rv_break_later", on_click=_snooze, args=(state,), width="stretch")
+
+
 @st.fragment
-def review_panel(user: Any, info: CollectionInfo, flt: Any) -> None:
+def review_panel(user: Any, info: CollectionInfo, flt: Any, protect: bool) -> None:
     from safereview.workflow import progress
 
     state = _state()
@@ -369,10 +536,14 @@ def review_panel(user: Any, info: CollectionInfo, flt: Any) -> None:
             state["progress"] = None
         state["progress_for"] = state["assignment_id"]
     prog = state.get("progress")
+    _break_reminder(info, state)
     _header(item, info, prog)
+    shielded = protect and not state.get("media_shown") and item_view.has_visual_media(item)
     left, right = st.columns([5, 4], gap="medium")
     with left:
-        item_view.render_item(item)
+        if shielded:
+            _shield_bar(info, item, state)
+        item_view.render_item(item, shielded=shielded)
     with right:
         _judge_panel(info, state)
         with st.container(border=True):
@@ -382,8 +553,54 @@ def review_panel(user: Any, info: CollectionInfo, flt: Any) -> None:
         timing.record("submit_to_next_rendered", (time.perf_counter() - started) * 1000)
 
 
+def _remember_collection(user: Any) -> None:
+    cid = st.session_state.get("rv_collection")
+    if isinstance(cid, int):
+        ui.run(lambda: _save_pref(user, "last_collection", cid))
+
+
+def _remember_protection(user: Any) -> None:
+    ui.run(lambda: _save_pref(user, "protect_media", bool(st.session_state.get("rv_protect"))))
+
+
+def _save_pref(user: Any, key: str, value: Any) -> bool:
+    from safereview.workflow import preferences
+
+    with ui.session() as s:
+        preferences.set_preference(s, user, key, value)
+    return True
+
+
+def _pick_collection(user: Any, infos: list[CollectionInfo], prefs: dict[str, Any]) -> int:
+    """The collection picker: the last one used comes back after a reload, and the picker says
+    which collections still have work for this reviewer."""
+    from safereview.workflow import progress
+
+    by_id = {c.id: c for c in infos}
+    with ui.read_session() as s:
+        work = progress.has_work_for(s, user, list(by_id))
+    if "rv_collection" not in st.session_state or st.session_state["rv_collection"] not in by_id:
+        last = prefs.get("last_collection")
+        with_work = [i for i in by_id if work.get(i)]
+        st.session_state["rv_collection"] = (
+            last if last in by_id and work.get(last) else (with_work[0] if with_work else next(iter(by_id)))
+        )
+    cid = st.selectbox(
+        "Collection",
+        list(by_id),
+        format_func=lambda i: ui.plain(by_id[i].name) + ("" if work.get(i) else " · done for you"),
+        key="rv_collection",
+        on_change=_remember_collection,
+        args=(user,),
+    )
+    others = [by_id[i].name for i in by_id if i != cid and work.get(i)]
+    if not work.get(cid) and others:
+        st.caption("Still to review: " + ", ".join(ui.md_literal(n, max_chars=60) for n in others[:5]))
+    return int(cid)
+
+
 def page() -> None:
-    from safereview.workflow import queue
+    from safereview.workflow import preferences, queue
 
     user = ui.require("review")
     infos = ui.collections()
@@ -391,12 +608,12 @@ def page() -> None:
         st.info("No collections yet. An administrator can import data on the Import page or with `safereview import`.")
         return
     state = _state()
+    with ui.read_session() as s:
+        prefs = preferences.get(s, user)
     with st.sidebar:
         st.subheader("Queue")
         by_id = {c.id: c for c in infos}
-        cid = st.selectbox(
-            "Collection", list(by_id), format_func=lambda i: ui.plain(by_id[i].name), key="rv_collection"
-        )
+        cid = _pick_collection(user, infos, prefs)
         facets = ui.facets(cid)
         tts = st.multiselect(
             "Task type", facets["task_types"], key=f"rv_f_tt_{cid}", format_func=ui.plain, placeholder="all"
@@ -410,19 +627,30 @@ def page() -> None:
     info = by_id[cid]
     flt = queue.QueueFilter(collection_id=cid, task_types=tuple(tts), categories=tuple(cats), models=tuple(models))
     if state.get("filter") != flt:
-        if state.get("assignment_id") is not None and state.get("stage") != "reveal":
-            try:
-                with ui.session() as s:
-                    queue.release(s, user, state["assignment_id"])
-            except Exception:  # an expired lease needs no release
-                pass
-            _reset_item(state)
+        if state.get("assignment_id") is not None:
+            if state.get("stage") != "reveal":
+                try:
+                    with ui.session() as s:
+                        queue.release(s, user, state["assignment_id"])
+                except Exception:  # an expired lease needs no release
+                    pass
+            _reset_item(state)  # a submission at the reveal step comes back when its collection is picked again
         state["filter"] = flt
     with st.sidebar:
+        protect = st.toggle(
+            "Blur images and video until I show them",
+            value=bool(prefs.get("protect_media", info.protect_media)),
+            key="rv_protect",
+            on_change=_remember_protection,
+            args=(user,),
+            help="Your own setting; the collection's default is "
+            + ("on." if info.protect_media else "off.")
+            + " Show one item's media with V.",
+        )
         if info.guidelines:
             with st.expander("Guidelines", expanded=False, icon=":material/menu_book:"):
                 ui.safe_text(info.guidelines)
-    review_panel(user, info, flt)
+    review_panel(user, info, flt, protect)
 
 
 page()

@@ -591,6 +591,32 @@ def history_items(
     return [(a, items[a.item_id]) for a in anns if a.item_id in items]
 
 
+def awaiting_reveal(session: Session, user: User, collection_id: int) -> Annotation | None:
+    """The user's oldest blind submission in the collection still waiting for confirm or override.
+
+    Left when a tab closed at the reveal step: the workbench shows it again before a new
+    item, so no annotation stays half-finished. Only items with a judge verdict to confirm
+    count (without one there is nothing to reveal and the submission is complete).
+    """
+    require(user, "review")
+    row = session.execute(
+        sa.select(Annotation.id)
+        .join(Item, Item.id == Annotation.item_id)
+        .join(Collection, Collection.id == Item.collection_id)
+        .where(
+            Item.collection_id == collection_id,
+            Collection.blind.is_(True),  # type: ignore[attr-defined]
+            Annotation.user_id == user.id,
+            Annotation.source == "app",
+            Annotation.verdict_action.is_(None),  # type: ignore[union-attr]
+            sa.exists().where(Verdict.item_id == Annotation.item_id, Verdict.label.is_not(None)),  # type: ignore[union-attr]
+        )
+        .order_by(Annotation.id)
+        .limit(1)
+    ).first()
+    return session.get(Annotation, int(row[0])) if row is not None else None
+
+
 def visible_annotations(session: Session, viewer: User, item_id: int) -> list[Annotation]:
     """Annotations of an item the viewer may see: annotators only their own; leads/admins all."""
     require(viewer, "review")

@@ -136,3 +136,26 @@ def queue_status(session: Session, actor: Any, collection_id: int) -> dict[str, 
     for name, status, n in per_user:
         users.setdefault(name, {})[status] = int(n)
     return {"progress": prog, "per_user": users}
+
+
+def has_work_for(session: Session, user: User, collection_ids: list[int]) -> dict[int, bool]:
+    """Whether each collection has an item the user could be given now, or holds one already
+    (a lease, or a submission still waiting at the reveal step). One short probe per collection,
+    for the collection picker."""
+    require(user, "review")
+    out: dict[int, bool] = {}
+    for cid in collection_ids:
+        row = session.execute(
+            sa.text(
+                "SELECT 1 FROM item i JOIN collection c ON c.id = i.collection_id "
+                "WHERE i.collection_id = :c AND ("
+                " (i.slots_taken < c.overlap_target AND NOT EXISTS "
+                "   (SELECT 1 FROM assignment a WHERE a.item_id = i.id AND a.user_id = :u AND a.status <> 'released'))"
+                " OR EXISTS (SELECT 1 FROM assignment a WHERE a.item_id = i.id AND a.user_id = :u "
+                "   AND a.status = 'leased')"
+                ") LIMIT 1"
+            ),
+            {"c": cid, "u": user.id},
+        ).first()
+        out[cid] = row is not None
+    return out
