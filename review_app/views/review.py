@@ -473,7 +473,7 @@ def _shield_bar(info: CollectionInfo, item: item_view.ItemView, state: dict[str,
     warnings = dict(info.warnings)
     topic = warnings.get(item.category, item.category)
     with st.container(border=True, key="rv_shield"):
-        text, button = st.columns([3, 1], vertical_alignment="center")
+        text, button = st.columns([5, 2], vertical_alignment="center")
         text.markdown(
             (f"**Content warning:** {ui.md_literal(topic, max_chars=200)}. " if topic else "")
             + "Images and video are blurred until you show them."

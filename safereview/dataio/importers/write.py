@@ -55,7 +55,14 @@ VERDICT_COLUMNS = [
     "raw_output",
     "intent",
 ]
-ANNOTATION_COLUMNS = ["item_id", "user_id", *SNAPSHOT_FIELDS, "created_at", "updated_at"]
+# an imported annotation has no reveal step, so no reveal reason (the column's default, "")
+ANNOTATION_COLUMNS = [
+    "item_id",
+    "user_id",
+    *(f for f in SNAPSHOT_FIELDS if f != "reveal_reason"),
+    "created_at",
+    "updated_at",
+]
 EVENT_COLUMNS = ["annotation_id", "item_id", "actor_id", "version", "before", "after"]
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
