@@ -69,9 +69,7 @@ def _pick_collection(page: Any, name: str) -> None:
     """Choose a collection in the sidebar with the mouse, as a person would."""
     page.locator(".st-key-rv_collection").click()
     page.locator("[role='option']", has_text=name).first.click()
-    page.wait_for_function(
-        "name => document.body.innerText.includes(name + ' · item ')", arg=name, timeout=20_000
-    )
+    page.wait_for_function("name => document.body.innerText.includes(name + ' · item ')", arg=name, timeout=20_000)
     wait_idle(page)
 
 
