@@ -160,3 +160,39 @@ def test_the_demo_command_builds_once_and_rechecks_in_place(tmp_path: Path) -> N
     r = CliRunner().invoke(app, ["demo", "--dir", str(tmp_path / "demo"), "--no-serve"])
     assert r.exit_code == 0, r.output
     assert "admin" in r.output and _leftovers(tmp_path) == ["demo"]
+
+
+def test_a_database_knows_its_media_wherever_its_folder_goes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo records its media root in the database (relative to the database's folder), so a
+    judge run against the moved demo finds every image without --media-root."""
+    from safereview.db.deployment import stored_media_root
+
+    monkeypatch.delenv("SAFEREVIEW_MEDIA_ROOT", raising=False)
+    res = CliRunner().invoke(app, ["demo", "--dir", str(tmp_path / "built"), "--no-serve"])
+    assert res.exit_code == 0, res.output
+    moved = tmp_path / "elsewhere" / "demo"
+    moved.parent.mkdir()
+    shutil.move(str(tmp_path / "built"), moved)
+    url = f"sqlite:///{moved / 'safereview.db'}"
+    engine = make_engine(url)
+    try:
+        assert stored_media_root(engine) == (moved / "media").resolve()
+    finally:
+        engine.dispose()
+    res = CliRunner().invoke(
+        app,
+        [
+            *("judge", "--db", url, "--protocol", "uni-judger", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"),
+            *("-c", UNI_COLLECTION, "--dry-run", "--limit", "40"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert res.output.count('"image_url"') >= 10  # the demo's images, read from the moved folder
+    # an explicit root wins, and init records it for the commands that follow
+    res = CliRunner().invoke(app, ["init", "--db", url, "--media-root", str(tmp_path / "other")])
+    assert res.exit_code == 0 and "media root:" in res.output
+    engine = make_engine(url)
+    try:
+        assert stored_media_root(engine) == (tmp_path / "other").resolve()
+    finally:
+        engine.dispose()

@@ -142,9 +142,15 @@ def register(app: typer.Typer) -> None:
         gc: GcOption = "off",
     ) -> None:
         """Run the review app (Streamlit) against a database; upgrades the schema first."""
+        from safereview.db.deployment import media_root as db_media_root
+
         cfg = config(db, media_root)
-        engine_for(cfg).dispose()
-        _exec_streamlit(cfg, host, port, gc)
+        engine = engine_for(cfg)
+        try:
+            root = db_media_root(cfg, engine)  # the database's own media root unless one is given
+        finally:
+            engine.dispose()
+        _exec_streamlit(config(cfg.db_url, str(root)), host, port, gc)
 
     @app.command("demo")
     def demo(

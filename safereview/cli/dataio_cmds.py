@@ -230,7 +230,7 @@ def register(app: typer.Typer) -> None:
                     actor=principal(),
                     user=user,
                     update=update,
-                    media_root=cfg.media_root,
+                    media_root=cfg.media_root_override or None,  # else the database's own
                     config=cfg,
                     append_rejects=rejects is not None,
                 )

@@ -52,6 +52,7 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(
                 "--collection",
+                "-c",
                 help="Collection to judge (default: every collection whose taxonomy fits the protocol).",
                 show_default=False,
             ),
@@ -123,6 +124,7 @@ def register(app: typer.Typer) -> None:
         media_root: MediaRootOption = None,
     ) -> None:
         """Judge items with an OpenAI-compatible model server (resumable, cached, retried)."""
+        from safereview.db.deployment import media_root as db_media_root
         from safereview.judge.runner import JudgeSetupError, RunOptions, run_judge
         from safereview.workflow.errors import NotFound
 
@@ -147,7 +149,7 @@ def register(app: typer.Typer) -> None:
             progress=not json_out,
         )
         try:
-            summary = run_judge(engine, cfg.media_root, opts, console=err_console, actor=principal())
+            summary = run_judge(engine, db_media_root(cfg, engine), opts, console=err_console, actor=principal())
         except (JudgeSetupError, NotFound) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
@@ -168,7 +170,7 @@ def register(app: typer.Typer) -> None:
     def import_verdicts_cmd(
         path: Annotated[Path, typer.Argument(help="Verdict file: JSONL (unijudger, generic) or CSV (generic).")],
         fmt: Annotated[str, typer.Option("--format", help="unijudger (Uni-Judger output JSONL) or generic.")],
-        collection: Annotated[str, typer.Option("--collection", help="Collection whose items the ids refer to.")],
+        collection: Annotated[str, typer.Option("--collection", "-c", help="Collection whose items the ids refer to.")],
         judge_id: Annotated[
             str | None,
             typer.Option(
@@ -216,7 +218,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("stats")
     def stats(
-        collection: Annotated[str, typer.Option("--collection", help="Collection to report on.")],
+        collection: Annotated[str, typer.Option("--collection", "-c", help="Collection to report on.")],
         by: Annotated[
             str | None, typer.Option("--by", help="Break down by model, task_type or category.", show_default=False)
         ] = None,

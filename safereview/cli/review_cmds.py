@@ -148,7 +148,7 @@ def register(app: typer.Typer) -> None:
 
     @queue.command("status")
     def queue_status_cmd(
-        collection: Annotated[str, typer.Option("--collection", help="Collection name.")], db: DbOption = None
+        collection: Annotated[str, typer.Option("--collection", "-c", help="Collection name.")], db: DbOption = None
     ) -> None:
         """Show review progress of a collection: slots done and leased, items fully covered, per reviewer."""
         from rich.table import Table

@@ -195,6 +195,17 @@ DB_NAME = "safereview.db"
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
+def _record_media(db_url: str, media: Path) -> None:
+    from safereview.db.deployment import record_media_root
+    from safereview.db.engine import make_engine
+
+    engine = make_engine(db_url)
+    try:
+        record_media_root(engine, media, replace=True)
+    finally:
+        engine.dispose()
+
+
 def missing_demo_files(data_dir: Path = DEMO_DIR) -> list[Path]:
     """Files the demo plan needs that are not installed (a broken install, not a user error)."""
     return [step["path"] for step in demo_plan(data_dir) if not Path(step["path"]).is_file()]
@@ -244,6 +255,7 @@ def build_demo_folder(
             raise DemoError(f"the bundled demo data do not import (a bug in safereview):\n{exc}") from None
         if finish is not None:
             finish(db_url)
+        _record_media(db_url, work / "media")  # relative to the database's folder: survives the move
         directory.mkdir(parents=True, exist_ok=True)
         for name in (DB_NAME, *(DB_NAME + s for s in SQLITE_SIDE_FILES), "media"):
             if (work / name).exists():

@@ -38,6 +38,7 @@ from safereview.dataio.importers.report import ImportFailed, ImportReport, messa
 from safereview.dataio.importers.taxonomy_index import TaxonomyIndex
 from safereview.dataio.importers.validate import Validator
 from safereview.dataio.importers.write import cleanup_files, write
+from safereview.db import deployment
 from safereview.db import taxonomy as taxmod
 from safereview.db.collections import ensure_collection
 from safereview.db.models import Collection, Taxonomy
@@ -142,7 +143,7 @@ def _import_file(
     label = str(path)
     report = ImportReport(source=label, collection=collection)
     cfg = config or _config_for(engine)
-    root = Path(media_root).resolve() if media_root else cfg.media_root
+    root = Path(media_root).resolve() if media_root else deployment.media_root(cfg, engine)
 
     def fail(msg: str) -> ImportReport:
         report.errors.append(msg)
@@ -269,6 +270,7 @@ def _import_file(
         report.rejects_path = str(rp)
     if not report.changed:
         report.notes.append("nothing changed: every row was already imported with the same content")
+    deployment.record_media_root(engine, root)  # the first import tells the database where its media live
     report.ok = True
     report.seconds = time.perf_counter() - started
     return report
