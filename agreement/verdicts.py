@@ -41,6 +41,34 @@ def default_judge(bind: Any, collection_ids: Sequence[int], dimension: str) -> s
     return raw[0] if raw else (found[0][0] if found else None)
 
 
+def resolve_judge(bind: Any, collection_ids: Sequence[int], dimensions: Sequence[str], given: str | None) -> str | None:
+    """The judge a report is about, never a silent pick among several.
+
+    ``given`` may be a judge id or an unambiguous prefix of one (``uni-judger:Qwen/Qwen2.5-VL``
+    for ``uni-judger:Qwen/Qwen2.5-VL-7B-Instruct:1a2b3c4d``). Without it, the one raw
+    (uncalibrated) judge with verdicts on these dimensions is used; with several, the error
+    lists them. None when no judge has verdicts here.
+    """
+    from safereview.agreement.data import AgreementError
+
+    ids = sorted({j for dim in dimensions for j, _ in judges(bind, collection_ids, dim)})
+    if given:
+        if given in ids:
+            return given
+        hits = [j for j in ids if j.startswith(given)]
+        if len(hits) == 1:
+            return hits[0]
+        if hits:
+            raise AgreementError(f"--judge {given!r} matches several judges: {', '.join(hits)}")
+        raise AgreementError(f"--judge {given!r} has no verdicts here; judges: {', '.join(ids) or 'none'}")
+    raw = [j for j in ids if "+cal" not in j]
+    if len(raw) > 1:
+        raise AgreementError(
+            f"several judges have verdicts here ({', '.join(raw)}): name one with --judge (its id or a unique prefix)"
+        )
+    return raw[0] if raw else None
+
+
 @dataclass
 class Verdicts:
     """One judge's verdicts on one dimension: item ids (sorted), codes (-1 = none/unknown)

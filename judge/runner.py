@@ -77,11 +77,28 @@ class RunSummary:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    logprobs_asked: bool = False
+    with_probability: int = 0  # verdicts with a probability (from log-probabilities or a stated one)
+    error_reasons: dict[str, int] = field(default_factory=dict)  # why verdicts failed, most common first
     requests: list[dict[str, Any]] = field(default_factory=list)  # dry run only
+
+    @property
+    def notes(self) -> list[str]:
+        """What the run summary must say in words (a table of counts hides it)."""
+        out = []
+        if self.logprobs_asked and self.ok and not self.with_probability:
+            out.append(
+                "the server returned no usable log-probabilities: no verdict has a probability, so calibration "
+                "and the queue's borderline order fall back to the labels (check the server supports logprobs)"
+            )
+        for reason, n in sorted(self.error_reasons.items(), key=lambda kv: -kv[1])[:5]:
+            out.append(f"{n} verdict(s) failed: {reason}")
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d.pop("requests")
+        d["notes"] = self.notes
         return d
 
 
@@ -217,7 +234,7 @@ async def run_judge_async(
     except ValueError as exc:
         raise JudgeSetupError(str(exc)) from None
     jid = judge_id(protocol.name, opts.model, protocol.prompt_version, params_for(opts))
-    summary = RunSummary(judge_id=jid)
+    summary = RunSummary(judge_id=jid, logprobs_asked=bool(opts.logprobs))
     started = time.perf_counter()
 
     with session_scope(engine) as s:
@@ -270,6 +287,11 @@ async def run_judge_async(
             summary.verdicts += 1
             counter = d.status if d.status in ("ok", "rule", "unparseable") else "errors"
             setattr(summary, counter, getattr(summary, counter) + 1)
+            if d.probability is not None:
+                summary.with_probability += 1
+            if counter == "errors":
+                reason = (d.rationale or d.raw_output or "no reason given")[:200]
+                summary.error_reasons[reason] = summary.error_reasons.get(reason, 0) + 1
         if on_batch is not None:
             on_batch(len(buffer))
         buffer.clear()

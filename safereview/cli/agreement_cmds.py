@@ -37,7 +37,22 @@ ResamplesOpt = Annotated[
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed of the bootstrap (same seed, same intervals).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the full result as JSON instead of tables.")]
-JudgeOpt = Annotated[str | None, typer.Option("--judge", help="Judge id (default: the judge with most verdicts).")]
+JudgeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--judge",
+        help="Judge id or a unique prefix of one; required when several judges have verdicts (no silent pick).",
+    ),
+]
+
+
+def _judge(engine: Any, collection: list[str] | None, dimensions: list[str] | None, given: str | None) -> str | None:
+    """The named judge, or the only one there is; an AgreementError lists them when several exist."""
+    from safereview.agreement.data import scope
+    from safereview.agreement.verdicts import resolve_judge
+
+    sc = scope(engine, collection)
+    return resolve_judge(engine, sc.collection_ids, dimensions or sc.dimensions(), given)
 
 
 def _fail(msg: str, code: int = 1) -> None:
@@ -294,6 +309,7 @@ def register(app: typer.Typer) -> None:
 
         engine = engine_for(config(db))
         try:
+            judge = _judge(engine, collection, dimension, judge)
             rep = agreement_report(
                 engine,
                 collection,
@@ -335,6 +351,7 @@ def register(app: typer.Typer) -> None:
         try:
             sc = scope(engine, collection)
             dims = dimension or sc.dimensions()
+            judge = _judge(engine, collection, dims, judge)
             sample = load_design_sample(engine, sc.collection_ids)  # one read for every figure below
             for dim in dims:
                 results["dimensions"].append(
@@ -397,7 +414,13 @@ def register(app: typer.Typer) -> None:
             ),
         ] = 0.1,
         min_n: Annotated[
-            int, typer.Option("--min-n", help="Fewest sample items with a probability to calibrate on.", min=2)
+            int,
+            typer.Option(
+                "--min-items",
+                "--min-n",
+                help="Fewest sample items with a probability to calibrate on (fewer gives a wide, honest interval).",
+                min=2,
+            ),
         ] = 20,
         bins: Annotated[int, typer.Option("--bins", help="Reliability-diagram bins.", min=2)] = 10,
         seed: SeedOpt = 0,
@@ -414,6 +437,7 @@ def register(app: typer.Typer) -> None:
 
         engine = engine_for(config(db))
         try:
+            judge = _judge(engine, collection, [dimension], judge)
             with session_scope(engine) as s:
                 row, metrics = fit_calibration(
                     s,
@@ -515,6 +539,7 @@ def register(app: typer.Typer) -> None:
                     if warning:
                         err_console.print(f"warning: {warning}", markup=False, highlight=False)
                 else:
+                    judge = _judge(engine, collection, dimension, judge)
                     snap, table = create_snapshot(
                         s,
                         principal(),

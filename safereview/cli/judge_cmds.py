@@ -34,9 +34,13 @@ def _print_summary(summary: Any) -> None:
         ("completion tokens", summary.completion_tokens),
         ("seconds", f"{summary.seconds:.1f}"),
     ]
+    if summary.logprobs_asked:
+        rows.insert(-3, ("  with a probability", summary.with_probability))
     for k, v in rows:
         t.add_row(k, str(v))
     console.print(t)
+    for note in summary.notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -244,6 +248,8 @@ def register(app: typer.Typer) -> None:
         db: DbOption = None,
     ) -> None:
         """Benchmark metrics (C-Unsafe, C-Reject, I-Unsafe, Both-Safe or label shares) with Wilson 95% CIs."""
+        from safereview.agreement.data import AgreementError, scope
+        from safereview.agreement.verdicts import resolve_judge
         from safereview.db.engine import session_scope
         from safereview.judge.metrics import PER_METRIC_DENOMINATOR
         from safereview.judge.stats import collection_stats
@@ -253,9 +259,22 @@ def register(app: typer.Typer) -> None:
         engine = engine_for(cfg)
         rule = PER_METRIC_DENOMINATOR if per_metric_denominator else None
         try:
+            sc = scope(engine, [collection])
+            dims = sc.dimensions()
+            if judge_id:  # ids or unique prefixes, each (an id without verdicts is reported as such below)
+
+                def full_id(j: str) -> str:
+                    try:
+                        return resolve_judge(engine, sc.collection_ids, dims, j) or j
+                    except AgreementError:
+                        return j
+
+                named = [full_id(j) for j in judge_id]
+            else:  # the only judge there is, or an error naming them: never a silent pick
+                named = [j for j in [resolve_judge(engine, sc.collection_ids, dims, None)] if j]
             with session_scope(engine) as s:
-                result = collection_stats(s, collection, by=by, judge_id=judge_id or None, rule=rule)
-        except (NotFound, ValueError) as exc:
+                result = collection_stats(s, collection, by=by, judge_id=[j for j in named if j] or None, rule=rule)
+        except (NotFound, ValueError, AgreementError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         if json_out:
