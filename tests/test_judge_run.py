@@ -442,3 +442,46 @@ def test_judge_streams_items_in_chunks_and_judges_only_what_is_missing(tmp_path:
     )  # no gaps, no duplicates
     assert all(v.label == info["expected"][ext][v.dimension] for v, ext in rows)
     engine.dispose()
+
+
+def test_the_run_summary_says_when_log_probabilities_never_came_and_why_verdicts_failed(tmp_path: Path) -> None:
+    """A server that ignores ``logprobs`` (or fails on some items) is named in the summary, not hidden in counts."""
+    from safereview.judge.runner import RunOptions, run_judge
+
+    engine = init_db(f"sqlite:///{tmp_path / 'lp.db'}")
+    media = tmp_path / "media"
+    uni_collection(engine, media, n=4)
+
+    def no_logprobs(body: dict[str, Any], n: int) -> Reply:
+        return smart_reply({**body, "logprobs": False}, n)  # answers, never with log-probabilities
+
+    with FakeOpenAI(no_logprobs) as srv:
+        opts = RunOptions(
+            protocol="uni-judger", base_url=srv.url + "/v1", model="fake/judge", collection="uni", logprobs=True
+        )
+        summary = run_judge(engine, media, opts, actor=SYSTEM)
+    assert summary.ok > 0 and summary.with_probability == 0
+    assert any("no usable log-probabilities" in n for n in summary.notes)
+    assert "no usable log-probabilities" in " ".join(summary.as_dict()["notes"])
+    with FakeOpenAI() as srv:  # the same request with log-probabilities: no such note
+        opts = RunOptions(
+            protocol="uni-judger",
+            base_url=srv.url + "/v1",
+            model="fake/judge-lp",
+            collection="uni",
+            logprobs=True,
+            cache=False,
+        )
+        summary = run_judge(engine, media, opts, actor=SYSTEM)
+    assert summary.with_probability > 0 and not any("log-probabilities" in n for n in summary.notes)
+    with FakeOpenAI(lambda body, n: Reply(status=400, body={"error": {"message": "bad request"}})) as srv:
+        opts = RunOptions(
+            protocol="uni-judger",
+            base_url=srv.url + "/v1",
+            model="fake/judge-broken",
+            collection="uni",
+            max_retries=0,
+            cache=False,
+        )
+        summary = run_judge(engine, media, opts, actor=SYSTEM)
+    assert summary.errors > 0 and summary.notes and all("failed:" in n for n in summary.notes)
