@@ -752,8 +752,8 @@ def vlsu(out: Path) -> None:
                 "rationale": f"Demo joint rationale for pair {i}.",
             },
         ]
-        if p is not None:
-            v[2]["probability"] = p
+        if p is not None and judge_joint in ("safe", "unsafe"):  # p is P(unsafe); a verdict stores P(its label)
+            v[2]["probability"] = p if judge_joint == "unsafe" else round(1 - p, 2)
         if i == 12:
             v[2] = {
                 "dimension": "joint",
@@ -851,9 +851,10 @@ def custom(out: Path) -> None:
             {"dimension": "harm", "label": harm, "judge_id": AV_JUDGE},
             {"dimension": "compliance", "label": comp, "judge_id": AV_JUDGE},
         ]
-        if p is not None:
-            out_v[0]["probability"] = p
-            out_v[0]["probs"] = {"safe": round(1 - p, 2), "borderline": round(p / 2, 2), "unsafe": round(p / 2, 2)}
+        if p is not None:  # p is the chance of harm; a verdict stores the probability of its own label
+            probs = {"safe": round(1 - p, 2), "borderline": round(p / 2, 2), "unsafe": round(p / 2, 2)}
+            out_v[0]["probability"] = probs[harm]
+            out_v[0]["probs"] = probs
         return out_v
 
     items = [

@@ -227,13 +227,18 @@ def render_verdicts(verdicts: list[dict[str, Any]], dims: list[str], *, mine: di
         return
     order = {d: i for i, d in enumerate(dims)}
     judges = sorted({v["judge_id"] for v in verdicts})
+    has_p = any(v.get("probability") is not None for v in verdicts)
+    note = " · P(label): the judge's own probability of the label it gave" if has_p else ""
     if len(judges) == 1:
-        st.caption("judge " + ui.md_literal(judges[0], max_chars=80))
+        st.caption("judge " + ui.md_literal(judges[0], max_chars=80) + note)
+    elif note:
+        st.caption(note.removeprefix(" · "))
     for v in sorted(verdicts, key=lambda v: (order.get(v["dimension"], 99), v["judge_id"])):
         label = v["label"] if v["label"] is not None else f"({v['status']})"
         line = f"**{ui.md_literal(v['dimension'])}**: {ui.md_literal(label)}"
-        if v.get("probability") is not None:
-            line += f" · p={v['probability']:.2f}"
+        if v.get("probability") is not None and v["label"] is not None:
+            # the judge's own probability of the label it gave (from its log-probabilities)
+            line += f" · P({ui.md_literal(label)})={v['probability']:.2f}"
         if mine is not None and v["dimension"] in mine and v["label"] is not None:
             same = mine[v["dimension"]] == v["label"]
             line += " · " + (":green[agrees with you]" if same else ":orange[differs from you]")

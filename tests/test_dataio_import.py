@@ -738,3 +738,43 @@ def test_the_benchmarks_own_task_names_and_release_folders(db_url: str, tmp_path
         ("image-unsafe/u0", "image-unsafe"),
         ("text-unsafe/u0", "text-unsafe"),
     ]
+
+
+def test_a_probability_that_contradicts_the_label_probabilities_is_refused(engine: sa.Engine, tmp_path: Path) -> None:
+    """``probability`` is P(the label given): a file storing P(unsafe) beside a "safe" label says so in ``probs``."""
+    rows = [
+        {
+            "id": "a",
+            "prompt": "p",
+            "verdicts": [
+                {
+                    "dimension": "joint",
+                    "label": "safe",
+                    "judge_id": "j",
+                    "probability": 0.9,
+                    "probs": {"safe": 0.9, "unsafe": 0.1},
+                }
+            ],
+        },
+        {
+            "id": "b",
+            "prompt": "p",
+            "verdicts": [
+                {
+                    "dimension": "joint",
+                    "label": "safe",
+                    "judge_id": "j",
+                    "probability": 0.1,
+                    "probs": {"safe": 0.9, "unsafe": 0.1},
+                }
+            ],
+        },
+    ]
+    f = ds.write_jsonl(tmp_path / "v.jsonl", rows)
+    before = ds.snapshot(engine)
+    rep = imp(engine, f, tmp_path / "root")
+    assert not rep.ok and ds.snapshot(engine) == before
+    assert rep.errors == [
+        f"{f}:2: verdicts[0].probability: probability 0.1 is not the probability of the label 'safe' (0.9 in probs): "
+        "it must be P(label), not P(unsafe)"
+    ]

@@ -28,6 +28,9 @@ VERDICT_ACTIONS = ("confirm", "override")
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
+PROB_TOLERANCE = 0.011  # probability vs probs[label], allowing two-decimal rounding
+
+
 class Validator:
     """Checks and normalises parsed records in place; problems land on ``record.errors``."""
 
@@ -242,6 +245,13 @@ class Validator:
                 ]
                 if bad:
                     rec.error(f"{where}.probs", f"labels must be of {dim} and values in [0, 1]; bad: {bad[:3]}")
+                elif p is not None and label in probs and abs(float(probs[label]) - p) > PROB_TOLERANCE:
+                    # probability is P(the label given); a file that stores P(unsafe) there says otherwise here
+                    rec.error(
+                        f"{where}.prob" if "[" not in where else f"{where}.probability",
+                        f"probability {p} is not the probability of the label {label!r} ({probs[label]} in probs): "
+                        "it must be P(label), not P(unsafe)",
+                    )
             for key in ("rationale", "raw_output", "intent"):
                 if "\x00" in v[key]:
                     rec.error(f"{where}.{key}", "contains a NUL character")
