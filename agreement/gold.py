@@ -278,6 +278,9 @@ def create_snapshot(
     """Compute gold labels, store a numbered ``GoldSnapshot`` with its rows; return (snapshot, pyarrow table).
 
     ``user`` is checked for the "export" permission (the CLI passes its system principal).
+    When the newest snapshot of the same collections, method and parameters holds exactly
+    these rows (same checksum), it is returned instead of a new identical one: exporting
+    the same gold as Parquet, then CSV, then a Hugging Face dataset is one snapshot.
     """
     import pyarrow as pa
 
@@ -289,6 +292,11 @@ def create_snapshot(
     )
     collection_ids = params.pop("collection_ids")
     params["population"] = population_summary(session, collections, judge_id=judge_id, method=method)
+    same = _unchanged_snapshot(session, collection_ids, method, params, table)
+    if same is not None:
+        return same, table.set_column(
+            0, "snapshot_id", pa.array(np.full(table.num_rows, int(same.id), dtype=np.int64))
+        )
     # The checksum is arrow and hashlib work that releases the GIL: it runs on the other core
     # while the rows are written (0.5 s per million rows), and is stored before the commit.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -309,6 +317,25 @@ def create_snapshot(
     session.flush()
     table = table.set_column(0, "snapshot_id", pa.array(np.full(table.num_rows, int(snap.id), dtype=np.int64)))
     return snap, table
+
+
+def _unchanged_snapshot(session: Any, collection_ids: Any, method: str, params: dict[str, Any], table: Any) -> Any:
+    """The newest snapshot with these collections, method, parameters and rows, if any."""
+    from sqlmodel import select
+
+    from safereview.db.models import GoldSnapshot
+
+    newest = session.exec(
+        select(GoldSnapshot).order_by(GoldSnapshot.id.desc()).limit(20)  # type: ignore[union-attr]
+    ).all()
+    wanted = json.loads(json.dumps(params, default=str))
+    for snap in newest:
+        if snap.method != method or sorted(snap.collection_ids or []) != sorted(collection_ids or []):
+            continue
+        if json.loads(json.dumps(snap.params, default=str)) != wanted:
+            return None  # the newest of these collections differs: a new snapshot
+        return snap if snap.n_rows == table.num_rows and snap.checksum == checksum(table) else None
+    return None
 
 
 def snapshot_table(bind: Any, snapshot_id: int):  # type: ignore[no-untyped-def]
