@@ -294,9 +294,7 @@ def create_snapshot(
     params["population"] = population_summary(session, collections, judge_id=judge_id, method=method)
     same = _unchanged_snapshot(session, collection_ids, method, params, table)
     if same is not None:
-        return same, table.set_column(
-            0, "snapshot_id", pa.array(np.full(table.num_rows, int(same.id), dtype=np.int64))
-        )
+        return same, table.set_column(0, "snapshot_id", pa.array(np.full(table.num_rows, int(same.id), dtype=np.int64)))
     # The checksum is arrow and hashlib work that releases the GIL: it runs on the other core
     # while the rows are written (0.5 s per million rows), and is stored before the commit.
     with ThreadPoolExecutor(max_workers=1) as pool:

@@ -210,9 +210,25 @@ def _colormap(values: np.ndarray) -> np.ndarray:
 
 def spectrogram_image(source: Path, size: tuple[int, int] = SPEC_SIZE, n_mels: int = 96) -> Image.Image:
     """Log-power mel spectrogram (librosa), low frequencies at the bottom."""
+    y, sr = load_audio(source)
+    return _spectrogram(y, sr, size, n_mels)
+
+
+def warm_up() -> float:
+    """Draw one spectrogram of a synthetic tone, so librosa's JIT-compiled code (numba: 16 to 46 s
+    on a fresh install) is compiled when the server starts, not while a reviewer waits; seconds taken."""
+    import time
+
+    started = time.perf_counter()
+    sr = 16_000
+    t = np.arange(sr // 2) / sr
+    _spectrogram((0.3 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32), sr, SPEC_SIZE, 96)
+    return time.perf_counter() - started
+
+
+def _spectrogram(y: np.ndarray, sr: int, size: tuple[int, int], n_mels: int) -> Image.Image:
     import librosa
 
-    y, sr = load_audio(source)
     if y.size < 2048:
         y = np.pad(y, (0, 2048 - y.size))
     hop = max(256, int(y.size / (size[0] * 2)) // 256 * 256 or 256)
@@ -276,15 +292,23 @@ def keyframes(source: Path, n: int = N_KEYFRAMES, height: int = FRAME_HEIGHT) ->
 
 
 def keyframe_strip(source: Path, n: int = N_KEYFRAMES, height: int = FRAME_HEIGHT) -> Image.Image:
-    """Key frames side by side, each labelled with its time stamp."""
+    """Key frames side by side, each labelled with its time stamp.
+
+    The strip is shown scaled down to the panel's width (about a quarter of its pixels), so
+    the time stamps are drawn large: a fifth of a frame's width, at least 16 px.
+    """
+    from PIL import ImageFont
+
     frames = keyframes(source, n=n, height=height)
     gap = 4
     width = sum(im.width for _, im in frames) + gap * (len(frames) - 1)
-    strip = Image.new("RGB", (width, height + 18), BACKGROUND)
+    size = max(16, min(im.width for _, im in frames) // 5)
+    font = ImageFont.load_default(size=size)
+    strip = Image.new("RGB", (width, height + size + 10), BACKGROUND)
     draw = ImageDraw.Draw(strip)
     x = 0
     for t, im in frames:
         strip.paste(im.convert("RGB"), (x, 0))
-        draw.text((x + 3, height + 3), f"{t:.1f}s", fill=INK)
+        draw.text((x + 4, height + 4), f"{t:.1f}s", fill=INK, font=font)
         x += im.width + gap
     return strip

@@ -359,7 +359,10 @@ _CSS = """
 .sr-shield {overflow:hidden; border-radius:6px;}
 .sr-shield img, .sr-shield video {filter: blur(28px) grayscale(1); pointer-events: none;}
 .sr-strip img {width:100%; border-radius:4px; border:1px solid #e3e4ea;}
-.sr-full img {width:100%; height:auto;}
+.sr-full img {display:block; width:100%; height:auto; max-height:78vh; object-fit:contain;}
+/* label buttons: the judge's mark and the key hint must not cut the label ("borderlin…") */
+[class*="st-key-rv_lab_"] button {padding-left:.35rem; padding-right:.35rem;}
+[class*="st-key-rv_lab_"] button div, [class*="st-key-rv_lab_"] button p {overflow:visible; text-overflow:clip;}
 .sr-muted {color:#6b6f7b; font-size:.85rem;}
 .st-key-sr_keys {display:none;}
 </style>
