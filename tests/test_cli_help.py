@@ -42,3 +42,12 @@ def test_help_runs_as_a_console_script_without_heavy_imports() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"`safereview --help` imported heavy modules: {out.stdout.strip()}"
+
+
+def test_flags_show_no_value_type_in_help() -> None:
+    """An on/off flag takes no value, so --help shows no ``<bool>`` beside it; options that take one keep their type."""
+    from typer.testing import CliRunner
+
+    out = CliRunner().invoke(app, ["judge", "--help"], env={"COLUMNS": "100"}).output
+    assert "--dry-run" in out and "<bool>" not in out
+    assert "<int" in out  # --concurrency still says what it takes
