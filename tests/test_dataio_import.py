@@ -609,7 +609,10 @@ def test_cli_imports_several_files_and_prints_summary(db_url: str, tmp_path: Pat
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "items new" in res.output and "annotations new" in res.output and "[generic]" in res.output
+    assert "[generic]" in res.output and "new/updated/unchanged" in res.output
+    rows = {line.split()[0]: line.split()[1:] for line in res.output.splitlines() if line.startswith(("items", "anns"))}
+    assert rows["items.jsonl"][:2] == ["1", "1/0/0"] and rows["anns.csv"][3] == "1/0/0"  # rows, items; labels
+    assert max(len(line) for line in res.output.splitlines()) <= 80  # fits a terminal
     res = CliRunner().invoke(app, ["collections", "--db", db_url])
     assert res.exit_code == 0 and "cli" in res.output
 

@@ -7,7 +7,7 @@ Heavy modules (pyarrow, Pillow, PyAV, librosa) are imported inside the commands 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -139,6 +139,38 @@ def _print_taxonomy(spec: dict) -> None:
     console.print(d)
 
 
+def _import_table(collection: str, reports: list[Any]) -> Any:
+    """One row per file, new / updated / unchanged in one cell per kind: fits 80 columns for any number of files."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    formats = ", ".join(dict.fromkeys(r.format for r in reports))
+    table = Table(
+        title=Text(f"import into {collection} [{formats}]"),
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        caption="items, verdicts, labels: new/updated/unchanged; media: files stored; bad: rows rejected; "
+        "#: import batch",
+    )
+    table.add_column("file", overflow="fold", ratio=1)
+    for name in ("rows", "items", "verdicts", "labels", "media", "bad", "#"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for r in reports:
+        table.add_row(
+            Text(Path(r.source).name + ("" if r.ok else " FAILED")),
+            str(r.rows),
+            f"{r.items_new}/{r.items_updated}/{r.items_unchanged}",
+            f"{r.verdicts_new}/{r.verdicts_updated}/{r.verdicts_unchanged}",
+            f"{r.annotations_new}/{r.annotations_updated}/{r.annotations_unchanged}",
+            str(r.media_files_new),
+            str(r.rejected),
+            str(r.batch_id or "-"),
+        )
+    return table
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(export_app, name="export")
     app.add_typer(taxonomy_app, name="taxonomy")
@@ -200,9 +232,6 @@ def register(app: typer.Typer) -> None:
         file that fails (files before it stay imported).
         """
 
-        from rich.markup import escape
-        from rich.table import Table
-
         from safereview.dataio.importers import FORMATS, import_file
 
         if fmt not in FORMATS:
@@ -243,18 +272,7 @@ def register(app: typer.Typer) -> None:
         finally:
             engine.dispose()
 
-        table = Table(title=escape(f"import into {collection}"))
-        table.add_column("")
-        for rep in reports:
-            table.add_column(
-                escape(f"{Path(rep.source).name} [{rep.format}]" + ("" if rep.ok else " FAILED")), justify="right"
-            )
-        if reports:
-            for i, (name, _) in enumerate(reports[0].counts()):
-                table.add_row(name, *[str(r.counts()[i][1]) for r in reports])
-            table.add_row("import batch", *[str(r.batch_id or "-") for r in reports])
-            table.add_row("seconds", *[f"{r.seconds:.2f}" for r in reports])
-        console.print(table)
+        console.print(_import_table(collection, reports))
         for rep in reports:
             for note in rep.notes:
                 console.print(f"{Path(rep.source).name}: {note}", markup=False, highlight=False)
