@@ -166,13 +166,33 @@ def has_visual_media(item: ItemView) -> bool:
 
 
 def render_item(item: ItemView, *, shielded: bool = False) -> None:
-    """Prompt and response in two clearly separated bordered blocks (media blurred when ``shielded``)."""
+    """Prompt and response in two clearly separated bordered blocks (media blurred when ``shielded``).
+
+    When the model's output is an image or video (generation and editing tasks) the two
+    blocks sit side by side, so the output is on screen without scrolling.
+    """
+    visual_output = any(isinstance(p, dict) and p.get("modality") in ("image", "video") for p in item.response)
+    if visual_output:
+        left, right = st.columns(2, gap="small")
+        with left:
+            _prompt_block(item, shielded)
+        with right:
+            _response_block(item, shielded)
+        return
+    _prompt_block(item, shielded)
+    _response_block(item, shielded)
+
+
+def _prompt_block(item: ItemView, shielded: bool) -> None:
     with st.container(border=True):
         st.markdown("**Prompt** · " + ui.md_literal(item.input_modalities or "text"))
         if item.prompt:
             render_parts(item.prompt, item, where="prompt", shielded=shielded)
         else:
             st.caption("(empty prompt)")
+
+
+def _response_block(item: ItemView, shielded: bool) -> None:
     with st.container(border=True):
         st.markdown("**Response**" + (f" · {ui.md_literal(item.output_modalities)}" if item.output_modalities else ""))
         if item.refused:

@@ -7,6 +7,7 @@ a real database; no browser, so JavaScript and markdown rendering are covered by
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -375,3 +376,20 @@ def test_history_reopen_change_and_conflict(fx: A.Fixture) -> None:
         ann = s.get(Annotation, aid)
         assert ann is not None and ann.version == 4 and ann.labels["contextual"] == "refusal"
         assert ann.rationale == "changed in another tab"
+
+
+def test_the_import_page_speaks_of_the_uploaded_file_and_its_own_fields(fx: A.Fixture) -> None:
+    """An importer message names the uploaded file (not a server temp path) and the form's field (not a CLI flag)."""
+    admin = sign_in("admin")
+    admin.switch_page("views/import_data.py").run()
+    row = {"id": "1", "prompt": "hi", "image": "", "category": "Politics", "generated_text": "ok"}
+    admin.file_uploader(key="imp_file").upload("results.jsonl", (json.dumps(row) + "\n").encode(), "application/jsonl")
+    admin.text_input(key="imp_new").input("uploaded")
+    admin.selectbox(key="imp_format").select("uni-safebench")
+    admin.selectbox(key="imp_tax").select("uni-safebench")
+    next(b for b in admin.button if b.label == "Import").click().run()
+    assert not admin.exception, [e.message for e in admin.exception]
+    shown = "\n".join(str(c.value) for c in admin.code)
+    assert "results.jsonl: task_type: cannot tell the task type" in shown
+    assert "fill in “Task type”" in shown and "--task-type" not in shown
+    assert "safereview-upload-" not in shown and "/tmp" not in shown

@@ -104,13 +104,35 @@ def page() -> None:
                 media_root=cfg.media_root,
                 config=cfg,
             )
-        _show_report(report, rejects)
+        _show_report(report, rejects, lambda msg: _for_the_page(msg, work, path, data.name))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ui.clear_data_caches()
 
 
-def _show_report(report: Any, rejects: Path) -> None:
+# the importer speaks CLI; on this page the same choices are form fields
+_FIELDS = {
+    "pass --task-type": "fill in “Task type”",
+    "--task-type": "“Task type”",
+    "--media-dir": "the media ZIP",
+    "--skip-invalid": "“Skip invalid rows”",
+    "--update": "“Update items whose content changed”",
+    "--format": "“Format”",
+    "--taxonomy": "“Taxonomy”",
+    "--model": "“Model”",
+}
+
+
+def _for_the_page(message: str, work: Path, path: Path, uploaded_name: str) -> str:
+    """An importer message as the page's user needs it: the uploaded file's own name instead of
+    the server's temporary path, and the form's fields instead of command-line flags."""
+    out = message.replace(str(path), uploaded_name).replace(str(work) + "/", "")
+    for flag, field in _FIELDS.items():
+        out = out.replace(flag, field)
+    return out
+
+
+def _show_report(report: Any, rejects: Path, say: Any = str) -> None:
     if report.ok:
         st.success(
             f"Imported into {ui.md_literal(report.collection)}: {report.items_new} new items, "
@@ -123,11 +145,11 @@ def _show_report(report: Any, rejects: Path) -> None:
         st.error("Nothing was imported. Problems found:", icon=":material/error:")
     if report.errors:
         ui.safe_code(
-            "\n".join(report.errors[:500])
+            "\n".join(say(e) for e in report.errors[:500])
             + (f"\n… and {len(report.errors) - 500} more" if len(report.errors) > 500 else "")
         )
     if report.notes:
-        ui.safe_text("\n".join(report.notes[:100]))
+        ui.safe_text("\n".join(say(n) for n in report.notes[:100]))
     if report.rejected and rejects.is_file():
         st.download_button(
             "Download the rejected rows (JSONL)",
