@@ -292,12 +292,17 @@ def test_annotator_never_sees_another_annotators_labels(fx: A.Fixture) -> None:
 def test_admin_adds_a_user_who_can_sign_in(fx: A.Fixture) -> None:
     admin = sign_in("admin")
     admin.switch_page("views/users.py").run()
-    form_inputs = [t for t in admin.text_input if t.label in ("Username", "Display name", "Initial password")]
-    values = {"Username": "carol", "Display name": "Carol", "Initial password": "carol-pass-123"}
-    for t in form_inputs:
-        t.input(values[t.label])
+    # a refused form keeps what was typed: fix the one field and add again
+    admin.text_input(key="ua_username").input("carol")
+    admin.text_input(key="ua_display").input("Carol")
+    admin.text_input(key="ua_password").input("short")
+    next(b for b in admin.button if b.label == "Add user").click().run()
+    assert not admin.exception and admin.error
+    assert admin.text_input(key="ua_username").value == "carol" and admin.text_input(key="ua_display").value == "Carol"
+    admin.text_input(key="ua_password").input("carol-pass-123")
     next(b for b in admin.button if b.label == "Add user").click().run()
     assert not admin.exception
+    assert admin.text_input(key="ua_username").value == ""  # added: the form is cleared for the next person
     A.PASSWORDS["carol"] = "carol-pass-123"
     try:
         carol = sign_in("carol")

@@ -30,18 +30,23 @@ def page() -> None:
     names = [r["username"] for r in rows]
 
     add, manage = st.columns(2, gap="large")
-    with add, st.form("user_add", border=True, clear_on_submit=True):
+    if st.session_state.pop("users_add_done", False):  # cleared only after a user was added
+        for key in ("ua_username", "ua_display", "ua_role", "ua_password"):
+            st.session_state.pop(key, None)
+    # not clear_on_submit: a refused form (a taken name, a short password) keeps what was typed
+    with add, st.form("user_add", border=True):
         st.markdown("**Add a user**")
-        username = st.text_input("Username", max_chars=80)
-        display = st.text_input("Display name", max_chars=200)
-        role = st.selectbox("Role", policies.ROLES)
-        password = st.text_input("Initial password", type="password", help="At least 8 characters.")
+        username = st.text_input("Username", max_chars=80, key="ua_username")
+        display = st.text_input("Display name", max_chars=200, key="ua_display")
+        role = st.selectbox("Role", policies.ROLES, key="ua_role")
+        password = st.text_input("Initial password", type="password", help="At least 8 characters.", key="ua_password")
         if st.form_submit_button("Add user", type="primary", icon=":material/person_add:"):
             try:
                 policies.require(user, "manage_users")
                 with ui.session() as s:
                     auth.create_user(s, username, password, role, display_name=display, actor=user)
                 st.session_state["users_msg"] = f"Added {username}."
+                st.session_state["users_add_done"] = True
                 st.rerun()
             except (WorkflowError, ValueError) as exc:
                 st.error(ui.md_literal(str(exc), max_chars=300))
