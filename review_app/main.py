@@ -28,6 +28,12 @@ for spec in nav.pages_for(user):
         st.Page(f"views/{spec.file}", title=spec.title, icon=spec.icon, default=spec.file == home)
     )
 page = st.navigation(sections)
+refused = nav.refused_page(user, ui.requested_path())
+if refused is not None:
+    st.warning(
+        f"{refused.title} is not open to your role ({user.role}); here is {page.title} instead.",
+        icon=":material/lock:",
+    )
 
 with st.sidebar:
     ui.cookie_bridge()

@@ -40,6 +40,17 @@ PAGES: tuple[PageSpec, ...] = (
 )
 
 
+def refused_page(user: Any, url_path: str) -> PageSpec | None:
+    """The page a URL names when this user may not open it (e.g. an annotator following a lead's
+    link to /agreement), so the app can say why it shows another page instead."""
+    name = url_path.strip("/").rsplit("/", 1)[-1]
+    allowed = {p.file for p in pages_for(user)}
+    for spec in PAGES:
+        if Path(spec.file).stem == name and spec.file not in allowed:
+            return spec
+    return None
+
+
 def home_for(user: Any) -> str:
     """The page a user lands on: Review for annotators; Queue status for leads and admins, so
     opening the app to audit or manage never leases a review item (they open Review to review)."""

@@ -385,6 +385,18 @@ def page_style() -> None:
     st.html(_CSS)
 
 
+def requested_path() -> str:
+    """The path of the URL the browser asked for, without the app's base path ("" when unknown)."""
+    from urllib.parse import urlparse
+
+    try:
+        path = urlparse(st.context.url or "").path
+    except Exception:  # no browser context (bare runs, tests)
+        return ""
+    prefix = config().url_prefix
+    return path[len(prefix) :] if prefix and path.startswith(prefix) else path
+
+
 def keyboard_glue() -> None:
     """Load the workbench's keyboard script (review_app.keyboard) from our own route; the element is hidden."""
     from safereview.review_app import server

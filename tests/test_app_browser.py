@@ -242,3 +242,14 @@ def test_gold_snapshot_downloads_are_built_when_clicked(tmp_path_factory: pytest
     assert table.column_names == list(COLUMNS) and table.num_rows == snap.n_rows == 4  # 2 items x 2 dimensions
     assert set(table.column("label").to_pylist()) == {"safe"}
     assert set(table.column("snapshot_id").to_pylist()) == {snap.id}
+
+
+def test_a_page_beyond_ones_role_says_so(served: A.Server, browser: Any) -> None:
+    """An annotator following a lead's link to /agreement is told why they see another page."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    sign_in(page, served.base, "ann1")
+    page.goto(f"{served.base}/agreement")
+    wait_idle(page)
+    page.get_by_text("Agreement is not open to your role (annotator)", exact=False).wait_for(timeout=10_000)
+    context.close()
