@@ -63,6 +63,7 @@ class CollectionDesign:
     gap_item_id: int | None  # the first item in key order without a review (it ends the prefix)
     gap_state: str  # "in review" | "skipped" | "not yet offered" | ""
     n_unkeyed: int  # items not in the design yet (they arrived after the freeze; keyed at the next pull)
+    gap_external_id: str = ""  # the gap item as people know it (its id in the imported file)
 
     @property
     def n_reviewed_outside(self) -> int:
@@ -77,7 +78,7 @@ class CollectionDesign:
             parts.append("no review through the queue yet, so there is no sampling design to estimate from")
         elif self.gap_item_id is not None and self.n_reviewed_outside:
             parts.append(
-                f"{self.n_reviewed_outside} reviewed item(s) wait for item {self.gap_item_id} "
+                f"{self.n_reviewed_outside} reviewed item(s) wait for item {self.gap_external_id or self.gap_item_id} "
                 f"({self.gap_state}), the next in the design's order"
             )
         if self.n_unkeyed:
@@ -180,9 +181,15 @@ def load_design_sample(bind: Any, collection_ids: Sequence[int]) -> DesignSample
                     gap_item_id=gap_id,
                     gap_state=_gap_state(conn, gap_id) if gap_id is not None else "",
                     n_unkeyed=n_unkeyed if frozen.get(c) else 0,
+                    gap_external_id=_external_id(conn, gap_id) if gap_id is not None else "",
                 )
             )
     return DesignSample(ids, col, in_sample, pi, designs)
+
+
+def _external_id(conn: Any, item_id: int) -> str:
+    rows = fetch(conn, "SELECT external_id FROM item WHERE id = :i", {"i": item_id})
+    return str(rows[0][0]) if rows else ""
 
 
 def _gap_state(conn: Any, item_id: int) -> str:

@@ -147,8 +147,10 @@ def test_the_sample_stops_at_the_first_unreviewed_item_and_says_why(engine: sa.E
     _review(engine, [v], cid, 2, rng)  # ... while v reviews the next two
     ds = load_design_sample(engine, [cid])
     assert ds.in_sample.sum() == 0 and ds.n_reviewed_outside == 2
-    assert ds.notes() == [
-        f"2 reviewed item(s) wait for item {first.item_id} (in review), the next in the design's order"
+    with Session(engine) as s:
+        external = s.get(Item, first.item_id).external_id  # type: ignore[union-attr]
+    assert ds.notes() == [  # named as people know it, not by the database's row id
+        f"2 reviewed item(s) wait for item {external} (in review), the next in the design's order"
     ]
     with session_scope(engine) as s:
         skip(s, u, first.id)
