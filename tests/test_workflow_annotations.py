@@ -328,3 +328,25 @@ def test_the_service_decides_confirm_or_override_from_the_stored_verdict(
     assert ann_mod.verdict_action({"joint": "unsafe"}, {}) == "confirm"  # nothing to disagree with
     with session_scope(engine) as s, pytest.raises(InvalidInput, match="action"):
         finalize(s, u, ann.id, labels, expected_version=ann.version)  # neither an action nor a judge
+
+
+def test_a_submission_left_at_the_reveal_step_is_resumed_and_not_counted_as_done(engine: sa.Engine) -> None:
+    from safereview.workflow.annotations import awaiting_reveal
+    from safereview.workflow.progress import progress, queue_status
+
+    cid = _setup(engine)
+    u, lead = make_user(engine, "ann"), make_user(engine, "lead", "lead")
+    a = _lease(engine, u, cid)
+    _verdicts(engine, a.item_id)
+    with session_scope(engine) as s:
+        ann = submit(s, u, a.id, VLSU_SAFE)  # ... and the tab closes before confirm or override
+    with Session(engine) as s:
+        assert awaiting_reveal(s, u, cid).id == ann.id  # type: ignore[union-attr]
+        p = progress(s, u, cid, max_age_s=0)
+        assert (p.mine_done, p.mine_awaiting) == (0, 1)
+        assert queue_status(s, lead, cid)["per_user"]["ann"] == {"done": 0, "not confirmed": 1}
+    with session_scope(engine) as s:
+        finalize(s, u, ann.id, VLSU_SAFE, expected_version=1, judge_id="j1")  # type: ignore[arg-type]
+    with Session(engine) as s:
+        assert awaiting_reveal(s, u, cid) is None
+        assert progress(s, u, cid, max_age_s=0).mine_done == 1

@@ -49,7 +49,7 @@ def page() -> None:
     by_id = {c.id: c for c in infos}
     cid = st.selectbox("Per reviewer", list(by_id), format_func=lambda i: ui.plain(by_id[i].name), key="qs_collection")
     rows = [
-        {"reviewer": name, **{k: counts.get(k, 0) for k in ("done", "leased", "skipped", "released")}}
+        {"reviewer": name, **{k: counts.get(k, 0) for k in ("done", "not confirmed", "leased", "skipped", "released")}}
         for name, counts in details.get(cid, {}).items()
     ]
     if rows:

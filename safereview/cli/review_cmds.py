@@ -175,7 +175,8 @@ def register(app: typer.Typer) -> None:
             markup=False,
             highlight=False,
         )
-        table = Table("reviewer", "done", "leased", "skipped", "released")
+        kinds = ("done", "not confirmed", "leased", "skipped", "released")
+        table = Table("reviewer", *kinds)
         for name, counts in st["per_user"].items():
-            table.add_row(Text(name), *(str(counts.get(k, 0)) for k in ("done", "leased", "skipped", "released")))
+            table.add_row(Text(name), *(str(counts.get(k, 0)) for k in kinds))
         console.print(table, markup=False, highlight=False)

@@ -33,6 +33,7 @@ class Progress:
     slots_leased: int
     items_fully_covered: int
     extra: dict = field(default_factory=dict)
+    mine_awaiting: int = 0  # submitted in a blind collection, not yet confirmed against the judge
 
     @property
     def fraction_done(self) -> float:
@@ -72,6 +73,22 @@ def _collection_counts(run: Any, collection_id: int, k: int) -> dict[str, int]:
     }
 
 
+# Blind submissions still waiting for confirm or override (a tab closed at the reveal step):
+# not finished, so progress does not count them as done (annotations.awaiting_reveal resumes them).
+_AWAITING = (
+    "SELECT an.user_id, COUNT(*) FROM annotation an JOIN item i ON i.id = an.item_id "
+    "JOIN collection c ON c.id = i.collection_id WHERE i.collection_id = :c AND c.blind = :t "
+    "AND an.source = 'app' AND an.verdict_action IS NULL AND EXISTS "
+    "(SELECT 1 FROM verdict v WHERE v.item_id = an.item_id AND v.label IS NOT NULL) {user} GROUP BY an.user_id"
+)
+
+
+def _awaiting(session: Session, collection_id: int, user_id: int | None = None) -> dict[int, int]:
+    sql = _AWAITING.format(user="AND an.user_id = :u" if user_id is not None else "")
+    rows = session.execute(sa.text(sql), {"c": collection_id, "t": True, "u": user_id}).all()
+    return {int(u): int(n) for u, n in rows}
+
+
 def progress(session: Session, user: User | None, collection_id: int, *, max_age_s: float = 5.0) -> Progress:
     """Progress counts for a collection.
 
@@ -105,12 +122,14 @@ def progress(session: Session, user: User | None, collection_id: int, *, max_age
                 {"u": user.id, "c": collection_id},
             ).all()
         )
+    awaiting = _awaiting(session, collection_id, user.id).get(int(user.id), 0) if user is not None else 0
     return Progress(
         collection_id=collection_id,
         n_items=counts["n_items"],
         overlap_target=k,
         slots_total=counts["n_items"] * k,
-        mine_done=int(mine.get("done", 0)),
+        mine_done=int(mine.get("done", 0)) - awaiting,
+        mine_awaiting=awaiting,
         mine_skipped=int(mine.get("skipped", 0)),
         mine_leased=int(mine.get("leased", 0)),
         everyone_done=counts["done"],
@@ -135,6 +154,17 @@ def queue_status(session: Session, actor: Any, collection_id: int) -> dict[str, 
     users: dict[str, dict[str, int]] = {}
     for name, status, n in per_user:
         users.setdefault(name, {})[status] = int(n)
+    awaiting = _awaiting(session, collection_id)
+    if awaiting:
+        names = dict(
+            session.execute(
+                sa.text('SELECT id, username FROM "user" WHERE id IN (' + ",".join(str(int(u)) for u in awaiting) + ")")
+            ).all()
+        )
+        for uid, n in awaiting.items():  # shown apart: submitted, never confirmed against the judge
+            row = users.setdefault(names.get(uid, str(uid)), {})
+            row["done"] = row.get("done", 0) - n
+            row["not confirmed"] = n
     return {"progress": prog, "per_user": users}
 
 
