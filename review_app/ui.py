@@ -397,6 +397,13 @@ def requested_path() -> str:
     return path[len(prefix) :] if prefix and path.startswith(prefix) else path
 
 
+# Slice tables are wide: the slice and its value stay pinned and whole while the figures scroll.
+SLICE_COLUMNS = {
+    "slice": st.column_config.TextColumn("slice", pinned=True, width="small"),
+    "value": st.column_config.TextColumn("value", pinned=True, width="medium"),
+}
+
+
 def keyboard_glue() -> None:
     """Load the workbench's keyboard script (review_app.keyboard) from our own route; the element is hidden."""
     from safereview.review_app import server

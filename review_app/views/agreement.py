@@ -90,7 +90,7 @@ def page() -> None:
             "before reading these numbers.",
             icon=":material/warning:",
         )
-    st.dataframe(stats_rows(d), hide_index=True, width="stretch")
+    st.dataframe(stats_rows(d), hide_index=True, width="stretch", column_config=ui.SLICE_COLUMNS)
     if d.get("n_invalid_labels"):
         st.warning(f"{d['n_invalid_labels']} ratings carry a label outside the taxonomy and were left out.")
     left, right = st.columns(2)

@@ -160,7 +160,7 @@ def page() -> None:
             "disagreement list below shows where the judge and the people differ, without weights.",
             icon=":material/hourglass_top:",
         )
-    st.dataframe(rate_rows(res), hide_index=True, width="stretch")
+    st.dataframe(rate_rows(res), hide_index=True, width="stretch", column_config=ui.SLICE_COLUMNS)
     k = res["kappa"]
     st.dataframe(
         [
