@@ -398,3 +398,19 @@ def test_the_import_page_speaks_of_the_uploaded_file_and_its_own_fields(fx: A.Fi
     assert "results.jsonl: task_type: cannot tell the task type" in shown
     assert "fill in “Task type”" in shown and "--task-type" not in shown
     assert "safereview-upload-" not in shown and "/tmp" not in shown
+
+
+def test_a_lead_sets_the_reviewer_defaults_of_a_collection(fx: A.Fixture) -> None:
+    from safereview.db.models import Collection
+
+    lead = sign_in("lead")  # leads land on Queue status: no review item is leased for them
+    assert not [b for b in lead.button if b.key == "rv_submit"]
+    form_toggle = next(t for t in lead.toggle if t.label.startswith("Blur images and video"))
+    form_toggle.set_value(False)
+    next(r for r in lead.radio if r.label.startswith("A label changed")).set_value("optional")
+    next(b for b in lead.button if b.label == "Save defaults").click().run()
+    assert not lead.exception, [e.message for e in lead.exception]
+    name = lead.selectbox(key="qs_collection").format_func(lead.selectbox(key="qs_collection").value)
+    with db(fx) as s:
+        col = s.exec(select(Collection).where(Collection.name == name)).one()
+    assert (col.protect_media, col.reveal_reason) == (False, "optional")

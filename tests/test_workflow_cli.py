@@ -130,6 +130,22 @@ def test_collections_set_changes_only_what_is_given(db_url: str, engine: sa.Engi
         assert (col.overlap_target, col.blind, col.audit_share, col.archived) == (3, False, 0.35, True)
     listing = _run(db_url, "collections")
     assert listing.exit_code == 0 and all(w in listing.output for w in ("open", "35%", "archived"))
+    r = _run(
+        db_url,
+        *("collections", "set", "settings-test", "--no-protect-media", "--break-minutes", "30"),
+        *("--break-unsafe-items", "0", "--reveal-reason", "optional"),
+    )
+    assert r.exit_code == 0, r.output
+    with Session(engine) as s:
+        col = s.exec(select(Collection).where(Collection.name == "settings-test")).one()
+        assert (col.protect_media, col.break_minutes, col.break_unsafe_items, col.reveal_reason) == (
+            False,
+            30,
+            0,
+            "optional",
+        )
+    r = _run(db_url, "collections", "set", "settings-test", "--reveal-reason", "sometimes")
+    assert r.exit_code == 1 and "reveal reason: one of required, optional" in r.output
 
     for args, word in ((["--overlap", "0"], "overlap"), (["--audit-share", "1.5"], "uniform share")):
         r = _run(db_url, "collections", "set", "settings-test", *args)

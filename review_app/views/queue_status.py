@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import streamlit as st
 
 from safereview.review_app import ui
+from safereview.review_app.data import CollectionInfo
 
 
 def page() -> None:
@@ -56,6 +59,57 @@ def page() -> None:
         st.dataframe(rows, hide_index=True, width="stretch")
     else:
         st.caption("Nobody has reviewed this collection yet.")
+    _review_defaults(user, by_id[cid])
+
+
+def _review_defaults(user: Any, c: CollectionInfo) -> None:
+    """What reviewers of this collection start with: media protection, break reminders, the reveal reason."""
+    from safereview.workflow.collections import update_settings
+    from safereview.workflow.errors import WorkflowError
+
+    with st.form(f"qs_defaults_{c.id}", border=True):
+        st.markdown("**Reviewer defaults** for " + ui.md_literal(c.name))
+        protect = st.toggle(
+            "Blur images and video until the reviewer shows them (each reviewer may turn it off for themselves)",
+            value=c.protect_media,
+        )
+        a, b = st.columns(2)
+        minutes = a.number_input(
+            "Suggest a break after minutes (0 = never)",
+            0,
+            10_000,
+            c.break_minutes,
+            step=5,
+        )
+        unsafe = b.number_input(
+            "… or after items labelled unsafe (0 = never)",
+            0,
+            10_000,
+            c.break_unsafe_items,
+        )
+        reason = st.radio(
+            "A label changed after seeing the judge needs a reason",
+            ["required", "optional"],
+            index=0 if c.reveal_reason == "required" else 1,
+            horizontal=True,
+        )
+        if st.form_submit_button("Save defaults", icon=":material/save:"):
+            try:
+                with ui.session() as s:
+                    update_settings(
+                        s,
+                        c.id,
+                        actor=user,
+                        protect_media=bool(protect),
+                        break_minutes=int(minutes),
+                        break_unsafe_items=int(unsafe),
+                        reveal_reason=str(reason),
+                    )
+                ui.clear_data_caches()
+                st.toast("Saved.", icon=":material/check:")
+                st.rerun()
+            except WorkflowError as exc:
+                st.error(ui.md_literal(str(exc), max_chars=300))
 
 
 page()

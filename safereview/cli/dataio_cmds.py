@@ -324,6 +324,26 @@ def register(app: typer.Typer) -> None:
         archived: Annotated[
             bool | None, typer.Option("--archive/--unarchive", help="Archived collections leave the review queue.")
         ] = None,
+        protect_media: Annotated[
+            bool | None,
+            typer.Option(
+                "--protect-media/--no-protect-media",
+                help="Reviewers see images and video blurred and greyscale until they show them.",
+            ),
+        ] = None,
+        break_minutes: Annotated[
+            int | None, typer.Option("--break-minutes", help="Suggest a break after this many minutes (0 = never).")
+        ] = None,
+        break_unsafe_items: Annotated[
+            int | None,
+            typer.Option("--break-unsafe-items", help="... or after this many items labelled unsafe (0 = never)."),
+        ] = None,
+        reveal_reason: Annotated[
+            str | None,
+            typer.Option(
+                "--reveal-reason", help="required or optional: a reason for a label changed after seeing the judge."
+            ),
+        ] = None,
         db: DbOption = None,
     ) -> None:
         """Change a collection's review settings (only the options given); same checks as the Collections page."""
@@ -331,9 +351,12 @@ def register(app: typer.Typer) -> None:
         from safereview.workflow.collections import update_settings
         from safereview.workflow.errors import WorkflowError
 
-        if overlap is None and blind is None and audit_share is None and archived is None:
+        reviewer = (protect_media, break_minutes, break_unsafe_items, reveal_reason)
+        if overlap is None and blind is None and audit_share is None and archived is None and reviewer == (None,) * 4:
             typer.echo(
-                "nothing to change: give --overlap, --blind/--open, --audit-share or --archive/--unarchive", err=True
+                "nothing to change: give --overlap, --blind/--open, --uniform-share, --archive/--unarchive, "
+                "--protect-media, --break-minutes, --break-unsafe-items or --reveal-reason",
+                err=True,
             )
             raise typer.Exit(2)
         engine = engine_for(config(db))
@@ -347,6 +370,10 @@ def register(app: typer.Typer) -> None:
                     blind=blind,
                     audit_share=audit_share,
                     archived=archived,
+                    protect_media=protect_media,
+                    break_minutes=break_minutes,
+                    break_unsafe_items=break_unsafe_items,
+                    reveal_reason=reveal_reason,
                 )
                 shown = (
                     f"{col.name}: overlap k={col.overlap_target}, {'blind' if col.blind else 'open'}, "
