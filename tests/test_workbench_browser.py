@@ -217,7 +217,7 @@ def test_images_are_blurred_and_grey_on_screen_until_shown(demo: A.Server, brows
     assert "blur" in shielded.evaluate("el => getComputedStyle(el).filter")
     before = _looks(shielded.screenshot())
     page.screenshot(path=str(ARTIFACTS / "workbench-media-shielded.png"), full_page=True)
-    page.keyboard.press("v")  # show this item's media
+    page.keyboard.press("m")  # show this item's media
     page.wait_for_selector(".sr-shield", state="detached", timeout=10_000)
     shown = page.locator(".sr-media img").first
     page.wait_for_function("() => [...document.querySelectorAll('.sr-media img')].every(i => i.complete)")

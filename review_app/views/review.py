@@ -9,7 +9,7 @@ shown again before any new item, and Undo brings the item it undid back on scree
 next item renders in the same fragment rerun, so only the item panel updates.
 
 Reviewer wellbeing: images and video start blurred and greyscale (the collection's default,
-or the reviewer's own preference) until the reviewer shows them (``V`` or the button); the
+or the reviewer's own preference) until the reviewer shows them (``M`` or the button); the
 category's content warning comes first; a break reminder follows time and unsafe items seen.
 """
 
@@ -24,7 +24,7 @@ from safereview.review_app import item_view, timing, ui
 from safereview.review_app.data import CollectionInfo
 
 LABEL_KEYS = ("123456789", "qwet", "asdg", "zxvb")  # one row of keys per dimension (no C/R)
-KEY_SUBMIT, KEY_SKIP, KEY_FLAG, KEY_UNDO, KEY_JUDGE, KEY_SHOW = "ctrl+enter", "k", "f", "u", "j", "v"
+KEY_SUBMIT, KEY_SKIP, KEY_FLAG, KEY_UNDO, KEY_JUDGE, KEY_SHOW = "ctrl+enter", "k", "f", "u", "j", "m"
 SNOOZE_S, SNOOZE_ITEMS = 15 * 60, 10  # "remind me later" on a break reminder
 
 
@@ -645,7 +645,7 @@ def page() -> None:
             args=(user,),
             help="Your own setting; the collection's default is "
             + ("on." if info.protect_media else "off.")
-            + " Show one item's media with V.",
+            + " Show one item's media with M.",
         )
         if info.guidelines:
             with st.expander("Guidelines", expanded=False, icon=":material/menu_book:"):
