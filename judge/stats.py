@@ -22,7 +22,6 @@ from safereview.judge.metrics import (
     UNI_DIMENSIONS,
     UNI_METRICS,
     UNI_RULES,
-    Share,
     group_rows,
     label_shares,
     metric_table,
@@ -198,20 +197,3 @@ def _population(session: Session, collection: str, judge_ids: list[str], by: str
     for g in pop.get("groups", []):
         groups[g["group"]] = by_name(g["metrics"])
     return {"sample": pop["sample"], "reference": pop["reference"], "half_width": pop["half_width"], "groups": groups}
-
-
-def fmt_estimate(e: dict[str, Any] | None) -> str:
-    """``12.5% [8.1, 18.6]`` for a design-based estimate, ``—`` when there is none."""
-    if not e or e.get("value") is None or e["value"] != e["value"]:
-        return "—"
-    return f"{100 * e['value']:.1f}% [{100 * e['low']:.1f}, {100 * e['high']:.1f}]"
-
-
-def fmt_share(s: dict[str, Any] | Share | None) -> str:
-    """``12.5% [8.1, 18.6] (n=120)`` or ``—`` for an empty share."""
-    if s is None:
-        return "—"
-    d = s.as_dict() if isinstance(s, Share) else s
-    if d["p"] is None:
-        return "— (n=0)"
-    return f"{100 * d['p']:.1f}% [{100 * d['lo']:.1f}, {100 * d['hi']:.1f}] (n={d['n']})"

@@ -284,43 +284,66 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_stats(result: dict[str, Any]) -> None:
+    from rich import box
     from rich.table import Table
     from rich.text import Text
 
-    from safereview.judge.stats import fmt_estimate, fmt_share
-
     pop = result["population"]
     title = f"{result['collection']} — judge {result['judge_id'] or '(none)'}"
-    t = Table(title=Text(title), show_lines=False)
-    t.add_column(result["by"] or "group")
-    t.add_column("metric")
-    t.add_column("judge, uncorrected", justify="right")
-    t.add_column("human (design-weighted)", justify="right")
-    t.add_column("corrected (PPI++)", justify="right")
+    t = Table(
+        title=Text(title),
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        caption="per cent, 95% interval in brackets; judge: its own share, uncorrected (n: its records)",
+    )
+    t.add_column(result["by"] or "group", overflow="fold", min_width=10, max_width=18)
+    t.add_column("metric", overflow="fold", min_width=9)
+    t.add_column("n", justify="right")
+    t.add_column("judge", justify="right", no_wrap=True)
+    t.add_column("human", justify="right", no_wrap=True)
+    t.add_column("corrected", justify="right", no_wrap=True)
     rule = result.get("rule")
+
+    def pct(value: Any, low: Any, high: Any) -> str:
+        if value is None or value != value:
+            return "—"
+        return f"{100 * value:.1f} [{100 * low:.0f}–{100 * high:.0f}]"  # full precision: --json
+
+    def est(e: dict[str, Any] | None) -> str:
+        return pct(e.get("value"), e.get("low"), e.get("high")) if e else "—"
+
+    def share(s: dict[str, Any] | None) -> tuple[str, str]:
+        if s is None:
+            return "", "—"
+        d = s.as_dict() if hasattr(s, "as_dict") else s
+        return str(d["n"]), pct(d["p"], d["lo"], d["hi"])
 
     def dropped(g: dict[str, Any] | None) -> str:
         if g is None:
             return "—"
         if rule == "shared-denominator":
-            return f"{g['n_dropped_na']} of {g['n_records']} dropped"
-        return f"{g['n_records_na']} of {g['n_records']} (kept)"
+            return f"{g['n_dropped_na']} of {g['n_records']}"
+        return f"{g['n_records_na']} of {g['n_records']}"
 
     for g in result["judge"]:
         first = True
         people = pop["groups"].get(g["group"], {})
         for m in result["metrics"]:
             p = people.get(m) or {}
+            n, judge = share(g["metrics"].get(m))
             t.add_row(
                 Text(g["group"] if first else ""),
                 Text(m),
-                Text(fmt_share(g["metrics"].get(m))),
-                Text(fmt_estimate(p.get("human"))),
-                Text(fmt_estimate(p.get("corrected"))),
+                n,
+                Text(judge),
+                Text(est(p.get("human"))),
+                Text(est(p.get("corrected"))),
             )
             first = False
         if rule:
-            t.add_row(Text(""), Text("records with NA"), Text(dropped(g)), Text(""), Text(""))
+            what = "NA dropped" if rule == "shared-denominator" else "NA (kept)"
+            t.add_row(Text(""), Text(what), "", Text(dropped(g)), Text(""), Text(""))
         t.add_section()
     console.print(t)
     sample = pop["sample"]
