@@ -27,7 +27,7 @@ from safereview.agreement import data
 from safereview.agreement import items as item_reads
 from safereview.agreement import verdicts as verdict_reads
 from safereview.agreement.alpha import krippendorff_alpha, paired_alpha_difference
-from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus, soft_reference
+from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus, external_ids, soft_reference
 from safereview.agreement.estimators import Estimate, hajek_mean, hajek_ratio
 from safereview.agreement.kappa import confusion, kappa_from_table
 from safereview.agreement.sample import DesignSample, load_design_sample
@@ -225,17 +225,20 @@ def audit(
         "note": "every reviewed item, unweighted: describes the reviewed items, not the collection",
     }
     wrong = np.flatnonzero(both & (all_h != all_j))
+    shown = wrong[:max_disagreements]
+    names = external_ids(bind, [int(cons.item_ids[i]) for i in shown]) if len(shown) else {}
     out["disagreements"] = {
         "n": len(wrong),
         "items": [
             {
                 "item_id": int(cons.item_ids[i]),
+                "external_id": names.get(int(cons.item_ids[i]), ("", ""))[0],
                 "people": labels[int(all_h[i])],
                 "judge": labels[int(all_j[i])],
                 "agreement": None if np.isnan(cons.agreement[i]) else float(cons.agreement[i]),
                 "method": str(cons.method[i]),
             }
-            for i in wrong[:max_disagreements]
+            for i in shown
         ],
     }
     if by:

@@ -307,13 +307,14 @@ def adjudication_queue(
         )
     )
     if rows:
-        ext = _external_ids(session, [r["item_id"] for r in rows])
+        ext = external_ids(session, [r["item_id"] for r in rows])
         for r in rows:
             r["external_id"], r["collection"] = ext.get(r["item_id"], ("", ""))
     return rows[:limit] if limit else rows
 
 
-def _external_ids(session: Any, item_ids: list[int]) -> dict[int, tuple[str, str]]:
+def external_ids(session: Any, item_ids: list[int]) -> dict[int, tuple[str, str]]:
+    """Item id -> (external id, collection name): how people know the items."""
     out: dict[int, tuple[str, str]] = {}
     with data.connection(session) as conn:
         uniq = sorted(set(item_ids))

@@ -71,8 +71,9 @@ def _tags(user: Any, names: tuple[str, ...], dimension: str, judge: str | None, 
     st.markdown("**Tag judge errors**")
     if items:
         ids = [d["item_id"] for d in items]
+        known_as = {d["item_id"]: str(d.get("external_id") or d["item_id"]) for d in items}
         with st.form("audit_tag_form", border=True, clear_on_submit=True):
-            item_id = st.selectbox("Item", ids, key="audit_tag_item")
+            item_id = st.selectbox("Item", ids, key="audit_tag_item", format_func=lambda i: ui.plain(known_as[i]))
             tag = st.text_input(
                 "Error type", max_chars=80, placeholder="e.g. missed compositional harm", key="audit_tag_text"
             )

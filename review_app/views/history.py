@@ -37,16 +37,18 @@ def _rows(user: Any, collection_id: int | None) -> list[dict[str, Any]]:
 
 
 def _undo(user: Any) -> None:
+    from safereview.db.models import Item
     from safereview.workflow import annotations
     from safereview.workflow.errors import WorkflowError
 
     try:
         with ui.session() as s:
             ann = annotations.undo_last(s, user)
+            item = s.get(Item, ann.item_id) if ann is not None else None
             st.session_state["hist_msg"] = (
                 ("info", "Nothing to undo.")
-                if ann is None
-                else ("success", f"Undid your last change (item {ann.item_id}, now version {ann.version}).")
+                if ann is None or item is None
+                else ("success", f"Undid your last change to item {item.external_id} (now version {ann.version}).")
             )
     except WorkflowError as exc:
         st.session_state["hist_msg"] = ("error", str(exc))
