@@ -224,7 +224,8 @@ def _print_audit(res: dict[str, Any]) -> None:
                 *[Text(_est(row[k])) for k in ("accuracy", "over_blocking", "under_blocking")],
             )
     console.print(t)
-    console.print(Text(f"kappa ({res['kappa'].get('weights', '')}): {_est(res['kappa'])}"))
+    weights = res["kappa"].get("weights")
+    console.print(Text(f"Cohen's kappa{f' ({weights} weights)' if weights else ''}: {_est(res['kappa'])}"))
     c = Table(title="confusion (rows: people, columns: judge; sample items)")
     c.add_column("")
     for lab in res["labels"]:
@@ -254,26 +255,42 @@ def _print_audit(res: dict[str, Any]) -> None:
     )
 
 
+def _interval(e: dict[str, Any] | None) -> str:
+    """'0.101 [0.043–0.220]': compact enough for three columns in 80."""
+    if not e or e.get("value") is None:
+        return "-"
+    if e.get("low") is None:
+        return _fmt(e["value"])
+    return f"{e['value']:.3f} [{e['low']:.3f}–{e['high']:.3f}]"
+
+
 def _print_population(pop: dict[str, Any]) -> None:
+    from rich import box
     from rich.table import Table
     from rich.text import Text
 
-    t = Table(
-        title=Text(
-            f"rates over the collection ({', '.join(pop['collections'])}): judge, human, corrected (95% intervals)"
-        )
-    )
     hw = pop["half_width"]
-    for col in ("metric", "judge (uncorrected)", "human (design-weighted)", "corrected (PPI++)", f"reviews for ±{hw}"):
-        t.add_column(Text(col))
+    t = Table(
+        title=Text(f"rates over the collection ({', '.join(pop['collections'])})"),
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        caption=f"judge: its own share, uncorrected; human: design-weighted; corrected: PPI++; 95% intervals; "
+        f"more: reviews for ±{hw}",
+    )
+    t.add_column("metric", overflow="fold", min_width=10)
+    t.add_column("judge", justify="right", no_wrap=True)
+    t.add_column("human", justify="right", no_wrap=True)
+    t.add_column("corrected", justify="right", no_wrap=True)
+    t.add_column("more", justify="right", no_wrap=True)
     for m in pop["metrics"]:
         more = m["more_reviews"]["corrected"]
         t.add_row(
             Text(m["metric"]),
             Text(_fmt(m["judge"]["value"])),
-            Text(_est(m["human"])),
-            Text(_est(m["corrected"])),
-            Text("-" if more < 0 else f"{more} more"),
+            Text(_interval(m["human"])),
+            Text(_interval(m["corrected"])),
+            Text("-" if more < 0 else str(more)),
         )
     console.print(t)
     sample = pop["sample"]
