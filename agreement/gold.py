@@ -537,7 +537,9 @@ def write(table: Any, out: str | Path, fmt: str, snapshot: Any = None) -> list[P
     if fmt == "parquet":
         pq.write_table(table, out)
     elif fmt == "csv":
-        pacsv.write_csv(table, out)
+        from safereview.dataio.spreadsheet import defuse
+
+        pacsv.write_csv(defuse(table), out)  # no cell runs as a spreadsheet formula
     else:
         with out.open("w", encoding="utf-8") as fh:
             for batch in table.to_batches(max_chunksize=65536):

