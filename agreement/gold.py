@@ -518,10 +518,15 @@ def dataset_card(snapshot: Any, n_rows: int, data_file: str) -> str:
     return front + "\n" + "\n".join(body) + "\n"
 
 
-def write(table: Any, out: str | Path, fmt: str, snapshot: Any = None) -> list[Path]:
-    """Write the gold table as jsonl, csv, parquet, or a Hugging Face folder (``hf``)."""
+def write(table: Any, out: str | Path, fmt: str, snapshot: Any = None, *, raw_csv: bool = False) -> list[Path]:
+    """Write the gold table as jsonl, csv, parquet, or a Hugging Face folder (``hf``).
+
+    CSV cells that would start a spreadsheet formula are defused unless ``raw_csv``; JSONL
+    escapes U+2028, U+2029 and U+0085 (``safereview.dataio.spreadsheet``)."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
+
+    from safereview.dataio.spreadsheet import defuse, escape_line_breaks
 
     out = Path(out)
     if fmt not in FORMATS:
@@ -537,14 +542,12 @@ def write(table: Any, out: str | Path, fmt: str, snapshot: Any = None) -> list[P
     if fmt == "parquet":
         pq.write_table(table, out)
     elif fmt == "csv":
-        from safereview.dataio.spreadsheet import defuse
-
-        pacsv.write_csv(defuse(table), out)  # no cell runs as a spreadsheet formula
+        pacsv.write_csv(table if raw_csv else defuse(table), out)  # no cell runs as a spreadsheet formula
     else:
         with out.open("w", encoding="utf-8") as fh:
             for batch in table.to_batches(max_chunksize=65536):
                 for row in batch.to_pylist():
-                    fh.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+                    fh.write(escape_line_breaks(json.dumps(row, ensure_ascii=False, allow_nan=False)) + "\n")
     return [out]
 
 

@@ -151,3 +151,18 @@ def test_csv_cells_never_run_as_spreadsheet_formulas(engine: sa.Engine, tmp_path
         assert not frame.map(lambda v: str(v)[:1] in ("=", "+", "-", "@")).to_numpy().any()
     exact = pd.read_json(tmp_path / "i.jsonl", lines=True)
     assert exact.loc[0, "response_text"] == HOSTILE  # JSONL carries the text as it is
+
+
+def test_raw_csv_keeps_formulas_for_machines_and_jsonl_escapes_line_separators(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    rows = [{"id": "a", "prompt": "=1+1", "response": "one\u2028two\u2029three\u0085four"}]
+    f = ds.write_jsonl(tmp_path / "h.jsonl", rows)
+    assert import_file(engine, f, collection="h", taxonomy="vlsu", media_root=tmp_path / "root", actor=SYSTEM).ok
+    export_items(engine, tmp_path / "raw.csv", "csv", collections=["h"], raw_csv=True)
+    assert pd.read_csv(tmp_path / "raw.csv", dtype=str).loc[0, "prompt_text"] == "=1+1"
+    export_items(engine, tmp_path / "i.jsonl", "jsonl", collections=["h"])
+    text = (tmp_path / "i.jsonl").read_text(encoding="utf-8")
+    assert len(text.splitlines()) == 1  # one row stays one line for every reader
+    assert "\\u2028" in text and "\u2028" not in text
+    assert pd.read_json(tmp_path / "i.jsonl", lines=True).loc[0, "response_text"] == rows[0]["response"]

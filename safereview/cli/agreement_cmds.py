@@ -530,6 +530,10 @@ def register(app: typer.Typer) -> None:
             float, typer.Option("--threshold", help="Agreement below which an item needs adjudication.")
         ] = 0.6,
         judge: JudgeOpt = None,
+        raw_csv: Annotated[
+            bool,
+            typer.Option("--raw-csv", help="CSV: keep text cells that start with = + - @ as they are (machine use)."),
+        ] = False,
         snapshot: Annotated[
             int | None, typer.Option("--snapshot", help="Re-export this stored snapshot instead of making a new one.")
         ] = None,
@@ -566,7 +570,7 @@ def register(app: typer.Typer) -> None:
                         threshold=threshold,
                         judge_id=judge,
                     )
-                paths = write(table, out, fmt_, snap)
+                paths = write(table, out, fmt_, snap, raw_csv=raw_csv)
                 sid, digest = snap.id, snap.checksum
         except AgreementError as exc:
             _fail(str(exc))

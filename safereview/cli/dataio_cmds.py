@@ -30,7 +30,19 @@ FormatOpt = Annotated[
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output file (written atomically).")]
 
 
-def _run_export(kind: str, out: Path, fmt: str | None, db: str | None, collections: list[str] | None) -> None:
+RawCsvOpt = Annotated[
+    bool,
+    typer.Option(
+        "--raw-csv",
+        help="CSV: keep text cells that start with = + - @ as they are (for machine pipelines; a spreadsheet would "
+        "run them as formulas).",
+    ),
+]
+
+
+def _run_export(
+    kind: str, out: Path, fmt: str | None, db: str | None, collections: list[str] | None, raw_csv: bool = False
+) -> None:
     from safereview.dataio.export import export_annotations, export_items, format_from_path
 
     try:
@@ -45,7 +57,7 @@ def _run_export(kind: str, out: Path, fmt: str | None, db: str | None, collectio
     engine = engine_for(cfg)
     try:
         fn = export_items if kind == "items" else export_annotations
-        res = fn(engine, out, fmt_, collections=collections or None)
+        res = fn(engine, out, fmt_, collections=collections or None, raw_csv=raw_csv)
     except LookupError as exc:
         typer.echo(f"error: {exc.args[0] if exc.args else exc}", err=True)
         raise typer.Exit(1) from None
@@ -56,18 +68,26 @@ def _run_export(kind: str, out: Path, fmt: str | None, db: str | None, collectio
 
 @export_app.command("items")
 def export_items_cmd(
-    out: OutOpt, fmt: FormatOpt = None, collection: CollectionsOpt = None, db: DbOption = None
+    out: OutOpt,
+    fmt: FormatOpt = None,
+    collection: CollectionsOpt = None,
+    raw_csv: RawCsvOpt = False,
+    db: DbOption = None,
 ) -> None:
     """Items with their judge verdicts: one row per item, columns verdict.<judge>.<dimension>[.prob|.status]."""
-    _run_export("items", out, fmt, db, collection)
+    _run_export("items", out, fmt, db, collection, raw_csv)
 
 
 @export_app.command("annotations")
 def export_annotations_cmd(
-    out: OutOpt, fmt: FormatOpt = None, collection: CollectionsOpt = None, db: DbOption = None
+    out: OutOpt,
+    fmt: FormatOpt = None,
+    collection: CollectionsOpt = None,
+    raw_csv: RawCsvOpt = False,
+    db: DbOption = None,
 ) -> None:
     """Every annotation: one row per item and annotator, blind and final labels, action, time spent."""
-    _run_export("annotations", out, fmt, db, collection)
+    _run_export("annotations", out, fmt, db, collection, raw_csv)
 
 
 @taxonomy_app.command("show")

@@ -21,6 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from safereview.dataio.spreadsheet import defuse, escape_line_breaks
 from safereview.db.models import Annotation, Collection, ImportBatch, Item, User, Verdict, utcnow
 
 EXPORT_FORMATS = ("jsonl", "csv", "parquet")
@@ -316,8 +317,12 @@ def annotation_rows(
     return list(cols), cols
 
 
-def write_table(columns: list[str], data: dict[str, list], out: Path, fmt: str) -> int:
-    """Write column-wise data to ``out`` atomically; return the row count."""
+def write_table(columns: list[str], data: dict[str, list], out: Path, fmt: str, *, raw_csv: bool = False) -> int:
+    """Write column-wise data to ``out`` atomically; return the row count.
+
+    CSV text cells that would start a spreadsheet formula are defused unless ``raw_csv``
+    (a machine pipeline that wants the exact bytes); JSONL escapes the line separators
+    U+2028, U+2029 and U+0085, which ``str.splitlines()`` readers would break a row at."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     import pyarrow as pa
@@ -330,7 +335,11 @@ def write_table(columns: list[str], data: dict[str, list], out: Path, fmt: str) 
     tmp = Path(tmp_name)
     try:
         if fmt == "jsonl":
-            encode = json.JSONEncoder(ensure_ascii=False).encode  # built once, not per row
+            plain = json.JSONEncoder(ensure_ascii=False).encode  # built once, not per row
+
+            def encode(obj: Any) -> str:
+                return escape_line_breaks(plain(obj))
+
             with tmp.open("w", encoding="utf-8") as fh:
                 lines = []
                 for row in zip(*(data[c] for c in columns), strict=True):
@@ -349,9 +358,7 @@ def write_table(columns: list[str], data: dict[str, list], out: Path, fmt: str) 
             else:
                 import pyarrow.csv as pacsv
 
-                from safereview.dataio.spreadsheet import defuse
-
-                pacsv.write_csv(defuse(table), tmp)  # no cell runs as a spreadsheet formula
+                pacsv.write_csv(table if raw_csv else defuse(table), tmp)  # no cell runs as a formula
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -382,22 +389,32 @@ def _no_gc() -> Iterator[None]:
 
 
 def export_items(
-    engine: sa.Engine, out: str | Path, fmt: str = "parquet", *, collections: Iterable[str] | None = None
+    engine: sa.Engine,
+    out: str | Path,
+    fmt: str = "parquet",
+    *,
+    collections: Iterable[str] | None = None,
+    raw_csv: bool = False,
 ) -> ExportResult:
     """Items with their verdicts, one row per item, verdict columns ``verdict.<judge>.<dim>``."""
     with _no_gc():
         columns, data = item_rows(engine, collections=collections)
-        n = write_table(columns, data, Path(out), fmt)
+        n = write_table(columns, data, Path(out), fmt, raw_csv=raw_csv)
     return ExportResult(Path(out), fmt, n, columns)
 
 
 def export_annotations(
-    engine: sa.Engine, out: str | Path, fmt: str = "parquet", *, collections: Iterable[str] | None = None
+    engine: sa.Engine,
+    out: str | Path,
+    fmt: str = "parquet",
+    *,
+    collections: Iterable[str] | None = None,
+    raw_csv: bool = False,
 ) -> ExportResult:
     """Every annotation, one row per (item, annotator), with blind and final labels."""
     with _no_gc():
         columns, data = annotation_rows(engine, collections=collections)
-        n = write_table(columns, data, Path(out), fmt)
+        n = write_table(columns, data, Path(out), fmt, raw_csv=raw_csv)
     return ExportResult(Path(out), fmt, n, columns)
 
 

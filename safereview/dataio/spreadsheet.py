@@ -16,6 +16,18 @@ from typing import Any
 FORMULA_START = r"^[=+\-@\t\r]"
 
 
+_LINE_BREAKS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\u0085": "\\u0085"}
+
+
+def escape_line_breaks(line: str) -> str:
+    """A JSON line with U+2028, U+2029 and U+0085 escaped: still the same JSON, but no
+    ``str.splitlines()`` reader cuts the row there."""
+    if "\u2028" in line or "\u2029" in line or "\u0085" in line:
+        for raw, escaped in _LINE_BREAKS.items():
+            line = line.replace(raw, escaped)
+    return line
+
+
 def defuse(table: Any) -> Any:
     """A copy of the pyarrow ``table`` whose text cells cannot start a formula."""
     import pyarrow as pa
