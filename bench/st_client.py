@@ -80,7 +80,7 @@ class StreamlitClient:
         self.ws = await websockets.connect(
             f"ws://{parts.netloc}{parts.path}/_stcore/stream",
             subprotocols=["streamlit"],  # type: ignore[list-item]
-            origin=self.base,
+            origin=self.origin,  # as a browser sends it: scheme and host, no path
             max_size=2**26,
             compression=None,
             ping_interval=None,

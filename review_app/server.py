@@ -126,6 +126,13 @@ class SecurityHeadersMiddleware:
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and not origin_allowed(scope):
+            # Cross-site websocket hijacking: Streamlit accepts any localhost origin on any port, and
+            # SameSite cookies do not separate ports. Refuse before the handshake completes (HTTP 403).
+            message = await receive()
+            if message["type"] == "websocket.connect":
+                await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -139,6 +146,26 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def origin_allowed(scope: Scope) -> bool:
+    """A websocket may come from the app's own origin (scheme-less host:port equal to the Host
+    header) or a configured one; a client that sends no Origin is no browser page, so no
+    cross-site risk."""
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+    origin = headers.get("origin", "").strip().rstrip("/").lower()
+    if not origin:
+        return True
+    if origin in runtime.config().allowed_origins:
+        return True
+    from urllib.parse import urlsplit
+
+    host = headers.get("host", "").strip().lower()
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:
+        return False
+    return bool(host) and netloc == host
 
 
 # ---------------------------------------------------------------------------------------

@@ -67,6 +67,12 @@ SETTINGS: tuple[Setting, ...] = (
         "sign-in routes.",
     ),
     Setting(
+        "SAFEREVIEW_ALLOWED_ORIGINS",
+        "",
+        "Extra origins (comma-separated, e.g. `https://review.example.org`) whose pages may open the app's "
+        "websocket; by default only the app's own origin (the request's Host) may.",
+    ),
+    Setting(
         "SAFEREVIEW_JUDGE_API_KEY",
         "",
         "Default API key for the judge's OpenAI-compatible server (`--api-key-env` names another).",
@@ -93,6 +99,11 @@ class Config:
     session_hours: float = field(default_factory=lambda: float(_env("SAFEREVIEW_SESSION_HOURS")))
     lease_minutes: float = field(default_factory=lambda: float(_env("SAFEREVIEW_LEASE_MINUTES")))
     base_url_path: str = field(default_factory=lambda: normalise_base_path(_env("SAFEREVIEW_BASE_URL_PATH")))
+    allowed_origins: tuple[str, ...] = field(
+        default_factory=lambda: tuple(
+            o.strip().rstrip("/").lower() for o in _env("SAFEREVIEW_ALLOWED_ORIGINS").split(",") if o.strip()
+        )
+    )
 
     @property
     def url_prefix(self) -> str:

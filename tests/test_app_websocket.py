@@ -78,7 +78,9 @@ def test_blind_review_round_trip_and_inert_hostile_text(served: tuple[A.Fixture,
             out["reveal"] = await c.click("rv_submit")
             out["after_reveal"] = c.item
             await c.click("rv_lab_1_1")  # change intrinsic after seeing the verdict: an override
-            out["commit"] = await c.click("rv_submit")
+            reason = next(k for k in c.widgets if k.startswith("rv_reason_"))  # ... which asks why
+            why = c.state(reason, string_value="the judge saw what I missed")
+            out["commit"] = await c.click("rv_submit", extra=[why])
             out["next"] = c.item
             return out
         finally:
@@ -93,8 +95,9 @@ def test_blind_review_round_trip_and_inert_hostile_text(served: tuple[A.Fixture,
     # hostile output arrives whole, and only in a plain-text element
     inert = [text for kind, text in page.elements if kind in ("text", "code")]
     assert any(A.XSS_PAYLOAD in t for t in inert), inert
+    own_script = '<script src="/app-assets/keyboard.js"></script>'  # the app's constant keyboard glue
     for kind, text in page.elements:
-        if kind not in ("text", "code"):
+        if kind not in ("text", "code") and text != own_script:
             assert "<script" not in text and "onerror" not in text and A.BEACON not in text, (kind, text)
 
     assert out["label_run"].status == "FINISHED_FRAGMENT_RUN_SUCCESSFULLY"  # a label press reruns the panel only
@@ -161,3 +164,31 @@ def test_the_app_and_its_media_under_a_base_path(db_url: str, tmp_path: Path, mo
 
         inside, outside, cookie_path = asyncio.run(go())
     assert inside == 200 and outside != 200 and cookie_path == "/team/review"
+
+
+def test_a_page_on_another_origin_cannot_open_the_websocket(served: tuple[A.Fixture, A.Server]) -> None:
+    """Cross-site websocket hijacking: a page served from another local port (or any other site)
+    is refused at the handshake; the app's own origin and clients without an Origin are not."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    import websockets
+
+    _, srv = served
+    netloc = urlsplit(srv.base).netloc
+    other_port = f"http://127.0.0.1:{int(netloc.rsplit(':', 1)[1]) + 1}"
+
+    async def handshake(origin: str | None) -> int | None:
+        try:
+            ws = await websockets.connect(
+                f"ws://{netloc}/_stcore/stream", subprotocols=["streamlit"], origin=origin, open_timeout=10
+            )
+        except websockets.InvalidStatus as exc:
+            return exc.response.status_code
+        await ws.close()
+        return None
+
+    for origin in (other_port, "http://localhost:8501", "https://evil.example", "null"):
+        assert asyncio.run(handshake(origin)) == 403, origin
+    assert asyncio.run(handshake(srv.base)) is None  # the app's own origin
+    assert asyncio.run(handshake(None)) is None  # not a browser page: no cross-site risk
