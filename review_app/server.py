@@ -136,6 +136,11 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if _is_upload(scope) and not await _signed_in(scope):
+            # No upload (memory, disk) for a session nobody signed in to: Streamlit's own route
+            # takes files from anyone who holds a session id and the XSRF cookie.
+            await Response("sign in first", status_code=403, media_type="text/plain")(scope, receive, send)
+            return
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -146,6 +151,18 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _is_upload(scope: Scope) -> bool:
+    return f"{runtime.config().url_prefix}/_stcore/upload_file" in str(scope.get("path", ""))
+
+
+async def _signed_in(scope: Scope) -> bool:
+    """Whether the request carries a valid sign-in cookie (checked off the event loop)."""
+    from starlette.requests import HTTPConnection
+
+    token = HTTPConnection(scope).cookies.get(runtime.SESSION_COOKIE, "")
+    return bool(token) and await run_in_threadpool(user_for_token, token) is not None
 
 
 def origin_allowed(scope: Scope) -> bool:

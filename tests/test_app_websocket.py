@@ -192,3 +192,33 @@ def test_a_page_on_another_origin_cannot_open_the_websocket(served: tuple[A.Fixt
         assert asyncio.run(handshake(origin)) == 403, origin
     assert asyncio.run(handshake(srv.base)) is None  # the app's own origin
     assert asyncio.run(handshake(None)) is None  # not a browser page: no cross-site risk
+
+
+def test_nobody_uploads_before_signing_in(served: tuple[A.Fixture, A.Server]) -> None:
+    """Streamlit's upload route takes files from any session; the app refuses it until the
+    browser carries a valid sign-in cookie (no memory or disk for strangers)."""
+    import asyncio
+
+    import httpx
+
+    _, srv = served
+    payload = {"file": ("big.bin", b"x" * (1 << 20), "application/octet-stream")}
+    url = f"{srv.base}/_stcore/upload_file/0123456789abcdef/abc"
+    stranger = httpx.put(url, files=payload, timeout=30)
+    assert stranger.status_code == 403 and stranger.text == "sign in first"
+
+    async def signed_in() -> httpx.Response:
+        c = StreamlitClient(srv.base)
+        try:
+            await _sign_in(c, "admin", A.PASSWORDS["admin"])
+            for _ in range(50):  # the page's one-time ticket becomes the session cookie
+                if c.http.cookies.get("safereview_session"):
+                    break
+                await asyncio.sleep(0.1)
+            assert c.http.cookies.get("safereview_session")
+            return await c.http.put(url, files=payload)
+        finally:
+            await c.close()
+
+    member = asyncio.run(signed_in())
+    assert member.text != "sign in first"  # past our check (Streamlit's own XSRF and session checks follow)
