@@ -154,7 +154,11 @@ class SecurityHeadersMiddleware:
 
 
 def _is_upload(scope: Scope) -> bool:
-    return f"{runtime.config().url_prefix}/_stcore/upload_file" in str(scope.get("path", ""))
+    """Streamlit routes a stranger must not use: uploads, and the metrics (session counts, cache
+    names, upload bytes)."""
+    path = str(scope.get("path", ""))
+    prefix = runtime.config().url_prefix
+    return path.startswith((f"{prefix}/_stcore/upload_file", f"{prefix}/_stcore/metrics"))
 
 
 async def _signed_in(scope: Scope) -> bool:

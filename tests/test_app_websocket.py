@@ -206,6 +206,8 @@ def test_nobody_uploads_before_signing_in(served: tuple[A.Fixture, A.Server]) ->
     url = f"{srv.base}/_stcore/upload_file/0123456789abcdef/abc"
     stranger = httpx.put(url, files=payload, timeout=30)
     assert stranger.status_code == 403 and stranger.text == "sign in first"
+    metrics = httpx.get(f"{srv.base}/_stcore/metrics", timeout=30)  # session counts, cache names: not public
+    assert metrics.status_code == 403 and metrics.text == "sign in first"
 
     async def signed_in() -> httpx.Response:
         c = StreamlitClient(srv.base)
