@@ -64,13 +64,14 @@ def wait_idle(page: Any, timeout: float = 20_000) -> None:
     page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=timeout)
 
 
-def sign_in(page: Any, base: str, username: str) -> None:
+def sign_in(page: Any, base: str, username: str, ready: str = ".st-key-rv_submit") -> None:
+    """Sign in and wait for the landing page (``ready``: annotators land on Review, leads on Queue status)."""
     page.goto(base)
     wait_idle(page)
     page.locator(".st-key-signin_username input").fill(username)
     page.locator(".st-key-signin_password input").fill(A.PASSWORDS[username])
     page.keyboard.press("Enter")
-    page.wait_for_selector(".st-key-rv_submit", timeout=20_000)
+    page.wait_for_selector(ready, timeout=20_000)
     wait_idle(page)
 
 
@@ -221,7 +222,7 @@ def test_gold_snapshot_downloads_are_built_when_clicked(tmp_path_factory: pytest
         s.commit()
     with A.Server(fx) as srv:
         page = browser.new_page(accept_downloads=True, viewport={"width": 1400, "height": 1000})
-        sign_in(page, srv.base, "lead")
+        sign_in(page, srv.base, "lead", ready=".st-key-qs_collection")
         page.goto(f"{srv.base}/gold")
         wait_idle(page)
         page.get_by_role("tab", name="Gold snapshots").click()
