@@ -37,14 +37,14 @@ def _rows(user: Any, collection_id: int | None) -> list[dict[str, Any]]:
 
 
 def _undo(user: Any) -> None:
-    from safereview.db.models import Item
+    from safereview.review_app import item_view
     from safereview.workflow import annotations
     from safereview.workflow.errors import WorkflowError
 
     try:
         with ui.session() as s:
             ann = annotations.undo_last(s, user)
-            item = s.get(Item, ann.item_id) if ann is not None else None
+            item = item_view.load_item(s, ann.item_id) if ann is not None else None
             st.session_state["hist_msg"] = (
                 ("info", "Nothing to undo.")
                 if ann is None or item is None
