@@ -142,6 +142,16 @@ def _table() -> list[Guarded]:
         ),
         _g("safereview.workflow.progress.queue_status", "lead", lambda s, u, c: wprog.queue_status(s, u, c["col"])),
         _g(
+            "safereview.workflow.progress.has_work_for",
+            "annotator",
+            lambda s, u, c: wprog.has_work_for(s, u, [c["col"]]),
+        ),
+        _g(
+            "safereview.workflow.annotations.awaiting_reveal",
+            "annotator",
+            lambda s, u, c: an.awaiting_reveal(s, u, c["col"]),
+        ),
+        _g(
             "safereview.workflow.auth.set_disabled",
             "admin",
             lambda s, u, c: auth.set_disabled(s, "victim", False, actor=u),
