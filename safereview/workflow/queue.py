@@ -297,6 +297,23 @@ def _pg_take(
     return int(cand_id), a
 
 
+LOCKED_RETRIES = 20  # pulls that found every eligible row locked by others, waited out before "empty"
+
+
+def _pg_eligible(session: Session, user: User, flt: QueueFilter, k: int, exclude: set[int]) -> bool:
+    """Whether any slot is free for this user, ignoring row locks (plain read, no claim)."""
+    params: dict[str, Any] = {"k": k, "uid": user.id, "c": flt.collection_id}
+    extra = _filter_sql(flt, params) + _exclude_sql(exclude, params)
+    row = session.execute(
+        sa.text(
+            "SELECT 1 FROM item WHERE item.collection_id = :c AND item.slots_taken < :k "
+            f"AND item.sample_key IS NOT NULL AND {_NOT_MINE}{extra} LIMIT 1"
+        ),
+        params,
+    ).first()
+    return row is not None
+
+
 def _exclude_sql(exclude: set[int], params: dict[str, Any]) -> str:
     if not exclude:
         return ""
@@ -359,10 +376,17 @@ def _next_in_session(
     _maybe_reclaim(session, now)
     exclude: set[int] = set()
     pg = _is_pg(session)
-    for _attempt in range(8):
+    locked_waits = 0
+    for _attempt in range(8 + LOCKED_RETRIES):
         if pg:
             got_id, lease = _pg_take(session, user, flt, k, now, minutes, exclude)
             if got_id is None:
+                # SKIP LOCKED also skips a free slot whose row another pull holds this instant:
+                # "nothing left" only when no eligible row exists at all, locked or not.
+                if locked_waits < LOCKED_RETRIES and _pg_eligible(session, user, flt, k, exclude):
+                    locked_waits += 1
+                    time.sleep(0.002 * locked_waits * (1 + rng.random()))
+                    continue
                 return None
             if lease is not None:
                 return lease
