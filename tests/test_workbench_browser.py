@@ -198,13 +198,21 @@ def test_a_gold_label_is_never_chosen_for_the_lead(demo: A.Server, browser: Any)
 
 
 def _looks(png: bytes) -> tuple[float, float]:
-    """Edge energy and mean saturation of a screenshot: blur lowers the first, greyscale the second."""
-    from PIL import Image, ImageFilter, ImageStat
+    """Sharpness and mean saturation of a screenshot's middle: blur lowers the first, greyscale the second.
+
+    Sharpness is the mean absolute difference between neighbouring pixels (both directions);
+    the middle excludes the frame, whose edge stays sharp however blurred the picture is.
+    """
+    import numpy as np
+    from PIL import Image, ImageStat
 
     im = Image.open(io.BytesIO(png)).convert("RGB")
-    edges = ImageStat.Stat(im.convert("L").filter(ImageFilter.FIND_EDGES)).mean[0]
+    w, h = im.size
+    im = im.crop((w // 5, h // 5, w - w // 5, h - h // 5))
+    grey = np.asarray(im.convert("L"), dtype=np.float64)
+    sharpness = float(np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean())
     saturation = ImageStat.Stat(im.convert("HSV")).mean[1]
-    return edges, saturation
+    return sharpness, saturation
 
 
 def test_images_are_blurred_and_grey_on_screen_until_shown(demo: A.Server, browser: Any) -> None:
@@ -215,15 +223,15 @@ def test_images_are_blurred_and_grey_on_screen_until_shown(demo: A.Server, brows
     page.wait_for_function("() => [...document.querySelectorAll('.sr-shield img')].every(i => i.complete)")
     page.get_by_text("Images and video are blurred until you show them", exact=False).first.wait_for(timeout=10_000)
     assert "blur" in shielded.evaluate("el => getComputedStyle(el).filter")
-    before = _looks(shielded.screenshot())
+    before = _looks(shielded.screenshot(path=str(ARTIFACTS / "workbench-image-shielded.png")))
     page.screenshot(path=str(ARTIFACTS / "workbench-media-shielded.png"), full_page=True)
     page.keyboard.press("m")  # show this item's media
     page.wait_for_selector(".sr-shield", state="detached", timeout=10_000)
     shown = page.locator(".sr-media img").first
     page.wait_for_function("() => [...document.querySelectorAll('.sr-media img')].every(i => i.complete)")
     assert shown.evaluate("el => getComputedStyle(el).filter") == "none"
-    after = _looks(shown.screenshot())
+    after = _looks(shown.screenshot(path=str(ARTIFACTS / "workbench-image-shown.png")))
     assert before[1] < 3.0 < after[1], (before, after)  # greyscale until shown
-    assert after[0] > 2.0 * before[0], (before, after)  # blurred until shown
+    assert after[0] > 2.5 * before[0], (before, after)  # blurred until shown
     page.screenshot(path=str(ARTIFACTS / "workbench-media-shown.png"), full_page=True)
     page.context.close()
