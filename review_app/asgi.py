@@ -2,8 +2,9 @@
 
 Streamlit discovers the ``app = st.App(...)`` assignment below and serves it with its own
 uvicorn runner, adding our routes (authenticated media, sign-in cookie, health) and the
-security-header middleware in front of its own. A background thread draws one synthetic
-spectrogram meanwhile, so librosa's JIT compilation happens before the first reviewer.
+security-header middleware in front of its own. When the database holds audio, a background
+thread draws one synthetic spectrogram meanwhile, so librosa's JIT compilation happens
+before the first reviewer (elsewhere it would cost about 200 MB for nothing).
 
 With ``SAFEREVIEW_APP_GC_FREEZE=1`` (``safereview serve --gc freeze``) the modules every
 page needs are imported here and the heap is frozen (``gc.freeze()``): Streamlit's full
@@ -37,8 +38,10 @@ if os.environ.get("SAFEREVIEW_APP_GC_FREEZE") == "1":
 
 
 def _warm_media() -> None:
+    """Only where reviewers will hear audio: librosa and its JIT cost about 200 MB of memory."""
     with contextlib.suppress(Exception):  # an optimisation: the first real spectrogram reports any problem
-        media_derive.warm_up()
+        if server.has_audio():
+            media_derive.warm_up()
 
 
 # compile the audio analysis in the background while the server starts (no reviewer waits on it)

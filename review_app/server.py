@@ -316,6 +316,14 @@ async def auth_signout(request: Request) -> Response:
     return response
 
 
+def has_audio() -> bool:
+    """Whether the database holds any audio (the server then warms up the audio analysis)."""
+    import sqlalchemy as sa
+
+    with runtime.engine_for_url(runtime.config().db_url).connect() as conn:
+        return conn.execute(sa.text("SELECT 1 FROM media WHERE kind = 'audio' LIMIT 1")).first() is not None
+
+
 def _db_ok() -> bool:
     import sqlalchemy as sa
 
