@@ -92,11 +92,15 @@ def _show_for_reveal(user: Any, state: dict[str, Any], ann: Any) -> bool:
     return True
 
 
-def _claim(user: Any, flt: Any, state: dict[str, Any]) -> None:
+def _claim(user: Any, flt: Any, state: dict[str, Any], blind: bool) -> None:
     from safereview.workflow import annotations, queue
 
-    with ui.read_session() as s:
-        pending = annotations.awaiting_reveal(s, user, flt.collection_id)
+    pending = None
+    checked = state.setdefault("pending_checked", set())
+    if blind and flt.collection_id not in checked:  # once per collection and browser session: a submit
+        checked.add(flt.collection_id)  # here always ends at the reveal step of this session
+        with ui.read_session() as s:
+            pending = annotations.awaiting_reveal(s, user, flt.collection_id)
     if pending is not None and _show_for_reveal(user, state, pending):
         state["message"] = (
             "info",
@@ -521,7 +525,7 @@ def review_panel(user: Any, info: CollectionInfo, flt: Any, protect: bool) -> No
         kind, text = msg
         getattr(st, kind)(ui.md_literal(text, max_chars=400))
     if state.get("assignment_id") is None:
-        _claim(user, flt, state)
+        _claim(user, flt, state, info.blind)
     if state.get("assignment_id") is None:
         st.success("Nothing left to review with these filters. Thank you!", icon=":material/task_alt:")
         if st.button("Check again", key="rv_again", icon=":material/refresh:"):
@@ -628,6 +632,8 @@ def page() -> None:
     flt = queue.QueueFilter(collection_id=cid, task_types=tuple(tts), categories=tuple(cats), models=tuple(models))
     if state.get("filter") != flt:
         if state.get("assignment_id") is not None:
+            if state.get("stage") == "reveal" and state.get("filter") is not None:  # comes back on return
+                state.setdefault("pending_checked", set()).discard(state["filter"].collection_id)
             if state.get("stage") != "reveal":
                 try:
                     with ui.session() as s:
