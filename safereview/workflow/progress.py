@@ -83,6 +83,11 @@ _AWAITING = (
 )
 
 
+def _is_blind(session: Session, collection_id: int) -> bool:
+    col = session.get(Collection, collection_id)
+    return bool(col is not None and col.blind)
+
+
 def _awaiting(session: Session, collection_id: int, user_id: int | None = None) -> dict[int, int]:
     sql = _AWAITING.format(user="AND an.user_id = :u" if user_id is not None else "")
     rows = session.execute(sa.text(sql), {"c": collection_id, "t": True, "u": user_id}).all()
@@ -122,7 +127,9 @@ def progress(session: Session, user: User | None, collection_id: int, *, max_age
                 {"u": user.id, "c": collection_id},
             ).all()
         )
-    awaiting = _awaiting(session, collection_id, user.id).get(int(user.id), 0) if user is not None else 0
+    awaiting = 0  # only blind collections have a reveal step to leave unfinished
+    if user is not None and col.blind:
+        awaiting = _awaiting(session, collection_id, user.id).get(int(user.id), 0)
     return Progress(
         collection_id=collection_id,
         n_items=counts["n_items"],
@@ -154,7 +161,7 @@ def queue_status(session: Session, actor: Any, collection_id: int) -> dict[str, 
     users: dict[str, dict[str, int]] = {}
     for name, status, n in per_user:
         users.setdefault(name, {})[status] = int(n)
-    awaiting = _awaiting(session, collection_id)
+    awaiting = _awaiting(session, collection_id) if prog.n_items and _is_blind(session, collection_id) else {}
     if awaiting:
         names = dict(
             session.execute(
