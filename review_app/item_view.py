@@ -124,12 +124,13 @@ def render_media(part: dict[str, Any], item: ItemView, *, key: str, shielded: bo
     box = "sr-media sr-shield" if shielded else "sr-media"
     if kind == "image":
         width = info.get("width") or 0
-        size = f' style="width:{min(max(width * 2, 240), 520)}px"' if 0 < width < 260 else ""  # small: 2x, no more
+        # small: 2x, no more, and never wider than its column (side by side with the prompt)
+        size = f' style="width:{min(max(width * 2, 240), 520)}px; max-width:100%"' if 0 < width < 260 else ""
         st.html(
             f'<div class="{box}"><img src="{server.media_url(sha, "view.webp")}" alt="{alt}"{size} '
             'loading="eager"></div>'
         )
-        cap, zoom = st.columns([5, 1], vertical_alignment="center")
+        cap, zoom = st.columns([3, 2], vertical_alignment="center")
         cap.caption(_media_caption(part, info) + (" · blurred until you show it" if shielded else ""))
         if not shielded and zoom.button("Enlarge", key=f"zoom_{key}", icon=":material/zoom_in:", type="tertiary"):
             _zoom_dialog(sha, str(part.get("name") or ""))
