@@ -134,12 +134,14 @@ def _toggle_flag(state: dict[str, Any]) -> None:
     state["flagged"] = not state.get("flagged")
 
 
-def _take_judge(state: dict[str, Any]) -> None:
+def _judge_labels_on_screen(state: dict[str, Any]) -> dict[str, str]:
+    """The labels of the judge whose verdict is shown (the revealed one, else the primary judge)."""
     verdicts = state.get("verdicts") or []
-    state["labels"] = {
-        **(state.get("labels") or {}),
-        **item_view.judge_labels(verdicts, state.get("judge_id") or item_view.primary_judge(verdicts)),
-    }
+    return item_view.judge_labels(verdicts, state.get("judge_id") or item_view.primary_judge(verdicts))
+
+
+def _take_judge(state: dict[str, Any]) -> None:
+    state["labels"] = {**(state.get("labels") or {}), **_judge_labels_on_screen(state)}
 
 
 def _show_media(state: dict[str, Any]) -> None:
@@ -332,10 +334,7 @@ def _judge_visible(info: CollectionInfo, state: dict[str, Any]) -> bool:
 
 
 def _visible_judge_labels(info: CollectionInfo, state: dict[str, Any]) -> dict[str, str]:
-    if not _judge_visible(info, state):
-        return {}
-    verdicts = state.get("verdicts") or []
-    return item_view.judge_labels(verdicts, state.get("judge_id") or item_view.primary_judge(verdicts))
+    return _judge_labels_on_screen(state) if _judge_visible(info, state) else {}
 
 
 def _label_controls(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
