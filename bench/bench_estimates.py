@@ -34,16 +34,19 @@ Prints one table (or JSON), the wall time and the load average.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
 import math
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +62,7 @@ from safereview.agreement.population import population_rates
 from safereview.agreement.synthetic import ITEM_COLUMNS, VERDICT_COLUMNS
 from safereview.db import bulk
 from safereview.db.collections import ensure_collection
-from safereview.db.engine import init_db, session_scope
+from safereview.db.engine import init_db, make_engine, session_scope
 from safereview.db.models import User, utcnow
 from safereview.workflow.annotations import submit
 from safereview.workflow.auth import unusable_hash
@@ -340,8 +343,11 @@ def _score(truth: float, value: Any, low: Any, high: Any, srs_width: float) -> d
     }
 
 
-def run_cell(engine: sa.Engine, cell: Cell, replications: int, seed: int) -> dict[str, Any]:
-    reps = [replicate(engine, cell, seed * 100_003 + r) for r in range(replications)]
+def run_cell(databases: Databases, cell: Cell, replications: int, seed: int) -> dict[str, Any]:
+    reps = []
+    for r in range(replications):
+        with databases.fresh() as engine:
+            reps.append(replicate(engine, cell, seed * 100_003 + r))
     summary: dict[str, Any] = {"cell": cell.__dict__, "replications": replications}
     for name in ESTIMANDS:
         got = [r[name] for r in reps if name in r and math.isfinite(r[name]["estimate"])]
@@ -396,11 +402,43 @@ def grid(items: int) -> list[Cell]:
     ]
 
 
-def _engine(backend: str, tmp: Path) -> sa.Engine:
-    if backend == "postgres":
-        url = os.environ.get("SAFEREVIEW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-        return init_db(url)
-    return init_db(f"sqlite:///{tmp / 'estimates.db'}")
+class Databases:
+    """A database per replication, so that each one costs what it would alone.
+
+    With one shared database the queue's tables grew by every earlier replication (millions
+    of rows over a grid) and a replication late in the run took minutes. On SQLite each
+    replication gets a copy of one migrated template file (a copy takes milliseconds, the
+    migrations a second); on PostgreSQL the schema is shared and each replication's
+    collection is its own (tags differ), which PostgreSQL's indexes keep cheap.
+    """
+
+    def __init__(self, backend: str, tmp: Path) -> None:
+        self.backend, self.tmp = backend, tmp
+        if backend == "postgres":
+            self.url = os.environ.get("SAFEREVIEW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+            self.shared = init_db(self.url)
+        else:
+            self.template = tmp / "template.db"
+            init_db(f"sqlite:///{self.template}").dispose()
+
+    @contextlib.contextmanager
+    def fresh(self) -> Iterator[sa.Engine]:
+        if self.backend == "postgres":
+            yield self.shared
+            return
+        path = self.tmp / "replication.db"
+        shutil.copyfile(self.template, path)
+        engine = make_engine(f"sqlite:///{path}")
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+            for leftover in self.tmp.glob("replication.db*"):
+                leftover.unlink()
+
+    def close(self) -> None:
+        if self.backend == "postgres":
+            self.shared.dispose()
 
 
 def _print(results: list[dict[str, Any]]) -> None:
@@ -456,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         args.items, args.replications, args.grid = 1000, 20, False
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        engine = _engine(args.backend, Path(tmp))
+        databases = Databases(args.backend, Path(tmp))
         part, parts = (int(x) for x in args.part.split("/"))
         cells = (
             [dataclasses.replace(c, target=args.target, delta=args.delta) for c in grid(args.items)][part - 1 :: parts]
@@ -477,10 +515,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         results = []
         for n, cell in enumerate(cells):
-            results.append(run_cell(engine, cell, args.replications, args.seed + n))
+            results.append(run_cell(databases, cell, args.replications, args.seed + n))
             if not args.json:
                 print(f"[{n + 1}/{len(cells)} cells, {time.perf_counter() - started:.0f} s]", file=sys.stderr)
-        engine.dispose()
+        databases.close()
     wall = time.perf_counter() - started
     if args.json:
         print(json.dumps({"results": results, "wall_s": wall, "loadavg": os.getloadavg()}, indent=2))
