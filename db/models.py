@@ -263,12 +263,29 @@ class UserPreference(SQLModel, table=True):
 
 
 class LoginAttempt(SQLModel, table=True):
-    """Sign-in attempts, for rate limiting across app replicas."""
+    """The sign-in log: who tried which account from where, and whether it worked.
+
+    ``username`` is an existing account's name, or empty when the typed name matched no
+    account (people type passwords into the username box; those are never stored). Rows
+    older than the throttle window are purged as new attempts come in (``workflow.throttle``).
+    """
 
     id: int | None = Field(default=None, primary_key=True)
     username: str = Field(index=True, max_length=80)
     ok: bool
     at: datetime = Field(default_factory=utcnow, index=True)
+    address: str = Field(default="", max_length=64)
+
+
+class SignInThrottle(SQLModel, table=True):
+    """One back-off counter per sign-in key (an account from an address, an address, an
+    account), shared by every app replica. An attempt is charged *before* its password is
+    checked, in a row-locked update, so concurrent guesses cannot slip past the limit."""
+
+    key: str = Field(primary_key=True, max_length=200)
+    failures: int = 0
+    window_start: datetime = Field(default_factory=utcnow)
+    next_at: datetime = Field(default_factory=utcnow)
 
 
 class UserSession(SQLModel, table=True):

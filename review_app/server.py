@@ -189,6 +189,25 @@ def origin_allowed(scope: Scope) -> bool:
     return bool(host) and netloc == host
 
 
+def client_address(remote_ip: str | None, forwarded_for: str, trusted: tuple[str, ...]) -> str:
+    """Where a connection comes from, for the sign-in limits per address.
+
+    The socket's peer, unless that peer is a configured reverse proxy
+    (``SAFEREVIEW_TRUSTED_PROXIES``): then the right-most ``X-Forwarded-For`` entry that is
+    not itself a trusted proxy (entries to its left are whatever the client wrote). A
+    loopback peer is ``local`` (Streamlit reports it as no address).
+    """
+    peer = remote_ip or "local"
+    loopback = {"local", "127.0.0.1", "::1"}
+    trusted_set = set(trusted) | (loopback if loopback & set(trusted) else set())
+    if peer not in trusted_set or not forwarded_for:
+        return peer[:64]
+    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        if hop not in trusted_set:
+            return hop[:64]
+    return peer[:64]
+
+
 # ---------------------------------------------------------------------------------------
 # Who is asking
 # ---------------------------------------------------------------------------------------

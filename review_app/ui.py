@@ -203,6 +203,19 @@ def _forget_sign_in() -> None:
         ss[k] = v
 
 
+def client_address() -> str:
+    """The address the sign-in limits count this browser under (see ``server.client_address``)."""
+    from safereview.review_app import server
+
+    try:
+        remote, forwarded = st.context.ip_address, st.context.headers.get("X-Forwarded-For", "")
+    except Exception:  # no browser context (AppTest)
+        remote, forwarded = None, ""
+    remote = remote if isinstance(remote, str) else None  # AppTest's context is a stand-in
+    forwarded = forwarded if isinstance(forwarded, str) else ""
+    return server.client_address(remote, forwarded, config().trusted_proxies)
+
+
 def sign_in(user: Any, token: str) -> None:
     """Remember a fresh sign-in and issue the one-time ticket that sets the media cookie."""
     ss = st.session_state

@@ -73,6 +73,18 @@ SETTINGS: tuple[Setting, ...] = (
         "websocket; by default only the app's own origin (the request's Host) may.",
     ),
     Setting(
+        "SAFEREVIEW_TRUSTED_PROXIES",
+        "",
+        "Addresses of reverse proxies (comma-separated, e.g. `127.0.0.1`) whose `X-Forwarded-For` names the "
+        "client; sign-in limits per address then count the client, not the proxy.",
+    ),
+    Setting("SAFEREVIEW_MIN_PASSWORD_LENGTH", "12", "Shortest password accepted (NIST SP 800-63B asks for 8 or more)."),
+    Setting(
+        "SAFEREVIEW_SIGNIN_CONCURRENCY",
+        "2",
+        "Password checks run at once per app process (argon2: 64 MiB and ~0.3 s of CPU each); more wait.",
+    ),
+    Setting(
         "SAFEREVIEW_JUDGE_API_KEY",
         "",
         "Default API key for the judge's OpenAI-compatible server (`--api-key-env` names another).",
@@ -104,6 +116,11 @@ class Config:
             o.strip().rstrip("/").lower() for o in _env("SAFEREVIEW_ALLOWED_ORIGINS").split(",") if o.strip()
         )
     )
+    trusted_proxies: tuple[str, ...] = field(
+        default_factory=lambda: tuple(a.strip() for a in _env("SAFEREVIEW_TRUSTED_PROXIES").split(",") if a.strip())
+    )
+    min_password_length: int = field(default_factory=lambda: int(_env("SAFEREVIEW_MIN_PASSWORD_LENGTH")))
+    signin_concurrency: int = field(default_factory=lambda: int(_env("SAFEREVIEW_SIGNIN_CONCURRENCY")))
 
     @property
     def url_prefix(self) -> str:

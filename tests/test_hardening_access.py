@@ -29,7 +29,7 @@ from workflow_support import make_collection, make_user
 
 from safereview.db.engine import session_scope
 from safereview.db.models import Item, User, UserSession, utcnow
-from safereview.workflow import auth, policies
+from safereview.workflow import auth, policies, throttle
 from safereview.workflow.errors import AuthError, Forbidden, InvalidInput
 from safereview.workflow.principals import SystemPrincipal
 
@@ -405,11 +405,11 @@ def test_passwords_sessions_rate_limit_and_disabled_users(engine: sa.Engine) -> 
         hashes = dict(conn.execute(sa.text('SELECT username, password_hash FROM "user"')).all())
     for name, h in hashes.items():
         assert h.startswith("$argon2id$") and "correct-horse" not in h, name
-    # disabled users cannot sign in, even with the right password
-    with pytest.raises(AuthError, match="disabled"), session_scope(engine) as s:
-        auth.authenticate(s, "pw-off", "correct-horse-2")
-    # five wrong guesses lock the account: the right password is refused afterwards
-    for _ in range(auth.MAX_FAILURES):
+    # disabled users cannot sign in, even with the right password (answered like a wrong one)
+    with pytest.raises(AuthError, match="disabled"):
+        auth.authenticate_and_record(engine, "pw-off", "correct-horse-2")
+    # guesses back off: after the free ones, even the right password must wait
+    for _ in range(throttle.PAIR.free + 1):
         with pytest.raises(AuthError):
             auth.authenticate_and_record(engine, "pw-user", "wrong-guess")
     with pytest.raises(AuthError, match="Too many"):
@@ -427,7 +427,7 @@ def test_passwords_sessions_rate_limit_and_disabled_users(engine: sa.Engine) -> 
             s.add(row)
     with Session(engine) as s:
         assert auth.user_for_token(s, token) is None
-    H.tally(role_action_pairs_checked=4, faults_injected=auth.MAX_FAILURES + 1)
+    H.tally(role_action_pairs_checked=4, faults_injected=throttle.PAIR.free + 2)
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,9 +11,9 @@ from argon2 import PasswordHasher
 from sqlmodel import Session, select
 
 from safereview.db.engine import make_engine, session_scope
-from safereview.db.models import LoginAttempt, User, UserSession, utcnow
+from safereview.db.models import LoginAttempt, SignInThrottle, User, UserSession, utcnow
 from safereview.settings import Config
-from safereview.workflow import auth
+from safereview.workflow import auth, throttle
 from safereview.workflow.errors import AuthError, Forbidden, InvalidInput
 from safereview.workflow.principals import SystemPrincipal
 
@@ -45,85 +45,166 @@ def test_password_is_stored_as_argon2id_not_plaintext(engine: sa.Engine) -> None
     assert user.role == "annotator" and user.display_name == "Alice"
 
 
+def _sign_in(engine: sa.Engine, name: str, password: str, **kw: object) -> User:
+    return auth.authenticate_and_record(engine, name, password, **kw)  # type: ignore[arg-type]
+
+
 def test_sign_in_and_wrong_password(engine: sa.Engine) -> None:
     _add(engine)
-    with session_scope(engine) as s:
-        assert auth.authenticate(s, "alice", PW).username == "alice"
-    with pytest.raises(AuthError) as wrong, session_scope(engine) as s:
-        auth.authenticate(s, "alice", PW + "x")
-    with pytest.raises(AuthError) as unknown, session_scope(engine) as s:
-        auth.authenticate(s, "mallory", PW)
+    assert _sign_in(engine, "alice", PW).username == "alice"
+    with pytest.raises(AuthError) as wrong:
+        _sign_in(engine, "alice", PW + "x")
+    with pytest.raises(AuthError) as unknown:
+        _sign_in(engine, "mallory", PW)
     # The same message for a wrong password and an unknown user: no username probing.
     assert str(wrong.value) == str(unknown.value)
     with Session(engine) as s:
         assert s.exec(select(User).where(User.username == "alice")).one().last_login_at is not None
+        log = s.exec(select(LoginAttempt).order_by(LoginAttempt.id)).all()  # type: ignore[arg-type]
+    # The log keeps accounts, never what was typed for a name that matches none (often a password).
+    assert [(a.username, a.ok) for a in log] == [("alice", True), ("alice", False), ("", False)]
+    assert all(a.address == "local" for a in log)
 
 
-def test_disabled_user_cannot_sign_in_and_loses_sessions(engine: sa.Engine) -> None:
+def test_disabled_account_answers_like_a_wrong_password(engine: sa.Engine) -> None:
     _add(engine)
     with session_scope(engine) as s:
-        token = auth.start_session(s, auth.authenticate(s, "alice", PW))
-    with session_scope(engine) as s:
+        token = auth.start_session(s, auth.get_user(s, "alice"))
         auth.set_disabled(s, "alice", True, actor=SYSTEM)
     with session_scope(engine) as s:
         assert auth.user_for_token(s, token) is None
-    with pytest.raises(AuthError, match="disabled"), session_scope(engine) as s:
-        auth.authenticate(s, "alice", PW)
+    with pytest.raises(AuthError) as right:
+        _sign_in(engine, "alice", PW, address="10.0.0.1")
+    with pytest.raises(AuthError) as wrong:
+        _sign_in(engine, "alice", "not the password", address="10.0.0.2")
+    # The right password must not be confirmed by a different answer.
+    assert str(right.value) == str(wrong.value) and "disabled" in str(right.value)
     with session_scope(engine) as s:
         auth.set_disabled(s, "alice", False, actor=SYSTEM)
-        assert auth.authenticate(s, "alice", PW).username == "alice"
+    assert _sign_in(engine, "alice", PW, address="10.0.0.1").username == "alice"
 
 
-def test_rate_limit_locks_after_five_failures_across_replicas(db_url: str, engine: sa.Engine) -> None:
+def test_guessing_backs_off_per_account_and_address_across_replicas(db_url: str, engine: sa.Engine) -> None:
+    """After the free attempts each guess waits longer (1 s, 2 s, ...), on every replica;
+    the delay is served before the password is checked, so even the right one waits."""
     _add(engine)
     other_replica = make_engine(db_url)  # a second engine = another app process on the same DB
-    for i in range(auth.MAX_FAILURES):
+    t0 = utcnow()
+    for i in range(throttle.PAIR.free):
         eng = engine if i % 2 else other_replica
         with pytest.raises(AuthError, match="Wrong"):
-            auth.authenticate_and_record(eng, "alice", "wrong password")
-    # Now even the right password is refused, on either replica.
+            _sign_in(eng, "alice", "wrong password", address="10.0.0.9", now=t0)
+    with pytest.raises(AuthError, match="Wrong"):  # the 4th is checked, and starts a 1 s delay
+        _sign_in(engine, "alice", "wrong password", address="10.0.0.9", now=t0)
     for eng in (engine, other_replica):
-        with pytest.raises(AuthError, match="Too many"):
-            auth.authenticate_and_record(eng, "alice", PW)
-    with Session(engine) as s:
-        fails = s.exec(select(LoginAttempt).where(LoginAttempt.username == "alice")).all()
-        assert len(fails) == auth.MAX_FAILURES + 2 and not any(a.ok for a in fails)
-    # After the window has passed the lock lifts.
-    later = utcnow() + auth.LOCK_WINDOW + timedelta(seconds=1)
-    with session_scope(engine) as s:
-        assert auth.authenticate(s, "alice", PW, now=later).username == "alice"
+        with pytest.raises(AuthError, match="Try again in 1 second\\."):
+            _sign_in(eng, "alice", PW, address="10.0.0.9", now=t0)
+    with pytest.raises(AuthError, match="Wrong"):  # after the delay: checked, and 2 s to wait
+        _sign_in(engine, "alice", "wrong password", address="10.0.0.9", now=t0 + timedelta(seconds=1))
+    with pytest.raises(AuthError, match="Try again in 2 seconds"):
+        _sign_in(engine, "alice", PW, address="10.0.0.9", now=t0 + timedelta(seconds=1.5))
+    # Another address is not held up by this one's guesses; alice signs in from home.
+    assert _sign_in(other_replica, "alice", PW, address="10.0.0.7", now=t0 + timedelta(seconds=2)).username == "alice"
+    # Once the window has passed the counters start again.
+    later = t0 + throttle.WINDOW + timedelta(seconds=1)
+    assert _sign_in(engine, "alice", PW, address="10.0.0.9", now=later).username == "alice"
     other_replica.dispose()
 
 
-def test_reset_password_lifts_lock_and_enables_imported_users(engine: sa.Engine) -> None:
+def test_random_usernames_from_one_address_are_limited(engine: sa.Engine) -> None:
+    t0 = utcnow()
+    for i in range(throttle.ADDRESS.free + 1):
+        with pytest.raises(AuthError, match="Wrong"):
+            _sign_in(engine, f"nobody-{i}", "whatever whatever", address="203.0.113.5", now=t0)
+    with pytest.raises(AuthError, match="Try again"):
+        _sign_in(engine, "nobody-else", "whatever whatever", address="203.0.113.5", now=t0)
+
+
+def test_a_stranger_cannot_lock_the_account_for_its_owner(engine: sa.Engine) -> None:
+    """Guesses from many addresses slow the account down for new addresses, never for one
+    the owner has signed in from before."""
+    _add(engine)
+    t0 = utcnow()
+    assert _sign_in(engine, "alice", PW, address="198.51.100.1", now=t0).username == "alice"  # alice's office
+    for i in range(throttle.ACCOUNT.free + 5):
+        with pytest.raises(AuthError):
+            _sign_in(engine, "alice", "guess guess", address=f"192.0.2.{i}", now=t0)
+    with pytest.raises(AuthError, match="Try again"):
+        _sign_in(engine, "alice", PW, address="192.0.2.200", now=t0)  # a new place: waits
+    assert _sign_in(engine, "alice", PW, address="198.51.100.1", now=t0).username == "alice"
+
+
+def test_reset_password_clears_the_back_off_and_enables_imported_users(engine: sa.Engine) -> None:
     _add(engine, "imported", password=None)
     with Session(engine) as s:
         assert s.exec(select(User).where(User.username == "imported")).one().password_hash.startswith("!")
     for guess in ("", "!", PW):
         with pytest.raises(AuthError):
-            auth.authenticate_and_record(engine, "imported", guess)
+            _sign_in(engine, "imported", guess)
     with session_scope(engine) as s:
         auth.reset_password(s, "imported", "a new password", actor=SYSTEM)
-    with session_scope(engine) as s:
-        assert auth.authenticate(s, "imported", "a new password").username == "imported"
+    assert _sign_in(engine, "imported", "a new password").username == "imported"
 
     _add(engine, "bob")
-    for _ in range(auth.MAX_FAILURES):
+    t0 = utcnow()
+    for _ in range(throttle.PAIR.free + 1):
         with pytest.raises(AuthError):
-            auth.authenticate_and_record(engine, "bob", "nope nope")
+            _sign_in(engine, "bob", "nope nope", now=t0)
     with pytest.raises(AuthError, match="Too many"):
-        auth.authenticate_and_record(engine, "bob", PW)
+        _sign_in(engine, "bob", PW, now=t0)
     with session_scope(engine) as s:
         auth.reset_password(s, "bob", "another password", actor=SYSTEM)
-    assert auth.authenticate_and_record(engine, "bob", "another password").username == "bob"
+    assert _sign_in(engine, "bob", "another password", now=t0).username == "bob"
+
+
+def test_old_attempts_and_counters_are_purged(engine: sa.Engine) -> None:
+    _add(engine)
+    t0 = utcnow()
+    with pytest.raises(AuthError):
+        _sign_in(engine, "alice", "wrong password", now=t0)
+    later = t0 + throttle.WINDOW + timedelta(minutes=1)
+    _sign_in(engine, "alice", PW, now=later)
+    with Session(engine) as s:
+        assert [a.ok for a in s.exec(select(LoginAttempt))] == [True]
+        keys = {r.key for r in s.exec(select(SignInThrottle))}
+    assert keys == {"address:local", "good:local|alice"}
+
+
+@pytest.mark.parametrize(
+    ("password", "why"),
+    [
+        ("12345678", "at least 12"),
+        ("password", "at least 12"),
+        ("            ", "repetitive"),
+        ("abababababababab", "repetitive"),
+        ("123456789012", "easily guessed"),  # a sequence
+        ("qwertyuiop12", "easily guessed"),  # a keyboard row
+        ("Passw0rd1234", "easily guessed"),  # a common password in l33t with digits added
+        ("carolcarol12", "easily guessed"),  # the username, twice
+        ("safereview2026", "easily guessed"),  # the tool's name
+        ("carol-the-lead", None),
+        ("correct horse battery", None),
+        ("zeppelin lantern §", None),  # any characters: no composition rules
+    ],
+)
+def test_password_policy_follows_nist(password: str, why: str | None) -> None:
+    if why is None:
+        auth.validate_password(password, username="carol")
+        return
+    with pytest.raises(InvalidInput, match=why):
+        auth.validate_password(password, username="carol")
+
+
+def test_password_may_not_be_the_username(engine: sa.Engine) -> None:
+    with pytest.raises(InvalidInput, match="easily guessed"), session_scope(engine) as s:
+        auth.create_user(s, "longusername42", "LongUserName42", "annotator", actor=SYSTEM)
 
 
 def test_sessions_store_only_the_hash_expire_and_end(engine: sa.Engine) -> None:
     _add(engine)
     cfg = Config(session_hours=2)
     with session_scope(engine) as s:
-        user = auth.authenticate(s, "alice", PW)
-        token = auth.start_session(s, user, config=cfg)
+        token = auth.start_session(s, auth.get_user(s, "alice"), config=cfg)
     with Session(engine) as s:
         row = s.exec(select(UserSession)).one()
         assert row.token_sha256 == hashlib.sha256(token.encode()).hexdigest() and token not in row.token_sha256
@@ -166,4 +247,4 @@ def test_admin_functions_check_the_actor(engine: sa.Engine) -> None:
         with pytest.raises(Forbidden):
             auth.set_disabled(s, "admin", True, actor=lead)
         with pytest.raises(Forbidden):
-            auth.reset_password(s, "admin", "whatever123", actor=lead)
+            auth.reset_password(s, "admin", "whatever whatever", actor=lead)

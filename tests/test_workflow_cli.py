@@ -35,10 +35,10 @@ def _run(db_url: str, *args: str, stdin: str | None = None):  # type: ignore[no-
 
 
 def test_users_lifecycle(db_url: str, engine: sa.Engine) -> None:
-    r = _run(db_url, "users", "add", "alice", "--role", "lead", "--password-stdin", stdin="s3cret-pass\n")
+    r = _run(db_url, "users", "add", "alice", "--role", "lead", "--password-stdin", stdin="s3cret-pass-12\n")
     assert r.exit_code == 0, r.output
-    assert authenticate_and_record(engine, "alice", "s3cret-pass").role == "lead"
-    r = _run(db_url, "users", "add", "bob", "--role", "annotator", stdin="pw-for-bob!\npw-for-bob!\n")
+    assert authenticate_and_record(engine, "alice", "s3cret-pass-12").role == "lead"
+    r = _run(db_url, "users", "add", "bob", "--role", "annotator", stdin="pw-for-bob!!!\npw-for-bob!!!\n")
     assert r.exit_code == 0, r.output  # prompted twice (confirmation)
     r = _run(db_url, "users", "add", "alice", "--password-stdin", stdin="another-pass\n")
     assert r.exit_code == 1 and "taken" in r.output
@@ -50,17 +50,17 @@ def test_users_lifecycle(db_url: str, engine: sa.Engine) -> None:
 
     assert _run(db_url, "users", "disable", "bob").exit_code == 0
     try:
-        authenticate_and_record(engine, "bob", "pw-for-bob!")
+        authenticate_and_record(engine, "bob", "pw-for-bob!!!")
         raise AssertionError("disabled user signed in")
     except AuthError as exc:
         assert "disabled" in str(exc)
     assert "disabled" in _run(db_url, "users", "list").output
     assert _run(db_url, "users", "enable", "bob").exit_code == 0
-    assert authenticate_and_record(engine, "bob", "pw-for-bob!").username == "bob"
+    assert authenticate_and_record(engine, "bob", "pw-for-bob!!!").username == "bob"
 
-    r = _run(db_url, "users", "reset-password", "bob", "--password-stdin", stdin="brand-new-pw\n")
+    r = _run(db_url, "users", "reset-password", "bob", "--password-stdin", stdin="brand-new-pw-2026\n")
     assert r.exit_code == 0, r.output
-    assert authenticate_and_record(engine, "bob", "brand-new-pw").username == "bob"
+    assert authenticate_and_record(engine, "bob", "brand-new-pw-2026").username == "bob"
     assert _run(db_url, "users", "disable", "nobody").exit_code == 1
     with Session(engine) as s:
         assert {u.username for u in s.exec(select(User))} == {"alice", "bob"}

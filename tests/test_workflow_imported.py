@@ -27,8 +27,8 @@ def test_placeholder_users_follow_the_account_rules(engine: sa.Engine) -> None:
         assert people["Zoë"].id == ids["Zoë"]
         assert all(people[n].password_hash.startswith(auth.UNUSABLE_PREFIX) for n in ("Zoë", "bo"))
         assert people["Zoë"].password_hash != people["bo"].password_hash
-        with pytest.raises(AuthError):
-            auth.authenticate(s, "bo", "")
+    with pytest.raises(AuthError):
+        auth.authenticate_and_record(engine, "bo", "")
 
 
 def test_record_imported_keeps_slots_equal_to_leased_plus_done(engine: sa.Engine) -> None:

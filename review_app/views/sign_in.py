@@ -23,7 +23,7 @@ def render() -> None:
             submitted = st.form_submit_button("Sign in", type="primary", icon=":material/login:", width="stretch")
         if submitted:
             try:
-                user = auth.authenticate_and_record(ui.get_engine(), username, password)
+                user = auth.authenticate_and_record(ui.get_engine(), username, password, address=ui.client_address())
             except AuthError as exc:
                 st.error(ui.md_literal(str(exc)), icon=":material/lock:")
                 return

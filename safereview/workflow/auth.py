@@ -1,7 +1,8 @@
 """Users, passwords and sign-in sessions, all state in the database.
 
-Passwords are hashed with argon2id (argon2-cffi). Failed sign-ins are rows in
-``LoginAttempt``, so the rate limit holds across app replicas. Session tokens are random;
+Passwords are hashed with argon2id (argon2-cffi) and checked outside any transaction, a
+few at a time; attempts are limited by back-off counters in the database
+(``workflow.throttle``), so the limits hold across app replicas. Session tokens are random;
 only their SHA-256 is stored, so a database leak does not hand out live sessions.
 Imported users get an unusable hash (``"!"`` prefix) and cannot sign in until an admin
 resets their password.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 import unicodedata
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
@@ -27,9 +29,7 @@ from safereview.settings import Config
 from safereview.workflow.errors import AuthError, InvalidInput, NotFound
 from safereview.workflow.policies import require, validate_role
 
-MAX_FAILURES = 5  # failed attempts per username ...
-LOCK_WINDOW = timedelta(minutes=15)  # ... within this window lock the account
-MIN_PASSWORD_LEN = 8
+SLOT_WAIT_S = 10.0  # a sign-in waits this long for a free argon2 slot before "busy"
 MAX_PASSWORD_LEN = 1024  # argon2 handles any length; cap to bound the work per attempt
 UNUSABLE_PREFIX = "!"
 
@@ -38,14 +38,13 @@ _hasher = PasswordHasher()
 # reveal which usernames exist.
 _DUMMY_HASH = _hasher.hash("not-a-real-password-" + secrets.token_hex(8))
 
-_WRONG = "Wrong username or password."
-_LOCKED = "Too many failed sign-ins for this account. Try again in 15 minutes."
-_DISABLED = "This account is disabled. Ask an administrator."
+_WRONG = "Wrong username or password, or the account is disabled (an administrator can help)."
+_BUSY = "The server is busy signing people in. Try again in a few seconds."
 
 
-def hash_password(password: str) -> str:
-    """argon2id hash of ``password`` after checking its length."""
-    validate_password(password)
+def hash_password(password: str, *, username: str = "") -> str:
+    """argon2id hash of ``password`` after checking it against the policy."""
+    validate_password(password, username=username)
     return _hasher.hash(password)
 
 
@@ -59,11 +58,34 @@ def has_usable_password(user: User) -> bool:
     return not user.password_hash.startswith(UNUSABLE_PREFIX)
 
 
-def validate_password(password: str) -> None:
-    if not isinstance(password, str) or len(password) < MIN_PASSWORD_LEN:
-        raise InvalidInput(f"password: at least {MIN_PASSWORD_LEN} characters")
+MIN_GUESSES = 1e8  # zxcvbn's "moderate protection" (score 3): online guessing is throttled besides
+
+
+def validate_password(password: str, *, username: str = "") -> None:
+    """NIST SP 800-63B's rules for a chosen password: long enough, and not one that is common,
+    repetitive, sequential or built from the username or the tool's name. No composition
+    rules: any characters, spaces included.
+
+    The "not easily guessed" part is zxcvbn's estimate (its dictionaries hold the 30,000
+    most common leaked passwords, with the l33t, keyboard-pattern, sequence and repeat
+    variations people add): fewer than :data:`MIN_GUESSES` estimated guesses is refused.
+    """
+    least = Config().min_password_length
+    if not isinstance(password, str) or len(password) < least:
+        raise InvalidInput(f"password: at least {least} characters (a few words make a good one)")
     if len(password) > MAX_PASSWORD_LEN:
         raise InvalidInput(f"password: at most {MAX_PASSWORD_LEN} characters")
+    if len(set(password.strip().lower())) <= 2:
+        raise InvalidInput("password: too repetitive (only one or two different characters)")
+    from zxcvbn import zxcvbn
+
+    context = [w for w in (username.strip(), "safereview", "safe review") if w]
+    verdict = zxcvbn(password[:100], user_inputs=context)  # its matching is quadratic; 100 characters is plenty
+    if float(verdict["guesses"]) < MIN_GUESSES:
+        why = (verdict.get("feedback") or {}).get("warning") or "easy to guess"
+        raise InvalidInput(
+            f"password: too common or easily guessed ({why.rstrip('.').lower()}); longer, less usual words help"
+        )
 
 
 def validate_username(username: str) -> str:
@@ -105,93 +127,101 @@ def create_user(
     validate_role(role)
     if _user(session, name) is not None:
         raise InvalidInput(f"username: {name!r} is taken")
-    pw_hash = unusable_hash() if password is None else hash_password(password)
+    pw_hash = unusable_hash() if password is None else hash_password(password, username=name)
     user = User(username=name, display_name=(display_name or "")[:200], password_hash=pw_hash, role=role)
     session.add(user)
     session.flush()
     return user
 
 
-def _recent_failures(session: Session, username: str, now: datetime) -> int:
-    """Failures since the last success within the lock window."""
-    since = now - LOCK_WINDOW
-    last_ok = session.exec(
-        select(sa.func.max(LoginAttempt.at)).where(
-            LoginAttempt.username == username,
-            LoginAttempt.ok.is_(True),  # type: ignore[union-attr]
-            LoginAttempt.at >= since,
-        )
-    ).one()
-    if last_ok is not None:
-        since = max(since, last_ok)
-    return session.exec(
-        select(sa.func.count())
-        .select_from(LoginAttempt)
-        .where(
-            LoginAttempt.username == username,
-            LoginAttempt.ok.is_(False),  # type: ignore[union-attr]
-            LoginAttempt.at > since if last_ok is not None else LoginAttempt.at >= since,
-        )
-    ).one()
+_slots_guard = threading.Lock()
+_slots: threading.BoundedSemaphore | None = None
 
 
-def authenticate(session: Session, username: str, password: str, *, now: datetime | None = None) -> User:
-    """Check credentials; raise :class:`AuthError` with a user-safe message on any failure.
+def _password_slots() -> threading.BoundedSemaphore:
+    """The process's cap on concurrent argon2 checks (64 MiB and ~0.3 s of CPU each)."""
+    global _slots
+    with _slots_guard:
+        if _slots is None:
+            _slots = threading.BoundedSemaphore(max(1, Config().signin_concurrency))
+        return _slots
 
-    Locked (``MAX_FAILURES`` failures within ``LOCK_WINDOW``) accounts are refused even with
-    the right password, so guessing cannot continue. The attempt is recorded either way;
-    the caller must commit the session (also on failure) for the rate limit to count it:
-    ``session_scope`` rolls back on exceptions, so use :func:`authenticate_and_record` from
-    the app, which commits the attempt itself.
+
+def _verify(stored: str, password: str) -> bool:
+    """argon2 check in one of the process's bounded slots; :class:`AuthError` when none frees up."""
+    slots = _password_slots()
+    if not slots.acquire(timeout=SLOT_WAIT_S):
+        raise AuthError(_BUSY)
+    try:
+        return bool(_hasher.verify(stored, password))
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+    finally:
+        slots.release()
+
+
+def authenticate_and_record(
+    engine: sa.Engine, username: str, password: str, *, address: str = "local", now: datetime | None = None
+) -> User:
+    """Check credentials and log the attempt; raise :class:`AuthError` with a user-safe message.
+
+    Three steps, so that a flood of sign-ins neither stalls reviewers nor races the limit:
+    a short write transaction charges the attempt to its back-off counters
+    (:mod:`safereview.workflow.throttle`) and reads the stored hash; the argon2 check runs
+    outside any transaction in a bounded pool; a second short transaction logs the outcome.
+    An unknown username costs the same (a dummy hash is checked). A disabled account gets the
+    same answer as a wrong password, whatever the password, so the answer confirms nothing.
     """
+    from safereview.workflow import throttle
+    from safereview.workflow.tx import write_scope
+
     now = now or utcnow()
     try:
-        name = validate_username(username)
+        name = validate_username(username)[:80]
     except InvalidInput:
         raise AuthError(_WRONG) from None
-    name = name[:80]
-    if _recent_failures(session, name, now) >= MAX_FAILURES:
-        session.add(LoginAttempt(username=name, ok=False, at=now))
-        raise AuthError(_LOCKED)
-    user = _user(session, name)
-    ok = False
-    if isinstance(password, str) and len(password) <= MAX_PASSWORD_LEN:
+    address = (address or "local")[:64]
+    wait: float | None = None
+    with write_scope(engine) as session:
+        throttle.purge(session, now)
+        try:
+            throttle.charge(session, name, address, now)
+        except throttle.Throttled as exc:
+            wait = exc.wait_s
+        user = _user(session, name)
         stored = user.password_hash if user is not None else _DUMMY_HASH
-        if stored.startswith(UNUSABLE_PREFIX):
-            stored = _DUMMY_HASH
-            user_ok_possible = False
+        user_id = user.id if user is not None else None
+        disabled = bool(user is not None and user.disabled)
+    if wait is not None:
+        raise AuthError(_throttled(wait))
+    possible = user_id is not None and not stored.startswith(UNUSABLE_PREFIX)
+    if not possible:
+        stored = _DUMMY_HASH
+    ok = isinstance(password, str) and len(password) <= MAX_PASSWORD_LEN and _verify(stored, password) and possible
+    signed_in = ok and not disabled
+    new_hash = _hasher.hash(password) if signed_in and _hasher.check_needs_rehash(stored) else None
+    with write_scope(engine) as session:
+        session.add(LoginAttempt(username=name if user_id is not None else "", ok=signed_in, at=now, address=address))
+        if not signed_in:
+            user = None
         else:
-            user_ok_possible = user is not None
-        try:
-            ok = _hasher.verify(stored, password) and user_ok_possible
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            ok = False
-    session.add(LoginAttempt(username=name, ok=ok, at=now))
-    if not ok or user is None:
+            throttle.succeeded(session, name, address, now)
+            user = session.get(User, user_id)
+            assert user is not None
+            if new_hash is not None:
+                user.password_hash = new_hash
+            user.last_login_at = now
+            session.add(user)
+            session.flush()
+    if user is None:
         raise AuthError(_WRONG)
-    if user.disabled:
-        raise AuthError(_DISABLED)
-    if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = _hasher.hash(password)
-    user.last_login_at = now
-    session.add(user)
-    session.flush()
     return user
 
 
-def authenticate_and_record(engine: sa.Engine, username: str, password: str) -> User:
-    """:func:`authenticate` in its own transaction that is committed even when sign-in fails."""
-    from safereview.db.engine import session_scope
-
-    error: AuthError | None = None
-    with session_scope(engine) as session:
-        try:
-            user = authenticate(session, username, password)
-        except AuthError as exc:
-            error = exc
-    if error is not None:
-        raise error
-    return user
+def _throttled(wait_s: float) -> str:
+    n, unit = (round(wait_s), "second") if wait_s < 120 else (round(wait_s / 60), "minute")
+    when = f"{n} {unit}{'' if n == 1 else 's'}"
+    return f"Too many sign-in attempts. Try again in {when}."
 
 
 def _token_hash(token: str) -> str:
@@ -267,11 +297,12 @@ def reset_password(session: Session, username: str, new_password: str, *, actor:
     """Set a new password, revoke the user's sessions and clear their lock-out."""
     require(actor, "manage_users")
     user = get_user(session, username)
-    user.password_hash = hash_password(new_password)
+    user.password_hash = hash_password(new_password, username=user.username)
     session.add(user)
     _revoke_all(session, user)
-    # A success row ends the current failure streak (see _recent_failures).
-    session.add(LoginAttempt(username=user.username, ok=True, at=utcnow()))
+    from safereview.workflow import throttle
+
+    throttle.clear_account(session, user.username)  # the new password starts with a clean slate
     session.flush()
     return user
 
