@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import random
+import re
 import socket
 import ssl
 import time
@@ -317,6 +318,9 @@ def _shared_ssl_context() -> ssl.SSLContext:
     return _SSL_CONTEXT
 
 
+_BEARER = re.compile(r"Bearer\s+[A-Za-z0-9._~+/=-]{8,}")
+
+
 @dataclass
 class ChatClient:
     """Async client for ``POST /v1/chat/completions`` with cache, retries and a time limit.
@@ -368,6 +372,13 @@ class ChatClient:
         clients, self._clients, self._pool = self._clients, [], None
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
+    def redact(self, text: str) -> str:
+        """A server's error text without the API key (a server that echoes the request's
+        headers would otherwise have it stored in the verdict's ``raw_output``)."""
+        if self.api_key and len(self.api_key) >= 4:
+            text = text.replace(self.api_key, "[redacted]")
+        return _BEARER.sub("Bearer [redacted]", text)
+
     def body(self, messages: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
@@ -414,13 +425,13 @@ class ChatClient:
                     resp = await http.post(self.url, content=data)
                     payload = resp.content
             except (httpx.TransportError, TimeoutError) as exc:
-                error = f"{type(exc).__name__}: {exc}".strip().rstrip(":") or type(exc).__name__
+                error = self.redact(f"{type(exc).__name__}: {exc}".strip().rstrip(":")) or type(exc).__name__
                 if isinstance(exc, TimeoutError):
                     error = f"time limit of {self.timeout:g} s exceeded"
             else:
                 if resp.status_code == 200:
                     return self._result(payload)
-                error = f"HTTP {resp.status_code}: {payload[:300].decode('utf-8', 'replace')}"
+                error = f"HTTP {resp.status_code}: {self.redact(payload[:300].decode('utf-8', 'replace'))}"
                 if resp.status_code != 429 and resp.status_code < 500:
                     return None, error  # a client error does not get better by retrying
                 retry_after = retry_after_seconds(resp.headers.get("retry-after"))
@@ -440,7 +451,7 @@ class ChatClient:
             choice = doc["choices"][0]
             content = choice["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
-            return None, f"malformed response: {payload[:300].decode('utf-8', 'replace')}"
+            return None, f"malformed response: {self.redact(payload[:300].decode('utf-8', 'replace'))}"
         if not isinstance(content, str):
             return None, "response has no text content"
         self.stats.calls += 1

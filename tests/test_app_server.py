@@ -224,6 +224,33 @@ def test_upload_zip_guard_refuses(
     assert not any((tmp_path.parent).glob("evil.png"))
 
 
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["a", "a/b.png"], "a: is a file, but a/b.png uses it as a folder"),
+        (["a/b.png", "a"], "a: is a file, but a/b.png uses it as a folder"),
+        (["x/", "x/y/", "x/y"], "x/y: is a file, but x/y/ uses it as a folder"),
+        (["same.png", "same.png"], "same.png: listed twice"),
+    ],
+)
+def test_upload_zip_refuses_a_file_that_is_also_a_folder(tmp_path: Path, names: list[str], message: str) -> None:
+    """Unpacking ``a`` and then ``a/b`` used to end in an unhandled FileExistsError."""
+    import warnings
+
+    from safereview.review_app.uploads import extract_zip
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), zipfile.ZipFile(buf, "w") as zf:
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
+        for name in names:
+            zf.writestr(name, b"" if name.endswith("/") else b"data")
+    buf.seek(0)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        extract_zip(buf, out, max_bytes=4096)
+    assert not out.exists() or not any(out.rglob("*")), "nothing is unpacked from a refused archive"
+
+
 def test_upload_zip_guard_extracts_normal_archives(tmp_path: Path) -> None:
     from safereview.review_app.uploads import extract_zip, safe_name
 

@@ -565,6 +565,50 @@ def test_changed_content_is_a_conflict_unless_update(engine: sa.Engine, tmp_path
     assert [e.action for e in evs] == ["import", "import"] and evs[1].before["labels"]["joint"] == "safe"
 
 
+def test_update_of_an_app_label_names_the_importer_and_keeps_provenance(
+    engine: sa.Engine, tmp_path: Path, media: Path
+) -> None:
+    """An import that replaces a label someone made in the app is the importer's change:
+    the event must not name the annotator as its actor (their Undo would then revert it),
+    and the row must not keep claiming ``source=app``."""
+    from sqlmodel import Session
+    from workflow_support import make_user
+
+    from safereview.workflow import annotations, queue
+
+    root = tmp_path / "root"
+    items = ds.write_jsonl(media / "i.jsonl", [{"id": "a", "prompt": "p"}])
+    assert imp(engine, items, root).ok
+    amy = make_user(engine, "amy")
+    with Session(engine) as s:
+        cid = s.exec(sa.select(Item.collection_id)).scalar_one()
+    from safereview.workflow.query_cache import clear_caches
+
+    clear_caches()
+    with Session(engine) as s:
+        a = queue.next_item(s, amy, queue.QueueFilter(cid))
+        assert a is not None
+        annotations.submit(s, amy, a.id, {"image": "safe", "text": "safe", "joint": "safe"})
+        s.commit()
+    (ann,) = rows(engine, Annotation)
+    assert ann.source == "app"
+    anns = ds.write_csv(
+        media / "anns.csv",
+        ["item_id", "annotator", "label.image", "label.text", "label.joint"],
+        [["a", "amy", "safe", "safe", "unsafe"]],
+    )
+    rep = imp(engine, anns, root, update=True)
+    assert rep.ok and rep.annotations_updated == 1, rep.errors
+    (ann,) = rows(engine, Annotation)
+    assert (ann.labels["joint"], ann.source, ann.version) == ("unsafe", "import", 2)
+    ev = rows(engine, AnnotationEvent)[-1]
+    assert (ev.action, ev.actor_id, ev.recorded_by) == ("import", None, "test")
+    assert ev.before["source"] == "app" and ev.before["labels"]["joint"] == "safe"
+    assert ev.before["annotator_id"] == amy.id
+    with Session(engine) as s:  # amy's Undo has nothing of hers to revert: the change is not hers
+        assert annotations.undo_last(s, amy) is None
+
+
 def test_verdicts_keyed_by_item_dimension_judge(engine: sa.Engine, tmp_path: Path, media: Path) -> None:
     root = tmp_path / "root"
     items = ds.write_jsonl(media / "i.jsonl", [{"id": "a", "prompt": "p"}])

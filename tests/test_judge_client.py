@@ -166,6 +166,19 @@ def test_client_errors_are_not_retried(env: dict[str, Any]) -> None:
     assert "HTTP 400" in v[("t1", "intrinsic")].raw_output
 
 
+def test_an_error_body_that_echoes_the_api_key_is_stored_without_it(env: dict[str, Any]) -> None:
+    """A misconfigured server (or proxy) that echoes the request's headers in its error must
+    not plant the API key in the verdict's raw output, where every lead can read it."""
+    one_text_item(env)
+    key = "sk-live-0123456789abcdef"
+    echo = {"error": f"bad request; headers were Authorization: Bearer {key}, key={key}"}
+    with FakeOpenAI(lambda b, n: Reply(status=400, body=echo)) as srv:
+        run_judge(env["engine"], env["media"], opts(srv.url, api_key=key), actor=SYSTEM)
+    raw = verdicts(env["engine"])[("t1", "intrinsic")].raw_output
+    assert "HTTP 400" in raw and "[redacted]" in raw
+    assert key not in raw and "0123456789abcdef" not in raw
+
+
 def test_slow_answers_hit_the_time_limit_and_errors_are_retried_next_run(env: dict[str, Any]) -> None:
     one_text_item(env)
 

@@ -41,7 +41,10 @@ def test_event_log_is_append_only(engine: sa.Engine) -> None:
             )
         )
         s.commit()
-    for stmt in ("UPDATE annotationevent SET action = 'x'", "DELETE FROM annotationevent"):
+    stmts = ["UPDATE annotationevent SET action = 'x'", "DELETE FROM annotationevent"]
+    if engine.dialect.name == "postgresql":
+        stmts.append("TRUNCATE annotationevent CASCADE")  # row triggers do not fire on TRUNCATE
+    for stmt in stmts:
         with pytest.raises(sa.exc.DatabaseError), engine.begin() as conn:
             conn.exec_driver_sql(stmt)
     with engine.connect() as conn:

@@ -110,6 +110,7 @@ def import_file(
             skip_invalid=skip_invalid,
             rejects_path=rejects_path,
             user=user,
+            actor_id=getattr(actor, "id", None),
             update=update,
             media_root=media_root,
             config=config,
@@ -133,6 +134,7 @@ def _import_file(
     skip_invalid: bool,
     rejects_path: str | Path | None,
     user: str,
+    actor_id: int | None,
     update: bool,
     media_root: str | Path | None,
     config: settings.Config | None,
@@ -237,6 +239,7 @@ def _import_file(
                 report=report,
                 source_sha256=_file_sha256(path),
                 user=user,
+                actor_id=actor_id,
                 created_files=created,
                 n_rejected=len(bad) + len(late_rejects),
             )

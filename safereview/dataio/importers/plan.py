@@ -144,7 +144,7 @@ def plan(conn: sa.Connection, records: list[Record], *, collection_id: int, upda
     if touched_existing and out.user_ids:
         ann_t = Annotation.__table__  # type: ignore[attr-defined]
         cols = [ann_t.c.id, ann_t.c.item_id, ann_t.c.user_id, ann_t.c.labels, ann_t.c.blind_labels]
-        cols += [ann_t.c.categories, ann_t.c.rationale, ann_t.c.version]
+        cols += [ann_t.c.categories, ann_t.c.rationale, ann_t.c.version, ann_t.c.source, ann_t.c.import_batch_id]
         for row in _in_chunks(conn, lambda ch: sa.select(*cols).where(ann_t.c.item_id.in_(ch)), touched_existing):
             old_anns[(row.item_id, row.user_id)] = row
 

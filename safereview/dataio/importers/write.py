@@ -85,6 +85,7 @@ def write(
     user: str,
     created_files: list[Path],
     n_rejected: int = 0,
+    actor_id: int | None = None,
 ) -> None:
     """Write what ``plan`` says and fill ``report``'s counts; nothing at all when nothing changes.
 
@@ -122,7 +123,7 @@ def write(
 
     ids = _write_items(conn, plan, collection_id, batch_id, now, report)
     touched = _write_verdicts(conn, plan, ids, batch_id, now, report)
-    _write_annotations(conn, plan, ids, batch_id, now, report, user)
+    _write_annotations(conn, plan, ids, batch_id, now, report, user, actor_id)
 
     conn.execute(
         batch_t.update()
@@ -312,8 +313,16 @@ def _write_annotations(
     now: datetime,
     report: ImportReport,
     recorded_by: str,
+    importer_id: int | None,
 ) -> None:
-    """New annotations (with their people, done assignments and slots), replaced ones, and every ``import`` event."""
+    """New annotations (with their people, done assignments and slots), replaced ones, and every ``import`` event.
+
+    A new annotation's event names its annotator as the actor (the label is theirs, made
+    elsewhere). A *replaced* one is the importer's change to someone's label: its event names
+    the importer (their account, or none for the CLI; ``recorded_by`` says who), its
+    ``before`` keeps the row's provenance (source, batch), and the row's source becomes
+    ``import``, so neither the log nor the row says the annotator made the new label in the app.
+    """
     if not plan.new_annotations and not plan.changed_annotations:
         return
     ann_t = Annotation.__table__  # type: ignore[attr-defined]
@@ -373,6 +382,9 @@ def _write_annotations(
             "blind_labels": old.blind_labels,
             "categories": old.categories,
             "rationale": old.rationale,
+            "source": old.source,
+            "import_batch_id": old.import_batch_id,
+            "annotator_id": old.user_id,
         }
         res = conn.execute(
             ann_t.update()
@@ -385,13 +397,14 @@ def _write_annotations(
                 verdict_action=a["verdict_action"],
                 time_spent_s=a["time_spent_s"],
                 import_batch_id=batch_id,
+                source="import",
                 version=old.version + 1,
                 updated_at=now,
             )
         )
         if res.rowcount != 1:
             raise RuntimeError(f"annotation {old.id} changed concurrently; import aborted")
-        events.append((old.id, iid, user_ids[a["annotator"]], old.version + 1, before, _snapshot(a, batch_id)))
+        events.append((old.id, iid, importer_id, old.version + 1, before, _snapshot(a, batch_id)))
     if plan.changed_annotations:
         report.annotations_updated = len(plan.changed_annotations)
         report.notes.append(f"{len(plan.changed_annotations)} annotation(s) replaced (--update)")
