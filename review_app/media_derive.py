@@ -16,6 +16,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
@@ -26,7 +27,9 @@ SPEC_SIZE = (1200, 220)
 FRAME_HEIGHT = 150
 N_KEYFRAMES = 8
 MAX_DECODE_PER_SEEK = 600  # frames decoded after a seek before taking what we have
-MAX_AUDIO_SECONDS = 600.0  # waveform/spectrogram look at the first 10 minutes at most
+MAX_AUDIO_SECONDS = 600.0  # waveform/spectrogram look at the first 10 minutes at most ...
+DRAW_RATE = 22_050  # ... resampled to at most this rate: the drawings need no more (mel tops out at 11 kHz)
+MAX_AUDIO_CHANNELS = 64
 BACKGROUND = (250, 250, 252)
 INK = (49, 51, 63)
 
@@ -122,17 +125,23 @@ def image_view(source: Path, *, max_side: int = THUMB_SIDE, max_image_pixels: in
 
 
 def load_audio(source: Path, *, max_seconds: float = MAX_AUDIO_SECONDS) -> tuple[np.ndarray, int]:
-    """Mono float samples and sample rate of (the start of) an audio file."""
+    """Mono float samples and sample rate of (the start of) an audio file, for drawing.
+
+    Bounded by samples, not only by duration: ten minutes of 192 kHz stereo would be 230
+    million samples (about 2.5 GB once analysed). The file is read in blocks, each mixed
+    down to mono and resampled (soxr, streaming) to at most :data:`DRAW_RATE`, so memory
+    stays near ``max_seconds × DRAW_RATE`` samples whatever the file's rate and channels.
+    """
     try:
         import soundfile as sf
 
         with sf.SoundFile(str(source)) as f:
-            sr = int(f.samplerate)
-            n = min(int(f.frames), int(max_seconds * sr)) if f.frames > 0 else int(max_seconds * sr)
-            data = f.read(frames=n, dtype="float32", always_2d=True)
-        y = data.mean(axis=1)
+            y, sr = _read_mono_resampled(f, max_seconds)
+    except DeriveError:
+        raise
     except Exception:
-        # formats libsndfile does not know (e.g. some mp3/m4a): librosa's fallback decoders
+        # formats libsndfile does not know (e.g. some mp3/m4a): librosa's fallback decoders,
+        # at the drawing rate (MP3 tops out at 48 kHz, so the native decode is bounded too)
         try:
             import warnings
 
@@ -140,12 +149,39 @@ def load_audio(source: Path, *, max_seconds: float = MAX_AUDIO_SECONDS) -> tuple
 
             with warnings.catch_warnings():  # librosa warns when it falls back to audioread
                 warnings.simplefilter("ignore")
-                y, sr = librosa.load(str(source), sr=None, mono=True, duration=max_seconds)
+                y, sr = librosa.load(str(source), sr=DRAW_RATE, mono=True, duration=max_seconds)
         except Exception as exc:
             raise DeriveError(f"cannot decode audio: {type(exc).__name__}") from None
     if y.size == 0 or not np.isfinite(y).all():
         y = np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
     return y.astype(np.float32), int(sr)
+
+
+def _read_mono_resampled(f: Any, max_seconds: float) -> tuple[np.ndarray, int]:
+    import soxr
+
+    sr_in = int(f.samplerate)
+    if sr_in <= 0 or f.channels <= 0 or f.channels > MAX_AUDIO_CHANNELS:
+        raise DeriveError(f"audio with {f.channels} channels at {sr_in} Hz is not drawn")
+    sr_out = min(sr_in, DRAW_RATE)
+    wanted = int(max_seconds * sr_in)
+    if f.frames > 0:
+        wanted = min(wanted, int(f.frames))
+    block = max(1024, (1 << 20) // int(f.channels))  # about 4 MB of float32 per block
+    stream = soxr.ResampleStream(sr_in, sr_out, 1, dtype="float32") if sr_out != sr_in else None
+    pieces: list[np.ndarray] = []
+    done = 0
+    while done < wanted:
+        data = f.read(frames=min(block, wanted - done), dtype="float32", always_2d=True)
+        if not len(data):
+            break
+        done += len(data)
+        mono = data.mean(axis=1)
+        pieces.append(stream.resample_chunk(mono, last=False) if stream is not None else mono)
+    if stream is not None:
+        pieces.append(stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    y = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+    return y, sr_out
 
 
 def waveform_image(source: Path, size: tuple[int, int] = WAVE_SIZE) -> Image.Image:
@@ -226,13 +262,36 @@ def warm_up() -> float:
     return time.perf_counter() - started
 
 
+def _mel_power(y: np.ndarray, sr: int, *, n_fft: int, hop: int, n_mels: int, fmax: float) -> np.ndarray:
+    """Mel power spectrogram (n_mels × frames), computed a block of frames at a time.
+
+    ``librosa.feature.melspectrogram`` holds the whole complex STFT and its power (118 MB
+    for 30 s at 22 kHz in a measurement); here the frames are views of ``y`` and each block
+    is windowed, transformed and projected on librosa's mel basis before the next, so the
+    extra memory is a few MB whatever the length. Frames are not centred (the first and
+    last half-window are not padded): invisible at the drawing's resolution.
+    """
+    import librosa
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    basis = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmax=fmax).astype(np.float32)
+    window = np.hanning(n_fft + 1)[:-1].astype(np.float32)  # periodic Hann, as librosa uses
+    frames = sliding_window_view(y.astype(np.float32, copy=False), n_fft)[::hop]
+    out = np.empty((n_mels, len(frames)), dtype=np.float32)
+    step = 256
+    for i in range(0, len(frames), step):
+        spectrum = np.fft.rfft(frames[i : i + step] * window, axis=1)
+        out[:, i : i + step] = basis @ (spectrum.real**2 + spectrum.imag**2).astype(np.float32).T
+    return out
+
+
 def _spectrogram(y: np.ndarray, sr: int, size: tuple[int, int], n_mels: int) -> Image.Image:
     import librosa
 
     if y.size < 2048:
         y = np.pad(y, (0, 2048 - y.size))
     hop = max(256, int(y.size / (size[0] * 2)) // 256 * 256 or 256)
-    mel = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=2048, hop_length=hop, n_mels=n_mels, fmax=min(sr / 2, 16000))
+    mel = _mel_power(y, sr, n_fft=2048, hop=hop, n_mels=n_mels, fmax=min(sr / 2, 16000))
     db = librosa.power_to_db(mel, ref=np.max, top_db=80.0)
     norm = (db + 80.0) / 80.0
     rgb = _colormap(norm[::-1])

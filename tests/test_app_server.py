@@ -150,6 +150,41 @@ def test_derived_views_decode_and_are_cached(client: TestClient, fx: A.Fixture) 
     assert len(np.unique(np.asarray(spec))) > 20
 
 
+def test_high_rate_audio_is_drawn_in_bounded_memory(tmp_path: Path) -> None:
+    """A valid FLAC at 192 kHz stereo used to be decoded whole (the security pass saw +2.5 GiB
+    for ten minutes of it). Now it is read in blocks, mixed to mono and resampled to at most
+    22.05 kHz while reading, so the drawing costs a few MB whatever the file's rate."""
+    import tracemalloc
+
+    import soundfile as sf
+
+    from safereview.review_app import media_derive
+
+    src = tmp_path / "hi-rate.flac"
+    rate, seconds = 192_000, 30
+    t = np.arange(rate, dtype=np.float64) / rate
+    with sf.SoundFile(src, "w", samplerate=rate, channels=2, format="FLAC", subtype="PCM_24") as f:
+        for k in range(seconds):  # one second at a time: the test itself stays small
+            tone = 0.3 * np.sin(2 * np.pi * (440 + 20 * k) * t)
+            f.write(np.stack([tone, tone], axis=1))
+    raw_bytes = rate * seconds * 2 * 4  # what decoding it whole as float32 takes: 46 MB
+    media_derive.warm_up()  # librosa's one-time compilation is not the file's cost
+    tracemalloc.start()
+    try:
+        y, sr = media_derive.load_audio(src)
+        media_derive.derive(src, "ab" * 32, "waveform.png", tmp_path / "cache")
+        media_derive.derive(src, "ab" * 32, "spectrogram.png", tmp_path / "cache")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sr == media_derive.DRAW_RATE and abs(y.size - seconds * sr) <= sr // 10
+    # the old whole-file decode alone took the raw size (and its spectrogram 118 MB more)
+    assert peak < raw_bytes * 0.75, f"peak {peak / 1e6:.1f} MB for a {raw_bytes / 1e6:.0f} MB decode"
+    # the tone survived the resampling: its pitch in the first second is 440 Hz
+    spectrum = np.abs(np.fft.rfft(y[:sr]))
+    assert abs(int(np.argmax(spectrum)) - 440) <= 2  # one-second window: bin k is k Hz
+
+
 def test_hostile_media_give_a_clean_error(client: TestClient, fx: A.Fixture) -> None:
     from safereview.db.engine import make_engine, session_scope
 
