@@ -38,6 +38,8 @@ USER_RECHECK_S = 5.0
 COOKIE_WAIT_S = 5.0
 TEXT_PREVIEW_CHARS = 20_000
 
+WORD_JOINER = "\u2060"
+_AUTOLINK = re.compile(r"(?i)www\.|:(?=\S)|\S@")  # a joiner goes before the last character of each match
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|:~$=^&\"'])")
 
 
@@ -316,7 +318,14 @@ def md_literal(text: Any, *, max_chars: int = 300) -> str:
     s = " ".join(s.split())
     if len(s) > max_chars:
         s = s[: max_chars - 1] + "…"
-    return _MD_SPECIAL.sub(r"\\\1", s)
+    return _MD_SPECIAL.sub(r"\\\1", no_autolink(s))
+
+
+def no_autolink(s: str) -> str:
+    """Break the patterns GitHub-flavoured markdown turns into links even when every
+    punctuation character is escaped (``www.``, ``scheme:``, ``name@host``), with an
+    invisible word joiner (U+2060), so a model name or an id can never be a link off-site."""
+    return _AUTOLINK.sub(lambda m: m.group(0)[:-1] + WORD_JOINER + m.group(0)[-1], s)
 
 
 def plain(text: Any, *, max_chars: int = 120) -> str:

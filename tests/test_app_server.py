@@ -300,7 +300,7 @@ def _visible(md: str) -> tuple[str, str]:
 
     rendered = MarkdownIt("commonmark").render(md)
     text = html.unescape(re.sub(r"</?p>\n?", "", rendered)).strip()
-    return rendered, text
+    return rendered, text.replace("\u2060", "")  # the invisible joiners that stop autolinks
 
 
 PAYLOADS = [
@@ -333,6 +333,21 @@ def test_md_literal_is_literal_for_any_ascii(text: str) -> None:
     rendered, visible = _visible(md_literal(text, max_chars=10_000))
     assert "<" not in re.sub(r"</?p>", "", rendered.strip()).replace("&lt;", "")
     assert visible == " ".join(text.split())
+
+
+@pytest.mark.parametrize(
+    "text", ["www.evil.example", "WWW.Evil.example", "http://evil.example/x", "mailto:x", "bob@evil.example"]
+)
+def test_md_literal_breaks_every_autolink_pattern(text: str) -> None:
+    """GitHub-flavoured markdown (Streamlit's) links these even with every character escaped;
+    a word joiner inside each pattern stops it (checked in Chromium by test_hardening_browser)."""
+    from safereview.review_app.ui import WORD_JOINER, md_literal
+
+    out = md_literal(text)
+    bare = out.replace("\\", "")
+    assert WORD_JOINER in out and "www." not in bare.lower()
+    assert not re.search(r"\w:", bare) and not re.search(r"\w@", bare)  # no "scheme:", no "name@host"
+    assert out.replace(WORD_JOINER, "").replace("\\", "") == text
 
 
 def test_plain_caps_and_collapses() -> None:

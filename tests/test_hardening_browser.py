@@ -37,6 +37,8 @@ SYSTEM = SystemPrincipal("test")  # the trusted caller the CLI would be
 pytestmark = [pytest.mark.slow]
 
 MAX_TEXT = 200_000  # the default SAFEREVIEW_MAX_TEXT_CHARS
+# GitHub-flavoured markdown links these even when every punctuation character is escaped
+AUTOLINK_BAIT = "m www.evil.example http://evil.example/x bob@evil.example"
 UPLOAD_MB = 1
 
 
@@ -49,6 +51,7 @@ def _hostile_items(fx: A.Fixture, work: Path) -> None:
     rows = [
         {
             "id": "hostile-all",
+            "model": AUTOLINK_BAIT,
             "prompt": "Say all of it.",
             "response": [{"modality": "text", "text": t} for t in H.HOSTILE_TEXT.values()],
         },
@@ -109,6 +112,8 @@ INERT_JS = """() => ({
   pwned: window.__pwned === undefined ? null : String(window.__pwned),
   handlers: document.querySelectorAll('[onerror],[onload],[onmouseover],[onclick]').length,
   jsLinks: document.querySelectorAll('a[href^="javascript"]').length,
+  offsiteLinks: [...document.querySelectorAll('a[href]')].filter(
+    a => !a.href.startsWith(location.origin) && !a.getAttribute('href').startsWith('#')).map(a => a.href),
   iframes: document.querySelectorAll('iframe[srcdoc]').length,
   outsideImgs: [...document.images].filter(i => i.src.includes('203.0.113.9')).length,
   beaconStyles: [...document.querySelectorAll('style')].filter(s => s.textContent.includes('203.0.113.9')).length,
@@ -150,10 +155,12 @@ def test_hostile_items_render_inert_and_nothing_leaves_localhost(served: A.Serve
         probe = text.split("\u202e")[0][:40] if name != "zero-width" else "pass"
         assert probe in state["text"], name
     assert "\u202e" in state["text"] and "\u200b" in state["text"]  # kept as characters, not interpreted
+    assert "www.evil.example" in state["text"].replace("\u2060", "")  # the model name is shown, as text
     assert {k: v for k, v in state.items() if k != "text"} == {
         "pwned": None,
         "handlers": 0,
         "jsLinks": 0,
+        "offsiteLinks": [],
         "iframes": 0,
         "outsideImgs": 0,
         "beaconStyles": 0,
