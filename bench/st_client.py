@@ -72,15 +72,20 @@ class StreamlitClient:
         self.widgets: dict[str, Widget] = {}
         self.page_script_hash = ""
         self.item: str | None = None
+        self.session_id = ""  # Streamlit's id of this connection's session (in every upload URL)
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def connect(self) -> None:
-        await self.http.get(self.base + "/")  # as a browser would: the index page (and any cookies it sets)
+    async def connect(self, resume_session: str = "") -> None:
+        """Load the index page, then open the websocket with the cookies it set, as a browser
+        does (``resume_session``: the session id a reconnecting browser sends)."""
+        await self.http.get(self.base + "/")
         parts = urlsplit(self.base)
+        cookies = "; ".join(f"{k}={v}" for k, v in self.http.cookies.items())
         self.ws = await websockets.connect(
             f"ws://{parts.netloc}{parts.path}/_stcore/stream",
-            subprotocols=["streamlit"],  # type: ignore[list-item]
+            subprotocols=["streamlit", "no-xsrf", resume_session] if resume_session else ["streamlit"],  # type: ignore[list-item]
             origin=self.origin,  # as a browser sends it: scheme and host, no path
+            additional_headers={"Cookie": cookies} if cookies else None,
             max_size=2**26,
             compression=None,
             ping_interval=None,
@@ -118,6 +123,7 @@ class StreamlitClient:
                 self._on_delta(fm, result)
             elif kind == "new_session":
                 self.page_script_hash = fm.new_session.page_script_hash or self.page_script_hash
+                self.session_id = fm.new_session.initialize.session_id or self.session_id
             elif kind == "navigation":
                 self.page_script_hash = fm.navigation.page_script_hash or self.page_script_hash
             elif kind == "page_info_changed" or kind == "session_event":

@@ -7,6 +7,7 @@ so tests that point the app at a fresh database get a fresh engine.
 
 from __future__ import annotations
 
+import hmac
 import secrets
 import threading
 import time
@@ -17,6 +18,9 @@ from sqlalchemy.engine import Engine
 from safereview import settings
 
 SESSION_COOKIE = "safereview_session"
+# A random id the server gives each browser on its first page load (HttpOnly): what binds a
+# sign-in to the browser that made it (docs/reliability.md, "Sign-in").
+BROWSER_COOKIE = "safereview_browser"
 TICKET_TTL_S = 120.0
 
 
@@ -43,29 +47,37 @@ def engine() -> Engine:
 # invisible <img src="/auth/session?ticket=…">; the route swaps the one-time ticket for a
 # Set-Cookie carrying the session token (HttpOnly, SameSite=Strict). Tickets live in this
 # process only, which is fine because a Streamlit session is pinned to one process anyway
-# (replicas need sticky sessions). The token itself never appears in a URL.
+# (replicas need sticky sessions). The token itself never appears in a URL. A ticket is
+# bound to the browser that signed in (its BROWSER_COOKIE): redeemed from any other browser
+# it does nothing, so an attacker cannot sign a victim's browser into the attacker's account
+# by sending it the ticket URL (login CSRF).
 
 
 class _Tickets:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: dict[str, tuple[str, float]] = {}
+        self._pending: dict[str, tuple[str, str, float]] = {}
         self._used: dict[str, float] = {}
 
-    def issue(self, token: str) -> str:
+    def issue(self, token: str, browser: str | None) -> str:
+        """A one-time ticket for ``token``, redeemable only by the browser with id ``browser``
+        (a browser without the id can still sign in; it gets no media cookie)."""
         ticket = secrets.token_urlsafe(24)
         with self._lock:
             self._gc()
-            self._pending[ticket] = (token, time.monotonic() + TICKET_TTL_S)
+            self._pending[ticket] = (token, browser or "", time.monotonic() + TICKET_TTL_S)
         return ticket
 
-    def redeem(self, ticket: str) -> str | None:
-        """The token for a valid, unused ticket (and mark it used), else None."""
+    def redeem(self, ticket: str, browser: str | None) -> str | None:
+        """The token for a valid, unused ticket asked for by its own browser (and mark it used), else None."""
         with self._lock:
             self._gc()
-            entry = self._pending.pop(ticket, None)
-            if entry is None or entry[1] < time.monotonic():
+            entry = self._pending.get(ticket)
+            if entry is None or entry[2] < time.monotonic():
                 return None
+            if not entry[1] or not hmac.compare_digest(entry[1], browser or ""):
+                return None  # another browser: leave the ticket for its own
+            del self._pending[ticket]
             self._used[ticket] = time.monotonic() + TICKET_TTL_S
             return entry[0]
 
@@ -76,7 +88,7 @@ class _Tickets:
     def _gc(self) -> None:
         now = time.monotonic()
         for store in (self._pending, self._used):
-            for key in [k for k, v in store.items() if (v[1] if isinstance(v, tuple) else v) < now]:
+            for key in [k for k, v in store.items() if (v[-1] if isinstance(v, tuple) else v) < now]:
                 del store[key]
 
 

@@ -142,15 +142,39 @@ class SecurityHeadersMiddleware:
             await Response("sign in first", status_code=403, media_type="text/plain")(scope, receive, send)
             return
 
+        new_browser = browser_cookie_header(scope)
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 present = {k.lower() for k, _ in headers}
                 headers.extend((k, v) for k, v in self.headers if k not in present)
+                if new_browser is not None:
+                    headers.append((b"set-cookie", new_browser))
                 message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def browser_cookie_header(scope: Scope) -> bytes | None:
+    """A ``Set-Cookie`` giving a browser its random id, when its request carries none.
+
+    Sent with the first page load, so the websocket that follows carries it: the sign-in
+    is bound to that id (the one-time cookie ticket, and the Streamlit session, which a
+    connection from another browser cannot resume by knowing its session id).
+    """
+    from starlette.requests import HTTPConnection
+
+    if HTTPConnection(scope).cookies.get(runtime.BROWSER_COOKIE):
+        return None
+    import secrets
+
+    secure = "; Secure" if scope.get("scheme") == "https" else ""
+    value = secrets.token_urlsafe(24)
+    return (
+        f"{runtime.BROWSER_COOKIE}={value}; Path={cookie_path()}; Max-Age=31536000; HttpOnly; SameSite=Strict{secure}"
+    ).encode("latin-1")
 
 
 def _is_upload(scope: Scope) -> bool:
@@ -309,7 +333,7 @@ async def media_file(request: Request) -> Response:
 
 async def auth_session(request: Request) -> Response:
     """Swap a one-time sign-in ticket for the HttpOnly session cookie (see runtime.py)."""
-    token = runtime.tickets.redeem(request.query_params.get("ticket", ""))
+    token = runtime.tickets.redeem(request.query_params.get("ticket", ""), request.cookies.get(runtime.BROWSER_COOKIE))
     if token is None or await run_in_threadpool(user_for_token, token) is None:
         return Response(PIXEL, media_type="image/gif", status_code=403, headers={"cache-control": "no-store"})
     response = Response(PIXEL, media_type="image/gif", headers={"cache-control": "no-store"})

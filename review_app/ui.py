@@ -165,15 +165,21 @@ def current_user() -> Any | None:
 
     Revoked sessions and disabled accounts therefore end within ``USER_RECHECK_S`` even in
     an open browser tab. A valid session cookie (set by ``/auth/session``) signs a fresh
-    browser session in without a password, so a page reload keeps you signed in.
+    browser session in without a password, so a page reload keeps you signed in. A sign-in
+    belongs to the browser that made it: a connection that resumes this Streamlit session
+    from another browser (its session id is no secret: it is in every upload URL) is not
+    signed in.
     """
     ss = st.session_state
     token = ss.get("auth_token")
+    if token and not _same_browser(ss.get("auth_browser")):
+        return None  # another browser holding this session id: not signed in here (state kept for the owner)
     if not token:
         cookie = _cookie_token()
         if cookie and cookie not in ss.get("auth_dead_tokens", ()) and _lookup_token(cookie) is not None:
             ss["auth_token"] = token = cookie
             ss["auth_cookie_ok"] = True
+            ss["auth_browser"] = _browser_id()
         else:
             return None
     now = time.monotonic()
@@ -187,10 +193,25 @@ def current_user() -> Any | None:
 
 
 def _cookie_token() -> str | None:
+    return _cookie(runtime.SESSION_COOKIE)
+
+
+def _browser_id() -> str | None:
+    return _cookie(runtime.BROWSER_COOKIE)
+
+
+def _cookie(name: str) -> str | None:
     try:
-        return st.context.cookies.get(runtime.SESSION_COOKIE)
+        value = st.context.cookies.get(name)
     except Exception:  # no browser context (e.g. AppTest without cookies)
         return None
+    return value if isinstance(value, str) and value else None
+
+
+def _same_browser(bound: str | None) -> bool:
+    import hmac
+
+    return hmac.compare_digest(bound or "", _browser_id() or "")
 
 
 def _forget_sign_in() -> None:
@@ -222,7 +243,8 @@ def sign_in(user: Any, token: str) -> None:
     """Remember a fresh sign-in and issue the one-time ticket that sets the media cookie."""
     ss = st.session_state
     ss["auth_token"], ss["auth_user"], ss["auth_checked"] = token, user, time.monotonic()
-    ss["auth_ticket"] = runtime.tickets.issue(token)
+    ss["auth_browser"] = browser = _browser_id()
+    ss["auth_ticket"] = runtime.tickets.issue(token, browser)
     ss["auth_cookie_ok"] = False
 
 

@@ -58,12 +58,40 @@ def signed_in(client: TestClient, fx: A.Fixture, username: str = "ann1") -> str:
     from safereview.review_app import runtime
 
     token = token_for(fx, username)
-    r = client.get(f"/auth/session?ticket={runtime.tickets.issue(token)}")
+    browser = client.get("/healthz").cookies.get(runtime.BROWSER_COOKIE) or client.cookies[runtime.BROWSER_COOKIE]
+    r = client.get(f"/auth/session?ticket={runtime.tickets.issue(token, browser)}")
     assert r.status_code == 200 and r.headers["content-type"] == "image/gif"
     cookie = r.headers["set-cookie"]
     assert "safereview_session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
     assert "Path=/" in cookie
     return token
+
+
+def test_a_ticket_does_nothing_in_another_browser(client: TestClient, fx: A.Fixture) -> None:
+    """Login CSRF: the attacker signs in, then sends the victim's browser to the ticket URL
+    (an <img> on any page). The ticket is bound to the attacker's browser, so the victim's
+    browser gets no session cookie, and the attacker's own browser still can redeem it."""
+    from safereview.review_app import runtime
+
+    victim = client
+    victim.get("/healthz")
+    victim_id = victim.cookies[runtime.BROWSER_COOKIE]
+    r = victim.get("/healthz")
+    assert "set-cookie" not in r.headers, "the id is given once, not rotated on every request"
+    with TestClient(victim.app) as attacker:
+        attacker.get("/healthz")
+        attacker_id = attacker.cookies[runtime.BROWSER_COOKIE]
+        assert attacker_id != victim_id and len(attacker_id) >= 24
+        ticket = runtime.tickets.issue(token_for(fx, "ann2"), attacker_id)
+        forged = victim.get(f"/auth/session?ticket={ticket}")
+        assert forged.status_code == 403 and "safereview_session" not in forged.headers.get("set-cookie", "")
+        assert runtime.SESSION_COOKIE not in victim.cookies
+        assert attacker.get(f"/auth/session?ticket={ticket}").status_code == 200
+    # a ticket issued to a connection without a browser id is never redeemable
+    lost = runtime.tickets.issue(token_for(fx, "ann2"), None)
+    assert victim.get(f"/auth/session?ticket={lost}").status_code == 403
+    victim.cookies.clear()
+    assert victim.get(f"/auth/session?ticket={lost}").status_code == 403
 
 
 def test_media_requires_a_valid_session(client: TestClient, fx: A.Fixture) -> None:
@@ -90,11 +118,12 @@ def test_ticket_is_single_use_and_revocation_applies(client: TestClient, fx: A.F
     from safereview.workflow import auth
 
     token = token_for(fx, "ann2")
-    ticket = runtime.tickets.issue(token)
+    client.get("/healthz")  # the first response gives the browser its id
+    ticket = runtime.tickets.issue(token, client.cookies[runtime.BROWSER_COOKIE])
     assert client.get(f"/auth/session?ticket={ticket}").status_code == 200
     client.cookies.clear()
     again = client.get(f"/auth/session?ticket={ticket}")
-    assert again.status_code == 403 and "set-cookie" not in again.headers
+    assert again.status_code == 403 and "safereview_session" not in again.headers.get("set-cookie", "")
     client.cookies.set("safereview_session", token)
     url = f"/media-files/{fx.media['audio']}"
     assert client.get(url).status_code == 200

@@ -65,6 +65,37 @@ def test_wrong_password_is_refused_on_the_wire(served: tuple[A.Fixture, A.Server
     assert any(kind == "alert" and "password" in text.lower() for kind, text in run.elements), run.elements
 
 
+def test_a_session_id_alone_does_not_resume_a_sign_in(served: tuple[A.Fixture, A.Server]) -> None:
+    """The Streamlit session id is in every upload URL. Reconnecting with another person's
+    id used to sign the stranger in as them; the sign-in is bound to the browser that made
+    it, so the stranger sees the sign-in form, and the owner's own reconnection still works."""
+    _fx, server = served
+
+    async def go() -> dict[str, Any]:
+        owner, stranger, back = (StreamlitClient(server.base) for _ in range(3))
+        try:
+            await _sign_in(owner, "ann1", A.PASSWORDS["ann1"])
+            assert owner.has("rv_submit") and owner.session_id
+            await stranger.connect(resume_session=owner.session_id)
+            hijack = await stranger.rerun()
+            out = {"stranger_form": stranger.has("signin_username"), "stranger_review": stranger.has("rv_submit")}
+            out["stranger_text"] = _shown(hijack)
+            # the owner's browser reconnects (same cookies, same session id): still signed in
+            back.http.cookies = owner.http.cookies
+            await back.connect(resume_session=owner.session_id)
+            await back.rerun()
+            out["owner_review"] = back.has("rv_submit")
+            return out
+        finally:
+            for c in (owner, stranger, back):
+                await c.close()
+
+    out = asyncio.run(go())
+    assert out["stranger_form"] and not out["stranger_review"], out["stranger_text"]
+    assert "ann1" not in out["stranger_text"]
+    assert out["owner_review"]
+
+
 def test_blind_review_round_trip_and_inert_hostile_text(served: tuple[A.Fixture, A.Server]) -> None:
     fx, server = served
 
