@@ -93,3 +93,50 @@ class _Tickets:
 
 
 tickets = _Tickets()
+
+
+# ---------------------------------------------------------------------------------------
+# Downloads a page prepared for one person, served by the authenticated route
+# ---------------------------------------------------------------------------------------
+
+
+class _Downloads:
+    """Files held briefly for the user they were made for (``/downloads/file/<key>``).
+
+    Streamlit's ``st.download_button`` serves its data from ``/media/<id>`` to anyone who
+    has the URL while the page is open; these need the requester's sign-in cookie and the
+    same user. Capped in total bytes (oldest dropped first) and kept ten minutes.
+    """
+
+    TTL_S = 600.0
+    MAX_BYTES = 256 << 20
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._files: dict[str, tuple[int, str, str, bytes, float]] = {}
+
+    def put(self, user_id: int, name: str, mime: str, data: bytes) -> str:
+        key = secrets.token_urlsafe(18)
+        with self._lock:
+            self._gc()
+            self._files[key] = (user_id, name, mime, data, time.monotonic() + self.TTL_S)
+            while sum(len(f[3]) for f in self._files.values()) > self.MAX_BYTES and len(self._files) > 1:
+                del self._files[next(iter(self._files))]
+        return key
+
+    def take(self, key: str, user_id: int) -> tuple[str, str, bytes] | None:
+        """The file for its own user (kept for repeated downloads until it expires), else None."""
+        with self._lock:
+            self._gc()
+            entry = self._files.get(key)
+            if entry is None or entry[0] != user_id:
+                return None
+            return entry[1], entry[2], entry[3]
+
+    def _gc(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, v in self._files.items() if v[4] < now]:
+            del self._files[key]
+
+
+downloads = _Downloads()

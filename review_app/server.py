@@ -331,6 +331,72 @@ async def media_file(request: Request) -> Response:
     return FileResponse(path, media_type=media_derive.VARIANTS[variant][1], headers=headers)
 
 
+def _gold_file(user: Any, snapshot_id: int, fmt: str) -> Any:
+    from safereview.agreement.gold_files import snapshot_file
+    from safereview.workflow import policies
+
+    policies.require(user, "export")
+    return snapshot_file(runtime.engine(), snapshot_id, fmt)
+
+
+async def gold_download(request: Request) -> Response:
+    """A gold snapshot file for a signed-in user allowed to export (Streamlit's own download
+    button would serve it from its unauthenticated ``/media/<id>`` while the page is open)."""
+    from safereview.agreement.data import AgreementError
+    from safereview.agreement.gold_files import DOWNLOADS, file_name
+    from safereview.workflow.errors import Forbidden
+
+    user = await run_in_threadpool(_request_user, request)
+    if user is None:
+        return _deny(401, "sign in first")
+    fmt = request.path_params["fmt"]
+    if fmt not in DOWNLOADS:
+        return _deny(404, "no such format")
+    sid = int(request.path_params["snapshot_id"])
+    try:
+        gold = await run_in_threadpool(_gold_file, user, sid, fmt)
+    except Forbidden:
+        return _deny(403, "your role may not export gold labels")
+    except AgreementError:
+        return _deny(404, "no such snapshot")
+    return _attachment(gold.data, file_name(sid, fmt), DOWNLOADS[fmt][1])
+
+
+async def stashed_download(request: Request) -> Response:
+    """A file a page prepared for its own signed-in user (e.g. an import's rejected rows)."""
+    user = await run_in_threadpool(_request_user, request)
+    if user is None:
+        return _deny(401, "sign in first")
+    entry = runtime.downloads.take(request.path_params["key"], int(user.id))
+    if entry is None:
+        return _deny(404, "gone: downloads are kept for 10 minutes, for the person they were made for")
+    name, mime, data = entry
+    return _attachment(data, name, mime)
+
+
+def _attachment(data: bytes, name: str, mime: str) -> Response:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:120] or "download"
+    return Response(
+        data,
+        media_type=mime,
+        headers={
+            "content-disposition": f'attachment; filename="{safe}"',
+            "cache-control": "no-store",
+            "x-content-type-options": "nosniff",
+            "content-security-policy": "default-src 'none'; sandbox",
+        },
+    )
+
+
+def download_url(kind: str, *parts: Any) -> str:
+    """Root-relative URL of an authenticated download (base path included)."""
+    if kind == "gold":
+        snapshot_id, fmt = parts
+        return f"{runtime.config().url_prefix}/downloads/gold/{int(snapshot_id)}/{fmt}"
+    (key,) = parts
+    return f"{runtime.config().url_prefix}/downloads/file/{key}"
+
+
 async def auth_session(request: Request) -> Response:
     """Swap a one-time sign-in ticket for the HttpOnly session cookie (see runtime.py)."""
     token = runtime.tickets.redeem(request.query_params.get("ticket", ""), request.cookies.get(runtime.BROWSER_COOKIE))
@@ -398,6 +464,8 @@ def routes() -> list[Route]:
         Route(f"{p}/app-assets/keyboard.js", keyboard_js, methods=["GET"]),
         Route(f"{p}/media-files/{{sha}}", media_file, methods=["GET", "HEAD"]),
         Route(f"{p}/media-files/{{sha}}/{{variant}}", media_file, methods=["GET", "HEAD"]),
+        Route(f"{p}/downloads/gold/{{snapshot_id:int}}/{{fmt}}", gold_download, methods=["GET"]),
+        Route(f"{p}/downloads/file/{{key}}", stashed_download, methods=["GET"]),
         Route(f"{p}/auth/session", auth_session, methods=["GET"]),
         Route(f"{p}/auth/signout", auth_signout, methods=["GET"]),
     ]

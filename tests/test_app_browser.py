@@ -227,10 +227,10 @@ def test_gold_snapshot_downloads_are_built_when_clicked(tmp_path_factory: pytest
         wait_idle(page)
         page.get_by_role("tab", name="Gold snapshots").click()
         page.locator(".st-key-gold_create button").click()
-        page.wait_for_selector(".st-key-gold_dl_parquet button", timeout=30_000)
+        page.wait_for_selector(".st-key-gold_dl_parquet a", timeout=30_000)
         wait_idle(page)
         with page.expect_download(timeout=30_000) as dl:
-            page.locator(".st-key-gold_dl_parquet button").click()
+            page.locator(".st-key-gold_dl_parquet a").click()
         out = d / "downloaded.parquet"
         dl.value.save_as(out)
         assert dl.value.suggested_filename.startswith("gold-") and dl.value.suggested_filename.endswith(".parquet")

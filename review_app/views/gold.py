@@ -142,24 +142,17 @@ def _decision_form(user: Any, q: dict[str, Any], labels: list[str], pick: str) -
 
 
 def _download_buttons(snapshot_id: int, key: str) -> None:
-    """One button per format; each file is built from the stored rows only when clicked."""
-    from safereview.agreement.gold_files import DOWNLOADS, file_name, snapshot_file
-    from safereview.review_app import runtime
-
-    db_url = ui.config().db_url
-
-    def maker(fmt: str) -> Any:  # runs on Streamlit's download thread: no script context, so no st.* here
-        return lambda: snapshot_file(runtime.engine_for_url(db_url), snapshot_id, fmt).data
+    """One link per format, to the authenticated download route: the file is built from the
+    stored rows when the link is followed, and only for a signed-in user who may export."""
+    from safereview.agreement.gold_files import DOWNLOADS
+    from safereview.review_app import server
 
     for col, fmt in zip(st.columns(len(DOWNLOADS)), DOWNLOADS, strict=True):
-        col.download_button(
+        col.link_button(
             FORMAT_LABELS[fmt],
-            maker(fmt),
-            file_name=file_name(snapshot_id, fmt),
-            mime=DOWNLOADS[fmt][1],
+            server.download_url("gold", snapshot_id, fmt),
             key=f"{key}_{fmt}",
             icon=":material/download:",
-            on_click="ignore",
         )
 
 

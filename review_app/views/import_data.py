@@ -104,7 +104,7 @@ def page() -> None:
                 media_root=cfg.media_root,
                 config=cfg,
             )
-        _show_report(report, rejects, lambda msg: _for_the_page(msg, work, path, data.name))
+        _show_report(report, rejects, user, lambda msg: _for_the_page(msg, work, path, data.name))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ui.clear_data_caches()
@@ -132,7 +132,7 @@ def _for_the_page(message: str, work: Path, path: Path, uploaded_name: str) -> s
     return out
 
 
-def _show_report(report: Any, rejects: Path, say: Any = str) -> None:
+def _show_report(report: Any, rejects: Path, user: Any, say: Any = str) -> None:
     if report.ok:
         st.success(
             f"Imported into {ui.md_literal(report.collection)}: {report.items_new} new items, "
@@ -151,12 +151,11 @@ def _show_report(report: Any, rejects: Path, say: Any = str) -> None:
     if report.notes:
         ui.safe_text("\n".join(say(n) for n in report.notes[:100]))
     if report.rejected and rejects.is_file():
-        st.download_button(
-            "Download the rejected rows (JSONL)",
-            rejects.read_bytes(),
-            file_name="rejects.jsonl",
-            mime="application/jsonl",
-            icon=":material/download:",
+        from safereview.review_app import runtime, server
+
+        key = runtime.downloads.put(int(user.id), "rejects.jsonl", "application/jsonl", rejects.read_bytes())
+        st.link_button(
+            "Download the rejected rows (JSONL)", server.download_url("file", key), icon=":material/download:"
         )
 
 
