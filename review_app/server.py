@@ -136,11 +136,14 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if _is_upload(scope) and not await _signed_in(scope):
-            # No upload (memory, disk) for a session nobody signed in to: Streamlit's own route
-            # takes files from anyone who holds a session id and the XSRF cookie.
-            await Response("sign in first", status_code=403, media_type="text/plain")(scope, receive, send)
-            return
+        if _is_upload(scope):
+            refusal = await _upload_refusal(scope)
+            if refusal is not None:
+                # No upload (memory) for a stranger: Streamlit's own route takes files from anyone
+                # who holds a session id and the XSRF cookie, and keeps them in memory.
+                status, text = refusal
+                await Response(text, status_code=status, media_type="text/plain")(scope, receive, send)
+                return
 
         new_browser = browser_cookie_header(scope)
 
@@ -185,12 +188,60 @@ def _is_upload(scope: Scope) -> bool:
     return path.startswith((f"{prefix}/_stcore/upload_file", f"{prefix}/_stcore/metrics"))
 
 
-async def _signed_in(scope: Scope) -> bool:
-    """Whether the request carries a valid sign-in cookie (checked off the event loop)."""
+async def _upload_refusal(scope: Scope) -> tuple[int, str] | None:
+    """Why Streamlit's upload route (or its metrics) must not serve this request, or None.
+
+    Only a signed-in user whose role may import uploads anything (the Import page is the
+    only file uploader), every upload states its size, and the bytes Streamlit holds in
+    memory stay within :func:`upload_caps` per session and in total.
+    """
     from starlette.requests import HTTPConnection
 
+    from safereview.workflow import policies
+
     token = HTTPConnection(scope).cookies.get(runtime.SESSION_COOKIE, "")
-    return bool(token) and await run_in_threadpool(user_for_token, token) is not None
+    user = await run_in_threadpool(user_for_token, token) if token else None
+    if user is None:
+        return 403, "sign in first"
+    path = str(scope.get("path", ""))
+    if "/_stcore/metrics" in path:
+        return None
+    if not policies.can(user, "import"):
+        return 403, "your role may not upload files"
+    if scope.get("method") != "PUT":
+        return None  # DELETE (remove a file) frees memory; nothing else is routed there
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+    try:
+        size = int(headers.get("content-length", ""))
+    except ValueError:
+        return 411, "an upload must state its size"
+    per_session, total = upload_caps()
+    session_id = path.rsplit("/_stcore/upload_file/", 1)[-1].split("/", 1)[0]
+    held_session, held_total = _uploads_held(session_id)
+    if size + held_session > per_session or size + held_total > total:
+        return 413, "too much uploaded at once: import what is uploaded, or wait for others to finish"
+    return None
+
+
+def upload_caps() -> tuple[int, int]:
+    """Bytes Streamlit may hold in memory for uploads: per session (the items file and a media
+    ZIP, each up to SAFEREVIEW_MAX_UPLOAD_MB) and over all sessions (two such imports)."""
+    one = runtime.config().max_upload_mb << 20
+    return 2 * one + (1 << 20), 4 * one + (1 << 20)
+
+
+def _uploads_held(session_id: str) -> tuple[int, int]:
+    """Bytes of uploads Streamlit's file manager holds for ``session_id`` and in total."""
+    try:
+        from streamlit.runtime import Runtime
+
+        manager = Runtime.instance().uploaded_file_mgr
+        storage = manager.file_storage  # type: ignore[attr-defined]
+    except Exception:  # no runtime (the HTTP routes tested alone) or another file manager
+        return 0, 0
+    with manager._lock:  # type: ignore[attr-defined]
+        per = {sid: sum(len(f.data) for f in files.values()) for sid, files in storage.items()}
+    return per.get(session_id, 0), sum(per.values())
 
 
 def origin_allowed(scope: Scope) -> bool:

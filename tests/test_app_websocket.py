@@ -225,14 +225,25 @@ def test_a_page_on_another_origin_cannot_open_the_websocket(served: tuple[A.Fixt
     assert asyncio.run(handshake(None)) is None  # not a browser page: no cross-site risk
 
 
-def test_nobody_uploads_before_signing_in(served: tuple[A.Fixture, A.Server]) -> None:
-    """Streamlit's upload route takes files from any session; the app refuses it until the
-    browser carries a valid sign-in cookie (no memory or disk for strangers)."""
+def test_nobody_uploads_before_signing_in(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streamlit's upload route takes files from any session and holds them in memory; the app
+    refuses it until the browser carries a valid sign-in cookie of a role that imports, and
+    caps what one session (and all) may hold."""
     import asyncio
 
     import httpx
 
-    _, srv = served
+    monkeypatch.setenv("SAFEREVIEW_MAX_UPLOAD_MB", "1")  # caps: 3 MB per session, 5 MB in total
+    fx = A.build_fixture(db_url, tmp_path / "media", n_plain=1)
+    with A.Server(fx) as srv:
+        _uploads(srv)
+
+
+def _uploads(srv: A.Server) -> None:
+    import asyncio
+
+    import httpx
+
     payload = {"file": ("big.bin", b"x" * (1 << 20), "application/octet-stream")}
     url = f"{srv.base}/_stcore/upload_file/0123456789abcdef/abc"
     stranger = httpx.put(url, files=payload, timeout=30)
@@ -240,18 +251,46 @@ def test_nobody_uploads_before_signing_in(served: tuple[A.Fixture, A.Server]) ->
     metrics = httpx.get(f"{srv.base}/_stcore/metrics", timeout=30)  # session counts, cache names: not public
     assert metrics.status_code == 403 and metrics.text == "sign in first"
 
-    async def signed_in() -> httpx.Response:
+    async def signed_in(who: str) -> dict[str, httpx.Response]:
         c = StreamlitClient(srv.base)
         try:
-            await _sign_in(c, "admin", A.PASSWORDS["admin"])
+            await _sign_in(c, who, A.PASSWORDS[who])
             for _ in range(50):  # the page's one-time ticket becomes the session cookie
                 if c.http.cookies.get("safereview_session"):
                     break
                 await asyncio.sleep(0.1)
             assert c.http.cookies.get("safereview_session")
-            return await c.http.put(url, files=payload)
+            own = f"{srv.base}/_stcore/upload_file/{c.session_id}/abc"
+            out = {"small": await c.http.put(own, files=payload)}
+            big = b"x" * (3 << 20)  # the server runs with a 1 MB upload limit: over the session's cap
+            out["big"] = await c.http.put(own, files={"file": ("big.bin", big, "application/octet-stream")})
+
+            async def no_size() -> Any:  # a chunked body: no Content-Length to check against the cap
+                yield b"x" * 1024
+
+            out["unsized"] = await c.http.put(own, content=no_size())
+            return out
         finally:
             await c.close()
 
-    member = asyncio.run(signed_in())
-    assert member.text != "sign in first"  # past our check (Streamlit's own XSRF and session checks follow)
+    annotator = asyncio.run(signed_in("ann1"))
+    assert annotator["small"].status_code == 403 and "role" in annotator["small"].text  # only importers upload
+    admin = asyncio.run(signed_in("admin"))
+    # past our checks (Streamlit's own XSRF and session checks follow)
+    assert admin["small"].text not in ("sign in first", "your role may not upload files"), admin["small"].text
+    assert admin["big"].status_code == 413 and "too much uploaded" in admin["big"].text
+    assert admin["unsized"].status_code == 411
+
+
+def test_streamlit_upload_manager_seam_is_what_the_caps_read() -> None:
+    """The upload caps read Streamlit's in-memory file manager; an upgrade that changes it must
+    fail here rather than silently turn the caps off (server._uploads_held returns 0 when absent)."""
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+    from streamlit.runtime.uploaded_file_manager import UploadedFileRec
+
+    manager = MemoryUploadedFileManager("/_stcore/upload_file")
+    manager.add_file("s1", UploadedFileRec(file_id="f", name="a", type="x", data=b"abc"))
+    with manager._lock:
+        assert {sid: sum(len(f.data) for f in files.values()) for sid, files in manager.file_storage.items()} == {
+            "s1": 3
+        }
