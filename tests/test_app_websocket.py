@@ -229,9 +229,6 @@ def test_nobody_uploads_before_signing_in(db_url: str, tmp_path: Path, monkeypat
     """Streamlit's upload route takes files from any session and holds them in memory; the app
     refuses it until the browser carries a valid sign-in cookie of a role that imports, and
     caps what one session (and all) may hold."""
-    import asyncio
-
-    import httpx
 
     monkeypatch.setenv("SAFEREVIEW_MAX_UPLOAD_MB", "1")  # caps: 3 MB per session, 5 MB in total
     fx = A.build_fixture(db_url, tmp_path / "media", n_plain=1)
