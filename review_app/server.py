@@ -18,6 +18,7 @@ be tested with Starlette's test client alone.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import re
@@ -36,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from safereview.review_app import media_derive, runtime
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+REFUSAL_PAUSE_S = 1.0  # a refused upload is answered after this pause
 USER_CACHE_S = 5.0
 # mime types served inline; anything else goes out as an attachment of unknown type
 INLINE_MIME = {
@@ -142,6 +144,9 @@ class SecurityHeadersMiddleware:
                 # No upload (memory) for a stranger: Streamlit's own route takes files from anyone
                 # who holds a session id and the XSRF cookie, and keeps them in memory.
                 status, text = refusal
+                # Answered after a pause (no CPU: this connection's task just waits), so a client
+                # cannot make the server refuse hundreds of uploads a second on one connection.
+                await asyncio.sleep(REFUSAL_PAUSE_S)
                 await Response(text, status_code=status, media_type="text/plain")(scope, receive, send)
                 return
 

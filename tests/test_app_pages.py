@@ -116,11 +116,16 @@ def user_id(s: Session, name: str) -> int:
     return s.exec(select(User.id).where(User.username == name)).one()
 
 
-def test_sign_in_wrong_password_and_lockout(fx: A.Fixture) -> None:
+def test_sign_in_wrong_password_and_lockout(fx: A.Fixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safereview.review_app.views import sign_in as page
+
+    pauses: list[float] = []
+    monkeypatch.setattr(page, "_pause", pauses.append)  # the failed-attempt pause, recorded not slept
     at = sign_in("ann1", "wrong-password")
+    assert pauses == [page.FAILED_SIGNIN_PAUSE_S]  # a failure answers after a pause (spam slows itself)
     assert any("Wrong username or password" in e.value.replace("\\", "") for e in at.error)
     assert not [b for b in at.button if b.key == "rv_submit"]  # still on the sign-in form
-    for _ in range(3):
+    for _ in range(3):  # the free tries, then a delay before the next check
         at.text_input(key="signin_password").input("wrong-again")
         next(b for b in at.button if b.label == "Sign in").click().run()
     # the right password must wait too while guesses back off

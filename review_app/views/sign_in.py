@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
 from safereview.review_app import ui
+
+FAILED_SIGNIN_PAUSE_S = 1.0
+
+
+def _pause(seconds: float) -> None:
+    time.sleep(seconds)
 
 
 def render() -> None:
@@ -25,6 +33,9 @@ def render() -> None:
             try:
                 user = auth.authenticate_and_record(ui.get_engine(), username, password, address=ui.client_address())
             except AuthError as exc:
+                # A failed attempt answers after a pause: this browser session's script thread waits
+                # (no CPU), so one connection cannot drive sign-in faster than one try a second.
+                _pause(FAILED_SIGNIN_PAUSE_S)
                 st.error(ui.md_literal(str(exc)), icon=":material/lock:")
                 return
             with ui.session() as s:
