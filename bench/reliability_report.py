@@ -41,6 +41,9 @@ LABELS = {
     "rows_checked": "rows checked after crash + re-run",
     "retried_db_errors": "transient DB errors retried by annotators",
     "role_action_pairs_checked": "role × action pairs checked",
+    "attacks_tried": "attacks performed (sign-in spam and races, session-id reuse, cross-site websocket, login CSRF, "
+    "uploads, downloads)",
+    "attacks_held": "… held (refused, slowed or without effect)",
 }
 
 

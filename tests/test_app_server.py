@@ -67,64 +67,6 @@ def signed_in(client: TestClient, fx: A.Fixture, username: str = "ann1") -> str:
     return token
 
 
-def test_a_ticket_does_nothing_in_another_browser(client: TestClient, fx: A.Fixture) -> None:
-    """Login CSRF: the attacker signs in, then sends the victim's browser to the ticket URL
-    (an <img> on any page). The ticket is bound to the attacker's browser, so the victim's
-    browser gets no session cookie, and the attacker's own browser still can redeem it."""
-    from safereview.review_app import runtime
-
-    victim = client
-    victim.get("/healthz")
-    victim_id = victim.cookies[runtime.BROWSER_COOKIE]
-    r = victim.get("/healthz")
-    assert "set-cookie" not in r.headers, "the id is given once, not rotated on every request"
-    with TestClient(victim.app) as attacker:
-        attacker.get("/healthz")
-        attacker_id = attacker.cookies[runtime.BROWSER_COOKIE]
-        assert attacker_id != victim_id and len(attacker_id) >= 24
-        ticket = runtime.tickets.issue(token_for(fx, "ann2"), attacker_id)
-        forged = victim.get(f"/auth/session?ticket={ticket}")
-        assert forged.status_code == 403 and "safereview_session" not in forged.headers.get("set-cookie", "")
-        assert runtime.SESSION_COOKIE not in victim.cookies
-        assert attacker.get(f"/auth/session?ticket={ticket}").status_code == 200
-    # a ticket issued to a connection without a browser id is never redeemable
-    lost = runtime.tickets.issue(token_for(fx, "ann2"), None)
-    assert victim.get(f"/auth/session?ticket={lost}").status_code == 403
-    victim.cookies.clear()
-    assert victim.get(f"/auth/session?ticket={lost}").status_code == 403
-
-
-def test_downloads_need_the_sign_in_cookie_and_the_role(client: TestClient, fx: A.Fixture) -> None:
-    """Files leave only through the authenticated route (Streamlit's download button served
-    them from /media/<id> to anyone holding the URL). Gold needs the export role; a file a
-    page prepared is for its own user. The 200 for a lead is the browser test's download."""
-    from safereview.review_app import runtime, server
-
-    gold = server.download_url("gold", 1, "csv")
-    assert client.get(gold).status_code == 401
-    signed_in(client, fx, "ann1")
-    assert client.get(gold).status_code == 403
-    assert client.get(server.download_url("gold", 1, "xlsx")).status_code in (403, 404)
-    client.cookies.clear()
-    signed_in(client, fx, "lead")
-    assert client.get(server.download_url("gold", 999, "csv")).status_code == 404  # no such snapshot
-
-    ids = {name: token_for(fx, name) for name in ("ann1", "ann2")}
-    from safereview.review_app.server import user_for_token
-
-    key = runtime.downloads.put(int(user_for_token(ids["ann1"]).id), "rejects.jsonl", "application/jsonl", b"{}\n")
-    url = server.download_url("file", key)
-    client.cookies.clear()
-    assert client.get(url).status_code == 401
-    client.cookies.set(runtime.SESSION_COOKIE, ids["ann2"])
-    assert client.get(url).status_code == 404  # someone else's
-    client.cookies.set(runtime.SESSION_COOKIE, ids["ann1"])
-    r = client.get(url)
-    assert r.status_code == 200 and r.content == b"{}\n"
-    assert r.headers["content-disposition"] == 'attachment; filename="rejects.jsonl"'
-    assert r.headers["cache-control"] == "no-store"
-
-
 def test_media_requires_a_valid_session(client: TestClient, fx: A.Fixture) -> None:
     url = f"/media-files/{fx.media['image']}"
     assert client.get(url).status_code == 401

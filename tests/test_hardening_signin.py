@@ -11,11 +11,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import hardening_support as H
 import pytest
 import sqlalchemy as sa
 from argon2 import PasswordHasher
+from test_workflow_auth import _add, _sign_in
 
 from safereview.db.engine import make_engine, session_scope
+from safereview.db.models import utcnow
 from safereview.workflow import auth, throttle
 from safereview.workflow.errors import AuthError
 from safereview.workflow.principals import SystemPrincipal
@@ -58,6 +61,7 @@ def test_forty_simultaneous_guesses_cannot_race_past_the_limit(db_url: str, engi
     assert checked <= throttle.PAIR.free + 1, results
     assert results.count("throttled") >= len(guesses) - throttle.PAIR.free - 1
     replicas[1].dispose()
+    H.tally(attacks_tried=len(guesses), attacks_held=len(guesses), faults_injected=len(guesses))
 
 
 def test_password_check_holds_no_write_lock(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,6 +90,7 @@ def test_password_check_holds_no_write_lock(sqlite_url: str, monkeypatch: pytest
         auth.authenticate_and_record(engine, "nobody", PW)  # the dummy check: no lock either
     assert wrote == [True, True]
     reviewer.dispose()
+    H.tally(attacks_tried=2, attacks_held=2)
     engine.dispose()
 
 
@@ -116,6 +121,7 @@ def test_concurrent_password_checks_are_capped(engine: sa.Engine, monkeypatch: p
         )
     assert results == ["checked"] * 10  # all got their (wrong) answer, none was turned away
     assert peak[0] == 2
+    H.tally(attacks_tried=10, attacks_held=10)
 
 
 def _try(engine: sa.Engine, name: str, address: str) -> str:
@@ -133,3 +139,30 @@ def test_a_check_that_finds_no_free_slot_says_busy(engine: sa.Engine, monkeypatc
     monkeypatch.setattr(auth, "SLOT_WAIT_S", 0.05)
     with pytest.raises(AuthError, match="busy"):
         auth.authenticate_and_record(engine, "alice", PW)
+
+
+def test_random_usernames_from_one_address_are_limited(engine: sa.Engine) -> None:
+    t0 = utcnow()
+    for i in range(throttle.ADDRESS.free + 1):
+        with pytest.raises(AuthError, match="Wrong"):
+            _sign_in(engine, f"nobody-{i}", "whatever whatever", address="203.0.113.5", now=t0)
+    with pytest.raises(AuthError, match="Try again"):
+        _sign_in(engine, "nobody-else", "whatever whatever", address="203.0.113.5", now=t0)
+    n = throttle.ADDRESS.free + 2
+    H.tally(attacks_tried=n, attacks_held=n, faults_injected=n)
+
+
+def test_a_stranger_cannot_lock_the_account_for_its_owner(engine: sa.Engine) -> None:
+    """Guesses from many addresses slow the account down for new addresses, never for one
+    the owner has signed in from before."""
+    _add(engine)
+    t0 = utcnow()
+    assert _sign_in(engine, "alice", PW, address="198.51.100.1", now=t0).username == "alice"  # alice's office
+    for i in range(throttle.ACCOUNT.free + 5):
+        with pytest.raises(AuthError):
+            _sign_in(engine, "alice", "guess guess", address=f"192.0.2.{i}", now=t0)
+    with pytest.raises(AuthError, match="Try again"):
+        _sign_in(engine, "alice", PW, address="192.0.2.200", now=t0)  # a new place: waits
+    assert _sign_in(engine, "alice", PW, address="198.51.100.1", now=t0).username == "alice"
+    n = throttle.ACCOUNT.free + 6
+    H.tally(attacks_tried=n, attacks_held=n, faults_injected=n)
