@@ -59,7 +59,7 @@ def streamlit_command(
     return [
         sys.executable,
         "-m",
-        "streamlit",
+        "safereview.review_app.launch",  # Streamlit's CLI, with TCP_NODELAY on accepted connections
         "run",
         str(asgi),
         "--server.headless",
