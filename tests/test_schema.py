@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 from sqlmodel import Session
@@ -70,3 +72,26 @@ def test_migrations_match_the_models(engine: sa.Engine) -> None:
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
     assert diff == []
+
+
+def test_head_revision_read_from_the_files_is_alembics(tmp_path: Path) -> None:
+    """init_db skips Alembic when the stored revision is the head it reads from the migration
+    files; that must be the head Alembic itself sees, and a CLI run on an up-to-date database
+    must not import Alembic at all (its import and check cost ~0.3 s per command)."""
+    import subprocess
+    import sys
+
+    from alembic.script import ScriptDirectory
+
+    from safereview.db.engine import alembic_config, head_revision
+
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    assert head_revision() == ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    probe = (
+        "import sys; from safereview.db.engine import init_db, schema_revision; "
+        f"e = init_db({url!r}); print('alembic' in sys.modules)"
+    )
+    first = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    again = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert first.stdout.strip() == "True"  # a new database: migrated by Alembic
+    assert again.stdout.strip() == "False"  # already at the head: one SELECT, no Alembic
