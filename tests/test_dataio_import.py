@@ -609,6 +609,37 @@ def test_update_of_an_app_label_names_the_importer_and_keeps_provenance(
         assert annotations.undo_last(s, amy) is None
 
 
+def test_a_large_import_refreshes_the_planners_statistics(
+    engine: sa.Engine, tmp_path: Path, media: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a big import the planner must know the tables' sizes (SQLite planned a walk over
+    every item per priority chunk without them). Small imports skip it: it is not free."""
+    import safereview.dataio.importers as importers
+
+    rows = [{"id": f"s{k}", "prompt": "p"} for k in range(300)]
+    monkeypatch.setattr(importers, "ANALYZE_AFTER_ROWS", 301)
+    assert imp(engine, ds.write_jsonl(media / "a.jsonl", rows), tmp_path / "root").ok
+    query = (
+        "SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'item'"
+        if engine.dialect.name == "sqlite"
+        else "SELECT count(*) FROM pg_stats WHERE tablename = 'item' AND schemaname = current_schema()"
+    )
+
+    def stats() -> int:
+        with engine.connect() as conn:
+            try:
+                return int(conn.exec_driver_sql(query).scalar_one())
+            except sa.exc.OperationalError:  # SQLite: no sqlite_stat1 table before the first ANALYZE
+                return 0
+
+    if engine.dialect.name == "sqlite":  # (PostgreSQL's autovacuum may analyse on its own meanwhile)
+        assert stats() == 0
+    monkeypatch.setattr(importers, "ANALYZE_AFTER_ROWS", 300)
+    more = [{"id": f"t{k}", "prompt": "p"} for k in range(300)]
+    assert imp(engine, ds.write_jsonl(media / "b.jsonl", more), tmp_path / "root").ok
+    assert stats() > 0
+
+
 def test_verdicts_keyed_by_item_dimension_judge(engine: sa.Engine, tmp_path: Path, media: Path) -> None:
     root = tmp_path / "root"
     items = ds.write_jsonl(media / "i.jsonl", [{"id": "a", "prompt": "p"}])

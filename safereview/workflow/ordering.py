@@ -175,7 +175,10 @@ def _rescore(
                 Verdict.probs,
             )
             .join(Item, Item.id == Verdict.item_id)
-            .where(Item.collection_id == collection_id, *verdict_where)
+            # the item restriction as well: without statistics (no ANALYZE after a CLI import)
+            # SQLite otherwise walks every item of the collection per chunk (1.25 s per chunk at
+            # 1M items, 0.056 s with it)
+            .where(Item.collection_id == collection_id, *item_where, *verdict_where)
         )
         .mappings()
         .all()

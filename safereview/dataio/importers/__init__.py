@@ -274,6 +274,8 @@ def _import_file(
     if not report.changed:
         report.notes.append("nothing changed: every row was already imported with the same content")
     deployment.record_media_root(engine, root)  # the first import tells the database where its media live
+    if report.items_new + report.verdicts_new + report.annotations_new >= ANALYZE_AFTER_ROWS:
+        refresh_statistics(engine)
     report.ok = True
     report.seconds = time.perf_counter() - started
     return report
@@ -281,6 +283,25 @@ def _import_file(
 
 class _Rollback(Exception):
     pass
+
+
+ANALYZE_AFTER_ROWS = 10_000  # an import at least this large refreshes the planner's statistics
+
+
+def refresh_statistics(engine: sa.Engine) -> None:
+    """Let the query planner see the new table sizes (SQLite ``PRAGMA optimize``, PostgreSQL
+    ``ANALYZE``): without statistics SQLite chose a walk over a collection's items for
+    queries an index answers in milliseconds. Best effort: an import never fails on it."""
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("PRAGMA analysis_limit=1000")  # sampled: fast on any size
+                conn.exec_driver_sql("PRAGMA optimize=0x10002")  # analyse every table that needs it
+            else:
+                conn.exec_driver_sql("ANALYZE item, verdict, annotation, assignment")
+            conn.commit()
+    except sa.exc.DBAPIError:
+        pass
 
 
 def _taxonomy_for(engine: sa.Engine, collection: str, taxonomy: str | dict[str, Any] | None) -> dict[str, Any]:
