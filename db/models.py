@@ -151,6 +151,10 @@ class Item(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("collection_id", "external_id", name="uq_item_collection_external"),
         sa.Index("ix_item_sample", "collection_id", "slots_taken", "sample_key"),
+        # facet lists and queue filters ask within one collection (migration 0011)
+        sa.Index("ix_item_collection_task_type", "collection_id", "task_type"),
+        sa.Index("ix_item_collection_category", "collection_id", "category"),
+        sa.Index("ix_item_collection_model", "collection_id", "model"),
         sa.Index(
             "ix_item_unkeyed",
             "collection_id",
@@ -162,10 +166,10 @@ class Item(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     collection_id: int = Field(foreign_key="collection.id")
     external_id: str = Field(max_length=200)
-    task_type: str = Field(default="", max_length=100, index=True)
-    category: str = Field(default="", max_length=200, index=True)
+    task_type: str = Field(default="", max_length=100)
+    category: str = Field(default="", max_length=200)
     subcategory: str = Field(default="", max_length=200)
-    model: str = Field(default="", max_length=200, index=True)
+    model: str = Field(default="", max_length=200)
     input_modalities: str = Field(default="text", max_length=60)  # e.g. "image+text"
     output_modalities: str = Field(default="text", max_length=60)
     prompt: list = Field(default_factory=list, sa_type=JSONType)

@@ -71,10 +71,30 @@ def collections(session: Session, *, include_archived: bool = False) -> list[Col
     return out
 
 
+FACET_COLUMNS = {"task_types": "task_type", "categories": "category", "models": "model"}
+MAX_FACET_VALUES = 5_000
+
+
 def facets(session: Session, collection_id: int) -> dict[str, list[str]]:
-    """Distinct task types, categories and models of a collection (for queue filters)."""
+    """Distinct task types, categories and models of a collection (for queue filters).
+
+    A skip scan on the ``(collection_id, <facet>)`` indexes: each step seeks the next value
+    above the last one, so the cost is one index seek per distinct value, not a pass over
+    the collection's items (three 2 s scans at a million items before).
+    """
     out: dict[str, list[str]] = {}
-    for name, col in (("task_types", Item.task_type), ("categories", Item.category), ("models", Item.model)):
-        vals = session.execute(sa.select(col).where(Item.collection_id == collection_id).distinct()).scalars()
+    for name, col in FACET_COLUMNS.items():
+        sql = sa.text(
+            f"""
+            WITH RECURSIVE v(x, n) AS (
+                SELECT (SELECT MIN({col}) FROM item WHERE collection_id = :c), 0
+                UNION ALL
+                SELECT (SELECT MIN({col}) FROM item WHERE collection_id = :c AND {col} > v.x), v.n + 1
+                FROM v WHERE v.x IS NOT NULL AND v.n < :cap
+            )
+            SELECT x FROM v WHERE x IS NOT NULL
+            """
+        )
+        vals = session.execute(sql, {"c": collection_id, "cap": MAX_FACET_VALUES}).scalars()
         out[name] = sorted(v for v in vals if v)
     return out
