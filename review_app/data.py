@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from safereview.db.models import Collection, Item, Taxonomy
+from safereview.db.models import Collection, Taxonomy
 from safereview.db.taxonomy import category_names
 
 
