@@ -318,6 +318,19 @@ def _shared_ssl_context() -> ssl.SSLContext:
     return _SSL_CONTEXT
 
 
+def plain_text_content(message: dict[str, Any]) -> dict[str, Any]:
+    """A message whose content parts are all text, with its content as one plain string.
+
+    Many servers' chat templates (llama.cpp's, and others built on Jinja templates written for
+    text models) cannot take a list of parts and answer HTTP 500; parts stay a list only where
+    the protocol needs them (images, audio).
+    """
+    content = message.get("content")
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+        return {**message, "content": "\n".join(str(p.get("text", "")) for p in content)}
+    return message
+
+
 _BEARER = re.compile(r"Bearer\s+[A-Za-z0-9._~+/=-]{8,}")
 
 
@@ -382,7 +395,7 @@ class ChatClient:
     def body(self, messages: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": messages,
+            "messages": [plain_text_content(m) for m in messages],
             "temperature": self.temperature,
             "max_tokens": self.max_tokens or max_tokens,
         }
@@ -418,6 +431,7 @@ class ChatClient:
 
     async def _post(self, http: httpx.AsyncClient, data: bytes) -> tuple[dict[str, Any] | None, str]:
         error = ""
+        last_server_error = None
         for attempt in range(self.max_retries + 1):
             retry_after: float | None = None
             try:
@@ -434,6 +448,11 @@ class ChatClient:
                 error = f"HTTP {resp.status_code}: {self.redact(payload[:300].decode('utf-8', 'replace'))}"
                 if resp.status_code != 429 and resp.status_code < 500:
                     return None, error  # a client error does not get better by retrying
+                if resp.status_code >= 500 and payload and payload == last_server_error:
+                    # the same server error twice for the same request: it is this request the server
+                    # cannot take (e.g. a chat template that refuses its shape), not a passing fault
+                    return None, f"{error} (the same answer twice: not retried further)"
+                last_server_error = payload if resp.status_code >= 500 else None
                 retry_after = retry_after_seconds(resp.headers.get("retry-after"))
             if attempt >= self.max_retries:
                 break

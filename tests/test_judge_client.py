@@ -166,6 +166,45 @@ def test_client_errors_are_not_retried(env: dict[str, Any]) -> None:
     assert "HTTP 400" in v[("t1", "intrinsic")].raw_output
 
 
+def test_text_only_messages_go_as_plain_strings_and_a_repeated_server_error_is_not_retried(
+    env: dict[str, Any],
+) -> None:
+    """llama.cpp's server (with the model's own chat template) answers HTTP 500 "can only
+    concatenate str (not "list") to str" to content given as a list of text parts: text-only
+    content goes as one string. A 500 that comes back identical is this request's shape, not
+    a passing fault: two attempts, not six."""
+    one_text_item(env)
+
+    def template_server(body: dict[str, Any], n: int) -> Reply:
+        if any(
+            isinstance(m["content"], list) and all(p["type"] == "text" for p in m["content"]) for m in body["messages"]
+        ):
+            return Reply(status=500, body={"error": 'can only concatenate str (not "list") to str'})
+        return smart_reply(body, n)
+
+    with FakeOpenAI(template_server) as srv:
+        summary = run_judge(env["engine"], env["media"], opts(srv.url), actor=SYSTEM)
+    assert summary.errors == 0, summary
+    assert all(isinstance(m["content"], str) for body in srv.requests for m in body["messages"])
+
+    one_text_item_again = {"error": "Jinja template error: unexpected type"}
+    with FakeOpenAI(lambda b, n: Reply(status=500, body=one_text_item_again)) as srv:
+        with session_scope(env["engine"]) as s:
+            col = ensure_collection(s, "uni", "uni-safebench")
+            add_item(
+                s,
+                col.id,
+                "t2",
+                prompt=[{"modality": "text", "text": "Again. EXPECT c=1"}],
+                response=[{"modality": "text", "text": "a new answer i=1"}],  # not in the response cache
+            )
+        run_judge(env["engine"], env["media"], opts(srv.url, concurrency=1, max_retries=5), actor=SYSTEM)
+    asked = [question_of(b) for b in srv.requests]
+    assert len(asked) == 2 * len(set(asked)), asked  # each question twice, then given up
+    raw = verdicts(env["engine"])[("t2", "intrinsic")].raw_output
+    assert "HTTP 500" in raw and "not retried further" in raw
+
+
 def test_an_error_body_that_echoes_the_api_key_is_stored_without_it(env: dict[str, Any]) -> None:
     """A misconfigured server (or proxy) that echoes the request's headers in its error must
     not plant the API key in the verdict's raw output, where every lead can read it."""
