@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+QUICKACK = False  # --quickack: every client re-arms TCP_QUICKACK (the no-stall reference)
 TARGET_MEDIAN_MS = 50.0
 TARGET_P95_MS = 150.0
 TARGET_RSS_MB = 500.0
@@ -261,7 +262,7 @@ async def annotator(
 ) -> None:
     from st_client import StreamlitClient
 
-    c = StreamlitClient(base)
+    c = StreamlitClient(base, quickack=QUICKACK)
     await c.connect()
     try:
         await c.rerun()  # first page load: the sign-in form
@@ -404,7 +405,15 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="a blind collection: submit reveals the verdict, the commit brings the next item",
     )
+    ap.add_argument(
+        "--quickack",
+        action="store_true",
+        help="clients re-arm TCP_QUICKACK after every frame (never delay an ACK): run with and without it "
+        "to see whether any press waits on a delayed ACK (ratio ~1 means no stall)",
+    )
     args = ap.parse_args(argv)
+    global QUICKACK
+    QUICKACK = args.quickack
     n_db = args.items or (20_000 if args.quick else 1_000_000)
     users = args.users or (6 if args.quick else 20)
     per_user = args.per_user or (5 if args.quick else 15)

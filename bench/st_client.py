@@ -63,8 +63,12 @@ def _widget_key(widget_id: str) -> str | None:
 class StreamlitClient:
     """One browser tab's worth of session: connect, run the script, press widgets."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, *, quickack: bool = False) -> None:
         self.base = base.rstrip("/")  # may carry a path (server.baseUrlPath)
+        # Re-arm TCP_QUICKACK after every frame received, so this client never delays its ACKs:
+        # the reference for "no stall" (a server whose small frames wait for the client's delayed
+        # ACK is as fast as this only with Nagle off). Linux only.
+        self.quickack = quickack
         parts = urlsplit(self.base)
         self.origin = f"{parts.scheme}://{parts.netloc}"
         self.http = httpx.AsyncClient(timeout=30)
@@ -91,6 +95,13 @@ class StreamlitClient:
             ping_interval=None,
         )
 
+    def _quickack(self) -> None:
+        import socket
+
+        sock = self.ws.transport.get_extra_info("socket") if self.ws is not None else None
+        if sock is not None and hasattr(socket, "TCP_QUICKACK"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+
     async def close(self) -> None:
         if self.ws is not None:
             await self.ws.close()
@@ -116,6 +127,8 @@ class StreamlitClient:
         result = RunResult(seconds=0.0, status="")
         while True:
             raw = await asyncio.wait_for(self.ws.recv(), timeout=timeout)
+            if self.quickack:
+                self._quickack()
             fm = ForwardMsg()
             fm.ParseFromString(raw)
             kind = fm.WhichOneof("type")
