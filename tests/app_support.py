@@ -394,3 +394,19 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def browser_fetched_ticket(ticket: str) -> None:
+    """What a browser's <img src="/auth/session?ticket=…"> request does to a ticket, for AppTest.
+
+    AppTest cannot give its session the browser-id cookie a real page load sets, so its
+    tickets are bound to no browser and ``redeem()`` refuses them (as it must: see
+    test_hardening_network's login-CSRF test). Mark the ticket fetched directly instead.
+    """
+    import time
+
+    from safereview.review_app import runtime
+
+    with runtime.tickets._lock:
+        if runtime.tickets._pending.pop(ticket, None) is not None:
+            runtime.tickets._used[ticket] = time.monotonic() + 3600

@@ -68,9 +68,7 @@ def sign_in(username: str) -> Any:
     next(b for b in at.button if b.label == "Sign in").click().run()
     ticket = at.session_state["auth_ticket"] if "auth_ticket" in at.session_state else None  # noqa: SIM401
     if ticket:
-        from safereview.review_app import runtime
-
-        runtime.tickets.redeem(ticket)
+        A.browser_fetched_ticket(ticket)
         at.run()
     assert not at.exception, [e.message for e in at.exception]
     return at

@@ -34,14 +34,11 @@ class FakeBrowser(threading.Thread):
         from safereview.review_app import runtime
 
         while not self.stop.is_set():
-            # AppTest cannot give its session the browser-id cookie a real page load sets, so its
-            # tickets are bound to no browser and redeem() would refuse them: mark them fetched
-            # directly, as the browser's <img> request would (test_app_server checks redeem()).
             with runtime.tickets._lock:
-                for ticket in list(runtime.tickets._pending):
-                    runtime.tickets._pending.pop(ticket)
-                    runtime.tickets._used[ticket] = time.monotonic() + 3600
-                    FakeBrowser.redeemed.add(ticket)
+                pending = list(runtime.tickets._pending)
+            for ticket in pending:
+                A.browser_fetched_ticket(ticket)
+                FakeBrowser.redeemed.add(ticket)
             time.sleep(0.005)
 
 
