@@ -51,12 +51,15 @@ import math
 import random
 from collections.abc import Iterable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-import numpy as np
 import sqlalchemy as sa
 from sqlmodel import Session
 
 from safereview.db.models import Collection, utcnow
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MIN_UNIFORM_SHARE = 0.05
 MAX_RATIO = 3.0  # the most an item's borderline part may exceed the average
@@ -125,6 +128,8 @@ def assign_keys(session: Session, collection_id: int, rng: random.Random | None 
 def design_effect(roots: np.ndarray, share: float) -> float:
     """Kish's design effect ``mean(s) * mean(1/s)`` of a sample drawn in proportion to the
     sizes that ``share`` gives items whose root scores relative to their mean are ``roots``."""
+    import numpy as np  # here, not at import: the queue module is on every CLI command's path
+
     if roots.size == 0:
         return 1.0
     sizes = share + (1.0 - share) * np.minimum(roots, MAX_RATIO)
@@ -156,6 +161,8 @@ def freeze_design(
     The freeze is one conditional UPDATE of the collection row, so concurrent first pulls
     (several replicas) freeze once; the loser keys nothing new and carries on.
     """
+    import numpy as np
+
     chunks: list[np.ndarray] = []
     last = 0
     while True:  # every item's sqrt(score), in chunks (SQLite may lack sqrt)
