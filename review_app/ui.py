@@ -208,6 +208,11 @@ def _cookie(name: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def browser_id() -> str | None:
+    """This browser's random id (the cookie set on its first page load), if it has one."""
+    return _browser_id()
+
+
 def _same_browser(bound: str | None) -> bool:
     import hmac
 

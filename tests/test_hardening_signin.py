@@ -166,3 +166,28 @@ def test_a_stranger_cannot_lock_the_account_for_its_owner(engine: sa.Engine) -> 
     assert _sign_in(engine, "alice", PW, address="198.51.100.1", now=t0).username == "alice"
     n = throttle.ACCOUNT.free + 6
     H.tally(attacks_tried=n, attacks_held=n, faults_injected=n)
+
+
+def test_the_owners_own_browser_is_never_held_up_by_guesses_from_its_address(engine: sa.Engine) -> None:
+    """Someone on the same network (the same address: an office NAT, the same laptop) guesses
+    alice's password until the account and the address back off; alice, in the browser she
+    signed in from before, signs in at once: that browser has a counter of its own."""
+    _add(engine)
+    t0 = utcnow()
+    assert _sign_in(engine, "alice", PW, address="10.9.9.9", browser="alices-browser", now=t0).username == "alice"
+    n = throttle.ADDRESS.free + throttle.ACCOUNT.free
+    for i in range(n):
+        with pytest.raises(AuthError):
+            _sign_in(engine, "alice", f"guess {i} guess", address="10.9.9.9", browser="attackers-browser", now=t0)
+    with pytest.raises(AuthError, match="Try again"):
+        _sign_in(engine, "alice", PW, address="10.9.9.9", browser="attackers-browser", now=t0)
+    with pytest.raises(AuthError, match="Try again"):
+        _sign_in(engine, "alice", PW, address="10.9.9.9", now=t0)  # no browser id: counted by address
+    assert _sign_in(engine, "alice", PW, address="10.9.9.9", browser="alices-browser", now=t0).username == "alice"
+    # her browser's own counter still limits guessing from it
+    for i in range(throttle.PAIR.free + 1):
+        with pytest.raises(AuthError):
+            _sign_in(engine, "alice", f"wrong {i} wrong", address="10.9.9.9", browser="alices-browser", now=t0)
+    with pytest.raises(AuthError, match="Try again"):
+        _sign_in(engine, "alice", PW, address="10.9.9.9", browser="alices-browser", now=t0)
+    H.tally(attacks_tried=n + 2, attacks_held=n + 2, faults_injected=n)

@@ -161,7 +161,13 @@ def _verify(stored: str, password: str) -> bool:
 
 
 def authenticate_and_record(
-    engine: sa.Engine, username: str, password: str, *, address: str = "local", now: datetime | None = None
+    engine: sa.Engine,
+    username: str,
+    password: str,
+    *,
+    address: str = "local",
+    browser: str | None = None,
+    now: datetime | None = None,
 ) -> User:
     """Check credentials and log the attempt; raise :class:`AuthError` with a user-safe message.
 
@@ -181,11 +187,12 @@ def authenticate_and_record(
     except InvalidInput:
         raise AuthError(_WRONG) from None
     address = (address or "local")[:64]
+    browser = (browser or "")[:64] or None
     wait: float | None = None
     with write_scope(engine) as session:
         throttle.purge(session, now)
         try:
-            throttle.charge(session, name, address, now)
+            throttle.charge(session, name, address, now, browser=browser)
         except throttle.Throttled as exc:
             wait = exc.wait_s
         user = _user(session, name)
@@ -205,7 +212,7 @@ def authenticate_and_record(
         if not signed_in:
             user = None
         else:
-            throttle.succeeded(session, name, address, now)
+            throttle.succeeded(session, name, address, now, browser=browser)
             user = session.get(User, user_id)
             assert user is not None
             if new_hash is not None:

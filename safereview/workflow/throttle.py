@@ -9,7 +9,10 @@ Three counters limit password checks (docs/reliability.md, "Sign-in"):
   one place do not escape it;
 - an account, over every address: a distributed guess slows down too, but an address that
   has signed in to that account before (a known good place) skips this counter, so a
-  stranger cannot keep the real person out.
+  stranger cannot keep the real person out;
+- a browser that has signed in to the account before (its random browser id, which only
+  it holds) is counted on its own and on nothing else, so not even guesses from the same
+  address hold its owner up.
 
 An attempt is *charged before* the password is checked, in a short transaction that locks
 the counters' rows (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's single writer), so
@@ -63,8 +66,17 @@ def delay_after(rule: Rule, failures: int) -> float:
     return float(min(rule.max_delay_s, 2.0 ** min(over - 1, 30)))
 
 
-def keys_for(account: str, address: str, *, known_good: bool) -> list[tuple[str, Rule]]:
-    """The counters one attempt is charged to (sorted, so concurrent charges lock in one order)."""
+def keys_for(
+    account: str, address: str, *, known_good: bool, browser: str | None = None, browser_good: bool = False
+) -> list[tuple[str, Rule]]:
+    """The counters one attempt is charged to (sorted, so concurrent charges lock in one order).
+
+    A browser that has signed in to the account before (its random id, which nobody else
+    holds) has a counter of its own and nothing else: guesses from elsewhere, even from the
+    same address, never hold its owner up.
+    """
+    if browser and browser_good:
+        return [(f"browser:{browser}|{account}", PAIR)]
     keys = [(f"pair:{address}|{account}", PAIR), (f"address:{address}", ADDRESS)]
     if not known_good:
         keys.append((f"account:{account}", ACCOUNT))
@@ -99,7 +111,9 @@ def _locked_row(session: Session, key: str, now: datetime) -> SignInThrottle:
     return row
 
 
-def charge(session: Session, account: str, address: str, now: datetime | None = None) -> None:
+def charge(
+    session: Session, account: str, address: str, now: datetime | None = None, *, browser: str | None = None
+) -> None:
     """Charge one attempt to every key, or raise :class:`Throttled` if any key must still wait.
 
     Call inside a short write transaction and commit it *before* checking the password.
@@ -107,8 +121,9 @@ def charge(session: Session, account: str, address: str, now: datetime | None = 
     """
     now = now or utcnow()
     known = is_known_good(session, account, address, now)
+    browser_good = bool(browser) and is_known_good(session, account, f"browser:{browser}", now)
     rows = []
-    for key, rule in keys_for(account, address, known_good=known):
+    for key, rule in keys_for(account, address, known_good=known, browser=browser, browser_good=browser_good):
         row = _locked_row(session, key, now)
         if row.window_start < now - WINDOW:
             row.failures, row.window_start, row.next_at = 0, now, now
@@ -123,14 +138,18 @@ def charge(session: Session, account: str, address: str, now: datetime | None = 
     session.flush()
 
 
-def succeeded(session: Session, account: str, address: str, now: datetime | None = None) -> None:
+def succeeded(
+    session: Session, account: str, address: str, now: datetime | None = None, *, browser: str | None = None
+) -> None:
     """A right password: clear the account's counters, refund the address the charge of this
     attempt (an office signing in at nine must not slow itself down; its failed guesses stay
     counted) and remember the address as known good for the account."""
     now = now or utcnow()
     session.execute(
         sa.delete(SignInThrottle).where(
-            SignInThrottle.key.in_([f"pair:{address}|{account}", f"account:{account}"])  # type: ignore[attr-defined]
+            SignInThrottle.key.in_(  # type: ignore[attr-defined]
+                [f"pair:{address}|{account}", f"account:{account}", f"browser:{browser}|{account}"]
+            )
         )
     )
     place = session.execute(
@@ -140,12 +159,13 @@ def succeeded(session: Session, account: str, address: str, now: datetime | None
         place.failures -= 1
         place.next_at = min(place.next_at, now + timedelta(seconds=delay_after(ADDRESS, place.failures)))
         session.add(place)
-    good = session.get(SignInThrottle, _good_key(account, address))
-    if good is None:
-        session.add(SignInThrottle(key=_good_key(account, address), failures=0, window_start=now, next_at=now))
-    else:
-        good.window_start = now
-        session.add(good)
+    for place_key in [address, f"browser:{browser}"] if browser else [address]:
+        good = session.get(SignInThrottle, _good_key(account, place_key))
+        if good is None:
+            session.add(SignInThrottle(key=_good_key(account, place_key), failures=0, window_start=now, next_at=now))
+        else:
+            good.window_start = now
+            session.add(good)
     session.flush()
 
 
@@ -156,6 +176,7 @@ def clear_account(session: Session, account: str) -> None:
             sa.or_(
                 SignInThrottle.key == f"account:{account}",  # type: ignore[arg-type]
                 SignInThrottle.key.like(f"pair:%|{_escape_like(account)}", escape="\\"),  # type: ignore[attr-defined]
+                SignInThrottle.key.like(f"browser:%|{_escape_like(account)}", escape="\\"),  # type: ignore[attr-defined]
             )
         )
     )
