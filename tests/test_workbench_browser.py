@@ -67,8 +67,18 @@ def _page(browser: Any, server: A.Server, username: str, path: str = "") -> Any:
 
 def _pick_collection(page: Any, name: str) -> None:
     """Choose a collection in the sidebar with the mouse, as a person would."""
-    page.locator(".st-key-rv_collection").click()
-    page.locator("[role='option']", has_text=name).first.click()
+    option = page.locator("[role='option']", has_text=name).first
+    for attempt in range(3):  # a click that lands while the page reruns (a loaded machine) leaves it closed
+        wait_idle(page)
+        page.locator(".st-key-rv_collection").click()
+        try:
+            option.wait_for(timeout=10_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+            page.keyboard.press("Escape")
+    option.click()
     page.wait_for_function("name => document.body.innerText.includes(name + ' · item ')", arg=name, timeout=20_000)
     wait_idle(page)
 
@@ -99,13 +109,13 @@ def test_label_keys_work_right_after_a_collection_switch(demo: A.Server, browser
     _pick_collection(page, UNI)
     assert page.evaluate("() => document.activeElement.closest('[data-testid=\"stSidebar\"]')") is None
     page.keyboard.press("1")  # no click into the page first: the select let go of the keyboard
-    page.wait_for_selector(".st-key-rv_lab_0_0 button[kind='primary']", timeout=10_000)
+    page.wait_for_selector(".st-key-rv_lab_0_0 button[kind='primary']", timeout=30_000)
     # Escape leaves a sidebar text field too, after which the keys label again
     page.locator(".st-key-rv_collection").click()
     page.keyboard.press("Escape")
     page.keyboard.press("Escape")
     page.keyboard.press("2")
-    page.wait_for_selector(".st-key-rv_lab_0_1 button[kind='primary']", timeout=10_000)
+    page.wait_for_selector(".st-key-rv_lab_0_1 button[kind='primary']", timeout=30_000)
     page.context.close()
 
 
@@ -114,11 +124,11 @@ def test_the_reason_for_a_change_after_the_reveal_is_asked_for_and_kept(demo: A.
     _pick_collection(page, UNI)
     item = current_item(page)
     page.keyboard.press("1")  # contextual = safe
-    page.wait_for_selector(".st-key-rv_lab_0_0 button[kind='primary']", timeout=10_000)
+    page.wait_for_selector(".st-key-rv_lab_0_0 button[kind='primary']", timeout=30_000)
     page.keyboard.press("q")  # intrinsic = safe
-    page.wait_for_selector(".st-key-rv_lab_1_0 button[kind='primary']", timeout=10_000)
+    page.wait_for_selector(".st-key-rv_lab_1_0 button[kind='primary']", timeout=30_000)
     page.keyboard.press("Control+Enter")
-    page.get_by_text("Your blind labels", exact=False).wait_for(timeout=10_000)
+    page.get_by_text("Your blind labels", exact=False).wait_for(timeout=30_000)
     # the rationale box is still there at the reveal step; N writes in it, Esc goes back to the keys
     page.keyboard.press("n")
     assert _focused(page) == "TEXTAREA"
@@ -127,11 +137,11 @@ def test_the_reason_for_a_change_after_the_reveal_is_asked_for_and_kept(demo: A.
     assert _focused(page) != "TEXTAREA"
     wait_idle(page)
     page.keyboard.press("3")  # contextual = unsafe: a blind label changed after seeing the judge
-    page.wait_for_selector("[class*='st-key-rv_reason_'] input", timeout=10_000)
+    page.wait_for_selector("[class*='st-key-rv_reason_'] input", timeout=30_000)
     page.keyboard.press("f")  # Flag works at the reveal step
-    page.wait_for_selector(".st-key-rv_flag button[kind='primary']", timeout=10_000)
+    page.wait_for_selector(".st-key-rv_flag button[kind='primary']", timeout=30_000)
     page.keyboard.press("Control+Enter")  # no reason yet: refused, still on the item
-    page.get_by_text("after seeing the judge", exact=False).first.wait_for(timeout=10_000)
+    page.get_by_text("after seeing the judge", exact=False).first.wait_for(timeout=30_000)
     assert current_item(page) == item
     page.keyboard.press("n")  # N goes to the reason box when it is shown
     assert _focused(page) == "INPUT"
@@ -141,7 +151,7 @@ def test_the_reason_for_a_change_after_the_reveal_is_asked_for_and_kept(demo: A.
     page.screenshot(path=str(ARTIFACTS / "workbench-reveal-reason.png"), full_page=True)
     page.keyboard.press("Control+Enter")
     page.wait_for_function(
-        "prev => !document.body.innerText.includes('· item ' + prev + ' ·')", arg=item, timeout=10_000
+        "prev => !document.body.innerText.includes('· item ' + prev + ' ·')", arg=item, timeout=30_000
     )
     ann = _annotation(demo, "alice", item)
     assert ann.blind_labels == {"contextual": "safe", "intrinsic": "safe"}
@@ -156,23 +166,23 @@ def test_undo_brings_the_item_back_as_it_was(demo: A.Server, browser: Any) -> No
     _pick_collection(page, UNI)
     item = current_item(page)
     page.keyboard.press("1")
-    page.wait_for_selector(".st-key-rv_lab_0_0 button[kind='primary']", timeout=10_000)
+    page.wait_for_selector(".st-key-rv_lab_0_0 button[kind='primary']", timeout=30_000)
     page.keyboard.press("q")
-    page.wait_for_selector(".st-key-rv_lab_1_0 button[kind='primary']", timeout=10_000)
+    page.wait_for_selector(".st-key-rv_lab_1_0 button[kind='primary']", timeout=30_000)
     page.keyboard.press("Control+Enter")
-    page.get_by_text("Your blind labels", exact=False).wait_for(timeout=10_000)
+    page.get_by_text("Your blind labels", exact=False).wait_for(timeout=30_000)
     page.keyboard.press("Control+Enter")  # commit: the next item comes
     page.wait_for_function(
-        "prev => !document.body.innerText.includes('· item ' + prev + ' ·')", arg=item, timeout=10_000
+        "prev => !document.body.innerText.includes('· item ' + prev + ' ·')", arg=item, timeout=30_000
     )
     page.keyboard.press("u")
-    page.get_by_text(f"Undid your last change to item {item}", exact=False).wait_for(timeout=10_000)
+    page.get_by_text(f"Undid your last change to item {item}", exact=False).wait_for(timeout=30_000)
     assert current_item(page) == item
-    page.get_by_text("Your blind labels", exact=False).wait_for(timeout=10_000)  # back at the reveal step
+    page.get_by_text("Your blind labels", exact=False).wait_for(timeout=30_000)  # back at the reveal step
     assert _annotation(demo, "bob", item).verdict_action is None  # not confirmed until committed again
     page.keyboard.press("Control+Enter")
     page.wait_for_function(
-        "prev => !document.body.innerText.includes('· item ' + prev + ' ·')", arg=item, timeout=10_000
+        "prev => !document.body.innerText.includes('· item ' + prev + ' ·')", arg=item, timeout=30_000
     )
     assert _annotation(demo, "bob", item).verdict_action in ("confirm", "override")
     page.context.close()
@@ -221,12 +231,12 @@ def test_images_are_blurred_and_grey_on_screen_until_shown(demo: A.Server, brows
     shielded = page.locator(".sr-shield img").first
     shielded.wait_for(timeout=20_000)
     page.wait_for_function("() => [...document.querySelectorAll('.sr-shield img')].every(i => i.complete)")
-    page.get_by_text("Images and video are blurred until you show them", exact=False).first.wait_for(timeout=10_000)
+    page.get_by_text("Images and video are blurred until you show them", exact=False).first.wait_for(timeout=30_000)
     assert "blur" in shielded.evaluate("el => getComputedStyle(el).filter")
     before = _looks(shielded.screenshot(path=str(ARTIFACTS / "workbench-image-shielded.png")))
     page.screenshot(path=str(ARTIFACTS / "workbench-media-shielded.png"), full_page=True)
     page.keyboard.press("m")  # show this item's media
-    page.wait_for_selector(".sr-shield", state="detached", timeout=10_000)
+    page.wait_for_selector(".sr-shield", state="detached", timeout=30_000)
     shown = page.locator(".sr-media img").first
     page.wait_for_function("() => [...document.querySelectorAll('.sr-media img')].every(i => i.complete)")
     assert shown.evaluate("el => getComputedStyle(el).filter") == "none"
