@@ -69,6 +69,7 @@ class StreamlitClient:
         # the reference for "no stall" (a server whose small frames wait for the client's delayed
         # ACK is as fast as this only with Nagle off). Linux only.
         self.quickack = quickack
+        self.ticket_origin = ""  # fetch the sign-in ticket image from another replica (tests)
         parts = urlsplit(self.base)
         self.origin = f"{parts.scheme}://{parts.netloc}"
         self.http = httpx.AsyncClient(timeout=30)
@@ -164,7 +165,8 @@ class StreamlitClient:
             self.item = m.group(1).replace("\\", "")  # md_literal escapes punctuation
         elif kind == "html" and (m := TICKET_RE.search(body.body)):
             # the browser loads this image in parallel with the run (the app waits for it); so do we
-            task = asyncio.create_task(self.http.get(self.origin + m.group(1).replace("&amp;", "&")))
+            origin = self.ticket_origin or self.origin
+            task = asyncio.create_task(self.http.get(origin + m.group(1).replace("&amp;", "&")))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         elif kind == "exception":

@@ -292,6 +292,22 @@ class SignInThrottle(SQLModel, table=True):
     next_at: datetime = Field(default_factory=utcnow)
 
 
+class SignInTicket(SQLModel, table=True):
+    """A one-time ticket that turns a fresh sign-in into the browser's HttpOnly cookie.
+
+    Kept in the database so that any app replica can redeem what another issued (issue
+    "A team on one PostgreSQL"). Only the ticket's SHA-256 is stored, and the session token
+    is sealed with a key derived from the ticket itself, so the table alone gives no session
+    away; the ticket is single-use, bound to the browser that signed in, and lives two minutes.
+    """
+
+    ticket_sha256: str = Field(primary_key=True, max_length=64)
+    sealed_token: str = Field(max_length=512)
+    browser_sha256: str = Field(default="", max_length=64)
+    expires_at: datetime = Field(index=True)
+    redeemed_at: datetime | None = Field(default=None)
+
+
 class UserSession(SQLModel, table=True):
     """A signed-in browser session; only the token's SHA-256 is stored."""
 

@@ -7,10 +7,11 @@ so tests that point the app at a fresh database get a fresh engine.
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 import secrets
 import threading
 import time
+from datetime import timedelta
 from functools import lru_cache
 
 from sqlalchemy.engine import Engine
@@ -45,51 +46,99 @@ def engine() -> Engine:
 # ---------------------------------------------------------------------------------------
 # A page script cannot set HTTP cookies. After a successful sign-in the page renders an
 # invisible <img src="/auth/session?ticket=…">; the route swaps the one-time ticket for a
-# Set-Cookie carrying the session token (HttpOnly, SameSite=Strict). Tickets live in this
-# process only, which is fine because a Streamlit session is pinned to one process anyway
-# (replicas need sticky sessions). The token itself never appears in a URL. A ticket is
+# Set-Cookie carrying the session token (HttpOnly, SameSite=Strict). Tickets are rows in the
+# database (``signinticket``), so the replica that serves the image need not be the one
+# that ran the sign-in. The token itself never appears in a URL, and the table holds only
+# the ticket's hash and the token sealed with a key derived from the ticket. A ticket is
 # bound to the browser that signed in (its BROWSER_COOKIE): redeemed from any other browser
 # it does nothing, so an attacker cannot sign a victim's browser into the attacker's account
 # by sending it the ticket URL (login CSRF).
 
 
-class _Tickets:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pending: dict[str, tuple[str, str, float]] = {}
-        self._used: dict[str, float] = {}
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
+
+def _keystream(ticket: str, n: int) -> bytes:
+    out = b""
+    block = 0
+    while len(out) < n:
+        out += hashlib.sha256(f"{ticket}:{block}".encode()).digest()
+        block += 1
+    return out[:n]
+
+
+def _seal(token: str, ticket: str) -> str:
+    data = token.encode("utf-8")
+    return bytes(a ^ b for a, b in zip(data, _keystream(ticket, len(data)), strict=True)).hex()
+
+
+def _unseal(sealed: str, ticket: str) -> str:
+    data = bytes.fromhex(sealed)
+    return bytes(a ^ b for a, b in zip(data, _keystream(ticket, len(data)), strict=True)).decode("utf-8")
+
+
+class _Tickets:
     def issue(self, token: str, browser: str | None) -> str:
         """A one-time ticket for ``token``, redeemable only by the browser with id ``browser``
         (a browser without the id can still sign in; it gets no media cookie)."""
+        import sqlalchemy as sa
+
+        from safereview.db.models import SignInTicket, utcnow
+        from safereview.workflow.tx import write_scope
+
         ticket = secrets.token_urlsafe(24)
-        with self._lock:
-            self._gc()
-            self._pending[ticket] = (token, browser or "", time.monotonic() + TICKET_TTL_S)
+        now = utcnow()
+        with write_scope(engine()) as session:
+            session.execute(sa.delete(SignInTicket).where(SignInTicket.expires_at < now - timedelta(hours=1)))  # type: ignore[arg-type]
+            session.add(
+                SignInTicket(
+                    ticket_sha256=_sha(ticket),
+                    sealed_token=_seal(token, ticket),
+                    browser_sha256=_sha(browser) if browser else "",
+                    expires_at=now + timedelta(seconds=TICKET_TTL_S),
+                )
+            )
         return ticket
 
     def redeem(self, ticket: str, browser: str | None) -> str | None:
         """The token for a valid, unused ticket asked for by its own browser (and mark it used), else None."""
-        with self._lock:
-            self._gc()
-            entry = self._pending.get(ticket)
-            if entry is None or entry[2] < time.monotonic():
-                return None
-            if not entry[1] or not hmac.compare_digest(entry[1], browser or ""):
-                return None  # another browser: leave the ticket for its own
-            del self._pending[ticket]
-            self._used[ticket] = time.monotonic() + TICKET_TTL_S
-            return entry[0]
+        import sqlalchemy as sa
+
+        from safereview.db.models import SignInTicket, utcnow
+        from safereview.workflow.tx import write_scope
+
+        if not ticket or len(ticket) > 200 or not browser:
+            return None  # no browser id: nothing to match (a ticket bound to none is never redeemable)
+        now = utcnow()
+        t = SignInTicket.__table__  # type: ignore[attr-defined]
+        with write_scope(engine()) as session:
+            done = session.execute(
+                sa.update(t)
+                .where(
+                    t.c.ticket_sha256 == _sha(ticket),
+                    t.c.redeemed_at.is_(None),
+                    t.c.expires_at > now,
+                    t.c.browser_sha256 == _sha(browser),
+                )
+                .values(redeemed_at=now)
+            )
+            if done.rowcount != 1:
+                return None  # unknown, used, expired, or another browser's: left for its own
+            sealed = session.execute(sa.select(t.c.sealed_token).where(t.c.ticket_sha256 == _sha(ticket))).scalar_one()
+        return _unseal(sealed, ticket)
 
     def redeemed(self, ticket: str) -> bool:
-        with self._lock:
-            return ticket in self._used
+        import sqlalchemy as sa
 
-    def _gc(self) -> None:
-        now = time.monotonic()
-        for store in (self._pending, self._used):
-            for key in [k for k, v in store.items() if (v[-1] if isinstance(v, tuple) else v) < now]:
-                del store[key]
+        from safereview.db.engine import read_only
+        from safereview.db.models import SignInTicket
+
+        with read_only(engine()).connect() as conn:
+            at = conn.execute(
+                sa.select(SignInTicket.redeemed_at).where(SignInTicket.ticket_sha256 == _sha(ticket))  # type: ignore[arg-type]
+            ).scalar()
+        return at is not None
 
 
 tickets = _Tickets()

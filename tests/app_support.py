@@ -396,17 +396,27 @@ class Server:
         self.stop()
 
 
-def browser_fetched_ticket(ticket: str) -> None:
+def browser_fetched_ticket(ticket: str | None = None) -> int:
     """What a browser's <img src="/auth/session?ticket=…"> request does to a ticket, for AppTest.
 
     AppTest cannot give its session the browser-id cookie a real page load sets, so its
     tickets are bound to no browser and ``redeem()`` refuses them (as it must: see
-    test_hardening_network's login-CSRF test). Mark the ticket fetched directly instead.
+    test_hardening_network's login-CSRF test). Mark the ticket (or, without one, every
+    pending ticket) fetched directly instead; returns how many were marked.
     """
-    import time
+    import hashlib
 
+    import sqlalchemy as sa
+
+    from safereview.db.models import SignInTicket, utcnow
     from safereview.review_app import runtime
 
-    with runtime.tickets._lock:
-        if runtime.tickets._pending.pop(ticket, None) is not None:
-            runtime.tickets._used[ticket] = time.monotonic() + 3600
+    t = SignInTicket.__table__  # type: ignore[attr-defined]
+    stmt = sa.update(t).where(t.c.redeemed_at.is_(None)).values(redeemed_at=utcnow())
+    if ticket is not None:
+        stmt = stmt.where(t.c.ticket_sha256 == hashlib.sha256(ticket.encode()).hexdigest())
+    try:
+        with runtime.engine().begin() as conn:
+            return conn.execute(stmt).rowcount
+    except sa.exc.OperationalError:  # no schema yet (the app has not started)
+        return 0

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import app_support as A
 import pytest
@@ -24,22 +24,14 @@ TIMEOUT = 60
 class FakeBrowser(threading.Thread):
     """Does what the browser does with the sign-in page's ticket image: fetch it (redeem)."""
 
-    redeemed: ClassVar[set[str]] = set()
-
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from safereview.review_app import runtime
-
         while not self.stop.is_set():
-            with runtime.tickets._lock:
-                pending = list(runtime.tickets._pending)
-            for ticket in pending:
-                A.browser_fetched_ticket(ticket)
-                FakeBrowser.redeemed.add(ticket)
-            time.sleep(0.005)
+            A.browser_fetched_ticket()
+            time.sleep(0.01)
 
 
 def app_world(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[A.Fixture]:
@@ -76,7 +68,9 @@ def sign_in(username: str, password: str | None = None) -> Any:
     next(b for b in at.button if b.label == "Sign in").click().run()
     assert not at.exception, [e.message for e in at.exception]
     if "auth_ticket" in at.session_state:  # the fake browser fetched /auth/session?ticket=… meanwhile
-        assert at.session_state["auth_cookie_ok"] or at.session_state["auth_ticket"] in FakeBrowser.redeemed
+        from safereview.review_app import runtime
+
+        assert at.session_state["auth_cookie_ok"] or runtime.tickets.redeemed(at.session_state["auth_ticket"])
     return at
 
 

@@ -246,3 +246,36 @@ def test_downloads_need_the_sign_in_cookie_and_the_role(client: TestClient, fx: 
     assert r.headers["content-disposition"] == 'attachment; filename="rejects.jsonl"'
     assert r.headers["cache-control"] == "no-store"
     H.tally(attacks_tried=5, attacks_held=5)
+
+
+def test_a_ticket_issued_by_one_replica_is_redeemed_by_another(sqlite_url: str, tmp_path: Path) -> None:
+    """Two app processes on one database, as behind a load balancer without sticky cookies
+    for plain HTTP: the browser signs in over replica A's websocket, and its ticket image is
+    served by replica B, which sets the session cookie; both replicas then serve media to it
+    and A's page sees the cookie in place. (Tickets used to live in one process.)"""
+    import httpx
+
+    fx = A.build_fixture(sqlite_url, tmp_path / "media", n_plain=1)
+    with A.Server(fx) as a, A.Server(fx, log=tmp_path / "replica-b.log") as b:
+
+        async def go() -> dict[str, Any]:
+            c = StreamlitClient(a.base)
+            c.ticket_origin = b.base
+            try:
+                await _sign_in(c, "ann1", A.PASSWORDS["ann1"])
+                for _ in range(100):
+                    if c.http.cookies.get("safereview_session"):
+                        break
+                    await asyncio.sleep(0.1)
+                media = f"/media-files/{fx.media['image']}"
+                return {
+                    "cookie": bool(c.http.cookies.get("safereview_session")),
+                    "on_b": (await c.http.get(b.base + media)).status_code,
+                    "on_a": (await c.http.get(a.base + media)).status_code,
+                    "stranger": httpx.get(b.base + media, timeout=30).status_code,
+                }
+            finally:
+                await c.close()
+
+        out = asyncio.run(go())
+    assert out == {"cookie": True, "on_b": 200, "on_a": 200, "stranger": 401}, out
