@@ -247,7 +247,7 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
         db: DbOption = None,
     ) -> None:
-        """Benchmark metrics (C-Unsafe, C-Reject, I-Unsafe, Both-Safe or label shares) with Wilson 95% CIs."""
+        """Benchmark metrics (C-Unsafe, C-Reject, I-Unsafe, Both-Safe or label shares): judge, human and corrected."""
         from safereview.agreement.data import AgreementError, scope
         from safereview.agreement.verdicts import resolve_judge
         from safereview.db.engine import session_scope
