@@ -179,7 +179,7 @@ def current_user() -> Any | None:
         if cookie and cookie not in ss.get("auth_dead_tokens", ()) and _lookup_token(cookie) is not None:
             ss["auth_token"] = token = cookie
             ss["auth_cookie_ok"] = True
-            ss["auth_browser"] = _browser_id()
+            ss["auth_browser"] = browser_id()
         else:
             return None
     now = time.monotonic()
@@ -196,7 +196,8 @@ def _cookie_token() -> str | None:
     return _cookie(runtime.SESSION_COOKIE)
 
 
-def _browser_id() -> str | None:
+def browser_id() -> str | None:
+    """This browser's random id (the cookie set on its first page load), if it has one."""
     return _cookie(runtime.BROWSER_COOKIE)
 
 
@@ -208,15 +209,10 @@ def _cookie(name: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def browser_id() -> str | None:
-    """This browser's random id (the cookie set on its first page load), if it has one."""
-    return _browser_id()
-
-
 def _same_browser(bound: str | None) -> bool:
     import hmac
 
-    return hmac.compare_digest(bound or "", _browser_id() or "")
+    return hmac.compare_digest(bound or "", browser_id() or "")
 
 
 def _forget_sign_in() -> None:
@@ -248,7 +244,7 @@ def sign_in(user: Any, token: str) -> None:
     """Remember a fresh sign-in and issue the one-time ticket that sets the media cookie."""
     ss = st.session_state
     ss["auth_token"], ss["auth_user"], ss["auth_checked"] = token, user, time.monotonic()
-    ss["auth_browser"] = browser = _browser_id()
+    ss["auth_browser"] = browser = browser_id()
     ss["auth_ticket"] = runtime.tickets.issue(token, browser)
     ss["auth_cookie_ok"] = False
 

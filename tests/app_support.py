@@ -7,6 +7,7 @@ decoded media (PNG, WAV, MP4) stored by content hash like the importer does.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -420,3 +422,29 @@ def browser_fetched_ticket(ticket: str | None = None) -> int:
             return conn.execute(stmt).rowcount
     except sa.exc.OperationalError:  # no schema yet (the app has not started)
         return 0
+
+
+@contextlib.contextmanager
+def app_pointed_at(fixture: Fixture, monkeypatch: Any) -> Iterator[Fixture]:
+    """The in-process app (pages, routes) pointed at ``fixture``'s database, its caches fresh
+    before and after."""
+    for k, v in app_env(fixture).items():
+        monkeypatch.setenv(k, v)
+    reset_app_caches()
+    try:
+        yield fixture
+    finally:
+        reset_app_caches()
+
+
+@contextlib.contextmanager
+def routes_client() -> Iterator[Any]:
+    """A test client for the app's own routes and middleware alone (no Streamlit)."""
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from safereview.review_app import server
+
+    app = Starlette(routes=server.routes(), middleware=server.middleware())
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        yield c

@@ -20,11 +20,8 @@ PAGES = ("views/agreement.py", "views/audit.py", "views/calibration.py", "views/
 def fx(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[A.Fixture]:
     fixture = A.build_fixture(db_url, tmp_path / "media")
     _add_reviews(fixture)
-    for k, v in A.app_env(fixture).items():
-        monkeypatch.setenv(k, v)
-    A.reset_app_caches()
-    yield fixture
-    A.reset_app_caches()
+    with A.app_pointed_at(fixture, monkeypatch):
+        yield fixture
 
 
 def _add_reviews(fx: A.Fixture) -> None:

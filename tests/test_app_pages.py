@@ -37,15 +37,12 @@ class FakeBrowser(threading.Thread):
 def app_world(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[A.Fixture]:
     """The fixture database, the app pointed at it, and a fake browser redeeming sign-in tickets."""
     fixture = A.build_fixture(db_url, tmp_path / "media")
-    for k, v in A.app_env(fixture).items():
-        monkeypatch.setenv(k, v)
-    A.reset_app_caches()
-    browser = FakeBrowser()
-    browser.start()
-    yield fixture
-    browser.stop.set()
-    browser.join()
-    A.reset_app_caches()
+    with A.app_pointed_at(fixture, monkeypatch):
+        browser = FakeBrowser()
+        browser.start()
+        yield fixture
+        browser.stop.set()
+        browser.join()
 
 
 @pytest.fixture

@@ -17,26 +17,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from sqlmodel import select
-from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 
 @pytest.fixture
 def fx(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[A.Fixture]:
-    fixture = A.build_fixture(db_url, tmp_path / "media", n_plain=1)
-    for k, v in A.app_env(fixture).items():
-        monkeypatch.setenv(k, v)
-    A.reset_app_caches()
-    yield fixture
-    A.reset_app_caches()
+    with A.app_pointed_at(A.build_fixture(db_url, tmp_path / "media", n_plain=1), monkeypatch) as fixture:
+        yield fixture
 
 
 @pytest.fixture
 def client(fx: A.Fixture) -> Iterator[TestClient]:
-    from safereview.review_app import server
-
-    app = Starlette(routes=server.routes(), middleware=server.middleware())
-    with TestClient(app, base_url="http://127.0.0.1") as c:
+    with A.routes_client() as c:
         yield c
 
 

@@ -18,7 +18,6 @@ from typing import Any
 import app_support as A
 import hardening_support as H
 import pytest
-from starlette.applications import Starlette
 from starlette.testclient import TestClient
 from test_app_server import signed_in, token_for
 from test_app_websocket import _shown, _sign_in
@@ -32,22 +31,14 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 @pytest.fixture
 def fx(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[A.Fixture]:
-    fixture = A.build_fixture(db_url, tmp_path / "media", n_plain=1)
-    for k, v in A.app_env(fixture).items():
-        monkeypatch.setenv(k, v)
-    A.reset_app_caches()
-    yield fixture
-    A.reset_app_caches()
+    with A.app_pointed_at(A.build_fixture(db_url, tmp_path / "media", n_plain=1), monkeypatch) as fixture:
+        yield fixture
 
 
 @pytest.fixture
 def client(fx: A.Fixture) -> Iterator[TestClient]:
     """The app's own routes and middleware alone (no Streamlit), as in tests/test_app_server.py."""
-    from safereview.review_app import server
-
-    with TestClient(
-        Starlette(routes=server.routes(), middleware=server.middleware()), base_url="http://127.0.0.1"
-    ) as c:
+    with A.routes_client() as c:
         yield c
 
 
