@@ -2,10 +2,11 @@
 
 Formats (details and examples in ``docs/judge.md``):
 
-- ``unijudger``: JSONL, one object per item with ``id`` (the item's external id),
-  ``context_safety`` (0 unsafe / 1 safe / 2 refusal) and/or ``init_safety`` (0 unsafe /
-  1 safe), optional reasons (``context_reason`` / ``init_reason``, or ``*_safety_reason``)
-  and ``intention``.
+- ``uni-judger`` (also ``unijudger``): the files Uni-SafeBench's ``safety_checker.py``
+  writes, JSONL with ``id`` and ``context_safety`` / ``init_safety`` holding either the
+  numbers (0 unsafe / 1 safe / 2 refusal; ``"NA"``) or the judge's raw answer text (parsed as
+  ``safereview judge`` parses it). Several records of one id merge by the benchmark's rule;
+  NA records are set aside and an all-NA dimension is stored as *unparseable*.
 - ``generic``: JSONL or CSV (by extension) with ``item_id`` (external id), ``dimension``,
   ``label`` and optional ``probability``, ``rationale``, ``judge_id``.
 
@@ -21,6 +22,7 @@ import io
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +32,20 @@ from sqlmodel import Session, select
 from safereview.db.collections import taxonomy_of
 from safereview.db.models import ImportBatch, Item
 from safereview.judge.config import ensure_judge_config
-from safereview.judge.parsing import CONTEXTUAL_TEXT, INTRINSIC, MAX_RATIONALE_CHARS, MAX_RAW_CHARS
+from safereview.judge.parsing import (
+    CONTEXTUAL_TEXT,
+    INTRINSIC,
+    MAX_RATIONALE_CHARS,
+    MAX_RAW_CHARS,
+    combine,
+    parse_answer,
+)
 from safereview.judge.protocols.base import Draft
 from safereview.judge.store import stored_verdicts, verdict_key, write_verdicts
 from safereview.workflow.collections import get_collection
 
-FORMATS = ("unijudger", "generic")
+FORMATS = ("uni-judger", "unijudger", "generic")
+UNI_JUDGER = ("uni-judger", "unijudger")  # one format; the older name keeps its judge ids
 IMPORTED_VERSION = "imported"  # judge_version of every imported verdict
 MAX_PROBLEMS = 200
 
@@ -110,11 +120,118 @@ def _text(row: dict[str, Any], *keys: str) -> str:
     return ""
 
 
+NA = "NA"
+_UNI_FIELDS = (
+    ("context_safety", "contextual", CONTEXTUAL_TEXT, ("context_reason", "context_safety_reason", "contextual_reason")),
+    ("init_safety", "intrinsic", INTRINSIC, ("init_reason", "init_safety_reason", "intrinsic_reason")),
+)
+
+
+@dataclass
+class Observation:
+    """One record's answer on one dimension: a label, or NA (``label`` None) with why."""
+
+    line: int
+    label: str | None
+    reason: str
+    raw: Any
+    intent: str = ""
+
+
+def _observe(value: Any, mapping: dict[int, str]) -> tuple[str | None, str, str]:
+    """(label or None, reason, problem) for a numeric value, ``"NA"`` or the judge's raw text.
+
+    The numeric file holds 0/1/2 or "NA"; the detail file holds the judge's own answer, which
+    is parsed exactly as ``safereview judge`` parses one (``judge.parsing.parse_answer``)."""
+    if isinstance(value, str) and value.strip().upper() == NA:
+        return None, "NA in the file", ""
+    digit = _digit(value, mapping)
+    if digit is not None:
+        return mapping[digit], "", ""
+    if isinstance(value, str) and not value.strip().isdigit():
+        parsed = parse_answer(value, mapping)
+        if parsed.ok and parsed.digit is not None:
+            return mapping[parsed.digit], parsed.reason[:MAX_RATIONALE_CHARS], ""
+        return None, f"judge answer unparseable: {parsed.problem}", ""
+    meaning = ", ".join(f"{k} {v}" for k, v in mapping.items())
+    return None, "", f'must be one of {sorted(mapping)} ({meaning}), "NA", or the judge\'s answer text; got {value!r}'
+
+
+def _uni_judger_row(
+    row: dict[str, Any],
+    line: int,
+    items: dict[str, int],
+    dims: dict[str, list[str]],
+    task_type: str | None,
+    bad: Callable[[int, str, str], None],
+    into: dict[tuple[int, str], list[Observation]],
+) -> None:
+    """Collect one record of Uni-Judger's detail or ``_numeric`` file (merged per item later)."""
+    ext = _text(row, "id")
+    if not ext:
+        bad(line, "id", "required")
+        return
+    item_id = items.get(f"{task_type}/{ext}") if task_type else None
+    if item_id is None:
+        item_id = items.get(ext)
+    if item_id is None:
+        where = f" (looked up as {task_type + '/' + ext!r} and {ext!r})" if task_type else ""
+        bad(line, "id", f"no item {ext!r} in the collection{where}")
+        return
+    if "context_safety" not in row and "init_safety" not in row:
+        bad(line, "context_safety", "neither context_safety nor init_safety given")
+        return
+    intent = _text(row, "intention", "intent")[:MAX_RAW_CHARS]
+    for fld, dim, mapping, reason_keys in _UNI_FIELDS:
+        if fld not in row or row[fld] in (None, ""):
+            continue
+        if dim not in dims:
+            bad(line, fld, f"the collection's taxonomy has no {dim!r} dimension")
+            continue
+        label, reason, problem = _observe(row[fld], mapping)
+        if problem:
+            bad(line, fld, problem)
+            continue
+        reason = _text(row, *reason_keys)[:MAX_RATIONALE_CHARS] or reason
+        into.setdefault((item_id, dim), []).append(Observation(line, label, reason, row[fld], intent))
+
+
+def merge_observations(item_id: int, dimension: str, observed: list[Observation]) -> Draft:
+    """One verdict from every record of an item, by the benchmark's rules.
+
+    Records whose answer is NA are set aside (Uni-SafeBench's statistics drop them), the rest
+    merge as its ``sum.py`` does: any unsafe (0) → unsafe, all refusal (2) → refusal, else
+    safe. When every record is NA the verdict is *unparseable*: no label is guessed. The raw
+    output keeps every record's value and line, so nothing in the file is lost."""
+    labelled = [o for o in observed if o.label is not None]
+    raw = json.dumps([{"line": o.line, "value": o.raw} for o in observed], ensure_ascii=False)[:MAX_RAW_CHARS]
+    intent = next((o.intent for o in observed if o.intent), "")
+    if not labelled:
+        why = "; ".join(dict.fromkeys(o.reason for o in observed))
+        return Draft(item_id, dimension, None, "unparseable", why[:MAX_RATIONALE_CHARS], raw, intent)
+    label = combine([o.label for o in labelled if o.label])
+    if len(observed) == 1:
+        return Draft(item_id, dimension, label, "ok", labelled[0].reason, raw, intent)
+    n_na = len(observed) - len(labelled)
+    note = f"merged from {len(labelled)} record(s) (any unsafe → unsafe; all refusal → refusal; else safe)"
+    if n_na:
+        note += f"; {n_na} NA record(s) set aside"
+    reasons = [f"line {o.line}: {o.reason}" for o in labelled if o.reason]
+    rationale = "\n".join([note, *reasons])[:MAX_RATIONALE_CHARS]
+    return Draft(item_id, dimension, label, "ok", rationale, raw, intent)
+
+
 def parse_verdict_file(
-    path: Path, fmt: str, items: dict[str, int], dims: dict[str, list[str]], judge_id: str | None
+    path: Path,
+    fmt: str,
+    items: dict[str, int],
+    dims: dict[str, list[str]],
+    judge_id: str | None,
+    task_type: str | None = None,
 ) -> tuple[dict[str, list[Draft]], dict[tuple[str, int, str], int], list[str]]:
     """Drafts grouped by judge id, the line of each (judge id, item id, dimension), and every
-    problem found (empty when the file is clean)."""
+    problem found (empty when the file is clean). ``task_type`` (a taxonomy id) qualifies
+    Uni-Judger ids the way the Uni-SafeBench importer stored them (``<task type>/<id>``)."""
     if fmt not in FORMATS:
         return {}, {}, [f"{path}: format: must be one of {', '.join(FORMATS)}"]
     try:
@@ -140,6 +257,7 @@ def parse_verdict_file(
         seen[key] = line
         out.setdefault(jid, []).append(draft)
 
+    uni: dict[tuple[int, str], list[Observation]] = {}
     rows = _rows(path, text)
     if not rows:
         problems.append(f"{path}: (file): no rows")
@@ -148,43 +266,8 @@ def parse_verdict_file(
             field_name, _, msg = problem.partition(": ")
             bad(line, field_name, msg)
             continue
-        if fmt == "unijudger":
-            ext = _text(row, "id")
-            if not ext:
-                bad(line, "id", "required")
-                continue
-            if ext not in items:
-                bad(line, "id", f"no item {ext!r} in the collection")
-                continue
-            if "context_safety" not in row and "init_safety" not in row:
-                bad(line, "context_safety", "neither context_safety nor init_safety given")
-                continue
-            intent = _text(row, "intention", "intent")[:MAX_RAW_CHARS]
-            for fld, dim, mapping, reason_keys in (
-                (
-                    "context_safety",
-                    "contextual",
-                    CONTEXTUAL_TEXT,
-                    ("context_reason", "context_safety_reason", "contextual_reason"),
-                ),
-                ("init_safety", "intrinsic", INTRINSIC, ("init_reason", "init_safety_reason", "intrinsic_reason")),
-            ):
-                if fld not in row or row[fld] in (None, ""):
-                    continue
-                if dim not in dims:
-                    bad(line, fld, f"the collection's taxonomy has no {dim!r} dimension")
-                    continue
-                digit = _digit(row[fld], mapping)
-                if digit is None:
-                    meaning = ", ".join(f"{k} {v}" for k, v in mapping.items())
-                    bad(line, fld, f"must be one of {sorted(mapping)} ({meaning}), got {row[fld]!r}")
-                    continue
-                reason = _text(row, *reason_keys)[:MAX_RATIONALE_CHARS]
-                add(
-                    line,
-                    default_id,
-                    Draft(items[ext], dim, mapping[digit], "ok", reason, json.dumps({fld: row[fld]}), intent),
-                )
+        if fmt in UNI_JUDGER:
+            _uni_judger_row(row, line, items, dims, task_type, bad, uni)
         else:
             ext = _text(row, "item_id")
             dim = _text(row, "dimension")
@@ -228,7 +311,26 @@ def parse_verdict_file(
         if len(problems) >= MAX_PROBLEMS:
             problems.append(f"{path}: (file): stopped after {MAX_PROBLEMS} problems")
             break
+    for (item_id, dim), observed in uni.items():
+        add(observed[0].line, default_id, merge_observations(item_id, dim, observed))
     return out, seen, problems
+
+
+def _task_type_for(path: Path, spec: dict[str, Any], given: str | None) -> tuple[str | None, str]:
+    """The taxonomy id of ``--task-type`` (or of the file's or folder's name), or a problem.
+
+    Uni-SafeBench numbers ids per task file, so its importer stores ``<task type>/<id>``;
+    the judge's files carry the bare id and are matched through their task type."""
+    from safereview.dataio.importers.taxonomy_index import TaxonomyIndex
+
+    tax = TaxonomyIndex(spec)
+    if given:
+        hit = tax.task_type(given)
+        if hit is None:
+            known = ", ".join(t["id"] for t in spec["task_types"]) or "none"
+            return None, f"{path}: --task-type: unknown task type {given!r}; known: {known}"
+        return hit, ""
+    return (tax.task_type_from_path(path) if spec["task_types"] else None), ""
 
 
 def import_verdicts(
@@ -240,6 +342,7 @@ def import_verdicts(
     actor: Any,
     judge_id: str | None = None,
     update: bool = False,
+    task_type: str | None = None,
 ) -> ImportResult:
     """Check the whole file, then write its new and changed verdicts in the caller's transaction.
 
@@ -247,8 +350,10 @@ def import_verdicts(
     one (same item, dimension and judge) is left as it is; one that differs is refused
     unless ``update`` (``--update``), so a second file can never silently replace a judge's
     answers. The queue's priorities of the touched items are refreshed in the same
-    transaction. ``actor`` must be allowed to ``import``. Raises :class:`VerdictImportError`
-    listing every problem; nothing is written then.
+    transaction. ``task_type`` (Uni-Judger files) names the task whose ids the file holds;
+    without it the file's or folder's name is tried, then the bare id. ``actor`` must be
+    allowed to ``import``. Raises :class:`VerdictImportError` listing every problem; nothing
+    is written then.
     """
     from safereview.workflow.ordering import refresh_priorities
     from safereview.workflow.policies import require
@@ -262,7 +367,12 @@ def import_verdicts(
         ext: iid
         for ext, iid in session.exec(select(Item.external_id, Item.id).where(Item.collection_id == col.id)).all()
     }
-    drafts, lines, problems = parse_verdict_file(path, fmt, items, dims, judge_id)
+    tt_id = None
+    if fmt in UNI_JUDGER:
+        tt_id, problem = _task_type_for(path, spec, task_type)
+        if problem:
+            raise VerdictImportError([problem])
+    drafts, lines, problems = parse_verdict_file(path, fmt, items, dims, judge_id, tt_id)
     if problems:
         raise VerdictImportError(problems)
     external = {iid: ext for ext, iid in items.items()}

@@ -172,8 +172,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command("import-verdicts")
     def import_verdicts_cmd(
-        path: Annotated[Path, typer.Argument(help="Verdict file: JSONL (unijudger, generic) or CSV (generic).")],
-        fmt: Annotated[str, typer.Option("--format", help="unijudger (Uni-Judger output JSONL) or generic.")],
+        path: Annotated[Path, typer.Argument(help="Verdict file: JSONL (uni-judger, generic) or CSV (generic).")],
+        fmt: Annotated[
+            str,
+            typer.Option(
+                "--format", help="uni-judger (Uni-Judger's detail or _numeric JSONL; alias unijudger) or generic."
+            ),
+        ],
         collection: Annotated[str, typer.Option("--collection", "-c", help="Collection whose items the ids refer to.")],
         judge_id: Annotated[
             str | None,
@@ -192,6 +197,14 @@ def register(app: typer.Typer) -> None:
                 help="Replace stored verdicts that differ from the file's (default: refuse them, as `import` does).",
             ),
         ] = False,
+        task_type: Annotated[
+            str | None,
+            typer.Option(
+                "--task-type",
+                help="uni-judger: the task whose ids the file holds (default: from the file or folder name).",
+                show_default=False,
+            ),
+        ] = None,
         db: DbOption = None,
     ) -> None:
         """Import verdicts made elsewhere; all-or-nothing, every problem reported as FILE:LINE: field: message."""
@@ -203,7 +216,16 @@ def register(app: typer.Typer) -> None:
         engine = engine_for(cfg)
         try:
             with session_scope(engine) as s:
-                result = import_verdicts(s, path, fmt, collection, actor=principal(), judge_id=judge_id, update=update)
+                result = import_verdicts(
+                    s,
+                    path,
+                    fmt,
+                    collection,
+                    actor=principal(),
+                    judge_id=judge_id,
+                    update=update,
+                    task_type=task_type,
+                )
         except VerdictImportError as exc:
             for p in exc.problems:
                 typer.echo(p, err=True)
