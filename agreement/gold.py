@@ -6,6 +6,12 @@ adjudications, verdicts and parameters give the same checksum. One row per item 
 dimension: gold label, how it was reached (``unanimous``, ``majority``, ``single``,
 ``dawid-skene``, ``adjudicated``; ``tie`` leaves the label empty), number of annotators,
 share agreeing with the gold label, Dawid–Skene posterior, and the judge's verdict beside it.
+
+The Hugging Face folder (``hf``) is what ``datasets.load_dataset(folder)`` loads with typed
+features: ``label`` and ``judge_label`` are ``ClassLabel`` codes there (every other format
+keeps the label text). ``datasets`` is not needed to write it: the features are written by
+hand in the shape ``datasets.Features.to_dict()`` gives, and the test loads the folder with
+the real package.
 """
 
 from __future__ import annotations
@@ -44,6 +50,10 @@ COLUMNS = (
     "judge_id",
     "judge_label",
 )
+LABEL_COLUMNS = ("label", "judge_label")  # class labels in the hf folder
+# arrow type -> ``datasets.Value`` dtype, for the gold table's columns
+_HF_DTYPES = {"string": "string", "int64": "int64", "int32": "int32", "double": "float64"}
+HF_DATA_FILE = "data/gold-00000-of-00001.parquet"
 
 
 def _strings(values: Any):  # type: ignore[no-untyped-def]
@@ -170,9 +180,11 @@ def _compute_gold(
     items = item_reads.item_attributes(bind, sc.collection_ids)
     parts = []
     judge_ids: dict[str, str] = {}
+    dim_labels: dict[str, list[str]] = {}
     for d_index, dim in enumerate(dims):
         spec = sc.dimension(dim)
         labels = list(spec["labels"])
+        dim_labels[dim] = labels
         r = data.load_ratings(bind, sc.collection_ids, dim, labels, ordered=bool(spec.get("ordered")))
         adj = verdict_reads.load_adjudications(bind, sc.collection_ids, dim)
         cons = consensus_from_ratings(r, method=method, threshold=threshold, adjudications=adj)
@@ -238,6 +250,7 @@ def _compute_gold(
         "method": method,
         "threshold": threshold,
         "dimensions": dims,
+        "labels": dim_labels,  # each dimension's labels, taxonomy order: the hf export's class labels
         "judge_id": judge_id,
         "judge_ids": judge_ids,
         "collections": [sc.collection_names[c] for c in sc.collection_ids],
@@ -481,21 +494,134 @@ def _rates_table(pop: dict[str, Any]) -> list[str]:
     return lines
 
 
-def dataset_card(snapshot: Any, n_rows: int, data_file: str) -> str:
+def dimension_labels(bind: Any, snapshot: Any) -> dict[str, list[str]]:
+    """Each dimension's labels in taxonomy order: as recorded with the snapshot, or, for one made
+    before they were recorded, the collections' taxonomy today (empty if it cannot be read)."""
+    params = snapshot.params if isinstance(snapshot.params, dict) else {}
+    if isinstance(params.get("labels"), dict):
+        return {str(d): [str(x) for x in labs] for d, labs in params["labels"].items()}
+    try:
+        sc = data.scope(bind, params.get("collections"))
+        return {d: list(sc.dimension(d)["labels"]) for d in params.get("dimensions") or []}
+    except data.AgreementError:  # a collection renamed or a dimension dropped since
+        return {}
+
+
+def class_names(labels: dict[str, Sequence[str]], table: Any) -> list[str]:
+    """The class names of ``label`` and ``judge_label``: every dimension's labels in taxonomy order,
+    each once (one column holds every dimension); a value outside them is appended, never lost."""
+    import pyarrow.compute as pc
+
+    names = list(dict.fromkeys(str(lab) for labs in labels.values() for lab in labs))
+    for col in LABEL_COLUMNS:
+        for value in pc.unique(table.column(col)).to_pylist():
+            if value is not None and value not in names:
+                names.append(value)
+    return names
+
+
+def hf_features(schema: Any, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The ``datasets.Features`` of the hf Parquet file as ``Features.to_dict()`` writes it: built by
+    hand so that writing needs no ``datasets``."""
+    return {
+        f.name: (
+            {"names": list(names), "_type": "ClassLabel"}
+            if f.name in LABEL_COLUMNS
+            else {"dtype": _HF_DTYPES[str(f.type)], "_type": "Value"}
+        )
+        for f in schema
+    }
+
+
+def _yaml_features(features: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same features as the dataset card's ``dataset_info`` list (``Features._to_yaml_list``)."""
+    return [
+        {
+            "name": name,
+            "dtype": f["dtype"]
+            if f["_type"] == "Value"
+            else {"class_label": {"names": {str(i): n for i, n in enumerate(f["names"])}}},
+        }
+        for name, f in features.items()
+    ]
+
+
+def hf_table(table: Any, labels: dict[str, Sequence[str]]) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """The gold table as the hf Parquet file holds it, and its features: the label columns as int64
+    codes into :func:`class_names` (null on a tie or without a verdict), the features in the schema
+    metadata under ``huggingface`` (where ``datasets.Features.from_arrow_schema`` reads them) and
+    each dimension's labels under ``safereview``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = class_names(labels, table)
+    value_set = pa.array(names, type=pa.string())
+    for col in LABEL_COLUMNS:  # int64, ClassLabel's own type: datasets ignores recorded features of another type
+        codes = pc.index_in(table.column(col), value_set=value_set).cast(pa.int64())
+        table = table.set_column(table.schema.get_field_index(col), col, codes)
+    features = hf_features(table.schema, names)
+    metadata = {
+        b"huggingface": json.dumps({"info": {"features": features}}).encode(),
+        b"safereview": json.dumps({"labels": {d: list(v) for d, v in labels.items()}}).encode(),
+    }
+    return table.replace_schema_metadata(metadata), features
+
+
+def _labels_section(features: dict[str, dict[str, Any]], labels: dict[str, Sequence[str]]) -> list[str]:
+    """The card's "Labels": what each code means, and which labels each dimension can take
+    (``datasets`` keeps no free text from a folder, so the taxonomy is written here)."""
+    names = features["label"]["names"]
+
+    def cell(text: Any) -> str:
+        return str(text).replace("|", "\\|")
+
+    lines = [
+        "",
+        "## Labels",
+        "",
+        "`label` (the gold label) and `judge_label` (the judge's) are class labels (`datasets.ClassLabel`): "
+        "in the Parquet file an integer code into the names below, null when there is none (a tie, no "
+        'verdict). `features["label"].int2str(code)` gives the name.',
+        "",
+        "| code | name |",
+        "|---|---|",
+        *(f"| {i} | {cell(n)} |" for i, n in enumerate(names)),
+    ]
+    if labels:
+        lines += [
+            "",
+            "Each dimension takes its own labels (taxonomy order):",
+            "",
+            "| dimension | labels |",
+            "|---|---|",
+        ]
+        lines += [f"| {cell(d)} | {', '.join(cell(x) for x in labs)} |" for d, labs in labels.items()]
+    return lines
+
+
+def _front_matter(data_file: str, features: dict[str, dict[str, Any]] | None) -> str:
+    """The YAML the hub and ``datasets`` read: the split, and the features (the same as the Parquet
+    file's metadata: ``datasets`` prefers these when both are present)."""
+    import yaml
+
+    front: dict[str, Any] = {
+        "configs": [{"config_name": "default", "data_files": [{"split": "gold", "path": data_file}]}]
+    }
+    if features is not None:
+        front["dataset_info"] = {"features": _yaml_features(features)}
+    front["tags"] = ["safety", "human-annotation"]
+    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def dataset_card(
+    snapshot: Any,
+    n_rows: int,
+    data_file: str,
+    features: dict[str, dict[str, Any]] | None = None,
+    labels: dict[str, Sequence[str]] | None = None,
+) -> str:
     """README.md with the YAML front matter the Hugging Face hub and ``datasets`` read."""
     params = snapshot.params if isinstance(snapshot.params, dict) else {}
-    front = (
-        "---\n"
-        "configs:\n"
-        "- config_name: default\n"
-        "  data_files:\n"
-        "  - split: gold\n"
-        f"    path: {data_file}\n"
-        "tags:\n"
-        "- safety\n"
-        "- human-annotation\n"
-        "---\n"
-    )
     body = [
         f"# Gold labels, snapshot {snapshot.id}",
         "",
@@ -511,18 +637,46 @@ def dataset_card(snapshot: Any, n_rows: int, data_file: str) -> str:
         "`method` says how each label was reached: unanimous, majority, single (one annotator), "
         "dawid-skene, adjudicated (a lead decided), tie (no label).",
         "",
-        'Load with `datasets.load_dataset("<this folder>")`, or read the Parquet file directly.',
+        'Load with `datasets.load_dataset("<this folder>")` (one split, `gold`; the `collection` column '
+        "says which collection a row comes from), or read the Parquet file directly.",
     ]
+    if features is not None and "label" in features:
+        body += _labels_section(features, labels or {})
     if isinstance(params.get("population"), dict) and params["population"].get("metrics"):
         body += _rates_table(params["population"])
-    return front + "\n" + "\n".join(body) + "\n"
+    return _front_matter(data_file, features) + "\n" + "\n".join(body) + "\n"
 
 
-def write(table: Any, out: str | Path, fmt: str, snapshot: Any = None, *, raw_csv: bool = False) -> list[Path]:
+def _write_hf(table: Any, out: Path, snapshot: Any, labels: dict[str, Sequence[str]] | None) -> list[Path]:
+    """The dataset folder: the coded Parquet file and the card declaring its split and features."""
+    import pyarrow.parquet as pq
+
+    if labels is None:
+        params = getattr(snapshot, "params", None)
+        labels = (params.get("labels") if isinstance(params, dict) else None) or {}
+    coded, features = hf_table(table, labels)
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    pq.write_table(coded, out / HF_DATA_FILE)
+    card = dataset_card(snapshot, table.num_rows, HF_DATA_FILE, features, labels)
+    (out / "README.md").write_text(card, encoding="utf-8")
+    return [out / HF_DATA_FILE, out / "README.md"]
+
+
+def write(
+    table: Any,
+    out: str | Path,
+    fmt: str,
+    snapshot: Any = None,
+    *,
+    raw_csv: bool = False,
+    labels: dict[str, Sequence[str]] | None = None,
+) -> list[Path]:
     """Write the gold table as jsonl, csv, parquet, or a Hugging Face folder (``hf``).
 
     CSV cells that would start a spreadsheet formula are defused unless ``raw_csv``; JSONL
-    escapes U+2028, U+2029 and U+0085 (``safereview.dataio.spreadsheet``)."""
+    escapes U+2028, U+2029 and U+0085 (``safereview.dataio.spreadsheet``). ``labels`` (each
+    dimension's labels, :func:`dimension_labels`) names the hf folder's classes; by default
+    those recorded with the snapshot."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -532,12 +686,7 @@ def write(table: Any, out: str | Path, fmt: str, snapshot: Any = None, *, raw_cs
     if fmt not in FORMATS:
         raise data.AgreementError(f"format must be one of {', '.join(FORMATS)}")
     if fmt == "hf":
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "data").mkdir(exist_ok=True)
-        rel = "data/gold-00000-of-00001.parquet"
-        pq.write_table(table, out / rel)
-        (out / "README.md").write_text(dataset_card(snapshot, table.num_rows, rel), encoding="utf-8")
-        return [out / rel, out / "README.md"]
+        return _write_hf(table, out, snapshot, labels)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":
         pq.write_table(table, out)

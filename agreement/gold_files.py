@@ -43,7 +43,7 @@ def snapshot_file(bind: Any, snapshot_id: int, fmt: str) -> GoldFile:
     """The snapshot's rows in ``fmt`` (parquet, csv, jsonl, or ``hf``: the dataset folder zipped)."""
     from sqlmodel import Session
 
-    from safereview.agreement.gold import snapshot_table, write
+    from safereview.agreement.gold import dimension_labels, snapshot_table, write
     from safereview.db.models import GoldSnapshot
 
     if fmt not in DOWNLOADS:
@@ -61,7 +61,7 @@ def snapshot_file(bind: Any, snapshot_id: int, fmt: str) -> GoldFile:
             path = base / name
             write(table, path, fmt, snap)
             return GoldFile(path.read_bytes(), name, DOWNLOADS[fmt][1])
-        files = write(table, base / "hf", "hf", snap)
+        files = write(table, base / "hf", "hf", snap, labels=dimension_labels(bind, snap))
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
             for f in files:

@@ -9,6 +9,7 @@ unreachable server is an error, never a skip.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,3 +76,22 @@ def engine(db_url: str) -> Iterator[sa.Engine]:
     eng = init_db(db_url)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture
+def hf_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Hugging Face ``datasets`` offline, with its cache in a temporary folder (never ~/.cache).
+
+    The package reads these variables when first imported, so one imported by an earlier test
+    has its settings patched too."""
+    folder = tmp_path / "hf-home"
+    cache = folder / "datasets"
+    monkeypatch.setenv("HF_HOME", str(folder))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    config = sys.modules.get("datasets.config")
+    if config is not None:
+        monkeypatch.setattr(config, "HF_DATASETS_CACHE", cache)
+        monkeypatch.setattr(config, "HF_HUB_OFFLINE", True)
+    return folder

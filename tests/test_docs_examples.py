@@ -5,7 +5,8 @@ namespace, in a fresh folder holding what `safereview demo --dir . --no-serve` b
 demo database, its media and users) and a ``data`` link to the repository's demo files, so
 an example can say ``sqlite:///safereview.db`` or ``data/demo/...`` exactly as a reader
 would type it. A few files need a shell step first, as their prose says; those steps are
-listed in ``BEFORE`` and go through the real CLI.
+listed in ``BEFORE`` and go through the real CLI. Examples that load with Hugging Face
+``datasets`` run offline, its cache in the test's folder (the ``hf_offline`` fixture).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ BEFORE: dict[str, list[list[str]]] = {
         ["export", "items", "--out", "items.parquet", "--db", "sqlite:///safereview.db"],
         ["export", "annotations", "--out", "annotations.csv", "--db", "sqlite:///safereview.db"],
     ],
+    "agreement.md": [
+        ["export", "gold", "-c", "vlsu / demo", "--format", "hf", "-o", "gold-hf", "--db", "sqlite:///safereview.db"],
+        ["export", "gold", "-c", "vlsu / demo", "-o", "gold.parquet", "--db", "sqlite:///safereview.db"],
+    ],
 }
 
 
@@ -47,6 +52,7 @@ def _after_workflow(folder: Path, ns: dict) -> None:
 def _after_agreement(folder: Path, ns: dict) -> None:
     assert (folder / "release" / "README.md").exists() and ns["table"].num_rows > 0
     assert ns["rep"]["dimensions"][0]["overall"]["few_units"] is True
+    assert ns["label"].names == ["safe", "borderline", "unsafe"] and ns["vlsu"].num_rows == ns["gold"].num_rows > 0
 
 
 # what each file's examples leave behind, checked after they ran
@@ -85,7 +91,9 @@ def test_the_examples_are_found() -> None:
 
 
 @pytest.mark.parametrize("doc", DOCS_WITH_CODE, ids=lambda p: p.name)
-def test_python_examples_run(doc: Path, demo_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_python_examples_run(
+    doc: Path, demo_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hf_offline: Path
+) -> None:
     from safereview.cli.main import app
 
     shutil.copy(demo_folder / "safereview.db", tmp_path / "safereview.db")

@@ -541,7 +541,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Gold labels: a new numbered, reproducible snapshot (one row per item and dimension) exported."""
         from safereview.agreement.data import AgreementError
-        from safereview.agreement.gold import FORMATS, changed_since, create_snapshot, snapshot_table, write
+        from safereview.agreement.gold import (
+            FORMATS,
+            changed_since,
+            create_snapshot,
+            dimension_labels,
+            snapshot_table,
+            write,
+        )
         from safereview.db.engine import session_scope
         from safereview.db.models import GoldSnapshot
 
@@ -570,7 +577,8 @@ def register(app: typer.Typer) -> None:
                         threshold=threshold,
                         judge_id=judge,
                     )
-                paths = write(table, out, fmt_, snap, raw_csv=raw_csv)
+                labels = dimension_labels(s, snap) if fmt_ == "hf" else None  # the hf folder's class labels
+                paths = write(table, out, fmt_, snap, raw_csv=raw_csv, labels=labels)
                 sid, digest = snap.id, snap.checksum
         except AgreementError as exc:
             _fail(str(exc))
