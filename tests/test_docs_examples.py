@@ -38,6 +38,7 @@ BEFORE: dict[str, list[list[str]]] = {
 
 def _after_import(folder: Path, ns: dict) -> None:
     assert ns["report"].ok and ns["report"].items_new == 3 and (folder / "review.db").exists()
+    assert (folder / "inspect.db").exists() and Path(ns["log"].location).suffix == ".eval"
 
 
 def _after_export(folder: Path, ns: dict) -> None:

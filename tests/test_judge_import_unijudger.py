@@ -46,20 +46,15 @@ def _verdicts(db_url: str, judge_id: str) -> dict[tuple[str, str], Verdict]:
     engine = init_db(db_url)
     with Session(engine) as s:
         rows = s.exec(
-            select(Verdict, Item.external_id)
-            .join(Item, Item.id == Verdict.item_id)
-            .where(Verdict.judge_id == judge_id)
+            select(Verdict, Item.external_id).join(Item, Item.id == Verdict.item_id).where(Verdict.judge_id == judge_id)
         ).all()
     engine.dispose()
     return {(ext, v.dimension): v for v, ext in rows}
 
 
 def _cli(path: Path, db_url: str, *extra: str) -> object:
-    return runner.invoke(
-        app,
-        ["import-verdicts", str(path), "--format", "uni-judger", "-c", "bench", "--judge-id", "uj", "--db", db_url]
-        + list(extra),
-    )
+    args = ["import-verdicts", str(path), "--format", "uni-judger", "-c", "bench", "--judge-id", "uj", "--db", db_url]
+    return runner.invoke(app, [*args, *extra])
 
 
 def test_numeric_file_merges_records_and_keeps_na(tmp_path: Path) -> None:

@@ -197,7 +197,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command("import")
     def import_cmd(
-        paths: Annotated[list[Path], typer.Argument(help="Files to import, in order (JSONL, CSV or Parquet).")],
+        paths: Annotated[
+            list[Path],
+            typer.Argument(help="Files to import, in order (JSONL, CSV, Parquet or Inspect .eval/.json logs)."),
+        ],
         collection: Annotated[
             str, typer.Option("--collection", "-c", help="Collection to import into (created on first use).")
         ],
@@ -209,7 +212,9 @@ def register(app: typer.Typer) -> None:
                 help="uni-safebench, vlsu or a taxonomy file (default: the existing collection's taxonomy).",
             ),
         ] = None,
-        fmt: Annotated[str, typer.Option("--format", "-f", help="auto, generic, uni-safebench or vlsu.")] = "auto",
+        fmt: Annotated[
+            str, typer.Option("--format", "-f", help="auto, generic, uni-safebench, vlsu or inspect.")
+        ] = "auto",
         task_type: Annotated[
             str | None,
             typer.Option(
@@ -242,6 +247,14 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
         user: Annotated[str, typer.Option("--user", help="Recorded as the importer in the batch's provenance.")] = "",
+        score_map: Annotated[
+            Path | None,
+            typer.Option(
+                "--score-map",
+                help="Inspect logs: TOML or JSON file mapping each scorer's values to a dimension's labels.",
+                show_default=False,
+            ),
+        ] = None,
         db: DbOption = None,
         media_root: MediaRootOption = None,
     ) -> None:
@@ -282,6 +295,7 @@ def register(app: typer.Typer) -> None:
                     media_root=cfg.media_root_override or None,  # else the database's own
                     config=cfg,
                     append_rejects=rejects is not None,
+                    score_map=score_map,
                 )
                 reports.append(rep)
                 if not rep.ok:

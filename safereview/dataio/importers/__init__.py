@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ def import_file(
     media_root: str | Path | None = None,
     config: settings.Config | None = None,
     append_rejects: bool = False,
+    score_map: str | Path | None = None,
 ) -> ImportReport:
     """Validate and import one file into ``collection``; see docs/import.md.
 
@@ -90,6 +92,7 @@ def import_file(
     stored. Returns a report; ``report.ok`` is False (and nothing was written) when any
     row is bad, unless ``skip_invalid`` is set, in which case bad rows are written to
     ``rejects_path`` (default ``<file>.rejects.jsonl``) and the rest is imported.
+    ``score_map`` (Inspect logs) maps scorers' values to labels (``inspect_log.ScoreMap``).
     """
     # Bulk import builds many small objects; the cyclic GC rescanning them all again and again
     # made large imports super-linear. Nothing here creates reference cycles that need it.
@@ -115,6 +118,7 @@ def import_file(
             media_root=media_root,
             config=config,
             append_rejects=append_rejects,
+            score_map=Path(score_map) if score_map else None,
         )
     finally:
         if gc_was_enabled:
@@ -139,6 +143,7 @@ def _import_file(
     media_root: str | Path | None,
     config: settings.Config | None,
     append_rejects: bool,
+    score_map: Path | None,
 ) -> ImportReport:
     started = time.perf_counter()
     path = Path(path)
@@ -189,7 +194,37 @@ def _import_file(
         location_note=" (parquet row index, 0-based)" if suffix == ".parquet" else "",
         id_by_task_type=fmt == "uni-safebench",
         max_rows=cfg.max_import_rows,
+        score_map=score_map,
     )
+    try:
+        return _run(engine, path, fmt, spec, tax, opts, report, started, rejects_path, user, actor_id, append_rejects)
+    finally:
+        for folder in opts.scratch:  # media an Inspect log embedded, already copied into the media root
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run(
+    engine: sa.Engine,
+    path: Path,
+    fmt: str,
+    spec: dict[str, Any],
+    tax: TaxonomyIndex,
+    opts: Options,
+    report: ImportReport,
+    started: float,
+    rejects_path: str | Path | None,
+    user: str,
+    actor_id: int | None,
+    append_rejects: bool,
+) -> ImportReport:
+    """Parse, validate, plan and write (``_import_file`` has set everything up)."""
+    label, collection, root = opts.file_label, report.collection, opts.media_root
+    task_type, update, skip_invalid = opts.task_type, opts.update, opts.skip_invalid
+
+    def fail(msg: str) -> ImportReport:
+        report.errors.append(msg)
+        report.seconds = time.perf_counter() - started
+        return report
 
     if task_type and tax.task_types and tax.task_type(task_type) is None:
         known = ", ".join(t["id"] for t in spec["task_types"])

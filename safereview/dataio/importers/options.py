@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -23,3 +23,5 @@ class Options:
     location_note: str = ""  # "(parquet row index, 0-based)"
     id_by_task_type: bool = False  # Uni-SafeBench: external id = "<task type>/<id>"
     max_rows: int = 2_000_000  # SAFEREVIEW_MAX_IMPORT_ROWS: one import is one transaction held in memory
+    score_map: Path | None = None  # Inspect logs: how scorers' values become labels (--score-map)
+    scratch: list[Path] = field(default_factory=list)  # folders removed when the import ends

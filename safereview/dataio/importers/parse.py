@@ -1,23 +1,25 @@
 """Reading: a source file into parsed :class:`Record` objects, in the format's own way.
 
 ``auto`` picks the format from the extension and the first row (:func:`detect_format`);
-each format module (``generic``, ``unisafebench``, ``vlsu``) turns one source row into a
-record. Rows that cannot be read at all become records carrying only their error.
+each format module (``generic``, ``unisafebench``, ``vlsu``, ``inspect_log``) turns one
+source row into a record. Rows that cannot be read at all become records carrying only their error.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from safereview.dataio.importers import generic, unisafebench, vlsu
+from safereview.dataio.importers.inspect_log import looks_like_inspect
 from safereview.dataio.importers.options import Options
 from safereview.dataio.importers.records import Record, SourceRow, read_csv, read_jsonl, read_parquet
 from safereview.dataio.importers.report import ImportReport
 from safereview.dataio.importers.taxonomy_index import TaxonomyIndex
 
-FORMATS = ("auto", "generic", "uni-safebench", "vlsu")
+FORMATS = ("auto", "generic", "uni-safebench", "vlsu", "inspect")
 
 
 class FileProblem(Exception):
@@ -27,6 +29,8 @@ class FileProblem(Exception):
 def detect_format(path: Path) -> str:
     """Guess the format from the extension and the first row (see docs/import.md)."""
     suffix = path.suffix.lower()
+    if looks_like_inspect(path):
+        return "inspect"
     if suffix == ".parquet":
         return "generic"
     if suffix == ".csv":
@@ -109,6 +113,10 @@ def parse_file(
             )
         return records, broken
 
+    if fmt == "inspect":
+        _parse_inspect(path, tax, opts, take)
+        return records, broken
+
     # generic
     if suffix in (".jsonl", ".json", ".ndjson"):
         for src in read_jsonl(path):
@@ -127,3 +135,26 @@ def parse_file(
     else:
         raise FileProblem(f"{label}: (file): generic files end in .jsonl, .csv or .parquet")
     return records, broken
+
+
+def _parse_inspect(path: Path, tax: TaxonomyIndex, opts: Options, take: Any) -> None:
+    """An Inspect AI log, sample by sample; its embedded media go to a scratch folder that
+    becomes the import's media folder (removed when the import ends)."""
+    from safereview.dataio.importers import inspect_log
+
+    try:
+        score_map = inspect_log.ScoreMap.load(opts.score_map)
+    except inspect_log.ScoreMapError as exc:
+        raise FileProblem(f"{opts.file_label}: --score-map: {exc}") from None
+    scratch = Path(tempfile.mkdtemp(prefix="safereview-inspect-"))
+    opts.scratch.append(scratch)
+    opts.media_dir = scratch
+    opts.location_note = " (the sample's position in the log, 1-based)"
+    try:
+        records = inspect_log.read_records(path, inspect_log.MediaSink(scratch), score_map, tax.dim_labels)
+        for rec in records:
+            take(SourceRow(rec.line, {}, rec.raw), lambda _src, rec=rec: rec)
+    except RuntimeError as exc:  # inspect-ai not installed
+        raise FileProblem(f"{opts.file_label}: (file): {exc}") from None
+    except (OSError, ValueError) as exc:  # not a log Inspect can read
+        raise FileProblem(f"{opts.file_label}: (file): not a readable Inspect log: {str(exc)[:300]}") from None
