@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,10 +73,7 @@ def parse_answer(text: Any, valid: Iterable[int]) -> Parsed:
         return Parsed(False, None, None, "", "answer is not text")
     # Reasoning models think aloud first; only what follows the last </think> is the answer.
     # (Offsets stay relative to the full text so log-probabilities still line up.)
-    start = 0
-    think_end = text.lower().rfind("</think>")
-    if think_end >= 0:
-        start = think_end + len("</think>")
+    start = answer_start(text)
     reason = extract_reason(text[start:])
     markers = list(_RESULT_RE.finditer(text, start))
     if not markers:
@@ -109,6 +106,63 @@ def extract_reason(text: str) -> str:
     if not m:
         return ""
     return m.group(1).strip().rstrip(";").strip()[:MAX_RATIONALE_CHARS]
+
+
+def answer_start(text: str) -> int:
+    """Where the answer begins: after the last ``</think>`` of a reasoning model, else 0."""
+    think_end = text.lower().rfind("</think>")
+    return think_end + len("</think>") if think_end >= 0 else 0
+
+
+@dataclass(frozen=True)
+class PatternParsed:
+    """Outcome of :func:`parse_pattern`: the label, or the ``problem`` that made it unparseable.
+
+    ``offset`` is the position of the matched answer word in the full text (for its
+    log-probabilities); ``rationale`` is the pattern's ``rationale`` group, or the whole
+    answer when the pattern has none.
+    """
+
+    label: str | None
+    offset: int | None
+    rationale: str
+    problem: str = ""
+
+
+def parse_pattern(text: Any, pattern: re.Pattern[str], labels: Mapping[str, str]) -> PatternParsed:
+    """Parse an answer with a judge template's ``answer`` regex; never raises, never guesses.
+
+    ``pattern`` must have a named group ``label``; what it captures, stripped and compared
+    case-insensitively, must be a key of ``labels`` (answer word → taxonomy label). Every
+    match in the answer must give the same label (a model that answers twice differently
+    has not answered). A ``<think>…</think>`` block before the answer is ignored.
+    """
+    if not isinstance(text, str):
+        return PatternParsed(None, None, "", "answer is not text")
+    norm = {str(k).strip().casefold(): v for k, v in labels.items()}
+    start = answer_start(text)
+    body = text[start:]
+    found: list[tuple[str, int, re.Match[str]]] = []
+    for m in pattern.finditer(body):
+        word = m.group("label")
+        if word is None:
+            continue
+        key = word.strip().casefold()
+        if key not in norm:
+            known = ", ".join(sorted(str(k).strip() for k in labels))
+            return PatternParsed(None, None, "", f"{word.strip()[:40]!r} is not one of the template's labels ({known})")
+        lead = len(word) - len(word.lstrip())
+        found.append((norm[key], start + m.start("label") + lead, m))
+    if not found:
+        return PatternParsed(None, None, "", "the answer does not match the template's answer pattern")
+    if len({label for label, _, _ in found}) > 1:
+        return PatternParsed(None, None, "", f"conflicting answers {sorted({lbl for lbl, _, _ in found})}")
+    label, offset, _ = found[0]
+    if "rationale" in pattern.groupindex:
+        rationale = next((m.group("rationale") for _, _, m in found if m.group("rationale")), "") or ""
+    else:
+        rationale = body
+    return PatternParsed(label, offset, rationale.strip()[:MAX_RATIONALE_CHARS])
 
 
 # ---------------------------------------------------------------------------------------
@@ -167,46 +221,89 @@ def combine_probs(parts: Sequence[Mapping[str, float]]) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------
 
 
+def _alternatives_at(logprobs: Any, offset: int, holds: Callable[[str], bool]) -> list[tuple[str, float]] | None:
+    """The (stripped token, probability) alternatives of the generated token covering ``offset``.
+
+    ``logprobs`` is the OpenAI ``choices[0].logprobs`` object (``{"content": [{"token",
+    "logprob", "top_logprobs": [...]}, ...]}``); character positions are counted by joining
+    the tokens. The covering token itself (stripped) must satisfy ``holds`` — the answer
+    alone, not merged into a longer token — else None, as for any structure that does not
+    allow an honest answer (missing, malformed, tokens that do not reach ``offset``).
+    """
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(content, list):
+        return None
+    pos = 0
+    for entry in content:
+        token = entry.get("token")
+        if not isinstance(token, str):
+            return None
+        end = pos + len(token)
+        if pos <= offset < end:
+            if not holds(token.strip()):
+                return None
+            alts = entry.get("top_logprobs") or [{"token": token, "logprob": entry.get("logprob")}]
+            out: list[tuple[str, float]] = []
+            for alt in alts:
+                t = alt.get("token")
+                lp = alt.get("logprob")
+                if not isinstance(t, str) or not isinstance(lp, int | float) or isinstance(lp, bool):
+                    continue
+                if math.isfinite(lp):
+                    out.append((t.strip(), math.exp(lp)))
+            return out
+        pos = end
+    return None
+
+
 def digit_probs(logprobs: Any, offset: int, valid: Iterable[int]) -> dict[int, float] | None:
     """Probability of each valid digit at the position of the parsed result digit.
 
-    ``logprobs`` is the OpenAI ``choices[0].logprobs`` object (``{"content": [{"token",
-    "logprob", "top_logprobs": [...]}, ...]}``). The token whose text covers ``offset`` must
-    be the digit alone (surrounding whitespace allowed); its ``top_logprobs`` alternatives
-    that are valid digits are summed per digit and normalised. Returns None whenever the
-    structure does not allow an honest answer (missing, malformed, digit merged into a
-    longer token).
+    The token whose text covers ``offset`` must be the digit alone (surrounding whitespace
+    allowed); its ``top_logprobs`` alternatives that are valid digits are summed per digit
+    and normalised. Returns None whenever the structure does not allow an honest answer
+    (see :func:`_alternatives_at`).
     """
     valid_set = set(valid)
     try:
-        content = logprobs.get("content") if isinstance(logprobs, dict) else None
-        if not isinstance(content, list):
+        alts = _alternatives_at(logprobs, offset, lambda t: len(t) == 1 and t.isdigit())
+        if alts is None:
             return None
-        pos = 0
-        for entry in content:
-            token = entry.get("token")
-            if not isinstance(token, str):
-                return None
-            end = pos + len(token)
-            if pos <= offset < end:
-                if not token.strip().isdigit() or len(token.strip()) != 1:
-                    return None
-                alts = entry.get("top_logprobs") or [{"token": token, "logprob": entry.get("logprob")}]
-                mass: dict[int, float] = {}
-                for alt in alts:
-                    t = alt.get("token")
-                    lp = alt.get("logprob")
-                    if not isinstance(t, str) or not isinstance(lp, int | float) or isinstance(lp, bool):
-                        continue
-                    t = t.strip()
-                    if len(t) == 1 and t.isdigit() and int(t) in valid_set and math.isfinite(lp):
-                        mass[int(t)] = mass.get(int(t), 0.0) + math.exp(lp)
-                total = sum(mass.values())
-                if total <= 0.0:
-                    return None
-                return {d: mass.get(d, 0.0) / total for d in sorted(valid_set)}
-            pos = end
+        mass: dict[int, float] = {}
+        for t, p in alts:
+            if len(t) == 1 and t.isdigit() and int(t) in valid_set:
+                mass[int(t)] = mass.get(int(t), 0.0) + p
+        total = sum(mass.values())
+        if total <= 0.0:
+            return None
+        return {d: mass.get(d, 0.0) / total for d in sorted(valid_set)}
+    except (AttributeError, TypeError, ValueError, OverflowError):
         return None
+
+
+def token_label_probs(logprobs: Any, offset: int, tokens: Mapping[str, str]) -> dict[str, float] | None:
+    """Label probabilities at the token holding a parsed answer word (``Yes``, ``unsafe`` …).
+
+    ``tokens`` maps answer words to labels (``{"Yes": "unsafe", "No": "safe"}``), compared
+    stripped and case-insensitively. The generated token covering ``offset`` must be one of
+    those words alone; its ``top_logprobs`` alternatives that are such words are summed per
+    label and normalised over every label in ``tokens`` (absent ones get 0). None when the
+    structure does not allow an honest answer, as for :func:`digit_probs`.
+    """
+    norm = {str(k).strip().casefold(): str(v) for k, v in tokens.items()}
+    try:
+        alts = _alternatives_at(logprobs, offset, lambda t: t.casefold() in norm)
+        if alts is None:
+            return None
+        mass: dict[str, float] = {}
+        for t, p in alts:
+            label = norm.get(t.casefold())
+            if label is not None:
+                mass[label] = mass.get(label, 0.0) + p
+        total = sum(mass.values())
+        if total <= 0.0:
+            return None
+        return {label: mass.get(label, 0.0) / total for label in sorted(set(norm.values()))}
     except (AttributeError, TypeError, ValueError, OverflowError):
         return None
 
