@@ -257,6 +257,7 @@ class ClientStats:
     failures: int = 0  # requests given up on
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    structured_refused: list[str] = field(default_factory=list)  # response_format shapes the server refused
 
 
 class ResponseCache:
@@ -353,6 +354,7 @@ class ChatClient:
     backoff_max: float = 60.0
     max_retry_after: float = 300.0
     max_tokens: int | None = None  # overrides the protocol's per-question limits (reasoning models)
+    structured: bool = False  # constrain verdict answers to JSON (``judge.structured``)
     cache: ResponseCache | None = None
     # dry runs: record the body instead of sending it; the callback's Answer (if any) is returned
     on_request: Callable[[str, dict[str, Any]], Answer | None] | None = None
@@ -360,6 +362,7 @@ class ChatClient:
 
     def __post_init__(self) -> None:
         self.url = chat_url(self.base_url)
+        self.structured_mode = "json_schema" if self.structured else "off"  # the shape the server takes
         self._clients: list[httpx.AsyncClient] = []
         self._pool: asyncio.Queue[httpx.AsyncClient] | None = None
 
@@ -392,7 +395,9 @@ class ChatClient:
             text = text.replace(self.api_key, "[redacted]")
         return _BEARER.sub("Bearer [redacted]", text)
 
-    def body(self, messages: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
+    def body(
+        self, messages: list[dict[str, Any]], max_tokens: int, response_format: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [plain_text_content(m) for m in messages],
@@ -402,11 +407,36 @@ class ChatClient:
         if self.logprobs:
             body["logprobs"] = True
             body["top_logprobs"] = 10
+        if response_format is not None:
+            body["response_format"] = response_format
         return body
 
-    async def ask(self, question: str, messages: list[dict[str, Any]], max_tokens: int) -> Answer:
-        """Send one chat request (or answer it from the cache)."""
-        body = self.body(messages, max_tokens)
+    async def ask(
+        self, question: str, messages: list[dict[str, Any]], max_tokens: int, *, digits: tuple[int, ...] | None = None
+    ) -> Answer:
+        """Send one chat request (or answer it from the cache).
+
+        With ``structured`` and the ``digits`` of a verdict question, the answer is asked for
+        as JSON and constrained by a ``response_format``; a server that refuses one shape
+        (an HTTP error) is asked with the next (``judge.structured.MODES``), once per run."""
+        if not (self.structured and digits):
+            return await self._ask(question, self.body(messages, max_tokens))
+        from safereview.judge import structured
+
+        messages = structured.with_instruction(messages)
+        while True:
+            mode = self.structured_mode
+            shape = structured.response_format(mode, digits)
+            answer = await self._ask(question, self.body(messages, max_tokens, shape))
+            refused = answer.text is None and (answer.error or "").startswith("HTTP ") and mode != "off"
+            if not refused:
+                return answer
+            if self.structured_mode == mode:  # the first request to learn it moves everyone on
+                self.stats.structured_refused.append(f"{mode}: {(answer.error or '')[:160]}")
+                self.structured_mode = structured.MODES[structured.MODES.index(mode) + 1]
+            self.stats.failures -= 1  # asked again in another shape: not a failed request
+
+    async def _ask(self, question: str, body: dict[str, Any]) -> Answer:
         if self.on_request is not None:
             return self.on_request(question, body) or Answer(text=None, error="dry run: no call made")
         data = encode_body(body)

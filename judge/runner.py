@@ -44,6 +44,7 @@ class RunOptions:
     base_url: str
     model: str
     collection: str | None = None
+    protocol_file: Path | None = None  # the judge template, for protocol "template"
     concurrency: int = 8
     limit: int | None = None
     timeout: float = 120.0
@@ -56,6 +57,7 @@ class RunOptions:
     flush_seconds: float = 2.0
     max_image_side: int = 1536
     max_tokens: int | None = None
+    structured: bool = False  # constrain verdict answers to JSON (judge.structured)
     backoff_base: float = 1.0
     progress: bool = True
 
@@ -80,6 +82,8 @@ class RunSummary:
     logprobs_asked: bool = False
     with_probability: int = 0  # verdicts with a probability (from log-probabilities or a stated one)
     error_reasons: dict[str, int] = field(default_factory=dict)  # why verdicts failed, most common first
+    structured: str = ""  # --structured: the response_format shape the server took (json_schema | json_object | off)
+    structured_refused: list[str] = field(default_factory=list)  # shapes the server refused, with its answer
     requests: list[dict[str, Any]] = field(default_factory=list)  # dry run only
 
     @property
@@ -93,12 +97,30 @@ class RunSummary:
             )
         for reason, n in sorted(self.error_reasons.items(), key=lambda kv: -kv[1])[:5]:
             out.append(f"{n} verdict(s) failed: {reason}")
+        if self.structured:
+            refused = "; ".join(self.structured_refused)
+            out.append(
+                f"structured answers: response_format {self.structured}"
+                + (f" (the server refused: {refused})" if refused else "")
+                + (
+                    " -- no shape was accepted, so answers were only asked for as JSON"
+                    if self.structured == "off"
+                    else ""
+                )
+            )
         return out
+
+    @property
+    def parse_rate(self) -> float | None:
+        """Share of the model's verdicts that parsed (ok of ok + unparseable); None without any."""
+        asked = self.ok + self.unparseable
+        return self.ok / asked if asked else None
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d.pop("requests")
         d["notes"] = self.notes
+        d["parse_rate"] = self.parse_rate
         return d
 
 
@@ -124,6 +146,8 @@ def params_for(opts: RunOptions) -> dict[str, Any]:
     params: dict[str, Any] = {"temperature": 0.0, "max_image_side": opts.max_image_side}
     if opts.max_tokens is not None:
         params["max_tokens"] = opts.max_tokens
+    if opts.structured:  # another question (JSON asked for) and constrained decoding: another judge
+        params["structured"] = True
     return params
 
 
@@ -158,13 +182,26 @@ def _view(item: Item) -> ItemView:
     )
 
 
-def _collections(session: Session, name: str | None, dims: tuple[str, ...]) -> list[Collection]:
-    """The named collection (checked against the protocol) or every compatible one."""
+def _collections(
+    session: Session, name: str | None, dims: tuple[str, ...], check: Callable[[dict[str, Any]], None] | None = None
+) -> list[Collection]:
+    """The named collection (checked against the protocol) or every compatible one.
+
+    ``check(taxonomy)`` (a judge template's) raises ValueError when the taxonomy does not
+    have the dimensions and labels the protocol names."""
     from safereview.db.collections import taxonomy_of
     from safereview.workflow.collections import get_collection
 
+    def checked(col: Collection) -> Collection:
+        if check is not None:
+            try:
+                check(taxonomy_of(session, col))
+            except ValueError as exc:
+                raise JudgeSetupError(f"collection {col.name!r}: {exc}") from None
+        return col
+
     if name is not None:
-        col = get_collection(session, name)
+        col = checked(get_collection(session, name))
         have = dimension_names(taxonomy_of(session, col))
         missing = [d for d in dims if d not in have]
         if missing:
@@ -180,7 +217,7 @@ def _collections(session: Session, name: str | None, dims: tuple[str, ...]) -> l
     ]
     if not cols:
         raise JudgeSetupError("no collection has this protocol's dimensions: " + ", ".join(dims))
-    return cols
+    return [checked(c) for c in cols]
 
 
 def truncate_media(body: dict[str, Any], keep: int = 48) -> dict[str, Any]:
@@ -230,7 +267,7 @@ async def run_judge_async(
     on_batch: Callable[[int], None] | None = None,
 ) -> RunSummary:
     try:
-        protocol = get_protocol(opts.protocol)
+        protocol = get_protocol(opts.protocol, opts.protocol_file)
     except ValueError as exc:
         raise JudgeSetupError(str(exc)) from None
     jid = judge_id(protocol.name, opts.model, protocol.prompt_version, params_for(opts))
@@ -238,7 +275,7 @@ async def run_judge_async(
     started = time.perf_counter()
 
     with session_scope(engine) as s:
-        cols = _collections(s, opts.collection, protocol.dimensions)
+        cols = _collections(s, opts.collection, protocol.dimensions, getattr(protocol, "check_taxonomy", None))
         col_ids = [c.id for c in cols]
         if not opts.dry_run:
             ensure_judge_config(s, protocol.name, opts.model, protocol.prompt_version, params_for(opts), jid=jid)
@@ -268,6 +305,7 @@ async def run_judge_async(
         cache=cache,
         backoff_base=opts.backoff_base,
         max_tokens=opts.max_tokens,
+        structured=opts.structured,
         on_request=record if opts.dry_run else None,
     )
 
@@ -384,6 +422,9 @@ async def run_judge_async(
     st = client.stats
     summary.calls, summary.cache_hits, summary.retries = st.calls, st.cache_hits, st.retries
     summary.failures = st.failures
+    if opts.structured:
+        summary.structured = client.structured_mode
+        summary.structured_refused = list(st.structured_refused)
     summary.prompt_tokens, summary.completion_tokens = st.prompt_tokens, st.completion_tokens
     summary.seconds = time.perf_counter() - started
     if opts.dry_run:

@@ -12,7 +12,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from safereview.judge.parsing import MAX_RATIONALE_CHARS, MAX_RAW_CHARS, Parsed, digit_probs, label_probs, parse_answer
+from safereview.judge.parsing import (
+    MAX_RATIONALE_CHARS,
+    MAX_RAW_CHARS,
+    Parsed,
+    answer_start,
+    digit_probs,
+    label_probs,
+    parse_answer,
+)
 
 
 @dataclass
@@ -55,13 +63,14 @@ class Draft:
     score: float | None = None
 
 
-AskFn = Callable[[str, list[dict[str, Any]], int], Awaitable[Answer]]
+AskFn = Callable[..., Awaitable[Answer]]  # (question, messages, max_tokens, *, digits=None) -> Answer
 
 
 @dataclass
 class JudgeContext:
     """What a protocol may use: ``content(parts)`` builds OpenAI content parts (media inline),
-    ``ask(question, messages, max_tokens)`` sends one chat request."""
+    ``ask(question, messages, max_tokens, digits=…)`` sends one chat request (``digits``: the
+    valid results of a verdict question, which ``--structured`` constrains the answer to)."""
 
     content: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
     ask: AskFn
@@ -90,15 +99,23 @@ class Judgment:
 
 
 def judgment_from_answer(answer: Answer, mapping: dict[int, str]) -> Judgment:
-    """Parse an answer strictly against the digits valid for its question."""
+    """Parse an answer strictly against the digits valid for its question.
+
+    An answer that is a JSON object (``--structured``, or a model that answers in JSON
+    unasked) is read as ``{"reason", "result"}``; any other as ``Reason: …; Result: d``."""
+    from safereview.judge.structured import parse_json_answer
+
     if answer.text is None:
         return Judgment(None, "error", "", (answer.error or "no answer")[:MAX_RAW_CHARS])
-    parsed: Parsed = parse_answer(answer.text, mapping)
+    body = answer.text[answer_start(answer.text) :].lstrip().lstrip("`").removeprefix("json").lstrip()
+    parsed: Parsed | None = parse_json_answer(answer.text, mapping) if body.startswith("{") else None
+    if parsed is None:
+        parsed = parse_answer(answer.text, mapping)
     raw = answer.text[:MAX_RAW_CHARS]
-    if not parsed.ok or parsed.digit is None or parsed.offset is None:
+    if not parsed.ok or parsed.digit is None:
         return Judgment(None, "unparseable", parsed.reason, raw)
     probs = None
-    if answer.logprobs is not None:
+    if answer.logprobs is not None and parsed.offset is not None:
         probs = label_probs(digit_probs(answer.logprobs, parsed.offset, mapping), mapping)
     return Judgment(mapping[parsed.digit], "ok", parsed.reason[:MAX_RATIONALE_CHARS], raw, probs)
 

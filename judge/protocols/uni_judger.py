@@ -233,6 +233,7 @@ class UniJudger:
                         f"contextual-{kind}",
                         self.contextual_messages(item, ctx, intent, kind, parts),
                         self.verdict_max_tokens,
+                        digits=tuple(CONTEXTUAL_IMAGE if kind == "image" else CONTEXTUAL_TEXT),
                     )
                     for kind, parts in pieces
                 )
@@ -246,7 +247,12 @@ class UniJudger:
         async def intrinsic() -> Draft:
             answers = await asyncio.gather(
                 *(
-                    ctx.ask(f"intrinsic-{kind}", self.intrinsic_messages(kind, parts, ctx), self.verdict_max_tokens)
+                    ctx.ask(
+                        f"intrinsic-{kind}",
+                        self.intrinsic_messages(kind, parts, ctx),
+                        self.verdict_max_tokens,
+                        digits=tuple(INTRINSIC),
+                    )
                     for kind, parts in pieces
                 )
             )

@@ -87,7 +87,7 @@ class VLSUJudge:
             msgs = self.messages(dim, item, ctx)
             if msgs is None:
                 return Draft(item.id, dim, "safe", "rule", f"the item has no {dim} to grade")
-            answer = await ctx.ask(dim, msgs, self.max_tokens)
+            answer = await ctx.ask(dim, msgs, self.max_tokens, digits=tuple(SEVERITY))
             return merge([judgment_from_answer(answer, SEVERITY)], [dim], dim, item.id, "")
 
         return list(await asyncio.gather(*(one(d) for d in self.dimensions if d in wanted)))

@@ -36,6 +36,8 @@ def _print_summary(summary: Any) -> None:
     ]
     if summary.logprobs_asked:
         rows.insert(-3, ("  with a probability", summary.with_probability))
+    if summary.parse_rate is not None:
+        rows.insert(-3, ("answers parsed (ok / ok + unparseable)", f"{summary.parse_rate:.1%}"))
     for k, v in rows:
         t.add_row(k, str(v))
     console.print(t)
@@ -46,7 +48,10 @@ def _print_summary(summary: Any) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("judge")
     def judge(
-        protocol: Annotated[str, typer.Option("--protocol", help="Judging protocol: uni-judger or vlsu.")],
+        protocol: Annotated[
+            str,
+            typer.Option("--protocol", help="Judging protocol: uni-judger, vlsu, or template (with --protocol-file)."),
+        ],
         base_url: Annotated[
             str,
             typer.Option("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000 or https://host/v1."),
@@ -58,6 +63,14 @@ def register(app: typer.Typer) -> None:
                 "--collection",
                 "-c",
                 help="Collection to judge (default: every collection whose taxonomy fits the protocol).",
+                show_default=False,
+            ),
+        ] = None,
+        protocol_file: Annotated[
+            Path | None,
+            typer.Option(
+                "--protocol-file",
+                help="Judge template (TOML: prompts, answer pattern, labels); required with --protocol template.",
                 show_default=False,
             ),
         ] = None,
@@ -123,6 +136,14 @@ def register(app: typer.Typer) -> None:
                 show_default=False,
             ),
         ] = None,
+        structured: Annotated[
+            bool,
+            typer.Option(
+                "--structured",
+                help="Ask for verdicts as JSON constrained by a response_format schema "
+                "(falls back when the server refuses it; part of the judge id).",
+            ),
+        ] = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
         db: DbOption = None,
         media_root: MediaRootOption = None,
@@ -139,6 +160,7 @@ def register(app: typer.Typer) -> None:
             base_url=base_url,
             model=model,
             collection=collection,
+            protocol_file=protocol_file,
             concurrency=concurrency,
             limit=limit,
             timeout=timeout,
@@ -150,6 +172,7 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             max_image_side=max_image_side,
             max_tokens=max_tokens,
+            structured=structured,
             progress=not json_out,
         )
         try:
