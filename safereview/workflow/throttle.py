@@ -128,7 +128,10 @@ def charge(
         if row.window_start < now - WINDOW:
             row.failures, row.window_start, row.next_at = 0, now, now
         rows.append((row, rule))
-    wait = max(((row.next_at - now).total_seconds() for row, _ in rows), default=0.0)
+    # Only a counter past its free attempts makes anyone wait. (A free attempt sets next_at to its own
+    # start time, which is later than ours when it started after us but locked the row first: two
+    # people signing in at once from one address must not see "try again in 1 second".)
+    wait = max(((row.next_at - now).total_seconds() for row, rule in rows if row.failures > rule.free), default=0.0)
     if wait > 0:
         raise Throttled(math.ceil(wait))
     for row, rule in rows:
