@@ -13,8 +13,23 @@ Why it looks the way it does:
   Sockets use TCP_NODELAY: headers and body are separate writes, and Nagle plus delayed
   ACK would otherwise add tens of milliseconds to small requests.
 - **Retries that respect the server.** 429 (honouring ``Retry-After``), 5xx, connection
-  errors and time-outs are retried with exponential backoff and full jitter; other 4xx
-  answers are final. Each attempt has a hard wall-clock limit (``--timeout``).
+  errors and time-outs are retried; other 4xx answers are final. Each attempt has a hard
+  wall-clock limit (``--timeout``).
+- **Several servers, one pool each.** ``base_url`` may name several servers; each has its
+  own ``concurrency`` connections and health. A request goes to the least busy server
+  that is not backed off (ties in turn). A failure that is the server's (connection
+  error, time-out, 5xx, 429) puts that *server* in back-off — exponential in its run of
+  failures with equal jitter, or ``Retry-After`` — and the request is retried on another
+  server at once; only when every server is backed off does it wait, for the first to come
+  back. Back-off is per server rather than per request because a rate-limited or dying
+  server is one fact: letting each request find it out alone keeps hammering it. Equal
+  rather than full jitter, so a back-off is never ~0 s and a dead server is not retried
+  at once. Three rules keep a dead server cheap while others answer: failures of requests
+  already in flight extend a back-off without escalating it; a server that is still
+  failing gets one request at a time (a probe) when its back-off ends; and a request does
+  not go back to a server it failed on while another server is healthy, so one dead server
+  costs a request at most one of its ``max_retries`` retries. Answers that are the
+  request's fault (4xx, the same 5xx twice, a malformed body) never bench a server.
 - **Media inline.** Images go as ``image_url`` data URLs (base64), video as a few still
   frames the same way, audio as
   ``input_audio`` (wav/mp3) — the forms vLLM, Ollama, llama.cpp and hosted APIs accept.
@@ -36,9 +51,10 @@ import re
 import socket
 import ssl
 import time
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import urllib.parse
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +296,44 @@ def chat_url(base_url: str) -> str:
     return base + "/v1/chat/completions"
 
 
+def display_url(url: str) -> str:
+    """A server URL fit for a summary: without ``user:password@`` and the query string
+    (where some gateways take their API key)."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+@dataclass
+class ServerStats:
+    """One server's share of a run (``RunSummary.servers``); every attempt it got is exactly
+    one of answered, refused or failed."""
+
+    url: str  # as given, without credentials
+    answered: int = 0  # requests it answered with a completion (summed over servers: the run's calls)
+    refused: int = 0  # final answers that are the request's fault: 4xx, the same 5xx twice, a malformed body
+    failed: int = 0  # attempts that failed here: connection error, time-out, 5xx, 429
+    backoffs: int = 0  # times it was put in back-off
+    sent_elsewhere: int = 0  # failed attempts whose retry went to another server
+    backed_off: bool = False  # at the end of the run: in back-off, or not answering since its last back-off
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Server:
+    """One server of a ``ChatClient``: its idle connections, load and health."""
+
+    def __init__(self, index: int, base_url: str, label: str) -> None:
+        self.index = index
+        self.url = chat_url(base_url)
+        self.stats = ServerStats(url=label)
+        self.clients: list[httpx.AsyncClient] = []
+        self.idle: list[httpx.AsyncClient] = []
+        self.in_flight = 0
+        self.until = 0.0  # loop time its back-off ends
+        self.streak = 0  # back-offs since its last answer (0: healthy; above: still failing)
+
+
 def encode_body(body: dict[str, Any]) -> bytes:
     """Canonical JSON bytes: what is hashed is exactly what is sent."""
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -332,6 +386,14 @@ def plain_text_content(message: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
+def _now() -> float:
+    """The event loop's clock (monotonic), which ``call_later`` uses too."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:  # no loop running (stats read after the run)
+        return time.monotonic()
+
+
 _BEARER = re.compile(r"Bearer\s+[A-Za-z0-9._~+/=-]{8,}")
 
 
@@ -340,12 +402,13 @@ class ChatClient:
     """Async client for ``POST /v1/chat/completions`` with cache, retries and a time limit.
 
     Use as ``async with ChatClient(...) as client: answer = await client.ask(...)``.
+    ``base_url`` is one server or a sequence of them; ``concurrency`` is per server.
     """
 
-    base_url: str
+    base_url: str | Sequence[str]
     model: str
     api_key: str = ""
-    concurrency: int = 8
+    concurrency: int = 8  # connections (requests in flight) per server
     timeout: float = 120.0
     max_retries: int = 5
     logprobs: bool = False
@@ -361,10 +424,21 @@ class ChatClient:
     stats: ClientStats = field(default_factory=ClientStats)
 
     def __post_init__(self) -> None:
-        self.url = chat_url(self.base_url)
+        urls = [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
+        if not urls:
+            raise ValueError("no server URL given")
+        chat_urls = [chat_url(u) for u in urls]
+        twice = sorted({u for u in chat_urls if chat_urls.count(u) > 1})
+        if twice:
+            raise ValueError(f"server given twice: {', '.join(self.redact(display_url(u)) for u in twice)}")
+        self.servers = [_Server(i, u, self.redact(display_url(u))) for i, u in enumerate(urls)]
+        self.url = self.servers[0].url  # the first (or only) server's endpoint
         self.structured_mode = "json_schema" if self.structured else "off"  # the shape the server takes
-        self._clients: list[httpx.AsyncClient] = []
-        self._pool: asyncio.Queue[httpx.AsyncClient] | None = None
+        self._open = False
+        # requests waiting for a connection, oldest first: (future, servers the request failed on)
+        self._waiters: deque[tuple[asyncio.Future[tuple[_Server, httpx.AsyncClient]], set[int]]] = deque()
+        self._timers: list[asyncio.TimerHandle] = []
+        self._next = 0  # round robin among equally busy servers
 
     async def __aenter__(self) -> ChatClient:
         if self.on_request is None:
@@ -372,21 +446,37 @@ class ChatClient:
             if self.api_key:
                 headers["Authorization"] = f"Bearer {self.api_key}"
             ssl_context = _shared_ssl_context()
-            self._pool = asyncio.Queue()
-            for _ in range(max(1, self.concurrency)):
-                transport = httpx.AsyncHTTPTransport(
-                    limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-                    socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-                    verify=ssl_context,
-                )
-                client = httpx.AsyncClient(headers=headers, transport=transport, timeout=httpx.Timeout(self.timeout))
-                self._clients.append(client)
-                self._pool.put_nowait(client)
+            for server in self.servers:
+                for _ in range(max(1, self.concurrency)):
+                    transport = httpx.AsyncHTTPTransport(
+                        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+                        verify=ssl_context,
+                    )
+                    client = httpx.AsyncClient(
+                        headers=headers, transport=transport, timeout=httpx.Timeout(self.timeout)
+                    )
+                    server.clients.append(client)
+                    server.idle.append(client)
+            self._open = True
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        clients, self._clients, self._pool = self._clients, [], None
+        self._open = False
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        clients = [c for server in self.servers for c in server.clients]
+        for server in self.servers:
+            server.clients, server.idle = [], []
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+
+    def server_stats(self) -> list[ServerStats]:
+        """Each server's counts, with whether it is backed off now (or still failing)."""
+        now = _now()
+        for server in self.servers:
+            server.stats.backed_off = server.until > now or server.streak > 0
+        return [server.stats for server in self.servers]
 
     def redact(self, text: str) -> str:
         """A server's error text without the API key (a server that echoes the request's
@@ -446,12 +536,8 @@ class ChatClient:
             if hit is not None:
                 self.stats.cache_hits += 1
                 return Answer(text=hit.get("content"), logprobs=hit.get("logprobs"))
-        assert self._pool is not None, "use ChatClient as an async context manager"
-        http = await self._pool.get()  # the queue of clients is the concurrency semaphore
-        try:
-            result, error = await self._post(http, data)
-        finally:
-            self._pool.put_nowait(http)
+        assert self._open, "use ChatClient as an async context manager"
+        result, error = await self._post(data)
         if result is None:
             self.stats.failures += 1
             return Answer(text=None, error=error)
@@ -459,39 +545,162 @@ class ChatClient:
             self.cache.put(key, result)
         return Answer(text=result["content"], logprobs=result.get("logprobs"))
 
-    async def _post(self, http: httpx.AsyncClient, data: bytes) -> tuple[dict[str, Any] | None, str]:
+    # -- choosing a server ------------------------------------------------------------
+    # Idle single-connection clients, per server, are the concurrency semaphore: a request
+    # takes one (``_acquire``) and gives it back (``_release``), which hands it straight to the
+    # oldest waiting request that may use it (``_dispatch``), as ``asyncio.Queue`` would.
+
+    def _pick(self, now: float, tried: set[int]) -> _Server | None:
+        """The server a request that failed on ``tried`` may use now, or None (it waits)."""
+        healthy = [s for s in self.servers if s.until <= now]
+        # a request does not go back to a server it failed on while another is healthy
+        candidates = [s for s in healthy if s.index not in tried] or healthy
+        answering = [s for s in healthy if s.streak == 0]
+        best: _Server | None = None
+        best_key: tuple[int, int] | None = None
+        n = len(self.servers)
+        for s in candidates:
+            if not s.idle:
+                continue
+            if s.streak and s.in_flight and any(o is not s for o in answering):
+                continue  # still failing: one probe at a time while another server answers
+            key = (s.in_flight, (s.index - self._next) % n)  # least busy, ties in turn
+            if best_key is None or key < best_key:
+                best, best_key = s, key
+        if best is not None:
+            self._next = best.index + 1
+        return best
+
+    def _take(self, now: float, tried: set[int]) -> tuple[_Server, httpx.AsyncClient] | None:
+        server = self._pick(now, tried)
+        if server is None:
+            return None
+        server.in_flight += 1
+        return server, server.idle.pop()
+
+    def _dispatch(self) -> None:
+        """Hand idle connections to waiting requests, oldest first."""
+        if not self._waiters or not self._open:
+            return
+        now = _now()
+        kept: deque[tuple[asyncio.Future[tuple[_Server, httpx.AsyncClient]], set[int]]] = deque()
+        while self._waiters and any(s.idle and s.until <= now for s in self.servers):
+            future, tried = self._waiters.popleft()
+            if future.done():  # its request was cancelled
+                continue
+            got = self._take(now, tried)
+            if got is None:
+                kept.append((future, tried))  # e.g. only a server it failed on is free: a younger one may fit
+            else:
+                future.set_result(got)
+        kept.extend(self._waiters)
+        self._waiters = kept
+
+    async def _acquire(
+        self, tried: set[int], retry_of: tuple[_Server, httpx.AsyncClient] | None = None
+    ) -> tuple[_Server, httpx.AsyncClient]:
+        """A connection for a request; a retry hands back its failed attempt's (``retry_of``)
+        and is first in line, as it would be had it kept its connection while waiting."""
+        if retry_of is None:
+            self._dispatch()  # older requests first
+            got = self._take(_now(), tried)
+            if got is not None:
+                return got
+        future: asyncio.Future[tuple[_Server, httpx.AsyncClient]] = asyncio.get_running_loop().create_future()
+        if retry_of is not None:
+            self._waiters.appendleft((future, tried))
+            self._release(*retry_of)  # to this request, if it may use it now
+        else:
+            self._waiters.append((future, tried))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # handed a connection just as it was cancelled
+                self._release(*future.result())
+            raise
+
+    def _release(self, server: _Server, http: httpx.AsyncClient) -> None:
+        server.in_flight -= 1
+        if self._open:
+            server.idle.append(http)
+        self._dispatch()
+
+    def _back_off(self, server: _Server, retry_after: float | None) -> None:
+        """Bench ``server`` after a failure that is its own (see the module docstring)."""
+        now = _now()
+        server.stats.failed += 1
+        if server.until <= now:  # a new back-off; failures of requests already in flight only extend it
+            server.streak += 1
+            server.stats.backoffs += 1
+        if retry_after is not None:
+            delay = min(retry_after, self.max_retry_after)
+        else:
+            cap = min(self.backoff_max, self.backoff_base * 2 ** (server.streak - 1))
+            delay = cap / 2 + random.uniform(0.0, cap / 2)  # equal jitter: never ~0 s
+        if now + delay > server.until:
+            server.until = now + delay
+            # waiting requests get its connections back when the back-off ends
+            loop = asyncio.get_running_loop()
+            self._timers = [t for t in self._timers if t.when() > now]
+            self._timers.append(loop.call_later(delay + 0.002, self._dispatch))
+
+    # -- one request ----------------------------------------------------------------------
+
+    async def _post(self, data: bytes) -> tuple[dict[str, Any] | None, str]:
         error = ""
         last_server_error = None
-        for attempt in range(self.max_retries + 1):
-            retry_after: float | None = None
-            try:
-                async with asyncio.timeout(self.timeout):
-                    resp = await http.post(self.url, content=data)
-                    payload = resp.content
-            except (httpx.TransportError, TimeoutError) as exc:
-                error = self.redact(f"{type(exc).__name__}: {exc}".strip().rstrip(":")) or type(exc).__name__
-                if isinstance(exc, TimeoutError):
-                    error = f"time limit of {self.timeout:g} s exceeded"
-            else:
-                if resp.status_code == 200:
-                    return self._result(payload)
-                error = f"HTTP {resp.status_code}: {self.redact(payload[:300].decode('utf-8', 'replace'))}"
-                if resp.status_code != 429 and resp.status_code < 500:
-                    return None, error  # a client error does not get better by retrying
-                if resp.status_code >= 500 and payload and payload == last_server_error:
-                    # the same server error twice for the same request: it is this request the server
-                    # cannot take (e.g. a chat template that refuses its shape), not a passing fault
-                    return None, f"{error} (the same answer twice: not retried further)"
-                last_server_error = payload if resp.status_code >= 500 else None
-                retry_after = retry_after_seconds(resp.headers.get("retry-after"))
-            if attempt >= self.max_retries:
-                break
-            self.stats.retries += 1
-            if retry_after is not None:
-                delay = min(retry_after, self.max_retry_after)
-            else:
-                delay = random.uniform(0.0, min(self.backoff_max, self.backoff_base * 2**attempt))
-            await asyncio.sleep(delay)
+        tried: set[int] = set()  # servers this request failed on
+        failed_on: _Server | None = None
+        held: tuple[_Server, httpx.AsyncClient] | None = None  # the connection in use (or of the failed attempt)
+        where = len(self.servers) > 1  # name the server in errors only when there is a choice
+        try:
+            for attempt in range(self.max_retries + 1):
+                retry_of, held = held, None
+                server, http = held = await self._acquire(tried, retry_of)
+                if failed_on is not None and failed_on is not server:
+                    failed_on.stats.sent_elsewhere += 1
+                at = f" (server {server.stats.url})" if where else ""
+                retry_after: float | None = None
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        resp = await http.post(server.url, content=data)
+                        payload = resp.content
+                except (httpx.TransportError, TimeoutError) as exc:
+                    error = self.redact(f"{type(exc).__name__}: {exc}".strip().rstrip(":")) or type(exc).__name__
+                    if isinstance(exc, TimeoutError):
+                        error = f"time limit of {self.timeout:g} s exceeded"
+                    error += at
+                else:
+                    if resp.status_code == 200:
+                        result, error = self._result(payload)
+                        server.streak = 0  # it answers
+                        if result is None:
+                            server.stats.refused += 1
+                        else:
+                            server.stats.answered += 1
+                        return result, error
+                    error = f"HTTP {resp.status_code}: {self.redact(payload[:300].decode('utf-8', 'replace'))}{at}"
+                    if resp.status_code != 429 and resp.status_code < 500:
+                        server.streak = 0
+                        server.stats.refused += 1
+                        return None, error  # a client error does not get better by retrying
+                    if resp.status_code >= 500 and payload and payload == last_server_error:
+                        # the same server error twice for the same request: it is this request the server
+                        # cannot take (e.g. a chat template that refuses its shape), not a passing fault
+                        server.streak = 0
+                        server.stats.refused += 1
+                        return None, f"{error} (the same answer twice: not retried further)"
+                    last_server_error = payload if resp.status_code >= 500 else None
+                    retry_after = retry_after_seconds(resp.headers.get("retry-after"))
+                self._back_off(server, retry_after)  # before its connection is handed on
+                tried.add(server.index)
+                failed_on = server
+                if attempt >= self.max_retries:
+                    break
+                self.stats.retries += 1
+        finally:
+            if held is not None:
+                self._release(*held)
         return None, f"gave up after {self.max_retries + 1} attempts; last: {error}"
 
     def _result(self, payload: bytes) -> tuple[dict[str, Any] | None, str]:

@@ -1,6 +1,7 @@
 """``run_judge``: judge every item of a collection that lacks a verdict, resumably.
 
-Items are processed by ``concurrency`` workers; finished verdicts (and new cache entries)
+Items are processed by ``concurrency`` workers per server (``ChatClient`` spreads their
+requests over the servers and fails over between them); finished verdicts (and new cache entries)
 are committed in small batches, so a run killed at any moment loses at most one batch and
 the next run skips every (item, dimension, judge) that already has a finished verdict
 (status ok, rule or unparseable; errors are retried).
@@ -41,11 +42,11 @@ class RunOptions:
     """Everything ``safereview judge`` can set (see ``docs/judge.md``)."""
 
     protocol: str
-    base_url: str
+    base_url: str | list[str]  # one server, or several to spread the requests over (not part of the judge id)
     model: str
     collection: str | None = None
     protocol_file: Path | None = None  # the judge template, for protocol "template"
-    concurrency: int = 8
+    concurrency: int = 8  # per server
     limit: int | None = None
     timeout: float = 120.0
     max_retries: int = 5
@@ -60,6 +61,10 @@ class RunOptions:
     structured: bool = False  # constrain verdict answers to JSON (judge.structured)
     backoff_base: float = 1.0
     progress: bool = True
+
+    @property
+    def base_urls(self) -> list[str]:
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
 
 
 @dataclass
@@ -84,6 +89,7 @@ class RunSummary:
     error_reasons: dict[str, int] = field(default_factory=dict)  # why verdicts failed, most common first
     structured: str = ""  # --structured: the response_format shape the server took (json_schema | json_object | off)
     structured_refused: list[str] = field(default_factory=list)  # shapes the server refused, with its answer
+    servers: list[dict[str, Any]] = field(default_factory=list)  # per server: client.ServerStats.as_dict()
     requests: list[dict[str, Any]] = field(default_factory=list)  # dry run only
 
     @property
@@ -97,6 +103,13 @@ class RunSummary:
             )
         for reason, n in sorted(self.error_reasons.items(), key=lambda kv: -kv[1])[:5]:
             out.append(f"{n} verdict(s) failed: {reason}")
+        if len(self.servers) > 1:
+            for srv in self.servers:
+                if srv["backed_off"]:
+                    out.append(
+                        f"server {srv['url']} was backed off at the end ({srv['failed']} failed attempt(s), "
+                        f"{srv['answered']} answered): the other server(s) took its requests"
+                    )
         if self.structured:
             refused = "; ".join(self.structured_refused)
             out.append(
@@ -270,6 +283,10 @@ async def run_judge_async(
         protocol = get_protocol(opts.protocol, opts.protocol_file)
     except ValueError as exc:
         raise JudgeSetupError(str(exc)) from None
+    urls = opts.base_urls
+    if not urls:
+        raise JudgeSetupError("no server: give --base-url")
+    # the server(s) are not part of the judge id: the same model at temperature 0 is the same judge
     jid = judge_id(protocol.name, opts.model, protocol.prompt_version, params_for(opts))
     summary = RunSummary(judge_id=jid, logprobs_asked=bool(opts.logprobs))
     started = time.perf_counter()
@@ -294,20 +311,23 @@ async def run_judge_async(
         # a stand-in intent lets the dry run show the contextual requests that depend on it
         return Answer(text=DRY_RUN_INTENT) if question == "intent" else None
 
-    client = ChatClient(
-        base_url=opts.base_url,
-        model=opts.model,
-        api_key=opts.api_key,
-        concurrency=opts.concurrency,
-        timeout=opts.timeout,
-        max_retries=opts.max_retries,
-        logprobs=opts.logprobs,
-        cache=cache,
-        backoff_base=opts.backoff_base,
-        max_tokens=opts.max_tokens,
-        structured=opts.structured,
-        on_request=record if opts.dry_run else None,
-    )
+    try:
+        client = ChatClient(
+            base_url=urls,
+            model=opts.model,
+            api_key=opts.api_key,
+            concurrency=opts.concurrency,
+            timeout=opts.timeout,
+            max_retries=opts.max_retries,
+            logprobs=opts.logprobs,
+            cache=cache,
+            backoff_base=opts.backoff_base,
+            max_tokens=opts.max_tokens,
+            structured=opts.structured,
+            on_request=record if opts.dry_run else None,
+        )
+    except ValueError as exc:  # e.g. the same server twice
+        raise JudgeSetupError(str(exc)) from None
 
     buffer: list[Draft] = []
     buffered_items = 0
@@ -340,7 +360,8 @@ async def run_judge_async(
 
     # Items are loaded LOAD_CHUNK at a time into a bounded queue, so memory holds a few chunks
     # of prompts however large the collection (the plan above is ids and dimension names only).
-    n_workers = max(1, min(opts.concurrency, len(todo)))
+    # enough workers to keep every server's connections busy (--concurrency is per server)
+    n_workers = max(1, min(opts.concurrency * len(urls), len(todo)))
     queue: asyncio.Queue[tuple[ItemView, tuple[str, ...]] | None] = asyncio.Queue(maxsize=2 * LOAD_CHUNK)
 
     async def producer() -> None:
@@ -422,6 +443,7 @@ async def run_judge_async(
     st = client.stats
     summary.calls, summary.cache_hits, summary.retries = st.calls, st.cache_hits, st.retries
     summary.failures = st.failures
+    summary.servers = [srv.as_dict() for srv in client.server_stats()]
     if opts.structured:
         summary.structured = client.structured_mode
         summary.structured_refused = list(st.structured_refused)

@@ -157,6 +157,7 @@ class FakeOpenAI:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._port = 0
+        self._dead = False  # killed: answer nothing more
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -174,7 +175,7 @@ class FakeOpenAI:
         try:
             while True:
                 request_line = await reader.readline()
-                if not request_line:
+                if not request_line or self._dead:
                     return
                 method, path, _ = request_line.decode("latin-1").split(" ", 2)
                 headers: dict[str, str] = {}
@@ -200,6 +201,8 @@ class FakeOpenAI:
                     reply = self.script(body, n)
                 if reply.delay:
                     await asyncio.sleep(reply.delay)
+                if self._dead:
+                    return
                 payload = reply.body
                 if isinstance(payload, dict | list):
                     data = json.dumps(payload).encode()
@@ -230,16 +233,26 @@ class FakeOpenAI:
             raise RuntimeError("fake OpenAI server did not start")
         return self
 
-    def stop(self) -> None:
+    def kill(self) -> None:
+        """Die like a crashed server: stop listening (new connections are refused) and drop
+        every open connection, answering nothing more (requests in flight get no reply).
+        Call from another thread than the server's; ``stop`` still works afterwards."""
+
         async def close() -> None:
             assert self._server is not None
             self._server.close()
             for task in asyncio.all_tasks():
                 if task is not asyncio.current_task():
-                    task.cancel()
+                    task.cancel()  # each connection's handler closes its socket on the way out
 
-        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._dead = True
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+
+    def stop(self) -> None:
+        self.kill()
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
     def __enter__(self) -> FakeOpenAI:

@@ -41,8 +41,29 @@ def _print_summary(summary: Any) -> None:
     for k, v in rows:
         t.add_row(k, str(v))
     console.print(t)
+    if len(summary.servers) > 1:
+        _print_servers(summary.servers)
     for note in summary.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
+
+
+def _print_servers(servers: list[dict[str, Any]]) -> None:
+    """Per-server counts, for a run over several servers (answered adds up to the HTTP calls)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title="servers", show_header=True)
+    t.add_column("server", overflow="fold")
+    for name in ("answered", "refused", "failed", "back-offs", "sent elsewhere"):
+        t.add_column(name, justify="right")
+    t.add_column("at the end")
+    for srv in servers:
+        t.add_row(
+            Text(srv["url"]),
+            *(str(srv[k]) for k in ("answered", "refused", "failed", "backoffs", "sent_elsewhere")),
+            "backed off" if srv["backed_off"] else "ok",
+        )
+    console.print(t)
 
 
 def register(app: typer.Typer) -> None:
@@ -53,8 +74,12 @@ def register(app: typer.Typer) -> None:
             typer.Option("--protocol", help="Judging protocol: uni-judger, vlsu, or template (with --protocol-file)."),
         ],
         base_url: Annotated[
-            str,
-            typer.Option("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000 or https://host/v1."),
+            list[str],
+            typer.Option(
+                "--base-url",
+                help="OpenAI-compatible server, e.g. http://127.0.0.1:8000 or https://host/v1. Repeat it to spread "
+                "the requests over several servers (a failing one is backed off, the others go on).",
+            ),
         ],
         model: Annotated[str, typer.Option("--model", help="Model name the server knows the judge model by.")],
         collection: Annotated[
@@ -75,7 +100,7 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         concurrency: Annotated[
-            int, typer.Option("--concurrency", min=1, max=1024, help="Requests in flight at once.")
+            int, typer.Option("--concurrency", min=1, max=1024, help="Requests in flight at once, per server.")
         ] = 8,
         limit: Annotated[
             int | None,
@@ -87,7 +112,12 @@ def register(app: typer.Typer) -> None:
             float, typer.Option("--timeout", min=0.1, help="Wall-clock limit per request attempt, seconds.")
         ] = 120.0,
         max_retries: Annotated[
-            int, typer.Option("--max-retries", min=0, help="Retries on 429, 5xx, connection errors and time-outs.")
+            int,
+            typer.Option(
+                "--max-retries",
+                min=0,
+                help="Retries per request (on any server) on 429, 5xx, connection errors, time-outs.",
+            ),
         ] = 5,
         logprobs: Annotated[
             bool,
