@@ -63,8 +63,14 @@ def _widget_key(widget_id: str) -> str | None:
 class StreamlitClient:
     """One browser tab's worth of session: connect, run the script, press widgets."""
 
-    def __init__(self, base: str, *, quickack: bool = False) -> None:
+    def __init__(
+        self, base: str, *, quickack: bool = False, local_address: str = "", headers: dict[str, str] | None = None
+    ) -> None:
         self.base = base.rstrip("/")  # may carry a path (server.baseUrlPath)
+        # Connect from this address (e.g. 127.0.0.7): annotators behind a proxy, each from a machine of
+        # their own as the proxy's X-Forwarded-For tells the app.
+        self.local_address = local_address
+        self.headers = dict(headers or {})  # extra headers of the websocket handshake (tests)
         # Re-arm TCP_QUICKACK after every frame received, so this client never delays its ACKs:
         # the reference for "no stall" (a server whose small frames wait for the client's delayed
         # ACK is as fast as this only with Nagle off). Linux only.
@@ -72,7 +78,8 @@ class StreamlitClient:
         self.ticket_origin = ""  # fetch the sign-in ticket image from another replica (tests)
         parts = urlsplit(self.base)
         self.origin = f"{parts.scheme}://{parts.netloc}"
-        self.http = httpx.AsyncClient(timeout=30)
+        transport = httpx.AsyncHTTPTransport(local_address=local_address) if local_address else None
+        self.http = httpx.AsyncClient(timeout=30, transport=transport)
         self.ws: Any = None
         self.widgets: dict[str, Widget] = {}
         self.page_script_hash = ""
@@ -90,10 +97,11 @@ class StreamlitClient:
             f"ws://{parts.netloc}{parts.path}/_stcore/stream",
             subprotocols=["streamlit", "no-xsrf", resume_session] if resume_session else ["streamlit"],  # type: ignore[list-item]
             origin=self.origin,  # as a browser sends it: scheme and host, no path
-            additional_headers={"Cookie": cookies} if cookies else None,
+            additional_headers={**self.headers, **({"Cookie": cookies} if cookies else {})} or None,
             max_size=2**26,
             compression=None,
             ping_interval=None,
+            **({"local_addr": (self.local_address, 0)} if self.local_address else {}),
         )
 
     def _quickack(self) -> None:

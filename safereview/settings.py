@@ -76,7 +76,8 @@ SETTINGS: tuple[Setting, ...] = (
         "SAFEREVIEW_TRUSTED_PROXIES",
         "",
         "Addresses of reverse proxies (comma-separated, e.g. `127.0.0.1`) whose `X-Forwarded-For` names the "
-        "client; sign-in limits per address then count the client, not the proxy.",
+        "client (sign-in limits per address then count the client, not the proxy) and whose "
+        "`X-Forwarded-Proto: https` marks the cookies Secure; nobody else's forwarded headers are believed.",
     ),
     Setting("SAFEREVIEW_MIN_PASSWORD_LENGTH", "12", "Shortest password accepted (NIST SP 800-63B asks for 8 or more)."),
     Setting(

@@ -100,7 +100,24 @@ def serve_env(db_url: str, media_root: Path, cache_dir: Path | None = None, *, g
     if cache_dir is not None:
         env["SAFEREVIEW_CACHE_DIR"] = str(Path(cache_dir).resolve())
     env["SAFEREVIEW_APP_GC_FREEZE"] = "1" if gc == "freeze" else "0"
+    env["FORWARDED_ALLOW_IPS"] = forwarded_allow_ips()
     return env
+
+
+def forwarded_allow_ips() -> str:
+    """Whose ``X-Forwarded-For``/``-Proto`` uvicorn (Streamlit's server) believes: exactly
+    ``SAFEREVIEW_TRUSTED_PROXIES``, nobody by default.
+
+    Uvicorn's own default trusts 127.0.0.1 and ::1, so any local process talking to the app
+    directly could name its own address for the sign-in limits; behind a trusted proxy it
+    rewrites the client address and scheme (``https`` marks the cookies ``Secure``).
+    """
+    from safereview.settings import Config
+
+    trusted = list(Config().trusted_proxies)
+    if {"127.0.0.1", "::1", "local"} & set(trusted):  # as the app's own check: loopback is one address
+        trusted += ["127.0.0.1", "::1"]
+    return ",".join(dict.fromkeys(t for t in trusted if t != "local"))
 
 
 def _exec_streamlit(cfg, host: str, port: int, gc: str) -> None:  # type: ignore[no-untyped-def]
