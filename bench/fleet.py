@@ -260,6 +260,7 @@ class Annotator:
     first_item_after_reconnect: str | None = None
     error: str = ""
     client: StreamlitClient | None = None
+    deadline: float = float("inf")
 
     @property
     def stored(self) -> dict[str, dict[str, str]]:
@@ -305,12 +306,12 @@ class Annotator:
                 break
             await asyncio.sleep(0.02)
 
-    async def _reconnect(self, dropped_at: float, stop_at: float) -> bool:
+    async def _reconnect(self, dropped_at: float) -> bool:
         """Reconnect until a replica answers (as Streamlit's frontend retries); False when out of time."""
         assert self.client is not None
         old = self.client.session_id
         with_pause = 0.1
-        while time.monotonic() < stop_at:
+        while time.monotonic() < self.deadline:
             if self.client.ws is not None:
                 with contextlib.suppress(Exception):
                     await self.client.ws.close()
@@ -330,10 +331,16 @@ class Annotator:
         for s in self.in_doubt:
             s.outcome = "not-stored" if self.client.item == s.item else "stored-after-reconnect"
 
+    def stop(self) -> None:
+        """End the shift: the press in hand finishes, no new one starts."""
+        self.deadline = min(self.deadline, time.monotonic())
+
     async def run(self, stop_at: float, start_delay: float = 0.0) -> None:
+        """Work until ``stop_at`` (``time.monotonic()``) or :meth:`stop`."""
+        self.deadline = stop_at
         await asyncio.sleep(start_delay)
         try:
-            await self._run(stop_at)
+            await self._run()
         except Exception as exc:  # reported by the caller; one broken client must not hide the others
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
@@ -341,7 +348,7 @@ class Annotator:
                 with contextlib.suppress(Exception):
                     await self.client.close()
 
-    async def _run(self, stop_at: float) -> None:
+    async def _run(self) -> None:
         dropped: float | None = None
         try:
             await self._open()
@@ -351,12 +358,12 @@ class Annotator:
         assert self.client is not None
         c = self.client
         reconnected = False
-        while time.monotonic() < stop_at:
+        while time.monotonic() < self.deadline:
             if dropped is not None:
                 if self.leave_on_disconnect:
                     self.left = True
                     return
-                if not await self._reconnect(dropped, stop_at):
+                if not await self._reconnect(dropped):
                     return
                 self._resolve_doubt()
                 reconnected, dropped = True, None
@@ -369,7 +376,7 @@ class Annotator:
                     await c.click(f"rv_lab_{di}_{li}")
                     labels[dim] = names[li]
                 await asyncio.sleep(self.rng.expovariate(1 / self.think_s))
-                if time.monotonic() >= stop_at:
+                if time.monotonic() >= self.deadline:
                     return
                 sub = Submit(self.username, str(item), labels, time.monotonic(), outcome="in-doubt")
                 self.submits.append(sub)
