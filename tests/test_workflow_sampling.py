@@ -177,3 +177,32 @@ def test_census_and_no_design(engine: sa.Engine) -> None:
         s.add_all(Annotation(item_id=i, user_id=imported.id, labels=VLSU_SAFE, source="import") for i in ids)
     ds = load_design_sample(engine, [cid])
     assert ds.in_sample.all() and np.all(ds.sample_pi == 1.0) and ds.notes() == []  # everything reviewed
+
+
+@pytest.mark.postgres
+def test_keying_a_large_collection_refreshes_the_planners_statistics(pg_url: str) -> None:
+    """An import analyses the item table while no item has a key; the freeze then keys them all.
+    With those statistics the probe for unkeyed items was planned as a scan of the whole table
+    on every pull (until autovacuum looked again, or for good where it is off), so keying many
+    items analyses the table in the same transaction."""
+    from safereview.db.engine import init_db
+    from safereview.workflow.sampling import ANALYZE_AFTER_KEYS
+
+    engine = init_db(pg_url)
+    cid = make_collection(engine, n_items=ANALYZE_AFTER_KEYS + 500, k=1)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE item")  # as the importer does after a large import
+    user = make_user(engine, "ann")
+    assert next_item(engine, user, QueueFilter(cid)) is not None  # the first pull freezes and keys
+    probe = "SELECT id FROM item WHERE collection_id = :c AND sample_key IS NULL LIMIT 1"
+    with engine.connect() as conn:
+        null_frac = conn.execute(
+            sa.text(
+                "SELECT null_frac FROM pg_stats WHERE schemaname = current_schema() "
+                "AND tablename = 'item' AND attname = 'sample_key'"
+            )
+        ).scalar_one()
+        plan = "\n".join(r[0] for r in conn.execute(sa.text(f"EXPLAIN {probe}"), {"c": cid}))
+    assert null_frac == 0.0
+    assert "Seq Scan" not in plan, plan
+    engine.dispose()
