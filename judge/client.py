@@ -514,17 +514,25 @@ class ChatClient:
         from safereview.judge import structured
 
         messages = structured.with_instruction(messages)
-        while True:
-            mode = self.structured_mode
+        first = self.structured_mode
+        refused: list[tuple[str, str]] = []  # (shape, the server's error) of this request
+        failed_asks = 0
+        answer = Answer(text=None)
+        for mode in structured.MODES[structured.MODES.index(first) :]:
             shape = structured.response_format(mode, digits)
             answer = await self._ask(question, self.body(messages, max_tokens, shape))
-            refused = answer.text is None and (answer.error or "").startswith("HTTP ") and mode != "off"
-            if not refused:
-                return answer
-            if self.structured_mode == mode:  # the first request to learn it moves everyone on
-                self.stats.structured_refused.append(f"{mode}: {(answer.error or '')[:160]}")
-                self.structured_mode = structured.MODES[structured.MODES.index(mode) + 1]
-            self.stats.failures -= 1  # asked again in another shape: not a failed request
+            error = answer.error or ""
+            failed_asks += answer.text is None
+            if answer.text is not None or "HTTP " not in error:
+                if refused and answer.text is not None and self.structured_mode == first:
+                    # a later shape was answered where the earlier ones were refused: the server
+                    # does not take those shapes, and the rest of the run skips them
+                    self.stats.structured_refused.extend(f"{m}: {e[:160]}" for m, e in refused)
+                    self.structured_mode = mode
+                break
+            refused.append((mode, error))  # when no shape is answered, the request itself is refused
+        self.stats.failures -= failed_asks - (answer.text is None)  # one request, asked in several shapes
+        return answer
 
     async def _ask(self, question: str, body: dict[str, Any]) -> Answer:
         if self.on_request is not None:

@@ -127,3 +127,32 @@ def test_a_server_that_takes_no_shape_is_asked_plainly_and_the_judge_id_differs(
     assert summary.failures == 0 and summary.ok > 0 and summary.parse_rate == 1.0
     assert any("no shape was accepted" in n for n in summary.notes)
     assert summary.judge_id != plain.judge_id and plain.structured == "" and plain.items == summary.items
+
+
+def test_a_request_the_server_refuses_in_every_shape_does_not_turn_structure_off(tmp_path: Path) -> None:
+    """A text-only model's template refuses image parts (HTTP 500) whatever the response_format:
+    that is the request's fault, so the run keeps the shape text requests are answered in."""
+    engine = init_db(f"sqlite:///{tmp_path / 't.db'}")
+    media = tmp_path / "media"
+    uni_collection(engine, media, n=8)
+
+    def text_only(body: dict[str, Any], n: int) -> Reply:
+        if any(isinstance(m["content"], list) for m in body["messages"]):
+            return Reply(status=500, body={"error": {"message": 'can only concatenate str (not "list") to str'}})
+        return _llama_like(body, n)
+
+    with FakeOpenAI(text_only) as srv:
+        opts = RunOptions(
+            protocol="uni-judger",
+            base_url=srv.url,
+            model="fake/text-only",
+            collection="uni",
+            structured=True,
+            max_retries=1,
+            backoff_base=0.01,
+            concurrency=1,
+        )
+        summary = run_judge(engine, media, opts, actor=SYSTEM)
+    assert summary.structured == "json_object", summary.notes
+    assert summary.errors > 0 and summary.ok > 0 and summary.parse_rate == 1.0
+    assert all("can only concatenate" in r for r in summary.error_reasons), summary.error_reasons
