@@ -126,13 +126,17 @@ class Replica:
     def rss_mb(self) -> float:
         if self.proc is None or self.proc.poll() is not None:
             return 0.0
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return 0.0
+        return _rss_mb(self.proc.pid)
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 class Proxy:
@@ -199,6 +203,19 @@ class Proxy:
                 return m.group(1).split(",")[-1].strip()  # after a failover: "dead:port, live:port"
         return None
 
+    def rss_mb(self) -> float:
+        """Resident memory of nginx: the master and its workers."""
+        if self.proc is None or self.proc.poll() is not None:
+            return 0.0
+        pids = [self.proc.pid]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                    pids.append(int(stat.parent.name))
+            except (OSError, ValueError, IndexError):
+                continue
+        return sum(_rss_mb(pid) for pid in pids)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGQUIT)  # graceful: finish requests, then exit
@@ -249,6 +266,7 @@ class Annotator:
     local_address: str = ""  # the annotator's own machine, e.g. 127.0.0.12 (the proxy forwards it)
     leave_on_disconnect: bool = False  # walks away when the connection drops (never reconnects)
     submits: list[Submit] = field(default_factory=list)
+    presses: list[tuple[float, float]] = field(default_factory=list)  # label presses: (pressed at, seconds)
     reconnects: list[float] = field(default_factory=list)  # seconds from the drop to the next item shown
     password_sign_ins: int = 0
     throttled: int = 0  # sign-ins answered "Too many sign-in attempts" (then retried after the wait)
@@ -373,7 +391,9 @@ class Annotator:
                 for di, (dim, names) in enumerate(self.dims):
                     await asyncio.sleep(self.rng.expovariate(1 / self.think_s))
                     li = self.rng.randrange(len(names))
+                    pressed = time.monotonic()
                     await c.click(f"rv_lab_{di}_{li}")
+                    self.presses.append((pressed, time.monotonic() - pressed))
                     labels[dim] = names[li]
                 await asyncio.sleep(self.rng.expovariate(1 / self.think_s))
                 if time.monotonic() >= self.deadline:
