@@ -394,6 +394,14 @@ def _now() -> float:
         return time.monotonic()
 
 
+def _final_refusal(error: str) -> bool:
+    """A server's final "no" to a request (a 4xx other than 429, or the same 5xx twice), not a
+    passing fault (time-outs, connection errors, or retries used up on 429/5xx)."""
+    if "HTTP " not in error or "gave up after" in error or "HTTP 429" in error:
+        return False
+    return "HTTP 4" in error or "not retried further" in error
+
+
 _BEARER = re.compile(r"Bearer\s+[A-Za-z0-9._~+/=-]{8,}")
 
 
@@ -523,7 +531,7 @@ class ChatClient:
             answer = await self._ask(question, self.body(messages, max_tokens, shape))
             error = answer.error or ""
             failed_asks += answer.text is None
-            if answer.text is not None or "HTTP " not in error:
+            if answer.text is not None or not _final_refusal(error):
                 if refused and answer.text is not None and self.structured_mode == first:
                     # a later shape was answered where the earlier ones were refused: the server
                     # does not take those shapes, and the rest of the run skips them

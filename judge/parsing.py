@@ -27,6 +27,7 @@ _REASON_RE = re.compile(r"reason\s*[:：]\s*(.*?)(?:[;\n]\s*\**\s*result\s*[:：
 
 
 _NO_DIGIT = "no digit after 'Result:'"
+NO_RESULT = "no 'Result:' in the answer"
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def parse_answer(text: Any, valid: Iterable[int]) -> Parsed:
     reason = extract_reason(text[start:])
     markers = list(_RESULT_RE.finditer(text, start))
     if not markers:
-        return Parsed(False, None, None, reason, "no 'Result:' in the answer")
+        return Parsed(False, None, None, reason, NO_RESULT)
     found: list[tuple[int, int]] = []
     last_problem = ""
     for m in markers:

@@ -10,8 +10,9 @@ tries them in that order and keeps the first the server takes (see
 answer is parsed as usual.
 
 The answer is parsed leniently where leniency cannot change the label: code fences and
-text around the object are ignored, and raw newlines inside strings (llama.cpp emits them)
-are accepted. The result itself must be one valid digit, as in ``parsing.parse_answer``.
+text around the object are ignored (unless it carries a ``Result:`` that disagrees), and raw
+newlines inside strings (llama.cpp emits them) are accepted. The result itself must be one
+valid digit, given once, as in ``parsing.parse_answer``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from safereview.judge.parsing import MAX_RATIONALE_CHARS, Parsed, answer_start
+from safereview.judge.parsing import _RESULT_RE, MAX_RATIONALE_CHARS, Parsed, answer_start, parse_answer
 
 MODES = ("json_schema", "json_object", "off")  # tried in this order; "off": no response_format
 INSTRUCTION = 'Answer with a JSON object only: {"reason": "<at most 100 words>", "result": <digit>}.'
@@ -75,8 +76,10 @@ def parse_json_answer(text: Any, valid: Iterable[int]) -> Parsed | None:
     first, last = text.find("{", start), text.rfind("}")
     if first < 0 or last <= first:
         return None
-    try:
-        doc = json.loads(text[first : last + 1], strict=False)  # strict=False: raw newlines in strings
+    try:  # strict=False: raw newlines in strings
+        doc = json.loads(text[first : last + 1], strict=False, object_pairs_hook=_no_repeated_result)
+    except _RepeatedResult:
+        return Parsed(False, None, None, "", "the answer gives 'result' twice")
     except ValueError:
         return None
     if not isinstance(doc, dict) or "result" not in doc:
@@ -91,6 +94,23 @@ def parse_json_answer(text: Any, valid: Iterable[int]) -> Parsed | None:
     valid_set = set(valid)
     if value not in valid_set:
         return Parsed(False, None, None, reason, f"result {value} is not one of {sorted(valid_set)}")
+    outside = text[start:first] + "\n" + text[last + 1 :]
+    if _RESULT_RE.search(outside):  # a "Result: d" beside the object must not say otherwise
+        other = parse_answer(outside, valid_set)
+        if not other.ok or other.digit != value:
+            return Parsed(False, None, None, reason, f"the text around the JSON answer disagrees: {other.problem}")
     m = _RESULT_VALUE.search(text, first, last + 1)
     offset = m.start(1) if m is not None and int(m.group(1)) == value else None
     return Parsed(True, value, offset, reason)
+
+
+class _RepeatedResult(ValueError):
+    pass
+
+
+def _no_repeated_result(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` keeps the last of repeated keys; two results are no answer."""
+    keys = [k for k, _ in pairs]
+    if keys.count("result") > 1:
+        raise _RepeatedResult
+    return dict(pairs)

@@ -156,3 +156,48 @@ def test_a_request_the_server_refuses_in_every_shape_does_not_turn_structure_off
     assert summary.structured == "json_object", summary.notes
     assert summary.errors > 0 and summary.ok > 0 and summary.parse_rate == 1.0
     assert all("can only concatenate" in r for r in summary.error_reasons), summary.error_reasons
+
+
+def test_json_answers_that_contradict_themselves_are_unparseable() -> None:
+    valid = (0, 1, 2)
+    twice = parse_json_answer('{"reason": "r", "result": 0, "result": 1}', valid)
+    assert twice is not None and not twice.ok and "twice" in twice.problem
+    beside = parse_json_answer('{"reason": "looks fine", "result": 1}\nResult: 0', valid)
+    assert beside is not None and not beside.ok
+    agrees = parse_json_answer('{"reason": "looks fine", "result": 1}\nResult: 1', valid)
+    assert agrees is not None and agrees.ok and agrees.digit == 1
+    # an object after some words, with no Result: marker, is still read
+    led = judgment_from_answer(Answer(text='Here is my verdict: {"reason": "fine", "result": 1}'), CONTEXTUAL_TEXT)
+    assert led.label == "safe"
+
+
+def test_a_rate_limit_is_not_taken_for_a_refused_shape(tmp_path: Path) -> None:
+    """429s that use up the retries are a passing fault: the run keeps the json_schema shape."""
+    engine = init_db(f"sqlite:///{tmp_path / 'r.db'}")
+    media = tmp_path / "media"
+    uni_collection(engine, media, n=4)
+
+    limited = [0]
+
+    def busy_then_fine(body: dict[str, Any], n: int) -> Reply:
+        if "response_format" not in body:
+            return smart_reply(body, n)  # the intent question
+        limited[0] += 1
+        if limited[0] <= 2:  # the first structured request's two attempts
+            return Reply(status=429, body={"error": {"message": "slow down"}}, headers={"Retry-After": "0"})
+        return Reply(body=completion(_json_from_smart(body, n)))
+
+    with FakeOpenAI(busy_then_fine) as srv:
+        opts = RunOptions(
+            protocol="uni-judger",
+            base_url=srv.url,
+            model="fake/judge",
+            collection="uni",
+            structured=True,
+            max_retries=1,
+            backoff_base=0.01,
+            concurrency=1,
+        )
+        summary = run_judge(engine, media, opts, actor=SYSTEM)
+    assert limited[0] > 2 and summary.errors == 1  # the rate-limited request failed, the rest did not
+    assert summary.structured == "json_schema" and summary.structured_refused == [], summary.notes

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from safereview.judge.parsing import (
     MAX_RATIONALE_CHARS,
     MAX_RAW_CHARS,
+    NO_RESULT,
     Parsed,
     answer_start,
     digit_probs,
@@ -111,6 +112,8 @@ def judgment_from_answer(answer: Answer, mapping: dict[int, str]) -> Judgment:
     parsed: Parsed | None = parse_json_answer(answer.text, mapping) if body.startswith("{") else None
     if parsed is None:
         parsed = parse_answer(answer.text, mapping)
+        if not parsed.ok and parsed.problem == NO_RESULT:  # "Here is my verdict: {...}"
+            parsed = parse_json_answer(answer.text, mapping) or parsed
     raw = answer.text[:MAX_RAW_CHARS]
     if not parsed.ok or parsed.digit is None:
         return Judgment(None, "unparseable", parsed.reason, raw)
