@@ -283,6 +283,10 @@ async def run_judge_async(
         protocol = get_protocol(opts.protocol, opts.protocol_file)
     except ValueError as exc:
         raise JudgeSetupError(str(exc)) from None
+    if opts.structured and opts.protocol == "template":  # a template states its own answer format
+        raise JudgeSetupError(
+            "--structured applies to the uni-judger and vlsu protocols; a template's answer pattern is its own"
+        )
     urls = opts.base_urls
     if not urls:
         raise JudgeSetupError("no server: give --base-url")

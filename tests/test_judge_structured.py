@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from judge_support import FakeOpenAI, Reply, completion, request_text, smart_reply, uni_collection
 from sqlmodel import Session, select
 
@@ -13,7 +14,7 @@ from safereview.db.engine import init_db
 from safereview.db.models import Item, Verdict
 from safereview.judge.parsing import CONTEXTUAL_TEXT, digit_probs
 from safereview.judge.protocols.base import Answer, judgment_from_answer
-from safereview.judge.runner import RunOptions, run_judge
+from safereview.judge.runner import JudgeSetupError, RunOptions, run_judge
 from safereview.judge.structured import INSTRUCTION, parse_json_answer
 from safereview.workflow.principals import SystemPrincipal
 
@@ -201,3 +202,19 @@ def test_a_rate_limit_is_not_taken_for_a_refused_shape(tmp_path: Path) -> None:
         summary = run_judge(engine, media, opts, actor=SYSTEM)
     assert limited[0] > 2 and summary.errors == 1  # the rate-limited request failed, the rest did not
     assert summary.structured == "json_schema" and summary.structured_refused == [], summary.notes
+
+
+def test_structured_is_refused_with_a_template(tmp_path: Path) -> None:
+    engine = init_db(f"sqlite:///{tmp_path / 'tp.db'}")
+    uni_collection(engine, tmp_path / "media", n=1)
+    repo = Path(__file__).resolve().parents[1]
+    opts = RunOptions(
+        protocol="template",
+        protocol_file=repo / "data" / "judge_templates" / "llama_guard.toml",
+        base_url="http://127.0.0.1:9",
+        model="m",
+        collection="uni",
+        structured=True,
+    )
+    with pytest.raises(JudgeSetupError, match="--structured applies to the uni-judger and vlsu"):
+        run_judge(engine, tmp_path / "media", opts, actor=SYSTEM)
