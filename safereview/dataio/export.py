@@ -2,9 +2,26 @@
 
 Every row carries provenance columns (``exported_at``, ``safereview_version``,
 ``schema_revision``, the import batch and source file, the judge ids involved) so an
-exported file can always be traced back to the database state it came from. Data are read
-with a few set-based queries and written column-wise with pyarrow, so 100k rows take a
-couple of seconds. Files are written to a temporary name and renamed into place.
+exported file can always be traced back to the database state it came from. Files are
+written to a temporary name and renamed into place.
+
+Exports stream, in bounded memory whatever the number of rows. All reads happen in one
+read-only snapshot; each collection's rows are read in id order by one query (a
+server-side cursor on PostgreSQL) ``CHUNK_ROWS`` at a time, every chunk becomes an Arrow
+table and is written at once: Parquet through one ``ParquetWriter`` (a row group per
+chunk), CSV through one ``CSVWriter`` (formula cells defused per chunk), JSONL as a block
+of lines. The schema is fixed before the first row: the verdict columns from the (judge,
+dimension) pairs present in the selected collections, the label columns from the
+dimensions their annotations use, and every column with its own type, also when it holds
+no value at all (an empty export has the same column types as a full one).
+
+The work per chunk is column-wise: Arrow's JSON reader decodes the prompt and response
+parts (and the annotations' labels) of the whole chunk, the chunk's verdicts come from one
+query and are scattered into their columns with numpy and Arrow, timestamps are formatted
+by SQL or Arrow kernels. A chunk holding anything this fast path could render differently
+from the row-by-row rules (a part without a modality, a media part without media, JSON
+that Arrow's reader refuses) goes through the row-by-row code instead, so the output is the
+same either way.
 """
 
 from __future__ import annotations
@@ -13,18 +30,78 @@ import gc
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from safereview.dataio.spreadsheet import defuse, escape_line_breaks
-from safereview.db.models import Annotation, Collection, ImportBatch, Item, User, Verdict, utcnow
+from safereview.db.bulk import driver_sql
+from safereview.db.engine import read_only
+from safereview.db.models import Annotation, Collection, utcnow
 
 EXPORT_FORMATS = ("jsonl", "csv", "parquet")
+CHUNK_ROWS = 50_000  # rows per database fetch and per written batch (Parquet row group)
+
+_S, _I, _F, _B = pa.string(), pa.int64(), pa.float64(), pa.bool_()
+# The items export's columns before the verdict columns, with their types.
+ITEM_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
+    ("collection", _S),
+    ("item_id", _I),
+    ("external_id", _S),
+    ("task_type", _S),
+    ("category", _S),
+    ("subcategory", _S),
+    ("model", _S),
+    ("input_modalities", _S),
+    ("output_modalities", _S),
+    ("prompt_text", _S),
+    ("prompt_media", _S),
+    ("response_text", _S),
+    ("response_media", _S),
+    ("refused", _B),
+    ("prompt_json", _S),
+    ("response_json", _S),
+    ("meta_json", _S),
+    ("content_hash", _S),
+    ("priority", _F),
+    ("slots_taken", _I),
+    ("created_at", _S),
+    ("import_batch_id", _I),
+    ("import_source", _S),
+    ("import_format", _S),
+    ("judge_ids", _S),
+)
+# The annotations export's columns before the label columns.
+ANNOTATION_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
+    ("collection", _S),
+    ("item_id", _I),
+    ("external_id", _S),
+    ("task_type", _S),
+    ("category", _S),
+    ("model", _S),
+    ("annotator", _S),
+    ("annotator_role", _S),
+    ("categories", _S),
+    ("rationale", _S),
+    ("flagged", _B),
+    ("verdict_action", _S),
+    ("verdict_judge_id", _S),
+    ("time_spent_s", _F),
+    ("source", _S),
+    ("version", _I),
+    ("created_at", _S),
+    ("updated_at", _S),
+    ("import_batch_id", _I),
+    ("import_source", _S),
+)
+PROVENANCE_COLUMNS = ("exported_at", "safereview_version", "schema_revision")
 
 
 @dataclass
@@ -46,6 +123,76 @@ def _provenance(engine: sa.Engine) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------------------
+# Reading: one snapshot, raw DB-API cursors, chunks
+# ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _snapshot(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """One read-only transaction, so every query of an export sees the same database state
+    (SQLite: a plain BEGIN that takes no write lock; PostgreSQL: REPEATABLE READ)."""
+    if engine.dialect.name == "sqlite":
+        with read_only(engine).begin() as conn:
+            yield conn
+        return
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        with conn.begin():
+            yield conn
+
+
+class _Reader:
+    """SQL straight through the DB-API driver of an open SQLAlchemy connection: rows as
+    plain tuples, no per-value SQLAlchemy processing."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self.conn = conn
+        self.pg = conn.dialect.name == "postgresql"
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        self.dbapi = dbapi
+
+    def all(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        cur = self.dbapi.cursor()
+        try:
+            cur.execute(driver_sql(self.conn, sql), params or {})
+            return list(cur.fetchall())
+        finally:
+            cur.close()
+
+    def chunks(self, sql: str, params: dict[str, Any]) -> Iterator[list[tuple]]:
+        """The rows of ``sql`` in lists of at most ``CHUNK_ROWS`` (a server-side cursor on
+        PostgreSQL, so the server sends them as they are fetched)."""
+        cur = self.dbapi.cursor(name="safereview_export") if self.pg else self.dbapi.cursor()  # type: ignore[call-arg]
+        try:
+            cur.execute(driver_sql(self.conn, sql), params)
+            while rows := cur.fetchmany(CHUNK_ROWS):
+                yield rows
+        finally:
+            cur.close()
+
+    def text(self, column: str) -> str:
+        """A JSON column as its stored text."""
+        return f"{column}::text" if self.pg else f"CAST({column} AS TEXT)"
+
+    def iso(self, column: str) -> str:
+        """PostgreSQL: a timestamp as Python's ``isoformat()`` of it in UTC writes it (the
+        microseconds only when not zero). SQLite keeps the text, formatted by the caller."""
+        if not self.pg:
+            return f"CAST({column} AS TEXT)"
+        utc = f"({column} AT TIME ZONE 'UTC')"
+        return (
+            f"to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN to_char({utc}, 'US') = '000000' "
+            f"THEN '' ELSE to_char({utc}, '.US') END || '+00:00'"
+        )
+
+
+def _in_list(column: str, values: Sequence[Any], prefix: str) -> tuple[str, dict[str, Any]]:
+    params = {f"{prefix}{i}": v for i, v in enumerate(values)}
+    return f"{column} IN ({', '.join(':' + k for k in params)})", params
+
+
 def _collection_filter(conn: sa.Connection, names: Iterable[str] | None) -> dict[int, str]:
     ct = Collection.__table__  # type: ignore[attr-defined]
     stmt = sa.select(ct.c.id, ct.c.name)
@@ -56,7 +203,111 @@ def _collection_filter(conn: sa.Connection, names: Iterable[str] | None) -> dict
     missing = set(names) - set(found.values())
     if missing:
         raise LookupError(f"no collection named {', '.join(sorted(missing))}")
-    return found
+    return dict(sorted(found.items()))  # exported in collection id order
+
+
+def _item_range(reader: _Reader, cid: int) -> tuple[int, int] | None:
+    row = reader.all("SELECT MIN(id), MAX(id) FROM item WHERE collection_id = :cid", {"cid": cid})[0]
+    return None if row[0] is None else (int(row[0]), int(row[1]))
+
+
+def _where_collection(reader: _Reader, alias: str) -> str:
+    """Rows of one collection between two item ids, read in id order without a sort: on
+    SQLite the unary ``+`` keeps the planner off the (collection, ...) indexes, which would
+    hand the rows back in another order and sort the whole collection first."""
+    plus = "" if reader.pg else "+"
+    return f"{alias}.id BETWEEN :lo AND :hi AND {plus}{alias}.collection_id = :cid"
+
+
+# ---------------------------------------------------------------------------------------
+# Column-wise helpers
+# ---------------------------------------------------------------------------------------
+
+_PARTS = pa.list_(pa.struct([("modality", _S), ("text", _S), ("media", _S)]))
+_JSON_BLOCK = 16 << 20  # bytes per block of Arrow's JSON reader; a longer row falls back
+
+
+def _array(values: Sequence[Any], typ: pa.DataType) -> pa.Array | pa.ChunkedArray:
+    return pa.array(values, type=typ)
+
+
+def _bools(values: Sequence[Any]) -> pa.Array:
+    """``bool(v)`` of each value, column-wise (SQLite keeps booleans as 0/1, NULL is False)."""
+    arr = pa.array(values)
+    if pa.types.is_null(arr.type):
+        return pa.array(np.zeros(len(values), dtype=bool))
+    if not pa.types.is_boolean(arr.type):
+        arr = pc.not_equal(arr, pa.scalar(0, arr.type))
+    return pc.fill_null(arr, False)
+
+
+def _repeat(value: Any, n: int) -> pa.Array:
+    return pa.repeat(pa.scalar(value, _S), n)
+
+
+def _ndjson(**columns: Any) -> pa.Buffer:
+    """One JSON object per row, ``{"<name>": <column's JSON text>, ...}``, as one buffer
+    (built by Arrow kernels; a SQL NULL becomes JSON null)."""
+    big = pa.large_string()  # the chunk's lines may pass 2 GiB
+    pieces: list[Any] = []
+    for i, (name, col) in enumerate(columns.items()):
+        pieces.append(pa.scalar(("{" if i == 0 else ",") + json.dumps(name) + ":", big))
+        pieces.append(pc.coalesce(pc.cast(col, big), pa.scalar("null", big)))
+    pieces.append(pa.scalar("}\n", big))
+    lines = pc.binary_join_element_wise(*pieces, pa.scalar("", big))
+    if isinstance(lines, pa.ChunkedArray):
+        lines = lines.combine_chunks()
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)[lines.offset : lines.offset + len(lines) + 1]
+    return lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+
+
+def _read_ndjson(buf: pa.Buffer, schema: pa.Schema, n: int) -> pa.Table | None:
+    """``buf`` parsed by Arrow's JSON reader with an explicit schema, or None when it
+    refuses anything (a value of another type, a repeated key, a bad surrogate, a row
+    longer than a block): the caller then takes the row-by-row path."""
+    import pyarrow.json as pj
+
+    try:
+        table = pj.read_json(
+            pa.BufferReader(buf),
+            read_options=pj.ReadOptions(block_size=_JSON_BLOCK),
+            parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    return table if table.num_rows == n else None
+
+
+def _regroup(values: pa.Array, parents: pa.Array, n: int, sep: str) -> pa.Array:
+    """``sep.join`` of the ``values`` of each of ``n`` rows (``parents`` ascending)."""
+    counts = np.bincount(parents.to_numpy(zero_copy_only=False), minlength=n)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    lists = pa.LargeListArray.from_arrays(pa.array(offsets), values)
+    return pc.binary_join(lists, sep)
+
+
+def _parts_columns(parts: pa.ListArray) -> tuple[pa.Array, pa.Array] | None:
+    """The text and media columns of one decoded parts column (see ``_parts_text`` and
+    ``_parts_media``), or None if a row needs the row-by-row rules."""
+    n = len(parts)
+    flat = pc.list_flatten(parts)
+    if flat.null_count:  # a part that is JSON null
+        return None
+    parents = pc.list_parent_indices(parts)
+    modality, text, media = flat.field("modality"), flat.field("text"), flat.field("media")
+    if modality.null_count:  # no modality: the reference code raises or writes "None:"
+        return None
+    is_text = pc.equal(modality, "text")
+    other = pc.invert(is_text)
+    # A missing text or media is "" and a JSON null one "None" (or an error) row by row:
+    # Arrow's reader makes both null, so such chunks take the row-by-row path.
+    if pc.any(pc.and_(is_text, pc.is_null(text))).as_py() or pc.any(pc.and_(other, pc.is_null(media))).as_py():
+        return None
+    texts = _regroup(pc.filter(text, is_text), pc.filter(parents, is_text), n, "\n\n")
+    labelled = pc.binary_join_element_wise(pc.filter(modality, other), pc.filter(media, other), ":")
+    medias = _regroup(labelled, pc.filter(parents, other), n, ";")
+    return texts, medias
 
 
 def _parts_text(parts: list[dict[str, Any]] | None) -> str:
@@ -67,309 +318,466 @@ def _parts_media(parts: list[dict[str, Any]] | None) -> str:
     return ";".join(f"{p['modality']}:{p.get('media', '')}" for p in parts or [] if p.get("modality") != "text")
 
 
+def _item_parts(prompt: pa.Array, response: pa.Array, raw: tuple[Sequence[Any], Sequence[Any]]) -> list[pa.Array]:
+    """prompt_text, prompt_media, response_text, response_media of a chunk."""
+    n = len(prompt)
+    table = _read_ndjson(_ndjson(p=prompt, r=response), pa.schema([("p", _PARTS), ("r", _PARTS)]), n)
+    if table is not None:
+        out: list[pa.Array] = []
+        for name in ("p", "r"):
+            pieces = [_parts_columns(chunk) for chunk in table.column(name).chunks]
+            if any(p is None for p in pieces):
+                break
+            out.extend(pa.chunked_array([p[k] for p in pieces], _S).combine_chunks() for k in (0, 1))  # type: ignore[index]
+        else:
+            return [pc.cast(a, _S) for a in out]
+    loads = json.loads  # the row-by-row rules
+    columns: list[list[str]] = [[], [], [], []]
+    for p_json, r_json in zip(*raw, strict=True):
+        p, r = loads(p_json or "[]"), loads(r_json or "[]")
+        columns[0].append(_parts_text(p))
+        columns[1].append(_parts_media(p))
+        columns[2].append(_parts_text(r))
+        columns[3].append(_parts_media(r))
+    return [pa.array(c, _S) for c in columns]
+
+
+def _sqlite_item_iso(text: pa.Array) -> pa.Array:
+    """SQLite keeps UTC times as text "YYYY-MM-DD HH:MM:SS.ffffff": "T" for the first space
+    and "+00:00" appended (an empty text is no time)."""
+    out = pc.binary_join_element_wise(pc.replace_substring(text, " ", "T", max_replacements=1), "+00:00", "")
+    return pc.if_else(pc.not_equal(text, ""), out, pa.scalar(None, _S))
+
+
+_SQLITE_TIME = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$"
+
+
+def _sqlite_datetime_iso(text: pa.Array, column: sa.Column, dialect: sa.Dialect) -> pa.Array:
+    """What ``isoformat()`` of the column's value as SQLAlchemy returns it writes (aware UTC,
+    microseconds only when not zero), from SQLite's stored text; times not in the stored
+    form SQLAlchemy writes go through SQLAlchemy's own processing."""
+    if pc.all(pc.fill_null(pc.match_substring_regex(text, _SQLITE_TIME), True)).as_py():
+        iso = pc.replace_substring_regex(pc.replace_substring(text, " ", "T", max_replacements=1), r"\.000000$", "")
+        return pc.binary_join_element_wise(iso, "+00:00", "")
+    process = column.type.result_processor(dialect, None)
+    values = text.to_pylist()
+    return pa.array([_iso(process(v) if process else v) for v in values], _S)
+
+
 def _iso(v: Any) -> str | None:
     return v.isoformat() if v is not None else None
 
 
-def _sqlite_iso(v: str | None) -> str | None:
-    return v.replace(" ", "T", 1) + "+00:00" if v else None
+def _lookup(keys: pa.Array, table: dict[Any, Any], typ: pa.DataType = _S) -> pa.Array:
+    """``table.get(key)`` for each key, column-wise."""
+    if not table:
+        return pa.nulls(len(keys), typ)
+    idx = pc.index_in(keys, value_set=pa.array(list(table)))
+    return pc.take(pa.array(list(table.values()), typ), idx)
 
 
-def item_rows(engine: sa.Engine, *, collections: Iterable[str] | None = None) -> tuple[list[str], dict[str, list]]:
-    """Column names and column-wise values of the items export."""
-    it = Item.__table__  # type: ignore[attr-defined]
-    vt = Verdict.__table__  # type: ignore[attr-defined]
-    bt = ImportBatch.__table__  # type: ignore[attr-defined]
-    prov = _provenance(engine)
-    base = [
-        "collection",
-        "item_id",
-        "external_id",
-        "task_type",
-        "category",
-        "subcategory",
-        "model",
-        "input_modalities",
-        "output_modalities",
-        "prompt_text",
-        "prompt_media",
-        "response_text",
-        "response_media",
-        "refused",
-        "prompt_json",
-        "response_json",
-        "meta_json",
-        "content_hash",
-        "priority",
-        "slots_taken",
-        "created_at",
-        "import_batch_id",
-        "import_source",
-        "import_format",
-    ]
-    cols: dict[str, list] = {c: [] for c in base}
-    with engine.connect() as conn:
-        cmap = _collection_filter(conn, collections)
-        if not cmap:
-            return [*base, "judge_ids", *prov], {**cols, "judge_ids": [], **{k: [] for k in prov}}
-        batches = {bid: (src, fmt) for bid, src, fmt in conn.execute(sa.select(bt.c.id, bt.c.source, bt.c.format))}
-        index: dict[int, int] = {}
-        # SQLite keeps UTC times as text "YYYY-MM-DD HH:MM:SS.ffffff": reformat it instead of parsing
-        sqlite = conn.dialect.name == "sqlite"
-        created = sa.cast(it.c.created_at, sa.Text).label("created_at") if sqlite else it.c.created_at
-        iso = _sqlite_iso if sqlite else _iso
-        # JSON columns are read as their stored text: parsed once for the text/media columns and
-        # passed through unchanged as prompt_json/response_json/meta_json (no re-serialising).
-        stmt = (
-            sa.select(
-                it.c.id,
-                it.c.collection_id,
-                it.c.external_id,
-                it.c.task_type,
-                it.c.category,
-                it.c.subcategory,
-                it.c.model,
-                it.c.input_modalities,
-                it.c.output_modalities,
-                sa.cast(it.c.prompt, sa.Text).label("prompt"),
-                sa.cast(it.c.response, sa.Text).label("response"),
-                it.c.refused,
-                sa.cast(it.c.meta, sa.Text).label("meta"),
-                it.c.content_hash,
-                it.c.priority,
-                it.c.slots_taken,
-                created,
-                it.c.import_batch_id,
-            )
-            .where(it.c.collection_id.in_(list(cmap)))
-            .order_by(it.c.collection_id, it.c.id)
+# ---------------------------------------------------------------------------------------
+# Items
+# ---------------------------------------------------------------------------------------
+
+
+_VERDICT_SUFFIXES = (("", _S), (".prob", _F), (".status", _S))
+
+
+class _Verdicts:
+    """The verdict columns of the items export, fixed before the first row from the (judge,
+    dimension) pairs of the selected collections, and their values for a chunk."""
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = pairs
+        # pairs whose column names coincide (judge "a" dimension "b.c" and judge "a.b"
+        # dimension "c") share the columns, as they always have
+        self.groups: dict[str, list[int]] = {}
+        for k, (judge, dim) in enumerate(pairs):
+            self.groups.setdefault(f"verdict.{judge}.{dim}", []).append(k)
+        # the type of each column (the last writer of a name in ``columns`` sets it)
+        self.typed = {f"{base}{suffix}": typ for base in self.groups for suffix, typ in _VERDICT_SUFFIXES}
+        self.names = sorted(self.typed)
+        self.judges = sorted({judge for judge, _ in pairs})
+        self.judge_pairs = {j: [k for k, (judge, _) in enumerate(pairs) if judge == j] for j in self.judges}
+
+    def types(self) -> list[tuple[str, pa.DataType]]:
+        return [(name, self.typed[name]) for name in self.names]
+
+    def query(self) -> tuple[str, dict[str, Any]]:
+        params: dict[str, Any] = {}
+        whens = []
+        for k, (judge, dim) in enumerate(self.pairs):
+            params[f"j{k}"], params[f"d{k}"] = judge, dim
+            whens.append(f"WHEN judge_id = :j{k} AND dimension = :d{k} THEN {k}")
+        sql = (
+            "SELECT item_id, k, label, probability, status FROM (SELECT item_id, label, probability, status, "
+            f"CASE {' '.join(whens)} END AS k FROM verdict WHERE item_id BETWEEN :lo AND :hi) AS v "
+            "WHERE k IS NOT NULL"
         )
-        loads = json.loads
-        tuples: list[tuple[Any, ...]] = []
-        for n, r in enumerate(conn.execute(stmt).all()):
-            index[r.id] = n
-            src, fmt = batches.get(r.import_batch_id, (None, None))
-            prompt, response = loads(r.prompt or "[]"), loads(r.response or "[]")
-            values = (
-                cmap[r.collection_id],
-                r.id,
-                r.external_id,
-                r.task_type,
-                r.category,
-                r.subcategory,
-                r.model,
-                r.input_modalities,
-                r.output_modalities,
-                _parts_text(prompt),
-                _parts_media(prompt),
-                _parts_text(response),
-                _parts_media(response),
-                bool(r.refused),
-                r.prompt,
-                r.response,
-                r.meta,
-                r.content_hash,
-                r.priority,
-                r.slots_taken,
-                iso(r.created_at),
-                r.import_batch_id,
-                src,
-                fmt,
-            )
-            tuples.append(values)
-        n_rows = len(index)
-        if tuples:
-            for c, column in zip(base, zip(*tuples, strict=True), strict=True):
-                cols[c] = list(column)
-        judge_sets: list[set[str] | None] = [None] * n_rows
-        vcols: dict[str, list] = {}
-        vstmt = (
-            sa.select(vt.c.item_id, vt.c.judge_id, vt.c.dimension, vt.c.label, vt.c.probability, vt.c.status)
-            .select_from(vt.join(it, it.c.id == vt.c.item_id))
-            .where(it.c.collection_id.in_(list(cmap)))
+        return sql, params
+
+    def columns(self, reader: _Reader, ids: np.ndarray) -> tuple[pa.Array, dict[str, pa.Array]]:
+        """judge_ids and the verdict columns for the chunk of items ``ids`` (ascending)."""
+        n = len(ids)
+        if not self.pairs or n == 0:
+            return _repeat("", n), {name: pa.nulls(n, typ) for name, typ in self.types()}
+        sql, params = self.query()
+        rows = reader.all(sql, {**params, "lo": int(ids[0]), "hi": int(ids[-1])})
+        item_id, k, label, prob, status = (list(c) for c in zip(*rows, strict=True)) if rows else ([],) * 5
+        item_arr = np.asarray(item_id, dtype=np.int64)
+        k_arr = np.asarray(k, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(ids, item_arr), n - 1)
+        member = ids[pos] == item_arr  # verdicts of other collections' items in the id range
+        labels, probs, statuses = pa.array(label, _S), pa.array(prob, _F), pa.array(status, _S)
+        out: dict[str, pa.Array] = {}
+        for base, ks in self.groups.items():
+            sel = member & np.isin(k_arr, ks)
+            idx = np.full(n, -1, dtype=np.int64)
+            idx[pos[sel]] = np.nonzero(sel)[0]
+            take = pa.array(idx, mask=idx < 0)
+            for (suffix, _typ), values in zip(_VERDICT_SUFFIXES, (labels, probs, statuses), strict=True):
+                out[base + suffix] = pc.take(values, take)
+        pieces = []
+        for judge in self.judges:
+            present = np.zeros(n, dtype=bool)
+            present[pos[member & np.isin(k_arr, self.judge_pairs[judge])]] = True
+            pieces.append(pc.if_else(pa.array(present), judge + ";", ""))
+        judge_ids = pc.utf8_slice_codeunits(pc.binary_join_element_wise(*pieces, ""), 0, -1)  # no trailing ";"
+        return judge_ids, out
+
+
+class _ItemExport:
+    """Plan and chunks of the items export: one row per item, verdicts spread into columns."""
+
+    def __init__(self, engine: sa.Engine, conn: sa.Connection, collections: Iterable[str] | None) -> None:
+        self.prov = _provenance(engine)
+        self.reader = _Reader(conn)
+        self.cmap = _collection_filter(conn, collections)
+        pairs: list[tuple[str, str]] = []
+        if self.cmap:
+            cond, params = _in_list("i.collection_id", list(self.cmap), "c")
+            pairs = [
+                (str(j), str(d))
+                for j, d in self.reader.all(
+                    "SELECT DISTINCT v.judge_id, v.dimension FROM verdict v JOIN item i ON i.id = v.item_id "
+                    f"WHERE {cond}",
+                    params,
+                )
+            ]
+        self.verdicts = _Verdicts(sorted(pairs))
+        self.batches = {
+            bid: (src, fmt) for bid, src, fmt in self.reader.all("SELECT id, source, format FROM importbatch")
+        }
+        fields = [*ITEM_COLUMNS, *self.verdicts.types(), *((p, _S) for p in PROVENANCE_COLUMNS)]
+        self.schema = pa.schema(fields)
+
+    def query(self) -> str:
+        r = self.reader
+        return (
+            "SELECT i.id, i.external_id, i.task_type, i.category, i.subcategory, i.model, i.input_modalities, "
+            f"i.output_modalities, {r.text('i.prompt')}, {r.text('i.response')}, i.refused, {r.text('i.meta')}, "
+            f"i.content_hash, i.priority, i.slots_taken, {r.iso('i.created_at')}, i.import_batch_id "
+            f"FROM item i WHERE {_where_collection(r, 'i')} ORDER BY i.id"
         )
-        targets: dict[tuple[str, str], tuple[list, list, list]] = {}
-        for item_id, judge, dim, label, prob, status in conn.execute(vstmt).all():
-            row = index.get(item_id)
-            if row is None:
+
+    def tables(self) -> Iterator[pa.Table]:
+        sql = self.query()
+        for cid, name in self.cmap.items():
+            span = _item_range(self.reader, cid)
+            if span is None:
                 continue
-            t = targets.get((judge, dim))
-            if t is None:
-                t = targets[(judge, dim)] = tuple(  # type: ignore[assignment]
-                    vcols.setdefault(f"verdict.{judge}.{dim}{suffix}", [None] * n_rows)
-                    for suffix in ("", ".prob", ".status")
-                )
-            t[0][row], t[1][row], t[2][row] = label, prob, status
-            s = judge_sets[row]
-            if s is None:
-                judge_sets[row] = {judge}
-            else:
-                s.add(judge)
-    cols["judge_ids"] = [";".join(sorted(s)) if s else "" for s in judge_sets]
-    for key in sorted(vcols):
-        cols[key] = vcols[key]
-    for k, v in prov.items():
-        cols[k] = [v] * n_rows
-    return list(cols), cols
+            for rows in self.reader.chunks(sql, {"cid": cid, "lo": span[0], "hi": span[1]}):
+                yield self.table(name, rows)
+
+    def table(self, collection: str, rows: list[tuple]) -> pa.Table:
+        n = len(rows)
+        (
+            ids,
+            ext,
+            task,
+            cat,
+            sub,
+            model,
+            inm,
+            outm,
+            prompt,
+            response,
+            refused,
+            meta,
+            chash,
+            prio,
+            slots,
+            created,
+            bid,
+        ) = zip(*rows, strict=True)
+        del rows
+        id_arr = _array(ids, _I)
+        prompt_arr, response_arr = _array(prompt, _S), _array(response, _S)
+        texts = _item_parts(prompt_arr, response_arr, (prompt, response))
+        created_arr = _array(created, _S)
+        if not self.reader.pg:
+            created_arr = _sqlite_item_iso(created_arr)
+        bid_arr = _array(bid, _I)
+        ids_np = np.asarray(ids, dtype=np.int64)
+        judge_ids, vcols = self.verdicts.columns(self.reader, ids_np)
+        columns: dict[str, Any] = {
+            "collection": _repeat(collection, n),
+            "item_id": id_arr,
+            "external_id": _array(ext, _S),
+            "task_type": _array(task, _S),
+            "category": _array(cat, _S),
+            "subcategory": _array(sub, _S),
+            "model": _array(model, _S),
+            "input_modalities": _array(inm, _S),
+            "output_modalities": _array(outm, _S),
+            "prompt_text": texts[0],
+            "prompt_media": texts[1],
+            "response_text": texts[2],
+            "response_media": texts[3],
+            "refused": _bools(refused),
+            "prompt_json": prompt_arr,
+            "response_json": response_arr,
+            "meta_json": _array(meta, _S),
+            "content_hash": _array(chash, _S),
+            "priority": _array(prio, _F),
+            "slots_taken": _array(slots, _I),
+            "created_at": created_arr,
+            "import_batch_id": bid_arr,
+            "import_source": _lookup(bid_arr, {k: v[0] for k, v in self.batches.items()}),
+            "import_format": _lookup(bid_arr, {k: v[1] for k, v in self.batches.items()}),
+            "judge_ids": judge_ids,
+            **vcols,
+        }
+        for k, v in self.prov.items():
+            columns[k] = _repeat(v, n)
+        return pa.table([columns[f.name] for f in self.schema], schema=self.schema)
 
 
-def annotation_rows(
-    engine: sa.Engine, *, collections: Iterable[str] | None = None
-) -> tuple[list[str], dict[str, list]]:
-    """Column names and values of the annotations export: one row per (item, annotator)."""
-    at = Annotation.__table__  # type: ignore[attr-defined]
-    it = Item.__table__  # type: ignore[attr-defined]
-    ut = User.__table__  # type: ignore[attr-defined]
-    bt = ImportBatch.__table__  # type: ignore[attr-defined]
-    prov = _provenance(engine)
-    base = [
-        "collection",
-        "item_id",
-        "external_id",
-        "task_type",
-        "category",
-        "model",
-        "annotator",
-        "annotator_role",
-        "categories",
-        "rationale",
-        "flagged",
-        "verdict_action",
-        "verdict_judge_id",
-        "time_spent_s",
-        "source",
-        "version",
-        "created_at",
-        "updated_at",
-        "import_batch_id",
-        "import_source",
-    ]
-    rows: list[tuple[Any, ...]] = []
-    labels: list[dict[str, str]] = []
-    blinds: list[dict[str, str] | None] = []
-    with engine.connect() as conn:
-        cmap = _collection_filter(conn, collections)
-        batches = {bid: src for bid, src in conn.execute(sa.select(bt.c.id, bt.c.source))}
-        if cmap:
-            stmt = (
-                sa.select(
-                    it.c.collection_id,
-                    it.c.id,
-                    it.c.external_id,
-                    it.c.task_type,
-                    it.c.category,
-                    it.c.model,
-                    ut.c.username,
-                    ut.c.role,
-                    at.c.categories,
-                    at.c.rationale,
-                    at.c.flagged,
-                    at.c.verdict_action,
-                    at.c.verdict_judge_id,
-                    at.c.time_spent_s,
-                    at.c.source,
-                    at.c.version,
-                    at.c.created_at,
-                    at.c.updated_at,
-                    at.c.import_batch_id,
-                    at.c.labels,
-                    at.c.blind_labels,
-                )
-                .select_from(at.join(it, it.c.id == at.c.item_id).join(ut, ut.c.id == at.c.user_id))
-                .where(it.c.collection_id.in_(list(cmap)))
-                .order_by(it.c.collection_id, it.c.id, ut.c.username)
+# ---------------------------------------------------------------------------------------
+# Annotations
+# ---------------------------------------------------------------------------------------
+
+
+class _AnnotationExport:
+    """Plan and chunks of the annotations export: one row per (item, annotator)."""
+
+    def __init__(self, engine: sa.Engine, conn: sa.Connection, collections: Iterable[str] | None) -> None:
+        self.prov = _provenance(engine)
+        self.reader = _Reader(conn)
+        self.dialect = conn.dialect
+        self.cmap = _collection_filter(conn, collections)
+        self.dims = self._dimensions() if self.cmap else []
+        self.batches = {bid: src for bid, src in self.reader.all("SELECT id, source FROM importbatch")}
+        fields = [
+            *ANNOTATION_COLUMNS,
+            *((f"label.{d}", _S) for d in self.dims),
+            *((f"blind.{d}", _S) for d in self.dims),
+            *((p, _S) for p in PROVENANCE_COLUMNS),
+        ]
+        self.schema = pa.schema(fields)
+
+    def _dimensions(self) -> list[str]:
+        """Every key of the final and blind labels in the selected collections, sorted."""
+        cond, params = _in_list("i.collection_id", list(self.cmap), "c")
+        if self.reader.pg:
+            keys = "jsonb_object_keys(CASE WHEN jsonb_typeof(a.{0}) = 'object' THEN a.{0} ELSE '{{}}'::jsonb END) AS k"
+            sql = " UNION ".join(
+                f"SELECT DISTINCT k FROM annotation a JOIN item i ON i.id = a.item_id, {keys.format(col)} WHERE {cond}"
+                for col in ("labels", "blind_labels")
             )
-            for r in conn.execute(stmt).all():
-                rows.append(
-                    (
-                        cmap[r.collection_id],
-                        r.id,
-                        r.external_id,
-                        r.task_type,
-                        r.category,
-                        r.model,
-                        r.username,
-                        r.role,
-                        ";".join(r.categories or []),
-                        r.rationale,
-                        bool(r.flagged),
-                        r.verdict_action,
-                        r.verdict_judge_id,
-                        r.time_spent_s,
-                        r.source,
-                        r.version,
-                        _iso(r.created_at),
-                        _iso(r.updated_at),
-                        r.import_batch_id,
-                        batches.get(r.import_batch_id),
-                    )
-                )
-                labels.append(r.labels or {})
-                blinds.append(r.blind_labels)
-    cols: dict[str, list] = {c: [r[i] for r in rows] for i, c in enumerate(base)}
-    dims = sorted({d for lab in labels for d in lab} | {d for b in blinds if b for d in b})
-    for d in dims:
-        cols[f"label.{d}"] = [lab.get(d) for lab in labels]
-    for d in dims:
-        cols[f"blind.{d}"] = [b.get(d) if b else None for b in blinds]
-    for k, v in prov.items():
-        cols[k] = [v] * len(rows)
-    return list(cols), cols
+        else:
+            sql = " UNION ".join(
+                f"SELECT DISTINCT j.key FROM annotation a JOIN item i ON i.id = a.item_id, json_each(a.{col}) AS j "
+                f"WHERE {cond} AND json_type(a.{col}) = 'object'"
+                for col in ("labels", "blind_labels")
+            )
+        return sorted(str(k) for (k,) in self.reader.all(sql, params))
+
+    def query(self) -> str:
+        r = self.reader
+        return (
+            "SELECT a.item_id, i.external_id, i.task_type, i.category, i.model, u.username, u.role, "
+            f"{r.text('a.categories')}, a.rationale, a.flagged, a.verdict_action, a.verdict_judge_id, "
+            f"a.time_spent_s, a.source, a.version, {r.iso('a.created_at')}, {r.iso('a.updated_at')}, "
+            f"a.import_batch_id, {r.text('a.labels')}, {r.text('a.blind_labels')} "
+            'FROM annotation a JOIN item i ON i.id = a.item_id JOIN "user" u ON u.id = a.user_id '
+            f"WHERE {_where_collection(r, 'i')} ORDER BY a.item_id, u.username"
+        )
+
+    def tables(self) -> Iterator[pa.Table]:
+        sql = self.query()
+        for cid, name in self.cmap.items():
+            span = _item_range(self.reader, cid)
+            if span is None:
+                continue
+            for rows in self.reader.chunks(sql, {"cid": cid, "lo": span[0], "hi": span[1]}):
+                yield self.table(name, rows)
+
+    def _labels(self, labels: Sequence[Any], blinds: Sequence[Any], categories: Sequence[Any]) -> list[pa.Array]:
+        """categories, then label.<dim> and blind.<dim> for every dimension."""
+        n = len(labels)
+        struct = pa.struct([(d, _S) for d in self.dims])
+        fields = [("c", pa.list_(_S))] + ([("l", struct), ("b", struct)] if self.dims else [])
+        cols = {"c": _array(categories, _S)}
+        if self.dims:
+            cols |= {"l": _array(labels, _S), "b": _array(blinds, _S)}
+        table = _read_ndjson(_ndjson(**cols), pa.schema(fields), n)
+        if table is not None:
+            cats = pc.fill_null(pc.binary_join(table.column("c"), ";"), "")
+            out = [pc.cast(cats, _S).combine_chunks()]
+            for key in ("l", "b"):
+                for d in self.dims:
+                    out.append(pc.struct_field(table.column(key), [d]).combine_chunks())
+            return out
+        loads = json.loads  # the row-by-row rules
+        rows_l = [(loads(v) if v is not None else None) or {} for v in labels]
+        rows_b = [loads(v) if v is not None else None for v in blinds]
+        out = [pa.array([";".join((loads(v) if v is not None else None) or []) for v in categories], _S)]
+        out += [pa.array([lab.get(d) for lab in rows_l], _S) for d in self.dims]
+        out += [pa.array([b.get(d) if b else None for b in rows_b], _S) for d in self.dims]
+        return out
+
+    def table(self, collection: str, rows: list[tuple]) -> pa.Table:
+        n = len(rows)
+        (
+            item_id,
+            ext,
+            task,
+            cat,
+            model,
+            user,
+            role,
+            categories,
+            rationale,
+            flagged,
+            action,
+            vjudge,
+            spent,
+            source,
+            version,
+            created,
+            updated,
+            bid,
+            labels,
+            blinds,
+        ) = zip(*rows, strict=True)
+        del rows
+        times = [_array(created, _S), _array(updated, _S)]
+        if not self.reader.pg:
+            at = Annotation.__table__  # type: ignore[attr-defined]
+            times = [
+                _sqlite_datetime_iso(t, col, self.dialect)
+                for t, col in zip(times, (at.c.created_at, at.c.updated_at), strict=True)
+            ]
+        bid_arr = _array(bid, _I)
+        label_cols = self._labels(labels, blinds, categories)
+        columns = [
+            _repeat(collection, n),
+            _array(item_id, _I),
+            _array(ext, _S),
+            _array(task, _S),
+            _array(cat, _S),
+            _array(model, _S),
+            _array(user, _S),
+            _array(role, _S),
+            label_cols[0],
+            _array(rationale, _S),
+            _bools(flagged),
+            _array(action, _S),
+            _array(vjudge, _S),
+            _array(spent, _F),
+            _array(source, _S),
+            _array(version, _I),
+            *times,
+            bid_arr,
+            _lookup(bid_arr, self.batches),
+            *label_cols[1:],
+            *(_repeat(v, n) for v in self.prov.values()),
+        ]
+        return pa.table(columns, schema=self.schema)
 
 
-def write_table(columns: list[str], data: dict[str, list], out: Path, fmt: str, *, raw_csv: bool = False) -> int:
-    """Write column-wise data to ``out`` atomically; return the row count.
+# ---------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------
+
+
+class _Sink:
+    """Tables of one fixed schema written to ``out`` as they come, atomically: into a
+    temporary file that is renamed into place when all went well, and removed otherwise.
 
     CSV text cells that would start a spreadsheet formula are defused unless ``raw_csv``
     (a machine pipeline that wants the exact bytes); JSONL escapes the line separators
     U+2028, U+2029 and U+0085, which ``str.splitlines()`` readers would break a row at."""
-    if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
-    import pyarrow as pa
 
-    n = len(data[columns[0]]) if columns else 0
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        if fmt == "jsonl":
-            plain = json.JSONEncoder(ensure_ascii=False).encode  # built once, not per row
+    def __init__(self, out: Path, fmt: str, schema: pa.Schema, *, raw_csv: bool = False) -> None:
+        if fmt not in EXPORT_FORMATS:
+            raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+        self.out, self.fmt, self.schema, self.raw_csv = Path(out), fmt, schema, raw_csv
+        self.rows = 0
+        self._writer: Any = None
+        self._fh: Any = None
 
-            def encode(obj: Any) -> str:
-                return escape_line_breaks(plain(obj))
-
-            with tmp.open("w", encoding="utf-8") as fh:
-                lines = []
-                for row in zip(*(data[c] for c in columns), strict=True):
-                    lines.append(encode(dict(zip(columns, row, strict=True))))
-                    if len(lines) >= 10_000:
-                        fh.write("\n".join(lines) + "\n")
-                        lines.clear()
-                if lines:
-                    fh.write("\n".join(lines) + "\n")
-        else:
-            table = pa.table({c: pa.array(data[c], type=_arrow_type(data[c])) for c in columns})
-            if fmt == "parquet":
+    def __enter__(self) -> _Sink:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.out.name}.", dir=self.out.parent)
+        os.close(fd)
+        self.tmp = Path(tmp_name)
+        try:
+            if self.fmt == "parquet":
                 import pyarrow.parquet as pq
 
-                pq.write_table(table, tmp, compression="zstd")
-            else:
+                self._writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+            elif self.fmt == "csv":
                 import pyarrow.csv as pacsv
 
-                pacsv.write_csv(table if raw_csv else defuse(table), tmp)  # no cell runs as a formula
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return n
+                self._writer = pacsv.CSVWriter(self.tmp, self.schema)
+            else:
+                self._fh = self.tmp.open("w", encoding="utf-8")
+                self._encode = json.JSONEncoder(ensure_ascii=False).encode  # built once, not per row
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        self.rows += table.num_rows
+        if self.fmt == "parquet":
+            self._writer.write_table(table)
+        elif self.fmt == "csv":
+            self._writer.write_table(table if self.raw_csv else defuse(table))  # no cell runs as a formula
+        elif table.num_rows:
+            names, encode = table.column_names, self._encode
+            values = [col.to_pylist() for col in table.columns]
+            lines = [encode(dict(zip(names, row, strict=True))) for row in zip(*values, strict=True)]
+            self._fh.write(escape_line_breaks("\n".join(lines) + "\n"))
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+            if self._fh is not None:
+                self._fh.close()
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        if exc_type is None:
+            os.replace(self.tmp, self.out)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def write_table(columns: list[str], data: dict[str, list], out: Path, fmt: str, *, raw_csv: bool = False) -> int:
+    """Write column-wise data to ``out`` atomically; return the row count (see ``_Sink``)."""
+    table = pa.table({c: pa.array(data[c], type=_arrow_type(data[c])) for c in columns})
+    with _Sink(Path(out), fmt, table.schema, raw_csv=raw_csv) as sink:
+        sink.write(table)
+    return sink.rows
 
 
 def _arrow_type(values: list) -> Any:
     """An explicit type for all-null columns (pyarrow would pick 'null', which CSV readers dislike)."""
-    import pyarrow as pa
-
     for v in values:
         if v is not None:
             return None
@@ -388,6 +796,39 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
+def _export(kind: type, engine: sa.Engine, out: str | Path, fmt: str, collections: Any, raw_csv: bool) -> ExportResult:
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+    with _no_gc(), _snapshot(engine) as conn:
+        plan = kind(engine, conn, collections)
+        with _Sink(Path(out), fmt, plan.schema, raw_csv=raw_csv) as sink:
+            for table in plan.tables():
+                sink.write(table)
+    return ExportResult(Path(out), fmt, sink.rows, plan.schema.names)
+
+
+def _columns(kind: type, engine: sa.Engine, collections: Any) -> tuple[list[str], dict[str, list]]:
+    with _no_gc(), _snapshot(engine) as conn:
+        plan = kind(engine, conn, collections)
+        data: dict[str, list] = {name: [] for name in plan.schema.names}
+        for table in plan.tables():
+            for name, col in zip(plan.schema.names, table.columns, strict=True):
+                data[name].extend(col.to_pylist())
+    return list(data), data
+
+
+def item_rows(engine: sa.Engine, *, collections: Iterable[str] | None = None) -> tuple[list[str], dict[str, list]]:
+    """Column names and column-wise values of the items export (all in memory)."""
+    return _columns(_ItemExport, engine, collections)
+
+
+def annotation_rows(
+    engine: sa.Engine, *, collections: Iterable[str] | None = None
+) -> tuple[list[str], dict[str, list]]:
+    """Column names and values of the annotations export: one row per (item, annotator)."""
+    return _columns(_AnnotationExport, engine, collections)
+
+
 def export_items(
     engine: sa.Engine,
     out: str | Path,
@@ -397,10 +838,7 @@ def export_items(
     raw_csv: bool = False,
 ) -> ExportResult:
     """Items with their verdicts, one row per item, verdict columns ``verdict.<judge>.<dim>``."""
-    with _no_gc():
-        columns, data = item_rows(engine, collections=collections)
-        n = write_table(columns, data, Path(out), fmt, raw_csv=raw_csv)
-    return ExportResult(Path(out), fmt, n, columns)
+    return _export(_ItemExport, engine, out, fmt, collections, raw_csv)
 
 
 def export_annotations(
@@ -412,10 +850,7 @@ def export_annotations(
     raw_csv: bool = False,
 ) -> ExportResult:
     """Every annotation, one row per (item, annotator), with blind and final labels."""
-    with _no_gc():
-        columns, data = annotation_rows(engine, collections=collections)
-        n = write_table(columns, data, Path(out), fmt, raw_csv=raw_csv)
-    return ExportResult(Path(out), fmt, n, columns)
+    return _export(_AnnotationExport, engine, out, fmt, collections, raw_csv)
 
 
 def format_from_path(path: str | Path, fmt: str | None) -> str:
