@@ -15,8 +15,15 @@ log is never held whole:
   ``meta`` (``category``, ``subcategory`` and ``task_type`` metadata fill those fields).
 
 Ids are ``<sample id>#<epoch>`` so every epoch is its own item and a re-import finds the
-same ones. A sample that failed in Inspect is a problem of that sample (``--skip-invalid``
-imports the others and names it). Remote media (``http…``) are never fetched.
+same ones. A sample that failed in Inspect, or that the log's header lists but the log does
+not hold (a cancelled run), is a problem of that sample (``--skip-invalid`` imports the
+others and names it). Remote media (``http…``) are never fetched.
+
+A log is hostile input like any other file: the compressed samples of an ``.eval`` log are
+checked against :data:`MAX_SAMPLE_BYTES` before any is read (a few KB of zstd can hold
+gigabytes), embedded media against :data:`MAX_MEDIA_BYTES` before decoding, and a sample's
+metadata against :data:`MAX_META_CHARS`. (Inspect's own reader loads a ``.json`` log whole;
+``.eval`` logs are read a sample at a time.)
 """
 
 from __future__ import annotations
@@ -50,6 +57,9 @@ _EXT = {
     "video/webm": "webm",
 }
 MAX_SCORER_NAME = 80
+MAX_SAMPLE_BYTES = 256 * 1024 * 1024  # one sample, uncompressed, in an .eval log
+MAX_MEDIA_BYTES = 200 * 1024 * 1024  # one embedded image, audio or video
+MAX_META_CHARS = 1_000_000  # a sample's metadata, as JSON
 
 
 def looks_like_inspect(path: Path) -> bool:
@@ -178,6 +188,8 @@ class MediaSink:
             if re.match(r"^[a-z][a-z0-9+.-]*://", uri, re.I):
                 return None, f"{kind} at {uri[:80]!r} is remote; it is not fetched (embed it in the log)"
             return None, f"{kind} {uri[:80]!r} is neither embedded in the log nor a data URI"
+        if (len(uri) - m.end()) * 3 // 4 > MAX_MEDIA_BYTES:
+            return None, f"{kind}: embedded data larger than {MAX_MEDIA_BYTES // 2**20} MB"
         try:
             data = base64.b64decode(uri[m.end() :], validate=False)
         except (binascii.Error, ValueError):
@@ -191,9 +203,15 @@ class MediaSink:
         return name, ""
 
 
-def _parts(content: Any, role: str, sink: MediaSink, rec: Record, where: str) -> list[dict[str, Any]]:
-    """Prompt or response parts of one message's content (text and media)."""
-    prefix = "" if role in ("user", "assistant") else f"[{role}] "
+def _parts(
+    content: Any, role: str, sink: MediaSink, rec: Record, where: str, *, labelled: bool = True
+) -> list[dict[str, Any]]:
+    """Prompt or response parts of one message's content (text and media).
+
+    In a conversation every turn but the user's says who spoke (``[assistant] …``), so a
+    reviewer never reads the model's earlier turn as the user's words; ``labelled=False``
+    for the response itself."""
+    prefix = "" if role == "user" or not labelled else f"[{role}] "
     if isinstance(content, str):
         return [{"modality": "text", "text": prefix + content, "_field": where}] if content.strip() else []
     out: list[dict[str, Any]] = []
@@ -212,6 +230,20 @@ def _parts(content: Any, role: str, sink: MediaSink, rec: Record, where: str) ->
                 out.append({"modality": kind, "path": rel, "_field": here})
         elif kind == "reasoning":
             continue  # a model's hidden reasoning is not what it answered
+        else:  # documents, data, tool use: shown as a marker, never silently dropped
+            out.append(
+                {"modality": "text", "text": f"{prefix}[{kind or 'unknown'} content not imported]", "_field": here}
+            )
+    return out
+
+
+def _tool_calls(msg: Any, where: str) -> list[dict[str, Any]]:
+    """An assistant turn's tool calls, as text (``[assistant tool call] name({...})``)."""
+    out = []
+    for i, call in enumerate(getattr(msg, "tool_calls", None) or []):
+        args = json.dumps(getattr(call, "arguments", {}), ensure_ascii=False, default=str)[:2000]
+        text = f"[{msg.role} tool call] {getattr(call, 'function', '?')}({args})"
+        out.append({"modality": "text", "text": text, "_field": f"{where}.tool_calls[{i}]"})
     return out
 
 
@@ -221,12 +253,48 @@ def read_records(path: Path, sink: MediaSink, score_map: ScoreMap, dims: dict[st
         from inspect_ai.log import read_eval_log, read_eval_log_samples
     except ImportError:
         raise RuntimeError(INSTALL_HINT) from None
+    _check_sizes(path)
     header = read_eval_log(str(path), header_only=True)
     spec = header.eval
     run = {"task": spec.task, "task_id": spec.task_id, "run_id": spec.run_id, "model": spec.model}
     samples = read_eval_log_samples(str(path), all_samples_required=False, resolve_attachments=True)
+    seen: set[tuple[str, int]] = set()
+    n = 0
     for n, sample in enumerate(samples, start=1):
-        yield _record(n, sample, run, sink, score_map, dims)
+        seen.add((str(sample.id), int(sample.epoch)))
+        try:
+            yield _record(n, sample, run, sink, score_map, dims)
+        except (AttributeError, IndexError, TypeError, ValueError) as exc:  # a sample shaped unlike any seen
+            rec = Record(line=n, raw={"id": sample.id, "epoch": sample.epoch, **run})
+            rec.external_id = f"{sample.id}#{sample.epoch}"
+            rec.error("sample", f"cannot read this sample: {type(exc).__name__}: {str(exc)[:200]}")
+            yield rec
+    # samples the header lists but the log does not hold: a cancelled or crashed run
+    epochs = int(getattr(spec.config, "epochs", None) or 1)
+    for sid in spec.dataset.sample_ids or []:
+        for epoch in range(1, epochs + 1):
+            if (str(sid), epoch) not in seen:
+                n += 1
+                rec = Record(line=n, raw={"id": sid, "epoch": epoch, **run})
+                rec.external_id = f"{sid}#{epoch}"
+                rec.error(
+                    "sample", f"sample {sid}#{epoch} is listed but not in the log (the run's status: {header.status})"
+                )
+                yield rec
+
+
+def _check_sizes(path: Path) -> None:
+    """Refuse an .eval log whose samples would decompress to more than the cap."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if info.file_size > MAX_SAMPLE_BYTES:
+                raise ValueError(
+                    f"{info.filename} decompresses to {info.file_size:,} bytes (limit {MAX_SAMPLE_BYTES:,}); not read"
+                )
 
 
 def _record(
@@ -243,13 +311,18 @@ def _record(
     else:
         for i, msg in enumerate(sample.input):
             rec.prompt.extend(_parts(msg.content, msg.role, sink, rec, f"input[{i}]"))
+            rec.prompt.extend(_tool_calls(msg, f"input[{i}]"))
     output = sample.output
-    message = getattr(output, "message", None) if output is not None else None
-    if message is not None and not isinstance(message.content, str):
-        rec.response = _parts(message.content, "assistant", sink, rec, "output")
-    elif output is not None and output.completion.strip():
-        rec.response = [{"modality": "text", "text": output.completion, "_field": "output"}]
+    message = output.choices[0].message if output is not None and output.choices else None
+    if message is not None:
+        rec.response = _parts(message.content, "assistant", sink, rec, "output", labelled=False)
+        rec.response.extend(_tool_calls(message, "output"))
     meta = dict(sample.metadata or {})
+    if len(json.dumps(meta, ensure_ascii=False, default=str)) > MAX_META_CHARS:
+        rec.error("metadata", f"the sample's metadata is longer than {MAX_META_CHARS:,} characters as JSON")
+        meta = {}
+    if "inspect" in meta:  # the run's own record keeps the name
+        meta["inspect_metadata"] = meta.pop("inspect")
     rec.task_type = _meta_text(meta.pop("task_type", None))
     rec.category = _meta_text(meta.pop("category", None))
     rec.subcategory = _meta_text(meta.pop("subcategory", None))
