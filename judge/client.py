@@ -287,13 +287,15 @@ class ResponseCache:
 
 
 def chat_url(base_url: str) -> str:
-    """Accept ``http://host:8000``, ``…/v1`` or the full ``…/v1/chat/completions``."""
-    base = base_url.rstrip("/")
-    if base.endswith("/chat/completions"):
-        return base
-    if base.endswith("/v1"):
-        return base + "/chat/completions"
-    return base + "/v1/chat/completions"
+    """Accept ``http://host:8000``, ``…/v1`` or the full ``…/v1/chat/completions``; a query
+    string (a gateway's ``?api-version=…``) stays after the path."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(base_url)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/chat/completions"):
+        path += "/chat/completions" if path.endswith("/v1") else "/v1/chat/completions"
+    return urlunsplit(parts._replace(path=path))
 
 
 def display_url(url: str) -> str:
@@ -664,7 +666,7 @@ class ChatClient:
 
     async def _post(self, data: bytes) -> tuple[dict[str, Any] | None, str]:
         error = ""
-        last_server_error = None
+        last_server_error: dict[int, bytes] = {}  # per server: "the same 5xx twice" means from the same server
         tried: set[int] = set()  # servers this request failed on
         failed_on: _Server | None = None
         held: tuple[_Server, httpx.AsyncClient] | None = None  # the connection in use (or of the failed attempt)
@@ -700,13 +702,16 @@ class ChatClient:
                         server.streak = 0
                         server.stats.refused += 1
                         return None, error  # a client error does not get better by retrying
-                    if resp.status_code >= 500 and payload and payload == last_server_error:
+                    if resp.status_code >= 500 and payload and payload == last_server_error.get(server.index):
                         # the same server error twice for the same request: it is this request the server
                         # cannot take (e.g. a chat template that refuses its shape), not a passing fault
                         server.streak = 0
                         server.stats.refused += 1
                         return None, f"{error} (the same answer twice: not retried further)"
-                    last_server_error = payload if resp.status_code >= 500 else None
+                    if resp.status_code >= 500:
+                        last_server_error[server.index] = payload
+                    else:
+                        last_server_error.pop(server.index, None)
                     retry_after = retry_after_seconds(resp.headers.get("retry-after"))
                 self._back_off(server, retry_after)  # before its connection is handed on
                 tried.add(server.index)

@@ -280,3 +280,35 @@ def test_the_server_list_is_checked_and_is_not_part_of_the_judge_id(tmp_path: Pa
     keyed = ChatClient(base_url=["https://user:sk-secret-123@h/v1?key=sk-secret-123", "http://h:2"], model="m")
     assert [s.url for s in keyed.server_stats()] == ["https://h/v1", "http://h:2"]
     engine.dispose()
+
+
+def test_the_same_5xx_from_two_servers_is_a_passing_fault_not_a_refusal() -> None:
+    """ "The same answer twice" means from the same server: two overloaded servers answering
+    503 once each have not refused the request, and it is retried until one answers."""
+
+    def overloaded_once(body: dict[str, Any], n: int) -> Reply:
+        if n == 0:
+            return Reply(status=503, body={"error": "overloaded"})
+        return Reply(body=completion("ok"))
+
+    with FakeOpenAI(overloaded_once) as a, FakeOpenAI(overloaded_once) as b:
+
+        async def main() -> Any:
+            client = ChatClient(base_url=[a.url, b.url], model="m", concurrency=1, max_retries=5, backoff_base=0.001)
+            async with client:
+                return await client.ask("q", [{"role": "user", "content": "x"}], 10), client
+
+        answer, client = asyncio.run(main())
+    assert answer.text == "ok", answer.error
+    assert sum(s.refused for s in client.server_stats()) == 0
+
+
+def test_a_query_string_stays_after_the_path() -> None:
+    from safereview.judge.client import chat_url
+
+    assert (
+        chat_url("https://gw.example/v1?api-version=2024-06")
+        == "https://gw.example/v1/chat/completions?api-version=2024-06"
+    )
+    assert chat_url("http://h:8000/") == "http://h:8000/v1/chat/completions"
+    assert chat_url("http://h/v1/chat/completions") == "http://h/v1/chat/completions"
