@@ -227,11 +227,14 @@ def krippendorff_alpha(
         raise ValueError(f"level_of_measurement must be one of {', '.join(LEVELS)}, got {level!r}")
     counts = np.asarray(counts)
     n_values = counts.shape[1]
+    extra = {"level": level}
+    if resamples <= 0 and pats is None:  # point value only: no patterns needed (a sort of the units)
+        value, reason = alpha_package(counts, level, values)
+        return Estimate(value, reason=reason, extra=extra)
     pat, freq = pats if pats is not None else patterns(counts)
     contrib = _pattern_coincidences(pat)
     o = (freq.astype(np.float64) @ contrib).reshape(n_values, n_values)
     value, reason = alpha_package(counts, level, values, o=o)
-    extra = {"level": level}
     if value is None:
         return Estimate(None, reason=reason, extra=extra)
     if resamples <= 0:
