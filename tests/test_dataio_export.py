@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -457,3 +458,155 @@ def test_export_matches_golden_files(golden: tuple[sa.Engine, Path], tmp_path: P
         want = want.set_column(want.column_names.index(name), got.schema.field(name), got.column(name))
     assert got.schema.equals(want.schema, check_metadata=True), f"{got.schema}\n!=\n{want.schema}"
     assert got.equals(want)
+
+
+@pytest.mark.parametrize("mode", ["chunks of 1", "chunks of 2", "row by row"])
+@pytest.mark.parametrize("stem", ["items", "annotations"])
+def test_chunking_and_the_row_by_row_path_write_the_same(
+    golden: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, stem: str
+) -> None:
+    """Small chunks (a chunk where a column is all NULL, verdicts of another collection's
+    items inside a chunk's id range) and the row-by-row decoding of parts and labels give
+    the golden bytes; the Parquet file has one row group per chunk, with one schema."""
+    import pyarrow.parquet as pq
+
+    import safereview.dataio.export as export_mod
+
+    engine, folder = golden
+    fn = GOLDEN_EXPORTS[stem][0]
+    with monkeypatch.context() as m:
+        if mode == "row by row":
+            m.setattr(export_mod, "_read_ndjson", lambda *_a: None)
+        else:
+            m.setattr(export_mod, "CHUNK_ROWS", int(mode.split()[-1]))
+        for fmt in ("jsonl", "csv"):
+            fn(engine, tmp_path / f"{stem}.{fmt}", fmt)
+            assert (tmp_path / f"{stem}.{fmt}").read_bytes() == (folder / f"{stem}.{fmt}").read_bytes()
+        res = fn(engine, tmp_path / f"{stem}.parquet", "parquet")
+    fn(engine, tmp_path / "one.parquet", "parquet")
+    got, want = pq.ParquetFile(tmp_path / f"{stem}.parquet"), pq.ParquetFile(tmp_path / "one.parquet")
+    assert got.schema_arrow.equals(want.schema_arrow) and got.read().equals(want.read())
+    per_collection = {"items": [4, 2], "annotations": [4, 1]}[stem]  # rows of zeta / run, alpha / ünï
+    size = {"chunks of 1": 1, "chunks of 2": 2}.get(mode, 50_000)
+    assert got.num_row_groups == sum(-(-n // size) for n in per_collection)
+    assert res.rows == sum(per_collection) and res.columns == want.schema_arrow.names
+
+
+def test_export_schema_does_not_depend_on_the_rows(golden: tuple[sa.Engine, Path], tmp_path: Path) -> None:
+    """The Parquet schema is fixed before the first row: an empty export and one where a
+    column holds no value have each column's own type."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    engine, _ = golden
+    export_items(engine, tmp_path / "all.parquet", collections=["zeta / run", "alpha / ünï"])
+    export_items(engine, tmp_path / "none.parquet", collections=["empty"])
+    export_items(engine, tmp_path / "nothing.parquet", collections=[])
+    full, empty = pq.read_schema(tmp_path / "all.parquet"), pq.read_schema(tmp_path / "none.parquet")
+    assert pq.read_schema(tmp_path / "nothing.parquet").equals(pq.read_schema(tmp_path / "all.parquet"))
+    assert [empty.field(n).type for n in empty.names] == [full.field(n).type for n in empty.names]
+    assert full.field("item_id").type == pa.int64() and full.field("verdict.j2.joint.prob").type == pa.float64()
+    assert empty.field("import_batch_id").type == pa.int64() and empty.field("refused").type == pa.bool_()
+    export_annotations(engine, tmp_path / "a.parquet")
+    export_annotations(engine, tmp_path / "a0.parquet", collections=["empty"])
+    a, a0 = pq.read_schema(tmp_path / "a.parquet"), pq.read_schema(tmp_path / "a0.parquet")
+    assert [a0.field(n).type for n in a0.names] == [a.field(n).type for n in a0.names]
+    assert a0.field("time_spent_s").type == pa.float64() and a0.field("version").type == pa.int64()
+
+
+def test_a_failed_export_leaves_no_file_and_no_reader_behind(
+    golden: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error while reading (in the reader thread) or while writing surfaces in the
+    caller, removes the temporary file and stops the reader; the database is usable."""
+    import threading
+
+    import safereview.dataio.export as export_mod
+
+    engine, _ = golden
+    monkeypatch.setattr(export_mod, "CHUNK_ROWS", 1)
+    out = tmp_path / "out"
+
+    def broken_read(*_a: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    with monkeypatch.context() as m:
+        m.setattr(export_mod._Verdicts, "read", broken_read)
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            export_items(engine, out / "i.parquet")
+    calls = []
+
+    def broken_write(self: object, table: object) -> None:
+        calls.append(1)
+        raise OSError("no space left")
+
+    with monkeypatch.context() as m:
+        m.setattr(export_mod._Sink, "write", broken_write)
+        with pytest.raises(OSError, match="no space left"):
+            export_items(engine, out / "i.csv", "csv")
+    assert calls == [1]
+    assert list(out.iterdir()) == []
+    assert not [t for t in threading.enumerate() if t.name == "safereview-export-reader"]
+    assert export_items(engine, out / "i.jsonl", "jsonl").rows == 6
+
+
+def _parts_strategy():  # type: ignore[no-untyped-def]
+    from hypothesis import strategies as st
+
+    text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+    value = st.one_of(text, st.none(), st.integers(-3, 3))
+    part = st.dictionaries(
+        st.sampled_from(["modality", "text", "media", "name"]),
+        st.one_of(st.sampled_from(["text", "image", "audio", "video"]), value),
+        max_size=4,
+    )
+    usual = st.one_of(
+        st.builds(lambda t: {"modality": "text", "text": t}, text),
+        st.builds(lambda m, h: {"modality": m, "media": h, "name": "f.png"}, st.sampled_from(["image", "audio"]), text),
+    )
+    parts = st.one_of(st.none(), st.lists(st.one_of(usual, usual, part), max_size=4))
+    return st.tuples(parts, st.booleans(), st.booleans()).map(
+        lambda p: json.dumps(p[0], ensure_ascii=p[1], sort_keys=p[2])
+    )
+
+
+def test_parts_decoded_column_wise_match_the_row_by_row_rules() -> None:
+    """Any chunk of prompt/response part lists (usual ones, and parts without text, media or
+    modality, JSON null, numbers, unicode, line breaks; keys in any order, escaped or not)
+    gives the texts and media of the row-by-row rules, or fails as they do."""
+    import pyarrow as pa
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from safereview.dataio import export as export_mod
+
+    def reference(chunk: list[tuple[str, str]]) -> list[list[str]]:
+        out: list[list[str]] = [[], [], [], []]
+        for p_json, r_json in chunk:
+            p, r = json.loads(p_json or "[]"), json.loads(r_json or "[]")
+            for i, value in enumerate(
+                (
+                    export_mod._parts_text(p),
+                    export_mod._parts_media(p),
+                    export_mod._parts_text(r),
+                    export_mod._parts_media(r),
+                )
+            ):
+                out[i].append(value)
+        return out
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.tuples(_parts_strategy(), _parts_strategy()), min_size=1, max_size=6))
+    def check(chunk: list[tuple[str, str]]) -> None:
+        prompts, responses = [p for p, _ in chunk], [r for _, r in chunk]
+        try:
+            want = reference(chunk)
+        except Exception as exc:
+            with pytest.raises(type(exc)):
+                export_mod._item_parts(pa.array(prompts), pa.array(responses), (prompts, responses))
+            return
+        got = export_mod._item_parts(pa.array(prompts), pa.array(responses), (prompts, responses))
+        assert [c.to_pylist() for c in got] == want
+        assert all(c.type == pa.string() for c in got)
+
+    check()

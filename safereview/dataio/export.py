@@ -227,15 +227,10 @@ _PARTS = pa.list_(pa.struct([("modality", _S), ("text", _S), ("media", _S)]))
 _JSON_BLOCK = 16 << 20  # bytes per block of Arrow's JSON reader; a longer row falls back
 
 
-def _array(values: Sequence[Any], typ: pa.DataType) -> pa.Array | pa.ChunkedArray:
-    return pa.array(values, type=typ)
-
-
-def _bools(values: Sequence[Any]) -> pa.Array:
+def _bools(arr: pa.Array) -> pa.Array:
     """``bool(v)`` of each value, column-wise (SQLite keeps booleans as 0/1, NULL is False)."""
-    arr = pa.array(values)
     if pa.types.is_null(arr.type):
-        return pa.array(np.zeros(len(values), dtype=bool))
+        return pa.array(np.zeros(len(arr), dtype=bool))
     if not pa.types.is_boolean(arr.type):
         arr = pc.not_equal(arr, pa.scalar(0, arr.type))
     return pc.fill_null(arr, False)
@@ -377,11 +372,95 @@ def _lookup(keys: pa.Array, table: dict[Any, Any], typ: pa.DataType = _S) -> pa.
 
 
 # ---------------------------------------------------------------------------------------
-# Items
+# A chunk's rows, read in a thread of its own
 # ---------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Chunk:
+    """One chunk as read from the database: ``arrays`` are its plain columns already in
+    Arrow (the conversion from Python values holds the GIL, so it is done by the reader
+    thread), ``raw`` the JSON texts kept for the row-by-row path, ``extra`` what else the
+    export read for these rows (verdicts)."""
+
+    collection: str
+    n: int
+    arrays: dict[str, Any]
+    raw: dict[str, Sequence[Any]]
+    extra: Any = None
+
+
+class _ReadFailed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _read_ahead(chunks: Iterator[_Chunk]) -> Iterator[_Chunk]:
+    """``chunks`` produced by a reader thread one chunk ahead of the caller.
+
+    The reader spends its time in the database driver and in turning Python values into
+    Arrow arrays; the caller's work on the previous chunk (Arrow kernels, JSON decoding,
+    Parquet or CSV encoding) mostly runs without the GIL, so the two overlap. Only the
+    reader touches the connection until it has stopped; at most three chunks are in memory
+    (one being read, one waiting, one being written)."""
+    import queue
+    import threading
+
+    handoff: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for chunk in chunks:
+                if not put(chunk):
+                    return
+            put(end)
+        except BaseException as exc:  # handed to the caller, raised there
+            put(_ReadFailed(exc))
+
+    reader = threading.Thread(target=run, name="safereview-export-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := handoff.get()) is not end:
+            if isinstance(item, _ReadFailed):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        reader.join()
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()  # the reader stopped between chunks: close its cursor here
+
+
+# ---------------------------------------------------------------------------------------
+# Items
+# ---------------------------------------------------------------------------------------
+
 _VERDICT_SUFFIXES = (("", _S), (".prob", _F), (".status", _S))
+_ITEM_DICTIONARY = (  # Parquet dictionary encoding for the columns whose values repeat
+    "collection",
+    "task_type",
+    "category",
+    "subcategory",
+    "model",
+    "input_modalities",
+    "output_modalities",
+    "import_source",
+    "import_format",
+    "judge_ids",
+    *PROVENANCE_COLUMNS,
+)
 
 
 class _Verdicts:
@@ -400,44 +479,48 @@ class _Verdicts:
         self.names = sorted(self.typed)
         self.judges = sorted({judge for judge, _ in pairs})
         self.judge_pairs = {j: [k for k, (judge, _) in enumerate(pairs) if judge == j] for j in self.judges}
-
-    def types(self) -> list[tuple[str, pa.DataType]]:
-        return [(name, self.typed[name]) for name in self.names]
-
-    def query(self) -> tuple[str, dict[str, Any]]:
         params: dict[str, Any] = {}
         whens = []
-        for k, (judge, dim) in enumerate(self.pairs):
+        for k, (judge, dim) in enumerate(pairs):
             params[f"j{k}"], params[f"d{k}"] = judge, dim
             whens.append(f"WHEN judge_id = :j{k} AND dimension = :d{k} THEN {k}")
-        sql = (
+        self.params = params
+        self.sql = (
             "SELECT item_id, k, label, probability, status FROM (SELECT item_id, label, probability, status, "
             f"CASE {' '.join(whens)} END AS k FROM verdict WHERE item_id BETWEEN :lo AND :hi) AS v "
             "WHERE k IS NOT NULL"
         )
-        return sql, params
 
-    def columns(self, reader: _Reader, ids: np.ndarray) -> tuple[pa.Array, dict[str, pa.Array]]:
+    def types(self) -> list[tuple[str, pa.DataType]]:
+        return [(name, self.typed[name]) for name in self.names]
+
+    def read(self, reader: _Reader, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, list[pa.Array]] | None:
+        """The verdicts of the items with ids from ``lo`` to ``hi``: item ids, pair numbers,
+        and labels, probabilities and statuses."""
+        if not self.pairs:
+            return None
+        rows = reader.all(self.sql, {**self.params, "lo": lo, "hi": hi})
+        cols = list(zip(*rows, strict=True)) if rows else [()] * 5
+        del rows
+        values = [pa.array(c, t) for c, (_, t) in zip(cols[2:], _VERDICT_SUFFIXES, strict=True)]
+        return np.asarray(cols[0], dtype=np.int64), np.asarray(cols[1], dtype=np.int64), values
+
+    def columns(self, ids: np.ndarray, read: Any) -> tuple[pa.Array, dict[str, pa.Array]]:
         """judge_ids and the verdict columns for the chunk of items ``ids`` (ascending)."""
         n = len(ids)
-        if not self.pairs or n == 0:
+        if read is None or n == 0:
             return _repeat("", n), {name: pa.nulls(n, typ) for name, typ in self.types()}
-        sql, params = self.query()
-        rows = reader.all(sql, {**params, "lo": int(ids[0]), "hi": int(ids[-1])})
-        item_id, k, label, prob, status = (list(c) for c in zip(*rows, strict=True)) if rows else ([],) * 5
-        item_arr = np.asarray(item_id, dtype=np.int64)
-        k_arr = np.asarray(k, dtype=np.int64)
+        item_arr, k_arr, values = read
         pos = np.minimum(np.searchsorted(ids, item_arr), n - 1)
         member = ids[pos] == item_arr  # verdicts of other collections' items in the id range
-        labels, probs, statuses = pa.array(label, _S), pa.array(prob, _F), pa.array(status, _S)
         out: dict[str, pa.Array] = {}
         for base, ks in self.groups.items():
             sel = member & np.isin(k_arr, ks)
             idx = np.full(n, -1, dtype=np.int64)
             idx[pos[sel]] = np.nonzero(sel)[0]
             take = pa.array(idx, mask=idx < 0)
-            for (suffix, _typ), values in zip(_VERDICT_SUFFIXES, (labels, probs, statuses), strict=True):
-                out[base + suffix] = pc.take(values, take)
+            for (suffix, _typ), column in zip(_VERDICT_SUFFIXES, values, strict=True):
+                out[base + suffix] = pc.take(column, take)
         pieces = []
         for judge in self.judges:
             present = np.zeros(n, dtype=bool)
@@ -445,6 +528,28 @@ class _Verdicts:
             pieces.append(pc.if_else(pa.array(present), judge + ";", ""))
         judge_ids = pc.utf8_slice_codeunits(pc.binary_join_element_wise(*pieces, ""), 0, -1)  # no trailing ";"
         return judge_ids, out
+
+
+# The items query's columns in order, with their Arrow types (None: kept as Python values).
+_ITEM_READ: tuple[tuple[str, pa.DataType], ...] = (
+    ("item_id", _I),
+    ("external_id", _S),
+    ("task_type", _S),
+    ("category", _S),
+    ("subcategory", _S),
+    ("model", _S),
+    ("input_modalities", _S),
+    ("output_modalities", _S),
+    ("prompt_json", _S),
+    ("response_json", _S),
+    ("refused", None),
+    ("meta_json", _S),
+    ("content_hash", _S),
+    ("priority", _F),
+    ("slots_taken", _I),
+    ("created_at", _S),
+    ("import_batch_id", _I),
+)
 
 
 class _ItemExport:
@@ -466,11 +571,14 @@ class _ItemExport:
                 )
             ]
         self.verdicts = _Verdicts(sorted(pairs))
-        self.batches = {
-            bid: (src, fmt) for bid, src, fmt in self.reader.all("SELECT id, source, format FROM importbatch")
-        }
+        batches = self.reader.all("SELECT id, source, format FROM importbatch")
+        self.sources = {bid: src for bid, src, _ in batches}
+        self.formats = {bid: fmt for bid, _, fmt in batches}
         fields = [*ITEM_COLUMNS, *self.verdicts.types(), *((p, _S) for p in PROVENANCE_COLUMNS)]
         self.schema = pa.schema(fields)
+        self.dictionary = tuple(_ITEM_DICTIONARY) + tuple(
+            name for name in self.verdicts.names if not name.endswith(".prob")
+        )
 
     def query(self) -> str:
         r = self.reader
@@ -481,71 +589,46 @@ class _ItemExport:
             f"FROM item i WHERE {_where_collection(r, 'i')} ORDER BY i.id"
         )
 
-    def tables(self) -> Iterator[pa.Table]:
+    def chunks(self) -> Iterator[_Chunk]:
+        """The reader thread's part: rows in Arrow arrays, and their verdicts."""
         sql = self.query()
         for cid, name in self.cmap.items():
             span = _item_range(self.reader, cid)
             if span is None:
                 continue
             for rows in self.reader.chunks(sql, {"cid": cid, "lo": span[0], "hi": span[1]}):
-                yield self.table(name, rows)
+                cols = list(zip(*rows, strict=True))
+                del rows
+                arrays = {
+                    c: pa.array(v, t) if t is not None else pa.array(v)
+                    for (c, t), v in zip(_ITEM_READ, cols, strict=True)
+                }
+                ids = arrays["item_id"]
+                extra = self.verdicts.read(self.reader, ids[0].as_py(), ids[-1].as_py())
+                raw = {"prompt": cols[8], "response": cols[9]}
+                yield _Chunk(name, len(ids), arrays, raw, extra)
 
-    def table(self, collection: str, rows: list[tuple]) -> pa.Table:
-        n = len(rows)
-        (
-            ids,
-            ext,
-            task,
-            cat,
-            sub,
-            model,
-            inm,
-            outm,
-            prompt,
-            response,
-            refused,
-            meta,
-            chash,
-            prio,
-            slots,
-            created,
-            bid,
-        ) = zip(*rows, strict=True)
-        del rows
-        id_arr = _array(ids, _I)
-        prompt_arr, response_arr = _array(prompt, _S), _array(response, _S)
-        texts = _item_parts(prompt_arr, response_arr, (prompt, response))
-        created_arr = _array(created, _S)
-        if not self.reader.pg:
-            created_arr = _sqlite_item_iso(created_arr)
-        bid_arr = _array(bid, _I)
-        ids_np = np.asarray(ids, dtype=np.int64)
-        judge_ids, vcols = self.verdicts.columns(self.reader, ids_np)
+    def tables(self) -> Iterator[pa.Table]:
+        for chunk in _read_ahead(self.chunks()):
+            yield self.table(chunk)
+
+    def table(self, chunk: _Chunk) -> pa.Table:
+        """The caller's part: the chunk's export columns, by Arrow kernels."""
+        n, a = chunk.n, chunk.arrays
+        texts = _item_parts(a["prompt_json"], a["response_json"], (chunk.raw["prompt"], chunk.raw["response"]))
+        created = a["created_at"] if self.reader.pg else _sqlite_item_iso(a["created_at"])
+        judge_ids, vcols = self.verdicts.columns(a["item_id"].to_numpy(), chunk.extra)
         columns: dict[str, Any] = {
-            "collection": _repeat(collection, n),
-            "item_id": id_arr,
-            "external_id": _array(ext, _S),
-            "task_type": _array(task, _S),
-            "category": _array(cat, _S),
-            "subcategory": _array(sub, _S),
-            "model": _array(model, _S),
-            "input_modalities": _array(inm, _S),
-            "output_modalities": _array(outm, _S),
+            **a,
+            "collection": _repeat(chunk.collection, n),
             "prompt_text": texts[0],
             "prompt_media": texts[1],
             "response_text": texts[2],
             "response_media": texts[3],
-            "refused": _bools(refused),
-            "prompt_json": prompt_arr,
-            "response_json": response_arr,
-            "meta_json": _array(meta, _S),
-            "content_hash": _array(chash, _S),
-            "priority": _array(prio, _F),
-            "slots_taken": _array(slots, _I),
-            "created_at": created_arr,
-            "import_batch_id": bid_arr,
-            "import_source": _lookup(bid_arr, {k: v[0] for k, v in self.batches.items()}),
-            "import_format": _lookup(bid_arr, {k: v[1] for k, v in self.batches.items()}),
+            "refused": _bools(a["refused"]),
+            "created_at": created,
+            "import_source": _lookup(a["import_batch_id"], self.sources),
+            "import_format": _lookup(a["import_batch_id"], self.formats),
             "judge_ids": judge_ids,
             **vcols,
         }
@@ -558,6 +641,29 @@ class _ItemExport:
 # Annotations
 # ---------------------------------------------------------------------------------------
 
+_ANNOTATION_READ: tuple[tuple[str, pa.DataType], ...] = (
+    ("item_id", _I),
+    ("external_id", _S),
+    ("task_type", _S),
+    ("category", _S),
+    ("model", _S),
+    ("annotator", _S),
+    ("annotator_role", _S),
+    ("categories_json", _S),
+    ("rationale", _S),
+    ("flagged", None),
+    ("verdict_action", _S),
+    ("verdict_judge_id", _S),
+    ("time_spent_s", _F),
+    ("source", _S),
+    ("version", _I),
+    ("created_at", _S),
+    ("updated_at", _S),
+    ("import_batch_id", _I),
+    ("labels_json", _S),
+    ("blind_json", _S),
+)
+
 
 class _AnnotationExport:
     """Plan and chunks of the annotations export: one row per (item, annotator)."""
@@ -569,13 +675,24 @@ class _AnnotationExport:
         self.cmap = _collection_filter(conn, collections)
         self.dims = self._dimensions() if self.cmap else []
         self.batches = {bid: src for bid, src in self.reader.all("SELECT id, source FROM importbatch")}
-        fields = [
-            *ANNOTATION_COLUMNS,
-            *((f"label.{d}", _S) for d in self.dims),
-            *((f"blind.{d}", _S) for d in self.dims),
-            *((p, _S) for p in PROVENANCE_COLUMNS),
-        ]
+        labels = [f"label.{d}" for d in self.dims] + [f"blind.{d}" for d in self.dims]
+        fields = [*ANNOTATION_COLUMNS, *((name, _S) for name in labels), *((p, _S) for p in PROVENANCE_COLUMNS)]
         self.schema = pa.schema(fields)
+        self.dictionary = (
+            "collection",
+            "task_type",
+            "category",
+            "model",
+            "annotator",
+            "annotator_role",
+            "categories",
+            "verdict_action",
+            "verdict_judge_id",
+            "source",
+            "import_source",
+            *labels,
+            *PROVENANCE_COLUMNS,
+        )
 
     def _dimensions(self) -> list[str]:
         """Every key of the final and blind labels in the selected collections, sorted."""
@@ -605,24 +722,35 @@ class _AnnotationExport:
             f"WHERE {_where_collection(r, 'i')} ORDER BY a.item_id, u.username"
         )
 
-    def tables(self) -> Iterator[pa.Table]:
+    def chunks(self) -> Iterator[_Chunk]:
         sql = self.query()
         for cid, name in self.cmap.items():
             span = _item_range(self.reader, cid)
             if span is None:
                 continue
             for rows in self.reader.chunks(sql, {"cid": cid, "lo": span[0], "hi": span[1]}):
-                yield self.table(name, rows)
+                cols = list(zip(*rows, strict=True))
+                del rows
+                arrays = {
+                    c: pa.array(v, t) if t is not None else pa.array(v)
+                    for (c, t), v in zip(_ANNOTATION_READ, cols, strict=True)
+                }
+                raw = {"categories": cols[7], "labels": cols[18], "blinds": cols[19]}
+                yield _Chunk(name, len(cols[0]), arrays, raw)
 
-    def _labels(self, labels: Sequence[Any], blinds: Sequence[Any], categories: Sequence[Any]) -> list[pa.Array]:
+    def tables(self) -> Iterator[pa.Table]:
+        for chunk in _read_ahead(self.chunks()):
+            yield self.table(chunk)
+
+    def _labels(self, chunk: _Chunk) -> list[pa.Array]:
         """categories, then label.<dim> and blind.<dim> for every dimension."""
-        n = len(labels)
+        a = chunk.arrays
         struct = pa.struct([(d, _S) for d in self.dims])
         fields = [("c", pa.list_(_S))] + ([("l", struct), ("b", struct)] if self.dims else [])
-        cols = {"c": _array(categories, _S)}
+        cols = {"c": a["categories_json"]}
         if self.dims:
-            cols |= {"l": _array(labels, _S), "b": _array(blinds, _S)}
-        table = _read_ndjson(_ndjson(**cols), pa.schema(fields), n)
+            cols |= {"l": a["labels_json"], "b": a["blind_json"]}
+        table = _read_ndjson(_ndjson(**cols), pa.schema(fields), chunk.n)
         if table is not None:
             cats = pc.fill_null(pc.binary_join(table.column("c"), ";"), "")
             out = [pc.cast(cats, _S).combine_chunks()]
@@ -631,67 +759,32 @@ class _AnnotationExport:
                     out.append(pc.struct_field(table.column(key), [d]).combine_chunks())
             return out
         loads = json.loads  # the row-by-row rules
-        rows_l = [(loads(v) if v is not None else None) or {} for v in labels]
-        rows_b = [loads(v) if v is not None else None for v in blinds]
-        out = [pa.array([";".join((loads(v) if v is not None else None) or []) for v in categories], _S)]
+        rows_l = [(loads(v) if v is not None else None) or {} for v in chunk.raw["labels"]]
+        rows_b = [loads(v) if v is not None else None for v in chunk.raw["blinds"]]
+        cats_py = [";".join((loads(v) if v is not None else None) or []) for v in chunk.raw["categories"]]
+        out = [pa.array(cats_py, _S)]
         out += [pa.array([lab.get(d) for lab in rows_l], _S) for d in self.dims]
         out += [pa.array([b.get(d) if b else None for b in rows_b], _S) for d in self.dims]
         return out
 
-    def table(self, collection: str, rows: list[tuple]) -> pa.Table:
-        n = len(rows)
-        (
-            item_id,
-            ext,
-            task,
-            cat,
-            model,
-            user,
-            role,
-            categories,
-            rationale,
-            flagged,
-            action,
-            vjudge,
-            spent,
-            source,
-            version,
-            created,
-            updated,
-            bid,
-            labels,
-            blinds,
-        ) = zip(*rows, strict=True)
-        del rows
-        times = [_array(created, _S), _array(updated, _S)]
+    def table(self, chunk: _Chunk) -> pa.Table:
+        n, a = chunk.n, chunk.arrays
+        times = [a["created_at"], a["updated_at"]]
         if not self.reader.pg:
             at = Annotation.__table__  # type: ignore[attr-defined]
-            times = [
-                _sqlite_datetime_iso(t, col, self.dialect)
-                for t, col in zip(times, (at.c.created_at, at.c.updated_at), strict=True)
-            ]
-        bid_arr = _array(bid, _I)
-        label_cols = self._labels(labels, blinds, categories)
+            cols = (at.c.created_at, at.c.updated_at)
+            times = [_sqlite_datetime_iso(t, col, self.dialect) for t, col in zip(times, cols, strict=True)]
+        label_cols = self._labels(chunk)
         columns = [
-            _repeat(collection, n),
-            _array(item_id, _I),
-            _array(ext, _S),
-            _array(task, _S),
-            _array(cat, _S),
-            _array(model, _S),
-            _array(user, _S),
-            _array(role, _S),
+            _repeat(chunk.collection, n),
+            *(a[c] for c, _ in ANNOTATION_COLUMNS[1:8]),
             label_cols[0],
-            _array(rationale, _S),
-            _bools(flagged),
-            _array(action, _S),
-            _array(vjudge, _S),
-            _array(spent, _F),
-            _array(source, _S),
-            _array(version, _I),
+            a["rationale"],
+            _bools(a["flagged"]),
+            *(a[c] for c, _ in ANNOTATION_COLUMNS[11:16]),
             *times,
-            bid_arr,
-            _lookup(bid_arr, self.batches),
+            a["import_batch_id"],
+            _lookup(a["import_batch_id"], self.batches),
             *label_cols[1:],
             *(_repeat(v, n) for v in self.prov.values()),
         ]
@@ -711,10 +804,15 @@ class _Sink:
     (a machine pipeline that wants the exact bytes); JSONL escapes the line separators
     U+2028, U+2029 and U+0085, which ``str.splitlines()`` readers would break a row at."""
 
-    def __init__(self, out: Path, fmt: str, schema: pa.Schema, *, raw_csv: bool = False) -> None:
+    def __init__(
+        self, out: Path, fmt: str, schema: pa.Schema, *, raw_csv: bool = False, dictionary: Sequence[str] | None = None
+    ) -> None:
         if fmt not in EXPORT_FORMATS:
             raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
         self.out, self.fmt, self.schema, self.raw_csv = Path(out), fmt, schema, raw_csv
+        # Parquet: dictionary-encode these columns only (values that repeat; for unique
+        # values such as texts and hashes the dictionary costs time and is dropped anyway)
+        self.dictionary = list(dictionary) if dictionary is not None else True
         self.rows = 0
         self._writer: Any = None
         self._fh: Any = None
@@ -728,7 +826,9 @@ class _Sink:
             if self.fmt == "parquet":
                 import pyarrow.parquet as pq
 
-                self._writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+                self._writer = pq.ParquetWriter(
+                    self.tmp, self.schema, compression="zstd", use_dictionary=self.dictionary
+                )
             elif self.fmt == "csv":
                 import pyarrow.csv as pacsv
 
@@ -801,7 +901,7 @@ def _export(kind: type, engine: sa.Engine, out: str | Path, fmt: str, collection
         raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     with _no_gc(), _snapshot(engine) as conn:
         plan = kind(engine, conn, collections)
-        with _Sink(Path(out), fmt, plan.schema, raw_csv=raw_csv) as sink:
+        with _Sink(Path(out), fmt, plan.schema, raw_csv=raw_csv, dictionary=plan.dictionary) as sink:
             for table in plan.tables():
                 sink.write(table)
     return ExportResult(Path(out), fmt, sink.rows, plan.schema.names)
