@@ -109,6 +109,21 @@ def distance(level: str, n_c: np.ndarray, values: np.ndarray | None = None) -> n
     raise ValueError(f"level_of_measurement must be one of {', '.join(LEVELS)}, got {level!r}")
 
 
+def undefined_reason(n_c: np.ndarray, level: str, values: np.ndarray | None = None) -> str:
+    """Why alpha is undefined given the pairable values per label ``n_c`` ("" when it is defined).
+
+    ``n_c`` are the coincidence matrix's row sums, i.e. each label's count on units with two
+    or more ratings: alpha needs two such values and expected disagreement D_e above zero.
+    """
+    n_c = np.asarray(n_c, dtype=np.float64)
+    n = float(n_c.sum())
+    if n < 2:
+        return "fewer than 2 pairable values (no unit has two or more ratings)"
+    if float((np.outer(n_c, n_c) * distance(level, n_c, values)).sum()) <= 0:
+        return "no variation: every pairable value is the same label"
+    return ""
+
+
 def alpha_from_coincidence(o: np.ndarray, level: str, values: np.ndarray | None = None) -> tuple[float | None, str]:
     """alpha = 1 - D_o / D_e; (None, reason) when there are too few values or no variation."""
     n_c = o.sum(axis=1)
@@ -135,12 +150,15 @@ def alpha_package(
     import krippendorff
 
     counts = np.asarray(counts)
-    value, reason = alpha_from_coincidence(coincidence(counts) if o is None else o, level, values)
-    if value is None:
+    pairable_counts = counts[counts.sum(axis=1) >= 2]
+    if o is None:  # the undefined cases need only the pairable values per label (o's row sums)
+        reason = undefined_reason(pairable_counts.sum(axis=0), level, values)
+    else:
+        reason = alpha_from_coincidence(o, level, values)[1]
+    if reason:
         return None, reason
     domain = list(range(counts.shape[1])) if values is None else [float(v) for v in values]
-    pairable = counts.sum(axis=1) >= 2
-    result = float(krippendorff.alpha(value_counts=counts[pairable], value_domain=domain, level_of_measurement=level))  # type: ignore[arg-type]
+    result = float(krippendorff.alpha(value_counts=pairable_counts, value_domain=domain, level_of_measurement=level))  # type: ignore[arg-type]
     return result, ""
 
 

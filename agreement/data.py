@@ -66,6 +66,38 @@ def fetch(conn: Connection, sql: str, params: dict[str, Any] | None = None) -> l
         cur.close()
 
 
+def fetch_one_binary(conn: Connection, sql: str, params: dict[str, Any] | None = None) -> Any:
+    """PostgreSQL: the first column of the first row, sent in binary (a bytea arrives as bytes)."""
+    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cur.execute(driver_sql(conn, sql), params or {}, binary=True)
+        row = cur.fetchone()
+        return row[0] if row else None
+    finally:
+        cur.close()
+
+
+def int8_array(blob: bytes | None) -> np.ndarray:
+    """A PostgreSQL ``bigint[]`` in its binary form (``array_send``) as an int64 array.
+
+    The form: dimensions, a has-nulls flag, the element type, (length, lower bound) per
+    dimension, then each element as a 4-byte length and 8 big-endian bytes. NULL (an
+    aggregate over no rows) and an empty array give an empty array; nulls are refused.
+    """
+    if not blob:
+        return np.zeros(0, dtype=np.int64)
+    head = np.frombuffer(blob, dtype=">i4", count=3)
+    ndim, has_nulls = int(head[0]), int(head[1])
+    if ndim == 0:
+        return np.zeros(0, dtype=np.int64)
+    if ndim != 1 or has_nulls:
+        raise ValueError("expected a one-dimensional bigint array without nulls")
+    cells = np.frombuffer(blob, dtype=np.dtype([("n", ">i4"), ("v", ">i8")]), offset=12 + 8 * ndim)
+    if len(cells) and int(cells["n"][0]) != 8:
+        raise ValueError("expected 8-byte bigint elements")
+    return cells["v"].astype(np.int64)
+
+
 def int_matrix(rows: list[tuple], ncols: int) -> np.ndarray:
     """(N, ncols) int64 array from a list of integer tuples (flattened once, no per-row arrays)."""
     if not rows:
@@ -336,26 +368,29 @@ def packed_triples(
     max_user: int,
     n_codes: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(item, user, code) triples packed into one integer each and concatenated in SQL.
+    """(item, user, code) triples packed into one integer each and aggregated in SQL.
 
-    Fetching millions of rows through Python's sqlite3 costs a tuple per row; one
-    ``group_concat`` string parsed by numpy costs almost nothing. Returns None when the
-    ids do not fit 62 bits (the caller then fetches plain rows). Codes may be -2 and -1.
+    Fetching millions of rows costs a Python tuple per row (and COPY a message per row). One
+    aggregate costs almost nothing on the client: on SQLite a ``group_concat`` string parsed
+    by numpy's C parser; on PostgreSQL ``array_send(array_agg(...))``, the array's binary
+    form as one bytea read by ``np.frombuffer`` (a tenth less server time than a
+    ``string_agg`` of the numbers as text). Returns None when the ids do not fit 62 bits (the
+    caller then fetches plain rows). Codes may be -2 and -1.
     """
     code_bits = max(int(n_codes + 2).bit_length(), 1)
     user_bits = max(int(max_user).bit_length(), 1)
     if int(max_item).bit_length() + user_bits + code_bits > 62:
         return None
-    agg = "string_agg(({x})::text, ',')" if is_postgres(conn) else "group_concat({x})"
     item_expr, user_expr, code_expr = select_sql
-    # BIGINT: PostgreSQL's integer columns are 32-bit and the packed value needs up to 62 bits
-    packed = f"((CAST({item_expr} AS BIGINT) << {user_bits}) | ({user_expr})) * {1 << code_bits} + (({code_expr}) + 2)"
-    rows = fetch(conn, f"SELECT {agg.format(x=packed)} FROM {where}", params)
-    text = rows[0][0] if rows else None
-    if not text:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty
-    flat = np.fromstring(text, dtype=np.int64, sep=",")  # C parser; both back ends give "1,2,3"
+    if is_postgres(conn):  # integer columns are 32-bit; packed values need up to 62 bits
+        item_expr = f"CAST({item_expr} AS BIGINT)"
+    packed = f"(({item_expr} << {user_bits}) | ({user_expr})) * {1 << code_bits} + (({code_expr}) + 2)"
+    if is_postgres(conn):
+        flat = int8_array(fetch_one_binary(conn, f"SELECT array_send(array_agg({packed})) FROM {where}", params))
+    else:  # SQLite integers are 64-bit already (a CAST per row costs)
+        rows = fetch(conn, f"SELECT group_concat({packed}) FROM {where}", params)
+        text = rows[0][0] if rows else None
+        flat = np.fromstring(text, dtype=np.int64, sep=",") if text else np.zeros(0, dtype=np.int64)
     code = (flat & ((1 << code_bits) - 1)) - 2
     rest = flat >> code_bits
     return rest >> user_bits, rest & ((1 << user_bits) - 1), code
@@ -407,7 +442,8 @@ def text_dictionary_case(
         out[f"txt{k}"] = text
     if not whens:
         return case_of, case_params
-    return f"CASE {column} {' '.join(whens)} ELSE ({case_of}) END", out
+    # "+": the column's NUMERIC affinity dropped, so each comparison is text against text as it is
+    return f"CASE +{column} {' '.join(whens)} ELSE ({case_of}) END", out
 
 
 def rating_triples(

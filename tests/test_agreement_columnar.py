@@ -176,3 +176,19 @@ def test_label_text_dictionary_on_sqlite(sqlite_url: str, monkeypatch: pytest.Mo
             code = LABELS.index(value) if value in LABELS else (-2 if value is None else -1)
             assert f"WHEN :{key} THEN {code} " in sql + " "
     engine.dispose()
+
+
+def test_bigint_array_binary_form(engine: sa.Engine) -> None:
+    """PostgreSQL's array_send form decoded by numpy: empty, NULL and 62-bit values."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's binary array form")
+    values = [0, 1, 2**62 - 1, 123_456_789_012]
+    with data.connection(engine) as conn:
+        got = data.int8_array(
+            data.fetch_one_binary(
+                conn, "SELECT array_send(CAST(:v AS bigint[]))", {"v": "{" + ",".join(map(str, values)) + "}"}
+            )
+        )
+        assert got.dtype == np.int64 and got.tolist() == values
+        assert data.int8_array(data.fetch_one_binary(conn, "SELECT array_send(CAST('{}' AS bigint[]))")).size == 0
+        assert data.int8_array(data.fetch_one_binary(conn, "SELECT array_agg(1) WHERE 1 = 0")).size == 0
