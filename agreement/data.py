@@ -519,13 +519,18 @@ def load_ratings(
 
 def dense_index(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(sorted distinct values, index of each value): ``np.unique`` without the sort when the
-    values span a compact integer range (ids usually do)."""
+    values span a compact integer range (ids usually do), and without a look-up table when
+    they fill it (the index is then the offset)."""
+    values = np.asarray(values, dtype=np.int64)
     if len(values) == 0:
-        return values.astype(np.int64), values.astype(np.int64)
+        return values, values
     lo, hi = int(values.min()), int(values.max())
     if hi - lo <= 4 * len(values) + 1024:
-        present = np.bincount(values - lo, minlength=hi - lo + 1) > 0
+        offset = values - lo
+        present = np.bincount(offset, minlength=hi - lo + 1) > 0
+        if present.all():
+            return np.arange(lo, hi + 1, dtype=np.int64), offset
         position = np.cumsum(present) - 1
-        return np.flatnonzero(present).astype(np.int64) + lo, position[values - lo].astype(np.int64)
+        return np.flatnonzero(present).astype(np.int64) + lo, position[offset]
     uniq, inv = np.unique(values, return_inverse=True)
     return uniq.astype(np.int64), inv.astype(np.int64)
