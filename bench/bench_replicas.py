@@ -18,6 +18,9 @@ and warm-up are not timed):
    of the window: its annotators reconnect through the proxy (signed in again from their
    session cookie) and carry on on the other two.
 
+Beside them, one annotator alone labels 20 items straight to the replica and 20 through
+nginx, twice in turn: what the proxy adds to a press when nothing else competes.
+
 Figures: submits per second (one item's labels each: demand-bound with a think time, so
 equal rates mean nobody was held up), submit → next item rendered (median and p95), a label
 press (median), the replicas' resident memory, the reconnect time of the killed replica's
@@ -150,6 +153,32 @@ async def _shift(
     return out
 
 
+async def _solo(bases: list[tuple[str, str]], user: str, n_items: int, rounds: int = 2) -> dict[str, dict[str, float]]:
+    """One annotator alone, alternating between the bases (straight to the replica, through nginx):
+    what the proxy adds to a press when nothing else competes for it."""
+    dims = fleet.uni_safebench_dims()
+    submits: dict[str, list[float]] = {name: [] for name, _ in bases}
+    presses: dict[str, list[float]] = {name: [] for name, _ in bases}
+    for r in range(rounds):
+        for name, base in bases:
+            a = fleet.Annotator(base, user, bench_app.PASSWORD, dims, 0.3, random.Random(7 + r))
+            task = asyncio.create_task(a.run(time.monotonic() + 600))
+            while len(a.stored) < n_items + 2 and not a.error and not task.done():
+                await asyncio.sleep(0.2)
+            a.stop()
+            await task
+            SEEN.append(a)
+            if a.error:
+                raise RuntimeError(f"solo on {base}: {a.error}")
+            done = [s for s in a.submits if s.outcome == "stored" and s.seconds is not None]
+            submits[name] += [s.seconds * 1000 for s in done[2:]]  # type: ignore[operator]  # the first two warm up
+            presses[name] += [sec * 1000 for _at, sec in a.presses[4:]]
+    return {
+        name: {"p50": fleet.percentile(submits[name], 0.5), "label": fleet.percentile(presses[name], 0.5)}
+        for name, _ in bases
+    }
+
+
 async def _warm(replicas: list[fleet.Replica], user: str) -> None:
     """One annotator, two items, straight to each replica: first imports and page compilation."""
     dims = fleet.uni_safebench_dims()
@@ -203,6 +232,8 @@ def main(argv: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-replicas-"))
     users = [f"bench{u:02d}" for u in range(n_users)]
     warm_user = f"bench{n_users:02d}"
+    solo_user = f"bench{n_users + 1:02d}"
+    solo: dict[str, dict[str, float]] = {}
     rows: list[tuple[str, dict[str, Any]]] = []
     kill: dict[str, Any] = {}
     db_mb, db_annotations = 0.0, 0
@@ -212,7 +243,7 @@ def main(argv: list[str]) -> int:
     extra: list = []
     started = time.perf_counter()
     try:
-        load_s = bench_app.build_db(url, n_items, n_users + 1)
+        load_s = bench_app.build_db(url, n_items, n_users + 2)
         print(f"{n_items:,} items and {2 * n_items:,} verdicts loaded in {load_s:.0f} s", flush=True)
         text = deploy.env_file(deploy.Env(db_url=url, media_root=str(work / "media")))
         env = {**deploy.read_env_file(text), "SAFEREVIEW_CACHE_DIR": str(work / "derived")}
@@ -230,6 +261,9 @@ def main(argv: list[str]) -> int:
                 r = asyncio.run(_shift(base, users, args.think, seconds, one, proxy))
                 rows.append(("1 replica, nginx", r["before"]))
                 print(f"1 replica nginx: {r['before']['n']} submits, p50 {r['before']['p50']:.1f} ms", flush=True)
+                solo = asyncio.run(
+                    _solo([("direct", f"http://{one[0].addr}"), ("nginx", base)], solo_user, 10 if args.quick else 20)
+                )
             finally:
                 proxy.stop()
         finally:
@@ -301,6 +335,13 @@ def main(argv: list[str]) -> int:
         f"labels: {len(in_db):,} in the database, {len(seen):,} seen stored by the clients; "
         + ("every one stored once, nothing else" if not lost and not extra else f"LOST {lost[:5]} EXTRA {extra[:5]}")
     )
+    if solo:
+        d, n = solo["direct"], solo["nginx"]
+        print(
+            f"one annotator alone, straight to the replica and through nginx in turn (2 rounds each): submit → next "
+            f"p50 {d['p50']:.1f} / {n['p50']:.1f} ms (nginx/direct {n['p50'] / d['p50']:.2f}), label press p50 "
+            f"{d['label']:.1f} / {n['label']:.1f} ms ({n['label'] / d['label']:.2f})"
+        )
     if kill and kill["in_doubt"]:
         print("submits never resolved (connection lost, no reconnect before the end): " + "; ".join(kill["in_doubt"]))
     if kill:

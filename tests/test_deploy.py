@@ -336,7 +336,7 @@ def test_each_browser_keeps_to_one_replica_and_uploads_are_capped(stack: Stack) 
     import httpx
 
     seen: dict[int, set[str]] = {}
-    for b in range(16):
+    for b in range(24):
         with httpx.Client() as browser:
             first = browser.get(stack.base + "/")
             assert first.status_code == 200 and browser.cookies.get("safereview_browser"), first.headers
