@@ -196,12 +196,17 @@ class Proxy:
             path = self.prefix / path
         return path.read_text(errors="replace").splitlines() if path.exists() else []
 
-    def upstream_of(self, probe: str) -> str | None:
-        """The replica that served the request whose URL carried ``probe`` (from the access log)."""
-        for line in reversed(self.access_log()):
-            if probe in line and (m := re.search(r"upstream=(\S+)", line)):
-                return m.group(1).split(",")[-1].strip()  # after a failover: "dead:port, live:port"
-        return None
+    def upstream_of(self, probe: str, wait_s: float = 2.0) -> str | None:
+        """The replica that served the request whose URL carried ``probe`` (from the access log,
+        which nginx writes just after the response has gone out: hence the short wait)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            for line in reversed(self.access_log()):
+                if probe in line and (m := re.search(r"upstream=(\S+)", line)):
+                    return m.group(1).split(",")[-1].strip()  # after a failover: "dead:port, live:port"
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.01)
 
     def rss_mb(self) -> float:
         """Resident memory of nginx: the master and its workers."""
@@ -437,8 +442,8 @@ async def probe_replicas(annotators: list[Annotator], proxy: Proxy) -> dict[str,
             continue
         tag = f"probe-{a.username}-{random.randrange(10**9)}"
         await a.client.http.get(f"{a.base}/_stcore/health?{tag}")
-        for _ in range(50):
-            up = proxy.upstream_of(tag)
+        for _ in range(100):
+            up = proxy.upstream_of(tag, wait_s=0)
             if up:
                 out[a.username] = up
                 break
