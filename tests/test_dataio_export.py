@@ -603,9 +603,9 @@ def test_parts_decoded_column_wise_match_the_row_by_row_rules() -> None:
             want = reference(chunk)
         except Exception as exc:
             with pytest.raises(type(exc)):
-                export_mod._item_parts(pa.array(prompts), pa.array(responses), (prompts, responses))
+                export_mod._item_parts(pa.array(prompts), pa.array(responses), lambda: (prompts, responses))
             return
-        got = export_mod._item_parts(pa.array(prompts), pa.array(responses), (prompts, responses))
+        got = export_mod._item_parts(pa.array(prompts), pa.array(responses), lambda: (prompts, responses))
         assert [c.to_pylist() for c in got] == want
         assert all(c.type == pa.string() for c in got)
 

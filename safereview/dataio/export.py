@@ -30,9 +30,10 @@ import gc
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -313,8 +314,11 @@ def _parts_media(parts: list[dict[str, Any]] | None) -> str:
     return ";".join(f"{p['modality']}:{p.get('media', '')}" for p in parts or [] if p.get("modality") != "text")
 
 
-def _item_parts(prompt: pa.Array, response: pa.Array, raw: tuple[Sequence[Any], Sequence[Any]]) -> list[pa.Array]:
-    """prompt_text, prompt_media, response_text, response_media of a chunk."""
+def _item_parts(
+    prompt: pa.Array, response: pa.Array, raw: Callable[[], tuple[Sequence[Any], Sequence[Any]]]
+) -> list[pa.Array]:
+    """prompt_text, prompt_media, response_text, response_media of a chunk (``raw()`` gives
+    the JSON texts as the driver returned them, for the row-by-row path)."""
     n = len(prompt)
     table = _read_ndjson(_ndjson(p=prompt, r=response), pa.schema([("p", _PARTS), ("r", _PARTS)]), n)
     if table is not None:
@@ -328,7 +332,7 @@ def _item_parts(prompt: pa.Array, response: pa.Array, raw: tuple[Sequence[Any], 
             return [pc.cast(a, _S) for a in out]
     loads = json.loads  # the row-by-row rules
     columns: list[list[str]] = [[], [], [], []]
-    for p_json, r_json in zip(*raw, strict=True):
+    for p_json, r_json in zip(*raw(), strict=True):
         p, r = loads(p_json or "[]"), loads(r_json or "[]")
         columns[0].append(_parts_text(p))
         columns[1].append(_parts_media(p))
@@ -378,16 +382,36 @@ def _lookup(keys: pa.Array, table: dict[Any, Any], typ: pa.DataType = _S) -> pa.
 
 @dataclass
 class _Chunk:
-    """One chunk as read from the database: ``arrays`` are its plain columns already in
-    Arrow (the conversion from Python values holds the GIL, so it is done by the reader
-    thread), ``raw`` the JSON texts kept for the row-by-row path, ``extra`` what else the
+    """One chunk as read from the database: ``arrays`` are its columns already in Arrow
+    (the conversion from Python values holds the GIL, so it is done by the reader thread),
+    ``rows`` the driver's rows, kept for the row-by-row path, ``extra`` what else the
     export read for these rows (verdicts)."""
 
     collection: str
-    n: int
     arrays: dict[str, Any]
-    raw: dict[str, Sequence[Any]]
+    rows: list[tuple]
     extra: Any = None
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    def raw(self, name: str, columns: tuple[tuple[str, Any], ...]) -> list[Any]:
+        """Column ``name`` as the driver returned it."""
+        i = [c for c, _ in columns].index(name)
+        return [r[i] for r in self.rows]
+
+
+def _booleans(columns: tuple[tuple[str, pa.DataType], ...], reader: _Reader) -> tuple[tuple[str, pa.DataType], ...]:
+    """SQLite returns booleans as integers: read them as such (``_bools`` converts)."""
+    return columns if reader.pg else tuple((c, _I if t == _B else t) for c, t in columns)
+
+
+def _to_arrow(rows: list[tuple], columns: tuple[tuple[str, pa.DataType], ...]) -> dict[str, pa.Array]:
+    """The driver's rows as Arrow columns, converted in one pass by Arrow (no Python
+    transposition of the rows)."""
+    array = pa.array(rows, type=pa.struct(list(columns)))
+    return {name: array.field(i) for i, (name, _) in enumerate(columns)}
 
 
 class _ReadFailed:
@@ -448,6 +472,7 @@ def _read_ahead(chunks: Iterator[_Chunk]) -> Iterator[_Chunk]:
 # ---------------------------------------------------------------------------------------
 
 _VERDICT_SUFFIXES = (("", _S), (".prob", _F), (".status", _S))
+_VERDICT_READ = (("item_id", _I), ("k", _I), ("label", _S), ("probability", _F), ("status", _S))
 _ITEM_DICTIONARY = (  # Parquet dictionary encoding for the columns whose values repeat
     "collection",
     "task_type",
@@ -499,11 +524,9 @@ class _Verdicts:
         and labels, probabilities and statuses."""
         if not self.pairs:
             return None
-        rows = reader.all(self.sql, {**self.params, "lo": lo, "hi": hi})
-        cols = list(zip(*rows, strict=True)) if rows else [()] * 5
-        del rows
-        values = [pa.array(c, t) for c, (_, t) in zip(cols[2:], _VERDICT_SUFFIXES, strict=True)]
-        return np.asarray(cols[0], dtype=np.int64), np.asarray(cols[1], dtype=np.int64), values
+        cols = _to_arrow(reader.all(self.sql, {**self.params, "lo": lo, "hi": hi}), _VERDICT_READ)
+        values = [cols["label"], cols["probability"], cols["status"]]
+        return cols["item_id"].to_numpy(), cols["k"].to_numpy(), values
 
     def columns(self, ids: np.ndarray, read: Any) -> tuple[pa.Array, dict[str, pa.Array]]:
         """judge_ids and the verdict columns for the chunk of items ``ids`` (ascending)."""
@@ -530,7 +553,7 @@ class _Verdicts:
         return judge_ids, out
 
 
-# The items query's columns in order, with their Arrow types (None: kept as Python values).
+# The items query's columns in order, with their Arrow types (booleans: see _booleans).
 _ITEM_READ: tuple[tuple[str, pa.DataType], ...] = (
     ("item_id", _I),
     ("external_id", _S),
@@ -542,7 +565,7 @@ _ITEM_READ: tuple[tuple[str, pa.DataType], ...] = (
     ("output_modalities", _S),
     ("prompt_json", _S),
     ("response_json", _S),
-    ("refused", None),
+    ("refused", _B),
     ("meta_json", _S),
     ("content_hash", _S),
     ("priority", _F),
@@ -571,6 +594,7 @@ class _ItemExport:
                 )
             ]
         self.verdicts = _Verdicts(sorted(pairs))
+        self.read_types = _booleans(_ITEM_READ, self.reader)
         batches = self.reader.all("SELECT id, source, format FROM importbatch")
         self.sources = {bid: src for bid, src, _ in batches}
         self.formats = {bid: fmt for bid, _, fmt in batches}
@@ -597,16 +621,8 @@ class _ItemExport:
             if span is None:
                 continue
             for rows in self.reader.chunks(sql, {"cid": cid, "lo": span[0], "hi": span[1]}):
-                cols = list(zip(*rows, strict=True))
-                del rows
-                arrays = {
-                    c: pa.array(v, t) if t is not None else pa.array(v)
-                    for (c, t), v in zip(_ITEM_READ, cols, strict=True)
-                }
-                ids = arrays["item_id"]
-                extra = self.verdicts.read(self.reader, ids[0].as_py(), ids[-1].as_py())
-                raw = {"prompt": cols[8], "response": cols[9]}
-                yield _Chunk(name, len(ids), arrays, raw, extra)
+                extra = self.verdicts.read(self.reader, rows[0][0], rows[-1][0])
+                yield _Chunk(name, _to_arrow(rows, self.read_types), rows, extra)
 
     def tables(self) -> Iterator[pa.Table]:
         for chunk in _read_ahead(self.chunks()):
@@ -615,7 +631,8 @@ class _ItemExport:
     def table(self, chunk: _Chunk) -> pa.Table:
         """The caller's part: the chunk's export columns, by Arrow kernels."""
         n, a = chunk.n, chunk.arrays
-        texts = _item_parts(a["prompt_json"], a["response_json"], (chunk.raw["prompt"], chunk.raw["response"]))
+        raw = partial(chunk.raw, columns=self.read_types)
+        texts = _item_parts(a["prompt_json"], a["response_json"], lambda: (raw("prompt_json"), raw("response_json")))
         created = a["created_at"] if self.reader.pg else _sqlite_item_iso(a["created_at"])
         judge_ids, vcols = self.verdicts.columns(a["item_id"].to_numpy(), chunk.extra)
         columns: dict[str, Any] = {
@@ -651,7 +668,7 @@ _ANNOTATION_READ: tuple[tuple[str, pa.DataType], ...] = (
     ("annotator_role", _S),
     ("categories_json", _S),
     ("rationale", _S),
-    ("flagged", None),
+    ("flagged", _B),
     ("verdict_action", _S),
     ("verdict_judge_id", _S),
     ("time_spent_s", _F),
@@ -675,6 +692,7 @@ class _AnnotationExport:
         self.cmap = _collection_filter(conn, collections)
         self.dims = self._dimensions() if self.cmap else []
         self.batches = {bid: src for bid, src in self.reader.all("SELECT id, source FROM importbatch")}
+        self.read_types = _booleans(_ANNOTATION_READ, self.reader)
         labels = [f"label.{d}" for d in self.dims] + [f"blind.{d}" for d in self.dims]
         fields = [*ANNOTATION_COLUMNS, *((name, _S) for name in labels), *((p, _S) for p in PROVENANCE_COLUMNS)]
         self.schema = pa.schema(fields)
@@ -729,14 +747,7 @@ class _AnnotationExport:
             if span is None:
                 continue
             for rows in self.reader.chunks(sql, {"cid": cid, "lo": span[0], "hi": span[1]}):
-                cols = list(zip(*rows, strict=True))
-                del rows
-                arrays = {
-                    c: pa.array(v, t) if t is not None else pa.array(v)
-                    for (c, t), v in zip(_ANNOTATION_READ, cols, strict=True)
-                }
-                raw = {"categories": cols[7], "labels": cols[18], "blinds": cols[19]}
-                yield _Chunk(name, len(cols[0]), arrays, raw)
+                yield _Chunk(name, _to_arrow(rows, self.read_types), rows)
 
     def tables(self) -> Iterator[pa.Table]:
         for chunk in _read_ahead(self.chunks()):
@@ -759,9 +770,11 @@ class _AnnotationExport:
                     out.append(pc.struct_field(table.column(key), [d]).combine_chunks())
             return out
         loads = json.loads  # the row-by-row rules
-        rows_l = [(loads(v) if v is not None else None) or {} for v in chunk.raw["labels"]]
-        rows_b = [loads(v) if v is not None else None for v in chunk.raw["blinds"]]
-        cats_py = [";".join((loads(v) if v is not None else None) or []) for v in chunk.raw["categories"]]
+        raw = (chunk.raw(c, self.read_types) for c in ("labels_json", "blind_json", "categories_json"))
+        labels, blinds, categories = raw
+        rows_l = [(loads(v) if v is not None else None) or {} for v in labels]
+        rows_b = [loads(v) if v is not None else None for v in blinds]
+        cats_py = [";".join((loads(v) if v is not None else None) or []) for v in categories]
         out = [pa.array(cats_py, _S)]
         out += [pa.array([lab.get(d) for lab in rows_l], _S) for d in self.dims]
         out += [pa.array([b.get(d) if b else None for b in rows_b], _S) for d in self.dims]
