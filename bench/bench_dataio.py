@@ -10,20 +10,32 @@ Measures, into SQLite and PostgreSQL (``SAFEREVIEW_BENCH_PG``, default
 * export of the imported items to Parquet (target: 100k rows in under 5 s), CSV and JSONL.
 
 Prints medians over ``--repeat`` runs and the ratio to each target (>1 = faster than target).
+
+``--export-scale`` measures the streaming export instead: 100k and 1M text items with one
+verdict each (``--sizes``), bulk-loaded straight into the tables (untimed), exported to
+Parquet (``--formats``) by a child process that does nothing but the export, so its peak
+RSS (``ru_maxrss``) is the export's own; target 1M rows in 5 s (200,000 rows/s) within
+1 GB. ``--old FILE`` also runs another copy of ``safereview/dataio/export.py`` (e.g. the
+pre-streaming one, ``git show 5f7ad0a:safereview/dataio/export.py > /tmp/export_old.py``)
+on the same databases (``--old-repeat`` runs each, 1 by default: it needs minutes and GBs at
+1M), and ``--old-max`` caps the sizes it runs at.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,6 +45,7 @@ import sqlalchemy as sa
 from safereview.dataio.export import export_items
 from safereview.dataio.importers import import_file
 from safereview.db.engine import init_db, normalise_url
+from safereview.db.models import ITEM_CONTENT_FIELDS
 from safereview.workflow.principals import SystemPrincipal
 
 BENCH = SystemPrincipal("bench")  # imports as the CLI would
@@ -114,12 +127,215 @@ def timed(fn: Callable[[], object]) -> tuple[float, float, object]:
     return time.perf_counter() - w, time.process_time() - c, out
 
 
+# ---------------------------------------------------------------------------------------
+# --export-scale: streaming export of 100k and 1M items, in a child process each
+# ---------------------------------------------------------------------------------------
+
+EXPORT_TARGET = 200_000  # rows/s: 1M items to Parquet in 5 s
+EXPORT_RSS_MB = 1024
+ITEM_COLS = ("collection_id", "external_id", *ITEM_CONTENT_FIELDS, "priority", "slots_taken", "created_at")
+VERDICT_COLS = ("item_id", "dimension", "judge_id", "label", "probability")
+
+
+def build_export_db(engine: sa.Engine, n: int) -> None:
+    """Untimed set-up: ``n`` text items from one import batch, one verdict each, inserted with
+    ``db.bulk.bulk_insert`` (executemany on SQLite, COPY on PostgreSQL), then ANALYZE."""
+    from sqlmodel import SQLModel
+
+    from safereview.db import bulk
+    from safereview.db.collections import ensure_collection
+    from safereview.db.engine import session_scope
+    from safereview.db.models import ImportBatch, utcnow
+
+    with session_scope(engine) as s:
+        cid = int(ensure_collection(s, "bench / export", "vlsu").id)  # type: ignore[arg-type]
+        batch = ImportBatch(
+            source="bench.jsonl", source_sha256="0" * 64, format="generic-jsonl", collection_id=cid, n_items=n
+        )
+        s.add(batch)
+        s.flush()
+        bid = int(batch.id)  # type: ignore[arg-type]
+    now = utcnow()
+    dumps = json.dumps
+
+    def items() -> Iterator[tuple]:
+        for i in range(n):
+            yield (
+                cid,
+                f"item-{i}",
+                "image-text",
+                "C9" if i % 3 else "",
+                "",
+                "bench-model",
+                "text",
+                "text",
+                dumps([{"modality": "text", "text": f"Benchmark prompt number {i}: describe the weather calmly."}]),
+                dumps([{"modality": "text", "text": f'Response {i}:\nit is "sunny" with a light breeze, no harm.'}]),
+                False,
+                "{}",
+                f"{i:064x}",
+                (i % 7) / 7,
+                0,
+                now,
+            )
+
+    tables = SQLModel.metadata.tables
+    with engine.begin() as conn:
+        bulk.bulk_insert(
+            conn, tables["item"], ITEM_COLS, items(), const={"import_batch_id": bid}, process=("created_at",)
+        )
+        first = int(conn.execute(sa.text("SELECT MIN(id) FROM item WHERE collection_id = :c"), {"c": cid}).scalar_one())
+        verdicts = (
+            (first + i, "joint", "bench-judge", ("safe", "borderline", "unsafe")[i % 3], (i % 100) / 100)
+            for i in range(n)
+        )
+        const = {
+            "judge_version": "",
+            "status": "ok",
+            "rationale": "",
+            "raw_output": "",
+            "intent": "",
+            "created_at": now,
+        }
+        bulk.bulk_insert(conn, tables["verdict"], VERDICT_COLS, verdicts, const=const)
+        conn.exec_driver_sql("ANALYZE")
+
+
+def export_child(url: str, out: str, fmt: str, impl: str) -> int:
+    """The child: one export, then its wall/CPU seconds, rows and peak RSS as a JSON line."""
+    if impl == "new":
+        from safereview.dataio import export as mod
+    else:  # another copy of the module, e.g. the pre-streaming export
+        spec = importlib.util.spec_from_file_location("export_under_test", impl)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # dataclasses look their module up
+        spec.loader.exec_module(mod)
+    from safereview.db.engine import make_engine
+
+    engine = make_engine(url)
+    with engine.connect() as conn:  # connect (and import the driver) before the clock starts
+        conn.exec_driver_sql("SELECT 1")
+    before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    wall, cpu, res = timed(lambda: mod.export_items(engine, out, fmt))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(
+        json.dumps(
+            {
+                "wall": wall,
+                "cpu": cpu,
+                "rows": res.rows,  # type: ignore[attr-defined]
+                "rss_mb": usage.ru_maxrss / 1024,
+                "rss_before_mb": before_kb / 1024,
+                "bytes": os.path.getsize(out),
+            }
+        )
+    )
+    return 0
+
+
+def run_child(url: str, out: Path, fmt: str, impl: str) -> dict:
+    cmd = [sys.executable, __file__, "--export-child", url, str(out), fmt, impl]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"export child failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def export_scale(args: argparse.Namespace) -> int:
+    sizes = [int(x) for x in args.sizes.split(",")]
+    formats = args.formats.split(",")
+    repeat = args.repeat or 3
+    impls = ["new"] + ([str(Path(args.old).resolve())] if args.old else [])
+    rows_out: list[tuple] = []
+    work = Path(tempfile.mkdtemp(prefix="bench-export-"))
+    try:
+        for name in ["sqlite"] + ([] if args.no_pg else ["postgresql"]):
+            be = Backend(name)
+            try:
+                for n in sizes:
+                    try:
+                        engine, _root = be.fresh()
+                    except Exception as exc:  # PostgreSQL not reachable
+                        print(f"skipping {name}: {exc}", file=sys.stderr)
+                        break
+                    t0 = time.perf_counter()
+                    build_export_db(engine, n)
+                    url = engine.url.render_as_string(hide_password=False)
+                    engine.dispose()
+                    print(f"{name}: built {n:,} items in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+                    for impl in impls:
+                        if impl != "new" and args.old_max and n > args.old_max:
+                            continue
+                        for fmt in formats:
+                            runs = []
+                            for _ in range(repeat if impl == "new" else args.old_repeat):
+                                runs.append(run_child(url, work / f"out.{fmt}", fmt, impl))
+                                runs[-1]["load"] = os.getloadavg()[0]
+                                assert runs[-1]["rows"] == n, runs[-1]
+                            label = "new" if impl == "new" else "old"
+                            rows_out.append((name, label, fmt, n, runs))
+                            print(f"  {label} {fmt} {n:,}: {[round(r['wall'], 2) for r in runs]} s", file=sys.stderr)
+            finally:
+                be.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(
+        f"\nstreaming export benchmark (median of {repeat} runs, old code {args.old_repeat}; {os.cpu_count()} CPUs, "
+        f"load average at the end {os.getloadavg()[0]:.1f})"
+    )
+    print(
+        f"{'backend':<11} {'code':<4} {'fmt':<8} {'n':>9} {'wall s':>7} {'rows/s':>9} {'CPU s':>6} "
+        f"{'peak RSS MB':>11} {'load':>5} {'ratio':>6}"
+    )
+    rates: dict[tuple[str, str, str, int], float] = {}
+    for be_name, label, fmt, n, runs in rows_out:
+        w = statistics.median(r["wall"] for r in runs)
+        c = statistics.median(r["cpu"] for r in runs)
+        rss = max(r["rss_mb"] for r in runs)
+        load = statistics.median(r["load"] for r in runs)
+        rate = n / w
+        rates[(be_name, label, fmt, n)] = rate
+        ratio = f"{rate / EXPORT_TARGET:.2f}" if fmt == "parquet" else "-"
+        print(
+            f"{be_name:<11} {label:<4} {fmt:<8} {n:>9,} {w:>7.2f} {rate:>9,.0f} {c:>6.2f} {rss:>11,.0f} "
+            f"{load:>5.1f} {ratio:>6}"
+        )
+    lo, hi = min(sizes), max(sizes)
+    for (be_name, label, fmt, n), rate in rates.items():
+        if n == hi and hi != lo and (be_name, label, fmt, lo) in rates:
+            print(
+                f"{be_name} {label} {fmt}: rows/s at {hi:,} / rows/s at {lo:,} = "
+                f"{rate / rates[(be_name, label, fmt, lo)]:.2f} (1.0 = flat)"
+            )
+    for (be_name, label, fmt, n), rate in rates.items():
+        if label == "old" and (be_name, "new", fmt, n) in rates:
+            print(f"{be_name} {fmt} {n:,}: new / old rows/s = {rates[(be_name, 'new', fmt, n)] / rate:.1f}")
+    print(
+        f"ratio = rows/s / {EXPORT_TARGET:,} (1M rows in 5 s; >= 1 meets it); peak RSS = the export child's "
+        f"ru_maxrss (interpreter and imports included; target <= {EXPORT_RSS_MB} MB); load = 1-min load average "
+        "after each run; CPU s = the child only (PostgreSQL server time excluded)."
+    )
+    return 0
+
+
 def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--export-child":
+        return export_child(*sys.argv[2:6])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="10k text items, 200 media items, one run")
     ap.add_argument("--repeat", type=int, default=None, help="runs per measurement (median reported)")
     ap.add_argument("--no-pg", action="store_true", help="skip PostgreSQL")
+    ap.add_argument("--export-scale", action="store_true", help="streaming export of --sizes items (see above)")
+    ap.add_argument("--sizes", default="100000,1000000", help="--export-scale: item counts")
+    ap.add_argument("--formats", default="parquet", help="--export-scale: comma-separated formats")
+    ap.add_argument("--old", default=None, help="--export-scale: also run this copy of export.py")
+    ap.add_argument("--old-max", type=int, default=None, help="--export-scale: largest size for --old")
+    ap.add_argument("--old-repeat", type=int, default=1, help="--export-scale: runs of the --old code")
     args = ap.parse_args()
+    if args.export_scale:
+        return export_scale(args)
     n_text = 10_000 if args.quick else 100_000
     n_media = 200 if args.quick else 2_000
     repeat = args.repeat or (1 if args.quick else 3)
