@@ -610,3 +610,35 @@ def test_parts_decoded_column_wise_match_the_row_by_row_rules() -> None:
         assert all(c.type == pa.string() for c in got)
 
     check()
+
+
+def test_jsonl_lines_are_what_the_json_encoder_writes() -> None:
+    """Column-wise JSON lines equal ``JSONEncoder(ensure_ascii=False).encode(row)`` per row
+    (with the line separators escaped) for text, integers, floats (NaN, infinities, -0.0,
+    1e16), booleans and missing values."""
+    import pyarrow as pa
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from safereview.dataio import export as export_mod
+    from safereview.dataio.spreadsheet import escape_line_breaks
+
+    text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=8)
+    columns = {
+        "s": (pa.string(), st.one_of(st.none(), text, st.sampled_from(["", "\u2028", "a\u0085b", '"\\']))),
+        "i": (pa.int64(), st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1))),
+        "f": (pa.float64(), st.one_of(st.none(), st.floats(), st.sampled_from([0.0, -0.0, 1e16, 0.1, 1.0]))),
+        "b": (pa.bool_(), st.one_of(st.none(), st.booleans())),
+        "ü\u2028": (pa.string(), st.none()),
+    }
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(*(s for _, s in columns.values())), min_size=1, max_size=8))
+    def check(rows: list[tuple]) -> None:
+        names = list(columns)
+        table = pa.table({n: pa.array([r[i] for r in rows], t) for i, (n, (t, _)) in enumerate(columns.items())})
+        encode = json.JSONEncoder(ensure_ascii=False).encode
+        want = "".join(escape_line_breaks(encode(dict(zip(names, r, strict=True)))) + "\n" for r in rows)
+        assert export_mod._jsonl_lines(table).to_pybytes() == want.encode()
+
+    check()

@@ -809,6 +809,83 @@ class _AnnotationExport:
 # ---------------------------------------------------------------------------------------
 
 
+def _json_fragments(column: pa.ChunkedArray) -> pa.Array:
+    """Each value of ``column`` as ``json.dumps(value, ensure_ascii=False)`` writes it.
+
+    Integers and booleans print the same in Arrow; text is escaped by Arrow kernels with
+    the JSON encoder's own table; floats go through ``float.__repr__`` once per distinct
+    value."""
+    typ = column.type
+    if pa.types.is_integer(typ) or pa.types.is_boolean(typ):
+        out = pc.cast(column, _S)
+    elif pa.types.is_null(typ):
+        out = pa.nulls(len(column), _S)
+    elif pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        out = _json_strings(pc.cast(column, pa.large_string()).combine_chunks())
+    else:
+        coded = column.dictionary_encode().combine_chunks()
+        distinct = pa.array([_json_float(v) for v in coded.dictionary.to_pylist()], _S)
+        out = pc.take(distinct, coded.indices)
+    return pc.cast(pc.fill_null(out, "null"), pa.large_string())
+
+
+_JSONL_SLICE = 10_000  # rows assembled into JSON lines at a time
+_JSONL_LINE_BREAKS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\u0085": "\\u0085"}  # see escape_line_breaks
+
+
+def _json_strings(text: pa.LargeStringArray) -> pa.Array:
+    """JSON string literals of ``text`` (nulls stay null), as the JSON encoder writes them
+    with ``ensure_ascii=False`` (backslash, quote and control characters escaped by its
+    ``ESCAPE_DCT``), and with U+2028, U+2029 and U+0085 escaped for JSON lines. The bytes
+    present in the UTF-8 data tell which of them can occur (an ASCII byte is never part of
+    a multi-byte character), so only those are replaced."""
+    from json.encoder import ESCAPE_DCT
+
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset : text.offset + len(text) + 1]
+    data = text.buffers()[2]
+    raw = np.frombuffer(data, dtype=np.uint8)[offsets[0] : offsets[-1]] if data is not None else np.zeros(0, np.uint8)
+    present = {chr(b) for b in np.unique(raw[raw < 0x20])}
+    present |= {c for c in '"\\' if (raw == ord(c)).any()}
+    for char, escaped in ESCAPE_DCT.items():  # the backslash first: later escapes add backslashes
+        if char in present:
+            text = pc.replace_substring(text, char, escaped)
+    if (raw == 0xE2).any() or (raw == 0xC2).any():  # lead bytes of U+2028/U+2029 and of U+0085
+        for char, escaped in _JSONL_LINE_BREAKS.items():
+            if pc.any(pc.match_substring(text, char)).as_py():
+                text = pc.replace_substring(text, char, escaped)
+    big = pa.large_string()
+    return pc.binary_join_element_wise(pa.scalar('"', big), text, pa.scalar('"', big), pa.scalar("", big))
+
+
+def _json_float(v: float) -> str:
+    """``json.dumps`` of a float (NaN and the infinities as Python's encoder spells them)."""
+    if v != v:
+        return "NaN"
+    if v in (float("inf"), float("-inf")):
+        return "Infinity" if v > 0 else "-Infinity"
+    return float.__repr__(v)
+
+
+def _jsonl_lines(table: pa.Table) -> pa.Buffer:
+    """The rows of ``table`` as JSON lines, byte for byte what ``JSONEncoder(ensure_ascii=
+    False).encode(row_dict)`` writes for each row, with U+2028, U+2029 and U+0085 escaped.
+    The lines are assembled by an Arrow kernel from per-column fragments."""
+    from json.encoder import encode_basestring
+
+    big = pa.large_string()
+    pieces: list[Any] = []
+    for i, name in enumerate(table.column_names):
+        key = escape_line_breaks(encode_basestring(name))
+        pieces.append(pa.scalar(("{" if i == 0 else ", ") + key + ": ", big))
+        pieces.append(_json_fragments(table.column(i)))
+    pieces.append(pa.scalar("}\n", big))
+    lines = pc.binary_join_element_wise(*pieces, pa.scalar("", big))
+    if isinstance(lines, pa.ChunkedArray):
+        lines = lines.combine_chunks()
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)[lines.offset : lines.offset + len(lines) + 1]
+    return lines.buffers()[2][int(offsets[0]) : int(offsets[-1])]
+
+
 class _Sink:
     """Tables of one fixed schema written to ``out`` as they come, atomically: into a
     temporary file that is renamed into place when all went well, and removed otherwise.
@@ -847,8 +924,7 @@ class _Sink:
 
                 self._writer = pacsv.CSVWriter(self.tmp, self.schema)
             else:
-                self._fh = self.tmp.open("w", encoding="utf-8")
-                self._encode = json.JSONEncoder(ensure_ascii=False).encode  # built once, not per row
+                self._fh = self.tmp.open("wb")
         except BaseException:
             self.tmp.unlink(missing_ok=True)
             raise
@@ -860,11 +936,9 @@ class _Sink:
             self._writer.write_table(table)
         elif self.fmt == "csv":
             self._writer.write_table(table if self.raw_csv else defuse(table))  # no cell runs as a formula
-        elif table.num_rows:
-            names, encode = table.column_names, self._encode
-            values = [col.to_pylist() for col in table.columns]
-            lines = [encode(dict(zip(names, row, strict=True))) for row in zip(*values, strict=True)]
-            self._fh.write(escape_line_breaks("\n".join(lines) + "\n"))
+        else:  # in slices: the lines are assembled from a copy of every column
+            for start in range(0, table.num_rows, _JSONL_SLICE):
+                self._fh.write(memoryview(_jsonl_lines(table.slice(start, _JSONL_SLICE))))
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
