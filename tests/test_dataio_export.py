@@ -518,7 +518,8 @@ def test_a_failed_export_leaves_no_file_and_no_reader_behind(
     golden: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An error while reading (in the reader thread) or while writing surfaces in the
-    caller, removes the temporary file and stops the reader; the database is usable."""
+    caller, removes the temporary file and stops the reader; the database is usable and
+    writable afterwards."""
     import threading
 
     import safereview.dataio.export as export_mod
@@ -548,6 +549,10 @@ def test_a_failed_export_leaves_no_file_and_no_reader_behind(
     assert list(out.iterdir()) == []
     assert not [t for t in threading.enumerate() if t.name == "safereview-export-reader"]
     assert export_items(engine, out / "i.jsonl", "jsonl").rows == 6
+    with engine.begin() as conn:  # the pooled connection writes again (no read-only snapshot left over)
+        conn.execute(sa.text("UPDATE item SET priority = 9 WHERE id = 1"))
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT priority FROM item WHERE id = 1")).scalar_one() == 9
 
 
 def _parts_strategy():  # type: ignore[no-untyped-def]

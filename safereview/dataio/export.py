@@ -15,13 +15,16 @@ dimension) pairs present in the selected collections, the label columns from the
 dimensions their annotations use, and every column with its own type, also when it holds
 no value at all (an empty export has the same column types as a full one).
 
-The work per chunk is column-wise: Arrow's JSON reader decodes the prompt and response
-parts (and the annotations' labels) of the whole chunk, the chunk's verdicts come from one
-query and are scattered into their columns with numpy and Arrow, timestamps are formatted
-by SQL or Arrow kernels. A chunk holding anything this fast path could render differently
-from the row-by-row rules (a part without a modality, a media part without media, JSON
-that Arrow's reader refuses) goes through the row-by-row code instead, so the output is the
-same either way.
+The work per chunk is column-wise. A reader thread fetches the rows (and the chunk's
+verdicts, with one query) through the DB-API driver and turns them into Arrow arrays, one
+chunk ahead of the writer. The writer's side runs in Arrow kernels, mostly without the
+GIL: Arrow's JSON reader decodes the prompt and response parts (and the annotations'
+labels) of the whole chunk, verdicts are scattered into their columns with numpy,
+timestamps are formatted by SQL or Arrow, JSON lines are assembled from per-column
+fragments. A chunk holding anything this fast path could render differently from the
+row-by-row rules (a part without a modality, a media part without media, JSON that Arrow's
+reader refuses) goes through the row-by-row code instead, so the output is the same either
+way.
 """
 
 from __future__ import annotations
