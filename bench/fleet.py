@@ -38,6 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
+from bench_app import rss_mb as _rss_mb  # noqa: E402
 from st_client import StreamlitClient  # noqa: E402
 
 from safereview import deploy  # noqa: E402
@@ -127,16 +128,6 @@ class Replica:
         if self.proc is None or self.proc.poll() is not None:
             return 0.0
         return _rss_mb(self.proc.pid)
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 class Proxy:
