@@ -74,22 +74,27 @@ def _llama_like(body: dict[str, Any], n: int) -> Reply:
     return Reply(body=completion(_json_from_smart(body, n)))
 
 
+def _structured_run(engine: Any, media: Path, url: str, model: str, *, concurrency: int) -> Any:
+    """A --structured Uni-Judger run of the "uni" collection, quick to retry."""
+    opts = RunOptions(
+        protocol="uni-judger",
+        base_url=url,
+        model=model,
+        collection="uni",
+        structured=True,
+        max_retries=1,
+        backoff_base=0.01,
+        concurrency=concurrency,
+    )
+    return run_judge(engine, media, opts, actor=SYSTEM)
+
+
 def test_structured_run_falls_back_to_the_shape_the_server_takes(tmp_path: Path) -> None:
     engine = init_db(f"sqlite:///{tmp_path / 's.db'}")
     media = tmp_path / "media"
     expected = uni_collection(engine, media, n=8)
     with FakeOpenAI(_llama_like) as srv:
-        opts = RunOptions(
-            protocol="uni-judger",
-            base_url=srv.url,
-            model="fake/judge",
-            collection="uni",
-            structured=True,
-            max_retries=1,
-            backoff_base=0.01,
-            concurrency=4,
-        )
-        summary = run_judge(engine, media, opts, actor=SYSTEM)
+        summary = _structured_run(engine, media, srv.url, "fake/judge", concurrency=4)
         bodies = list(srv.requests)
     assert summary.structured == "json_object" and summary.structured_refused
     assert summary.failures == 0 and summary.unparseable == 0 and summary.parse_rate == 1.0
@@ -143,17 +148,7 @@ def test_a_request_the_server_refuses_in_every_shape_does_not_turn_structure_off
         return _llama_like(body, n)
 
     with FakeOpenAI(text_only) as srv:
-        opts = RunOptions(
-            protocol="uni-judger",
-            base_url=srv.url,
-            model="fake/text-only",
-            collection="uni",
-            structured=True,
-            max_retries=1,
-            backoff_base=0.01,
-            concurrency=1,
-        )
-        summary = run_judge(engine, media, opts, actor=SYSTEM)
+        summary = _structured_run(engine, media, srv.url, "fake/text-only", concurrency=1)
     assert summary.structured == "json_object", summary.notes
     assert summary.errors > 0 and summary.ok > 0 and summary.parse_rate == 1.0
     assert all("can only concatenate" in r for r in summary.error_reasons), summary.error_reasons
@@ -189,17 +184,7 @@ def test_a_rate_limit_is_not_taken_for_a_refused_shape(tmp_path: Path) -> None:
         return Reply(body=completion(_json_from_smart(body, n)))
 
     with FakeOpenAI(busy_then_fine) as srv:
-        opts = RunOptions(
-            protocol="uni-judger",
-            base_url=srv.url,
-            model="fake/judge",
-            collection="uni",
-            structured=True,
-            max_retries=1,
-            backoff_base=0.01,
-            concurrency=1,
-        )
-        summary = run_judge(engine, media, opts, actor=SYSTEM)
+        summary = _structured_run(engine, media, srv.url, "fake/judge", concurrency=1)
     assert limited[0] > 2 and summary.errors == 1  # the rate-limited request failed, the rest did not
     assert summary.structured == "json_schema" and summary.structured_refused == [], summary.notes
 
