@@ -19,6 +19,13 @@ RSS (``ru_maxrss``) is the export's own; target 1M rows in 5 s (200,000 rows/s) 
 pre-streaming one, ``git show 5f7ad0a:safereview/dataio/export.py > /tmp/export_old.py``)
 on the same databases (``--old-repeat`` runs each, 1 by default: it needs minutes and GBs at
 1M), and ``--old-max`` caps the sizes it runs at.
+
+``--import-scale`` measures import at scale instead: text items with one verdict each
+(``--sizes``, 100k and 1M by default) from JSONL through ``import_file`` into a fresh
+database, in a child process per run (peak RSS is the import's own). Targets: 100k items/s
+on SQLite and 60k/s on PostgreSQL at 1M, items/s at 1M at least 0.9x items/s at 100k, peak
+RSS within 1 GB. ``--old-tree DIR`` also runs another checkout of safereview (e.g.
+``git worktree add /tmp/sr-old HEAD~3``) on the same files, in the same run.
 """
 
 from __future__ import annotations
@@ -320,6 +327,124 @@ def export_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------
+# --import-scale: import of 100k and 1M items with one verdict each, in a child process each
+# ---------------------------------------------------------------------------------------
+
+IMPORT_TARGET = {"sqlite": 100_000, "postgresql": 60_000}  # items/s at 1M
+IMPORT_RSS_MB = 1024
+IMPORT_CHILD = Path(__file__).with_name("import_child.py")
+
+
+def write_one_verdict_items(path: Path, n: int) -> None:
+    """``n`` generic text items, one judge verdict each (the issue's "text items with one verdict")."""
+    dumps = json.dumps
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            row = {
+                "id": f"item-{i}",
+                "task_type": "image-text",
+                "model": "bench-model",
+                "category": "C9" if i % 3 else "",
+                "prompt_text": f"Benchmark prompt number {i}: describe the weather in a calm voice.",
+                "response_text": f"Response {i}: it is sunny with a light breeze and no harm at all.",
+                "verdicts": [
+                    {
+                        "dimension": "joint",
+                        "label": ("safe", "borderline", "unsafe")[i % 3],
+                        "judge_id": "bench-judge",
+                        "probability": (i % 100) / 100,
+                    }
+                ],
+            }
+            fh.write(dumps(row) + "\n")
+
+
+def import_scale(args: argparse.Namespace) -> int:
+    sizes = [int(x) for x in args.sizes.split(",")]
+    repeat = args.repeat or 3
+    trees = ["-"] + ([str(Path(args.old_tree).resolve())] if args.old_tree else [])
+    work = Path(tempfile.mkdtemp(prefix="bench-import-"))
+    rows_out: list[tuple] = []
+    try:
+        files = {}
+        for n in sizes:
+            files[n] = work / f"items-{n}.jsonl"
+            write_one_verdict_items(files[n], n)
+        for name in ["sqlite"] + ([] if args.no_pg else ["postgresql"]):
+            be = Backend(name)
+            try:
+                for n in sizes:
+                    runs: dict[str, list[dict]] = {t: [] for t in trees}
+                    for _ in range(repeat):
+                        for tree in trees:  # interleaved: old and new see the same load
+                            try:
+                                engine, root = be.fresh()
+                            except Exception as exc:  # PostgreSQL not reachable
+                                print(f"skipping {name}: {exc}", file=sys.stderr)
+                                raise _Skip from None
+                            url = engine.url.render_as_string(hide_password=False)
+                            engine.dispose()
+                            cmd = [sys.executable, str(IMPORT_CHILD), url, str(files[n]), str(root), tree]
+                            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                            if proc.returncode != 0:
+                                raise RuntimeError(f"import child failed: {proc.stderr[-2000:]}")
+                            res = json.loads(proc.stdout.strip().splitlines()[-1])
+                            res["load"] = os.getloadavg()[0]
+                            assert res["items"] == n, res
+                            runs[tree].append(res)
+                            label = "new" if tree == "-" else "old"
+                            print(f"  {name} {label} {n:,}: {res['wall']:.2f} s", file=sys.stderr)
+                    for tree in trees:
+                        rows_out.append((name, "new" if tree == "-" else "old", n, runs[tree]))
+            except _Skip:
+                pass
+            finally:
+                be.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(
+        f"\nimport at scale, text items with one verdict (median of {repeat} runs; {os.cpu_count()} CPUs, "
+        f"load average at the end {os.getloadavg()[0]:.1f})"
+    )
+    print(
+        f"{'backend':<11} {'code':<4} {'n':>9} {'wall s':>7} {'items/s':>9} {'CPU s':>6} "
+        f"{'peak RSS MB':>11} {'load':>5}"
+    )
+    rates: dict[tuple[str, str, int], float] = {}
+    for be_name, label, n, runs in rows_out:
+        w = statistics.median(r["wall"] for r in runs)
+        c = statistics.median(r["cpu"] for r in runs)
+        rss = max(r["rss_mb"] for r in runs)
+        load = statistics.median(r["load"] for r in runs)
+        rates[(be_name, label, n)] = n / w
+        print(f"{be_name:<11} {label:<4} {n:>9,} {w:>7.2f} {n / w:>9,.0f} {c:>6.2f} {rss:>11,.0f} {load:>5.1f}")
+    lo, hi = min(sizes), max(sizes)
+    for (be_name, label, n), rate in rates.items():
+        if n == hi:
+            print(
+                f"{be_name} {label}: items/s at {hi:,} / target {IMPORT_TARGET[be_name]:,} = "
+                f"{rate / IMPORT_TARGET[be_name]:.2f}"
+            )
+            if hi != lo and (be_name, label, lo) in rates:
+                print(
+                    f"{be_name} {label}: items/s at {hi:,} / items/s at {lo:,} = "
+                    f"{rate / rates[(be_name, label, lo)]:.2f} (target >= 0.9)"
+                )
+        if label == "old" and (be_name, "new", n) in rates:
+            print(f"{be_name} {n:,}: new / old items/s = {rates[(be_name, 'new', n)] / rate:.2f}")
+    print(
+        f"peak RSS = the import child's ru_maxrss (interpreter and imports included; target <= {IMPORT_RSS_MB} MB); "
+        "CPU s = the child only (PostgreSQL server time excluded); load = 1-min load average after each run."
+    )
+    return 0
+
+
+class _Skip(Exception):
+    pass
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--export-child":
         return export_child(*sys.argv[2:6])
@@ -333,9 +458,13 @@ def main() -> int:
     ap.add_argument("--old", default=None, help="--export-scale: also run this copy of export.py")
     ap.add_argument("--old-max", type=int, default=None, help="--export-scale: largest size for --old")
     ap.add_argument("--old-repeat", type=int, default=1, help="--export-scale: runs of the --old code")
+    ap.add_argument("--import-scale", action="store_true", help="import of --sizes items at scale (see above)")
+    ap.add_argument("--old-tree", default=None, help="--import-scale: also run this checkout of safereview")
     args = ap.parse_args()
     if args.export_scale:
         return export_scale(args)
+    if args.import_scale:
+        return import_scale(args)
     n_text = 10_000 if args.quick else 100_000
     n_media = 200 if args.quick else 2_000
     repeat = args.repeat or (1 if args.quick else 3)

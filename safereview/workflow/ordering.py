@@ -51,50 +51,61 @@ def borderline_score(verdicts: Iterable[Mapping[str, Any]], spec: Mapping[str, A
 
     See the module docstring for the components. An item without verdicts scores 0.
     """
-    vs = list(verdicts)
-    if not vs:
-        return 0.0
-    unsafe_by_dim = unsafe_labels_by_dimension(spec)
-    score = 0.0
+    return Scorer(spec).score(verdicts)
 
-    closeness = 0.0
-    by_dim: dict[str, set[str]] = defaultdict(set)
-    unparseable = False
-    borderline = False
-    for v in vs:
-        dim = str(v.get("dimension", ""))
-        label = v.get("label")
-        unsafe = unsafe_by_dim.get(dim, UNKNOWN_DIMENSION_UNSAFE)
-        if label is None or v.get("status") in ("unparseable", "error"):
-            unparseable = True
-            continue
-        by_dim[dim].add(label)
-        if label == "borderline":
-            borderline = True
-        p = unsafe_probability(label, v.get("probability"), v.get("probs"), unsafe)
-        if p is not None:
-            closeness = max(closeness, boundary_closeness(p))
-    score += W_BOUNDARY * closeness
 
-    def is_unsafe(dim: str) -> bool | None:
-        labels = by_dim.get(dim)
-        if not labels:
-            return None
-        return bool(labels.intersection(unsafe_by_dim.get(dim, UNKNOWN_DIMENSION_UNSAFE)))  # any judge unsafe → unsafe
+class Scorer:
+    """:func:`borderline_score` with the taxonomy's unsafe labels looked up once, for scoring many items."""
 
-    ctx, intr = is_unsafe("contextual"), is_unsafe("intrinsic")
-    if ctx is not None and intr is not None and ctx != intr:
-        score += W_CTX_INTRINSIC
-    if any(len(labels) > 1 for labels in by_dim.values()):
-        score += W_JUDGES_DISAGREE
-    img, txt, joint = by_dim.get("image"), by_dim.get("text"), by_dim.get("joint")
-    if img == {"safe"} and txt == {"safe"} and joint and joint != {"safe"}:
-        score += W_COMPOSITIONAL
-    if borderline:
-        score += W_BORDERLINE
-    if unparseable:
-        score += W_UNPARSEABLE
-    return round(score, 6)
+    def __init__(self, spec: Mapping[str, Any] | None = None) -> None:
+        self.unsafe_by_dim = unsafe_labels_by_dimension(spec)  # type: ignore[arg-type]
+
+    def score(self, verdicts: Iterable[Mapping[str, Any]]) -> float:
+        vs = verdicts if isinstance(verdicts, list | tuple) else list(verdicts)
+        if not vs:
+            return 0.0
+        unsafe_by_dim = self.unsafe_by_dim
+        score = 0.0
+
+        closeness = 0.0
+        by_dim: dict[str, set[str]] = defaultdict(set)
+        unparseable = False
+        borderline = False
+        for v in vs:
+            dim = str(v.get("dimension", ""))
+            label = v.get("label")
+            unsafe = unsafe_by_dim.get(dim, UNKNOWN_DIMENSION_UNSAFE)
+            if label is None or v.get("status") in ("unparseable", "error"):
+                unparseable = True
+                continue
+            by_dim[dim].add(label)
+            if label == "borderline":
+                borderline = True
+            p = unsafe_probability(label, v.get("probability"), v.get("probs"), unsafe)
+            if p is not None:
+                closeness = max(closeness, boundary_closeness(p))
+        score += W_BOUNDARY * closeness
+
+        def is_unsafe(dim: str) -> bool | None:
+            labels = by_dim.get(dim)
+            if not labels:
+                return None
+            # any judge unsafe → unsafe
+            return bool(labels.intersection(unsafe_by_dim.get(dim, UNKNOWN_DIMENSION_UNSAFE)))
+
+        ctx, intr = is_unsafe("contextual"), is_unsafe("intrinsic")
+        if ctx is not None and intr is not None and ctx != intr:
+            score += W_CTX_INTRINSIC
+        if any(len(labels) > 1 for labels in by_dim.values()):
+            score += W_JUDGES_DISAGREE
+        img, txt, joint = by_dim.get("image"), by_dim.get("text"), by_dim.get("joint")
+        if img == {"safe"} and txt == {"safe"} and joint and joint != {"safe"}:
+            score += W_COMPOSITIONAL
+        if borderline:
+            score += W_BORDERLINE
+        if unparseable:
+            score += W_UNPARSEABLE
+        return round(score, 6)
 
 
 def refresh_priorities(session: Session, collection_id: int, item_ids: Iterable[int] | None = None) -> int:
@@ -187,8 +198,9 @@ def _rescore(
     for r in rows:
         per_item[r["item_id"]].append(r)
     updates = []
+    scorer = Scorer(spec)
     for item_id, old in items:
-        new = borderline_score(per_item.get(item_id, ()), spec)
+        new = scorer.score(per_item.get(item_id, ()))
         if old is None or abs(float(old) - new) > 1e-9:
             updates.append({"p": new, "i": item_id})
     if updates:

@@ -5,17 +5,22 @@ JSONL) and ``vlsu`` (release CSV); ``auto`` picks one from the extension and the
 Bad input never half-imports: by default the whole file is one transaction and any
 problem leaves the database exactly as it was.
 
-One module per job, in the order :func:`import_file` runs them:
+The file streams through in chunks of :data:`CHUNK_ROWS` rows, so memory stays bounded
+whatever its size; each chunk goes through one module per job, in this order:
 
-- ``parse``: the file into :class:`~.records.Record` objects (format modules ``generic``,
-  ``unisafebench``, ``vlsu``; readers in ``records``);
+- ``parse``: rows into :class:`~.records.Record` objects (format modules ``generic``,
+  ``unisafebench``, ``vlsu``, ``inspect_log``; readers in ``records``);
 - ``validate``: every record against the taxonomy, the limits and the media folder;
 - ``plan``: in the write transaction, what is new, unchanged, changed or in conflict
-  (an :class:`~.plan.ImportPlan`);
+  (an :class:`~.plan.ImportPlan` per chunk from one :class:`~.plan.Planner`);
 - ``write``: the plan carried out in bulk (people, slots and assignments through
   ``workflow.auth`` and ``workflow.queue``);
 - ``report``: the :class:`ImportReport`, its ``FILE:LINE: field: message`` lines and the
   rejects file.
+
+Once a row is bad (and ``--skip-invalid`` is not given) nothing more is written: the rest
+of the file is still read and checked, so the report names every bad row, and the
+transaction is rolled back.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import gc
 import hashlib
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +38,13 @@ from sqlmodel import Session
 
 from safereview import settings
 from safereview.dataio.importers.options import Options
-from safereview.dataio.importers.parse import FORMATS, FileProblem, detect_format, parse_file
-from safereview.dataio.importers.plan import plan
+from safereview.dataio.importers.parse import FORMATS, FileProblem, detect_format, iter_records
+from safereview.dataio.importers.plan import Planner
 from safereview.dataio.importers.records import Record
 from safereview.dataio.importers.report import ImportFailed, ImportReport, messages, reset_counts, write_rejects
 from safereview.dataio.importers.taxonomy_index import TaxonomyIndex
 from safereview.dataio.importers.validate import Validator
-from safereview.dataio.importers.write import cleanup_files, write
+from safereview.dataio.importers.write import Writer, cleanup_files
 from safereview.db import deployment
 from safereview.db import taxonomy as taxmod
 from safereview.db.collections import ensure_collection
@@ -230,61 +236,80 @@ def _run(
         known = ", ".join(t["id"] for t in spec["task_types"])
         return fail(f"{label}: --task-type: unknown task type {task_type!r}; known: {known}")
 
-    # ---- read and parse --------------------------------------------------------------
-    try:
-        records, parse_rejects = parse_file(path, fmt, tax, opts, report)
-    except FileProblem as exc:
-        return fail(str(exc))
-    except (OSError, ValueError) as exc:
-        return fail(f"{label}: (file): cannot read: {exc}")
-
+    # ---- read, check, plan and write, chunk by chunk: one transaction ----------------
     validator = Validator(tax, opts)
-    for rec in records:
-        validator.record(rec)
-    bad = parse_rejects + [r for r in records if r.errors]
-    good = [r for r in records if not r.errors]
-    if bad and not skip_invalid:
-        report.errors.extend(messages(bad, opts))
-        report.seconds = time.perf_counter() - started
-        return report
-
-    # ---- plan and write: one transaction ---------------------------------------------
+    bad: list[Record] = []  # rows that failed parsing or validation
+    late_rejects: list[Record] = []  # rows in conflict with what is stored
     created: list[Path] = []
-    late_rejects: list[Record] = []
     try:
         with engine.begin() as conn:
             session = Session(bind=conn, expire_on_commit=False)
-            try:
-                col = ensure_collection(session, collection, spec)
-            except ValueError as exc:  # same-named taxonomy with another definition, etc.
-                report.errors.append(f"{label}: taxonomy: {exc}")
-                raise _Rollback from None
-            session.flush()
-            assert col.id is not None
-            todo = plan(conn, good, collection_id=col.id, update=update)
-            late_rejects = todo.rejected
-            if late_rejects and not skip_invalid:
+            planner: Planner | None = None
+            writer: Writer | None = None
+            writing = True  # False once the import is bound to fail: the rest is only checked
+            for chunk in _chunks(iter_records(path, fmt, tax, opts, report), CHUNK_ROWS):
+                good = []
+                for rec in chunk:
+                    if not rec.errors:
+                        validator.record(rec)
+                    (bad if rec.errors else good).append(rec)
+                if bad and not skip_invalid:
+                    writing = False
+                    continue  # a file with bad rows reports those, not conflicts
+                if writer is None:
+                    try:
+                        col = ensure_collection(session, collection, spec)
+                    except ValueError as exc:  # same-named taxonomy with another definition, etc.
+                        report.errors.append(f"{label}: taxonomy: {exc}")
+                        raise _Rollback from None
+                    session.flush()
+                    assert col.id is not None
+                    planner = Planner(conn, collection_id=col.id, update=update, item_lines=validator.seen_ids)
+                    writer = Writer(
+                        conn,
+                        session,
+                        collection_id=col.id,
+                        opts=opts,
+                        report=report,
+                        source_sha256=_file_sha256(path),
+                        user=user,
+                        actor_id=actor_id,
+                        created_files=created,
+                        spec=spec,
+                    )
+                assert planner is not None
+                todo = planner.chunk(good)
+                late_rejects.extend(todo.rejected)
+                if todo.rejected and not skip_invalid:
+                    writing = False
+                if writing:
+                    writer.chunk(todo)
+            if planner is not None and writer is not None and not (bad and not skip_invalid):
+                todo = planner.finish(written=writing)
+                late_rejects.extend(todo.rejected)
+                if todo.rejected and not skip_invalid:
+                    writing = False
+                if writing:
+                    writer.chunk(todo)
+            if (bad or late_rejects) and not skip_invalid:
                 raise _Rollback
-            write(
-                conn,
-                session,
-                todo,
-                collection_id=col.id,
-                opts=opts,
-                report=report,
-                source_sha256=_file_sha256(path),
-                user=user,
-                actor_id=actor_id,
-                created_files=created,
-                n_rejected=len(bad) + len(late_rejects),
-            )
+            if writer is not None:
+                writer.finish(n_rejected=len(bad) + len(late_rejects))
             session.close()
     except _Rollback:
         cleanup_files(engine, created)
-        report.errors.extend(messages(late_rejects, opts))
+        report.errors.extend(messages(bad if bad else late_rejects, opts))
         reset_counts(report)
         report.seconds = time.perf_counter() - started
         return report
+    except FileProblem as exc:
+        cleanup_files(engine, created)
+        reset_counts(report)
+        return fail(str(exc))
+    except (OSError, ValueError) as exc:
+        cleanup_files(engine, created)
+        reset_counts(report)
+        return fail(f"{label}: (file): cannot read: {exc}")
     except sa.exc.IntegrityError as exc:
         # another import wrote the same rows between our check and our insert
         cleanup_files(engine, created)
@@ -318,6 +343,20 @@ def _run(
 
 class _Rollback(Exception):
     pass
+
+
+CHUNK_ROWS = 10_000  # rows read, checked, planned and written at a time
+
+
+def _chunks(records: Iterator[Record], n: int) -> Iterator[list[Record]]:
+    chunk: list[Record] = []
+    for rec in records:
+        chunk.append(rec)
+        if len(chunk) >= n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 ANALYZE_AFTER_ROWS = 10_000  # an import at least this large refreshes the planner's statistics

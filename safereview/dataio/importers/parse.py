@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,16 +62,17 @@ def detect_format(path: Path) -> str:
     )
 
 
-def parse_file(
-    path: Path, fmt: str, tax: TaxonomyIndex, opts: Options, report: ImportReport
-) -> tuple[list[Record], list[Record]]:
-    """Read the file and parse rows; returns (records, rows that could not be parsed)."""
+def iter_records(path: Path, fmt: str, tax: TaxonomyIndex, opts: Options, report: ImportReport) -> Iterator[Record]:
+    """Read the file and parse its rows one at a time, in file order.
+
+    A row that cannot be read or parsed at all comes out as a record carrying only its error.
+    Raises :class:`FileProblem` (possibly mid-file: the caller rolls back) when the file as a
+    whole cannot be imported.
+    """
     label = opts.file_label
     suffix = path.suffix.lower()
-    records: list[Record] = []
-    broken: list[Record] = []
 
-    def take(src: SourceRow, parse: Any) -> None:
+    def take(src: SourceRow, parse: Any) -> Record:
         report.rows += 1
         if report.rows > opts.max_rows:
             raise FileProblem(
@@ -80,9 +82,8 @@ def parse_file(
         if src.error is not None:
             rec = Record(line=src.line, raw=src.raw)
             rec.error(*src.error)
-            broken.append(rec)
-            return
-        records.append(parse(src))
+            return rec
+        return parse(src)
 
     if fmt == "vlsu":
         if suffix != ".csv":
@@ -93,8 +94,8 @@ def parse_file(
             raise FileProblem(f"{label}:1: (header): missing VLSU column(s) {', '.join(missing)}")
         index = vlsu.ImageIndex(opts.media_dir.resolve())
         for src in rows:
-            take(src, lambda s: vlsu.parse_row(s, index))
-        return records, broken
+            yield take(src, lambda s: vlsu.parse_row(s, index))
+        return
 
     if fmt == "uni-safebench":
         if suffix not in (".jsonl", ".json", ".ndjson"):
@@ -104,40 +105,37 @@ def parse_file(
             if guessed is not None:
                 opts.task_type = guessed
         for src in read_jsonl(path):
-            take(src, unisafebench.parse_row)
-        if not opts.task_type and tax.task_types and any(not r.task_type for r in records):
-            known = ", ".join(t["id"] for t in tax.spec["task_types"])
-            raise FileProblem(
-                f"{label}: task_type: cannot tell the task type from the file or folder name; "
-                f"pass --task-type (one of {known})"
-            )
-        return records, broken
+            rec = take(src, unisafebench.parse_row)
+            if not opts.task_type and tax.task_types and not rec.errors and not rec.task_type:
+                known = ", ".join(t["id"] for t in tax.spec["task_types"])
+                raise FileProblem(
+                    f"{label}: task_type: cannot tell the task type from the file or folder name; "
+                    f"pass --task-type (one of {known})"
+                )
+            yield rec
+        return
 
     if fmt == "inspect":
-        _parse_inspect(path, tax, opts, take)
-        return records, broken
+        yield from _parse_inspect(path, tax, opts, take)
+        return
 
     # generic
     if suffix in (".jsonl", ".json", ".ndjson"):
-        for src in read_jsonl(path):
-            take(src, generic.parse_row)
+        rows: Iterator[SourceRow] = read_jsonl(path)
     elif suffix == ".csv":
         _header, rows = read_csv(path)
-        for src in rows:
-            take(src, generic.parse_row)
     elif suffix == ".parquet":
         try:
             _header, rows = read_parquet(path)
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise FileProblem(f"{label}: (file): not a readable Parquet file: {exc}") from None
-        for src in rows:
-            take(src, generic.parse_row)
     else:
         raise FileProblem(f"{label}: (file): generic files end in .jsonl, .csv or .parquet")
-    return records, broken
+    for src in rows:
+        yield take(src, generic.parse_row)
 
 
-def _parse_inspect(path: Path, tax: TaxonomyIndex, opts: Options, take: Any) -> None:
+def _parse_inspect(path: Path, tax: TaxonomyIndex, opts: Options, take: Any) -> Iterator[Record]:
     """An Inspect AI log, sample by sample; its embedded media go to a scratch folder that
     becomes the import's media folder (removed when the import ends)."""
     from safereview.dataio.importers import inspect_log
@@ -153,7 +151,7 @@ def _parse_inspect(path: Path, tax: TaxonomyIndex, opts: Options, take: Any) -> 
     try:
         records = inspect_log.read_records(path, inspect_log.MediaSink(scratch), score_map, tax.dim_labels)
         for rec in records:
-            take(SourceRow(rec.line, {}, rec.raw), lambda _src, rec=rec: rec)
+            yield take(SourceRow(rec.line, {}, rec.raw), lambda _src, rec=rec: rec)
     except RuntimeError as exc:  # inspect-ai not installed
         raise FileProblem(f"{opts.file_label}: (file): {exc}") from None
     except (OSError, ValueError) as exc:  # not a log Inspect can read

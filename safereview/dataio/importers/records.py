@@ -160,12 +160,12 @@ def read_parquet(path: Path) -> tuple[list[str], Iterator[SourceRow]]:
     """Header and rows of a Parquet file; ``line`` is the 0-based row index."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
-    header = list(table.column_names)
+    pf = pq.ParquetFile(path)
+    header = list(pf.schema_arrow.names)
 
-    def rows() -> Iterator[SourceRow]:
+    def rows() -> Iterator[SourceRow]:  # batch by batch: memory bounded whatever the file's size
         base = 0
-        for batch in table.to_batches(max_chunksize=20_000):
+        for batch in pf.iter_batches(batch_size=20_000):
             for i, row in enumerate(batch.to_pylist()):
                 data = {k: _clean_parquet(v) for k, v in row.items()}
                 yield SourceRow(base + i, data, row)

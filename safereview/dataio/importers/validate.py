@@ -40,7 +40,14 @@ class Validator:
         self.media_cache: dict[tuple[str, str], MediaInfo | str] = {}
         self.seen_ids: dict[str, int] = {}
         self.usernames: dict[str, str | InvalidInput] = {}
-        self.base = opts.media_dir.resolve()
+        self._base: tuple[Path, Path] | None = None
+
+    @property
+    def base(self) -> Path:
+        """The media folder, resolved (read when first needed: a parser may set it, as Inspect logs do)."""
+        if self._base is None or self._base[0] != self.opts.media_dir:
+            self._base = (self.opts.media_dir, self.opts.media_dir.resolve())
+        return self._base[1]
 
     def username(self, name: str) -> str | InvalidInput:
         """The account rule of ``workflow.auth`` (checked once per distinct name)."""

@@ -1,6 +1,7 @@
-"""Writing: carry out an :class:`ImportPlan` in the caller's transaction, in bulk.
+"""Writing: carry out each chunk's :class:`ImportPlan` in the caller's transaction, in bulk.
 
-Media files are copied under the media root first, then one ``importbatch`` row, the items,
+A :class:`Writer` per import. Per chunk, media files are copied under the media root first,
+then (after the one ``importbatch`` row, made with the first chunk that changes anything) the items,
 the verdicts (and a ``judgeconfig`` per new judge id) and the annotations with their
 ``import`` events go in through ``db.bulk.bulk_insert`` (no per-row ORM objects). People
 named by annotations who have no account yet are created by ``workflow.auth``, and each
@@ -37,7 +38,7 @@ from safereview.db.models import (
 )
 from safereview.workflow import queue, sampling
 from safereview.workflow.annotations import SNAPSHOT_FIELDS
-from safereview.workflow.ordering import refresh_priorities
+from safereview.workflow.ordering import Scorer, refresh_priorities
 
 CHUNK = 5000  # rows per executemany of an UPDATE
 
@@ -73,86 +74,130 @@ def _chunks(seq: list[Any], n: int = CHUNK) -> Any:
         yield seq[i : i + n]
 
 
-def write(
-    conn: sa.Connection,
-    session: Session,
-    plan: ImportPlan,
-    *,
-    collection_id: int,
-    opts: Options,
-    report: ImportReport,
-    source_sha256: str,
-    user: str,
-    created_files: list[Path],
-    n_rejected: int = 0,
-    actor_id: int | None = None,
-) -> None:
-    """Write what ``plan`` says and fill ``report``'s counts; nothing at all when nothing changes.
+class Writer:
+    """Writes an import's plans, chunk after chunk, in the caller's transaction.
 
-    Media files stored by this run are appended to ``created_files`` as they are written,
-    so the caller can delete them if the transaction rolls back.
+    The ``importbatch`` row is created with the first chunk that changes anything (an
+    import that changes nothing writes nothing); :meth:`finish` fills in its counts, the
+    report's notes, and lets new items join a frozen sampling design. Media files stored by
+    this run are appended to ``created_files`` as they are written, so the caller can delete
+    them if the transaction rolls back.
     """
-    report.items_unchanged = plan.unchanged_items
-    report.verdicts_unchanged = plan.unchanged_verdicts
-    report.annotations_unchanged = plan.unchanged_annotations
-    if not plan.changes:
-        return
-    now = utcnow()
 
-    # ---- media files, then rows ------------------------------------------------------
-    for info in plan.media:
-        if store_file(info, opts.media_root):
-            created_files.append(opts.media_root / info.relpath)
-    report.media_files_new = len(created_files)
-    report.media_rows_new = insert_media_rows(conn, plan.media)
+    def __init__(
+        self,
+        conn: sa.Connection,
+        session: Session,
+        *,
+        collection_id: int,
+        opts: Options,
+        report: ImportReport,
+        source_sha256: str,
+        user: str,
+        created_files: list[Path],
+        actor_id: int | None = None,
+        spec: dict[str, Any] | None = None,
+    ) -> None:
+        self.conn, self.session = conn, session
+        self.scorer = Scorer(spec)
+        self.collection_id, self.opts, self.report = collection_id, opts, report
+        self.source_sha256, self.user, self.actor_id = source_sha256, user, actor_id
+        self.created_files = created_files
+        self.batch_id: int | None = None
+        self.now = utcnow()
+        self.people: list[str] = []
 
-    batch_t = ImportBatch.__table__  # type: ignore[attr-defined]
-    batch_id = conn.execute(
-        batch_t.insert()
-        .values(
-            source=opts.file_label,
-            source_sha256=source_sha256,
-            format=opts.fmt,
-            collection_id=collection_id,
-            created_by=user,
-            created_at=now,
+    def _batch(self) -> int:
+        if self.batch_id is None:
+            batch_t = ImportBatch.__table__  # type: ignore[attr-defined]
+            self.batch_id = self.conn.execute(
+                batch_t.insert()
+                .values(
+                    source=self.opts.file_label,
+                    source_sha256=self.source_sha256,
+                    format=self.opts.fmt,
+                    collection_id=self.collection_id,
+                    created_by=self.user,
+                    created_at=self.now,
+                )
+                .returning(batch_t.c.id)
+            ).scalar_one()
+            self.report.batch_id = self.batch_id
+        return self.batch_id
+
+    def chunk(self, plan: ImportPlan) -> None:
+        """Write what one chunk's plan says and add to the report's counts."""
+        report, conn, opts, now = self.report, self.conn, self.opts, self.now
+        report.items_unchanged += plan.unchanged_items
+        report.verdicts_unchanged += plan.unchanged_verdicts
+        report.annotations_unchanged += plan.unchanged_annotations
+        if not plan.changes:
+            return
+        batch_id = self._batch()
+        for info in plan.media:
+            if store_file(info, opts.media_root):
+                self.created_files.append(opts.media_root / info.relpath)
+        report.media_files_new = len(self.created_files)
+        report.media_rows_new += insert_media_rows(conn, plan.media)
+        ids = _write_items(conn, plan, self.collection_id, batch_id, now, report, self.scorer)
+        # a new item's priority went in with it (scored from its row's verdicts, all it has yet)
+        touched = _write_verdicts(conn, plan, ids, batch_id, now, report, {r.external_id for r in plan.new_items})
+        self.people.extend(_write_annotations(conn, plan, ids, batch_id, now, report, self.user, self.actor_id))
+        if touched:
+            # the borderline priorities of the stored items whose verdicts changed (workflow.ordering scores)
+            refresh_priorities(self.session, self.collection_id, touched)
+            self.session.flush()
+        if plan.new_verdicts or plan.changed_verdicts:
+            report.priorities_refreshed = True
+
+    def finish(self, *, n_rejected: int = 0) -> None:
+        """The batch's counts, the report's notes, and new items' sampling keys."""
+        report = self.report
+        if self.batch_id is None:
+            return
+        batch_t = ImportBatch.__table__  # type: ignore[attr-defined]
+        self.conn.execute(
+            batch_t.update()
+            .where(batch_t.c.id == self.batch_id)
+            .values(
+                n_items=report.items_new + report.items_updated,
+                n_verdicts=report.verdicts_new + report.verdicts_updated,
+                n_annotations=report.annotations_new + report.annotations_updated,
+                n_rejected=n_rejected,
+                n_unchanged=report.items_unchanged,
+            )
         )
-        .returning(batch_t.c.id)
-    ).scalar_one()
-    report.batch_id = batch_id
-
-    ids = _write_items(conn, plan, collection_id, batch_id, now, report)
-    touched = _write_verdicts(conn, plan, ids, batch_id, now, report)
-    _write_annotations(conn, plan, ids, batch_id, now, report, user, actor_id)
-
-    conn.execute(
-        batch_t.update()
-        .where(batch_t.c.id == batch_id)
-        .values(
-            n_items=report.items_new + report.items_updated,
-            n_verdicts=report.verdicts_new + report.verdicts_updated,
-            n_annotations=report.annotations_new + report.annotations_updated,
-            n_rejected=n_rejected,
-            n_unchanged=report.items_unchanged,
-        )
-    )
-
-    if touched:
-        # the borderline priorities of the items whose verdicts changed (workflow.ordering scores)
-        refresh_priorities(session, collection_id, touched)
-        session.flush()
-        report.priorities_refreshed = True
-    if report.items_new:
-        # new items of a collection whose sampling design is frozen join it now (size from the frozen mean)
-        sampling.assign_keys(session, collection_id)
+        if report.items_updated:
+            report.notes.append(
+                f"{report.items_updated} existing item(s) updated with changed content (--update); "
+                "verdicts and annotations they already had were kept"
+            )
+        if report.verdicts_updated:
+            report.notes.append(f"{report.verdicts_updated} verdict(s) replaced (--update)")
+        if self.people:
+            report.notes.append("created user(s) without a usable password: " + ", ".join(sorted(self.people)[:20]))
+        if report.annotations_updated:
+            report.notes.append(f"{report.annotations_updated} annotation(s) replaced (--update)")
+        if report.items_new:
+            # new items of a collection whose sampling design is frozen join it now (size from the frozen mean)
+            sampling.assign_keys(self.session, self.collection_id)
 
 
 def _write_items(
-    conn: sa.Connection, plan: ImportPlan, collection_id: int, batch_id: int, now: datetime, report: ImportReport
+    conn: sa.Connection,
+    plan: ImportPlan,
+    collection_id: int,
+    batch_id: int,
+    now: datetime,
+    report: ImportReport,
+    scorer: Scorer,
 ) -> dict[str, int]:
     """Insert the new items, replace the changed ones; return external id -> id of every item planned on."""
     item_t = Item.__table__  # type: ignore[attr-defined]
+    floor = 0
     if plan.new_items:
+        # ids of this chunk's new items are above every id before it (SQLite and PostgreSQL both count up)
+        floor = conn.execute(sa.select(sa.func.coalesce(sa.func.max(item_t.c.id), 0))).scalar_one()
         rows = []
         # tuples in database form: JSON already serialised during validation, bool as is
         for rec in plan.new_items:
@@ -173,22 +218,22 @@ def _write_items(
                     bool(it["refused"]),
                     js["meta"],
                     it["content_hash"],
+                    scorer.score(rec.verdicts),
                 )
             )
         bulk_insert(
             conn,
             item_t,
-            ["external_id", *ITEM_CONTENT_FIELDS],
+            ["external_id", *ITEM_CONTENT_FIELDS, "priority"],
             rows,
             const={
                 "collection_id": collection_id,
                 "import_batch_id": batch_id,
-                "priority": 0.0,
                 "slots_taken": 0,
                 "created_at": now,
             },
         )
-        report.items_new = len(plan.new_items)
+        report.items_new += len(plan.new_items)
     if plan.changed_items:
         stmt = (
             item_t.update()
@@ -201,18 +246,14 @@ def _write_items(
         ]
         for chunk in _chunks(upd):
             conn.execute(stmt, chunk)
-        report.items_updated = len(plan.changed_items)
-        report.notes.append(
-            f"{len(plan.changed_items)} existing item(s) updated with changed content (--update); "
-            "verdicts and annotations they already had were kept"
-        )
+        report.items_updated += len(plan.changed_items)
 
     ids = dict(plan.existing)
     need = {ext for ext, _ in plan.new_verdicts} | {ext for ext, _ in plan.new_annotations}
     if plan.new_items and not need <= ids.keys():  # ids of new items, only to attach verdicts or annotations
         for iid, ext in conn.execute(
             sa.select(item_t.c.id, item_t.c.external_id).where(
-                item_t.c.collection_id == collection_id, item_t.c.import_batch_id == batch_id
+                item_t.c.id > floor, item_t.c.collection_id == collection_id, item_t.c.import_batch_id == batch_id
             )
         ).all():
             ids[ext] = iid
@@ -220,9 +261,16 @@ def _write_items(
 
 
 def _write_verdicts(
-    conn: sa.Connection, plan: ImportPlan, ids: dict[str, int], batch_id: int, now: datetime, report: ImportReport
+    conn: sa.Connection,
+    plan: ImportPlan,
+    ids: dict[str, int],
+    batch_id: int,
+    now: datetime,
+    report: ImportReport,
+    scored: set[str],
 ) -> set[int]:
-    """Insert the new verdicts, replace the changed ones; return the items whose verdicts changed."""
+    """Insert the new verdicts, replace the changed ones; return the items whose verdicts changed
+    (except those of ``scored``, external ids of items whose priority is already right)."""
     verdict_t = Verdict.__table__  # type: ignore[attr-defined]
     touched: set[int] = set()
     if plan.judges:
@@ -230,7 +278,8 @@ def _write_verdicts(
     rows = []
     for ext, v in plan.new_verdicts:
         iid = ids[ext]
-        touched.add(iid)
+        if ext not in scored:
+            touched.add(iid)
         rows.append(
             (
                 iid,
@@ -268,8 +317,8 @@ def _write_verdicts(
             upd.append({"_id": vid, "v_import_batch_id": batch_id, **{f"v_{k}": v[k] for k in keys}})
         for chunk in _chunks(upd):
             conn.execute(stmt, chunk)
-        report.notes.append(f"{len(upd)} verdict(s) replaced (--update)")
-    report.verdicts_new, report.verdicts_updated = len(plan.new_verdicts), len(plan.changed_verdicts)
+    report.verdicts_new += len(plan.new_verdicts)
+    report.verdicts_updated += len(plan.changed_verdicts)
     return touched
 
 
@@ -314,8 +363,9 @@ def _write_annotations(
     report: ImportReport,
     recorded_by: str,
     importer_id: int | None,
-) -> None:
-    """New annotations (with their people, done assignments and slots), replaced ones, and every ``import`` event.
+) -> list[str]:
+    """New annotations (with their people, done assignments and slots), replaced ones, and every ``import`` event;
+    returns the usernames of the people created.
 
     A new annotation's event names its annotator as the actor (the label is theirs, made
     elsewhere). A *replaced* one is the importer's change to someone's label: its event names
@@ -324,18 +374,18 @@ def _write_annotations(
     ``import``, so neither the log nor the row says the annotator made the new label in the app.
     """
     if not plan.new_annotations and not plan.changed_annotations:
-        return
+        return []
     ann_t = Annotation.__table__  # type: ignore[attr-defined]
     user_ids = dict(plan.user_ids)
     if plan.new_people:
         from safereview.workflow import auth  # loading it costs an argon2 hash: only when needed
 
         user_ids.update(auth.create_placeholder_users(conn, plan.new_people, now=now))
-        report.users_created = len(plan.new_people)
-        report.notes.append("created user(s) without a usable password: " + ", ".join(sorted(plan.new_people)[:20]))
+        report.users_created += len(plan.new_people)
 
     events: list[tuple[Any, ...]] = []
     if plan.new_annotations:
+        floor = conn.execute(sa.select(sa.func.coalesce(sa.func.max(ann_t.c.id), 0))).scalar_one()
         rows = []
         new: dict[tuple[int, int], dict[str, Any]] = {}
         for ext, a in plan.new_annotations:
@@ -368,13 +418,15 @@ def _write_annotations(
         got = {
             (item_id, user_id): aid
             for aid, item_id, user_id in conn.execute(
-                sa.select(ann_t.c.id, ann_t.c.item_id, ann_t.c.user_id).where(ann_t.c.import_batch_id == batch_id)
+                sa.select(ann_t.c.id, ann_t.c.item_id, ann_t.c.user_id).where(
+                    ann_t.c.id > floor, ann_t.c.import_batch_id == batch_id
+                )
             ).all()
         }
         events.extend((got[key], key[0], key[1], 1, None, _snapshot(a, batch_id)) for key, a in new.items())
         # each one a done assignment in the "imported" stratum, holding one of the item's slots
         queue.record_imported(conn, new, now=now)
-        report.annotations_new = len(rows)
+        report.annotations_new += len(rows)
 
     for iid, old, a in plan.changed_annotations:
         before = {
@@ -405,13 +457,12 @@ def _write_annotations(
         if res.rowcount != 1:
             raise RuntimeError(f"annotation {old.id} changed concurrently; import aborted")
         events.append((old.id, iid, importer_id, old.version + 1, before, _snapshot(a, batch_id)))
-    if plan.changed_annotations:
-        report.annotations_updated = len(plan.changed_annotations)
-        report.notes.append(f"{len(plan.changed_annotations)} annotation(s) replaced (--update)")
+    report.annotations_updated += len(plan.changed_annotations)
     if events:
         ev_t = AnnotationEvent.__table__  # type: ignore[attr-defined]
         const = {"action": "import", "at": now, "recorded_by": recorded_by[:80]}  # the importer, not the annotator
         bulk_insert(conn, ev_t, EVENT_COLUMNS, events, const=const, process=True)
+    return list(plan.new_people)
 
 
 def cleanup_files(engine: sa.Engine, files: list[Path]) -> None:
