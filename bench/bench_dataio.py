@@ -363,7 +363,7 @@ def write_one_verdict_items(path: Path, n: int) -> None:
 def import_scale(args: argparse.Namespace) -> int:
     sizes = [int(x) for x in args.sizes.split(",")]
     repeat = args.repeat or 3
-    trees = ["-"] + ([str(Path(args.old_tree).resolve())] if args.old_tree else [])
+    trees = ["-"] + ([str(Path(args.old_tree).resolve())] if args.old_tree else []) + ["floor"]
     work = Path(tempfile.mkdtemp(prefix="bench-import-"))
     rows_out: list[tuple] = []
     try:
@@ -393,10 +393,9 @@ def import_scale(args: argparse.Namespace) -> int:
                             res["load"] = os.getloadavg()[0]
                             assert res["items"] == n, res
                             runs[tree].append(res)
-                            label = "new" if tree == "-" else "old"
-                            print(f"  {name} {label} {n:,}: {res['wall']:.2f} s", file=sys.stderr)
+                            print(f"  {name} {_code(tree)} {n:,}: {res['wall']:.2f} s", file=sys.stderr)
                     for tree in trees:
-                        rows_out.append((name, "new" if tree == "-" else "old", n, runs[tree]))
+                        rows_out.append((name, _code(tree), n, runs[tree]))
             except _Skip:
                 pass
             finally:
@@ -409,7 +408,7 @@ def import_scale(args: argparse.Namespace) -> int:
         f"load average at the end {os.getloadavg()[0]:.1f})"
     )
     print(
-        f"{'backend':<11} {'code':<4} {'n':>9} {'wall s':>7} {'items/s':>9} {'CPU s':>6} "
+        f"{'backend':<11} {'code':<5} {'n':>9} {'wall s':>7} {'items/s':>9} {'CPU s':>6} "
         f"{'peak RSS MB':>11} {'load':>5}"
     )
     rates: dict[tuple[str, str, int], float] = {}
@@ -419,10 +418,10 @@ def import_scale(args: argparse.Namespace) -> int:
         rss = max(r["rss_mb"] for r in runs)
         load = statistics.median(r["load"] for r in runs)
         rates[(be_name, label, n)] = n / w
-        print(f"{be_name:<11} {label:<4} {n:>9,} {w:>7.2f} {n / w:>9,.0f} {c:>6.2f} {rss:>11,.0f} {load:>5.1f}")
+        print(f"{be_name:<11} {label:<5} {n:>9,} {w:>7.2f} {n / w:>9,.0f} {c:>6.2f} {rss:>11,.0f} {load:>5.1f}")
     lo, hi = min(sizes), max(sizes)
     for (be_name, label, n), rate in rates.items():
-        if n == hi:
+        if n == hi and label != "floor":
             print(
                 f"{be_name} {label}: items/s at {hi:,} / target {IMPORT_TARGET[be_name]:,} = "
                 f"{rate / IMPORT_TARGET[be_name]:.2f}"
@@ -434,6 +433,11 @@ def import_scale(args: argparse.Namespace) -> int:
                 )
         if label == "old" and (be_name, "new", n) in rates:
             print(f"{be_name} {n:,}: new / old items/s = {rates[(be_name, 'new', n)] / rate:.2f}")
+        if label == "floor" and (be_name, "new", n) in rates:
+            print(
+                f"{be_name} {n:,}: new / floor items/s = {rates[(be_name, 'new', n)] / rate:.2f} "
+                "(floor: the same rows through db.bulk.bulk_insert alone, nothing read or checked)"
+            )
     print(
         f"peak RSS = the import child's ru_maxrss (interpreter and imports included; target <= {IMPORT_RSS_MB} MB); "
         "CPU s = the child only (PostgreSQL server time excluded); load = 1-min load average after each run."
@@ -443,6 +447,10 @@ def import_scale(args: argparse.Namespace) -> int:
 
 class _Skip(Exception):
     pass
+
+
+def _code(tree: str) -> str:
+    return {"-": "new", "floor": "floor"}.get(tree, "old")
 
 
 def main() -> int:

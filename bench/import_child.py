@@ -2,8 +2,9 @@
 
 ``python bench/import_child.py URL FILE MEDIA_ROOT TREE`` imports FILE into the database at
 URL and prints wall and CPU seconds, items and peak RSS as one JSON line. TREE is ``-`` for
-the installed safereview or another checkout's folder; nothing of safereview is imported at
-the top, so that checkout's code is the one measured.
+the installed safereview or another checkout's folder (nothing of safereview is imported at
+the top, so that checkout's code is the one measured), or ``floor`` for the bare bulk insert
+of as many items and verdicts (:func:`floor_child`).
 """
 
 from __future__ import annotations
@@ -38,8 +39,29 @@ def use_tree(tree: str) -> None:
         del sys.modules[name]
 
 
+def floor_child(url: str, path: str) -> int:
+    """The floor: the same number of items and verdicts written by ``db.bulk.bulk_insert`` alone
+    (no reading, checking or planning): what any import into this schema costs at least."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_dataio import build_export_db
+
+    from safereview.db.engine import init_db as init
+
+    with open(path, "rb") as fh:
+        n = sum(1 for _ in fh)
+    engine = init(url)
+    w0, c0 = time.perf_counter(), time.process_time()
+    build_export_db(engine, n)
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"wall": wall, "cpu": cpu, "items": n, "rss_mb": rss}))
+    return 0
+
+
 def import_child(url: str, path: str, media_root: str, tree: str) -> int:
     """The child: one import into a fresh database, then wall/CPU seconds and peak RSS as JSON."""
+    if tree == "floor":
+        return floor_child(url, path)
     if tree != "-":
         use_tree(tree)
     from safereview.dataio.importers import import_file as imp
