@@ -1,5 +1,6 @@
 """``python -m safereview.review_app.launch run review_app/asgi.py ...``: Streamlit's own CLI,
-with the accepted-connection fix of :mod:`safereview.review_app.nodelay` installed first.
+with the accepted-connection fix of :mod:`safereview.review_app.nodelay` and the message
+coalescing of :mod:`safereview.review_app.coalesce` installed first.
 
 Streamlit binds its listening socket before it imports the app module, so the fix must be
 in place before Streamlit's CLI starts; ``safereview serve`` execs this module instead of
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 
 def main() -> None:
-    from safereview.review_app import nodelay
+    from safereview.review_app import coalesce, nodelay
 
     nodelay.install()
+    coalesce.install()
     from streamlit.web.cli import main as streamlit_main
 
     streamlit_main(prog_name="streamlit")

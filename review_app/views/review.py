@@ -337,7 +337,15 @@ def _visible_judge_labels(info: CollectionInfo, state: dict[str, Any]) -> dict[s
     return _judge_labels_on_screen(state) if _judge_visible(info, state) else {}
 
 
-def _label_controls(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
+@st.fragment
+def _label_buttons(info: CollectionInfo) -> None:
+    """The label buttons (and the reveal-reason field they can bring up): a fragment of its own
+    inside the panel, so a label press redraws these ~15 elements, not the whole panel's ~50.
+    Reads the session's state itself: a rerun of this fragment alone reuses the arguments of
+    the panel's last run."""
+    state = _state()
+    if state.get("assignment_id") is None:
+        return
     labels = state.get("labels") or {}
     reveal = state.get("stage") == "reveal"
     judge = _visible_judge_labels(info, state)
@@ -371,6 +379,13 @@ def _label_controls(user: Any, info: CollectionInfo, state: dict[str, Any]) -> N
             max_chars=2000,
             placeholder="e.g. missed the caption's threat; the judge saw the weapon",
         )
+
+
+def _label_controls(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
+    reveal = state.get("stage") == "reveal"
+    judge = _visible_judge_labels(info, state)
+    aid = state["assignment_id"]
+    _label_buttons(info)
     # categories and rationale stay editable at the reveal step, prefilled with what was typed
     if info.category_options:
         st.multiselect(
