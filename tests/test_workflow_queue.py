@@ -216,3 +216,34 @@ def test_cached_progress_is_refreshed_in_the_background(engine: sa.Engine) -> No
                 break
         assert time.monotonic() < deadline, "background recount never landed"
     assert wait_idle(), "a background recount is still running"  # before the fixture drops the schema
+
+
+def test_the_unkeyed_probe_uses_its_partial_index_after_the_freeze(sqlite_url: str) -> None:
+    """SQLite statistics taken while every item was unkeyed made the planner walk all keyed
+    items of the collection on every pull (127 ms a pull at 1M); the probe names its index."""
+    from safereview.db.engine import init_db
+
+    engine = init_db(sqlite_url)
+    cid = make_collection(engine, n_items=400, k=1, audit_share=0.0)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")  # statistics from before the freeze: 400 unkeyed items
+    u = make_user(engine, "ann")
+    assert _pull(engine, u, QueueFilter(cid)) is not None  # the first pull freezes and keys every item
+    seen: list[tuple[str, object]] = []
+
+    def capture(_conn, _cursor, statement, parameters, _context, _many):  # type: ignore[no-untyped-def]
+        if "sample_key IS NULL LIMIT 1" in statement:
+            seen.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        v = make_user(engine, "bea")
+        assert _pull(engine, v, QueueFilter(cid)) is not None
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+    assert len(seen) == 1
+    statement, parameters = seen[0]
+    with engine.connect() as conn:
+        plan = " | ".join(str(r[3]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters))
+    assert "ix_item_unkeyed" in plan, plan
+    assert "ix_item_sample (collection_id=?)" not in plan, plan

@@ -344,12 +344,16 @@ def _next_in_session(
     session: Session, user: User, flt: QueueFilter, now: datetime, rng: random.Random, minutes: float
 ) -> Assignment | None:
     require(user, "review")
+    # SQLite is told to probe for unkeyed items through their partial index: with statistics
+    # taken before the freeze keyed every item, it chose ix_item_sample and walked all of the
+    # collection's keyed items on every pull (127 ms a pull at 1M items; 1.7 ms this way).
+    unkeyed_from = "item INDEXED BY ix_item_unkeyed" if not _is_pg(session) else "item"
     row = session.execute(
         sa.text(
             "SELECT c.overlap_target, c.design_frozen_at, c.archived, "
             "(SELECT a.id FROM assignment a JOIN item ON item.id = a.item_id WHERE a.user_id = :u "
             "AND a.status = 'leased' AND item.collection_id = c.id ORDER BY a.leased_at LIMIT 1), "
-            "(SELECT item.id FROM item WHERE item.collection_id = c.id AND item.sample_key IS NULL LIMIT 1) "
+            f"(SELECT item.id FROM {unkeyed_from} WHERE item.collection_id = c.id AND item.sample_key IS NULL LIMIT 1) "
             "FROM collection c WHERE c.id = :c"
         ),
         {"u": user.id, "c": flt.collection_id},
