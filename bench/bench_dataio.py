@@ -371,7 +371,7 @@ def import_scale(args: argparse.Namespace) -> int:
         for n in sizes:
             files[n] = work / f"items-{n}.jsonl"
             write_one_verdict_items(files[n], n)
-        for name in ["sqlite"] + ([] if args.no_pg else ["postgresql"]):
+        for name in ([] if args.no_sqlite else ["sqlite"]) + ([] if args.no_pg else ["postgresql"]):
             be = Backend(name)
             try:
                 for n in sizes:
@@ -460,6 +460,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="10k text items, 200 media items, one run")
     ap.add_argument("--repeat", type=int, default=None, help="runs per measurement (median reported)")
     ap.add_argument("--no-pg", action="store_true", help="skip PostgreSQL")
+    ap.add_argument("--no-sqlite", action="store_true", help="--import-scale: skip SQLite")
     ap.add_argument("--export-scale", action="store_true", help="streaming export of --sizes items (see above)")
     ap.add_argument("--sizes", default="100000,1000000", help="--export-scale: item counts")
     ap.add_argument("--formats", default="parquet", help="--export-scale: comma-separated formats")
