@@ -251,14 +251,19 @@ def _write_items(
     ids = dict(plan.existing)
     need = {ext for ext, _ in plan.new_verdicts} | {ext for ext, _ in plan.new_annotations}
     if plan.new_items and not need <= ids.keys():  # ids of new items, only to attach verdicts or annotations
-        # by id range only: "+" keeps the planner off the collection_id indexes, which (before
-        # ANALYZE) it took, walking every item of the collection once per chunk
-        for iid, ext in conn.execute(
-            sa.text(
+        # Without statistics for the rows this import is adding, both planners walked the
+        # collection's items once per chunk (quadratic at 1M): SQLite takes an id range only
+        # ("+" keeps it off the collection_id indexes), PostgreSQL the unique (collection,
+        # external id) index (an id range there was a sequential scan).
+        if conn.dialect.name == "postgresql":
+            stmt = sa.text("SELECT id, external_id FROM item WHERE collection_id = :c AND external_id = ANY(:exts)")
+            params: dict[str, Any] = {"c": collection_id, "exts": [r.external_id for r in plan.new_items]}
+        else:
+            stmt = sa.text(
                 "SELECT id, external_id FROM item WHERE id > :floor AND +collection_id = :c AND +import_batch_id = :b"
-            ),
-            {"floor": floor, "c": collection_id, "b": batch_id},
-        ).all():
+            )
+            params = {"floor": floor, "c": collection_id, "b": batch_id}
+        for iid, ext in conn.execute(stmt, params).all():
             ids[ext] = iid
     return ids
 
@@ -420,10 +425,7 @@ def _write_annotations(
         )
         got = {
             (item_id, user_id): aid
-            for aid, item_id, user_id in conn.execute(
-                sa.text("SELECT id, item_id, user_id FROM annotation WHERE id > :floor AND +import_batch_id = :b"),
-                {"floor": floor, "b": batch_id},
-            ).all()
+            for aid, item_id, user_id in conn.execute(*_new_annotation_ids(conn, floor, batch_id, new)).all()
         }
         events.extend((got[key], key[0], key[1], 1, None, _snapshot(a, batch_id)) for key, a in new.items())
         # each one a done assignment in the "imported" stratum, holding one of the item's slots
@@ -465,6 +467,22 @@ def _write_annotations(
         const = {"action": "import", "at": now, "recorded_by": recorded_by[:80]}  # the importer, not the annotator
         bulk_insert(conn, ev_t, EVENT_COLUMNS, events, const=const, process=True)
     return list(plan.new_people)
+
+
+def _new_annotation_ids(
+    conn: sa.Connection, floor: int, batch_id: int, new: dict[tuple[int, int], Any]
+) -> tuple[Any, dict[str, Any]]:
+    """The query for the ids of a chunk's new annotations, planned well without statistics
+    (see the item look-up in :func:`_write_items`)."""
+    if conn.dialect.name == "postgresql":
+        return (
+            sa.text("SELECT id, item_id, user_id FROM annotation WHERE item_id = ANY(:items) AND import_batch_id = :b"),
+            {"items": sorted({item_id for item_id, _ in new}), "b": batch_id},
+        )
+    return (
+        sa.text("SELECT id, item_id, user_id FROM annotation WHERE id > :floor AND +import_batch_id = :b"),
+        {"floor": floor, "b": batch_id},
+    )
 
 
 def cleanup_files(engine: sa.Engine, files: list[Path]) -> None:
