@@ -261,20 +261,14 @@ def _compute_gold(
 
 def _insert_gold(session: Any, snapshot_id: int, table: Any) -> None:
     """Bulk insert of the Gold rows (DB-API executemany on SQLite, COPY of pyarrow's CSV on PostgreSQL)."""
-    from safereview.db.bulk import bulk_insert
+    from safereview.db.bulk import bulk_insert, sqlite_cache
     from safereview.db.models import Gold
 
     names = ["item_id", "dimension", "label", "method", "n_annotators", "agreement", "posterior", "judge_label"]
-    # A larger SQLite page cache keeps the unique (snapshot, item, dimension) index in memory
-    # during this bulk insert.
-    bulk_insert(
-        session.connection(),
-        Gold.__table__,  # type: ignore[attr-defined]
-        names,
-        table,
-        const={"snapshot_id": int(snapshot_id)},
-        sqlite_cache_mib=256,
-    )
+    conn = session.connection()
+    # a larger SQLite page cache keeps the unique (snapshot, item, dimension) index in memory
+    with sqlite_cache(conn, 256):
+        bulk_insert(conn, Gold.__table__, names, table, const={"snapshot_id": int(snapshot_id)})  # type: ignore[attr-defined]
 
 
 def create_snapshot(

@@ -8,6 +8,7 @@ and nowhere else:
 - :func:`bulk_insert` sends rows straight through the driver: one streamed ``executemany``
   on SQLite, ``COPY … FROM STDIN`` on PostgreSQL. No per-row SQLAlchemy parameter handling
   (which dominated bulk-import time), and no ORM objects.
+- :func:`sqlite_cache` raises SQLite's page cache on one connection for a bulk write.
 - :func:`driver_sql` turns SQL written with ``:name`` placeholders into the form the
   DB-API driver takes (psycopg wants ``%(name)s``; sqlite3 reads ``:name`` itself).
 
@@ -16,16 +17,17 @@ This module imports nothing from the workflow, agreement, import or judge code.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine
 
-__all__ = ["bulk_insert", "dialect_of", "driver_sql", "insert_for", "is_postgres"]
+__all__ = ["bulk_insert", "dialect_of", "driver_sql", "insert_for", "is_postgres", "sqlite_cache"]
 
 COPY_CSV_BLOCK = 8 << 20  # bytes per write of a pre-rendered CSV COPY
 
@@ -93,7 +95,6 @@ def bulk_insert(
     *,
     const: Mapping[str, Any] | None = None,
     process: bool | Collection[str] = False,
-    sqlite_cache_mib: int | None = None,
 ) -> None:
     """Insert ``rows`` into ``table`` in the caller's transaction, as fast as each back end allows.
 
@@ -108,8 +109,6 @@ def bulk_insert(
       datetimes normalised to UTC; None stays SQL NULL, also in JSON columns.
     - ``const`` columns have one value for every row; it is processed once (on SQLite an
       integer, float or None is written into the SQL text: one bound value less per row).
-    - ``sqlite_cache_mib`` raises SQLite's page cache during the insert (restored after), so
-      a large unique index stays in memory.
     - PostgreSQL: when ``columns`` include ``id``, the table's id sequence is moved past the
       largest id afterwards, so later inserts do not collide with the ones given here.
     """
@@ -165,16 +164,26 @@ def bulk_insert(
         values_sql = ", ".join(marks + ["?"] * len(const_vals))
         rows = ((*r, *const_vals) for r in rows)
     cur = dbapi.cursor()
-    old_cache = None
     try:
-        if sqlite_cache_mib:
-            old_cache = cur.execute("PRAGMA cache_size").fetchone()[0]
-            cur.execute(f"PRAGMA cache_size = -{int(sqlite_cache_mib) * 1024}")
         cur.executemany(f"INSERT INTO {target} VALUES ({values_sql})", rows)
     finally:
-        if old_cache is not None:
-            cur.execute(f"PRAGMA cache_size = {int(old_cache)}")
         cur.close()
+
+
+@contextlib.contextmanager
+def sqlite_cache(conn: Connection, mib: int) -> Iterator[None]:
+    """A larger SQLite page cache on ``conn`` for a bulk write, restored after (the pooled
+    connection as it was). With SQLite's default 2 MB, inserts into the indexes of a large
+    table re-read pages from disk. Nothing happens on PostgreSQL."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    old = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+    conn.exec_driver_sql(f"PRAGMA cache_size=-{int(mib) * 1024}")
+    try:
+        yield
+    finally:
+        conn.exec_driver_sql(f"PRAGMA cache_size={int(old)}")
 
 
 def _processed(rows: Iterable[Sequence[Any]], procs: list[tuple[int, Callable[[Any], Any]]]) -> Iterable[list[Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -10,7 +11,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from safereview.agreement.synthetic import ITEM_COLUMNS
-from safereview.db.bulk import bulk_insert, driver_sql, insert_for
+from safereview.db.bulk import bulk_insert, driver_sql, insert_for, sqlite_cache
 from safereview.db.collections import ensure_collection
 from safereview.db.models import Annotation, Gold, GoldSnapshot, Item, User, utcnow
 
@@ -135,7 +136,9 @@ def test_bulk_insert_with_ids_moves_the_sequence_and_reads_arrow_tables(engine: 
             ),
         )
         gold_t = Gold.__table__  # type: ignore[attr-defined]
-        bulk_insert(conn, gold_t, table.column_names, table, const={"snapshot_id": sid}, sqlite_cache_mib=8)
+        with sqlite_cache(conn, 8):
+            bulk_insert(conn, gold_t, table.column_names, table, const={"snapshot_id": sid})
+
     with Session(engine) as s:
         s.add(Item(collection_id=cid, external_id="b", content_hash="h"))
         s.commit()
@@ -145,3 +148,16 @@ def test_bulk_insert_with_ids_moves_the_sequence_and_reads_arrow_tables(engine: 
         assert (g.snapshot_id, g.item_id, g.label, g.agreement, g.judge_label) == (sid, 41, "", None, None)
     with pytest.raises(TypeError):
         insert_for(object())
+
+
+def test_sqlite_cache_raises_the_page_cache_and_restores_it(tmp_path: Path) -> None:
+    eng = sa.create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    with eng.begin() as conn:
+        before = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+        with sqlite_cache(conn, 8):
+            assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -8 * 1024
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == before
+        with pytest.raises(RuntimeError), sqlite_cache(conn, 16):
+            raise RuntimeError("a failed write restores it too")
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == before
+    eng.dispose()

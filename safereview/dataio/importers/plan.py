@@ -196,6 +196,19 @@ class Planner:
         self._plan_rows(out, accepted, {}, set(out.existing))
         return out
 
+    def _given_at(
+        self, rec: Record, key: tuple[str, ...], ref_lines: dict[Any, int], item_hashes: set[int]
+    ) -> int | None:
+        """The line that already gave this verdict/annotation key, if another row did.
+
+        ``ref_lines`` maps keys given by ``item_id`` rows to their lines; ``item_hashes`` holds
+        the hashed keys that item rows gave (their line is the item's own line).
+        """
+        first = ref_lines.get(key)
+        if first is None and rec.kind == "ref" and hash(key) in item_hashes:
+            first = self.item_lines.get(rec.external_id)
+        return first if first is not None and first != rec.line else None
+
     def _plan_rows(
         self, out: ImportPlan, accepted: list[Record], item_op: dict[int, str], stored_ids: set[str]
     ) -> None:
@@ -238,26 +251,21 @@ class Planner:
             iid = out.existing.get(ext)
             rec_ok = True
             for v in rec.verdicts:
-                key = (ext, v["dimension"], v["judge_id"])
-                first = self._ref_verdicts.get(key)
-                if first is None and is_ref and hash(key) in self._item_verdicts:
-                    first = self.item_lines.get(ext)
-                if first is not None and first != rec.line:
+                vkey = (ext, v["dimension"], v["judge_id"])
+                where = self._given_at(rec, vkey, self._ref_verdicts, self._item_verdicts)
+                if where is not None:
                     rec.error(
                         v["_field"],
                         f"a verdict of judge {v['judge_id']!r} for {v['dimension']!r} on item "
-                        f"{ext!r} is already given at line {first}",
+                        f"{ext!r} is already given at line {where}",
                     )
                     rec_ok = False
             for a in rec.annotations:
-                akey = (ext, a["annotator"])
-                first = self._ref_annotations.get(akey)
-                if first is None and is_ref and hash(akey) in self._item_annotations:
-                    first = self.item_lines.get(ext)
-                if first is not None and first != rec.line:
+                where = self._given_at(rec, (ext, a["annotator"]), self._ref_annotations, self._item_annotations)
+                if where is not None:
                     rec.error(
                         a["_field"],
-                        f"an annotation by {a['annotator']!r} on item {ext!r} is already given at line {first}",
+                        f"an annotation by {a['annotator']!r} on item {ext!r} is already given at line {where}",
                     )
                     rec_ok = False
             if not rec_ok:

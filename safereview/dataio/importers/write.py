@@ -196,8 +196,7 @@ def _write_items(
     item_t = Item.__table__  # type: ignore[attr-defined]
     floor = 0
     if plan.new_items:
-        # ids of this chunk's new items are above every id before it (SQLite and PostgreSQL both count up)
-        floor = conn.execute(sa.select(sa.func.coalesce(sa.func.max(item_t.c.id), 0))).scalar_one()
+        floor = _id_floor(conn, item_t)
         rows = []
         # tuples in database form: JSON already serialised during validation, bool as is
         for rec in plan.new_items:
@@ -251,19 +250,8 @@ def _write_items(
     ids = dict(plan.existing)
     need = {ext for ext, _ in plan.new_verdicts} | {ext for ext, _ in plan.new_annotations}
     if plan.new_items and not need <= ids.keys():  # ids of new items, only to attach verdicts or annotations
-        # Without statistics for the rows this import is adding, both planners walked the
-        # collection's items once per chunk (quadratic at 1M): SQLite takes an id range only
-        # ("+" keeps it off the collection_id indexes), PostgreSQL the unique (collection,
-        # external id) index (an id range there was a sequential scan).
-        if conn.dialect.name == "postgresql":
-            stmt = sa.text("SELECT id, external_id FROM item WHERE collection_id = :c AND external_id = ANY(:exts)")
-            params: dict[str, Any] = {"c": collection_id, "exts": [r.external_id for r in plan.new_items]}
-        else:
-            stmt = sa.text(
-                "SELECT id, external_id FROM item WHERE id > :floor AND +collection_id = :c AND +import_batch_id = :b"
-            )
-            params = {"floor": floor, "c": collection_id, "b": batch_id}
-        for iid, ext in conn.execute(stmt, params).all():
+        exts = [r.external_id for r in plan.new_items]
+        for iid, ext in conn.execute(*_new_item_ids(conn, floor, collection_id, batch_id, exts)).all():
             ids[ext] = iid
     return ids
 
@@ -393,7 +381,7 @@ def _write_annotations(
 
     events: list[tuple[Any, ...]] = []
     if plan.new_annotations:
-        floor = conn.execute(sa.select(sa.func.coalesce(sa.func.max(ann_t.c.id), 0))).scalar_one()
+        floor = _id_floor(conn, ann_t)
         rows = []
         new: dict[tuple[int, int], dict[str, Any]] = {}
         for ext, a in plan.new_annotations:
@@ -469,11 +457,38 @@ def _write_annotations(
     return list(plan.new_people)
 
 
+# Without statistics for the rows an import is adding, both planners walked the
+# collection's items once per chunk to find a chunk's new ids (quadratic at 1M): SQLite
+# takes an id range only ("+" keeps it off the other indexes), PostgreSQL the unique
+# (collection, external id) and (item, user) indexes (an id range there is a sequential scan).
+
+
+def _id_floor(conn: sa.Connection, table: sa.Table) -> int:
+    """The highest id before a chunk's insert (SQLite only: its look-up of new ids is by range)."""
+    if conn.dialect.name == "postgresql":
+        return 0
+    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(table.c.id), 0))).scalar_one())
+
+
+def _new_item_ids(
+    conn: sa.Connection, floor: int, collection_id: int, batch_id: int, exts: list[str]
+) -> tuple[Any, dict[str, Any]]:
+    """The query for (id, external id) of a chunk's new items."""
+    if conn.dialect.name == "postgresql":
+        return (
+            sa.text("SELECT id, external_id FROM item WHERE collection_id = :c AND external_id = ANY(:exts)"),
+            {"c": collection_id, "exts": exts},
+        )
+    return (
+        sa.text("SELECT id, external_id FROM item WHERE id > :floor AND +collection_id = :c AND +import_batch_id = :b"),
+        {"floor": floor, "c": collection_id, "b": batch_id},
+    )
+
+
 def _new_annotation_ids(
     conn: sa.Connection, floor: int, batch_id: int, new: dict[tuple[int, int], Any]
 ) -> tuple[Any, dict[str, Any]]:
-    """The query for the ids of a chunk's new annotations, planned well without statistics
-    (see the item look-up in :func:`_write_items`)."""
+    """The query for (id, item id, user id) of a chunk's new annotations."""
     if conn.dialect.name == "postgresql":
         return (
             sa.text("SELECT id, item_id, user_id FROM annotation WHERE item_id = ANY(:items) AND import_batch_id = :b"),
