@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from safereview.review_app.seams import SeamMissing, wrap
+
+__all__ = ["Coalescer", "SeamMissing", "install"]
+
 _ATTR = "_safereview_coalescer"
-
-
-class SeamMissing(RuntimeError):
-    """Streamlit no longer schedules script events where this module expects."""
 
 
 class Coalescer:
@@ -81,27 +80,23 @@ def install() -> None:
         from streamlit.runtime.app_session import AppSession
     except ImportError as exc:  # pragma: no cover - a Streamlit without it
         raise SeamMissing(f"streamlit.runtime.app_session: {exc}") from None
-    original = getattr(AppSession, "_call_soon_on_event_loop", None)
-    if original is None or not callable(original):
-        raise SeamMissing("streamlit's AppSession._call_soon_on_event_loop is gone")
-    if getattr(original, "_safereview_coalesce", False):
-        return
 
-    @functools.wraps(original)
-    def call_soon_coalesced(self: Any, callback: Callable[[], None]) -> None:
-        loop = getattr(self, "_event_loop", None)
-        if loop is None:
-            raise SeamMissing("streamlit's AppSession has no _event_loop")
-        coalescer = self.__dict__.get(_ATTR)
-        if coalescer is None:
-            coalescer = self.__dict__.setdefault(_ATTR, Coalescer(loop))  # atomic under the GIL
-        if coalescer.loop is not loop:
-            raise SeamMissing("streamlit's AppSession changed its event loop")
-        try:
-            coalescer.call_soon(callback)
-        except RuntimeError:
-            if not loop.is_closed():
-                raise  # what Streamlit's own method does: drop only when the loop is closed
+    def make(_original: Callable[..., None]) -> Callable[..., None]:
+        def call_soon_coalesced(self: Any, callback: Callable[[], None]) -> None:
+            loop = getattr(self, "_event_loop", None)
+            if loop is None:
+                raise SeamMissing("streamlit's AppSession has no _event_loop")
+            coalescer = self.__dict__.get(_ATTR)
+            if coalescer is None:
+                coalescer = self.__dict__.setdefault(_ATTR, Coalescer(loop))  # atomic under the GIL
+            if coalescer.loop is not loop:
+                raise SeamMissing("streamlit's AppSession changed its event loop")
+            try:
+                coalescer.call_soon(callback)
+            except RuntimeError:
+                if not loop.is_closed():
+                    raise  # what Streamlit's own method does: drop only when the loop is closed
 
-    call_soon_coalesced._safereview_coalesce = True  # type: ignore[attr-defined]
-    AppSession._call_soon_on_event_loop = call_soon_coalesced  # type: ignore[method-assign]
+        return call_soon_coalesced
+
+    wrap(AppSession, "_call_soon_on_event_loop", make, where="AppSession._call_soon_on_event_loop")

@@ -13,13 +13,13 @@ connection. ``tests/test_app_nodelay.py`` fails if a Streamlit upgrade moves the
 
 from __future__ import annotations
 
-import functools
 import socket
+from collections.abc import Callable
 from typing import Any
 
+from safereview.review_app.seams import SeamMissing, wrap
 
-class SeamMissing(RuntimeError):
-    """Streamlit no longer binds its socket where this module expects (see the module docstring)."""
+__all__ = ["SeamMissing", "install", "with_tcp_proto"]
 
 
 def with_tcp_proto(sock: socket.socket) -> socket.socket:
@@ -39,15 +39,11 @@ def install() -> None:
         from streamlit.web.server.starlette import starlette_server as ss
     except ImportError as exc:  # pragma: no cover - Streamlit without the Starlette server
         raise SeamMissing(f"streamlit.web.server.starlette.starlette_server: {exc}") from None
-    bind = getattr(ss, "_bind_socket", None)
-    if bind is None or not callable(bind):
-        raise SeamMissing("streamlit's starlette_server._bind_socket is gone")
-    if getattr(bind, "_safereview_nodelay", False):
-        return
 
-    @functools.wraps(bind)
-    def bind_with_tcp_proto(*args: Any, **kwargs: Any) -> socket.socket:
-        return with_tcp_proto(bind(*args, **kwargs))
+    def make(bind: Callable[..., socket.socket]) -> Callable[..., socket.socket]:
+        def bind_with_tcp_proto(*args: Any, **kwargs: Any) -> socket.socket:
+            return with_tcp_proto(bind(*args, **kwargs))
 
-    bind_with_tcp_proto._safereview_nodelay = True  # type: ignore[attr-defined]
-    ss._bind_socket = bind_with_tcp_proto
+        return bind_with_tcp_proto
+
+    wrap(ss, "_bind_socket", make, where="starlette_server._bind_socket")

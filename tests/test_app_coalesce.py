@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from safereview.review_app import coalesce
+from safereview.review_app.seams import is_wrapped
 
 
 @pytest.fixture
@@ -86,7 +87,7 @@ def test_install_wraps_streamlits_seam_once(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(AppSession, "_call_soon_on_event_loop", original)
     coalesce.install()
     wrapped = AppSession.__dict__["_call_soon_on_event_loop"]
-    assert wrapped is not original and getattr(wrapped, "_safereview_coalesce", False)
+    assert wrapped is not original and is_wrapped(wrapped)
     coalesce.install()  # idempotent
     assert AppSession.__dict__["_call_soon_on_event_loop"] is wrapped
 
