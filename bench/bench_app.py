@@ -330,6 +330,14 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))] if s else float("nan")
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def run_one(
     db_url: str, work: Path, gc_mode: str, tag: str, n_users: int, n_items: int, think_s: float, blind: bool = False
 ) -> dict[str, Any]:
@@ -347,11 +355,7 @@ def run_one(
         sampler.stop_flag.set()
         sampler.join()
         final_rss = rss_mb(proc.pid)
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     server = [float(line.split("\t")[1]) for line in timings.read_text().splitlines()] if timings.exists() else []
     startup_s, health_s, first_ms = restart(db_url, work, gc_mode, tag, blind)
     return {
@@ -387,11 +391,7 @@ def restart(db_url: str, work: Path, gc_mode: str, tag: str, blind: bool) -> tup
         healthz_s = time.perf_counter() - t1 if ok else float("nan")
         res = asyncio.run(drive(base, 1, 1, 0.05, blind))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     return startup_s, healthz_s, res.first[0]
 
 

@@ -60,7 +60,9 @@ BENCH = SystemPrincipal("bench")  # imports as the CLI would
 PG = os.environ.get("SAFEREVIEW_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-def write_text_items(path: Path, n: int, verdicts: bool) -> None:
+def write_text_items(path: Path, n: int, verdicts: int) -> None:
+    """``n`` generic text items with ``verdicts`` judge verdicts each (0, 1: joint, 2: joint and text)."""
+    dumps = json.dumps
     with path.open("w", encoding="utf-8") as fh:
         for i in range(n):
             row: dict = {
@@ -71,17 +73,18 @@ def write_text_items(path: Path, n: int, verdicts: bool) -> None:
                 "prompt_text": f"Benchmark prompt number {i}: describe the weather in a calm voice.",
                 "response_text": f"Response {i}: it is sunny with a light breeze and no harm at all.",
             }
-            if verdicts:
-                row["verdicts"] = [
-                    {
-                        "dimension": "joint",
-                        "label": ("safe", "borderline", "unsafe")[i % 3],
-                        "judge_id": "bench-judge",
-                        "probability": (i % 100) / 100,
-                    },
-                    {"dimension": "text", "label": "safe", "judge_id": "bench-judge"},
-                ]
-            fh.write(json.dumps(row) + "\n")
+            given = [
+                {
+                    "dimension": "joint",
+                    "label": ("safe", "borderline", "unsafe")[i % 3],
+                    "judge_id": "bench-judge",
+                    "probability": (i % 100) / 100,
+                },
+                {"dimension": "text", "label": "safe", "judge_id": "bench-judge"},
+            ][:verdicts]
+            if given:
+                row["verdicts"] = given
+            fh.write(dumps(row) + "\n")
 
 
 def write_media_items(folder: Path, n: int) -> Path:
@@ -336,30 +339,6 @@ IMPORT_RSS_MB = 1024
 IMPORT_CHILD = Path(__file__).with_name("import_child.py")
 
 
-def write_one_verdict_items(path: Path, n: int) -> None:
-    """``n`` generic text items, one judge verdict each (the issue's "text items with one verdict")."""
-    dumps = json.dumps
-    with path.open("w", encoding="utf-8") as fh:
-        for i in range(n):
-            row = {
-                "id": f"item-{i}",
-                "task_type": "image-text",
-                "model": "bench-model",
-                "category": "C9" if i % 3 else "",
-                "prompt_text": f"Benchmark prompt number {i}: describe the weather in a calm voice.",
-                "response_text": f"Response {i}: it is sunny with a light breeze and no harm at all.",
-                "verdicts": [
-                    {
-                        "dimension": "joint",
-                        "label": ("safe", "borderline", "unsafe")[i % 3],
-                        "judge_id": "bench-judge",
-                        "probability": (i % 100) / 100,
-                    }
-                ],
-            }
-            fh.write(dumps(row) + "\n")
-
-
 def import_scale(args: argparse.Namespace) -> int:
     sizes = [int(x) for x in args.sizes.split(",")]
     repeat = args.repeat or 3
@@ -370,7 +349,7 @@ def import_scale(args: argparse.Namespace) -> int:
         files = {}
         for n in sizes:
             files[n] = work / f"items-{n}.jsonl"
-            write_one_verdict_items(files[n], n)
+            write_text_items(files[n], n, verdicts=1)  # the issue's "text items with one verdict"
         for name in ([] if args.no_sqlite else ["sqlite"]) + ([] if args.no_pg else ["postgresql"]):
             be = Backend(name)
             try:
@@ -490,8 +469,8 @@ def main() -> int:
     try:
         plain = work / "text.jsonl"
         withv = work / "text_verdicts.jsonl"
-        write_text_items(plain, n_text, verdicts=False)
-        write_text_items(withv, n_text, verdicts=True)
+        write_text_items(plain, n_text, verdicts=0)
+        write_text_items(withv, n_text, verdicts=2)
         media_file = write_media_items(work / "media", n_media)
         for name in ["sqlite"] + ([] if args.no_pg else ["postgresql"]):
             target = 20_000 if name == "sqlite" else 10_000

@@ -8,6 +8,7 @@ unreachable server is an error, never a skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import uuid
@@ -38,11 +39,9 @@ def pg_schema_url(schema: str) -> str:
     return f"{normalise_url(PG_URL)}{sep}options=-csearch_path%3D{schema}"
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A PostgreSQL URL whose search_path is a brand-new schema."""
-    if not PG_URL:
-        pytest.skip("SAFEREVIEW_TEST_PG not set")
+@contextlib.contextmanager
+def fresh_pg_schema() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a brand-new schema, dropped afterwards."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = _pg_admin_engine()
     try:
@@ -56,6 +55,15 @@ def pg_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         admin.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a brand-new schema."""
+    if not PG_URL:
+        pytest.skip("SAFEREVIEW_TEST_PG not set")
+    with fresh_pg_schema() as url:
+        yield url
 
 
 @pytest.fixture
@@ -77,16 +85,8 @@ def other_db_url(db_url: str, tmp_path: Path) -> Iterator[str]:
     if db_url.startswith("sqlite"):
         yield f"sqlite:///{tmp_path / 'other.db'}"
         return
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = _pg_admin_engine()
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    try:
-        yield pg_schema_url(schema)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        admin.dispose()
+    with fresh_pg_schema() as url:
+        yield url
 
 
 @pytest.fixture
