@@ -290,6 +290,37 @@ def test_submit_and_next_is_one_transaction(engine: sa.Engine) -> None:
         assert replay_events(s) == stored_state(s)
 
 
+def test_finalize_and_next_commits_the_reveal_and_claims_in_one_transaction(engine: sa.Engine) -> None:
+    from safereview.workflow.annotations import finalize_and_next
+
+    cid = _setup(engine, k=1)
+    u = make_user(engine, "u")
+    a = _lease(engine, u, cid)
+    _verdicts(engine, a.item_id)
+    with session_scope(engine) as s:
+        ann = submit(s, u, a.id, VLSU_SAFE)
+    # a change without the reason the collection asks for: the reveal fails and no item is claimed
+    with pytest.raises(InvalidInput, match="after seeing the judge"):
+        finalize_and_next(engine, u, ann.id, UNSAFE, QueueFilter(cid), expected_version=1, judge_id="j1")  # type: ignore[arg-type]
+    with Session(engine) as s:
+        assert s.exec(select(Assignment).where(Assignment.status == "leased")).all() == []
+        assert s.get(Annotation, ann.id).version == 1  # type: ignore[union-attr]
+    fin, nxt = finalize_and_next(
+        engine,
+        u,
+        ann.id,  # type: ignore[arg-type]
+        UNSAFE,
+        QueueFilter(cid),
+        expected_version=1,
+        judge_id="j1",
+        reveal_reason="the caption",
+    )
+    assert fin.labels == UNSAFE and fin.blind_labels == VLSU_SAFE and fin.verdict_action == "confirm"  # as the judge
+    assert nxt is not None and nxt.item_id != a.item_id and nxt.status == "leased"
+    with Session(engine) as s:
+        assert replay_events(s) == stored_state(s)
+
+
 def test_lead_who_released_a_blind_item_stays_blind(engine: sa.Engine) -> None:
     from safereview.workflow.queue import release
 

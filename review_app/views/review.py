@@ -107,7 +107,13 @@ def _claim(user: Any, flt: Any, state: dict[str, Any], blind: bool) -> None:
             f"You submitted {pending_label(state)} but had not confirmed it against the judge: finish it first.",
         )
         return
-    assignment = queue.next_item(ui.get_engine(), user, flt)
+    _show(user, state, queue.next_item(ui.get_engine(), user, flt))
+
+
+def _show(user: Any, state: dict[str, Any], assignment: Any) -> None:
+    """Put a claimed item on screen (or note that nothing is left)."""
+    from safereview.workflow import annotations
+
     _reset_item(state)
     if assignment is None:
         state["empty"] = True
@@ -157,7 +163,10 @@ def _snooze(state: dict[str, Any]) -> None:
     exp["snooze"] = (time.monotonic() + SNOOZE_S, exp["items"] + SNOOZE_ITEMS)
 
 
-def _submit(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
+def _submit(user: Any, info: CollectionInfo, flt: Any, state: dict[str, Any]) -> None:
+    """Submit (or, at the reveal step, commit) the labels. When the item is finished, the
+    write and the claim of the next item are one transaction and the next item is loaded
+    here, so the rerun that follows only draws it."""
     from safereview.workflow import annotations
     from safereview.workflow.errors import LeaseLost, WorkflowError
 
@@ -174,47 +183,43 @@ def _submit(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
     rationale = str(st.session_state.get(f"rv_rationale_{aid}") or "")
     try:
         if state.get("stage") == "reveal":
-            judge_id = state.get("judge_id")
             reason = str(st.session_state.get(f"rv_reason_{aid}") or "")
-            with ui.session() as s:  # confirm or override: the service compares with the stored verdict
-                annotations.finalize(
-                    s,
-                    user,
-                    state["annotation_id"],
-                    dict(labels),
-                    expected_version=state["version"],
-                    judge_id=judge_id,
-                    categories=cats,
-                    rationale=rationale,
-                    flagged=bool(state.get("flagged")),
-                    reveal_reason=reason,
-                )
-            state["done"] = state.get("done", 0) + 1
-            _reset_item(state)
-            return
-        spent = round(time.monotonic() - (state.get("started") or time.monotonic()), 2)
-        judge_id = None
-        if not info.blind:  # the verdict was on screen: the service records confirm/override with the submit
-            judge_id = item_view.primary_judge(state.get("verdicts") or [])
-        with ui.session() as s:
-            ann = annotations.submit(
-                s,
+            _ann, nxt = annotations.finalize_and_next(  # confirm or override: the service compares
+                ui.get_engine(),
                 user,
-                aid,
+                state["annotation_id"],
                 dict(labels),
+                flt,
+                expected_version=state["version"],
+                judge_id=state.get("judge_id"),
                 categories=cats,
                 rationale=rationale,
                 flagged=bool(state.get("flagged")),
-                time_spent_s=spent,
-                verdict_judge_id=judge_id,
+                reveal_reason=reason,
             )
+            state["done"] = state.get("done", 0) + 1
+            _show(user, state, nxt)
+            return
+        spent = round(time.monotonic() - (state.get("started") or time.monotonic()), 2)
+        common: dict[str, Any] = dict(
+            categories=cats, rationale=rationale, flagged=bool(state.get("flagged")), time_spent_s=spent
+        )
+        if not info.blind:  # the verdict was on screen: the service records confirm/override with the submit
+            judge_id = item_view.primary_judge(state.get("verdicts") or [])
+            _ann, nxt = annotations.submit_and_next(
+                ui.get_engine(), user, aid, dict(labels), flt, verdict_judge_id=judge_id, **common
+            )
+            _count_exposure(info, state, labels)
+            state["done"] = state.get("done", 0) + 1
+            _show(user, state, nxt)
+            return
+        with ui.session() as s:
+            ann = annotations.submit(s, user, aid, dict(labels), **common)
             ann_id, version = ann.id, ann.version
-            revealed: list[Any] = []
-            if info.blind:
-                revealed = item_view.verdict_dicts(annotations.verdicts_for(s, user, state["item"].id, revealed=True))
+            revealed = item_view.verdict_dicts(annotations.verdicts_for(s, user, state["item"].id, revealed=True))
         _count_exposure(info, state, labels)
         judge_id = item_view.primary_judge(revealed)
-        if info.blind and judge_id is not None:
+        if judge_id is not None:
             state.update(
                 stage="reveal",
                 annotation_id=ann_id,
@@ -224,7 +229,7 @@ def _submit(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
                 blind_labels=dict(labels),
             )
             return
-        state["done"] = state.get("done", 0) + 1
+        state["done"] = state.get("done", 0) + 1  # blind, but no verdict to reveal: the next claim follows
         _reset_item(state)
     except LeaseLost as exc:
         state["message"] = ("warning", f"{exc} The item went back to the queue; here is the next one.")
@@ -381,7 +386,7 @@ def _label_buttons(info: CollectionInfo) -> None:
         )
 
 
-def _label_controls(user: Any, info: CollectionInfo, state: dict[str, Any]) -> None:
+def _label_controls(user: Any, info: CollectionInfo, flt: Any, state: dict[str, Any]) -> None:
     reveal = state.get("stage") == "reveal"
     judge = _visible_judge_labels(info, state)
     aid = state["assignment_id"]
@@ -409,7 +414,7 @@ def _label_controls(user: Any, info: CollectionInfo, state: dict[str, Any]) -> N
         icon=":material/check:",
         shortcut=KEY_SUBMIT,
         on_click=_submit,
-        args=(user, info, state),
+        args=(user, info, flt, state),
         width="stretch",
     )
     c2, c3, c4 = st.columns(3)
@@ -565,7 +570,7 @@ def review_panel(user: Any, info: CollectionInfo, flt: Any, protect: bool) -> No
     with right:
         _judge_panel(info, state)
         with st.container(border=True):
-            _label_controls(user, info, state)
+            _label_controls(user, info, flt, state)
     started = state.pop("t_submit", None)
     if started is not None:
         timing.record("submit_to_next_rendered", (time.perf_counter() - started) * 1000)

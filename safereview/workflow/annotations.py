@@ -9,6 +9,7 @@ server-side, whatever the UI shows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +31,7 @@ from safereview.db.models import (
 from safereview.db.taxonomy import category_names
 from safereview.workflow.errors import Conflict, InvalidInput, NotFound
 from safereview.workflow.policies import can, require
-from safereview.workflow.queue import complete
+from safereview.workflow.queue import complete, next_item
 
 SNAPSHOT_FIELDS: tuple[str, ...] = (
     "labels",
@@ -425,13 +426,36 @@ def submit_and_next(
 
     ``flt`` is a :class:`workflow.queue.QueueFilter`; ``kwargs`` go to :func:`submit`. Half
     the transactions of submit-then-next, and on SQLite threads of one process queue on a
-    lock instead of SQLite's sleeping busy handler (:mod:`workflow.tx`). Retried on
-    deadlocks/serialisation failures: the whole transaction rolls back before a retry.
+    lock instead of SQLite's sleeping busy handler (:mod:`workflow.tx`).
     """
+    return _then_next(engine, user, flt, rng, lambda s: submit(s, user, assignment_id, labels, **kwargs))
+
+
+def finalize_and_next(
+    engine: sa.Engine,
+    user: User,
+    annotation_id: int,
+    labels: dict[str, str],
+    flt: Any,
+    *,
+    rng: Any = None,
+    **kwargs: Any,
+) -> tuple[Annotation, Assignment | None]:
+    """Confirm or override after the reveal and claim the next item in ONE write transaction.
+
+    ``kwargs`` go to :func:`finalize` (``expected_version`` is required there)."""
+    return _then_next(engine, user, flt, rng, lambda s: finalize(s, user, annotation_id, labels, **kwargs))
+
+
+def _then_next(
+    engine: sa.Engine, user: User, flt: Any, rng: Any, write: Callable[[Session], Annotation]
+) -> tuple[Annotation, Assignment | None]:
+    """``write(session)`` then ``queue.next_item`` in one transaction, retried as a whole on
+    deadlocks, serialisation failures or a duplicate lease insert from a second browser tab
+    (the whole transaction rolls back before a retry, so nothing is written twice)."""
     import random
     import time
 
-    from safereview.workflow.queue import next_item
     from safereview.workflow.tx import write_scope
 
     rng = rng or random.Random()
@@ -439,10 +463,10 @@ def submit_and_next(
     for attempt in range(5):
         try:
             with write_scope(engine) as session:
-                ann = submit(session, user, assignment_id, labels, **kwargs)
+                ann = write(session)
                 nxt = next_item(session, user, flt, rng=rng)
             return ann, nxt
-        except sa.exc.OperationalError as exc:
+        except (sa.exc.OperationalError, sa.exc.IntegrityError) as exc:
             last = exc
             time.sleep(0.005 * (attempt + 1) * (1 + rng.random()))
     assert last is not None
