@@ -347,9 +347,11 @@ class _Rollback(Exception):
 
 
 CHUNK_ROWS = 10_000  # rows read, checked, planned and written at a time
-# SQLite page cache of the import's connection: with the default 2 MB the bare inserts of 1M
-# items took 14.2 s, 10.5 s with 256 MB (the item and verdict indexes stay in memory).
-SQLITE_IMPORT_CACHE_MIB = 128
+# SQLite page cache of the import's connection, so the item and verdict indexes stay in memory
+# as a collection grows: with the default 2 MB the bare inserts of 1M items took 14.2 s, 10.5 s
+# with 256 MB. Importing 1M items (bench_dataio --import-scale, medians of 2): 128 MB gave
+# 17.9k items/s (0.89x the rate at 100k) at 519 MB peak RSS, 256 MB 19.0k/s (0.92x) at 663 MB.
+SQLITE_IMPORT_CACHE_MIB = 256
 
 
 def _chunks(records: Iterator[Record], n: int) -> Iterator[list[Record]]:
