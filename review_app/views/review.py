@@ -88,7 +88,6 @@ def _show_for_reveal(user: Any, state: dict[str, Any], ann: Any) -> bool:
         flagged=bool(ann.flagged),
         started=time.monotonic(),
     )
-    state["empty"] = False
     return True
 
 
@@ -111,14 +110,12 @@ def _claim(user: Any, flt: Any, state: dict[str, Any], blind: bool) -> None:
 
 
 def _show(user: Any, state: dict[str, Any], assignment: Any) -> None:
-    """Put a claimed item on screen (or note that nothing is left)."""
+    """Put a claimed item on screen (None: nothing is left; the panel says so)."""
     from safereview.workflow import annotations
 
     _reset_item(state)
     if assignment is None:
-        state["empty"] = True
         return
-    state["empty"] = False
     with ui.read_session() as s:
         state["item"] = item_view.load_item(s, assignment.item_id)
         state["verdicts"] = item_view.verdict_dicts(
