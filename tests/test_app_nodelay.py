@@ -50,6 +50,7 @@ def test_streamlits_bound_socket_gives_nodelay_connections_once_wrapped(monkeypa
     from streamlit.web.server.starlette import starlette_server as ss
 
     from safereview.review_app import nodelay
+    from safereview.review_app.seams import is_wrapped
 
     original = ss._bind_socket
     plain, _ = ss._bind_server_socket("127.0.0.1", "127.0.0.1", 0, 16)
@@ -57,7 +58,10 @@ def test_streamlits_bound_socket_gives_nodelay_connections_once_wrapped(monkeypa
     assert asyncio.run(_accepted_nodelay(plain)) == 0  # the stall this module removes
     monkeypatch.setattr(ss, "_bind_socket", original)  # restored after the test
     nodelay.install()
-    nodelay.install()  # idempotent
+    once = ss._bind_socket
+    assert once is not original and is_wrapped(once)
+    nodelay.install()  # idempotent: not wrapped twice
+    assert ss._bind_socket is once
     wrapped, _ = ss._bind_server_socket("127.0.0.1", "127.0.0.1", 0, 16)  # the function the runner calls
     assert wrapped.proto == socket.IPPROTO_TCP and not wrapped.getblocking()
     assert asyncio.run(_accepted_nodelay(wrapped)) == 1

@@ -16,6 +16,7 @@ from typing import Any
 
 import app_support as A
 import pytest
+import sqlalchemy as sa
 from sqlmodel import Session, select
 
 TIMEOUT = 60
@@ -212,6 +213,40 @@ def test_blind_mode_hides_verdict_until_commit_then_override_is_recorded(fx: A.F
     expected = "confirm" if ann.labels == judge else "override"
     assert ann.verdict_action == expected
     assert ann.verdict_judge_id == A.JUDGE
+
+
+def test_the_last_submit_asks_the_queue_once(fx: A.Fixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Submit and claim are one transaction; when it finds nothing left, the rerun that
+    follows does not ask the queue again, and "Check again" does."""
+    from safereview.db.models import Collection
+    from safereview.workflow import queue
+
+    real = queue.next_item
+    pulls: list[int] = []
+
+    def counted(bind: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(bind, sa.Engine):  # the page's own pull (inside a transaction it gets a Session)
+            pulls.append(1)
+        return real(bind, *args, **kwargs)
+
+    monkeypatch.setattr(queue, "next_item", counted)
+    at = sign_in("ann1")
+    with db(fx) as s:
+        open_id = s.exec(select(Collection.id).where(Collection.name == fx.open_collection)).one()
+    at.selectbox(key="rv_collection").set_value(open_id).run()
+    pulls.clear()  # counted from here
+    for _ in range(20):
+        if "Nothing left to review" in " ".join(str(x.value) for x in at.success):
+            break
+        before = len(pulls)
+        for dim in range(3):
+            click(at, f"rv_lab_{dim}_0")
+        click(at, "rv_submit")
+        assert len(pulls) == before, "the page pulled on its own after a submit"
+    else:
+        pytest.fail("the open collection never ran out")
+    click(at, "rv_again")
+    assert len(pulls) == 1 and "Nothing left to review" in " ".join(str(x.value) for x in at.success)
 
 
 def test_open_collection_shows_verdict_and_records_action_with_submit(fx: A.Fixture) -> None:

@@ -109,12 +109,14 @@ def _claim(user: Any, flt: Any, state: dict[str, Any], blind: bool) -> None:
     _show(user, state, queue.next_item(ui.get_engine(), user, flt))
 
 
-def _show(user: Any, state: dict[str, Any], assignment: Any) -> None:
-    """Put a claimed item on screen (None: nothing is left; the panel says so)."""
+def _show(user: Any, state: dict[str, Any], assignment: Any, *, after_submit: bool = False) -> None:
+    """Put a claimed item on screen (None: nothing is left; the panel says so). After a
+    submit that claimed nothing, the panel's next run does not ask the queue again."""
     from safereview.workflow import annotations
 
     _reset_item(state)
     if assignment is None:
+        state["asked_queue"] = after_submit
         return
     with ui.read_session() as s:
         state["item"] = item_view.load_item(s, assignment.item_id)
@@ -195,7 +197,7 @@ def _submit(user: Any, info: CollectionInfo, flt: Any, state: dict[str, Any]) ->
                 reveal_reason=reason,
             )
             state["done"] = state.get("done", 0) + 1
-            _show(user, state, nxt)
+            _show(user, state, nxt, after_submit=True)
             return
         spent = round(time.monotonic() - (state.get("started") or time.monotonic()), 2)
         common: dict[str, Any] = dict(
@@ -208,7 +210,7 @@ def _submit(user: Any, info: CollectionInfo, flt: Any, state: dict[str, Any]) ->
             )
             _count_exposure(info, state, labels)
             state["done"] = state.get("done", 0) + 1
-            _show(user, state, nxt)
+            _show(user, state, nxt, after_submit=True)
             return
         with ui.session() as s:
             ann = annotations.submit(s, user, aid, dict(labels), **common)
@@ -540,12 +542,12 @@ def review_panel(user: Any, info: CollectionInfo, flt: Any, protect: bool) -> No
     if msg:
         kind, text = msg
         getattr(st, kind)(ui.md_literal(text, max_chars=400))
-    if state.get("assignment_id") is None:
+    # a submit that found the queue empty already asked it (in its own transaction): not twice
+    if state.get("assignment_id") is None and not state.pop("asked_queue", False):
         _claim(user, flt, state, info.blind)
     if state.get("assignment_id") is None:
         st.success("Nothing left to review with these filters. Thank you!", icon=":material/task_alt:")
-        if st.button("Check again", key="rv_again", icon=":material/refresh:"):
-            st.rerun(scope="fragment")
+        st.button("Check again", key="rv_again", icon=":material/refresh:")  # its press reruns the panel: one pull
         return
     item: item_view.ItemView = state["item"]
     if state.get("progress_for") != state["assignment_id"]:  # once per item: a label press changes no count
