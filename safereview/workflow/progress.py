@@ -101,6 +101,8 @@ def progress(session: Session, user: User | None, collection_id: int, *, max_age
     counts scan the collection's assignments, so they are cached per process for
     ``max_age_s`` seconds and recounted in the background (the page shows them on every
     rerun and never waits); ``max_age_s=0`` counts now, inside the caller's transaction.
+    The user's own finished reviews are part of everyone's, so a stale collection-wide count
+    is never shown below them ("You: 3 done · everyone: 0" right after three submits).
     """
     col = session.get(Collection, collection_id)
     if col is None:
@@ -139,7 +141,7 @@ def progress(session: Session, user: User | None, collection_id: int, *, max_age
         mine_awaiting=awaiting,
         mine_skipped=int(mine.get("skipped", 0)),
         mine_leased=int(mine.get("leased", 0)),
-        everyone_done=counts["done"],
+        everyone_done=max(int(counts["done"]), int(mine.get("done", 0))),
         slots_leased=counts["leased"],
         items_fully_covered=counts["full"],
         extra={key: v for key, v in counts.items() if key.startswith("done_") or key == "skipped"},
