@@ -1,8 +1,9 @@
 """Validation study: do the estimates cover the truth at their nominal rate, through the real queue?
 
 Each replication builds a collection with a known ground truth and a simulated judge,
-lets simulated reviewers work through the real queue (``workflow.queue.next_item`` and
-``workflow.annotations.submit``, interleaved so leases overlap as with a team), stops at a
+lets simulated reviewers work through the real queue (``workflow.queue.next_item`` for a
+first item, then ``workflow.annotations.submit_and_next`` as the review page does, reviewers
+interleaved so leases overlap as with a team), stops at a
 budget of reviews, and then calls the same estimator functions the CLI and the app use
 (``agreement.audit.audit``, ``agreement.population.population_rates`` and
 ``agreement.calibration.fit_calibration``). It compares each estimate with the truth of
@@ -64,7 +65,7 @@ from safereview.db import bulk
 from safereview.db.collections import ensure_collection
 from safereview.db.engine import init_db, make_engine, session_scope
 from safereview.db.models import User, utcnow
-from safereview.workflow.annotations import submit
+from safereview.workflow.annotations import submit_and_next
 from safereview.workflow.auth import unusable_hash
 from safereview.workflow.ordering import refresh_priorities
 from safereview.workflow.principals import SystemPrincipal
@@ -214,9 +215,11 @@ def review(
         slot = reviews_of.get(item_id, 0)
         reviews_of[item_id] = slot + 1
         label = "unsafe" if pop["says"][pos[item_id], min(slot, cell.overlap - 1)] else "safe"
-        with session_scope(engine) as s:
-            submit(s, u, aid, {DIMENSION: label}, verdict_action="override")
+        # as the review page does: the submit and the next claim in one transaction
+        _ann, nxt = submit_and_next(engine, u, aid, {DIMENSION: label}, flt, rng=rng, verdict_action="override")
         done += 1
+        if nxt is not None:
+            held[k] = (nxt.id, nxt.item_id)
     return done
 
 
