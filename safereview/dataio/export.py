@@ -6,8 +6,9 @@ exported file can always be traced back to the database state it came from. File
 written to a temporary name and renamed into place.
 
 Exports stream, in bounded memory whatever the number of rows. All reads happen in one
-read-only snapshot; each collection's rows are read in id order by one query (a
-server-side cursor on PostgreSQL) ``CHUNK_ROWS`` at a time, every chunk becomes an Arrow
+read-only snapshot; each collection's rows are read in id order ``CHUNK_ROWS`` at a time
+(SQLite: one query; PostgreSQL: annotations through a server-side cursor, items as one
+``COPY … (FORMAT csv)`` per page of ids, parsed by Arrow's CSV reader), every chunk becomes an Arrow
 table and is written at once: Parquet through one ``ParquetWriter`` (a row group per
 chunk), CSV through one ``CSVWriter`` (formula cells defused per chunk), JSONL as a block
 of lines. The schema is fixed before the first row: the verdict columns from the (judge,
@@ -30,6 +31,7 @@ way.
 from __future__ import annotations
 
 import gc
+import io
 import json
 import os
 import tempfile
@@ -175,6 +177,47 @@ class _Reader:
                 yield rows
         finally:
             cur.close()
+
+    def copy_chunks(
+        self, sql: str, params: dict[str, Any], columns: tuple[tuple[str, pa.DataType], ...]
+    ) -> Iterator[dict[str, pa.Array]]:
+        """PostgreSQL: the rows of ``sql`` as Arrow columns, ``CHUNK_ROWS`` at a time, each chunk
+        one ``COPY … TO STDOUT (FORMAT csv)`` parsed by Arrow's CSV reader: no Python tuple per
+        row (for 1M items the server-side cursor plus the conversion took 4.8–5.9 s, COPY and
+        the parse 3.7 s). ``sql`` orders by its first column and takes ``:after`` (rows after
+        that key) and ``:limit``; each COPY ends before its chunk is handed on, so the caller
+        may query the connection between chunks. CSV keeps NULL (unquoted empty) apart from
+        the empty string (quoted); booleans arrive as t/f."""
+        import pyarrow.csv as pacsv
+
+        names = [c for c, _ in columns]
+        read = pacsv.ReadOptions(column_names=names)
+        parse = pacsv.ParseOptions(newlines_in_values=True)
+        convert = pacsv.ConvertOptions(
+            column_types=dict(columns),
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            true_values=["t"],
+            false_values=["f"],
+        )
+        statement = f"COPY ({driver_sql(self.conn, sql)}) TO STDOUT (FORMAT csv)"
+        after: Any = None
+        while True:
+            buf = io.BytesIO()
+            cur = self.dbapi.cursor()
+            try:
+                with cur.copy(statement, {**params, "after": after, "limit": CHUNK_ROWS}) as cp:  # type: ignore[attr-defined]
+                    for block in cp:
+                        buf.write(block)
+            finally:
+                cur.close()
+            if not buf.tell():
+                return
+            table = pacsv.read_csv(pa.py_buffer(buf.getbuffer()), read, parse, convert)
+            yield {name: table.column(name).combine_chunks() for name in names}
+            if table.num_rows < CHUNK_ROWS:
+                return
+            after = table.column(0)[-1].as_py()
 
     def text(self, column: str) -> str:
         """A JSON column as its stored text."""
@@ -392,15 +435,17 @@ class _Chunk:
 
     collection: str
     arrays: dict[str, Any]
-    rows: list[tuple]
+    rows: list[tuple] | None  # None when read by COPY (the arrays are all there is)
     extra: Any = None
 
     @property
     def n(self) -> int:
-        return len(self.rows)
+        return len(self.rows) if self.rows is not None else len(next(iter(self.arrays.values())))
 
     def raw(self, name: str, columns: tuple[tuple[str, Any], ...]) -> list[Any]:
-        """Column ``name`` as the driver returned it."""
+        """Column ``name`` as the driver returned it (or as COPY gave it: the same values)."""
+        if self.rows is None:
+            return self.arrays[name].to_pylist()
         i = [c for c, _ in columns].index(name)
         return [r[i] for r in self.rows]
 
@@ -578,6 +623,10 @@ _ITEM_READ: tuple[tuple[str, pa.DataType], ...] = (
 )
 
 
+# PostgreSQL reads the items a page at a time (``_Reader.copy_chunks``): after the last id read
+_KEYSET_PAGE = " AND (CAST(:after AS BIGINT) IS NULL OR i.id > :after) ORDER BY i.id LIMIT :limit"
+
+
 class _ItemExport:
     """Plan and chunks of the items export: one row per item, verdicts spread into columns."""
 
@@ -613,7 +662,7 @@ class _ItemExport:
             "SELECT i.id, i.external_id, i.task_type, i.category, i.subcategory, i.model, i.input_modalities, "
             f"i.output_modalities, {r.text('i.prompt')}, {r.text('i.response')}, i.refused, {r.text('i.meta')}, "
             f"i.content_hash, i.priority, i.slots_taken, {r.iso('i.created_at')}, i.import_batch_id "
-            f"FROM item i WHERE {_where_collection(r, 'i')} ORDER BY i.id"
+            f"FROM item i WHERE {_where_collection(r, 'i')}" + (_KEYSET_PAGE if r.pg else " ORDER BY i.id")
         )
 
     def chunks(self) -> Iterator[_Chunk]:
@@ -623,7 +672,14 @@ class _ItemExport:
             span = _item_range(self.reader, cid)
             if span is None:
                 continue
-            for rows in self.reader.chunks(sql, {"cid": cid, "lo": span[0], "hi": span[1]}):
+            params = {"cid": cid, "lo": span[0], "hi": span[1]}
+            if self.reader.pg:
+                for arrays in self.reader.copy_chunks(sql, params, self.read_types):
+                    ids = arrays["item_id"]
+                    extra = self.verdicts.read(self.reader, ids[0].as_py(), ids[-1].as_py())
+                    yield _Chunk(name, arrays, None, extra)
+                continue
+            for rows in self.reader.chunks(sql, params):
                 extra = self.verdicts.read(self.reader, rows[0][0], rows[-1][0])
                 yield _Chunk(name, _to_arrow(rows, self.read_types), rows, extra)
 
