@@ -209,6 +209,14 @@ class Planner:
             first = self.item_lines.get(rec.external_id)
         return first if first is not None and first != rec.line else None
 
+    @staticmethod
+    def _mark_given(rec: Record, key: tuple[str, ...], ref_lines: dict[Any, int], item_hashes: set[int]) -> None:
+        """Record that ``rec`` gave ``key``, where :meth:`_given_at` looks for it."""
+        if rec.kind == "ref":
+            ref_lines[key] = rec.line
+        else:
+            item_hashes.add(hash(key))
+
     def _plan_rows(
         self, out: ImportPlan, accepted: list[Record], item_op: dict[int, str], stored_ids: set[str]
     ) -> None:
@@ -247,11 +255,11 @@ class Planner:
                 final.append(rec)
                 continue
             ext = rec.external_id
-            is_ref = rec.kind == "ref"
             iid = out.existing.get(ext)
             rec_ok = True
-            for v in rec.verdicts:
-                vkey = (ext, v["dimension"], v["judge_id"])
+            vkeys = [(ext, v["dimension"], v["judge_id"]) for v in rec.verdicts]
+            akeys = [(ext, a["annotator"]) for a in rec.annotations]
+            for v, vkey in zip(rec.verdicts, vkeys, strict=True):
                 where = self._given_at(rec, vkey, self._ref_verdicts, self._item_verdicts)
                 if where is not None:
                     rec.error(
@@ -260,8 +268,8 @@ class Planner:
                         f"{ext!r} is already given at line {where}",
                     )
                     rec_ok = False
-            for a in rec.annotations:
-                where = self._given_at(rec, (ext, a["annotator"]), self._ref_annotations, self._item_annotations)
+            for a, akey in zip(rec.annotations, akeys, strict=True):
+                where = self._given_at(rec, akey, self._ref_annotations, self._item_annotations)
                 if where is not None:
                     rec.error(
                         a["_field"],
@@ -308,18 +316,10 @@ class Planner:
             if not rec_ok:
                 self._reject(out, rec)
                 continue
-            for v in rec.verdicts:
-                key = (ext, v["dimension"], v["judge_id"])
-                if is_ref:
-                    self._ref_verdicts[key] = rec.line
-                else:
-                    self._item_verdicts.add(hash(key))
-            for a in rec.annotations:
-                akey = (ext, a["annotator"])
-                if is_ref:
-                    self._ref_annotations[akey] = rec.line
-                else:
-                    self._item_annotations.add(hash(akey))
+            for vkey in vkeys:
+                self._mark_given(rec, vkey, self._ref_verdicts, self._item_verdicts)
+            for akey in akeys:
+                self._mark_given(rec, akey, self._ref_annotations, self._item_annotations)
             planned[id(rec)] = (v_ops, a_ops)
             final.append(rec)
 
