@@ -196,8 +196,7 @@ def _submit(user: Any, info: CollectionInfo, flt: Any, state: dict[str, Any]) ->
                 flagged=bool(state.get("flagged")),
                 reveal_reason=reason,
             )
-            state["done"] = state.get("done", 0) + 1
-            _show(user, state, nxt, after_submit=True)
+            _next_after_done(user, state, nxt)
             return
         spent = round(time.monotonic() - (state.get("started") or time.monotonic()), 2)
         common: dict[str, Any] = dict(
@@ -209,8 +208,7 @@ def _submit(user: Any, info: CollectionInfo, flt: Any, state: dict[str, Any]) ->
                 ui.get_engine(), user, aid, dict(labels), flt, verdict_judge_id=judge_id, **common
             )
             _count_exposure(info, state, labels)
-            state["done"] = state.get("done", 0) + 1
-            _show(user, state, nxt, after_submit=True)
+            _next_after_done(user, state, nxt)
             return
         with ui.session() as s:
             ann = annotations.submit(s, user, aid, dict(labels), **common)
@@ -239,6 +237,12 @@ def _submit(user: Any, info: CollectionInfo, flt: Any, state: dict[str, Any]) ->
             state["message"] = ("warning", text.removeprefix("reveal_reason: ").capitalize() + " in the box below.")
         else:
             state["message"] = ("error", text)
+
+
+def _next_after_done(user: Any, state: dict[str, Any], nxt: Any) -> None:
+    """The item is finished and ``nxt`` was claimed with it: count it, put ``nxt`` on screen."""
+    state["done"] = state.get("done", 0) + 1
+    _show(user, state, nxt, after_submit=True)
 
 
 def _count_exposure(info: CollectionInfo, state: dict[str, Any], labels: dict[str, str]) -> None:
