@@ -95,3 +95,58 @@ def test_head_revision_read_from_the_files_is_alembics(tmp_path: Path) -> None:
     again = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert first.stdout.strip() == "True"  # a new database: migrated by Alembic
     assert again.stdout.strip() == "False"  # already at the head: one SELECT, no Alembic
+
+
+def test_item_lookups_use_the_unique_keys_after_0013(db_url: str) -> None:
+    """Migration 0013 drops the ``item_id`` indexes that duplicate a unique key's leading
+    column, keeps the rows, and look-ups by item still use an index; its downgrade restores them."""
+    from alembic import command
+
+    from safereview.db.engine import alembic_config, make_engine
+
+    def item_indexes(eng: sa.Engine) -> set[str]:
+        insp = sa.inspect(eng)
+        return {
+            ix["name"]
+            for table in ("verdict", "assignment", "annotation")
+            for ix in insp.get_indexes(table)
+            if ix["column_names"] == ["item_id"]
+        }
+
+    def migrate(eng: sa.Engine, fn: object, target: str) -> None:
+        cfg = alembic_config(db_url)
+        with eng.begin() as conn:
+            cfg.attributes["connection"] = conn
+            fn(cfg, target)  # type: ignore[operator]
+
+    eng = make_engine(db_url)
+    migrate(eng, command.upgrade, "0012")
+    assert item_indexes(eng) == {"ix_verdict_item_id", "ix_assignment_item_id", "ix_annotation_item_id"}
+    with Session(eng) as s:
+        col = ensure_collection(s, "c", "vlsu")
+        s.commit()
+        cid = col.id
+    with eng.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO item (collection_id, external_id, task_type, category, subcategory, model, "
+                "input_modalities, output_modalities, prompt, response, refused, meta, content_hash, "
+                "priority, slots_taken, created_at) VALUES (:c, 'a', '', '', '', '', 'text', 'text', "
+                "'[]', '[]', false, '{}', 'h', 0, 0, CURRENT_TIMESTAMP)"
+            ),
+            {"c": cid},
+        )
+    eng.dispose()
+
+    upgraded = init_db(db_url)
+    assert item_indexes(upgraded) == set()
+    with upgraded.connect() as conn:
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM item").scalar_one() == 1
+        if upgraded.dialect.name == "sqlite":
+            plan = " ".join(
+                str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN SELECT id FROM verdict WHERE item_id = 1")
+            )
+            assert "USING" in plan and "INDEX" in plan, plan  # the unique key's index, not a table scan
+    migrate(upgraded, command.downgrade, "0012")
+    assert item_indexes(upgraded) == {"ix_verdict_item_id", "ix_assignment_item_id", "ix_annotation_item_id"}
+    upgraded.dispose()
