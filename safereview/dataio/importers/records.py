@@ -21,7 +21,7 @@ MODALITIES = ("text", "image", "audio", "video")
 MEDIA_MODALITIES = ("image", "audio", "video")
 
 
-@dataclass
+@dataclass(slots=True)
 class SourceRow:
     """One row of a source file: ``line`` is 1-based (JSONL/CSV) or a 0-based Parquet row index."""
 
@@ -31,7 +31,7 @@ class SourceRow:
     error: tuple[str, str] | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
     """A parsed row, before validation against the taxonomy and the media folder."""
 
@@ -321,12 +321,19 @@ def parse_parts(value: Any, rec: Record, name: str) -> list[dict[str, Any]]:
     return parts
 
 
+# per side: (modality, column) of the media columns, then the text column
+_FLAT_COLUMNS = {
+    side: (tuple((m, f"{side}_{m}") for m in MEDIA_MODALITIES), f"{side}_text") for side in ("prompt", "response")
+}
+
+
 def flat_parts(data: dict[str, Any], prefix: str, rec: Record) -> list[dict[str, Any]]:
     """Parts from flat columns ``<prefix>_image|audio|video|text`` (media first, then text)."""
     parts: list[dict[str, Any]] = []
-    for modality in MEDIA_MODALITIES:
-        col = f"{prefix}_{modality}"
-        v = data.get(col)
+    media_cols, text_col = _FLAT_COLUMNS[prefix]
+    get = data.get
+    for modality, col in media_cols:
+        v = get(col)
         if v is None:
             continue
         refs = (
@@ -336,12 +343,12 @@ def flat_parts(data: dict[str, Any], prefix: str, rec: Record) -> list[dict[str,
         )
         for ref in refs:
             parts.append({"modality": modality, "path": ref, "_field": col})
-    text = data.get(f"{prefix}_text")
+    text = get(text_col)
     if text is not None:
         if not isinstance(text, str):
-            rec.error(f"{prefix}_text", "expected text")
+            rec.error(text_col, "expected text")
         else:
-            parts.append({"modality": "text", "text": text, "_field": f"{prefix}_text"})
+            parts.append({"modality": "text", "text": text, "_field": text_col})
     return parts
 
 
@@ -375,33 +382,40 @@ ANNOTATION_KEYS = {
 
 
 def parse_verdict_list(value: Any, rec: Record, name: str = "verdicts") -> None:
-    value = as_json(value, rec, name, list)
+    value = value if type(value) is list else as_json(value, rec, name, list)
     for i, v in enumerate(value or []):
         where = f"{name}[{i}]"
         if not isinstance(v, dict):
             rec.error(where, "expected a verdict object")
             continue
-        unknown = set(v) - VERDICT_KEYS
-        if unknown:
-            rec.error(where, f"unknown key(s) {', '.join(sorted(unknown))}")
+        if not VERDICT_KEYS.issuperset(v):
+            rec.error(where, f"unknown key(s) {', '.join(sorted(set(v) - VERDICT_KEYS))}")
             continue
+        get = v.get
+        p, probs, score = get("probability"), get("probs"), get("score")
         rec.verdicts.append(
             {
                 "_field": where,
-                "dimension": as_str(v.get("dimension")),
-                "label": as_str(v.get("label")),
-                "judge_id": as_str(v.get("judge_id")),
-                "judge_version": as_str(v.get("judge_version")) or "",
-                "judge_model": as_str(v.get("judge_model")) or "",
-                "probability": as_float(v.get("probability"), rec, f"{where}.probability"),
-                "probs": as_json(v.get("probs"), rec, f"{where}.probs", dict),
-                "score": as_float(v.get("score"), rec, f"{where}.score"),
-                "rationale": as_str(v.get("rationale")) or "",
-                "raw_output": as_str(v.get("raw_output")) or "",
-                "intent": as_str(v.get("intent")) or "",
-                "status": as_str(v.get("status")),
+                "dimension": as_str(get("dimension")),
+                "label": as_str(get("label")),
+                "judge_id": as_str(get("judge_id")),
+                "judge_version": as_str(get("judge_version")) or "",
+                "judge_model": as_str(get("judge_model")) or "",
+                # names of fields are built only for a value that may be wrong
+                "probability": p if _finite_float(p) else as_float(p, rec, f"{where}.probability"),
+                "probs": None if probs is None else as_json(probs, rec, f"{where}.probs", dict),
+                "score": score if _finite_float(score) else as_float(score, rec, f"{where}.score"),
+                "rationale": as_str(get("rationale")) or "",
+                "raw_output": as_str(get("raw_output")) or "",
+                "intent": as_str(get("intent")) or "",
+                "status": as_str(get("status")),
             }
         )
+
+
+def _finite_float(v: Any) -> bool:
+    """None or a finite float: what :func:`as_float` returns unchanged without a message."""
+    return v is None or (type(v) is float and v - v == 0.0)
 
 
 def parse_flat_verdicts(data: dict[str, Any], rec: Record) -> set[str]:
