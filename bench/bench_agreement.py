@@ -23,7 +23,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
+from pgschema import Unreachable, scratch_schema
 
 from safereview.workflow.principals import SystemPrincipal
 
@@ -165,29 +165,6 @@ def bench_db(url: str, n_items: int, repeat: int, with_gold: bool, out_dir: Path
     return out
 
 
-def pg_schema_url(base: str) -> tuple[str, Callable[[], None]] | None:
-    import sqlalchemy as sa
-
-    from safereview.db.engine import normalise_url
-
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(normalise_url(base), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    except sa.exc.OperationalError as exc:
-        print(f"PostgreSQL at {base} unreachable, skipped: {exc.orig}", file=sys.stderr)
-        return None
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        admin.dispose()
-
-    sep = "&" if "?" in base else "?"
-    return f"{normalise_url(base)}{sep}options=-csearch_path%3D{schema}", drop
-
-
 def vs_bare_line(backend: str, pa: dict[str, Any]) -> str:
     verdict = "met" if pa["ratio"] <= BARE_RATIO_TARGET else "not met"
     e2e = f"{pa['e2e']:.2f} s ({pa['load_e2e']})"
@@ -232,16 +209,18 @@ def main(argv: list[str]) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         db_rows("SQLite", bench_db(f"sqlite:///{tmp}/bench.db", db_items, repeat, gold, Path(tmp)))
-        pg = None if args.no_pg else pg_schema_url(os.environ.get("SAFEREVIEW_BENCH_PG", PG_DEFAULT))
-        if pg is None:
+        res_pg = None
+        if not args.no_pg:
+            base = os.environ.get("SAFEREVIEW_BENCH_PG", PG_DEFAULT)
+            try:
+                with scratch_schema(base) as url:
+                    res_pg = bench_db(url, db_items, repeat, gold, Path(tmp))
+            except Unreachable as exc:
+                print(f"{exc}; skipped", file=sys.stderr)
+        if res_pg is None:
             done(("point alpha, PostgreSQL, end to end", f"{db_items:,} x 3", None, 5.0, "skipped"))
         else:
-            url, drop = pg
-            try:
-                res = bench_db(url, db_items, repeat, gold, Path(tmp))
-            finally:
-                drop()
-            db_rows("PostgreSQL", res)
+            db_rows("PostgreSQL", res_pg)
 
     mode = "quick sizes (targets are for the full sizes)" if quick else "full sizes"
     print(f"\nagreement benchmarks, {mode}; median of {repeat}")

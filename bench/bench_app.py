@@ -36,7 +36,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+
+from pgschema import scratch_schema, server_url  # noqa: E402
 
 QUICKACK = False  # --quickack: every client re-arms TCP_QUICKACK (the no-stall reference)
 TARGET_MEDIAN_MS = 50.0
@@ -402,26 +403,13 @@ def backends(args: argparse.Namespace, tmp: Path) -> Iterator[tuple[str, str]]:
     """(name, url) for each back end to run; a PostgreSQL schema is made and dropped around its run."""
     if args.backend in ("sqlite", "both"):
         yield "sqlite", f"sqlite:///{tmp}/bench.db"
-    pg = os.environ.get("SAFEREVIEW_BENCH_PG") or os.environ.get("SAFEREVIEW_TEST_PG", "")
+    pg = server_url()
     if args.backend in ("postgres", "both"):
         if not pg:
             print("[postgres] skipped: set SAFEREVIEW_BENCH_PG or SAFEREVIEW_TEST_PG", flush=True)
             return
-        import sqlalchemy as sa
-
-        from safereview.db.engine import normalise_url
-
-        schema = f"bench_app_{uuid.uuid4().hex[:10]}"
-        admin = sa.create_engine(normalise_url(pg), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-        try:
-            sep = "&" if "?" in pg else "?"
-            yield "postgres", f"{normalise_url(pg)}{sep}options=-csearch_path%3D{schema}"
-        finally:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-            admin.dispose()
+        with scratch_schema(pg, "bench_app") as url:
+            yield "postgres", url
 
 
 def main(argv: list[str]) -> int:

@@ -31,6 +31,7 @@ RSS within 1 GB. ``--old-tree DIR`` also runs another checkout of safereview (e.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -46,12 +47,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sqlalchemy as sa
+from pgschema import Unreachable, scratch_schema
 
 from safereview.dataio.export import export_items
 from safereview.dataio.importers import import_file
-from safereview.db.engine import init_db, normalise_url
+from safereview.db.engine import init_db
 from safereview.db.models import ITEM_CONTENT_FIELDS
 from safereview.workflow.principals import SystemPrincipal
 
@@ -103,30 +106,24 @@ def write_media_items(folder: Path, n: int) -> Path:
 class Backend:
     def __init__(self, name: str) -> None:
         self.name = name
-        self.schema: str | None = None
+        self.schema = contextlib.ExitStack()  # the current PostgreSQL schema, dropped when replaced
         self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-dataio-{name}-"))
 
-    def fresh(self) -> tuple[sa.Engine, Path]:
-        """A new empty database and media root."""
+    def fresh_url(self) -> tuple[str, Path]:
+        """A new empty database (no tables yet: whoever opens it first migrates it) and media root."""
         media_root = self.tmp / f"media-{uuid.uuid4().hex[:6]}"
         if self.name == "sqlite":
-            return init_db(f"sqlite:///{self.tmp / uuid.uuid4().hex[:8]}.db"), media_root
-        admin = sa.create_engine(normalise_url(PG), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            if self.schema:
-                conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
-            self.schema = f"bench_{uuid.uuid4().hex[:10]}"
-            conn.exec_driver_sql(f"CREATE SCHEMA {self.schema}")
-        admin.dispose()
-        sep = "&" if "?" in PG else "?"
-        return init_db(f"{normalise_url(PG)}{sep}options=-csearch_path%3D{self.schema}"), media_root
+            return f"sqlite:///{self.tmp / uuid.uuid4().hex[:8]}.db", media_root
+        self.schema.close()
+        return self.schema.enter_context(scratch_schema(PG)), media_root
+
+    def fresh(self) -> tuple[sa.Engine, Path]:
+        """A new database with the schema of this checkout, and a media root."""
+        url, media_root = self.fresh_url()
+        return init_db(url), media_root
 
     def close(self) -> None:
-        if self.schema:
-            admin = sa.create_engine(normalise_url(PG), isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
-            admin.dispose()
+        self.schema.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -357,13 +354,11 @@ def import_scale(args: argparse.Namespace) -> int:
                     runs: dict[str, list[dict]] = {t: [] for t in trees}
                     for _ in range(repeat):
                         for tree in trees:  # interleaved: old and new see the same load
-                            try:
-                                engine, root = be.fresh()
-                            except Exception as exc:  # PostgreSQL not reachable
+                            try:  # the child migrates: each checkout gets its own schema
+                                url, root = be.fresh_url()
+                            except Unreachable as exc:
                                 print(f"skipping {name}: {exc}", file=sys.stderr)
                                 raise _Skip from None
-                            url = engine.url.render_as_string(hide_password=False)
-                            engine.dispose()
                             cmd = [sys.executable, str(IMPORT_CHILD), url, str(files[n]), str(root), tree]
                             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
                             if proc.returncode != 0:

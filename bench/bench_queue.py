@@ -23,13 +23,14 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sqlalchemy as sa
+from pgschema import scratch_schema, server_url
 from sqlmodel import Session, SQLModel
 
 from safereview.agreement.synthetic import ITEM_COLUMNS
@@ -248,7 +249,7 @@ def main(argv: list[str]) -> int:
     n_items = args.items or (50_000 if args.quick else 1_000_000)
     ops = args.ops or (20 if args.quick else 100)
     think = args.think if args.think is not None else (0.25 if args.quick else 1.0)
-    pg = os.environ.get("SAFEREVIEW_BENCH_PG") or os.environ.get("SAFEREVIEW_TEST_PG", "")
+    pg = server_url()
 
     rows: list[tuple] = []
     if args.backend in ("sqlite", "both"):
@@ -259,24 +260,8 @@ def main(argv: list[str]) -> int:
         if not pg:
             print("[postgres] skipped: set SAFEREVIEW_BENCH_PG or SAFEREVIEW_TEST_PG", flush=True)
         else:
-            schema = f"bench_{uuid.uuid4().hex[:10]}"
-            admin = sa.create_engine(normalise_url(pg), isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-            sep = "&" if "?" in pg else "?"
-            try:
-                rows += bench_backend(
-                    "postgres",
-                    f"{normalise_url(pg)}{sep}options=-csearch_path%3D{schema}",
-                    n_items,
-                    ops,
-                    args.users,
-                    think,
-                )
-            finally:
-                with admin.connect() as conn:
-                    conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-                admin.dispose()
+            with scratch_schema(pg) as url:
+                rows += bench_backend("postgres", url, n_items, ops, args.users, think)
 
     text, _ok = table(rows, n_items, args.users)
     print(text, flush=True)

@@ -37,13 +37,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import shutil
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import bench_app  # noqa: E402
 import fleet  # noqa: E402
+from pgschema import scratch_schema, server_url  # noqa: E402
 
 from safereview import deploy  # noqa: E402
 
@@ -215,20 +216,14 @@ def main(argv: list[str]) -> int:
     n_items = args.items or (20_000 if args.quick else 100_000)
     n_users = args.users or (10 if args.quick else 20)
     seconds = args.seconds or (20.0 if args.quick else 60.0)
-    pg = os.environ.get("SAFEREVIEW_BENCH_PG") or os.environ.get("SAFEREVIEW_TEST_PG", "")
+    pg = server_url()
     if not pg or fleet.nginx_binary() is None:
         print("[bench_replicas] skipped: needs PostgreSQL (SAFEREVIEW_BENCH_PG or SAFEREVIEW_TEST_PG) and nginx")
         return 0
     import sqlalchemy as sa
 
-    from safereview.db.engine import normalise_url
-
-    schema = f"bench_rep_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(normalise_url(pg), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in pg else "?"
-    url = f"{normalise_url(pg)}{sep}options=-csearch_path%3D{schema}"
+    scratch = contextlib.ExitStack()
+    url = scratch.enter_context(scratch_schema(pg, "bench_rep"))
     work = Path(tempfile.mkdtemp(prefix="bench-replicas-"))
     users = [f"bench{u:02d}" for u in range(n_users)]
     warm_user = f"bench{n_users:02d}"
@@ -286,18 +281,19 @@ def main(argv: list[str]) -> int:
         finally:
             for rep in three:
                 rep.stop()
-        with admin.connect() as conn:
+        sizes = sa.create_engine(url)
+        with sizes.connect() as conn:
             db_mb = (
                 conn.execute(
                     sa.text(
                         "SELECT sum(pg_total_relation_size(format('%I.%I', schemaname, tablename)::regclass)) "
-                        "FROM pg_tables WHERE schemaname = :s"
-                    ),
-                    {"s": schema},
+                        "FROM pg_tables WHERE schemaname = current_schema()"
+                    )
                 ).scalar_one()
                 / 2**20
             )
-            db_annotations = conn.execute(sa.text(f"SELECT count(*) FROM {schema}.annotation")).scalar_one()
+            db_annotations = conn.execute(sa.text("SELECT count(*) FROM annotation")).scalar_one()
+        sizes.dispose()
         in_db = fleet.stored_labels(url)
         seen = {(a.username, item): labels for a in SEEN for item, labels in a.stored.items()}
         doubt = {(s.username, s.item) for a in SEEN for s in a.in_doubt}
@@ -306,9 +302,7 @@ def main(argv: list[str]) -> int:
     finally:
         if os.environ.get("BENCH_KEEP") != "1":  # BENCH_KEEP=1 keeps logs (replicas, nginx)
             shutil.rmtree(work, ignore_errors=True)
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        admin.dispose()
+        scratch.close()  # drops the schema
 
     ref = dict(rows)["1 replica, nginx"]
     if db_mb:
