@@ -216,9 +216,8 @@ class Verdict(SQLModel, table=True):
     __table_args__ = (sa.UniqueConstraint("item_id", "dimension", "judge_id", name="uq_verdict"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    item_id: int = Field(
-        foreign_key="item.id"
-    )  # no index of its own: the unique key above leads with it (migration 0013)
+    # no index of its own: the unique key above leads with it (migration 0013)
+    item_id: int = Field(foreign_key="item.id")
     dimension: str = Field(max_length=40)
     judge_id: str = Field(max_length=80, index=True)
     judge_version: str = Field(default="", max_length=40)
@@ -343,9 +342,8 @@ class Assignment(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    item_id: int = Field(
-        foreign_key="item.id"
-    )  # no index of its own: the unique key above leads with it (migration 0013)
+    # no index of its own: the unique key above leads with it (migration 0013)
+    item_id: int = Field(foreign_key="item.id")
     user_id: int = Field(foreign_key="user.id", index=True)
     status: str = Field(default="leased", max_length=20)  # leased | done | skipped | released
     stratum: str = Field(default="sample", max_length=20)
@@ -367,9 +365,8 @@ class Annotation(SQLModel, table=True):
     __table_args__ = (sa.UniqueConstraint("item_id", "user_id", name="uq_annotation_item_user"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    item_id: int = Field(
-        foreign_key="item.id"
-    )  # no index of its own: the unique key above leads with it (migration 0013)
+    # no index of its own: the unique key above leads with it (migration 0013)
+    item_id: int = Field(foreign_key="item.id")
     user_id: int = Field(foreign_key="user.id", index=True)
     labels: dict = Field(default_factory=dict, sa_type=JSONType)
     blind_labels: dict | None = Field(default=None, sa_type=JSONType)
