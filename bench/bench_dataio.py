@@ -18,7 +18,8 @@ RSS (``ru_maxrss``) is the export's own; target 1M rows in 5 s (200,000 rows/s) 
 1 GB. ``--old FILE`` also runs another copy of ``safereview/dataio/export.py`` (e.g. the
 pre-streaming one, ``git show 5f7ad0a:safereview/dataio/export.py > /tmp/export_old.py``)
 on the same databases (``--old-repeat`` runs each, 1 by default: it needs minutes and GBs at
-1M), and ``--old-max`` caps the sizes it runs at.
+1M), and ``--old-max`` caps the sizes it runs at. ``--what annotations`` exports
+annotations instead (one reviewer's labels on every item, so as many rows as items).
 
 ``--import-scale`` measures import at scale instead: text items with one verdict each
 (``--sizes``, 100k and 1M by default) from JSONL through ``import_file`` into a fresh
@@ -144,7 +145,7 @@ ITEM_COLS = ("collection_id", "external_id", *ITEM_CONTENT_FIELDS, "priority", "
 VERDICT_COLS = ("item_id", "dimension", "judge_id", "label", "probability")
 
 
-def build_export_db(engine: sa.Engine, n: int) -> None:
+def build_export_db(engine: sa.Engine, n: int, annotations: bool = False) -> None:
     """Untimed set-up: ``n`` text items from one import batch, one verdict each, inserted with
     ``db.bulk.bulk_insert`` (executemany on SQLite, COPY on PostgreSQL), then ANALYZE."""
     from sqlmodel import SQLModel
@@ -205,11 +206,33 @@ def build_export_db(engine: sa.Engine, n: int) -> None:
             "created_at": now,
         }
         bulk.bulk_insert(conn, tables["verdict"], VERDICT_COLS, verdicts, const=const)
+        if annotations:  # one reviewer's labels on every item
+            uid = conn.execute(
+                tables["user"].insert().values(username="bench-annotator", password_hash="!", role="annotator")
+            ).inserted_primary_key[0]
+            rows = (
+                (first + i, dumps({"joint": ("safe", "borderline", "unsafe")[(i // 7) % 3]}), 4.5 + i % 10)
+                for i in range(n)
+            )
+            const = {
+                "user_id": uid,
+                "categories": "[]",
+                "rationale": "",
+                "reveal_reason": "",
+                "flagged": False,
+                "source": "app",
+                "version": 1,
+                "created_at": now,
+                "updated_at": now,
+            }
+            cols = ["item_id", "labels", "time_spent_s"]
+            bulk.bulk_insert(conn, tables["annotation"], cols, rows, const=const, process=False)
         conn.exec_driver_sql("ANALYZE")
 
 
-def export_child(url: str, out: str, fmt: str, impl: str) -> int:
-    """The child: one export, then its wall/CPU seconds, rows and peak RSS as a JSON line."""
+def export_child(url: str, out: str, fmt: str, impl: str, what: str = "items") -> int:
+    """The child: one export (``what``: items or annotations), then its wall/CPU seconds, rows
+    and peak RSS as a JSON line."""
     if impl == "new":
         from safereview.dataio import export as mod
     else:  # another copy of the module, e.g. the pre-streaming export
@@ -224,7 +247,8 @@ def export_child(url: str, out: str, fmt: str, impl: str) -> int:
     with engine.connect() as conn:  # connect (and import the driver) before the clock starts
         conn.exec_driver_sql("SELECT 1")
     before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    wall, cpu, res = timed(lambda: mod.export_items(engine, out, fmt))
+    export = mod.export_items if what == "items" else mod.export_annotations
+    wall, cpu, res = timed(lambda: export(engine, out, fmt))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(
         json.dumps(
@@ -241,8 +265,8 @@ def export_child(url: str, out: str, fmt: str, impl: str) -> int:
     return 0
 
 
-def run_child(url: str, out: Path, fmt: str, impl: str) -> dict:
-    cmd = [sys.executable, __file__, "--export-child", url, str(out), fmt, impl]
+def run_child(url: str, out: Path, fmt: str, impl: str, what: str) -> dict:
+    cmd = [sys.executable, __file__, "--export-child", url, str(out), fmt, impl, what]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"export child failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -267,7 +291,7 @@ def export_scale(args: argparse.Namespace) -> int:
                         print(f"skipping {name}: {exc}", file=sys.stderr)
                         break
                     t0 = time.perf_counter()
-                    build_export_db(engine, n)
+                    build_export_db(engine, n, annotations=args.what == "annotations")
                     url = engine.url.render_as_string(hide_password=False)
                     engine.dispose()
                     print(f"{name}: built {n:,} items in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
@@ -277,7 +301,7 @@ def export_scale(args: argparse.Namespace) -> int:
                         for fmt in formats:
                             runs = []
                             for _ in range(repeat if impl == "new" else args.old_repeat):
-                                runs.append(run_child(url, work / f"out.{fmt}", fmt, impl))
+                                runs.append(run_child(url, work / f"out.{fmt}", fmt, impl, args.what))
                                 runs[-1]["load"] = os.getloadavg()[0]
                                 assert runs[-1]["rows"] == n, runs[-1]
                             label = "new" if impl == "new" else "old"
@@ -289,7 +313,8 @@ def export_scale(args: argparse.Namespace) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     print(
-        f"\nstreaming export benchmark (median of {repeat} runs, old code {args.old_repeat}; {os.cpu_count()} CPUs, "
+        f"\nstreaming export benchmark, {args.what} (median of {repeat} runs, old code {args.old_repeat}; "
+        f"{os.cpu_count()} CPUs, "
         f"load average at the end {os.getloadavg()[0]:.1f})"
     )
     print(
@@ -429,7 +454,7 @@ def _code(tree: str) -> str:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--export-child":
-        return export_child(*sys.argv[2:6])
+        return export_child(*sys.argv[2:7])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="10k text items, 200 media items, one run")
     ap.add_argument("--repeat", type=int, default=None, help="runs per measurement (median reported)")
@@ -438,6 +463,7 @@ def main() -> int:
     ap.add_argument("--export-scale", action="store_true", help="streaming export of --sizes items (see above)")
     ap.add_argument("--sizes", default="100000,1000000", help="--export-scale: item counts")
     ap.add_argument("--formats", default="parquet", help="--export-scale: comma-separated formats")
+    ap.add_argument("--what", choices=("items", "annotations"), default="items", help="--export-scale: what to export")
     ap.add_argument("--old", default=None, help="--export-scale: also run this copy of export.py")
     ap.add_argument("--old-max", type=int, default=None, help="--export-scale: largest size for --old")
     ap.add_argument("--old-repeat", type=int, default=1, help="--export-scale: runs of the --old code")

@@ -7,8 +7,8 @@ written to a temporary name and renamed into place.
 
 Exports stream, in bounded memory whatever the number of rows. All reads happen in one
 read-only snapshot; each collection's rows are read in id order ``CHUNK_ROWS`` at a time
-(SQLite: one query; PostgreSQL: annotations through a server-side cursor, items as one
-``COPY … (FORMAT csv)`` per page of ids, parsed by Arrow's CSV reader), every chunk becomes an Arrow
+(SQLite: one query; PostgreSQL: one ``COPY … (FORMAT csv)`` per window of item ids,
+parsed by Arrow's CSV reader), every chunk becomes an Arrow
 table and is written at once: Parquet through one ``ParquetWriter`` (a row group per
 chunk), CSV through one ``CSVWriter`` (formula cells defused per chunk), JSONL as a block
 of lines. The schema is fixed before the first row: the verdict columns from the (judge,
@@ -168,9 +168,8 @@ class _Reader:
             cur.close()
 
     def chunks(self, sql: str, params: dict[str, Any]) -> Iterator[list[tuple]]:
-        """The rows of ``sql`` in lists of at most ``CHUNK_ROWS`` (a server-side cursor on
-        PostgreSQL, so the server sends them as they are fetched)."""
-        cur = self.dbapi.cursor(name="safereview_export") if self.pg else self.dbapi.cursor()  # type: ignore[call-arg]
+        """SQLite: the rows of ``sql`` in lists of at most ``CHUNK_ROWS``, from one query."""
+        cur = self.dbapi.cursor()
         try:
             cur.execute(driver_sql(self.conn, sql), params)
             while rows := cur.fetchmany(CHUNK_ROWS):
@@ -181,13 +180,17 @@ class _Reader:
     def copy_chunks(
         self, sql: str, params: dict[str, Any], columns: tuple[tuple[str, pa.DataType], ...]
     ) -> Iterator[dict[str, pa.Array]]:
-        """PostgreSQL: the rows of ``sql`` as Arrow columns, ``CHUNK_ROWS`` at a time, each chunk
-        one ``COPY … TO STDOUT (FORMAT csv)`` parsed by Arrow's CSV reader: no Python tuple per
-        row (for 1M items the server-side cursor plus the conversion took 4.8–5.9 s, COPY and
-        the parse 3.7 s). ``sql`` orders by its first column and takes ``:after`` (rows after
-        that key) and ``:limit``; each COPY ends before its chunk is handed on, so the caller
-        may query the connection between chunks. CSV keeps NULL (unquoted empty) apart from
-        the empty string (quoted); booleans arrive as t/f."""
+        """PostgreSQL: the rows of ``sql`` as Arrow columns in chunks of ``CHUNK_ROWS`` rows
+        (the last one shorter), as the cursor path makes them, with no Python tuple per row.
+
+        ``sql`` selects the rows whose item id is in ``:lo``..``:hi``, in order. It runs as one
+        ``COPY … TO STDOUT (FORMAT csv)`` per window of ``CHUNK_ROWS`` item ids from
+        ``params``' span, each parsed by Arrow's CSV reader (for 1M items the server-side cursor
+        plus the conversion took 4.8–5.9 s, COPY and the parse 3.7 s). A window is an index
+        range: no sort or scan of what earlier windows read. Each COPY ends before a chunk is
+        handed on, so the caller may query the connection between chunks. CSV keeps NULL
+        (unquoted empty) apart from the empty string (quoted); booleans arrive as t/f.
+        """
         import pyarrow.csv as pacsv
 
         names = [c for c, _ in columns]
@@ -201,23 +204,31 @@ class _Reader:
             false_values=["f"],
         )
         statement = f"COPY ({driver_sql(self.conn, sql)}) TO STDOUT (FORMAT csv)"
-        after: Any = None
-        while True:
+        size, lo, hi = CHUNK_ROWS, int(params["lo"]), int(params["hi"])
+        pending: list[pa.Table] = []
+        held = 0
+        for start in range(lo, hi + 1, size):
             buf = io.BytesIO()
             cur = self.dbapi.cursor()
             try:
-                with cur.copy(statement, {**params, "after": after, "limit": CHUNK_ROWS}) as cp:  # type: ignore[attr-defined]
+                window = {**params, "lo": start, "hi": min(start + size - 1, hi)}
+                with cur.copy(statement, window) as cp:  # type: ignore[attr-defined]
                     for block in cp:
                         buf.write(block)
             finally:
                 cur.close()
             if not buf.tell():
-                return
-            table = pacsv.read_csv(pa.py_buffer(buf.getbuffer()), read, parse, convert)
+                continue
+            pending.append(pacsv.read_csv(pa.py_buffer(buf.getbuffer()), read, parse, convert))
+            held += pending[-1].num_rows
+            while held >= size:  # whole chunks, as the cursor path cuts them
+                table = pa.concat_tables(pending)
+                yield {name: table.column(name).slice(0, size).combine_chunks() for name in names}
+                rest = table.slice(size)
+                pending, held = ([rest] if rest.num_rows else []), rest.num_rows
+        if held:
+            table = pa.concat_tables(pending)
             yield {name: table.column(name).combine_chunks() for name in names}
-            if table.num_rows < CHUNK_ROWS:
-                return
-            after = table.column(0)[-1].as_py()
 
     def text(self, column: str) -> str:
         """A JSON column as its stored text."""
@@ -624,9 +635,6 @@ _ITEM_READ: tuple[tuple[str, pa.DataType], ...] = (
 
 
 # PostgreSQL reads the items a page at a time (``_Reader.copy_chunks``): after the last id read
-_KEYSET_PAGE = " AND (CAST(:after AS BIGINT) IS NULL OR i.id > :after) ORDER BY i.id LIMIT :limit"
-
-
 class _ItemExport:
     """Plan and chunks of the items export: one row per item, verdicts spread into columns."""
 
@@ -662,7 +670,7 @@ class _ItemExport:
             "SELECT i.id, i.external_id, i.task_type, i.category, i.subcategory, i.model, i.input_modalities, "
             f"i.output_modalities, {r.text('i.prompt')}, {r.text('i.response')}, i.refused, {r.text('i.meta')}, "
             f"i.content_hash, i.priority, i.slots_taken, {r.iso('i.created_at')}, i.import_batch_id "
-            f"FROM item i WHERE {_where_collection(r, 'i')}" + (_KEYSET_PAGE if r.pg else " ORDER BY i.id")
+            f"FROM item i WHERE {_where_collection(r, 'i')} ORDER BY i.id"
         )
 
     def chunks(self) -> Iterator[_Chunk]:
@@ -790,13 +798,16 @@ class _AnnotationExport:
 
     def query(self) -> str:
         r = self.reader
+        # PostgreSQL reads a window of item ids at a time: the range on the annotation side too,
+        # so each window is a range of the (item, user) key's index, not a pass over the table
+        window = " AND a.item_id BETWEEN :lo AND :hi" if r.pg else ""
         return (
             "SELECT a.item_id, i.external_id, i.task_type, i.category, i.model, u.username, u.role, "
             f"{r.text('a.categories')}, a.rationale, a.flagged, a.verdict_action, a.verdict_judge_id, "
             f"a.time_spent_s, a.source, a.version, {r.iso('a.created_at')}, {r.iso('a.updated_at')}, "
             f"a.import_batch_id, {r.text('a.labels')}, {r.text('a.blind_labels')} "
             'FROM annotation a JOIN item i ON i.id = a.item_id JOIN "user" u ON u.id = a.user_id '
-            f"WHERE {_where_collection(r, 'i')} ORDER BY a.item_id, u.username"
+            f"WHERE {_where_collection(r, 'i')}{window} ORDER BY a.item_id, u.username"
         )
 
     def chunks(self) -> Iterator[_Chunk]:
@@ -805,7 +816,12 @@ class _AnnotationExport:
             span = _item_range(self.reader, cid)
             if span is None:
                 continue
-            for rows in self.reader.chunks(sql, {"cid": cid, "lo": span[0], "hi": span[1]}):
+            params = {"cid": cid, "lo": span[0], "hi": span[1]}
+            if self.reader.pg:
+                for arrays in self.reader.copy_chunks(sql, params, self.read_types):
+                    yield _Chunk(name, arrays, None)
+                continue
+            for rows in self.reader.chunks(sql, params):
                 yield _Chunk(name, _to_arrow(rows, self.read_types), rows)
 
     def tables(self) -> Iterator[pa.Table]:
