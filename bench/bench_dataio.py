@@ -216,7 +216,7 @@ def build_export_db(engine: sa.Engine, n: int, annotations: bool = False) -> Non
             )
             const = {
                 "user_id": uid,
-                "categories": "[]",
+                "categories": [],  # a JSON column: the constant goes through its type (serialised once)
                 "rationale": "",
                 "reveal_reason": "",
                 "flagged": False,

@@ -647,3 +647,33 @@ def test_jsonl_lines_are_what_the_json_encoder_writes() -> None:
         assert export_mod._jsonl_lines(table).to_pybytes() == want.encode()
 
     check()
+
+
+def test_times_read_as_epoch_microseconds_print_as_isoformat() -> None:
+    """PostgreSQL's times arrive as microseconds since the epoch; the Arrow formatting writes
+    exactly ``isoformat()`` of the aware UTC time (microseconds only when not zero), also
+    before 1970, and keeps NULL."""
+    import random
+    from datetime import timedelta
+
+    import pyarrow as pa
+
+    from safereview.dataio.export import _iso_from_micros
+
+    rng = random.Random(7)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    times = [
+        datetime(
+            rng.randint(1900, 2200),
+            rng.randint(1, 12),
+            rng.randint(1, 28),
+            rng.randint(0, 23),
+            rng.randint(0, 59),
+            rng.randint(0, 59),
+            rng.choice([0, 5, 100_000, rng.randint(0, 999_999)]),
+            tzinfo=UTC,
+        )
+        for _ in range(5000)
+    ]
+    micros = pa.array([(t - epoch) // timedelta(microseconds=1) for t in times] + [None], pa.int64())
+    assert _iso_from_micros(micros).to_pylist() == [t.isoformat() for t in times] + [None]
