@@ -21,7 +21,7 @@ verdicts, with one query) through the DB-API driver and turns them into Arrow ar
 chunk ahead of the writer. The writer's side runs in Arrow kernels, mostly without the
 GIL: Arrow's JSON reader decodes the prompt and response parts (and the annotations'
 labels) of the whole chunk, verdicts are scattered into their columns with numpy,
-timestamps are formatted by SQL or Arrow, JSON lines are assembled from per-column
+timestamps are formatted by Arrow, JSON lines are assembled from per-column
 fragments. A chunk holding anything this fast path could render differently from the
 row-by-row rules (a part without a modality, a media part without media, JSON that Arrow's
 reader refuses) goes through the row-by-row code instead, so the output is the same either
@@ -398,20 +398,24 @@ def _item_parts(
 
 def _iso_from_micros(micros: pa.Array) -> pa.Array:
     """What ``isoformat()`` of the aware UTC time writes (microseconds only when not zero),
-    from microseconds since the epoch (PostgreSQL's read, :meth:`_Reader.iso`), by Arrow kernels."""
-    ts = pc.cast(micros, pa.timestamp("us"))
-    whole = pc.floor_temporal(ts, unit="second")
-    base = pc.strftime(pc.cast(whole, pa.timestamp("s")), format="%Y-%m-%dT%H:%M:%S")
-    fraction = pc.subtract(pc.cast(ts, pa.int64()), pc.cast(whole, pa.int64()))
-    digits = pc.binary_join_element_wise(".", pc.utf8_lpad(pc.cast(fraction, _S), 6, "0"), "")
-    return pc.binary_join_element_wise(base, pc.if_else(pc.equal(fraction, 0), "", digits), "+00:00", "")
+    from microseconds since the epoch (PostgreSQL's read, :meth:`_Reader.iso`): Arrow's own
+    text of the time (0.04 s per million; its ``strftime`` took 1 s) in ISO form."""
+    return _utc_iso(pc.cast(pc.cast(micros, pa.timestamp("us")), _S))
+
+
+def _utc_iso(text: pa.Array, keep_zero_fraction: bool = False) -> pa.Array:
+    """UTC times as text "YYYY-MM-DD HH:MM:SS.ffffff" in ISO form: "T" for the first space,
+    ".000000" dropped (as ``isoformat()`` does) unless kept, and "+00:00" appended."""
+    iso = pc.replace_substring(text, " ", "T", max_replacements=1)
+    if not keep_zero_fraction:  # a test and a slice, not a regular expression: 3x faster
+        iso = pc.if_else(pc.ends_with(iso, ".000000"), pc.utf8_slice_codeunits(iso, 0, -7), iso)
+    return pc.binary_join_element_wise(iso, "+00:00", "")
 
 
 def _sqlite_item_iso(text: pa.Array) -> pa.Array:
     """SQLite keeps UTC times as text "YYYY-MM-DD HH:MM:SS.ffffff": "T" for the first space
     and "+00:00" appended (an empty text is no time)."""
-    out = pc.binary_join_element_wise(pc.replace_substring(text, " ", "T", max_replacements=1), "+00:00", "")
-    return pc.if_else(pc.not_equal(text, ""), out, pa.scalar(None, _S))
+    return pc.if_else(pc.not_equal(text, ""), _utc_iso(text, keep_zero_fraction=True), pa.scalar(None, _S))
 
 
 _SQLITE_TIME = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$"
@@ -422,8 +426,7 @@ def _sqlite_datetime_iso(text: pa.Array, column: sa.Column, dialect: sa.Dialect)
     microseconds only when not zero), from SQLite's stored text; times not in the stored
     form SQLAlchemy writes go through SQLAlchemy's own processing."""
     if pc.all(pc.fill_null(pc.match_substring_regex(text, _SQLITE_TIME), True)).as_py():
-        iso = pc.replace_substring_regex(pc.replace_substring(text, " ", "T", max_replacements=1), r"\.000000$", "")
-        return pc.binary_join_element_wise(iso, "+00:00", "")
+        return _utc_iso(text)
     process = column.type.result_processor(dialect, None)
     values = text.to_pylist()
     return pa.array([_iso(process(v) if process else v) for v in values], _S)
