@@ -23,8 +23,9 @@ def schema_url(base: str, schema: str) -> str:
     """``base`` with every connection's search_path set to ``schema``."""
     from safereview.db.engine import normalise_url
 
-    sep = "&" if "?" in base else "?"
-    return f"{normalise_url(base)}{sep}options=-csearch_path%3D{schema}"
+    url = normalise_url(base)
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options=-csearch_path%3D{schema}"
 
 
 class Unreachable(RuntimeError):

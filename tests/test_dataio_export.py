@@ -677,3 +677,29 @@ def test_times_read_as_epoch_microseconds_print_as_isoformat() -> None:
     ]
     micros = pa.array([(t - epoch) // timedelta(microseconds=1) for t in times] + [None], pa.int64())
     assert _iso_from_micros(micros).to_pylist() == [t.isoformat() for t in times] + [None]
+
+
+def test_texts_that_look_like_null_stay_text(engine: sa.Engine, tmp_path: Path) -> None:
+    """Values that CSV readers often take for NULL ("NA", "null", "N/A", "NaN", "nan") come
+    out as themselves in both exports; on PostgreSQL they cross COPY's CSV unquoted."""
+    import json
+
+    looks_null = ["NA", "null", "N/A", "NaN", "nan", "NULL", "#N/A", "None"]
+    rows = [
+        {
+            "id": text,
+            "model": text,
+            "prompt": text,
+            "annotations": [{"annotator": "amy", "labels": {"joint": "safe"}, "rationale": text}],
+        }
+        for text in looks_null
+    ]
+    f = ds.write_jsonl(tmp_path / "n.jsonl", rows)
+    assert import_file(engine, f, collection="n", taxonomy="vlsu", media_root=tmp_path / "root", actor=SYSTEM).ok
+    export_items(engine, tmp_path / "i.jsonl", "jsonl", collections=["n"])
+    export_annotations(engine, tmp_path / "a.jsonl", "jsonl", collections=["n"])
+    items = [json.loads(line) for line in (tmp_path / "i.jsonl").read_text().splitlines()]
+    anns = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert [(r["external_id"], r["model"], r["prompt_text"]) for r in items] == [(t, t, t) for t in looks_null]
+    assert sorted(r["rationale"] for r in anns) == sorted(looks_null)
+    assert {r["external_id"] for r in anns} == set(looks_null)

@@ -198,6 +198,7 @@ class _Reader:
         parse = pacsv.ParseOptions(newlines_in_values=True)
         convert = pacsv.ConvertOptions(
             column_types=dict(columns),
+            null_values=[""],  # only COPY's NULL; "NA", "null", "N/A" or "NaN" are values
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,
             true_values=["t"],
