@@ -178,18 +178,25 @@ class _Reader:
             cur.close()
 
     def copy_chunks(
-        self, sql: str, params: dict[str, Any], columns: tuple[tuple[str, pa.DataType], ...]
+        self,
+        sql: str,
+        params: dict[str, Any],
+        columns: tuple[tuple[str, pa.DataType], ...],
+        rows_of: tuple[str, str],
     ) -> Iterator[dict[str, pa.Array]]:
         """PostgreSQL: the rows of ``sql`` as Arrow columns in chunks of ``CHUNK_ROWS`` rows
         (the last one shorter), as the cursor path makes them, with no Python tuple per row.
 
         ``sql`` selects the rows whose item id is in ``:lo``..``:hi``, in order. It runs as one
-        ``COPY … TO STDOUT (FORMAT csv)`` per window of ``CHUNK_ROWS`` item ids from
-        ``params``' span, each parsed by Arrow's CSV reader (for 1M items the server-side cursor
-        plus the conversion took 4.8–5.9 s, COPY and the parse 3.7 s). A window is an index
-        range: no sort or scan of what earlier windows read. Each COPY ends before a chunk is
-        handed on, so the caller may query the connection between chunks. CSV keeps NULL
-        (unquoted empty) apart from the empty string (quoted); booleans arrive as t/f.
+        ``COPY … TO STDOUT (FORMAT csv)`` per window of item ids, each parsed by Arrow's CSV
+        reader (for 1M items the server-side cursor plus the conversion took 4.8–5.9 s, COPY and
+        the parse 3.7 s). The windows start at every ``CHUNK_ROWS``-th row of ``rows_of``
+        (table, item-id column) in ``params``' span, read first from that column's index: each
+        window holds about a chunk of rows however sparse the ids or however many annotations
+        an item has, and each is an index range (no sort or scan of what earlier windows
+        read). Each COPY ends before a chunk is handed on, so the caller may query the
+        connection between chunks. CSV keeps NULL (unquoted empty) apart from the empty string
+        (quoted); booleans arrive as t/f.
         """
         import pyarrow.csv as pacsv
 
@@ -205,14 +212,25 @@ class _Reader:
             false_values=["f"],
         )
         statement = f"COPY ({driver_sql(self.conn, sql)}) TO STDOUT (FORMAT csv)"
-        size, lo, hi = CHUNK_ROWS, int(params["lo"]), int(params["hi"])
+        size, hi = CHUNK_ROWS, int(params["hi"])
+        table_name, column = rows_of
+        starts = sorted(
+            {
+                int(k)
+                for (k,) in self.all(
+                    f"SELECT k FROM (SELECT {column} AS k, row_number() OVER (ORDER BY {column}) AS rn "
+                    f"FROM {table_name} WHERE {column} BETWEEN :lo AND :hi) s WHERE (rn - 1) % :size = 0",
+                    {"lo": params["lo"], "hi": hi, "size": size},
+                )
+            }
+        )
         pending: list[pa.Table] = []
         held = 0
-        for start in range(lo, hi + 1, size):
+        for k, start in enumerate(starts):
             buf = io.BytesIO()
             cur = self.dbapi.cursor()
             try:
-                window = {**params, "lo": start, "hi": min(start + size - 1, hi)}
+                window = {**params, "lo": start, "hi": starts[k + 1] - 1 if k + 1 < len(starts) else hi}
                 with cur.copy(statement, window) as cp:  # type: ignore[attr-defined]
                     for block in cp:
                         buf.write(block)
@@ -701,7 +719,7 @@ class _ItemExport:
                 continue
             params = {"cid": cid, "lo": span[0], "hi": span[1]}
             if self.reader.pg:
-                for arrays in self.reader.copy_chunks(sql, params, self.read_types):
+                for arrays in self.reader.copy_chunks(sql, params, self.read_types, ("item", "id")):
                     ids = arrays["item_id"]
                     extra = self.verdicts.read(self.reader, ids[0].as_py(), ids[-1].as_py())
                     yield _Chunk(name, arrays, None, extra)
@@ -837,7 +855,7 @@ class _AnnotationExport:
                 continue
             params = {"cid": cid, "lo": span[0], "hi": span[1]}
             if self.reader.pg:
-                for arrays in self.reader.copy_chunks(sql, params, self.read_types):
+                for arrays in self.reader.copy_chunks(sql, params, self.read_types, ("annotation", "item_id")):
                     yield _Chunk(name, arrays, None)
                 continue
             for rows in self.reader.chunks(sql, params):
