@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -490,6 +491,91 @@ def test_chunking_and_the_row_by_row_path_write_the_same(
     size = {"chunks of 1": 1, "chunks of 2": 2}.get(mode, 50_000)
     assert got.num_row_groups == sum(-(-n // size) for n in per_collection)
     assert res.rows == sum(per_collection) and res.columns == want.schema_arrow.names
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the ADBC reader is SQLite's
+@pytest.mark.parametrize("size", [1, 2, 50_000])
+@pytest.mark.parametrize("stem", ["items", "annotations"])
+def test_sqlite_reads_through_adbc_as_through_the_sqlite3_cursor(
+    golden: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stem: str, size: int
+) -> None:
+    """On SQLite the export reads through ADBC's Arrow driver (windows of rows, columns cast
+    to their types: a window where a text column is all NULL comes back as int64 nulls),
+    and writes what the ``sqlite3`` cursor path writes, byte for byte, in every format."""
+    import safereview.dataio.export as export_mod
+
+    engine, folder = golden
+    assert engine.dialect.name == "sqlite"
+    fn = GOLDEN_EXPORTS[stem][0]
+    monkeypatch.setattr(export_mod, "CHUNK_ROWS", size)
+    calls = []
+    arrow_table = export_mod._Reader._arrow_table
+    monkeypatch.setattr(export_mod._Reader, "_arrow_table", lambda self, *a: calls.append(1) or arrow_table(self, *a))
+    for fmt in ("jsonl", "csv", "parquet"):
+        fn(engine, tmp_path / f"adbc.{fmt}", fmt)
+        assert calls, "the export did not read through ADBC"
+        calls.clear()
+        with monkeypatch.context() as m:
+            m.setattr(export_mod, "_arrow_sqlite", lambda _conn: contextlib.nullcontext(None))
+            fn(engine, tmp_path / f"cursor.{fmt}", fmt)
+        assert not calls
+        assert (tmp_path / f"adbc.{fmt}").read_bytes() == (tmp_path / f"cursor.{fmt}").read_bytes()
+        if fmt != "parquet":
+            assert (tmp_path / f"adbc.{fmt}").read_bytes() == (folder / f"{stem}.{fmt}").read_bytes()
+
+
+@pytest.mark.parametrize("stem", ["items", "annotations"])
+def test_an_export_sees_one_snapshot_while_others_write(
+    golden: tuple[sa.Engine, Path], db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stem: str
+) -> None:
+    """Rows changed and added by another connection after the export's first chunk are not in
+    the file: every read (on SQLite through the ADBC connection) is in one snapshot."""
+    import safereview.dataio.export as export_mod
+    from safereview.db.engine import make_engine
+
+    engine, folder = golden
+    monkeypatch.setattr(export_mod, "CHUNK_ROWS", 1)
+    writer = make_engine(db_url)
+    kind = export_mod._ItemExport if stem == "items" else export_mod._AnnotationExport
+    table = kind.table
+    wrote = []
+
+    def write_after_first_chunk(self: object, chunk: object) -> object:
+        if not wrote:
+            with writer.begin() as conn:
+                conn.execute(sa.text("UPDATE item SET model = 'changed', external_id = external_id || '!'"))
+                conn.execute(sa.text("UPDATE annotation SET rationale = 'changed'"))
+                conn.execute(sa.text("DELETE FROM verdict"))
+            wrote.append(1)
+        return table(self, chunk)
+
+    monkeypatch.setattr(kind, "table", write_after_first_chunk)
+    GOLDEN_EXPORTS[stem][0](engine, tmp_path / "out.jsonl", "jsonl")
+    writer.dispose()
+    assert wrote
+    assert (tmp_path / "out.jsonl").read_bytes() == (folder / f"{stem}.jsonl").read_bytes()
+
+
+def test_sqlite_file_names_that_need_quoting_and_text_that_is_not_utf8(tmp_path: Path) -> None:
+    """The ADBC connection opens a database whose path holds URI characters (space, #, %, &, =),
+    and text that is not UTF-8 fails the export with a clear error and no file, as the
+    ``sqlite3`` driver refuses to decode it."""
+    from safereview.db.engine import init_db
+
+    folder = tmp_path / "a b#c%d&e=f"
+    folder.mkdir()
+    engine = init_db(f"sqlite:///{folder / 'x.db'}")
+    assert engine.url.database == str(folder / "x.db")
+    ds.png(tmp_path / "cat.png")
+    f = ds.write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    assert import_file(engine, f, collection="q", taxonomy="vlsu", media_root=tmp_path / "root", actor=SYSTEM).ok
+    assert export_items(engine, tmp_path / "ok.jsonl", "jsonl").rows == 2
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE item SET model = CAST(x'61ff62' AS TEXT) WHERE external_id = 'b'"))
+    with pytest.raises(ValueError, match="column model: stored text is not valid UTF-8"):
+        export_items(engine, tmp_path / "bad.jsonl", "jsonl")
+    assert not (tmp_path / "bad.jsonl").exists()
+    engine.dispose()
 
 
 def test_export_schema_does_not_depend_on_the_rows(golden: tuple[sa.Engine, Path], tmp_path: Path) -> None:
