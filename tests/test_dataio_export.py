@@ -516,7 +516,7 @@ def test_sqlite_reads_through_adbc_as_through_the_sqlite3_cursor(
         assert calls, "the export did not read through ADBC"
         calls.clear()
         with monkeypatch.context() as m:
-            m.setattr(export_mod, "_arrow_sqlite", lambda _conn: contextlib.nullcontext(None))
+            m.setattr(export_mod, "_arrow_connection", lambda _conn: contextlib.nullcontext(None))
             fn(engine, tmp_path / f"cursor.{fmt}", fmt)
         assert not calls
         assert (tmp_path / f"adbc.{fmt}").read_bytes() == (tmp_path / f"cursor.{fmt}").read_bytes()
@@ -576,6 +576,22 @@ def test_sqlite_file_names_that_need_quoting_and_text_that_is_not_utf8(tmp_path:
         export_items(engine, tmp_path / "bad.jsonl", "jsonl")
     assert not (tmp_path / "bad.jsonl").exists()
     engine.dispose()
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_postgres_reads_through_adbc_with_the_engines_url(golden: tuple[sa.Engine, Path], tmp_path: Path) -> None:
+    """On PostgreSQL the export opens its ADBC connection from the engine's URL: a password
+    full of URI characters (the test server trusts any) and the URL's options (the test's
+    search_path) reach libpq intact, and the file is the golden one."""
+    from safereview.db.engine import make_engine
+
+    engine, folder = golden
+    url = engine.url.set(password="p@ss:w/rd?#%&=")
+    other = make_engine(url.render_as_string(hide_password=False))
+    assert other.url.password == "p@ss:w/rd?#%&="
+    export_items(other, tmp_path / "items.jsonl", "jsonl")
+    other.dispose()
+    assert (tmp_path / "items.jsonl").read_bytes() == (folder / "items.jsonl").read_bytes()
 
 
 def test_export_schema_does_not_depend_on_the_rows(golden: tuple[sa.Engine, Path], tmp_path: Path) -> None:
