@@ -594,6 +594,43 @@ def test_postgres_reads_through_adbc_with_the_engines_url(golden: tuple[sa.Engin
     assert (tmp_path / "items.jsonl").read_bytes() == (folder / "items.jsonl").read_bytes()
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # SQLite keeps times as text
+def test_sqlite_times_stored_by_another_writer_export_as_the_orm_reads_them(
+    golden: tuple[sa.Engine, Path], tmp_path: Path
+) -> None:
+    """A time another program stored in another text form (ISO with "T", an offset, no
+    microseconds) is exported as the ORM reads it, in UTC, in both exports; text that is no
+    time stops the export, naming the column, and leaves no file."""
+    import json
+
+    from sqlmodel import Session, select
+
+    from safereview.db.models import Annotation, Item
+
+    engine, _ = golden
+    with engine.begin() as conn:
+        item_id, ann_id = conn.execute(
+            sa.text("SELECT a.item_id, a.id FROM annotation a ORDER BY a.item_id, a.id LIMIT 1")
+        ).one()
+        conn.execute(sa.text("UPDATE item SET created_at = '2024-05-07T01:02:03+02:00' WHERE id = :i"), {"i": item_id})
+        conn.execute(sa.text("UPDATE annotation SET updated_at = '2024-05-07 01:02' WHERE id = :a"), {"a": ann_id})
+    with Session(engine) as s:
+        item_time = s.exec(select(Item.created_at).where(Item.id == item_id)).one().isoformat()
+        ann_time = s.exec(select(Annotation.updated_at).where(Annotation.id == ann_id)).one().isoformat()
+    assert (item_time, ann_time) == ("2024-05-06T23:02:03+00:00", "2024-05-07T01:02:00+00:00")
+    export_items(engine, tmp_path / "i.jsonl", "jsonl")
+    export_annotations(engine, tmp_path / "a.jsonl", "jsonl")
+    items = [json.loads(line) for line in (tmp_path / "i.jsonl").read_text().splitlines()]
+    anns = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert [r["created_at"] for r in items if r["item_id"] == item_id] == [item_time]
+    assert ann_time in [r["updated_at"] for r in anns if r["item_id"] == item_id]
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE item SET created_at = 'yesterday' WHERE id = :i"), {"i": item_id})
+    with pytest.raises(ValueError, match="column created_at: stored text 'yesterday' is not a time"):
+        export_items(engine, tmp_path / "bad.csv", "csv")
+    assert not (tmp_path / "bad.csv").exists()
+
+
 def test_export_schema_does_not_depend_on_the_rows(golden: tuple[sa.Engine, Path], tmp_path: Path) -> None:
     """The Parquet schema is fixed before the first row: an empty export and one where a
     column holds no value have each column's own type."""

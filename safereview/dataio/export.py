@@ -50,7 +50,7 @@ import sqlalchemy as sa
 from safereview.dataio.spreadsheet import defuse, escape_line_breaks
 from safereview.db.bulk import driver_sql
 from safereview.db.engine import read_only
-from safereview.db.models import Annotation, Collection, utcnow
+from safereview.db.models import Annotation, Collection, Item, utcnow
 
 EXPORT_FORMATS = ("jsonl", "csv", "parquet")
 CHUNK_ROWS = 50_000  # rows per database fetch and per written batch (Parquet row group)
@@ -498,25 +498,27 @@ def _utc_iso(text: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(iso, "+00:00", "")
 
 
-def _sqlite_item_iso(text: pa.Array) -> pa.Array:
-    """SQLite keeps UTC times as text "YYYY-MM-DD HH:MM:SS.ffffff"; in ISO form as on
-    PostgreSQL and for annotations (until 2026-11-30 the items kept ".000000"; an empty text
-    is no time)."""
-    return pc.if_else(pc.not_equal(text, ""), _utc_iso(text), pa.scalar(None, _S))
-
-
 _SQLITE_TIME = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$"
 
 
 def _sqlite_datetime_iso(text: pa.Array, column: sa.Column, dialect: sa.Dialect) -> pa.Array:
     """What ``isoformat()`` of the column's value as SQLAlchemy returns it writes (aware UTC,
-    microseconds only when not zero), from SQLite's stored text; times not in the stored
-    form SQLAlchemy writes go through SQLAlchemy's own processing."""
+    microseconds only when not zero, as on PostgreSQL), from SQLite's stored text. Times in
+    the form SQLAlchemy stores ("YYYY-MM-DD HH:MM:SS.ffffff", UTC) are rewritten by Arrow;
+    any other text goes through the column type's own reading, as the ORM would read it
+    (an offset is converted to UTC); an empty text is no time. Until 2026-12-01 that other
+    path failed on every value, and the items export did not take it at all."""
+    text = pc.if_else(pc.equal(text, ""), pa.scalar(None, _S), text)
     if pc.all(pc.fill_null(pc.match_substring_regex(text, _SQLITE_TIME), True)).as_py():
         return _utc_iso(text)
-    process = column.type.result_processor(dialect, None)
-    values = text.to_pylist()
-    return pa.array([_iso(process(v) if process else v) for v in values], _S)
+    process = column.type.dialect_impl(dialect).result_processor(dialect, None)
+    out: list[str | None] = []
+    for v in text.to_pylist():
+        try:
+            out.append(_iso(process(v) if process else v) if v is not None else None)
+        except (ValueError, TypeError):
+            raise ValueError(f"export: column {column.name}: stored text {v[:40]!r} is not a time") from None
+    return pa.array(out, _S)
 
 
 def _iso(v: Any) -> str | None:
@@ -842,7 +844,10 @@ class _ItemExport:
         n, a = chunk.n, chunk.arrays
         raw = partial(chunk.raw, columns=self.read_types)
         texts = _item_parts(a["prompt_json"], a["response_json"], lambda: (raw("prompt_json"), raw("response_json")))
-        created = _iso_from_micros(a["created_at"]) if self.reader.pg else _sqlite_item_iso(a["created_at"])
+        if self.reader.pg:
+            created = _iso_from_micros(a["created_at"])
+        else:
+            created = _sqlite_datetime_iso(a["created_at"], Item.__table__.c.created_at, self.reader.dialect)  # type: ignore[attr-defined]
         judge_ids, vcols = self.verdicts.columns(a["item_id"].to_numpy(), chunk.extra)
         columns: dict[str, Any] = {
             **a,
