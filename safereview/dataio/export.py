@@ -293,6 +293,32 @@ class _Reader:
         for arrays in _exact_chunks(tables, [c for c, _ in columns]):
             yield arrays, None
 
+    def pages(
+        self, sql: str, params: dict[str, Any], columns: tuple[tuple[str, pa.DataType], ...]
+    ) -> Iterator[tuple[dict[str, pa.Array], list[tuple] | None]]:
+        """The rows of ``sql`` in pages of exactly ``CHUNK_ROWS`` (the last one shorter), for
+        a query with one row per item: ``sql`` selects the rows with item id (its first
+        column) in ``:lo``..``:hi``, in id order, ``LIMIT :size``, and each page starts after
+        the last id of the one before. No window boundaries to look up first (:meth:`read`
+        steps through the index for them: 0.4 s for 1M items on PostgreSQL). Arrow columns,
+        with the ``sqlite3`` driver's rows beside them when they came that way."""
+        size, lo, hi = CHUNK_ROWS, int(params["lo"]), int(params["hi"])
+        while lo <= hi:
+            page = {**params, "lo": lo, "size": size}
+            rows: list[tuple] | None = None
+            if self.arrow is not None:
+                arrays = _typed(self._arrow_table(sql, page), columns, self.check_utf8)
+            else:
+                rows = self.all(sql, page)
+                arrays = _to_arrow(rows, columns)
+            ids = arrays[columns[0][0]]
+            if not len(ids):
+                return
+            yield arrays, rows
+            if len(ids) < size:
+                return
+            lo = int(ids[-1].as_py()) + 1
+
     def windows(self, params: dict[str, Any], rows_of: tuple[str, str]) -> Iterator[dict[str, Any]]:
         """``params`` with ``lo``..``hi`` cut into windows of about ``CHUNK_ROWS`` rows of
         ``rows_of`` (table, item-id column), each an index range (no sort, no scan of what
@@ -791,18 +817,8 @@ class _ItemExport:
         self.prov = _provenance(engine)
         self.reader = reader
         self.cmap = _collection_filter(reader, collections)
-        pairs: list[tuple[str, str]] = []
-        if self.cmap:
-            cond, params = _in_list("i.collection_id", list(self.cmap), "c")
-            pairs = [
-                (str(j), str(d))
-                for j, d in self.reader.all(
-                    "SELECT DISTINCT v.judge_id, v.dimension FROM verdict v JOIN item i ON i.id = v.item_id "
-                    f"WHERE {cond}",
-                    params,
-                )
-            ]
-        self.verdicts = _Verdicts(sorted(pairs))
+        self.spans = {cid: span for cid in self.cmap if (span := _item_range(reader, cid)) is not None}
+        self.verdicts = _Verdicts(sorted({pair for cid, span in self.spans.items() for pair in self._pairs(cid, span)}))
         self.read_types = _read_types(_ITEM_READ, self.reader)
         batches = self.reader.all("SELECT id, source, format FROM importbatch")
         self.sources = {bid: src for bid, src, _ in batches}
@@ -813,24 +829,40 @@ class _ItemExport:
             name for name in self.verdicts.names if not name.endswith(".prob")
         )
 
+    def _pairs(self, cid: int, span: tuple[int, int]) -> set[tuple[str, str]]:
+        """The (judge, dimension) pairs of the verdicts on collection ``cid``'s items: from the
+        verdict key's index over the collection's id span when no other collection's item
+        lies in it (1M items: 0.1 s), else through the join with the items (0.5–0.7 s)."""
+        params = {"cid": cid, "lo": span[0], "hi": span[1]}
+        mixed = self.reader.all(
+            "SELECT 1 FROM item WHERE id BETWEEN :lo AND :hi AND collection_id <> :cid LIMIT 1", params
+        )
+        sql = (
+            "SELECT DISTINCT v.judge_id, v.dimension FROM verdict v JOIN item i ON i.id = v.item_id "
+            "WHERE i.collection_id = :cid AND v.item_id BETWEEN :lo AND :hi"
+            if mixed
+            else "SELECT DISTINCT judge_id, dimension FROM verdict WHERE item_id BETWEEN :lo AND :hi"
+        )
+        return {(str(j), str(d)) for j, d in self.reader.all(sql, params)}
+
     def query(self) -> str:
         r = self.reader
         return (
             "SELECT i.id, i.external_id, i.task_type, i.category, i.subcategory, i.model, i.input_modalities, "
             f"i.output_modalities, {r.text('i.prompt')}, {r.text('i.response')}, i.refused, {r.text('i.meta')}, "
             f"i.content_hash, i.priority, i.slots_taken, {r.iso('i.created_at')}, i.import_batch_id "
-            f"FROM item i WHERE {_where_collection(r, 'i')} ORDER BY i.id"
+            f"FROM item i WHERE {_where_collection(r, 'i')} ORDER BY i.id LIMIT :size"
         )
 
     def chunks(self) -> Iterator[_Chunk]:
         """The reader thread's part: rows in Arrow arrays, and their verdicts."""
         sql = self.query()
         for cid, name in self.cmap.items():
-            span = _item_range(self.reader, cid)
+            span = self.spans.get(cid)
             if span is None:
                 continue
             params = {"cid": cid, "lo": span[0], "hi": span[1]}
-            for arrays, rows in self.reader.read(sql, params, self.read_types, ("item", "id")):
+            for arrays, rows in self.reader.pages(sql, params, self.read_types):
                 ids = arrays["item_id"]
                 extra = self.verdicts.read(self.reader, ids[0].as_py(), ids[-1].as_py())
                 yield _Chunk(name, arrays, rows, extra)
