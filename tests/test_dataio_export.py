@@ -631,6 +631,39 @@ def test_sqlite_times_stored_by_another_writer_export_as_the_orm_reads_them(
     assert not (tmp_path / "bad.csv").exists()
 
 
+@pytest.mark.parametrize("size", [1, 50_000])
+def test_annotations_come_by_item_then_annotator_name_whatever_the_user_ids(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """The export joins the annotators itself and sorts by item, then annotator name: users
+    created in reverse order of their names (higher id, earlier name) still come first by
+    name, with their own role, on items interleaved with another collection's."""
+    import safereview.dataio.export as export_mod
+
+    monkeypatch.setattr(export_mod, "CHUNK_ROWS", size)
+    names = ["zed", "mia", "amy"]  # created in this order: zed has the lowest user id
+    rows = [
+        {"id": f"x{k}", "prompt": "p", "annotations": [{"annotator": n, "labels": {"joint": "safe"}} for n in names]}
+        for k in range(3)
+    ]
+    other = [
+        {"id": f"o{k}", "prompt": "q", "annotations": [{"annotator": "bob", "labels": {"joint": "unsafe"}}]}
+        for k in range(3)
+    ]
+    for k in range(3):  # interleave the two collections' item ids
+        for coll, batch in (("main", rows[k : k + 1]), ("other", other[k : k + 1])):
+            f = ds.write_jsonl(tmp_path / f"{coll}{k}.jsonl", batch)
+            rep = import_file(engine, f, collection=coll, taxonomy="vlsu", media_root=tmp_path / "root", actor=SYSTEM)
+            assert rep.ok
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE \"user\" SET role = 'lead' WHERE username = 'mia'"))
+    export_annotations(engine, tmp_path / "a.jsonl", "jsonl", collections=["main"])
+    got = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert [(r["external_id"], r["annotator"]) for r in got] == [(f"x{k}", n) for k in range(3) for n in sorted(names)]
+    assert {r["annotator"]: r["annotator_role"] for r in got}["mia"] == "lead"
+    assert {r["annotator_role"] for r in got if r["annotator"] != "mia"} != {"lead"}
+
+
 def test_export_schema_does_not_depend_on_the_rows(golden: tuple[sa.Engine, Path], tmp_path: Path) -> None:
     """The Parquet schema is fixed before the first row: an empty export and one where a
     column holds no value have each column's own type."""
