@@ -927,3 +927,36 @@ def test_texts_that_look_like_null_stay_text(engine: sa.Engine, tmp_path: Path) 
     assert [(r["external_id"], r["model"], r["prompt_text"]) for r in items] == [(t, t, t) for t in looks_null]
     assert sorted(r["rationale"] for r in anns) == sorted(looks_null)
     assert {r["external_id"] for r in anns} == set(looks_null)
+
+
+def test_an_in_memory_sqlite_database_exports_through_the_sqlite3_cursor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SQLite database in memory has no file for ADBC: it is read through the ``sqlite3``
+    cursor, in one transaction (the schema revision too: a second connection could not
+    begin one), and writes the golden bytes."""
+    from sqlmodel import SQLModel
+
+    import safereview.dataio.export as export_mod
+    from safereview.db.engine import make_engine
+
+    engine = make_engine("sqlite://")
+    SQLModel.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO alembic_version VALUES ('memory-rev')"))
+    golden_db(engine)
+    calls = []
+    arrow_table = export_mod._Reader._arrow_table
+    monkeypatch.setattr(export_mod._Reader, "_arrow_table", lambda self, *a: calls.append(1) or arrow_table(self, *a))
+    for stem, (fn, collections) in GOLDEN_EXPORTS.items():
+        res = fn(engine, tmp_path / f"{stem}.jsonl", "jsonl", collections=collections)
+        lines = (tmp_path / f"{stem}.jsonl").read_text().splitlines()
+        assert res.rows == len(lines)
+        assert all(json.loads(line)["schema_revision"] == "memory-rev" for line in lines)
+    assert not calls
+    monkeypatch.setattr(export_mod, "_provenance", lambda _reader: dict(GOLDEN_PROVENANCE))
+    for stem, (fn, collections) in GOLDEN_EXPORTS.items():
+        fn(engine, tmp_path / f"{stem}.jsonl", "jsonl", collections=collections)
+        assert (tmp_path / f"{stem}.jsonl").read_bytes() == (GOLDEN_DIR / "sqlite" / f"{stem}.jsonl").read_bytes()
+    engine.dispose()

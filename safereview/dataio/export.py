@@ -118,14 +118,23 @@ class ExportResult:
     columns: list[str]
 
 
-def _provenance(engine: sa.Engine) -> dict[str, Any]:
+def _provenance(reader: _Reader) -> dict[str, Any]:
+    """The provenance columns. The schema revision is read in the export's snapshot, as
+    Alembic keeps it (``alembic_version``; empty before ``init``): the revision of the rows
+    exported, with no second connection (which a SQLite database in memory cannot give
+    while the export's transaction is open) and without importing Alembic."""
     from safereview import __version__
-    from safereview.db.engine import schema_revision
 
+    exists = (
+        "SELECT to_regclass('alembic_version') IS NOT NULL"
+        if reader.pg
+        else "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+    )
+    rows = reader.all("SELECT version_num FROM alembic_version") if reader.all(exists)[0][0] else []
     return {
         "exported_at": utcnow().isoformat(),
         "safereview_version": __version__,
-        "schema_revision": schema_revision(engine) or "",
+        "schema_revision": str(rows[0][0]) if rows else "",
     }
 
 
@@ -800,8 +809,8 @@ _ITEM_READ: tuple[tuple[str, pa.DataType], ...] = (
 class _ItemExport:
     """Plan and chunks of the items export: one row per item, verdicts spread into columns."""
 
-    def __init__(self, engine: sa.Engine, reader: _Reader, collections: Iterable[str] | None) -> None:
-        self.prov = _provenance(engine)
+    def __init__(self, reader: _Reader, collections: Iterable[str] | None) -> None:
+        self.prov = _provenance(reader)
         self.reader = reader
         self.cmap = _collection_filter(reader, collections)
         self.spans = {cid: span for cid in self.cmap if (span := _item_range(reader, cid)) is not None}
@@ -928,8 +937,8 @@ _USER_READ: tuple[tuple[str, pa.DataType], ...] = (("id", _I), ("annotator", _S)
 class _AnnotationExport:
     """Plan and chunks of the annotations export: one row per (item, annotator)."""
 
-    def __init__(self, engine: sa.Engine, reader: _Reader, collections: Iterable[str] | None) -> None:
-        self.prov = _provenance(engine)
+    def __init__(self, reader: _Reader, collections: Iterable[str] | None) -> None:
+        self.prov = _provenance(reader)
         self.reader = reader
         self.dialect = reader.dialect
         self.cmap = _collection_filter(reader, collections)
@@ -1278,7 +1287,7 @@ def _export(kind: type, engine: sa.Engine, out: str | Path, fmt: str, collection
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     with _no_gc(), _snapshot(engine) as reader:
-        plan = kind(engine, reader, collections)
+        plan = kind(reader, collections)
         with _Sink(Path(out), fmt, plan.schema, raw_csv=raw_csv, dictionary=plan.dictionary) as sink:
             for table in plan.tables():
                 sink.write(table)
@@ -1287,7 +1296,7 @@ def _export(kind: type, engine: sa.Engine, out: str | Path, fmt: str, collection
 
 def _columns(kind: type, engine: sa.Engine, collections: Any) -> tuple[list[str], dict[str, list]]:
     with _no_gc(), _snapshot(engine) as reader:
-        plan = kind(engine, reader, collections)
+        plan = kind(reader, collections)
         data: dict[str, list] = {name: [] for name in plan.schema.names}
         for table in plan.tables():
             for name, col in zip(plan.schema.names, table.columns, strict=True):
