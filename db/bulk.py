@@ -63,8 +63,9 @@ def insert_for(bind: Any) -> Callable[..., Any]:
 
 
 # ``:name`` not preceded by another colon (``::jsonb`` casts) or a word character (``a:b``),
-# and starting like an identifier (a ``'12:30'`` literal stays as it is).
-_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+# and starting like an identifier (a ``'12:30'`` literal stays as it is). Also used where
+# the parameters are bound another way (``dataio.export``'s ADBC reads).
+NAMED_PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
 def driver_sql(bind: Any, sql: str) -> str:
@@ -75,7 +76,7 @@ def driver_sql(bind: Any, sql: str) -> str:
     SQL as written.
     """
     if is_postgres(bind):
-        return _NAMED.sub(r"%(\1)s", sql.replace("%", "%%"))
+        return NAMED_PLACEHOLDER.sub(r"%(\1)s", sql.replace("%", "%%"))
     return sql
 
 

@@ -6,12 +6,12 @@ exported file can always be traced back to the database state it came from. File
 written to a temporary name and renamed into place.
 
 Exports stream, in bounded memory whatever the number of rows. All reads happen in one
-read-only snapshot; each collection's rows are read in id order, one window of about
-``CHUNK_ROWS`` rows at a time, straight into Arrow columns by ADBC's SQLite and PostgreSQL
-drivers, re-cut into chunks of exactly ``CHUNK_ROWS`` rows; every chunk becomes an Arrow
-table and is written at once: Parquet through one ``ParquetWriter`` (a row group per
-chunk), CSV through one ``CSVWriter`` (formula cells defused per chunk), JSONL as a block
-of lines. The schema is fixed before the first row: the verdict columns from the (judge,
+read-only snapshot; each collection's rows are read in id order, a page of items or a
+window of about ``CHUNK_ROWS`` annotations at a time, straight into Arrow columns by ADBC's
+SQLite and PostgreSQL drivers, in chunks of exactly ``CHUNK_ROWS`` rows; every chunk
+becomes an Arrow table and is written at once: Parquet through one ``ParquetWriter`` (a
+row group per chunk), CSV through one ``CSVWriter`` (formula cells defused per chunk),
+JSONL as a block of lines. The schema is fixed before the first row: the verdict columns from the (judge,
 dimension) pairs present in the selected collections, the label columns from the
 dimensions their annotations use, and every column with its own type, also when it holds
 no value at all (an empty export has the same column types as a full one).
@@ -21,10 +21,10 @@ verdicts, with one query) as Arrow arrays, one chunk ahead of the writer. The wr
 side runs in Arrow kernels, mostly without the GIL: Arrow's JSON reader decodes the
 prompt and response parts (and the annotations' labels) of the whole chunk, verdicts
 are scattered into their columns with numpy, timestamps are formatted by Arrow, JSON
-lines are assembled from per-column fragments. A chunk holding anything this fast path could render differently from the
-row-by-row rules (a part without a modality, a media part without media, JSON that Arrow's
-reader refuses) goes through the row-by-row code instead, so the output is the same either
-way.
+lines are assembled from per-column fragments. A chunk holding anything this fast path
+could render differently from the row-by-row rules (a part without a modality, a media
+part without media, JSON that Arrow's reader refuses) goes through the row-by-row code
+instead, so the output is the same either way.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from safereview.dataio.spreadsheet import defuse, escape_line_breaks
-from safereview.db.bulk import driver_sql
+from safereview.db.bulk import NAMED_PLACEHOLDER, driver_sql
 from safereview.db.engine import read_only
 from safereview.db.models import Annotation, Collection, Item, utcnow
 
@@ -207,10 +207,6 @@ def _arrow_connection(conn: sa.Connection) -> Iterator[Any]:
             arrow.close()
 
 
-# ``:name`` placeholders, as SQLite numbers them: by first appearance
-_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
-
-
 def _adbc_sqlite_batch() -> dict[str, str]:
     """ADBC's SQLite driver infers each column's type from a result's first batch and sets
     aside 8 bytes a row per column for it, so the batch is bounded by what a query of the
@@ -278,10 +274,11 @@ class _Reader:
                 def literal(m: re.Match[str]) -> str:
                     return pgsql.Literal(params[m.group(1)]).as_string(self.dbapi)
 
-                cur.execute(_NAMED.sub(literal, sql))
+                cur.execute(NAMED_PLACEHOLDER.sub(literal, sql))
             else:
                 cur.adbc_statement.set_options(**_adbc_sqlite_batch())
-                cur.execute(sql, tuple(params[name] for name in dict.fromkeys(_NAMED.findall(sql))))
+                # SQLite numbers ``:name`` placeholders by their first appearance
+                cur.execute(sql, tuple(params[name] for name in dict.fromkeys(NAMED_PLACEHOLDER.findall(sql))))
             return cur.fetch_arrow_table()
         finally:
             cur.close()
@@ -625,8 +622,8 @@ def _typed(
 
 def _exact_chunks(tables: Iterable[pa.Table], names: list[str]) -> Iterator[dict[str, pa.Array]]:
     """The rows of ``tables`` re-cut into chunks of exactly ``CHUNK_ROWS`` rows (the last one
-    shorter), as the ``sqlite3`` cursor path cuts them: Parquet row groups do not depend
-    on how the rows were read."""
+    shorter), as the item pages come: Parquet row groups do not depend on how the rows
+    were read."""
     size = CHUNK_ROWS
     pending: list[pa.Table] = []
     held = 0
@@ -1025,7 +1022,7 @@ class _AnnotationExport:
             raise LookupError("export: an annotation names a user that is not in the database")
         columns: dict[str, pa.Array] = {}
         for name, _ in self.read_types:
-            if name in own and name != "user_id":
+            if name in own:
                 columns[name] = own[name].take(keep)
             elif name in items:
                 columns[name] = items[name].take(pos)
@@ -1035,7 +1032,7 @@ class _AnnotationExport:
         return table.take(pc.sort_indices(table, [("item_id", "ascending"), ("annotator", "ascending")]))
 
     def chunks(self) -> Iterator[_Chunk]:
-        own_sql, *item_sqls = self.queries()
+        own_sql, dense_sql, sparse_sql = self.queries()
         names = [c for c, _ in self.read_types]
         for cid, name in self.cmap.items():
             span = _item_range(self.reader, cid)
@@ -1043,7 +1040,7 @@ class _AnnotationExport:
                 continue
             params = {"cid": cid, "lo": span[0], "hi": span[1]}
             windows = self.reader.windows(params, ("annotation", "item_id"))
-            tables = (t for w in windows if (t := self.window(own_sql, (item_sqls[0], item_sqls[1]), w)) is not None)
+            tables = (t for w in windows if (t := self.window(own_sql, (dense_sql, sparse_sql), w)) is not None)
             for arrays in _exact_chunks(tables, names):
                 yield _Chunk(name, arrays, None)
 
