@@ -12,7 +12,7 @@ def register(app: typer.Typer) -> None:
     def init(db: DbOption = None, media_root: MediaRootOption = None) -> None:
         """Create the database or upgrade its schema to the newest version (idempotent).
 
-        Also records where the database's media live (``--media-root``, else the default
+        Also records where the database's media live (--media-root, else the default
         beside the database), so every later command against it finds them.
         """
         from safereview.db.deployment import record_media_root
