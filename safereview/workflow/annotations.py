@@ -450,27 +450,23 @@ def finalize_and_next(
 def _then_next(
     engine: sa.Engine, user: User, flt: Any, rng: Any, write: Callable[[Session], Annotation]
 ) -> tuple[Annotation, Assignment | None]:
-    """``write(session)`` then ``queue.next_item`` in one transaction, retried as a whole on
-    deadlocks, serialisation failures or a duplicate lease insert from a second browser tab
-    (the whole transaction rolls back before a retry, so nothing is written twice)."""
+    """``write(session)`` then ``queue.next_item`` in one transaction, retried as a whole
+    while it fails transiently (``workflow.tx.is_transient``: locks, deadlocks, serialisation
+    failures, a duplicate lease insert from a second browser tab). The whole transaction
+    rolls back before a retry, so nothing is written twice; any other error surfaces at once."""
     import random
-    import time
 
-    from safereview.workflow.tx import write_scope
+    from safereview.workflow.tx import retry_transient, write_scope
 
     rng = rng or random.Random()
-    last: Exception | None = None
-    for attempt in range(5):
-        try:
-            with write_scope(engine) as session:
-                ann = write(session)
-                nxt = next_item(session, user, flt, rng=rng)
-            return ann, nxt
-        except (sa.exc.OperationalError, sa.exc.IntegrityError) as exc:
-            last = exc
-            time.sleep(0.005 * (attempt + 1) * (1 + rng.random()))
-    assert last is not None
-    raise last
+
+    def attempt() -> tuple[Annotation, Assignment | None]:
+        with write_scope(engine) as session:
+            ann = write(session)
+            nxt = next_item(session, user, flt, rng=rng)
+        return ann, nxt
+
+    return retry_transient(attempt, rng)
 
 
 def finalize(

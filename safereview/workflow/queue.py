@@ -418,26 +418,22 @@ def next_item(
     """The user's current lease, or a newly claimed slot, or None when nothing is left.
 
     With a Session the caller commits (``db.engine.session_scope``). With an Engine the
-    function runs its own short transaction and retries it on deadlocks, serialisation
-    failures or a duplicate (item, user) insert from a second browser tab.
+    function runs its own short transaction and retries it while it fails transiently
+    (``workflow.tx.is_transient``: deadlocks, serialisation failures, a duplicate (item, user)
+    insert from a second browser tab).
     """
     now = now or utcnow()
     rng = rng or random.Random()
     minutes = _lease_minutes(lease_minutes)
     if isinstance(session_or_engine, Session):
         return _next_in_session(session_or_engine, user, flt, now, rng, minutes)
-    from safereview.workflow.tx import write_scope
+    from safereview.workflow.tx import retry_transient, write_scope
 
-    last: Exception | None = None
-    for attempt in range(5):
-        try:
-            with write_scope(session_or_engine) as session:
-                return _next_in_session(session, user, flt, now, rng, minutes)
-        except (sa.exc.OperationalError, sa.exc.IntegrityError) as exc:
-            last = exc
-            time.sleep(0.005 * (attempt + 1) * (1 + rng.random()))
-    assert last is not None
-    raise last
+    def attempt() -> Assignment | None:
+        with write_scope(session_or_engine) as session:
+            return _next_in_session(session, user, flt, now, rng, minutes)
+
+    return retry_transient(attempt, rng)
 
 
 def _own_leased(session: Session, user: User, assignment_id: int) -> Assignment:

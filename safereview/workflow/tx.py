@@ -10,14 +10,19 @@ SQLite's own lock; PostgreSQL needs none of this and gets a plain ``session_scop
 
 from __future__ import annotations
 
+import random
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlmodel import Session
 
 from safereview.db.engine import is_sqlite, session_scope
+
+T = TypeVar("T")
 
 _locks_guard = threading.Lock()
 _locks: dict[int, threading.Lock] = {}
@@ -41,3 +46,47 @@ def write_scope(engine: sa.Engine) -> Iterator[Session]:
         return
     with _lock_for(engine), session_scope(engine) as session:
         yield session
+
+
+# PostgreSQL: serialization failure, deadlock, lock not available; class 08 is a lost connection
+_PG_TRANSIENT_STATES = {"40001", "40P01", "55P03"}
+# a second browser tab of the same reviewer inserted the same lease first
+_LEASE_CONSTRAINT = "uq_assignment_item_user"
+_SQLITE_LEASE_COLUMNS = "assignment.item_id, assignment.user_id"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed write transaction may succeed when run again from the start.
+
+    True for lock and serialisation conflicts, a connection lost mid-transaction, and the
+    duplicate lease a second tab races in (the retry then finds that lease). False for every
+    other constraint or database error, which a retry would only repeat: it surfaces at once.
+    """
+    if not isinstance(exc, (sa.exc.OperationalError, sa.exc.IntegrityError)):
+        return False
+    orig = getattr(exc, "orig", None)
+    state = getattr(orig, "sqlstate", None)
+    message = str(orig if orig is not None else exc)
+    if isinstance(exc, sa.exc.IntegrityError):
+        constraint = getattr(getattr(orig, "diag", None), "constraint_name", None)
+        return constraint == _LEASE_CONSTRAINT or f"UNIQUE constraint failed: {_SQLITE_LEASE_COLUMNS}" in message
+    if state is not None:  # PostgreSQL (psycopg)
+        return state in _PG_TRANSIENT_STATES or state.startswith("08")
+    if exc.connection_invalidated:
+        return True
+    if "sqlite" in type(orig).__module__:
+        return "locked" in message or "busy" in message
+    return True  # psycopg without a SQLSTATE: the connection went away before the server answered
+
+
+def retry_transient(run: Callable[[], T], rng: random.Random, attempts: int = 5) -> T:
+    """``run()`` (one whole transaction) again after a short, jittered pause while it fails
+    transiently (:func:`is_transient`); any other error is raised at once."""
+    for attempt in range(attempts):
+        try:
+            return run()
+        except (sa.exc.OperationalError, sa.exc.IntegrityError) as exc:
+            if attempt == attempts - 1 or not is_transient(exc):
+                raise
+            time.sleep(0.005 * (attempt + 1) * (1 + rng.random()))
+    raise AssertionError("unreachable")
