@@ -458,6 +458,8 @@ def test_bad_input_reports_one_precise_error_and_changes_nothing(
     assert result.exit_code == 1, result.output
     errors = [ln for ln in result.output.splitlines() if LINE_RE.match(ln)]
     assert len(errors) == 1, result.output
+    (summary,) = [ln.split() for ln in result.output.splitlines() if " FAILED " in ln]
+    assert summary[0] == path.name and summary[3:] == ["-"] * 6, result.output  # nothing imported, no batch
     m = LINE_RE.match(errors[0])
     assert m is not None
     assert (m["file"], m["line"], m["field"]) == (str(path), line, fld)

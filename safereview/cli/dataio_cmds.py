@@ -172,21 +172,23 @@ def _import_table(collection: str, reports: list[Any]) -> Any:
         show_edge=False,
         pad_edge=False,
         caption="items, verdicts, labels: new/updated/unchanged; media: files stored; bad: rows rejected; "
-        "#: import batch",
+        "#: import batch; -: nothing imported",
     )
     table.add_column("file", overflow="fold", ratio=1)
     for name in ("rows", "items", "verdicts", "labels", "media", "bad", "#"):
         table.add_column(name, justify="right", no_wrap=True)
     for r in reports:
-        table.add_row(
-            Text(Path(r.source).name + ("" if r.ok else " FAILED")),
-            str(r.rows),
+        counts = [
             f"{r.items_new}/{r.items_updated}/{r.items_unchanged}",
             f"{r.verdicts_new}/{r.verdicts_updated}/{r.verdicts_unchanged}",
             f"{r.annotations_new}/{r.annotations_updated}/{r.annotations_unchanged}",
             str(r.media_files_new),
             str(r.rejected),
-            str(r.batch_id or "-"),
+        ]
+        if not r.ok:  # the file was rolled back: "0/0/0" and "bad 0" would read as a clean import of nothing
+            counts = ["-"] * len(counts)
+        table.add_row(
+            Text(Path(r.source).name + ("" if r.ok else " FAILED")), str(r.rows), *counts, str(r.batch_id or "-")
         )
     return table
 
