@@ -152,6 +152,7 @@ def build_db(db_url: str, n_items: int, n_users: int, *, blind: bool = False) ->
     """Bulk-load the items and verdicts (untimed set-up) and create the annotators; returns seconds."""
     import sqlalchemy as sa
     from bench_queue import bulk_insert
+    from pgschema import settle
 
     from safereview.agreement.synthetic import ITEM_COLUMNS, VERDICT_COLUMNS
     from safereview.db.collections import ensure_collection
@@ -178,6 +179,7 @@ def build_db(db_url: str, n_items: int, n_users: int, *, blind: bool = False) ->
     with engine.connect() as conn:
         first = int(conn.execute(sa.text("SELECT MIN(id) FROM item WHERE collection_id = :c"), {"c": cid}).scalar_one())
     bulk_insert(engine, "verdict", VERDICT_COLUMNS, _verdict_rows(first, n_items))
+    print(f"after loading: {settle(engine)}", flush=True)
     engine.dispose()
     return time.perf_counter() - t0
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sqlalchemy as sa
-from pgschema import scratch_schema, server_url
+from pgschema import scratch_schema, server_url, settle
 from sqlmodel import Session, SQLModel
 
 from safereview.agreement.synthetic import ITEM_COLUMNS
@@ -96,6 +96,7 @@ def setup(url: str, n_items: int, n_users: int) -> tuple[sa.Engine, int, list[Us
             s.expunge(u)
     t0 = time.perf_counter()
     bulk_insert(engine, "item", ITEM_COLUMNS, _rows(cid, n_items))
+    print(f"after loading: {settle(engine)}", flush=True)
     clear_caches()
     return engine, cid, users, time.perf_counter() - t0
 

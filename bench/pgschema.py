@@ -58,3 +58,38 @@ def scratch_schema(base: str, prefix: str = "bench") -> Iterator[str]:
                 conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     finally:
         admin.dispose()
+
+
+def settle(engine) -> str:  # type: ignore[no-untyped-def]
+    """After an untimed bulk load: write the load's pages out and vacuum, so that neither lands in a measurement.
+
+    A million-row load leaves PostgreSQL a checkpoint spread over the next minutes (its
+    fsyncs stall commits) and tables that autovacuum will soon visit for the inserted rows;
+    SQLite a write-ahead log to fold back. A team's server during a shift is in neither
+    state. Returns what was done (printed by the benchmark), or why it could not be.
+    """
+    import sqlalchemy as sa
+
+    if engine.dialect.name == "postgresql":
+        done = []
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            tables = conn.exec_driver_sql(
+                "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = current_schema()"
+            ).scalars()
+            conn.exec_driver_sql(f"VACUUM (ANALYZE) {', '.join(tables)}")  # this run's schema only
+            done.append("VACUUM (ANALYZE)")
+            try:
+                conn.exec_driver_sql("CHECKPOINT")
+                done.append("CHECKPOINT")
+            except sa.exc.DBAPIError as exc:  # needs superuser or pg_checkpoint
+                done.append(f"no CHECKPOINT ({str(exc.orig).strip().splitlines()[0]})")
+        return ", ".join(done)
+    import sqlite3
+
+    engine.dispose()  # the engine's connections would each hold a read transaction open
+    conn = sqlite3.connect(engine.url.database, isolation_level=None)
+    try:
+        busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        conn.close()
+    return "PRAGMA wal_checkpoint(TRUNCATE)" + (" (busy: partly done)" if busy else "")
