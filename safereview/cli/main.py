@@ -75,11 +75,12 @@ def _reflow_help(typer_app: typer.Typer) -> None:
         if command.help is None and command.callback is not None and command.callback.__doc__:
             command.help = reflowed(command.callback.__doc__)
     for group in typer_app.registered_groups:
-        info = group.typer_instance.info if group.typer_instance else None
-        if info is not None and isinstance(info.help, str):
-            info.help = reflowed(info.help)
-        if group.typer_instance is not None:
-            _reflow_help(group.typer_instance)
+        sub = group.typer_instance
+        if sub is None:
+            continue
+        if isinstance(sub.info.help, str):
+            sub.info.help = reflowed(sub.info.help)
+        _reflow_help(sub)
 
 
 for _group in (admin, dataio_cmds, judge_cmds, review_cmds, agreement_cmds, app_cmds):

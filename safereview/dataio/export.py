@@ -11,10 +11,10 @@ window of about ``CHUNK_ROWS`` annotations at a time, straight into Arrow column
 SQLite and PostgreSQL drivers, in chunks of exactly ``CHUNK_ROWS`` rows; every chunk
 becomes an Arrow table and is written at once: Parquet through one ``ParquetWriter`` (a
 row group per chunk), CSV through one ``CSVWriter`` (formula cells defused per chunk),
-JSONL as a block of lines. The schema is fixed before the first row: the verdict columns from the (judge,
-dimension) pairs present in the selected collections, the label columns from the
-dimensions their annotations use, and every column with its own type, also when it holds
-no value at all (an empty export has the same column types as a full one).
+JSONL as a block of lines. The schema is fixed before the first row: the verdict columns
+from the (judge, dimension) pairs present in the selected collections, the label columns
+from the dimensions their annotations use, and every column with its own type, also when
+it holds no value at all (an empty export has the same column types as a full one).
 
 The work per chunk is column-wise. A reader thread fetches the rows (and the chunk's
 verdicts, with one query) as Arrow arrays, one chunk ahead of the writer. The writer's
@@ -925,7 +925,7 @@ _ANNOTATION_READ: tuple[tuple[str, pa.DataType], ...] = (
 _ANNOTATION_OWN: tuple[tuple[str, pa.DataType], ...] = (
     ("item_id", _I),
     ("user_id", _I),
-    *(c for c in _ANNOTATION_READ[7:]),
+    *_ANNOTATION_READ[7:],
 )
 _ANNOTATION_ITEM: tuple[tuple[str, pa.DataType], ...] = (("item_id", _I), *_ANNOTATION_READ[1:5])
 _USER_READ: tuple[tuple[str, pa.DataType], ...] = (("id", _I), ("annotator", _S), ("annotator_role", _S))
