@@ -7,15 +7,24 @@ instead of after five retries.
 
 from __future__ import annotations
 
+import contextlib
 import random
+import socket
 import sqlite3
+import threading
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from workflow_support import make_collection, make_user
+from sqlmodel import Session, select
+from workflow_support import VLSU_SAFE, make_collection, make_user
 
-from safereview.db.engine import session_scope
-from safereview.db.models import utcnow
+from safereview.db.engine import init_db, session_scope
+from safereview.db.models import Annotation, AnnotationEvent, Assignment, JudgeConfig, User, utcnow
+from safereview.workflow import annotations as ann_mod
+from safereview.workflow.annotations import finalize_and_next, replay_events, stored_state, submit, submit_and_next
+from safereview.workflow.errors import Conflict
+from safereview.workflow.queue import QueueFilter, next_item
 from safereview.workflow.tx import is_transient, retry_transient
 
 
@@ -155,3 +164,200 @@ def test_retry_runs_a_transient_failure_again_and_raises_any_other_at_once(engin
     with pytest.raises(sa.exc.IntegrityError):
         retry_transient(always_transient, random.Random(0), attempts=4)
     assert len(calls) == 4
+
+
+# ---------------------------------------------------------------------------------------
+# a connection lost at COMMIT: the write may or may not have gone in
+# ---------------------------------------------------------------------------------------
+
+
+class CuttingProxy:
+    """A TCP relay to PostgreSQL that cuts one connection where a test says.
+
+    ``cut_at(trigger, after_reply=True)``: the client message holding ``trigger`` reaches the
+    server and the server's answer is dropped with the connection (a COMMIT that went in
+    while the client hears only a lost connection). ``after_reply=False``: the message is
+    dropped with the connection before the server sees it (nothing of the transaction stays).
+    """
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.trigger: bytes | None = None
+        self.after_reply = True
+        self.cuts = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut_at(self, trigger: bytes, *, after_reply: bool) -> None:
+        with self.lock:
+            self.trigger, self.after_reply = trigger, after_reply
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            state = {"cut_on_reply": False}
+            threading.Thread(target=self._relay, args=(client, upstream, state, True), daemon=True).start()
+            threading.Thread(target=self._relay, args=(upstream, client, state, False), daemon=True).start()
+
+    def _cut(self, *socks: socket.socket) -> None:
+        self.cuts += 1
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def _relay(self, src: socket.socket, dst: socket.socket, state: dict[str, bool], from_client: bool) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                return
+            if not data:
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)
+                return
+            if from_client:
+                with self.lock:
+                    hit = self.trigger is not None and self.trigger in data
+                    if hit:
+                        self.trigger = None
+                if hit and not self.after_reply:
+                    self._cut(src, dst)
+                    return
+                state["cut_on_reply"] = state["cut_on_reply"] or hit
+            elif state["cut_on_reply"]:
+                self._cut(src, dst)
+                return
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+
+@pytest.fixture
+def cut_engine(pg_url: str) -> Iterator[tuple[sa.Engine, CuttingProxy]]:
+    """The services' engine on a fresh PostgreSQL schema, reached through a :class:`CuttingProxy`."""
+    init_db(pg_url).dispose()
+    url = sa.engine.make_url(pg_url)
+    proxy = CuttingProxy((url.host or "127.0.0.1", url.port or 5432))
+    eng = init_db(url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False))
+    try:
+        yield eng, proxy
+    finally:
+        eng.dispose()
+        proxy.close()
+
+
+def _one_item_each(eng: sa.Engine) -> tuple[int, User]:
+    cid = make_collection(eng, n_items=3, k=1, audit_share=0.0, blind=True, priorities=[0.9, 0.5, 0.1])
+    with session_scope(eng) as s:
+        s.add(JudgeConfig(id="j1", protocol="vlsu"))
+    return cid, make_user(eng, "ann")
+
+
+def _stored(eng: sa.Engine, user: User) -> tuple[list[Annotation], list[str], list[int]]:
+    with Session(eng) as s:
+        anns = list(s.exec(select(Annotation).where(Annotation.user_id == user.id)).all())
+        events = [e.action for e in s.exec(select(AnnotationEvent).order_by(AnnotationEvent.id)).all()]
+        leases = [a.id for a in s.exec(select(Assignment).where(Assignment.status == "leased")).all()]
+        assert replay_events(s) == stored_state(s)
+    return anns, events, leases  # type: ignore[return-value]
+
+
+@pytest.mark.postgres
+def test_a_submit_whose_commit_went_in_unheard_is_not_reported_as_a_lost_lease(
+    cut_engine: tuple[sa.Engine, CuttingProxy],
+) -> None:
+    """The COMMIT of submit + next reaches the server and the connection drops before the
+    answer. The retry must find the label stored and go on to the item already claimed,
+    instead of telling the reviewer their lease ended (or writing the label twice)."""
+    eng, proxy = cut_engine
+    cid, user = _one_item_each(eng)
+    first = next_item(eng, user, QueueFilter(cid))
+    assert first is not None
+    proxy.cut_at(b"COMMIT", after_reply=True)
+    ann, nxt = submit_and_next(eng, user, first.id, VLSU_SAFE, QueueFilter(cid), rationale="fine")  # type: ignore[arg-type]
+    assert proxy.cuts == 1
+    assert ann.labels == VLSU_SAFE and ann.rationale == "fine" and ann.item_id == first.item_id
+    assert nxt is not None and nxt.item_id != first.item_id
+    anns, events, leases = _stored(eng, user)
+    assert [(a.item_id, a.labels, a.version) for a in anns] == [(first.item_id, VLSU_SAFE, 1)]
+    assert events == ["create"] and leases == [nxt.id]  # the lease the unheard commit claimed
+
+    # the reveal of a blind item: the same, for finalize + next
+    unsafe = {**VLSU_SAFE, "joint": "unsafe"}
+    with session_scope(eng) as s:
+        second = submit(s, user, nxt.id, VLSU_SAFE)
+    proxy.cut_at(b"COMMIT", after_reply=True)
+    fin, last = finalize_and_next(
+        eng,
+        user,
+        second.id,
+        unsafe,
+        QueueFilter(cid),
+        expected_version=1,
+        action="override",
+        reveal_reason="the caption",
+    )  # type: ignore[arg-type]
+    assert proxy.cuts == 2
+    assert fin.version == 2 and fin.labels == unsafe and fin.blind_labels == VLSU_SAFE
+    assert last is not None and last.item_id not in (first.item_id, nxt.item_id)
+    anns, events, leases = _stored(eng, user)
+    assert events == ["create", "create", "reveal"] and leases == [last.id]
+
+
+@pytest.mark.postgres
+def test_a_submit_cut_before_the_server_saw_it_is_written_by_the_retry(
+    cut_engine: tuple[sa.Engine, CuttingProxy],
+) -> None:
+    """The connection drops while the submit's statement is on its way: nothing of that
+    transaction is stored, so the retry writes the label itself, once."""
+    eng, proxy = cut_engine
+    cid, user = _one_item_each(eng)
+    first = next_item(eng, user, QueueFilter(cid))
+    assert first is not None
+    proxy.cut_at(b"INSERT INTO annotation", after_reply=False)
+    ann, nxt = submit_and_next(eng, user, first.id, VLSU_SAFE, QueueFilter(cid))  # type: ignore[arg-type]
+    assert proxy.cuts == 1
+    assert ann.item_id == first.item_id and nxt is not None
+    anns, events, leases = _stored(eng, user)
+    assert [(a.item_id, a.version) for a in anns] == [(first.item_id, 1)]
+    assert events == ["create"] and leases == [nxt.id]
+
+
+@pytest.mark.postgres
+def test_a_different_label_already_stored_is_still_a_conflict(cut_engine: tuple[sa.Engine, CuttingProxy]) -> None:
+    """After an unheard commit, the retry accepts only the very write it was making: a stored
+    label that differs (a second tab's, say) still surfaces as a conflict, and stays as it was."""
+    eng, proxy = cut_engine
+    cid, user = _one_item_each(eng)
+    first = next_item(eng, user, QueueFilter(cid))
+    assert first is not None
+    calls = {"n": 0}
+
+    def second_tab_wins(session: Session) -> Annotation:  # the first attempt commits label A, unheard
+        calls["n"] += 1
+        return submit(session, user, first.id, VLSU_SAFE if calls["n"] == 1 else {**VLSU_SAFE, "joint": "unsafe"})
+
+    proxy.cut_at(b"COMMIT", after_reply=True)
+    with pytest.raises(Conflict):
+        ann_mod._then_next(
+            eng,
+            user,
+            QueueFilter(cid),
+            random.Random(0),
+            second_tab_wins,
+            lambda s: ann_mod.stored_submit(s, user, first.id, {**VLSU_SAFE, "joint": "unsafe"}),
+        )
+    assert proxy.cuts == 1 and calls["n"] == 2
+    anns, events, _leases = _stored(eng, user)
+    assert [a.labels for a in anns] == [VLSU_SAFE] and events == ["create"]

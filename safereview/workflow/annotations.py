@@ -428,7 +428,14 @@ def submit_and_next(
     the transactions of submit-then-next, and on SQLite threads of one process queue on a
     lock instead of SQLite's sleeping busy handler (:mod:`workflow.tx`).
     """
-    return _then_next(engine, user, flt, rng, lambda s: submit(s, user, assignment_id, labels, **kwargs))
+    return _then_next(
+        engine,
+        user,
+        flt,
+        rng,
+        lambda s: submit(s, user, assignment_id, labels, **kwargs),
+        lambda s: stored_submit(s, user, assignment_id, labels, **kwargs),
+    )
 
 
 def finalize_and_next(
@@ -444,29 +451,130 @@ def finalize_and_next(
     """Confirm or override after the reveal and claim the next item in ONE write transaction.
 
     ``kwargs`` go to :func:`finalize` (``expected_version`` is required there)."""
-    return _then_next(engine, user, flt, rng, lambda s: finalize(s, user, annotation_id, labels, **kwargs))
+    return _then_next(
+        engine,
+        user,
+        flt,
+        rng,
+        lambda s: finalize(s, user, annotation_id, labels, **kwargs),
+        lambda s: stored_finalize(s, user, annotation_id, labels, **kwargs),
+    )
 
 
 def _then_next(
-    engine: sa.Engine, user: User, flt: Any, rng: Any, write: Callable[[Session], Annotation]
+    engine: sa.Engine,
+    user: User,
+    flt: Any,
+    rng: Any,
+    write: Callable[[Session], Annotation],
+    stored: Callable[[Session], Annotation | None],
 ) -> tuple[Annotation, Assignment | None]:
     """``write(session)`` then ``queue.next_item`` in one transaction, retried as a whole
     while it fails transiently (``workflow.tx.is_transient``: locks, deadlocks, serialisation
-    failures, a duplicate lease insert from a second browser tab). The whole transaction
-    rolls back before a retry, so nothing is written twice; any other error surfaces at once."""
+    failures, a duplicate lease insert from a second browser tab, a lost connection). The
+    whole transaction rolls back before a retry, so nothing is written twice; any other error
+    surfaces at once.
+
+    A connection lost at COMMIT leaves the outcome unknown: the server may have committed.
+    After one, each retry first asks ``stored(session)`` for the very write it was making;
+    when it is there the retry only claims the next item (``next_item`` returns the lease
+    the unheard commit took), instead of reporting a lost lease or "already labelled"."""
     import random
 
-    from safereview.workflow.tx import retry_transient, write_scope
+    from safereview.workflow.tx import connection_lost, retry_transient, write_scope
 
     rng = rng or random.Random()
+    maybe_committed = False
 
     def attempt() -> tuple[Annotation, Assignment | None]:
-        with write_scope(engine) as session:
-            ann = write(session)
-            nxt = next_item(session, user, flt, rng=rng)
-        return ann, nxt
+        nonlocal maybe_committed
+        try:
+            with write_scope(engine) as session:
+                ann = (stored(session) if maybe_committed else None) or write(session)
+                nxt = next_item(session, user, flt, rng=rng)
+            return ann, nxt
+        except sa.exc.OperationalError as exc:
+            maybe_committed = maybe_committed or connection_lost(exc)
+            raise
 
     return retry_transient(attempt, rng)
+
+
+def stored_submit(
+    session: Session,
+    user: User,
+    assignment_id: int,
+    labels: dict[str, str],
+    *,
+    categories: tuple[str, ...] | list[str] = (),
+    rationale: str = "",
+    flagged: bool = False,
+    **_ignored: Any,
+) -> Annotation | None:
+    """The annotation :func:`submit` with these values made, if it is stored; else None.
+
+    Used after a connection lost at COMMIT: the lease is done and the user's annotation of
+    its item holds exactly these labels, categories, rationale and flag at version 1.
+    Anything else (no annotation, another label from a second tab) is not this write.
+    """
+    row = session.execute(
+        sa.select(Assignment.item_id, Assignment.status, Collection.taxonomy_id)
+        .join(Item, Item.id == Assignment.item_id)
+        .join(Collection, Collection.id == Item.collection_id)
+        .where(Assignment.id == assignment_id, Assignment.user_id == user.id)  # type: ignore[arg-type]
+    ).first()
+    if row is None or row[1] != "done":
+        return None
+    ann = session.exec(
+        select(Annotation).where(Annotation.item_id == int(row[0]), Annotation.user_id == user.id)
+    ).first()
+    if ann is None or ann.version != 1 or ann.source != "app":
+        return None
+    spec = _spec(session, int(row[2]))
+    try:
+        same = (
+            ann.labels == validate_labels(spec, labels)
+            and ann.categories == validate_categories(spec, list(categories))
+            and ann.rationale == _clean_rationale(rationale)
+            and ann.flagged == bool(flagged)
+        )
+    except InvalidInput:
+        return None
+    return ann if same else None
+
+
+def stored_finalize(
+    session: Session,
+    user: User,
+    annotation_id: int,
+    labels: dict[str, str],
+    *,
+    expected_version: int,
+    **_ignored: Any,
+) -> Annotation | None:
+    """The annotation :func:`finalize` with these labels made, if it is stored; else None.
+
+    After a connection lost at COMMIT: the user's annotation is one version past
+    ``expected_version``, holds these labels, and its latest event is this user's reveal at
+    that version.
+    """
+    ann = session.get(Annotation, annotation_id, populate_existing=True)
+    if ann is None or ann.user_id != user.id or ann.version != expected_version + 1:
+        return None
+    latest = session.exec(
+        select(AnnotationEvent)
+        .where(AnnotationEvent.annotation_id == annotation_id)
+        .order_by(
+            AnnotationEvent.id.desc()  # type: ignore[union-attr]
+        )
+    ).first()
+    if latest is None or (latest.action, latest.version, latest.actor_id) != ("reveal", ann.version, user.id):
+        return None
+    _item, _col, spec = _spec_for_item(session, ann.item_id)
+    try:
+        return ann if ann.labels == validate_labels(spec, labels) else None
+    except InvalidInput:
+        return None
 
 
 def finalize(

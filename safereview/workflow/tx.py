@@ -70,13 +70,27 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, sa.exc.IntegrityError):
         constraint = getattr(getattr(orig, "diag", None), "constraint_name", None)
         return constraint == _LEASE_CONSTRAINT or f"UNIQUE constraint failed: {_SQLITE_LEASE_COLUMNS}" in message
+    if connection_lost(exc):
+        return True
     if state is not None:  # PostgreSQL (psycopg)
-        return state in _PG_TRANSIENT_STATES or state.startswith("08")
+        return state in _PG_TRANSIENT_STATES
+    return "locked" in message or "busy" in message  # SQLite
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether a write failed because the connection went away (PostgreSQL SQLSTATE class 08,
+    or no answer at all). Unlike a lock conflict this is ambiguous when it happens at COMMIT:
+    the server may have committed before the client heard, so a retry must first look for
+    its own write (``workflow.annotations`` does)."""
+    if not isinstance(exc, sa.exc.OperationalError):
+        return False
+    orig = getattr(exc, "orig", None)
+    state = getattr(orig, "sqlstate", None)
+    if state is not None:
+        return state.startswith("08")
     if exc.connection_invalidated:
         return True
-    if "sqlite" in type(orig).__module__:
-        return "locked" in message or "busy" in message
-    return True  # psycopg without a SQLSTATE: the connection went away before the server answered
+    return "sqlite" not in type(orig).__module__  # psycopg without a SQLSTATE: no answer from the server
 
 
 def retry_transient(run: Callable[[], T], rng: random.Random, attempts: int = 5) -> T:
