@@ -95,7 +95,10 @@ def test_agreement_and_audit_pages_show_the_figures(fx: A.Fixture) -> None:
     assert overall["units"] == 5 and overall["pairable units"] == 5 and overall["raters"] == 2
     assert overall["percent agreement"] == pytest.approx(0.8)
     assert "few units" in overall["note"]
-    assert any("Only 5 items carry two or more labels" in w.value for w in lead.warning)
+    warnings = [w.value for w in lead.warning]
+    assert "Only 5 items carry two or more labels" in warnings[0]  # the broadest warning first
+    rare = [w for w in warnings if "interval is unreliable" in w]
+    assert rare and all(w.startswith("The interval is unreliable") for w in rare)  # a sentence, capitalised
     pairs = lead.dataframe[3].value
     assert list(pairs["rater_a"]) == ["ann1"] and list(pairs["n"]) == [5]
     open_page(lead, "views/audit.py")

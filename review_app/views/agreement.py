@@ -79,10 +79,7 @@ def page() -> None:
         "with the reason in the last column."
     )
     pairable = d["overall"]["n_units_pairable"]
-    for w in d["overall"].get("warnings") or []:
-        if not w.startswith("only ") or not d["overall"].get("few_units"):  # the few-items case has its own text
-            st.warning(ui.md_literal(w), icon=":material/warning:")
-    if d["overall"].get("few_units"):
+    if d["overall"].get("few_units"):  # the broadest warning first, in the page's own words
         st.warning(
             f"Only {pairable} item{'s' if pairable != 1 else ''} carr{'y' if pairable != 1 else 'ies'} two "
             f"or more labels here. With fewer than {FEW_PAIRABLE_UNITS} such items a coefficient can swing "
@@ -90,6 +87,9 @@ def page() -> None:
             "before reading these numbers.",
             icon=":material/warning:",
         )
+    for w in d["overall"].get("warnings") or []:
+        if not w.startswith("only ") or not d["overall"].get("few_units"):  # the few-items case is above
+            st.warning(ui.md_literal(w[:1].upper() + w[1:]), icon=":material/warning:")
     st.dataframe(stats_rows(d), hide_index=True, width="stretch", column_config=ui.SLICE_COLUMNS)
     if d.get("n_invalid_labels"):
         st.warning(f"{d['n_invalid_labels']} ratings carry a label outside the taxonomy and were left out.")
