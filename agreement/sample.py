@@ -77,12 +77,17 @@ class CollectionDesign:
         if not self.frozen:
             parts.append("no review through the queue yet, so there is no sampling design to estimate from")
         elif self.gap_item_id is not None and self.n_reviewed_outside:
+            n, gap = self.n_reviewed_outside, self.gap_external_id or self.gap_item_id
             parts.append(
-                f"{self.n_reviewed_outside} reviewed item(s) wait for item {self.gap_external_id or self.gap_item_id} "
-                f"({self.gap_state}), the next in the design's order"
+                f"{n} reviewed item{'s wait' if n != 1 else ' waits'} for item {gap} ({self.gap_state}), "
+                "the next in the design's order"
             )
         if self.n_unkeyed:
-            parts.append(f"{self.n_unkeyed} item(s) joined after the design froze and are not covered yet")
+            n = self.n_unkeyed
+            parts.append(
+                f"{n} item{'s' if n != 1 else ''} joined after the design froze and {'are' if n != 1 else 'is'} "
+                "not covered yet"
+            )
         return "; ".join(parts)
 
 

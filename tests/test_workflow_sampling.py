@@ -150,7 +150,7 @@ def test_the_sample_stops_at_the_first_unreviewed_item_and_says_why(engine: sa.E
     with Session(engine) as s:
         external = s.get(Item, first.item_id).external_id  # type: ignore[union-attr]
     assert ds.notes() == [  # named as people know it, not by the database's row id
-        f"2 reviewed item(s) wait for item {external} (in review), the next in the design's order"
+        f"2 reviewed items wait for item {external} (in review), the next in the design's order"
     ]
     with session_scope(engine) as s:
         skip(s, u, first.id)

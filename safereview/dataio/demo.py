@@ -230,7 +230,8 @@ def build_demo_folder(
     missing = missing_demo_files(data_dir)
     if missing:
         raise DemoError(
-            f"the bundled demo data are not installed ({len(missing)} file(s) missing, e.g. {missing[0]}); "
+            f"the bundled demo data are not installed ({len(missing)} file{'s' if len(missing) != 1 else ''} "
+            f"missing, e.g. {missing[0]}); "
             "reinstall safereview"
         )
     directory = Path(directory).resolve()

@@ -304,7 +304,7 @@ def parse_parts(value: Any, rec: Record, name: str) -> list[dict[str, Any]]:
             continue
         unknown = set(part) - {"modality", "text", "path", "file"}
         if unknown:
-            rec.error(where, f"unknown key(s) {', '.join(sorted(unknown))}")
+            rec.error(where, f"unknown key{'s' if len(unknown) != 1 else ''} {', '.join(sorted(unknown))}")
             continue
         if modality == "text":
             text = part.get("text")
@@ -389,7 +389,8 @@ def parse_verdict_list(value: Any, rec: Record, name: str = "verdicts") -> None:
             rec.error(where, "expected a verdict object")
             continue
         if not VERDICT_KEYS.issuperset(v):
-            rec.error(where, f"unknown key(s) {', '.join(sorted(set(v) - VERDICT_KEYS))}")
+            extra = sorted(set(v) - VERDICT_KEYS)
+            rec.error(where, f"unknown key{'s' if len(extra) != 1 else ''} {', '.join(extra)}")
             continue
         get = v.get
         p, probs, score = get("probability"), get("probs"), get("score")
@@ -493,7 +494,7 @@ def parse_annotation_list(value: Any, rec: Record, name: str = "annotations") ->
             continue
         unknown = set(v) - ANNOTATION_KEYS
         if unknown:
-            rec.error(where, f"unknown key(s) {', '.join(sorted(unknown))}")
+            rec.error(where, f"unknown key{'s' if len(unknown) != 1 else ''} {', '.join(sorted(unknown))}")
             continue
         ann = _annotation(v, rec, where)
         for key in ("labels", "blind_labels"):
