@@ -24,9 +24,24 @@ if user is None:
 sections: dict[str, list[st.Page]] = {}
 home = nav.home_for(user)
 for spec in nav.pages_for(user):
-    sections.setdefault(spec.section, []).append(
-        st.Page(f"views/{spec.file}", title=spec.title, icon=spec.icon, default=spec.file == home)
+    is_home = spec.file == home
+    built = st.Page(
+        f"views/{spec.file}",
+        title=spec.title,
+        icon=spec.icon,
+        default=is_home,
+        url_path=nav.HOME_KEY if is_home else None,  # frees the page's own name for the alias below
     )
+    sections.setdefault(spec.section, []).append(built)
+    if is_home:  # the landing page is served at "/"; a link by its name (/review) must land there too
+        sections[spec.section].append(
+            st.Page(
+                lambda target=built: st.switch_page(target),
+                title=spec.title,
+                url_path=nav.url_name(spec),
+                visibility="hidden",
+            )
+        )
 page = st.navigation(sections)
 refused = nav.refused_page(user, ui.requested_path())
 if refused is not None:

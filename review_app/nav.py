@@ -40,13 +40,25 @@ PAGES: tuple[PageSpec, ...] = (
 )
 
 
+# Streamlit serves the landing page at "/" and keys pages by their URL name, so the landing
+# page is registered under this key and its own name (/review, /queue_status) goes to a hidden
+# alias that switches to it: without one, a shared link to a person's landing page opened on a
+# "Page not found" dialog.
+HOME_KEY = "home"
+
+
+def url_name(spec: PageSpec) -> str:
+    """The page's name in URLs (``/agreement``): its script's name."""
+    return Path(spec.file).stem
+
+
 def refused_page(user: Any, url_path: str) -> PageSpec | None:
     """The page a URL names when this user may not open it (e.g. an annotator following a lead's
     link to /agreement), so the app can say why it shows another page instead."""
     name = url_path.strip("/").rsplit("/", 1)[-1]
     allowed = {p.file for p in pages_for(user)}
     for spec in PAGES:
-        if Path(spec.file).stem == name and spec.file not in allowed:
+        if url_name(spec) == name and spec.file not in allowed:
             return spec
     return None
 

@@ -254,3 +254,20 @@ def test_a_page_beyond_ones_role_says_so(served: A.Server, browser: Any) -> None
     wait_idle(page)
     page.get_by_text("Agreement is not open to your role (annotator)", exact=False).wait_for(timeout=10_000)
     context.close()
+
+
+def test_a_link_to_ones_landing_page_by_name_opens_it(served: A.Server, browser: Any) -> None:
+    """The landing page is served at "/"; a link naming it (a lead's /queue_status, an
+    annotator's /review) opens it too, with no "Page not found" dialog on the way."""
+    landing = ("[data-testid='stHeading']:has-text('Queue status')", ".st-key-rv_submit")
+    for username, name, ready in (("lead", "queue_status", landing[0]), ("ann1", "review", landing[1])):
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        page = context.new_page()
+        sign_in(page, served.base, username, ready)
+        page.goto(f"{served.base}/{name}")
+        wait_idle(page)
+        page.wait_for_selector(ready, timeout=20_000)
+        wait_idle(page)
+        assert page.get_by_text("Page not found").count() == 0, username
+        assert page.url.rstrip("/") == served.base.rstrip("/"), page.url  # now at the landing page's own address
+        context.close()
