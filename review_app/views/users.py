@@ -26,7 +26,16 @@ def page() -> None:
             }
             for u in users
         ]
-    st.dataframe(rows, hide_index=True, width="stretch")
+    minute = "YYYY-MM-DD HH:mm"  # to the minute, in UTC as stored (seconds and "+00:00" crowded the column out)
+    st.dataframe(
+        rows,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "last sign-in": st.column_config.DatetimeColumn("last sign-in (UTC)", format=minute),
+            "created": st.column_config.DatetimeColumn("created (UTC)", format=minute),
+        },
+    )
     names = [r["username"] for r in rows]
 
     add, manage = st.columns(2, gap="large")
