@@ -122,9 +122,10 @@ def test_demo_files_are_small_benign_and_reproducible(tmp_path: Path) -> None:
 
 def test_demo_collections_listed_by_cli(sqlite_url: str, tmp_path: Path) -> None:
     build_demo(sqlite_url, tmp_path / "media")
-    r = CliRunner().invoke(app, ["collections", "--db", sqlite_url])
+    r = CliRunner().invoke(app, ["collections", "--db", sqlite_url], env={"COLUMNS": "80"})
     assert r.exit_code == 0
     assert "vlsu" in r.output and "demo-av" in r.output and " 22 " in r.output and " 21 " in r.output
+    assert "demo-unified-model" in r.output  # at 80 columns a name wraps at its spaces, never inside a word
 
 
 def _leftovers(parent: Path) -> list[str]:

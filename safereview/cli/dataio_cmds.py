@@ -469,7 +469,10 @@ def register(app: typer.Typer) -> None:
         finally:
             engine.dispose()
         table = Table(title="collections", box=box.SIMPLE_HEAD)
-        table.add_column("name", overflow="fold")
+        # wide enough for the longest word of a name ("demo-unified-model"): a narrow terminal
+        # then wraps names at their spaces instead of cutting a word in two
+        longest = max((len(word) for c in cols for word in c.name.split()), default=4)
+        table.add_column("name", overflow="fold", min_width=min(longest, 40))
         table.add_column("taxonomy", overflow="fold")
         for col in ("items", "verdicts", "labels"):
             table.add_column(col, justify="right")
