@@ -75,10 +75,12 @@ def multirater(
         point = _coeffs(freq[None, :].astype(np.float64), _unit_terms(pat), q)
         boot = _coeffs(weights, _unit_terms(pat), q) if weights is not None and len(weights) else None
     out: dict[str, Estimate] = {}
-    reasons = {
-        "pa": "no unit has two or more ratings",
-        "ac1": "undefined (no unit has two or more ratings)",
-        "fleiss": "undefined: no unit has two ratings, or every rating is the same label",
+    no_pairs = "no unit has two or more ratings"
+    paired = not np.isnan(float(point["pa"][0]))
+    reasons = {  # why each is undefined (callers add "undefined"), the most basic cause first
+        "pa": no_pairs,
+        "ac1": "only one label: AC1 needs two or more" if paired else no_pairs,
+        "fleiss": "no variation: every rating is the same label" if paired else no_pairs,
     }
     for key, name in (("pa", "percent_agreement"), ("ac1", "gwet_ac1"), ("fleiss", "fleiss_kappa")):
         v = float(point[key][0])

@@ -100,7 +100,15 @@ def test_undefined_alpha_is_none_with_reason() -> None:
     single = np.array([[1, 0], [0, 1]])
     est = krippendorff_alpha(single, "ordinal", resamples=10)
     assert est.value is None and "fewer than 2 pairable" in est.reason
-    assert multirater(single, 2)["percent_agreement"].value is None
+    unpaired = multirater(single, 2)
+    assert all(unpaired[k].value is None for k in ("percent_agreement", "gwet_ac1", "fleiss_kappa"))
+    assert {unpaired[k].reason for k in ("percent_agreement", "gwet_ac1", "fleiss_kappa")} == {
+        "no unit has two or more ratings"
+    }
+    uniform = multirater(same, 2)  # every rating the same label: agreement is perfect, kappa undefined
+    assert uniform["percent_agreement"].value == 1.0 and uniform["gwet_ac1"].value == 1.0
+    assert uniform["fleiss_kappa"].value is None
+    assert uniform["fleiss_kappa"].reason == "no variation: every rating is the same label"
 
 
 def test_irrcac_raw4raters_percent_agreement_ac1_fleiss() -> None:

@@ -126,6 +126,18 @@ def test_demo_collections_listed_by_cli(sqlite_url: str, tmp_path: Path) -> None
     assert r.exit_code == 0
     assert "vlsu" in r.output and "demo-av" in r.output and " 22 " in r.output and " 21 " in r.output
     assert "demo-unified-model" in r.output  # at 80 columns a name wraps at its spaces, never inside a word
+    # the VLSU demo has one reviewer per item: every coefficient is undefined, each shown as "-"
+    # with its reason once under the table (not repeated, cut short, in every cell)
+    r = CliRunner().invoke(
+        app, ["agreement", "--db", sqlite_url, "-c", "vlsu / demo", "--resamples", "10"], env={"COLUMNS": "200"}
+    )
+    assert r.exit_code == 0, r.output
+    joint = r.output.split("joint (ordinal")[1]
+    row = next(line for line in joint.splitlines() if "overall" in line)
+    assert [cell.strip() for cell in row.split("│")[5:10]] == ["-"] * 5
+    assert "-: alpha, alpha (nominal) undefined: fewer than 2 pairable values" in joint
+    assert "-: percent agreement, Gwet AC1, Fleiss kappa undefined: no unit has two or more ratings" in joint
+    assert "undefined: undefined" not in r.output
 
 
 def _leftovers(parent: Path) -> list[str]:

@@ -87,17 +87,30 @@ def _dump(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str, allow_nan=False))
 
 
-def _stats_row(s: dict[str, Any]) -> list[str]:
-    return [
-        str(s["n_units"]),
-        str(s["n_units_pairable"]),
-        str(s["n_pairable_values"]),
-        _est(s["alpha"]),
-        _est(s.get("alpha_nominal")),
-        _est(s["percent_agreement"]),
-        _est(s["gwet_ac1"]),
-        _est(s["fleiss_kappa"]),
-    ]
+_COEFFICIENTS = (
+    ("alpha", "alpha"),
+    ("alpha_nominal", "alpha (nominal)"),
+    ("percent_agreement", "percent agreement"),
+    ("gwet_ac1", "Gwet AC1"),
+    ("fleiss_kappa", "Fleiss kappa"),
+)
+
+
+def _stats_row(s: dict[str, Any], coefficients: list[tuple[str, str]], undefined: dict[str, list[str]]) -> list[str]:
+    """A slice's cells; an undefined coefficient is "-" and its reason goes to ``undefined``
+    (reason -> coefficient names), printed once under the table: the reasons are sentences,
+    and repeated in every narrow cell they buried the figures."""
+    cells = [str(s["n_units"]), str(s["n_units_pairable"]), str(s["n_pairable_values"])]
+    for key, name in coefficients:
+        e = s.get(key)
+        if e and e.get("value") is None:
+            names = undefined.setdefault(str(e.get("undefined_reason") or "no value"), [])
+            if name not in names:
+                names.append(name)
+            cells.append("-")
+        else:
+            cells.append(_est(e))
+    return cells
 
 
 def _print_agreement(rep: dict[str, Any]) -> None:
@@ -118,23 +131,20 @@ def _print_agreement(rep: dict[str, Any]) -> None:
             continue
         shown = " < ".join(d["labels"]) if d["ordered"] else ", ".join(d["labels"])
         t = Table(title=Text(f"{d['dimension']} ({d['level']}; labels {shown})"))
-        for col in (
-            "slice",
-            "units",
-            "pairable units",
-            "pairable values",
-            "alpha",
-            "alpha (nominal)",
-            "percent agreement",
-            "Gwet AC1",
-            "Fleiss kappa",
-        ):
+        # alpha (nominal) beside an ordinal alpha only: for a nominal dimension it is alpha itself
+        coefficients = [(k, name) for k, name in _COEFFICIENTS if k != "alpha_nominal" or d["ordered"]]
+        slices = [(f"{by}: {row['value']}", row) for by, rows in d.get("slices", {}).items() for row in rows]
+        # "by: value" wraps at the space and a long value folds; "overall" stays whole
+        t.add_column("slice", overflow="fold", min_width=len("overall"))
+        for col in ("units", "pairable units", "pairable values", *(name for _, name in coefficients)):
             t.add_column(col)
-        t.add_row("overall", *[Text(x) for x in _stats_row(d["overall"])])
-        for by, rows in d.get("slices", {}).items():
-            for row in rows:
-                t.add_row(Text(f"{by}={row['value']}"), *[Text(x) for x in _stats_row(row)])
+        undefined: dict[str, list[str]] = {}
+        t.add_row("overall", *[Text(x) for x in _stats_row(d["overall"], coefficients, undefined)])
+        for name, row in slices:
+            t.add_row(Text(name), *[Text(x) for x in _stats_row(row, coefficients, undefined)])
         console.print(t)
+        for reason, names in undefined.items():
+            console.print(Text(f"-: {', '.join(names)} undefined: {reason}"))
         warnings = d["overall"].get("warnings") or []
         if d["overall"].get("few_units") and not warnings:
             warnings = [
