@@ -564,9 +564,7 @@ def stored_finalize(
     latest = session.exec(
         select(AnnotationEvent)
         .where(AnnotationEvent.annotation_id == annotation_id)
-        .order_by(
-            AnnotationEvent.id.desc()  # type: ignore[union-attr]
-        )
+        .order_by(sa.desc(AnnotationEvent.id))  # type: ignore[arg-type]
     ).first()
     if latest is None or (latest.action, latest.version, latest.actor_id) != ("reveal", ann.version, user.id):
         return None
