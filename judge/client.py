@@ -66,6 +66,11 @@ SENT_AS_IS = {"image/png", "image/jpeg", "image/webp"}
 AUDIO_FORMATS = {"audio/wav": "wav", "audio/x-wav": "wav", "audio/wave": "wav", "audio/mpeg": "mp3", "audio/mp3": "mp3"}
 
 
+class ServersSilent(RuntimeError):
+    """No server has answered at all (only connection errors and time-outs) for
+    ``ChatClient.give_up_after`` seconds: the run stops instead of backing off for hours."""
+
+
 class MediaError(RuntimeError):
     """A media file referenced by an item is missing or unreadable."""
 
@@ -426,6 +431,10 @@ class ChatClient:
     backoff_base: float = 1.0
     backoff_max: float = 60.0
     max_retry_after: float = 300.0
+    # stop (ServersSilent) when a request has used up its retries and no server has sent any
+    # HTTP answer for this many seconds; 0 waits for ever. Any answer, 429 and 5xx included,
+    # shows a live server: only silence (refused connections, resets, time-outs) counts
+    give_up_after: float = 300.0
     max_tokens: int | None = None  # overrides the protocol's per-question limits (reasoning models)
     structured: bool = False  # constrain verdict answers to JSON (``judge.structured``)
     cache: ResponseCache | None = None
@@ -449,6 +458,7 @@ class ChatClient:
         self._waiters: deque[tuple[asyncio.Future[tuple[_Server, httpx.AsyncClient]], set[int]]] = deque()
         self._timers: list[asyncio.TimerHandle] = []
         self._next = 0  # round robin among equally busy servers
+        self._heard_at = 0.0  # when a server last sent an HTTP answer (or the client opened)
 
     async def __aenter__(self) -> ChatClient:
         if self.on_request is None:
@@ -469,6 +479,7 @@ class ChatClient:
                     server.clients.append(client)
                     server.idle.append(client)
             self._open = True
+        self._heard_at = _now()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -689,6 +700,7 @@ class ChatClient:
                         error = f"time limit of {self.timeout:g} s exceeded"
                     error += at
                 else:
+                    self._heard_at = _now()
                     if resp.status_code == 200:
                         result, error = self._result(payload)
                         server.streak = 0  # it answers
@@ -722,6 +734,9 @@ class ChatClient:
         finally:
             if held is not None:
                 self._release(*held)
+        silent = _now() - self._heard_at
+        if self.give_up_after > 0 and silent >= self.give_up_after:
+            raise ServersSilent(f"no server has answered for {silent:.0f} s; last error: {error}")
         return None, f"gave up after {self.max_retries + 1} attempts; last: {error}"
 
     def _result(self, payload: bytes) -> tuple[dict[str, Any] | None, str]:

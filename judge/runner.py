@@ -23,7 +23,7 @@ from sqlmodel import Session, select
 from safereview.db.engine import read_only, session_scope
 from safereview.db.models import Collection, Item, Media
 from safereview.db.taxonomy import dimension_names
-from safereview.judge.client import ChatClient, MediaEncoder, MediaError, MediaRef, ResponseCache
+from safereview.judge.client import ChatClient, MediaEncoder, MediaError, MediaRef, ResponseCache, ServersSilent
 from safereview.judge.config import ensure_judge_config, judge_id
 from safereview.judge.protocols import get_protocol
 from safereview.judge.protocols.base import Answer, Draft, ItemView, JudgeContext
@@ -60,6 +60,7 @@ class RunOptions:
     max_tokens: int | None = None
     structured: bool = False  # constrain verdict answers to JSON (judge.structured)
     backoff_base: float = 1.0
+    give_up_after: float = 300.0  # stop when no server has answered for this long (0: never)
     progress: bool = True
 
     @property
@@ -91,6 +92,8 @@ class RunSummary:
     structured_refused: list[str] = field(default_factory=list)  # shapes the server refused, with its answer
     servers: list[dict[str, Any]] = field(default_factory=list)  # per server: client.ServerStats.as_dict()
     requests: list[dict[str, Any]] = field(default_factory=list)  # dry run only
+    # why the run stopped before its end ("" when it finished): every server silent too long
+    stopped: str = ""
 
     @property
     def notes(self) -> list[str]:
@@ -326,6 +329,7 @@ async def run_judge_async(
             logprobs=opts.logprobs,
             cache=cache,
             backoff_base=opts.backoff_base,
+            give_up_after=opts.give_up_after,
             max_tokens=opts.max_tokens,
             structured=opts.structured,
             on_request=record if opts.dry_run else None,
@@ -436,6 +440,8 @@ async def run_judge_async(
             feeder = asyncio.create_task(producer())
             try:
                 await asyncio.gather(feeder, *workers)
+            except ServersSilent as exc:  # the verdicts made so far are flushed below; a re-run resumes
+                summary.stopped = str(exc)
             finally:
                 for t in (feeder, *workers):
                     t.cancel()

@@ -312,3 +312,48 @@ def test_a_query_string_stays_after_the_path() -> None:
     )
     assert chat_url("http://h:8000/") == "http://h:8000/v1/chat/completions"
     assert chat_url("http://h/v1/chat/completions") == "http://h/v1/chat/completions"
+
+
+def test_a_run_whose_every_server_falls_silent_stops_keeps_its_verdicts_and_resumes(tmp_path: Path) -> None:
+    """The only server dies mid-run. Instead of backing off for hours (each item failing after
+    its retries), the run stops once no server has answered for --give-up-after seconds: the
+    verdicts made so far are stored, the command exits 1 and says why, and the same command
+    against a live server finishes the rest without redoing any."""
+    db_url = f"sqlite:///{tmp_path / 's.db'}"
+    engine = init_db(db_url)
+    media = tmp_path / "media"
+    info = uni_collection(engine, media, n=40)
+    with FakeOpenAI(slow_smart) as a:
+
+        def kill_after_some_requests() -> None:
+            deadline = time.monotonic() + 30
+            while len(a.requests) < 20 and time.monotonic() < deadline:
+                time.sleep(0.002)
+            a.kill()
+
+        killer = threading.Thread(target=kill_after_some_requests)
+        killer.start()
+        started = time.monotonic()
+        extra = ("--max-retries", "2", "--give-up-after", "1", "--batch-size", "1")
+        r = judge_cli(db_url, media, a.url, extra=extra)
+        took = time.monotonic() - started
+        killer.join()
+        answered = len(a.requests)
+    assert r.exit_code == 1, r.output
+    assert "stopped: no server has answered for " in r.stderr and "last error: Connect" in r.stderr
+    assert "run the same command again" in r.stderr
+    assert took < 20, took  # not hours of back-off (the back-offs alone would grow to a minute each)
+    stored = verdict_rows(engine)
+    assert stored, "the verdicts made before the server died are kept"
+    assert all(v.status in ("ok", "rule") for _, v in stored)  # nothing half-judged, no error verdict
+    assert 0 < len({ext for ext, _ in stored}) < 40 and answered >= 20
+
+    with FakeOpenAI(smart_reply) as b:
+        again = judge_cli(db_url, media, b.url)
+    assert again.exit_code == 0, again.output
+    rows = verdict_rows(engine)
+    assert len(rows) == 80 and len({(ext, v.dimension) for ext, v in rows}) == 80
+    assert {(ext, v.dimension): v.label for ext, v in rows} == {
+        (ext, dim): label for ext, dims in info["expected"].items() for dim, label in dims.items()
+    }
+    engine.dispose()

@@ -166,6 +166,15 @@ def register(app: typer.Typer) -> None:
                 show_default=False,
             ),
         ] = None,
+        give_up_after: Annotated[
+            float,
+            typer.Option(
+                "--give-up-after",
+                min=0,
+                help="Stop the run when no server has answered at all for this many seconds "
+                "(refused connections, time-outs); the verdicts made so far are kept. 0: never.",
+            ),
+        ] = 300.0,
         structured: Annotated[
             bool,
             typer.Option(
@@ -195,6 +204,7 @@ def register(app: typer.Typer) -> None:
             limit=limit,
             timeout=timeout,
             max_retries=max_retries,
+            give_up_after=give_up_after,
             logprobs=logprobs,
             api_key=os.environ.get(api_key_env, ""),
             dry_run=dry_run,
@@ -222,6 +232,13 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(summary.as_dict()))
         else:
             _print_summary(summary)
+        if summary.stopped:
+            typer.echo(
+                f"stopped: {summary.stopped}. The {summary.verdicts} verdict(s) made are stored; "
+                "run the same command again to go on where this run stopped.",
+                err=True,
+            )
+            raise typer.Exit(1)
 
     @app.command("import-verdicts")
     def import_verdicts_cmd(
