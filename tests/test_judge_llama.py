@@ -144,6 +144,7 @@ def demo_db(tmp_path_factory: pytest.TempPathFactory) -> str:
 def _judge(url: str, db_url: str, protocol: str, collection: str, *extra: str) -> dict[str, Any]:
     args = ["judge", "--protocol", protocol, "--base-url", url, "--model", "smollm2", "-c", collection]
     args += ["--limit", str(ITEMS), "--concurrency", "1", "--max-tokens", "96", "--json", "--db", db_url, *extra]
+    args += ["--give-up-after", "120"]  # a server that crashed fails the test in minutes, not at its time-out
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     return json.loads(r.stdout.strip().splitlines()[-1])
