@@ -361,3 +361,30 @@ def test_a_different_label_already_stored_is_still_a_conflict(cut_engine: tuple[
     assert proxy.cuts == 1 and calls["n"] == 2
     anns, events, _leases = _stored(eng, user)
     assert [a.labels for a in anns] == [VLSU_SAFE] and events == ["create"]
+
+
+def test_the_stored_write_a_retry_accepts_matches_every_value_the_call_gave(engine: sa.Engine) -> None:
+    """``stored_submit``/``stored_finalize`` take a stored annotation for the retried write only
+    when it holds what that call asked for; a second tab's finalize with the same labels but
+    another rationale or action is not it."""
+    cid, user = _one_item_each(engine)
+    lease = next_item(engine, user, QueueFilter(cid))
+    assert lease is not None
+    with session_scope(engine) as s:
+        ann = submit(s, user, lease.id, VLSU_SAFE, rationale="first look")
+    unsafe = {**VLSU_SAFE, "joint": "unsafe"}
+    with session_scope(engine) as s:
+        assert ann_mod.stored_submit(s, user, lease.id, VLSU_SAFE, rationale="first look") is not None
+        assert ann_mod.stored_submit(s, user, lease.id, VLSU_SAFE, rationale="other") is None
+        assert ann_mod.stored_submit(s, user, lease.id, unsafe, rationale="first look") is None
+        assert ann_mod.stored_finalize(s, user, ann.id, unsafe, expected_version=1) is None  # not revealed yet
+        ann_mod.finalize(
+            s, user, ann.id, unsafe, expected_version=1, action="override", rationale="the caption", reveal_reason="r"
+        )
+    with session_scope(engine) as s:
+        same = {"expected_version": 1, "action": "override", "rationale": "the caption"}
+        assert ann_mod.stored_finalize(s, user, ann.id, unsafe, **same) is not None
+        assert ann_mod.stored_finalize(s, user, ann.id, unsafe, **{**same, "rationale": "another tab"}) is None
+        assert ann_mod.stored_finalize(s, user, ann.id, unsafe, **{**same, "action": "confirm"}) is None
+        assert ann_mod.stored_finalize(s, user, ann.id, VLSU_SAFE, **same) is None
+        assert ann_mod.stored_finalize(s, user, ann.id, unsafe, **{**same, "expected_version": 2}) is None

@@ -516,12 +516,16 @@ def stored_submit(
     Used after a connection lost at COMMIT: the lease is done and the user's annotation of
     its item holds exactly these labels, categories, rationale and flag at version 1.
     Anything else (no annotation, another label from a second tab) is not this write.
+    The lease row is read FOR UPDATE: a COMMIT the server is still finishing (the client
+    heard the connection drop first) holds that row, so the check waits for its outcome
+    instead of reading the row as it was before it.
     """
     row = session.execute(
         sa.select(Assignment.item_id, Assignment.status, Collection.taxonomy_id)
         .join(Item, Item.id == Assignment.item_id)
         .join(Collection, Collection.id == Item.collection_id)
         .where(Assignment.id == assignment_id, Assignment.user_id == user.id)  # type: ignore[arg-type]
+        .with_for_update(of=Assignment)
     ).first()
     if row is None or row[1] != "done":
         return None
@@ -550,15 +554,20 @@ def stored_finalize(
     labels: dict[str, str],
     *,
     expected_version: int,
+    action: str | None = None,
+    categories: tuple[str, ...] | list[str] | None = None,
+    rationale: str | None = None,
+    flagged: bool | None = None,
     **_ignored: Any,
 ) -> Annotation | None:
-    """The annotation :func:`finalize` with these labels made, if it is stored; else None.
+    """The annotation :func:`finalize` with these values made, if it is stored; else None.
 
     After a connection lost at COMMIT: the user's annotation is one version past
-    ``expected_version``, holds these labels, and its latest event is this user's reveal at
-    that version.
+    ``expected_version``, holds these labels (and the action, categories, rationale and flag
+    where the call gave them), and its latest event is this user's reveal at that version.
+    The row is read FOR UPDATE, as in :func:`stored_submit`.
     """
-    ann = session.get(Annotation, annotation_id, populate_existing=True)
+    ann = session.get(Annotation, annotation_id, populate_existing=True, with_for_update=True)
     if ann is None or ann.user_id != user.id or ann.version != expected_version + 1:
         return None
     latest = session.exec(
@@ -570,9 +579,16 @@ def stored_finalize(
         return None
     _item, _col, spec = _spec_for_item(session, ann.item_id)
     try:
-        return ann if ann.labels == validate_labels(spec, labels) else None
+        same = (
+            ann.labels == validate_labels(spec, labels)
+            and (action is None or ann.verdict_action == action)
+            and (categories is None or ann.categories == validate_categories(spec, list(categories)))
+            and (rationale is None or ann.rationale == _clean_rationale(rationale))
+            and (flagged is None or ann.flagged == bool(flagged))
+        )
     except InvalidInput:
         return None
+    return ann if same else None
 
 
 def finalize(
