@@ -75,11 +75,13 @@ def multirater(
         point = _coeffs(freq[None, :].astype(np.float64), _unit_terms(pat), q)
         boot = _coeffs(weights, _unit_terms(pat), q) if weights is not None and len(weights) else None
     out: dict[str, Estimate] = {}
+    # why each is undefined (callers add "undefined"). AC1's chance agreement is at most 1/Q,
+    # so only the lack of pairs leaves it undefined; Fleiss' is 1 when every rating is one label
     no_pairs = "no unit has two or more ratings"
     paired = not np.isnan(float(point["pa"][0]))
-    reasons = {  # why each is undefined (callers add "undefined"), the most basic cause first
+    reasons = {
         "pa": no_pairs,
-        "ac1": "only one label: AC1 needs two or more" if paired else no_pairs,
+        "ac1": no_pairs,
         "fleiss": "no variation: every rating is the same label" if paired else no_pairs,
     }
     for key, name in (("pa", "percent_agreement"), ("ac1", "gwet_ac1"), ("fleiss", "fleiss_kappa")):

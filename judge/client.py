@@ -458,7 +458,9 @@ class ChatClient:
         self._waiters: deque[tuple[asyncio.Future[tuple[_Server, httpx.AsyncClient]], set[int]]] = deque()
         self._timers: list[asyncio.TimerHandle] = []
         self._next = 0  # round robin among equally busy servers
-        self._heard_at = 0.0  # when a server last sent an HTTP answer (or the client opened)
+        # when a server last sent an HTTP answer, the client opened, or the cache answered (time
+        # spent on cached answers is not time a server was asked)
+        self._heard_at = 0.0
 
     async def __aenter__(self) -> ChatClient:
         if self.on_request is None:
@@ -564,6 +566,7 @@ class ChatClient:
             hit = self.cache.get(key)
             if hit is not None:
                 self.stats.cache_hits += 1
+                self._heard_at = _now()
                 return Answer(text=hit.get("content"), logprobs=hit.get("logprobs"))
         assert self._open, "use ChatClient as an async context manager"
         result, error = await self._post(data)

@@ -233,9 +233,14 @@ def register(app: typer.Typer) -> None:
         else:
             _print_summary(summary)
         if summary.stopped:
+            n = summary.verdicts
+            kept = (
+                "No verdict was made."
+                if not n
+                else f"The {n} verdict{'s' if n != 1 else ''} made {'are' if n != 1 else 'is'} stored."
+            )
             typer.echo(
-                f"stopped: {summary.stopped}. The {summary.verdicts} verdict(s) made are stored; "
-                "run the same command again to go on where this run stopped.",
+                f"stopped: {summary.stopped}. {kept} Run the same command again to go on where this run stopped.",
                 err=True,
             )
             raise typer.Exit(1)
