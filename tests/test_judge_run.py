@@ -486,3 +486,25 @@ def test_the_run_summary_says_when_log_probabilities_never_came_and_why_verdicts
         )
         summary = run_judge(engine, media, opts, actor=SYSTEM)
     assert summary.errors > 0 and summary.notes and all("failed:" in n for n in summary.notes)
+
+
+def test_the_cli_prints_ids_and_paths_as_they_are(tmp_path: Path) -> None:
+    """Judge ids, model names and formats are data, not rich markup or emoji codes: a model
+    called "llama" once printed its judge id as "uni-judger🦙…", and an export's "[jsonl]"
+    vanished as a style tag."""
+    db_url = f"sqlite:///{tmp_path / 'p.db'}"
+    engine = init_db(db_url)
+    media = tmp_path / "media"
+    uni_collection(engine, media, n=2)
+    with FakeOpenAI() as srv:
+        r = cli(
+            *("judge", "--protocol", "uni-judger", "--base-url", srv.url, "--model", "llama", "-c", "uni"),
+            *("--db", db_url, "--media-root", str(media)),
+        )
+    assert r.exit_code == 0, r.output
+    assert "judge run: uni-judger:llama:" in r.stdout and "\N{LLAMA}" not in r.stdout
+    out = tmp_path / "items [v1].jsonl"
+    r = cli("export", "items", "-c", "uni", "--out", str(out), "--db", db_url)
+    assert r.exit_code == 0, r.output
+    assert "items [v1].jsonl" in " ".join(r.stdout.split()) and "[jsonl]" in r.stdout
+    engine.dispose()

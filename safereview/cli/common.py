@@ -9,8 +9,12 @@ from rich.console import Console
 
 from safereview import settings
 
-console = Console()
-err_console = Console(stderr=True)
+# Output is data (judge ids, model names, paths, error texts), never markup: with rich's
+# defaults a judge id "uni-judger:llama:…" printed a llama emoji for ":llama:", "[parquet]"
+# vanished as a style tag and "[redacted]" from an error text with it. Styles are passed as
+# arguments (``style=``) or built with ``rich.text.Text`` instead.
+console = Console(markup=False, emoji=False)
+err_console = Console(stderr=True, markup=False, emoji=False)
 
 DbOption = Annotated[
     str | None,
