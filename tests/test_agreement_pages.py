@@ -123,6 +123,8 @@ def test_lead_adjudicates_the_tie_and_hostile_rationale_stays_inert(fx: A.Fixtur
     lead = open_page(sign_in("lead"), "views/gold.py")
     queue = lead.dataframe[0].value
     assert set(queue["item"]) == {"t3"} and set(queue["reason"]) == {"tie"}
+    n_dims = len(set(queue["dimension"]))  # one item, tied on each of these dimensions
+    assert f"{n_dims} decisions to make on 1 item " in lead.caption[0].value
     # the annotator's rationale is shown with st.text only, never through markdown
     assert any(A.XSS_PAYLOAD in t.value for t in lead.text)
     for md in [*lead.markdown, *lead.caption]:

@@ -92,7 +92,11 @@ def page() -> None:
             st.warning(ui.md_literal(w[:1].upper() + w[1:]), icon=":material/warning:")
     st.dataframe(stats_rows(d), hide_index=True, width="stretch", column_config=ui.SLICE_COLUMNS)
     if d.get("n_invalid_labels"):
-        st.warning(f"{d['n_invalid_labels']} ratings carry a label outside the taxonomy and were left out.")
+        n = d["n_invalid_labels"]
+        st.warning(
+            f"{n} rating{'s carry' if n != 1 else ' carries'} a label outside the taxonomy and "
+            f"{'were' if n != 1 else 'was'} left out."
+        )
     left, right = st.columns(2)
     with left:
         st.markdown("**Specific agreement per label**")

@@ -60,7 +60,12 @@ def _adjudication(user: Any, names: list[str], dims: list[str], labels_of: dict[
     if not queue:
         st.success("Nothing to adjudicate: no ties and no low-agreement items.")
         return
-    st.caption(f"{len(queue)} items need a decision (ties first, then the lowest agreement).")
+    # a row is one item on one dimension: "2 items" for one item tied on two dimensions misled
+    n, items = len(queue), len({(q["collection"], q["external_id"]) for q in queue})
+    st.caption(
+        f"{n} decision{'s' if n != 1 else ''} to make on {items} item{'s' if items != 1 else ''} "
+        "(ties first, then the lowest agreement)."
+    )
     st.dataframe(
         [
             {
