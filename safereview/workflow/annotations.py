@@ -534,16 +534,7 @@ def stored_submit(
     ).first()
     if ann is None or ann.version != 1 or ann.source != "app":
         return None
-    spec = _spec(session, int(row[2]))
-    try:
-        same = (
-            ann.labels == validate_labels(spec, labels)
-            and ann.categories == validate_categories(spec, list(categories))
-            and ann.rationale == _clean_rationale(rationale)
-            and ann.flagged == bool(flagged)
-        )
-    except InvalidInput:
-        return None
+    same = _holds(ann, _spec(session, int(row[2])), labels, categories=categories, rationale=rationale, flagged=flagged)
     return ann if same else None
 
 
@@ -578,17 +569,30 @@ def stored_finalize(
     if latest is None or (latest.action, latest.version, latest.actor_id) != ("reveal", ann.version, user.id):
         return None
     _item, _col, spec = _spec_for_item(session, ann.item_id)
+    same = _holds(ann, spec, labels, categories=categories, rationale=rationale, flagged=flagged)
+    return ann if same and (action is None or ann.verdict_action == action) else None
+
+
+def _holds(
+    ann: Annotation,
+    spec: dict[str, Any],
+    labels: dict[str, str],
+    *,
+    categories: tuple[str, ...] | list[str] | None,
+    rationale: str | None,
+    flagged: bool | None,
+) -> bool:
+    """Whether ``ann`` holds these values as the writes store them (validated, cleaned);
+    None means the call did not give that value. Values the writes would refuse never match."""
     try:
-        same = (
+        return (
             ann.labels == validate_labels(spec, labels)
-            and (action is None or ann.verdict_action == action)
             and (categories is None or ann.categories == validate_categories(spec, list(categories)))
             and (rationale is None or ann.rationale == _clean_rationale(rationale))
             and (flagged is None or ann.flagged == bool(flagged))
         )
     except InvalidInput:
-        return None
-    return ann if same else None
+        return False
 
 
 def finalize(
