@@ -22,4 +22,4 @@ def register(app: typer.Typer) -> None:
         engine = init_db(cfg.db_url)
         root = record_media_root(engine, cfg.media_root, replace=bool(cfg.media_root_override))
         console.print(f"database ready at schema revision {schema_revision(engine)}: {engine.url!r}")
-        console.print(f"media root: {root}", markup=False, highlight=False)
+        console.print(f"media root: {root}", highlight=False)

@@ -56,7 +56,7 @@ def _judge(engine: Any, collection: list[str] | None, dimensions: list[str] | No
 
 
 def _fail(msg: str, code: int = 1) -> None:
-    err_console.print(f"error: {msg}", markup=False, highlight=False)
+    err_console.print(f"error: {msg}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -414,7 +414,6 @@ def register(app: typer.Typer) -> None:
             ce = results["compositional_error"]
             console.print(
                 f"compositional error (joint wrong although image and text right): {_est(ce)} (n={ce.get('n')})",
-                markup=False,
                 highlight=False,
             )
 
@@ -520,7 +519,7 @@ def register(app: typer.Typer) -> None:
         if apply:
             lines.append(f"wrote {out['applied']['written']} calibrated verdicts as judge {out['applied']['judge_id']}")
         for line in lines:
-            console.print(line, markup=False, highlight=False)
+            console.print(line, highlight=False)
 
     from safereview.cli.dataio_cmds import export_app
 
@@ -575,7 +574,7 @@ def register(app: typer.Typer) -> None:
                     table = snapshot_table(s, snapshot)
                     warning = changed_since(table, snap)
                     if warning:
-                        err_console.print(f"warning: {warning}", markup=False, highlight=False)
+                        err_console.print(f"warning: {warning}", highlight=False)
                 else:
                     judge = _judge(engine, collection, dimension, judge)
                     snap, table = create_snapshot(
@@ -597,6 +596,5 @@ def register(app: typer.Typer) -> None:
         console.print(
             f"gold snapshot {sid}: {table.num_rows} rows, checksum {digest}; wrote "
             f"{', '.join(str(p) for p in paths)} [{fmt_}]",
-            markup=False,
             highlight=False,
         )

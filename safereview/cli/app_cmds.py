@@ -187,7 +187,7 @@ def register(app: typer.Typer) -> None:
         try:
             build_demo_folder(directory, finish=ensure_demo_users)
         except DemoError as exc:
-            console.print(f"the demo was not built: {exc}", style="red", markup=False, highlight=False)
+            console.print(f"the demo was not built: {exc}", style="red", highlight=False)
             raise typer.Exit(1) from None
         cfg = config(f"sqlite:///{directory / DB_NAME}", str(directory / "media"))
         users = [(u, p, r) for u, p, r, _ in DEMO_USERS]

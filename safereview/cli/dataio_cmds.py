@@ -132,9 +132,9 @@ def _print_taxonomy(spec: dict) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    console.print(f"taxonomy {spec['name']} (version {spec['version']})", markup=False, highlight=False)
+    console.print(f"taxonomy {spec['name']} (version {spec['version']})", highlight=False)
     if spec.get("description"):
-        console.print(spec["description"], markup=False, highlight=False)
+        console.print(spec["description"], highlight=False)
     t = Table(title="task types")
     for col in ("id", "name", "inputs", "outputs"):
         t.add_column(col)
@@ -311,9 +311,9 @@ def register(app: typer.Typer) -> None:
         console.print(_import_table(collection, reports))
         for rep in reports:
             for note in rep.notes:
-                console.print(f"{Path(rep.source).name}: {note}", markup=False, highlight=False)
+                console.print(f"{Path(rep.source).name}: {note}", highlight=False)
             if rep.rejects_path:
-                console.print(f"{rep.rejected} rejected row(s) written to {rep.rejects_path}", markup=False)
+                console.print(f"{rep.rejected} rejected row(s) written to {rep.rejects_path}")
             shown = rep.errors[:200]
             for msg in shown:  # plain, unwrapped: one FILE:LINE: field: message per line
                 typer.echo(msg, err=True)
@@ -420,7 +420,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1) from None
         finally:
             engine.dispose()
-        console.print(shown, markup=False, highlight=False)
+        console.print(shown, highlight=False)
 
     def _list_collections(db: str | None) -> None:
         import sqlalchemy as sa

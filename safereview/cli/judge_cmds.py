@@ -44,7 +44,7 @@ def _print_summary(summary: Any) -> None:
     if len(summary.servers) > 1:
         _print_servers(summary.servers)
     for note in summary.notes:
-        console.print(f"note: {note}", markup=False, highlight=False)
+        console.print(f"note: {note}", highlight=False)
 
 
 def _print_servers(servers: list[dict[str, Any]]) -> None:
@@ -313,7 +313,6 @@ def register(app: typer.Typer) -> None:
             f"imported {result.verdicts} verdict(s) as {', '.join(result.judge_ids)}"
             + (f" (import batch {result.batch_id})" if result.batch_id else "")
             + f": {result.verdicts - result.replaced} new, {result.replaced} replaced, {result.unchanged} unchanged",
-            markup=False,
             highlight=False,
         )
 
@@ -454,10 +453,9 @@ def _print_stats(result: dict[str, Any]) -> None:
     for note in sample["notes"]:
         console.print(Text(f"note: {note}"))
     if rule:
-        console.print(f"rule: {rule} ({result['rule_text']})", markup=False, highlight=False)
+        console.print(f"rule: {rule} ({result['rule_text']})", highlight=False)
     if result["verdict_status"]:
         console.print(
             "verdict status: " + ", ".join(f"{k} {v}" for k, v in sorted(result["verdict_status"].items())),
-            markup=False,
             highlight=False,
         )

@@ -34,7 +34,7 @@ def _password(from_stdin: bool) -> str:
 
 
 def _fail(msg: str) -> None:
-    err_console.print(f"error: {msg}", markup=False, highlight=False)
+    err_console.print(f"error: {msg}", highlight=False)
     raise typer.Exit(1)
 
 
@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
                 name, urole = user.username, user.role
         except WorkflowError as exc:
             _fail(str(exc))
-        console.print(f"created {urole} {name!r}", markup=False, highlight=False)
+        console.print(f"created {urole} {name!r}", highlight=False)
 
     @users.command("list")
     def users_list(db: DbOption = None) -> None:
@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
                 )
         for col in table.columns:
             col.no_wrap = False
-        console.print(table, markup=False, highlight=False)
+        console.print(table, highlight=False)
 
     def _change_user(db: str | None, change: Callable[[Any], object], done: str) -> None:
         """Run one account change in its own transaction; a refused change prints why and exits 1."""
@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
                 change(s)
         except WorkflowError as exc:
             _fail(str(exc))
-        console.print(done, markup=False, highlight=False)
+        console.print(done, highlight=False)
 
     def _set_disabled(username: str, disabled: bool, db: str | None) -> None:
         from safereview.workflow.auth import set_disabled
@@ -172,11 +172,10 @@ def register(app: typer.Typer) -> None:
             f"{p.everyone_done} done ({pct}), {p.slots_leased} leased, {p.items_fully_covered} items fully covered; "
             "done: "
             + ", ".join(f"{k.removeprefix('done_')} {v}" for k, v in sorted(p.extra.items()) if k.startswith("done_")),
-            markup=False,
             highlight=False,
         )
         kinds = ("done", "not confirmed", "leased", "skipped", "released")
         table = Table("reviewer", *kinds)
         for name, counts in st["per_user"].items():
             table.add_row(Text(name), *(str(counts.get(k, 0)) for k in kinds))
-        console.print(table, markup=False, highlight=False)
+        console.print(table, highlight=False)
