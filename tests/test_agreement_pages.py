@@ -166,3 +166,28 @@ def test_gold_snapshot_and_calibration_messages(fx: A.Fixture) -> None:
     lead.button(key="cal_fit").click().run()
     assert not lead.exception, [e.message for e in lead.exception]
     assert any("too few sample items" in e.value.replace("\\", "") for e in lead.error)
+
+
+def test_audit_rates_over_the_collection_follow_the_judge_picked(fx: A.Fixture) -> None:
+    """The population panel reads the judge chosen on the page, not the one with most verdicts."""
+    from safereview.db.engine import make_engine
+    from safereview.db.models import Verdict
+
+    second = "strict-judge"  # fewer verdicts than the fixture's judge: not the default pick
+    with Session(make_engine(fx.db_url)) as s:
+        for ext in ("t0", "t1", "t2"):
+            for dim in ("contextual", "intrinsic"):
+                s.add(Verdict(item_id=fx.item_ids[ext], dimension=dim, judge_id=second, label="unsafe"))
+        s.commit()
+    lead = open_page(sign_in("lead"), "views/audit.py")
+    assert lead.selectbox(key="aud_judge").value == A.JUDGE
+    first = lead.dataframe[0].value.set_index("rate")
+    assert first.loc["contextual: unsafe", "judge (uncorrected)"] == 0.2  # 1 of the 5 items
+    lead.selectbox(key="aud_judge").set_value(second).run()
+    assert not lead.exception, [e.message for e in lead.exception]
+    picked = lead.dataframe[0].value.set_index("rate")
+    assert picked.loc["contextual: unsafe", "judge (uncorrected)"] == 1.0  # its 3 verdicts are all unsafe
+    assert picked.loc["intrinsic: unsafe", "judge (uncorrected)"] == 1.0
+    assert any(second in c.value.replace("\\", "") for c in lead.caption)  # md_literal escapes the dash
+    # the people's figures do not depend on the judge
+    assert picked.loc["C-Unsafe", "human [95%]"] == first.loc["C-Unsafe", "human [95%]"]

@@ -52,10 +52,10 @@ def _audit(
 
 
 @st.cache_data(ttl=60, show_spinner=False, max_entries=8)
-def _population(db_url: str, collections: tuple[str, ...], method: str) -> dict[str, Any]:
+def _population(db_url: str, collections: tuple[str, ...], judge: str, method: str) -> dict[str, Any]:
     from safereview.agreement.population import population_rates
 
-    return population_rates(ui.get_engine(), list(collections), method=method)
+    return population_rates(ui.get_engine(), list(collections), judge_id=judge, method=method)
 
 
 @st.cache_data(ttl=60, show_spinner=False, max_entries=8)
@@ -131,7 +131,7 @@ def page() -> None:
     seed = int(c6.number_input("Seed", 0, 2**31 - 1, 0, key="aud_seed"))
     try:
         with st.spinner("Computing…"):
-            pop = _population(ui.config().db_url, names, method)
+            pop = _population(ui.config().db_url, names, judge, method)  # the judge picked above, on every rate
             res = _audit(ui.config().db_url, names, dimension, judge, tuple(by), min_n, method, seed)
     except AgreementError as exc:
         st.error(ui.md_literal(str(exc)))
@@ -139,7 +139,8 @@ def page() -> None:
     sample = pop["sample"]
     st.markdown("**Rates over the collection**")
     st.caption(
-        "judge = the judge's own share, uncorrected (no interval: its error is bias). human = the people's "
+        f"judge = the share of {ui.md_literal(judge, max_chars=80)}'s labels, uncorrected (no interval: its "
+        "error is bias). human = the people's "
         "share over the review sample, weighted by the sampling design. corrected = the judge on every item, "
         "corrected by the people's labels (PPI++): same target as human, narrower when the judge is good. "
         f"95% intervals. The review sample holds {sample['n_in_sample']} of {sample['n_items']} items "
