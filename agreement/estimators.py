@@ -15,7 +15,7 @@ Three kinds of figure, each an :class:`Estimate` that says what it estimates:
   by the design-weighted human residuals, with the power-tuning weight ``lam`` chosen to
   minimise the variance. Unbiased whatever the judge's quality (a bad judge only makes the
   interval wider, never wrong), and narrower than human-only when the judge is informative;
-- :func:`reviews_needed`: how many more reviews would bring an interval to ``±x``.
+- :func:`reviews_needed`: how many more sample items would bring an interval to ``±x``.
 
 Rates (Hájek means and ratios) get Wilson's score interval on an effective sample size
 (:func:`rate_bounds`), which stays honest near 0 and 1; the

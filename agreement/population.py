@@ -15,7 +15,7 @@ and Both-Safe when the taxonomy has them):
 
 The reference on a reviewed item is the people's label distribution
 (:func:`safereview.agreement.consensus.soft_reference`). Each figure also says how many
-more reviews (by the same design) would bring its interval to ±``half_width``.
+more sample items (by the same design) would bring its interval to ±``half_width``.
 """
 
 from __future__ import annotations

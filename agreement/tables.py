@@ -119,7 +119,7 @@ def confusion_rows(res: dict[str, Any], weighted: bool = False) -> list[dict[str
 
 def population_rows(pop: dict[str, Any]) -> list[dict[str, Any]]:
     """The three columns per rate (judge uncorrected, human, corrected; 95% intervals as text)
-    and the reviews still needed for the target half-width."""
+    and how many more sample items (each reviewed as the overlap asks) the target half-width needs."""
     hw = pop["half_width"]
     rows = []
     for m in pop["metrics"]:
@@ -131,7 +131,7 @@ def population_rows(pop: dict[str, Any]) -> list[dict[str, Any]]:
                 "judge (uncorrected)": None if judge is None or judge != judge else round(judge, 3),
                 "human [95%]": interval_text(m["human"]),
                 "corrected [95%]": interval_text(m["corrected"]),
-                f"more reviews for ±{hw}": None if more < 0 else more,
+                f"more sample items for ±{hw}": None if more < 0 else more,
                 "sample items": m["corrected"]["n_labelled"],
                 "effective human labels": None
                 if m["human"]["n_effective"] is None

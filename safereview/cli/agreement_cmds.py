@@ -286,7 +286,7 @@ def _print_population(pop: dict[str, Any]) -> None:
         show_edge=False,
         pad_edge=False,
         caption=f"judge: its own share, uncorrected; human: design-weighted; corrected: PPI++; 95% intervals; "
-        f"more: reviews for ±{hw}",
+        f"more: sample items to review for ±{hw}",
     )
     t.add_column("metric", overflow="fold", min_width=10)
     t.add_column("judge", justify="right", no_wrap=True)
