@@ -184,11 +184,14 @@ def _population(session: Session, collection: str, judge_ids: list[str], by: str
     per group: what the judge's figures mean for people, with honest intervals.
 
     The judge's shares above follow the benchmark's counting rule; these follow the review
-    sample's design (agreement.population), with the first of several judges as the predictor.
+    sample's design (agreement.population). The corrected figures take one judge's verdicts as
+    the predictor, the first of several (``predictor``): PPI corrects one score per item, and
+    the merged benchmark labels are not stored as a judge of their own.
     """
     from safereview.agreement.population import population_rates
 
-    pop = population_rates(session, [collection], judge_id=judge_ids[0] if judge_ids else None, by=by)
+    predictor = judge_ids[0] if judge_ids else None
+    pop = population_rates(session, [collection], judge_id=predictor, by=by)
 
     def by_name(metrics: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         return {m["metric"] if "dimension" not in m else f"{m['dimension']}:{m['label']}": m for m in metrics}
@@ -196,4 +199,10 @@ def _population(session: Session, collection: str, judge_ids: list[str], by: str
     groups = {"all": by_name(pop["metrics"])}
     for g in pop.get("groups", []):
         groups[g["group"]] = by_name(g["metrics"])
-    return {"sample": pop["sample"], "reference": pop["reference"], "half_width": pop["half_width"], "groups": groups}
+    return {
+        "sample": pop["sample"],
+        "reference": pop["reference"],
+        "half_width": pop["half_width"],
+        "predictor": predictor,
+        "groups": groups,
+    }

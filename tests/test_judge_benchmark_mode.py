@@ -311,6 +311,9 @@ def test_stats_uses_the_benchmark_rule_by_default_and_merges_judges(tmp_path: Pa
     assert _figures(overall) == _expected(uni_result(rows)) == brute_force(rows, SHARED_DENOMINATOR)
     assert overall["metrics"]["C-Unsafe"]["k"] == 1  # item 0 (A says unsafe); item 6's unsafe record had an NA
     assert out["verdict_status"] == {"ok": 34, "unparseable": 4}
+    assert out["population"]["predictor"] == "A"  # PPI corrects one judge's scores: which one is said
+    r = _cli("stats", "--collection", "bench", "--judge-id", "A", "--judge-id", "B", "--db", db_url)
+    assert "corrected uses A's verdicts as its predictor" in " ".join(r.stdout.split())
 
     # the table says which rule and how many were dropped
     r = _cli("stats", "--collection", "bench", "--judge-id", "A", "--db", db_url)

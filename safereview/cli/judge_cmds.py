@@ -445,9 +445,16 @@ def _print_stats(result: dict[str, Any]) -> None:
     sample = pop["sample"]
     console.print(
         Text(
-            "judge: its own share with a Wilson interval for the judge's figure (the benchmark's number); it "
-            "says nothing about the judge's bias. human and corrected: the people's rate over the collection "
-            f"from the review sample ({sample['n_in_sample']} of {sample['n_items']} items), 95% intervals."
+            "judge: its share of its records (the benchmark's number), exact for these items; its Wilson "
+            "interval is the benchmark's sampling error, as if the items were a random draw of prompts like "
+            "them. Neither says anything about the judge's bias. human and corrected: the people's rate over "
+            f"the collection from the review sample ({sample['n_in_sample']} of {sample['n_items']} items), "
+            "95% intervals"
+            + (
+                f"; corrected uses {pop['predictor']}'s verdicts as its predictor."
+                if len(result["judge_ids"]) > 1
+                else "."
+            )
         )
     )
     for note in sample["notes"]:
