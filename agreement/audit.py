@@ -182,6 +182,8 @@ def audit(
     if jid is None:
         out["undefined_reason"] = "no judge verdicts on this dimension"
         return out
+    note = verdict_reads.calibration_note(bind, jid, dimension, out["collections"])
+    out["warnings"] = [note] if note else []
     cons = consensus(bind, dimension, out["collections"], method=method, threshold=threshold)
     v = verdict_reads.load_verdicts(
         bind, sc.collection_ids, dimension, labels, jid, unsafe_labels=unsafe_labels_of(spec)

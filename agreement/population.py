@@ -183,6 +183,11 @@ def population_rates(
         inputs[dim] = got
         out["judge_ids"][dim] = got["judge_id"]
     uni = all(d in inputs for d in UNI_DIMENSIONS) and "refusal" in inputs["contextual"]["labels"]
+    out["warnings"] = [
+        note
+        for dim, got in inputs.items()
+        if (note := verdict_reads.calibration_note(bind, got["judge_id"], dim, out["collections"]))
+    ]
     out["kind"] = "uni-safebench" if uni else "label-shares"
     out["metrics"] = _all_metrics(ds, inputs, half_width, uni, None)
     if by:

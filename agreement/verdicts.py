@@ -149,3 +149,49 @@ def load_adjudications(bind: Any, collection_ids: Sequence[int], dimension: str)
     for item_id, label, user_id, at, rationale, adj_id in rows:  # ordered: the newest overwrites
         out[int(item_id)] = {"label": label, "user_id": user_id, "at": at, "rationale": rationale, "id": adj_id}
     return out
+
+
+def calibration_note(bind: Any, judge_id: str | None, dimension: str, collections: Sequence[str]) -> str | None:
+    """A warning when ``judge_id``'s verdicts on ``dimension`` come from a calibration fitted
+    on labels of ``collections`` (names: the scope being audited).
+
+    Its map and threshold were fitted on the review sample's labels, so its rates measured on
+    the same reviews lean optimistic (a cut chosen to pass few unsafe items passes few of those
+    very items), and a PPI correction that uses it as predictor has lost its independence from
+    the labels. The calibration's own guarantee is the figure that holds. None otherwise,
+    also when the calibration was fitted on other collections (then nothing here was selected
+    on these labels).
+    """
+    if not judge_id:
+        return None
+    with connection(bind) as conn:
+        rows = fetch(
+            conn,
+            "SELECT c.id, c.n_items, c.target_under_blocking, c.metrics FROM calibration c WHERE c.id IN "
+            "(SELECT v.calibration_id FROM verdict v WHERE v.judge_id = :j AND v.dimension = :d "
+            "AND v.calibration_id IS NOT NULL) ORDER BY c.id",
+            {"j": judge_id, "d": dimension},
+        )
+    if not rows:
+        return None
+    cal_id, n_items, target = rows[-1][0], rows[-1][1], rows[-1][2]
+    metrics = rows[-1][3]
+    if isinstance(metrics, str):  # SQLite returns the JSON text
+        import json
+
+        metrics = json.loads(metrics)
+    if not set((metrics or {}).get("collections") or []) & set(collections):
+        return None
+    delta = ((metrics or {}).get("threshold") or {}).get("delta")
+    promise = (
+        f" Report the calibration's own guarantee instead: under-blocking at most {target:g} with probability "
+        f"at least {1 - delta:.0%}."
+        if target is not None and delta is not None
+        else ""
+    )
+    return (
+        f"{judge_id} is calibration {cal_id}, fitted on the people's labels of {n_items} review-sample items here: "
+        f"its rates here are measured on the same reviews and lean optimistic, and a correction that uses it "
+        f"as predictor is no longer independent of those labels.{promise} For unbiased rates, audit the raw "
+        "judge, or apply a calibration fitted on another collection."
+    )

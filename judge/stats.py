@@ -204,5 +204,6 @@ def _population(session: Session, collection: str, judge_ids: list[str], by: str
         "reference": pop["reference"],
         "half_width": pop["half_width"],
         "predictor": predictor,
+        "warnings": pop.get("warnings", []),
         "groups": groups,
     }

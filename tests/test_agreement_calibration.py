@@ -143,3 +143,23 @@ def test_fit_store_and_apply_calibration(engine: sa.Engine) -> None:
         raw_p = {v.item_id: v.probs["unsafe"] for v in raw if v.probs}  # type: ignore[index]
         assert all((v.label == "unsafe") == (raw_p[v.item_id] >= stored.threshold) for v in new)  # the certified rule
         assert s.get(JudgeConfig, f"j+cal{cal_id}").protocol == "calibrated"  # type: ignore[union-attr]
+    # its threshold was chosen on these very reviews: an audit of it says so and points to the guarantee
+    from safereview.agreement.audit import audit
+    from safereview.agreement.population import population_rates
+
+    calibrated = audit(engine, "score", ["cal"], judge_id=f"j+cal{cal_id}", resamples=0, min_n=5)
+    (warning,) = calibrated["warnings"]
+    assert f"calibration {cal_id}" in warning and f"labels of {n - 1} review-sample items" in warning
+    assert "at most 0.1 with probability at least 90%" in warning
+    assert population_rates(engine, ["cal"], judge_id=f"j+cal{cal_id}")["warnings"] == [warning]
+    assert audit(engine, "score", ["cal"], judge_id="j", resamples=0, min_n=5)["warnings"] == []
+    assert population_rates(engine, ["cal"], judge_id="j")["warnings"] == []
+    # applied to another collection, nothing there was selected on its labels
+    other = write_ratings(
+        engine, "held-out", taxonomy(["safe", "unsafe"], ordered=False), "score", {"r0": ["safe"] * 5}
+    )
+    write_verdicts(engine, other, "score", ["safe"] * 5, "j", probs=[{"unsafe": 0.2, "safe": 0.8}] * 5)
+    with Session(engine) as s:
+        assert apply_calibration(s, lead, cal_id, ["held-out"])["written"] == 5
+        s.commit()
+    assert audit(engine, "score", ["held-out"], judge_id=f"j+cal{cal_id}", resamples=0, min_n=5)["warnings"] == []

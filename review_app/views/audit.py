@@ -146,6 +146,8 @@ def page() -> None:
         f"95% intervals. The review sample holds {sample['n_in_sample']} of {sample['n_items']} items "
         f"({sample['n_reviewed']} reviewed)."
     )
+    for warning in dict.fromkeys([*pop.get("warnings", []), *res.get("warnings", [])]):  # once each
+        st.warning(ui.md_literal(warning), icon=":material/warning:")
     st.dataframe(population_rows(pop), hide_index=True, width="stretch")
     for note in sample["notes"]:
         st.info(ui.md_literal(note), icon=":material/hourglass_top:")

@@ -222,6 +222,8 @@ def _print_audit(res: dict[str, Any]) -> None:
     )
     for note in res["sample"]["notes"]:
         console.print(Text(f"note: {note}"))
+    for warning in res.get("warnings", []):
+        console.print(Text(f"warning: {warning}"))
     t = Table(title="judge error rates (95% intervals)")
     for col in ("slice", "n", "accuracy", "over-blocking", "under-blocking"):
         t.add_column(col)
@@ -313,6 +315,8 @@ def _print_population(pop: dict[str, Any]) -> None:
     )
     for note in sample["notes"]:
         console.print(Text(f"note: {note}"))
+    for warning in pop.get("warnings", []):
+        console.print(Text(f"warning: {warning}"))
 
 
 def register(app: typer.Typer) -> None:
@@ -514,7 +518,8 @@ def register(app: typer.Typer) -> None:
                 f"threshold: block when raw P(unsafe) >= {_fmt(thr['raw_threshold'], 4)} (calibrated "
                 f"{_fmt(thr.get('calibrated_threshold'), 4)}); under-blocking over the collection <= {target} with "
                 f"probability >= {1 - thr['delta']:.0%} (upper bound {_fmt(thr['under_blocking_upper_bound'])}); "
-                f"estimated under-blocking {_est(ub)}, over-blocking {_est(ob)}"
+                f"on the reviews that chose the cut (so under-blocking leans low; report the guarantee): "
+                f"under-blocking {_est(ub)}, over-blocking {_est(ob)}"
             )
         if apply:
             lines.append(f"wrote {out['applied']['written']} calibrated verdicts as judge {out['applied']['judge_id']}")

@@ -459,6 +459,8 @@ def _print_stats(result: dict[str, Any]) -> None:
     )
     for note in sample["notes"]:
         console.print(Text(f"note: {note}"))
+    for warning in pop.get("warnings", []):
+        console.print(Text(f"warning: {warning}"))
     if rule:
         console.print(f"rule: {rule} ({result['rule_text']})", highlight=False)
     if result["verdict_status"]:
