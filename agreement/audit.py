@@ -30,6 +30,7 @@ from safereview.agreement.alpha import krippendorff_alpha, paired_alpha_differen
 from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus, external_ids, soft_reference
 from safereview.agreement.estimators import Estimate, hajek_mean, hajek_ratio
 from safereview.agreement.kappa import confusion, kappa_from_table
+from safereview.agreement.provenance import label_field, label_provenance, provenance_warnings
 from safereview.agreement.sample import DesignSample, load_design_sample
 from safereview.db.taxonomy import unsafe_labels as unsafe_labels_of
 from safereview.workflow.policies import require
@@ -156,37 +157,47 @@ def audit(
     threshold: float = DEFAULT_THRESHOLD,
     max_disagreements: int = 1000,
     sample: DesignSample | None = None,
+    labels: str = "final",
 ) -> dict[str, Any]:
     """Judge vs the people on one dimension over the collection: rates with intervals, confusion, kappa, slices.
 
     ``sample`` is the collections' review sample when the caller already loaded it (one read
-    serves every dimension and the population rates)."""
+    serves every dimension and the population rates). ``labels`` is the people's side:
+    "final" (after the reveal in blind review) or "blind" (committed before it); the
+    ``warnings`` say when the judge's verdict could have shaped the labels used
+    (:mod:`safereview.agreement.provenance`)."""
     from safereview.agreement.report import SLICES, slice_values
 
+    field_name, labels_used = label_field(labels)
     sc = data.scope(bind, collections)
     spec = sc.dimension(dimension)
-    labels = list(spec["labels"])
-    unsafe_codes = [labels.index(x) for x in unsafe_labels_of(spec) if x in labels]
+    label_set = list(spec["labels"])
+    unsafe_codes = [label_set.index(x) for x in unsafe_labels_of(spec) if x in label_set]
     jid = judge_id or verdict_reads.default_judge(bind, sc.collection_ids, dimension)
     out: dict[str, Any] = {
         "dimension": dimension,
-        "labels": labels,
+        "labels": label_set,
         "judge_id": jid,
         "collections": [sc.collection_names[c] for c in sc.collection_ids],
         "estimator": "Hájek (design-weighted) over the review sample",
         "reference": "the people's labels on each item, averaged (ties kept as halves; adjudications replace them)"
         if method == "majority"
         else "Dawid–Skene posterior of the people's labels (adjudications replace it)",
+        "labels_used": labels_used,
+        "labels_source": labels,
         "min_n": min_n,
     }
     if jid is None:
         out["undefined_reason"] = "no judge verdicts on this dimension"
         return out
     note = verdict_reads.calibration_note(bind, jid, dimension, out["collections"])
+    out["reference"] += f"; from {labels_used}"
+    out["label_provenance"] = label_provenance(bind, sc.collection_ids, dimension, jid)
     out["warnings"] = [note] if note else []
-    cons = consensus(bind, dimension, out["collections"], method=method, threshold=threshold)
+    out["warnings"] += provenance_warnings(out["label_provenance"], labels, dimension)
+    cons = consensus(bind, dimension, out["collections"], method=method, threshold=threshold, field_name=field_name)
     v = verdict_reads.load_verdicts(
-        bind, sc.collection_ids, dimension, labels, jid, unsafe_labels=unsafe_labels_of(spec)
+        bind, sc.collection_ids, dimension, label_set, jid, unsafe_labels=unsafe_labels_of(spec)
     )
     ds = sample or load_design_sample(bind, sc.collection_ids)
     out["sample"] = ds.as_dict()
@@ -203,18 +214,18 @@ def audit(
     out.update(judge_rates(ref, j, pi, unsafe_codes, min_n))
     h_hard = cons.codes_for(ids)
     hard = h_hard >= 0
-    kind = "quadratic" if spec.get("ordered") and len(labels) > 2 else "unweighted"
+    kind = "quadratic" if spec.get("ordered") and len(label_set) > 2 else "unweighted"
     out["kappa"] = weighted_kappa(
-        h_hard[hard], j[hard], w[hard], len(labels), kind, resamples=resamples, seed=seed, min_n=min_n
+        h_hard[hard], j[hard], w[hard], len(label_set), kind, resamples=resamples, seed=seed, min_n=min_n
     )
-    weighted = np.zeros((len(labels), len(labels)))
-    for col in range(len(labels)):
+    weighted = np.zeros((len(label_set), len(label_set)))
+    for col in range(len(label_set)):
         weighted[:, col] = (w[j == col, None] * ref[j == col]).sum(axis=0)
     out["confusion"] = {
         "rows": "people (label distribution)",
         "columns": "judge",
-        "labels": labels,
-        "counts": confusion(h_hard[hard], j[hard], len(labels)).astype(int).tolist(),
+        "labels": label_set,
+        "counts": confusion(h_hard[hard], j[hard], len(label_set)).astype(int).tolist(),
         "weighted": weighted.round(6).tolist(),
     }
     # plain comparison over every reviewed item (biased when review is prioritised)
@@ -235,8 +246,8 @@ def audit(
             {
                 "item_id": int(cons.item_ids[i]),
                 "external_id": names.get(int(cons.item_ids[i]), ("", ""))[0],
-                "people": labels[int(all_h[i])],
-                "judge": labels[int(all_j[i])],
+                "people": label_set[int(all_h[i])],
+                "judge": label_set[int(all_j[i])],
                 "agreement": None if np.isnan(cons.agreement[i]) else float(cons.agreement[i]),
                 "method": str(cons.method[i]),
             }
@@ -254,7 +265,9 @@ def audit(
                 rates = judge_rates(ref[dom], j[dom], pi[dom], unsafe_codes, min_n)
                 rows.append({"value": value, "n": int(dom.sum()), **rates})
             out["slices"][b] = rows
-    r = data.load_ratings(bind, sc.collection_ids, dimension, labels, ordered=bool(spec.get("ordered")))
+    r = data.load_ratings(
+        bind, sc.collection_ids, dimension, label_set, ordered=bool(spec.get("ordered")), field_name=field_name
+    )
     out["annotators"] = annotator_agreement(r)
     # the judge as one more rater
     with_judge = r.add_rater(f"judge:{jid}", v.item_ids, v.code)

@@ -29,6 +29,7 @@ from safereview.agreement import data
 from safereview.agreement import verdicts as verdict_reads
 from safereview.agreement.consensus import consensus_from_ratings, soft_reference
 from safereview.agreement.estimators import Estimate, hajek_mean, ppi_mean, reviews_needed
+from safereview.agreement.provenance import label_field
 from safereview.agreement.sample import DesignSample, load_design_sample
 from safereview.db.taxonomy import unsafe_labels as unsafe_labels_of
 
@@ -88,7 +89,7 @@ def three_columns(
 
 
 def _dimension_inputs(
-    bind: Any, sc: data.Scope, dimension: str, judge_id: str | None, ds: DesignSample, method: str
+    bind: Any, sc: data.Scope, dimension: str, judge_id: str | None, ds: DesignSample, method: str, field_name: str
 ) -> dict[str, Any] | None:
     spec = sc.dimension(dimension)
     labels = list(spec["labels"])
@@ -96,7 +97,9 @@ def _dimension_inputs(
     if jid is None:
         return None
     unsafe = unsafe_labels_of(spec)
-    r = data.load_ratings(bind, sc.collection_ids, dimension, labels, ordered=bool(spec.get("ordered")))
+    r = data.load_ratings(
+        bind, sc.collection_ids, dimension, labels, ordered=bool(spec.get("ordered")), field_name=field_name
+    )
     adj = verdict_reads.load_adjudications(bind, sc.collection_ids, dimension)
     cons = consensus_from_ratings(r, method=method, adjudications=adj)
     v = verdict_reads.load_verdicts(
@@ -157,27 +160,34 @@ def population_rates(
     half_width: float = DEFAULT_HALF_WIDTH,
     sample: DesignSample | None = None,
     by: str | None = None,
+    labels: str = "final",
 ) -> dict[str, Any]:
     """Every rate of the collections' taxonomy in the three columns (see the module docstring).
 
     With ``by`` (an item attribute such as ``task_type``) ``groups`` repeats them per value:
-    each a domain estimate over that group's items and that group's sample items.
+    each a domain estimate over that group's items and that group's sample items. ``labels``:
+    the people's "final" labels or their "blind" ones (see :func:`agreement.audit.audit`).
     """
+    field_name, labels_used = label_field(labels)
     sc = data.scope(bind, collections)
     ds = sample or load_design_sample(bind, sc.collection_ids)
     out: dict[str, Any] = {
         "collections": [sc.collection_names[c] for c in sc.collection_ids],
         "sample": ds.as_dict(),
-        "reference": "the people's labels on each reviewed item, averaged (adjudicated labels replace them)"
-        if method == "majority"
-        else "Dawid–Skene posterior of the people's labels (adjudicated labels replace them)",
+        "reference": (
+            "the people's labels on each reviewed item, averaged (adjudicated labels replace them)"
+            if method == "majority"
+            else "Dawid–Skene posterior of the people's labels (adjudicated labels replace them)"
+        )
+        + f"; from {labels_used}",
+        "labels_used": labels_used,
         "half_width": half_width,
         "metrics": [],
         "judge_ids": {},
     }
     inputs: dict[str, dict[str, Any]] = {}
     for dim in sc.dimensions():
-        got = _dimension_inputs(bind, sc, dim, judge_id, ds, method)
+        got = _dimension_inputs(bind, sc, dim, judge_id, ds, method, field_name)
         if got is None:
             continue
         inputs[dim] = got

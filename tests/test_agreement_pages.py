@@ -191,3 +191,7 @@ def test_audit_rates_over_the_collection_follow_the_judge_picked(fx: A.Fixture) 
     assert any(second in c.value.replace("\\", "") for c in lead.caption)  # md_literal escapes the dash
     # the people's figures do not depend on the judge
     assert picked.loc["C-Unsafe", "human [95%]"] == first.loc["C-Unsafe", "human [95%]"]
+    # the people's blind labels: this fixture's labels have none, and the page says so
+    lead.selectbox(key="aud_labels").set_value("blind").run()
+    assert not lead.exception, [e.message for e in lead.exception]
+    assert any("have no blind version" in w.value for w in lead.warning)

@@ -35,6 +35,7 @@ def _audit(
     min_n: int,
     method: str,
     seed: int,
+    labels: str,
 ) -> dict[str, Any]:
     from safereview.agreement.audit import audit
 
@@ -48,14 +49,15 @@ def _audit(
         resamples=500,
         seed=seed,
         method=method,
+        labels=labels,
     )
 
 
 @st.cache_data(ttl=60, show_spinner=False, max_entries=8)
-def _population(db_url: str, collections: tuple[str, ...], judge: str, method: str) -> dict[str, Any]:
+def _population(db_url: str, collections: tuple[str, ...], judge: str, method: str, labels: str) -> dict[str, Any]:
     from safereview.agreement.population import population_rates
 
-    return population_rates(ui.get_engine(), list(collections), judge_id=judge, method=method)
+    return population_rates(ui.get_engine(), list(collections), judge_id=judge, method=method, labels=labels)
 
 
 @st.cache_data(ttl=60, show_spinner=False, max_entries=8)
@@ -120,7 +122,7 @@ def page() -> None:
     by = c2.multiselect(
         "Break down by", list(SLICE_NAMES), default=["task_type"], format_func=lambda k: SLICE_NAMES[k], key="aud_by"
     )
-    c4, c5, c6 = st.columns(3)
+    c4, c5, c6, c7 = st.columns(4)
     min_n = int(c4.number_input("Fewest sample items for an estimate", 2, 10000, 20, key="aud_min_n"))
     method = c5.selectbox(
         "People's reference",
@@ -128,11 +130,18 @@ def page() -> None:
         format_func=lambda m: {"majority": "reviews averaged", "dawid-skene": "Dawid–Skene"}[m],
         key="aud_method",
     )
-    seed = int(c6.number_input("Seed", 0, 2**31 - 1, 0, key="aud_seed"))
+    labels = c6.selectbox(
+        "People's labels",
+        ["final", "blind"],
+        format_func=lambda k: {"final": "final (after the reveal)", "blind": "blind (before the reveal)"}[k],
+        key="aud_labels",
+        help="Blind labels were committed before the judge's verdict was shown, so the judge could not shape them.",
+    )
+    seed = int(c7.number_input("Seed", 0, 2**31 - 1, 0, key="aud_seed"))
     try:
         with st.spinner("Computing…"):
-            pop = _population(ui.config().db_url, names, judge, method)  # the judge picked above, on every rate
-            res = _audit(ui.config().db_url, names, dimension, judge, tuple(by), min_n, method, seed)
+            pop = _population(ui.config().db_url, names, judge, method, labels)  # the judge picked above
+            res = _audit(ui.config().db_url, names, dimension, judge, tuple(by), min_n, method, seed, labels)
     except AgreementError as exc:
         st.error(ui.md_literal(str(exc)))
         return

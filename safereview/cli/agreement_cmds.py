@@ -367,6 +367,14 @@ def register(app: typer.Typer) -> None:
         seed: SeedOpt = 0,
         min_n: Annotated[int, typer.Option("--min-n", help="Fewest sample items for an estimate.", min=2)] = 20,
         method: Annotated[str, typer.Option("--method", help="Human consensus: majority or dawid-skene.")] = "majority",
+        labels: Annotated[
+            str,
+            typer.Option(
+                "--labels",
+                help="The people's labels to measure the judge against: final (after the reveal in blind review) "
+                "or blind (committed before the judge's verdict was revealed).",
+            ),
+        ] = "final",
         as_json: JsonOpt = False,
         db: DbOption = None,
     ) -> None:
@@ -397,13 +405,16 @@ def register(app: typer.Typer) -> None:
                         seed=seed,
                         method=method,
                         sample=sample,
+                        labels=labels,
                     )
                 )
             if {"image", "text", "joint"} <= set(dims):
                 results["compositional_error"] = compositional_error(
                     engine, collection, judge_id=judge, min_n=min_n, sample=sample
                 )
-            results["population"] = population_rates(engine, collection, judge_id=judge, method=method, sample=sample)
+            results["population"] = population_rates(
+                engine, collection, judge_id=judge, method=method, sample=sample, labels=labels
+            )
         except AgreementError as exc:
             _fail(str(exc))
         finally:
