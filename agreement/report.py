@@ -40,6 +40,17 @@ FEW_PAIRABLE_UNITS = 30
 MIN_RARE_PAIRABLE_VALUES = 10
 
 
+# What every coefficient here is about. Unlike the audit's rates these are not design-weighted:
+# they describe the people's agreement on the items they labelled, which the queue chose
+# borderline-first, so they are not collection-wide figures.
+DESCRIBES = (
+    "agreement among the people on the items they labelled, every labelled item counted once (not weighted "
+    "by the review sample's design: the queue serves borderline items first, so these items may be harder than "
+    "the collection's average and agreement over the whole collection may differ); the intervals resample "
+    "these items"
+)
+
+
 def small_sample_check(counts: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
     """Whether the sample is too small for alpha's interval: few pairable units or a rare label.
 
@@ -157,6 +168,7 @@ def agreement_report(
         "seed": seed,
         "confidence": 0.95,
         "field": field_name,
+        "describes": DESCRIBES,
         "dimensions": [],
     }
     for dim in dims:

@@ -120,6 +120,7 @@ def test_cli_agreement_audit_calibrate_export(tmp_path: Path, sqlite_url: str) -
     res = runner.invoke(app, ["agreement", "--db", sqlite_url, "--by", "task_type", "--resamples", "20"])
     assert res.exit_code == 0, res.output
     assert "pairwise Cohen's kappa" in res.output
+    assert "these figures: agreement among the people on the items they labelled" in " ".join(res.output.split())
     res = runner.invoke(app, ["agreement", "--db", sqlite_url, "-c", "nope"])
     assert res.exit_code == 1 and "no collection named 'nope'" in res.output
     res = runner.invoke(app, ["audit", "--db", sqlite_url, "-c", "g", "--json", "--resamples", "10"])

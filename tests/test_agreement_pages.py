@@ -99,6 +99,7 @@ def test_agreement_and_audit_pages_show_the_figures(fx: A.Fixture) -> None:
     assert "Only 5 items carry two or more labels" in warnings[0]  # the broadest warning first
     rare = [w for w in warnings if "interval is unreliable" in w]
     assert rare and all(w.startswith("The interval is unreliable") for w in rare)  # a sentence, capitalised
+    assert any("not weighted by the review sample's design" in c.value for c in lead.caption)  # what they describe
     pairs = lead.dataframe[3].value
     assert list(pairs["rater_a"]) == ["ann1"] and list(pairs["n"]) == [5]
     open_page(lead, "views/audit.py")

@@ -76,7 +76,7 @@ def page() -> None:
     st.caption(
         f"{'Ordinal' if d['ordered'] else 'Nominal'} alpha; 95% bootstrap intervals from {resamples} "
         f"resamples of items (seed {seed}). Undefined values (no variation, too few ratings) are empty "
-        "with the reason in the last column."
+        f"with the reason in the last column. These figures: {rep['describes']}."
     )
     pairable = d["overall"]["n_units_pairable"]
     if d["overall"].get("few_units"):  # the broadest warning first, in the page's own words

@@ -125,6 +125,7 @@ def _print_agreement(rep: dict[str, Any]) -> None:
             f"seed {rep['seed']}, 95% intervals"
         )
     )
+    console.print(Text(f"these figures: {rep['describes']}"))
     for d in rep["dimensions"]:
         if d["overall"]["n_ratings"] == 0:
             console.print(Text(f"{d['dimension']}: no ratings"))
