@@ -51,6 +51,15 @@ COLUMNS = (
     "judge_label",
 )
 LABEL_COLUMNS = ("label", "judge_label")  # class labels in the hf folder
+# The rows are the reviewed items, which the queue chose borderline-first: said wherever the
+# table goes, because the obvious computation on it (share of rows where judge_label == label)
+# is not the judge's accuracy.
+ROWS_ARE_NOT_A_RANDOM_SAMPLE = (
+    "The rows are the items people reviewed. The review queue serves borderline items first, so they are "
+    "not a random sample of the collection: the share of rows where judge_label equals label is not the "
+    "judge's accuracy, and label shares over the rows are not the collection's rates. For those, use the "
+    "design-weighted figures (safereview audit, or the rates below in a dataset card)."
+)
 # arrow type -> ``datasets.Value`` dtype, for the gold table's columns
 _HF_DTYPES = {"string": "string", "int64": "int64", "int32": "int32", "double": "float64"}
 HF_DATA_FILE = "data/gold-00000-of-00001.parquet"
@@ -630,6 +639,8 @@ def dataset_card(
         "Columns: " + ", ".join(f"`{c}`" for c in COLUMNS) + ".",
         "`method` says how each label was reached: unanimous, majority, single (one annotator), "
         "dawid-skene, adjudicated (a lead decided), tie (no label).",
+        "",
+        "**Which items.** " + ROWS_ARE_NOT_A_RANDOM_SAMPLE,
         "",
         'Load with `datasets.load_dataset("<this folder>")` (one split, `gold`; the `collection` column '
         "says which collection a row comes from), or read the Parquet file directly.",

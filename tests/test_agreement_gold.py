@@ -97,6 +97,7 @@ def test_writers_and_hugging_face_layout(tmp_path: Path, sqlite_url: str) -> Non
     assert pq.read_table(tmp_path / "g.parquet").to_pylist() == table.to_pylist()
     card = (tmp_path / "hf" / "README.md").read_text()
     assert card.startswith("---\n")
+    assert "not a random sample of the collection" in card  # the obvious accuracy from these rows is biased
     front = yaml.safe_load(card.split("---\n")[1])
     cfg = front["configs"][0]
     assert cfg["config_name"] == "default"
@@ -151,6 +152,7 @@ def test_cli_agreement_audit_calibrate_export(tmp_path: Path, sqlite_url: str) -
     res = runner.invoke(app, ["export", "gold", "--db", sqlite_url, "-c", "g", "-o", str(out_file)])
     assert res.exit_code == 0, res.output
     assert "gold snapshot 1: 5 rows" in res.output and pq.read_table(out_file).num_rows == 5
+    assert "note: The rows are the items people reviewed." in res.output
     res = runner.invoke(app, ["export", "gold", "--db", sqlite_url, "--snapshot", "1", "-o", str(tmp_path / "hfdir")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "hfdir" / "README.md").exists()

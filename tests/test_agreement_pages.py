@@ -163,6 +163,7 @@ def test_gold_snapshot_and_calibration_messages(fx: A.Fixture) -> None:
         assert len(snaps) == 1 and snaps[0].n_rows == 10  # 5 items x 2 dimensions
         assert len(s.exec(select(Gold).where(Gold.snapshot_id == snaps[0].id)).all()) == 10
     assert any(snaps[0].checksum in c.value for c in lead.code)
+    assert any("not a random sample of the collection" in c.value for c in lead.caption)
     open_page(lead, "views/calibration.py")
     lead.button(key="cal_fit").click().run()
     assert not lead.exception, [e.message for e in lead.exception]

@@ -149,9 +149,11 @@ def _decision_form(user: Any, q: dict[str, Any], labels: list[str], pick: str) -
 def _download_buttons(snapshot_id: int, key: str) -> None:
     """One link per format, to the authenticated download route: the file is built from the
     stored rows when the link is followed, and only for a signed-in user who may export."""
+    from safereview.agreement.gold import ROWS_ARE_NOT_A_RANDOM_SAMPLE
     from safereview.agreement.gold_files import DOWNLOADS
     from safereview.review_app import server
 
+    st.caption(ROWS_ARE_NOT_A_RANDOM_SAMPLE)
     for col, fmt in zip(st.columns(len(DOWNLOADS)), DOWNLOADS, strict=True):
         col.link_button(
             FORMAT_LABELS[fmt],

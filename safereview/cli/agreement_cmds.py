@@ -615,3 +615,6 @@ def register(app: typer.Typer) -> None:
             f"{', '.join(str(p) for p in paths)} [{fmt_}]",
             highlight=False,
         )
+        from safereview.agreement.gold import ROWS_ARE_NOT_A_RANDOM_SAMPLE
+
+        console.print(f"note: {ROWS_ARE_NOT_A_RANDOM_SAMPLE}", highlight=False)
