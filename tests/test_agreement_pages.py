@@ -197,3 +197,65 @@ def test_audit_rates_over_the_collection_follow_the_judge_picked(fx: A.Fixture) 
     lead.selectbox(key="aud_labels").set_value("blind").run()
     assert not lead.exception, [e.message for e in lead.exception]
     assert any("have no blind version" in w.value for w in lead.warning)
+
+
+def test_calibration_page_fits_shows_and_applies_and_the_audit_then_warns(fx: A.Fixture) -> None:
+    """The calibration page's whole path on a scene big enough to fit: figures with their
+    intervals, the calibrated verdicts written, and the audit of them flagged as optimistic."""
+    import random
+
+    from safereview.db.collections import ensure_collection
+    from safereview.db.engine import make_engine
+    from safereview.db.models import Annotation, Assignment, Item, User, Verdict
+
+    rng = random.Random(3)
+    with Session(make_engine(fx.db_url)) as s:
+        col = ensure_collection(s, "cal-scene", "uni-safebench", overlap_target=1, audit_share=0.0)
+        ann = s.exec(select(User).where(User.username == "ann1")).one()
+        for i in range(60):
+            p = rng.random()
+            label = "unsafe" if rng.random() < p else "safe"
+            item = Item(collection_id=col.id, external_id=f"c{i}", content_hash=f"c{i}")
+            s.add(item)
+            s.flush()
+            s.add(Annotation(item_id=item.id, user_id=ann.id, labels={"contextual": "safe", "intrinsic": label}))
+            s.add(Assignment(item_id=item.id, user_id=ann.id, status="done", stratum="sample"))
+            said = "unsafe" if p >= 0.5 else "safe"
+            s.add(
+                Verdict(
+                    item_id=item.id,
+                    dimension="intrinsic",
+                    judge_id="prob-judge",
+                    label=said,
+                    probability=p if said == "unsafe" else 1 - p,
+                )
+            )
+        s.commit()
+        col_id = int(col.id)  # type: ignore[arg-type]
+    lead = open_page(sign_in("lead"), "views/calibration.py")
+    lead.multiselect(key="cal_collections").set_value([col_id]).run()
+    lead.selectbox(key="cal_dimension").set_value("intrinsic").run()
+    assert lead.selectbox(key="cal_judge").value == "prob-judge"
+    lead.slider(key="cal_target").set_value(0.3).run()
+    lead.button(key="cal_fit").click().run()
+    assert not lead.exception, [e.message for e in lead.exception]
+    assert not lead.error, [e.value for e in lead.error]
+    quality = next(d.value for d in lead.dataframe if "metric" in d.value.columns).set_index("metric")
+    assert quality.loc["Brier", "raw 95%"].startswith("[") and quality.loc["Brier", "cross-fitted 95%"].startswith("[")
+    assert quality.loc["ECE (descriptive)", "raw 95%"] == "none: descriptive"
+    cut = next(d.value for d in lead.dataframe if "under-blocking upper bound" in d.value.columns)
+    assert "under-blocking, in sample" in cut.columns
+    assert any("in sample* are measured on the same reviews" in c.value for c in lead.caption)
+    lead.button(key="cal_apply").click().run()
+    assert not lead.exception, [e.message for e in lead.exception]
+    (done,) = [m.value for m in lead.success]
+    assert "Wrote 60 calibrated verdicts" in done
+    open_page(lead, "views/audit.py")
+    lead.multiselect(key="aud_collections").set_value([col_id]).run()
+    lead.selectbox(key="aud_dimension").set_value("intrinsic").run()
+    calibrated = next(j for j in lead.selectbox(key="aud_judge").options if "+cal" in j)
+    lead.selectbox(key="aud_judge").set_value(calibrated).run()
+    assert not lead.exception, [e.message for e in lead.exception]
+    (warning,) = [w.value.replace("\\", "") for w in lead.warning]
+    assert "is calibration 1, fitted on the people's labels of 60 review-sample items here" in warning
+    assert warning.endswith("apply a calibration fitted on another collection.")  # whole, not cut at 300 characters

@@ -156,10 +156,10 @@ def page() -> None:
         f"({sample['n_reviewed']} reviewed)."
     )
     for warning in dict.fromkeys([*pop.get("warnings", []), *res.get("warnings", [])]):  # once each
-        st.warning(ui.md_literal(warning), icon=":material/warning:")
+        st.warning(ui.md_literal(warning, max_chars=2000), icon=":material/warning:")  # whole sentences
     st.dataframe(population_rows(pop), hide_index=True, width="stretch")
     for note in sample["notes"]:
-        st.info(ui.md_literal(note), icon=":material/hourglass_top:")
+        st.info(ui.md_literal(note, max_chars=2000), icon=":material/hourglass_top:")
     st.markdown(f"**Judge vs people on {ui.md_literal(dimension)}**")
     st.caption(
         f"{res['n']} sample items compared ({res['n_sample_without_labels']} without labels on this dimension, "

@@ -61,6 +61,11 @@ def _show_metrics(metrics: dict[str, Any]) -> None:
         e = e or {}
         return {"value": e.get("value"), "95% low": e.get("low"), "95% high": e.get("high")}
 
+    def span(e: Any) -> str:
+        e = e or {}
+        lo, hi = e.get("low"), e.get("high")
+        return "" if lo is None or hi is None else f"[{lo:.4f}, {hi:.4f}]"
+
     st.caption(
         f"{metrics.get('n')} sample items, weighted by the sampling design so that every figure describes the "
         "collection. Cross-fitted = each item scored by a map fitted without it (honest); in sample = "
@@ -73,12 +78,16 @@ def _show_metrics(metrics: dict[str, Any]) -> None:
                 "raw": metrics.get("ece_raw"),
                 "calibrated (cross-fitted)": cv.get("ece_calibrated"),
                 "calibrated (in sample)": metrics.get("ece_calibrated_in_sample"),
+                "raw 95%": "none: descriptive",
+                "cross-fitted 95%": "none: descriptive",
             },
             {
                 "metric": "Brier",
                 "raw": (cv.get("brier_raw") or {}).get("value"),
                 "calibrated (cross-fitted)": (cv.get("brier_calibrated") or {}).get("value"),
                 "calibrated (in sample)": metrics.get("brier_calibrated_in_sample"),
+                "raw 95%": span(cv.get("brier_raw")),
+                "cross-fitted 95%": span(cv.get("brier_calibrated")),
             },
         ],
         hide_index=True,
