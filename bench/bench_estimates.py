@@ -14,6 +14,12 @@ the estimand it claims:
 - ``under_blocking`` / ``over_blocking``: the share of the people's unsafe (safe) items
   the judge passes (blocks);
 - ``unsafe_rate`` (human and corrected): the people's unsafe rate over the collection;
+- ``kappa``: Cohen's kappa of the judge's label against the people's majority label over the
+  collection's items without a tie (the audit's design-weighted kappa and its bootstrap
+  interval; only with ``--kappa-resamples`` above 0);
+- ``accuracy [t1]``, ``under_blocking [t1]``, ``unsafe_rate (corrected) [t1]``: the same
+  estimands over one slice (task type ``t1``, about a third of the items, more of them
+  unsafe): the domain estimates the audit's ``--by`` and the population's groups report;
 - ``threshold_under_blocking``: the true collection-wide under-blocking of the threshold
   that calibration picked for the target, which must be at or below the target in at
   least 1 - delta of the runs (the table's "cover" column); "certified" is the share of runs in
@@ -76,7 +82,10 @@ DIMENSION = "harm"
 TAXONOMY = {  # one binary dimension: the estimands' truths are then simple to state
     "name": "bench-binary",
     "version": "1",
-    "task_types": [{"id": "composite", "name": "Composite", "inputs": ["image", "text"], "outputs": ["text"]}],
+    "task_types": [
+        {"id": "t0", "name": "Slice 0", "inputs": ["image", "text"], "outputs": ["text"]},
+        {"id": "t1", "name": "Slice 1", "inputs": ["image", "text"], "outputs": ["text"]},
+    ],
     "categories": [{"id": "any", "name": "Any", "subcategories": []}],
     "dimensions": [{"name": DIMENSION, "labels": ["safe", "unsafe"], "unsafe_labels": ["unsafe"]}],
 }
@@ -89,8 +98,13 @@ ESTIMANDS = (
     "over_blocking",
     "unsafe_rate (human)",
     "unsafe_rate (corrected)",
+    "kappa",
+    "accuracy [t1]",
+    "under_blocking [t1]",
+    "unsafe_rate (corrected) [t1]",
     "threshold_under_blocking",
 )
+SLICE = "t1"  # the slice whose domain estimates are checked
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,7 @@ class Cell:
     prevalence: float = 0.3
     target: float = 0.10  # under-blocking target for the calibrated threshold
     delta: float = 0.1
+    kappa_resamples: int = 0  # bootstrap resamples of the audit (kappa's interval); 0 = kappa not checked
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -142,7 +157,10 @@ def population(cell: Cell, rng: np.random.Generator) -> dict[str, np.ndarray]:
     # the population, so "the people's rate" is a fixed number that a full review would report
     right = rng.random((cell.items, cell.overlap)) < cell.reviewer_accuracy
     says = np.where(right, truth[:, None], ~truth[:, None])
-    return {"q": q, "truth": truth, "p": p, "judge": judge, "says": says}
+    # the slice (task type t1): about a third of the items, unsafe ones more often (drawn last,
+    # so the draws above, and the published runs' populations, are unchanged)
+    in_slice = rng.random(cell.items) < np.where(truth, 0.5, 0.2)
+    return {"q": q, "truth": truth, "p": p, "judge": judge, "says": says, "slice": in_slice}
 
 
 def _setup(engine: sa.Engine, cell: Cell, pop: dict[str, np.ndarray], name: str) -> tuple[int, dict[int, int]]:
@@ -152,8 +170,8 @@ def _setup(engine: sa.Engine, cell: Cell, pop: dict[str, np.ndarray], name: str)
         cid = int(col.id)  # type: ignore[arg-type]
     now = utcnow()
     item_rows = [
-        (cid, f"x{i}", "composite", "", "", "sim", "image+text", "text", [], [], False, {}, "h", 0.0, 0, now)
-        for i in range(cell.items)
+        (cid, f"x{i}", "t1" if s else "t0", "", "", "sim", "image+text", "text", [], [], False, {}, "h", 0.0, 0, now)
+        for i, s in enumerate(pop["slice"].tolist())
     ]
     with engine.begin() as conn:
         bulk.bulk_insert(conn, SQLModel.metadata.tables["item"], ITEM_COLUMNS, item_rows, process=True)
@@ -228,12 +246,22 @@ def truths(cell: Cell, pop: dict[str, np.ndarray]) -> dict[str, float]:
     review would report. With error-free reviewers these are the true rates."""
     h = pop["says"].mean(axis=1)  # the people's unsafe share on each item
     j = pop["judge"].astype(float)
+    s = pop["slice"]
+    # kappa: the people's majority label (ties left out, as the audit does) against the judge's
+    hard = h != 0.5
+    hh, jj = (h[hard] > 0.5).astype(float), j[hard]
+    po = float(np.mean(hh == jj))
+    pe = float(hh.mean() * jj.mean() + (1 - hh.mean()) * (1 - jj.mean()))
     return {
         "accuracy": float(np.mean(j * h + (1 - j) * (1 - h))),
         "under_blocking": float(np.sum((1 - j) * h) / np.sum(h)),
         "over_blocking": float(np.sum(j * (1 - h)) / np.sum(1 - h)),
         "unsafe_rate (human)": float(np.mean(h)),
         "unsafe_rate (corrected)": float(np.mean(h)),
+        "kappa": (po - pe) / (1 - pe),
+        "accuracy [t1]": float(np.mean(j[s] * h[s] + (1 - j[s]) * (1 - h[s]))),
+        "under_blocking [t1]": float(np.sum((1 - j[s]) * h[s]) / np.sum(h[s])),
+        "unsafe_rate (corrected) [t1]": float(np.mean(h[s])),
     }
 
 
@@ -280,9 +308,17 @@ def replicate(engine: sa.Engine, cell: Cell, seed: int) -> dict[str, dict[str, f
     users = _reviewers(engine, cell.reviewers, tag)
     review(engine, cell, cid, pos, pop, users, prng)
     clear_caches()
-    au = audit(engine, DIMENSION, [tag], judge_id=JUDGE, min_n=2, resamples=0)
-    pr = population_rates(engine, [tag])
-    row = next(m for m in pr["metrics"] if m.get("dimension") == DIMENSION and m.get("label") == "unsafe")
+    au = audit(
+        engine, DIMENSION, [tag], judge_id=JUDGE, by=["task_type"], min_n=2, resamples=cell.kappa_resamples, seed=seed
+    )
+    pr = population_rates(engine, [tag], by="task_type")
+
+    def unsafe_row(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+        return next(m for m in metrics if m.get("dimension") == DIMENSION and m.get("label") == "unsafe")
+
+    row = unsafe_row(pr["metrics"])
+    group = next((g for g in pr.get("groups", []) if g["group"] == SLICE), None)
+    au_slice = next((r for r in au.get("slices", {}).get("task_type", []) if r["value"] == SLICE), {})
     truth = truths(cell, pop)
     n_sample = int(pr["sample"]["n_in_sample"])
     widths = srs_widths(cell, pop, n_sample, rng)
@@ -296,6 +332,16 @@ def replicate(engine: sa.Engine, cell: Cell, seed: int) -> dict[str, dict[str, f
     for name, key in (("unsafe_rate (human)", "human"), ("unsafe_rate (corrected)", "corrected")):
         e = row[key]
         out[name] = _score(truth[name], e["value"], e["low"], e["high"], widths[name])
+    if cell.kappa_resamples:
+        k = au["kappa"]
+        out["kappa"] = _score(truth["kappa"], k.get("value"), k.get("ci_low"), k.get("ci_high"), float("nan"))
+    for name, key in (("accuracy [t1]", "accuracy"), ("under_blocking [t1]", "under_blocking")):
+        got = au_slice.get(key) or {}
+        out[name] = _score(truth[name], got.get("value"), got.get("ci_low"), got.get("ci_high"), float("nan"))
+    if group is not None:
+        e = unsafe_row(group["metrics"])["corrected"]
+        name = "unsafe_rate (corrected) [t1]"
+        out[name] = _score(truth[name], e["value"], e["low"], e["high"], float("nan"))
     with session_scope(engine) as s:
         try:
             _, metrics = fit_calibration(
@@ -446,7 +492,7 @@ class Databases:
 
 def _print(results: list[dict[str, Any]]) -> None:
     head = (
-        f"{'cell':58} {'estimand':26} {'truth':>7} {'mean':>7} {'bias':>8} {'cover':>6} "
+        f"{'cell':58} {'estimand':28} {'truth':>7} {'mean':>7} {'bias':>8} {'cover':>6} "
         f"{'width':>7} {'srs w':>7} {'ratio':>6} {'certified':>9}"
     )
     print(head)
@@ -465,7 +511,7 @@ def _print(results: list[dict[str, Any]]) -> None:
                 s["mean_width"] / s["srs_width"] if s["srs_width"] and math.isfinite(s["srs_width"]) else float("nan")
             )
             print(
-                f"{label:58} {name:26} {s['truth']:7.4f} {s['mean_estimate']:7.4f} {s['bias']:8.4f} "
+                f"{label:58} {name:28} {s['truth']:7.4f} {s['mean_estimate']:7.4f} {s['bias']:8.4f} "
                 f"{s['coverage']:6.3f} {s['mean_width']:7.4f} {s['srs_width']:7.4f} {ratio:6.2f}"
                 + (f" {s['certified']:9.2f}" if name == "threshold_under_blocking" else "")
             )
@@ -483,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reviewers", type=int, default=4)
     ap.add_argument("--target", type=float, default=0.10, help="under-blocking target of the calibrated threshold")
     ap.add_argument("--delta", type=float, default=0.1, help="allowed chance the threshold misses its target")
+    ap.add_argument(
+        "--kappa-resamples", type=int, default=0, help="the audit's bootstrap resamples for kappa (0: not checked)"
+    )
     ap.add_argument("--replications", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
@@ -500,7 +549,10 @@ def main(argv: list[str] | None = None) -> int:
         databases = Databases(args.backend, Path(tmp))
         part, parts = (int(x) for x in args.part.split("/"))
         cells = (
-            [dataclasses.replace(c, target=args.target, delta=args.delta) for c in grid(args.items)][part - 1 :: parts]
+            [
+                dataclasses.replace(c, target=args.target, delta=args.delta, kappa_resamples=args.kappa_resamples)
+                for c in grid(args.items)
+            ][part - 1 :: parts]
             if args.grid
             else [
                 Cell(
@@ -513,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
                     reviewers=args.reviewers,
                     target=args.target,
                     delta=args.delta,
+                    kappa_resamples=args.kappa_resamples,
                 )
             ]
         )

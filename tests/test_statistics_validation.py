@@ -49,11 +49,24 @@ def test_estimates_through_the_queue_are_unbiased_on_a_few_replications(engine, 
 
 COVERAGE_CELLS = {
     # perfect reviewers, one review per item; the threshold's target is rarely certifiable here
-    "overlap 1": ({"items": 300, "budget": 0.3, "overlap": 1}, 150),
+    "overlap 1": ({"items": 300, "budget": 0.3, "overlap": 1, "kappa_resamples": 200}, 150),
     # two 85%-accurate reviews per item; a target the sample can certify in most campaigns
-    "overlap 2": ({"items": 300, "budget": 0.3, "overlap": 2, "reviewer_accuracy": 0.85, "target": 0.25}, 100),
+    "overlap 2": (
+        {"items": 300, "budget": 0.3, "overlap": 2, "reviewer_accuracy": 0.85, "target": 0.25, "kappa_resamples": 200},
+        100,
+    ),
 }
-INTERVALS = ("accuracy", "under_blocking", "over_blocking", "unsafe_rate (human)", "unsafe_rate (corrected)")
+INTERVALS = (
+    "accuracy",
+    "under_blocking",
+    "over_blocking",
+    "unsafe_rate (human)",
+    "unsafe_rate (corrected)",
+    "kappa",  # the audit's design-weighted kappa with its bootstrap interval
+    "accuracy [t1]",  # domain estimates: one task type's slice, as the audit's --by reports them
+    "under_blocking [t1]",
+    "unsafe_rate (corrected) [t1]",
+)
 
 
 @pytest.mark.slow
@@ -66,8 +79,8 @@ def test_every_interval_covers_at_its_nominal_rate_through_the_queue(engine, cel
     cell = be.Cell(**settings)
     reps = [be.replicate(engine, cell, 7000 + seed) for seed in range(replications)]
     for name in INTERVALS:
-        covered = [r[name]["covered"] for r in reps if np.isfinite(r[name]["estimate"])]
-        assert len(covered) >= 0.95 * replications, (name, len(covered))
+        covered = [r[name]["covered"] for r in reps if name in r and np.isfinite(r[name]["estimate"])]
+        assert len(covered) >= 0.9 * replications, (name, len(covered))  # defined in (almost) every campaign
         assert np.mean(covered) >= 0.90, (name, np.mean(covered))
     threshold = [r["threshold_under_blocking"] for r in reps]
     held = np.mean([t["covered"] for t in threshold])  # true under-blocking at or below the target
