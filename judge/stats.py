@@ -30,6 +30,14 @@ from safereview.judge.metrics import (
 from safereview.workflow.collections import get_collection
 
 GROUP_KEYS = {"model": "model", "task_type": "task_type", "category": "category"}
+# The gold table counts a snapshot's rows: the reviewed items, which the queue chose
+# borderline-first. Its Wilson intervals describe those rows, not the collection; the
+# population figures (human, corrected) are the collection's.
+GOLD_DESCRIBES = (
+    "the newest gold snapshot's rows under the benchmark's rule: reviewed items only, chosen borderline-first, "
+    "so not a random sample of the collection; the intervals describe these rows. For the people's rate over "
+    "the collection use population (human, corrected)."
+)
 
 
 def default_judge(session: Session, collection_id: int) -> str | None:
@@ -175,6 +183,7 @@ def collection_stats(
         "metrics": metric_names,
         "judge": judge_table,
         "gold": gold_table,
+        "gold_describes": GOLD_DESCRIBES if gold_table else None,
         "n_items": len(items),
     }
 

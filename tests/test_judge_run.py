@@ -155,6 +155,7 @@ def test_stats_puts_gold_beside_the_judge(tmp_path: Path) -> None:
     gold = stats["gold"][0]["metrics"]
     assert (gold["C-Unsafe"]["k"], gold["C-Unsafe"]["n"]) == (4, 4)
     assert (gold["I-Unsafe"]["k"], gold["Both-Safe"]["k"]) == (0, 0)
+    assert "not a random sample" in stats["gold_describes"]
     assert stats["gold_snapshot_id"] is not None
     pop = stats["population"]["groups"]["all"]["C-Unsafe"]
     assert pop["human"]["n_labelled"] == 0  # the gold rows came from no review sample: no design-based figure
