@@ -20,6 +20,10 @@ the estimand it claims:
 - ``accuracy [t1]``, ``under_blocking [t1]``, ``unsafe_rate (corrected) [t1]``: the same
   estimands over one slice (task type ``t1``, about a third of the items, more of them
   unsafe): the domain estimates the audit's ``--by`` and the population's groups report;
+- ``planning`` (``--check-planning``): the corrected unsafe rate's "more sample items for ±x"
+  asked for 0.6 times the half-width reached, those items then reviewed through the queue and
+  the half-width measured again: "truth" is the ±x asked for, "mean" the ±x reached, "cover"
+  the share of campaigns that reached at most 1.1 times it (a planning figure, not a promise);
 - ``threshold_under_blocking``: the true collection-wide under-blocking of the threshold
   that calibration picked for the target, which must be at or below the target in at
   least 1 - delta of the runs (the table's "cover" column); "certified" is the share of runs in
@@ -103,6 +107,7 @@ ESTIMANDS = (
     "under_blocking [t1]",
     "unsafe_rate (corrected) [t1]",
     "threshold_under_blocking",
+    "planning",
 )
 SLICE = "t1"  # the slice whose domain estimates are checked
 
@@ -120,6 +125,7 @@ class Cell:
     target: float = 0.10  # under-blocking target for the calibrated threshold
     delta: float = 0.1
     kappa_resamples: int = 0  # bootstrap resamples of the audit (kappa's interval); 0 = kappa not checked
+    check_planning: bool = False  # review the "more sample items for ±x" it asks for, then measure ±x
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -210,11 +216,17 @@ def review(
     pop: dict[str, np.ndarray],
     users: list[User],
     rng: random.Random,
+    *,
+    budget: int | None = None,
+    reviews_of: dict[int, int] | None = None,
+    held: dict[int, Any] | None = None,
 ) -> int:
-    """Reviewers pull and submit in random interleaving until the budget of reviews is spent."""
-    budget = max(1, round(cell.budget * cell.items))
-    reviews_of: dict[int, int] = {}  # item -> reviews so far: the next one says pop["says"][item, n]
-    held: dict[int, Any] = {}
+    """Reviewers pull and submit in random interleaving until the budget of reviews is spent
+    (the cell's, or ``budget``). ``reviews_of`` and ``held`` carry a campaign on: reviews per
+    item so far, and each reviewer's lease."""
+    budget = max(1, round(cell.budget * cell.items)) if budget is None else budget
+    reviews_of = {} if reviews_of is None else reviews_of  # item -> reviews so far: the next says pop["says"][item, n]
+    held = {} if held is None else held
     done = 0
     flt = QueueFilter(cid)
     idle = 0
@@ -306,7 +318,9 @@ def replicate(engine: sa.Engine, cell: Cell, seed: int) -> dict[str, dict[str, f
     tag = f"rep-{seed}-{uuid.uuid4().hex[:6]}"
     cid, pos = _setup(engine, cell, pop, tag)
     users = _reviewers(engine, cell.reviewers, tag)
-    review(engine, cell, cid, pos, pop, users, prng)
+    reviews_of: dict[int, int] = {}
+    held: dict[int, Any] = {}
+    review(engine, cell, cid, pos, pop, users, prng, reviews_of=reviews_of, held=held)
     clear_caches()
     au = audit(
         engine, DIMENSION, [tag], judge_id=JUDGE, by=["task_type"], min_n=2, resamples=cell.kappa_resamples, seed=seed
@@ -370,8 +384,38 @@ def replicate(engine: sa.Engine, cell: Cell, seed: int) -> dict[str, dict[str, f
             "srs_width": float("nan"),
             "certified": float(t.get("under_blocking") is not None),  # a cut was found (not "block everything")
         }
+    if cell.check_planning:
+        out["planning"] = _planning(engine, cell, tag, row["corrected"], (cid, pos, pop, users, prng, reviews_of, held))
     out["_n"] = {"sample": n_sample}
     return out
+
+
+def _planning(engine: sa.Engine, cell: Cell, tag: str, now: dict[str, Any], campaign: tuple) -> dict[str, float]:
+    """Ask for 0.6 x the corrected unsafe rate's half-width, review the sample items it says
+    are needed (each by the overlap's reviewers), and measure the half-width reached."""
+    cid, pos, pop, users, prng, reviews_of, held = campaign
+    half_now = (now["high"] - now["low"]) / 2
+    wanted = round(0.6 * half_now, 4)
+    if not wanted > 0:
+        return _score(float("nan"), None, None, None, float("nan"))
+
+    def unsafe(pr: dict[str, Any]) -> dict[str, Any]:
+        return next(m for m in pr["metrics"] if m.get("dimension") == DIMENSION and m.get("label") == "unsafe")
+
+    clear_caches()
+    more = unsafe(population_rates(engine, [tag], half_width=wanted))["more_reviews"]["corrected"]
+    if more > 0:
+        review(engine, cell, cid, pos, pop, users, prng, budget=more * cell.overlap, reviews_of=reviews_of, held=held)
+    clear_caches()
+    e = unsafe(population_rates(engine, [tag]))["corrected"]
+    reached = (e["high"] - e["low"]) / 2
+    return {
+        "truth": wanted,
+        "estimate": reached,
+        "covered": float(reached <= 1.1 * wanted),
+        "width": float("nan"),
+        "srs_width": float("nan"),
+    }
 
 
 def _score(truth: float, value: Any, low: Any, high: Any, srs_width: float) -> dict[str, float]:
@@ -532,6 +576,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--kappa-resamples", type=int, default=0, help="the audit's bootstrap resamples for kappa (0: not checked)"
     )
+    ap.add_argument(
+        "--check-planning",
+        action="store_true",
+        help="review the items 'more sample items for ±x' asks for, then measure ±x",
+    )
     ap.add_argument("--replications", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
@@ -550,7 +599,13 @@ def main(argv: list[str] | None = None) -> int:
         part, parts = (int(x) for x in args.part.split("/"))
         cells = (
             [
-                dataclasses.replace(c, target=args.target, delta=args.delta, kappa_resamples=args.kappa_resamples)
+                dataclasses.replace(
+                    c,
+                    target=args.target,
+                    delta=args.delta,
+                    kappa_resamples=args.kappa_resamples,
+                    check_planning=args.check_planning,
+                )
                 for c in grid(args.items)
             ][part - 1 :: parts]
             if args.grid
@@ -566,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
                     target=args.target,
                     delta=args.delta,
                     kappa_resamples=args.kappa_resamples,
+                    check_planning=args.check_planning,
                 )
             ]
         )
