@@ -26,6 +26,30 @@ def _est_cells(prefix: str, e: dict[str, Any] | None) -> dict[str, Any]:
     return {prefix: e.get("value"), f"{prefix} 95% low": e.get("ci_low"), f"{prefix} 95% high": e.get("ci_high")}
 
 
+def ci_text(e: dict[str, Any] | None, value_key: str = "value") -> str:
+    """``0.447 [-0.069, 0.746]`` for a coefficient with a bootstrap interval; the value alone
+    when no interval was computed; ``undefined: <reason>`` when there is no value."""
+    e = e or {}
+    v = e.get(value_key)
+    if v is None or v != v:
+        return f"undefined: {e.get('undefined_reason') or e.get('reason') or 'no value'}"
+    lo, hi = e.get("ci_low"), e.get("ci_high")
+    if lo is None or hi is None:
+        return f"{v:.3f}"
+    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def judge_as_rater_row(res: dict[str, Any]) -> dict[str, Any]:
+    """Alpha among the people, with the judge as one more rater, and the paired difference,
+    each with its 95% interval, as text."""
+    jr = res.get("judge_as_rater") or {}
+    return {
+        "alpha, people only [95%]": ci_text(jr.get("alpha_without_judge")),
+        "alpha with the judge [95%]": ci_text(jr.get("alpha_with_judge")),
+        "with minus without [95%, paired]": ci_text(jr.get("alpha_difference"), "difference"),
+    }
+
+
 def small_sample_notes(s: dict[str, Any]) -> list[str]:
     """Short notes on one summary: few pairable units, a rare label, undefined bootstrap resamples."""
     notes = []

@@ -330,6 +330,12 @@ def wait_for_cookie(timeout_s: float = COOKIE_WAIT_S) -> bool:
 # ---------------------------------------------------------------------------------------
 
 
+def sentence(text: str) -> str:
+    """A service's message as a sentence on a page: first letter capitalised (the services
+    write them lower-case, for the CLI's ``note: …`` lines)."""
+    return text[:1].upper() + text[1:]
+
+
 def md_literal(text: Any, *, max_chars: int = 300) -> str:
     """Text made literal for places that parse markdown (labels, options, captions).
 

@@ -115,6 +115,10 @@ def test_agreement_and_audit_pages_show_the_figures(fx: A.Fixture) -> None:
     assert row["sample items"] == 5  # the tie on t3 is kept (half and half), not dropped
     assert "too few sample items (n=5 < 20)" in row["undefined"]
     assert any("5 of the 20 needed" in i.value for i in lead.info)
+    judge_row = lead.dataframe[2].value.iloc[0]  # kappa, then alpha with and without the judge, with intervals
+    assert judge_row["alpha, people only [95%]"].count("[") == 1
+    assert judge_row["alpha with the judge [95%]"].count("[") == 1
+    assert judge_row["with minus without [95%, paired]"].count("[") == 1
 
 
 def test_lead_adjudicates_the_tie_and_hostile_rationale_stays_inert(fx: A.Fixture) -> None:

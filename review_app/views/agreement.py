@@ -89,7 +89,7 @@ def page() -> None:
         )
     for w in d["overall"].get("warnings") or []:
         if not w.startswith("only ") or not d["overall"].get("few_units"):  # the few-items case is above
-            st.warning(ui.md_literal(w[:1].upper() + w[1:], max_chars=2000), icon=":material/warning:")
+            st.warning(ui.md_literal(ui.sentence(w), max_chars=2000), icon=":material/warning:")
     st.dataframe(stats_rows(d), hide_index=True, width="stretch", column_config=ui.SLICE_COLUMNS)
     if d.get("n_invalid_labels"):
         n = d["n_invalid_labels"]

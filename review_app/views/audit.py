@@ -102,7 +102,13 @@ def _tags(user: Any, names: tuple[str, ...], dimension: str, judge: str | None, 
 def page() -> None:
     from safereview.agreement import verdicts as verdict_reads
     from safereview.agreement.data import AgreementError
-    from safereview.agreement.tables import annotator_rows, confusion_rows, population_rows, rate_rows
+    from safereview.agreement.tables import (
+        annotator_rows,
+        confusion_rows,
+        judge_as_rater_row,
+        population_rows,
+        rate_rows,
+    )
 
     user = ui.require("audit")
     st.subheader("Judge audit")
@@ -156,10 +162,10 @@ def page() -> None:
         f"({sample['n_reviewed']} reviewed)."
     )
     for warning in dict.fromkeys([*pop.get("warnings", []), *res.get("warnings", [])]):  # once each
-        st.warning(ui.md_literal(warning, max_chars=2000), icon=":material/warning:")  # whole sentences
+        st.warning(ui.md_literal(ui.sentence(warning), max_chars=2000), icon=":material/warning:")  # whole
     st.dataframe(population_rows(pop), hide_index=True, width="stretch")
     for note in sample["notes"]:
-        st.info(ui.md_literal(note, max_chars=2000), icon=":material/hourglass_top:")
+        st.info(ui.md_literal(ui.sentence(note), max_chars=2000), icon=":material/hourglass_top:")
     st.markdown(f"**Judge vs people on {ui.md_literal(dimension)}**")
     st.caption(
         f"{res['n']} sample items compared ({res['n_sample_without_labels']} without labels on this dimension, "
@@ -184,8 +190,7 @@ def page() -> None:
                 "95% high": k.get("ci_high"),
                 "sample items": k.get("n"),
                 "undefined": k.get("undefined_reason", ""),
-                "alpha, people only": res["judge_as_rater"]["alpha_without_judge"].get("value"),
-                "alpha with the judge": res["judge_as_rater"]["alpha_with_judge"].get("value"),
+                **judge_as_rater_row(res),
                 "accuracy over all reviewed items (unweighted; not the collection)": res["all_reviewed"][
                     "accuracy_unweighted"
                 ],
