@@ -126,6 +126,7 @@ class Cell:
     delta: float = 0.1
     kappa_resamples: int = 0  # bootstrap resamples of the audit (kappa's interval); 0 = kappa not checked
     check_planning: bool = False  # review the "more sample items for ±x" it asks for, then measure ±x
+    probabilities: bool = True  # the judge reports P(label); without, PPI corrects its labels alone
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -189,7 +190,8 @@ def _setup(engine: sa.Engine, cell: Cell, pop: dict[str, np.ndarray], name: str)
         rows = []
         for iid, p, j in zip(ids, pop["p"].tolist(), pop["judge"].tolist(), strict=True):
             label = "unsafe" if j else "safe"
-            rows.append((iid, DIMENSION, JUDGE, "1", label, "ok", p if j else 1.0 - p, "", "", "", now))
+            prob = (p if j else 1.0 - p) if cell.probabilities else None
+            rows.append((iid, DIMENSION, JUDGE, "1", label, "ok", prob, "", "", "", now))
         bulk.bulk_insert(conn, vt, VERDICT_COLUMNS, rows, process=True)
     with session_scope(engine) as s:
         refresh_priorities(s, cid)
@@ -581,6 +583,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="review the items 'more sample items for ±x' asks for, then measure ±x",
     )
+    ap.add_argument(
+        "--no-probabilities", action="store_true", help="the judge gives labels only (no P(label) to correct)"
+    )
     ap.add_argument("--replications", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
@@ -622,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
                     delta=args.delta,
                     kappa_resamples=args.kappa_resamples,
                     check_planning=args.check_planning,
+                    probabilities=not args.no_probabilities,
                 )
             ]
         )
