@@ -262,6 +262,7 @@ def calibration_data(
     *,
     judge_id: str | None = None,
     method: str = "majority",
+    labels: str = "final",
 ) -> dict[str, Any]:
     """The review sample's items with a judge probability: ids, raw p, the people's unsafe share, pi.
 
@@ -269,27 +270,32 @@ def calibration_data(
     inclusion probabilities: the borderline items the queue favoured are weighted down to
     their share of the collection, so maps, scores and the threshold describe the collection.
     """
+    from safereview.agreement.provenance import label_field, label_provenance, provenance_warnings
+
+    field_name, labels_used = label_field(labels)
     sc = data.scope(bind, collections)
     spec = sc.dimension(dimension)
-    labels = list(spec["labels"])
+    label_set = list(spec["labels"])
     unsafe_labels = unsafe_labels_of(spec)
     jid = judge_id or verdict_reads.default_judge(bind, sc.collection_ids, dimension)
     if jid is None:
         raise data.AgreementError(f"no judge verdicts on dimension {dimension!r}")
     names = [sc.collection_names[c] for c in sc.collection_ids]
-    cons = consensus(bind, dimension, names, method=method)
+    cons = consensus(bind, dimension, names, method=method, field_name=field_name)
     v = verdict_reads.load_verdicts(
-        bind, sc.collection_ids, dimension, labels, jid, unsafe_labels=unsafe_labels, with_probs=True
+        bind, sc.collection_ids, dimension, label_set, jid, unsafe_labels=unsafe_labels, with_probs=True
     )
     ds = load_design_sample(bind, sc.collection_ids)
     ref, has = soft_reference(cons, ds.sample_ids)
-    unsafe_codes = [labels.index(x) for x in unsafe_labels if x in labels]
+    unsafe_codes = [label_set.index(x) for x in unsafe_labels if x in label_set]
     y = ref[:, unsafe_codes].sum(axis=1)
     p = v.p_for(ds.sample_ids)
     ok = np.isfinite(p) & has
     return {
         "judge_id": jid,
-        "labels": labels,
+        "labels": label_set,
+        "labels_used": labels_used,
+        "warnings": provenance_warnings(label_provenance(bind, sc.collection_ids, dimension, jid), labels, dimension),
         "unsafe_labels": list(unsafe_labels),
         "item_ids": ds.sample_ids[ok],
         "p": np.clip(p[ok], 0.0, 1.0),
@@ -315,6 +321,7 @@ def fit_calibration(
     folds: int = 5,
     seed: int = 0,
     min_n: int = 20,
+    labels: str = "final",
 ) -> tuple[Any, dict[str, Any]]:
     """Fit, evaluate and store a :class:`db.models.Calibration`; return (row, metrics).
 
@@ -322,7 +329,9 @@ def fit_calibration(
     out of sample (cross-fitted). The stored ``threshold`` is a cut on the judge's *raw*
     P(unsafe) (block when p >= threshold), chosen so the collection's under-blocking is at
     most the target with probability at least ``1 - delta``
-    (:func:`threshold_for_under_blocking`). ``user`` must be allowed to "calibrate".
+    (:func:`threshold_for_under_blocking`). ``user`` must be allowed to "calibrate". ``labels``:
+    the people's "final" or "blind" labels (:mod:`safereview.agreement.provenance`); the
+    guarantee is about the labels used, and ``warnings`` say when the judge could have shaped them.
     """
     from safereview.db.models import Calibration, utcnow
 
@@ -331,7 +340,7 @@ def fit_calibration(
         raise data.AgreementError("target under-blocking must be between 0 and 1")
     if not 0.0 < delta < 1.0:
         raise data.AgreementError("delta must be between 0 and 1 (e.g. 0.1)")
-    d = calibration_data(session, dimension, collections, judge_id=judge_id)
+    d = calibration_data(session, dimension, collections, judge_id=judge_id, labels=labels)
     p, y, pi = d["p"], d["y"], d["pi"]
     if len(p) < min_n:
         raise data.AgreementError(
@@ -350,6 +359,8 @@ def fit_calibration(
         "collections": d["collections"],
         "sample": d["sample"],
         "weights": "design weights 1/pi of the review sample",
+        "labels_used": d["labels_used"],
+        "warnings": d["warnings"],
         "rule": "block when the judge's raw P(unsafe) >= threshold",
         "ece_raw": ece(p, y, bins, w),
         "brier_raw": brier(p, y, w),

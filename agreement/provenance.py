@@ -73,8 +73,8 @@ def provenance_warnings(counts: dict[str, int], labels: str, dimension: str) -> 
         out.append(
             f"{counts['changed_after_reveal']} of the {counts['blind']} blind labels on {dimension} were changed "
             f"after the judge's verdict was revealed ({counts['changed_to_judge']} to the judge's label), and these "
-            "figures use the changed labels. Audit against the labels committed before the reveal (--labels "
-            "blind; on the page, People's labels: blind) to see the judge measured on labels it did not shape."
+            "figures use the changed labels. Use the labels committed before the reveal (--labels blind; on the "
+            "pages, People's labels: blind) to measure the judge on labels it did not shape."
         )
     if labels == "blind" and counts["blind"] < n:
         out.append(

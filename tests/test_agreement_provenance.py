@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from agreement_support import set_design, taxonomy, write_verdicts
+from agreement_support import make_user, set_design, taxonomy, write_verdicts
 from sqlmodel import Session
 
 from safereview.agreement.audit import audit
@@ -53,7 +53,8 @@ def _scene(engine: sa.Engine) -> tuple[int, list[int]]:
         s.commit()
         col_id = int(col.id)  # type: ignore[arg-type]
     judge = ["safe", "safe", "unsafe", "unsafe"] + ["safe"] * 16
-    write_verdicts(engine, ids, "score", judge, "j")  # type: ignore[arg-type]
+    probs = [{"unsafe": 0.8 if lab == "unsafe" else 0.2, "safe": 0.2 if lab == "unsafe" else 0.8} for lab in judge]
+    write_verdicts(engine, ids, "score", judge, "j", probs=probs)  # type: ignore[arg-type]
     set_design(engine, col_id, {iid: (1.0, 0.01 * (k + 1)) for k, iid in enumerate(ids)})
     return col_id, ids
 
@@ -116,3 +117,19 @@ def test_cli_audit_takes_the_labels_and_prints_the_warnings(engine: sa.Engine) -
     assert "committed before the judge's verdict was revealed" in text
     res = runner.invoke(app, [*args, "--labels", "first"])
     assert res.exit_code == 1 and "labels must be final or blind" in res.output
+
+
+def test_calibration_says_which_labels_its_guarantee_is_about(engine: sa.Engine) -> None:
+    from safereview.agreement.calibration import fit_calibration
+
+    _scene(engine)
+    lead = make_user(engine, "lead", "lead")
+    with Session(engine) as s:
+        _row, final = fit_calibration(s, lead, "score", ["prov"], judge_id="j", min_n=2, target_under_blocking=0.3)
+        _row, blind = fit_calibration(
+            s, lead, "score", ["prov"], judge_id="j", min_n=2, target_under_blocking=0.3, labels="blind"
+        )
+    assert "final labels" in final["labels_used"] and len(final["warnings"]) == 2
+    assert final["n"] == 20 and blind["n"] == 10  # the open-review items have no blind label
+    (left_out,) = blind["warnings"]
+    assert "have no blind version" in left_out

@@ -56,6 +56,8 @@ def _reliability_chart(metrics: dict[str, Any]) -> None:
 def _show_metrics(metrics: dict[str, Any]) -> None:
     cv = metrics.get("cross_validated", {})
     thr = metrics.get("threshold", {})
+    for warning in metrics.get("warnings", []):
+        st.warning(ui.md_literal(ui.sentence(warning), max_chars=2000), icon=":material/warning:")
 
     def est(e: Any) -> dict[str, Any]:
         e = e or {}
@@ -161,6 +163,13 @@ def page() -> None:
         "Confidence that the target holds", [0.9, 0.95, 0.99], format_func=lambda x: f"{x:.0%}", key="cal_conf"
     )
     bins = int(c6.number_input("Reliability bins", 2, 50, 10, key="cal_bins"))
+    labels = st.selectbox(
+        "People's labels",
+        ["final", "blind"],
+        format_func=lambda k: {"final": "final (after the reveal)", "blind": "blind (before the reveal)"}[k],
+        key="cal_labels",
+        help="Blind labels were committed before the judge's verdict was shown, so the judge could not shape them.",
+    )
     st.caption(
         "P(unsafe) comes from the judge's label probabilities; the target is the share of each item's "
         "annotators who chose an unsafe label. Only the review sample enters, weighted by the sampling "
@@ -181,6 +190,7 @@ def page() -> None:
                     target_under_blocking=float(target),
                     delta=round(1 - float(confidence), 6),
                     bins=bins,
+                    labels=labels,
                 )
                 return {"id": row.id, "metrics": metrics}
 

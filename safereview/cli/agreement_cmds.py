@@ -466,6 +466,14 @@ def register(app: typer.Typer) -> None:
         ] = 20,
         bins: Annotated[int, typer.Option("--bins", help="Reliability-diagram bins.", min=2)] = 10,
         seed: SeedOpt = 0,
+        labels: Annotated[
+            str,
+            typer.Option(
+                "--labels",
+                help="The people's labels to calibrate against: final (after the reveal in blind review) or blind "
+                "(committed before the judge's verdict was revealed).",
+            ),
+        ] = "final",
         apply: Annotated[
             bool, typer.Option("--apply", help="Also write calibrated verdicts beside the raw ones.")
         ] = False,
@@ -493,6 +501,7 @@ def register(app: typer.Typer) -> None:
                     min_n=min_n,
                     bins=bins,
                     seed=seed,
+                    labels=labels,
                 )
                 out: dict[str, Any] = {
                     "calibration_id": row.id,
@@ -533,6 +542,7 @@ def register(app: typer.Typer) -> None:
                 f"on the reviews that chose the cut (so under-blocking leans low; report the guarantee): "
                 f"under-blocking {_est(ub)}, over-blocking {_est(ob)}"
             )
+        lines += [f"warning: {w}" for w in metrics.get("warnings", [])]
         if apply:
             lines.append(f"wrote {out['applied']['written']} calibrated verdicts as judge {out['applied']['judge_id']}")
         for line in lines:
