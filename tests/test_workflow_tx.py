@@ -388,3 +388,53 @@ def test_the_stored_write_a_retry_accepts_matches_every_value_the_call_gave(engi
         assert ann_mod.stored_finalize(s, user, ann.id, unsafe, **{**same, "action": "confirm"}) is None
         assert ann_mod.stored_finalize(s, user, ann.id, VLSU_SAFE, **same) is None
         assert ann_mod.stored_finalize(s, user, ann.id, unsafe, **{**same, "expected_version": 2}) is None
+
+
+@pytest.mark.postgres
+def test_an_edit_whose_commit_went_in_unheard_is_not_reported_as_a_conflict(
+    cut_engine: tuple[sa.Engine, CuttingProxy],
+) -> None:
+    """My history's edit: its COMMIT reaches the server, the answer is lost. The retry finds
+    its own edit stored (one version up, this user's update) and returns it, instead of
+    telling the person the annotation changed since they opened it."""
+    eng, proxy = cut_engine
+    cid, user = _one_item_each(eng)
+    lease = next_item(eng, user, QueueFilter(cid))
+    assert lease is not None
+    with session_scope(eng) as s:
+        ann = submit(s, user, lease.id, VLSU_SAFE)
+    unsafe = {**VLSU_SAFE, "joint": "unsafe"}
+    proxy.cut_at(b"COMMIT", after_reply=True)
+    edited = ann_mod.edit(eng, user, ann.id, 1, labels=unsafe, rationale="second look")  # type: ignore[arg-type]
+    assert proxy.cuts == 1
+    assert edited.version == 2 and edited.labels == unsafe and edited.rationale == "second look"
+    anns, events, _leases = _stored(eng, user)
+    assert [(a.version, a.labels) for a in anns] == [(2, unsafe)] and events == ["create", "update"]
+    # cut before the server saw it: the retry makes the edit, once
+    proxy.cut_at(b"UPDATE annotation", after_reply=False)
+    again = ann_mod.edit(eng, user, ann.id, 2, labels=VLSU_SAFE)  # type: ignore[arg-type]
+    assert proxy.cuts == 2 and again.version == 3
+    _anns, events, _leases = _stored(eng, user)
+    assert events == ["create", "update", "update"]
+    # an edit made elsewhere is still a conflict
+    with pytest.raises(Conflict):
+        ann_mod.edit(eng, user, ann.id, 2, labels=unsafe)  # type: ignore[arg-type]
+
+
+def test_the_stored_edit_a_retry_accepts_matches_the_call(engine: sa.Engine) -> None:
+    cid, user = _one_item_each(engine)
+    lease = next_item(engine, user, QueueFilter(cid))
+    assert lease is not None
+    with session_scope(engine) as s:
+        ann = submit(s, user, lease.id, VLSU_SAFE)
+    unsafe = {**VLSU_SAFE, "joint": "unsafe"}
+    with session_scope(engine) as s:
+        assert ann_mod.stored_update(s, user, ann.id, 1, labels=unsafe) is None  # nothing edited yet
+    edited = ann_mod.edit(engine, user, ann.id, 1, labels=unsafe, flagged=True)
+    assert edited.version == 2
+    with session_scope(engine) as s:
+        assert ann_mod.stored_update(s, user, ann.id, 1, labels=unsafe, flagged=True) is not None
+        assert ann_mod.stored_update(s, user, ann.id, 1, labels=unsafe) is not None  # flag not given: not compared
+        assert ann_mod.stored_update(s, user, ann.id, 1, labels=unsafe, flagged=False) is None
+        assert ann_mod.stored_update(s, user, ann.id, 1, labels=VLSU_SAFE) is None
+        assert ann_mod.stored_update(s, user, ann.id, 2, labels=unsafe) is None

@@ -1,7 +1,8 @@
 """My history: the annotator's recent labels; reopen one and change it; undo the last change.
 
-Edits go through ``annotations.update`` with the version the page loaded, so a change made
-elsewhere in the meantime (another tab, an undo) is reported as a conflict, never lost.
+Edits go through ``annotations.edit`` (``update`` in a retried transaction of its own) with
+the version the page loaded, so a change made elsewhere in the meantime (another tab, an
+undo) is reported as a conflict, never lost.
 """
 
 from __future__ import annotations
@@ -102,11 +103,17 @@ def _editor(user: Any, row: dict[str, Any], info: Any) -> None:
                 st.warning("Every dimension needs a label.")
                 return
             try:
-                with ui.session() as s:
-                    ann = annotations.update(
-                        s, user, aid, opened, labels=new_labels, categories=cats, rationale=why, flagged=flagged
-                    )
-                    version = ann.version
+                ann = annotations.edit(  # its own transaction, retried; a lost COMMIT is not a conflict
+                    ui.get_engine(),
+                    user,
+                    aid,
+                    opened,
+                    labels=new_labels,
+                    categories=cats,
+                    rationale=why,
+                    flagged=flagged,
+                )
+                version = ann.version
             except Conflict:
                 st.session_state.pop(opened_key, None)
                 st.session_state.pop("hist_opened_for", None)

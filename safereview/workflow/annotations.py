@@ -481,23 +481,19 @@ def _then_next(
     the unheard commit took), instead of reporting a lost lease or "already labelled"."""
     import random
 
-    from safereview.workflow.tx import connection_lost, retry_transient, write_scope
+    from safereview.workflow.tx import write_with_retry
 
     rng = rng or random.Random()
-    maybe_committed = False
 
-    def attempt() -> tuple[Annotation, Assignment | None]:
-        nonlocal maybe_committed
-        try:
-            with write_scope(engine) as session:
-                ann = (stored(session) if maybe_committed else None) or write(session)
-                nxt = next_item(session, user, flt, rng=rng)
-            return ann, nxt
-        except sa.exc.OperationalError as exc:
-            maybe_committed = maybe_committed or connection_lost(exc)
-            raise
+    def found(session: Session) -> tuple[Annotation, Assignment | None] | None:
+        ann = stored(session)
+        return None if ann is None else (ann, next_item(session, user, flt, rng=rng))
 
-    return retry_transient(attempt, rng)
+    def written(session: Session) -> tuple[Annotation, Assignment | None]:
+        ann = write(session)
+        return ann, next_item(session, user, flt, rng=rng)
+
+    return write_with_retry(engine, written, found, rng=rng)
 
 
 def stored_submit(
@@ -671,6 +667,47 @@ def update(session: Session, user: User, annotation_id: int, expected_version: i
     if not values:
         raise InvalidInput("nothing to change")
     return _apply(session, user, ann, expected_version, values, "update")
+
+
+def edit(engine: sa.Engine, user: User, annotation_id: int, expected_version: int, **changes: Any) -> Annotation:
+    """:func:`update` as a write transaction of its own, retried while it fails transiently
+    (``workflow.tx.write_with_retry``); after a connection lost at COMMIT the retry accepts
+    its own stored edit (:func:`stored_update`) instead of calling it a conflict."""
+    from safereview.workflow.tx import write_with_retry
+
+    return write_with_retry(
+        engine,
+        lambda s: update(s, user, annotation_id, expected_version, **changes),
+        lambda s: stored_update(s, user, annotation_id, expected_version, **changes),
+    )
+
+
+def stored_update(
+    session: Session, user: User, annotation_id: int, expected_version: int, **changes: Any
+) -> Annotation | None:
+    """The annotation :func:`update` with these changes made, if it is stored; else None: one
+    version past ``expected_version``, its latest event this user's update at that version,
+    and the values the call gave. Read FOR UPDATE, as in :func:`stored_submit`."""
+    ann = session.get(Annotation, annotation_id, populate_existing=True, with_for_update=True)
+    if ann is None or ann.user_id != user.id or ann.version != expected_version + 1:
+        return None
+    latest = session.exec(
+        select(AnnotationEvent)
+        .where(AnnotationEvent.annotation_id == annotation_id)
+        .order_by(sa.desc(AnnotationEvent.id))  # type: ignore[arg-type]
+    ).first()
+    if latest is None or (latest.action, latest.version, latest.actor_id) != ("update", ann.version, user.id):
+        return None
+    _item, _col, spec = _spec_for_item(session, ann.item_id)
+    same = _holds(
+        ann,
+        spec,
+        changes.get("labels", ann.labels),
+        categories=changes.get("categories"),
+        rationale=changes.get("rationale"),
+        flagged=changes.get("flagged"),
+    )
+    return ann if same else None
 
 
 def undo_last(session: Session, user: User) -> Annotation | None:

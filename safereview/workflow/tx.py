@@ -104,3 +104,34 @@ def retry_transient(run: Callable[[], T], rng: random.Random, attempts: int = 5)
                 raise
             time.sleep(0.005 * (attempt + 1) * (1 + rng.random()))
     raise AssertionError("unreachable")
+
+
+def write_with_retry(
+    engine: sa.Engine,
+    write: Callable[[Session], T],
+    stored: Callable[[Session], T | None],
+    *,
+    rng: random.Random | None = None,
+) -> T:
+    """``write(session)`` as one write transaction (:func:`write_scope`), run again while it
+    fails transiently (:func:`retry_transient`).
+
+    A connection lost at COMMIT leaves the outcome unknown: the server may have committed.
+    After one, each retry first asks ``stored(session)`` for the very write it was making and
+    returns that when it is there, instead of writing again or reporting the conflict its own
+    unheard commit caused.
+    """
+    rng = rng or random.Random()
+    maybe_committed = False
+
+    def attempt() -> T:
+        nonlocal maybe_committed
+        try:
+            with write_scope(engine) as session:
+                found = stored(session) if maybe_committed else None
+                return found if found is not None else write(session)
+        except sa.exc.OperationalError as exc:
+            maybe_committed = maybe_committed or connection_lost(exc)
+            raise
+
+    return retry_transient(attempt, rng)
