@@ -28,6 +28,7 @@ from safereview.judge.config import ensure_judge_config, judge_id
 from safereview.judge.protocols import get_protocol
 from safereview.judge.protocols.base import Answer, Draft, ItemView, JudgeContext
 from safereview.judge.store import cache_get, cache_put_many, missing_work, write_verdicts
+from safereview.wording import count, noun
 from safereview.workflow.policies import require
 
 DRY_RUN_INTENT = "<dry run: the intent-extraction answer goes here>"
@@ -105,13 +106,13 @@ class RunSummary:
                 "and the queue's borderline order fall back to the labels (check the server supports logprobs)"
             )
         for reason, n in sorted(self.error_reasons.items(), key=lambda kv: -kv[1])[:5]:
-            out.append(f"{n} verdict(s) failed: {reason}")
+            out.append(f"{count(n, 'verdict')} failed: {reason}")
         if len(self.servers) > 1:
             for srv in self.servers:
                 if srv["backed_off"]:
                     out.append(
-                        f"server {srv['url']} was backed off at the end ({srv['failed']} failed attempt(s), "
-                        f"{srv['answered']} answered): the other server(s) took its requests"
+                        f"server {srv['url']} was backed off at the end ({count(srv['failed'], 'failed attempt')}, "
+                        f"{srv['answered']} answered): the other servers took its requests"
                     )
         if self.structured:
             refused = "; ".join(self.structured_refused)
@@ -222,7 +223,7 @@ def _collections(
         missing = [d for d in dims if d not in have]
         if missing:
             raise JudgeSetupError(
-                f"collection {name!r} has no dimension(s) {', '.join(missing)} "
+                f"collection {name!r} has no {noun(len(missing), 'dimension')} {', '.join(missing)} "
                 f"(its taxonomy has {', '.join(have)}); pick the other protocol"
             )
         return [col]

@@ -154,7 +154,7 @@ def test_every_problem_is_reported_and_nothing_is_written(tmp_path: Path) -> Non
         f"{f}:9: (json): expected an object",
     ):
         assert expected in err, (expected, err)
-    assert "7 problem(s); nothing imported" in err
+    assert "7 problems; nothing imported" in err
     with Session(engine) as s:
         assert s.exec(select(Verdict)).all() == [] and s.exec(select(ImportBatch)).all() == []
 

@@ -156,7 +156,7 @@ def test_problems_name_line_and_field_and_nothing_is_written(tmp_path: Path) -> 
         f"{f}:5: id: no item 't2i-1'",
     ):
         assert expected in r.stderr, (expected, r.stderr)
-    assert "4 problem(s); nothing imported" in r.stderr
+    assert "4 problems; nothing imported" in r.stderr
     assert _verdicts(db_url, "uj") == {}
     r = _cli(f, db_url, "--task-type", "no-such-task")
     assert r.exit_code == 1 and "--task-type: unknown task type 'no-such-task'" in r.stderr

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from safereview.cli.common import DbOption, MediaRootOption, config, console, engine_for, principal
+from safereview.wording import count
 
 export_app = typer.Typer(
     help="Export items (with verdicts), annotations and gold labels to JSONL, CSV or Parquet.",
@@ -313,12 +314,12 @@ def register(app: typer.Typer) -> None:
             for note in rep.notes:
                 console.print(f"{Path(rep.source).name}: {note}", highlight=False)
             if rep.rejects_path:
-                console.print(f"{rep.rejected} rejected row(s) written to {rep.rejects_path}")
+                console.print(f"{count(rep.rejected, 'rejected row')} written to {rep.rejects_path}")
             shown = rep.errors[:200]
             for msg in shown:  # plain, unwrapped: one FILE:LINE: field: message per line
                 typer.echo(msg, err=True)
             if len(rep.errors) > len(shown):
-                typer.echo(f"... and {len(rep.errors) - len(shown)} more problem(s)", err=True)
+                typer.echo(f"... and {count(len(rep.errors) - len(shown), 'more problem')}", err=True)
         if failed:
             typer.echo(
                 f"import failed: {reports[-1].source} was not imported; the database is unchanged for that file",

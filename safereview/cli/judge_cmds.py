@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from safereview.cli.common import DbOption, MediaRootOption, config, console, engine_for, err_console, principal
+from safereview.wording import count
 
 
 def _print_summary(summary: Any) -> None:
@@ -223,7 +224,7 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             typer.echo(json.dumps(summary.requests, indent=2, ensure_ascii=False))
             typer.echo(
-                f"dry run: {len(summary.requests)} request(s) for judge {summary.judge_id}; "
+                f"dry run: {count(len(summary.requests), 'request')} for judge {summary.judge_id}; "
                 "no call made, nothing written",
                 err=True,
             )
@@ -304,13 +305,13 @@ def register(app: typer.Typer) -> None:
         except VerdictImportError as exc:
             for p in exc.problems:
                 typer.echo(p, err=True)
-            typer.echo(f"{len(exc.problems)} problem(s); nothing imported", err=True)
+            typer.echo(f"{count(len(exc.problems), 'problem')}; nothing imported", err=True)
             raise typer.Exit(1) from None
         except NotFound as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
         console.print(
-            f"imported {result.verdicts} verdict(s) as {', '.join(result.judge_ids)}"
+            f"imported {count(result.verdicts, 'verdict')} as {', '.join(result.judge_ids)}"
             + (f" (import batch {result.batch_id})" if result.batch_id else "")
             + f": {result.verdicts - result.replaced} new, {result.replaced} replaced, {result.unchanged} unchanged",
             highlight=False,

@@ -29,6 +29,7 @@ from safereview.db.models import (
     utcnow,
 )
 from safereview.db.taxonomy import category_names
+from safereview.wording import noun
 from safereview.workflow.errors import Conflict, InvalidInput, NotFound
 from safereview.workflow.policies import can, require
 from safereview.workflow.queue import complete, next_item
@@ -98,7 +99,7 @@ def validate_labels(spec: dict[str, Any], labels: Any) -> dict[str, str]:
     dims = {d["name"]: d["labels"] for d in spec["dimensions"]}
     unknown = [str(k)[:40] for k in labels if k not in dims]
     if unknown:
-        raise InvalidInput(f"labels: unknown dimension(s) {', '.join(unknown)}")
+        raise InvalidInput(f"labels: unknown {noun(len(unknown), 'dimension')} {', '.join(unknown)}")
     out: dict[str, str] = {}
     for name, allowed in dims.items():
         value = labels.get(name)

@@ -29,6 +29,7 @@ from safereview.dataio.importers.records import (
     parse_parts,
     parse_verdict_list,
 )
+from safereview.wording import noun
 
 ITEM_KEYS = {
     "id",
@@ -74,7 +75,7 @@ def parse_row(src: SourceRow) -> Record:
             rec.error(
                 present[0],
                 "a reference row (item_id) holds only verdicts and annotations; "
-                f"unexpected column(s) {', '.join(present)}",
+                f"unexpected {noun(len(present), 'column')} {', '.join(present)}",
             )
         if not rec.verdicts and not rec.annotations:
             rec.error("item_id", "a reference row needs verdicts or an annotation")

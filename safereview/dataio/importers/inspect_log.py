@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from safereview.dataio.importers.records import Record
+from safereview.wording import noun
 
 INSTALL_HINT = "reading Inspect logs needs inspect-ai: pip install 'safereview[inspect]'"
 _JSON_LOG_HEAD = re.compile(rb'^\s*\{\s*"version"\s*:\s*\d+\s*,\s*"status"\s*:')
@@ -120,7 +121,7 @@ class ScoreMap:
                 raise ScoreMapError(f"{where}: expected a table")
             unknown = set(spec) - {"dimension", "labels", "key"}
             if unknown:
-                raise ScoreMapError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+                raise ScoreMapError(f"{where}: unknown {noun(len(unknown), 'key')} {', '.join(sorted(unknown))}")
             labels = spec.get("labels", {})
             if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
                 raise ScoreMapError(f"{where}.labels: expected a table of score value = label")

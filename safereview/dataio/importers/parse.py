@@ -19,6 +19,7 @@ from safereview.dataio.importers.options import Options
 from safereview.dataio.importers.records import Record, SourceRow, read_csv, read_jsonl, read_parquet
 from safereview.dataio.importers.report import ImportReport
 from safereview.dataio.importers.taxonomy_index import TaxonomyIndex
+from safereview.wording import noun
 
 FORMATS = ("auto", "generic", "uni-safebench", "vlsu", "inspect")
 
@@ -91,7 +92,7 @@ def iter_records(path: Path, fmt: str, tax: TaxonomyIndex, opts: Options, report
         header, rows = read_csv(path)
         missing = [c for c in vlsu.REQUIRED if c not in header]
         if missing:
-            raise FileProblem(f"{label}:1: (header): missing VLSU column(s) {', '.join(missing)}")
+            raise FileProblem(f"{label}:1: (header): missing VLSU {noun(len(missing), 'column')} {', '.join(missing)}")
         index = vlsu.ImageIndex(opts.media_dir.resolve())
         for src in rows:
             yield take(src, lambda s: vlsu.parse_row(s, index))

@@ -36,6 +36,7 @@ from safereview.db.models import (
     Verdict,
     utcnow,
 )
+from safereview.wording import count
 from safereview.workflow import queue, sampling
 from safereview.workflow.annotations import SNAPSHOT_FIELDS
 from safereview.workflow.ordering import Scorer, refresh_priorities
@@ -169,15 +170,18 @@ class Writer:
         )
         if report.items_updated:
             report.notes.append(
-                f"{report.items_updated} existing item(s) updated with changed content (--update); "
+                f"{count(report.items_updated, 'existing item')} updated with changed content (--update); "
                 "verdicts and annotations they already had were kept"
             )
         if report.verdicts_updated:
-            report.notes.append(f"{report.verdicts_updated} verdict(s) replaced (--update)")
+            report.notes.append(f"{count(report.verdicts_updated, 'verdict')} replaced (--update)")
         if self.people:
-            report.notes.append("created user(s) without a usable password: " + ", ".join(sorted(self.people)[:20]))
+            report.notes.append(
+                f"created {count(len(self.people), 'user')} without a usable password: "
+                + ", ".join(sorted(self.people)[:20])
+            )
         if report.annotations_updated:
-            report.notes.append(f"{report.annotations_updated} annotation(s) replaced (--update)")
+            report.notes.append(f"{count(report.annotations_updated, 'annotation')} replaced (--update)")
         if report.items_new:
             # new items of a collection whose sampling design is frozen join it now (size from the frozen mean)
             sampling.assign_keys(self.session, self.collection_id)
