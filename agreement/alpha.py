@@ -224,6 +224,44 @@ def percentile_interval(samples: np.ndarray, confidence: float = CONFIDENCE) -> 
     return float(lo), float(hi), int(ok.size)
 
 
+def bca_interval(
+    estimate: float,
+    samples: np.ndarray,
+    jackknife: np.ndarray,
+    jackknife_weights: np.ndarray,
+    confidence: float = CONFIDENCE,
+) -> tuple[float | None, float | None, int]:
+    """Efron's bias-corrected and accelerated (BCa) bootstrap interval.
+
+    ``jackknife`` holds the statistic with one item left out, once per *kind* of item (a
+    table cell, a pattern), and ``jackknife_weights`` how many items are of that kind, so the
+    acceleration costs nothing per item. Falls back to the percentile interval when the
+    correction is not defined (every resample on one side of the estimate, undefined
+    jackknife values). Why not the percentile interval: on two-rater tables of 30 to 80 items
+    it covered 93.7-94.4% where BCa covered 95.0-95.9% (docs/agreement.md).
+    """
+    from scipy.stats import norm
+
+    ok = samples[~np.isnan(samples)]
+    if ok.size == 0:
+        return None, None, 0
+    below = (np.count_nonzero(ok < estimate) + 0.5 * np.count_nonzero(ok == estimate)) / ok.size
+    jack_ok = ~np.isnan(jackknife)
+    if not 0.0 < below < 1.0 or not jack_ok.all():
+        return percentile_interval(samples, confidence)
+    z0 = float(norm.ppf(below))
+    w = np.asarray(jackknife_weights, dtype=np.float64)
+    d = (w * jackknife).sum() / w.sum() - jackknife
+    spread = float((w * d**2).sum())
+    accel = float((w * d**3).sum() / (6.0 * spread**1.5)) if spread > 0 else 0.0
+    tail = (1.0 - confidence) / 2.0
+    levels = []
+    for z in (norm.ppf(tail), norm.ppf(1.0 - tail)):
+        levels.append(float(norm.cdf(z0 + (z0 + z) / (1.0 - accel * (z0 + z)))))
+    lo, hi = np.quantile(ok, levels)
+    return float(lo), float(hi), int(ok.size)
+
+
 def krippendorff_alpha(
     counts: np.ndarray,
     level: str,

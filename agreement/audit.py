@@ -26,7 +26,7 @@ import numpy as np
 from safereview.agreement import data
 from safereview.agreement import items as item_reads
 from safereview.agreement import verdicts as verdict_reads
-from safereview.agreement.alpha import krippendorff_alpha, paired_alpha_difference
+from safereview.agreement.alpha import bca_interval, krippendorff_alpha, paired_alpha_difference
 from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus, external_ids, soft_reference
 from safereview.agreement.estimators import Estimate, hajek_mean, hajek_ratio
 from safereview.agreement.kappa import confusion, kappa_from_table
@@ -116,12 +116,14 @@ def judge_rates(
     }
 
 
-def annotator_agreement(r: data.Ratings) -> list[dict[str, Any]]:
+def annotator_agreement(r: data.Ratings, *, resamples: int = 0, seed: int = 0) -> list[dict[str, Any]]:
     """Each annotator against the others on the items they share: the share of the others'
     labels that match theirs (per item, then averaged over the person's items).
 
     Descriptive (over the items each person reviewed, unweighted): it shows who drifts
-    from the rest, not a collection-wide rate.
+    from the rest, not a collection-wide rate. With ``resamples`` each figure gets a
+    percentile bootstrap interval over the person's shared items (items with the same
+    (matching, others) counts are exchangeable, so their counts are drawn from a multinomial).
     """
     if not r.rater_names or len(r.unit) == 0:
         return []
@@ -133,14 +135,34 @@ def annotator_agreement(r: data.Ratings) -> list[dict[str, Any]]:
     for k, name in enumerate(r.rater_names):
         mine = (r.rater == k) & shared
         n = int(mine.sum())
-        rows.append(
-            {
-                "annotator": name,
-                "items_shared": n,
-                "agreement_with_others": float(np.mean(same[mine] / others[mine])) if n else None,
-            }
-        )
+        row: dict[str, Any] = {
+            "annotator": name,
+            "items_shared": n,
+            "agreement_with_others": float(np.mean(same[mine] / others[mine])) if n else None,
+        }
+        if resamples > 0:
+            row["ci_low"], row["ci_high"] = _mean_share_interval(same[mine], others[mine], resamples, seed + k)
+        rows.append(row)
     return sorted(rows, key=lambda x: (x["agreement_with_others"] is None, x["agreement_with_others"] or 0.0))
+
+
+def _mean_share_interval(
+    same: np.ndarray, others: np.ndarray, resamples: int, seed: int
+) -> tuple[float | None, float | None]:
+    """BCa bootstrap interval of mean(same / others) over items, resampling items."""
+    n = len(same)
+    if n == 0:
+        return None, None
+    pat, freq = np.unique(np.stack([same, others], axis=1), axis=0, return_counts=True)
+    value = pat[:, 0] / pat[:, 1]
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(n, freq / freq.sum(), size=resamples).astype(np.float64)
+    means = draws @ value / n
+    total = float(freq @ value)
+    # one item of each pattern left out
+    jack = (total - value) / (n - 1) if n > 1 else np.full(len(value), np.nan)
+    lo, hi, _ = bca_interval(total / n, means, jack, freq)
+    return lo, hi
 
 
 def audit(
@@ -268,7 +290,7 @@ def audit(
     r = data.load_ratings(
         bind, sc.collection_ids, dimension, label_set, ordered=bool(spec.get("ordered")), field_name=field_name
     )
-    out["annotators"] = annotator_agreement(r)
+    out["annotators"] = annotator_agreement(r, resamples=resamples, seed=seed)
     # the judge as one more rater
     with_judge = r.add_rater(f"judge:{jid}", v.item_ids, v.code)
     out["judge_as_rater"] = {

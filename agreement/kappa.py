@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from safereview.agreement.alpha import CONFIDENCE, Estimate, percentile_interval
+from safereview.agreement.alpha import CONFIDENCE, Estimate, bca_interval, percentile_interval
 
 
 def _unit_terms(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -152,10 +152,60 @@ def kappa_from_table(table: np.ndarray, kind: str = "unweighted") -> tuple[float
     return (po - pe) / (1.0 - pe), ""
 
 
+def _batch_kappa(tables: np.ndarray, kind: str) -> np.ndarray:
+    """Kappa of each (V, V) table in a (R, V, V) batch; NaN where undefined (no variation)."""
+    n = tables.sum(axis=(1, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = tables / n[:, None, None]
+        w = agreement_weights(tables.shape[1], kind)
+        po = (w * p).sum(axis=(1, 2))
+        pe = np.einsum("jk,rj,rk->r", w, p.sum(axis=2), p.sum(axis=1))
+        out = (po - pe) / (1.0 - pe)
+    out[(n <= 0) | (pe >= 1.0 - 1e-12)] = np.nan
+    return out
+
+
+def table_jackknife(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(C, V, V) tables with one item left out of each non-empty cell, and the cells' counts."""
+    table = np.asarray(table, dtype=np.float64)
+    flat = table.ravel()
+    cells = np.flatnonzero(flat > 0)
+    out = np.repeat(flat[None, :], len(cells), axis=0)
+    out[np.arange(len(cells)), cells] -= 1.0
+    return out.reshape(len(cells), *table.shape), flat[cells]
+
+
+def table_bootstrap(table: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """(R, V, V) tables of ``resamples`` item bootstraps of an unweighted (V, V) count table.
+
+    Items in the same cell are exchangeable for every coefficient computed from the table, so
+    drawing the cell counts from a multinomial is exactly resampling the items, at a cost
+    that does not grow with their number.
+    """
+    table = np.asarray(table, dtype=np.float64)
+    n = int(np.rint(table.sum()))
+    rng = np.random.default_rng(seed)
+    flat = rng.multinomial(n, table.ravel() / n, size=resamples).astype(np.float64)
+    return flat.reshape(resamples, *table.shape)
+
+
 def cohen(
-    a: np.ndarray, b: np.ndarray, n_labels: int, *, ordered: bool, sample_weights: np.ndarray | None = None
+    a: np.ndarray,
+    b: np.ndarray,
+    n_labels: int,
+    *,
+    ordered: bool,
+    sample_weights: np.ndarray | None = None,
+    resamples: int = 0,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
 ) -> dict[str, Any]:
-    """Agreement of two aligned code arrays: n, raw agreement, kappa (+ weighted if ordered)."""
+    """Agreement of two aligned code arrays: n, raw agreement, kappa (+ weighted if ordered).
+
+    With ``resamples`` (unweighted only) each figure gets a BCa bootstrap interval over the
+    items (``<figure>_ci_low`` / ``_ci_high``; ``kappa_resamples_undefined`` counts the
+    resamples with no variation, left out of kappa's interval).
+    """
     n = len(a)
     out: dict[str, Any] = {"n": n}
     if n == 0:
@@ -163,6 +213,11 @@ def cohen(
         return out
     table = confusion(a, b, n_labels, sample_weights)
     out["agreement"] = float(np.trace(table) / table.sum())
+    # how often the rarest label the two gave was given (both people's uses): kappa's interval,
+    # like alpha's, hinges on those few items (agreement.report turns this into a warning)
+    given = table.sum(axis=0) + table.sum(axis=1)
+    given = given[given > 0]
+    out["rarest_label_values"] = int(np.rint(given.min())) if given.size >= 2 else None
     kinds = ("unweighted", "linear", "quadratic") if ordered else ("unweighted",)
     for kind in kinds:
         value, reason = kappa_from_table(table, kind)
@@ -170,6 +225,25 @@ def cohen(
         out[key] = value
         if reason and "undefined_reason" not in out:
             out["undefined_reason"] = reason
+    if resamples > 0 and sample_weights is None:
+        boot = table_bootstrap(table, resamples, seed)
+        jack, jack_w = table_jackknife(table)
+        agree = np.trace(boot, axis1=1, axis2=2) / n
+        agree_jack = np.trace(jack, axis1=1, axis2=2) / (n - 1) if n > 1 else np.full(len(jack), np.nan)
+        out["agreement_ci_low"], out["agreement_ci_high"], _ = bca_interval(
+            out["agreement"], agree, agree_jack, jack_w, confidence
+        )
+        for kind in kinds:
+            key = "kappa" if kind == "unweighted" else f"kappa_{kind}"
+            ks = _batch_kappa(boot, kind)
+            if out[key] is None:
+                lo = hi = None
+                defined = int(np.count_nonzero(~np.isnan(ks)))
+            else:
+                lo, hi, defined = bca_interval(out[key], ks, _batch_kappa(jack, kind), jack_w, confidence)
+            out[f"{key}_ci_low"], out[f"{key}_ci_high"] = lo, hi
+            if kind == "unweighted":
+                out["kappa_resamples_undefined"] = resamples - defined
     return out
 
 
@@ -200,8 +274,11 @@ def pairwise(
     *,
     ordered: bool,
     min_overlap: int = 1,
+    resamples: int = 0,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """Cohen's kappa (and weighted kappas for ordered labels) for every pair of raters who share items."""
+    """Cohen's kappa (and weighted kappas for ordered labels) for every pair of raters who share
+    items, with bootstrap intervals over the pair's shared items when ``resamples`` > 0."""
     idx = rater_index(unit, rater, code, len(rater_names))
     rows = []
     for a, b in combinations(range(len(rater_names)), 2):
@@ -211,7 +288,11 @@ def pairwise(
         if len(ia) < min_overlap:
             continue
         rows.append(
-            {"rater_a": rater_names[a], "rater_b": rater_names[b], **cohen(ca[ia], cb[ib], n_labels, ordered=ordered)}
+            {
+                "rater_a": rater_names[a],
+                "rater_b": rater_names[b],
+                **cohen(ca[ia], cb[ib], n_labels, ordered=ordered, resamples=resamples, seed=seed),
+            }
         )
     return rows
 
@@ -225,11 +306,15 @@ def leave_one_out(
     n_labels: int,
     *,
     ordered: bool,
+    resamples: int = 0,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Each rater against the majority of the *other* raters on the items they share.
 
     Items where the others tie are left out (counted in ``ties``): there is no consensus
-    to agree with.
+    to agree with. With ``resamples`` the figures get bootstrap intervals over the compared
+    items (each item's consensus is fixed by the others' labels, so resampling items
+    resamples (own label, consensus) pairs).
     """
     from safereview.agreement.alpha import value_counts
 
@@ -247,7 +332,7 @@ def leave_one_out(
         tie = (others == top[:, None]).sum(axis=1) > 1
         ok = has & ~tie
         cons = others.argmax(axis=1)
-        res = cohen(c[ok], cons[ok], n_labels, ordered=ordered)
+        res = cohen(c[ok], cons[ok], n_labels, ordered=ordered, resamples=resamples, seed=seed)
         rows.append(
             {
                 "rater": name,

@@ -3,9 +3,10 @@
 One call gives what the CLI prints and the app shows: Krippendorff's alpha (ordinal for
 ordered label sets, and always nominal too) with bootstrap intervals, percent agreement,
 Gwet's AC1, Fleiss' kappa, specific agreement per label, unit and pairable-value counts,
-pairwise Cohen's kappa, each annotator against the others, and alpha with and without the
-judge as one more rater (with a paired bootstrap interval of the difference). Small samples
-are flagged twice: few pairable units, and few pairable values of the rarest label.
+pairwise Cohen's kappa and each annotator against the others (with bootstrap intervals over
+their shared items), and alpha with and without the judge as one more rater (with a paired
+bootstrap interval of the difference). Small samples are flagged twice: few pairable units,
+and few pairable values of the rarest label.
 """
 
 from __future__ import annotations
@@ -92,6 +93,28 @@ def small_sample_check(counts: np.ndarray, labels: Sequence[str]) -> dict[str, A
         "pairable_values_per_label": {lab: int(c) for lab, c in zip(labels, per_label, strict=True)},
         "warnings": warnings,
     }
+
+
+def two_rater_warnings(row: dict[str, Any]) -> list[str]:
+    """The small-sample warnings of one two-rater row (pairwise or an annotator against the others).
+
+    The same rules as alpha's: fewer than ``FEW_PAIRABLE_UNITS`` items compared, or fewer than
+    ``MIN_RARE_PAIRABLE_VALUES`` uses of the rarest label given. (Two raters, 10% of one label,
+    20 items: kappa's percentile interval covered about 81% of the time; 50 items, 92%.)
+    """
+    n = row.get("n", row.get("n_compared", 0)) or 0
+    out = []
+    if 0 < n < FEW_PAIRABLE_UNITS:
+        out.append(f"only {n} item{'s' if n != 1 else ''} compared: one item can swing these figures")
+    rare = row.get("rarest_label_values")
+    if rare is not None and rare < MIN_RARE_PAIRABLE_VALUES:
+        out.append(f"interval unreliable: the rarest label was given only {rare} time{'s' if rare != 1 else ''}")
+    return out
+
+
+def with_warnings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with their ``warnings`` (see :func:`two_rater_warnings`)."""
+    return [{**row, "warnings": two_rater_warnings(row)} for row in rows]
 
 
 def summarize(r: data.Ratings, *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict[str, Any]:
@@ -195,9 +218,30 @@ def agreement_report(
                 b: by_slice(r, slice_values(items, b, r.item_ids), resamples=resamples, seed=seed) for b in by
             }
         if len(r.rater_names) <= max_pairwise_raters:
-            entry["pairwise"] = pairwise(r.unit, r.rater, r.code, r.rater_names, r.n_labels, ordered=r.ordered)
-        entry["raters"] = leave_one_out(
-            r.unit, r.rater, r.code, r.rater_names, r.n_units, r.n_labels, ordered=r.ordered
+            entry["pairwise"] = with_warnings(
+                pairwise(
+                    r.unit,
+                    r.rater,
+                    r.code,
+                    r.rater_names,
+                    r.n_labels,
+                    ordered=r.ordered,
+                    resamples=resamples,
+                    seed=seed,
+                )
+            )
+        entry["raters"] = with_warnings(
+            leave_one_out(
+                r.unit,
+                r.rater,
+                r.code,
+                r.rater_names,
+                r.n_units,
+                r.n_labels,
+                ordered=r.ordered,
+                resamples=resamples,
+                seed=seed,
+            )
         )
         jid = judge_id or verdict_reads.default_judge(bind, sc.collection_ids, dim)
         if jid:

@@ -165,12 +165,60 @@ def population_rows(pop: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _two_rater_cells(row: dict[str, Any], ordered: bool) -> dict[str, Any]:
+    """``agreement`` and the kappas of a two-rater row as ``value [low, high]`` texts."""
+    keys = [("agreement", "agreement"), ("kappa", "kappa")]
+    if ordered:
+        keys += [("kappa_linear", "kappa (linear)"), ("kappa_quadratic", "kappa (quadratic)")]
+    cells: dict[str, Any] = {}
+    for key, name in keys:
+        e = {
+            "value": row.get(key),
+            "ci_low": row.get(f"{key}_ci_low"),
+            "ci_high": row.get(f"{key}_ci_high"),
+            "undefined_reason": row.get("undefined_reason"),
+        }
+        cells[f"{name} [95%]"] = ci_text(e)
+    return cells
+
+
+def pairwise_rows(dim: dict[str, Any]) -> list[dict[str, Any]]:
+    """Cohen's kappa per pair of annotators who share items, with intervals and warnings."""
+    return [
+        {
+            "annotator A": r["rater_a"],
+            "annotator B": r["rater_b"],
+            "items both labelled": r["n"],
+            **_two_rater_cells(r, dim["ordered"]),
+            "note": "; ".join(r.get("warnings", [])),
+        }
+        for r in dim.get("pairwise", [])
+    ]
+
+
+def rater_rows(dim: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each annotator against the majority of the others, with intervals and warnings."""
+    return [
+        {
+            "annotator": r["rater"],
+            "items labelled": r["n_items"],
+            "compared": r["n_compared"],
+            "others tied": r["ties"],
+            **_two_rater_cells(r, dim["ordered"]),
+            "note": "; ".join(r.get("warnings", [])),
+        }
+        for r in dim.get("raters", [])
+    ]
+
+
 def annotator_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {
             "annotator": a["annotator"],
             "items shared with others": a["items_shared"],
             "agreement with the others": a["agreement_with_others"],
+            "95% low": a.get("ci_low"),
+            "95% high": a.get("ci_high"),
         }
         for a in res.get("annotators", [])
     ]

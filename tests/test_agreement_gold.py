@@ -118,9 +118,15 @@ def test_cli_agreement_audit_calibrate_export(tmp_path: Path, sqlite_url: str) -
     d = rep["dimensions"][0]
     assert d["dimension"] == "score" and d["overall"]["n_units"] == 5 and rep["resamples"] == 50
     assert d["judge"]["judge_id"] == "judge-x"
+    for row in d["pairwise"] + d["raters"]:  # per-person figures carry their intervals
+        if row["kappa"] is not None:
+            assert row["kappa_ci_low"] <= row["kappa"] <= row["kappa_ci_high"]
+        assert row["warnings"]  # five items: one item can swing these figures
     res = runner.invoke(app, ["agreement", "--db", sqlite_url, "--by", "task_type", "--resamples", "20"])
     assert res.exit_code == 0, res.output
-    assert "pairwise Cohen's kappa" in res.output
+    flat = " ".join(res.output.split())
+    assert "pairwise Cohen's kappa (95% intervals over the items both labelled)" in flat
+    assert "each annotator vs the majority of the others" in flat
     assert "these figures: agreement among the people on the items they labelled" in " ".join(res.output.split())
     res = runner.invoke(app, ["agreement", "--db", sqlite_url, "-c", "nope"])
     assert res.exit_code == 1 and "no collection named 'nope'" in res.output

@@ -101,7 +101,12 @@ def test_agreement_and_audit_pages_show_the_figures(fx: A.Fixture) -> None:
     assert rare and all(w.startswith("The interval is unreliable") for w in rare)  # a sentence, capitalised
     assert any("not weighted by the review sample's design" in c.value for c in lead.caption)  # what they describe
     pairs = lead.dataframe[3].value
-    assert list(pairs["rater_a"]) == ["ann1"] and list(pairs["n"]) == [5]
+    assert list(pairs["annotator A"]) == ["ann1"] and list(pairs["items both labelled"]) == [5]
+    assert pairs["agreement [95%]"].iloc[0].startswith("0.800 [")  # with its interval
+    assert "only 5 items compared" in pairs["note"].iloc[0]
+    per_person = lead.dataframe[4].value
+    assert set(per_person["annotator"]) == {"ann1", "ann2"} and "kappa [95%]" in per_person.columns
+    assert any("bootstrap intervals (BCa)" in c.value for c in lead.caption)
     open_page(lead, "views/audit.py")
     population = lead.dataframe[0].value.set_index("rate")
     # every item of the collection is reviewed: a census, so the people's rate is exact (t3's tie is half unsafe)
@@ -119,6 +124,9 @@ def test_agreement_and_audit_pages_show_the_figures(fx: A.Fixture) -> None:
     assert judge_row["alpha, people only [95%]"].count("[") == 1
     assert judge_row["alpha with the judge [95%]"].count("[") == 1
     assert judge_row["with minus without [95%, paired]"].count("[") == 1
+    people = next(df.value for df in lead.dataframe if "agreement with the others" in df.value.columns)
+    assert people[["95% low", "95% high"]].notna().all().all()
+    assert (people["95% low"] <= people["agreement with the others"]).all()
 
 
 def test_lead_adjudicates_the_tie_and_hostile_rationale_stays_inert(fx: A.Fixture) -> None:

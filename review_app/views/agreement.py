@@ -48,7 +48,7 @@ def _report(
 def page() -> None:
     from safereview.agreement.data import AgreementError
     from safereview.agreement.report import FEW_PAIRABLE_UNITS
-    from safereview.agreement.tables import specific_rows, stats_rows
+    from safereview.agreement.tables import pairwise_rows, rater_rows, specific_rows, stats_rows
 
     ui.require("view_agreement")
     st.subheader("Agreement")
@@ -124,11 +124,16 @@ def page() -> None:
     note = " (weighted kappas use the ordered label list)" if d["ordered"] else ""
     st.markdown("**Pairwise Cohen's kappa**" + note)
     if d.get("pairwise"):
-        st.dataframe(d["pairwise"], hide_index=True, width="stretch")
+        st.dataframe(pairwise_rows(d), hide_index=True, width="stretch")
+        st.caption("95% bootstrap intervals (BCa) over the items both annotators labelled.")
     else:
         st.caption("No two annotators share an item yet.")
     st.markdown("**Each annotator against the majority of the others**")
-    st.dataframe(d["raters"], hide_index=True, width="stretch")
+    st.dataframe(rater_rows(d), hide_index=True, width="stretch")
+    st.caption(
+        "Agreement and kappa with the majority label of the others, on the items where they do not tie; "
+        "95% bootstrap intervals (BCa) over those items."
+    )
 
 
 page()

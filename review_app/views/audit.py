@@ -225,6 +225,10 @@ def page() -> None:
     if res.get("annotators"):
         st.markdown("**Annotators against the others** (descriptive: each person's reviewed items)")
         st.dataframe(annotator_rows(res), hide_index=True, width="stretch")
+        st.caption(
+            "The share of the others' labels that match the person's, per shared item, averaged over the person's "
+            "items; 95% bootstrap intervals (BCa) over those items."
+        )
     st.markdown(f"**Disagreements** ({res['disagreements']['n']} reviewed items where the judge and the people differ)")
     st.dataframe(res["disagreements"]["items"], hide_index=True, width="stretch")
     _tags(user, names, dimension, judge, res["disagreements"]["items"])

@@ -172,38 +172,21 @@ def _print_agreement(rep: dict[str, Any]) -> None:
                         f"{_fmt(diff.get('ci_high'))}] (paired bootstrap over the same items)"
                     )
                 )
-        if d.get("pairwise"):
-            p = Table(title="pairwise Cohen's kappa")
-            cols = ["rater a", "rater b", "n", "agreement", "kappa"] + (
-                ["kappa linear", "kappa quadratic"] if d["ordered"] else []
-            )
+        from safereview.agreement.tables import pairwise_rows, rater_rows
+
+        for title, rows in (
+            ("pairwise Cohen's kappa (95% intervals over the items both labelled)", pairwise_rows(d)),
+            ("each annotator vs the majority of the others (95% intervals over the items compared)", rater_rows(d)),
+        ):
+            if not rows:
+                continue
+            tab = Table(title=title)
+            cols = [c for c in rows[0] if c != "note" or any(row["note"] for row in rows)]
             for col in cols:
-                p.add_column(col)
-            for row in d["pairwise"]:
-                vals = [row["rater_a"], row["rater_b"], str(row["n"]), _fmt(row["agreement"]), _fmt(row["kappa"])]
-                if d["ordered"]:
-                    vals += [_fmt(row.get("kappa_linear")), _fmt(row.get("kappa_quadratic"))]
-                p.add_row(*[Text(v) for v in vals])
-            console.print(p)
-        if d.get("raters"):
-            r = Table(title="each annotator vs the majority of the others")
-            for col in ("annotator", "items", "compared", "others tied", "agreement", "kappa"):
-                r.add_column(col)
-            for row in d["raters"]:
-                r.add_row(
-                    *[
-                        Text(v)
-                        for v in (
-                            row["rater"],
-                            str(row["n_items"]),
-                            str(row["n_compared"]),
-                            str(row["ties"]),
-                            _fmt(row["agreement"]),
-                            _fmt(row["kappa"]),
-                        )
-                    ]
-                )
-            console.print(r)
+                tab.add_column(col)
+            for row in rows:
+                tab.add_row(*[Text(_fmt(row[c])) for c in cols])
+            console.print(tab)
 
 
 def _print_audit(res: dict[str, Any]) -> None:

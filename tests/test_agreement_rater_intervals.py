@@ -1,0 +1,144 @@
+"""Intervals for the per-person agreement figures: pairwise Cohen's kappa, each annotator
+against the majority of the others, and the audit's agreement with the others.
+
+- the multinomial draw over a two-rater table's cells is item resampling (checked in
+  distribution against explicit resampling of the items);
+- coverage: simulated annotators with known confusion matrices, written to a real database
+  by ``agreement.synthetic.bulk_load`` and read back through ``agreement_report`` and
+  ``audit.annotator_agreement``; every interval is checked against the value the rating
+  process implies (computed exactly from the confusion matrices), so a wrong interval, a
+  wrong point estimate or a wrong reading of the stored labels fails it;
+- the small-sample warnings reach the rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from safereview.agreement import data
+from safereview.agreement.audit import annotator_agreement
+from safereview.agreement.kappa import cohen, confusion, kappa_from_table, table_bootstrap
+from safereview.agreement.report import FEW_PAIRABLE_UNITS, agreement_report, two_rater_warnings
+from safereview.agreement.synthetic import bulk_load
+from safereview.db.taxonomy import unsafe_labels as unsafe_labels_of
+
+# bulk_load's rating process: truth drawn with weights 2 .. 1 over the V labels, each
+# annotator reports the truth with probability ACCURACY, otherwise a uniform label (which
+# may be the truth again)
+V = 3
+P_TRUTH = np.linspace(2, 1, V) / np.linspace(2, 1, V).sum()
+ACCURACY = 0.75
+CONFUSION = ACCURACY * np.eye(V) + (1 - ACCURACY) / V  # P(reported j | truth t), rows t
+
+
+def truths(joint: np.ndarray) -> dict[str, float]:
+    """Agreement and the three kappas of a joint distribution of two labels."""
+    out = {"agreement": float(np.trace(joint))}
+    for kind, key in (("unweighted", "kappa"), ("linear", "kappa_linear"), ("quadratic", "kappa_quadratic")):
+        out[key] = float(kappa_from_table(joint, kind)[0])  # type: ignore[arg-type]
+    return out
+
+
+def true_pairwise() -> dict[str, float]:
+    return truths(np.einsum("t,tj,tk->jk", P_TRUTH, CONFUSION, CONFUSION))
+
+
+def true_against_two_others() -> dict[str, float]:
+    """One annotator against the two others on the items where those two agree (else a tie)."""
+    joint = np.einsum("t,tj,tk,tk->jk", P_TRUTH, CONFUSION, CONFUSION, CONFUSION)
+    return truths(joint / joint.sum())
+
+
+def true_share_with_others() -> float:
+    """Expected share of the two others' labels matching the annotator's, per item."""
+    return float(np.einsum("t,tj,tj->", P_TRUTH, CONFUSION, CONFUSION))
+
+
+def test_cell_multinomial_is_item_resampling() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 3, 60)
+    b = np.where(rng.random(60) < 0.7, a, rng.integers(0, 3, 60))
+    table = confusion(a, b, 3)
+    fast = [kappa_from_table(t)[0] for t in table_bootstrap(table, 4000, seed=1)]
+    idx = rng.integers(0, 60, size=(4000, 60))
+    slow = [kappa_from_table(confusion(a[i], b[i], 3))[0] for i in idx]
+    assert np.mean(fast) == pytest.approx(np.mean(slow), abs=0.01)
+    assert np.std(fast) == pytest.approx(np.std(slow), rel=0.06)
+    assert np.quantile(fast, [0.025, 0.975]) == pytest.approx(np.quantile(slow, [0.025, 0.975]), abs=0.03)
+
+
+def test_cohen_interval_brackets_the_estimate_and_counts_undefined_resamples() -> None:
+    a = np.array([0] * 30 + [1] * 2)
+    b = np.array([0] * 30 + [1, 0])
+    res = cohen(a, b, 2, ordered=False, resamples=500, seed=0)
+    assert res["kappa_ci_low"] <= res["kappa"] <= res["kappa_ci_high"]
+    assert res["agreement_ci_low"] <= res["agreement"] <= res["agreement_ci_high"]
+    # resamples without a single '1' from rater a have no variation on that side: kappa undefined
+    assert 0 < res["kappa_resamples_undefined"] < 500
+    assert res["rarest_label_values"] == 3
+    ordered = cohen(a, b, 3, ordered=True, resamples=200, seed=0)
+    assert ordered["kappa_quadratic_ci_low"] <= ordered["kappa_quadratic"] <= ordered["kappa_quadratic_ci_high"]
+    assert "kappa_ci_low" not in cohen(a, b, 2, ordered=False)  # no resamples, no interval
+
+
+def test_small_sample_warnings() -> None:
+    assert two_rater_warnings({"n": FEW_PAIRABLE_UNITS, "rarest_label_values": 12}) == []
+    few = two_rater_warnings({"n": 12, "rarest_label_values": 12})
+    assert few == ["only 12 items compared: one item can swing these figures"]
+    rare = two_rater_warnings({"n_compared": 80, "rarest_label_values": 4})
+    assert rare == ["interval unreliable: the rarest label was given only 4 times"]
+
+
+def test_intervals_cover_the_rating_process(engine: sa.Engine) -> None:
+    """Per-person intervals cover the values the simulated annotators' confusion implies."""
+    reps, n_items = 120, 80
+    expected = {"pair": true_pairwise(), "loo": true_against_two_others()}
+    share = true_share_with_others()
+    hits: dict[str, list[bool]] = {"share": []}
+    for rep in range(reps):
+        name = f"rep{rep}"
+        bulk_load(engine, n_items, 3, collection=name, accuracy=ACCURACY, seed=1000 + rep)
+        report = agreement_report(engine, [name], ["joint"], resamples=300, seed=rep)
+        d = report["dimensions"][0]
+        assert d["ordered"] and len(d["pairwise"]) == 3 and all(row["n"] == n_items for row in d["pairwise"])
+        for kind, rows in (("pair", d["pairwise"]), ("loo", d["raters"])):
+            for row in rows:
+                for key, truth in expected[kind].items():
+                    hits.setdefault(f"{kind} {key}", []).append(row[f"{key}_ci_low"] <= truth <= row[f"{key}_ci_high"])
+        sc = data.scope(engine, [name])
+        spec = sc.dimension("joint")
+        r = data.load_ratings(engine, sc.collection_ids, "joint", spec["labels"], unsafe_labels=unsafe_labels_of(spec))
+        for row in annotator_agreement(r, resamples=300, seed=rep):
+            assert row["items_shared"] == n_items
+            hits["share"].append(row["ci_low"] <= share <= row["ci_high"])
+    coverage = {k: float(np.mean(v)) for k, v in hits.items()}
+    # 360 intervals each (three per campaign, not independent): nominal 0.95, Monte Carlo
+    # noise about 0.02; a percentile bootstrap at 80 items may sit a little under 0.95
+    assert all(c >= 0.90 for c in coverage.values()), coverage
+    assert all(c <= 0.99 for c in coverage.values()), coverage  # not vacuously wide
+
+
+def test_bca_matches_scipy_on_the_agreement_share() -> None:
+    """The BCa interval of raw agreement (a mean over items) against scipy's own BCa."""
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(8)
+    a = rng.integers(0, 2, 70)
+    b = np.where(rng.random(70) < 0.8, a, 1 - a)
+    ours = cohen(a, b, 2, ordered=False, resamples=20_000, seed=2)
+    ref = bootstrap(((a == b).astype(float),), np.mean, n_resamples=20_000, method="BCa", rng=3).confidence_interval
+    assert ours["agreement_ci_low"] == pytest.approx(ref.low, abs=0.012)
+    assert ours["agreement_ci_high"] == pytest.approx(ref.high, abs=0.012)
+    # skewed (agreement near 1), where BCa and the percentile interval part: BCa reaches one
+    # or two items lower; the resamples' distribution moves in steps of one item (0.025)
+    a = np.zeros(40, dtype=int)
+    b = np.where(np.arange(40) < 2, 1, 0)
+    ours = cohen(a, b, 2, ordered=False, resamples=20_000, seed=2)
+    ref = bootstrap(((a == b).astype(float),), np.mean, n_resamples=20_000, method="BCa", rng=3).confidence_interval
+    assert ours["agreement_ci_low"] == pytest.approx(ref.low, abs=0.026)
+    percentile = bootstrap(
+        ((a == b).astype(float),), np.mean, n_resamples=20_000, method="percentile", rng=3
+    ).confidence_interval
+    assert ours["agreement_ci_low"] < percentile.low - 0.02
