@@ -20,8 +20,10 @@ from itertools import combinations
 from typing import Any
 
 import numpy as np
+from scipy.stats import norm
 
 from safereview.agreement.alpha import CONFIDENCE, Estimate, bca_interval, percentile_interval
+from safereview.agreement.estimators import wilson_bounds
 
 
 def _unit_terms(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -202,9 +204,10 @@ def cohen(
 ) -> dict[str, Any]:
     """Agreement of two aligned code arrays: n, raw agreement, kappa (+ weighted if ordered).
 
-    With ``resamples`` (unweighted only) each figure gets a BCa bootstrap interval over the
-    items (``<figure>_ci_low`` / ``_ci_high``; ``kappa_resamples_undefined`` counts the
-    resamples with no variation, left out of kappa's interval).
+    With ``resamples`` (unweighted only) the kappas get BCa bootstrap intervals over the items
+    and raw agreement Wilson's score interval (``<figure>_ci_low`` / ``_ci_high``);
+    ``kappa_resamples_undefined`` counts the resamples with no variation, left out of kappa's
+    interval; ``no_interval`` names the kappas whose resamples all gave one value.
     """
     n = len(a)
     out: dict[str, Any] = {"n": n}
@@ -228,11 +231,10 @@ def cohen(
     if resamples > 0 and sample_weights is None:
         boot = table_bootstrap(table, resamples, seed)
         jack, jack_w = table_jackknife(table)
-        agree = np.trace(boot, axis1=1, axis2=2) / n
-        agree_jack = np.trace(jack, axis1=1, axis2=2) / (n - 1) if n > 1 else np.full(len(jack), np.nan)
-        out["agreement_ci_low"], out["agreement_ci_high"], _ = bca_interval(
-            out["agreement"], agree, agree_jack, jack_w, confidence
-        )
+        # raw agreement is a share of items: Wilson's score interval, which keeps its coverage
+        # where a bootstrap collapses (every compared item agreeing gives [1, 1] resamples)
+        z = float(norm.ppf(0.5 + confidence / 2.0))
+        out["agreement_ci_low"], out["agreement_ci_high"] = wilson_bounds(out["agreement"], n, z)
         for kind in kinds:
             key = "kappa" if kind == "unweighted" else f"kappa_{kind}"
             ks = _batch_kappa(boot, kind)
@@ -241,6 +243,11 @@ def cohen(
                 defined = int(np.count_nonzero(~np.isnan(ks)))
             else:
                 lo, hi, defined = bca_interval(out[key], ks, _batch_kappa(jack, kind), jack_w, confidence)
+                if lo is not None and lo == hi:
+                    # every resample gave the same kappa (e.g. all items agree): a zero-width
+                    # interval would claim certainty that a few items cannot give
+                    lo = hi = None
+                    out.setdefault("no_interval", []).append(key)
             out[f"{key}_ci_low"], out[f"{key}_ci_high"] = lo, hi
             if kind == "unweighted":
                 out["kappa_resamples_undefined"] = resamples - defined

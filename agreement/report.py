@@ -109,6 +109,9 @@ def two_rater_warnings(row: dict[str, Any]) -> list[str]:
     rare = row.get("rarest_label_values")
     if rare is not None and rare < MIN_RARE_PAIRABLE_VALUES:
         out.append(f"interval unreliable: the rarest label was given only {rare} time{'s' if rare != 1 else ''}")
+    if row.get("no_interval"):
+        names = ", ".join(k.replace("_", " ") for k in row["no_interval"])
+        out.append(f"no interval for {names}: every resample of these items gave the same value")
     return out
 
 

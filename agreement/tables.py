@@ -155,7 +155,8 @@ def population_rows(pop: dict[str, Any]) -> list[dict[str, Any]]:
                 "judge (uncorrected)": None if judge is None or judge != judge else round(judge, 3),
                 "human [95%]": interval_text(m["human"]),
                 "corrected [95%]": interval_text(m["corrected"]),
-                f"more sample items for ±{hw}": None if more < 0 else more,
+                # text, like the interval columns: an empty cell would not say why it is empty
+                f"more sample items for ±{hw}": "unknown: nothing reviewed yet" if more < 0 else str(more),
                 "sample items": m["corrected"]["n_labelled"],
                 "effective human labels": None
                 if m["human"]["n_effective"] is None

@@ -14,7 +14,8 @@ and the two others' when they agree). The figures go through the real estimators
 
 ``--compare-percentile`` runs every setting a second time with the plain percentile interval
 in place of BCa (same data, same resamples) to show why BCa ships. Prints coverage per
-setting and estimand with its Monte Carlo standard error, and the load average.
+setting and estimand, the share of intervals whose row carries a small-sample warning and
+their coverage, the Monte Carlo standard error and the load average.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from safereview.agreement import audit as audit_mod
 from safereview.agreement import kappa as kappa_mod
 from safereview.agreement.data import Ratings
 from safereview.agreement.kappa import kappa_from_table
+from safereview.agreement.report import two_rater_warnings
 
 
 @dataclass(frozen=True)
@@ -99,10 +101,10 @@ def simulate(s: Setting, rng: np.random.Generator) -> Ratings:
     )
 
 
-def run_setting(s: Setting, reps: int, resamples: int, seed: int) -> dict[str, dict[str, list[bool]]]:
+def run_setting(s: Setting, reps: int, resamples: int, seed: int) -> dict[str, dict[str, list[tuple[bool, bool]]]]:
     rng = np.random.default_rng(seed)
     truth = expected(s)
-    hits: dict[str, dict[str, list[bool]]] = {k: {m: [] for m in v} for k, v in truth.items()}
+    hits: dict[str, dict[str, list[tuple[bool, bool]]]] = {k: {m: [] for m in v} for k, v in truth.items()}
     for rep in range(reps):
         r = simulate(s, rng)
         rows = {
@@ -123,13 +125,14 @@ def run_setting(s: Setting, reps: int, resamples: int, seed: int) -> dict[str, d
         }
         for kind, kind_rows in rows.items():
             for row in kind_rows:
+                warned = bool(two_rater_warnings(row))
                 for key, value in truth[kind].items():
                     lo, hi = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
-                    hits[kind][key].append(lo is not None and lo <= value <= hi)
+                    hits[kind][key].append((lo is not None and lo <= value <= hi, warned))
         for row in audit_mod.annotator_agreement(r, resamples=resamples, seed=rep):
             lo, hi = row["ci_low"], row["ci_high"]
             value = truth["share of others agreeing"]["agreement"]
-            hits["share of others agreeing"]["agreement"].append(lo is not None and lo <= value <= hi)
+            hits["share of others agreeing"]["agreement"].append((lo is not None and lo <= value <= hi, False))
     return hits
 
 
@@ -160,7 +163,8 @@ def main(argv: list[str]) -> int:
                 kappa_mod.bca_interval = audit_mod.bca_interval = bca  # type: ignore[assignment]
             for kind, by_key in hits.items():
                 for key, h in by_key.items():
-                    c = float(np.mean(h))
+                    covered = np.array([c for c, _ in h])
+                    warned = np.array([w for _, w in h])
                     results.append(
                         {
                             "setting": s.name,
@@ -168,13 +172,17 @@ def main(argv: list[str]) -> int:
                             "figure": kind,
                             "estimand": key,
                             "intervals": len(h),
-                            "coverage": c,
+                            "coverage": float(covered.mean()),
                             "mc_se": float(np.sqrt(0.95 * 0.05 / args.replications)),
+                            "warned_share": float(warned.mean()),
+                            "coverage_unwarned": float(covered[~warned].mean()) if (~warned).any() else None,
+                            "coverage_warned": float(covered[warned].mean()) if warned.any() else None,
                         }
                     )
             if not args.json:
                 line = ", ".join(
                     f"{r['figure']} {r['estimand']} {r['coverage']:.3f}"
+                    + (f" (warned {r['warned_share']:.0%}: {r['coverage_warned']:.3f})" if r["warned_share"] else "")
                     for r in results
                     if r["setting"] == s.name and r["method"] == method
                 )

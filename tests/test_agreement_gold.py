@@ -119,8 +119,11 @@ def test_cli_agreement_audit_calibrate_export(tmp_path: Path, sqlite_url: str) -
     assert d["dimension"] == "score" and d["overall"]["n_units"] == 5 and rep["resamples"] == 50
     assert d["judge"]["judge_id"] == "judge-x"
     for row in d["pairwise"] + d["raters"]:  # per-person figures carry their intervals
-        if row["kappa"] is not None:
+        if row["kappa_ci_low"] is not None:
             assert row["kappa_ci_low"] <= row["kappa"] <= row["kappa_ci_high"]
+        else:  # undefined, or every resample of the five items gave one value (said so)
+            assert row["kappa"] is None or "kappa" in row["no_interval"]
+        assert row["agreement_ci_low"] <= row["agreement"] <= row["agreement_ci_high"]
         assert row["warnings"]  # five items: one item can swing these figures
     res = runner.invoke(app, ["agreement", "--db", sqlite_url, "--by", "task_type", "--resamples", "20"])
     assert res.exit_code == 0, res.output

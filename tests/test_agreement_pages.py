@@ -114,7 +114,7 @@ def test_agreement_and_audit_pages_show_the_figures(fx: A.Fixture) -> None:
     assert population.loc["C-Unsafe", "judge (uncorrected)"] == 0.2  # the judge's labels, not its probabilities
     assert population.loc["contextual: unsafe", "judge (uncorrected)"] == 0.2
     assert population.loc["C-Unsafe", "sample items"] == 5
-    assert population.loc["C-Unsafe", "more sample items for ±0.02"] == 0
+    assert population.loc["C-Unsafe", "more sample items for ±0.02"] == "0"
     rates = lead.dataframe[1].value
     row = rates[rates["slice"] == "overall"].iloc[0]
     assert row["sample items"] == 5  # the tie on t3 is kept (half and half), not dropped

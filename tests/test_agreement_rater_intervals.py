@@ -120,25 +120,38 @@ def test_intervals_cover_the_rating_process(engine: sa.Engine) -> None:
     assert all(c <= 0.99 for c in coverage.values()), coverage  # not vacuously wide
 
 
-def test_bca_matches_scipy_on_the_agreement_share() -> None:
-    """The BCa interval of raw agreement (a mean over items) against scipy's own BCa."""
+def test_bca_matches_scipy() -> None:
+    """The BCa interval of the audit's agreement with the others (a mean of per-item shares)
+    against scipy's own BCa on the same shares."""
     from scipy.stats import bootstrap
 
+    from safereview.agreement.audit import _mean_share_interval
+
     rng = np.random.default_rng(8)
-    a = rng.integers(0, 2, 70)
-    b = np.where(rng.random(70) < 0.8, a, 1 - a)
-    ours = cohen(a, b, 2, ordered=False, resamples=20_000, seed=2)
-    ref = bootstrap(((a == b).astype(float),), np.mean, n_resamples=20_000, method="BCa", rng=3).confidence_interval
-    assert ours["agreement_ci_low"] == pytest.approx(ref.low, abs=0.012)
-    assert ours["agreement_ci_high"] == pytest.approx(ref.high, abs=0.012)
-    # skewed (agreement near 1), where BCa and the percentile interval part: BCa reaches one
-    # or two items lower; the resamples' distribution moves in steps of one item (0.025)
-    a = np.zeros(40, dtype=int)
-    b = np.where(np.arange(40) < 2, 1, 0)
-    ours = cohen(a, b, 2, ordered=False, resamples=20_000, seed=2)
-    ref = bootstrap(((a == b).astype(float),), np.mean, n_resamples=20_000, method="BCa", rng=3).confidence_interval
-    assert ours["agreement_ci_low"] == pytest.approx(ref.low, abs=0.026)
-    percentile = bootstrap(
-        ((a == b).astype(float),), np.mean, n_resamples=20_000, method="percentile", rng=3
-    ).confidence_interval
-    assert ours["agreement_ci_low"] < percentile.low - 0.02
+    others = rng.integers(1, 4, 70)
+    same = rng.binomial(others, 0.7)
+    lo, hi = _mean_share_interval(same, others, 20_000, seed=2)
+    shares = same / others
+    ref = bootstrap((shares,), np.mean, n_resamples=20_000, method="BCa", rng=3).confidence_interval
+    assert lo == pytest.approx(ref.low, abs=0.006) and hi == pytest.approx(ref.high, abs=0.006)
+    # skewed (almost every item agreeing), where BCa and the percentile interval part
+    others = np.full(40, 2)
+    same = np.where(np.arange(40) < 3, 1, 2)
+    lo, hi = _mean_share_interval(same, others, 20_000, seed=2)
+    shares = same / others
+    ref = bootstrap((shares,), np.mean, n_resamples=20_000, method="BCa", rng=3).confidence_interval
+    percentile = bootstrap((shares,), np.mean, n_resamples=20_000, method="percentile", rng=3).confidence_interval
+    assert lo == pytest.approx(ref.low, abs=0.0126)  # resample means move in steps of 1/80
+    assert lo < percentile.low - 0.005
+
+
+def test_agreement_is_wilson_and_a_collapsed_bootstrap_gives_no_kappa_interval() -> None:
+    from safereview.agreement.estimators import wilson_bounds
+
+    a = np.array([0] * 12 + [1] * 6)
+    res = cohen(a, a.copy(), 2, ordered=False, resamples=300, seed=0)
+    assert res["agreement"] == 1.0
+    assert (res["agreement_ci_low"], res["agreement_ci_high"]) == pytest.approx(wilson_bounds(1.0, 18, 1.959964))
+    assert res["agreement_ci_low"] < 0.85  # not [1, 1]
+    assert res["kappa"] == 1.0 and res["kappa_ci_low"] is None and res["no_interval"] == ["kappa"]
+    assert "no interval for kappa" in two_rater_warnings(res)[-1]
