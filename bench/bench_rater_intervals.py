@@ -3,6 +3,7 @@ against the majority of the others, and the audit's agreement with the others.
 
     python bench/bench_rater_intervals.py [--replications 400] [--resamples 1000] [--seed 1]
                                           [--compare-percentile] [--json]
+    python bench/bench_rater_intervals.py --table run.json   # the docs' table of a --json run
 
 Three simulated annotators label every item: the truth is drawn from a label mix, each
 annotator reports it with probability ``accuracy`` and otherwise a uniformly drawn label
@@ -141,6 +142,41 @@ def percentile_instead(estimate: float, samples: np.ndarray, *_: Any, confidence
     return alpha_mod.percentile_interval(samples, confidence)
 
 
+def markdown(summary: dict[str, Any]) -> str:
+    """The docs' table from a ``--json`` run: coverage per setting, BCa (percentile), and the
+    coverage of the rows that carry no small-sample warning."""
+
+    def cell(by: dict[str, dict[str, Any]], wilson: bool) -> str:
+        b, p = by["bca"], by.get("percentile")
+        # raw agreement is Wilson's interval in both runs: no percentile figure to show
+        text = f"{b['coverage']:.3f}" + (f" ({p['coverage']:.3f})" if p and not wilson else "")
+        if b["warned_share"]:
+            un = b["coverage_unwarned"]
+            share = "<1%" if b["warned_share"] < 0.01 else f"{b['warned_share']:.0%}"
+            text += f"; {share} warned" + (f", others {un:.3f}" if un is not None else "")
+        return text
+
+    cols = [
+        ("pairwise", "agreement", "pairwise agreement"),
+        ("pairwise", "kappa", "pairwise kappa"),
+        ("pairwise", "kappa_quadratic", "pairwise quadratic kappa"),
+        ("vs others' majority", "agreement", "vs others: agreement"),
+        ("vs others' majority", "kappa", "vs others: kappa"),
+        ("share of others agreeing", "agreement", "audit: share of others agreeing"),
+    ]
+    grouped: dict[str, dict[tuple[str, str], dict[str, dict[str, Any]]]] = {}
+    for r in summary["results"]:
+        grouped.setdefault(r["setting"], {}).setdefault((r["figure"], r["estimand"]), {})[r["method"]] = r
+    lines = ["| setting | " + " | ".join(c[2] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for setting, by in grouped.items():
+        cells = [
+            cell(by[c[:2]], c[0] != "share of others agreeing" and c[1] == "agreement") if c[:2] in by else ""
+            for c in cols
+        ]
+        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--replications", type=int, default=400)
@@ -148,7 +184,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--compare-percentile", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--table", type=Path, help="print the docs' Markdown table of an earlier --json output and stop")
     args = ap.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(args.table.read_text())))
+        return 0
     methods = ["bca", "percentile"] if args.compare_percentile else ["bca"]
     results: list[dict[str, Any]] = []
     t0 = time.perf_counter()
