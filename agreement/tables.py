@@ -156,7 +156,7 @@ def population_rows(pop: dict[str, Any]) -> list[dict[str, Any]]:
                 "human [95%]": interval_text(m["human"]),
                 "corrected [95%]": interval_text(m["corrected"]),
                 # text, like the interval columns: an empty cell would not say why it is empty
-                f"more sample items for ±{hw}": "unknown: nothing reviewed yet" if more < 0 else str(more),
+                f"more sample items for ±{hw}": "unknown: no sample items yet" if more < 0 else str(more),
                 "sample items": m["corrected"]["n_labelled"],
                 "effective human labels": None
                 if m["human"]["n_effective"] is None
@@ -179,7 +179,10 @@ def _two_rater_cells(row: dict[str, Any], ordered: bool) -> dict[str, Any]:
             "ci_high": row.get(f"{key}_ci_high"),
             "undefined_reason": row.get("undefined_reason"),
         }
-        cells[f"{name} [95%]"] = ci_text(e)
+        text = ci_text(e)
+        if key in row.get("no_interval", ()):
+            text += " (no interval: see note)"
+        cells[f"{name} [95%]"] = text
     return cells
 
 

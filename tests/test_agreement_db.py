@@ -232,7 +232,7 @@ def test_few_units_flag_follows_pairable_units(n_units: int, few: bool) -> None:
 
 
 def test_population_row_says_why_a_planning_figure_is_missing() -> None:
-    """Before any review the 'more sample items' cell says why it has no number (not a bare None)."""
+    """With no sample items the 'more sample items' cell says why it has no number (not a bare None)."""
     from safereview.agreement.population import three_columns
     from safereview.agreement.tables import population_rows
 
@@ -240,5 +240,5 @@ def test_population_row_says_why_a_planning_figure_is_missing() -> None:
     empty = np.array([], dtype=np.float64)
     m = three_columns("unsafe", empty, empty, empty, f_all, ~np.isnan(f_all))
     row = population_rows({"half_width": 0.02, "metrics": [m]})[0]
-    assert row["more sample items for ±0.02"] == "unknown: nothing reviewed yet"
+    assert row["more sample items for ±0.02"] == "unknown: no sample items yet"
     assert row["human [95%]"] == "—" and row["sample items"] == 0

@@ -106,7 +106,7 @@ def test_agreement_and_audit_pages_show_the_figures(fx: A.Fixture) -> None:
     assert "only 5 items compared" in pairs["note"].iloc[0]
     per_person = lead.dataframe[4].value
     assert set(per_person["annotator"]) == {"ann1", "ann2"} and "kappa [95%]" in per_person.columns
-    assert any("bootstrap intervals (BCa)" in c.value for c in lead.caption)
+    assert any("BCa bootstrap for the kappas" in c.value for c in lead.caption)
     open_page(lead, "views/audit.py")
     population = lead.dataframe[0].value.set_index("rate")
     # every item of the collection is reviewed: a census, so the people's rate is exact (t3's tie is half unsafe)

@@ -125,14 +125,17 @@ def page() -> None:
     st.markdown("**Pairwise Cohen's kappa**" + note)
     if d.get("pairwise"):
         st.dataframe(pairwise_rows(d), hide_index=True, width="stretch")
-        st.caption("95% bootstrap intervals (BCa) over the items both annotators labelled.")
+        st.caption(
+            "95% intervals over the items both annotators labelled: BCa bootstrap for the kappas, "
+            "Wilson's score interval for agreement."
+        )
     else:
         st.caption("No two annotators share an item yet.")
     st.markdown("**Each annotator against the majority of the others**")
     st.dataframe(rater_rows(d), hide_index=True, width="stretch")
     st.caption(
         "Agreement and kappa with the majority label of the others, on the items where they do not tie; "
-        "95% bootstrap intervals (BCa) over those items."
+        "95% intervals over those items (BCa bootstrap for the kappas, Wilson for agreement)."
     )
 
 
