@@ -215,6 +215,16 @@ def resample_weights(freq: np.ndarray, resamples: int, seed: int) -> np.ndarray:
     return rng.multinomial(total, freq / total, size=resamples).astype(np.float64)
 
 
+def pattern_jackknife(freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(J, P) pattern frequencies with one unit of each present pattern left out, and how many
+    units each row stands for: the jackknife of any statistic linear in the frequencies."""
+    freq = np.asarray(freq, dtype=np.float64)
+    present = np.flatnonzero(freq > 0)
+    w = np.repeat(freq[None, :], len(present), axis=0)
+    w[np.arange(len(present)), present] -= 1.0
+    return w, freq[present]
+
+
 def percentile_interval(samples: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float | None, float | None, int]:
     """Percentile interval over the defined (non-NaN) resamples."""
     ok = samples[~np.isnan(samples)]
@@ -272,12 +282,14 @@ def krippendorff_alpha(
     weights: np.ndarray | None = None,
     pats: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Estimate:
-    """Point alpha (package) with a seeded 95% percentile bootstrap interval over units.
+    """Point alpha (package) with a seeded 95% BCa bootstrap interval over units.
 
     ``weights``/``pats`` let callers share one set of resample weights across several
     coefficients (same resamples for alpha, AC1, ...). Resamples in which alpha is undefined
     (every pairable value the same label: likely when a label is rare) are left out of the
-    percentile interval and counted in ``resamples_undefined`` (``n_resamples_undefined``).
+    interval and counted in ``resamples_undefined`` (``n_resamples_undefined``). BCa's
+    jackknife leaves out one unit per pattern (:func:`pattern_jackknife`); where it is not
+    defined the interval is the percentile one.
     """
     if level not in LEVELS:
         raise ValueError(f"level_of_measurement must be one of {', '.join(LEVELS)}, got {level!r}")
@@ -297,7 +309,9 @@ def krippendorff_alpha(
         return Estimate(value, extra=extra)
     w = weights if weights is not None else resample_weights(freq, resamples, seed)
     boot = batch_alpha(w @ contrib, n_values, level, values)
-    lo, hi, n_ok = percentile_interval(boot)
+    jack_w, jack_n = pattern_jackknife(freq)
+    jack = batch_alpha(jack_w @ contrib, n_values, level, values)
+    lo, hi, n_ok = bca_interval(value, boot, jack, jack_n)
     return Estimate(value, lo, hi, resamples=n_ok, extra=extra, resamples_undefined=int(np.isnan(boot).sum()))
 
 
@@ -310,7 +324,7 @@ def krippendorff_alpha(
 class PairedAlpha:
     """Alpha without and with one more rater (e.g. the judge) and their difference.
 
-    ``difference`` = ``alpha_with - alpha_without``; ``ci_low``/``ci_high`` is its percentile
+    ``difference`` = ``alpha_with - alpha_without``; ``ci_low``/``ci_high`` is its BCa
     interval from resampling units *jointly* (each resample takes the same units for both).
     Resamples where either alpha is undefined give no difference and are counted.
     """
@@ -418,21 +432,28 @@ def paired_alpha_difference(
         w = np.asarray(unit_weights, dtype=np.float64)
         if w.ndim != 2 or w.shape[1] != n_units:
             raise ValueError(f"unit_weights must be (resamples, {n_units}), got {w.shape}")
-        pat_a, pat_b = a, b
+        pat_a, pat_b, freq = a, b, np.ones(n_units)
     else:
         if resamples <= 0:
             return out
         pat, freq = patterns(np.concatenate([a, b], axis=1))
         pat_a, pat_b = pat[:, :n_values], pat[:, n_values:]
         w = resample_weights(freq, resamples, seed)
-    boot_a = batch_alpha(w @ _pattern_coincidences(pat_a), n_values, level, values)
-    boot_b = batch_alpha(w @ _pattern_coincidences(pat_b), n_values, level, values)
+    contrib_a, contrib_b = _pattern_coincidences(pat_a), _pattern_coincidences(pat_b)
+    boot_a = batch_alpha(w @ contrib_a, n_values, level, values)
+    boot_b = batch_alpha(w @ contrib_b, n_values, level, values)
     diff = boot_b - boot_a  # NaN where either is undefined
+    # BCa's jackknife: one unit of each joint pattern (or each unit) left out
+    jack_w, jack_n = pattern_jackknife(freq)
+    jack_a = batch_alpha(jack_w @ contrib_a, n_values, level, values)
+    jack_b = batch_alpha(jack_w @ contrib_b, n_values, level, values)
     out.resamples = int(w.shape[0])
-    out.ci_low, out.ci_high, out.resamples_defined = percentile_interval(diff, confidence)
+    out.ci_low, out.ci_high, out.resamples_defined = bca_interval(
+        out.difference, diff, jack_b - jack_a, jack_n, confidence
+    )
     out.resamples_undefined_without = int(np.isnan(boot_a).sum())
     out.resamples_undefined_with = int(np.isnan(boot_b).sum())
     out.resamples_undefined = int(np.isnan(diff).sum())
-    out.without_ci = percentile_interval(boot_a, confidence)[:2]
-    out.with_ci = percentile_interval(boot_b, confidence)[:2]
+    out.without_ci = bca_interval(out.alpha_without, boot_a, jack_a, jack_n, confidence)[:2]
+    out.with_ci = bca_interval(out.alpha_with, boot_b, jack_b, jack_n, confidence)[:2]
     return out

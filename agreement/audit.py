@@ -123,7 +123,7 @@ def annotator_agreement(r: data.Ratings, *, resamples: int = 0, seed: int = 0) -
 
     Descriptive (over the items each person reviewed, unweighted): it shows who drifts
     from the rest, not a collection-wide rate. With ``resamples`` each figure gets a
-    percentile bootstrap interval over the person's shared items (items with the same
+    BCa bootstrap interval over the person's shared items (items with the same
     (matching, others) counts are exchangeable, so their counts are drawn from a multinomial).
     """
     if not r.rater_names or len(r.unit) == 0:

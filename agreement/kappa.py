@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from safereview.agreement.alpha import CONFIDENCE, Estimate, bca_interval, percentile_interval
+from safereview.agreement.alpha import CONFIDENCE, Estimate, bca_interval, pattern_jackknife
 from safereview.agreement.estimators import wilson_bounds
 
 
@@ -63,7 +63,7 @@ def multirater(
     weights: np.ndarray | None = None,
     confidence: float = CONFIDENCE,
 ) -> dict[str, Estimate]:
-    """Percent agreement, AC1 and Fleiss' kappa with bootstrap intervals when ``weights`` given.
+    """Percent agreement, AC1 and Fleiss' kappa with BCa bootstrap intervals when ``weights`` given.
 
     ``pats`` = (patterns, frequencies) and ``weights`` = (R, P) resample weights from
     :func:`agreement.alpha.resample_weights`; without them only point values are returned.
@@ -75,7 +75,11 @@ def multirater(
     else:
         pat, freq = pats
         point = _coeffs(freq[None, :].astype(np.float64), _unit_terms(pat), q)
-        boot = _coeffs(weights, _unit_terms(pat), q) if weights is not None and len(weights) else None
+        boot = jack = None
+        if weights is not None and len(weights):
+            boot = _coeffs(weights, _unit_terms(pat), q)
+            jack_w, jack_n = pattern_jackknife(freq)
+            jack = _coeffs(jack_w, _unit_terms(pat), q)
     out: dict[str, Estimate] = {}
     # why each is undefined (callers add "undefined"). AC1's chance agreement is at most 1/Q,
     # so only the lack of pairs leaves it undefined; Fleiss' is 1 when every rating is one label
@@ -93,7 +97,13 @@ def multirater(
             continue
         est = Estimate(v)
         if pats is not None and weights is not None and len(weights):
-            est.ci_low, est.ci_high, est.resamples = percentile_interval(boot[key], confidence)  # type: ignore[index]
+            est.ci_low, est.ci_high, est.resamples = bca_interval(
+                v,
+                boot[key],  # type: ignore[index]
+                jack[key],  # type: ignore[index]
+                jack_n,
+                confidence,
+            )
         if key != "pa":
             est.extra["p_a"] = float(point["pa"][0])
             est.extra["p_e"] = float(point["pe_ac1" if key == "ac1" else "pe_fleiss"][0])

@@ -36,8 +36,9 @@ SLICES: tuple[str, ...] = ("collection", "task_type", "category", "subcategory",
 FEW_PAIRABLE_UNITS = 30
 # Below this many pairable values of the rarest label given, alpha's bootstrap interval covers
 # far less than its nominal 95%: alpha then hinges on the few units carrying that label, and
-# many resamples hold none of them. (Two raters, 10% "unsafe": the interval covered 38% of the
-# time at 10 units, 68% at 20 and 83% at 30, i.e. at about 2, 4 and 6 such values.)
+# many resamples hold none of them. (Two raters, 10% "unsafe", BCa: the interval covered 41% of
+# the time at 10 units, 74% at 20 and 90% at 30, i.e. at about 2, 4 and 6 such values;
+# bench/bench_rater_intervals.py --small-samples.)
 MIN_RARE_PAIRABLE_VALUES = 10
 
 

@@ -4,6 +4,7 @@ against the majority of the others, and the audit's agreement with the others.
     python bench/bench_rater_intervals.py [--replications 400] [--resamples 1000] [--seed 1]
                                           [--compare-percentile] [--json]
     python bench/bench_rater_intervals.py --table run.json   # the docs' table of a --json run
+    python bench/bench_rater_intervals.py --small-samples --replications 300 --resamples 400
 
 Three simulated annotators label every item: the truth is drawn from a label mix, each
 annotator reports it with probability ``accuracy`` and otherwise a uniformly drawn label
@@ -37,9 +38,10 @@ import numpy as np
 from safereview.agreement import alpha as alpha_mod
 from safereview.agreement import audit as audit_mod
 from safereview.agreement import kappa as kappa_mod
+from safereview.agreement.alpha import paired_alpha_difference
 from safereview.agreement.data import Ratings
 from safereview.agreement.kappa import kappa_from_table
-from safereview.agreement.report import two_rater_warnings
+from safereview.agreement.report import summarize, two_rater_warnings
 
 
 @dataclass(frozen=True)
@@ -85,29 +87,65 @@ def expected(s: Setting) -> dict[str, dict[str, float]]:
     }
 
 
-def simulate(s: Setting, rng: np.random.Generator) -> Ratings:
+# the judge added to the people as one more rater (alpha with minus without): right this
+# often, else a uniformly drawn label; its labels come from a generator of their own, so
+# the people's draws are the same with and without this check
+JUDGE_ACCURACY = 0.7
+
+
+def judge_codes(s: Setting, truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    noise = rng.integers(0, len(s.mix), size=len(truth))
+    return np.where(rng.random(len(truth)) < JUDGE_ACCURACY, truth, noise)
+
+
+def with_judge_difference(r: Ratings, judge: np.ndarray, resamples: int, seed: int) -> Any:
+    return paired_alpha_difference(
+        r.counts(), r.add_rater("judge", r.item_ids, judge).counts(), r.level, resamples=resamples, seed=seed
+    )
+
+
+def simulate(s: Setting, rng: np.random.Generator, n_items: int | None = None) -> tuple[Ratings, np.ndarray]:
+    """The three people's ratings, and the true labels."""
+    n = s.n_items if n_items is None else n_items
     v = len(s.mix)
-    truth = rng.choice(v, size=s.n_items, p=s.mix)
-    noise = rng.integers(0, v, size=(s.n_items, 3))
-    codes = np.where(rng.random((s.n_items, 3)) < s.accuracy, truth[:, None], noise)
-    return Ratings(
+    truth = rng.choice(v, size=n, p=s.mix)
+    noise = rng.integers(0, v, size=(n, 3))
+    codes = np.where(rng.random((n, 3)) < s.accuracy, truth[:, None], noise)
+    ratings = Ratings(
         "d",
         [f"l{k}" for k in range(v)],
         v > 2,
-        np.arange(s.n_items),
+        np.arange(n),
         ["a", "b", "c"],
-        np.tile(np.arange(s.n_items), 3),
-        np.repeat(np.arange(3), s.n_items),
+        np.tile(np.arange(n), 3),
+        np.repeat(np.arange(3), n),
         codes.T.ravel(),
     )
+    return ratings, truth
+
+
+MULTI = ("alpha", "alpha_nominal", "percent_agreement", "gwet_ac1", "fleiss_kappa")
+# the multi-rater coefficients' population values: the coefficient over this many simulated
+# items (no closed form for ordinal alpha; the others' sampling error at this size is ~0.001)
+POPULATION_ITEMS = 2_000_000
+
+
+def multirater_truths(s: Setting) -> dict[str, float]:
+    r, truth = simulate(s, np.random.default_rng(12345), POPULATION_ITEMS)
+    big = summarize(r, resamples=0)
+    out = {k: big[k]["value"] for k in MULTI if k in big}
+    judge = judge_codes(s, truth, np.random.default_rng(54321))
+    out["alpha with minus without the judge"] = with_judge_difference(r, judge, 0, 0).difference
+    return out
 
 
 def run_setting(s: Setting, reps: int, resamples: int, seed: int) -> dict[str, dict[str, list[tuple[bool, bool]]]]:
     rng = np.random.default_rng(seed)
-    truth = expected(s)
+    truth = {**expected(s), "all three": multirater_truths(s)}
     hits: dict[str, dict[str, list[tuple[bool, bool]]]] = {k: {m: [] for m in v} for k, v in truth.items()}
+    judge_rng = np.random.default_rng(seed + 777)
     for rep in range(reps):
-        r = simulate(s, rng)
+        r, true_labels = simulate(s, rng)
         rows = {
             "pairwise": kappa_mod.pairwise(
                 r.unit, r.rater, r.code, r.rater_names, r.n_labels, ordered=r.ordered, resamples=resamples, seed=rep
@@ -130,6 +168,13 @@ def run_setting(s: Setting, reps: int, resamples: int, seed: int) -> dict[str, d
                 for key, value in truth[kind].items():
                     lo, hi = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
                     hits[kind][key].append((lo is not None and lo <= value <= hi, warned))
+        summary = summarize(r, resamples=resamples, seed=rep)
+        warned = bool(summary["warnings"])
+        diff = with_judge_difference(r, judge_codes(s, true_labels, judge_rng), resamples, rep)
+        summary["alpha with minus without the judge"] = {"ci_low": diff.ci_low, "ci_high": diff.ci_high}
+        for key, value in truth["all three"].items():
+            lo, hi = summary[key].get("ci_low"), summary[key].get("ci_high")
+            hits["all three"][key].append((lo is not None and lo <= value <= hi, warned))
         for row in audit_mod.annotator_agreement(r, resamples=resamples, seed=rep):
             lo, hi = row["ci_low"], row["ci_high"]
             value = truth["share of others agreeing"]["agreement"]
@@ -143,20 +188,28 @@ def percentile_instead(estimate: float, samples: np.ndarray, *_: Any, confidence
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    """The docs' table from a ``--json`` run: coverage per setting, BCa (percentile), and the
-    coverage of the rows that carry no small-sample warning."""
+    """The docs' two tables (coefficients over all three annotators; per-person figures) from a
+    ``--json`` run: coverage per setting, BCa (percentile), and the coverage of the rows that
+    carry no small-sample warning."""
 
-    def cell(by: dict[str, dict[str, Any]], wilson: bool) -> str:
+    def cell(by: dict[str, dict[str, Any]], same_in_both: bool) -> str:
         b, p = by["bca"], by.get("percentile")
-        # raw agreement is Wilson's interval in both runs: no percentile figure to show
-        text = f"{b['coverage']:.3f}" + (f" ({p['coverage']:.3f})" if p and not wilson else "")
+        # raw agreement is Wilson's interval in both runs: no second figure to show
+        text = f"{b['coverage']:.3f}" + (f" ({p['coverage']:.3f})" if p and not same_in_both else "")
         if b["warned_share"]:
             un = b["coverage_unwarned"]
             share = "<1%" if b["warned_share"] < 0.01 else f"{b['warned_share']:.0%}"
             text += f"; {share} warned" + (f", others {un:.3f}" if un is not None else "")
         return text
 
-    cols = [
+    everyone = [
+        ("all three", "alpha", "alpha"),
+        ("all three", "percent_agreement", "percent agreement"),
+        ("all three", "gwet_ac1", "Gwet's AC1"),
+        ("all three", "fleiss_kappa", "Fleiss' kappa"),
+        ("all three", "alpha with minus without the judge", "alpha with − without the judge (paired)"),
+    ]
+    per_person = [
         ("pairwise", "agreement", "pairwise agreement"),
         ("pairwise", "kappa", "pairwise kappa"),
         ("pairwise", "kappa_quadratic", "pairwise quadratic kappa"),
@@ -167,14 +220,52 @@ def markdown(summary: dict[str, Any]) -> str:
     grouped: dict[str, dict[tuple[str, str], dict[str, dict[str, Any]]]] = {}
     for r in summary["results"]:
         grouped.setdefault(r["setting"], {}).setdefault((r["figure"], r["estimand"]), {})[r["method"]] = r
-    lines = ["| setting | " + " | ".join(c[2] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for setting, by in grouped.items():
-        cells = [
-            cell(by[c[:2]], c[0] != "share of others agreeing" and c[1] == "agreement") if c[:2] in by else ""
-            for c in cols
-        ]
-        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+    lines: list[str] = []
+    for cols in (everyone, per_person):
+        if lines:
+            lines.append("")
+        lines += ["| setting | " + " | ".join(c[2] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for setting, by in grouped.items():
+            cells = [
+                cell(by[c[:2]], c[0] in ("pairwise", "vs others' majority") and c[1] == "agreement")
+                if c[:2] in by
+                else ""
+                for c in cols
+            ]
+            lines.append(f"| {setting} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def small_samples(reps: int, resamples: int, seed: int) -> dict[str, Any]:
+    """docs/agreement.md's small-sample table: two raters, 10% unsafe, each 95% right; the
+    coverage of alpha's interval by number of pairable units, and pooled by the number of
+    pairable values of the rarest label (what the warning counts)."""
+    from safereview.agreement.alpha import krippendorff_alpha, value_counts
+
+    rng = np.random.default_rng(seed)
+
+    def counts(n: int) -> np.ndarray:
+        t = (rng.random(n) < 0.1).astype(int)
+        r = [np.where(rng.random(n) < 0.95, t, 1 - t) for _ in range(2)]
+        return value_counts(np.tile(np.arange(n), 2), np.concatenate(r), n, 2)
+
+    truth = krippendorff_alpha(counts(POPULATION_ITEMS), "nominal", resamples=0).value
+    by_units: dict[int, list[bool]] = {}
+    by_rare: dict[str, list[bool]] = {}
+    for n in (10, 20, 30, 50, 100):
+        for rep in range(reps):
+            c = counts(n)
+            est = krippendorff_alpha(c, "nominal", resamples=resamples, seed=rep)
+            ok = est.value is not None and est.ci_low is not None and est.ci_low <= truth <= est.ci_high
+            by_units.setdefault(n, []).append(bool(ok))
+            rare = int(c[c.sum(axis=1) >= 2].sum(axis=0).min())
+            band = "<5" if rare < 5 else "5-9" if rare < 10 else "10-19" if rare < 20 else ">=20"
+            by_rare.setdefault(band, []).append(bool(ok))
+    return {
+        "truth": truth,
+        "by_pairable_units": {str(k): float(np.mean(v)) for k, v in by_units.items()},
+        "by_rarest_label_values": {k: [float(np.mean(v)), len(v)] for k, v in by_rare.items()},
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -185,7 +276,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--compare-percentile", action="store_true")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--table", type=Path, help="print the docs' Markdown table of an earlier --json output and stop")
+    ap.add_argument("--small-samples", action="store_true", help="only the small-sample table of alpha's interval")
     args = ap.parse_args(argv)
+    if args.small_samples:
+        t0 = time.perf_counter()
+        out = small_samples(args.replications, args.resamples, args.seed)
+        out["seconds"] = round(time.perf_counter() - t0, 1)
+        out["load_average"] = [round(x, 2) for x in os.getloadavg()]
+        print(json.dumps(out, indent=1))
+        return 0
     if args.table:
         print(markdown(json.loads(args.table.read_text())))
         return 0
@@ -194,13 +293,16 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     for k, s in enumerate(SETTINGS):
         for method in methods:
-            bca = kappa_mod.bca_interval
+            bca = alpha_mod.bca_interval
+            modules = (alpha_mod, kappa_mod, audit_mod)  # every module that calls bca_interval
             if method == "percentile":
-                kappa_mod.bca_interval = audit_mod.bca_interval = percentile_instead  # type: ignore[assignment]
+                for mod in modules:
+                    mod.bca_interval = percentile_instead  # type: ignore[attr-defined]
             try:
                 hits = run_setting(s, args.replications, args.resamples, args.seed * 1000 + k)
             finally:
-                kappa_mod.bca_interval = audit_mod.bca_interval = bca  # type: ignore[assignment]
+                for mod in modules:
+                    mod.bca_interval = bca  # type: ignore[attr-defined]
             for kind, by_key in hits.items():
                 for key, h in by_key.items():
                     covered = np.array([c for c, _ in h])
