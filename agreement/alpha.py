@@ -215,6 +215,18 @@ def resample_weights(freq: np.ndarray, resamples: int, seed: int) -> np.ndarray:
     return rng.multinomial(total, freq / total, size=resamples).astype(np.float64)
 
 
+NO_INTERVAL = "every resample gave the same value"
+
+
+def honest_bounds(lo: float | None, hi: float | None, extra: dict[str, Any]) -> tuple[float | None, float | None]:
+    """A zero-width interval (every resample the same: e.g. all pairable units agree) claims a
+    certainty that a sample cannot give: drop it and say why in ``extra["no_interval"]``."""
+    if lo is not None and lo == hi:
+        extra["no_interval"] = NO_INTERVAL
+        return None, None
+    return lo, hi
+
+
 def pattern_jackknife(freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(J, P) pattern frequencies with one unit of each present pattern left out, and how many
     units each row stands for: the jackknife of any statistic linear in the frequencies."""
@@ -312,6 +324,7 @@ def krippendorff_alpha(
     jack_w, jack_n = pattern_jackknife(freq)
     jack = batch_alpha(jack_w @ contrib, n_values, level, values)
     lo, hi, n_ok = bca_interval(value, boot, jack, jack_n)
+    lo, hi = honest_bounds(lo, hi, extra)
     return Estimate(value, lo, hi, resamples=n_ok, extra=extra, resamples_undefined=int(np.isnan(boot).sum()))
 
 

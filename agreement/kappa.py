@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from safereview.agreement.alpha import CONFIDENCE, Estimate, bca_interval, pattern_jackknife
+from safereview.agreement.alpha import CONFIDENCE, Estimate, bca_interval, honest_bounds, pattern_jackknife
 from safereview.agreement.estimators import wilson_bounds
 
 
@@ -104,6 +104,7 @@ def multirater(
                 jack_n,
                 confidence,
             )
+            est.ci_low, est.ci_high = honest_bounds(est.ci_low, est.ci_high, est.extra)
         if key != "pa":
             est.extra["p_a"] = float(point["pa"][0])
             est.extra["p_e"] = float(point["pe_ac1" if key == "ac1" else "pe_fleiss"][0])
@@ -350,6 +351,8 @@ def leave_one_out(
         ok = has & ~tie
         cons = others.argmax(axis=1)
         res = cohen(c[ok], cons[ok], n_labels, ordered=ordered, resamples=resamples, seed=seed)
+        if not ok.any():
+            res["undefined_reason"] = "no item with another annotator's label to compare (or only tied ones)"
         rows.append(
             {
                 "rater": name,

@@ -35,7 +35,7 @@ def ci_text(e: dict[str, Any] | None, value_key: str = "value") -> str:
         return f"undefined: {e.get('undefined_reason') or e.get('reason') or 'no value'}"
     lo, hi = e.get("ci_low"), e.get("ci_high")
     if lo is None or hi is None:
-        return f"{v:.3f}"
+        return f"{v:.3f} (no interval: {e['no_interval']})" if e.get("no_interval") else f"{v:.3f}"
     return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
@@ -62,6 +62,8 @@ def small_sample_notes(s: dict[str, Any]) -> list[str]:
         )
     for key, name in STAT_KEYS:
         e = s.get(key) or {}
+        if e.get("no_interval"):
+            notes.append(f"{name}: no interval ({e['no_interval']})")
         undefined = e.get("n_resamples_undefined")
         if undefined:
             total = undefined + e.get("resamples", 0)

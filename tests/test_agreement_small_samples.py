@@ -129,8 +129,9 @@ def test_the_warning_marks_intervals_that_undercover() -> None:
         c = sample(int(rng.choice([15, 30, 60])))
         warned = small_sample_check(c, ["safe", "unsafe"])["few_rare_values"]
         est = krippendorff_alpha(c, "nominal", resamples=300, seed=rep)
-        ok = est.value is not None and est.ci_low <= truth <= est.ci_high  # type: ignore[operator]
-        covered[bool(warned or est.value is None)].append(ok)
+        ok = est.ci_low is not None and est.ci_low <= truth <= est.ci_high  # type: ignore[operator]
+        # no value, or no interval (every resample the same): flagged too
+        covered[bool(warned or est.value is None or est.ci_low is None)].append(ok)
     assert len(covered[True]) > 50 and len(covered[False]) > 50
     assert np.mean(covered[True]) < 0.85 < np.mean(covered[False])
 
@@ -316,3 +317,17 @@ def test_report_carries_the_paired_difference(engine: sa.Engine) -> None:
     assert diff["difference"] < 0 and diff["ci_low"] <= diff["difference"] <= diff["ci_high"]
     assert diff["ci_high"] < 0  # a judge saying "unsafe" to everything lowers alpha, surely
     assert diff["resamples"] == 200 and diff["n_resamples_undefined"] >= 0
+
+
+def test_a_zero_width_interval_is_dropped_and_said() -> None:
+    """Every pairable unit agreeing: each resample gives alpha 1, and [1, 1] would claim a
+    certainty eleven items cannot give; the value stands alone with the reason."""
+    from safereview.agreement.tables import ci_text, small_sample_notes
+
+    r = ratings({"a": [0] * 8 + [1] * 3, "b": [0] * 8 + [1] * 3}, ["safe", "unsafe"])
+    s = summarize(r, resamples=200, seed=0)
+    assert s["alpha"]["value"] == 1.0 and s["alpha"]["ci_low"] is None and s["alpha"]["ci_high"] is None
+    assert s["alpha"]["no_interval"] == "every resample gave the same value"
+    assert ci_text(s["alpha"]) == "1.000 (no interval: every resample gave the same value)"
+    assert "alpha: no interval (every resample gave the same value)" in small_sample_notes(s)
+    assert s["percent_agreement"]["ci_low"] is None and s["percent_agreement"]["no_interval"]

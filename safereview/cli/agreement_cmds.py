@@ -80,6 +80,8 @@ def _est(e: dict[str, Any] | None) -> str:
     low, high = e.get("ci_low", e.get("low")), e.get("ci_high", e.get("high"))
     if low is not None:
         s += f" [{_fmt(low)}, {_fmt(high)}]"
+    elif e.get("no_interval"):
+        s += f" (no interval: {e['no_interval']})"
     return s
 
 
