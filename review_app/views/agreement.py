@@ -74,7 +74,7 @@ def page() -> None:
         st.info("No ratings on this dimension yet.")
         return
     st.caption(
-        f"{'Ordinal' if d['ordered'] else 'Nominal'} alpha; 95% bootstrap intervals from {resamples} "
+        f"{'Ordinal' if d['ordered'] else 'Nominal'} alpha; 95% bootstrap intervals (BCa) from {resamples} "
         f"resamples of items (seed {seed}). Undefined values (no variation, too few ratings) are empty "
         f"with the reason in the last column. These figures: {rep['describes']}."
     )
