@@ -22,14 +22,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
 
 from safereview.agreement import data
 from safereview.agreement import items as item_reads
 from safereview.agreement import verdicts as verdict_reads
 from safereview.agreement.alpha import bca_interval, krippendorff_alpha, paired_alpha_difference
 from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus, external_ids, soft_reference
-from safereview.agreement.estimators import Estimate, hajek_mean, hajek_ratio, wilson_bounds
+from safereview.agreement.estimators import Estimate, hajek_mean, hajek_ratio, wilson_interval
 from safereview.agreement.kappa import confusion, kappa_from_table
 from safereview.agreement.provenance import label_field, label_provenance, provenance_warnings
 from safereview.agreement.sample import DesignSample, load_design_sample
@@ -166,7 +165,7 @@ def _mean_share_interval(
     if lo == hi:
         # every resample the same (every item fully agreeing, say): Wilson's interval for a
         # share of n items, which bounds a mean of shares conservatively
-        lo, hi = wilson_bounds(total / n, n, float(norm.ppf(0.975)))
+        lo, hi = wilson_interval(total / n, n)
     return lo, hi
 
 

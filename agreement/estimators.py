@@ -150,6 +150,11 @@ def rate_bounds(value: float, var: float, p: np.ndarray, z: float, events: int) 
     return wilson_bounds(value, n_eff, z)
 
 
+def wilson_interval(p_hat: float, n: float, level: float = 0.95) -> tuple[float, float]:
+    """Wilson's score interval for a share ``p_hat`` of ``n`` items at confidence ``level``."""
+    return wilson_bounds(p_hat, n, _z(level))
+
+
 def wilson_bounds(p_hat: float, n: float, z: float) -> tuple[float, float]:
     """Wilson's score interval for a share ``p_hat`` of ``n`` (n may be an effective, fractional size)."""
     d = 1.0 + z * z / n

@@ -20,10 +20,9 @@ from itertools import combinations
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
 
 from safereview.agreement.alpha import CONFIDENCE, Estimate, bca_interval, honest_bounds, pattern_jackknife
-from safereview.agreement.estimators import wilson_bounds
+from safereview.agreement.estimators import wilson_interval
 
 
 def _unit_terms(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -244,8 +243,7 @@ def cohen(
         jack, jack_w = table_jackknife(table)
         # raw agreement is a share of items: Wilson's score interval, which keeps its coverage
         # where a bootstrap collapses (every compared item agreeing gives [1, 1] resamples)
-        z = float(norm.ppf(0.5 + confidence / 2.0))
-        out["agreement_ci_low"], out["agreement_ci_high"] = wilson_bounds(out["agreement"], n, z)
+        out["agreement_ci_low"], out["agreement_ci_high"] = wilson_interval(out["agreement"], n, confidence)
         for kind in kinds:
             key = "kappa" if kind == "unweighted" else f"kappa_{kind}"
             ks = _batch_kappa(boot, kind)

@@ -122,6 +122,22 @@ def with_warnings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**row, "warnings": two_rater_warnings(row)} for row in rows]
 
 
+def per_person(
+    r: data.Ratings, *, resamples: int, seed: int, max_pairwise_raters: int = 200
+) -> dict[str, list[dict[str, Any]]]:
+    """``pairwise`` Cohen's kappa (skipped above ``max_pairwise_raters`` people: the pairs grow
+    as their square) and ``raters``, each annotator against the others' majority; both with
+    intervals and each row's small-sample ``warnings``."""
+    who = (r.unit, r.rater, r.code, r.rater_names)
+    out: dict[str, list[dict[str, Any]]] = {}
+    if len(r.rater_names) <= max_pairwise_raters:
+        out["pairwise"] = with_warnings(pairwise(*who, r.n_labels, ordered=r.ordered, resamples=resamples, seed=seed))
+    out["raters"] = with_warnings(
+        leave_one_out(*who, r.n_units, r.n_labels, ordered=r.ordered, resamples=resamples, seed=seed)
+    )
+    return out
+
+
 def summarize(r: data.Ratings, *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict[str, Any]:
     """All multi-rater coefficients of one set of ratings (one resample set shared by all)."""
     counts = r.counts()
@@ -222,32 +238,7 @@ def agreement_report(
             entry["slices"] = {
                 b: by_slice(r, slice_values(items, b, r.item_ids), resamples=resamples, seed=seed) for b in by
             }
-        if len(r.rater_names) <= max_pairwise_raters:
-            entry["pairwise"] = with_warnings(
-                pairwise(
-                    r.unit,
-                    r.rater,
-                    r.code,
-                    r.rater_names,
-                    r.n_labels,
-                    ordered=r.ordered,
-                    resamples=resamples,
-                    seed=seed,
-                )
-            )
-        entry["raters"] = with_warnings(
-            leave_one_out(
-                r.unit,
-                r.rater,
-                r.code,
-                r.rater_names,
-                r.n_units,
-                r.n_labels,
-                ordered=r.ordered,
-                resamples=resamples,
-                seed=seed,
-            )
-        )
+        entry.update(per_person(r, resamples=resamples, seed=seed, max_pairwise_raters=max_pairwise_raters))
         jid = judge_id or verdict_reads.default_judge(bind, sc.collection_ids, dim)
         if jid:
             v = verdict_reads.load_verdicts(bind, sc.collection_ids, dim, spec["labels"], jid)

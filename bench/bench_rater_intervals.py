@@ -41,7 +41,7 @@ from safereview.agreement import kappa as kappa_mod
 from safereview.agreement.alpha import paired_alpha_difference
 from safereview.agreement.data import Ratings
 from safereview.agreement.kappa import kappa_from_table
-from safereview.agreement.report import summarize, two_rater_warnings
+from safereview.agreement.report import per_person, summarize
 
 
 @dataclass(frozen=True)
@@ -146,25 +146,10 @@ def run_setting(s: Setting, reps: int, resamples: int, seed: int) -> dict[str, d
     judge_rng = np.random.default_rng(seed + 777)
     for rep in range(reps):
         r, true_labels = simulate(s, rng)
-        rows = {
-            "pairwise": kappa_mod.pairwise(
-                r.unit, r.rater, r.code, r.rater_names, r.n_labels, ordered=r.ordered, resamples=resamples, seed=rep
-            ),
-            "vs others' majority": kappa_mod.leave_one_out(
-                r.unit,
-                r.rater,
-                r.code,
-                r.rater_names,
-                r.n_units,
-                r.n_labels,
-                ordered=r.ordered,
-                resamples=resamples,
-                seed=rep,
-            ),
-        }
-        for kind, kind_rows in rows.items():
+        people = per_person(r, resamples=resamples, seed=rep)
+        for kind, kind_rows in (("pairwise", people["pairwise"]), ("vs others' majority", people["raters"])):
             for row in kind_rows:
-                warned = bool(two_rater_warnings(row))
+                warned = bool(row["warnings"])
                 for key, value in truth[kind].items():
                     lo, hi = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
                     hits[kind][key].append((lo is not None and lo <= value <= hi, warned))
