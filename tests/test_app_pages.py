@@ -249,6 +249,77 @@ def test_the_last_submit_asks_the_queue_once(fx: A.Fixture, monkeypatch: pytest.
     assert len(pulls) == 1 and "Nothing left to review" in " ".join(str(x.value) for x in at.success)
 
 
+def progress_text(at: Any) -> str:
+    """The review header's progress bar text ("You: 3 done · everyone: …")."""
+    assert at.progress, "no progress bar on the page"
+    return str(at.progress[0].text).replace("\\", "")
+
+
+def test_progress_bar_counts_match_the_database(fx: A.Fixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Submits are added to the progress bar's counts without reading them again; a skip, an
+    undo or an old read reads afresh. Either way "You: N done" is what the database holds."""
+    from safereview.dataio.importers import import_file
+    from safereview.db.engine import make_engine
+    from safereview.db.models import Annotation, Collection, Item
+    from safereview.workflow import progress
+
+    rows = tmp_path / "more.jsonl"  # enough items in the open collection for seven submits
+    rows.write_text(
+        "".join(
+            json.dumps({"id": f"more-{i}", "prompt_text": f"prompt {i}", "response_text": f"response {i}"}) + "\n"
+            for i in range(10)
+        ),
+        encoding="utf-8",
+    )
+    assert import_file(
+        make_engine(fx.db_url), rows, collection=fx.open_collection, media_root=fx.media_root, actor=A.SYSTEM
+    ).ok
+    reads: list[int] = []
+    real = progress.progress
+
+    def counted(*a: Any, **k: Any) -> Any:
+        reads.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(progress, "progress", counted)
+    at = sign_in("ann1")
+    with db(fx) as s:
+        open_id = s.exec(select(Collection.id).where(Collection.name == fx.open_collection)).one()
+        me = user_id(s, "ann1")
+    at.selectbox(key="rv_collection").set_value(open_id).run()
+
+    def mine_in_db() -> int:
+        with db(fx) as s:
+            return len(
+                s.exec(
+                    select(Annotation.id)
+                    .join(Item, Item.id == Annotation.item_id)
+                    .where(Annotation.user_id == me, Item.collection_id == open_id)
+                ).all()
+            )
+
+    def submit_one() -> None:
+        for dim in range(3):
+            click(at, f"rv_lab_{dim}_0")
+        click(at, "rv_submit")
+
+    submit_one()
+    reads.clear()
+    submit_one()
+    submit_one()
+    assert reads == [], "a submit read the progress counts again"
+    assert progress_text(at).startswith(f"You: {mine_in_db()} done"), progress_text(at)
+    click(at, "rv_skip")  # a skip reads afresh
+    assert len(reads) == 1 and progress_text(at).startswith(f"You: {mine_in_db()} done")
+    click(at, "rv_undo")  # the last submit undone: the count goes back down
+    submit_one()
+    assert progress_text(at).startswith(f"You: {mine_in_db()} done"), progress_text(at)
+    at.session_state["rv"]["progress_read"] -= 3600  # an old read: the next item reads again
+    reads.clear()
+    submit_one()
+    assert len(reads) == 1 and progress_text(at).startswith(f"You: {mine_in_db()} done")
+
+
 def test_open_collection_shows_verdict_and_records_action_with_submit(fx: A.Fixture) -> None:
     at = sign_in("ann1")
     from safereview.db.models import Collection

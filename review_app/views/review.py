@@ -26,6 +26,7 @@ from safereview.review_app.data import CollectionInfo
 LABEL_KEYS = ("123456789", "qwet", "asdg", "zxvb")  # one row of keys per dimension (no C/R)
 KEY_SUBMIT, KEY_SKIP, KEY_FLAG, KEY_UNDO, KEY_JUDGE, KEY_SHOW = "ctrl+enter", "k", "f", "u", "j", "m"
 SNOOZE_S, SNOOZE_ITEMS = 15 * 60, 10  # "remind me later" on a break reminder
+PROGRESS_REREAD_S = 10.0  # submits are added to the progress bar's counts locally between reads
 
 
 def _state() -> dict[str, Any]:
@@ -242,7 +243,28 @@ def _submit(user: Any, info: CollectionInfo, flt: Any, state: dict[str, Any]) ->
 def _next_after_done(user: Any, state: dict[str, Any], nxt: Any) -> None:
     """The item is finished and ``nxt`` was claimed with it: count it, put ``nxt`` on screen."""
     state["done"] = state.get("done", 0) + 1
+    state["finished_since_read"] = state.get("finished_since_read", 0) + 1
     _show(user, state, nxt, after_submit=True)
+
+
+def _progress_counted_locally(state: dict[str, Any], collection_id: int) -> bool:
+    """After submits, the progress bar adds them to the last counts read instead of reading
+    again, for up to ``PROGRESS_REREAD_S`` seconds (the collection-wide count is already up
+    to 5 s old, ``workflow.progress``). Anything else (skip, undo, another collection, an
+    older read) reads afresh. True when the counts were updated here."""
+    import dataclasses
+
+    finished = state.pop("finished_since_read", 0)
+    prog = state.get("progress")
+    read_at = state.get("progress_read")
+    if not finished or prog is None or read_at is None or prog.collection_id != collection_id:
+        return False
+    if time.monotonic() - read_at > PROGRESS_REREAD_S or state.get("progress_for") is None:
+        return False
+    state["progress"] = dataclasses.replace(
+        prog, mine_done=prog.mine_done + finished, everyone_done=prog.everyone_done + finished
+    )
+    return True
 
 
 def _count_exposure(info: CollectionInfo, state: dict[str, Any], labels: dict[str, str]) -> None:
@@ -555,11 +577,13 @@ def review_panel(user: Any, info: CollectionInfo, flt: Any, protect: bool) -> No
         return
     item: item_view.ItemView = state["item"]
     if state.get("progress_for") != state["assignment_id"]:  # once per item: a label press changes no count
-        try:
-            with ui.read_session() as s:
-                state["progress"] = progress.progress(s, user, info.id)
-        except Exception:
-            state["progress"] = None
+        if not _progress_counted_locally(state, info.id):
+            try:
+                with ui.read_session() as s:
+                    state["progress"] = progress.progress(s, user, info.id)
+                state["progress_read"] = time.monotonic()
+            except Exception:
+                state["progress"] = None
         state["progress_for"] = state["assignment_id"]
     prog = state.get("progress")
     _break_reminder(info, state)

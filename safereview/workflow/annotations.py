@@ -821,21 +821,33 @@ def verdicts_for(session: Session, viewer: User, item_id: int, *, revealed: bool
     """
     require(viewer, "review")
     item, col, _spec = _spec_for_item(session, item_id)
-    ann = session.exec(
-        select(Annotation.id).where(Annotation.item_id == item_id, Annotation.user_id == viewer.id)
-    ).first()
-    asg = session.exec(
-        select(Assignment.status).where(Assignment.item_id == item_id, Assignment.user_id == viewer.id)
-    ).first()
+
+    def annotated() -> bool:
+        return (
+            session.exec(
+                select(Annotation.id).where(Annotation.item_id == item_id, Annotation.user_id == viewer.id)
+            ).first()
+            is not None
+        )
+
+    def assigned() -> bool:
+        return (
+            session.exec(
+                select(Assignment.status).where(Assignment.item_id == item_id, Assignment.user_id == viewer.id)
+            ).first()
+            is not None
+        )
+
+    # each question asked only when the answer can still matter (one query less per item shown)
     if col.blind:
-        if ann is not None:
+        if annotated():
             allowed = revealed
-        elif asg is not None:
+        elif assigned():
             allowed = False  # holds, held or skipped a slot without submitting: stay blind (may get it again)
         else:
             allowed = can(viewer, "audit")
     else:
-        allowed = ann is not None or asg is not None or can(viewer, "audit")
+        allowed = assigned() or annotated() or can(viewer, "audit")
     if not allowed:
         return []
     return list(
