@@ -36,7 +36,7 @@ from safereview.workflow.principals import SystemPrincipal
 REPO = Path(__file__).resolve().parents[1]
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 REQUIRED = os.environ.get("SAFEREVIEW_REQUIRE_LLAMA") == "1"
-ITEMS = 4  # per run: 3 calls an item for Uni-Judger, up to 3 for VLSU, on a 135M model on 2 cores
+ITEMS = 2  # per run: 3 calls an item for Uni-Judger, up to 3 for VLSU, on a 135M model on 2 cores (CI time)
 TEXT_COLLECTION = "uni-safebench / text"  # the demo's text-to-text task: a text-only model can judge all of it
 runner = CliRunner()
 

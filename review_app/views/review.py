@@ -26,7 +26,7 @@ from safereview.review_app.data import CollectionInfo
 LABEL_KEYS = ("123456789", "qwet", "asdg", "zxvb")  # one row of keys per dimension (no C/R)
 KEY_SUBMIT, KEY_SKIP, KEY_FLAG, KEY_UNDO, KEY_JUDGE, KEY_SHOW = "ctrl+enter", "k", "f", "u", "j", "m"
 SNOOZE_S, SNOOZE_ITEMS = 15 * 60, 10  # "remind me later" on a break reminder
-PROGRESS_REREAD_S = 10.0  # submits are added to the progress bar's counts locally between reads
+PROGRESS_REREAD_S = 30.0  # submits are added to the progress bar's counts locally between reads
 
 
 def _state() -> dict[str, Any]:
