@@ -851,9 +851,13 @@ def custom(out: Path) -> None:
             {"dimension": "harm", "label": harm, "judge_id": AV_JUDGE},
             {"dimension": "compliance", "label": comp, "judge_id": AV_JUDGE},
         ]
-        if p is not None:  # p is the chance of harm; a verdict stores the probability of its own label
-            probs = {"safe": round(1 - p, 2), "borderline": round(p / 2, 2), "unsafe": round(p / 2, 2)}
-            out_v[0]["probability"] = probs[harm]
+        if p is not None:  # a "safe" verdict's p is the chance of harm; any other's, that of its own label
+            if harm == "safe":
+                probs = {"safe": round(1 - p, 2), "borderline": round(p / 2, 2), "unsafe": round(p / 2, 2)}
+            else:  # the label given is the judge's most likely one, as a judge reports it
+                rest = round((1 - p) / 2, 2)
+                probs = {"safe": round(1 - p - rest, 2), "borderline": rest, "unsafe": rest, harm: p}
+            out_v[0]["probability"] = probs[harm]  # a verdict stores the probability of its own label
             out_v[0]["probs"] = probs
         return out_v
 
