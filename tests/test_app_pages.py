@@ -311,7 +311,8 @@ def test_progress_bar_counts_match_the_database(fx: A.Fixture, tmp_path: Path, m
     assert progress_text(at).startswith(f"You: {mine_in_db()} done"), progress_text(at)
     click(at, "rv_skip")  # a skip reads afresh
     assert len(reads) == 1 and progress_text(at).startswith(f"You: {mine_in_db()} done")
-    click(at, "rv_undo")  # the last submit undone: the count goes back down
+    click(at, "rv_undo")  # a submission is never withdrawn ("create" is undo's floor): the count stays
+    assert progress_text(at).startswith(f"You: {mine_in_db()} done"), progress_text(at)
     submit_one()
     assert progress_text(at).startswith(f"You: {mine_in_db()} done"), progress_text(at)
     at.session_state["rv"]["progress_read"] -= 3600  # an old read: the next item reads again
