@@ -259,7 +259,7 @@ def _progress_counted_locally(state: dict[str, Any], collection_id: int) -> bool
     read_at = state.get("progress_read")
     if not finished or prog is None or read_at is None or prog.collection_id != collection_id:
         return False
-    if time.monotonic() - read_at > PROGRESS_REREAD_S or state.get("progress_for") is None:
+    if time.monotonic() - read_at > PROGRESS_REREAD_S:
         return False
     state["progress"] = dataclasses.replace(
         prog, mine_done=prog.mine_done + finished, everyone_done=prog.everyone_done + finished

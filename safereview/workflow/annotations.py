@@ -822,32 +822,21 @@ def verdicts_for(session: Session, viewer: User, item_id: int, *, revealed: bool
     require(viewer, "review")
     item, col, _spec = _spec_for_item(session, item_id)
 
-    def annotated() -> bool:
-        return (
-            session.exec(
-                select(Annotation.id).where(Annotation.item_id == item_id, Annotation.user_id == viewer.id)
-            ).first()
-            is not None
-        )
-
-    def assigned() -> bool:
-        return (
-            session.exec(
-                select(Assignment.status).where(Assignment.item_id == item_id, Assignment.user_id == viewer.id)
-            ).first()
-            is not None
-        )
+    def has_row(model: type[Annotation] | type[Assignment]) -> bool:
+        """Whether the viewer has an annotation (or assignment) of this item."""
+        q = select(model.id).where(model.item_id == item_id, model.user_id == viewer.id)  # type: ignore[arg-type]
+        return session.exec(q).first() is not None
 
     # each question asked only when the answer can still matter (one query less per item shown)
     if col.blind:
-        if annotated():
+        if has_row(Annotation):
             allowed = revealed
-        elif assigned():
+        elif has_row(Assignment):
             allowed = False  # holds, held or skipped a slot without submitting: stay blind (may get it again)
         else:
             allowed = can(viewer, "audit")
     else:
-        allowed = assigned() or annotated() or can(viewer, "audit")
+        allowed = has_row(Assignment) or has_row(Annotation) or can(viewer, "audit")
     if not allowed:
         return []
     return list(
