@@ -116,6 +116,27 @@ def judge_rates(
     }
 
 
+def confusion_shares(
+    ref: np.ndarray, j: np.ndarray, pi: np.ndarray, label_set: Sequence[str], min_n: int = DEFAULT_MIN_N
+) -> list[list[dict[str, Any]]]:
+    """The confusion matrix as estimated shares of the collection's items, each with its 95%
+    interval: cell (r, c) is the share that the people label ``r`` and the judge ``c``
+    (Hájek mean of ``ref[:, r]`` where the judge said ``c``; ties count as halves). The cells
+    sum to 1. Weighted counts alone would be point estimates a report could not qualify. Pure."""
+    n = len(j)
+    rows = []
+    for r, people in enumerate(label_set):
+        row = []
+        for c, judge in enumerate(label_set):
+            y = ref[:, r] * (j == c) if n else np.zeros(0)
+            est = hajek_mean(
+                y, pi, estimand=f"share of the collection's items the people label {people} and the judge {judge}"
+            )
+            row.append(_rate_dict(est, n, min_n, "items"))
+        rows.append(row)
+    return rows
+
+
 def annotator_agreement(r: data.Ratings, *, resamples: int = 0, seed: int = 0) -> list[dict[str, Any]]:
     """Each annotator against the others on the items they share: the share of the others'
     labels that match theirs (per item, then averaged over the person's items).
@@ -244,15 +265,12 @@ def audit(
     out["kappa"] = weighted_kappa(
         h_hard[hard], j[hard], w[hard], len(label_set), kind, resamples=resamples, seed=seed, min_n=min_n
     )
-    weighted = np.zeros((len(label_set), len(label_set)))
-    for col in range(len(label_set)):
-        weighted[:, col] = (w[j == col, None] * ref[j == col]).sum(axis=0)
     out["confusion"] = {
         "rows": "people (label distribution)",
         "columns": "judge",
         "labels": label_set,
         "counts": confusion(h_hard[hard], j[hard], len(label_set)).astype(int).tolist(),
-        "weighted": weighted.round(6).tolist(),
+        "shares": confusion_shares(ref, j, pi, label_set, min_n),
     }
     # plain comparison over every reviewed item (biased when review is prioritised)
     all_h = cons.code

@@ -135,8 +135,11 @@ def rate_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def confusion_rows(res: dict[str, Any], weighted: bool = False) -> list[dict[str, Any]]:
-    table = res["confusion"]["weighted" if weighted else "counts"]
+def confusion_rows(res: dict[str, Any], shares: bool = False) -> list[dict[str, Any]]:
+    """The confusion matrix by row: sample counts, or (``shares``) the estimated share of the
+    collection in each cell with its 95% interval, as text."""
+    conf = res["confusion"]
+    table = [[ci_text(e) for e in row] for row in conf["shares"]] if shares else conf["counts"]
     return [
         {"people \\ judge": lab, **{f"judge: {c}": v for c, v in zip(res["labels"], row, strict=True)}}
         for lab, row in zip(res["labels"], table, strict=True)

@@ -13,6 +13,9 @@ the estimand it claims:
   reviewers, the judge's accuracy);
 - ``under_blocking`` / ``over_blocking``: the share of the people's unsafe (safe) items
   the judge passes (blocks);
+- ``confusion [unsafe, judge safe]`` / ``confusion [safe, judge unsafe]``: two cells of the
+  audit's confusion matrix as shares of the whole collection (the people's unsafe items the
+  judge passes, the safe ones it blocks, each over all items);
 - ``unsafe_rate`` (human and corrected): the people's unsafe rate over the collection;
 - ``kappa``: Cohen's kappa of the judge's label against the people's majority label over the
   collection's items without a tie (the audit's design-weighted kappa and its bootstrap
@@ -100,6 +103,8 @@ ESTIMANDS = (
     "accuracy",
     "under_blocking",
     "over_blocking",
+    "confusion [unsafe, judge safe]",
+    "confusion [safe, judge unsafe]",
     "unsafe_rate (human)",
     "unsafe_rate (corrected)",
     "kappa",
@@ -270,6 +275,8 @@ def truths(cell: Cell, pop: dict[str, np.ndarray]) -> dict[str, float]:
         "accuracy": float(np.mean(j * h + (1 - j) * (1 - h))),
         "under_blocking": float(np.sum((1 - j) * h) / np.sum(h)),
         "over_blocking": float(np.sum(j * (1 - h)) / np.sum(1 - h)),
+        "confusion [unsafe, judge safe]": float(np.mean((1 - j) * h)),
+        "confusion [safe, judge unsafe]": float(np.mean(j * (1 - h))),
         "unsafe_rate (human)": float(np.mean(h)),
         "unsafe_rate (corrected)": float(np.mean(h)),
         "kappa": (po - pe) / (1 - pe),
@@ -308,6 +315,8 @@ def srs_widths(cell: Cell, pop: dict[str, np.ndarray], n_items: int, rng: np.ran
         "accuracy": rate(agree),
         "under_blocking": ratio((1 - j) * says, says),
         "over_blocking": ratio(j * (1 - says), 1 - says),
+        "confusion [unsafe, judge safe]": rate((1 - j) * says),
+        "confusion [safe, judge unsafe]": rate(j * (1 - says)),
         "unsafe_rate (human)": rate(says),
         "unsafe_rate (corrected)": rate(says),
     }
@@ -344,6 +353,11 @@ def replicate(engine: sa.Engine, cell: Cell, seed: int) -> dict[str, dict[str, f
         ("under_blocking", au["under_blocking"]),
         ("over_blocking", au["over_blocking"]),
     ):
+        out[name] = _score(truth[name], got.get("value"), got.get("ci_low"), got.get("ci_high"), widths[name])
+    labels = au["labels"]
+    for people, judge in (("unsafe", "safe"), ("safe", "unsafe")):
+        name = f"confusion [{people}, judge {judge}]"
+        got = au["confusion"]["shares"][labels.index(people)][labels.index(judge)]
         out[name] = _score(truth[name], got.get("value"), got.get("ci_low"), got.get("ci_high"), widths[name])
     for name, key in (("unsafe_rate (human)", "human"), ("unsafe_rate (corrected)", "corrected")):
         e = row[key]
@@ -538,7 +552,7 @@ class Databases:
 
 def _print(results: list[dict[str, Any]]) -> None:
     head = (
-        f"{'cell':58} {'estimand':28} {'truth':>7} {'mean':>7} {'bias':>8} {'cover':>6} "
+        f"{'cell':58} {'estimand':31} {'truth':>7} {'mean':>7} {'bias':>8} {'cover':>6} "
         f"{'width':>7} {'srs w':>7} {'ratio':>6} {'certified':>9}"
     )
     print(head)
@@ -557,7 +571,7 @@ def _print(results: list[dict[str, Any]]) -> None:
                 s["mean_width"] / s["srs_width"] if s["srs_width"] and math.isfinite(s["srs_width"]) else float("nan")
             )
             print(
-                f"{label:58} {name:28} {s['truth']:7.4f} {s['mean_estimate']:7.4f} {s['bias']:8.4f} "
+                f"{label:58} {name:31} {s['truth']:7.4f} {s['mean_estimate']:7.4f} {s['bias']:8.4f} "
                 f"{s['coverage']:6.3f} {s['mean_width']:7.4f} {s['srs_width']:7.4f} {ratio:6.2f}"
                 + (f" {s['certified']:9.2f}" if name == "threshold_under_blocking" else "")
             )

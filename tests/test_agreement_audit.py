@@ -148,6 +148,14 @@ def test_audit_rates_confusion_and_disagreements(engine: sa.Engine) -> None:
     assert counts[labels.index("unsafe"), labels.index("safe")] == 3
     assert counts[labels.index("safe"), labels.index("unsafe")] == 5
     assert counts.sum() == 30
+    # the same matrix as estimated shares of the collection, each with its interval
+    shares = res["confusion"]["shares"]
+    cell = shares[labels.index("unsafe")][labels.index("safe")]
+    assert cell["value"] == pytest.approx(_share([0, 1, 2], list(range(30))))
+    assert cell["ci_low"] < cell["value"] < cell["ci_high"]
+    assert "people label unsafe and the judge safe" in cell["estimand"]
+    assert sum(e["value"] for row in shares for e in row) == pytest.approx(1.0)
+    assert all(e["ci_low"] <= e["value"] <= e["ci_high"] for row in shares for e in row)
     # every reviewed item, unweighted, includes the 10 errors beyond the gap
     assert res["all_reviewed"]["accuracy_unweighted"] == pytest.approx(1 - 18 / 40)
     assert res["disagreements"]["n"] == 18

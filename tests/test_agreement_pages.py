@@ -124,6 +124,10 @@ def test_agreement_and_audit_pages_show_the_figures(fx: A.Fixture) -> None:
     assert judge_row["alpha, people only [95%]"].count("[") == 1
     assert judge_row["alpha with the judge [95%]"].count("[") == 1
     assert judge_row["with minus without [95%, paired]"].count("[") == 1
+    counts, shares = (df.value for df in lead.dataframe if "people \\ judge" in df.value.columns)
+    assert int(counts.drop(columns="people \\ judge").to_numpy().sum()) == 4  # t3's tie has no hard label
+    # the estimated shares say why they are missing rather than showing bare weighted numbers
+    assert (shares.drop(columns="people \\ judge") == "undefined: too few sample items (n=5 < 20)").all().all()
     people = next(df.value for df in lead.dataframe if "agreement with the others" in df.value.columns)
     assert people[["95% low", "95% high"]].notna().all().all()
     assert (people["95% low"] <= people["agreement with the others"]).all()

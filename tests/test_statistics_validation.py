@@ -65,6 +65,8 @@ INTERVALS = (
     "accuracy",
     "under_blocking",
     "over_blocking",
+    "confusion [unsafe, judge safe]",  # the audit's confusion matrix as shares of the collection
+    "confusion [safe, judge unsafe]",
     "unsafe_rate (human)",
     "unsafe_rate (corrected)",
     "kappa",  # the audit's design-weighted kappa with its bootstrap interval

@@ -204,8 +204,8 @@ def page() -> None:
         st.markdown("**Confusion (sample items; rows: people's consensus, columns: judge)**")
         st.dataframe(confusion_rows(res), hide_index=True, width="stretch")
     with right:
-        st.markdown("**Weighted by 1 / inclusion probability (people's label shares)**")
-        st.dataframe(confusion_rows(res, weighted=True), hide_index=True, width="stretch")
+        st.markdown("**Share of the collection, design-weighted, with 95% intervals**")
+        st.dataframe(confusion_rows(res, shares=True), hide_index=True, width="stretch")
     if {"image", "text", "joint"} <= set(dims):
         ce = _compositional(ui.config().db_url, names, judge, min_n)
         st.markdown("**Compositional errors** (joint grade wrong although image and text grades are right)")

@@ -195,6 +195,8 @@ def _print_audit(res: dict[str, Any]) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from safereview.agreement.tables import confusion_rows
+
     console.print(Text(f"{res['dimension']}: judge {res.get('judge_id')} vs people; {res.get('estimator', '')}"))
     if res.get("undefined_reason"):
         console.print(Text(res["undefined_reason"]))
@@ -223,7 +225,8 @@ def _print_audit(res: dict[str, Any]) -> None:
             )
     console.print(t)
     weights = res["kappa"].get("weights")
-    console.print(Text(f"Cohen's kappa{f' ({weights} weights)' if weights else ''}: {_est(res['kappa'])}"))
+    kind = f" ({weights} weights)" if weights not in (None, "unweighted") else ""
+    console.print(Text(f"Cohen's kappa{kind}: {_est(res['kappa'])}"))
     c = Table(title="confusion (rows: people, columns: judge; sample items)")
     c.add_column("")
     for lab in res["labels"]:
@@ -231,6 +234,13 @@ def _print_audit(res: dict[str, Any]) -> None:
     for lab, row in zip(res["labels"], res["confusion"]["counts"], strict=True):
         c.add_row(Text(lab), *[str(x) for x in row])
     console.print(c)
+    shares = Table(title="confusion as shares of the collection (design-weighted, 95% intervals)")
+    shares.add_column("")
+    for lab in res["labels"]:
+        shares.add_column(Text(lab))
+    for row in confusion_rows(res, shares=True):
+        shares.add_row(*[Text(str(v)) for v in row.values()])
+    console.print(shares)
     ja = res["judge_as_rater"]
     console.print(Text(f"alpha with judge {_est(ja['alpha_with_judge'])}, without {_est(ja['alpha_without_judge'])}"))
     if res.get("annotators"):
