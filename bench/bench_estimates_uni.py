@@ -54,20 +54,20 @@ from sqlmodel import SQLModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_estimates import Databases, _reviewers, _score  # noqa: E402
+from bench_estimates import Databases, _reviewers, _score
 
-from safereview.agreement.audit import audit  # noqa: E402
-from safereview.agreement.population import population_rates  # noqa: E402
-from safereview.agreement.synthetic import ITEM_COLUMNS, VERDICT_COLUMNS  # noqa: E402
-from safereview.db import bulk  # noqa: E402
-from safereview.db.collections import ensure_collection  # noqa: E402
-from safereview.db.engine import session_scope  # noqa: E402
-from safereview.db.models import utcnow  # noqa: E402
-from safereview.db.taxonomy import preset  # noqa: E402
-from safereview.workflow.annotations import submit_and_next  # noqa: E402
-from safereview.workflow.ordering import refresh_priorities  # noqa: E402
-from safereview.workflow.query_cache import clear_caches  # noqa: E402
-from safereview.workflow.queue import QueueFilter, next_item  # noqa: E402
+from safereview.agreement.audit import audit
+from safereview.agreement.population import population_rates
+from safereview.agreement.synthetic import ITEM_COLUMNS, VERDICT_COLUMNS
+from safereview.db import bulk
+from safereview.db.collections import ensure_collection
+from safereview.db.engine import session_scope
+from safereview.db.models import utcnow
+from safereview.db.taxonomy import preset
+from safereview.workflow.annotations import submit_and_next
+from safereview.workflow.ordering import refresh_priorities
+from safereview.workflow.query_cache import clear_caches
+from safereview.workflow.queue import QueueFilter, next_item
 
 JUDGE = "sim-uni-judger"
 CTX_LABELS = ("safe", "refusal", "unsafe")  # the preset's order
@@ -162,7 +162,13 @@ def _setup(engine: sa.Engine, cell: Cell, pop: dict[str, np.ndarray], name: str)
 
 
 def review(
-    engine: sa.Engine, cell: Cell, cid: int, pos: dict[int, int], pop: dict[str, np.ndarray], users: list[Any], seed: int
+    engine: sa.Engine,
+    cell: Cell,
+    cid: int,
+    pos: dict[int, int],
+    pop: dict[str, np.ndarray],
+    users: list[Any],
+    seed: int,
 ) -> int:
     """Reviewers pull and submit, interleaved at random, until the budget of reviews is spent."""
     rng = random.Random(seed)
