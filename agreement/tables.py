@@ -139,11 +139,22 @@ def confusion_rows(res: dict[str, Any], shares: bool = False) -> list[dict[str, 
     """The confusion matrix by row: sample counts, or (``shares``) the estimated share of the
     collection in each cell with its 95% interval, as text."""
     conf = res["confusion"]
-    table = [[ci_text(e) for e in row] for row in conf["shares"]] if shares else conf["counts"]
+    table = [[_share_text(e) for e in row] for row in conf["shares"]] if shares else conf["counts"]
     return [
         {"people \\ judge": lab, **{f"judge: {c}": v for c, v in zip(res["labels"], row, strict=True)}}
         for lab, row in zip(res["labels"], table, strict=True)
     ]
+
+
+def _share_text(e: dict[str, Any]) -> str:
+    v = e.get("value")
+    return "—" if v is None else f"{v:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
+
+
+def confusion_shares_note(res: dict[str, Any]) -> str:
+    """Why the shares table has empty cells ("" when every cell has an estimate)."""
+    reasons = {e["undefined_reason"] for row in res["confusion"]["shares"] for e in row if e.get("undefined_reason")}
+    return "—: " + "; ".join(sorted(reasons)) if reasons else ""
 
 
 def population_rows(pop: dict[str, Any]) -> list[dict[str, Any]]:

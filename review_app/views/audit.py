@@ -105,6 +105,7 @@ def page() -> None:
     from safereview.agreement.tables import (
         annotator_rows,
         confusion_rows,
+        confusion_shares_note,
         judge_as_rater_row,
         population_rows,
         rate_rows,
@@ -206,6 +207,8 @@ def page() -> None:
     with right:
         st.markdown("**Share of the collection, design-weighted, with 95% intervals**")
         st.dataframe(confusion_rows(res, shares=True), hide_index=True, width="stretch")
+        if note := confusion_shares_note(res):
+            st.caption(ui.md_literal(note))
     if {"image", "text", "joint"} <= set(dims):
         ce = _compositional(ui.config().db_url, names, judge, min_n)
         st.markdown("**Compositional errors** (joint grade wrong although image and text grades are right)")

@@ -195,7 +195,7 @@ def _print_audit(res: dict[str, Any]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from safereview.agreement.tables import confusion_rows
+    from safereview.agreement.tables import confusion_rows, confusion_shares_note
 
     console.print(Text(f"{res['dimension']}: judge {res.get('judge_id')} vs people; {res.get('estimator', '')}"))
     if res.get("undefined_reason"):
@@ -241,6 +241,8 @@ def _print_audit(res: dict[str, Any]) -> None:
     for row in confusion_rows(res, shares=True):
         shares.add_row(*[Text(str(v)) for v in row.values()])
     console.print(shares)
+    if note := confusion_shares_note(res):
+        console.print(Text(note))
     ja = res["judge_as_rater"]
     console.print(Text(f"alpha with judge {_est(ja['alpha_with_judge'])}, without {_est(ja['alpha_without_judge'])}"))
     if res.get("annotators"):
