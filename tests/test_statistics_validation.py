@@ -99,26 +99,11 @@ def test_every_interval_covers_at_its_nominal_rate_through_the_queue(engine, cel
         assert np.mean([t["certified"] for t in threshold]) >= 0.5
 
 
-UNI = Path(__file__).resolve().parent.parent / "bench" / "bench_estimates_uni.py"
-UNI_INTERVALS = (
-    "C-Unsafe (human)",
-    "C-Unsafe (corrected)",
-    "C-Reject (human)",
-    "C-Reject (corrected)",
-    "I-Unsafe (human)",
-    "I-Unsafe (corrected)",
-    "Both-Safe (human)",
-    "Both-Safe (corrected)",
-    "accuracy (contextual)",
-    "under_blocking (contextual)",
-    "over_blocking (contextual)",
-    "confusion [unsafe, judge safe] (contextual)",
-    "accuracy (intrinsic)",
-)
+PRESETS = Path(__file__).resolve().parent.parent / "bench" / "bench_estimates_presets.py"
 
 
-def _uni_bench():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench_estimates_uni", UNI)
+def _presets_bench():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("bench_estimates_presets", PRESETS)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
@@ -127,22 +112,26 @@ def _uni_bench():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.slow
-def test_uni_safebench_rates_cover_through_the_queue(engine) -> None:  # type: ignore[no-untyped-def]
-    """Uni-SafeBench's headline rates (C-Unsafe, C-Reject, I-Unsafe, Both-Safe) and the audit
-    on the three-label contextual dimension, on a collection the queue orders by its
-    contextual/intrinsic disagreement too: unbiased and covering at the nominal rate, with
-    two 85%-accurate reviews per item. Fixed seeds; the full-size cells are benchmarks."""
-    be = _uni_bench()
-    cell = be.Cell(items=300, budget=0.3, overlap=2, reviewer_accuracy=0.85)
+@pytest.mark.parametrize("preset", ["uni-safebench", "vlsu"])
+def test_benchmark_rates_cover_through_the_queue(engine, preset: str) -> None:  # type: ignore[no-untyped-def]
+    """The built-in benchmarks' figures: Uni-SafeBench's C-Unsafe, C-Reject, I-Unsafe and
+    Both-Safe and the audit on its three-label contextual dimension; VLSU's grade shares, the
+    audit on the joint grade and the compositional error rate. On collections the queue
+    orders by contextual/intrinsic disagreement, borderline verdicts and safe + safe pairs,
+    with two 85%-accurate reviews per item: unbiased and covering at the nominal rate. Fixed
+    seeds; the full-size cells are benchmarks (docs/statistics-validation.md)."""
+    be = _presets_bench()
+    cell = be.Cell(preset=preset, items=300, budget=0.3, overlap=2, reviewer_accuracy=0.85)
     replications = 100
     reps = [be.replicate(engine, cell, 9000 + seed) for seed in range(replications)]
     assert {r["_n"]["reviews"] for r in reps} == {90.0}  # the budget was spent through the queue
-    for name in UNI_INTERVALS:
+    for name in be.STUDIES[preset].estimands:
         got = [r[name] for r in reps if np.isfinite(r[name]["estimate"])]
         assert len(got) >= 0.9 * replications, (name, len(got))
         assert np.mean([g["covered"] for g in got]) >= 0.90, (name, np.mean([g["covered"] for g in got]))
         errors = np.array([g["estimate"] - g["truth"] for g in got])
         assert abs(errors.mean()) < 4 * errors.std(ddof=1) / math.sqrt(len(errors)) + 0.005, (name, errors.mean())
-    corrected = np.mean([r["C-Unsafe (corrected)"]["width"] for r in reps])
-    human = np.mean([r["C-Unsafe (human)"]["width"] for r in reps])
-    assert corrected < human  # the judge's labels narrow the interval
+    rate = "C-Unsafe" if preset == "uni-safebench" else "joint: unsafe"
+    corrected = np.mean([r[f"{rate} (corrected)"]["width"] for r in reps])
+    human = np.mean([r[f"{rate} (human)"]["width"] for r in reps])
+    assert corrected < human  # the judge narrows the interval
