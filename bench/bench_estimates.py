@@ -60,7 +60,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,10 +227,12 @@ def review(
     budget: int | None = None,
     reviews_of: dict[int, int] | None = None,
     held: dict[int, Any] | None = None,
+    labels_of: Callable[[int, int], dict[str, str]] | None = None,
 ) -> int:
     """Reviewers pull and submit in random interleaving until the budget of reviews is spent
     (the cell's, or ``budget``). ``reviews_of`` and ``held`` carry a campaign on: reviews per
-    item so far, and each reviewer's lease."""
+    item so far, and each reviewer's lease. ``labels_of(position, slot)`` is what the review
+    in that slot of the item at that position says (default: this study's one dimension)."""
     budget = max(1, round(cell.budget * cell.items)) if budget is None else budget
     reviews_of = {} if reviews_of is None else reviews_of  # item -> reviews so far: the next says pop["says"][item, n]
     held = {} if held is None else held
@@ -251,9 +253,12 @@ def review(
         aid, item_id = held.pop(k)
         slot = reviews_of.get(item_id, 0)
         reviews_of[item_id] = slot + 1
-        label = "unsafe" if pop["says"][pos[item_id], min(slot, cell.overlap - 1)] else "safe"
+        position, slot = pos[item_id], min(slot, cell.overlap - 1)
+        labels = (
+            labels_of(position, slot) if labels_of else {DIMENSION: "unsafe" if pop["says"][position, slot] else "safe"}
+        )
         # as the review page does: the submit and the next claim in one transaction
-        _ann, nxt = submit_and_next(engine, u, aid, {DIMENSION: label}, flt, rng=rng, verdict_action="override")
+        _ann, nxt = submit_and_next(engine, u, aid, labels, flt, rng=rng, verdict_action="override")
         done += 1
         if nxt is not None:
             held[k] = (nxt.id, nxt.item_id)

@@ -66,7 +66,7 @@ from sqlmodel import SQLModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_estimates import Databases, _reviewers, _score
+from bench_estimates import Databases, _reviewers, _score, review
 
 from safereview.agreement.audit import audit, compositional_error
 from safereview.agreement.population import population_rates
@@ -76,10 +76,8 @@ from safereview.db.collections import ensure_collection
 from safereview.db.engine import session_scope
 from safereview.db.models import utcnow
 from safereview.db.taxonomy import preset
-from safereview.workflow.annotations import submit_and_next
 from safereview.workflow.ordering import refresh_priorities
 from safereview.workflow.query_cache import clear_caches
-from safereview.workflow.queue import QueueFilter, next_item
 
 JUDGE = "sim-judge"
 Population = dict[str, dict[str, np.ndarray]]  # "judge" / "p" / "says" -> dimension -> array
@@ -346,52 +344,22 @@ def _setup(engine: sa.Engine, cell: Cell, study: Study, pop: Population, name: s
     return cid, {iid: n for n, iid in enumerate(ids)}
 
 
-def review(
-    engine: sa.Engine,
-    cell: Cell,
-    study: Study,
-    cid: int,
-    pos: dict[int, int],
-    pop: Population,
-    users: list[Any],
-    seed: int,
-) -> int:
-    """Reviewers pull and submit, interleaved at random, until the budget of reviews is spent."""
-    rng = random.Random(seed)
-    budget = max(1, round(cell.budget * cell.items))
-    reviews_of: dict[int, int] = {}
-    held: dict[int, tuple[int, int]] = {}
-    flt = QueueFilter(cid)
-    done = idle = 0
-    while done < budget and idle < 10 * len(users):
-        k = rng.randrange(len(users))
-        if k not in held:
-            with session_scope(engine) as s:
-                a = next_item(s, users[k], flt, rng=rng)
-            if a is None:
-                idle += 1
-                continue
-            held[k] = (a.id, a.item_id)
-            continue
-        aid, item_id = held.pop(k)
-        slot = min(reviews_of.get(item_id, 0), cell.overlap - 1)
-        reviews_of[item_id] = reviews_of.get(item_id, 0) + 1
-        p = pos[item_id]
-        labels = {dim: names[int(pop["says"][dim][p, slot])] for dim, names in study.dimensions.items()}
-        _ann, nxt = submit_and_next(engine, users[k], aid, labels, flt, rng=rng, verdict_action="override")
-        done += 1
-        if nxt is not None:
-            held[k] = (nxt.id, nxt.item_id)
-    return done
-
-
 def replicate(engine: sa.Engine, cell: Cell, seed: int) -> dict[str, dict[str, float]]:
     study = STUDIES[cell.preset]
     pop = study.draw(cell, np.random.default_rng(seed))
     tag = f"{cell.preset}-{seed}-{uuid.uuid4().hex[:6]}"
     cid, pos = _setup(engine, cell, study, pop, tag)
     users = _reviewers(engine, cell.reviewers, tag)
-    done = review(engine, cell, study, cid, pos, pop, users, seed)
+    done = review(
+        engine,
+        cell,  # type: ignore[arg-type]
+        cid,
+        pos,
+        {},
+        users,
+        random.Random(seed),
+        labels_of=lambda p, slot: {d: names[int(pop["says"][d][p, slot])] for d, names in study.dimensions.items()},
+    )
     clear_caches()
     truth = study.truths(pop)
     got = study.estimates(engine, tag)
