@@ -104,7 +104,8 @@ class Study:
     modalities: tuple[str, str]
     draw: Callable[[Cell, np.random.Generator], Population]
     truths: Callable[[Population], dict[str, float]]
-    estimates: Callable[[sa.Engine, str], dict[str, dict[str, Any]]]  # name -> {value, low, high}
+    # (engine, tag, population_rates' result) -> name -> {value, ci_low, ci_high}
+    estimates: Callable[[sa.Engine, str, dict[str, Any]], dict[str, dict[str, Any]]]
     estimands: tuple[str, ...]
 
 
@@ -160,7 +161,9 @@ def _audit_estimates(engine: sa.Engine, tag: str, name: str) -> dict[str, dict[s
     return out
 
 
-def _rate_estimates(rows: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
+def _rate_estimates(rates: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
+    """The human and corrected figures of ``names`` from ``population_rates``' result."""
+    rows = {m["metric"]: m for m in rates["metrics"]}
     out = {}
     for name in names:
         for col in ("human", "corrected"):
@@ -226,9 +229,8 @@ def _uni_truths(pop: Population) -> dict[str, float]:
     return out
 
 
-def _uni_estimates(engine: sa.Engine, tag: str) -> dict[str, dict[str, Any]]:
-    rows = {m["metric"]: m for m in population_rates(engine, [tag], judge_id=JUDGE)["metrics"]}
-    out = _rate_estimates(rows, list(UNI_RATES))
+def _uni_estimates(engine: sa.Engine, tag: str, rates: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out = _rate_estimates(rates, list(UNI_RATES))
     out.update(_audit_estimates(engine, tag, "contextual"))
     out["accuracy (intrinsic)"] = audit(engine, "intrinsic", [tag], judge_id=JUDGE, min_n=2, resamples=0)["accuracy"]
     return out
@@ -281,9 +283,8 @@ def _vlsu_truths(pop: Population) -> dict[str, float]:
     return out
 
 
-def _vlsu_estimates(engine: sa.Engine, tag: str) -> dict[str, dict[str, Any]]:
-    rows = {m["metric"]: m for m in population_rates(engine, [tag], judge_id=JUDGE)["metrics"]}
-    out = _rate_estimates(rows, list(VLSU_RATES))
+def _vlsu_estimates(engine: sa.Engine, tag: str, rates: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out = _rate_estimates(rates, list(VLSU_RATES))
     out.update(_audit_estimates(engine, tag, "joint"))
     out["compositional error"] = compositional_error(engine, [tag], judge_id=JUDGE, min_n=2)
     return out
@@ -362,13 +363,13 @@ def replicate(engine: sa.Engine, cell: Cell, seed: int) -> dict[str, dict[str, f
     )
     clear_caches()
     truth = study.truths(pop)
-    got = study.estimates(engine, tag)
+    rates = population_rates(engine, [tag], judge_id=JUDGE)
+    got = study.estimates(engine, tag, rates)
     out: dict[str, dict[str, float]] = {
         name: _score(truth[name], got[name].get("value"), got[name].get("ci_low"), got[name].get("ci_high"), math.nan)
         for name in study.estimands
     }
-    sample = population_rates(engine, [tag], judge_id=JUDGE)["sample"]["n_in_sample"]
-    out["_n"] = {"reviews": float(done), "sample": float(sample)}
+    out["_n"] = {"reviews": float(done), "sample": float(rates["sample"]["n_in_sample"])}
     return out
 
 

@@ -17,8 +17,8 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_estimates.py"
 
 
-def _bench():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench_estimates", BENCH)
+def _bench(path: Path = BENCH):  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up by name
@@ -102,15 +102,6 @@ def test_every_interval_covers_at_its_nominal_rate_through_the_queue(engine, cel
 PRESETS = Path(__file__).resolve().parent.parent / "bench" / "bench_estimates_presets.py"
 
 
-def _presets_bench():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench_estimates_presets", PRESETS)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["uni-safebench", "vlsu"])
 def test_benchmark_rates_cover_through_the_queue(engine, preset: str) -> None:  # type: ignore[no-untyped-def]
@@ -120,7 +111,7 @@ def test_benchmark_rates_cover_through_the_queue(engine, preset: str) -> None:  
     orders by contextual/intrinsic disagreement, borderline verdicts and safe + safe pairs,
     with two 85%-accurate reviews per item: unbiased and covering at the nominal rate. Fixed
     seeds; the full-size cells are benchmarks (docs/statistics-validation.md)."""
-    be = _presets_bench()
+    be = _bench(PRESETS)
     cell = be.Cell(preset=preset, items=300, budget=0.3, overlap=2, reviewer_accuracy=0.85)
     replications = 100
     reps = [be.replicate(engine, cell, 9000 + seed) for seed in range(replications)]
