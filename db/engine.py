@@ -107,6 +107,11 @@ def init_db(url: str) -> Engine:
 
     When the database is already at the newest revision (every CLI command after the first)
     the check is one SELECT and Alembic is not even imported (~0.3 s saved per command).
+
+    Several processes may start on a fresh database at once (app replicas, a CLI import beside
+    the app): the migration runs under a lock so the second waits for the first, then finds
+    the schema at the head and does nothing. SQLite's ``BEGIN IMMEDIATE`` is that lock
+    already; PostgreSQL takes a transaction-level advisory lock keyed to the schema.
     """
     engine = make_engine(url)
     if _stored_revision(engine) == head_revision():
@@ -115,9 +120,16 @@ def init_db(url: str) -> Engine:
 
     cfg = alembic_config(url)
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text(_PG_MIGRATION_LOCK))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
     return engine
+
+
+# Held until the migration's transaction ends; keyed to the schema the tables go into, so
+# databases with one schema per tenant (or per test) migrate side by side.
+_PG_MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('safereview.migrate:' || current_schema()))"
 
 
 @functools.cache

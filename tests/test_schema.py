@@ -97,6 +97,47 @@ def test_head_revision_read_from_the_files_is_alembics(tmp_path: Path) -> None:
     assert again.stdout.strip() == "False"  # already at the head: one SELECT, no Alembic
 
 
+def test_processes_starting_together_on_a_fresh_database_all_migrate_it(db_url: str, tmp_path: Path) -> None:
+    """App replicas and a CLI command may all start on a new database at the same moment.
+    Each must come up (one migrates, the others wait and find the head), never fail with a
+    duplicate ``alembic_version`` table. Separate processes, released together by a file:
+    threads of one process would serialise on Python's import lock instead."""
+    import subprocess
+    import sys
+    import time
+
+    go = tmp_path / "go"
+    script = (
+        "import pathlib, sys, time\n"
+        "from safereview.db.engine import init_db\n"
+        "print('ready', flush=True)\n"
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.005)\n"
+        f"init_db({db_url!r}).dispose()\n"
+        "print('done', flush=True)\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    go.touch()
+    deadline = time.monotonic() + 120
+    results = [proc.communicate(timeout=max(1.0, deadline - time.monotonic())) for proc in procs]
+    for proc, (out, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err[-2000:]
+        assert out.strip() == "done"
+    from safereview.db.engine import head_revision
+
+    engine = init_db(db_url)
+    try:
+        assert schema_revision(engine) == head_revision()
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT COUNT(*) FROM alembic_version")).scalar() == 1
+    finally:
+        engine.dispose()
+
+
 def test_item_lookups_use_the_unique_keys_after_0013(db_url: str) -> None:
     """Migration 0013 drops the ``item_id`` indexes that duplicate a unique key's leading
     column, keeps the rows, and look-ups by item still use an index; its downgrade restores them."""
