@@ -27,10 +27,17 @@ from safereview.agreement import data
 from safereview.agreement import items as item_reads
 from safereview.agreement import verdicts as verdict_reads
 from safereview.agreement.alpha import bca_interval, krippendorff_alpha, paired_alpha_difference
-from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus, external_ids, soft_reference
+from safereview.agreement.consensus import (
+    DEFAULT_THRESHOLD,
+    consensus,
+    consensus_from_ratings,
+    external_ids,
+    soft_reference,
+)
 from safereview.agreement.estimators import Estimate, hajek_mean, hajek_ratio, wilson_interval
 from safereview.agreement.kappa import confusion, kappa_from_table
 from safereview.agreement.provenance import label_field, label_provenance, provenance_warnings
+from safereview.agreement.refit import bootstrap_samples, design_consensus, widened
 from safereview.agreement.sample import DesignSample, load_design_sample
 from safereview.db.taxonomy import unsafe_labels as unsafe_labels_of
 from safereview.workflow.policies import require
@@ -229,7 +236,8 @@ def audit(
         "estimator": "Hájek (design-weighted) over the review sample",
         "reference": "the people's labels on each item, averaged (ties kept as halves; adjudications replace them)"
         if method == "majority"
-        else "Dawid–Skene posterior of the people's labels (adjudications replace it)",
+        else "Dawid–Skene posterior of the people's labels, fitted with the design's weights; intervals "
+        "widened for the fit (adjudications replace it)",
         "labels_used": labels_used,
         "labels_source": labels,
         "min_n": min_n,
@@ -242,12 +250,43 @@ def audit(
     out["label_provenance"] = label_provenance(bind, sc.collection_ids, dimension, jid)
     out["warnings"] = [note] if note else []
     out["warnings"] += provenance_warnings(out["label_provenance"], labels, dimension)
-    cons = consensus(bind, dimension, out["collections"], method=method, threshold=threshold, field_name=field_name)
+    r = data.load_ratings(
+        bind, sc.collection_ids, dimension, label_set, ordered=bool(spec.get("ordered")), field_name=field_name
+    )
+    adj = verdict_reads.load_adjudications(bind, sc.collection_ids, dimension)
     v = verdict_reads.load_verdicts(
         bind, sc.collection_ids, dimension, label_set, jid, unsafe_labels=unsafe_labels_of(spec)
     )
     ds = sample or load_design_sample(bind, sc.collection_ids)
     out["sample"] = ds.as_dict()
+    if method == "dawid-skene":  # fitted under the design; intervals widened for the fit
+        samples = bootstrap_samples(ds, seed=seed)
+        cons, refits = design_consensus(r, ds, samples, threshold=threshold, adjudications=adj)
+    else:
+        cons, samples, refits = consensus_from_ratings(r, method=method, threshold=threshold, adjudications=adj), [], []
+    wanted = [b for b in by if b in SLICES]
+    items = item_reads.load_items(bind, sc.collection_ids, wanted) if by else None
+
+    def figures(cons: Any, ds: DesignSample) -> dict[str, Any]:
+        """The design-based figures of one reference on one sample (refitted on resamples)."""
+        ref, has_ref = soft_reference(cons, ds.sample_ids)
+        j = v.codes_for(ds.sample_ids)
+        ok = has_ref & (j >= 0)
+        ref, j, pi, ids = ref[ok], j[ok], ds.sample_pi[ok], ds.sample_ids[ok]
+        got: dict[str, Any] = judge_rates(ref, j, pi, unsafe_codes, min_n)
+        got["shares"] = confusion_shares(ref, j, pi, label_set, min_n)
+        got["slices"] = {}
+        for b in by:
+            vals = slice_values(items, b, ids) if len(ids) else np.array([], dtype=object)
+            rows = []
+            for value in sorted({str(x) for x in vals}):
+                dom = np.array([str(x) == value for x in vals], dtype=bool)
+                rates = judge_rates(ref[dom], j[dom], pi[dom], unsafe_codes, min_n)
+                rows.append({"value": value, "n": int(dom.sum()), **rates})
+            got["slices"][b] = rows
+        return got
+
+    fig = widened(figures, cons, ds, samples, refits)
     sample_ids, pi = ds.sample_ids, ds.sample_pi
     ref, has_ref = soft_reference(cons, sample_ids)
     j = v.codes_for(sample_ids)
@@ -258,7 +297,7 @@ def audit(
     ref, j, pi, ids = ref[ok], j[ok], pi[ok], sample_ids[ok]
     w = 1.0 / pi
     out["n"] = len(j)
-    out.update(judge_rates(ref, j, pi, unsafe_codes, min_n))
+    out.update({k: fig[k] for k in ("accuracy", "over_blocking", "under_blocking")})
     h_hard = cons.codes_for(ids)
     hard = h_hard >= 0
     kind = "quadratic" if spec.get("ordered") and len(label_set) > 2 else "unweighted"
@@ -270,7 +309,7 @@ def audit(
         "columns": "judge",
         "labels": label_set,
         "counts": confusion(h_hard[hard], j[hard], len(label_set)).astype(int).tolist(),
-        "shares": confusion_shares(ref, j, pi, label_set, min_n),
+        "shares": fig["shares"],
     }
     # plain comparison over every reviewed item (biased when review is prioritised)
     all_h = cons.code
@@ -299,19 +338,7 @@ def audit(
         ],
     }
     if by:
-        items = item_reads.load_items(bind, sc.collection_ids, [b for b in by if b in SLICES])
-        out["slices"] = {}
-        for b in by:
-            vals = slice_values(items, b, ids) if len(ids) else np.array([], dtype=object)
-            rows = []
-            for value in sorted({str(x) for x in vals}):
-                dom = np.array([str(x) == value for x in vals], dtype=bool)
-                rates = judge_rates(ref[dom], j[dom], pi[dom], unsafe_codes, min_n)
-                rows.append({"value": value, "n": int(dom.sum()), **rates})
-            out["slices"][b] = rows
-    r = data.load_ratings(
-        bind, sc.collection_ids, dimension, label_set, ordered=bool(spec.get("ordered")), field_name=field_name
-    )
+        out["slices"] = fig["slices"]
     out["annotators"] = annotator_agreement(r, resamples=resamples, seed=seed)
     # the judge as one more rater
     with_judge = r.add_rater(f"judge:{jid}", v.item_ids, v.code)

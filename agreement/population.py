@@ -27,9 +27,10 @@ import numpy as np
 
 from safereview.agreement import data
 from safereview.agreement import verdicts as verdict_reads
-from safereview.agreement.consensus import consensus_from_ratings, soft_reference
+from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus_from_ratings, soft_reference
 from safereview.agreement.estimators import Estimate, hajek_mean, ppi_mean, reviews_needed
 from safereview.agreement.provenance import label_field
+from safereview.agreement.refit import bootstrap_samples, design_consensus, widened
 from safereview.agreement.sample import DesignSample, load_design_sample
 from safereview.db.taxonomy import unsafe_labels as unsafe_labels_of
 
@@ -89,7 +90,14 @@ def three_columns(
 
 
 def _dimension_inputs(
-    bind: Any, sc: data.Scope, dimension: str, judge_id: str | None, ds: DesignSample, method: str, field_name: str
+    bind: Any,
+    sc: data.Scope,
+    dimension: str,
+    judge_id: str | None,
+    ds: DesignSample,
+    method: str,
+    field_name: str,
+    samples: list[DesignSample],
 ) -> dict[str, Any] | None:
     spec = sc.dimension(dimension)
     labels = list(spec["labels"])
@@ -101,7 +109,10 @@ def _dimension_inputs(
         bind, sc.collection_ids, dimension, labels, ordered=bool(spec.get("ordered")), field_name=field_name
     )
     adj = verdict_reads.load_adjudications(bind, sc.collection_ids, dimension)
-    cons = consensus_from_ratings(r, method=method, adjudications=adj)
+    if method == "dawid-skene":  # fitted under the design, refitted on the bootstrap samples
+        cons, refits = design_consensus(r, ds, samples, threshold=DEFAULT_THRESHOLD, adjudications=adj)
+    else:
+        cons, refits = consensus_from_ratings(r, method=method, adjudications=adj), []
     v = verdict_reads.load_verdicts(
         bind, sc.collection_ids, dimension, labels, jid, unsafe_labels=unsafe, with_probs=True
     )
@@ -114,6 +125,7 @@ def _dimension_inputs(
         "judge_id": jid,
         "ratings": r,
         "cons": cons,
+        "refits": refits,
         "ref": ref,
         "ref_has": ref_has,
         "onehot_all": onehot_all,
@@ -177,7 +189,8 @@ def population_rates(
         "reference": (
             "the people's labels on each reviewed item, averaged (adjudicated labels replace them)"
             if method == "majority"
-            else "Dawid–Skene posterior of the people's labels (adjudicated labels replace them)"
+            else "Dawid–Skene posterior of the people's labels, fitted with the design's weights; intervals "
+            "widened for the fit (adjudicated labels replace them)"
         )
         + f"; from {labels_used}",
         "labels_used": labels_used,
@@ -186,8 +199,9 @@ def population_rates(
         "judge_ids": {},
     }
     inputs: dict[str, dict[str, Any]] = {}
+    samples = bootstrap_samples(ds) if method == "dawid-skene" else []
     for dim in sc.dimensions():
-        got = _dimension_inputs(bind, sc, dim, judge_id, ds, method, field_name)
+        got = _dimension_inputs(bind, sc, dim, judge_id, ds, method, field_name, samples)
         if got is None:
             continue
         inputs[dim] = got
@@ -199,7 +213,7 @@ def population_rates(
         if (note := verdict_reads.calibration_note(bind, got["judge_id"], dim, out["collections"]))
     ]
     out["kind"] = "uni-safebench" if uni else "label-shares"
-    out["metrics"] = _all_metrics(ds, inputs, half_width, uni, None)
+    names = None
     if by:
         from safereview.agreement import items as item_reads
         from safereview.agreement.report import slice_values
@@ -207,11 +221,46 @@ def population_rates(
         values = slice_values(item_reads.load_items(bind, sc.collection_ids, [by]), by, ds.item_ids)
         names = np.array([str(v) for v in values], dtype=object)
         out["by"] = by
-        out["groups"] = [
-            {"group": value, "metrics": _all_metrics(ds, inputs, half_width, uni, names == value)}
-            for value in sorted(set(names.tolist()))
-        ]
+
+    def figures(conses: dict[str, Any], ds_x: DesignSample) -> dict[str, Any]:
+        """Every rate for one reference per dimension on one sample (refitted on resamples)."""
+        inp = {dim: _with_reference(got, conses[dim], ds_x) for dim, got in inputs.items()}
+        res: dict[str, Any] = {"metrics": _all_metrics(ds_x, inp, half_width, uni, None)}
+        if names is not None:
+            res["groups"] = [
+                {"group": value, "metrics": _all_metrics(ds_x, inp, half_width, uni, names == value)}
+                for value in sorted(set(names.tolist()))
+            ]
+        return res
+
+    main = {dim: got["cons"] for dim, got in inputs.items()}
+    refits = [{dim: got["refits"][b] for dim, got in inputs.items()} for b in range(len(samples))]
+    res = widened(figures, main, ds, samples, refits)
+    if samples:  # intervals widened for the fit: plan the extra reviews from the wider ones
+        for row in res["metrics"] + [r for g in res.get("groups", []) for r in g["metrics"]]:
+            _replan(row, len(ds.item_ids))
+    out.update(res)
     return out
+
+
+def _with_reference(got: dict[str, Any], cons: Any, ds: DesignSample) -> dict[str, Any]:
+    ref, ref_has = soft_reference(cons, ds.sample_ids)
+    return {**got, "ref": ref, "ref_has": ref_has}
+
+
+def _replan(row: dict[str, Any], n_items: int) -> None:
+    """Recompute a row's "more sample items for ±x" from its (widened) interval dicts."""
+    more = row.get("more_reviews")
+    if not isinstance(more, dict):
+        return
+    for key in ("human", "corrected"):
+        e = row.get(key)
+        if not isinstance(e, dict) or e.get("value") is None or e.get("se") is None or not e.get("n_labelled"):
+            continue
+        est = Estimate(
+            e["estimand"], e["value"], e["low"], e["high"], e["se"], e["method"], e["n_labelled"], e["n_effective"]
+        )
+        more[key] = reviews_needed(est, more["half_width"], n_items)
 
 
 def _all_metrics(

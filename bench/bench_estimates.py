@@ -39,8 +39,15 @@ error-free reviewers it is the true rate. The ``srs_width`` column is the mean w
 human-only 95% (Wilson) interval from a simple random sample of as many items, for
 comparison.
 
+With ``--method dawid-skene`` the estimators take the people's Dawid–Skene posterior as
+the reference, and the truth is what a full review with Dawid–Skene fitted on every item's
+reviews would report. ``--census`` prints, without any review simulated, what a full review
+reports under each reference next to the true rates.
+
     python bench/bench_estimates.py --items 2000 --budget 0.1 --overlap 1 --replications 200
     python bench/bench_estimates.py --grid --replications 200 --json > results.json
+    python bench/bench_estimates.py --overlap 3 --budget 0.2 --reviewer-accuracy 0.85 --method dawid-skene
+    python bench/bench_estimates.py --census
 
 Prints one table (or JSON), the wall time and the load average.
 """
@@ -71,6 +78,7 @@ from sqlmodel import Session, SQLModel
 
 from safereview.agreement.audit import audit
 from safereview.agreement.calibration import fit_calibration
+from safereview.agreement.consensus import dawid_skene
 from safereview.agreement.data import AgreementError
 from safereview.agreement.population import population_rates
 from safereview.agreement.synthetic import ITEM_COLUMNS, VERDICT_COLUMNS
@@ -132,6 +140,7 @@ class Cell:
     kappa_resamples: int = 0  # bootstrap resamples of the audit (kappa's interval); 0 = kappa not checked
     check_planning: bool = False  # review the "more sample items for ±x" it asks for, then measure ±x
     probabilities: bool = True  # the judge reports P(label); without, PPI corrects its labels alone
+    method: str = "majority"  # the people's reference: majority (reviews averaged) or dawid-skene
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -265,10 +274,25 @@ def review(
     return done
 
 
-def truths(cell: Cell, pop: dict[str, np.ndarray]) -> dict[str, float]:
+def census_reference(cell: Cell, pop: dict[str, np.ndarray], seed: int) -> np.ndarray:
+    """The people's P(unsafe) on each item after a full review: every item's drawn reviews
+    averaged, or (``method="dawid-skene"``) their Dawid–Skene posterior fitted on the whole
+    collection, each item's reviews by as many distinct reviewers of the team as the overlap
+    (all reviewers err alike here, so which ones barely matters at N = 2,000)."""
+    says = pop["says"]
+    if cell.method != "dawid-skene":
+        return says.mean(axis=1)
+    n, k = says.shape
+    rng = np.random.default_rng([seed, 1])  # a stream of its own: the population's draws are unchanged
+    raters = np.argsort(rng.random((n, cell.reviewers)), axis=1)[:, :k]
+    fit = dawid_skene(np.repeat(np.arange(n), k), raters.ravel(), says.ravel().astype(np.int64), n, cell.reviewers, 2)
+    return fit.posteriors[:, 1]
+
+
+def truths(cell: Cell, pop: dict[str, np.ndarray], seed: int = 0) -> dict[str, float]:
     """Each estimand over the whole collection, from every item's (drawn) reviews: what a full
     review would report. With error-free reviewers these are the true rates."""
-    h = pop["says"].mean(axis=1)  # the people's unsafe share on each item
+    h = census_reference(cell, pop, seed)  # the people's unsafe share on each item
     j = pop["judge"].astype(float)
     s = pop["slice"]
     # kappa: the people's majority label (ties left out, as the audit does) against the judge's
@@ -339,9 +363,17 @@ def replicate(engine: sa.Engine, cell: Cell, seed: int) -> dict[str, dict[str, f
     review(engine, cell, cid, pos, pop, users, prng, reviews_of=reviews_of, held=held)
     clear_caches()
     au = audit(
-        engine, DIMENSION, [tag], judge_id=JUDGE, by=["task_type"], min_n=2, resamples=cell.kappa_resamples, seed=seed
+        engine,
+        DIMENSION,
+        [tag],
+        judge_id=JUDGE,
+        by=["task_type"],
+        min_n=2,
+        resamples=cell.kappa_resamples,
+        seed=seed,
+        method=cell.method,
     )
-    pr = population_rates(engine, [tag], by="task_type")
+    pr = population_rates(engine, [tag], by="task_type", method=cell.method)
 
     def unsafe_row(metrics: list[dict[str, Any]]) -> dict[str, Any]:
         return next(m for m in metrics if m.get("dimension") == DIMENSION and m.get("label") == "unsafe")
@@ -349,7 +381,7 @@ def replicate(engine: sa.Engine, cell: Cell, seed: int) -> dict[str, dict[str, f
     row = unsafe_row(pr["metrics"])
     group = next((g for g in pr.get("groups", []) if g["group"] == SLICE), None)
     au_slice = next((r for r in au.get("slices", {}).get("task_type", []) if r["value"] == SLICE), {})
-    truth = truths(cell, pop)
+    truth = truths(cell, pop, seed)
     n_sample = int(pr["sample"]["n_in_sample"])
     widths = srs_widths(cell, pop, n_sample, rng)
     out: dict[str, dict[str, float]] = {}
@@ -583,6 +615,28 @@ def _print(results: list[dict[str, Any]]) -> None:
             label = ""
 
 
+def census(items: int = 20_000, seed: int = 5) -> list[dict[str, Any]]:
+    """What a full review reports, by reference, against the truth: the true rates, the reviews
+    averaged, and the Dawid–Skene posterior (overlap 1-3; 85% and 95%-accurate reviewers)."""
+    rows = []
+    for k in (1, 2, 3):
+        for r in (0.85, 0.95):
+            row: dict[str, Any] = {"overlap": k, "reviewer_accuracy": r}
+            for method in ("majority", "dawid-skene"):
+                cell = Cell(items=items, overlap=k, reviewer_accuracy=r, method=method)
+                pop = population(cell, np.random.default_rng(seed))
+                t = truths(cell, pop, seed)
+                row[method] = {m: t[m] for m in ("accuracy", "under_blocking", "unsafe_rate (human)")}
+            truth, judge = pop["truth"].astype(float), pop["judge"].astype(float)
+            row["truth"] = {
+                "accuracy": float(np.mean(judge * truth + (1 - judge) * (1 - truth))),
+                "under_blocking": float(np.sum((1 - judge) * truth) / truth.sum()),
+                "unsafe_rate (human)": float(truth.mean()),
+            }
+            rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--items", type=int, default=2000)
@@ -605,6 +659,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--no-probabilities", action="store_true", help="the judge gives labels only (no P(label) to correct)"
     )
+    ap.add_argument(
+        "--method",
+        choices=("majority", "dawid-skene"),
+        default="majority",
+        help="the people's reference the estimators use (and the full review's truth)",
+    )
     ap.add_argument("--replications", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
@@ -614,7 +674,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quick", action="store_true", help="one small cell, 20 replications (about 15 s; run_all --quick)"
     )
+    ap.add_argument(
+        "--census",
+        action="store_true",
+        help="no simulation of review: what a full review reports under each reference, against the truth",
+    )
     args = ap.parse_args(argv)
+    if args.census:
+        rows = census()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        print(f"{'k':>2} {'R':>5}  {'figure':20} {'truth':>7} {'averaged':>9} {'Dawid-Skene':>12}")
+        for row in rows:
+            for m in ("accuracy", "under_blocking", "unsafe_rate (human)"):
+                print(
+                    f"{row['overlap']:2d} {row['reviewer_accuracy']:5.2f}  {m.replace(' (human)', ''):20} "
+                    f"{row['truth'][m]:7.3f} {row['majority'][m]:9.3f} {row['dawid-skene'][m]:12.3f}"
+                )
+        return 0
     if args.quick:
         args.items, args.replications, args.grid = 1000, 20, False
     started = time.perf_counter()
@@ -629,6 +707,7 @@ def main(argv: list[str] | None = None) -> int:
                     delta=args.delta,
                     kappa_resamples=args.kappa_resamples,
                     check_planning=args.check_planning,
+                    method=args.method,
                 )
                 for c in grid(args.items)
             ][part - 1 :: parts]
@@ -647,6 +726,7 @@ def main(argv: list[str] | None = None) -> int:
                     kappa_resamples=args.kappa_resamples,
                     check_planning=args.check_planning,
                     probabilities=not args.no_probabilities,
+                    method=args.method,
                 )
             ]
         )

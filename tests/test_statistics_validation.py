@@ -126,3 +126,49 @@ def test_benchmark_rates_cover_through_the_queue(engine, preset: str) -> None:  
     corrected = np.mean([r[f"{rate} (corrected)"]["width"] for r in reps])
     human = np.mean([r[f"{rate} (human)"]["width"] for r in reps])
     assert corrected < human  # the judge narrows the interval
+
+
+def test_dawid_skene_reference_is_fitted_under_the_design_and_its_intervals_widened(engine) -> None:  # type: ignore[no-untyped-def]
+    """With ``method="dawid-skene"`` the audit's figures rest on the posterior of a fit that
+    weights each sample item by 1/π (the fit a full review would give, not that of a sample
+    tilted toward borderline items), and every interval carries the fit's own uncertainty."""
+    import random
+
+    from safereview.agreement import data
+    from safereview.agreement.audit import audit
+    from safereview.agreement.consensus import dawid_skene
+    from safereview.agreement.estimators import hajek_mean
+    from safereview.agreement.population import population_rates
+    from safereview.agreement.sample import load_design_sample
+
+    be = _bench()
+    cell = be.Cell(items=300, budget=0.6, overlap=3, reviewer_accuracy=0.8, method="dawid-skene")
+    pop = be.population(cell, np.random.default_rng(11))
+    cid, pos = be._setup(engine, cell, pop, "ds")
+    be.review(engine, cell, cid, pos, pop, be._reviewers(engine, cell.reviewers, "ds"), random.Random(11))
+    au = audit(engine, be.DIMENSION, ["ds"], judge_id=be.JUDGE, method="dawid-skene", resamples=0)
+    majority = audit(engine, be.DIMENSION, ["ds"], judge_id=be.JUDGE, resamples=0)
+
+    # the same figure by hand: the design-weighted fit over the sample's ratings
+    ds = load_design_sample(engine, [cid])
+    r = data.load_ratings(engine, [cid], be.DIMENSION, ["safe", "unsafe"])
+    in_sample = np.isin(r.item_ids, ds.sample_ids)
+    w = np.zeros(r.n_units)
+    w[in_sample] = 1.0 / ds.sample_pi[np.searchsorted(ds.sample_ids, r.item_ids[in_sample])]
+    fit = dawid_skene(r.unit, r.rater, r.code, r.n_units, len(r.rater_names), 2, weights=w)
+    post = fit.posteriors[np.searchsorted(r.item_ids, ds.sample_ids)]
+    judge = pop["judge"][[pos[int(i)] for i in ds.sample_ids]].astype(int)
+    agree = post[np.arange(len(judge)), judge]
+    assert au["accuracy"]["value"] == pytest.approx(hajek_mean(agree, ds.sample_pi).value, abs=1e-9)
+    assert au["accuracy"]["value"] != pytest.approx(majority["accuracy"]["value"], abs=1e-3)
+
+    shares = [cell for row in au["confusion"]["shares"] for cell in row]
+    figures = [au["accuracy"], au["under_blocking"], au["over_blocking"], *shares]
+    pr = population_rates(engine, ["ds"], method="dawid-skene")
+    row = next(m for m in pr["metrics"] if m["label"] == "unsafe")
+    figures += [row["human"], row["corrected"]]
+    for e in figures:
+        low, high = e.get("ci_low", e.get("low")), e.get("ci_high", e.get("high"))
+        assert e["fit_inflation"] >= 1.0 and low <= e["value"] <= high, e
+    assert max(e["fit_inflation"] for e in figures) > 1.2  # the fit's uncertainty is real here
+    assert "fitted with the design's weights" in au["reference"]
