@@ -136,6 +136,9 @@ def page() -> None:
         ["majority", "dawid-skene"],
         format_func=lambda m: {"majority": "reviews averaged", "dawid-skene": "Dawid–Skene"}[m],
         key="aud_method",
+        help="Dawid–Skene weighs each reviewer by their fitted accuracy. It moves the figures toward the truth "
+        "with three or more reviews per item (not with two), and its intervals are wider: they carry the fit's "
+        "own uncertainty.",
     )
     labels = c6.selectbox(
         "People's labels",

@@ -364,7 +364,14 @@ def register(app: typer.Typer) -> None:
         resamples: ResamplesOpt = 1000,
         seed: SeedOpt = 0,
         min_n: Annotated[int, typer.Option("--min-n", help="Fewest sample items for an estimate.", min=2)] = 20,
-        method: Annotated[str, typer.Option("--method", help="Human consensus: majority or dawid-skene.")] = "majority",
+        method: Annotated[
+            str,
+            typer.Option(
+                "--method",
+                help="The people's reference: majority (reviews averaged) or dawid-skene (fitted with the design's "
+                "weights; intervals widened for the fit; worth it with 3+ reviews per item).",
+            ),
+        ] = "majority",
         labels: Annotated[
             str,
             typer.Option(
