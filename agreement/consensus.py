@@ -127,9 +127,9 @@ def dawid_skene(
         # M-step: priors and confusion matrices from the current posteriors
         priors = np.average(post, axis=0, weights=wu)
         for k in range(n_labels):
-            conf[:, k, :] = np.bincount(rc, weights=post[unit, k] * wu[unit], minlength=n_raters * n_labels).reshape(
-                n_raters, n_labels
-            )
+            conf[:, k, :] = np.bincount(
+                rc, weights=np.where(wu[unit] > 0, post[unit, k] * wu[unit], 0.0), minlength=n_raters * n_labels
+            ).reshape(n_raters, n_labels)
         conf += smoothing
         rows = conf.sum(axis=2, keepdims=True)
         conf = np.where(rows > 0, conf / np.where(rows > 0, rows, 1), 1.0 / n_labels)
@@ -143,8 +143,13 @@ def dawid_skene(
         shift = np.where(np.isfinite(top), top, 0.0)  # log-sum-exp, stable (scipy's costs 10x more here)
         with np.errstate(divide="ignore"):
             norm = shift + np.log(np.exp(log_joint - shift[:, None]).sum(axis=1))
-        post = np.exp(log_joint - norm[:, None])
-        history.append(float(np.dot(wu, norm)))
+        # a unit outside the fit (weight 0) may carry a rating the fit calls impossible: its
+        # vote shares then stand in, and it never touches the fit or the likelihood
+        bad = ~np.isfinite(norm)
+        post = np.exp(log_joint - np.where(bad, 0.0, norm)[:, None])
+        if bad.any():
+            post[bad] = np.where(m[bad] > 0, counts[bad] / np.maximum(m[bad], 1), 1.0 / n_labels)
+        history.append(float(np.dot(wu[~bad], norm[~bad])))
         if len(history) > 1 and abs(history[-1] - history[-2]) <= tol * max(1.0, abs(history[-1])):
             converged = True
             break
