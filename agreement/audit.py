@@ -30,14 +30,13 @@ from safereview.agreement.alpha import bca_interval, krippendorff_alpha, paired_
 from safereview.agreement.consensus import (
     DEFAULT_THRESHOLD,
     consensus,
-    consensus_from_ratings,
     external_ids,
     soft_reference,
 )
 from safereview.agreement.estimators import Estimate, hajek_mean, hajek_ratio, wilson_interval
 from safereview.agreement.kappa import confusion, kappa_from_table
 from safereview.agreement.provenance import label_field, label_provenance, provenance_warnings
-from safereview.agreement.refit import bootstrap_samples, design_consensus, widened
+from safereview.agreement.refit import bootstrap_samples, reference, widened
 from safereview.agreement.sample import DesignSample, load_design_sample
 from safereview.db.taxonomy import unsafe_labels as unsafe_labels_of
 from safereview.workflow.policies import require
@@ -259,11 +258,8 @@ def audit(
     )
     ds = sample or load_design_sample(bind, sc.collection_ids)
     out["sample"] = ds.as_dict()
-    if method == "dawid-skene":  # fitted under the design; intervals widened for the fit
-        samples = bootstrap_samples(ds, seed=seed)
-        cons, refits = design_consensus(r, ds, samples, threshold=threshold, adjudications=adj)
-    else:
-        cons, samples, refits = consensus_from_ratings(r, method=method, threshold=threshold, adjudications=adj), [], []
+    samples = bootstrap_samples(ds, seed=seed) if method == "dawid-skene" else []  # refits widen the intervals
+    cons, refits = reference(r, ds, samples, method=method, threshold=threshold, adjudications=adj)
     wanted = [b for b in by if b in SLICES]
     items = item_reads.load_items(bind, sc.collection_ids, wanted) if by else None
 

@@ -27,10 +27,10 @@ import numpy as np
 
 from safereview.agreement import data
 from safereview.agreement import verdicts as verdict_reads
-from safereview.agreement.consensus import DEFAULT_THRESHOLD, consensus_from_ratings, soft_reference
+from safereview.agreement.consensus import DEFAULT_THRESHOLD, soft_reference
 from safereview.agreement.estimators import Estimate, hajek_mean, ppi_mean, reviews_needed
 from safereview.agreement.provenance import label_field
-from safereview.agreement.refit import bootstrap_samples, design_consensus, widened
+from safereview.agreement.refit import bootstrap_samples, reference, widened
 from safereview.agreement.sample import DesignSample, load_design_sample
 from safereview.db.taxonomy import unsafe_labels as unsafe_labels_of
 
@@ -109,10 +109,7 @@ def _dimension_inputs(
         bind, sc.collection_ids, dimension, labels, ordered=bool(spec.get("ordered")), field_name=field_name
     )
     adj = verdict_reads.load_adjudications(bind, sc.collection_ids, dimension)
-    if method == "dawid-skene":  # fitted under the design, refitted on the bootstrap samples
-        cons, refits = design_consensus(r, ds, samples, threshold=DEFAULT_THRESHOLD, adjudications=adj)
-    else:
-        cons, refits = consensus_from_ratings(r, method=method, adjudications=adj), []
+    cons, refits = reference(r, ds, samples, method=method, threshold=DEFAULT_THRESHOLD, adjudications=adj)
     v = verdict_reads.load_verdicts(
         bind, sc.collection_ids, dimension, labels, jid, unsafe_labels=unsafe, with_probs=True
     )

@@ -101,6 +101,22 @@ def design_consensus(
     return main, fits
 
 
+def reference(
+    r: data.Ratings,
+    ds: DesignSample,
+    samples: list[DesignSample],
+    *,
+    method: str,
+    threshold: float,
+    adjudications: dict[int, dict[str, Any]] | None,
+) -> tuple[Consensus, list[Consensus]]:
+    """The people's reference for design-based estimates and its refits: Dawid–Skene fitted
+    under the design (:func:`design_consensus`), or the averaged reviews (nothing to refit)."""
+    if method == "dawid-skene":
+        return design_consensus(r, ds, samples, threshold=threshold, adjudications=adjudications)
+    return consensus_from_ratings(r, method=method, threshold=threshold, adjudications=adjudications), []
+
+
 def widened(
     compute: Callable[[Any, DesignSample], Any], main: Any, ds: DesignSample, samples: list, refits: list
 ) -> Any:
